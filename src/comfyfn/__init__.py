@@ -1,0 +1,106 @@
+"""comfyfn: a ComfyUI workflow (Z-Image-Turbo first) as a Python function.
+
+::
+
+    import comfyfn
+
+    gen = comfyfn.generate("旗袍女性漫步外滩夜景", seed=42, size=(1024, 768))
+    gen.images[0].save("out.png")
+
+    with comfyfn.Client() as c:          # server: argument > COMFYFN_SERVER > local engine
+        for event in c.stream("a red apple", seed=7):
+            print(event)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from httpx import Timeout
+
+from comfyfn import workflows
+from comfyfn.binding import PARAMETERS, ComfyWarning
+from comfyfn.client import AsyncClient
+from comfyfn.errors import (
+    ComfyError,
+    ConfigError,
+    EngineError,
+    ExecutionFailed,
+    GenerationError,
+    GenerationTimeout,
+    HTTPStatusError,
+    Interrupted,
+    NodeProblem,
+    NoOutputs,
+    ServerUnreachable,
+    TransportError,
+    WorkflowInvalid,
+)
+from comfyfn.events import (
+    Event,
+    Failed,
+    NodeCached,
+    NodeFinished,
+    NodeStarted,
+    Progress,
+    Queued,
+    Started,
+    Succeeded,
+)
+from comfyfn.provenance import read_provenance
+from comfyfn.result import Generation, Image, Timings
+from comfyfn.sync import Client
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PARAMETERS",
+    "AsyncClient",
+    "Client",
+    "ComfyError",
+    "ComfyWarning",
+    "ConfigError",
+    "EngineError",
+    "Event",
+    "ExecutionFailed",
+    "Failed",
+    "Generation",
+    "GenerationError",
+    "GenerationTimeout",
+    "HTTPStatusError",
+    "Image",
+    "Interrupted",
+    "NoOutputs",
+    "NodeCached",
+    "NodeFinished",
+    "NodeProblem",
+    "NodeStarted",
+    "Progress",
+    "Queued",
+    "ServerUnreachable",
+    "Started",
+    "Succeeded",
+    "Timeout",
+    "Timings",
+    "TransportError",
+    "WorkflowInvalid",
+    "agenerate",
+    "generate",
+    "read_provenance",
+    "workflows",
+]
+
+logging.getLogger("comfyfn").addHandler(logging.NullHandler())
+
+
+def generate(prompt: str, *, server: str | None = None, **params: Any) -> Generation:
+    """One-shot :meth:`Client.generate` (opens and closes a client around the call)."""
+    with Client(server) as client:
+        return client.generate(prompt, **params)
+
+
+async def agenerate(prompt: str, *, server: str | None = None, **params: Any) -> Generation:
+    """One-shot :meth:`AsyncClient.generate`."""
+    async with AsyncClient(server) as client:
+        return await client.generate(prompt, **params)

@@ -1,0 +1,53 @@
+"""Settings resolved at use, never at import: argument > environment variable > default.
+
+| setting | argument       | environment       | default                              |
+|---------|----------------|-------------------|--------------------------------------|
+| server  | ``server=``    | ``COMFYFN_SERVER``| the local engine (started if needed)  |
+| home    | —              | ``COMFYFN_HOME``  | the platform's user cache dir        |
+| engine  | —              | ``COMFYFN_ENGINE``| instance name ``default``            |
+"""
+
+from __future__ import annotations
+
+import os
+
+import anyio.to_thread
+
+from comfyfn.errors import ConfigError
+
+__all__ = ["resolve_server", "resolve_server_sync"]
+
+
+def _normalise(url: str, source: str) -> str:
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = f"http://{url}"
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{source}: {url!r} is not an http(s) URL")
+    return url
+
+
+def resolve_server_sync(server: str | None, *, start_engine: bool = True) -> str:
+    """The server URL to use; may start the local engine (blocking)."""
+    if server:
+        return _normalise(server, "server")
+    env = os.environ.get("COMFYFN_SERVER")
+    if env:
+        return _normalise(env, "COMFYFN_SERVER")
+    from comfyfn.engine import Engine
+
+    engine = Engine(os.environ.get("COMFYFN_ENGINE", "default"))
+    if (url := engine.url) is not None:
+        return url
+    if start_engine and engine.install.is_installed():
+        return engine.up().url
+    raise ConfigError(
+        "no ComfyUI server: pass server=..., set COMFYFN_SERVER, or install and start the "
+        "local engine with `comfyfn engine up`"
+    )
+
+
+async def resolve_server(server: str | None) -> str:
+    if server:
+        return _normalise(server, "server")
+    return await anyio.to_thread.run_sync(resolve_server_sync, server)

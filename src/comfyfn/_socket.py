@@ -1,0 +1,138 @@
+"""One websocket per client, shared by all its jobs: connects, reads, and routes messages.
+
+ComfyUI sends a job's execution messages only to the socket whose ``clientId`` submitted it,
+so every job of a client subscribes here by prompt id before it is submitted. When the
+socket drops, every subscriber gets :data:`LOST` and falls back to polling; a later
+:meth:`EventSocket.ensure` reconnects under the same client id and events flow again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+from comfyfn.events import BinaryFrame, parse_binary_frame
+
+__all__ = ["LOST", "PROBE", "EventSocket"]
+
+log = logging.getLogger("comfyfn")
+
+LOST = object()  #: the socket dropped; poll instead
+PROBE = object()  #: something changed locally (e.g. a cancel): check the server now
+
+_FEATURES = json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
+
+
+class EventSocket:
+    """Routes websocket messages to per-prompt queues."""
+
+    def __init__(self, ws_url: str, *, connect_timeout: float = 5.0, retry_after: float = 1.0):
+        self._url = ws_url
+        self._connect_timeout = connect_timeout
+        self._retry_after = retry_after
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._subs: dict[str, asyncio.Queue[Any]] = {}
+        self._running_prompt: str | None = None
+        self._last_attempt = -1e9
+        self._lock = asyncio.Lock()
+
+    @property
+    def alive(self) -> bool:
+        return self._reader is not None and not self._reader.done()
+
+    async def ensure(self) -> bool:
+        """Connect if not connected (at most one attempt per ``retry_after`` s); True if live."""
+        if self.alive:
+            return True
+        async with self._lock:
+            if self.alive:
+                return True
+            now = time.monotonic()
+            if now - self._last_attempt < self._retry_after:
+                return False
+            self._last_attempt = now
+            try:
+                ws = await asyncio.wait_for(
+                    connect(self._url, max_size=None, open_timeout=None), self._connect_timeout
+                )
+                await ws.send(_FEATURES)
+            except (OSError, WebSocketException, TimeoutError) as exc:
+                log.warning("websocket %s unavailable (%s); polling /history instead", self._url, exc)
+                return False
+            self._ws = ws
+            self._reader = asyncio.create_task(self._read(ws), name="comfyfn-ws-reader")
+            log.debug("websocket connected: %s", self._url)
+            return True
+
+    def subscribe(self, prompt_id: str) -> asyncio.Queue[Any]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._subs[prompt_id] = queue
+        return queue
+
+    def unsubscribe(self, prompt_id: str) -> None:
+        self._subs.pop(prompt_id, None)
+
+    def nudge(self, prompt_id: str) -> None:
+        """Make the job watching ``prompt_id`` check the server now."""
+        if (queue := self._subs.get(prompt_id)) is not None:
+            queue.put_nowait(PROBE)
+
+    async def drop(self) -> None:
+        """Close the connection as if the network dropped it (subscribers fall back)."""
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        self._ws = self._reader = None
+
+    async def _read(self, ws: ClientConnection) -> None:
+        try:
+            async for message in ws:
+                if isinstance(message, bytes):
+                    self._route_frame(message)
+                else:
+                    self._route_json(message)
+        except (OSError, WebSocketException) as exc:
+            log.warning("websocket dropped: %s", exc)
+        finally:
+            for queue in self._subs.values():
+                queue.put_nowait(LOST)
+
+    def _route_json(self, raw: str) -> None:
+        try:
+            message = json.loads(raw)
+        except json.JSONDecodeError:
+            log.debug("ignoring non-JSON websocket text: %.80s", raw)
+            return
+        data = message.get("data") or {}
+        prompt_id = data.get("prompt_id")
+        if message.get("type") == "executing":
+            self._running_prompt = prompt_id if data.get("node") is not None else None
+        if prompt_id is not None and (queue := self._subs.get(prompt_id)) is not None:
+            queue.put_nowait(message)
+
+    def _route_frame(self, raw: bytes) -> None:
+        frame: BinaryFrame | None = parse_binary_frame(raw)
+        if frame is None:
+            return
+        prompt_id = frame.prompt_id or self._running_prompt
+        if prompt_id is not None and (queue := self._subs.get(prompt_id)) is not None:
+            queue.put_nowait(frame)

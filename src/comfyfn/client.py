@@ -1,0 +1,273 @@
+"""The asynchronous client: every ComfyUI route, and jobs as events or results.
+
+:class:`AsyncClient` is the only place that does I/O; :class:`comfyfn.Client` drives it from
+synchronous code. Server: argument > ``COMFYFN_SERVER`` > the local engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from comfyfn import _config
+from comfyfn._http import DEFAULT_TIMEOUT, HttpSession
+from comfyfn._job import JobSettings, cancel, queue_position, run_job
+from comfyfn._socket import EventSocket
+from comfyfn.binding import bind, parse_size
+from comfyfn.errors import ComfyError, NoOutputs
+from comfyfn.events import Event, Failed, Interrupted, Succeeded
+from comfyfn.graph import ApiGraph, load_api_graph
+from comfyfn.result import Generation
+from comfyfn.workflows import zimage_turbo
+
+__all__ = ["AsyncClient"]
+
+log = logging.getLogger("comfyfn")
+
+WorkflowSource = str | Path | Mapping[str, Any]
+
+
+def _ws_url(server: str, client_id: str) -> str:
+    parts = urlsplit(server)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    path = parts.path.rstrip("/") + "/ws"
+    return urlunsplit((scheme, parts.netloc, path, f"clientId={client_id}", ""))
+
+
+class AsyncClient:
+    """Talks to one ComfyUI server.
+
+    Args:
+        server: base URL such as ``http://gpu-1:8188``. Default: ``COMFYFN_SERVER``, else
+            the local engine (started if it is installed but not running).
+        timeout: per-request HTTP timeouts (an :class:`httpx.Timeout` or seconds).
+        job_timeout: default deadline for a whole generation, in seconds (``None`` = none);
+            on expiry the job is interrupted or dequeued, then
+            :class:`~comfyfn.GenerationTimeout` is raised.
+        check_interval: with a live websocket, how long silence lasts before the client
+            asks the server about the job (catches jobs deleted from the queue).
+    """
+
+    def __init__(
+        self,
+        server: str | None = None,
+        *,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        job_timeout: float | None = None,
+        check_interval: float = 5.0,
+        retries: int = 3,
+    ) -> None:
+        self._server_arg = server
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self.job_timeout = job_timeout
+        self.check_interval = check_interval
+        self.retries = retries
+        self.client_id = uuid.uuid4().hex
+        self._session: HttpSession | None = None
+        self._socket: EventSocket | None = None
+        self._object_info: dict[str, Any] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Resolve the server and prepare the connection (the websocket opens lazily)."""
+        if self._session is not None:
+            return
+        server = await _config.resolve_server(self._server_arg)
+        self._session = HttpSession(server, self._timeout, retries=self.retries)
+        self._socket = EventSocket(_ws_url(server, self.client_id),
+                                   connect_timeout=self._timeout.connect or 5.0)
+
+    async def aclose(self) -> None:
+        if self._socket is not None:
+            await self._socket.close()
+        if self._session is not None:
+            await self._session.aclose()
+        self._session = self._socket = None
+
+    @property
+    def server(self) -> str:
+        return self._http.server
+
+    @property
+    def _http(self) -> HttpSession:
+        if self._session is None:
+            raise ComfyError("the client is not open: use `async with AsyncClient() as c:`")
+        return self._session
+
+    # -- generation ------------------------------------------------------------------------
+
+    async def stream(
+        self,
+        prompt: str | None = None,
+        *,
+        workflow: WorkflowSource | None = None,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> AsyncIterator[Event]:
+        """Bind the parameters and run the job, yielding its typed events.
+
+        ``params`` are those of :data:`comfyfn.binding.PARAMETERS` (``seed``, ``width``,
+        ``height``, ``steps``, ``negative``...); ``size=(w, h)`` or ``"WxH"`` sets both sides. The last event is :class:`Succeeded`,
+        :class:`Failed` or :class:`Interrupted`. ``seed`` defaults to a random seed.
+        """
+        graph = zimage_turbo() if workflow is None else load_api_graph(workflow)
+        if (size := params.pop("size", None)) is not None:
+            params["width"], params["height"] = parse_size(size)
+        params.setdefault("seed", None)
+        bound = bind(graph, prompt=prompt, **params)
+        async for event in self.stream_graph(bound.graph, bound.values, timeout=timeout):
+            yield event
+
+    async def stream_graph(
+        self,
+        graph: ApiGraph,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        prompt_id: str | None = None,
+    ) -> AsyncIterator[Event]:
+        """Run an API-format graph as it is; ``params`` is recorded as the images' provenance."""
+        settings = JobSettings(
+            client_id=self.client_id,
+            timeout=timeout if timeout is not None else self.job_timeout,
+            check_interval=self.check_interval,
+        )
+        session, socket = self._http, self._socket
+        assert socket is not None
+        async for event in run_job(session, socket, graph, params or {}, settings,
+                                   prompt_id=prompt_id):
+            yield event
+
+    async def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        workflow: WorkflowSource | None = None,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> Generation:
+        """Run a job and return its :class:`~comfyfn.Generation`; failures raise."""
+        return await _result(self.stream(prompt, workflow=workflow, timeout=timeout, **params))
+
+    async def run(
+        self, graph: ApiGraph, params: Mapping[str, Any] | None = None,
+        *, timeout: float | None = None,
+    ) -> Generation:
+        """Run an API-format graph unchanged and return its Generation."""
+        return await _result(self.stream_graph(graph, params, timeout=timeout))
+
+    async def cancel(self, prompt_id: str) -> str:
+        """Dequeue a pending job or interrupt a running one.
+
+        Returns ``"dequeued"``, ``"interrupted"`` or ``"absent"`` (already finished).
+        """
+        outcome = await cancel(self._http, prompt_id)
+        if self._socket is not None:
+            self._socket.nudge(prompt_id)
+        return outcome
+
+    async def drop_websocket(self) -> None:
+        """Close the event socket as a network failure would (jobs fall back to polling)."""
+        if self._socket is not None:
+            await self._socket.drop()
+
+    # -- ComfyUI routes --------------------------------------------------------------------
+
+    async def system_stats(self) -> dict[str, Any]:
+        return await self._http.get_json("/system_stats")
+
+    async def features(self) -> dict[str, Any]:
+        return await self._http.get_json("/features")
+
+    async def object_info(self, node_class: str | None = None) -> dict[str, Any]:
+        """Node definitions (all of them are fetched once and cached per client)."""
+        if self._object_info is None:
+            self._object_info = await self._http.get_json("/object_info")
+        if node_class is None:
+            return self._object_info
+        return self._object_info.get(node_class, {})
+
+    async def models(self, folder: str | None = None) -> list[str]:
+        """Model folder names, or the files in one folder (``diffusion_models``, ``vae``...)."""
+        return await self._http.get_json(f"/models/{folder}" if folder else "/models")
+
+    async def queue(self) -> dict[str, Any]:
+        return await self._http.get_json("/queue")
+
+    async def queue_position(self, prompt_id: str) -> int | None:
+        return queue_position(await self.queue(), prompt_id)
+
+    async def delete_from_queue(self, *prompt_ids: str) -> None:
+        await self._http.send("POST", "/queue", json={"delete": list(prompt_ids)})
+
+    async def clear_queue(self) -> None:
+        await self._http.send("POST", "/queue", json={"clear": True})
+
+    async def interrupt(self, prompt_id: str | None = None) -> None:
+        """Interrupt the running job (only if it is ``prompt_id``, when given)."""
+        body = {"prompt_id": prompt_id} if prompt_id else {}
+        await self._http.send("POST", "/interrupt", json=body)
+
+    async def history(
+        self, prompt_id: str | None = None, *, max_items: int | None = None
+    ) -> dict[str, Any]:
+        if prompt_id is not None:
+            return await self._http.get_json(f"/history/{prompt_id}")
+        params = {"max_items": max_items} if max_items else None
+        return await self._http.get_json("/history", params=params)
+
+    async def delete_history(self, *prompt_ids: str, clear: bool = False) -> None:
+        body = {"clear": True} if clear else {"delete": list(prompt_ids)}
+        await self._http.send("POST", "/history", json=body)
+
+    async def free(self, *, unload_models: bool = True, free_memory: bool = True) -> None:
+        """Unload models / free memory (needed after replacing a model file under its name)."""
+        body = {"unload_models": unload_models, "free_memory": free_memory}
+        await self._http.send("POST", "/free", json=body)
+
+    async def view(self, filename: str, *, subfolder: str = "", type: str = "output") -> bytes:
+        params = {"filename": filename, "subfolder": subfolder, "type": type}
+        return (await self._http.idempotent("GET", "/view", params=params)).content
+
+    async def upload_image(
+        self,
+        image: bytes | str | Path,
+        *,
+        name: str | None = None,
+        subfolder: str = "",
+        overwrite: bool = False,
+    ) -> str:
+        """Upload an input image; returns the name to use in a LoadImage node."""
+        if isinstance(image, bytes):
+            data, filename = image, name or f"comfyfn-{uuid.uuid4().hex[:12]}.png"
+        else:
+            path = Path(image)
+            data, filename = path.read_bytes(), name or path.name
+        files = {"image": (filename, data, "application/octet-stream")}
+        form = {"subfolder": subfolder, "type": "input", "overwrite": str(overwrite).lower()}
+        answer = (await self._http.send("POST", "/upload/image", files=files, data=form)).json()
+        return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
+
+
+async def _result(events: AsyncIterator[Event]) -> Generation:
+    async for event in events:
+        if isinstance(event, Succeeded):
+            return event.generation
+        if isinstance(event, Failed | Interrupted):
+            raise event.error
+    raise NoOutputs("the job ended without a result")  # pragma: no cover - run_job ends in one
+

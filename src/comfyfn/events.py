@@ -1,0 +1,282 @@
+"""Typed, frozen job events and the pure parsers that make them from ComfyUI's messages.
+
+A job's events arrive in this order (some may be absent)::
+
+    Queued(position) → Started → NodeCached* → (NodeStarted → Progress* → NodeFinished?)*
+        → Succeeded(generation) | Failed(error) | Interrupted(error)
+
+Nothing here does I/O: :func:`parse_message` turns one decoded websocket message into the
+events for one prompt, :func:`parse_binary_frame` decodes SaveImageWebsocket frames, and
+:func:`events_from_history` replays a finished job's history when the websocket was lost.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
+
+from comfyfn.errors import ExecutionFailed
+from comfyfn.errors import Interrupted as InterruptedError_
+
+if TYPE_CHECKING:
+    from comfyfn.result import Generation
+
+__all__ = [
+    "BinaryFrame",
+    "Event",
+    "Failed",
+    "Interrupted",
+    "NodeCached",
+    "NodeFinished",
+    "NodeStarted",
+    "Progress",
+    "Queued",
+    "Started",
+    "Succeeded",
+    "events_from_history",
+    "parse_binary_frame",
+    "parse_message",
+]
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The server accepted the job; ``position`` jobs run or wait ahead of it (0 = next)."""
+
+    prompt_id: str
+    position: int
+
+
+@dataclass(frozen=True)
+class Started:
+    """The server began executing the job."""
+
+    prompt_id: str
+
+
+@dataclass(frozen=True)
+class NodeCached:
+    """These nodes' results were reused from the server's cache (not executed again)."""
+
+    prompt_id: str
+    node_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NodeStarted:
+    """A node began executing."""
+
+    prompt_id: str
+    node_id: str
+    class_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Step ``value`` of ``max`` inside a node (a sampler reports one per step)."""
+
+    prompt_id: str
+    node_id: str | None
+    value: int
+    max: int
+    class_type: str | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.value / self.max if self.max else 0.0
+
+
+@dataclass(frozen=True)
+class NodeFinished:
+    """A node finished and reported UI outputs (e.g. SaveImage's file list)."""
+
+    prompt_id: str
+    node_id: str
+    output: Mapping[str, Any] = field(default_factory=dict)
+    class_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    """The job finished and its images were fetched."""
+
+    prompt_id: str
+    generation: Generation
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A node raised; ``error`` is the :class:`~comfyfn.ExecutionFailed` to raise."""
+
+    prompt_id: str
+    error: ExecutionFailed
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """The job was interrupted or removed from the queue; ``error`` is ready to raise."""
+
+    prompt_id: str
+    error: InterruptedError_
+
+
+Event = Union[  # noqa: UP007 - a runtime alias users can isinstance-check against
+    Queued, Started, NodeCached, NodeStarted, Progress, NodeFinished, Succeeded, Failed, Interrupted
+]
+
+
+@dataclass(frozen=True)
+class Done:
+    """Internal marker: ComfyUI said the prompt is finished (``executing`` with ``node: null``)."""
+
+    prompt_id: str
+
+
+@dataclass(frozen=True)
+class BinaryFrame:
+    """An image sent over the websocket (SaveImageWebsocket or a preview)."""
+
+    event: int
+    data: bytes
+    image_type: str
+    node_id: str | None = None
+    prompt_id: str | None = None
+
+
+_BINARY_PREVIEW = 1
+_BINARY_PREVIEW_WITH_METADATA = 4
+_IMAGE_TYPES = {1: "image/jpeg", 2: "image/png", 3: "image/webp"}
+
+
+def parse_binary_frame(frame: bytes) -> BinaryFrame | None:
+    """Decode a binary websocket frame; ``None`` for frame kinds that carry no image.
+
+    Legacy format: ``[u32 event=1][u32 image type][image bytes]``.
+    With ``supports_preview_metadata``: ``[u32 event=4][u32 meta length][meta json][image]``.
+    """
+    if len(frame) < 8:
+        return None
+    event, second = struct.unpack(">II", frame[:8])
+    if event == _BINARY_PREVIEW:
+        return BinaryFrame(event, frame[8:], _IMAGE_TYPES.get(second, "application/octet-stream"))
+    if event == _BINARY_PREVIEW_WITH_METADATA:
+        meta = json.loads(frame[8 : 8 + second])
+        return BinaryFrame(
+            event,
+            frame[8 + second :],
+            meta.get("image_type", "image/png"),
+            node_id=meta.get("node_id"),
+            prompt_id=meta.get("prompt_id"),
+        )
+    return None
+
+
+def _failed(prompt_id: str, data: Mapping[str, Any], server: str | None) -> Failed:
+    return Failed(
+        prompt_id,
+        ExecutionFailed(
+            server=server,
+            prompt_id=prompt_id,
+            node_id=_str_or_none(data.get("node_id")),
+            class_type=data.get("node_type"),
+            exception_type=data.get("exception_type", "Exception"),
+            exception_message=data.get("exception_message", ""),
+            traceback=data.get("traceback") or (),
+        ),
+    )
+
+
+def _interrupted(prompt_id: str, data: Mapping[str, Any], server: str | None) -> Interrupted:
+    node_id = _str_or_none(data.get("node_id"))
+    cls = data.get("node_type")
+    where = f" at node {node_id} {cls}" if node_id else ""
+    return Interrupted(
+        prompt_id,
+        InterruptedError_(
+            f"the job was interrupted{where}",
+            server=server,
+            prompt_id=prompt_id,
+            node_id=node_id,
+            class_type=cls,
+        ),
+    )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def parse_message(
+    message: Mapping[str, Any],
+    prompt_id: str,
+    *,
+    class_types: Mapping[str, str] | None = None,
+    server: str | None = None,
+) -> list[Event | Done]:
+    """Events for ``prompt_id`` in one decoded JSON websocket message (often none).
+
+    ``class_types`` (node id → class) enriches node events; ``progress_state`` and
+    ``status`` messages carry nothing a job needs and give no events.
+    """
+    kind = message.get("type")
+    data = message.get("data") or {}
+    if data.get("prompt_id") != prompt_id:
+        return []
+    ct = class_types or {}
+    if kind == "execution_start":
+        return [Started(prompt_id)]
+    if kind == "execution_cached":
+        nodes = tuple(str(n) for n in data.get("nodes") or ())
+        return [NodeCached(prompt_id, nodes)] if nodes else []
+    if kind == "executing":
+        node = data.get("node")
+        if node is None:
+            return [Done(prompt_id)]
+        return [NodeStarted(prompt_id, str(node), ct.get(str(node)))]
+    if kind == "progress":
+        node = _str_or_none(data.get("node"))
+        return [Progress(prompt_id, node, int(data["value"]), int(data["max"]), ct.get(node or ""))]
+    if kind == "executed":
+        node = str(data.get("node"))
+        return [NodeFinished(prompt_id, node, data.get("output") or {}, ct.get(node))]
+    if kind == "execution_error":
+        return [_failed(prompt_id, data, server)]
+    if kind == "execution_interrupted":
+        return [_interrupted(prompt_id, data, server)]
+    return []
+
+
+def events_from_history(
+    entry: Mapping[str, Any],
+    prompt_id: str,
+    *,
+    class_types: Mapping[str, str] | None = None,
+    server: str | None = None,
+) -> list[Event | Done]:
+    """Replay the events a finished job's ``/history`` entry records.
+
+    History keeps ``execution_start``, ``execution_cached`` and the terminal message; node
+    outputs are rebuilt from ``outputs``. A completed entry always ends with :class:`Done`
+    unless it records a failure or interruption.
+    """
+    events: list[Event | Done] = []
+    status = entry.get("status") or {}
+    terminal: Event | None = None
+    for kind, data in status.get("messages") or ():
+        msg = {"type": kind, "data": {**data, "prompt_id": prompt_id}}
+        for ev in parse_message(msg, prompt_id, class_types=class_types, server=server):
+            if isinstance(ev, Failed | Interrupted):
+                terminal = ev
+            else:
+                events.append(ev)
+    ct = class_types or {}
+    for node_id, output in (entry.get("outputs") or {}).items():
+        events.append(NodeFinished(prompt_id, str(node_id), output, ct.get(str(node_id))))
+    if terminal is not None:
+        events.append(terminal)
+    elif status.get("completed"):
+        events.append(Done(prompt_id))
+    return events

@@ -1,0 +1,87 @@
+"""Provenance in PNG text chunks: write without re-encoding pixels, read back (pure).
+
+A saved image carries two chunks:
+
+- ``prompt``: the API-format workflow, as ComfyUI itself writes it, so ComfyUI (and
+  :func:`comfyfn.graph.load_api_graph`) can load the graph back from the file;
+- ``comfyfn``: a JSON object with prompt, negative, seed, width, height, steps, cfg,
+  sampler, scheduler, model file names, server and prompt id.
+
+Chunks are inserted before ``IEND`` as UTF-8 ``iTXt``; existing chunks of the same keyword
+are replaced. The image data itself is left byte-for-byte as the server made it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PROVENANCE_KEY", "add_text_chunks", "read_provenance", "read_text_chunks"]
+
+PROVENANCE_KEY = "comfyfn"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_TEXT_TYPES = (b"tEXt", b"iTXt", b"zTXt")
+
+
+def _chunks(data: bytes):
+    if not data.startswith(_PNG_MAGIC):
+        raise ValueError("not a PNG file")
+    pos = len(_PNG_MAGIC)
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        ctype = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        yield ctype, data[pos + 8 : pos + 8 + length], data[pos:end]
+        pos = end
+
+
+def _keyword(ctype: bytes, body: bytes) -> str:
+    return body.split(b"\0", 1)[0].decode("latin-1") if ctype in _TEXT_TYPES else ""
+
+
+def _itxt(keyword: str, text: str) -> bytes:
+    body = keyword.encode("latin-1") + b"\0\0\0\0\0" + text.encode("utf-8")
+    head = struct.pack(">I", len(body)) + b"iTXt"
+    return head + body + struct.pack(">I", zlib.crc32(b"iTXt" + body) & 0xFFFFFFFF)
+
+
+def add_text_chunks(data: bytes, texts: Mapping[str, str]) -> bytes:
+    """Return the PNG ``data`` with ``texts`` (keyword → text) set as iTXt chunks."""
+    out = [_PNG_MAGIC]
+    for ctype, body, raw in _chunks(data):
+        if ctype == b"IEND":
+            out.extend(_itxt(k, v) for k, v in texts.items())
+        elif _keyword(ctype, body) in texts:
+            continue
+        out.append(raw)
+    return b"".join(out)
+
+
+def read_text_chunks(source: bytes | str | Path) -> dict[str, str]:
+    """All text chunks of a PNG (tEXt, zTXt, iTXt) as keyword → text."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    texts: dict[str, str] = {}
+    for ctype, body, _ in _chunks(data):
+        if ctype not in _TEXT_TYPES:
+            continue
+        key, rest = body.split(b"\0", 1)
+        if ctype == b"tEXt":
+            value = rest.decode("latin-1")
+        elif ctype == b"zTXt":
+            value = zlib.decompress(rest[1:]).decode("latin-1")
+        else:
+            compressed, rest = rest[0], rest[2:]
+            _lang, _translated, text = rest.split(b"\0", 2)
+            value = (zlib.decompress(text) if compressed else text).decode("utf-8")
+        texts[key.decode("latin-1")] = value
+    return texts
+
+
+def read_provenance(source: bytes | str | Path) -> dict[str, Any]:
+    """The ``comfyfn`` provenance of a saved image; ``{}`` if it has none."""
+    text = read_text_chunks(source).get(PROVENANCE_KEY)
+    return json.loads(text) if text else {}

@@ -1,0 +1,124 @@
+"""What a generation returns: images with their bytes and metadata, and how long it took."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from comfyfn.provenance import PROVENANCE_KEY, add_text_chunks
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+__all__ = ["Generation", "Image", "Timings"]
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds, measured by the client: waiting in the queue, executing, and in all."""
+
+    queued: float
+    executed: float
+    total: float
+
+
+@dataclass(frozen=True, eq=False)
+class Image:
+    """One output image: its bytes as the server made them, and where it came from."""
+
+    data: bytes
+    node_id: str | None
+    filename: str | None = None
+    subfolder: str = ""
+    type: str = "output"
+    provenance: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    workflow: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def _size(self) -> tuple[int, int]:
+        from PIL import Image as PIL
+
+        with PIL.open(io.BytesIO(self.data)) as im:
+            return im.size
+
+    @property
+    def width(self) -> int:
+        return self._size[0]
+
+    @property
+    def height(self) -> int:
+        return self._size[1]
+
+    @property
+    def format(self) -> str:
+        return "png" if self.data[:4] == b"\x89PNG" else "jpeg" if self.data[:2] == b"\xff\xd8" else "bin"
+
+    def to_pil(self) -> PILImage:
+        """Decode into a Pillow image."""
+        from PIL import Image as PIL
+
+        im = PIL.open(io.BytesIO(self.data))
+        im.load()
+        return im
+
+    def png_bytes(self) -> bytes:
+        """The image with comfyfn's provenance chunks (and the API workflow) added."""
+        if self.format != "png":
+            return self.data
+        texts = {PROVENANCE_KEY: json.dumps(dict(self.provenance), ensure_ascii=False)}
+        if self.workflow:
+            texts["prompt"] = json.dumps(dict(self.workflow), ensure_ascii=False)
+        return add_text_chunks(self.data, texts)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the image (with provenance) atomically; a directory gets the server's filename."""
+        target = Path(path)
+        if target.is_dir():
+            target = target / (self.filename or f"image.{self.format}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.png_bytes())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The outcome of one job: images, what ran, where, and how long it took."""
+
+    prompt_id: str
+    server: str
+    images: tuple[Image, ...]
+    params: Mapping[str, Any]
+    workflow: Mapping[str, Any] = field(repr=False)
+    timings: Timings
+    cached_nodes: tuple[str, ...] = ()
+
+    @property
+    def seed(self) -> int | None:
+        return self.params.get("seed")
+
+    def save(self, directory: str | os.PathLike[str], *, prefix: str | None = None) -> list[Path]:
+        """Save every image into ``directory``; names are ``{prefix}_{seed}_{i}.png``."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = prefix or f"{self.prompt_id[:8]}"
+        paths = []
+        for i, image in enumerate(self.images):
+            name = f"{stem}_{self.seed}_{i}.{image.format}" if self.seed is not None else (
+                f"{stem}_{i}.{image.format}"
+            )
+            paths.append(image.save(out / name))
+        return paths

@@ -1,0 +1,199 @@
+"""Binding parameters to graphs by meaning (tracing from the sampler), never by node id."""
+
+from __future__ import annotations
+
+import copy
+import random
+import warnings
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from comfyfn.binding import ComfyWarning, bind, parse_size
+from comfyfn.errors import WorkflowInvalid
+from comfyfn.graph import find_slots, is_link, load_api_graph
+from comfyfn.workflows import zimage_turbo
+
+
+def shuffle_ids(graph, seed):
+    """The same graph with every node id replaced by a random one."""
+    rng = random.Random(seed)
+    new_ids = rng.sample(range(100, 100_000), len(graph))
+    mapping = {old: str(new) for old, new in zip(graph, new_ids, strict=True)}
+    out = {}
+    for old, node in graph.items():
+        node = copy.deepcopy(node)
+        for name, value in node["inputs"].items():
+            if is_link(value):
+                node["inputs"][name] = [mapping[value[0]], value[1]]
+        out[mapping[old]] = node
+    return out, mapping
+
+
+def test_zimage_slots_are_found_by_tracing():
+    slots = find_slots(zimage_turbo())
+    assert slots.sampler == "3"
+    assert slots.params["prompt"] == ("27", "text")
+    assert slots.params["seed"] == ("3", "seed")
+    assert slots.params["width"] == ("13", "width")
+    assert slots.params["model"] == ("28", "unet_name")
+    assert slots.params["text_encoder"] == ("30", "clip_name")
+    assert slots.params["vae"] == ("29", "vae_name")
+    assert slots.negative_zero_out == "33"
+    assert "negative" not in slots.params
+    assert slots.outputs == ("9",)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_binding_works_on_shuffled_ids(seed):
+    graph, mapping = shuffle_ids(zimage_turbo(), seed)
+    bound = bind(graph, prompt="一只猫", seed=7, width=128, height=64, steps=4)
+    g = bound.graph
+    assert g[mapping["27"]]["inputs"]["text"] == "一只猫"
+    assert g[mapping["3"]]["inputs"]["seed"] == 7
+    assert g[mapping["3"]]["inputs"]["steps"] == 4
+    assert (g[mapping["13"]]["inputs"]["width"], g[mapping["13"]]["inputs"]["height"]) == (128, 64)
+
+
+def test_bind_leaves_the_original_untouched_and_reports_values():
+    graph = zimage_turbo()
+    before = copy.deepcopy(graph)
+    bound = bind(graph, prompt="p", seed=1, width=512, height=512)
+    assert graph == before
+    assert bound.values["seed"] == 1
+    assert bound.values["steps"] == 8
+    assert bound.values["cfg"] == 1.0
+    assert bound.values["sampler"] == "res_multistep"
+    assert bound.values["model"] == "z_image_turbo_bf16.safetensors"
+
+
+def test_seed_none_picks_a_random_seed():
+    seeds = {bind(zimage_turbo(), prompt="p", seed=None, width=512, height=512).values["seed"]
+             for _ in range(5)}
+    assert len(seeds) == 5
+    assert all(isinstance(s, int) and 0 <= s < 2**53 for s in seeds)
+
+
+def test_size_must_be_a_multiple_of_the_latent_step():
+    with pytest.raises(WorkflowInvalid) as info:
+        bind(zimage_turbo(), prompt="p", width=1000, height=768)
+    assert "node 13 EmptySD3LatentImage: width 1000 is not a multiple of 16" in str(info.value)
+    (problem,) = info.value.problems
+    assert (problem.node_id, problem.class_type, problem.input_name) == (
+        "13", "EmptySD3LatentImage", "width")
+
+
+@pytest.mark.parametrize(
+    ("params", "text"),
+    [({"width": 0}, "width 0 is out of range 16..16384"),
+     ({"height": 32768}, "height 32768 is out of range"),
+     ({"steps": 0}, "steps 0 is out of range"),
+     ({"seed": -1}, "seed -1 is out of range"),
+     ({"seed": "abc"}, "seed 'abc' is not an integer"),
+     ({"cfg": float("nan")}, "cfg nan is not a number"),
+     ({"batch_size": 2.5}, "batch_size 2.5 is not an integer")],
+)
+def test_bad_values_are_named(params, text):
+    with pytest.raises(WorkflowInvalid, match=text):
+        bind(zimage_turbo(), prompt="p", **params)
+
+
+def test_unknown_parameter_is_an_error():
+    with pytest.raises(WorkflowInvalid, match="unknown parameter 'colour'"):
+        bind(zimage_turbo(), prompt="p", colour="red")
+
+
+def test_negative_at_cfg_1_warns_and_keeps_zero_out():
+    with pytest.warns(ComfyWarning, match="no effect"):
+        bound = bind(zimage_turbo(), prompt="p", negative="blurry", width=512, height=512)
+    assert bound.graph["3"]["inputs"]["negative"] == ["33", 0]
+
+
+def test_cfg_above_1_uses_a_real_negative_encoder():
+    bound = bind(zimage_turbo(), prompt="p", negative="blurry", cfg=4.0, width=512, height=512)
+    neg_id, _ = bound.graph["3"]["inputs"]["negative"]
+    node = bound.graph[neg_id]
+    assert node["class_type"] == "CLIPTextEncode"
+    assert node["inputs"] == {"clip": ["30", 0], "text": "blurry"}
+    assert bound.values["negative"] == "blurry"
+    # without a negative text, cfg > 1 still gets an (empty) encoder rather than zero-out
+    bound = bind(zimage_turbo(), prompt="p", cfg=2.0, width=512, height=512)
+    assert bound.graph[bound.graph["3"]["inputs"]["negative"][0]]["inputs"]["text"] == ""
+
+
+def test_unusual_zimage_sizes_warn_but_bind():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bind(zimage_turbo(), prompt="p", width=64, height=64)
+    assert any("recommended" in str(w.message) for w in caught)
+
+
+def test_two_samplers_are_ambiguous():
+    graph = zimage_turbo()
+    graph["99"] = copy.deepcopy(graph["3"])
+    with pytest.raises(WorkflowInvalid, match="node 3 KSampler, node 99 KSampler"):
+        bind(graph, prompt="p")
+
+
+def test_graph_without_negative_encoder_rejects_negative_param():
+    graph = zimage_turbo()
+    with pytest.raises(WorkflowInvalid, match="unknown parameter 'foo'"):
+        bind(graph, foo=1)
+
+
+def test_load_api_graph_rejects_ui_format_and_garbage(tmp_path):
+    ui = tmp_path / "ui.json"
+    ui.write_text('{"nodes": [], "links": []}')
+    with pytest.raises(WorkflowInvalid, match="UI"):
+        load_api_graph(ui)
+    with pytest.raises(WorkflowInvalid, match="node 5"):
+        load_api_graph({"5": {"inputs": {}}})
+    with pytest.raises(WorkflowInvalid, match="cannot read"):
+        load_api_graph(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(("size", "expected"), [("1024x768", (1024, 768)), ((64, 128), (64, 128)),
+                                                ("96×64", (96, 64))])
+def test_parse_size(size, expected):
+    assert parse_size(size) == expected
+
+
+def test_parse_size_error_names_the_field():
+    with pytest.raises(WorkflowInvalid, match="size '12by4'"):
+        parse_size("12by4")
+
+
+def _changes(a, b):
+    out = set()
+    for nid in set(a) | set(b):
+        if nid not in a or nid not in b:
+            out.add((nid, "*"))
+            continue
+        ia, ib = a[nid]["inputs"], b[nid]["inputs"]
+        out |= {(nid, k) for k in set(ia) | set(ib) if ia.get(k) != ib.get(k)}
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shuffle=st.integers(0, 10_000),
+    prompt=st.text(max_size=40),
+    seed=st.integers(0, 2**53),
+    side=st.tuples(st.integers(1, 64), st.integers(1, 64)),
+    steps=st.integers(1, 50),
+    sampler=st.sampled_from(["euler", "res_multistep"]),
+)
+def test_binding_changes_only_the_bound_inputs(shuffle, prompt, seed, side, steps, sampler):
+    graph, _ = shuffle_ids(zimage_turbo(), shuffle)
+    params = {"prompt": prompt, "seed": seed, "width": side[0] * 16, "height": side[1] * 16,
+              "steps": steps, "sampler": sampler}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bound = bind(graph, **params)
+    allowed = {bound.slots.params[name] for name in params}
+    changed = _changes(graph, bound.graph)
+    assert changed <= allowed
+    for name, value in params.items():
+        node, inp = bound.slots.params[name]
+        assert bound.graph[node]["inputs"][inp] == value

@@ -1,0 +1,49 @@
+"""ComfyUI's real 400 bodies become one readable line per node and input."""
+
+from __future__ import annotations
+
+import pytest
+
+from comfyfn.errors import WorkflowInvalid
+from comfyfn.rejection import workflow_invalid_from_response
+
+EXPECTED = {
+    "unknown_class_type": ("1", None, "Cannot execute because node NoSuchNode does not exist."),
+    "missing_input": ("1", "EmptyImage", "required input 'color' is missing"),
+    "bad_combo": ("3", "ImageScale", "upscale_method 'nope' is not one of the server's choices"),
+    "wrong_link_type": ("2", "SaveImage", "images expects IMAGE but receives LATENT from node 1"),
+    "value_out_of_range": ("1", "EmptyImage", "width 0: Value 0 smaller than min of 1"),
+    "wrong_value_type": ("1", "EmptyImage", "width 'abc' has the wrong type"),
+    "link_to_missing_node": ("2", "SaveImage", "a link points at a node that is not in the"),
+    "no_output_node": (None, None, "Prompt has no outputs"),
+    "missing_class_type": ("1", None, "missing the class_type property"),
+    "no_prompt_key": (None, None, "No prompt provided"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+def test_each_validation_error_kind_reads_well(sample, kind):
+    body = sample("post_prompt_errors.json")[kind]["body"]
+    error = workflow_invalid_from_response(body, server="http://gpu:8188")
+    assert isinstance(error, WorkflowInvalid)
+    node_id, class_type, text = EXPECTED[kind]
+    (problem,) = error.problems
+    assert problem.node_id == node_id
+    assert problem.class_type == class_type
+    assert text in problem.message
+    assert text in str(error)
+    assert error.server == "http://gpu:8188"
+
+
+def test_missing_model_file_names_the_input(sample):
+    body = sample("post_prompt_missing_model.json")["body"]
+    error = workflow_invalid_from_response(body)
+    assert str(error.problems[0]) == (
+        "node 1 UNETLoader: unet_name 'nope.safetensors' is not one of the server's choices "
+        "['z_image_turbo_bf16.safetensors']"
+    )
+
+
+def test_non_json_body_still_gives_an_error(sample):
+    error = workflow_invalid_from_response(sample("post_prompt_errors.json")["not_json"]["body"])
+    assert "500 Internal Server Error" in str(error)
