@@ -16,3 +16,8 @@ def load_sample(name: str):
 @pytest.fixture
 def sample():
     return load_sample
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"

@@ -205,12 +205,11 @@ def _warn_unusual_size(values: Mapping[str, Any]) -> None:
     if "z_image" not in str(values.get("model", "")):
         return
     low, high = _RECOMMENDED_SIDE
-    for side in ("width", "height"):
-        v = values.get(side)
-        if isinstance(v, int) and not low <= v <= high:
-            warnings.warn(
-                f"{side} {v} is outside Z-Image's recommended {low}–{high} px; it will run, "
-                "but expect lower quality",
-                ComfyWarning,
-                stacklevel=3,
-            )
+    w, h = values.get("width"), values.get("height")
+    if any(isinstance(v, int) and not low <= v <= high for v in (w, h)):
+        warnings.warn(
+            f"size {w}x{h} is outside Z-Image's recommended {low}–{high} px per side; it will "
+            "run, but expect lower quality",
+            ComfyWarning,
+            stacklevel=3,
+        )

@@ -97,14 +97,14 @@ def generate(
         raise _fail(exc) from None
     paths = result.save(output)
     if as_json:
-        out.print_json(json.dumps({
+        typer.echo(json.dumps({
             "prompt_id": result.prompt_id, "server": result.server, "seed": result.seed,
             "files": [str(p) for p in paths], "params": dict(result.params),
             "timings": vars(result.timings),
-        }, ensure_ascii=False))
+        }, ensure_ascii=False, indent=2))
     else:
         for p in paths:
-            out.print(str(p), highlight=False)
+            typer.echo(str(p))
         t = result.timings
         err.print(f"seed {result.seed} · {len(paths)} image(s) · queued {t.queued:.2f}s · "
                   f"ran {t.executed:.2f}s · total {t.total:.2f}s · {result.server}")
@@ -155,10 +155,10 @@ def info(server: ServerOpt = None,
         "queue_pending": len(queue.get("queue_pending", [])),
     }
     if as_json:
-        out.print_json(json.dumps(data))
+        typer.echo(json.dumps(data, indent=2))
         return
     for key, value in data.items():
-        out.print(f"{key:16} {value}", highlight=False)
+        typer.echo(f"{key:16} {value}")
 
 
 @app.command()
@@ -171,7 +171,18 @@ def models(folder: Annotated[str | None, typer.Argument(help="e.g. diffusion_mod
     except ComfyError as exc:
         raise _fail(exc) from None
     for name in names:
-        out.print(name, highlight=False)
+        typer.echo(name)
+
+
+@engine_app.command("install")
+def engine_install() -> None:
+    """Install the engine (venv, ComfyUI, tiny weights) without starting it."""
+    install = Engine().install
+    try:
+        seconds = install.install(report=lambda msg: err.print(msg))
+    except ComfyError as exc:
+        raise _fail(exc) from None
+    err.print(f"engine installed in {install.home} ({seconds:.1f}s)")
 
 
 @engine_app.command("up")
@@ -189,7 +200,7 @@ def engine_up(
     except ComfyError as exc:
         raise _fail(exc) from None
     err.print(f"engine {name!r} up in {time.monotonic() - started:.1f}s (pid {state.pid})")
-    out.print(state.url, highlight=False)
+    typer.echo(state.url)
 
 
 @engine_app.command("down")
@@ -205,7 +216,7 @@ def engine_status(name: EngineName = "default",
     """URL, pid and ComfyUI version of the local engine; exit 1 if it is not running."""
     status = Engine(name).status()
     if as_json:
-        out.print_json(json.dumps(status))
+        typer.echo(json.dumps(status, indent=2))
     else:
         table = Table(show_header=False, box=None)
         for key, value in status.items():
@@ -219,7 +230,7 @@ def engine_status(name: EngineName = "default",
 def engine_logs(name: EngineName = "default",
                 lines: Annotated[int, typer.Option("--lines", "-n")] = 50) -> None:
     """The last lines of the engine's server log."""
-    out.print(Engine(name).log_tail(lines), markup=False, highlight=False)
+    typer.echo(Engine(name).log_tail(lines))
 
 
 def main() -> None:

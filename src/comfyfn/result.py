@@ -33,7 +33,7 @@ class Timings:
 class Image:
     """One output image: its bytes as the server made them, and where it came from."""
 
-    data: bytes
+    data: bytes = field(repr=False)
     node_id: str | None
     filename: str | None = None
     subfolder: str = ""

@@ -56,6 +56,22 @@ def _pid_alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
+def _gone(pid: int) -> bool:
+    """The process has fully exited (all threads); reaps it if it is our child."""
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        return reaped == pid
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _is_ours(pid: int, port: int) -> bool:
     """The pid is still a ComfyUI main.py on our port (pids get reused)."""
     cmdline = Path(f"/proc/{pid}/cmdline")
@@ -136,7 +152,8 @@ class Engine:
         env = dict(os.environ)
         if self.comfyui_path is None:
             cmd += ["--front-end-root", str(self.install.empty_frontend),
-                    "--base-directory", str(self.base)]
+                    "--base-directory", str(self.base),
+                    "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}"]
             env["PYTHONPATH"] = str(self.install.stubs)
         report(f"engine: starting ComfyUI on 127.0.0.1:{port}")
         with open(self.log_file, "ab") as log:
@@ -165,13 +182,13 @@ class Engine:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(state.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _pid_alive(state.pid) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(state.pid, os.WNOHANG)
+        while not _gone(state.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _pid_alive(state.pid):
+        if not _gone(state.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(state.pid, signal.SIGKILL)
+            while not _gone(state.pid):
+                time.sleep(0.05)
         self.state_file.unlink(missing_ok=True)
         return True
 

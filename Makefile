@@ -1,0 +1,40 @@
+# comfyfn — the two commands a fresh machine needs:
+#   make demo   set everything up, start the local engine, generate a few images
+#   make test   set everything up and run the whole test suite (what CI runs)
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+OUT    ?= out/demo
+
+.PHONY: demo test unit lint bench engine-down clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/comfyfn engine install
+	$(BIN)/comfyfn generate "一位身着旗袍的女性漫步在上海外滩夜景" --seed 42 --size 256x256 -o $(OUT)
+	$(BIN)/comfyfn generate "A neon sign that says \"comfyfn\", rainy night street" --seed 7 --size 256x160 -o $(OUT)
+	$(BIN)/comfyfn generate "水墨山水画，远山云雾" --size 160x256 --batch 2 -o $(OUT)
+	@echo "images are in $(OUT)/ (the local engine keeps running: make engine-down)"
+
+test: $(BIN)/.installed
+	$(BIN)/comfyfn engine install
+	$(BIN)/python -m pytest
+
+unit: $(BIN)/.installed
+	$(BIN)/python -m pytest tests/unit
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests bench
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/client_overhead.py
+
+engine-down: $(BIN)/.installed
+	$(BIN)/comfyfn engine down
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
