@@ -21,6 +21,7 @@ demo: $(BIN)/.installed
 	@echo "images are in $(OUT)/ (the local engine keeps running: make engine-down)"
 
 test: $(BIN)/.installed
+	$(BIN)/ruff check src tests bench
 	$(BIN)/comfyfn engine install
 	$(BIN)/python -m pytest
 

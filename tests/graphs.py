@@ -5,18 +5,34 @@ from __future__ import annotations
 
 def blur_graph(color: int, *, size: int = 1024, blurs: int = 4, radius: int = 31) -> dict:
     """A model-free job whose run time is tuned by size/blurs (about 1 s per 1024² r31 node)."""
-    graph = {"1": {"class_type": "EmptyImage",
-                   "inputs": {"width": size, "height": size, "batch_size": 1, "color": color}}}
+    graph = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": size, "height": size, "batch_size": 1, "color": color},
+        }
+    }
     prev = "1"
     for i in range(blurs):
         nid = str(10 + i)
-        graph[nid] = {"class_type": "ImageBlur",
-                      "inputs": {"image": [prev, 0], "blur_radius": radius, "sigma": 5.0}}
+        graph[nid] = {
+            "class_type": "ImageBlur",
+            "inputs": {"image": [prev, 0], "blur_radius": radius, "sigma": 5.0},
+        }
         prev = nid
-    graph["2"] = {"class_type": "ImageScale", "inputs": {"image": [prev, 0],
-                  "upscale_method": "bilinear", "width": 64, "height": 64, "crop": "disabled"}}
-    graph["3"] = {"class_type": "SaveImage", "inputs": {"images": ["2", 0],
-                  "filename_prefix": "blur"}}
+    graph["2"] = {
+        "class_type": "ImageScale",
+        "inputs": {
+            "image": [prev, 0],
+            "upscale_method": "bilinear",
+            "width": 64,
+            "height": 64,
+            "crop": "disabled",
+        },
+    }
+    graph["3"] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": ["2", 0], "filename_prefix": "blur"},
+    }
     return graph
 
 
@@ -24,6 +40,10 @@ def trivial_graph(color: int, *, node: str = "SaveImage") -> dict:
     inputs = {"images": ["1", 0]}
     if node == "SaveImage":
         inputs["filename_prefix"] = "trivial"
-    return {"1": {"class_type": "EmptyImage",
-                  "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": color}},
-            "2": {"class_type": node, "inputs": inputs}}
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": color},
+        },
+        "2": {"class_type": node, "inputs": inputs},
+    }

@@ -9,9 +9,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-
-import anyio.to_thread
 
 from comfyfn.errors import ConfigError
 
@@ -50,4 +49,4 @@ def resolve_server_sync(server: str | None, *, start_engine: bool = True) -> str
 async def resolve_server(server: str | None) -> str:
     if server:
         return _normalise(server, "server")
-    return await anyio.to_thread.run_sync(resolve_server_sync, server)
+    return await asyncio.to_thread(resolve_server_sync, server)

@@ -39,8 +39,8 @@ from comfyfn.events import (
 )
 from comfyfn.events import Interrupted as InterruptedEvent
 from comfyfn.graph import ApiGraph, class_types
-from comfyfn.result import Generation, Image, Timings
 from comfyfn.rejection import workflow_invalid_from_response
+from comfyfn.result import Generation, Image, Timings
 
 __all__ = ["JobSettings", "queue_position", "run_job", "submit"]
 
@@ -178,10 +178,17 @@ class _Watch:
         entry = (await self.session.get_json(f"/history/{self.prompt_id}")).get(self.prompt_id)
         if entry:
             return events_from_history(entry, self.prompt_id, class_types=self.types, server=server)
-        return [InterruptedEvent(self.prompt_id, Interrupted(
-            "the job is neither queued nor in the history: it was removed from the queue "
-            "(or the server restarted) before it ran",
-            server=server, prompt_id=self.prompt_id))]
+        return [
+            InterruptedEvent(
+                self.prompt_id,
+                Interrupted(
+                    "the job is neither queued nor in the history: it was removed from the queue "
+                    "(or the server restarted) before it ran",
+                    server=server,
+                    prompt_id=self.prompt_id,
+                ),
+            )
+        ]
 
     async def history_entry(self, wait: float) -> Mapping[str, Any]:
         """The finished job's history entry, waiting out the write race."""
@@ -194,14 +201,17 @@ class _Watch:
             if time.monotonic() > deadline:
                 raise NoOutputs(
                     f"the job finished but its history did not appear within {wait:g}s",
-                    server=self.session.server, prompt_id=self.prompt_id,
+                    server=self.session.server,
+                    prompt_id=self.prompt_id,
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
 
 async def _fetch_images(
-    session: HttpSession, entry: Mapping[str, Any], frames: list[BinaryFrame],
+    session: HttpSession,
+    entry: Mapping[str, Any],
+    frames: list[BinaryFrame],
     types: Mapping[str, str],
 ) -> list[Image]:
     refs = [
@@ -211,8 +221,11 @@ async def _fetch_images(
     ]
 
     async def view(node_id: str, ref: Mapping[str, Any]) -> Image:
-        params = {"filename": ref["filename"], "subfolder": ref.get("subfolder", ""),
-                  "type": ref.get("type", "output")}
+        params = {
+            "filename": ref["filename"],
+            "subfolder": ref.get("subfolder", ""),
+            "type": ref.get("type", "output"),
+        }
         async with session.client.stream("GET", "/view", params=params) as response:
             if response.status_code >= 400:
                 await response.aread()
@@ -272,8 +285,11 @@ async def run_job(
                     server=session.server, prompt_id=prompt_id, timeout=settings.timeout or 0
                 )
             if queue is not None:
-                wait = settings.check_interval if remaining is None else min(
-                    remaining, settings.check_interval)
+                wait = (
+                    settings.check_interval
+                    if remaining is None
+                    else min(remaining, settings.check_interval)
+                )
                 try:
                     item = await asyncio.wait_for(queue.get(), wait)
                 except TimeoutError:
@@ -285,16 +301,21 @@ async def run_job(
                     events = await watch.probe()
                 elif isinstance(item, BinaryFrame):
                     watch.frames.append(
-                        item if item.node_id else BinaryFrame(
-                            item.event, item.data, item.image_type, watch.current_node, prompt_id)
+                        item
+                        if item.node_id
+                        else BinaryFrame(
+                            item.event, item.data, item.image_type, watch.current_node, prompt_id
+                        )
                     )
                     events = []
                 else:
-                    events = parse_message(item, prompt_id, class_types=watch.types,
-                                           server=session.server)
+                    events = parse_message(
+                        item, prompt_id, class_types=watch.types, server=session.server
+                    )
             else:
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0) if remaining is None
-                                    else min(delay, remaining))
+                await asyncio.sleep(
+                    delay * random.uniform(0.5, 1.0) if remaining is None else min(delay, remaining)
+                )
                 delay = min(delay * 2, 1.0)
                 events = await watch.probe()
                 if await socket.ensure():
@@ -303,8 +324,9 @@ async def run_job(
             for ev in watch.fresh(events):
                 if isinstance(ev, Done):
                     entry = await watch.history_entry(settings.history_wait)
-                    replay = events_from_history(entry, prompt_id, class_types=watch.types,
-                                                 server=session.server)
+                    replay = events_from_history(
+                        entry, prompt_id, class_types=watch.types, server=session.server
+                    )
                     terminal = [e for e in replay if isinstance(e, Failed | InterruptedEvent)]
                     if terminal:
                         finished = True
@@ -318,7 +340,8 @@ async def run_job(
                         finished = True
                         raise NoOutputs(
                             "the job finished without any image output",
-                            server=session.server, prompt_id=prompt_id,
+                            server=session.server,
+                            prompt_id=prompt_id,
                         )
                     generation = Generation(
                         prompt_id=prompt_id,
@@ -354,5 +377,6 @@ def _with_provenance(
     if image.width and image.height:
         provenance.setdefault("width", image.width)
         provenance.setdefault("height", image.height)
-    return Image(image.data, image.node_id, image.filename, image.subfolder, image.type,
-                 provenance, graph)
+    return Image(
+        image.data, image.node_id, image.filename, image.subfolder, image.type, provenance, graph
+    )

@@ -65,7 +65,9 @@ class EventSocket:
                 )
                 await ws.send(_FEATURES)
             except (OSError, WebSocketException, TimeoutError) as exc:
-                log.warning("websocket %s unavailable (%s); polling /history instead", self._url, exc)
+                log.warning(
+                    "websocket %s unavailable (%s); polling /history instead", self._url, exc
+                )
                 return False
             self._ws = ws
             self._reader = asyncio.create_task(self._read(ws), name="comfyfn-ws-reader")

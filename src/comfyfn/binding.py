@@ -181,8 +181,10 @@ def bind(graph: ApiGraph, **params: Any) -> BoundGraph:
     missing = [name for name in given if name not in param_slots]
     if missing:
         raise WorkflowInvalid(
-            [NodeProblem(None, None, name, f"this workflow has no input for {name!r}")
-             for name in missing],
+            [
+                NodeProblem(None, None, name, f"this workflow has no input for {name!r}")
+                for name in missing
+            ],
             summary="parameters the workflow cannot take",
         )
     problems = _check(graph, slots, given)

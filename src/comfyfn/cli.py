@@ -23,23 +23,32 @@ from comfyfn import _config
 from comfyfn.binding import parse_size
 from comfyfn.engine import Engine
 from comfyfn.errors import ComfyError, ConfigError, WorkflowInvalid
-from comfyfn.events import NodeCached, NodeStarted, Progress as ProgressEvent, Queued, Started
-from comfyfn.events import Failed, Interrupted, Succeeded
+from comfyfn.events import Failed, Interrupted, NodeCached, NodeStarted, Queued, Started, Succeeded
+from comfyfn.events import Progress as ProgressEvent
 from comfyfn.sync import Client
 
-app = typer.Typer(help="Run ComfyUI workflows (Z-Image-Turbo first) from the shell.",
-                  no_args_is_help=True, add_completion=False)
-engine_app = typer.Typer(help="The managed local ComfyUI engine (no GPU needed).",
-                         no_args_is_help=True)
+app = typer.Typer(
+    help="Run ComfyUI workflows (Z-Image-Turbo first) from the shell.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+engine_app = typer.Typer(
+    help="The managed local ComfyUI engine (no GPU needed).", no_args_is_help=True
+)
 app.add_typer(engine_app, name="engine")
 
 err = Console(stderr=True)
 out = Console()
 
-ServerOpt = Annotated[str | None, typer.Option(
-    "--server", "-s", help="ComfyUI URL. Default: $COMFYFN_SERVER, else the local engine.")]
-EngineName = Annotated[str, typer.Option("--name", help="Engine instance name.",
-                                         envvar="COMFYFN_ENGINE")]
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server", "-s", help="ComfyUI URL. Default: $COMFYFN_SERVER, else the local engine."
+    ),
+]
+EngineName = Annotated[
+    str, typer.Option("--name", help="Engine instance name.", envvar="COMFYFN_ENGINE")
+]
 
 
 def _fail(exc: ComfyError) -> typer.Exit:
@@ -62,8 +71,10 @@ def _server(server: str | None) -> str:
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 @app.command()
@@ -77,13 +88,20 @@ def generate(
     negative: Annotated[str | None, typer.Option(help="Negative prompt (needs cfg > 1).")] = None,
     batch: Annotated[int | None, typer.Option("--batch", help="Images per job.")] = None,
     workflow: Annotated[Path | None, typer.Option(help="An API-format workflow JSON.")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Give up (and cancel) after seconds.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Give up (and cancel) after seconds.")
+    ] = None,
     server: ServerOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Generate images and save them (with provenance) into the output directory."""
-    params: dict[str, Any] = {"seed": seed, "steps": steps, "cfg": cfg, "negative": negative,
-                              "batch_size": batch}
+    params: dict[str, Any] = {
+        "seed": seed,
+        "steps": steps,
+        "cfg": cfg,
+        "negative": negative,
+        "batch_size": batch,
+    }
     try:
         if size:
             params["width"], params["height"] = parse_size(size)
@@ -97,25 +115,50 @@ def generate(
         raise _fail(exc) from None
     paths = result.save(output)
     if as_json:
-        typer.echo(json.dumps({
-            "prompt_id": result.prompt_id, "server": result.server, "seed": result.seed,
-            "files": [str(p) for p in paths], "params": dict(result.params),
-            "timings": vars(result.timings),
-        }, ensure_ascii=False, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "prompt_id": result.prompt_id,
+                    "server": result.server,
+                    "seed": result.seed,
+                    "files": [str(p) for p in paths],
+                    "params": dict(result.params),
+                    "timings": vars(result.timings),
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
     else:
         for p in paths:
             typer.echo(str(p))
         t = result.timings
-        err.print(f"seed {result.seed} · {len(paths)} image(s) · queued {t.queued:.2f}s · "
-                  f"ran {t.executed:.2f}s · total {t.total:.2f}s · {result.server}")
+        err.print(
+            f"seed {result.seed} · {len(paths)} image(s) · queued {t.queued:.2f}s · "
+            f"ran {t.executed:.2f}s · total {t.total:.2f}s · {result.server}"
+        )
 
 
-def _run_with_progress(client: Client, prompt: str, workflow: Path | None, timeout: float | None,
-                       params: dict[str, Any], *, quiet: bool):
+def _run_with_progress(
+    client: Client,
+    prompt: str,
+    workflow: Path | None,
+    timeout: float | None,
+    params: dict[str, Any],
+    *,
+    quiet: bool,
+):
     events = client.stream(prompt, workflow=workflow, timeout=timeout, **params)
     show = err.is_terminal and not quiet
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[step]}"),
-                  TimeElapsedColumn(), console=err, transient=True, disable=not show) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[step]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not show,
+    ) as bar:
         task = bar.add_task("queued", total=None, step="")
         for ev in events:
             if isinstance(ev, Queued):
@@ -125,8 +168,13 @@ def _run_with_progress(client: Client, prompt: str, workflow: Path | None, timeo
             elif isinstance(ev, NodeCached):
                 bar.update(task, description=f"{len(ev.node_ids)} node(s) cached")
             elif isinstance(ev, NodeStarted):
-                bar.update(task, description=f"node {ev.node_id} {ev.class_type or ''}",
-                           total=None, completed=0, step="")
+                bar.update(
+                    task,
+                    description=f"node {ev.node_id} {ev.class_type or ''}",
+                    total=None,
+                    completed=0,
+                    step="",
+                )
             elif isinstance(ev, ProgressEvent):
                 bar.update(task, total=ev.max, completed=ev.value, step=f"{ev.value}/{ev.max}")
             elif isinstance(ev, Succeeded):
@@ -137,8 +185,9 @@ def _run_with_progress(client: Client, prompt: str, workflow: Path | None, timeo
 
 
 @app.command()
-def info(server: ServerOpt = None,
-         as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def info(
+    server: ServerOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
     """Server URL, ComfyUI version, devices and queue."""
     try:
         with Client(_config.resolve_server_sync(server)) as client:
@@ -148,8 +197,10 @@ def info(server: ServerOpt = None,
         raise _fail(exc) from None
     system = stats.get("system", {})
     data = {
-        "server": url, "comfyui_version": system.get("comfyui_version"),
-        "python": system.get("python_version"), "pytorch": system.get("pytorch_version"),
+        "server": url,
+        "comfyui_version": system.get("comfyui_version"),
+        "python": system.get("python_version"),
+        "pytorch": system.get("pytorch_version"),
         "devices": [d.get("name") for d in stats.get("devices", [])],
         "queue_running": len(queue.get("queue_running", [])),
         "queue_pending": len(queue.get("queue_pending", [])),
@@ -162,8 +213,10 @@ def info(server: ServerOpt = None,
 
 
 @app.command()
-def models(folder: Annotated[str | None, typer.Argument(help="e.g. diffusion_models, vae")] = None,
-           server: ServerOpt = None) -> None:
+def models(
+    folder: Annotated[str | None, typer.Argument(help="e.g. diffusion_models, vae")] = None,
+    server: ServerOpt = None,
+) -> None:
     """List model folders, or the files in one folder."""
     try:
         with Client(_config.resolve_server_sync(server)) as client:
@@ -211,8 +264,9 @@ def engine_down(name: EngineName = "default") -> None:
 
 
 @engine_app.command("status")
-def engine_status(name: EngineName = "default",
-                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def engine_status(
+    name: EngineName = "default", as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
     """URL, pid and ComfyUI version of the local engine; exit 1 if it is not running."""
     status = Engine(name).status()
     if as_json:
@@ -227,8 +281,9 @@ def engine_status(name: EngineName = "default",
 
 
 @engine_app.command("logs")
-def engine_logs(name: EngineName = "default",
-                lines: Annotated[int, typer.Option("--lines", "-n")] = 50) -> None:
+def engine_logs(
+    name: EngineName = "default", lines: Annotated[int, typer.Option("--lines", "-n")] = 50
+) -> None:
     """The last lines of the engine's server log."""
     typer.echo(Engine(name).log_tail(lines))
 

@@ -88,8 +88,9 @@ class AsyncClient:
             return
         server = await _config.resolve_server(self._server_arg)
         self._session = HttpSession(server, self._timeout, retries=self.retries)
-        self._socket = EventSocket(_ws_url(server, self.client_id),
-                                   connect_timeout=self._timeout.connect or 5.0)
+        self._socket = EventSocket(
+            _ws_url(server, self.client_id), connect_timeout=self._timeout.connect or 5.0
+        )
 
     async def aclose(self) -> None:
         if self._socket is not None:
@@ -121,8 +122,9 @@ class AsyncClient:
         """Bind the parameters and run the job, yielding its typed events.
 
         ``params`` are those of :data:`comfyfn.binding.PARAMETERS` (``seed``, ``width``,
-        ``height``, ``steps``, ``negative``...); ``size=(w, h)`` or ``"WxH"`` sets both sides. The last event is :class:`Succeeded`,
-        :class:`Failed` or :class:`Interrupted`. ``seed`` defaults to a random seed.
+        ``height``, ``steps``, ``negative``...); ``size=(w, h)`` or ``"WxH"`` sets both
+        sides. The last event is :class:`Succeeded`, :class:`Failed` or :class:`Interrupted`.
+        ``seed`` defaults to a random seed.
         """
         graph = zimage_turbo() if workflow is None else load_api_graph(workflow)
         if (size := params.pop("size", None)) is not None:
@@ -148,8 +150,9 @@ class AsyncClient:
         )
         session, socket = self._http, self._socket
         assert socket is not None
-        async for event in run_job(session, socket, graph, params or {}, settings,
-                                   prompt_id=prompt_id):
+        async for event in run_job(
+            session, socket, graph, params or {}, settings, prompt_id=prompt_id
+        ):
             yield event
 
     async def generate(
@@ -164,8 +167,11 @@ class AsyncClient:
         return await _result(self.stream(prompt, workflow=workflow, timeout=timeout, **params))
 
     async def run(
-        self, graph: ApiGraph, params: Mapping[str, Any] | None = None,
-        *, timeout: float | None = None,
+        self,
+        graph: ApiGraph,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Generation:
         """Run an API-format graph unchanged and return its Generation."""
         return await _result(self.stream_graph(graph, params, timeout=timeout))
@@ -260,7 +266,9 @@ class AsyncClient:
         files = {"image": (filename, data, "application/octet-stream")}
         form = {"subfolder": subfolder, "type": "input", "overwrite": str(overwrite).lower()}
         answer = (await self._http.send("POST", "/upload/image", files=files, data=form)).json()
-        return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
+        return (
+            f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
+        )
 
 
 async def _result(events: AsyncIterator[Event]) -> Generation:
@@ -270,4 +278,3 @@ async def _result(events: AsyncIterator[Event]) -> Generation:
         if isinstance(event, Failed | Interrupted):
             raise event.error
     raise NoOutputs("the job ended without a result")  # pragma: no cover - run_job ends in one
-

@@ -69,7 +69,14 @@ class HTTPStatusError(TransportError):
     """The server answered with a non-success status."""
 
     def __init__(
-        self, message: str, *, server: str | None, status_code: int, body: str, method: str, path: str
+        self,
+        message: str,
+        *,
+        server: str | None,
+        status_code: int,
+        body: str,
+        method: str,
+        path: str,
     ) -> None:
         super().__init__(message, server=server)
         self.status_code = status_code

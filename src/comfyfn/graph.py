@@ -68,12 +68,20 @@ def load_api_graph(source: str | Path | Mapping[str, Any]) -> ApiGraph:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise WorkflowInvalid(
-                [NodeProblem(None, None, None, f"not JSON: {exc}")], summary="cannot load the workflow"
+                [NodeProblem(None, None, None, f"not JSON: {exc}")],
+                summary="cannot load the workflow",
             ) from exc
     if isinstance(data, dict) and "nodes" in data and "links" in data:
         raise WorkflowInvalid(
-            [NodeProblem(None, None, None, "this is the UI (save) format; export it with "
-                         "'Export (API)' in ComfyUI or load it with comfyfn.Workflow")],
+            [
+                NodeProblem(
+                    None,
+                    None,
+                    None,
+                    "this is the UI (save) format; export it with "
+                    "'Export (API)' in ComfyUI or load it with comfyfn.Workflow",
+                )
+            ],
             summary="not an API-format workflow",
         )
     if not isinstance(data, dict) or not data:
@@ -84,9 +92,9 @@ def load_api_graph(source: str | Path | Mapping[str, Any]) -> ApiGraph:
     problems = [
         NodeProblem(str(nid), None, None, "has no class_type/inputs (not API format)")
         for nid, node in data.items()
-        if not isinstance(node, dict) or "class_type" not in node or not isinstance(
-            node.get("inputs", {}), dict
-        )
+        if not isinstance(node, dict)
+        or "class_type" not in node
+        or not isinstance(node.get("inputs", {}), dict)
     ]
     if problems:
         raise WorkflowInvalid(problems, summary="not an API-format workflow")
@@ -196,20 +204,34 @@ def find_slots(graph: ApiGraph) -> Slots:
         name = next(k for k in _MODEL_FILE_INPUTS if k in graph[loader]["inputs"])
         params["model"] = (loader, name)
     if positive is not None:
-        te = _walk(graph, _source(graph, positive, "clip"), ("clip",),
-                   lambda n: "clip_name" in n.get("inputs", {}))
+        te = _walk(
+            graph,
+            _source(graph, positive, "clip"),
+            ("clip",),
+            lambda n: "clip_name" in n.get("inputs", {}),
+        )
         if te is not None:
             params["text_encoder"] = (te, "clip_name")
 
     decoders = [d for d in _downstream(graph, sampler) if "vae" in graph[d].get("inputs", {})]
     if len(decoders) == 1:
-        vae = _walk(graph, _source(graph, decoders[0], "vae"), ("vae",),
-                    lambda n: "vae_name" in n.get("inputs", {}))
+        vae = _walk(
+            graph,
+            _source(graph, decoders[0], "vae"),
+            ("vae",),
+            lambda n: "vae_name" in n.get("inputs", {}),
+        )
         if vae is not None:
             params["vae"] = (vae, "vae_name")
 
-    outputs = tuple(sorted(nid for nid, n in graph.items() if _literal(graph, nid, "filename_prefix")
-                           or n.get("class_type") == "SaveImageWebsocket"))
+    outputs = tuple(
+        sorted(
+            nid
+            for nid, n in graph.items()
+            if _literal(graph, nid, "filename_prefix")
+            or n.get("class_type") == "SaveImageWebsocket"
+        )
+    )
     return Slots(sampler, params, zero_out, outputs)
 
 

@@ -24,7 +24,9 @@ def _problem(node_id: str, class_type: str | None, err: Mapping[str, Any]) -> No
     if kind == "required_input_missing":
         text = f"required input {name or details!r} is missing"
     elif kind == "value_not_in_list":
-        options = config[0] if isinstance(config, list) and config and isinstance(config[0], list) else []
+        options = (
+            config[0] if isinstance(config, list) and config and isinstance(config[0], list) else []
+        )
         shown = ", ".join(repr(o) for o in options[:8]) + (", …" if len(options) > 8 else "")
         text = f"{name} {received!r} is not one of the server's choices [{shown}]"
     elif kind in ("value_smaller_than_min", "value_bigger_than_max"):
@@ -68,7 +70,9 @@ def workflow_invalid_from_response(body: Any, *, server: str | None = None) -> W
         match = _NODE_ID_IN_DETAILS.search(details)
         node_id = match.group(1) if match else None
         extra = "" if match or not details or details == message else f" ({details})"
-        problems.append(NodeProblem(node_id, None, None, message + extra, error.get("type", "invalid")))
+        problems.append(
+            NodeProblem(node_id, None, None, message + extra, error.get("type", "invalid"))
+        )
     summary = "the server rejected the workflow"
     if error.get("type") == "prompt_outputs_failed_validation":
         summary = "the server rejected the workflow: prompt outputs failed validation"

@@ -58,7 +58,13 @@ class Image:
 
     @property
     def format(self) -> str:
-        return "png" if self.data[:4] == b"\x89PNG" else "jpeg" if self.data[:2] == b"\xff\xd8" else "bin"
+        return (
+            "png"
+            if self.data[:4] == b"\x89PNG"
+            else "jpeg"
+            if self.data[:2] == b"\xff\xd8"
+            else "bin"
+        )
 
     def to_pil(self) -> PILImage:
         """Decode into a Pillow image."""
@@ -117,8 +123,10 @@ class Generation:
         stem = prefix or f"{self.prompt_id[:8]}"
         paths = []
         for i, image in enumerate(self.images):
-            name = f"{stem}_{self.seed}_{i}.{image.format}" if self.seed is not None else (
-                f"{stem}_{i}.{image.format}"
+            name = (
+                f"{stem}_{self.seed}_{i}.{image.format}"
+                if self.seed is not None
+                else (f"{stem}_{i}.{image.format}")
             )
             paths.append(image.save(out / name))
         return paths

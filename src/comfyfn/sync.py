@@ -1,18 +1,20 @@
 """The synchronous client: runs :class:`AsyncClient` on a private event-loop thread.
 
-Nothing is reimplemented here: every method forwards to the async one through an anyio
-blocking portal, and :meth:`Client.stream` pulls the async event stream one event at a time.
-Ctrl-C while waiting cancels the job on the server (interrupt or dequeue) before re-raising.
+Nothing is reimplemented here: every method forwards to the async one on that loop, and
+:meth:`Client.stream` pulls the async event stream one event at a time. Ctrl-C while waiting
+cancels the job on the server (interrupt or dequeue) before re-raising. The loop thread is a
+daemon, so a client that is never closed does not keep the interpreter from exiting.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import threading
+import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError as FutureCancelled
+from concurrent.futures import Future
 from typing import Any, TypeVar
-
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from comfyfn.client import AsyncClient
 from comfyfn.events import Event
@@ -20,6 +22,49 @@ from comfyfn.events import Event
 __all__ = ["Client"]
 
 T = TypeVar("T")
+
+
+class _LoopThread:
+    """An event loop running forever on a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="comfyfn-client", daemon=True
+        )
+        self.thread.start()
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` on the loop and wait; Ctrl-C cancels it and waits
+        (up to 10 s) for its clean-up, which cancels a submitted job on the server."""
+        done = threading.Event()
+        task: list[asyncio.Task[Any]] = []
+
+        async def runner() -> Any:
+            task.append(asyncio.current_task())  # type: ignore[arg-type]
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                done.set()
+
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(runner(), self.loop)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            if task:
+                self.loop.call_soon_threadsafe(task[0].cancel)
+                done.wait(10)
+            else:
+                future.cancel()
+            raise
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        if threading.current_thread() is not self.thread:
+            self.thread.join()
+            self.loop.close()
 
 
 class Client:
@@ -32,15 +77,15 @@ class Client:
     """
 
     def __init__(self, server: str | None = None, **kwargs: Any) -> None:
-        self._portal_cm = start_blocking_portal()
-        self._portal: BlockingPortal = self._portal_cm.__enter__()
-        try:
-            self._async = AsyncClient(server, **kwargs)
-            self._portal.call(self._async.open)
-        except BaseException:
-            self._portal_cm.__exit__(None, None, None)
-            raise
+        self._loop = _LoopThread()
+        self._finalizer = weakref.finalize(self, self._loop.stop)
         self._closed = False
+        self._async = AsyncClient(server, **kwargs)
+        try:
+            self._loop.call(self._async.open)
+        except BaseException:
+            self._finalizer()
+            raise
 
     def __enter__(self) -> Client:
         return self
@@ -53,9 +98,9 @@ class Client:
             return
         self._closed = True
         try:
-            self._portal.call(self._async.aclose)
+            self._loop.call(self._async.aclose)
         finally:
-            self._portal_cm.__exit__(None, None, None)
+            self._finalizer()
 
     @property
     def server(self) -> str:
@@ -66,16 +111,7 @@ class Client:
         return self._async.client_id
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        future = self._portal.start_task_soon(functools.partial(fn, *args, **kwargs))
-        try:
-            return future.result()
-        except KeyboardInterrupt:
-            future.cancel()  # the job's cleanup interrupts or dequeues it on the server
-            try:
-                future.result(timeout=10)
-            except (FutureCancelled, Exception):
-                pass
-            raise
+        return self._loop.call(fn, *args, **kwargs)
 
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[Event]:
         """Like :meth:`AsyncClient.stream`, as a plain iterator of events."""
@@ -94,7 +130,7 @@ class Client:
                     return
         finally:
             if not self._closed:
-                self._portal.call(agen.aclose)
+                self._loop.call(agen.aclose)
 
 
 def _forward(name: str) -> Callable[..., Any]:
@@ -108,8 +144,23 @@ def _forward(name: str) -> Callable[..., Any]:
 
 
 for _name in (
-    "generate", "run", "cancel", "drop_websocket", "system_stats", "features", "object_info",
-    "models", "queue", "queue_position", "delete_from_queue", "clear_queue", "interrupt",
-    "history", "delete_history", "free", "view", "upload_image",
+    "generate",
+    "run",
+    "cancel",
+    "drop_websocket",
+    "system_stats",
+    "features",
+    "object_info",
+    "models",
+    "queue",
+    "queue_position",
+    "delete_from_queue",
+    "clear_queue",
+    "interrupt",
+    "history",
+    "delete_history",
+    "free",
+    "view",
+    "upload_image",
 ):
     setattr(Client, _name, _forward(_name))

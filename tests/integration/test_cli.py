@@ -16,21 +16,54 @@ runner = CliRunner()
 
 def test_generate_json_saves_images_with_provenance(server, unique, tmp_path):
     seed = unique()
-    result = runner.invoke(app, ["generate", "上海外滩夜景", "--seed", str(seed), "--size", "64x80",
-                                 "-o", str(tmp_path), "--server", server, "--json", "--steps", "3"])
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "上海外滩夜景",
+            "--seed",
+            str(seed),
+            "--size",
+            "64x80",
+            "-o",
+            str(tmp_path),
+            "--server",
+            server,
+            "--json",
+            "--steps",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["seed"] == seed and data["server"] == server
     (path,) = data["files"]
     meta = read_provenance(path)
     assert (meta["prompt"], meta["seed"], meta["steps"], meta["height"]) == (
-        "上海外滩夜景", seed, 3, 80)
+        "上海外滩夜景",
+        seed,
+        3,
+        80,
+    )
 
 
 def test_generate_plain_output_prints_paths(server, unique, tmp_path, monkeypatch):
     monkeypatch.setenv("COMFYFN_SERVER", server)
-    result = runner.invoke(app, ["generate", "p", "--seed", str(unique()), "--size", "64x64",
-                                 "-o", str(tmp_path), "--batch", "2"])
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "p",
+            "--seed",
+            str(unique()),
+            "--size",
+            "64x64",
+            "-o",
+            str(tmp_path),
+            "--batch",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     paths = [line for line in result.stdout.splitlines() if line.endswith(".png")]
     assert len(paths) == 2 and all(p.startswith(str(tmp_path)) for p in paths)
@@ -56,8 +89,21 @@ def test_generation_failure_exits_1(engine, server, unique, tmp_path):
     graph["29"]["inputs"]["vae_name"] = "cli_corrupt.safetensors"
     workflow.write_text(json.dumps(graph))
     try:
-        result = runner.invoke(app, ["generate", "p", "--workflow", str(workflow), "--size",
-                                     "64x64", "--seed", str(unique()), "--server", server])
+        result = runner.invoke(
+            app,
+            [
+                "generate",
+                "p",
+                "--workflow",
+                str(workflow),
+                "--size",
+                "64x64",
+                "--seed",
+                str(unique()),
+                "--server",
+                server,
+            ],
+        )
     finally:
         corrupt.unlink()
     assert result.exit_code == 1

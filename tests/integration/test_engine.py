@@ -43,9 +43,19 @@ def test_state_file_naming_a_foreign_pid_is_ignored(engine):
     eng = Engine("pytest-foreign", install=engine.install)
     eng.dir.mkdir(parents=True, exist_ok=True)
     # pid 1 is alive but is not a ComfyUI on that port: must not be taken as ours, or killed
-    eng.state_file.write_text(json.dumps({"pid": 1, "port": 1, "url": "http://127.0.0.1:1",
-                                          "log": "", "comfyui": "", "models_dir": "",
-                                          "started_at": 0}))
+    eng.state_file.write_text(
+        json.dumps(
+            {
+                "pid": 1,
+                "port": 1,
+                "url": "http://127.0.0.1:1",
+                "log": "",
+                "comfyui": "",
+                "models_dir": "",
+                "started_at": 0,
+            }
+        )
+    )
     assert eng.state() is None
     assert eng.down() is False
 
@@ -57,12 +67,25 @@ def test_tiny_weights_are_deterministic_and_named_officially(engine, tmp_path):
     outs = []
     for run in ("a", "b"):
         out = tmp_path / run
-        subprocess.run([str(engine.install.python), str(assets() / "make_tiny_weights.py"),
-                        "--comfyui", str(engine.install.comfyui), "--out", str(out)],
-                       check=True, capture_output=True,
-                       env={**os.environ, "PYTHONPATH": str(engine.install.stubs)})
-        outs.append({p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                     for p in sorted(out.rglob("*.safetensors"))})
+        subprocess.run(
+            [
+                str(engine.install.python),
+                str(assets() / "make_tiny_weights.py"),
+                "--comfyui",
+                str(engine.install.comfyui),
+                "--out",
+                str(out),
+            ],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHONPATH": str(engine.install.stubs)},
+        )
+        outs.append(
+            {
+                p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(out.rglob("*.safetensors"))
+            }
+        )
     assert outs[0] == outs[1]
     assert len(outs[0]) == 4
     installed = engine.install.tiny_models / "vae" / "ae.safetensors"

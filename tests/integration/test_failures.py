@@ -7,12 +7,11 @@ import shutil
 import socket
 
 import pytest
+from graphs import blur_graph, trivial_graph
 
 import comfyfn
 from comfyfn import events as ev
 from comfyfn.workflows import zimage_turbo
-
-from graphs import blur_graph, trivial_graph
 
 pytestmark = pytest.mark.engine
 
@@ -59,8 +58,11 @@ def test_link_type_mismatch_and_missing_model_file(server, unique):
     with comfyfn.Client(server) as c, pytest.raises(comfyfn.WorkflowInvalid) as info:
         c.generate("p", model="missing.safetensors", size=(64, 64), seed=unique())
     (problem,) = info.value.problems
-    assert (problem.node_id, problem.class_type, problem.input_name) == ("28", "UNETLoader",
-                                                                        "unet_name")
+    assert (problem.node_id, problem.class_type, problem.input_name) == (
+        "28",
+        "UNETLoader",
+        "unet_name",
+    )
     assert "'z_image_turbo_bf16.safetensors'" in problem.message
 
 
@@ -94,9 +96,9 @@ def test_interrupt_a_running_job(server, unique):
         seen, outcomes = [], []
         for event in c.stream_graph(blur_graph(unique())):
             seen.append(event)
-            if isinstance(event, ev.NodeStarted) and event.class_type == "ImageBlur":
-                if not outcomes:
-                    outcomes.append(c.cancel(event.prompt_id))
+            is_blur = isinstance(event, ev.NodeStarted) and event.class_type == "ImageBlur"
+            if is_blur and not outcomes:
+                outcomes.append(c.cancel(event.prompt_id))
     assert outcomes == ["interrupted"]
     assert isinstance(seen[-1], ev.Interrupted)
     assert isinstance(seen[-1].error, comfyfn.Interrupted)
@@ -210,11 +212,15 @@ def test_upload_an_input_image(server, unique, tmp_path):
     PIL.new("RGB", (40, 24), (200, 10, 10)).save(src)
     with comfyfn.Client(server) as c:
         name = c.upload_image(src, name=f"up_{unique()}.png", subfolder="tests")
-        gen = c.run({
-            "1": {"class_type": "LoadImage", "inputs": {"image": name}},
-            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0],
-                                                        "filename_prefix": "up"}},
-        })
+        gen = c.run(
+            {
+                "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+                "2": {
+                    "class_type": "SaveImage",
+                    "inputs": {"images": ["1", 0], "filename_prefix": "up"},
+                },
+            }
+        )
     assert name.startswith("tests/")
     assert gen.images[0].to_pil().convert("RGB").getpixel((5, 5)) == (200, 10, 10)
 

@@ -59,8 +59,9 @@ def test_fixed_seed_gives_byte_identical_images(server, unique):
 
 def test_batch_size_and_cfg_with_real_negative(server, unique):
     with comfyfn.Client(server) as c:
-        gen = c.generate("a cat", negative="blurry", cfg=2.0, seed=unique(), size="64x80",
-                         batch_size=2)
+        gen = c.generate(
+            "a cat", negative="blurry", cfg=2.0, seed=unique(), size="64x80", batch_size=2
+        )
     assert [(i.width, i.height) for i in gen.images] == [(64, 80), (64, 80)]
     neg_node = gen.workflow["3"]["inputs"]["negative"][0]
     assert gen.workflow[neg_node]["inputs"]["text"] == "blurry"
@@ -83,8 +84,11 @@ def test_stream_yields_typed_events_in_order(server, unique):
     assert isinstance(events[-1], ev.Succeeded)
     steps = [(e.value, e.max) for e in events if isinstance(e, ev.Progress) and e.node_id == "3"]
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    assert all(e.class_type == "KSampler" for e in events
-               if isinstance(e, ev.Progress) and e.node_id == "3")
+    assert all(
+        e.class_type == "KSampler"
+        for e in events
+        if isinstance(e, ev.Progress) and e.node_id == "3"
+    )
     started = [e.class_type for e in events if isinstance(e, ev.NodeStarted)]
     assert started.index("KSampler") < started.index("VAEDecode") < started.index("SaveImage")
     finished = [e for e in events if isinstance(e, ev.NodeFinished)]

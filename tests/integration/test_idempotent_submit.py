@@ -36,10 +36,11 @@ async def test_lost_request_is_resubmitted_once(server, unique):
 
 
 async def test_persistent_loss_gives_a_clear_error(server, unique):
-    async with FaultProxy(server, drop_requests=100) as proxy, comfyfn.AsyncClient(
-        proxy.url, retries=2
-    ) as c:
-        with pytest.raises(comfyfn.TransportError, match="POST /prompt .* kept failing"):
+    async with (
+        FaultProxy(server, drop_requests=100) as proxy,
+        comfyfn.AsyncClient(proxy.url, retries=2) as c,
+    ):
+        with pytest.raises(comfyfn.TransportError, match=r"POST /prompt .* kept failing"):
             await c.generate("p", seed=unique(), size=(64, 64))
     assert proxy.seen_prompt_posts == 3
     assert proxy.forwarded_prompt_posts == 0

@@ -69,8 +69,10 @@ def test_bind_leaves_the_original_untouched_and_reports_values():
 
 
 def test_seed_none_picks_a_random_seed():
-    seeds = {bind(zimage_turbo(), prompt="p", seed=None, width=512, height=512).values["seed"]
-             for _ in range(5)}
+    seeds = {
+        bind(zimage_turbo(), prompt="p", seed=None, width=512, height=512).values["seed"]
+        for _ in range(5)
+    }
     assert len(seeds) == 5
     assert all(isinstance(s, int) and 0 <= s < 2**53 for s in seeds)
 
@@ -81,18 +83,23 @@ def test_size_must_be_a_multiple_of_the_latent_step():
     assert "node 13 EmptySD3LatentImage: width 1000 is not a multiple of 16" in str(info.value)
     (problem,) = info.value.problems
     assert (problem.node_id, problem.class_type, problem.input_name) == (
-        "13", "EmptySD3LatentImage", "width")
+        "13",
+        "EmptySD3LatentImage",
+        "width",
+    )
 
 
 @pytest.mark.parametrize(
     ("params", "text"),
-    [({"width": 0}, "width 0 is out of range 16..16384"),
-     ({"height": 32768}, "height 32768 is out of range"),
-     ({"steps": 0}, "steps 0 is out of range"),
-     ({"seed": -1}, "seed -1 is out of range"),
-     ({"seed": "abc"}, "seed 'abc' is not an integer"),
-     ({"cfg": float("nan")}, "cfg nan is not a number"),
-     ({"batch_size": 2.5}, "batch_size 2.5 is not an integer")],
+    [
+        ({"width": 0}, "width 0 is out of range 16..16384"),
+        ({"height": 32768}, "height 32768 is out of range"),
+        ({"steps": 0}, "steps 0 is out of range"),
+        ({"seed": -1}, "seed -1 is out of range"),
+        ({"seed": "abc"}, "seed 'abc' is not an integer"),
+        ({"cfg": float("nan")}, "cfg nan is not a number"),
+        ({"batch_size": 2.5}, "batch_size 2.5 is not an integer"),
+    ],
 )
 def test_bad_values_are_named(params, text):
     with pytest.raises(WorkflowInvalid, match=text):
@@ -153,8 +160,9 @@ def test_load_api_graph_rejects_ui_format_and_garbage(tmp_path):
         load_api_graph(tmp_path / "missing.json")
 
 
-@pytest.mark.parametrize(("size", "expected"), [("1024x768", (1024, 768)), ((64, 128), (64, 128)),
-                                                ("96×64", (96, 64))])
+@pytest.mark.parametrize(
+    ("size", "expected"), [("1024x768", (1024, 768)), ((64, 128), (64, 128)), ("96×64", (96, 64))]
+)
 def test_parse_size(size, expected):
     assert parse_size(size) == expected
 
@@ -186,8 +194,14 @@ def _changes(a, b):
 )
 def test_binding_changes_only_the_bound_inputs(shuffle, prompt, seed, side, steps, sampler):
     graph, _ = shuffle_ids(zimage_turbo(), shuffle)
-    params = {"prompt": prompt, "seed": seed, "width": side[0] * 16, "height": side[1] * 16,
-              "steps": steps, "sampler": sampler}
+    params = {
+        "prompt": prompt,
+        "seed": seed,
+        "width": side[0] * 16,
+        "height": side[1] * 16,
+        "steps": steps,
+        "sampler": sampler,
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bound = bind(graph, **params)

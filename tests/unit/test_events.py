@@ -89,12 +89,16 @@ def test_cached_run_reports_cached_nodes(sample):
 
 @pytest.mark.parametrize(
     ("name", "terminal"),
-    [("history_ok.json", Done), ("history_cached.json", Done),
-     ("history_interrupted.json", Interrupted), ("history_execution_error.json", Failed)],
+    [
+        ("history_ok.json", Done),
+        ("history_cached.json", Done),
+        ("history_interrupted.json", Interrupted),
+        ("history_execution_error.json", Failed),
+    ],
 )
 def test_history_replay_ends_in_the_right_terminal(sample, name, terminal):
     body = sample(name)
-    (pid, entry), = body.items()
+    ((pid, entry),) = body.items()
     events = events_from_history(entry, pid)
     assert isinstance(events[0], Started)
     assert isinstance(events[-1], terminal)
@@ -103,8 +107,10 @@ def test_history_replay_ends_in_the_right_terminal(sample, name, terminal):
 
 
 def test_history_replay_of_unfinished_entry_has_no_done():
-    entry = {"status": {"completed": False, "messages": [["execution_start", {"timestamp": 1}]]},
-             "outputs": {}}
+    entry = {
+        "status": {"completed": False, "messages": [["execution_start", {"timestamp": 1}]]},
+        "outputs": {},
+    }
     events = events_from_history(entry, "p")
     assert not any(isinstance(e, Done) for e in events)
 

@@ -33,8 +33,13 @@ def test_existing_chunks_are_replaced_not_duplicated():
 
 
 def test_image_save_writes_provenance(tmp_path, sample):
-    image = Image(sample("zimage_tiny_preview_256.png"), "9", "z_00001_.png",
-                  provenance={"prompt": "上海外滩", "seed": 42}, workflow={"3": {"class_type": "KSampler"}})
+    image = Image(
+        sample("zimage_tiny_preview_256.png"),
+        "9",
+        "z_00001_.png",
+        provenance={"prompt": "上海外滩", "seed": 42},
+        workflow={"3": {"class_type": "KSampler"}},
+    )
     path = image.save(tmp_path)
     assert path.name == "z_00001_.png"
     assert read_provenance(path) == {"prompt": "上海外滩", "seed": 42}

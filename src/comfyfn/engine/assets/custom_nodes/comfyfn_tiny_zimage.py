@@ -20,6 +20,7 @@ random tiny weights written by ``make_tiny_weights.py`` run the real graph:
 For real full-size files every wrapper returns ComfyUI's own result, so the
 plugin is a no-op there.  Never ship this outside tests.
 """
+
 import contextlib
 import logging
 
@@ -38,19 +39,26 @@ _MARK = "_comfyfn_tiny_zimage"  # set on wrappers so a re-import does not double
 def _count(keys, prefix):
     """Number of consecutive ``prefix{N}.`` blocks (like ComfyUI's count_blocks)."""
     n = 0
-    while any(k.startswith("{}{}.".format(prefix, n)) for k in keys):
+    while any(k.startswith(f"{prefix}{n}.") for k in keys):
         n += 1
     return n
 
 
 # --- 1. DiT config from shapes ------------------------------------------------
 
+
 def _derive_zimage_dit(sd, prefix, cfg):
     """Fill the fields ComfyUI only knows for dim 3840.  None if not Z-Image."""
     keys = list(sd.keys())
     # Z-Image's adaLN is a bare Linear (index 0); Lumina 2 has SiLU + Linear (index 1).
-    block = next((b for b in ("layers.0.", "noise_refiner.0.")
-                  if prefix + b + "adaLN_modulation.0.weight" in sd), None)
+    block = next(
+        (
+            b
+            for b in ("layers.0.", "noise_refiner.0.")
+            if prefix + b + "adaLN_modulation.0.weight" in sd
+        ),
+        None,
+    )
     if block is None:
         return None
     dim = cfg["dim"]
@@ -90,18 +98,27 @@ def _wrap_detect_unet_config(orig):
             derived = None
         if derived is None:
             return cfg
-        log.info("comfyfn tiny Z-Image DiT config: dim=%d layers=%d heads=%d kv=%d axes=%s ffn=%d",
-                 derived["dim"], derived["n_layers"], derived["n_heads"], derived["n_kv_heads"],
-                 derived["axes_dims"], int(derived["ffn_dim_multiplier"] * derived["dim"]))
+        log.info(
+            "comfyfn tiny Z-Image DiT config: dim=%d layers=%d heads=%d kv=%d axes=%s ffn=%d",
+            derived["dim"],
+            derived["n_layers"],
+            derived["n_heads"],
+            derived["n_kv_heads"],
+            derived["axes_dims"],
+            int(derived["ffn_dim_multiplier"] * derived["dim"]),
+        )
         return derived
+
     setattr(detect_unet_config, _MARK, True)
     return detect_unet_config
 
 
 # --- 2. supported model -------------------------------------------------------
 
+
 class TinyZImage(comfy.supported_models.ZImage):
     """Z-Image of any width (shift 3.0, Qwen3 text encoder, Flux latents)."""
+
     unet_config = {"image_model": "lumina2", "z_image_modulation": True}
 
 
@@ -132,8 +149,10 @@ def _wrap_load_te(orig):
     def load_text_encoder_state_dicts(state_dicts=[], *args, **kwargs):
         global _pending_qwen3
         derived = None
-        if (len(state_dicts) == 1
-                and comfy.sd.detect_te_model(state_dicts[0]) == comfy.sd.TEModel.QWEN3_4B):
+        if (
+            len(state_dicts) == 1
+            and comfy.sd.detect_te_model(state_dicts[0]) == comfy.sd.TEModel.QWEN3_4B
+        ):
             try:
                 derived = _derive_qwen3(state_dicts[0])
             except (KeyError, IndexError, ZeroDivisionError) as e:  # unexpected layout
@@ -146,6 +165,7 @@ def _wrap_load_te(orig):
             return orig(state_dicts, *args, **kwargs)
         finally:
             _pending_qwen3 = None
+
     setattr(load_text_encoder_state_dicts, _MARK, True)
     return load_text_encoder_state_dicts
 
@@ -174,21 +194,26 @@ def _wrap_qwen3_init(orig):
             return orig(self, config_dict, dtype, device, operations)
         with _qwen3_config_override(_pending_qwen3):
             return orig(self, config_dict, dtype, device, operations)
+
     setattr(__init__, _MARK, True)
     return __init__
 
 
 # --- install (idempotent) -------------------------------------------------------
 
+
 def _install():
     if not getattr(comfy.model_detection.detect_unet_config, _MARK, False):
         comfy.model_detection.detect_unet_config = _wrap_detect_unet_config(
-            comfy.model_detection.detect_unet_config)
+            comfy.model_detection.detect_unet_config
+        )
     models = comfy.supported_models.models
     if not any(getattr(m, "__name__", "") == "TinyZImage" for m in models):
         models.insert(models.index(comfy.supported_models.ZImage) + 1, TinyZImage)
     if not getattr(comfy.sd.load_text_encoder_state_dicts, _MARK, False):
-        comfy.sd.load_text_encoder_state_dicts = _wrap_load_te(comfy.sd.load_text_encoder_state_dicts)
+        comfy.sd.load_text_encoder_state_dicts = _wrap_load_te(
+            comfy.sd.load_text_encoder_state_dicts
+        )
     if not getattr(llama.Qwen3_4B.__init__, _MARK, False):
         llama.Qwen3_4B.__init__ = _wrap_qwen3_init(llama.Qwen3_4B.__init__)
 

@@ -18,13 +18,16 @@ Behaviour:
 * There is no dist-info, so ``transformers`` and friends treat torchvision as
   "not installed", which is what we want.
 """
+
 import importlib.abc
 import importlib.machinery
 import sys
 import types
 
-_MESSAGE = ("{} is not available: torchvision is replaced by a stub "
-            "(comfyfn runs ComfyUI without torchvision)")
+_MESSAGE = (
+    "{} is not available: torchvision is replaced by a stub "
+    "(comfyfn runs ComfyUI without torchvision)"
+)
 
 
 def _is_dunder(name):
@@ -46,7 +49,7 @@ class _Missing:
         raise RuntimeError(_MESSAGE.format(self._qualname))
 
     def __repr__(self):
-        return "<torchvision stub {}>".format(self._qualname)
+        return f"<torchvision stub {self._qualname}>"
 
 
 class _StubModule(types.ModuleType):
