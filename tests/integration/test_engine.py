@@ -90,3 +90,27 @@ def test_tiny_weights_are_deterministic_and_named_officially(engine, tmp_path):
     assert len(outs[0]) == 4
     installed = engine.install.tiny_models / "vae" / "ae.safetensors"
     assert hashlib.sha256(installed.read_bytes()).hexdigest() == outs[0]["vae/ae.safetensors"]
+
+
+def test_existing_comfyui_and_models_dir(engine, tmp_path):
+    """--comfyui-path runs a given checkout; --models-dir serves the weights found there."""
+    models = tmp_path / "models"
+    (models / "vae").mkdir(parents=True)
+    (models / "diffusion_models").mkdir()
+    (models / "vae" / "my_vae.safetensors").write_bytes(
+        (engine.install.tiny_models / "vae" / "ae.safetensors").read_bytes()
+    )
+    eng = Engine(
+        "pytest-path",
+        install=engine.install,
+        comfyui_path=engine.install.comfyui,
+        models_dir=models,
+        python=engine.install.python,
+    )
+    try:
+        state = eng.up()
+        assert state.comfyui == str(engine.install.comfyui)
+        assert httpx.get(f"{state.url}/models/vae").json() == ["my_vae.safetensors"]
+        assert httpx.get(f"{state.url}/models/diffusion_models").json() == []
+    finally:
+        eng.down()

@@ -72,6 +72,15 @@ def _gone(pid: int) -> bool:
     return False
 
 
+def _missing_modules(python: str, names: set[str]) -> set[str]:
+    """Which of ``names`` the interpreter ``python`` cannot import."""
+    code = (
+        "import importlib.util as u, sys; print(*[n for n in sys.argv[1:] if not u.find_spec(n)])"
+    )
+    probe = subprocess.run([python, "-c", code, *sorted(names)], capture_output=True, text=True)
+    return set(probe.stdout.split()) if probe.returncode == 0 else set(names)
+
+
 def _is_ours(pid: int, port: int) -> bool:
     """The pid is still a ComfyUI main.py on our port (pids get reused)."""
     cmdline = Path(f"/proc/{pid}/cmdline")
@@ -159,15 +168,15 @@ class Engine:
             str(self.dir / "models.yaml"),
         ]
         env = dict(os.environ)
+        missing = {"torchvision", "comfyui_frontend_package"}
         if self.comfyui_path is None:
-            cmd += [
-                "--front-end-root",
-                str(self.install.empty_frontend),
-                "--base-directory",
-                str(self.base),
-                "--database-url",
-                f"sqlite:///{self.base / 'user' / 'comfyui.db'}",
-            ]
+            cmd += ["--base-directory", str(self.base)]
+            cmd += ["--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}"]
+        else:  # a user's ComfyUI: only stand in for what its interpreter lacks
+            missing = _missing_modules(cmd[0], missing)
+        if "comfyui_frontend_package" in missing:
+            cmd += ["--front-end-root", str(self.install.empty_frontend)]
+        if "torchvision" in missing:
             env["PYTHONPATH"] = str(self.install.stubs)
         report(f"engine: starting ComfyUI on 127.0.0.1:{port}")
         with open(self.log_file, "ab") as log:
