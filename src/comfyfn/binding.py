@@ -15,27 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from comfyfn.errors import NodeProblem, WorkflowInvalid
-from comfyfn.graph import ApiGraph, Slots, find_slots, new_node_id, set_input
+from comfyfn.graph import ApiGraph, new_node_id, set_input
+from comfyfn.meaning import MEANINGS, Slot, Slots, find_slots
 
 __all__ = ["PARAMETERS", "BoundGraph", "ComfyWarning", "bind", "parse_size", "random_seed"]
 
-#: Parameter name → meaning, in the order :func:`bind` accepts them.
-PARAMETERS: Mapping[str, str] = {
-    "prompt": "positive prompt text",
-    "negative": "negative prompt text (no effect at cfg 1)",
-    "seed": "sampler seed (None = random, reported back)",
-    "width": "image width in px (multiple of the latent node's step)",
-    "height": "image height in px",
-    "batch_size": "images per job",
-    "steps": "sampling steps",
-    "cfg": "classifier-free guidance scale",
-    "sampler": "sampler name (e.g. res_multistep, euler)",
-    "scheduler": "scheduler name (e.g. simple)",
-    "denoise": "denoise strength",
-    "model": "diffusion model file (diffusion_models/)",
-    "text_encoder": "text encoder file (text_encoders/)",
-    "vae": "VAE file (vae/)",
-}
+#: Parameter name → meaning (bindable by name when the graph has exactly one candidate).
+PARAMETERS = MEANINGS
 
 # (min, max, step) of the latent size inputs, as ComfyUI 0.3.x declares them.
 _LATENT_LIMITS = {
@@ -78,26 +64,26 @@ class BoundGraph:
     graph: ApiGraph
     values: Mapping[str, Any]
     slots: Slots
+    bound: Mapping[str, Slot]  #: each bound name → the slot it was written to
 
 
-def _problem(graph: ApiGraph, slot: tuple[str, str], message: str) -> NodeProblem:
-    node_id, name = slot
-    return NodeProblem(node_id, graph[node_id].get("class_type"), name, message)
-
-
-def _check(graph: ApiGraph, slots: Slots, values: Mapping[str, Any]) -> list[NodeProblem]:
+def _check(
+    graph: ApiGraph, slots: Mapping[str, Slot], values: Mapping[str, Any]
+) -> list[NodeProblem]:
+    """Early checks of named values (the server's definitions are checked by validation)."""
     problems: list[NodeProblem] = []
 
     def bad(param: str, message: str) -> None:
-        problems.append(_problem(graph, slots.params[param], message))
+        node_id, name = slots[param]
+        problems.append(NodeProblem(node_id, graph[node_id].get("class_type"), name, message))
 
     def integer(param: str, low: int, high: int | None = None) -> bool:
-        v = values[param]
+        v, name = values[param], slots[param][1]
         if isinstance(v, bool) or not isinstance(v, int):
-            bad(param, f"{slots.params[param][1]} {v!r} is not an integer")
+            bad(param, f"{name} {v!r} is not an integer")
             return False
         if v < low or (high is not None and v > high):
-            bad(param, f"{slots.params[param][1]} {v} is out of range {low}..{high or '∞'}")
+            bad(param, f"{name} {v} is out of range {low}..{high or '∞'}")
             return False
         return True
 
@@ -113,94 +99,142 @@ def _check(graph: ApiGraph, slots: Slots, values: Mapping[str, Any]) -> list[Nod
                 bad(param, f"{param} {v!r} is not a number")
             elif v < 0:
                 bad(param, f"{param} {v} must not be negative")
-    for param in ("prompt", "negative", "sampler", "scheduler", "model", "text_encoder", "vae"):
+    for param in (
+        "prompt",
+        "negative",
+        "sampler",
+        "scheduler",
+        "model",
+        "text_encoder",
+        "vae",
+        "filename_prefix",
+    ):
         if param in values and not isinstance(values[param], str):
-            bad(param, f"{slots.params[param][1]} {values[param]!r} is not text")
+            bad(param, f"{slots[param][1]} {values[param]!r} is not text")
     for param in ("width", "height"):
         if param not in values:
             continue
-        node_id, name = slots.params[param]
+        node_id, name = slots[param]
         low, high, step = _LATENT_LIMITS.get(graph[node_id]["class_type"], (1, 16384, 1))
-        if not integer(param, low, high):
-            continue
-        if values[param] % step:
+        if integer(param, low, high) and values[param] % step:
             bad(param, f"{name} {values[param]} is not a multiple of {step}")
     return problems
 
 
-def _use_real_negative(graph: ApiGraph, slots: Slots, text: str) -> dict[str, tuple[str, str]]:
-    """Replace the ConditioningZeroOut negative by a text encoder sharing the prompt's CLIP."""
-    prompt_node = slots.params["prompt"][0]
+def path_slot(graph: ApiGraph, path: str) -> Slot:
+    """``"node_id.input"`` or ``"Title.input"`` → the slot; unknown or ambiguous is an error."""
+    head, sep, input_name = path.rpartition(".")
+    if not sep or not head:
+        raise WorkflowInvalid(
+            [NodeProblem(None, None, path, f"unknown parameter {path!r}")],
+            summary=f"unknown parameter; named ones: {', '.join(MEANINGS)}",
+        )
+    if head in graph:
+        node_ids = [head]
+    else:
+        node_ids = [
+            n for n, node in graph.items() if (node.get("_meta") or {}).get("title") == head
+        ]
+    if len(node_ids) != 1:
+        what = (
+            "no node has that id or title"
+            if not node_ids
+            else ("several nodes have that title: " + ", ".join(node_ids))
+        )
+        raise WorkflowInvalid(
+            [NodeProblem(None, None, path, f"{path!r}: {what}")],
+            summary="cannot find the node to bind",
+        )
+    node_id = node_ids[0]
+    if input_name not in graph[node_id].get("inputs", {}):
+        known = ", ".join(graph[node_id].get("inputs", {}))
+        raise WorkflowInvalid(
+            [
+                NodeProblem(
+                    node_id,
+                    graph[node_id].get("class_type"),
+                    input_name,
+                    f"has no input {input_name!r} (inputs: {known})",
+                )
+            ],
+            summary="cannot find the input to bind",
+        )
+    return (node_id, input_name)
+
+
+def _use_real_negative(graph: ApiGraph, sampler: str, prompt_node: str, text: str) -> Slot:
+    """Replace a ConditioningZeroOut negative by a text encoder sharing the prompt's CLIP."""
     node_id = new_node_id(graph)
     graph[node_id] = {
         "class_type": graph[prompt_node]["class_type"],
         "inputs": {**copy.deepcopy(graph[prompt_node]["inputs"]), "text": text},
         "_meta": {"title": "Negative prompt"},
     }
-    set_input(graph, slots.sampler, "negative", [node_id, 0])
-    return {"negative": (node_id, "text")}
+    owner = (
+        sampler if "negative" in graph[sampler]["inputs"] else graph[sampler]["inputs"]["guider"][0]
+    )
+    set_input(graph, owner, "negative", [node_id, 0])
+    return (node_id, "text")
 
 
 def bind(graph: ApiGraph, **params: Any) -> BoundGraph:
-    """Return a copy of ``graph`` with ``params`` (see :data:`PARAMETERS`) written in.
+    """Return a copy of ``graph`` with ``params`` written in.
 
-    ``None`` values are left as the graph has them, except ``seed=None`` which picks a
-    random seed. A parameter the graph has no place for is an error naming it.
+    Names are those of :data:`PARAMETERS` (found by tracing from the sampler), or a
+    ``"node_id.input"`` / ``"Title.input"`` path. ``None`` leaves a value as the graph has
+    it, except ``seed=None`` which picks a random seed. A name the graph has no place for,
+    or several places for, is an error naming it.
     """
-    unknown = sorted(set(params) - set(PARAMETERS))
-    if unknown:
-        raise WorkflowInvalid(
-            [NodeProblem(None, None, name, f"unknown parameter {name!r}") for name in unknown],
-            summary=f"unknown parameters; known: {', '.join(PARAMETERS)}",
-        )
     graph = copy.deepcopy(graph)
     slots = find_slots(graph)
-    if "seed" in params and params["seed"] is None and "seed" in slots.params:
-        params["seed"] = random_seed()
-    given = {k: v for k, v in params.items() if v is not None}
+    named = {k: v for k, v in params.items() if k in MEANINGS}
+    paths = {k: v for k, v in params.items() if k not in MEANINGS}
+    if "seed" in named and named["seed"] is None and "seed" in slots.params:
+        named["seed"] = random_seed()
+    given = {k: v for k, v in named.items() if v is not None}
     negative = given.pop("negative", None)
+    where: dict[str, Slot] = {name: slots.resolve(name, graph) for name in given}
+    for path, value in paths.items():
+        if value is not None:
+            where[path] = path_slot(graph, path)
+            given[path] = value
 
-    cfg = given.get("cfg", _current(graph, slots, "cfg"))
-    needs_encoder = slots.negative_zero_out is not None and (
-        (cfg is not None and not math.isclose(float(cfg), 1.0)) and "prompt" in slots.params
-    )
-    param_slots = dict(slots.params)
-    if needs_encoder:
-        param_slots.update(_use_real_negative(graph, slots, negative or ""))
-    elif negative and slots.negative_zero_out is not None:
-        warnings.warn(
-            "at cfg 1 the negative prompt has no effect (the workflow zeroes it); "
-            "pass cfg > 1 to use it",
-            ComfyWarning,
-            stacklevel=2,
-        )
-    if negative is not None and "negative" in param_slots:
-        given["negative"] = negative
-    slots = Slots(slots.sampler, param_slots, slots.negative_zero_out, slots.outputs)
-
-    missing = [name for name in given if name not in param_slots]
-    if missing:
-        raise WorkflowInvalid(
-            [
-                NodeProblem(None, None, name, f"this workflow has no input for {name!r}")
-                for name in missing
-            ],
-            summary="parameters the workflow cannot take",
-        )
-    problems = _check(graph, slots, given)
+    cfg_slot = slots.params.get("cfg")
+    cfg = given.get("cfg", graph[cfg_slot[0]]["inputs"][cfg_slot[1]] if cfg_slot else None)
+    zero = [(s, z) for s, z in slots.zero_out.items()]
+    prompt = slots.params.get("prompt")
+    if negative is not None or (cfg is not None and not math.isclose(float(cfg), 1.0)):
+        if (
+            len(zero) == 1
+            and prompt is not None
+            and cfg is not None
+            and not math.isclose(float(cfg), 1.0)
+        ):
+            where["negative"] = _use_real_negative(graph, zero[0][0], prompt[0], negative or "")
+            slots = find_slots(graph)
+        elif negative and zero:
+            warnings.warn(
+                "at cfg 1 the negative prompt has no effect (the workflow zeroes it); "
+                "pass cfg > 1 to use it",
+                ComfyWarning,
+                stacklevel=2,
+            )
+        elif negative is not None:
+            where["negative"] = slots.resolve("negative", graph)
+            given["negative"] = negative
+    problems = _check(graph, where, {k: v for k, v in given.items() if k in MEANINGS})
     if problems:
         raise WorkflowInvalid(problems, summary="invalid parameters")
     for name, value in given.items():
-        node_id, input_name = param_slots[name]
-        set_input(graph, node_id, input_name, value)
-    values = {name: _current(graph, slots, name) for name in param_slots}
+        set_input(graph, *where[name], value)
+    values = {name: _current(graph, slots, name) for name in slots.params}
     _warn_unusual_size(values)
-    return BoundGraph(graph, values, slots)
+    return BoundGraph(graph, values, slots, where)
 
 
 def _current(graph: ApiGraph, slots: Slots, name: str) -> Any:
-    slot = slots.params.get(name)
-    return graph[slot[0]]["inputs"].get(slot[1]) if slot else None
+    node_id, input_name = slots.params[name]
+    return graph[node_id]["inputs"].get(input_name)
 
 
 def _warn_unusual_size(values: Mapping[str, Any]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -19,12 +19,13 @@ from comfyfn import _config
 from comfyfn._http import DEFAULT_TIMEOUT, HttpSession
 from comfyfn._job import JobSettings, cancel, queue_position, run_job
 from comfyfn._socket import EventSocket
-from comfyfn.binding import bind, parse_size
-from comfyfn.errors import ComfyError, NoOutputs
+from comfyfn.errors import ComfyError, NoOutputs, WorkflowInvalid
 from comfyfn.events import Event, Failed, Interrupted, Succeeded
-from comfyfn.graph import ApiGraph, load_api_graph
+from comfyfn.graph import ApiGraph
 from comfyfn.result import Generation
-from comfyfn.workflows import zimage_turbo
+from comfyfn.signature import signature_for
+from comfyfn.workflow import Workflow
+from comfyfn.workflows import BUILTIN, builtin
 
 __all__ = ["AsyncClient"]
 
@@ -111,38 +112,54 @@ class AsyncClient:
 
     # -- generation ------------------------------------------------------------------------
 
+    async def workflow(self, source: WorkflowSource | Workflow) -> Workflow:
+        """Load a workflow (built-in name, path, PNG, dict; API or UI format) with this
+        server's node definitions, so UI conversion and parameter types match the server."""
+        info = await self.object_info()
+        if isinstance(source, Workflow):
+            return source.with_definitions(info)
+        if isinstance(source, str) and source in BUILTIN:
+            return builtin(source).with_definitions(info)
+        return Workflow.load(source, object_info=info)
+
     async def stream(
         self,
         prompt: str | None = None,
         *,
-        workflow: WorkflowSource | None = None,
+        workflow: WorkflowSource | Workflow | None = None,
         timeout: float | None = None,
         **params: Any,
     ) -> AsyncIterator[Event]:
-        """Bind the parameters and run the job, yielding its typed events.
+        """Bind the parameters to a workflow (default: Z-Image-Turbo), run it, yield events.
 
-        ``params`` are those of :data:`comfyfn.binding.PARAMETERS` (``seed``, ``width``,
-        ``height``, ``steps``, ``negative``...); ``size=(w, h)`` or ``"WxH"`` sets both
-        sides. The last event is :class:`Succeeded`, :class:`Failed` or :class:`Interrupted`.
-        ``seed`` defaults to a random seed.
+        ``params`` are the workflow's parameters (``seed``, ``width``, ``height``, ``steps``,
+        ``negative``... or ``"node.input"`` paths); ``size=(w, h)`` or ``"WxH"`` sets both
+        sides; ``seed`` defaults to a random one. The last event is :class:`Succeeded`,
+        :class:`Failed` or :class:`Interrupted`.
         """
-        graph = zimage_turbo() if workflow is None else load_api_graph(workflow)
-        if (size := params.pop("size", None)) is not None:
-            params["width"], params["height"] = parse_size(size)
+        wf = await self.workflow(workflow if workflow is not None else "zimage-turbo")
+        if prompt is not None:
+            params["prompt"] = prompt
         params.setdefault("seed", None)
-        bound = bind(graph, prompt=prompt, **params)
-        async for event in self.stream_graph(bound.graph, bound.values, timeout=timeout):
+        async for event in self.stream_graph(wf.bind(**params), timeout=timeout):
             yield event
 
     async def stream_graph(
         self,
-        graph: ApiGraph,
-        params: Mapping[str, Any] | None = None,
+        workflow: Workflow | ApiGraph,
         *,
         timeout: float | None = None,
+        validate: bool = True,
         prompt_id: str | None = None,
     ) -> AsyncIterator[Event]:
-        """Run an API-format graph as it is; ``params`` is recorded as the images' provenance."""
+        """Run a workflow (or API-format graph) as it is, yielding its events.
+
+        With ``validate`` (the default) the graph is first checked against the server's node
+        definitions, so a bad graph fails with every problem listed before anything is sent.
+        """
+        wf = workflow if isinstance(workflow, Workflow) else Workflow.load(workflow)
+        if validate:
+            await self._validate(wf)
         settings = JobSettings(
             client_id=self.client_id,
             timeout=timeout if timeout is not None else self.job_timeout,
@@ -151,15 +168,23 @@ class AsyncClient:
         session, socket = self._http, self._socket
         assert socket is not None
         async for event in run_job(
-            session, socket, graph, params or {}, settings, prompt_id=prompt_id
+            session, socket, wf.to_api(), wf.provenance(), settings, prompt_id=prompt_id
         ):
             yield event
+
+    async def _validate(self, wf: Workflow) -> None:
+        try:
+            wf.validate(await self.object_info(), server=self.server)
+        except WorkflowInvalid:
+            # Files appear on servers (uploads, new models): judge by fresh definitions.
+            self._object_info = None
+            wf.validate(await self.object_info(), server=self.server)
 
     async def generate(
         self,
         prompt: str | None = None,
         *,
-        workflow: WorkflowSource | None = None,
+        workflow: WorkflowSource | Workflow | None = None,
         timeout: float | None = None,
         **params: Any,
     ) -> Generation:
@@ -168,13 +193,25 @@ class AsyncClient:
 
     async def run(
         self,
-        graph: ApiGraph,
-        params: Mapping[str, Any] | None = None,
+        workflow: WorkflowSource | Workflow,
         *,
         timeout: float | None = None,
+        validate: bool = True,
+        **params: Any,
     ) -> Generation:
-        """Run an API-format graph unchanged and return its Generation."""
-        return await _result(self.stream_graph(graph, params, timeout=timeout))
+        """Run a workflow (bound with ``params``, if any) and return its Generation."""
+        wf = await self.workflow(workflow)
+        if params:
+            wf = wf.bind(**params)
+        return await _result(self.stream_graph(wf, timeout=timeout, validate=validate))
+
+    def function(self, workflow: Workflow) -> Callable[..., Awaitable[Generation]]:
+        """An async callable taking the workflow's parameters as keyword arguments."""
+
+        async def call(**params: Any) -> Generation:
+            return await self.run(workflow, **params)
+
+        return signature_for(workflow, call)
 
     async def cancel(self, prompt_id: str) -> str:
         """Dequeue a pending job or interrupt a running one.

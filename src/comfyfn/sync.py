@@ -18,6 +18,9 @@ from typing import Any, TypeVar
 
 from comfyfn.client import AsyncClient
 from comfyfn.events import Event
+from comfyfn.result import Generation
+from comfyfn.signature import signature_for
+from comfyfn.workflow import Workflow
 
 __all__ = ["Client"]
 
@@ -121,6 +124,14 @@ class Client:
         """Like :meth:`AsyncClient.stream_graph`, as a plain iterator of events."""
         return self._iterate(self._async.stream_graph(*args, **kwargs))
 
+    def function(self, workflow: Workflow) -> Callable[..., Generation]:
+        """A callable taking the workflow's parameters as keyword arguments."""
+
+        def call(**params: Any) -> Generation:
+            return self.run(workflow, **params)
+
+        return signature_for(workflow, call)
+
     def _iterate(self, agen: Any) -> Iterator[Event]:
         try:
             while True:
@@ -146,6 +157,7 @@ def _forward(name: str) -> Callable[..., Any]:
 for _name in (
     "generate",
     "run",
+    "workflow",
     "cancel",
     "drop_websocket",
     "system_stats",

@@ -85,7 +85,7 @@ def test_generation_failure_exits_1(engine, server, unique, tmp_path):
     workflow = tmp_path / "wf.json"
     from comfyfn.workflows import zimage_turbo
 
-    graph = zimage_turbo()
+    graph = zimage_turbo().to_api()
     graph["29"]["inputs"]["vae_name"] = "cli_corrupt.safetensors"
     workflow.write_text(json.dumps(graph))
     try:

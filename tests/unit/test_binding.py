@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from comfyfn.binding import ComfyWarning, bind, parse_size
 from comfyfn.errors import WorkflowInvalid
-from comfyfn.graph import find_slots, is_link, load_api_graph
+from comfyfn.graph import is_link, load_api_graph
+from comfyfn.meaning import find_slots
 from comfyfn.workflows import zimage_turbo
 
 
@@ -32,22 +33,22 @@ def shuffle_ids(graph, seed):
 
 
 def test_zimage_slots_are_found_by_tracing():
-    slots = find_slots(zimage_turbo())
-    assert slots.sampler == "3"
+    slots = find_slots(zimage_turbo().to_api())
+    assert slots.samplers == ("3",)
     assert slots.params["prompt"] == ("27", "text")
     assert slots.params["seed"] == ("3", "seed")
     assert slots.params["width"] == ("13", "width")
     assert slots.params["model"] == ("28", "unet_name")
     assert slots.params["text_encoder"] == ("30", "clip_name")
     assert slots.params["vae"] == ("29", "vae_name")
-    assert slots.negative_zero_out == "33"
+    assert slots.zero_out == {"3": "33"}
     assert "negative" not in slots.params
     assert slots.outputs == ("9",)
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_binding_works_on_shuffled_ids(seed):
-    graph, mapping = shuffle_ids(zimage_turbo(), seed)
+    graph, mapping = shuffle_ids(zimage_turbo().to_api(), seed)
     bound = bind(graph, prompt="一只猫", seed=7, width=128, height=64, steps=4)
     g = bound.graph
     assert g[mapping["27"]]["inputs"]["text"] == "一只猫"
@@ -57,7 +58,7 @@ def test_binding_works_on_shuffled_ids(seed):
 
 
 def test_bind_leaves_the_original_untouched_and_reports_values():
-    graph = zimage_turbo()
+    graph = zimage_turbo().to_api()
     before = copy.deepcopy(graph)
     bound = bind(graph, prompt="p", seed=1, width=512, height=512)
     assert graph == before
@@ -70,7 +71,7 @@ def test_bind_leaves_the_original_untouched_and_reports_values():
 
 def test_seed_none_picks_a_random_seed():
     seeds = {
-        bind(zimage_turbo(), prompt="p", seed=None, width=512, height=512).values["seed"]
+        bind(zimage_turbo().to_api(), prompt="p", seed=None, width=512, height=512).values["seed"]
         for _ in range(5)
     }
     assert len(seeds) == 5
@@ -79,7 +80,7 @@ def test_seed_none_picks_a_random_seed():
 
 def test_size_must_be_a_multiple_of_the_latent_step():
     with pytest.raises(WorkflowInvalid) as info:
-        bind(zimage_turbo(), prompt="p", width=1000, height=768)
+        bind(zimage_turbo().to_api(), prompt="p", width=1000, height=768)
     assert "node 13 EmptySD3LatentImage: width 1000 is not a multiple of 16" in str(info.value)
     (problem,) = info.value.problems
     assert (problem.node_id, problem.class_type, problem.input_name) == (
@@ -103,48 +104,54 @@ def test_size_must_be_a_multiple_of_the_latent_step():
 )
 def test_bad_values_are_named(params, text):
     with pytest.raises(WorkflowInvalid, match=text):
-        bind(zimage_turbo(), prompt="p", **params)
+        bind(zimage_turbo().to_api(), prompt="p", **params)
 
 
 def test_unknown_parameter_is_an_error():
     with pytest.raises(WorkflowInvalid, match="unknown parameter 'colour'"):
-        bind(zimage_turbo(), prompt="p", colour="red")
+        bind(zimage_turbo().to_api(), prompt="p", colour="red")
 
 
 def test_negative_at_cfg_1_warns_and_keeps_zero_out():
     with pytest.warns(ComfyWarning, match="no effect"):
-        bound = bind(zimage_turbo(), prompt="p", negative="blurry", width=512, height=512)
+        bound = bind(zimage_turbo().to_api(), prompt="p", negative="blurry", width=512, height=512)
     assert bound.graph["3"]["inputs"]["negative"] == ["33", 0]
 
 
 def test_cfg_above_1_uses_a_real_negative_encoder():
-    bound = bind(zimage_turbo(), prompt="p", negative="blurry", cfg=4.0, width=512, height=512)
+    graph = zimage_turbo().to_api()
+    bound = bind(graph, prompt="p", negative="blurry", cfg=4.0, width=512, height=512)
     neg_id, _ = bound.graph["3"]["inputs"]["negative"]
     node = bound.graph[neg_id]
     assert node["class_type"] == "CLIPTextEncode"
     assert node["inputs"] == {"clip": ["30", 0], "text": "blurry"}
     assert bound.values["negative"] == "blurry"
     # without a negative text, cfg > 1 still gets an (empty) encoder rather than zero-out
-    bound = bind(zimage_turbo(), prompt="p", cfg=2.0, width=512, height=512)
+    bound = bind(zimage_turbo().to_api(), prompt="p", cfg=2.0, width=512, height=512)
     assert bound.graph[bound.graph["3"]["inputs"]["negative"][0]]["inputs"]["text"] == ""
 
 
 def test_unusual_zimage_sizes_warn_but_bind():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        bind(zimage_turbo(), prompt="p", width=64, height=64)
+        bind(zimage_turbo().to_api(), prompt="p", width=64, height=64)
     assert any("recommended" in str(w.message) for w in caught)
 
 
 def test_two_samplers_are_ambiguous():
-    graph = zimage_turbo()
+    graph = zimage_turbo().to_api()
     graph["99"] = copy.deepcopy(graph["3"])
-    with pytest.raises(WorkflowInvalid, match="node 3 KSampler, node 99 KSampler"):
-        bind(graph, prompt="p")
+    bound = bind(graph, prompt="p")  # both samplers share one prompt encoder: fine
+    assert bound.graph["27"]["inputs"]["text"] == "p"
+    with pytest.raises(
+        WorkflowInvalid, match=r"'seed' is ambiguous: candidates 3.seed \(KSampler\), 99.seed"
+    ):
+        bind(graph, seed=1)
+    assert bind(graph, **{"99.seed": 5}).graph["99"]["inputs"]["seed"] == 5
 
 
 def test_graph_without_negative_encoder_rejects_negative_param():
-    graph = zimage_turbo()
+    graph = zimage_turbo().to_api()
     with pytest.raises(WorkflowInvalid, match="unknown parameter 'foo'"):
         bind(graph, foo=1)
 
@@ -193,7 +200,7 @@ def _changes(a, b):
     sampler=st.sampled_from(["euler", "res_multistep"]),
 )
 def test_binding_changes_only_the_bound_inputs(shuffle, prompt, seed, side, steps, sampler):
-    graph, _ = shuffle_ids(zimage_turbo(), shuffle)
+    graph, _ = shuffle_ids(zimage_turbo().to_api(), shuffle)
     params = {
         "prompt": prompt,
         "seed": seed,
@@ -205,7 +212,7 @@ def test_binding_changes_only_the_bound_inputs(shuffle, prompt, seed, side, step
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bound = bind(graph, **params)
-    allowed = {bound.slots.params[name] for name in params}
+    allowed = {bound.bound[name] for name in params}
     changed = _changes(graph, bound.graph)
     assert changed <= allowed
     for name, value in params.items():

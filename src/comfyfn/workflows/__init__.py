@@ -1,36 +1,48 @@
-"""Built-in workflows shipped with comfyfn (API format)."""
+"""Built-in workflows shipped with comfyfn, by name.
+
+- ``zimage-turbo``: Z-Image-Turbo text to image with the official template's settings:
+  8 steps, cfg 1, ``res_multistep``/``simple``, shift 3, 1024², negative zeroed.
+- ``zimage``: Z-Image (base) text to image: 25 steps, cfg 4, ``res_multistep``/``simple``,
+  shift 3, 1024², a real (empty) negative prompt.
+
+Both use ``text_encoders/qwen_3_4b.safetensors`` and ``vae/ae.safetensors``; the diffusion
+models are ``z_image_turbo_bf16.safetensors`` and ``z_image_bf16.safetensors``. Parameters:
+prompt, negative, seed, width, height, batch_size, steps, cfg, sampler, scheduler, denoise,
+model, text_encoder, vae, filename_prefix.
+"""
 
 from __future__ import annotations
 
 import json
 from importlib import resources
-from typing import Any
 
-__all__ = ["BUILTIN", "builtin", "zimage_turbo"]
+from comfyfn.errors import ConfigError
+from comfyfn.workflow import Workflow
 
-BUILTIN = {"zimage-turbo": "zimage_turbo.json"}
+__all__ = ["BUILTIN", "builtin", "zimage", "zimage_turbo"]
+
+BUILTIN = {"zimage-turbo": "zimage_turbo.json", "zimage": "zimage.json"}
 
 
-def builtin(name: str) -> dict[str, Any]:
-    """A fresh copy of a built-in API-format workflow by its CLI name (``"zimage-turbo"``)."""
-    from comfyfn.errors import ConfigError
-
+def builtin(name: str) -> Workflow:
+    """A built-in workflow by its CLI name (``"zimage-turbo"``, ``"zimage"``)."""
     try:
         filename = BUILTIN[name]
     except KeyError:
         raise ConfigError(
             f"unknown built-in workflow {name!r}; choose from {', '.join(sorted(BUILTIN))}"
         ) from None
-    return json.loads(resources.files(__name__).joinpath(filename).read_text(encoding="utf-8"))
+    graph = json.loads(resources.files(__name__).joinpath(filename).read_text(encoding="utf-8"))
+    return Workflow.load(graph, name=name)
 
 
-def zimage_turbo() -> dict[str, Any]:
-    """Z-Image-Turbo text-to-image with the official settings.
-
-    UNETLoader ``z_image_turbo_bf16.safetensors`` → ModelSamplingAuraFlow (shift 3) →
-    KSampler (8 steps, cfg 1, ``res_multistep``, ``simple``, denoise 1); CLIPLoader
-    ``qwen_3_4b.safetensors`` (type ``lumina2``); VAELoader ``ae.safetensors``;
-    EmptySD3LatentImage 1024×1024; the negative is ConditioningZeroOut of the positive
-    (at cfg 1 a negative prompt has no effect).
-    """
+def zimage_turbo() -> Workflow:
+    """Z-Image-Turbo: UNETLoader → ModelSamplingAuraFlow(3) → KSampler(8, cfg 1, res_multistep,
+    simple); CLIPLoader qwen_3_4b (lumina2); VAELoader ae; EmptySD3LatentImage; the negative is
+    ConditioningZeroOut of the positive (a negative prompt only acts with cfg > 1)."""
     return builtin("zimage-turbo")
+
+
+def zimage() -> Workflow:
+    """Z-Image (base): as Z-Image-Turbo with z_image_bf16, 25 steps, cfg 4, a real negative."""
+    return builtin("zimage")

@@ -1,0 +1,178 @@
+"""A workflow as a value: load any format, see its typed parameters, bind, convert, validate."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from comfyfn import validation
+from comfyfn.binding import bind
+from comfyfn.definitions import bundled_object_info
+from comfyfn.errors import NodeProblem, WorkflowInvalid
+from comfyfn.graph import ApiGraph, load_api_graph
+from comfyfn.meaning import Slots, find_slots
+from comfyfn.params import Param, all_inputs, dead_nodes, describe
+from comfyfn.provenance import read_text_chunks
+from comfyfn.uiformat import is_ui_workflow, ui_to_api
+
+__all__ = ["Workflow"]
+
+Source = str | Path | Mapping[str, Any]
+
+
+def _cannot_load(what: str) -> WorkflowInvalid:
+    return WorkflowInvalid(
+        [NodeProblem(None, None, None, what)], summary="cannot load the workflow"
+    )
+
+
+def _read(source: Source) -> tuple[Any, str]:
+    """The parsed workflow data and what it was (``api``, ``ui``, ``png``...)."""
+    if isinstance(source, Mapping):
+        return copy.deepcopy(dict(source)), "dict"
+    text = str(source)
+    if isinstance(source, str) and text.lstrip().startswith("{"):
+        return json.loads(text), "json"
+    path = Path(source)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _cannot_load(f"cannot read {path}: {exc.strerror}") from exc
+    if data.startswith(b"\x89PNG"):
+        chunks = read_text_chunks(data)
+        for key in ("prompt", "workflow"):  # the exact graph that ran first, else the UI one
+            if key in chunks:
+                return json.loads(chunks[key]), f"png:{key}"
+        raise _cannot_load(f"{path} carries no ComfyUI workflow (no 'prompt' or 'workflow' chunk)")
+    try:
+        return json.loads(data), "file"
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _cannot_load(f"{path} is neither JSON nor a PNG made by ComfyUI: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """An API-format graph plus what is known about it. Immutable: ``bind`` returns a new one.
+
+    ``object_info`` holds the node definitions it was converted and typed with: the
+    server's (via ``client.workflow(...)``) or, offline, the bundled ComfyUI 0.3.75 ones.
+    """
+
+    graph: Mapping[str, Any]
+    source: str = "dict"
+    name: str | None = None
+    values: Mapping[str, Any] = field(default_factory=dict)  #: what was bound so far
+    object_info: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def load(
+        cls,
+        source: Source | Workflow,
+        *,
+        object_info: Mapping[str, Any] | None = None,
+        name: str | None = None,
+    ) -> Workflow:
+        """Load API JSON, UI JSON (subgraphs included), a PNG made by ComfyUI, or a dict."""
+        if isinstance(source, Workflow):
+            return source
+        data, kind = _read(source)
+        if (
+            name is None
+            and isinstance(source, str | Path)
+            and not str(source).lstrip().startswith("{")
+        ):
+            name = Path(source).stem
+        info = object_info if object_info is not None else None
+        if is_ui_workflow(data):
+            graph = ui_to_api(data, info if info is not None else bundled_object_info())
+            kind = "png:workflow" if kind == "png:workflow" else "ui"
+        else:
+            graph = load_api_graph(data)
+            kind = kind if kind.startswith("png") else "api"
+        return cls(MappingProxyType(graph), kind, name, MappingProxyType({}), info)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def definitions(self) -> Mapping[str, Any]:
+        return self.object_info if self.object_info is not None else bundled_object_info()
+
+    @property
+    def slots(self) -> Slots:
+        return find_slots(dict(self.graph))
+
+    @property
+    def params(self) -> tuple[Param, ...]:
+        """Parameters found by meaning (prompt, seed, width...), typed from the definitions."""
+        return describe(dict(self.graph), self.slots, self.definitions)
+
+    @property
+    def inputs(self) -> tuple[Param, ...]:
+        """Every literal input, bindable by its ``"node.input"`` path."""
+        return all_inputs(dict(self.graph), self.definitions)
+
+    @property
+    def ambiguous(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        """Meanings with several candidates (bind those by path)."""
+        return {n: c for n, c in self.slots.candidates.items() if len(c) > 1}
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.slots.outputs
+
+    @property
+    def dead_nodes(self) -> tuple[str, ...]:
+        return dead_nodes(dict(self.graph), self.definitions)
+
+    def to_api(self) -> ApiGraph:
+        """A fresh API-format dict, ready for ``POST /prompt``."""
+        return copy.deepcopy(dict(self.graph))
+
+    # -- deriving --------------------------------------------------------------------------
+
+    def bind(self, **values: Any) -> Workflow:
+        """A new workflow with ``values`` bound (names, or ``"node.input"``/``"Title.input"``)."""
+        size = values.pop("size", None)
+        if size is not None:
+            from comfyfn.binding import parse_size
+
+            values["width"], values["height"] = parse_size(size)
+        bound = bind(self.to_api(), **values)
+        merged = {**self.values, **{k: v for k, v in values.items() if v is not None}}
+        merged.update({k: bound.values[k] for k in ("seed",) if k in values and k in bound.values})
+        return Workflow(
+            MappingProxyType(bound.graph),
+            self.source,
+            self.name,
+            MappingProxyType(merged),
+            self.object_info,
+        )
+
+    def with_definitions(self, object_info: Mapping[str, Any]) -> Workflow:
+        return Workflow(self.graph, self.source, self.name, self.values, object_info)
+
+    def validate(
+        self, object_info: Mapping[str, Any] | None = None, *, server: str | None = None
+    ) -> None:
+        """Raise :class:`WorkflowInvalid` if the graph would be rejected.
+
+        Without the server's definitions, model files are not checked (the bundled
+        definitions cannot know what a server has).
+        """
+        info = object_info if object_info is not None else self.object_info
+        validation.check(
+            self.to_api(),
+            info if info is not None else bundled_object_info(),
+            server=server,
+            check_files=info is not None,
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        """Current values of the named parameters (recorded in saved images)."""
+        graph = dict(self.graph)
+        return {name: graph[n]["inputs"].get(i) for name, (n, i) in self.slots.params.items()}
