@@ -21,3 +21,12 @@ def sample():
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def templates():
+    """The official UI-format templates (PyPI comfyui-workflow-templates-json, a test dep)."""
+    from importlib import resources
+
+    root = resources.files("comfyui_workflow_templates_json") / "templates"
+    return lambda name: json.loads((root / name).read_text(encoding="utf-8"))

@@ -48,9 +48,11 @@ from comfyfn.events import (
     Started,
     Succeeded,
 )
+from comfyfn.params import Param
 from comfyfn.provenance import read_provenance
 from comfyfn.result import Generation, Image, Timings
 from comfyfn.sync import Client
+from comfyfn.workflow import Workflow
 
 __version__ = "0.1.0"
 
@@ -76,6 +78,7 @@ __all__ = [
     "NodeFinished",
     "NodeProblem",
     "NodeStarted",
+    "Param",
     "Progress",
     "Queued",
     "ServerUnreachable",
@@ -84,6 +87,7 @@ __all__ = [
     "Timeout",
     "Timings",
     "TransportError",
+    "Workflow",
     "WorkflowInvalid",
     "agenerate",
     "generate",

@@ -30,7 +30,7 @@ def signature_for(workflow: Workflow, fn: F) -> F:
     )
     lines = [f"Run the workflow {workflow.name or ''} and return its Generation.", "", "Args:"]
     for p in params:
-        extra = f" ({p.min}..{p.max})" if p.min is not None or p.max is not None else ""
+        extra = f" {p.min}..{p.max}" if p.min is not None or p.max is not None else ""
         lines.append(f"    {p.name} ({p.type}{extra}): {p.description} [{p.path}]")
     fn.__doc__ = "\n".join(lines)
     fn.__name__ = (workflow.name or "workflow").replace("-", "_")

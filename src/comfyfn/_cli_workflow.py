@@ -1,0 +1,171 @@
+"""``comfyfn workflow``: inspect, convert and validate any workflow file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from comfyfn import _config
+from comfyfn._cli_common import ServerOpt, err, fail, out
+from comfyfn.errors import ComfyError, ConfigError
+from comfyfn.sync import Client
+from comfyfn.workflow import Workflow
+from comfyfn.workflows import BUILTIN, builtin
+
+workflow_app = typer.Typer(
+    help="Inspect, convert and validate workflows (API, UI with subgraphs, or a ComfyUI PNG).",
+    no_args_is_help=True,
+)
+
+FileArg = Annotated[
+    str, typer.Argument(help="A workflow file (API/UI JSON, PNG) or built-in name.")
+]
+
+
+def parse_params(wf: Workflow, items: list[str]) -> dict[str, Any]:
+    """``["seed=7", "57:3.steps=4"]`` → values typed by the workflow's parameters."""
+    by_name = {p.name: p for p in wf.params} | {p.name: p for p in wf.inputs}
+    values: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--param {item!r}: expected name=value")
+        param = by_name.get(name)
+        try:
+            values[name] = param.parse(text) if param else json.loads(text)
+        except ValueError as exc:
+            if param is None:
+                values[name] = text
+                continue
+            raise ConfigError(
+                f"--param {name}: {text!r} is not a valid {param.type} ({exc})"
+            ) from None
+    return values
+
+
+def _load(source: str, server: str | None) -> tuple[Workflow, str | None]:
+    """Load with the server's definitions when a server is known, else the bundled ones."""
+    url = server or os.environ.get("COMFYFN_SERVER")
+    if url:
+        with Client(_config.resolve_server_sync(url)) as client:
+            return client.workflow(source), client.server
+    wf = builtin(source) if source in BUILTIN else Workflow.load(source)
+    return wf, None
+
+
+@workflow_app.command()
+def inspect(
+    source: FileArg,
+    server: ServerOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Parameters (name, type, value, range, node), outputs and dead nodes."""
+    try:
+        wf, url = _load(source, server)
+    except ComfyError as exc:
+        raise fail(exc) from None
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "source": wf.source,
+                    "params": [
+                        {
+                            "name": p.name,
+                            "type": p.type,
+                            "value": p.default,
+                            "min": p.min,
+                            "max": p.max,
+                            "step": p.step,
+                            "choices": p.choices,
+                            "folder": p.folder,
+                            "node": p.node_id,
+                            "input": p.input,
+                            "class_type": p.class_type,
+                        }
+                        for p in wf.params
+                    ],
+                    "ambiguous": {k: [f"{n}.{i}" for n, i in v] for k, v in wf.ambiguous.items()},
+                    "outputs": list(wf.outputs),
+                    "dead_nodes": list(wf.dead_nodes),
+                },
+                ensure_ascii=False,
+                indent=2,
+                default=str,
+            )
+        )
+        return
+    table = Table(title=f"{wf.name or source} ({wf.source} format, {len(wf.graph)} nodes)")
+    for column in ("parameter", "type", "value", "range / choices", "node.input", "class"):
+        table.add_column(column, overflow="fold")
+    for p in wf.params:
+        if p.choices:
+            limits = ", ".join(map(str, p.choices[:4])) + (" …" if len(p.choices) > 4 else "")
+        elif p.folder:
+            limits = f"file in models/{p.folder}/"
+        elif p.min is not None or p.max is not None:
+            limits = f"{p.min}..{p.max}" + (f" step {p.step}" if p.step else "")
+        else:
+            limits = ""
+        value = (
+            p.default
+            if not isinstance(p.default, str) or len(p.default) < 60
+            else (p.default[:57] + "…")
+        )
+        table.add_row(p.name, p.type, str(value), limits, p.path, p.class_type)
+    out.print(table)
+    for name, candidates in wf.ambiguous.items():
+        out.print(
+            f"ambiguous: {name} → "
+            + ", ".join(f"{n}.{i}" for n, i in candidates)
+            + " (bind by path)",
+            highlight=False,
+        )
+    out.print(
+        "outputs: " + (", ".join(f"{n} {wf.graph[n]['class_type']}" for n in wf.outputs) or "none"),
+        highlight=False,
+    )
+    if wf.dead_nodes:
+        out.print(
+            "dead nodes (output unused): "
+            + ", ".join(f"{n} {wf.graph[n]['class_type']}" for n in wf.dead_nodes),
+            highlight=False,
+        )
+    if url is None:
+        err.print("definitions: bundled ComfyUI 0.3.75 (pass --server to use a server's)")
+
+
+@workflow_app.command()
+def convert(
+    source: FileArg,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here.")] = None,
+    server: ServerOpt = None,
+) -> None:
+    """Convert to the API format (POST /prompt); prints it without --output."""
+    try:
+        wf, _ = _load(source, server)
+    except ComfyError as exc:
+        raise fail(exc) from None
+    text = json.dumps(wf.to_api(), ensure_ascii=False, indent=2)
+    if output is None:
+        typer.echo(text)
+    else:
+        output.write_text(text + "\n", encoding="utf-8")
+        err.print(f"wrote {output} ({len(wf.graph)} nodes)")
+
+
+@workflow_app.command()
+def validate(source: FileArg, server: ServerOpt = None) -> None:
+    """Check the workflow against the server's node definitions (exit 2 if invalid)."""
+    try:
+        wf, url = _load(source, server)
+        wf.validate(server=url)
+    except ComfyError as exc:
+        raise fail(exc) from None
+    where = url or "the bundled ComfyUI 0.3.75 definitions (model files not checked)"
+    out.print(f"valid: {len(wf.graph)} nodes, checked against {where}", highlight=False)
