@@ -48,13 +48,19 @@ def parse_params(wf: Workflow, items: list[str]) -> dict[str, Any]:
     return values
 
 
-def _load(source: str, server: str | None) -> tuple[Workflow, str | None]:
+def _load(source: str, server: str | None, *, strict: bool = True) -> tuple[Workflow, str | None]:
     """Load with the server's definitions when a server is known, else the bundled ones."""
     url = server or os.environ.get("COMFYFN_SERVER")
+    if source in BUILTIN:
+        wf = builtin(source)
+    else:
+        wf = Workflow.load(source, strict=strict) if not url else None
     if url:
         with Client(_config.resolve_server_sync(url)) as client:
-            return client.workflow(source), client.server
-    wf = builtin(source) if source in BUILTIN else Workflow.load(source)
+            info = client.object_info()
+            if wf is None:
+                wf = Workflow.load(source, object_info=info, strict=strict)
+            return wf.with_definitions(info), client.server
     return wf, None
 
 
@@ -66,7 +72,7 @@ def inspect(
 ) -> None:
     """Parameters (name, type, value, range, node), outputs and dead nodes."""
     try:
-        wf, url = _load(source, server)
+        wf, url = _load(source, server, strict=False)
     except ComfyError as exc:
         raise fail(exc) from None
     if as_json:
@@ -134,6 +140,12 @@ def inspect(
         out.print(
             "dead nodes (output unused): "
             + ", ".join(f"{n} {wf.graph[n]['class_type']}" for n in wf.dead_nodes),
+            highlight=False,
+        )
+    if wf.unknown_nodes:
+        out.print(
+            "unknown to these definitions (not runnable there): "
+            + ", ".join(f"{n} {wf.graph[n]['class_type']}" for n in wf.unknown_nodes),
             highlight=False,
         )
     if url is None:

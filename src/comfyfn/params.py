@@ -119,7 +119,7 @@ def all_inputs(graph: ApiGraph, object_info: Mapping[str, Any]) -> tuple[Param, 
 
 
 def dead_nodes(graph: ApiGraph, object_info: Mapping[str, Any]) -> tuple[str, ...]:
-    """Nodes whose outputs nothing uses and that are not output nodes themselves."""
+    """Known nodes whose outputs nothing uses and that are not output nodes themselves."""
     used = {
         str(v[0])
         for node in graph.values()
@@ -129,5 +129,7 @@ def dead_nodes(graph: ApiGraph, object_info: Mapping[str, Any]) -> tuple[str, ..
     return tuple(
         n
         for n, node in graph.items()
-        if n not in used and not (object_info.get(node.get("class_type")) or {}).get("output_node")
+        if n not in used
+        and node.get("class_type") in object_info
+        and not object_info[node["class_type"]].get("output_node")
     )

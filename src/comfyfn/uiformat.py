@@ -36,6 +36,7 @@ _SUBGRAPH_INPUT, _SUBGRAPH_OUTPUT = -10, -20
 _CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
 _WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 _KEEP_OWN = object()  # an unfed subgraph input: the inner node keeps its own widget value
+_DROPPED = object()  # fed by a muted node: the input is left out, widget value or not
 
 
 def is_ui_workflow(data: Any) -> bool:
@@ -79,14 +80,17 @@ def _links(raw: Any) -> dict[int, _Link]:
 
 
 def _input_specs(definition: Mapping[str, Any]) -> list[tuple[str, Any, Mapping[str, Any]]]:
-    """(name, type, options) of every declared input, required then optional."""
-    specs = []
+    """(name, type, options) of every declared input, in ``input_order`` when given."""
+    specs: dict[str, tuple[str, Any, Mapping[str, Any]]] = {}
     for group in ("required", "optional"):
         for name, spec in (definition.get("input", {}).get(group) or {}).items():
             kind = spec[0] if isinstance(spec, list | tuple) and spec else spec
             opts = spec[1] if isinstance(spec, list | tuple) and len(spec) > 1 else {}
-            specs.append((name, kind, opts if isinstance(opts, Mapping) else {}))
-    return specs
+            specs[name] = (name, kind, opts if isinstance(opts, Mapping) else {})
+    order = definition.get("input_order") or {}
+    named = [n for group in ("required", "optional") for n in order.get(group) or ()]
+    ordered = [specs[n] for n in named if n in specs]
+    return ordered + [spec for n, spec in specs.items() if n not in named]
 
 
 def _is_widget(kind: Any, opts: Mapping[str, Any]) -> bool:
@@ -95,31 +99,47 @@ def _is_widget(kind: Any, opts: Mapping[str, Any]) -> bool:
     return isinstance(kind, list) or kind in _WIDGET_TYPES
 
 
+def _extra_slots(name: str, kind: Any, opts: Mapping[str, Any]) -> int:
+    """Frontend-only values stored after this widget's value (never sent to the server)."""
+    control = opts.get("control_after_generate")
+    if kind == "INT" and (control if control is not None else name in ("seed", "noise_seed")):
+        return 1  # control_after_generate
+    if (isinstance(kind, list) or kind == "COMBO") and control:
+        return 2  # control_after_generate, control_filter_list
+    return 0
+
+
+def _api_value(value: Any) -> Any:
+    """List values are wrapped, as the frontend does, so they are not read as links."""
+    return {"__value__": value} if isinstance(value, list) else value
+
+
 def _widget_values(node: Mapping[str, Any], definition: Mapping[str, Any]) -> dict[str, Any]:
     """Input name → widget value, skipping the frontend-only values between them."""
     raw = node.get("widgets_values")
     specs = [(n, k, o) for n, k, o in _input_specs(definition) if _is_widget(k, o)]
     if isinstance(raw, Mapping):
-        return {name: raw[name] for name, _, _ in specs if name in raw}
+        return {name: _api_value(raw[name]) for name, _, _ in specs if name in raw}
     values = list(raw or ())
     out: dict[str, Any] = {}
     i = 0
     for name, kind, opts in specs:
         if i >= len(values):
             break
-        out[name] = values[i]
+        out[name] = _api_value(values[i])
         i += 1
-        seed_like = kind == "INT" and (
-            opts.get("control_after_generate") or name in ("seed", "noise_seed")
-        )
-        if seed_like and i < len(values) and values[i] in _CONTROL_VALUES:
-            i += 1
+        extra = _extra_slots(name, kind, opts)
+        if extra and i < len(values) and values[i] in _CONTROL_VALUES:
+            i += extra  # the control value (and, for a COMBO, its filter text)
     return out
 
 
 class _Converter:
-    def __init__(self, ui: Mapping[str, Any], object_info: Mapping[str, Any]) -> None:
+    def __init__(
+        self, ui: Mapping[str, Any], object_info: Mapping[str, Any], strict: bool = True
+    ) -> None:
         self.info = object_info
+        self.strict = strict
         self.subgraphs = {
             sg["id"]: sg for sg in (ui.get("definitions") or {}).get("subgraphs") or ()
         }
@@ -162,7 +182,7 @@ class _Converter:
     def resolve(self, graph: _Graph, link_id: int, depth: int = 0) -> Any:
         """A link id in ``graph`` → ``[node_id, slot]``, a literal, _KEEP_OWN, or None."""
         if depth > 64 or link_id not in graph.links:
-            return None
+            return None  # a dangling link: treated as unlinked
         link = graph.links[link_id]
         if link.origin == _SUBGRAPH_INPUT:
             return self._from_instance_input(graph, link.origin_slot, depth)
@@ -171,7 +191,7 @@ class _Converter:
             return None
         kind, mode = origin.get("type"), origin.get("mode", 0)
         if mode == _MUTED:
-            return None
+            return _DROPPED
         if kind == "Reroute":
             upstream = self._first_link(origin)
             return None if upstream is None else self.resolve(graph, upstream, depth + 1)
@@ -222,7 +242,47 @@ class _Converter:
         link_id = self._link_into(graph.parent, instance, name)
         if link_id is not None:
             return self.resolve(graph.parent, link_id, depth + 1)
+        return self._promoted_value(instance, name)
+
+    @staticmethod
+    def _promoted_value(instance: Mapping[str, Any], name: str) -> Any:
+        """The instance's own value for an unfed input, if it stores one; else the inner
+        node keeps its value (``proxyWidgets`` entries point at the inner widgets)."""
+        values = instance.get("widgets_values")
+        if not isinstance(values, list) or not values:
+            return _KEEP_OWN
+        proxies = (instance.get("properties") or {}).get("proxyWidgets")
+        if proxies:
+            for index, (node_id, widget) in enumerate(proxies):
+                if str(node_id) == "-1" and widget == name and index < len(values):
+                    return _api_value(values[index])
+            return _KEEP_OWN
+        promoted = [i.get("name") for i in instance.get("inputs") or () if i.get("widget")]
+        if name in promoted and promoted.index(name) < len(values):
+            return _api_value(values[promoted.index(name)])
         return _KEEP_OWN
+
+    def _unknown(self, graph: _Graph, node: Mapping[str, Any], compound: str) -> dict[str, Any]:
+        inputs: dict[str, Any] = {}
+        widget_names = [i["name"] for i in node.get("inputs") or () if i.get("widget")]
+        raw = node.get("widgets_values")
+        if isinstance(raw, Mapping):
+            inputs.update(raw)
+        else:
+            values = [v for v in raw or () if v not in _CONTROL_VALUES]
+            for i, value in enumerate(values):
+                inputs[widget_names[i] if i < len(widget_names) else f"widget_{i}"] = value
+        for inp in node.get("inputs") or ():
+            if inp.get("link") is not None:
+                value = self.resolve(graph, int(inp["link"]))
+                if value is not None and value is not _KEEP_OWN and value is not _DROPPED:
+                    inputs[inp["name"]] = value
+        kind = node.get("type")
+        return {
+            "inputs": inputs,
+            "class_type": kind,
+            "_meta": {"title": node.get("title") or kind, "unknown": True},
+        }
 
     # -- emitting nodes --------------------------------------------------------------------
 
@@ -236,6 +296,9 @@ class _Converter:
                 continue
             compound = graph.prefix + str(nid)
             definition = self.info.get(kind)
+            if definition is None and not self.strict:
+                self.api[compound] = self._unknown(graph, node, compound)
+                continue
             if definition is None:
                 self.problems.append(
                     NodeProblem(
@@ -252,6 +315,8 @@ class _Converter:
             for name, _, _ in _input_specs(definition):
                 link_id = self._link_into(graph, node, name)
                 value = self.resolve(graph, link_id) if link_id is not None else _KEEP_OWN
+                if value is _DROPPED:
+                    continue
                 if value is _KEEP_OWN or value is None:
                     if name in widgets:
                         inputs[name] = widgets[name]
@@ -262,11 +327,19 @@ class _Converter:
             self.api[compound] = entry
 
 
-def ui_to_api(ui: Mapping[str, Any], object_info: Mapping[str, Any]) -> ApiGraph:
-    """The API-format graph for a UI-format workflow, using ``object_info`` for input order."""
+def ui_to_api(
+    ui: Mapping[str, Any], object_info: Mapping[str, Any], *, strict: bool = True
+) -> ApiGraph:
+    """The API-format graph for a UI-format workflow, using ``object_info`` for input order.
+
+    Node classes the definitions lack are an error; with ``strict=False`` (for inspecting
+    a file meant for another server) they are kept as well as the file allows: links by
+    input name, widget values under the names the file gives them (``widget_N`` if none),
+    and ``_meta.unknown`` set.
+    """
     if not is_ui_workflow(ui):
         raise WorkflowInvalid([NodeProblem(None, None, None, "not a UI-format workflow")])
-    converter = _Converter(ui, object_info)
+    converter = _Converter(ui, object_info, strict)
     converter.emit(converter.root)
     if converter.problems:
         raise WorkflowInvalid(converter.problems, summary="cannot convert the UI workflow")

@@ -50,7 +50,13 @@ def _value_problem(spec: InputSpec, value: Any, check_files: bool) -> str | None
         if spec.folder and not check_files:
             return None
         if any(k.endswith("upload") and v for k, v in opts.items()):
-            return None  # upload widgets accept files in subfolders the list does not show
+            # the list shows only top-level input files; subfolders are checked by the server
+            if isinstance(value, str) and "/" not in value and value not in (spec.choices or ()):
+                return (
+                    f"{name} {value!r} is not among the server's input files; upload it "
+                    "first (client.upload_image)"
+                )
+            return None
         if spec.choices is not None and value not in spec.choices:
             if spec.folder:
                 return (

@@ -76,8 +76,13 @@ class Workflow:
         *,
         object_info: Mapping[str, Any] | None = None,
         name: str | None = None,
+        strict: bool = True,
     ) -> Workflow:
-        """Load API JSON, UI JSON (subgraphs included), a PNG made by ComfyUI, or a dict."""
+        """Load API JSON, UI JSON (subgraphs included), a PNG made by ComfyUI, or a dict.
+
+        ``strict=False`` keeps UI nodes the definitions do not know (see ``ui_to_api``), for
+        inspecting files meant for another server; such a workflow will not validate.
+        """
         if isinstance(source, Workflow):
             return source
         data, kind = _read(source)
@@ -88,8 +93,12 @@ class Workflow:
         ):
             name = Path(source).stem
         info = object_info if object_info is not None else None
+        if not isinstance(data, Mapping):
+            raise _cannot_load(f"expected a workflow (a JSON object), got a {type(data).__name__}")
         if is_ui_workflow(data):
-            graph = ui_to_api(data, info if info is not None else bundled_object_info())
+            graph = ui_to_api(
+                data, info if info is not None else bundled_object_info(), strict=strict
+            )
             kind = "png:workflow" if kind == "png:workflow" else "ui"
         else:
             graph = load_api_graph(data)
@@ -120,6 +129,12 @@ class Workflow:
     def ambiguous(self) -> dict[str, tuple[tuple[str, str], ...]]:
         """Meanings with several candidates (bind those by path)."""
         return {n: c for n, c in self.slots.candidates.items() if len(c) > 1}
+
+    @property
+    def unknown_nodes(self) -> tuple[str, ...]:
+        """Nodes whose class the definitions lack (kept by a non-strict load)."""
+        info = self.definitions
+        return tuple(n for n, node in self.graph.items() if node.get("class_type") not in info)
 
     @property
     def outputs(self) -> tuple[str, ...]:

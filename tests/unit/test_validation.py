@@ -13,9 +13,11 @@ from comfyfn.workflows import zimage_turbo
 
 INFO = bundled_object_info()
 SERVER_INFO = copy.deepcopy(INFO)  # as a server with exactly the Z-Image files would answer
-for _cls, _name, _file in (("UNETLoader", "unet_name", "z_image_turbo_bf16.safetensors"),
-                           ("CLIPLoader", "clip_name", "qwen_3_4b.safetensors"),
-                           ("VAELoader", "vae_name", "ae.safetensors")):
+for _cls, _name, _file in (
+    ("UNETLoader", "unet_name", "z_image_turbo_bf16.safetensors"),
+    ("CLIPLoader", "clip_name", "qwen_3_4b.safetensors"),
+    ("VAELoader", "vae_name", "ae.safetensors"),
+):
     SERVER_INFO[_cls]["input"]["required"][_name][0] = [_file]
 
 
@@ -63,13 +65,15 @@ def test_link_to_missing_node_and_bad_slot():
 
 @pytest.mark.parametrize(
     ("node", "name", "value", "text"),
-    [("3", "steps", 0, "steps 0 is smaller than the minimum 1"),
-     ("3", "denoise", 1.5, "denoise 1.5 is bigger than the maximum 1.0"),
-     ("13", "width", 1000, "width 1000 is not a multiple of 16"),
-     ("3", "steps", "eight", "steps 'eight' is not an integer"),
-     ("3", "cfg", "high", "cfg 'high' is not a number"),
-     ("27", "text", 5, "text 5 is not text"),
-     ("3", "sampler_name", "warp", "sampler_name 'warp' is not one of ['euler'")],
+    [
+        ("3", "steps", 0, "steps 0 is smaller than the minimum 1"),
+        ("3", "denoise", 1.5, "denoise 1.5 is bigger than the maximum 1.0"),
+        ("13", "width", 1000, "width 1000 is not a multiple of 16"),
+        ("3", "steps", "eight", "steps 'eight' is not an integer"),
+        ("3", "cfg", "high", "cfg 'high' is not a number"),
+        ("27", "text", 5, "text 5 is not text"),
+        ("3", "sampler_name", "warp", "sampler_name 'warp' is not one of ['euler'"),
+    ],
 )
 def test_bad_values(node, name, value, text):
     g = graph()

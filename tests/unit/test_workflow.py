@@ -20,7 +20,8 @@ def test_builtin_params_are_typed():
     assert list(params)[:3] == ["prompt", "seed", "width"]
     assert params["width"].type == "INT" and params["width"].step == 16
     assert params["width"].path == "13.width" and params["width"].class_type == (
-        "EmptySD3LatentImage")
+        "EmptySD3LatentImage"
+    )
     assert params["sampler"].choices and "res_multistep" in params["sampler"].choices
     assert params["model"].folder == "diffusion_models"
     assert params["steps"].default == 8
@@ -66,8 +67,9 @@ def test_load_every_format(tmp_path, templates):
     png = tmp_path / "made.png"
     png.write_bytes(add_text_chunks(tiny_png(), {"prompt": json.dumps(api)}))
     assert Workflow.load(png).source == "png:prompt"
-    png.write_bytes(add_text_chunks(tiny_png(), {
-        "workflow": json.dumps(templates("image_z_image_turbo.json"))}))
+    png.write_bytes(
+        add_text_chunks(tiny_png(), {"workflow": json.dumps(templates("image_z_image_turbo.json"))})
+    )
     assert Workflow.load(png).source == "png:workflow"
     png.write_bytes(tiny_png())
     with pytest.raises(WorkflowInvalid, match="carries no ComfyUI workflow"):
