@@ -47,3 +47,21 @@ def trivial_graph(color: int, *, node: str = "SaveImage") -> dict:
         },
         "2": {"class_type": node, "inputs": inputs},
     }
+
+
+def sleep_graph(color: int, *, milliseconds: int = 300, steps: int = 3) -> dict:
+    """A job that takes ``milliseconds`` of simulated GPU time (the engine's test node)."""
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": color},
+        },
+        "2": {
+            "class_type": "ComfyfnSleep",
+            "inputs": {"images": ["1", 0], "milliseconds": milliseconds, "steps": steps},
+        },
+        "3": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["2", 0], "filename_prefix": "sleep"},
+        },
+    }

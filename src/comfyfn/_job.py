@@ -261,8 +261,13 @@ async def run_job(
     settings: JobSettings,
     *,
     prompt_id: str | None = None,
+    attach: bool = False,
 ) -> AsyncIterator[Event]:
-    """Submit ``graph`` and yield its events; the last is Succeeded, Failed or Interrupted."""
+    """Submit ``graph`` and yield its events; the last is Succeeded, Failed or Interrupted.
+
+    With ``attach`` the job ``prompt_id`` was submitted earlier (perhaps by another
+    process): it is watched, and its outputs fetched, without submitting anything.
+    """
     prompt_id = prompt_id or str(uuid.uuid4())
     submitted = time.monotonic()
     deadline = submitted + settings.timeout if settings.timeout is not None else None
@@ -270,7 +275,8 @@ async def run_job(
     watch = _Watch(session, prompt_id, graph)
     accepted = finished = False
     try:
-        await submit(session, graph, prompt_id, settings)
+        if not attach:
+            await submit(session, graph, prompt_id, settings)
         accepted = True
         position = queue_position(await session.get_json("/queue"), prompt_id)
         yield Queued(prompt_id, position if position is not None else 0)

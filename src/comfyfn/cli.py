@@ -16,6 +16,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from comfyfn import _config
+from comfyfn._cli_batch import batch_command, recipe_app
 from comfyfn._cli_common import ServerOpt, err, fail, server_url
 from comfyfn._cli_engine import engine_app
 from comfyfn._cli_workflow import parse_params, workflow_app
@@ -34,6 +35,8 @@ app = typer.Typer(
 )
 app.add_typer(engine_app, name="engine")
 app.add_typer(workflow_app, name="workflow")
+app.add_typer(recipe_app, name="recipe")
+app.command("batch")(batch_command)
 
 
 @app.callback()
@@ -207,3 +210,7 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

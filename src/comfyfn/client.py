@@ -151,14 +151,17 @@ class AsyncClient:
         timeout: float | None = None,
         validate: bool = True,
         prompt_id: str | None = None,
+        attach: bool = False,
     ) -> AsyncIterator[Event]:
         """Run a workflow (or API-format graph) as it is, yielding its events.
 
         With ``validate`` (the default) the graph is first checked against the server's node
         definitions, so a bad graph fails with every problem listed before anything is sent.
+        ``prompt_id`` sets the job's id (so a caller can record it before submitting);
+        with ``attach`` that job was already submitted and is only followed.
         """
         wf = workflow if isinstance(workflow, Workflow) else Workflow.load(workflow)
-        if validate:
+        if validate and not attach:
             await self._validate(wf)
         settings = JobSettings(
             client_id=self.client_id,
@@ -168,7 +171,13 @@ class AsyncClient:
         session, socket = self._http, self._socket
         assert socket is not None
         async for event in run_job(
-            session, socket, wf.to_api(), wf.provenance(), settings, prompt_id=prompt_id
+            session,
+            socket,
+            wf.to_api(),
+            wf.provenance(),
+            settings,
+            prompt_id=prompt_id,
+            attach=attach,
         ):
             yield event
 

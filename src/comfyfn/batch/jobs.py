@@ -1,0 +1,137 @@
+"""From an input row to a job: typed parameters, a stable seed, a key, and where it is saved."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from comfyfn.batch.rows import Row, RowError
+from comfyfn.errors import WorkflowInvalid
+from comfyfn.meaning import MEANINGS
+from comfyfn.result import Generation
+from comfyfn.workflow import Workflow
+
+__all__ = ["Job", "JobResult", "prepare", "save_outputs"]
+
+
+@dataclass
+class Job:
+    key: str
+    row: int
+    label: str
+    stem: str
+    workflow: Workflow
+    values: dict[str, Any]  #: what the manifest and contact sheet show
+    name: str | None = None  #: output path (without suffix) relative to the output folder
+    deliver: Mapping[str, Any] | None = None
+    attempts: int = 0
+    prompt_id: str | None = None  #: set when re-attaching to a job a previous run submitted
+    server: str | None = None  #: ...and the server it was submitted to
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """One row's outcome, as the batch yields it."""
+
+    key: str
+    row: int
+    label: str
+    state: str  #: done, failed, skipped (done by an earlier run) or invalid
+    files: tuple[str, ...] = ()
+    error: str | None = None
+    server: str | None = None
+    seconds: float | None = None
+    generation: Generation | None = field(default=None, repr=False)
+
+
+def _stable_seed(values: Mapping[str, Any], label: str) -> int:
+    blob = json.dumps({"v": dict(values), "row": label}, sort_keys=True, default=str)
+    return int(hashlib.sha256(blob.encode()).hexdigest()[:13], 16) % 2**53
+
+
+def prepare(wf: Workflow, row: Row, *, variables: frozenset[str] = frozenset()) -> Job | RowError:
+    """Bind one row to the workflow; an unusable value gives a RowError naming its column."""
+    params = {p.name: p for p in wf.params} | {p.name: p for p in wf.inputs}
+    bound_values: dict[str, Any] = {}
+    for column, value in row.values.items():
+        is_param = column in MEANINGS or "." in column
+        if column.startswith("_") or (column in variables and not is_param):
+            continue  # recipe metadata, or a template variable
+        if not is_param:
+            named = ", ".join(p.name for p in wf.params)
+            return RowError(
+                row.index,
+                column,
+                f"is not a parameter of the workflow (it takes: {named})",
+                row.variant,
+            )
+        param = params.get(column)
+        if isinstance(value, str) and param is not None and param.type != "STRING":
+            try:
+                value = param.parse(value)
+            except ValueError:
+                kind = {"INT": "an integer", "FLOAT": "a number"}.get(param.type, param.type)
+                return RowError(row.index, column, f"{value!r} is not {kind}", row.variant)
+        bound_values[column] = value
+    if "prompt" in wf.slots.params and not bound_values.get("prompt"):
+        return RowError(row.index, "prompt", "is empty", row.variant)
+    if "seed" in wf.slots.params and "seed" not in bound_values:
+        bound_values["seed"] = _stable_seed(bound_values, row.label)
+    try:
+        bound = wf.bind(**bound_values)
+    except WorkflowInvalid as exc:
+        problem = exc.problems[0]
+        slots = wf.slots.params
+        column = next(
+            (name for name, slot in slots.items() if slot == (problem.node_id, problem.input_name)),
+            problem.input_name,
+        )
+        return RowError(row.index, column, problem.message, row.variant)
+    deliver = row.values.get("_deliver")
+    blob = json.dumps({"graph": bound.to_api(), "deliver": deliver}, sort_keys=True)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:32]
+    shown = {
+        k: v
+        for k, v in bound.provenance().items()
+        if k in ("prompt", "negative", "seed", "width", "height", "steps", "cfg", "model")
+    }
+    return Job(key, row.index, row.label, row.stem, bound, shown, row.values.get("_name"), deliver)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_outputs(gen: Generation, job: Job, output: Path) -> list[str]:
+    """Write the job's images atomically under names fixed by the job (never twice)."""
+    from comfyfn.delivery import deliver
+
+    base = job.name or f"images/{job.stem}"
+    files = []
+    for i, image in enumerate(gen.images):
+        rel = f"{base}.png" if len(gen.images) == 1 else f"{base}_{i}.png"
+        data = image.png_bytes()
+        if job.deliver:
+            data = deliver(
+                data,
+                int(job.deliver["width"]),
+                int(job.deliver["height"]),
+                job.deliver.get("fit", "cover"),
+            )
+        _write_atomic(output / rel, data)
+        files.append(rel)
+    return files

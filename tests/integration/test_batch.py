@@ -1,0 +1,278 @@
+"""Batches against real local servers, including the faults an overnight run meets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from graphs import sleep_graph
+from typer.testing import CliRunner
+
+import comfyfn
+from comfyfn.cli import app
+from comfyfn.engine import Engine
+
+pytestmark = pytest.mark.engine
+runner = CliRunner()
+
+SEED_CSV = """prompt,negative_prompt,seed,width,height
+一位身着旗袍的女性漫步在上海外滩夜景,模糊，低质量,42,64,64
+雨后的江南水乡，青石板路，油纸伞,,7,64,80
+霓虹灯招牌上写着“深夜食堂”，赛博朋克街道,低质量,,80,64
+A cozy coffee shop with a chalkboard that says "OPEN",blurry,1234,64,64
+故宫红墙下的银杏树,,,64,64
+,没有提示词,5,64,64
+熊猫在竹林里吃竹子,,abc,64,64
+长城日出,,8,1000,64
+"""
+
+
+@pytest.fixture(scope="module")
+def second(engine):
+    eng = Engine("pytest-b", install=engine.install)
+    eng.up()
+    yield eng
+    eng.down()
+
+
+def manifest_states(out: Path) -> Counter:
+    with sqlite3.connect(out / "manifest.sqlite") as db:
+        return Counter(dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")))
+
+
+def submitted_to(out: Path, url: str) -> int:
+    with sqlite3.connect(out / "manifest.sqlite") as db:
+        (n,) = db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state='submitted' AND server=?", (url,)
+        ).fetchone()
+    return n
+
+
+def successes_by_color(*servers: str) -> Counter:
+    """How many times each job (told apart by its EmptyImage color) succeeded on servers."""
+    seen: Counter = Counter()
+    for url in servers:
+        with comfyfn.Client(url) as c:
+            for entry in c.history().values():
+                graph = entry["prompt"][2]
+                if graph.get("2", {}).get("class_type") == "ComfyfnSleep" and (
+                    entry["status"]["status_str"] == "success"
+                ):
+                    seen[graph["1"]["inputs"]["color"]] += 1
+    return seen
+
+
+def sleep_batch(tmp_path: Path, colors: list[int], ms: int) -> tuple[Path, Path]:
+    wf = tmp_path / "sleep.json"
+    wf.write_text(json.dumps(sleep_graph(0, milliseconds=ms)))
+    rows = tmp_path / "rows.csv"
+    rows.write_text("1.color\n" + "\n".join(map(str, colors)) + "\n")
+    return wf, rows
+
+
+def cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "comfyfn.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])},
+    )
+
+
+def wait_for(condition, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_seed_csv_over_two_servers(server, second, tmp_path):
+    src = tmp_path / "prompts.csv"
+    src.write_text(SEED_CSV, encoding="utf-8")
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["batch", str(src), "-o", str(out), "-s", server, "-s", second.url, "--json"]
+    )
+    assert result.exit_code == 1, result.output  # three bad rows
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    assert (summary["done"], summary["invalid"], summary["failed"]) == (5, 3, 0)
+    assert all(s["done"] > 0 for s in summary["servers"].values())  # both servers worked
+    images = sorted(p.name for p in (out / "images").iterdir())
+    assert images == ["000001.png", "000002.png", "000003.png", "000004.png", "000005.png"]
+    meta = comfyfn.read_provenance(out / "images" / "000001.png")
+    assert (meta["prompt"], meta["seed"]) == ("一位身着旗袍的女性漫步在上海外滩夜景", 42)
+    assert "negative" not in meta  # Z-Image-Turbo at cfg 1 zeroes the negative (documented)
+    assert comfyfn.Image((out / "images" / "000002.png").read_bytes(), None).height == 80
+    sheet = (out / "index.html").read_text(encoding="utf-8")
+    assert sheet.count("data:image/jpeg;base64,") == 5 and "霓虹灯招牌" in sheet
+    assert "row 6, column &#x27;prompt&#x27;: is empty" in sheet
+    assert "row 7, column &#x27;seed&#x27;: &#x27;abc&#x27; is not an integer" in sheet
+    assert "row 8, column &#x27;width&#x27;: width 1000 is not a multiple of 16" in sheet
+    assert json.loads((out / "summary.json").read_text())["done"] == 5
+
+    # the same command again: everything finished is skipped, nothing is submitted
+    before = sum(len(comfyfn.Client(u).history()) for u in (server, second.url))
+    again = runner.invoke(
+        app, ["batch", str(src), "-o", str(out), "-s", server, "-s", second.url, "--json"]
+    )
+    summary = json.loads(again.stdout[again.stdout.index("{") :])
+    assert (summary["done"], summary["skipped"], summary["invalid"]) == (0, 5, 3)
+    assert sum(len(comfyfn.Client(u).history()) for u in (server, second.url)) == before
+
+
+def test_runner_killed_mid_batch_resumes_without_running_anything_twice(server, unique, tmp_path):
+    colors = [unique() for _ in range(16)]
+    wf, rows = sleep_batch(tmp_path, colors, ms=300)
+    out = tmp_path / "out"
+    args = [str(rows), "-o", str(out), "-w", str(wf), "-s", server, "--prime", "2"]
+    proc = cli("batch", *args)
+    wait_for(
+        lambda: (
+            (out / "manifest.sqlite").exists()
+            and manifest_states(out)["done"] >= 3
+            and manifest_states(out)["submitted"] >= 2
+        ),
+        what="jobs done and in flight",
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    in_flight = manifest_states(out)["submitted"]
+    assert in_flight >= 1
+    resumed = cli("batch", *args, "--json")
+    output, _ = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, output
+    states = manifest_states(out)
+    assert states == Counter({"done": 16})
+    assert len(list((out / "images").iterdir())) == 16
+    counts = successes_by_color(server)
+    assert all(counts[c] == 1 for c in colors), counts  # none ran twice, none is missing
+
+
+def test_server_killed_mid_batch(engine, server, unique, tmp_path):
+    victim = Engine("pytest-victim", install=engine.install)
+    victim_url = victim.up().url
+    try:
+        colors = [unique() for _ in range(20)]
+        wf, rows = sleep_batch(tmp_path, colors, ms=250)
+        out = tmp_path / "out"
+        proc = cli(
+            "batch",
+            str(rows),
+            "-o",
+            str(out),
+            "-w",
+            str(wf),
+            "-s",
+            victim.url,
+            "-s",
+            server,
+            "--json",
+            "--http-timeout",
+            "3",
+        )
+        wait_for(
+            lambda: (out / "manifest.sqlite").exists() and manifest_states(out)["done"] >= 4,
+            what="a few jobs done",
+        )
+        os.kill(victim.state().pid, signal.SIGKILL)
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output
+        assert manifest_states(out) == Counter({"done": 20})
+        files = sorted((out / "images").iterdir())
+        assert len(files) == 20
+        summary = json.loads(output[output.index("{") :])
+        assert summary["servers"][victim_url]["failures"] >= 1
+        assert all(successes_by_color(server)[c] <= 1 for c in colors)
+    finally:
+        victim.down()
+
+
+def test_hanging_server_is_taken_out_and_put_back(second, server, unique, tmp_path):
+    colors = [unique() for _ in range(20)]
+    wf, rows = sleep_batch(tmp_path, colors, ms=250)
+    out = tmp_path / "out"
+    proc = cli(
+        "batch",
+        str(rows),
+        "-o",
+        str(out),
+        "-w",
+        str(wf),
+        "-s",
+        second.url,
+        "-s",
+        server,
+        "--json",
+        "--http-timeout",
+        "2",
+    )
+    wait_for(
+        lambda: (out / "manifest.sqlite").exists() and manifest_states(out)["done"] >= 3,
+        what="a few jobs done",
+    )
+    pid = second.state().pid
+    os.kill(pid, signal.SIGSTOP)  # the process hangs: connections open, nothing answers
+    try:
+        done_then = manifest_states(out)["done"]
+        # its jobs are taken back and finished elsewhere while it hangs
+        wait_for(
+            lambda: (
+                submitted_to(out, second.url) == 0 and manifest_states(out)["done"] >= done_then + 4
+            ),
+            timeout=60,
+            what="the hanging server's jobs moved and finished elsewhere",
+        )
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert manifest_states(out) == Counter({"done": 20})
+    summary = json.loads(output[output.index("{") :])
+    assert summary["servers"][second.url]["failures"] >= 1
+    counts = successes_by_color(server, second.url)
+    assert all(counts[c] <= 1 for c in colors), counts
+
+
+def test_all_servers_down_then_back(engine, unique, tmp_path):
+    lone = Engine("pytest-lone", install=engine.install)
+    port = lone.up().port
+    try:
+        colors = [unique() for _ in range(12)]
+        wf, rows = sleep_batch(tmp_path, colors, ms=200)
+        out = tmp_path / "out"
+        proc = cli(
+            "batch",
+            str(rows),
+            "-o",
+            str(out),
+            "-w",
+            str(wf),
+            "-s",
+            lone.url,
+            "--json",
+            "--http-timeout",
+            "2",
+        )
+        wait_for(
+            lambda: (out / "manifest.sqlite").exists() and manifest_states(out)["done"] >= 2,
+            what="a few jobs done",
+        )
+        lone.down()
+        assert proc.poll() is None  # the batch waits for a server
+        lone.up(port=port)
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output
+        assert manifest_states(out) == Counter({"done": 12})
+    finally:
+        lone.down()

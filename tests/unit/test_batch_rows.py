@@ -1,0 +1,191 @@
+"""Batch input: CSV/JSONL/YAML rows, variations, templates, and row → job preparation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from comfyfn.batch import Manifest, expand, parse_vary, read_job_file, read_rows
+from comfyfn.batch.jobs import Job, prepare
+from comfyfn.batch.pool import ServerState, choose
+from comfyfn.batch.rows import Row, RowError
+from comfyfn.errors import ConfigError
+from comfyfn.workflows import zimage_turbo
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_seed_csv_format_with_chinese_and_bom(tmp_path):
+    f = write(
+        tmp_path / "p.csv",
+        "\ufeffprompt,negative_prompt,seed,width,height\n"
+        "旗袍女性漫步外滩夜景,模糊,42,1024,768\n水墨山水,,,512,512\n",
+    )
+    rows = list(read_rows(f))
+    assert rows == [
+        (
+            1,
+            {
+                "prompt": "旗袍女性漫步外滩夜景",
+                "negative": "模糊",
+                "seed": "42",
+                "width": "1024",
+                "height": "768",
+            },
+        ),
+        (2, {"prompt": "水墨山水", "width": "512", "height": "512"}),
+    ]
+
+
+def test_jsonl_rows_and_errors_keep_line_numbers(tmp_path):
+    f = write(tmp_path / "p.jsonl", '{"prompt": "a"}\n\nnot json\n[1]\n{"prompt": "b"}\n')
+    rows = list(read_rows(f))
+    assert rows[0] == (1, {"prompt": "a"})
+    assert isinstance(rows[1][1], RowError) and rows[1][0] == 3
+    assert "not a JSON object" in str(rows[2][1])
+    assert rows[3] == (5, {"prompt": "b"})
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("seed=1..4", ("seed", [1, 2, 3, 4])),
+        ("style=watercolor, ink ,photo", ("style", ["watercolor", "ink", "photo"])),
+    ],
+)
+def test_parse_vary(spec, expected):
+    assert parse_vary(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["seed", "=1..2", "seed=4..1", "x="])
+def test_parse_vary_errors(spec):
+    with pytest.raises(ConfigError, match="--vary"):
+        parse_vary(spec)
+
+
+def test_expand_is_a_cartesian_product_with_a_template():
+    rows = [(1, {"prompt": "猫"}), (2, RowError(2, None, "bad"))]
+    out = list(
+        expand(
+            rows,
+            vary=[parse_vary("seed=1..2"), parse_vary("style=ink,photo")],
+            template="{prompt}, {style} style",
+        )
+    )
+    assert [r.values["prompt"] for r in out[:4]] == ["猫, ink style", "猫, photo style"] * 2
+    assert [(r.values["seed"], r.variant) for r in out[:4]] == [(1, 0), (1, 1), (2, 2), (2, 3)]
+    assert out[1].label == "row 1 [seed=1, style=photo]" and out[1].stem == "000001-001"
+    assert isinstance(out[4], RowError)
+
+
+def test_template_with_a_missing_column_names_it():
+    (err,) = list(expand([(3, {"prompt": "x"})], template="{prompt} {mood}"))
+    assert (
+        str(err)
+        == "row 3, column 'mood': the prompt template uses this column, which the row lacks"
+    )
+
+
+def test_job_file(tmp_path):
+    write(tmp_path / "in.csv", "subject\n猫\n狗\n")
+    job = write(
+        tmp_path / "job.yaml",
+        "workflow: zimage-turbo\ntemplate: '{subject}, {style}'\n"
+        "vary:\n  style: [ink, photo]\n  seed: 1..2\ninput: in.csv\n"
+        "defaults: {steps: 4}\n",
+    )
+    settings = read_job_file(job)
+    rows = list(
+        expand(
+            settings["rows"],
+            vary=settings["vary"],
+            template=settings["template"],
+            defaults=settings["defaults"],
+        )
+    )
+    assert len(rows) == 8 and rows[0].values["prompt"] == "猫, ink"
+    assert rows[0].values["steps"] == 4
+    with pytest.raises(ConfigError, match="unknown settings colour"):
+        read_job_file(write(tmp_path / "bad.yaml", "colour: red\nrows: []\n"))
+
+
+WF = zimage_turbo()
+
+
+def row(values, index=1):
+    return Row(index, values)
+
+
+def test_prepare_types_values_and_keys_are_stable():
+    job = prepare(WF, row({"prompt": "猫", "seed": "42", "width": "512", "height": "768"}))
+    assert isinstance(job, Job)
+    assert job.workflow.graph["3"]["inputs"]["seed"] == 42
+    assert job.workflow.graph["13"]["inputs"]["width"] == 512
+    again = prepare(WF, row({"prompt": "猫", "seed": "42", "width": "512", "height": "768"}))
+    assert again.key == job.key
+    other = prepare(WF, row({"prompt": "猫", "seed": "43", "width": "512", "height": "768"}))
+    assert other.key != job.key
+
+
+def test_missing_seed_is_stable_per_row():
+    a = prepare(WF, row({"prompt": "猫"}))
+    b = prepare(WF, row({"prompt": "猫"}))
+    c = prepare(WF, row({"prompt": "猫"}, index=2))
+    assert a.values["seed"] == b.values["seed"] != c.values["seed"]
+
+
+@pytest.mark.parametrize(
+    ("values", "column", "text"),
+    [
+        ({"width": "512"}, "prompt", "is empty"),
+        ({"prompt": "p", "seed": "abc"}, "seed", "'abc' is not an integer"),
+        ({"prompt": "p", "width": "1000"}, "width", "width 1000 is not a multiple of 16"),
+        ({"prompt": "p", "cfg": "high"}, "cfg", "'high' is not a number"),
+        ({"prompt": "p", "colour": "red"}, "colour", "is not a parameter of the workflow"),
+        ({"prompt": "p", "height": "99999"}, "height", "out of range"),
+    ],
+)
+def test_bad_rows_name_row_and_column(values, column, text):
+    error = prepare(WF, row(values, index=7))
+    assert isinstance(error, RowError)
+    assert (error.index, error.column) == (7, column)
+    assert text in str(error) and str(error).startswith(f"row 7, column '{column}'")
+
+
+def test_template_variables_are_not_parameters():
+    job = prepare(WF, row({"prompt": "猫 ink", "style": "ink"}), variables=frozenset({"style"}))
+    assert isinstance(job, Job)
+
+
+def test_choose_prefers_the_emptiest_healthy_server():
+    states = {u: ServerState(u) for u in ("a", "b", "c")}
+    states["a"].in_flight, states["b"].in_flight, states["c"].in_flight = 2, 1, 1
+    states["c"].healthy = False
+    assert choose(states, slots=2) == "b"
+    states["b"].in_flight = 2
+    assert choose(states, slots=2) is None
+    states["c"].healthy = True
+    assert choose(states, slots=2) == "c"
+
+
+def test_manifest_states_and_percentiles(tmp_path):
+    m = Manifest(tmp_path / "m.sqlite")
+    for i in range(1, 11):
+        m.add(f"k{i}", i, f"row {i}", f"{i:06d}", {"prompt": "p"})
+        m.submitted(f"k{i}", "http://a", f"p{i}")
+    assert [r.prompt_id for r in m.in_flight()] == [f"p{i}" for i in range(1, 11)]
+    for i in range(1, 11):
+        m.done(f"k{i}", [f"images/{i}.png"], float(i), "http://a")
+    m.add("bad", 11, "row 11", "000011", {}, "invalid", "row 11: broken")
+    m.add("k1", 1, "row 1", "000001", {})  # re-adding a done job does not reset it
+    assert m.get("k1").state == "done" and m.get("k1").files == ["images/1.png"]
+    assert m.counts() == {"done": 10, "invalid": 1}
+    assert (m.percentile(0.5), m.percentile(0.95)) == (5.0, 10.0)
+    m.close()
+    assert json.loads(json.dumps(Manifest(tmp_path / "m.sqlite").get("k3").params)) == {
+        "prompt": "p"
+    }
