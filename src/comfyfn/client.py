@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -26,6 +26,9 @@ from comfyfn.result import Generation
 from comfyfn.signature import signature_for
 from comfyfn.workflow import Workflow
 from comfyfn.workflows import BUILTIN, builtin
+
+if TYPE_CHECKING:
+    from comfyfn.batch.jobs import JobResult
 
 __all__ = ["AsyncClient"]
 
@@ -213,6 +216,31 @@ class AsyncClient:
         if params:
             wf = wf.bind(**params)
         return await _result(self.stream_graph(wf, timeout=timeout, validate=validate))
+
+    async def map(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        workflow: WorkflowSource | Workflow = "zimage-turbo",
+        prime: int = 1,
+    ) -> AsyncIterator[JobResult]:
+        """Run one job per row (dicts of parameters), yielding results as they finish.
+
+        Each server-side job is kept primed, a bad row gives an ``invalid`` result naming its
+        column, and ``result.generation`` holds the images. For many rows, several servers,
+        files on disk and resuming, use :class:`comfyfn.batch.Batch`.
+        """
+        from comfyfn.batch import Batch, BatchSettings, Row
+
+        batch = Batch(
+            (Row(i, dict(r)) for i, r in enumerate(rows, 1)),
+            None,
+            servers=[self.server],
+            workflow=workflow,
+            settings=BatchSettings(prime=prime),
+        )
+        async for result in batch.results():
+            yield result
 
     def function(self, workflow: Workflow) -> Callable[..., Awaitable[Generation]]:
         """An async callable taking the workflow's parameters as keyword arguments."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from comfyfn.batch.jobs import JobResult
 from comfyfn.client import AsyncClient
 from comfyfn.events import Event
 from comfyfn.result import Generation
@@ -132,7 +133,11 @@ class Client:
 
         return signature_for(workflow, call)
 
-    def _iterate(self, agen: Any) -> Iterator[Event]:
+    def map(self, *args: Any, **kwargs: Any) -> Iterator[JobResult]:
+        """Like :meth:`AsyncClient.map`, as a plain iterator of results."""
+        return self._iterate(self._async.map(*args, **kwargs))
+
+    def _iterate(self, agen: Any) -> Iterator[Any]:
         try:
             while True:
                 try:

@@ -276,3 +276,66 @@ def test_all_servers_down_then_back(engine, unique, tmp_path):
         assert manifest_states(out) == Counter({"done": 12})
     finally:
         lone.down()
+
+
+def test_client_map_yields_results_as_they_finish(server, unique):
+    rows = [
+        {"prompt": "猫", "seed": unique(), "width": 64, "height": 64, "steps": 2},
+        {"prompt": "狗", "seed": "nope", "width": 64, "height": 64},
+        {"prompt": "鱼", "seed": unique(), "width": 80, "height": 64, "steps": 2},
+    ]
+    with comfyfn.Client(server) as c:
+        results = sorted(c.map(rows, prime=2), key=lambda r: r.row)
+    assert [r.state for r in results] == ["done", "invalid", "done"]
+    assert results[0].generation.images[0].width == 64
+    assert results[2].generation.params["prompt"] == "鱼"
+    assert "row 2, column 'seed': 'nope' is not an integer" in results[1].error
+
+
+TINY_RECIPE = """description: 测试用的小尺寸社交配图
+outputs:
+  - name: weibo
+    prompt: "{topic}，横幅配图"
+    deliver: 120x68        # Weibo's 16:9, scaled down for the CPU engine
+  - name: icon
+    prompt: "{topic} 图标"
+    deliver: 48x48
+    count: 3
+    fit: contain
+defaults:
+  steps: 2
+"""
+
+
+def test_recipe_run_delivers_exact_sizes(server, tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE, encoding="utf-8")
+    topics = tmp_path / "topics.txt"
+    topics.write_text("# 话题\n中秋节\n\n春节 庙会\n", encoding="utf-8")
+    out = tmp_path / "out"
+    listed = runner.invoke(app, ["recipe", "list"])
+    assert "social" in listed.stdout and "1242×1660" in listed.stdout
+    result = runner.invoke(
+        app, ["recipe", "run", str(recipe), str(topics), "-o", str(out), "-s", server, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert files == [
+        "中秋节/icon_1.png",
+        "中秋节/icon_2.png",
+        "中秋节/icon_3.png",
+        "中秋节/weibo.png",
+        "春节-庙会/icon_1.png",
+        "春节-庙会/icon_2.png",
+        "春节-庙会/icon_3.png",
+        "春节-庙会/weibo.png",
+    ]
+    weibo = comfyfn.Image((out / "中秋节" / "weibo.png").read_bytes(), None)
+    assert (weibo.width, weibo.height) == (120, 68)
+    icons = [(out / "中秋节" / f"icon_{k}.png").read_bytes() for k in (1, 2, 3)]
+    assert len(set(icons)) == 3  # distinct seeds
+    meta = comfyfn.read_provenance(out / "中秋节" / "weibo.png")
+    assert meta["prompt"] == "中秋节，横幅配图"
+    w, h = meta["width"], meta["height"]  # generated at ×16 with the same aspect, then cut
+    assert w % 16 == h % 16 == 0 and w >= 120 and h >= 68
+    assert abs(w / h - 120 / 68) / (120 / 68) < 0.01

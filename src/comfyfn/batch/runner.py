@@ -56,7 +56,8 @@ class Batch:
 
     Args:
         rows: :class:`~comfyfn.batch.rows.Row` items (or RowErrors), read lazily.
-        output: the output folder (images, ``manifest.sqlite``, ``index.html``).
+        output: the output folder (images, ``manifest.sqlite``, ``index.html``); ``None``
+            keeps nothing on disk and puts each Generation in its result instead.
         servers: ComfyUI URLs (default: the usual server resolution, one server).
         workflow: a built-in name, a file or a Workflow (default Z-Image-Turbo).
     """
@@ -64,7 +65,7 @@ class Batch:
     def __init__(
         self,
         rows: Iterable[Row | RowError],
-        output: str | Path,
+        output: str | Path | None,
         *,
         servers: Sequence[str],
         workflow: str | Path | Mapping[str, Any] | Workflow = "zimage-turbo",
@@ -72,7 +73,7 @@ class Batch:
         on_event: Callable[[str, Any], None] | None = None,
     ) -> None:
         self.rows = rows
-        self.output = Path(output)
+        self.output = Path(output) if output is not None else None
         self.servers = list(dict.fromkeys(servers))
         self.workflow_source = workflow
         self.settings = settings or BatchSettings()
@@ -98,7 +99,9 @@ class Batch:
         """Run the batch, yielding each row's result as it is known."""
         self._stop = asyncio.Event()
         self._results: asyncio.Queue[Any] = asyncio.Queue()
-        self.manifest = Manifest(self.output / "manifest.sqlite")
+        self.manifest = Manifest(
+            self.output / "manifest.sqlite" if self.output is not None else ":memory:"
+        )
         timeout = httpx.Timeout(
             self.settings.http_timeout, connect=min(3.0, self.settings.http_timeout)
         )
@@ -267,7 +270,11 @@ class Batch:
             if isinstance(outcome, Succeeded):
                 gen = outcome.generation
                 busy = gen.timings.executed
-                files = await asyncio.to_thread(save_outputs, gen, job, self.output)
+                files = (
+                    await asyncio.to_thread(save_outputs, gen, job, self.output)
+                    if self.output is not None
+                    else []
+                )
                 seconds = time.monotonic() - started
                 self.manifest.done(job.key, files, seconds, url)
                 ok = True
@@ -280,6 +287,7 @@ class Batch:
                         tuple(files),
                         server=url,
                         seconds=seconds,
+                        generation=gen if self.output is None else None,
                     )
                 )
             elif isinstance(outcome, Interrupted) and attach:
