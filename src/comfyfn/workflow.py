@@ -6,6 +6,7 @@ import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -111,26 +112,26 @@ class Workflow:
     def definitions(self) -> Mapping[str, Any]:
         return self.object_info if self.object_info is not None else bundled_object_info()
 
-    @property
+    @cached_property
     def slots(self) -> Slots:
         return find_slots(dict(self.graph))
 
-    @property
+    @cached_property
     def params(self) -> tuple[Param, ...]:
         """Parameters found by meaning (prompt, seed, width...), typed from the definitions."""
         return describe(dict(self.graph), self.slots, self.definitions)
 
-    @property
+    @cached_property
     def inputs(self) -> tuple[Param, ...]:
         """Every literal input, bindable by its ``"node.input"`` path."""
         return all_inputs(dict(self.graph), self.definitions)
 
-    @property
+    @cached_property
     def ambiguous(self) -> dict[str, tuple[tuple[str, str], ...]]:
         """Meanings with several candidates (bind those by path)."""
         return {n: c for n, c in self.slots.candidates.items() if len(c) > 1}
 
-    @property
+    @cached_property
     def unknown_nodes(self) -> tuple[str, ...]:
         """Nodes whose class the definitions lack (kept by a non-strict load)."""
         info = self.definitions
@@ -140,7 +141,7 @@ class Workflow:
     def outputs(self) -> tuple[str, ...]:
         return self.slots.outputs
 
-    @property
+    @cached_property
     def dead_nodes(self) -> tuple[str, ...]:
         return dead_nodes(dict(self.graph), self.definitions)
 
