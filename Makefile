@@ -22,6 +22,7 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
+	sh tests/pg_install.sh
 	$(BIN)/comfyfn engine install
 	$(BIN)/python -m pytest
 

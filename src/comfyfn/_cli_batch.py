@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import enum
 import signal
 import sys
 import time
@@ -51,8 +52,15 @@ Prime = Annotated[
         "--prime", "--concurrency", help="Jobs queued on each server beyond the running one."
     ),
 ]
+
+
+class OnInterruptChoice(enum.StrEnum):
+    finish = "finish"
+    cancel = "cancel"
+
+
 OnInterrupt = Annotated[
-    str,
+    OnInterruptChoice,
     typer.Option(
         help="What the first Ctrl-C does to running jobs: finish or cancel (a second Ctrl-C "
         "cancels)."
@@ -92,7 +100,7 @@ def execute(
     settings: BatchSettings,
     total: int | None,
     as_json: bool,
-    on_interrupt: str,
+    on_interrupt: OnInterruptChoice,
 ) -> None:
     """Run a batch with progress, a summary, a contact sheet and the exit code."""
     started = time.monotonic()
@@ -133,7 +141,7 @@ def execute(
             def interrupted() -> None:
                 nonlocal presses
                 presses += 1
-                cancel = presses > 1 or on_interrupt == "cancel"
+                cancel = presses > 1 or on_interrupt == OnInterruptChoice.cancel
                 err.print(
                     "stopping: "
                     + (
@@ -215,7 +223,7 @@ def batch_command(
     http_timeout: Annotated[
         float, typer.Option(help="Seconds before a silent server counts as failed.")
     ] = 10.0,
-    on_interrupt: OnInterrupt = "finish",
+    on_interrupt: OnInterrupt = OnInterruptChoice.finish,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Run every row of a CSV/JSONL/YAML job file; re-running resumes where it stopped."""
@@ -240,6 +248,7 @@ def batch_command(
             prime=prime,
             retries=retries,
             job_timeout=job_timeout,
+            http_timeout=http_timeout,
             variables=template_variables(template, [n for n, _ in varies]),
         )
         execute(
@@ -283,7 +292,7 @@ def recipe_run(
     server: Servers = None,
     seed: Annotated[int, typer.Option(help="Base seed for the recipe's stable seeds.")] = 0,
     prime: Prime = 1,
-    on_interrupt: OnInterrupt = "finish",
+    on_interrupt: OnInterrupt = OnInterruptChoice.finish,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Make every output of a recipe for every topic, delivered at the exact pixel sizes."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import stamina
 
 from comfyfn._http import HttpSession
 from comfyfn._socket import LOST, PROBE, EventSocket
@@ -186,6 +187,7 @@ class _Watch:
                     "(or the server restarted) before it ran",
                     server=server,
                     prompt_id=self.prompt_id,
+                    lost=True,
                 ),
             )
         ]
@@ -226,11 +228,20 @@ async def _fetch_images(
             "subfolder": ref.get("subfolder", ""),
             "type": ref.get("type", "output"),
         }
-        async with session.client.stream("GET", "/view", params=params) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                raise session.error_for_status("GET", "/view", response)
-            data = b"".join([chunk async for chunk in response.aiter_bytes()])
+        async for attempt in stamina.retry_context(
+            on=httpx.TransportError, attempts=session.retries + 1, wait_initial=0.05, wait_max=1.0
+        ):
+            with attempt:
+                try:
+                    async with session.client.stream("GET", "/view", params=params) as response:
+                        if response.status_code >= 400:
+                            await response.aread()
+                            raise session.error_for_status("GET", "/view", response)
+                        data = b"".join([chunk async for chunk in response.aiter_bytes()])
+                except httpx.TransportError as exc:
+                    if attempt.num > session.retries:
+                        raise session.error_for_exception("GET", "/view", exc) from exc
+                    raise
         return Image(data, node_id, ref["filename"], params["subfolder"], params["type"])
 
     images = list(await asyncio.gather(*(view(n, r) for n, r in refs)))
@@ -275,9 +286,9 @@ async def run_job(
     watch = _Watch(session, prompt_id, graph)
     accepted = finished = False
     try:
+        accepted = True  # from here on, leaving early cancels it (harmless if never queued)
         if not attach:
             await submit(session, graph, prompt_id, settings)
-        accepted = True
         position = queue_position(await session.get_json("/queue"), prompt_id)
         yield Queued(prompt_id, position if position is not None else 0)
         delay = 0.02

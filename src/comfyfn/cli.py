@@ -19,6 +19,7 @@ from comfyfn import _config
 from comfyfn._cli_batch import batch_command, recipe_app
 from comfyfn._cli_common import ServerOpt, err, fail, server_url
 from comfyfn._cli_engine import engine_app
+from comfyfn._cli_gateway import keys_app, serve_command
 from comfyfn._cli_workflow import parse_params, workflow_app
 from comfyfn.binding import parse_size
 from comfyfn.errors import ComfyError
@@ -37,6 +38,8 @@ app.add_typer(engine_app, name="engine")
 app.add_typer(workflow_app, name="workflow")
 app.add_typer(recipe_app, name="recipe")
 app.command("batch")(batch_command)
+app.command("serve")(serve_command)
+app.add_typer(keys_app, name="keys")
 
 
 @app.callback()

@@ -168,10 +168,13 @@ class Interrupted(GenerationError):
         prompt_id: str | None = None,
         node_id: str | None = None,
         class_type: str | None = None,
+        lost: bool = False,
     ) -> None:
         super().__init__(message, server=server, prompt_id=prompt_id)
         self.node_id = node_id
         self.class_type = class_type
+        #: True when the server no longer knows the job (deleted, or lost in a restart)
+        self.lost = lost
 
 
 class GenerationTimeout(GenerationError, TimeoutError):

@@ -9,6 +9,7 @@ daemon, so a client that is never closed does not keep the interpreter from exit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 import weakref
@@ -146,7 +147,8 @@ class Client:
                     return
         finally:
             if not self._closed:
-                self._loop.call(agen.aclose)
+                with contextlib.suppress(RuntimeError):  # still closing after a Ctrl-C
+                    self._loop.call(agen.aclose)
 
 
 def _forward(name: str) -> Callable[..., Any]:

@@ -131,11 +131,21 @@ def test_prepare_types_values_and_keys_are_stable():
     assert other.key != job.key
 
 
-def test_missing_seed_is_stable_per_row():
+def test_missing_seed_comes_from_the_row_content():
     a = prepare(WF, row({"prompt": "猫"}))
-    b = prepare(WF, row({"prompt": "猫"}))
-    c = prepare(WF, row({"prompt": "猫"}, index=2))
+    b = prepare(WF, row({"prompt": "猫"}, index=2))
+    c = prepare(WF, row({"prompt": "狗"}))
     assert a.values["seed"] == b.values["seed"] != c.values["seed"]
+    assert a.key != b.key  # two identical rows are still two jobs (two files)
+
+
+def test_bad_input_files_are_named_errors(tmp_path):
+    gbk = tmp_path / "gbk.csv"
+    gbk.write_bytes("prompt\n旗袍女性\n".encode("gbk"))
+    with pytest.raises(ConfigError, match="is not UTF-8"):
+        list(read_rows(gbk))
+    (err,) = list(expand([(1, {"prompt": "x"})], template="{prompt.upper}"))
+    assert "bad template" in str(err)
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,10 @@ async def _consume(batch: Batch, on_result: Any = None) -> dict[str, int]:
 
 def run_batch(batch: Batch, *, on_result: Any = None, thumbnails: int = 500) -> Summary:
     """Run to the end (blocking); write the summary JSON and the contact sheet."""
+    if batch.output is None:
+        from comfyfn.errors import ConfigError
+
+        raise ConfigError("run_batch needs a batch with an output folder")
     loop_started = batch.started
     counted = asyncio.run(_consume(batch, on_result))
     manifest = Manifest(batch.output / "manifest.sqlite")

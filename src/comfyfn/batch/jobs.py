@@ -50,8 +50,9 @@ class JobResult:
     generation: Generation | None = field(default=None, repr=False)
 
 
-def _stable_seed(values: Mapping[str, Any], label: str) -> int:
-    blob = json.dumps({"v": dict(values), "row": label}, sort_keys=True, default=str)
+def _stable_seed(values: Mapping[str, Any]) -> int:
+    """A seed from the row's own values: the same content always gets the same seed."""
+    blob = json.dumps(dict(values), sort_keys=True, default=str)
     return int(hashlib.sha256(blob.encode()).hexdigest()[:13], 16) % 2**53
 
 
@@ -82,7 +83,7 @@ def prepare(wf: Workflow, row: Row, *, variables: frozenset[str] = frozenset()) 
     if "prompt" in wf.slots.params and not bound_values.get("prompt"):
         return RowError(row.index, "prompt", "is empty", row.variant)
     if "seed" in wf.slots.params and "seed" not in bound_values:
-        bound_values["seed"] = _stable_seed(bound_values, row.label)
+        bound_values["seed"] = _stable_seed(bound_values)
     try:
         bound = wf.bind(**bound_values)
     except WorkflowInvalid as exc:
@@ -94,7 +95,16 @@ def prepare(wf: Workflow, row: Row, *, variables: frozenset[str] = frozenset()) 
         )
         return RowError(row.index, column, problem.message, row.variant)
     deliver = row.values.get("_deliver")
-    blob = json.dumps({"graph": bound.to_api(), "deliver": deliver}, sort_keys=True)
+    # the row's place is part of the key: two identical rows are two jobs with two files
+    blob = json.dumps(
+        {
+            "graph": bound.to_api(),
+            "deliver": deliver,
+            "name": row.values.get("_name"),
+            "stem": row.stem,
+        },
+        sort_keys=True,
+    )
     key = hashlib.sha256(blob.encode()).hexdigest()[:32]
     shown = {
         k: v

@@ -70,7 +70,8 @@ def _clean(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in raw.items():
         if key is None:
             continue
-        name = _ALIASES.get(key.strip(), key.strip())
+        key = str(key).strip()
+        name = _ALIASES.get(key, key)
         if isinstance(value, str):
             value = value.strip()
             if value == "":
@@ -92,32 +93,40 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | RowError
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     with handle:
-        if path.suffix.lower() in (".jsonl", ".ndjson"):
-            for n, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield n, RowError(n, None, f"not JSON: {exc.msg}")
-                    continue
-                yield (
-                    n,
-                    (
-                        _clean(obj)
-                        if isinstance(obj, dict)
-                        else RowError(n, None, "not a JSON object")
-                    ),
-                )
-        else:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames:
-                raise ConfigError(f"{path}: no header row")
-            for n, row in enumerate(reader, 1):
-                if None in row:
-                    yield n, RowError(n, None, "more cells than header columns")
-                    continue
-                yield n, _clean(row)
+        try:
+            yield from _parse(path, handle)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{path} is not UTF-8 ({exc.reason} at byte {exc.start}); "
+                "save it as UTF-8 (Excel: 'CSV UTF-8')"
+            ) from exc
+        except csv.Error as exc:
+            raise ConfigError(f"{path}: not a readable CSV: {exc}") from exc
+
+
+def _parse(path: Path, handle: Any) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        for n, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield n, RowError(n, None, f"not JSON: {exc.msg}")
+                continue
+            if isinstance(obj, dict):
+                yield n, _clean(obj)
+            else:
+                yield n, RowError(n, None, "not a JSON object")
+        return
+    reader = csv.DictReader(handle)
+    if not reader.fieldnames:
+        raise ConfigError(f"{path}: no header row")
+    for n, row in enumerate(reader, 1):
+        if None in row:
+            yield n, RowError(n, None, "more cells than header columns")
+            continue
+        yield n, _clean(row)
 
 
 def parse_vary(spec: str) -> tuple[str, list[Any]]:
@@ -156,8 +165,17 @@ def expand(
             values = {**(defaults or {}), **raw, **dict(zip(names, combo, strict=True))}
             text = template if template is not None else values.get("prompt")
             if isinstance(text, str) and _placeholders(text):
+                bad = [f for f in _placeholders(text) if not f.isidentifier()]
+                if bad:
+                    yield RowError(
+                        index,
+                        "prompt",
+                        f"bad template: use plain {{names}}, not {{{bad[0]}}}",
+                        variant,
+                    )
+                    continue
                 try:
-                    values["prompt"] = text.format(**values)
+                    values["prompt"] = text.format_map(values)
                 except KeyError as exc:
                     yield RowError(
                         index,

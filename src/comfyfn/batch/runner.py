@@ -47,12 +47,22 @@ class BatchSettings:
     job_timeout: float | None = None  #: a job running longer counts as a server failure
     give_up_after: float = 600.0  #: with every server down this long, remaining rows fail
     health_interval: float = 0.5
-    template: str | None = None
     variables: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        from comfyfn.errors import ConfigError
+
+        for name in ("prime", "retries"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a whole number ≥ 0, not {value!r}")
+        if self.http_timeout <= 0 or self.give_up_after < 0:
+            raise ConfigError("http_timeout must be > 0 and give_up_after ≥ 0")
 
 
 class Batch:
-    """Rows → images on disk over several servers. Iterate ``results()`` or call ``run()``.
+    """Rows → images on disk over several servers: iterate ``results()`` (async), or pass
+    the batch to :func:`comfyfn.batch.run_batch` (blocking, writes the report).
 
     Args:
         rows: :class:`~comfyfn.batch.rows.Row` items (or RowErrors), read lazily.
@@ -147,26 +157,38 @@ class Batch:
                 if job is None:
                     continue
                 await self._start(job)
-            while (self._tasks or retry) and not (self._stop.is_set() and self._cancel_running):
+            while self._tasks or (retry and not self._stop.is_set()):
                 await self._dispatch_retries()
                 if self._tasks:
                     await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Leaving early (an error, or the consumer stopped): cancel running jobs on their
+            # servers while the clients are still open; the manifest keeps them 'submitted'.
+            for task in list(self._tasks):
+                task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
-        finally:
+            for job in retry:  # moved off a failed server, not yet started again
+                self.manifest.requeued(job.key)
             health.cancel()
             self._results.put_nowait(_END)
 
     async def _workflow(self) -> Workflow:
         """The workflow, converted/typed with the first server that answers."""
+        deadline = time.monotonic() + self.settings.give_up_after
         while True:
+            errors = []
             for url, client in self.clients.items():
                 try:
                     return await client.workflow(self.workflow_source)
-                except TransportError:
+                except TransportError as exc:
+                    errors.append(str(exc))
                     await self.pool.mark_down(url)
-            if self.pool.all_down_for() > self.settings.give_up_after:
-                raise ComfyError(f"no server answered for {self.settings.give_up_after:g}s")
+            if time.monotonic() > deadline:
+                raise ComfyError(
+                    f"no server gave its node definitions for "
+                    f"{self.settings.give_up_after:g}s: {'; '.join(errors)}"
+                )
             await asyncio.sleep(self.settings.health_interval)
 
     def _admit(self, wf: Workflow, item: Row | RowError) -> Job | None:
@@ -208,11 +230,7 @@ class Batch:
             )
             return None
         if record is not None and record.state == "submitted" and record.server in self.clients:
-            job.prompt_id, job.server, job.attempts = (
-                record.prompt_id,
-                record.server,
-                record.attempts,
-            )
+            job.prompt_id, job.server = record.prompt_id, record.server
         else:
             self.manifest.add(job.key, job.row, job.label, job.stem, job.values)
         return job
@@ -223,25 +241,35 @@ class Batch:
             self.pool.states[attach].in_flight += 1  # already on that server: no slot to wait
             url = attach
         else:
+            if attach and job.prompt_id:  # its server is down: it must not run there too
+                self.pool.states[attach].orphans.add(job.prompt_id)
             job.prompt_id = job.server = None
             url = await self._acquire()
             if url is None:
-                self._fail(
-                    job,
-                    f"no healthy server for {self.settings.give_up_after:g}s; the job was not run",
-                )
+                if not self._stop.is_set():
+                    self._fail(
+                        job,
+                        f"no healthy server for {self.settings.give_up_after:g}s; "
+                        "the job was not run",
+                    )
+                return
+            if self._stop.is_set():
+                await self.pool.release(url, ok=False)
                 return
         task = asyncio.create_task(self._run(job, url, attach=url == attach))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _acquire(self) -> str | None:
-        while True:
+        """A slot on a healthy server; None once stopped or after giving up on all servers."""
+        while not self._stop.is_set():
+            if self.pool.all_down_for() > self.settings.give_up_after:
+                return None
             try:
                 return await asyncio.wait_for(self.pool.acquire(), self.settings.health_interval)
             except TimeoutError:
-                if self.pool.all_down_for() > self.settings.give_up_after:
-                    return None
+                continue
+        return None
 
     async def _dispatch_retries(self) -> None:
         while self._retry and not self._stop.is_set():
@@ -290,8 +318,8 @@ class Batch:
                         generation=gen if self.output is None else None,
                     )
                 )
-            elif isinstance(outcome, Interrupted) and attach:
-                self._requeue(job, url, f"{outcome.error}")  # lost by a restart: run it again
+            elif isinstance(outcome, Interrupted) and outcome.error.lost:
+                self._requeue(job, url, str(outcome.error))  # lost by a restart: run it again
             elif outcome is not None:
                 self._fail(job, f"{job.label}: {outcome.error}", url)
         except (TransportError, GenerationTimeout) as exc:
@@ -302,6 +330,9 @@ class Batch:
             self._requeue(job, url, str(exc))
         except ComfyError as exc:
             self._fail(job, f"{job.label}: {exc}", url)
+        except Exception as exc:  # e.g. the disk is full: record it, never lose the row
+            log.exception("%s failed on %s", job.label, url)
+            self._fail(job, f"{job.label}: {type(exc).__name__}: {exc}", url)
         finally:
             await self.pool.release(url, busy=busy, ok=ok)
 
@@ -320,13 +351,13 @@ class Batch:
                 client = self.clients[url]
                 try:
                     await client.system_stats()
-                    orphans = self.pool.states[url].orphans
+                    orphans = set(self.pool.states[url].orphans)
                     if orphans:  # moved elsewhere while it was down: must not run here too
                         await client.delete_from_queue(*orphans)
                         running = {i[1] for i in (await client.queue())["queue_running"]}
                         for prompt_id in orphans & running:
                             await client.interrupt(prompt_id)
-                        orphans.clear()
+                        self.pool.states[url].orphans -= orphans
                 except ComfyError:
                     continue
                 await self.pool.mark_up(url)

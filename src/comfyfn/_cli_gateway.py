@@ -1,0 +1,133 @@
+"""``comfyfn serve`` and ``comfyfn keys``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from comfyfn._cli_common import err, fail
+from comfyfn.errors import ComfyError, ConfigError
+
+keys_app = typer.Typer(help="API keys of the gateway (stored hashed).", no_args_is_help=True)
+
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Database URL (default: $COMFYFN_DB, else an embedded SQLite file).",
+        envvar="COMFYFN_DB",
+    ),
+]
+
+
+def _store(db: str | None):
+    from comfyfn.gateway.settings import GatewaySettings
+    from comfyfn.gateway.store import Store
+
+    return Store(GatewaySettings.resolve(servers=[], db_url=db).db_url)
+
+
+def serve_command(
+    server: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--server",
+            "-s",
+            help=(
+                "ComfyUI URL (repeat for a pool). Default: $COMFYFN_SERVER, else the local engine."
+            ),
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Listen port.")] = 8000,
+    db: DbOpt = None,
+    storage: Annotated[Path | None, typer.Option(help="Folder for generated files.")] = None,
+    workflow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--workflow",
+            "-w",
+            help="NAME=FILE or a built-in name to serve (repeatable; default zimage-turbo).",
+        ),
+    ] = None,
+    prime: Annotated[int, typer.Option(help="Jobs queued per server beyond the running one.")] = 1,
+    allow_private_webhooks: Annotated[
+        bool, typer.Option(help="Allow webhooks to loopback/private addresses.")
+    ] = False,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option(help="Enable CORS for an origin.")
+    ] = None,
+    stale_after: Annotated[
+        float,
+        typer.Option(help="Seconds without heartbeat before a running job is taken over."),
+    ] = 30.0,
+) -> None:
+    """Run the gateway (OpenAI-compatible images API + async jobs) with uvicorn."""
+    import uvicorn
+
+    from comfyfn._cli_batch import resolve_servers
+    from comfyfn.gateway import GatewaySettings, create_app
+
+    try:
+        served = []
+        for item in workflow or ["zimage-turbo"]:
+            name, sep, source = item.partition("=")
+            served.append((name, source) if sep else (item, item))
+        settings = GatewaySettings.resolve(
+            servers=resolve_servers(server),
+            db_url=db,
+            storage=storage,
+            workflows=tuple(served),
+            prime=prime,
+            allow_private_webhooks=allow_private_webhooks,
+            cors_origins=tuple(cors_origin or ()),
+            stale_after=stale_after,
+            heartbeat=max(0.2, stale_after / 4),
+        )
+        app = create_app(settings)
+    except ComfyError as exc:
+        raise fail(exc) from None
+    err.print(
+        f"gateway on http://{host}:{port} → {', '.join(settings.servers)} "
+        f"(db {settings.db_url.split('@')[-1]})"
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str,
+    rate: Annotated[str, typer.Option(help="e.g. 60/min, 5/s")] = "60/min",
+    db: DbOpt = None,
+) -> None:
+    """Create a key; it is printed once (only its hash is stored)."""
+    from comfyfn.gateway.security import parse_rate
+
+    try:
+        parse_rate(rate)
+        secret, key = _store(db).create_key(name, rate)
+    except ValueError as exc:
+        raise fail(ConfigError(str(exc))) from None
+    err.print(f"key {key.name!r} ({key.id}, {key.rate}) — store it now, it is not shown again:")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list(db: DbOpt = None) -> None:
+    """Keys with their prefix, rate and state."""
+    for key in _store(db).list_keys():
+        typer.echo(
+            f"{key.id}  {key.name:20} {key.prefix}…  {key.rate:10} "
+            f"{'revoked' if key.revoked else 'active'}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: str, db: DbOpt = None) -> None:
+    """Revoke a key by name or id (exit 1 if there is none)."""
+    if not _store(db).revoke_key(name):
+        err.print(f"no active key {name!r}")
+        raise typer.Exit(1)
+    err.print(f"revoked {name!r}")

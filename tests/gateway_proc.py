@@ -1,0 +1,85 @@
+"""Start ``comfyfn serve`` as a real process for tests, and make keys with the real CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+import comfyfn
+
+ENV = {**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_key(db: str, name: str, rate: str = "1000/min") -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "comfyfn.cli", "keys", "create", name, "--rate", rate, "--db", db],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+class Gateway:
+    def __init__(
+        self, servers: list[str], db: str, storage: Path, *extra: str, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [
+            sys.executable,
+            "-m",
+            "comfyfn.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--db",
+            db,
+            "--storage",
+            str(storage),
+            *extra,
+        ]
+        for s in servers:
+            args += ["--server", s]
+        self.log = storage.parent / f"gateway-{self.port}.log"
+        storage.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=ENV
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("gateway did not become ready")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()

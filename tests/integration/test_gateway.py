@@ -1,0 +1,337 @@
+"""The gateway as its users meet it: the official OpenAI SDK, jobs, SSE, webhooks, restarts."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import httpx
+import openai
+import pytest
+from gateway_proc import Gateway, make_key
+from graphs import sleep_graph
+from PIL import Image
+
+import comfyfn
+from comfyfn.gateway.store import Store
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def gw(server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("gw")
+    db = f"sqlite:///{root / 'gateway.db'}"
+    sleep_wf = root / "sleep.json"
+    sleep_wf.write_text(json.dumps(sleep_graph(0, milliseconds=2000, steps=10)))
+    gateway = Gateway(
+        [server],
+        db,
+        root / "files",
+        "-w",
+        "zimage-turbo",
+        "-w",
+        f"sleep={sleep_wf}",
+        "--allow-private-webhooks",
+    )
+    gateway.db = db
+    gateway.key = make_key(db, "tests")
+    yield gateway
+    gateway.stop()
+
+
+def sdk(gw, key=None):
+    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key or gw.key, max_retries=0)
+
+
+def auth(gw, key=None):
+    return {"Authorization": f"Bearer {key or gw.key}"}
+
+
+def test_openai_sdk_b64_and_url(gw, unique):
+    client = sdk(gw)
+    assert "zimage-turbo" in [m.id for m in client.models.list()]
+    result = client.images.generate(
+        model="zimage-turbo",
+        prompt="一只戴着红围巾的猫",
+        size="64x80",
+        response_format="b64_json",
+        extra_body={"seed": unique(), "steps": 2},
+    )
+    image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+    assert image.size == (64, 80)
+    result = client.images.generate(
+        model="zimage-turbo",
+        prompt="a red kite",
+        size="96x64",
+        n=2,
+        extra_body={"seed": unique(), "steps": 2},
+    )
+    assert len(result.data) == 2
+    fetched = httpx.get(result.data[0].url)
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(fetched.content)).size == (96, 64)
+    etag = fetched.headers["etag"]
+    assert httpx.get(result.data[0].url, headers={"If-None-Match": etag}).status_code == 304
+    unsigned = result.data[0].url.split("?")[0]
+    assert httpx.get(unsigned).status_code == 401
+    assert httpx.get(unsigned, headers=auth(gw)).status_code == 200
+    tampered = result.data[0].url.replace("sig=", "sig=0")
+    assert httpx.get(tampered).status_code == 401
+
+
+def test_errors_in_openai_shape(gw):
+    client = sdk(gw)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.images.generate(model="zimage-turbo", prompt="x", size="100x64")
+    assert bad.value.status_code == 400 and "multiple of 16" in bad.value.message
+    with pytest.raises(openai.NotFoundError):
+        client.images.generate(model="dall-e-3", prompt="x")
+    with pytest.raises(openai.AuthenticationError):
+        sdk(gw, key="cfn_wrong").models.list()
+    answer = httpx.get(f"{gw.url}/v1/models")
+    assert answer.status_code == 401
+    assert answer.json()["error"]["code"] == "invalid_api_key"
+    too_long = httpx.post(
+        f"{gw.url}/v1/images/generations",
+        headers=auth(gw),
+        json={"prompt": "x" * 5000, "size": "64x64"},
+    )
+    assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "prompt"
+    huge = httpx.post(f"{gw.url}/v1/jobs", headers=auth(gw), content=b"{" + b" " * 2_000_000)
+    assert huge.status_code == 413
+
+
+def test_rate_limit_answers_429_with_retry_after(gw):
+    key = make_key(gw.db, f"slow-{time.monotonic_ns()}", rate="2/min")
+    codes = [httpx.get(f"{gw.url}/v1/models", headers=auth(gw, key)) for _ in range(3)]
+    assert [c.status_code for c in codes] == [200, 200, 429]
+    assert int(codes[2].headers["retry-after"]) >= 1
+    with pytest.raises(openai.RateLimitError):
+        sdk(gw, key).models.list()
+
+
+def test_revoked_key_is_refused(gw):
+    import subprocess
+    import sys
+
+    from gateway_proc import ENV
+
+    key = make_key(gw.db, "to-revoke")
+    assert httpx.get(f"{gw.url}/v1/models", headers=auth(gw, key)).status_code == 200
+    subprocess.run(
+        [sys.executable, "-m", "comfyfn.cli", "keys", "revoke", "to-revoke", "--db", gw.db],
+        check=True,
+        env=ENV,
+        capture_output=True,
+    )
+    assert httpx.get(f"{gw.url}/v1/models", headers=auth(gw, key)).status_code == 401
+    listed = subprocess.run(
+        [sys.executable, "-m", "comfyfn.cli", "keys", "list", "--db", gw.db],
+        check=True,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "to-revoke" in listed and "revoked" in listed and key not in listed
+
+
+def test_jobs_idempotency_sse_and_cancel(gw, unique):
+    body = {
+        "workflow": "zimage-turbo",
+        "params": {"prompt": "灯笼", "seed": unique(), "width": 64, "height": 64, "steps": 2},
+    }
+    headers = {**auth(gw), "Idempotency-Key": f"k-{unique()}"}
+    first = httpx.post(f"{gw.url}/v1/jobs", json=body, headers=headers)
+    again = httpx.post(f"{gw.url}/v1/jobs", json=body, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    job_id = first.json()["id"]
+    events = []
+    with httpx.stream(
+        "GET", f"{gw.url}/v1/jobs/{job_id}/events", headers=auth(gw), timeout=60
+    ) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                events.append(line.removeprefix("event: "))
+    assert events[-1] == "succeeded"
+    job = httpx.get(f"{gw.url}/v1/jobs/{job_id}", headers=auth(gw)).json()
+    assert job["state"] == "succeeded" and job["progress"] == 1.0 and len(job["outputs"]) == 1
+    # someone else's key does not see it
+    other = make_key(gw.db, f"other-{unique()}")
+    assert httpx.get(f"{gw.url}/v1/jobs/{job_id}", headers=auth(gw, other)).status_code == 404
+
+    slow = httpx.post(
+        f"{gw.url}/v1/jobs", headers=auth(gw), json={"workflow": "sleep", "params": {}}
+    ).json()
+    assert slow["state"] in ("queued", "running")
+    deadline = time.monotonic() + 30
+    while (
+        httpx.get(f"{gw.url}/v1/jobs/{slow['id']}", headers=auth(gw)).json()["state"] != ("running")
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    cancelled = httpx.delete(f"{gw.url}/v1/jobs/{slow['id']}", headers=auth(gw)).json()
+    assert cancelled["state"] == "cancelled"
+
+
+def test_params_are_validated_with_the_field_named(gw):
+    bad = httpx.post(
+        f"{gw.url}/v1/jobs",
+        headers=auth(gw),
+        json={"workflow": "zimage-turbo", "params": {"prompt": "p", "width": 1000}},
+    )
+    assert bad.status_code == 422
+    assert bad.json()["error"]["param"] == "params.width"
+    unknown = httpx.post(
+        f"{gw.url}/v1/jobs",
+        headers=auth(gw),
+        json={"workflow": "zimage-turbo", "params": {"colour": "red"}},
+    )
+    assert unknown.status_code == 422 and unknown.json()["error"]["param"] == "params.colour"
+    typed = httpx.post(
+        f"{gw.url}/v1/workflows/zimage-turbo/jobs",
+        headers=auth(gw),
+        json={"prompt": "p", "steps": 0},
+    )
+    assert typed.status_code == 422 and typed.json()["error"]["param"] == "steps"
+
+
+def test_openapi_documents_each_workflow(gw):
+    doc = httpx.get(f"{gw.url}/openapi.json").json()
+    assert "/v1/workflows/zimage-turbo/jobs" in doc["paths"]
+    assert "/v1/workflows/sleep/jobs" in doc["paths"]
+    width = doc["components"]["schemas"]["ZimageTurboParams"]["properties"]["width"]
+    assert {"minimum": 16, "maximum": 16384, "multipleOf": 16, "type": "integer"} in width["anyOf"]
+    assert width["default"] == 1024
+
+
+def test_webhook_is_signed_and_delivered(gw, unique):
+    received: list[tuple[dict, bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict(self.headers), body))
+            self.send_response(200 if len(received) > 1 else 503)  # first try fails: retried
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    receiver = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        hook = f"http://127.0.0.1:{receiver.server_port}/hook"
+        job = httpx.post(
+            f"{gw.url}/v1/jobs",
+            headers=auth(gw),
+            json={
+                "workflow": "zimage-turbo",
+                "webhook": hook,
+                "params": {"prompt": "p", "seed": unique(), "width": 64, "height": 64, "steps": 2},
+            },
+        ).json()
+        deadline = time.monotonic() + 60
+        while len(received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        receiver.shutdown()
+    headers, body = received[-1]
+    secret = Store(gw.db).secret()
+    expected = hmac.new(
+        secret, headers["X-Comfyfn-Timestamp"].encode() + b"." + body, hashlib.sha256
+    ).hexdigest()
+    assert headers["X-Comfyfn-Signature"] == f"sha256={expected}"
+    payload = json.loads(body)
+    assert payload["id"] == job["id"] and payload["state"] == "succeeded"
+
+
+def test_private_webhooks_are_refused_by_default(server, tmp_path):
+    db = f"sqlite:///{tmp_path / 'g.db'}"
+    gateway = Gateway([server], db, tmp_path / "files")
+    try:
+        key = make_key(db, "k")
+        answer = httpx.post(
+            f"{gateway.url}/v1/jobs",
+            headers=auth(gateway, key),
+            json={"params": {"prompt": "p"}, "webhook": "http://127.0.0.1:9/hook"},
+        )
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "webhook"
+    finally:
+        gateway.stop()
+
+
+def test_concurrent_clients(gw, unique):
+    def one(i):
+        return sdk(gw).images.generate(
+            model="zimage-turbo",
+            prompt=f"并发 {i}",
+            size="64x64",
+            response_format="b64_json",
+            extra_body={"seed": unique(), "steps": 2},
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(8)))
+    assert all(len(r.data) == 1 for r in results)
+
+
+def test_health_ready_metrics(gw):
+    assert httpx.get(f"{gw.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{gw.url}/readyz").status_code == 200
+    assert httpx.get(f"{gw.url}/metrics").status_code == 401
+    text = httpx.get(f"{gw.url}/metrics", headers=auth(gw)).text
+    assert 'comfyfn_requests_total{method="GET",route="/v1/models",status="200"}' in text
+    assert "comfyfn_job_seconds_bucket" in text and "comfyfn_server_jobs" in text
+
+
+def test_restart_mid_job_finishes_the_job(server, tmp_path, unique):
+    db = f"sqlite:///{tmp_path / 'g.db'}"
+    wf = tmp_path / "sleep.json"
+    color = unique()
+    wf.write_text(json.dumps(sleep_graph(color, milliseconds=3000, steps=10)))
+    args = ("-w", f"sleep={wf}", "--stale-after", "1")
+    gateway = Gateway([server], db, tmp_path / "files", *args)
+    key = make_key(db, "k")
+    try:
+        job = httpx.post(
+            f"{gateway.url}/v1/jobs",
+            headers=auth(gateway, key),
+            json={"workflow": "sleep", "params": {}},
+        ).json()
+        deadline = time.monotonic() + 30
+        while Store(db).get_job(job["id"]).prompt_id is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        prompt_id = Store(db).get_job(job["id"]).prompt_id
+        with comfyfn.Client(server) as c:  # wait until ComfyUI is running it
+            while c.queue_position(prompt_id) != 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        gateway.kill()  # mid-job: the ComfyUI job goes on without the gateway
+        gateway = Gateway([server], db, tmp_path / "files", *args, port=gateway.port)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state = httpx.get(
+                f"{gateway.url}/v1/jobs/{job['id']}", headers=auth(gateway, key)
+            ).json()
+            if state["state"] in ("succeeded", "failed"):
+                break
+            time.sleep(0.1)
+        assert state["state"] == "succeeded", state
+        assert Store(db).get_job(job["id"]).prompt_id == prompt_id  # re-attached, not re-run
+        with comfyfn.Client(server) as c:
+            runs = [
+                e
+                for e in c.history().values()
+                if e["prompt"][2].get("1", {}).get("inputs", {}).get("color") == color
+            ]
+        assert len(runs) == 1
+    finally:
+        gateway.stop()

@@ -1,0 +1,66 @@
+"""Two gateway replicas sharing one real PostgreSQL: every job runs exactly once."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from gateway_proc import Gateway, make_key
+from graphs import sleep_graph
+from pg import Postgres
+
+import comfyfn
+
+pytestmark = pytest.mark.engine
+
+
+def test_two_replicas_share_the_queue(server, tmp_path, unique):
+    colors = [unique() for _ in range(12)]
+    workflows = []
+    for i, color in enumerate(colors):
+        wf = tmp_path / f"sleep{i}.json"
+        wf.write_text(json.dumps(sleep_graph(color, milliseconds=150, steps=2)))
+        workflows += ["-w", f"s{i}={wf}"]
+    with Postgres() as pg:
+        a = Gateway([server], pg.url, tmp_path / "files", *workflows)
+        b = Gateway([server], pg.url, tmp_path / "files", *workflows)
+        try:
+            key = make_key(pg.url, "shared")
+            headers = {"Authorization": f"Bearer {key}"}
+            ids = []
+            for i in range(len(colors)):
+                gateway = a if i % 2 else b
+                answer = httpx.post(
+                    f"{gateway.url}/v1/jobs",
+                    headers=headers,
+                    json={"workflow": f"s{i}", "params": {}},
+                )
+                assert answer.status_code == 202, answer.text
+                ids.append(answer.json()["id"])
+            deadline = time.monotonic() + 120
+            states: dict[str, str] = {}
+            while time.monotonic() < deadline:
+                states = {
+                    i: httpx.get(f"{a.url}/v1/jobs/{i}", headers=headers).json()["state"]
+                    for i in ids
+                }
+                if all(s in ("succeeded", "failed") for s in states.values()):
+                    break
+                time.sleep(0.2)
+            assert set(states.values()) == {"succeeded"}, states
+            # the other replica sees the same jobs
+            assert httpx.get(f"{b.url}/v1/jobs/{ids[0]}", headers=headers).json()["state"] == (
+                "succeeded"
+            )
+        finally:
+            a.stop()
+            b.stop()
+    with comfyfn.Client(server) as c:
+        runs = [
+            e["prompt"][2]["1"]["inputs"]["color"]
+            for e in c.history().values()
+            if e["prompt"][2].get("2", {}).get("class_type") == "ComfyfnSleep"
+        ]
+    assert all(runs.count(color) == 1 for color in colors)

@@ -1,0 +1,481 @@
+"""The gateway job store, on SQLite and on a real PostgreSQL (tests/pg.py)."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pg
+import pytest
+import sqlalchemy as sa
+
+from comfyfn.gateway.store import STATES, Store
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    if not pg.available():
+        pytest.fail(pg.INSTALL_HINT, pytrace=False)
+    with pg.Postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'gateway.db'}"
+    return request.getfixturevalue("pg_server").create_database()  # a fresh database per test
+
+
+@pytest.fixture
+def store(url):
+    s = Store(url)
+    yield s
+    s.close()
+
+
+def all_rows(url: str) -> str:
+    """Every row of every table, as one string."""
+    engine = sa.create_engine(url)
+    try:
+        meta = sa.MetaData()
+        meta.reflect(engine)
+        with engine.connect() as conn:
+            return repr([conn.execute(sa.select(t)).all() for t in meta.sorted_tables])
+    finally:
+        engine.dispose()
+
+
+def new_job(store: Store, key_id: str = "key_a", **kwargs):
+    job, created = store.create_job(
+        key_id=key_id, workflow="zimage-turbo", params={"n": 1}, **kwargs
+    )
+    assert created
+    return job
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+
+def test_key_secret_is_returned_once_and_only_its_hash_is_stored(store, url):
+    secret, key = store.create_key("alice", rate="10/s")
+    assert secret.startswith("cfn_") and len(secret) > 40
+    assert key.id.startswith("key_") and key.name == "alice" and key.rate == "10/s"
+    assert key.prefix == secret[:8] and not key.revoked
+    assert store.find_key(secret) == key
+    assert secret not in all_rows(url)
+    assert secret[8:20] not in all_rows(url)
+    if url.startswith("sqlite"):
+        store.close()  # and look at the bytes on disk, WAL included
+        db = Path(url.removeprefix("sqlite:///"))
+        files = list(db.parent.glob(db.name + "*"))
+        assert files
+        for f in files:
+            assert secret.encode() not in f.read_bytes()
+
+
+def test_find_key_refuses_unknown_and_near_misses(store):
+    secret, _ = store.create_key("alice")
+    assert store.find_key("") is None
+    assert store.find_key("cfn_nope") is None
+    assert store.find_key(secret[:-1]) is None
+    assert store.find_key(secret + "x") is None
+    assert store.find_key(secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None
+
+
+def test_keys_with_the_same_prefix_are_told_apart(store, monkeypatch):
+    real = secrets.token_urlsafe
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: "SAME" + real(n)[4:])
+    made = [store.create_key(f"k{i}") for i in range(5)]
+    assert {key.prefix for _, key in made} == {"cfn_SAME"}
+    for secret, key in made:
+        assert store.find_key(secret) == key
+
+
+def test_revoke_by_name_or_id_and_list(store):
+    s1, k1 = store.create_key("alice")
+    s2, k2 = store.create_key("bob", rate="5/min")
+    assert [k.name for k in store.list_keys()] == ["alice", "bob"]
+    assert store.revoke_key("alice") is True
+    assert store.find_key(s1) is None
+    assert store.revoke_key("alice") is False
+    assert store.revoke_key(k2.id) is True
+    assert store.find_key(s2) is None
+    assert store.revoke_key("nobody") is False
+    keys = {k.id: k for k in store.list_keys()}
+    assert keys[k1.id].revoked and keys[k2.id].revoked
+
+
+def test_key_names_are_unique_among_live_keys(store):
+    store.create_key("alice")
+    with pytest.raises(ValueError, match="alice"):
+        store.create_key("alice")
+    store.revoke_key("alice")
+    secret, key = store.create_key("alice")  # the name is free again
+    assert store.find_key(secret) == key
+    assert len([k for k in store.list_keys() if k.name == "alice"]) == 2
+
+
+def test_create_key_refuses_a_bad_rate_or_name(store):
+    with pytest.raises(ValueError):
+        store.create_key("alice", rate="lots")
+    with pytest.raises(ValueError):
+        store.create_key(" ")
+    assert store.list_keys() == []
+
+
+def test_concurrent_creates_of_one_name_make_one_key(url):
+    stores = [Store(url) for _ in range(2)]
+    results: list[object] = []
+    barrier = threading.Barrier(8)
+
+    def make(i: int) -> None:
+        barrier.wait()
+        try:
+            results.append(stores[i % 2].create_key("same"))
+        except ValueError as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=make, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(not isinstance(r, ValueError) for r in results) == 1
+    assert len(stores[0].list_keys()) == 1
+    for s in stores:
+        s.close()
+
+
+# -- jobs --------------------------------------------------------------------------------------
+
+
+def test_create_and_get_job(store):
+    before = time.time()
+    job, created = store.create_job(
+        key_id="key_a",
+        workflow="zimage-turbo",
+        params={"prompt": "猫", "seed": 1},
+        webhook="https://example.com/hook",
+    )
+    assert created
+    assert job.id.startswith("job_") and len(job.id) == 36
+    assert job.state == "queued" and job.params == {"prompt": "猫", "seed": 1}
+    assert job.outputs == [] and job.error is None and job.progress == 0.0
+    assert job.webhook == "https://example.com/hook" and job.idempotency_key is None
+    assert before <= job.created_at == job.updated_at <= time.time()
+    assert job.started_at is job.finished_at is job.claimed_by is job.heartbeat_at is None
+    assert job.server is job.prompt_id is None and job.cancel_requested is False
+    assert store.get_job(job.id) == job
+    assert store.get_job("job_missing") is None
+
+
+def test_get_job_scoped_to_its_key(store):
+    job = new_job(store, key_id="key_a")
+    assert store.get_job(job.id, key_id="key_a") == job
+    assert store.get_job(job.id, key_id="key_b") is None
+
+
+def test_idempotency_key_returns_the_same_job_per_key(store):
+    first, created = store.create_job(
+        key_id="key_a", workflow="w", params={"n": 1}, idempotency_key="req-1"
+    )
+    assert created
+    again, created = store.create_job(
+        key_id="key_a", workflow="w", params={"n": 2}, idempotency_key="req-1"
+    )
+    assert not created and again == first
+    other, created = store.create_job(
+        key_id="key_b", workflow="w", params={"n": 1}, idempotency_key="req-1"
+    )
+    assert created and other.id != first.id
+    # jobs without an idempotency key never collide
+    assert new_job(store).id != new_job(store).id
+
+
+def test_idempotency_is_race_safe(url):
+    stores = [Store(url) for _ in range(2)]
+    barrier = threading.Barrier(8)
+    results: list[tuple] = []
+
+    def submit(i: int) -> None:
+        barrier.wait()
+        results.append(
+            stores[i % 2].create_job(key_id="key_a", workflow="w", params={}, idempotency_key="k")
+        )
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 8
+    assert len({job.id for job, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert stores[0].queue_depth()["queued"] == 1
+    for s in stores:
+        s.close()
+
+
+def test_update_job_fields_and_timestamps(store):
+    job = new_job(store)
+    time.sleep(0.01)
+    running = store.update_job(
+        job.id, state="running", server="http://gpu1:8188", prompt_id="p-1", progress=0.25
+    )
+    assert running.state == "running" and running.server == "http://gpu1:8188"
+    assert running.prompt_id == "p-1" and running.progress == 0.25
+    assert running.updated_at > job.updated_at and running.created_at == job.created_at
+    assert running.started_at == running.updated_at and running.finished_at is None
+    time.sleep(0.01)
+    done = store.update_job(job.id, state="succeeded", progress=1.0, outputs=["file_1", "file_2"])
+    assert done.outputs == ["file_1", "file_2"] and done.progress == 1.0
+    assert done.finished_at == done.updated_at > running.updated_at
+    assert done.started_at == running.started_at  # not moved by later updates
+    time.sleep(0.01)
+    later = store.update_job(job.id, state="succeeded", webhook=None)
+    assert later.finished_at == done.finished_at  # it ended once
+    assert later.updated_at > done.updated_at
+    assert store.get_job(job.id) == later
+
+    failed = store.update_job(
+        new_job(store).id, state="failed", error={"code": "engine", "message": "OOM"}
+    )
+    assert failed.error == {"code": "engine", "message": "OOM"} and failed.finished_at
+    assert store.update_job(failed.id, error=None).error is None
+
+
+def test_update_job_refuses_bad_fields(store):
+    job = new_job(store)
+    for field in ("id", "key_id", "created_at", "updated_at", "colour"):
+        with pytest.raises(TypeError):
+            store.update_job(job.id, **{field: "x"})
+    with pytest.raises(ValueError):
+        store.update_job(job.id, state="exploded")
+    with pytest.raises(KeyError):
+        store.update_job("job_missing", progress=0.5)
+    assert store.get_job(job.id) == job
+
+
+def test_queue_depth_and_cancel(store):
+    assert store.queue_depth() == dict.fromkeys(STATES, 0)
+    a, b, c = new_job(store), new_job(store), new_job(store)
+    store.update_job(b.id, state="running")
+    store.update_job(c.id, state="succeeded")
+    assert store.queue_depth() == {
+        "queued": 1,
+        "running": 1,
+        "succeeded": 1,
+        "failed": 0,
+        "cancelled": 0,
+    }
+    store.request_cancel(a.id)
+    store.request_cancel(b.id)
+    store.request_cancel(c.id)  # already over: nothing to cancel
+    assert store.get_job(a.id).cancel_requested and store.get_job(a.id).state == "queued"
+    assert store.get_job(b.id).cancel_requested
+    assert not store.get_job(c.id).cancel_requested
+    store.request_cancel("job_missing")  # no error
+
+
+# -- claim protocol ----------------------------------------------------------------------------
+
+
+def test_claim_takes_the_oldest_queued_job(store):
+    jobs = [new_job(store) for _ in range(3)]
+    claimed = store.claim_job("w1")
+    assert claimed.id == jobs[0].id
+    assert claimed.state == "running" and claimed.claimed_by == "w1"
+    assert claimed.heartbeat_at == claimed.started_at == claimed.updated_at
+    assert store.claim_job("w2").id == jobs[1].id
+    assert store.claim_job("w1").id == jobs[2].id
+    assert store.claim_job("w1") is None
+    assert store.queue_depth()["running"] == 3
+
+
+def test_each_job_is_claimed_exactly_once_under_concurrency(url):
+    stores = [Store(url) for _ in range(2)]  # two "replicas"
+    ids = {new_job(stores[0]).id for _ in range(50)}
+    claims: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        name = f"w{i}"
+        try:
+            barrier.wait()
+            while (job := stores[i % 2].claim_job(name)) is not None:
+                assert job.claimed_by == name and job.state == "running"
+                with lock:
+                    claims.append((job.id, name))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    counts = Counter(job_id for job_id, _ in claims)
+    assert set(counts) == ids
+    assert all(n == 1 for n in counts.values()), counts.most_common(3)
+    for job_id, name in claims:
+        assert stores[1].get_job(job_id).claimed_by == name
+    assert stores[0].queue_depth()["running"] == 50
+    for s in stores:
+        s.close()
+
+
+def test_stale_running_job_is_taken_over_only_after_stale_after(store):
+    job = new_job(store)
+    first = store.claim_job("dead", stale_after=30)
+    store.update_job(job.id, server="http://gpu1:8188", prompt_id="p-1")
+    assert store.claim_job("alive", stale_after=30) is None  # heartbeat is fresh
+    store.update_job(job.id, heartbeat_at=time.time() - 29)
+    assert store.claim_job("alive", stale_after=30) is None
+    store.update_job(job.id, heartbeat_at=time.time() - 31)
+    taken = store.claim_job("alive", stale_after=30)
+    assert taken.id == job.id and taken.claimed_by == "alive" and taken.state == "running"
+    assert taken.server == "http://gpu1:8188" and taken.prompt_id == "p-1"  # re-attachable
+    assert taken.started_at == first.started_at
+    assert taken.heartbeat_at > time.time() - 5
+    assert store.claim_job("third", stale_after=30) is None
+
+
+def test_queued_jobs_go_before_stale_ones(store):
+    stale = new_job(store)
+    store.claim_job("dead")
+    store.update_job(stale.id, heartbeat_at=time.time() - 100)
+    fresh = new_job(store)
+    assert store.claim_job("w", stale_after=30).id == fresh.id
+    assert store.claim_job("w", stale_after=30).id == stale.id
+
+
+def test_heartbeat_keeps_a_job_and_staleness_in_real_time(store):
+    a, b = new_job(store), new_job(store)
+    store.claim_job("w1")
+    store.claim_job("w2")
+    time.sleep(0.8)
+    store.heartbeat("w1")
+    assert store.get_job(a.id).heartbeat_at > store.get_job(b.id).heartbeat_at
+    taken = store.claim_job("w3", stale_after=0.6)
+    assert taken.id == b.id and taken.claimed_by == "w3"  # w2 stopped beating
+    assert store.claim_job("w4", stale_after=0.6) is None  # w1's job is alive
+
+
+def test_heartbeat_touches_only_the_workers_running_jobs(store):
+    mine, theirs, finished = new_job(store), new_job(store), new_job(store)
+    store.claim_job("me")
+    store.claim_job("them")
+    store.claim_job("me")
+    old = time.time() - 100
+    for j in (mine, theirs, finished):
+        store.update_job(j.id, heartbeat_at=old)
+    store.update_job(finished.id, state="succeeded")
+    store.heartbeat("me")
+    assert store.get_job(mine.id).heartbeat_at > old
+    assert store.get_job(theirs.id).heartbeat_at == old
+    assert store.get_job(finished.id).heartbeat_at == old
+
+
+def test_release_puts_a_job_back_in_the_queue(store):
+    job = new_job(store)
+    claimed = store.claim_job("w1")
+    store.update_job(job.id, server="http://gpu1:8188", prompt_id="p-1")
+    store.release_job(job.id)
+    released = store.get_job(job.id)
+    assert released.state == "queued" and released.claimed_by is None
+    assert released.heartbeat_at is None and released.prompt_id == "p-1"
+    again = store.claim_job("w2")
+    assert again.id == job.id and again.claimed_by == "w2"
+    assert again.started_at == claimed.started_at
+    store.update_job(job.id, state="succeeded")
+    store.release_job(job.id)  # a finished job stays finished
+    assert store.get_job(job.id).state == "succeeded"
+
+
+# -- files and the secret ----------------------------------------------------------------------
+
+
+def test_files(store):
+    job = new_job(store)
+    f = store.add_file(
+        job_id=job.id, path="ab/cd.png", content_type="image/png", size=1234, etag='"abc"'
+    )
+    assert f.id.startswith("file_") and f.size == 1234 and f.job_id == job.id
+    assert store.get_file(f.id) == f
+    assert store.get_file("file_missing") is None
+    big = store.add_file(job_id=job.id, path="x", content_type="image/png", size=5 << 30, etag="e")
+    assert store.get_file(big.id).size == 5 << 30
+
+
+def test_secret_persists_across_stores(url):
+    a = Store(url)
+    secret = a.secret()
+    assert isinstance(secret, bytes) and len(secret) == 32
+    assert a.secret() == secret
+    a.close()
+    b = Store(url)
+    assert b.secret() == secret
+    b.close()
+
+
+def test_concurrent_first_use_of_the_secret_agrees(url):
+    stores = [Store(url) for _ in range(4)]
+    barrier = threading.Barrier(4)
+    got: list[bytes] = []
+
+    def read(s: Store) -> None:
+        barrier.wait()
+        got.append(s.secret())
+
+    threads = [threading.Thread(target=read, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 4 and len(set(got)) == 1
+    for s in stores:
+        s.close()
+
+
+def test_reopening_keeps_data(url):
+    a = Store(url)
+    secret, key = a.create_key("alice")
+    job = new_job(a)
+    a.close()
+    b = Store(url)  # tables exist already
+    assert b.find_key(secret) == key and b.get_job(job.id) == job
+    b.close()
+
+
+def test_sqlite_uses_wal(tmp_path):
+    s = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    with s._engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+    s.close()
+
+
+def test_in_memory_sqlite_is_shared_between_threads():
+    s = Store("sqlite://")
+    job = new_job(s)
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.append(s.claim_job("w")))
+    t.start()
+    t.join()
+    assert got[0].id == job.id
+    s.close()
+
+
+def test_a_plain_postgresql_url_means_psycopg_3(pg_server):
+    plain = pg_server.create_database().replace("postgresql+psycopg://", "postgresql://")
+    s = Store(plain)
+    assert s.url.startswith("postgresql+psycopg://")
+    assert s.create_key("alice")[1].name == "alice"
+    s.close()
