@@ -47,8 +47,7 @@ def rows(n: int, ms: int):
 
 async def run_batch(urls: list[str], n: int, ms: int, prime: int) -> float:
     wf = sleep_graph(0, milliseconds=ms, steps=2)
-    batch = Batch(rows(n, ms), None, servers=urls, workflow=wf,
-                  settings=BatchSettings(prime=prime))
+    batch = Batch(rows(n, ms), None, servers=urls, workflow=wf, settings=BatchSettings(prime=prime))
     start = time.perf_counter()
     done = 0
     async for result in batch.results():
@@ -78,8 +77,13 @@ async def server_alone(url: str, n: int) -> float:
         ids = []
         for _ in range(n):
             graph = sleep_graph(next(_colour), milliseconds=0, steps=1)
-            ids.append((await http.post("/prompt", json={
-                "prompt": graph, "prompt_id": str(uuid.uuid4())})).json()["prompt_id"])
+            ids.append(
+                (
+                    await http.post(
+                        "/prompt", json={"prompt": graph, "prompt_id": str(uuid.uuid4())}
+                    )
+                ).json()["prompt_id"]
+            )
         while not (await http.get(f"/history/{ids[-1]}")).json():
             await asyncio.sleep(0.005)
     return time.perf_counter() - start
@@ -96,9 +100,26 @@ def rss_run(url: str, n: int) -> list[tuple[int, float]]:
         for _ in range(n):
             fh.write(f"{next(_colour) % 2**24}\n")
     out = work / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "comfyfn.cli", "batch", str(src), "-o",
-                             str(out), "-w", str(wf), "-s", url, "--prime", "4", "--json"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "comfyfn.cli",
+            "batch",
+            str(src),
+            "-o",
+            str(out),
+            "-w",
+            str(wf),
+            "-s",
+            url,
+            "--prime",
+            "4",
+            "--json",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     samples = []
     import sqlite3
 
@@ -106,8 +127,14 @@ def rss_run(url: str, n: int) -> list[tuple[int, float]]:
         time.sleep(2)
         try:
             status = Path(f"/proc/{proc.pid}/status").read_text()
-            rss = int(next(line.split()[1] for line in status.splitlines()
-                           if line.startswith("VmRSS"))) / 1024
+            rss = (
+                int(
+                    next(
+                        line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")
+                    )
+                )
+                / 1024
+            )
             with sqlite3.connect(out / "manifest.sqlite") as db:
                 (done,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state='done'").fetchone()
             samples.append((done, rss))
@@ -131,19 +158,25 @@ def main() -> None:
         for n in args.servers:
             seconds = asyncio.run(run_batch(urls[:n], args.jobs, args.ms, prime=1))
             rate, limit = args.jobs / seconds, n * 1000 / args.ms
-            print(f"  {n} server(s): {rate:6.2f} jobs/s, server-bound limit {limit:6.2f} "
-                  f"→ {rate / limit:.2f} of the limit")
+            print(
+                f"  {n} server(s): {rate:6.2f} jobs/s, server-bound limit {limit:6.2f} "
+                f"→ {rate / limit:.2f} of the limit"
+            )
         short = 8
         ours = asyncio.run(run_batch(urls[:1], short, args.ms, prime=1)) / short
         seed = asyncio.run(seed_style(urls[0], short, args.ms)) / short
-        print(f"  seed-style client (poll /history 1 s): {1 / seed:.2f} jobs/s vs comfyfn "
-              f"{1 / ours:.2f} jobs/s → comfyfn is {seed / ours:.1f}x faster (1 server)")
+        print(
+            f"  seed-style client (poll /history 1 s): {1 / seed:.2f} jobs/s vs comfyfn "
+            f"{1 / ours:.2f} jobs/s → comfyfn is {seed / ours:.1f}x faster (1 server)"
+        )
         n0 = 300
         alone = asyncio.run(server_alone(urls[0], n0)) / n0
         batch = asyncio.run(run_batch(urls[:1], n0, 0, prime=4)) / n0
-        print(f"zero-length jobs ({n0}, 1 server): server alone {alone * 1000:.2f} ms/job, "
-              f"comfyfn batch {batch * 1000:.2f} ms/job → overhead "
-              f"{(batch - alone) * 1000:+.2f} ms/job ({batch / alone:.2f}x)")
+        print(
+            f"zero-length jobs ({n0}, 1 server): server alone {alone * 1000:.2f} ms/job, "
+            f"comfyfn batch {batch * 1000:.2f} ms/job → overhead "
+            f"{(batch - alone) * 1000:+.2f} ms/job ({batch / alone:.2f}x)"
+        )
         if args.rss_rows:
             samples = rss_run(urls[0], args.rss_rows)
             if samples:
@@ -152,8 +185,10 @@ def main() -> None:
                 for done, rss in shown:
                     print(f"  {done:7d} done: {rss:6.1f} MB")
                 first = next((r for d, r in samples if d >= 1000), samples[0][1])
-                print(f"  peak {max(r for _, r in samples):.1f} MB; last/at-1000-rows = "
-                      f"{samples[-1][1] / first:.2f}x")
+                print(
+                    f"  peak {max(r for _, r in samples):.1f} MB; last/at-1000-rows = "
+                    f"{samples[-1][1] / first:.2f}x"
+                )
     finally:
         for e in engines:
             e.down()

@@ -97,7 +97,11 @@ async def submit(
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
             raise session.error_for_exception("POST", "/prompt", exc) from exc
         except httpx.HTTPError as exc:
-            if await _known(session, prompt_id):
+            # The answer was lost: the job may be queued, or still being validated. Look
+            # twice, a moment apart, before concluding the server never got it.
+            if await _known(session, prompt_id) or (
+                await asyncio.sleep(0.25) is None and await _known(session, prompt_id)
+            ):
                 log.info("submission %s was accepted despite %s", prompt_id, type(exc).__name__)
                 return None
             if attempt > session.retries:

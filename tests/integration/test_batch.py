@@ -44,12 +44,16 @@ def second(engine):
 
 
 def manifest_states(out: Path) -> Counter:
-    with sqlite3.connect(out / "manifest.sqlite") as db:
-        return Counter(dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")))
+    """Job states in the manifest ({} until the runner has created it)."""
+    try:
+        with sqlite3.connect(out / "manifest.sqlite") as db:
+            return Counter(dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")))
+    except sqlite3.OperationalError:  # the file exists, its table not yet
+        return Counter()
 
 
 def submitted_to(out: Path, url: str) -> int:
-    with sqlite3.connect(out / "manifest.sqlite") as db:
+    with sqlite3.connect(out / "manifest.sqlite") as db:  # read once the batch is running
         (n,) = db.execute(
             "SELECT COUNT(*) FROM jobs WHERE state='submitted' AND server=?", (url,)
         ).fetchone()

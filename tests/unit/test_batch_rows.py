@@ -187,7 +187,7 @@ def test_manifest_states_and_percentiles(tmp_path):
     for i in range(1, 11):
         m.add(f"k{i}", i, f"row {i}", f"{i:06d}", {"prompt": "p"})
         m.submitted(f"k{i}", "http://a", f"p{i}")
-    assert [r.prompt_id for r in m.in_flight()] == [f"p{i}" for i in range(1, 11)]
+    assert [r.prompt_id for r in m.records("submitted")] == [f"p{i}" for i in range(1, 11)]
     for i in range(1, 11):
         m.done(f"k{i}", [f"images/{i}.png"], float(i), "http://a")
     m.add("bad", 11, "row 11", "000011", {}, "invalid", "row 11: broken")

@@ -7,7 +7,9 @@ the same job across runs). States::
     invalid(error)        a row that could not become a job
 
 ``submitted`` is written *before* POST /prompt (with the client-chosen prompt id), so a
-runner killed at any point can re-attach to its jobs instead of running them twice.
+runner killed at any point can re-attach to its jobs instead of running them twice (a
+resumed run re-attaches each such job when it reaches its row; the jobs in flight at a
+crash are the ones just before where it stopped, so they are reached at once).
 """
 
 from __future__ import annotations
@@ -158,12 +160,6 @@ class Manifest:
 
     def requeued(self, key: str) -> None:
         self.db.execute("UPDATE jobs SET state='pending' WHERE key=?", (key,))
-
-    def in_flight(self) -> Iterator[Record]:
-        """Jobs a previous run submitted and did not see finish (to re-attach)."""
-        cur = self.db.execute(f"SELECT {self._COLUMNS} FROM jobs WHERE state='submitted'")
-        for row in cur:
-            yield self._record(row)
 
     def records(self, state: str | None = None) -> Iterator[Record]:
         query = f"SELECT {self._COLUMNS} FROM jobs"

@@ -51,14 +51,10 @@ class Pool:
         self.states = {url: ServerState(url) for url in urls}
         self._changed = asyncio.Condition()
 
-    async def acquire(self, prefer: str | None = None) -> str:
+    async def acquire(self) -> str:
         async with self._changed:
             while True:
-                state = self.states.get(prefer) if prefer else None
-                if state is not None and state.healthy and state.in_flight < self.slots:
-                    url: str | None = prefer
-                else:
-                    url = choose(self.states, self.slots)
+                url = choose(self.states, self.slots)
                 if url is not None:
                     self.states[url].in_flight += 1
                     self.states[url].last_used = time.monotonic()
