@@ -140,6 +140,17 @@ def _text_slot(graph: ApiGraph, start: str | None) -> Slot | None:
     return next(s for t in _TEXT_INPUTS if (s := _value_slot(graph, node, t)) is not None)
 
 
+def _loader(graph: ApiGraph, node_id: str, link_input: str, file_input: str) -> Slot | None:
+    """The loader feeding ``node_id.link_input`` (through pass-throughs) and its file input."""
+    loader = _walk(
+        graph,
+        linked_from(graph, node_id, link_input),
+        (link_input,),
+        lambda n: is_literal(graph, n, file_input),
+    )
+    return None if loader is None else (loader, file_input)
+
+
 def _trace(graph: ApiGraph, sampler: str) -> tuple[dict[str, Slot], str | None]:
     found: dict[str, Slot] = {}
     for name, via, inputs in (
@@ -186,25 +197,11 @@ def _trace(graph: ApiGraph, sampler: str) -> tuple[dict[str, Slot], str | None]:
     loader = _walk(graph, linked_from(graph, model_owner, "model"), ("model",), model_loader)
     if loader is not None:
         found["model"] = (loader, next(k for k in _MODEL_FILES if is_literal(graph, loader, k)))
-    if positive is not None:
-        te = _walk(
-            graph,
-            linked_from(graph, positive[0], "clip"),
-            ("clip",),
-            lambda n: is_literal(graph, n, "clip_name"),
-        )
-        if te is not None:
-            found["text_encoder"] = (te, "clip_name")
+    if positive is not None and (te := _loader(graph, positive[0], "clip", "clip_name")):
+        found["text_encoder"] = te
     decoders = [d for d in downstream(graph, sampler) if "vae" in graph[d]["inputs"]]
-    if len(decoders) == 1:
-        vae = _walk(
-            graph,
-            linked_from(graph, decoders[0], "vae"),
-            ("vae",),
-            lambda n: is_literal(graph, n, "vae_name"),
-        )
-        if vae is not None:
-            found["vae"] = (vae, "vae_name")
+    if len(decoders) == 1 and (vae := _loader(graph, decoders[0], "vae", "vae_name")):
+        found["vae"] = vae
     return found, zero_out
 
 

@@ -128,5 +128,5 @@ def test_info_models_and_engine_status(engine, server):
     st = json.loads(status.stdout)
     assert st["url"] == server and st["comfyui_version"] == "0.3.75" and st["pid"] > 0
     assert runner.invoke(app, ["engine", "status", "--name", "never-started"]).exit_code == 1
-    logs = runner.invoke(app, ["engine", "logs", "--name", engine.name, "-n", "200"])
+    logs = runner.invoke(app, ["engine", "logs", "--name", engine.name, "-n", "1000000"])
     assert "To see the GUI go to" in logs.stdout or "Starting server" in logs.stdout
