@@ -82,14 +82,30 @@ def sleep_batch(tmp_path: Path, colors: list[int], ms: int) -> tuple[Path, Path]
     return wf, rows
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
 def cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "comfyfn.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])},
     )
+    _STARTED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_runners():
+    """A failing test must not leave a batch runner behind."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def wait_for(condition, timeout=60.0, what="condition"):
