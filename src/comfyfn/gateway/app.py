@@ -311,6 +311,21 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
             raise ApiError(404, f"no job {job_id!r}", param="id", code="job_not_found")
         return job
 
+    async def _wait_final(job: JobRecord, done: asyncio.Event, deadline: float) -> JobRecord:
+        while job.state not in _FINAL:
+            if time.monotonic() > deadline:
+                raise ApiError(
+                    504,
+                    f"the image was not ready within {settings.sync_timeout:g}s; "
+                    f"follow job {job.id} at /v1/jobs/{job.id}",
+                    type="server_error",
+                )
+            # woken at once when this replica finishes it; another replica's: polled
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 0.25)
+            job = await asyncio.to_thread(store.get_job, job.id)
+        return job
+
     # -- health and metrics -----------------------------------------------------------------
 
     @app.get("/healthz", tags=["health"])
@@ -388,16 +403,11 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
                 ) from None
             raise
         deadline = time.monotonic() + settings.sync_timeout
-        while job.state not in _FINAL:
-            if time.monotonic() > deadline:
-                raise ApiError(
-                    504,
-                    f"the image was not ready within {settings.sync_timeout:g}s; "
-                    f"follow job {job.id} at /v1/jobs/{job.id}",
-                    type="server_error",
-                )
-            await asyncio.sleep(0.05)
-            job = await asyncio.to_thread(store.get_job, job.id)
+        done = state["worker"].finished_event(job.id)
+        try:
+            job = await _wait_final(job, done, deadline)
+        finally:
+            state["worker"].forget(job.id)
         if job.state != "succeeded":
             raise ApiError(
                 500,

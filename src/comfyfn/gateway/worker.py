@@ -50,6 +50,7 @@ class Worker:
         self.wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._notifications: set[asyncio.Task[None]] = set()
+        self._done: dict[str, asyncio.Event] = {}
 
     async def start(self) -> None:
         timeout = httpx.Timeout(10.0, connect=3.0)
@@ -217,10 +218,20 @@ class Worker:
         await asyncio.to_thread(self.store.update_job, job.id, state=state, error=detail)
         self._finished(job, state, started)
 
+    def finished_event(self, job_id: str) -> asyncio.Event:
+        """Set when this process finishes ``job_id`` (callers still re-read the store)."""
+        return self._done.setdefault(job_id, asyncio.Event())
+
+    def forget(self, job_id: str) -> None:
+        self._done.pop(job_id, None)
+
     def _finished(self, job: JobRecord, state: str, started: float) -> None:
         self.metrics.job_seconds.labels(workflow=job.workflow, state=state).observe(
             time.monotonic() - started
         )
+        event = self._done.pop(job.id, None)
+        if event is not None:
+            event.set()
         if job.webhook:
             task = asyncio.create_task(self._notify(job.id))
             self._notifications.add(task)
