@@ -34,6 +34,8 @@ lint: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/client_overhead.py
+	$(BIN)/python bench/batch_throughput.py --rss-rows 100000
+	$(BIN)/python bench/gateway_latency.py
 
 engine-down: $(BIN)/.installed
 	$(BIN)/comfyfn engine down
