@@ -10,7 +10,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,10 +22,12 @@ from fastapi.responses import (
     StreamingResponse,
 )
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from comfyfn.gateway.errors import ERROR_RESPONSES, ApiError, BodyLimit, error_response
 from comfyfn.gateway.metrics import Metrics
+from comfyfn.gateway.models import ImagesRequest, JobRequest
 from comfyfn.gateway.registry import Registry, Served
 from comfyfn.gateway.security import RateLimiter, sign_url, verify_url, webhook_target_error
 from comfyfn.gateway.settings import GatewaySettings
@@ -35,117 +37,6 @@ from comfyfn.gateway.worker import Worker, storage_path
 __all__ = ["ApiError", "create_app"]
 
 _FINAL = ("succeeded", "failed", "cancelled")
-
-
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = (
-            status,
-            message,
-            type,
-            param,
-            code,
-        )
-        self.headers = headers or {}
-
-
-def _error(
-    status: int,
-    message: str,
-    type: str,
-    param: str | None = None,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorBody(BaseModel):
-    """OpenAI's error shape."""
-
-    error: ErrorDetail
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": text}
-    for status, text in (
-        (400, "Bad request"),
-        (401, "Missing or invalid API key"),
-        (404, "Not found"),
-        (413, "Body too large"),
-        (422, "Invalid parameters"),
-        (429, "Rate limit exceeded"),
-        (500, "Generation failed"),
-        (503, "No ComfyUI server"),
-        (504, "Not ready in time"),
-    )
-}
-
-
-class ImagesRequest(BaseModel):
-    """OpenAI's ``POST /v1/images/generations`` body, plus seed/negative_prompt/steps."""
-
-    model: str = "zimage-turbo"
-    prompt: str = Field(min_length=1)
-    n: int = Field(default=1, ge=1, le=10)
-    size: str | None = Field(default=None, description="WIDTHxHEIGHT, multiples of 16")
-    response_format: Literal["url", "b64_json"] = "url"
-    user: str | None = None
-    quality: str | None = None
-    style: str | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**53)
-    negative_prompt: str | None = None
-    steps: int | None = Field(default=None, ge=1, le=200)
-
-
-class JobRequest(BaseModel):
-    workflow: str = "zimage-turbo"
-    params: dict[str, Any] = Field(default_factory=dict)
-    webhook: str | None = Field(default=None, pattern=r"^https?://\S+$")
-
-
-class _BodyLimit:
-    """Refuse request bodies over the limit (declared or streamed) with 413."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            response = _error(413, f"request body over {self.limit} bytes", "invalid_request_error")
-            return await response(scope, receive, send)
-        seen = 0
-
-        async def limited() -> Any:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise ApiError(413, f"request body over {self.limit} bytes")
-            return message
-
-        await self.app(scope, limited, send)
 
 
 def create_app(settings: GatewaySettings, *, store: Store | None = None) -> FastAPI:
@@ -165,7 +56,7 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
         await worker.stop()
 
     app = FastAPI(
-        responses=_ERRORS,
+        responses=ERROR_RESPONSES,
         title="comfyfn gateway",
         version="1",
         lifespan=lifespan,
@@ -181,7 +72,7 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
             allow_methods=["*"],
             allow_headers=["*"],
         )
-    app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     @app.middleware("http")
     async def count(request: Request, call_next: Any) -> Response:
@@ -195,8 +86,8 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
         return response
 
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
+    async def apierror_response(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -205,11 +96,11 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
         messages = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()
         )
-        return _error(422, messages, "invalid_request_error", param or None)
+        return error_response(422, messages, "invalid_request_error", param or None)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), "invalid_request_error")
+    async def httperror_response(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), "invalid_request_error")
 
     async def auth(request: Request, authorization: str | None = Header(None)) -> KeyRecord:
         secret = (authorization or "").removeprefix("Bearer ").strip()

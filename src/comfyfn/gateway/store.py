@@ -54,15 +54,12 @@ Claim protocol (how workers of one or several replicas share the queue):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import json
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
 from typing import Any
 
 import sqlalchemy as sa
@@ -71,198 +68,32 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
+from comfyfn.gateway.schema import (
+    JSON_FIELDS,
+    PREFIX_LEN,
+    STATES,
+    TERMINAL,
+    UPDATABLE,
+    FileRecord,
+    JobRecord,
+    KeyRecord,
+    _file,
+    _hash,
+    _job,
+    _key,
+    _new_id,
+    files_t,
+    jobs_t,
+    keys_t,
+    meta_t,
+    metadata,
+)
+
 __all__ = ["STATES", "TERMINAL", "FileRecord", "JobRecord", "KeyRecord", "Store"]
 
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 SCHEMA_VERSION = "1"
-_PREFIX_LEN = 8
 _SQLITE_BUSY_MS = 30_000
 _PG_INIT_LOCK = 0x63666E5F73746F72  # pg_advisory_xact_lock key for schema creation ("cfn_stor")
-
-
-@dataclass(frozen=True)
-class KeyRecord:
-    id: str
-    name: str
-    prefix: str
-    rate: str
-    created_at: float
-    revoked: bool
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    id: str
-    key_id: str
-    workflow: str
-    params: dict
-    state: str  # queued | running | succeeded | failed | cancelled
-    server: str | None
-    prompt_id: str | None
-    progress: float
-    error: dict | None
-    outputs: list[str]  # file ids
-    webhook: str | None
-    idempotency_key: str | None
-    created_at: float
-    updated_at: float
-    started_at: float | None
-    finished_at: float | None
-    claimed_by: str | None
-    heartbeat_at: float | None
-    cancel_requested: bool
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    id: str
-    job_id: str
-    path: str
-    content_type: str
-    size: int
-    etag: str
-    created_at: float
-
-
-metadata = sa.MetaData()
-
-meta_t = sa.Table(
-    "cfn_meta",
-    metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
-)
-
-keys_t = sa.Table(
-    "cfn_keys",
-    metadata,
-    sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("prefix", sa.String(_PREFIX_LEN), nullable=False, index=True),
-    sa.Column("hash", sa.String(64), nullable=False),
-    sa.Column("rate", sa.String(40), nullable=False),
-    sa.Column("created_at", sa.Double, nullable=False),
-    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
-)
-sa.Index(
-    "cfn_keys_active_name",
-    keys_t.c.name,
-    unique=True,
-    sqlite_where=keys_t.c.revoked == sa.false(),
-    postgresql_where=keys_t.c.revoked == sa.false(),
-)
-
-jobs_t = sa.Table(
-    "cfn_jobs",
-    metadata,
-    sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("key_id", sa.String(40), nullable=False),
-    sa.Column("workflow", sa.String(200), nullable=False),
-    sa.Column("params", sa.Text, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("server", sa.Text),
-    sa.Column("prompt_id", sa.String(100)),
-    sa.Column("progress", sa.Double, nullable=False, default=0.0),
-    sa.Column("error", sa.Text),
-    sa.Column("outputs", sa.Text, nullable=False),
-    sa.Column("webhook", sa.Text),
-    sa.Column("idempotency_key", sa.String(255)),
-    sa.Column("created_at", sa.Double, nullable=False),
-    sa.Column("updated_at", sa.Double, nullable=False),
-    sa.Column("started_at", sa.Double),
-    sa.Column("finished_at", sa.Double),
-    sa.Column("claimed_by", sa.String(200)),
-    sa.Column("heartbeat_at", sa.Double),
-    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
-    sa.UniqueConstraint("key_id", "idempotency_key", name="cfn_jobs_idempotency"),
-    sa.Index("cfn_jobs_queue", "state", "created_at"),
-    sa.Index("cfn_jobs_heartbeat", "state", "heartbeat_at"),
-    sa.Index("cfn_jobs_key", "key_id", "created_at"),
-)
-
-files_t = sa.Table(
-    "cfn_files",
-    metadata,
-    sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column(
-        "job_id",
-        sa.String(40),
-        sa.ForeignKey("cfn_jobs.id", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
-    sa.Column("path", sa.Text, nullable=False),
-    sa.Column("content_type", sa.String(100), nullable=False),
-    sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("etag", sa.String(200), nullable=False),
-    sa.Column("created_at", sa.Double, nullable=False),
-)
-
-_JSON_FIELDS = {"params", "error", "outputs"}
-_UPDATABLE = {f.name for f in fields(JobRecord)} - {"id", "key_id", "created_at", "updated_at"}
-
-
-def _new_id(kind: str) -> str:
-    return f"{kind}_{uuid.uuid4().hex}"
-
-
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
-
-
-def _key(row: Any) -> KeyRecord:
-    m = row._mapping
-    return KeyRecord(
-        id=m["id"],
-        name=m["name"],
-        prefix=m["prefix"],
-        rate=m["rate"],
-        created_at=float(m["created_at"]),
-        revoked=bool(m["revoked"]),
-    )
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _job(row: Any) -> JobRecord:
-    m = row._mapping
-    return JobRecord(
-        id=m["id"],
-        key_id=m["key_id"],
-        workflow=m["workflow"],
-        params=json.loads(m["params"]),
-        state=m["state"],
-        server=m["server"],
-        prompt_id=m["prompt_id"],
-        progress=float(m["progress"]),
-        error=None if m["error"] is None else json.loads(m["error"]),
-        outputs=json.loads(m["outputs"]),
-        webhook=m["webhook"],
-        idempotency_key=m["idempotency_key"],
-        created_at=float(m["created_at"]),
-        updated_at=float(m["updated_at"]),
-        started_at=_opt_float(m["started_at"]),
-        finished_at=_opt_float(m["finished_at"]),
-        claimed_by=m["claimed_by"],
-        heartbeat_at=_opt_float(m["heartbeat_at"]),
-        cancel_requested=bool(m["cancel_requested"]),
-    )
-
-
-def _file(row: Any) -> FileRecord:
-    m = row._mapping
-    return FileRecord(
-        id=m["id"],
-        job_id=m["job_id"],
-        path=m["path"],
-        content_type=m["content_type"],
-        size=int(m["size"]),
-        etag=m["etag"],
-        created_at=float(m["created_at"]),
-    )
 
 
 class Store:
@@ -373,7 +204,7 @@ class Store:
         record = KeyRecord(
             id=_new_id("key"),
             name=name,
-            prefix=secret[:_PREFIX_LEN],
+            prefix=secret[:PREFIX_LEN],
             rate=rate,
             created_at=time.time(),
             revoked=False,
@@ -411,7 +242,7 @@ class Store:
         with self._read() as conn:
             rows = conn.execute(
                 sa.select(keys_t).where(
-                    keys_t.c.prefix == secret[:_PREFIX_LEN], keys_t.c.revoked == sa.false()
+                    keys_t.c.prefix == secret[:PREFIX_LEN], keys_t.c.revoked == sa.false()
                 )
             ).all()
         found = None
@@ -573,7 +404,7 @@ class Store:
         terminal one (unless given); ``started_at`` becomes now when the state changes to
         ``running`` and it was unset. ``KeyError`` if there is no such job.
         """
-        unknown = set(fields) - _UPDATABLE
+        unknown = set(fields) - UPDATABLE
         if unknown:
             raise TypeError(f"update_job cannot set {', '.join(sorted(unknown))}")
         if "state" in fields and fields["state"] not in STATES:
@@ -583,7 +414,7 @@ class Store:
         for name, value in fields.items():
             if name == "outputs":
                 value = json.dumps(list(value))
-            elif name in _JSON_FIELDS:
+            elif name in JSON_FIELDS:
                 value = None if value is None else json.dumps(value)
             values[name] = value
         values["updated_at"] = now

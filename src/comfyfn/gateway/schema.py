@@ -1,0 +1,213 @@
+"""The gateway store's tables, record types and row conversions (SQLAlchemy Core).
+
+See :mod:`comfyfn.gateway.store` for the schema's meaning and the claim protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, fields
+from typing import Any
+
+import sqlalchemy as sa
+
+__all__ = [
+    "JSON_FIELDS",
+    "PREFIX_LEN",
+    "STATES",
+    "TERMINAL",
+    "UPDATABLE",
+    "FileRecord",
+    "JobRecord",
+    "KeyRecord",
+]
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+PREFIX_LEN = 8  #: characters of a key kept for lookup
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    id: str
+    name: str
+    prefix: str
+    rate: str
+    created_at: float
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    key_id: str
+    workflow: str
+    params: dict
+    state: str  # queued | running | succeeded | failed | cancelled
+    server: str | None
+    prompt_id: str | None
+    progress: float
+    error: dict | None
+    outputs: list[str]  # file ids
+    webhook: str | None
+    idempotency_key: str | None
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    claimed_by: str | None
+    heartbeat_at: float | None
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    id: str
+    job_id: str
+    path: str
+    content_type: str
+    size: int
+    etag: str
+    created_at: float
+
+
+metadata = sa.MetaData()
+
+meta_t = sa.Table(
+    "cfn_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+keys_t = sa.Table(
+    "cfn_keys",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("prefix", sa.String(PREFIX_LEN), nullable=False, index=True),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("rate", sa.String(40), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+)
+sa.Index(
+    "cfn_keys_active_name",
+    keys_t.c.name,
+    unique=True,
+    sqlite_where=keys_t.c.revoked == sa.false(),
+    postgresql_where=keys_t.c.revoked == sa.false(),
+)
+
+jobs_t = sa.Table(
+    "cfn_jobs",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("key_id", sa.String(40), nullable=False),
+    sa.Column("workflow", sa.String(200), nullable=False),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("server", sa.Text),
+    sa.Column("prompt_id", sa.String(100)),
+    sa.Column("progress", sa.Double, nullable=False, default=0.0),
+    sa.Column("error", sa.Text),
+    sa.Column("outputs", sa.Text, nullable=False),
+    sa.Column("webhook", sa.Text),
+    sa.Column("idempotency_key", sa.String(255)),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("started_at", sa.Double),
+    sa.Column("finished_at", sa.Double),
+    sa.Column("claimed_by", sa.String(200)),
+    sa.Column("heartbeat_at", sa.Double),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.UniqueConstraint("key_id", "idempotency_key", name="cfn_jobs_idempotency"),
+    sa.Index("cfn_jobs_queue", "state", "created_at"),
+    sa.Index("cfn_jobs_heartbeat", "state", "heartbeat_at"),
+    sa.Index("cfn_jobs_key", "key_id", "created_at"),
+)
+
+files_t = sa.Table(
+    "cfn_files",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column(
+        "job_id",
+        sa.String(40),
+        sa.ForeignKey("cfn_jobs.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("content_type", sa.String(100), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("etag", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+)
+
+JSON_FIELDS = {"params", "error", "outputs"}
+UPDATABLE = {f.name for f in fields(JobRecord)} - {"id", "key_id", "created_at", "updated_at"}
+
+
+def _new_id(kind: str) -> str:
+    return f"{kind}_{uuid.uuid4().hex}"
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def _key(row: Any) -> KeyRecord:
+    m = row._mapping
+    return KeyRecord(
+        id=m["id"],
+        name=m["name"],
+        prefix=m["prefix"],
+        rate=m["rate"],
+        created_at=float(m["created_at"]),
+        revoked=bool(m["revoked"]),
+    )
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _job(row: Any) -> JobRecord:
+    m = row._mapping
+    return JobRecord(
+        id=m["id"],
+        key_id=m["key_id"],
+        workflow=m["workflow"],
+        params=json.loads(m["params"]),
+        state=m["state"],
+        server=m["server"],
+        prompt_id=m["prompt_id"],
+        progress=float(m["progress"]),
+        error=None if m["error"] is None else json.loads(m["error"]),
+        outputs=json.loads(m["outputs"]),
+        webhook=m["webhook"],
+        idempotency_key=m["idempotency_key"],
+        created_at=float(m["created_at"]),
+        updated_at=float(m["updated_at"]),
+        started_at=_opt_float(m["started_at"]),
+        finished_at=_opt_float(m["finished_at"]),
+        claimed_by=m["claimed_by"],
+        heartbeat_at=_opt_float(m["heartbeat_at"]),
+        cancel_requested=bool(m["cancel_requested"]),
+    )
+
+
+def _file(row: Any) -> FileRecord:
+    m = row._mapping
+    return FileRecord(
+        id=m["id"],
+        job_id=m["job_id"],
+        path=m["path"],
+        content_type=m["content_type"],
+        size=int(m["size"]),
+        etag=m["etag"],
+        created_at=float(m["created_at"]),
+    )
