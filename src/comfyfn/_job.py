@@ -288,9 +288,8 @@ async def run_job(
     deadline = submitted + settings.timeout if settings.timeout is not None else None
     queue = socket.subscribe(prompt_id) if await socket.ensure() else None
     watch = _Watch(session, prompt_id, graph)
-    accepted = finished = False
+    finished = False  # until then, leaving early cancels the job (harmless if never queued)
     try:
-        accepted = True  # from here on, leaving early cancels it (harmless if never queued)
         if not attach:
             await submit(session, graph, prompt_id, settings)
         position = queue_position(await session.get_json("/queue"), prompt_id)
@@ -385,7 +384,7 @@ async def run_job(
                     return
     finally:
         socket.unsubscribe(prompt_id)
-        if accepted and not finished:
+        if not finished:
             # Cancelled or abandoned by the caller: do not leave a GPU job behind.
             with contextlib.suppress(Exception):
                 await asyncio.shield(cancel(session, prompt_id))
