@@ -199,3 +199,10 @@ def test_manifest_states_and_percentiles(tmp_path):
     assert json.loads(json.dumps(Manifest(tmp_path / "m.sqlite").get("k3").params)) == {
         "prompt": "p"
     }
+
+
+def test_each_job_saves_into_its_own_small_folder_on_the_server():
+    job = prepare(WF, row({"prompt": "p"}, index=1234))
+    assert job.workflow.graph["9"]["inputs"]["filename_prefix"] == "z-image-turbo/0001/001234"
+    own = prepare(WF, row({"prompt": "p", "filename_prefix": "mine"}))
+    assert own.workflow.graph["9"]["inputs"]["filename_prefix"] == "mine"

@@ -84,6 +84,9 @@ def prepare(wf: Workflow, row: Row, *, variables: frozenset[str] = frozenset()) 
         return RowError(row.index, "prompt", "is empty", row.variant)
     if "seed" in wf.slots.params and "seed" not in bound_values:
         bound_values["seed"] = _stable_seed(bound_values)
+    bound_values.update(
+        sharded_prefixes(wf, f"{row.index // 1000:04d}/{row.stem}", given=bound_values)
+    )
     try:
         bound = wf.bind(**bound_values)
     except WorkflowInvalid as exc:
@@ -112,6 +115,24 @@ def prepare(wf: Workflow, row: Row, *, variables: frozenset[str] = frozenset()) 
         if k in ("prompt", "negative", "seed", "width", "height", "steps", "cfg", "model")
     }
     return Job(key, row.index, row.label, row.stem, bound, shown, row.values.get("_name"), deliver)
+
+
+def sharded_prefixes(wf: Workflow, tail: str, *, given: Mapping[str, Any]) -> dict[str, str]:
+    """Output prefixes with a per-job tail, ``<prefix>/<tail>``, for every output node.
+
+    ComfyUI's SaveImage lists its whole output folder on every save to find the next file
+    number, so a folder with 100,000 images costs tens of milliseconds per save (measured:
+    3.6 → 66 ms per trivial job after 45,000 images). Giving each job its own small folder
+    keeps every save cheap, however long the batch.
+    """
+    if "filename_prefix" in given:
+        return {}
+    out = {}
+    for node_id, input_name in wf.slots.candidates.get("filename_prefix", ()):
+        path = f"{node_id}.{input_name}"
+        if path not in given:
+            out[path] = f"{wf.graph[node_id]['inputs'][input_name]}/{tail}"
+    return out
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import stamina
 
+from comfyfn.batch.jobs import sharded_prefixes
 from comfyfn.batch.pool import Pool
 from comfyfn.client import AsyncClient
 from comfyfn.errors import ComfyError, ExecutionFailed, GenerationTimeout, TransportError
@@ -136,7 +137,11 @@ class Worker:
         try:
             if served is None:
                 raise ComfyError(f"workflow {job.workflow!r} is no longer served")
-            wf = served.workflow.bind(**job.params)
+            params = {
+                **job.params,
+                **sharded_prefixes(served.workflow, f"{job.id[4:6]}/{job.id}", given=job.params),
+            }
+            wf = served.workflow.bind(**params)
             prompt_id = job.prompt_id if attach else str(uuid.uuid4())
             if not attach:
                 await asyncio.to_thread(
