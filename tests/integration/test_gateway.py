@@ -335,3 +335,44 @@ def test_restart_mid_job_finishes_the_job(server, tmp_path, unique):
         assert len(runs) == 1
     finally:
         gateway.stop()
+
+
+def test_restart_reruns_a_job_the_server_lost(server, tmp_path, unique):
+    """Accepted before a restart, lost by ComfyUI meanwhile: it is run again, not dropped."""
+    db = f"sqlite:///{tmp_path / 'g.db'}"
+    wf = tmp_path / "sleep.json"
+    wf.write_text(json.dumps(sleep_graph(unique(), milliseconds=300, steps=3)))
+    args = ("-w", f"sleep={wf}", "--stale-after", "1")
+    with comfyfn.Client(server) as c:
+        blocker = c.stream_graph(sleep_graph(unique(), milliseconds=4000, steps=20))
+        next(blocker)  # a long job runs first, so ours waits in ComfyUI's queue
+        gateway = Gateway([server], db, tmp_path / "files", *args)
+        key = make_key(db, "k")
+        try:
+            job = httpx.post(
+                f"{gateway.url}/v1/jobs",
+                headers=auth(gateway, key),
+                json={"workflow": "sleep", "params": {}},
+            ).json()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                lost = Store(db).get_job(job["id"]).prompt_id
+                if lost and c.queue_position(lost):
+                    break
+                time.sleep(0.05)
+            gateway.kill()
+            c.delete_from_queue(lost)  # ComfyUI forgets it while no gateway is watching
+            gateway = Gateway([server], db, tmp_path / "files", *args, port=gateway.port)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                state = httpx.get(
+                    f"{gateway.url}/v1/jobs/{job['id']}", headers=auth(gateway, key)
+                ).json()
+                if state["state"] in ("succeeded", "failed", "cancelled"):
+                    break
+                time.sleep(0.1)
+            assert state["state"] == "succeeded", state
+            assert Store(db).get_job(job["id"]).prompt_id != lost  # a new run
+        finally:
+            gateway.stop()
+            blocker.close()
