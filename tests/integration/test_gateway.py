@@ -55,6 +55,16 @@ def auth(gw, key=None):
     return {"Authorization": f"Bearer {key or gw.key}"}
 
 
+def final_state(gateway, key, job_id, timeout=60.0) -> dict:
+    """Poll the job until it reaches a final state (or the timeout passes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = httpx.get(f"{gateway.url}/v1/jobs/{job_id}", headers=auth(gateway, key)).json()
+        if state["state"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            return state
+        time.sleep(0.1)
+
+
 def test_openai_sdk_b64_and_url(gw, unique):
     client = sdk(gw)
     assert "zimage-turbo" in [m.id for m in client.models.list()]
@@ -316,14 +326,7 @@ def test_restart_mid_job_finishes_the_job(server, tmp_path, unique):
                 time.sleep(0.05)
         gateway.kill()  # mid-job: the ComfyUI job goes on without the gateway
         gateway = Gateway([server], db, tmp_path / "files", *args, port=gateway.port)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            state = httpx.get(
-                f"{gateway.url}/v1/jobs/{job['id']}", headers=auth(gateway, key)
-            ).json()
-            if state["state"] in ("succeeded", "failed"):
-                break
-            time.sleep(0.1)
+        state = final_state(gateway, key, job["id"])
         assert state["state"] == "succeeded", state
         assert Store(db).get_job(job["id"]).prompt_id == prompt_id  # re-attached, not re-run
         with comfyfn.Client(server) as c:
@@ -363,14 +366,7 @@ def test_restart_reruns_a_job_the_server_lost(server, tmp_path, unique):
             gateway.kill()
             c.delete_from_queue(lost)  # ComfyUI forgets it while no gateway is watching
             gateway = Gateway([server], db, tmp_path / "files", *args, port=gateway.port)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                state = httpx.get(
-                    f"{gateway.url}/v1/jobs/{job['id']}", headers=auth(gateway, key)
-                ).json()
-                if state["state"] in ("succeeded", "failed", "cancelled"):
-                    break
-                time.sleep(0.1)
+            state = final_state(gateway, key, job["id"])
             assert state["state"] == "succeeded", state
             assert Store(db).get_job(job["id"]).prompt_id != lost  # a new run
         finally:
