@@ -36,7 +36,13 @@ def make_key(db: str, name: str, rate: str = "1000/min") -> str:
 
 class Gateway:
     def __init__(
-        self, servers: list[str], db: str, storage: Path, *extra: str, port: int | None = None
+        self,
+        servers: list[str],
+        db: str,
+        storage: Path,
+        *extra: str,
+        port: int | None = None,
+        ready: str = "/readyz",
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -65,7 +71,7 @@ class Gateway:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited: {self.log.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{ready}", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

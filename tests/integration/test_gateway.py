@@ -372,3 +372,20 @@ def test_restart_reruns_a_job_the_server_lost(server, tmp_path, unique):
         finally:
             gateway.stop()
             blocker.close()
+
+
+def test_no_reachable_server_means_not_ready_and_503(tmp_path):
+    db = f"sqlite:///{tmp_path / 'g.db'}"
+    gateway = Gateway(["http://127.0.0.1:9"], db, tmp_path / "files", ready="/healthz")
+    try:
+        key = make_key(db, "k")
+        assert httpx.get(f"{gateway.url}/readyz").status_code == 503
+        answer = httpx.post(
+            f"{gateway.url}/v1/images/generations",
+            headers=auth(gateway, key),
+            json={"prompt": "p", "size": "64x64"},
+        )
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "no_server"
+    finally:
+        gateway.stop()

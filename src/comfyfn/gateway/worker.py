@@ -59,6 +59,10 @@ class Worker:
             client = AsyncClient(url, timeout=timeout, retries=1, check_interval=2.0)
             await client.open()
             self.clients[url] = client
+            try:  # readiness must be true from the start, not only after a failure
+                await client.system_stats()
+            except ComfyError:
+                await self.pool.mark_down(url)
         self._tasks = [
             asyncio.create_task(self._claim_loop()),
             asyncio.create_task(self._heartbeat_loop()),
