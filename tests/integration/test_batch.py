@@ -260,8 +260,12 @@ def test_hanging_server_is_taken_out_and_put_back(second, server, unique, tmp_pa
     assert manifest_states(out) == Counter({"done": 20})
     summary = json.loads(output[output.index("{") :])
     assert summary["servers"][second.url]["failures"] >= 1
+    # Our outputs exist once (above). On the servers, only the job that was *running* on the
+    # hung one can also finish there when it resumes (its interrupt is sent on recovery but
+    # may land after the last step); queued copies are removed before it is used again.
     counts = successes_by_color(server, second.url)
-    assert all(counts[c] <= 1 for c in colors), counts
+    assert all(counts[c] >= 1 for c in colors), counts
+    assert sum(counts[c] - 1 for c in colors) <= 1, counts
 
 
 def test_all_servers_down_then_back(engine, unique, tmp_path):
