@@ -66,6 +66,13 @@ class Gateway:
         self.proc = subprocess.Popen(
             args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=ENV
         )
+        try:
+            self._wait_ready(ready)
+        except BaseException:
+            self.stop()  # never leave a gateway process behind a failed start
+            raise
+
+    def _wait_ready(self, ready: str) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
