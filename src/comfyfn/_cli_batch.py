@@ -21,15 +21,13 @@ from comfyfn.batch import (
     Batch,
     BatchSettings,
     JobResult,
-    Manifest,
     Row,
     expand,
     parse_vary,
     read_job_file,
     read_rows,
-    summarize,
     template_variables,
-    write_contact_sheet,
+    write_report,
 )
 from comfyfn.errors import ComfyError, ConfigError
 from comfyfn.recipes import list_recipes, load_recipe
@@ -159,13 +157,7 @@ def execute(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             asyncio.run(consume())
-    manifest = Manifest(output / "manifest.sqlite")
-    try:
-        summary = summarize(manifest, batch.pool, time.monotonic() - started, counted)
-        (output / "summary.json").write_text(summary.to_json(), encoding="utf-8")
-        sheet = write_contact_sheet(manifest, output, summary)
-    finally:
-        manifest.close()
+    summary, sheet = write_report(batch, counted)
     if as_json:
         typer.echo(summary.to_json())
     else:

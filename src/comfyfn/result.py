@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from comfyfn._files import write_atomic
 from comfyfn.provenance import PROVENANCE_KEY, add_text_chunks
 
 if TYPE_CHECKING:
@@ -88,16 +88,7 @@ class Image:
         target = Path(path)
         if target.is_dir():
             target = target / (self.filename or f"image.{self.format}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(self.png_bytes())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        return write_atomic(target, self.png_bytes())
 
 
 @dataclass(frozen=True)

@@ -107,18 +107,17 @@ def problems(
             continue
         has_output = has_output or bool(definition.get("output_node"))
         inputs = node.get("inputs") or {}
-        for group in ("required",):
-            for name in definition.get("input", {}).get(group) or {}:
-                if name not in inputs:
-                    found.append(
-                        NodeProblem(
-                            node_id,
-                            cls,
-                            name,
-                            f"required input {name!r} is missing",
-                            "required_input_missing",
-                        )
+        for name in definition.get("input", {}).get("required") or {}:
+            if name not in inputs:
+                found.append(
+                    NodeProblem(
+                        node_id,
+                        cls,
+                        name,
+                        f"required input {name!r} is missing",
+                        "required_input_missing",
                     )
+                )
         for name, value in inputs.items():
             spec = input_spec(object_info, cls, name)
             if spec is None:

@@ -10,14 +10,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from comfyfn.batch.jobs import JobResult
 from comfyfn.batch.manifest import Manifest
-from comfyfn.batch.report import Summary, summarize, write_contact_sheet
+from comfyfn.batch.report import Summary, write_report
 from comfyfn.batch.rows import Row, RowError, expand, parse_vary, read_job_file, read_rows
 from comfyfn.batch.runner import Batch, BatchSettings, template_variables
 
@@ -36,6 +35,7 @@ __all__ = [
     "rows_from",
     "run_batch",
     "template_variables",
+    "write_report",
 ]
 
 
@@ -59,13 +59,6 @@ def run_batch(batch: Batch, *, on_result: Any = None, thumbnails: int = 500) -> 
         from comfyfn.errors import ConfigError
 
         raise ConfigError("run_batch needs a batch with an output folder")
-    loop_started = batch.started
     counted = asyncio.run(_consume(batch, on_result))
-    manifest = Manifest(batch.output / "manifest.sqlite")
-    try:
-        summary = summarize(manifest, batch.pool, time.monotonic() - loop_started, counted)
-        (batch.output / "summary.json").write_text(summary.to_json(), encoding="utf-8")
-        write_contact_sheet(manifest, batch.output, summary, limit=thumbnails)
-    finally:
-        manifest.close()
+    summary, _ = write_report(batch, counted, thumbnails=thumbnails)
     return summary

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from comfyfn._files import write_atomic
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.errors import WorkflowInvalid
 from comfyfn.meaning import MEANINGS
@@ -135,18 +134,6 @@ def sharded_prefixes(wf: Workflow, tail: str, *, given: Mapping[str, Any]) -> di
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_outputs(gen: Generation, job: Job, output: Path) -> list[str]:
     """Write the job's images atomically under names fixed by the job (never twice)."""
     from comfyfn.delivery import deliver
@@ -163,6 +150,6 @@ def save_outputs(gen: Generation, job: Job, output: Path) -> list[str]:
                 int(job.deliver["height"]),
                 job.deliver.get("fit", "cover"),
             )
-        _write_atomic(output / rel, data)
+        write_atomic(output / rel, data)
         files.append(rel)
     return files

@@ -7,14 +7,19 @@ import base64
 import html
 import io
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from comfyfn._files import write_atomic
 from comfyfn.batch.manifest import Manifest
 from comfyfn.batch.pool import Pool
 
-__all__ = ["Summary", "summarize", "write_contact_sheet"]
+if TYPE_CHECKING:
+    from comfyfn.batch.runner import Batch
+
+__all__ = ["Summary", "summarize", "write_contact_sheet", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -131,8 +136,17 @@ def write_contact_sheet(
             for r in failed
         ]
         parts.append("</table>")
-    path = output / "index.html"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(parts), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomic(output / "index.html", "".join(parts))
+
+
+def write_report(
+    batch: Batch, counted: dict[str, int], *, thumbnails: int = 500
+) -> tuple[Summary, Path]:
+    """After a run: the summary (also in ``summary.json``) and the contact sheet's path."""
+    manifest = Manifest(batch.output / "manifest.sqlite")
+    try:
+        summary = summarize(manifest, batch.pool, time.monotonic() - batch.started, counted)
+        write_atomic(batch.output / "summary.json", summary.to_json())
+        return summary, write_contact_sheet(manifest, batch.output, summary, limit=thumbnails)
+    finally:
+        manifest.close()

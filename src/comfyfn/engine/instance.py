@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from comfyfn._files import write_atomic
 from comfyfn.engine.install import EngineInstall, assets, models_yaml
 from comfyfn.errors import EngineError
 
@@ -206,9 +207,7 @@ class Engine:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             raise
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(state), indent=1))
-        tmp.replace(self.state_file)
+        write_atomic(self.state_file, json.dumps(asdict(state), indent=1))
         return state
 
     def down(self, timeout: float = 15.0) -> bool:

@@ -6,6 +6,7 @@ errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
 # No ``from __future__ import annotations``: FastAPI reads the per-workflow models at runtime.
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
@@ -310,8 +311,6 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
         for file_id in job.outputs:
             record = await asyncio.to_thread(store.get_file, file_id)
             if body.response_format == "b64_json":
-                import base64
-
                 raw = await asyncio.to_thread(_read, settings, record.path)
                 data.append(
                     {"b64_json": base64.b64encode(raw).decode(), "revised_prompt": body.prompt}

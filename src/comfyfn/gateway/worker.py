@@ -14,8 +14,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import httpx
 import stamina
 
+from comfyfn._files import write_atomic
 from comfyfn.batch.jobs import sharded_prefixes
 from comfyfn.batch.pool import Pool
 from comfyfn.client import AsyncClient
@@ -248,15 +247,11 @@ class Worker:
 
     def _store_files(self, job_id: str, generation) -> list[str]:
         folder = self.settings.storage / job_id
-        folder.mkdir(parents=True, exist_ok=True)
         ids = []
         for i, image in enumerate(generation.images):
             data = image.png_bytes()
             path = folder / f"{i}.png"
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+            write_atomic(path, data)
             record = self.store.add_file(
                 job_id=job_id,
                 path=str(path),
