@@ -74,12 +74,16 @@ def successes_by_color(*servers: str) -> Counter:
     return seen
 
 
-def sleep_batch(tmp_path: Path, colors: list[int], ms: int) -> tuple[Path, Path]:
+def sleep_batch(tmp_path: Path, colors: list[int], ms: int, *servers: str) -> list[str]:
+    """Arguments of ``comfyfn batch`` for one simulated job per color, into tmp_path/out."""
     wf = tmp_path / "sleep.json"
     wf.write_text(json.dumps(sleep_graph(0, milliseconds=ms)))
     rows = tmp_path / "rows.csv"
     rows.write_text("1.color\n" + "\n".join(map(str, colors)) + "\n")
-    return wf, rows
+    args = [str(rows), "-o", str(tmp_path / "out"), "-w", str(wf)]
+    for url in servers:
+        args += ["-s", url]
+    return args
 
 
 _STARTED: list[subprocess.Popen] = []
@@ -106,6 +110,10 @@ def _no_leftover_runners():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def wait_done(out: Path, n: int) -> None:
+    wait_for(lambda: manifest_states(out)["done"] >= n, what=f"{n} jobs done")
 
 
 def wait_for(condition, timeout=60.0, what="condition"):
@@ -153,16 +161,11 @@ def test_seed_csv_over_two_servers(server, second, tmp_path):
 
 def test_runner_killed_mid_batch_resumes_without_running_anything_twice(server, unique, tmp_path):
     colors = [unique() for _ in range(16)]
-    wf, rows = sleep_batch(tmp_path, colors, ms=300)
+    args = [*sleep_batch(tmp_path, colors, 300, server), "--prime", "2"]
     out = tmp_path / "out"
-    args = [str(rows), "-o", str(out), "-w", str(wf), "-s", server, "--prime", "2"]
     proc = cli("batch", *args)
     wait_for(
-        lambda: (
-            (out / "manifest.sqlite").exists()
-            and manifest_states(out)["done"] >= 3
-            and manifest_states(out)["submitted"] >= 2
-        ),
+        lambda: manifest_states(out)["done"] >= 3 and manifest_states(out)["submitted"] >= 2,
         what="jobs done and in flight",
     )
     proc.send_signal(signal.SIGKILL)
@@ -184,27 +187,15 @@ def test_server_killed_mid_batch(engine, server, unique, tmp_path):
     victim_url = victim.up().url
     try:
         colors = [unique() for _ in range(20)]
-        wf, rows = sleep_batch(tmp_path, colors, ms=250)
         out = tmp_path / "out"
         proc = cli(
             "batch",
-            str(rows),
-            "-o",
-            str(out),
-            "-w",
-            str(wf),
-            "-s",
-            victim.url,
-            "-s",
-            server,
+            *sleep_batch(tmp_path, colors, 250, victim.url, server),
             "--json",
             "--http-timeout",
             "3",
         )
-        wait_for(
-            lambda: (out / "manifest.sqlite").exists() and manifest_states(out)["done"] >= 4,
-            what="a few jobs done",
-        )
+        wait_done(out, 4)
         os.kill(victim.state().pid, signal.SIGKILL)
         output, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, output
@@ -220,27 +211,15 @@ def test_server_killed_mid_batch(engine, server, unique, tmp_path):
 
 def test_hanging_server_is_taken_out_and_put_back(second, server, unique, tmp_path):
     colors = [unique() for _ in range(20)]
-    wf, rows = sleep_batch(tmp_path, colors, ms=250)
     out = tmp_path / "out"
     proc = cli(
         "batch",
-        str(rows),
-        "-o",
-        str(out),
-        "-w",
-        str(wf),
-        "-s",
-        second.url,
-        "-s",
-        server,
+        *sleep_batch(tmp_path, colors, 250, second.url, server),
         "--json",
         "--http-timeout",
         "2",
     )
-    wait_for(
-        lambda: (out / "manifest.sqlite").exists() and manifest_states(out)["done"] >= 3,
-        what="a few jobs done",
-    )
+    wait_done(out, 3)
     pid = second.state().pid
     os.kill(pid, signal.SIGSTOP)  # the process hangs: connections open, nothing answers
     try:
@@ -273,25 +252,15 @@ def test_all_servers_down_then_back(engine, unique, tmp_path):
     port = lone.up().port
     try:
         colors = [unique() for _ in range(12)]
-        wf, rows = sleep_batch(tmp_path, colors, ms=200)
         out = tmp_path / "out"
         proc = cli(
             "batch",
-            str(rows),
-            "-o",
-            str(out),
-            "-w",
-            str(wf),
-            "-s",
-            lone.url,
+            *sleep_batch(tmp_path, colors, 200, lone.url),
             "--json",
             "--http-timeout",
             "2",
         )
-        wait_for(
-            lambda: (out / "manifest.sqlite").exists() and manifest_states(out)["done"] >= 2,
-            what="a few jobs done",
-        )
+        wait_done(out, 2)
         lone.down()
         assert proc.poll() is None  # the batch waits for a server
         lone.up(port=port)

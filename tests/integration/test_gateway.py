@@ -303,20 +303,31 @@ def test_health_ready_metrics(gw):
     assert "comfyfn_job_seconds_bucket" in text and "comfyfn_server_jobs" in text
 
 
-def test_restart_mid_job_finishes_the_job(server, tmp_path, unique):
-    db = f"sqlite:///{tmp_path / 'g.db'}"
+def restartable(tmp_path, graph) -> tuple[str, tuple[str, ...]]:
+    """A database and ``serve`` arguments for a gateway serving ``graph`` as "sleep", whose
+    running jobs another start takes over after one second without heartbeat."""
     wf = tmp_path / "sleep.json"
+    wf.write_text(json.dumps(graph))
+    return f"sqlite:///{tmp_path / 'g.db'}", ("-w", f"sleep={wf}", "--stale-after", "1")
+
+
+def post_sleep_job(gateway, key) -> dict:
+    answer = httpx.post(
+        f"{gateway.url}/v1/jobs",
+        headers=auth(gateway, key),
+        json={"workflow": "sleep", "params": {}},
+    )
+    assert answer.status_code == 202, answer.text
+    return answer.json()
+
+
+def test_restart_mid_job_finishes_the_job(server, tmp_path, unique):
     color = unique()
-    wf.write_text(json.dumps(sleep_graph(color, milliseconds=3000, steps=10)))
-    args = ("-w", f"sleep={wf}", "--stale-after", "1")
+    db, args = restartable(tmp_path, sleep_graph(color, milliseconds=3000, steps=10))
     gateway = Gateway([server], db, tmp_path / "files", *args)
     key = make_key(db, "k")
     try:
-        job = httpx.post(
-            f"{gateway.url}/v1/jobs",
-            headers=auth(gateway, key),
-            json={"workflow": "sleep", "params": {}},
-        ).json()
+        job = post_sleep_job(gateway, key)
         deadline = time.monotonic() + 30
         while Store(db).get_job(job["id"]).prompt_id is None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -342,21 +353,14 @@ def test_restart_mid_job_finishes_the_job(server, tmp_path, unique):
 
 def test_restart_reruns_a_job_the_server_lost(server, tmp_path, unique):
     """Accepted before a restart, lost by ComfyUI meanwhile: it is run again, not dropped."""
-    db = f"sqlite:///{tmp_path / 'g.db'}"
-    wf = tmp_path / "sleep.json"
-    wf.write_text(json.dumps(sleep_graph(unique(), milliseconds=300, steps=3)))
-    args = ("-w", f"sleep={wf}", "--stale-after", "1")
+    db, args = restartable(tmp_path, sleep_graph(unique(), milliseconds=300, steps=3))
     with comfyfn.Client(server) as c:
         blocker = c.stream_graph(sleep_graph(unique(), milliseconds=4000, steps=20))
         next(blocker)  # a long job runs first, so ours waits in ComfyUI's queue
         gateway = Gateway([server], db, tmp_path / "files", *args)
         key = make_key(db, "k")
         try:
-            job = httpx.post(
-                f"{gateway.url}/v1/jobs",
-                headers=auth(gateway, key),
-                json={"workflow": "sleep", "params": {}},
-            ).json()
+            job = post_sleep_job(gateway, key)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 lost = Store(db).get_job(job["id"]).prompt_id
