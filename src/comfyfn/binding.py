@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from comfyfn.definitions import bundled_object_info, input_spec
 from comfyfn.errors import NodeProblem, WorkflowInvalid
 from comfyfn.graph import ApiGraph, new_node_id, set_input
 from comfyfn.meaning import MEANINGS, Slot, Slots, find_slots
@@ -23,12 +24,6 @@ __all__ = ["PARAMETERS", "BoundGraph", "ComfyWarning", "bind", "parse_size", "ra
 #: Parameter name → meaning (bindable by name when the graph has exactly one candidate).
 PARAMETERS = MEANINGS
 
-# (min, max, step) of the latent size inputs, as ComfyUI 0.3.x declares them.
-_LATENT_LIMITS = {
-    "EmptySD3LatentImage": (16, 16384, 16),
-    "EmptyLatentImage": (16, 16384, 8),
-    "EmptyHunyuanLatentVideo": (16, 16384, 16),
-}
 _RECOMMENDED_SIDE = (512, 2048)
 SEED_MAX = 2**64 - 1
 
@@ -68,9 +63,12 @@ class BoundGraph:
 
 
 def _check(
-    graph: ApiGraph, slots: Mapping[str, Slot], values: Mapping[str, Any]
+    graph: ApiGraph,
+    slots: Mapping[str, Slot],
+    values: Mapping[str, Any],
+    definitions: Mapping[str, Any],
 ) -> list[NodeProblem]:
-    """Early checks of named values (the server's definitions are checked by validation)."""
+    """Early checks of named values; sizes against the latent node's own definition."""
     problems: list[NodeProblem] = []
 
     def bad(param: str, message: str) -> None:
@@ -115,8 +113,10 @@ def _check(
         if param not in values:
             continue
         node_id, name = slots[param]
-        low, high, step = _LATENT_LIMITS.get(graph[node_id]["class_type"], (1, 16384, 1))
-        if integer(param, low, high) and values[param] % step:
+        spec = input_spec(definitions, graph[node_id]["class_type"], name)
+        opts = spec.options if spec is not None else {}
+        low, high, step = opts.get("min", 1), opts.get("max"), opts.get("step") or 1
+        if integer(param, low, high) and (values[param] - low) % step:
             bad(param, f"{name} {values[param]} is not a multiple of {step}")
     return problems
 
@@ -177,7 +177,9 @@ def _use_real_negative(graph: ApiGraph, sampler: str, prompt_node: str, text: st
     return (node_id, "text")
 
 
-def bind(graph: ApiGraph, **params: Any) -> BoundGraph:
+def bind(
+    graph: ApiGraph, *, definitions: Mapping[str, Any] | None = None, **params: Any
+) -> BoundGraph:
     """Return a copy of ``graph`` with ``params`` written in.
 
     Names are those of :data:`PARAMETERS` (found by tracing from the sampler), or a
@@ -222,7 +224,8 @@ def bind(graph: ApiGraph, **params: Any) -> BoundGraph:
         elif negative is not None:
             where["negative"] = slots.resolve("negative", graph)
             given["negative"] = negative
-    problems = _check(graph, where, {k: v for k, v in given.items() if k in MEANINGS})
+    named = {k: v for k, v in given.items() if k in MEANINGS}
+    problems = _check(graph, where, named, definitions or bundled_object_info())
     if problems:
         raise WorkflowInvalid(problems, summary="invalid parameters")
     for name, value in given.items():

@@ -80,15 +80,12 @@ def output_types(object_info: Mapping[str, Any], class_type: str) -> list[str]:
 
 
 @cache
-def _bundled() -> str:
-    path = resources.files("comfyfn.data").joinpath("object_info_0.3.75.json.gz")
-    return gzip.decompress(path.read_bytes()).decode()
-
-
 def bundled_object_info() -> dict[str, Any]:
     """ComfyUI 0.3.75's core node definitions, for converting and inspecting offline.
 
     Its model-file choices are those of the machine it was captured on: never use them to
-    say a file is missing; ask the server (``client.object_info()``) for that.
+    say a file is missing; ask the server (``client.object_info()``) for that. Parsed once
+    and shared: treat it as read-only.
     """
-    return json.loads(_bundled())
+    path = resources.files("comfyfn.data").joinpath("object_info_0.3.75.json.gz")
+    return json.loads(gzip.decompress(path.read_bytes()))

@@ -158,7 +158,7 @@ class Workflow:
             from comfyfn.binding import parse_size
 
             values["width"], values["height"] = parse_size(size)
-        bound = bind(self.to_api(), **values)
+        bound = bind(self.to_api(), definitions=self.definitions, **values)
         merged = {**self.values, **{k: v for k, v in values.items() if v is not None}}
         merged.update({k: bound.values[k] for k in ("seed",) if k in values and k in bound.values})
         return Workflow(
