@@ -1,8 +1,34 @@
-"""A small HTTP proxy in front of a real ComfyUI that can lose POST /prompt traffic.
+"""A small HTTP proxy in front of a real ComfyUI that injects the faults a real one cannot show.
 
-The real server cannot show a lost answer to POST /prompt, so this proxy forwards real
-requests and, on demand, drops the request before it reaches the server or drops the answer
-after the server accepted the job. Websocket upgrades are refused (clients poll instead).
+It forwards real requests to ``upstream`` and, on demand, breaks some of them. Every switch
+can be given at construction or changed while the proxy runs; the "next N" switches count
+down as they fire, so ``truncate_views=1`` breaks one answer and then forwards faithfully.
+
+POST /prompt:
+
+- ``drop_requests``: lose the next N POST /prompt requests before they reach the server.
+- ``drop_answers``: forward the next N POST /prompt requests, then lose the server's answer
+  (the job is queued; the client never hears so).
+
+GET /view:
+
+- ``truncate_views``: the next N successful answers carry only the first half of the image,
+  with a Content-Length that matches it (the HTTP exchange looks fine; only decoding shows
+  the damage).
+- ``garble_views``: the next N answers are ``200 text/html`` with an HTML page instead of the
+  image (the server is not asked).
+
+GET /history:
+
+- ``garble_history``: the next N ``GET /history/<id>`` answers are ``200 text/html`` with a
+  non-JSON page (the server is not asked).
+- ``history_delay``: seconds every ``GET /history`` and ``GET /history/<id>`` waits before it
+  is forwarded (0 = none); with ``delay_history`` set to N, only the next N are delayed.
+
+Counters: ``seen_prompt_posts``, ``forwarded_prompt_posts``, ``seen_view_gets``,
+``seen_history_gets``, and ``faults``: every fault applied, as ``(switch, path)`` in order.
+
+Websocket upgrades are refused, so clients behind the proxy follow their jobs by polling.
 """
 
 from __future__ import annotations
@@ -13,17 +39,28 @@ from dataclasses import dataclass, field
 
 import httpx
 
+_HTML = b"<html><body><h1>502 Bad Gateway</h1><p>upstream hiccup</p></body></html>\n"
+
 
 @dataclass
 class FaultProxy:
     upstream: str
     drop_requests: int = 0  #: lose this many POST /prompt requests before forwarding them
     drop_answers: int = 0  #: forward this many, then lose the server's answer
+    truncate_views: int = 0  #: cut this many GET /view bodies in half (consistent length)
+    garble_views: int = 0  #: answer this many GET /view with an HTML page
+    garble_history: int = 0  #: answer this many GET /history/<id> with non-JSON text
+    history_delay: float = 0.0  #: seconds each GET /history… waits before being forwarded
+    delay_history: int | None = None  #: only delay this many (None: all, while history_delay)
     seen_prompt_posts: int = 0
     forwarded_prompt_posts: int = 0
+    seen_view_gets: int = 0
+    seen_history_gets: int = 0
+    faults: list[tuple[str, str]] = field(default_factory=list)
     port: int = 0
     _server: asyncio.Server | None = field(default=None, repr=False)
     _client: httpx.AsyncClient | None = field(default=None, repr=False)
+    _tasks: set[asyncio.Task] = field(default_factory=set, repr=False)
 
     @property
     def url(self) -> str:
@@ -37,43 +74,89 @@ class FaultProxy:
 
     async def __aexit__(self, *exc: object) -> None:
         self._server.close()
+        for task in list(self._tasks):  # e.g. a request still sleeping in history_delay
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
         await self._client.aclose()
 
+    def _take(self, switch: str, path: str) -> bool:
+        """Fire a "next N" switch if it has any left."""
+        left = getattr(self, switch)
+        if not left:
+            return False
+        setattr(self, switch, left - 1)
+        self.faults.append((switch, path))
+        return True
+
+    async def _history_pause(self, path: str) -> None:
+        if self.history_delay <= 0:
+            return
+        if self.delay_history is not None and not self._take("delay_history", path):
+            return
+        if self.delay_history is None:
+            self.faults.append(("history_delay", path))
+        await asyncio.sleep(self.history_delay)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._tasks.add(task)
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            method, target, _ = lines[0].split(" ", 2)
-            headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
-            lowered = {k.lower(): v for k, v in headers.items()}
-            if lowered.get("upgrade", "").lower() == "websocket":
-                return
-            body = await reader.readexactly(int(lowered.get("content-length", 0)))
-            is_prompt = method == "POST" and target.split("?")[0] == "/prompt"
-            if is_prompt:
-                self.seen_prompt_posts += 1
-                if self.drop_requests > 0:
-                    self.drop_requests -= 1
-                    return
-            keep = {k: v for k, v in headers.items() if k.lower() in ("content-type",)}
-            response = await self._client.request(method, target, content=body, headers=keep)
-            if is_prompt:
-                self.forwarded_prompt_posts += 1
-                if self.drop_answers > 0:
-                    self.drop_answers -= 1
-                    return
-            payload = response.content
-            writer.write(
-                f"HTTP/1.1 {response.status_code} {response.reason_phrase}\r\n"
-                f"Content-Type: {response.headers.get('content-type', 'application/octet-stream')}"
-                f"\r\nContent-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
-                + payload
-            )
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
+            await self._serve(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            self._tasks.discard(task)
             writer.close()
-            with contextlib.suppress(ConnectionError):
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, _ = lines[0].split(" ", 2)
+        headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+        lowered = {k.lower(): v for k, v in headers.items()}
+        if lowered.get("upgrade", "").lower() == "websocket":
+            return
+        body = await reader.readexactly(int(lowered.get("content-length", 0)))
+        path = target.split("?")[0]
+        is_prompt = method == "POST" and path == "/prompt"
+        is_view = method == "GET" and path == "/view"
+        if is_prompt:
+            self.seen_prompt_posts += 1
+            if self._take("drop_requests", path):
+                return
+        if method == "GET" and path.startswith("/history"):
+            self.seen_history_gets += 1
+            await self._history_pause(path)
+            if path.startswith("/history/") and self._take("garble_history", path):
+                await _reply(writer, 200, "OK", "text/html", _HTML)
+                return
+        if is_view:
+            self.seen_view_gets += 1
+            if self._take("garble_views", path):
+                await _reply(writer, 200, "OK", "text/html", _HTML)
+                return
+        keep = {k: v for k, v in headers.items() if k.lower() in ("content-type",)}
+        response = await self._client.request(method, target, content=body, headers=keep)
+        if is_prompt:
+            self.forwarded_prompt_posts += 1
+            if self._take("drop_answers", path):
+                return
+        payload = response.content
+        if is_view and response.status_code == 200 and self._take("truncate_views", path):
+            payload = payload[: len(payload) // 2]
+        content_type = response.headers.get("content-type", "application/octet-stream")
+        await _reply(writer, response.status_code, response.reason_phrase, content_type, payload)
+
+
+async def _reply(
+    writer: asyncio.StreamWriter, status: int, reason: str, content_type: str, payload: bytes
+) -> None:
+    writer.write(
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+        + payload
+    )
+    await writer.drain()

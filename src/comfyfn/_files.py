@@ -1,16 +1,65 @@
-"""Writing files so that a reader never sees half of one (the one place comfyfn does it)."""
+"""Writing files so that a reader never sees half of one (the one place comfyfn does it).
+
+:func:`write_atomic` writes a temporary file beside the target, flushes and fsyncs it, gives
+it the permissions a normal ``open(path, "w")`` would (``0o666`` minus the umask), renames
+it over the target, then fsyncs the directory so the rename itself survives a power cut.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
+import threading
 from pathlib import Path
 
-__all__ = ["write_atomic"]
+__all__ = ["current_umask", "fsync_directory", "write_atomic"]
+
+_umask_lock = threading.Lock()
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
-    """Write ``data`` (text as UTF-8) to a temporary file beside ``path``, then rename it."""
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc).
+
+    Elsewhere it falls back to setting and restoring it, which is racy only against other
+    threads creating files at that instant.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """Make a rename or new entry in ``directory`` durable (no-op where unsupported)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        fd = os.open(directory, flags)
+    except (PermissionError, IsADirectoryError):  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, durable: bool = True) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically, with normal permissions.
+
+    With ``durable`` (the default) the file and its directory are fsynced, so when this
+    returns the new content survives a crash or power cut. On any failure the target is
+    untouched and no temporary file is left behind.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
@@ -18,8 +67,15 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
+            fh.flush()
+            if hasattr(os, "fchmod"):
+                os.fchmod(fh.fileno(), 0o666 & ~current_umask())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable:
+        fsync_directory(target.parent)
     return target

@@ -1,37 +1,98 @@
-"""HTTP calls to one ComfyUI server: error mapping and retries of idempotent requests."""
+"""HTTP calls to one ComfyUI server: error mapping, JSON decoding and retries.
+
+Every failure becomes a :class:`~comfyfn.ComfyError`: unreachable servers, error statuses,
+and answers that are not what ComfyUI sends (:class:`~comfyfn.errors.ProtocolError`, naming
+the route). Idempotent requests are retried with short exponential backoff and a small
+bounded jitter (tenacity, per call: no global state, no log output of its own); each retry
+is logged at DEBUG on the ``comfyfn`` logger.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import stamina
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
 
-from comfyfn.errors import HTTPStatusError, ServerUnreachable, TransportError
+from comfyfn.errors import HTTPStatusError, ProtocolError, ServerUnreachable, TransportError
+from comfyfn.events import describe
 
-__all__ = ["DEFAULT_TIMEOUT", "HttpSession"]
+__all__ = ["DEFAULT_TIMEOUT", "HttpSession", "retrying", "transient"]
 
 log = logging.getLogger("comfyfn")
 
 #: Per-request HTTP timeouts; the whole-job deadline is separate (``job_timeout``).
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 _RETRY_STATUS = frozenset({502, 503, 504})
+_WANTED = {dict: "an object", list: "a list", str: "a string"}
+_RETRY_BUDGET = 30.0  #: seconds; no retry starts after this much time in one call
 
 
-def _retryable(exc: Exception) -> bool:
+def transient(exc: BaseException) -> bool:
+    """Worth retrying: a lost connection, a 502/503/504, or a garbled answer."""
     if isinstance(exc, HTTPStatusError):
         return exc.status_code in _RETRY_STATUS
     return isinstance(exc, TransportError) and not isinstance(exc, ServerUnreachable)
 
 
-class HttpSession:
-    """Wraps :class:`httpx.AsyncClient` for one server; every failure is a ComfyError."""
+def retrying(
+    retries: int, what: str, on: Callable[[BaseException], bool] = transient
+) -> AsyncRetrying:
+    """A retry policy for one call: ``retries`` more attempts after the first.
 
-    def __init__(self, server: str, timeout: httpx.Timeout, *, retries: int = 3) -> None:
+    Waits 0.05, 0.1, 0.2… s (at most 1 s) plus up to 0.05 s of jitter; the last error is
+    re-raised as it is. ``what`` (e.g. ``"GET /queue"``) names the call in the DEBUG log.
+    """
+
+    def log_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.debug(
+            "retrying %s in %.2fs (attempt %d of %d failed: %s)",
+            what,
+            wait,
+            state.attempt_number,
+            retries + 1,
+            exc,
+        )
+
+    return AsyncRetrying(
+        stop=stop_after_attempt(retries + 1) | stop_after_delay(_RETRY_BUDGET),
+        wait=wait_exponential(multiplier=0.05, max=1.0) + wait_random(0, 0.05),
+        retry=retry_if_exception(on),
+        before_sleep=log_retry,
+        reraise=True,
+    )
+
+
+class HttpSession:
+    """Wraps :class:`httpx.AsyncClient` for one server; every failure is a ComfyError.
+
+    ``transport`` replaces httpx's network transport (tests pass an
+    :class:`httpx.MockTransport`; anything else an :class:`httpx.AsyncBaseTransport`).
+    """
+
+    def __init__(
+        self,
+        server: str,
+        timeout: httpx.Timeout,
+        *,
+        retries: int = 3,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.server = server
         self.retries = retries
-        self.client = httpx.AsyncClient(base_url=server, timeout=timeout)
+        self.client = httpx.AsyncClient(base_url=server, timeout=timeout, transport=transport)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -59,6 +120,45 @@ class HttpSession:
             path=path,
         )
 
+    def protocol_error(self, method: str, path: str, what: str, body: Any = "") -> ProtocolError:
+        """``what`` completes "<METHOD> <path> from <server> answered …"."""
+        shown = body if isinstance(body, str) else repr(body)
+        return ProtocolError(
+            f"{method} {path} from {self.server} answered {what}",
+            server=self.server,
+            method=method,
+            path=path,
+            body=shown[:2000],
+        )
+
+    def decode_json(
+        self,
+        method: str,
+        path: str,
+        response: httpx.Response,
+        expect: type | tuple[type, ...] | None = None,
+    ) -> Any:
+        """The JSON body of ``response``; ProtocolError if it is not JSON (or not ``expect``)."""
+        try:
+            data = response.json()
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError…
+            text = response.content[:200].decode("utf-8", "replace")
+            raise self.protocol_error(
+                method, path, f"something that is not JSON: {exc}; it began {text!r}", text
+            ) from exc
+        return self.check_type(method, path, data, expect)
+
+    def check_type(
+        self, method: str, path: str, data: Any, expect: type | tuple[type, ...] | None
+    ) -> Any:
+        """``data`` if it is an ``expect`` (any JSON if None); ProtocolError otherwise."""
+        if expect is not None and not isinstance(data, expect):
+            wanted = " or ".join(_WANTED.get(t, t.__name__) for t in _as_tuple(expect))
+            raise self.protocol_error(
+                method, path, f"{describe(data)} where {wanted} was expected", data
+            )
+        return data
+
     async def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request, no retry; raises ServerUnreachable / TransportError / HTTPStatusError."""
         try:
@@ -70,16 +170,43 @@ class HttpSession:
         return response
 
     async def idempotent(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """A request safe to repeat: retried with jittered backoff on transient failures."""
-        async for attempt in stamina.retry_context(
-            on=_retryable, attempts=self.retries + 1, wait_initial=0.05, wait_max=1.0, timeout=30
-        ):
+        """A request safe to repeat: retried with backoff on transient failures."""
+        async for attempt in retrying(self.retries, f"{method} {path}"):
             with attempt:
-                if attempt.num > 1:
-                    log.debug("retrying %s %s (attempt %d)", method, path, attempt.num)
                 return await self.send(method, path, **kwargs)
-        raise AssertionError("unreachable")  # pragma: no cover - stamina re-raises
+        raise AssertionError("unreachable")  # pragma: no cover - tenacity re-raises
 
-    async def get_json(self, path: str, **kwargs: Any) -> Any:
-        response = await self.idempotent("GET", path, **kwargs)
-        return response.json()
+    async def get_json(
+        self, path: str, *, expect: type | tuple[type, ...] | None = None, **kwargs: Any
+    ) -> Any:
+        """GET ``path`` and decode its JSON, which must be an ``expect`` (e.g. ``dict``).
+
+        An answer that is not JSON is retried like a lost one, then raises ProtocolError;
+        JSON of the wrong type raises ProtocolError at once (asking again would not help).
+        """
+        async for attempt in retrying(self.retries, f"GET {path}"):
+            with attempt:
+                data = self.decode_json("GET", path, await self.send("GET", path, **kwargs))
+        return self.check_type("GET", path, data, expect)
+
+    async def download(self, path: str, **kwargs: Any) -> tuple[bytes, str | None]:
+        """Stream a GET body (no retry); also says if fewer/more bytes came than announced."""
+        try:
+            async with self.client.stream("GET", path, **kwargs) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise self.error_for_status("GET", path, response)
+                data = b"".join([chunk async for chunk in response.aiter_bytes()])
+                encoding = response.headers.get("content-encoding", "identity").strip().lower()
+                # Content-Length counts the bytes as sent: compressed ones, if compressed.
+                received = len(data) if encoding == "identity" else response.num_bytes_downloaded
+                announced = response.headers.get("content-length")
+        except httpx.HTTPError as exc:
+            raise self.error_for_exception("GET", path, exc) from exc
+        if announced is not None and announced.isdigit() and int(announced) != received:
+            return data, f"{received} bytes arrived but Content-Length said {announced}"
+        return data, None
+
+
+def _as_tuple(expect: type | tuple[type, ...]) -> tuple[type, ...]:
+    return expect if isinstance(expect, tuple) else (expect,)

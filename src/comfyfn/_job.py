@@ -19,11 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import stamina
 
 from comfyfn._http import HttpSession
+from comfyfn._outputs import fetch_images
 from comfyfn._socket import LOST, PROBE, EventSocket
-from comfyfn.errors import GenerationTimeout, Interrupted, NoOutputs, TransportError
+from comfyfn.errors import (
+    GenerationTimeout,
+    Interrupted,
+    NoOutputs,
+    ProtocolError,
+    TransportError,
+)
 from comfyfn.events import (
     BinaryFrame,
     Done,
@@ -35,7 +41,9 @@ from comfyfn.events import (
     Queued,
     Started,
     Succeeded,
+    describe,
     events_from_history,
+    history_entry_problem,
     parse_message,
 )
 from comfyfn.events import Interrupted as InterruptedEvent
@@ -50,30 +58,96 @@ log = logging.getLogger("comfyfn")
 
 @dataclass(frozen=True)
 class JobSettings:
+    """How one job is run and checked.
+
+    Every fetched image must decode completely (a damaged ``/view`` body is fetched again,
+    then the job fails with :class:`~comfyfn.errors.CorruptOutput`). ``expect_size``
+    (``(width, height)``): when set, every image from a SaveImage, PreviewImage or
+    SaveImageWebsocket node must have exactly this size, or the job fails with
+    CorruptOutput naming both sizes. Leave it ``None`` for workflows that scale, crop or
+    otherwise change the size after the latent.
+    """
+
     client_id: str
     timeout: float | None = None  #: whole-job deadline in seconds (None = none)
     check_interval: float = 5.0  #: with a live socket, check the server after this much silence
     history_wait: float = 10.0  #: how long to wait for the history entry after completion
     extra_data: Mapping[str, Any] = field(default_factory=dict)
+    #: leaving the job before it ends (closed, cancelled, an error) cancels it on the server;
+    #: False leaves it there for the caller to re-attach or cancel (the deadline still cancels)
+    cancel_on_exit: bool = True
+    expect_size: tuple[int, int] | None = None  #: every saved/previewed image must be this size
 
 
-def queue_position(queue: Mapping[str, Any], prompt_id: str) -> int | None:
-    """Jobs ahead of ``prompt_id`` in a ``GET /queue`` answer (0 = next); None if absent."""
-    running = [item[1] for item in queue.get("queue_running") or ()]
-    pending = sorted(queue.get("queue_pending") or (), key=lambda item: item[0])
+def _queue_ids(queue: Any, server: str | None) -> tuple[list[str], list[str]]:
+    """Prompt ids running, and pending in queue order, in a ``GET /queue`` answer."""
+
+    def bad(what: str) -> ProtocolError:
+        return ProtocolError(
+            f"GET /queue from {server or 'the server'} answered {what}",
+            server=server,
+            method="GET",
+            path="/queue",
+            body=repr(queue)[:2000],
+        )
+
+    if not isinstance(queue, Mapping):
+        raise bad(f"{describe(queue)} where an object was expected")
+    found: list[list[Any]] = []
+    for key in ("queue_running", "queue_pending"):
+        items = queue.get(key)
+        if not isinstance(items, list):
+            raise bad(
+                f"an object whose {key!r} is {'missing' if key not in queue else describe(items)}"
+            )
+        for item in items:
+            if not (
+                isinstance(item, list | tuple)
+                and len(item) >= 2
+                and isinstance(item[0], int | float)
+                and isinstance(item[1], str)
+            ):
+                raise bad(f"a {key!r} item that is not [number, prompt id, …]: {item!r:.120}")
+        found.append(items)
+    running, pending = found
+    return [i[1] for i in running], [i[1] for i in sorted(pending, key=lambda i: i[0])]
+
+
+def queue_position(
+    queue: Mapping[str, Any], prompt_id: str, *, server: str | None = None
+) -> int | None:
+    """Jobs ahead of ``prompt_id`` in a ``GET /queue`` answer (0 = next); None if absent.
+
+    An answer of the wrong shape raises :class:`~comfyfn.errors.ProtocolError`.
+    """
+    running, pending = _queue_ids(queue, server)
     if prompt_id in running:
         return 0
-    for i, item in enumerate(pending):
-        if item[1] == prompt_id:
-            return len(running) + i
+    if prompt_id in pending:
+        return len(running) + pending.index(prompt_id)
     return None
 
 
+async def _get_queue(session: HttpSession) -> tuple[list[str], list[str]]:
+    return _queue_ids(await session.get_json("/queue", expect=dict), session.server)
+
+
+async def _get_entry(session: HttpSession, prompt_id: str) -> Mapping[str, Any] | None:
+    """The job's ``/history`` entry, None if it has none yet; ProtocolError if malformed."""
+    path = f"/history/{prompt_id}"
+    entry = (await session.get_json(path, expect=dict)).get(prompt_id)
+    if entry is None or entry == {}:
+        return None
+    if problem := history_entry_problem(entry):
+        raise session.protocol_error("GET", path, problem, entry)
+    return entry
+
+
 async def _known(session: HttpSession, prompt_id: str) -> bool:
-    queue = await session.get_json("/queue")
-    if queue_position(queue, prompt_id) is not None:
+    running, pending = await _get_queue(session)
+    if prompt_id in running or prompt_id in pending:
         return True
-    return bool(await session.get_json(f"/history/{prompt_id}"))
+    return await _get_entry(session, prompt_id) is not None
 
 
 async def submit(
@@ -119,15 +193,14 @@ async def submit(
             raise workflow_invalid_from_response(body, server=session.server)
         if response.status_code >= 400:
             raise session.error_for_status("POST", "/prompt", response)
-        return response.json().get("number")
+        number = session.decode_json("POST", "/prompt", response, dict).get("number")
+        return number if isinstance(number, int) else None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def cancel(session: HttpSession, prompt_id: str) -> str:
     """Dequeue a pending job or interrupt a running one: 'dequeued', 'interrupted' or 'absent'."""
-    queue = await session.get_json("/queue")
-    running = {item[1] for item in queue.get("queue_running") or ()}
-    pending = {item[1] for item in queue.get("queue_pending") or ()}
+    running, pending = await _get_queue(session)
     if prompt_id in pending:
         await session.send("POST", "/queue", json={"delete": [prompt_id]})
         return "dequeued"
@@ -171,17 +244,17 @@ class _Watch:
     async def probe(self) -> list[Event | Done]:
         """Ask the server where the job is; replays history if it finished."""
         server = self.session.server
-        entry = (await self.session.get_json(f"/history/{self.prompt_id}")).get(self.prompt_id)
-        if entry:
+        entry = await _get_entry(self.session, self.prompt_id)
+        if entry is not None:
             return events_from_history(entry, self.prompt_id, class_types=self.types, server=server)
-        queue = await self.session.get_json("/queue")
-        position = queue_position(queue, self.prompt_id)
-        if position is not None:
-            running = position == 0 and any(i[1] == self.prompt_id for i in queue["queue_running"])
-            return [Started(self.prompt_id)] if running else []
+        running, pending = await _get_queue(self.session)
+        if self.prompt_id in running:
+            return [Started(self.prompt_id)]
+        if self.prompt_id in pending:
+            return []
         # Not queued: it may have moved to history between the two calls; look once more.
-        entry = (await self.session.get_json(f"/history/{self.prompt_id}")).get(self.prompt_id)
-        if entry:
+        entry = await _get_entry(self.session, self.prompt_id)
+        if entry is not None:
             return events_from_history(entry, self.prompt_id, class_types=self.types, server=server)
         return [
             InterruptedEvent(
@@ -201,8 +274,7 @@ class _Watch:
         deadline = time.monotonic() + wait
         delay = 0.01
         while True:
-            data = await self.session.get_json(f"/history/{self.prompt_id}")
-            if entry := data.get(self.prompt_id):
+            if (entry := await _get_entry(self.session, self.prompt_id)) is not None:
                 return entry
             if time.monotonic() > deadline:
                 raise NoOutputs(
@@ -214,56 +286,16 @@ class _Watch:
             delay = min(delay * 2, 0.5)
 
 
-async def _fetch_images(
-    session: HttpSession,
-    entry: Mapping[str, Any],
-    frames: list[BinaryFrame],
-    types: Mapping[str, str],
-) -> list[Image]:
-    refs = [
-        (str(node_id), ref)
-        for node_id, output in (entry.get("outputs") or {}).items()
-        for ref in output.get("images") or ()
-    ]
-
-    async def view(node_id: str, ref: Mapping[str, Any]) -> Image:
-        params = {
-            "filename": ref["filename"],
-            "subfolder": ref.get("subfolder", ""),
-            "type": ref.get("type", "output"),
-        }
-        async for attempt in stamina.retry_context(
-            on=httpx.TransportError, attempts=session.retries + 1, wait_initial=0.05, wait_max=1.0
-        ):
-            with attempt:
-                try:
-                    async with session.client.stream("GET", "/view", params=params) as response:
-                        if response.status_code >= 400:
-                            await response.aread()
-                            raise session.error_for_status("GET", "/view", response)
-                        data = b"".join([chunk async for chunk in response.aiter_bytes()])
-                except httpx.TransportError as exc:
-                    if attempt.num > session.retries:
-                        raise session.error_for_exception("GET", "/view", exc) from exc
-                    raise
-        return Image(data, node_id, ref["filename"], params["subfolder"], params["type"])
-
-    images = list(await asyncio.gather(*(view(n, r) for n, r in refs)))
-    images += [
-        Image(f.data, f.node_id, None, "", "websocket")
-        for f in frames
-        if f.node_id is None or types.get(f.node_id) == "SaveImageWebsocket"
-    ]
-    return images
-
-
 def _timings(entry: Mapping[str, Any], submitted: float) -> Timings:
+    """Queue and execution times from the history entry's server timestamps (if usable)."""
     total = time.monotonic() - submitted
-    stamps = {kind: data.get("timestamp") for kind, data in entry["status"].get("messages", ())}
-    created = (entry.get("prompt") or [None] * 4)[3] or {}
-    created = created.get("create_time") if isinstance(created, Mapping) else None
+    stamps = {kind: data.get("timestamp") for kind, data in entry["status"].get("messages") or ()}
+    prompt = entry.get("prompt")
+    extra = prompt[3] if isinstance(prompt, list) and len(prompt) > 3 else None
+    created = extra.get("create_time") if isinstance(extra, Mapping) else None
     start, end = stamps.get("execution_start"), stamps.get("execution_success")
-    if created and start and end:
+    numbers = [v for v in (created, start, end) if isinstance(v, int | float) and v]
+    if len(numbers) == 3:
         return Timings(max(start - created, 0) / 1000, max(end - start, 0) / 1000, total)
     return Timings(0.0, total, total)
 
@@ -292,7 +324,8 @@ async def run_job(
     try:
         if not attach:
             await submit(session, graph, prompt_id, settings)
-        position = queue_position(await session.get_json("/queue"), prompt_id)
+        answer = await session.get_json("/queue", expect=dict)
+        position = queue_position(answer, prompt_id, server=session.server)
         yield Queued(prompt_id, position if position is not None else 0)
         delay = 0.02
         while True:
@@ -355,7 +388,14 @@ async def run_job(
                     for late in watch.fresh(replay):
                         if not isinstance(late, Done):
                             yield late
-                    images = await _fetch_images(session, entry, watch.frames, watch.types)
+                    images = await fetch_images(
+                        session,
+                        entry,
+                        watch.frames,
+                        watch.types,
+                        prompt_id=prompt_id,
+                        expect_size=settings.expect_size,
+                    )
                     if not images:
                         finished = True
                         raise NoOutputs(
@@ -384,7 +424,7 @@ async def run_job(
                     return
     finally:
         socket.unsubscribe(prompt_id)
-        if not finished:
+        if not finished and settings.cancel_on_exit:
             # Cancelled or abandoned by the caller: do not leave a GPU job behind.
             with contextlib.suppress(Exception):
                 await asyncio.shield(cancel(session, prompt_id))

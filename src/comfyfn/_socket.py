@@ -124,7 +124,10 @@ class EventSocket:
         except json.JSONDecodeError:
             log.debug("ignoring non-JSON websocket text: %.80s", raw)
             return
-        data = message.get("data") or {}
+        data = message.get("data") if isinstance(message, dict) else None
+        if not isinstance(data, dict):
+            log.debug("ignoring websocket message of an unknown shape: %.80s", raw)
+            return
         prompt_id = data.get("prompt_id")
         if message.get("type") == "executing":
             self._running_prompt = prompt_id if data.get("node") is not None else None

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -26,9 +26,6 @@ from comfyfn.result import Generation
 from comfyfn.signature import signature_for
 from comfyfn.workflow import Workflow
 from comfyfn.workflows import BUILTIN, builtin
-
-if TYPE_CHECKING:
-    from comfyfn.batch.jobs import JobResult
 
 __all__ = ["AsyncClient"]
 
@@ -66,12 +63,14 @@ class AsyncClient:
         job_timeout: float | None = None,
         check_interval: float = 5.0,
         retries: int = 3,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._server_arg = server
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self.job_timeout = job_timeout
         self.check_interval = check_interval
         self.retries = retries
+        self._transport = transport
         self.client_id = uuid.uuid4().hex
         self._session: HttpSession | None = None
         self._socket: EventSocket | None = None
@@ -91,7 +90,9 @@ class AsyncClient:
         if self._session is not None:
             return
         server = await _config.resolve_server(self._server_arg)
-        self._session = HttpSession(server, self._timeout, retries=self.retries)
+        self._session = HttpSession(
+            server, self._timeout, retries=self.retries, transport=self._transport
+        )
         self._socket = EventSocket(
             _ws_url(server, self.client_id), connect_timeout=self._timeout.connect or 5.0
         )
@@ -155,13 +156,17 @@ class AsyncClient:
         validate: bool = True,
         prompt_id: str | None = None,
         attach: bool = False,
+        cancel_on_exit: bool = True,
     ) -> AsyncIterator[Event]:
         """Run a workflow (or API-format graph) as it is, yielding its events.
 
         With ``validate`` (the default) the graph is first checked against the server's node
         definitions, so a bad graph fails with every problem listed before anything is sent.
         ``prompt_id`` sets the job's id (so a caller can record it before submitting);
-        with ``attach`` that job was already submitted and is only followed.
+        with ``attach`` that job was already submitted and is only followed. Leaving the
+        stream before the job ends (closing it, cancelling the task, an error while following
+        it) cancels the job on the server, unless ``cancel_on_exit`` is False: then the job
+        is left there for the caller to re-attach or cancel (as the fleet does).
         """
         wf = workflow if isinstance(workflow, Workflow) else Workflow.load(workflow)
         if validate and not attach:
@@ -170,6 +175,8 @@ class AsyncClient:
             client_id=self.client_id,
             timeout=timeout if timeout is not None else self.job_timeout,
             check_interval=self.check_interval,
+            cancel_on_exit=cancel_on_exit,
+            expect_size=wf.expected_size,
         )
         session, socket = self._http, self._socket
         assert socket is not None
@@ -217,31 +224,6 @@ class AsyncClient:
             wf = wf.bind(**params)
         return await _result(self.stream_graph(wf, timeout=timeout, validate=validate))
 
-    async def map(
-        self,
-        rows: Iterable[Mapping[str, Any]],
-        *,
-        workflow: WorkflowSource | Workflow = "zimage-turbo",
-        prime: int = 1,
-    ) -> AsyncIterator[JobResult]:
-        """Run one job per row (dicts of parameters), yielding results as they finish.
-
-        Each server-side job is kept primed, a bad row gives an ``invalid`` result naming its
-        column, and ``result.generation`` holds the images. For many rows, several servers,
-        files on disk and resuming, use :class:`comfyfn.batch.Batch`.
-        """
-        from comfyfn.batch import Batch, BatchSettings, Row
-
-        batch = Batch(
-            (Row(i, dict(r)) for i, r in enumerate(rows, 1)),
-            None,
-            servers=[self.server],
-            workflow=workflow,
-            settings=BatchSettings(prime=prime),
-        )
-        async for result in batch.results():
-            yield result
-
     def function(self, workflow: Workflow) -> Callable[..., Awaitable[Generation]]:
         """An async callable taking the workflow's parameters as keyword arguments."""
 
@@ -268,28 +250,28 @@ class AsyncClient:
     # -- ComfyUI routes --------------------------------------------------------------------
 
     async def system_stats(self) -> dict[str, Any]:
-        return await self._http.get_json("/system_stats")
+        return await self._http.get_json("/system_stats", expect=dict)
 
     async def features(self) -> dict[str, Any]:
-        return await self._http.get_json("/features")
+        return await self._http.get_json("/features", expect=dict)
 
     async def object_info(self, node_class: str | None = None) -> dict[str, Any]:
         """Node definitions (all of them are fetched once and cached per client)."""
         if self._object_info is None:
-            self._object_info = await self._http.get_json("/object_info")
+            self._object_info = await self._http.get_json("/object_info", expect=dict)
         if node_class is None:
             return self._object_info
         return self._object_info.get(node_class, {})
 
     async def models(self, folder: str | None = None) -> list[str]:
         """Model folder names, or the files in one folder (``diffusion_models``, ``vae``...)."""
-        return await self._http.get_json(f"/models/{folder}" if folder else "/models")
+        return await self._http.get_json(f"/models/{folder}" if folder else "/models", expect=list)
 
     async def queue(self) -> dict[str, Any]:
-        return await self._http.get_json("/queue")
+        return await self._http.get_json("/queue", expect=dict)
 
     async def queue_position(self, prompt_id: str) -> int | None:
-        return queue_position(await self.queue(), prompt_id)
+        return queue_position(await self.queue(), prompt_id, server=self.server)
 
     async def delete_from_queue(self, *prompt_ids: str) -> None:
         await self._http.send("POST", "/queue", json={"delete": list(prompt_ids)})
@@ -306,9 +288,9 @@ class AsyncClient:
         self, prompt_id: str | None = None, *, max_items: int | None = None
     ) -> dict[str, Any]:
         if prompt_id is not None:
-            return await self._http.get_json(f"/history/{prompt_id}")
+            return await self._http.get_json(f"/history/{prompt_id}", expect=dict)
         params = {"max_items": max_items} if max_items else None
-        return await self._http.get_json("/history", params=params)
+        return await self._http.get_json("/history", params=params, expect=dict)
 
     async def delete_history(self, *prompt_ids: str, clear: bool = False) -> None:
         body = {"clear": True} if clear else {"delete": list(prompt_ids)}
@@ -339,10 +321,12 @@ class AsyncClient:
             data, filename = path.read_bytes(), name or path.name
         files = {"image": (filename, data, "application/octet-stream")}
         form = {"subfolder": subfolder, "type": "input", "overwrite": str(overwrite).lower()}
-        answer = (await self._http.send("POST", "/upload/image", files=files, data=form)).json()
-        return (
-            f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
-        )
+        response = await self._http.send("POST", "/upload/image", files=files, data=form)
+        answer = self._http.decode_json("POST", "/upload/image", response, dict)
+        name, subfolder = answer.get("name"), answer.get("subfolder")
+        if not isinstance(name, str) or not name:
+            raise self._http.protocol_error("POST", "/upload/image", "an answer without a name")
+        return f"{subfolder}/{name}" if subfolder else name
 
 
 async def _result(events: AsyncIterator[Event]) -> Generation:

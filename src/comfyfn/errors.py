@@ -6,13 +6,15 @@
     ├── ConfigError                 bad argument or environment value (names it)
     ├── TransportError              talking to a server failed
     │   ├── ServerUnreachable       connect refused / DNS / connect timeout
-    │   └── HTTPStatusError         a non-2xx answer (status and body kept)
+    │   ├── HTTPStatusError         a non-2xx answer (status and body kept)
+    │   └── ProtocolError           an answer that is not what ComfyUI sends (not JSON, wrong shape)
     ├── WorkflowInvalid             the graph was rejected (by us or by ComfyUI's 400)
     ├── GenerationError             a submitted job did not produce images
     │   ├── ExecutionFailed         a node raised while running
     │   ├── Interrupted             the job was interrupted or removed from the queue
     │   ├── GenerationTimeout       the whole-job deadline passed (job cancelled first)
-    │   └── NoOutputs               the job finished but produced no images
+    │   ├── NoOutputs               the job finished but produced no images
+    │   └── CorruptOutput           an output image is damaged or has the wrong size
     └── EngineError                 the local engine could not be installed or started
 
 Each error carries its context as attributes (``server``, ``prompt_id``, ``node_id``,
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 __all__ = [
     "ComfyError",
     "ConfigError",
+    "CorruptOutput",
     "EngineError",
     "ExecutionFailed",
     "GenerationError",
@@ -35,6 +38,7 @@ __all__ = [
     "Interrupted",
     "NoOutputs",
     "NodeProblem",
+    "ProtocolError",
     "ServerUnreachable",
     "TransportError",
     "WorkflowInvalid",
@@ -83,6 +87,21 @@ class HTTPStatusError(TransportError):
         self.body = body
         self.method = method
         self.path = path
+
+
+class ProtocolError(TransportError):
+    """The server answered, but not with what ComfyUI sends: not JSON, or JSON of the wrong shape.
+
+    ``method`` and ``path`` name the route; ``body`` keeps the start of the answer.
+    """
+
+    def __init__(
+        self, message: str, *, server: str | None, method: str, path: str, body: str = ""
+    ) -> None:
+        super().__init__(message, server=server)
+        self.method = method
+        self.path = path
+        self.body = body
 
 
 @dataclass(frozen=True)
@@ -191,6 +210,37 @@ class GenerationTimeout(GenerationError, TimeoutError):
 
 class NoOutputs(GenerationError):
     """The job completed but its history holds no images."""
+
+
+class CorruptOutput(GenerationError):
+    """An output image could not be fetched intact (after re-fetching), or has the wrong size.
+
+    ``reason`` says what was wrong; for a size mismatch ``expected_size`` and ``actual_size``
+    are ``(width, height)``.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        server: str | None,
+        prompt_id: str | None,
+        node_id: str | None,
+        filename: str | None,
+        expected_size: tuple[int, int] | None = None,
+        actual_size: tuple[int, int] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.filename = filename
+        self.reason = reason
+        self.expected_size = expected_size
+        self.actual_size = actual_size
+        what = f"{filename} from node {node_id}" if filename else f"the image from node {node_id}"
+        super().__init__(
+            f"output {what} of job {prompt_id} is unusable: {reason}",
+            server=server,
+            prompt_id=prompt_id,
+        )
 
 
 class EngineError(ComfyError):

@@ -37,6 +37,7 @@ __all__ = [
     "Started",
     "Succeeded",
     "events_from_history",
+    "history_entry_problem",
     "parse_binary_frame",
     "parse_message",
 ]
@@ -163,7 +164,12 @@ def parse_binary_frame(frame: bytes) -> BinaryFrame | None:
     if event == _BINARY_PREVIEW:
         return BinaryFrame(event, frame[8:], _IMAGE_TYPES.get(second, "application/octet-stream"))
     if event == _BINARY_PREVIEW_WITH_METADATA:
-        meta = json.loads(frame[8 : 8 + second])
+        try:
+            meta = json.loads(frame[8 : 8 + second])
+        except ValueError:
+            return None
+        if not isinstance(meta, dict):
+            return None
         return BinaryFrame(
             event,
             frame[8 + second :],
@@ -223,13 +229,14 @@ def parse_message(
     """
     kind = message.get("type")
     data = message.get("data") or {}
-    if data.get("prompt_id") != prompt_id:
+    if not isinstance(data, Mapping) or data.get("prompt_id") != prompt_id:
         return []
     ct = class_types or {}
     if kind == "execution_start":
         return [Started(prompt_id)]
     if kind == "execution_cached":
-        nodes = tuple(str(n) for n in data.get("nodes") or ())
+        nodes = data.get("nodes")
+        nodes = tuple(str(n) for n in nodes) if isinstance(nodes, list) else ()
         return [NodeCached(prompt_id, nodes)] if nodes else []
     if kind == "executing":
         node = data.get("node")
@@ -238,15 +245,63 @@ def parse_message(
         return [NodeStarted(prompt_id, str(node), ct.get(str(node)))]
     if kind == "progress":
         node = _str_or_none(data.get("node"))
-        return [Progress(prompt_id, node, int(data["value"]), int(data["max"]), ct.get(node or ""))]
+        value, most = data.get("value"), data.get("max")
+        if not (isinstance(value, int | float) and isinstance(most, int | float)):
+            return []  # a malformed progress message carries nothing to report
+        return [Progress(prompt_id, node, int(value), int(most), ct.get(node or ""))]
     if kind == "executed":
         node = str(data.get("node"))
-        return [NodeFinished(prompt_id, node, data.get("output") or {}, ct.get(node))]
+        output = data.get("output")
+        return [NodeFinished(prompt_id, node, output or {}, ct.get(node))]
     if kind == "execution_error":
         return [_failed(prompt_id, data, server)]
     if kind == "execution_interrupted":
         return [_interrupted(prompt_id, data, server)]
     return []
+
+
+def history_entry_problem(entry: Any) -> str | None:
+    """What is wrong with a ``/history`` entry's shape, as "… answered <this>"; None if fine.
+
+    Checks what the client reads: ``status`` (an object whose ``messages`` are
+    ``[type, object]`` pairs) and ``outputs`` (objects whose ``images`` are file references).
+    """
+    if not isinstance(entry, Mapping):
+        return f"an entry that is {describe(entry)}, not an object"
+    for key in ("status", "outputs"):
+        if not isinstance(entry.get(key), Mapping):
+            found = "missing" if key not in entry else describe(entry[key])
+            return f"an entry whose {key!r} is {found}, not an object"
+    messages = entry["status"].get("messages")
+    if messages is not None and not isinstance(messages, list):
+        return f"an entry whose status messages are {describe(messages)}, not a list"
+    for message in messages or ():
+        if not (
+            isinstance(message, list)
+            and len(message) == 2
+            and isinstance(message[0], str)
+            and isinstance(message[1], Mapping)
+        ):
+            return f"an entry with a status message that is not [type, object]: {message!r:.120}"
+    for node_id, output in entry["outputs"].items():
+        if not isinstance(output, Mapping):
+            return f"an entry whose output of node {node_id} is {describe(output)}, not an object"
+        images = output.get("images")
+        if images is None:
+            continue
+        if not isinstance(images, list) or not all(
+            isinstance(ref, Mapping) and isinstance(ref.get("filename"), str) for ref in images
+        ):
+            return f"an entry whose node {node_id} lists images without file names: {images!r:.120}"
+    return None
+
+
+def describe(value: Any) -> str:
+    """A decoded JSON value's kind, for messages: 'an object', 'a list', 'null'..."""
+    if value is None:
+        return "null"
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    return names.get(type(value), "a number" if isinstance(value, int | float) else "invalid")
 
 
 def events_from_history(

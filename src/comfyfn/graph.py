@@ -122,3 +122,46 @@ def set_input(graph: ApiGraph, node_id: str, name: str, value: Any) -> None:
 def new_node_id(graph: ApiGraph) -> str:
     numeric = [int(k) for k in graph if k.isdigit()]
     return str(max(numeric, default=0) + 1)
+
+
+_IMAGE_SINKS = frozenset({"SaveImage", "PreviewImage", "SaveImageWebsocket"})
+_SAMPLERS = frozenset({"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"})
+
+
+def decoded_size(graph: ApiGraph) -> tuple[int, int] | None:
+    """The size every saved image must have, when the graph says so plainly.
+
+    That is when each image output is a VAEDecode of a sampler whose latent is an empty latent
+    with literal ``width``/``height`` (as in Z-Image), and all agree. Anything in between —
+    an upscaler, a crop, an image loaded from a file — and there is no such promise: None.
+    """
+    sizes = set()
+    for node in graph.values():
+        if node.get("class_type") not in _IMAGE_SINKS:
+            continue
+        size = _decoded_from(graph, _link(node, "images"))
+        if size is None:
+            return None
+        sizes.add(size)
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _link(node: Mapping[str, Any], name: str) -> str | None:
+    value = node.get("inputs", {}).get(name)
+    return str(value[0]) if is_link(value) else None
+
+
+def _decoded_from(graph: ApiGraph, decoder: str | None) -> tuple[int, int] | None:
+    if decoder not in graph or graph[decoder].get("class_type") != "VAEDecode":
+        return None
+    sampler = _link(graph[decoder], "samples")
+    if sampler not in graph or graph[sampler].get("class_type") not in _SAMPLERS:
+        return None
+    latent = _link(graph[sampler], "latent_image")
+    inputs = graph[latent].get("inputs", {}) if latent in graph else {}
+    width, height = inputs.get("width"), inputs.get("height")
+    if not str(graph.get(latent, {}).get("class_type", "")).startswith("Empty"):
+        return None
+    if isinstance(width, int) and isinstance(height, int):
+        return width, height
+    return None

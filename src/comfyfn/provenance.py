@@ -7,8 +7,10 @@ A saved image carries two chunks:
 - ``comfyfn``: a JSON object with prompt, negative, seed, width, height, steps, cfg,
   sampler, scheduler, model file names, server and prompt id.
 
-Chunks are inserted before ``IEND`` as UTF-8 ``iTXt``; existing chunks of the same keyword
-are replaced. The image data itself is left byte-for-byte as the server made it.
+Chunks are inserted before the first ``IDAT`` as UTF-8 ``iTXt``, so readers (Pillow's
+``Image.open(p).info``, ComfyUI's loader) see them without decoding pixels; existing chunks
+of the same keyword are replaced. The image data itself is left byte-for-byte as the server
+made it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PROVENANCE_KEY", "add_text_chunks", "read_provenance", "read_text_chunks"]
+__all__ = [
+    "PROVENANCE_KEY",
+    "add_text_chunks",
+    "png_structure_problem",
+    "read_provenance",
+    "read_text_chunks",
+]
 
 PROVENANCE_KEY = "comfyfn"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -49,13 +57,36 @@ def _itxt(keyword: str, text: str) -> bytes:
     return head + body + struct.pack(">I", zlib.crc32(b"iTXt" + body) & 0xFFFFFFFF)
 
 
-def add_text_chunks(data: bytes, texts: Mapping[str, str]) -> bytes:
-    """Return the PNG ``data`` with ``texts`` (keyword → text) set as iTXt chunks."""
-    out = [_PNG_MAGIC]
-    for ctype, body, raw in _chunks(data):
+def png_structure_problem(data: bytes) -> str | None:
+    """What is wrong with a PNG's chunk layout (cut short, no IDAT, no IEND), or None."""
+    if not data.startswith(_PNG_MAGIC):
+        return "is not a PNG file"
+    seen_idat = False
+    pos = len(_PNG_MAGIC)
+    while pos + 8 <= len(data):
+        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
+        pos += 12 + length
+        if pos > len(data):
+            name = ctype.decode("latin-1")
+            return f"is cut short inside a {name!r} chunk ({len(data)} bytes)"
+        seen_idat = seen_idat or ctype == b"IDAT"
         if ctype == b"IEND":
+            return None if seen_idat else "has no image data (no IDAT chunk)"
+    return f"is cut short: no IEND chunk ({len(data)} bytes)"
+
+
+def add_text_chunks(data: bytes, texts: Mapping[str, str]) -> bytes:
+    """Return the PNG ``data`` with ``texts`` (keyword → text) set as iTXt chunks.
+
+    They go before the first ``IDAT`` (or before ``IEND`` in a PNG without image data).
+    """
+    out = [_PNG_MAGIC]
+    added = False
+    for ctype, body, raw in _chunks(data):
+        if ctype in (b"IDAT", b"IEND") and not added:
             out.extend(_itxt(k, v) for k, v in texts.items())
-        elif _keyword(ctype, body) in texts:
+            added = True
+        if _keyword(ctype, body) in texts:
             continue
         out.append(raw)
     return b"".join(out)

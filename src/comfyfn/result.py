@@ -12,12 +12,41 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from comfyfn._files import write_atomic
-from comfyfn.provenance import PROVENANCE_KEY, add_text_chunks
+from comfyfn.provenance import PROVENANCE_KEY, add_text_chunks, png_structure_problem
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
-__all__ = ["Generation", "Image", "Timings"]
+__all__ = ["Generation", "Image", "Timings", "image_problem"]
+
+
+def image_problem(data: bytes) -> str | None:
+    """Why ``data`` is not a complete image (PNG, JPEG, WebP... as Pillow reads), or None.
+
+    The reason completes a sentence about the data: "is empty", "is not an image (…)",
+    "is cut short …", "does not decode (…): …".
+
+    Every pixel is decoded (Pillow's ``LOAD_TRUNCATED_IMAGES`` is left False, so a cut-off
+    file raises); a PNG must also be whole chunk by chunk, with valid checksums, up to IEND.
+    """
+    from PIL import Image as PIL
+    from PIL import UnidentifiedImageError
+
+    if not data:
+        return "is empty"
+    if data.startswith(b"\x89PNG") and (problem := png_structure_problem(data)):
+        return problem
+    try:
+        with PIL.open(io.BytesIO(data)) as im:
+            if im.format == "PNG":
+                im.verify()  # chunk checksums; the file must be opened again to decode
+        with PIL.open(io.BytesIO(data)) as im:
+            im.load()
+    except UnidentifiedImageError:
+        return f"is not an image ({len(data)} bytes beginning {data[:16]!r})"
+    except Exception as exc:  # OSError, SyntaxError, ValueError...: plugins vary
+        return f"does not decode ({len(data)} bytes): {type(exc).__name__}: {exc}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -47,6 +76,11 @@ class Image:
 
         with PIL.open(io.BytesIO(self.data)) as im:
             return im.size
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return self._size
 
     @property
     def width(self) -> int:

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from comfyfn.batch.jobs import JobResult
 from comfyfn.client import AsyncClient
 from comfyfn.events import Event
 from comfyfn.result import Generation
@@ -133,10 +132,6 @@ class Client:
             return self.run(workflow, **params)
 
         return signature_for(workflow, call)
-
-    def map(self, *args: Any, **kwargs: Any) -> Iterator[JobResult]:
-        """Like :meth:`AsyncClient.map`, as a plain iterator of results."""
-        return self._iterate(self._async.map(*args, **kwargs))
 
     def _iterate(self, agen: Any) -> Iterator[Any]:
         try:

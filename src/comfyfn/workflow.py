@@ -15,7 +15,7 @@ from comfyfn import validation
 from comfyfn.binding import bind
 from comfyfn.definitions import bundled_object_info
 from comfyfn.errors import NodeProblem, WorkflowInvalid
-from comfyfn.graph import ApiGraph, load_api_graph
+from comfyfn.graph import ApiGraph, decoded_size, load_api_graph
 from comfyfn.meaning import Slots, find_slots
 from comfyfn.params import Param, all_inputs, dead_nodes, describe
 from comfyfn.provenance import read_text_chunks
@@ -187,6 +187,12 @@ class Workflow:
             server=server,
             check_files=info is not None,
         )
+
+    @property
+    def expected_size(self) -> tuple[int, int] | None:
+        """The size every saved image must have, where the graph says so plainly (an empty
+        latent decoded as it is, as in Z-Image); None where it scales, crops or loads."""
+        return decoded_size(self.graph)
 
     def provenance(self) -> dict[str, Any]:
         """Current values of the named parameters (recorded in saved images)."""

@@ -1,0 +1,131 @@
+"""Damaged, garbled and slow answers between the client and a real ComfyUI.
+
+The real engine makes the images; tests/faultproxy.py breaks what a real server never
+breaks: it truncates /view bodies, swaps them for HTML, answers /history with non-JSON
+text, or holds /history past the client's HTTP timeout. A broken image is never returned as
+a success: it is fetched again, or the job fails with an error naming what was wrong.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from faultproxy import FaultProxy
+from graphs import trivial_graph
+
+import comfyfn
+from comfyfn._http import HttpSession
+from comfyfn._job import JobSettings, run_job
+from comfyfn._socket import EventSocket
+from comfyfn.client import _ws_url
+from comfyfn.errors import CorruptOutput, ProtocolError
+from comfyfn.events import Failed, Interrupted, Succeeded
+from comfyfn.result import image_problem
+
+pytestmark = [pytest.mark.engine, pytest.mark.anyio]
+
+SIZE = (64, 48)  # trivial_graph's EmptyImage
+
+
+async def _run(url: str, color: int, **client) -> comfyfn.Generation:
+    """One model-free job; validation off, so only the job's own requests are made."""
+    async with comfyfn.AsyncClient(url, **client) as c:
+        async for event in c.stream_graph(trivial_graph(color), validate=False):
+            if isinstance(event, Succeeded):
+                return event.generation
+            if isinstance(event, Failed | Interrupted):
+                raise event.error
+    raise AssertionError("the job ended without a final event")
+
+
+def _whole(gen: comfyfn.Generation) -> None:
+    (image,) = gen.images
+    assert image_problem(image.data) is None
+    assert image.size == SIZE
+
+
+async def _jobs_in_history(server: str) -> int:
+    async with comfyfn.AsyncClient(server) as c:
+        return len(await c.history())
+
+
+async def test_truncated_view_is_fetched_again(server, unique):
+    async with FaultProxy(server, truncate_views=1) as proxy:
+        gen = await _run(proxy.url, unique())
+    _whole(gen)
+    assert proxy.faults == [("truncate_views", "/view")]
+    assert proxy.seen_view_gets == 2
+
+
+async def test_always_truncated_view_fails_naming_the_output(server, unique):
+    async with FaultProxy(server, truncate_views=100) as proxy:
+        with pytest.raises(CorruptOutput) as info:
+            await _run(proxy.url, unique(), retries=2)
+    err = info.value
+    assert err.node_id == "2" and err.filename.startswith("trivial_") and err.prompt_id
+    assert "is cut short" in err.reason and "fetched 3 times" in err.reason
+    assert f"of job {err.prompt_id} is unusable" in str(err)
+    assert proxy.seen_view_gets == 3
+
+
+async def test_html_instead_of_an_image(server, unique):
+    async with FaultProxy(server, garble_views=1) as proxy:
+        _whole(await _run(proxy.url, unique()))
+        assert proxy.seen_view_gets == 2
+        proxy.garble_views = 100
+        with pytest.raises(CorruptOutput, match="the body is not an image"):
+            await _run(proxy.url, unique(), retries=1)
+
+
+async def test_non_json_history_is_retried_then_named(server, unique):
+    before = await _jobs_in_history(server)
+    async with FaultProxy(server, garble_history=1) as proxy:
+        _whole(await _run(proxy.url, unique()))
+        assert proxy.faults[0][0] == "garble_history"
+        proxy.garble_history = 1000
+        with pytest.raises(ProtocolError) as info:
+            await _run(proxy.url, unique(), retries=1)
+    err = info.value
+    assert err.method == "GET" and err.path.startswith("/history/")
+    assert f"GET {err.path} from {proxy.url} answered something that is not JSON" in str(err)
+    assert proxy.seen_prompt_posts == 2  # one per job: garbage never makes a job run twice
+    assert await _jobs_in_history(server) == before + 2
+
+
+async def test_slow_history_is_waited_out_without_running_twice(server, unique):
+    before = await _jobs_in_history(server)
+    timeout = httpx.Timeout(1.0, connect=5.0)
+    async with FaultProxy(server, history_delay=2.5, delay_history=2) as proxy:
+        start = time.monotonic()
+        _whole(await _run(proxy.url, unique(), timeout=timeout))
+        assert time.monotonic() - start >= 2.0  # two attempts timed out first
+        assert [f for f, _ in proxy.faults] == ["delay_history", "delay_history"]
+        assert proxy.seen_prompt_posts == 1
+
+        proxy.delay_history = None  # now every /history is slower than the timeout
+        with pytest.raises(comfyfn.TransportError, match=r"GET /history/\S+ to .* ReadTimeout"):
+            await _run(proxy.url, unique(), timeout=timeout, retries=1)
+        assert proxy.seen_prompt_posts == 2
+    assert await _jobs_in_history(server) == before + 2
+
+
+async def _run_with_size(server: str, color: int, size: tuple[int, int]):
+    session = HttpSession(server, httpx.Timeout(30.0, connect=5.0))
+    socket = EventSocket(_ws_url(server, "integrity"))
+    settings = JobSettings(client_id="integrity", expect_size=size)
+    try:
+        return [e async for e in run_job(session, socket, trivial_graph(color), {}, settings)]
+    finally:
+        await socket.close()
+        await session.aclose()
+
+
+async def test_expected_size_is_checked_on_real_images(server, unique):
+    events = await _run_with_size(server, unique(), SIZE)
+    assert isinstance(events[-1], Succeeded)
+    with pytest.raises(CorruptOutput) as info:
+        await _run_with_size(server, unique(), (64, 64))
+    assert (info.value.expected_size, info.value.actual_size) == ((64, 64), SIZE)
+    assert "it is 64x48 but 64x64 was expected" in str(info.value)
