@@ -17,6 +17,7 @@ from graphs import sleep_graph
 from typer.testing import CliRunner
 
 import comfyfn
+from comfyfn.batch import map_rows
 from comfyfn.cli import app
 from comfyfn.engine import Engine
 
@@ -271,14 +272,14 @@ def test_all_servers_down_then_back(engine, unique, tmp_path):
         lone.down()
 
 
-def test_client_map_yields_results_as_they_finish(server, unique):
+def test_map_rows_gives_every_row_in_order(server, unique):
     rows = [
         {"prompt": "猫", "seed": unique(), "width": 64, "height": 64, "steps": 2},
         {"prompt": "狗", "seed": "nope", "width": 64, "height": 64},
         {"prompt": "鱼", "seed": unique(), "width": 80, "height": 64, "steps": 2},
     ]
-    with comfyfn.Client(server) as c:
-        results = sorted(c.map(rows, prime=2), key=lambda r: r.row)
+    results = map_rows(rows, server=server, prime=2)
+    assert [r.row for r in results] == [1, 2, 3]
     assert [r.state for r in results] == ["done", "invalid", "done"]
     assert results[0].generation.images[0].width == 64
     assert results[2].generation.params["prompt"] == "鱼"
@@ -332,3 +333,70 @@ def test_recipe_run_delivers_exact_sizes(server, tmp_path):
     w, h = meta["width"], meta["height"]  # generated at ×16 with the same aspect, then cut
     assert w % 16 == h % 16 == 0 and w >= 120 and h >= 68
     assert abs(w / h - 120 / 68) / (120 / 68) < 0.01
+
+
+def test_a_second_runner_on_the_same_folder_is_refused_at_once(server, unique, tmp_path):
+    colors = [unique() for _ in range(6)]
+    args = sleep_batch(tmp_path, colors, 400, server)
+    out = tmp_path / "out"
+    first = cli("batch", *args)
+    wait_for(lambda: manifest_states(out)["submitted"] >= 1, what="the first runner to submit")
+    started = time.monotonic()
+    second = cli("batch", *args)
+    output, _ = second.communicate(timeout=30)
+    assert second.returncode == 2, output
+    assert time.monotonic() - started < 10
+    assert f"{out} is in use by another comfyfn batch (pid {first.pid})" in output
+    assert "Traceback" not in output
+    first_output, _ = first.communicate(timeout=120)
+    assert first.returncode == 0, first_output
+    assert manifest_states(out) == Counter({"done": 6})
+    counts = successes_by_color(server)
+    assert all(counts[c] == 1 for c in colors), counts
+
+
+def test_resume_remakes_missing_or_damaged_files(server, unique, tmp_path):
+    colors = [unique() for _ in range(3)]
+    args = [*sleep_batch(tmp_path, colors, 0, server), "--json"]
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["batch", *args]).exit_code == 0
+    images = out / "images"
+    good = (images / "000002.png").read_bytes()
+    (images / "000001.png").unlink()  # missing
+    (images / "000002.png").write_bytes(good[: len(good) // 2])  # damaged
+    again = runner.invoke(app, ["batch", *args])
+    assert again.exit_code == 0, again.output
+    summary = json.loads(again.stdout[again.stdout.index("{") :])
+    assert (summary["done"], summary["skipped"]) == (2, 1)
+    for name in ("000001.png", "000002.png", "000003.png"):
+        assert comfyfn.Image((images / name).read_bytes(), None).to_pil().size == (64, 48)
+    again_pixels = comfyfn.Image((images / "000002.png").read_bytes(), None).to_pil().tobytes()
+    assert again_pixels == comfyfn.Image(good, None).to_pil().tobytes()  # the same job
+
+
+def test_jobs_cancelled_by_ctrl_c_are_done_by_the_next_run(server, unique, tmp_path):
+    colors = [unique() for _ in range(8)]
+    args = [*sleep_batch(tmp_path, colors, 700, server), "--prime", "2"]
+    out = tmp_path / "out"
+    proc = cli("batch", *args, "--on-interrupt", "cancel")
+    wait_for(
+        lambda: manifest_states(out)["done"] >= 1 and manifest_states(out)["submitted"] >= 2,
+        what="jobs done and in flight",
+    )
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    states = manifest_states(out)
+    assert states["failed"] == 0 and states["submitted"] == 0, (states, output)
+    assert states["pending"] >= 1, states
+    with comfyfn.Client(server) as c:
+        ours = {str(c_) for c_ in colors}
+        queued = [
+            i for i in c.queue()["queue_pending"] if str(i[2]["1"]["inputs"]["color"]) in ours
+        ]
+    assert queued == []  # cancelled on the server, not left behind
+    resumed = cli("batch", *args, "--json")
+    output, _ = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, output
+    assert manifest_states(out) == Counter({"done": 8})
+    counts = successes_by_color(server)
+    assert all(counts[c] == 1 for c in colors), counts

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,9 @@ __all__ = [
     "Row",
     "RowError",
     "Summary",
+    "amap",
     "expand",
+    "map_rows",
     "parse_vary",
     "read_job_file",
     "read_rows",
@@ -62,3 +64,39 @@ def run_batch(batch: Batch, *, on_result: Any = None, thumbnails: int = 500) -> 
     counted = asyncio.run(_consume(batch, on_result))
     summary, _ = write_report(batch, counted, thumbnails=thumbnails)
     return summary
+
+
+async def amap(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    server: str | None = None,
+    workflow: Any = "zimage-turbo",
+    prime: int = 1,
+) -> AsyncIterator[JobResult]:
+    """One job per row (dicts of parameters) on one server, results as they finish.
+
+    Each result's ``row`` is the row's 1-based place in ``rows`` and ``generation`` holds
+    its images; a bad row gives an ``invalid`` result naming its column. For several
+    servers, files on disk and resuming, use :class:`Batch`.
+    """
+    from comfyfn import _config
+
+    url = await _config.resolve_server(server)
+    batch = Batch(
+        (Row(i, dict(r)) for i, r in enumerate(rows, 1)),
+        None,
+        servers=[url],
+        workflow=workflow,
+        settings=BatchSettings(prime=prime),
+    )
+    async for result in batch.results():
+        yield result
+
+
+def map_rows(rows: Iterable[Mapping[str, Any]], **options: Any) -> list[JobResult]:
+    """Blocking :func:`amap`: every row's result, in the order of ``rows``."""
+
+    async def collect() -> list[JobResult]:
+        return [result async for result in amap(rows, **options)]
+
+    return sorted(asyncio.run(collect()), key=lambda r: r.row)

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from comfyfn._files import write_atomic
-from comfyfn.batch.rows import Row, RowError
+from comfyfn.batch.rows import Row, RowError, values_problem
 from comfyfn.errors import WorkflowInvalid
+from comfyfn.fleet import Ticket
 from comfyfn.meaning import MEANINGS
 from comfyfn.result import Generation
 from comfyfn.workflow import Workflow
@@ -29,9 +30,10 @@ class Job:
     values: dict[str, Any]  #: what the manifest and contact sheet show
     name: str | None = None  #: output path (without suffix) relative to the output folder
     deliver: Mapping[str, Any] | None = None
-    attempts: int = 0
-    prompt_id: str | None = None  #: set when re-attaching to a job a previous run submitted
-    server: str | None = None  #: ...and the server it was submitted to
+    ticket: Ticket = field(init=False)  #: where it runs (and, on resume, where it was sent)
+
+    def __post_init__(self) -> None:
+        self.ticket = Ticket(self.workflow)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ def _stable_seed(values: Mapping[str, Any]) -> int:
 
 def prepare(wf: Workflow, row: Row, *, variables: frozenset[str] = frozenset()) -> Job | RowError:
     """Bind one row to the workflow; an unusable value gives a RowError naming its column."""
+    problem = values_problem(row.values)  # rows made in code skip expand()'s checks
+    if problem is not None:
+        return RowError(row.index, problem[0], problem[1], row.variant)
     params = {p.name: p for p in wf.params} | {p.name: p for p in wf.inputs}
     bound_values: dict[str, Any] = {}
     for column, value in row.values.items():
@@ -134,8 +139,9 @@ def sharded_prefixes(wf: Workflow, tail: str, *, given: Mapping[str, Any]) -> di
     return out
 
 
-def save_outputs(gen: Generation, job: Job, output: Path) -> list[str]:
-    """Write the job's images atomically under names fixed by the job (never twice)."""
+def save_outputs(gen: Generation, job: Job, output: Path) -> list[dict[str, Any]]:
+    """Write the job's images atomically (and durably) under names fixed by the job, never
+    twice; returns what was written (path, size, sha256) for the manifest."""
     from comfyfn.delivery import deliver
 
     base = job.name or f"images/{job.stem}"
@@ -151,5 +157,5 @@ def save_outputs(gen: Generation, job: Job, output: Path) -> list[str]:
                 job.deliver.get("fit", "cover"),
             )
         write_atomic(output / rel, data)
-        files.append(rel)
+        files.append({"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
     return files

@@ -10,20 +10,55 @@ the same job across runs). States::
 runner killed at any point can re-attach to its jobs instead of running them twice (a
 resumed run re-attaches each such job when it reaches its row; the jobs in flight at a
 crash are the ones just before where it stopped, so they are reached at once).
+
+Durability: every commit is fsynced (``synchronous=FULL``), and a job is marked ``done`` only
+after its files were written and fsynced; each file's size and SHA-256 are recorded, so a
+resumed run regenerates a file that went missing or was damaged instead of skipping it.
+One runner at a time: the manifest holds an exclusive lock (``manifest.lock`` beside it) for
+as long as it is open, and a second runner on the same folder is refused at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import functools
+import hashlib
 import json
 import math
+import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["Manifest", "Record"]
+from comfyfn.errors import ConfigError
+
+__all__ = ["Manifest", "ManifestError", "Record", "file_problem"]
+
+T = TypeVar("T")
+
+
+class ManifestError(ConfigError):
+    """The manifest cannot be used: another runner holds it, it is corrupt, or its disk
+    refuses writes (read-only, full). One sentence naming the file."""
+
+
+def _guarded(method: Callable[..., T]) -> Callable[..., T]:
+    """SQLite errors of a manifest operation become one ManifestError naming the file."""
+
+    @functools.wraps(method)
+    def call(self: Manifest, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise ManifestError(f"cannot use the manifest {self.path}: {exc}") from exc
+
+    return call
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -56,26 +91,71 @@ class Record:
     state: str
     server: str | None
     prompt_id: str | None
-    files: list[str]
+    checks: list[dict[str, Any]]  #: per file: path, size and sha256 as written
     error: str | None
     attempts: int
     seconds: float | None
 
+    @property
+    def files(self) -> list[str]:
+        return [c["path"] for c in self.checks]
+
+
+def file_problem(output: Path, check: dict[str, Any]) -> str | None:
+    """Why a recorded output file is no longer what was written (None if it is)."""
+    path = output / check["path"]
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return f"{check['path']} is missing"
+    if "size" in check and size != check["size"]:
+        return f"{check['path']} has {size} bytes, not {check['size']}"
+    if "sha256" in check and hashlib.sha256(path.read_bytes()).hexdigest() != check["sha256"]:
+        return f"{check['path']} does not match its recorded SHA-256"
+    return None
+
 
 class Manifest:
-    """Thread-unsafe, single-writer access to ``manifest.sqlite`` (WAL, fsync on commit)."""
+    """Thread-unsafe, single-writer access to ``manifest.sqlite`` (WAL, fsync on commit).
+
+    Errors are :class:`ManifestError` naming the file: held by another runner, not a
+    manifest, or on a disk that refuses writes.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
+        self._lock: int | None = None
+        memory = str(path) == ":memory:"
+        try:
+            if not memory:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._lock = _lock(self.path.with_name("manifest.lock"))
+            self.db = sqlite3.connect(str(path), isolation_level=None)
+        except OSError as exc:
+            self._unlock()
+            raise ManifestError(
+                f"cannot use the output folder {self.path.parent}: {exc.strerror}"
+            ) from exc
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise ManifestError(
+                f"{self.path} is not a usable comfyfn manifest ({exc}); "
+                "move it away to start the batch afresh"
+            ) from exc
 
     def close(self) -> None:
-        self.db.close()
+        with contextlib.suppress(AttributeError):
+            self.db.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the flock
+            self._lock = None
 
     def _record(self, row: tuple[Any, ...]) -> Record:
         (
@@ -92,6 +172,7 @@ class Manifest:
             attempts,
             seconds,
         ) = row
+        checks = [c if isinstance(c, dict) else {"path": c} for c in json.loads(files or "[]")]
         return Record(
             key,
             idx,
@@ -101,7 +182,7 @@ class Manifest:
             state,
             server,
             prompt_id,
-            json.loads(files) if files else [],
+            checks,
             error,
             attempts,
             seconds,
@@ -109,10 +190,12 @@ class Manifest:
 
     _COLUMNS = "key,row,label,stem,params,state,server,prompt_id,files,error,attempts,seconds"
 
+    @_guarded
     def get(self, key: str) -> Record | None:
         row = self.db.execute(f"SELECT {self._COLUMNS} FROM jobs WHERE key=?", (key,)).fetchone()
         return self._record(row) if row else None
 
+    @_guarded
     def add(
         self,
         key: str,
@@ -138,6 +221,7 @@ class Manifest:
             ),
         )
 
+    @_guarded
     def submitted(self, key: str, server: str, prompt_id: str) -> None:
         self.db.execute(
             "UPDATE jobs SET state='submitted', server=?, prompt_id=?, attempts=attempts+1, "
@@ -145,21 +229,31 @@ class Manifest:
             (server, prompt_id, time.time(), key),
         )
 
-    def done(self, key: str, files: list[str], seconds: float, server: str) -> None:
+    @_guarded
+    def done(self, key: str, files: list[dict[str, Any]], seconds: float, server: str) -> None:
+        """``files``: what :func:`comfyfn.batch.jobs.save_outputs` wrote (path, size, sha256)."""
         self.db.execute(
             "UPDATE jobs SET state='done', files=?, seconds=?, server=?, error=NULL, "
             "finished_at=? WHERE key=?",
             (json.dumps(files), seconds, server, time.time(), key),
         )
 
+    @_guarded
     def failed(self, key: str, error: str) -> None:
         self.db.execute(
             "UPDATE jobs SET state='failed', error=?, finished_at=? WHERE key=?",
             (error, time.time(), key),
         )
 
+    @_guarded
     def requeued(self, key: str) -> None:
+        """Back to pending: moved off a failed server, lost by it, or cancelled by us."""
         self.db.execute("UPDATE jobs SET state='pending' WHERE key=?", (key,))
+
+    @_guarded
+    def redo(self, key: str) -> None:
+        """A done job whose files went missing or were damaged: make it again."""
+        self.db.execute("UPDATE jobs SET state='pending', files=NULL WHERE key=?", (key,))
 
     def records(self, state: str | None = None) -> Iterator[Record]:
         query = f"SELECT {self._COLUMNS} FROM jobs"
@@ -170,9 +264,11 @@ class Manifest:
         for row in cur:
             yield self._record(row)
 
+    @_guarded
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
 
+    @_guarded
     def percentile(self, q: float) -> float | None:
         """The ``q`` quantile of job seconds over done jobs (nearest rank)."""
         (n,) = self.db.execute("SELECT COUNT(*) FROM jobs WHERE state='done'").fetchone()
@@ -184,3 +280,23 @@ class Manifest:
             (offset,),
         ).fetchone()
         return value
+
+
+def _lock(path: Path) -> int:
+    """An exclusive lock on ``path`` (held while the descriptor is open); the holder's pid is
+    written into it so a refused runner can name it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            raise ManifestError(
+                f"the output folder {path.parent} is in use by another comfyfn batch "
+                f"(pid {holder}); wait for it to finish or choose another --output"
+            ) from exc
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd

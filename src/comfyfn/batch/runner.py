@@ -1,11 +1,11 @@
-"""Running a batch over a pool of servers: durable, resumable, results as they finish.
+"""Running a batch on the fleet: durable, resumable, results as they finish.
 
 Rows are read one at a time and only as fast as the servers take jobs, so memory stays flat
 however long the input. Every job's fate is in ``manifest.sqlite`` in the output folder;
-running the same batch again skips finished jobs, re-attaches to jobs still queued or running
-on a server (by prompt id: they are not run again) and does the rest. A server that fails is
-taken out of the pool and its jobs go elsewhere; a health check puts it back and removes from
-its queue any job that was moved away meanwhile.
+running the same batch again skips finished jobs (after checking their files), re-attaches
+to jobs still queued or running on a server (by prompt id: they are not run again) and does
+the rest. Servers, slots, re-attaching and moving jobs off failed servers are the fleet's
+(:mod:`comfyfn.fleet`, shared with the gateway); this module records and reports.
 """
 
 from __future__ import annotations
@@ -15,27 +15,35 @@ import contextlib
 import logging
 import string
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from comfyfn.batch.jobs import Job, JobResult, prepare, save_outputs
-from comfyfn.batch.manifest import Manifest
-from comfyfn.batch.pool import Pool
+from comfyfn.batch.manifest import Manifest, ManifestError, file_problem
 from comfyfn.batch.rows import Row, RowError
-from comfyfn.client import AsyncClient
-from comfyfn.errors import ComfyError, GenerationTimeout, TransportError
-from comfyfn.events import Failed, Interrupted, Succeeded
+from comfyfn.errors import ComfyError, ConfigError
+from comfyfn.fleet import (
+    Cancelled,
+    Done,
+    Event,
+    Fleet,
+    FleetSettings,
+    Moved,
+    Outcome,
+    Pool,
+    Slot,
+    State,
+    advance,
+    after_server_failure,
+)
 from comfyfn.workflow import Workflow
 
-__all__ = ["Batch", "BatchSettings"]
+__all__ = ["Batch", "BatchSettings", "template_variables"]
 
-log = logging.getLogger("comfyfn")
+log = logging.getLogger("comfyfn.batch")
 _END = object()
 
 
@@ -50,14 +58,20 @@ class BatchSettings:
     variables: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
-        from comfyfn.errors import ConfigError
-
         for name in ("prime", "retries"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a whole number ≥ 0, not {value!r}")
         if self.http_timeout <= 0 or self.give_up_after < 0:
             raise ConfigError("http_timeout must be > 0 and give_up_after ≥ 0")
+
+    def fleet(self) -> FleetSettings:
+        return FleetSettings(
+            prime=self.prime,
+            http_timeout=self.http_timeout,
+            job_timeout=self.job_timeout,
+            health_interval=self.health_interval,
+        )
 
 
 class Batch:
@@ -88,188 +102,170 @@ class Batch:
         self.workflow_source = workflow
         self.settings = settings or BatchSettings()
         self.on_event = on_event or (lambda _kind, _data: None)
-        self.pool = Pool(self.servers, self.settings.prime + 1)
+        self.fleet = Fleet(self.servers, self.settings.fleet())
         self.started = time.monotonic()
-        self._stop: asyncio.Event | None = None  # made inside the running loop
+        self._stop_requested = False
         self._cancel_running = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._fatal: BaseException | None = None
+        self._running: dict[asyncio.Task[None], Job] = {}
+
+    @property
+    def pool(self) -> Pool:
+        return self.fleet.pool
 
     # -- public ----------------------------------------------------------------------------
 
     def stop(self, *, cancel_running: bool = False) -> None:
-        """Stop taking rows; running jobs finish (or are cancelled on their servers)."""
-        self._cancel_running = cancel_running
-        if self._stop is not None:
-            self._stop.set()
-        if cancel_running:
-            for task in self._tasks:
+        """Stop taking rows; running jobs finish — or, with ``cancel_running``, are cancelled
+        on their servers and left pending, so the next run does them (a second call with
+        ``cancel_running`` stops following them at once). Safe before :meth:`results`."""
+        self._stop_requested = True
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+        if not cancel_running:
+            return
+        if self._cancel_running or stop is None:
+            for task in self._running:
+                task.cancel()
+        else:
+            self._canceller = asyncio.ensure_future(self._cancel_on_servers())
+        self._cancel_running = True
+
+    async def _cancel_on_servers(self) -> None:
+        """Cancel every running job on its server; stop following those that do not end
+        within the HTTP timeout (their server is not answering)."""
+        jobs = dict(self._running)
+        for job in jobs.values():
+            with contextlib.suppress(ComfyError):
+                await self.fleet.cancel(job.ticket)
+        if jobs:
+            _, late = await asyncio.wait(jobs, timeout=self.settings.http_timeout)
+            for task in late:
                 task.cancel()
 
     async def results(self) -> AsyncIterator[JobResult]:
         """Run the batch, yielding each row's result as it is known."""
         self._stop = asyncio.Event()
+        if self._stop_requested:
+            self._stop.set()
         self._results: asyncio.Queue[Any] = asyncio.Queue()
         self.manifest = Manifest(
             self.output / "manifest.sqlite" if self.output is not None else ":memory:"
         )
-        timeout = httpx.Timeout(
-            self.settings.http_timeout, connect=min(3.0, self.settings.http_timeout)
-        )
-        async with contextlib.AsyncExitStack() as stack:
-            self.clients = {
-                url: await stack.enter_async_context(
-                    AsyncClient(url, timeout=timeout, retries=1, check_interval=2.0)
-                )
-                for url in self.servers
-            }
-            driver = asyncio.create_task(self._drive())
-            try:
-                while True:
-                    item = await self._results.get()
-                    if item is _END:
-                        break
-                    yield item
-                await driver
-            finally:
-                if not driver.done():
-                    driver.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await driver
-                self.manifest.close()
+        try:
+            async with self.fleet:
+                self.fleet.on_health = self._health_changed
+                driver = asyncio.create_task(self._drive())
+                try:
+                    while (item := await self._results.get()) is not _END:
+                        yield item
+                    await driver
+                finally:
+                    if not driver.done():
+                        driver.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await driver
+        finally:
+            self.manifest.close()
+        if self._fatal is not None:
+            raise self._fatal
 
     # -- driving ---------------------------------------------------------------------------
+
+    def _health_changed(self, url: str, up: bool) -> None:
+        self.on_event("server_up" if up else "server_down", url)
 
     def _emit(self, result: JobResult) -> None:
         self._results.put_nowait(result)
         self.on_event("result", result)
 
     async def _drive(self) -> None:
-        health = asyncio.create_task(self._health_loop())
-        retry: deque[Job] = deque()
-        self._retry = retry
+        self._retry: deque[Job] = deque()
         try:
-            wf = await self._workflow()
+            wf = await self.fleet.workflow(
+                self.workflow_source, give_up_after=self.settings.give_up_after
+            )
             for item in self.rows:
                 if self._stop.is_set():
                     break
                 await self._dispatch_retries()
                 job = self._admit(wf, item)
-                if job is None:
-                    continue
-                await self._start(job)
-            while self._tasks or (retry and not self._stop.is_set()):
+                if job is not None:
+                    await self._start(job)
+            while self._running or (self._retry and not self._stop.is_set()):
                 await self._dispatch_retries()
-                if self._tasks:
-                    await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                if self._running:
+                    await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
         finally:
             # Leaving early (an error, or the consumer stopped): cancel running jobs on their
-            # servers while the clients are still open; the manifest keeps them 'submitted'.
-            for task in list(self._tasks):
+            # servers while the clients are still open; they go back to pending.
+            for task in list(self._running):
                 task.cancel()
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-            for job in retry:  # moved off a failed server, not yet started again
-                self.manifest.requeued(job.key)
-            health.cancel()
+            if self._running:
+                await asyncio.gather(*self._running, return_exceptions=True)
+            with contextlib.suppress(ManifestError):
+                for job in self._retry:  # moved off a failed server, not yet started again
+                    self.manifest.requeued(job.key)
             self._results.put_nowait(_END)
-
-    async def _workflow(self) -> Workflow:
-        """The workflow, converted/typed with the first server that answers."""
-        deadline = time.monotonic() + self.settings.give_up_after
-        while True:
-            errors = []
-            for url, client in self.clients.items():
-                try:
-                    return await client.workflow(self.workflow_source)
-                except TransportError as exc:
-                    errors.append(str(exc))
-                    await self.pool.mark_down(url)
-            if time.monotonic() > deadline:
-                raise ComfyError(
-                    f"no server gave its node definitions for "
-                    f"{self.settings.give_up_after:g}s: {'; '.join(errors)}"
-                )
-            await asyncio.sleep(self.settings.health_interval)
 
     def _admit(self, wf: Workflow, item: Row | RowError) -> Job | None:
         """Record the row; a job to run, or None (invalid, or finished by an earlier run)."""
-        if isinstance(item, Row):
-            prepared = prepare(wf, item, variables=self.settings.variables)
-        else:
-            prepared = item
+        prepared = (
+            prepare(wf, item, variables=self.settings.variables) if isinstance(item, Row) else item
+        )
         if isinstance(prepared, RowError):
-            key = f"invalid:{prepared.index}:{prepared.variant}"
-            self.manifest.add(
-                key,
-                prepared.index,
-                f"row {prepared.index}",
-                f"{prepared.index:06d}",
-                {},
-                "invalid",
-                str(prepared),
-            )
-            self._emit(
-                JobResult(
-                    key, prepared.index, f"row {prepared.index}", "invalid", error=str(prepared)
-                )
-            )
+            self._invalid(prepared)
             return None
         job = prepared
         record = self.manifest.get(job.key)
         if record is not None and record.state == "done":
-            self._emit(
-                JobResult(
-                    job.key,
-                    job.row,
-                    job.label,
-                    "skipped",
-                    tuple(record.files),
-                    server=record.server,
-                    seconds=record.seconds,
+            damaged = self._damaged(record.checks)
+            if damaged is None:
+                self._emit(
+                    JobResult(
+                        job.key,
+                        job.row,
+                        job.label,
+                        "skipped",
+                        tuple(record.files),
+                        server=record.server,
+                        seconds=record.seconds,
+                    )
                 )
-            )
-            return None
-        if record is not None and record.state == "submitted" and record.server in self.clients:
-            job.prompt_id, job.server = record.prompt_id, record.server
-        else:
-            self.manifest.add(job.key, job.row, job.label, job.stem, job.values)
+                return None
+            log.warning("%s: %s; making it again", job.label, damaged)
+            self.manifest.redo(job.key)
+        elif record is not None and record.state == "submitted":
+            job.ticket.prompt_id, job.ticket.server = record.prompt_id, record.server
+            return job
+        self.manifest.add(job.key, job.row, job.label, job.stem, job.values)
         return job
 
-    async def _start(self, job: Job) -> None:
-        attach = job.server if job.prompt_id else None
-        if attach and self.pool.states[attach].healthy:
-            self.pool.states[attach].in_flight += 1  # already on that server: no slot to wait
-            url = attach
-        else:
-            if attach and job.prompt_id:  # its server is down: it must not run there too
-                self.pool.states[attach].orphans.add(job.prompt_id)
-            job.prompt_id = job.server = None
-            url = await self._acquire()
-            if url is None:
-                if not self._stop.is_set():
-                    self._fail(
-                        job,
-                        f"no healthy server for {self.settings.give_up_after:g}s; "
-                        "the job was not run",
-                    )
-                return
-            if self._stop.is_set():
-                await self.pool.release(url, ok=False)
-                return
-        task = asyncio.create_task(self._run(job, url, attach=url == attach))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _damaged(self, checks: list[dict[str, Any]]) -> str | None:
+        if self.output is None:
+            return None
+        return next(filter(None, (file_problem(self.output, c) for c in checks)), None)
 
-    async def _acquire(self) -> str | None:
-        """A slot on a healthy server; None once stopped or after giving up on all servers."""
-        while not self._stop.is_set():
-            if self.pool.all_down_for() > self.settings.give_up_after:
-                return None
-            try:
-                return await asyncio.wait_for(self.pool.acquire(), self.settings.health_interval)
-            except TimeoutError:
-                continue
-        return None
+    def _invalid(self, error: RowError) -> None:
+        key, label = f"invalid:{error.index}:{error.variant}", f"row {error.index}"
+        self.manifest.add(key, error.index, label, f"{error.index:06d}", {}, "invalid", str(error))
+        self._emit(JobResult(key, error.index, label, "invalid", error=str(error)))
+
+    async def _start(self, job: Job) -> None:
+        slot = await self.fleet.slot(
+            job.ticket, stop=self._stop, give_up_after=self.settings.give_up_after
+        )
+        if slot is None:
+            if not self._stop.is_set():
+                self._fail(
+                    job,
+                    f"no healthy server for {self.settings.give_up_after:g}s; the job was not run",
+                )
+            return
+        task = asyncio.create_task(self._run(job, slot))
+        self._running[task] = job
+        task.add_done_callback(self._running.pop)
 
     async def _dispatch_retries(self) -> None:
         while self._retry and not self._stop.is_set():
@@ -279,89 +275,87 @@ class Batch:
         self.manifest.failed(job.key, error)
         self._emit(JobResult(job.key, job.row, job.label, "failed", error=error, server=url))
 
-    async def _run(self, job: Job, url: str, *, attach: bool) -> None:
-        client = self.clients[url]
-        prompt_id = job.prompt_id if attach else str(uuid.uuid4())
-        if not attach:
+    async def _run(self, job: Job, slot: Slot) -> None:
+        async def submitted(url: str, prompt_id: str) -> None:
             self.manifest.submitted(job.key, url, prompt_id)
-            job.attempts += 1
-        started = time.monotonic()
-        busy, ok = 0.0, False
+
+        async def progress(event: Any) -> None:
+            self.on_event("job_event", (slot.url, job, event))
+
         try:
-            outcome = None
-            async for event in client.stream_graph(
-                job.workflow, prompt_id=prompt_id, attach=attach, timeout=self.settings.job_timeout
-            ):
-                self.on_event("job_event", (url, job, event))
-                if isinstance(event, Succeeded | Failed | Interrupted):
-                    outcome = event
-            if isinstance(outcome, Succeeded):
-                gen = outcome.generation
-                busy = gen.timings.executed
-                files = (
-                    await asyncio.to_thread(save_outputs, gen, job, self.output)
-                    if self.output is not None
-                    else []
-                )
-                seconds = time.monotonic() - started
-                self.manifest.done(job.key, files, seconds, url)
-                ok = True
-                self._emit(
-                    JobResult(
-                        job.key,
-                        job.row,
-                        job.label,
-                        "done",
-                        tuple(files),
-                        server=url,
-                        seconds=seconds,
-                        generation=gen if self.output is None else None,
-                    )
-                )
-            elif isinstance(outcome, Interrupted) and outcome.error.lost:
-                self._requeue(job, url, str(outcome.error))  # lost by a restart: run it again
-            elif outcome is not None:
-                self._fail(job, f"{job.label}: {outcome.error}", url)
-        except (TransportError, GenerationTimeout) as exc:
-            log.warning("%s failed on %s: %s", job.label, url, exc)
-            await self.pool.mark_down(url)
-            self.on_event("server_down", url)
-            self.pool.states[url].orphans.add(prompt_id)
-            self._requeue(job, url, str(exc))
-        except ComfyError as exc:
-            self._fail(job, f"{job.label}: {exc}", url)
-        except Exception as exc:  # e.g. the disk is full: record it, never lose the row
-            log.exception("%s failed on %s", job.label, url)
-            self._fail(job, f"{job.label}: {type(exc).__name__}: {exc}", url)
-        finally:
-            await self.pool.release(url, busy=busy, ok=ok)
+            outcome = await self.fleet.run(job.ticket, slot, on_submit=submitted, on_event=progress)
+            await self._settle(job, outcome, reattached=slot.attach)
+        except asyncio.CancelledError:
+            if self._cancel_running:  # we stopped following it: the next run re-attaches
+                log.info("%s left on %s for the next run", job.label, slot.url)
+            raise
+        except (ManifestError, OSError) as exc:  # the output folder refuses writes
+            self._abort(exc)
+        except Exception as exc:  # a bug must not lose the row: record it
+            log.exception("%s failed on %s", job.label, slot.url)
+            try:
+                self._fail(job, f"{job.label}: {type(exc).__name__}: {exc}", slot.url)
+            except ManifestError as unrecorded:
+                self._abort(unrecorded)
 
-    def _requeue(self, job: Job, url: str, reason: str) -> None:
-        if job.attempts > self.settings.retries:
-            self._fail(job, f"{job.label}: gave up after {job.attempts} attempts ({reason})", url)
-            return
-        self.manifest.requeued(job.key)
-        job.prompt_id = job.server = None
-        self._retry.append(job)
+    async def _settle(self, job: Job, outcome: Outcome, *, reattached: bool) -> None:
+        event = outcome.event
+        if isinstance(outcome, Moved):
+            event = after_server_failure(job.ticket.attempts, self.settings.retries)
+        elif isinstance(outcome, Cancelled) and (self._cancel_running or reattached):
+            # cancelled by us (now, or by the run that submitted it): not a failure
+            event = Event.ABANDON
+        state = advance(State.SUBMITTED, event)
+        if isinstance(outcome, Done):
+            await self._done(job, outcome)
+        elif state is State.PENDING:
+            self.manifest.requeued(job.key)
+            job.ticket.prompt_id = job.ticket.server = None
+            self._retry.append(job)  # run again now, or (once stopped) by the next run
+        elif isinstance(outcome, Moved):
+            self._fail(
+                job,
+                f"{job.label}: gave up after {job.ticket.attempts} attempts ({outcome.error})",
+                outcome.server,
+            )
+        else:
+            self._fail(job, f"{job.label}: {outcome.error}", outcome.server)
 
-    async def _health_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.health_interval)
-            for url in self.pool.down():
-                client = self.clients[url]
-                try:
-                    await client.system_stats()
-                    orphans = set(self.pool.states[url].orphans)
-                    if orphans:  # moved elsewhere while it was down: must not run here too
-                        await client.delete_from_queue(*orphans)
-                        running = {i[1] for i in (await client.queue())["queue_running"]}
-                        for prompt_id in orphans & running:
-                            await client.interrupt(prompt_id)
-                        self.pool.states[url].orphans -= orphans
-                except ComfyError:
-                    continue
-                await self.pool.mark_up(url)
-                self.on_event("server_up", url)
+    async def _done(self, job: Job, outcome: Done) -> None:
+        gen = outcome.generation
+        files = (
+            await asyncio.to_thread(save_outputs, gen, job, self.output)
+            if self.output is not None
+            else []
+        )
+        self.manifest.done(job.key, files, outcome.seconds, outcome.server)
+        self._emit(
+            JobResult(
+                job.key,
+                job.row,
+                job.label,
+                "done",
+                tuple(f["path"] for f in files),
+                server=outcome.server,
+                seconds=outcome.seconds,
+                generation=gen if self.output is None else None,
+            )
+        )
+
+    def _abort(self, exc: BaseException) -> None:
+        """The output folder refuses writes: stop the batch; what was made stays recorded."""
+        if self._fatal is None:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            where = getattr(exc, "filename", None) or self.output
+            if isinstance(exc, ManifestError):
+                self._fatal = exc
+            else:
+                self._fatal = ManifestError(
+                    f"cannot write to the output folder ({where}): {reason}"
+                )
+                self._fatal.__cause__ = exc
+            log.error("stopping the batch: %s", self._fatal)
+        self.stop()
 
 
 def template_variables(template: str | None, vary_names: Iterable[str]) -> frozenset[str]:

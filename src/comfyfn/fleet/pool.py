@@ -61,6 +61,11 @@ class Pool:
                     return url
                 await self._changed.wait()
 
+    async def take(self, url: str) -> None:
+        """Count a job that is already on ``url`` (re-attached): no free slot is waited for."""
+        async with self._changed:
+            self.states[url].in_flight += 1
+
     async def release(self, url: str, *, busy: float = 0.0, ok: bool = True) -> None:
         async with self._changed:
             state = self.states[url]

@@ -1,0 +1,33 @@
+"""Running jobs on a pool of ComfyUI servers — the layer under both batch and gateway.
+
+- :mod:`~comfyfn.fleet.pool`: which server gets the next job (pure policy + slots);
+- :mod:`~comfyfn.fleet.states`: the job state machine (pure);
+- :mod:`~comfyfn.fleet.outcomes`: how one run ended;
+- :mod:`~comfyfn.fleet.fleet`: clients, health, re-attach, moving jobs off failed servers.
+"""
+
+from comfyfn.fleet.fleet import Fleet, FleetSettings, Slot, Ticket
+from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
+from comfyfn.fleet.pool import Pool, ServerState, choose
+from comfyfn.fleet.states import Event, IllegalTransition, State, advance, after_server_failure
+
+__all__ = [
+    "Cancelled",
+    "Done",
+    "Event",
+    "Fleet",
+    "FleetSettings",
+    "IllegalTransition",
+    "Lost",
+    "Moved",
+    "Outcome",
+    "Pool",
+    "Refused",
+    "ServerState",
+    "Slot",
+    "State",
+    "Ticket",
+    "advance",
+    "after_server_failure",
+    "choose",
+]

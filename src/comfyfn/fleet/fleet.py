@@ -1,0 +1,308 @@
+"""Running jobs on a pool of ComfyUI servers: the one implementation batch and gateway share.
+
+A :class:`Fleet` holds one client per server, the :class:`~comfyfn.fleet.pool.Pool` of slots,
+and a health loop. A caller (the batch runner, the gateway worker) asks for a
+:meth:`Fleet.slot` — the job's own server if it was submitted earlier and that server is up
+(re-attach), else a free slot on the emptiest healthy server — then :meth:`Fleet.run`s the job
+there and gets one :mod:`outcome <comfyfn.fleet.outcomes>` back. What to record, retry or
+report stays with the caller; how jobs meet servers is decided here:
+
+- the job's server and prompt id are handed to ``on_submit`` *before* it is submitted, so a
+  crash at any point can be re-attached instead of run twice;
+- a read that fails while the server still answers its health check is re-attached on the
+  same server (a slow ``/history`` never makes a job run twice);
+- a server that fails or hangs is taken out; the job moves, and its prompt id is remembered
+  as an *orphan* of that server; the health loop puts the server back only after removing
+  every orphan from its queue (and interrupting the one running), so a moved job does not
+  run there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from comfyfn.client import AsyncClient
+from comfyfn.errors import ComfyError, GenerationTimeout, TransportError
+from comfyfn.events import Event, Failed, Interrupted, Succeeded
+from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
+from comfyfn.fleet.pool import Pool
+from comfyfn.workflow import Workflow
+
+__all__ = ["Fleet", "FleetSettings", "Slot", "Ticket"]
+
+log = logging.getLogger("comfyfn.fleet")
+
+OnSubmit = Callable[[str, str], Awaitable[None]]
+OnEvent = Callable[[Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    prime: int = 1  #: our jobs queued on each server beyond the running one
+    http_timeout: float = 10.0  #: a server silent this long counts as failed
+    job_timeout: float | None = None  #: a job running longer counts as a server failure
+    health_interval: float = 0.5
+    reattach: int = 3  #: re-attaches on the same server after a failed read, per run
+
+
+@dataclass
+class Ticket:
+    """One job as the fleet sees it: what to run, and where it was submitted (if anywhere)."""
+
+    workflow: Workflow
+    prompt_id: str | None = None
+    server: str | None = None
+    attempts: int = 0  #: submissions so far
+
+
+@dataclass(frozen=True)
+class Slot:
+    url: str
+    attach: bool  #: the ticket is already on this server: follow it, submit nothing
+
+
+class Fleet:
+    """Clients, slots and health for ``servers``; use as ``async with Fleet(...) as fleet``."""
+
+    def __init__(self, servers: Sequence[str], settings: FleetSettings | None = None) -> None:
+        self.settings = settings or FleetSettings()
+        self.servers = list(dict.fromkeys(servers))
+        self.pool = Pool(self.servers, self.settings.prime + 1)
+        self.clients: dict[str, AsyncClient] = {}
+        self._health: asyncio.Task[None] | None = None
+        self.on_health: Callable[[str, bool], None] = lambda _url, _up: None
+
+    async def __aenter__(self) -> Fleet:
+        timeout = httpx.Timeout(
+            self.settings.http_timeout, connect=min(3.0, self.settings.http_timeout)
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            for url in self.servers:
+                client = AsyncClient(url, timeout=timeout, retries=1, check_interval=2.0)
+                await client.open()
+                stack.push_async_callback(client.aclose)
+                self.clients[url] = client
+            self._closers = stack.pop_all()
+        self._health = asyncio.create_task(self._health_loop(), name="comfyfn-fleet-health")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._health is not None:
+            self._health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health
+        await self._closers.aclose()
+
+    # -- servers ---------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        return any(s.healthy for s in self.pool.states.values())
+
+    async def probe(self) -> None:
+        """Ask every server once; those that do not answer are taken out until they do."""
+        for url, client in self.clients.items():
+            try:
+                await client.system_stats()
+            except ComfyError:
+                await self._down(url)
+
+    async def workflow(self, source: object, *, give_up_after: float) -> Workflow:
+        """The workflow converted and typed with the first server that gives its definitions."""
+        deadline = time.monotonic() + give_up_after
+        while True:
+            errors = []
+            for url, client in self.clients.items():
+                try:
+                    return await client.workflow(source)  # type: ignore[arg-type]
+                except TransportError as exc:
+                    errors.append(str(exc))
+                    await self._down(url)
+            if time.monotonic() > deadline:
+                raise ComfyError(
+                    f"no server gave its node definitions for {give_up_after:g}s: "
+                    + "; ".join(errors)
+                )
+            await asyncio.sleep(self.settings.health_interval)
+
+    async def _down(self, url: str) -> None:
+        was_up = self.pool.states[url].healthy
+        await self.pool.mark_down(url)
+        if was_up:
+            self.on_health(url, False)
+
+    # -- slots -----------------------------------------------------------------------------
+
+    async def slot(
+        self,
+        ticket: Ticket,
+        *,
+        stop: asyncio.Event | None = None,
+        give_up_after: float | None = None,
+    ) -> Slot | None:
+        """Where ``ticket`` runs next; None once ``stop`` is set or every server has been
+        down for ``give_up_after`` seconds."""
+        server, prompt_id = ticket.server, ticket.prompt_id
+        if prompt_id and server in self.clients:
+            state = self.pool.states[server]
+            if state.healthy:
+                await self.pool.take(server)
+                return Slot(server, attach=True)
+            state.orphans.add(prompt_id)  # its server is down: it must not run there too
+        ticket.prompt_id = ticket.server = None
+        while stop is None or not stop.is_set():
+            if give_up_after is not None and self.pool.all_down_for() > give_up_after:
+                return None
+            try:
+                url = await asyncio.wait_for(self.pool.acquire(), self.settings.health_interval)
+            except TimeoutError:
+                continue
+            if stop is not None and stop.is_set():
+                await self.pool.release(url, ok=False)
+                return None
+            return Slot(url, attach=False)
+        return None
+
+    async def cancel(self, ticket: Ticket) -> str:
+        """Dequeue or interrupt ``ticket`` on its server; whoever follows it then sees it end
+        as :class:`~comfyfn.fleet.outcomes.Cancelled`. ``"absent"`` if it is not there."""
+        if not (ticket.prompt_id and ticket.server in self.clients):
+            return "absent"
+        return await self.clients[ticket.server].cancel(ticket.prompt_id)
+
+    def has_free_slot(self) -> bool:
+        return any(s.healthy and s.in_flight < self.pool.slots for s in self.pool.states.values())
+
+    # -- one job ---------------------------------------------------------------------------
+
+    async def run(
+        self,
+        ticket: Ticket,
+        slot: Slot,
+        *,
+        on_submit: OnSubmit,
+        on_event: OnEvent | None = None,
+        validate: bool = True,
+    ) -> Outcome:
+        """Run (or follow) ``ticket`` on its slot until it ends; the slot is freed after."""
+        url, busy, ok = slot.url, 0.0, False
+        try:
+            outcome = await self._follow(ticket, slot, on_submit, on_event, validate)
+            if isinstance(outcome, Done):
+                busy, ok = outcome.generation.timings.executed, True
+            return outcome
+        finally:
+            await self.pool.release(url, busy=busy, ok=ok)
+
+    async def _follow(
+        self,
+        ticket: Ticket,
+        slot: Slot,
+        on_submit: OnSubmit,
+        on_event: OnEvent | None,
+        validate: bool,
+    ) -> Outcome:
+        url, attach = slot.url, slot.attach
+        client = self.clients[url]
+        if not attach:
+            ticket.prompt_id, ticket.server = str(uuid.uuid4()), url
+            ticket.attempts += 1
+            await on_submit(url, ticket.prompt_id)
+        assert ticket.prompt_id is not None
+        started = time.monotonic()
+        reattaches = self.settings.reattach
+        while True:
+            try:
+                end = await self._stream(client, ticket, attach, on_event, validate)
+                return _outcome(end, url, time.monotonic() - started)
+            except TransportError as exc:
+                if reattaches > 0 and await self._answers(client):
+                    log.info("re-attaching %s on %s after: %s", ticket.prompt_id, url, exc)
+                    reattaches, attach = reattaches - 1, True
+                    continue
+                return await self._moved(url, ticket.prompt_id, exc)
+            except GenerationTimeout as exc:
+                return await self._moved(url, ticket.prompt_id, exc)
+            except ComfyError as exc:
+                return Refused(exc, url)
+
+    async def _stream(
+        self,
+        client: AsyncClient,
+        ticket: Ticket,
+        attach: bool,
+        on_event: OnEvent | None,
+        validate: bool,
+    ) -> Event | None:
+        end = None
+        async for event in client.stream_graph(
+            ticket.workflow,
+            prompt_id=ticket.prompt_id,
+            attach=attach,
+            timeout=self.settings.job_timeout,
+            validate=validate and not attach,
+            cancel_on_exit=False,
+        ):
+            if isinstance(event, Succeeded | Failed | Interrupted):
+                end = event
+            elif on_event is not None:
+                await on_event(event)
+        return end
+
+    async def _answers(self, client: AsyncClient) -> bool:
+        try:
+            await client.system_stats()
+        except ComfyError:
+            return False
+        return True
+
+    async def _moved(self, url: str, prompt_id: str, exc: ComfyError) -> Moved:
+        log.warning("server %s failed under job %s: %s", url, prompt_id, exc)
+        self.pool.states[url].orphans.add(prompt_id)
+        await self._down(url)
+        return Moved(exc, url)
+
+    # -- health ----------------------------------------------------------------------------
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_interval)
+            for url in self.pool.down():
+                if await self._recovered(url):
+                    await self.pool.mark_up(url)
+                    self.on_health(url, True)
+
+    async def _recovered(self, url: str) -> bool:
+        """True once ``url`` answers and none of the jobs moved off it can still run there."""
+        client = self.clients[url]
+        orphans = set(self.pool.states[url].orphans)
+        try:
+            await client.system_stats()
+            if orphans:
+                await client.delete_from_queue(*orphans)
+                running = {item[1] for item in (await client.queue())["queue_running"]}
+                for prompt_id in orphans & running:
+                    await client.interrupt(prompt_id)
+        except ComfyError:
+            return False
+        self.pool.states[url].orphans -= orphans
+        return True
+
+
+def _outcome(end: Event | None, url: str, seconds: float) -> Outcome:
+    if isinstance(end, Succeeded):
+        return Done(end.generation, url, seconds)
+    if isinstance(end, Interrupted) and end.error.lost:
+        return Lost(end.error, url)
+    if isinstance(end, Interrupted):
+        return Cancelled(end.error, url)
+    if isinstance(end, Failed):
+        return Refused(end.error, url)
+    raise AssertionError("a job stream ends in Succeeded, Failed or Interrupted")

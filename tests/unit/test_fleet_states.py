@@ -1,0 +1,87 @@
+"""The job state machine shared by batch and gateway: every transition, and the illegal ones."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from comfyfn.fleet import (
+    Cancelled,
+    Done,
+    Event,
+    IllegalTransition,
+    Lost,
+    Moved,
+    Refused,
+    State,
+    advance,
+    after_server_failure,
+)
+from comfyfn.fleet.pool import ServerState, choose
+
+LEGAL = {
+    (State.PENDING, Event.SUBMIT): State.SUBMITTED,
+    (State.PENDING, Event.CANCEL): State.CANCELLED,
+    (State.PENDING, Event.FAIL): State.FAILED,
+    (State.SUBMITTED, Event.SUCCEED): State.DONE,
+    (State.SUBMITTED, Event.FAIL): State.FAILED,
+    (State.SUBMITTED, Event.CANCEL): State.CANCELLED,
+    (State.SUBMITTED, Event.MOVE): State.PENDING,
+    (State.SUBMITTED, Event.LOSE): State.PENDING,
+    (State.SUBMITTED, Event.ABANDON): State.PENDING,
+    (State.SUBMITTED, Event.RELEASE): State.SUBMITTED,
+}
+
+
+@pytest.mark.parametrize(("start", "event"), list(LEGAL))
+def test_every_legal_transition(start, event):
+    assert advance(start, event) is LEGAL[(start, event)]
+
+
+def test_every_other_pair_is_refused_with_both_names():
+    illegal = [p for p in itertools.product(State, Event) if p not in LEGAL]
+    assert len(illegal) == len(State) * len(Event) - len(LEGAL)
+    for state, event in illegal:
+        with pytest.raises(IllegalTransition, match=f"a {state} job cannot {event}"):
+            advance(state, event)
+
+
+def test_final_states_accept_nothing():
+    finals = [s for s in State if s.final]
+    assert finals == [State.DONE, State.FAILED, State.CANCELLED]
+    for state, event in itertools.product(finals, Event):
+        with pytest.raises(IllegalTransition):
+            advance(state, event)
+
+
+def test_a_job_moved_off_failed_servers_runs_until_its_retries_are_spent():
+    state, attempts = State.PENDING, 0
+    trail = []
+    while not state.final:
+        state = advance(state, Event.SUBMIT)
+        attempts += 1
+        state = advance(state, after_server_failure(attempts, retries=2))
+        trail.append(state)
+    assert trail == [State.PENDING, State.PENDING, State.FAILED]
+    assert attempts == 3  # the first try and two retries
+
+
+def test_outcomes_name_their_event():
+    error = RuntimeError("x")
+    assert Moved(error, "s").event is Event.MOVE
+    assert Lost(error, "s").event is Event.LOSE
+    assert Cancelled(error, "s").event is Event.CANCEL
+    assert Refused(error, "s").event is Event.FAIL
+    assert Done.event is Event.SUCCEED
+
+
+def test_choose_prefers_the_emptiest_healthy_server_then_the_least_recent():
+    states = {u: ServerState(u) for u in ("a", "b", "c")}
+    states["a"].in_flight, states["b"].in_flight, states["c"].in_flight = 1, 0, 0
+    states["b"].last_used, states["c"].last_used = 2.0, 1.0
+    assert choose(states, slots=2) == "c"
+    states["c"].healthy = False
+    assert choose(states, slots=2) == "b"
+    states["b"].in_flight = states["a"].in_flight = 2
+    assert choose(states, slots=2) is None
