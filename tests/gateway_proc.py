@@ -1,4 +1,6 @@
-"""Start ``comfyfn serve`` as a real process for tests, and make keys with the real CLI."""
+"""Start ``comfyfn serve`` as a real process for tests, and make keys with the real CLI; or
+serve ``create_app`` in a thread of the test process (:class:`InProcess`) where a test must
+set what the CLI cannot (small limits, a store with a short busy timeout)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -96,3 +100,51 @@ class Gateway:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def settings_for(root: Path, servers: list[str], **kwargs: Any):
+    """Gateway settings on a SQLite file and a storage folder under ``root``."""
+    from comfyfn.gateway import GatewaySettings
+
+    kwargs.setdefault("db_url", f"sqlite:///{root / 'g.db'}")
+    kwargs.setdefault("storage", root / "files")
+    return GatewaySettings(servers=tuple(servers), **kwargs)
+
+
+class InProcess:
+    """``create_app(settings, store=store)`` served by uvicorn on a free loopback port, in a
+    thread of this process; a context manager (the app's worker starts and stops with it)."""
+
+    def __init__(self, settings: Any, store: Any = None) -> None:
+        import uvicorn
+
+        from comfyfn.gateway import create_app
+
+        self.app = create_app(settings, store=store)
+        self.store = self.app.state.store
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def key(self, name: str = "k", rate: str = "100000/min") -> str:
+        return self.store.create_key(f"{name}-{time.monotonic_ns()}", rate)[0]
+
+    def __enter__(self) -> InProcess:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError("the in-process gateway did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        if self.thread.is_alive():
+            raise RuntimeError("the in-process gateway did not stop within 30 s")

@@ -143,31 +143,45 @@ class Postgres:
         last: Exception | None = None
         for _attempt in range(3):  # another process may take the free port meanwhile
             self.port = _free_port()
-            options = (
-                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                "-c max_connections=200"
-            )
             try:
-                self._run(
-                    [
-                        str(self.bin / "pg_ctl"),
-                        "-D", str(data),
-                        "-l", str(self.root / "server.log"),
-                        "-o", options,
-                        "-w", "-t", "60",
-                        "start",
-                    ]
-                )  # fmt: skip
+                self._pg_start()
             except RuntimeError as e:
                 last = e
                 continue
-            self._started = True
             break
         else:
             raise RuntimeError(f"PostgreSQL did not start: {last}")
         self.create_database(self.database)
         return self
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data and port (an outage); :meth:`resume` restarts it."""
+        self._run(
+            [str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop"]
+        )
+        self._started = False
+
+    def resume(self) -> None:
+        """Start the halted server again on the same port."""
+        self._pg_start()
+
+    def _pg_start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=200"
+        )
+        self._run(
+            [
+                str(self.bin / "pg_ctl"),
+                "-D", str(self.root / "data"),
+                "-l", str(self.root / "server.log"),
+                "-o", options,
+                "-w", "-t", "60",
+                "start",
+            ]
+        )  # fmt: skip
+        self._started = True
 
     def stop(self) -> None:
         if self.root is None:

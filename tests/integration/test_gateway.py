@@ -296,7 +296,7 @@ def test_concurrent_clients(gw, unique):
 
 def test_health_ready_metrics(gw):
     assert httpx.get(f"{gw.url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{gw.url}/readyz").status_code == 200
+    assert httpx.get(f"{gw.url}/readyz").json() == {"status": "ready"}  # no server URLs
     assert httpx.get(f"{gw.url}/metrics").status_code == 401
     text = httpx.get(f"{gw.url}/metrics", headers=auth(gw)).text
     assert 'comfyfn_requests_total{method="GET",route="/v1/models",status="200"}' in text

@@ -1,4 +1,5 @@
-"""Rate limits, signed URLs and webhook rules of the gateway (pure)."""
+"""Rate limits, signed URLs, webhook rules, cost limits, request texts and what job errors
+show API callers (pure)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import hmac
 
 import pytest
 
+from comfyfn.gateway.errors import public_error, public_message
+from comfyfn.gateway.models import text_problem
 from comfyfn.gateway.security import (
     RateLimiter,
     parse_rate,
@@ -15,6 +18,7 @@ from comfyfn.gateway.security import (
     verify_url,
     webhook_target_error,
 )
+from comfyfn.gateway.settings import GatewaySettings
 
 
 class Clock:
@@ -74,6 +78,10 @@ def test_webhook_signature_is_hmac_of_timestamp_and_body():
         ("http://10.1.2.3/hook", False),
         ("http://192.168.0.5/hook", False),
         ("http://169.254.169.254/latest/meta-data", False),
+        ("http://100.100.100.200/latest/meta-data", False),  # in 100.64.0.0/10
+        ("http://100.64.0.1/hook", False),
+        ("http://[::ffff:127.0.0.1]/hook", False),
+        ("http://[::ffff:a9fe:a9fe]/hook", False),
         ("http://[::1]/hook", False),
         ("ftp://example.com/hook", False),
         ("http://!bad|host:x/", False),
@@ -86,3 +94,108 @@ def test_webhook_targets(url, allowed):
 
 def test_private_webhooks_can_be_allowed():
     assert webhook_target_error("http://127.0.0.1:9/hook", allow_private=True) is None
+
+
+# -- what a job's error shows an API caller -------------------------------------------------------
+
+
+def test_server_urls_are_removed_from_messages():
+    text = public_message("cannot reach http://127.0.0.1:8188/prompt: connection refused")
+    assert text == "cannot reach <server>: connection refused"
+    text = public_message("POST 10.0.0.7:8188 timed out; gpu-1.internal:8188 and [::1]:8188 too")
+    assert "10.0.0.7" not in text and "gpu-1.internal" not in text and "::1" not in text
+    assert "8188" not in text
+
+
+def test_server_model_lists_are_removed():
+    comfy = (
+        "Prompt outputs failed validation: UNETLoader: Value not in list: unet_name: "
+        "'x.safetensors' not in ['a.safetensors', 'b.safetensors']"
+    )
+    text = public_message(comfy)
+    assert "a.safetensors" not in text and "b.safetensors" not in text
+    assert "'x.safetensors' not in [" in text  # what was asked for stays
+    ours = (
+        "the workflow is invalid for http://127.0.0.1:8188\n  - node 28 UNETLoader: unet_name "
+        "'x.safetensors' is not on the server; put it in models/diffusion_models/ "
+        "(the server has: 'a.safetensors', 'b.safetensors')"
+    )
+    text = public_message(ours)
+    assert "a.safetensors" not in text and "127.0.0.1" not in text
+    assert "put it in models/diffusion_models/" in text
+    text = public_message("sampler 'x' is not one of the server's choices [a, b]")
+    assert text == "sampler 'x' is not one of the server's choices […]"
+
+
+def test_tracebacks_and_paths_are_removed():
+    text = public_message(
+        "node 9 SaveImage failed: OSError: [Errno 28] No space left on device: "
+        "'/srv/comfy/output/x.png'\nTraceback (most recent call last):\n"
+        '  File "/srv/comfy/execution.py", line 3, in run\nOSError: boom'
+    )
+    assert text == "node 9 SaveImage failed: OSError: [Errno 28] No space left on device: '<path>'"
+
+
+def test_public_error_keeps_only_what_a_caller_may_see():
+    stored = {
+        "type": "ExecutionFailed",
+        "message": "node 57:3 KSampler failed: RuntimeError: bad at http://127.0.0.1:8188",
+        "node_id": "57:3",
+        "class_type": "KSampler",
+        "exception_type": "RuntimeError",
+        "traceback": ['  File "/x/y.py"'],
+        "server": "http://127.0.0.1:8188",
+        "prompt_id": "abc",
+    }
+    assert public_error(stored) == {
+        "type": "ExecutionFailed",
+        "message": "node 57:3 KSampler failed: RuntimeError: bad at <server>",
+        "node_id": "57:3",
+        "class_type": "KSampler",
+        "exception_type": "RuntimeError",
+    }
+    assert public_error(None) is None
+    assert public_error({"type": "<script>", "message": ""}) == {
+        "type": "error",
+        "message": "no details",
+    }
+
+
+# -- texts that cannot be stored, cost limits ----------------------------------------------
+
+
+def test_text_problem_finds_lone_surrogates_and_nul_anywhere():
+    assert text_problem({"prompt": "旗袍 ok", "n": [1, "x"]}, "params") is None
+    assert text_problem({"prompt": "a\ud800"}, "params") == "params.prompt"
+    assert text_problem({"x": ["ok", {"y": "\udfff"}]}, "") == "x.1.y"
+    assert text_problem({"\ud800": 1}, "params") == "params.\ud800"
+    assert text_problem("http://h/\x00", "webhook") == "webhook"
+    assert text_problem(None, "Idempotency-Key") is None
+
+
+def limits(**kwargs) -> GatewaySettings:
+    return GatewaySettings(servers=(), db_url="sqlite://", storage=".", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("values", "param"),
+    [
+        ({"width": 1024, "height": 1024, "batch_size": 4, "steps": 100}, None),
+        ({"width": 2048, "height": 2048, "batch_size": 1, "steps": 8}, None),
+        ({"width": 2064, "height": 2048, "batch_size": 1, "steps": 8}, "width"),
+        ({"width": 16384, "height": 16384, "batch_size": 4096, "steps": 10000}, "width"),
+        ({"width": 64, "height": 64, "batch_size": 5, "steps": 8}, "batch_size"),
+        ({"width": 64, "height": 64, "batch_size": 1, "steps": 101}, "steps"),
+        ({"steps": 8}, None),  # a workflow without a size is not limited on it
+    ],
+)
+def test_default_cost_limits(values, param):
+    found = limits().cost_error(values)
+    assert (found and found[0]) == param
+
+
+def test_total_pixels_per_request():
+    settings = limits(max_total_pixels=1024 * 1024 * 2)
+    assert settings.cost_error({"width": 1024, "height": 1024, "batch_size": 2}) is None
+    param, message = settings.cost_error({"width": 1024, "height": 1024, "batch_size": 3})
+    assert param == "batch_size" and "per request" in message

@@ -281,6 +281,17 @@ def test_queue_depth_and_cancel(store):
     store.request_cancel("job_missing")  # no error
 
 
+def test_queue_position_is_each_jobs_own_place_in_claim_order(store):
+    jobs = [new_job(store) for _ in range(4)]
+    order = sorted(jobs, key=lambda j: (j.created_at, j.id))  # the claim order
+    assert [store.queue_position(j.id) for j in order] == [0, 1, 2, 3]
+    assert store.claim_job("w").id == order[0].id
+    assert store.queue_position(order[0].id) is None  # running: not in the queue
+    assert store.cancel_if_queued(order[2].id)
+    assert [store.queue_position(j.id) for j in order] == [None, 0, None, 1]
+    assert store.queue_position("job_missing") is None
+
+
 # -- claim protocol ----------------------------------------------------------------------------
 
 
@@ -454,12 +465,55 @@ def test_reopening_keeps_data(url):
     b.close()
 
 
+def test_attempts_are_kept_and_added_to_an_older_database(url):
+    store = Store(url)
+    job = new_job(store)
+    assert job.attempts == 0
+    assert store.update_job(job.id, attempts=2).attempts == 2
+    store.close()
+    engine = sa.create_engine(url)  # as made before the column existed
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE cfn_jobs DROP COLUMN attempts")
+    engine.dispose()
+    store = Store(url)
+    assert store.get_job(job.id).attempts == 0
+    assert new_job(store).attempts == 0
+    store.close()
+
+
 def test_sqlite_uses_wal(tmp_path):
     s = Store(f"sqlite:///{tmp_path / 'g.db'}")
     with s._engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
     s.close()
+
+
+def test_sqlite_busy_timeout_is_configurable(tmp_path):
+    """A writer waits ``busy_timeout`` for another's lock, then fails; reads go on (WAL)."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    path = tmp_path / "g.db"
+    assert Store(f"sqlite:///{path}").busy_timeout == 30.0  # the default
+    store = Store(f"sqlite:///{path}", busy_timeout=0.3)
+    job = new_job(store)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, held longer than the timeout
+    try:
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="locked"):
+            new_job(store)
+        assert 0.25 <= time.monotonic() - started < 10
+        assert store.get_job(job.id) == job
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert new_job(store).state == "queued"  # the lock gone, writes work again
+    store.close()
+    with pytest.raises(ValueError):
+        Store(f"sqlite:///{path}", busy_timeout=-1)
 
 
 def test_in_memory_sqlite_is_shared_between_threads():

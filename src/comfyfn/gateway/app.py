@@ -1,7 +1,11 @@
 """The HTTP gateway: an OpenAI-compatible images API and async jobs in front of ComfyUI.
 
 Every route but ``/healthz`` and ``/readyz`` needs an API key (``Authorization: Bearer``);
-errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
+errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` (database outages:
+503 ``database_unavailable``). Every job-creating route runs the same checks, in
+:func:`create_app`'s ``create_job``, before anything is stored: texts storable, parameters
+valid, cost limits (:meth:`GatewaySettings.cost_error`), webhook target, a server ready.
+What a caller sees of a job's error is :func:`comfyfn.gateway.errors.public_error` of it.
 """
 # No ``from __future__ import annotations``: FastAPI reads the per-workflow models at runtime.
 
@@ -14,21 +18,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import (
-    FileResponse,
-    JSONResponse,
-    PlainTextResponse,
-    Response,
-    StreamingResponse,
-)
+from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from comfyfn.gateway.errors import ERROR_RESPONSES, ApiError, BodyLimit, error_response
-from comfyfn.gateway.metrics import Metrics
-from comfyfn.gateway.models import ImagesRequest, JobRequest
+from comfyfn.gateway.errors import (
+    ERROR_RESPONSES,
+    ApiError,
+    BodyLimit,
+    error_response,
+    install_handlers,
+    public_error,
+)
+from comfyfn.gateway.metrics import Metrics, MetricsMiddleware
+from comfyfn.gateway.models import ImagesRequest, JobRequest, text_problem
 from comfyfn.gateway.registry import Registry, Served
 from comfyfn.gateway.security import RateLimiter, sign_url, verify_url, webhook_target_error
 from comfyfn.gateway.settings import GatewaySettings
@@ -38,6 +41,9 @@ from comfyfn.gateway.worker import Worker, storage_path
 __all__ = ["ApiError", "create_app"]
 
 _FINAL = ("succeeded", "failed", "cancelled")
+#: a job parameter's name in OpenAI's terms, for /v1/images/generations errors
+_OPENAI_PARAM = {"width": "size", "height": "size", "batch_size": "n"}
+_TEXT = "text must be valid Unicode (no lone surrogates) without NUL characters"
 
 
 def create_app(settings: GatewaySettings, *, store: Store | None = None) -> FastAPI:
@@ -47,6 +53,7 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
     registry = Registry()
     limiter = RateLimiter()
     state: dict[str, Any] = {}
+    background: set[asyncio.Task[None]] = set()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,7 +70,7 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
         lifespan=lifespan,
         description="OpenAI-compatible images API and async jobs for ComfyUI.",
     )
-    _load_workflows(settings, registry)
+    registry.load(settings.workflows, max_prompt=settings.max_prompt_chars)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -74,34 +81,8 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
             allow_headers=["*"],
         )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-
-    @app.middleware("http")
-    async def count(request: Request, call_next: Any) -> Response:
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.requests.labels(
-            route=getattr(route, "path", "unmatched"),
-            method=request.method,
-            status=response.status_code,
-        ).inc()
-        return response
-
-    @app.exception_handler(ApiError)
-    async def apierror_response(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"] if p != "body")
-        messages = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()
-        )
-        return error_response(422, messages, "invalid_request_error", param or None)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def httperror_response(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), "invalid_request_error")
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts every answer
+    install_handlers(app)
 
     async def auth(request: Request, authorization: str | None = Header(None)) -> KeyRecord:
         secret = (authorization or "").removeprefix("Bearer ").strip()
@@ -135,12 +116,23 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
             )
         return served
 
-    def ready_or_503() -> None:
+    def ready() -> bool:
         worker = state.get("worker")
-        if worker is None or not worker.healthy():
-            raise ApiError(
-                503, "no ComfyUI server is available", type="server_error", code="no_server"
+        return worker is not None and worker.healthy()
+
+    def not_ready() -> ApiError:
+        worker = state.get("worker")
+        if worker is not None and not worker.db_ok:
+            return ApiError(
+                503,
+                "the job database is unavailable; try again shortly",
+                type="server_error",
+                code="database_unavailable",
+                headers={"Retry-After": "2"},
             )
+        return ApiError(
+            503, "no ComfyUI server is available", type="server_error", code="no_server"
+        )
 
     def job_json(job: JobRecord, request: Request) -> dict[str, Any]:
         secret = store.secret()
@@ -160,7 +152,7 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
             "started_at": job.started_at,
             "finished_at": job.finished_at,
             "outputs": outputs,
-            "error": job.error,
+            "error": public_error(job.error),
         }
 
     async def create_job(
@@ -169,23 +161,38 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
         params: dict[str, Any],
         webhook: str | None,
         idempotency_key: str | None,
+        *,
+        where: str = "params",
     ) -> JobRecord:
+        """Check everything, then queue: the one way every route creates a job. Refusals are
+        422 naming the parameter (``where`` prefixes parameter names: ``params.width``)."""
         served = served_or_404(name)
+        prefix = f"{where}." if where else ""
+        for value, path in (
+            (params, where),
+            (webhook, "webhook"),
+            (idempotency_key, "Idempotency-Key"),
+        ):
+            bad = text_problem(value, path)
+            if bad is not None:
+                raise ApiError(422, f"{bad}: {_TEXT}", param=bad, code="invalid_text")
         try:
             values = served.params(params)
         except ValidationError as exc:
             first = exc.errors()[0]
-            param = ".".join(str(p) for p in first["loc"])
-            raise ApiError(
-                422, f"params.{param}: {first['msg']}", param=f"params.{param}"
-            ) from None
+            param = prefix + ".".join(str(p) for p in first["loc"])
+            raise ApiError(422, f"{param}: {first['msg']}", param=param) from None
+        over = settings.cost_error(served.effective(values))
+        if over is not None:
+            raise ApiError(422, over[1], param=prefix + over[0], code="limit_exceeded")
         if webhook:
             problem = await asyncio.to_thread(
                 webhook_target_error, webhook, allow_private=settings.allow_private_webhooks
             )
             if problem:
                 raise ApiError(400, problem, param="webhook")
-        ready_or_503()
+        if not ready():
+            raise not_ready()
         job, _ = await asyncio.to_thread(
             store.create_job,
             key_id=key.id,
@@ -203,20 +210,46 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
             raise ApiError(404, f"no job {job_id!r}", param="id", code="job_not_found")
         return job
 
-    async def _wait_final(job: JobRecord, done: asyncio.Event, deadline: float) -> JobRecord:
-        while job.state not in _FINAL:
-            if time.monotonic() > deadline:
-                raise ApiError(
-                    504,
-                    f"the image was not ready within {settings.sync_timeout:g}s; "
-                    f"follow job {job.id} at /v1/jobs/{job.id}",
-                    type="server_error",
-                )
-            # woken at once when this replica finishes it; another replica's: polled
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), 0.25)
-            job = await asyncio.to_thread(store.get_job, job.id)
-        return job
+    async def cancel_job(job_id: str) -> None:
+        """Dequeue the job if no worker holds it, else ask its worker to stop it (this
+        replica's at once; another replica's sees ``cancel_requested`` at its heartbeat)."""
+        if await asyncio.to_thread(store.cancel_if_queued, job_id):
+            return
+        await asyncio.to_thread(store.request_cancel, job_id)
+        worker = state.get("worker")
+        if worker is not None:
+            await worker.cancel(job_id)
+
+    async def wait_for_caller(job: JobRecord, request: Request) -> JobRecord:
+        """The job once final, for a caller who waits: 504 after ``sync_timeout``; if the
+        caller goes away meanwhile, the job is cancelled (answered 499, to no one)."""
+        deadline = time.monotonic() + settings.sync_timeout
+        worker = state["worker"]
+        done = worker.finished_event(job.id)
+        try:
+            while job.state not in _FINAL:
+                if await request.is_disconnected():
+                    await cancel_job(job.id)
+                    raise ApiError(499, "the caller went away; the job is cancelled")
+                if time.monotonic() > deadline:
+                    raise ApiError(
+                        504,
+                        f"the image was not ready within {settings.sync_timeout:g}s; "
+                        f"follow job {job.id} at /v1/jobs/{job.id}",
+                        type="server_error",
+                    )
+                # woken at once when this replica finishes it; another replica's: polled
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), 0.25)
+                job = await asyncio.to_thread(store.get_job, job.id)
+            return job
+        except asyncio.CancelledError:  # the server dropped the request: the caller is gone
+            task = asyncio.create_task(cancel_job(job.id))
+            background.add(task)
+            task.add_done_callback(background.discard)
+            raise
+        finally:
+            worker.forget(job.id)
 
     # -- health and metrics -----------------------------------------------------------------
 
@@ -225,10 +258,11 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"])
-    async def readyz() -> dict[str, Any]:
-        ready_or_503()
-        worker = state["worker"]
-        return {"status": "ready", "servers": {u: s.healthy for u, s in worker.pool.states.items()}}
+    async def readyz() -> Any:
+        """Ready or not, nothing more (no server addresses: no key is needed here)."""
+        if not ready():
+            return error_response(503, "not ready", "server_error", code="not_ready")
+        return {"status": "ready"}
 
     @app.get(
         "/metrics",
@@ -255,6 +289,9 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
     async def images(
         body: ImagesRequest, request: Request, key: KeyRecord = Depends(auth)
     ) -> dict[str, Any]:
+        bad = text_problem(body.model_dump(), "")
+        if bad is not None:  # 422, like the lone surrogates pydantic refuses in some fields
+            raise ApiError(422, f"{bad}: {_TEXT}", param=bad, code="invalid_text")
         served = served_or_404(body.model)
         params: dict[str, Any] = {"prompt": body.prompt}
         if len(body.prompt) > settings.max_prompt_chars:
@@ -283,29 +320,20 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
         names = {p.name for p in served.workflow.params}
         params = {k: v for k, v in params.items() if k in names}
         try:
-            job = await create_job(key, body.model, params, None, None)
+            job = await create_job(key, body.model, params, None, None, where="")
         except ApiError as exc:
-            if exc.status == 422:  # e.g. width not a multiple of 16: a bad size in OpenAI terms
-                raise ApiError(
-                    400,
-                    exc.message.removeprefix("params."),
-                    param="size"
-                    if exc.param and exc.param.split(".")[-1] in ("width", "height")
-                    else exc.param,
-                ) from None
+            if exc.status == 422:  # OpenAI's clients expect 400, and its parameter names
+                param = _OPENAI_PARAM.get(exc.param or "", exc.param)
+                raise ApiError(400, exc.message, param=param, code=exc.code) from None
             raise
-        deadline = time.monotonic() + settings.sync_timeout
-        done = state["worker"].finished_event(job.id)
-        try:
-            job = await _wait_final(job, done, deadline)
-        finally:
-            state["worker"].forget(job.id)
+        job = await wait_for_caller(job, request)
         if job.state != "succeeded":
+            error = public_error(job.error) or {}
             raise ApiError(
                 500,
-                f"generation {job.state}: {(job.error or {}).get('message')}",
+                f"generation {job.state}: {error.get('message')}",
                 type="server_error",
-                code=(job.error or {}).get("type"),
+                code=error.get("type"),
             )
         data = []
         for file_id in job.outputs:
@@ -347,13 +375,9 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
         job_id: str, request: Request, key: KeyRecord = Depends(auth)
     ) -> dict[str, Any]:
         job = await own_job(job_id, key)
-        if job.state not in _FINAL and not await asyncio.to_thread(store.cancel_if_queued, job.id):
-            # running (or claimed this instant): its worker interrupts it on the server
-            await asyncio.to_thread(store.request_cancel, job.id)
-            task = state["worker"].running.get(job.id)
-            if task is not None:
-                task.cancel()
-            for _ in range(200):
+        if job.state not in _FINAL:
+            await cancel_job(job.id)
+            for _ in range(200):  # up to 10 s for its worker to end it
                 if job.state in _FINAL:
                     break
                 await asyncio.sleep(0.05)
@@ -376,13 +400,15 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
             last: tuple[Any, ...] = ()
             current = job
             while True:
-                now = (current.state, current.progress)
+                position = None
+                if current.state == "queued":  # this job's place: queued jobs ahead of it
+                    position = await asyncio.to_thread(store.queue_position, current.id)
+                now = (current.state, current.progress, position)
                 if now != last:
                     last = now
                     data = job_json(current, request)
-                    if current.state == "queued":
-                        depth = await asyncio.to_thread(store.queue_depth)
-                        data["position"] = depth.get("queued", 1) - 1
+                    if position is not None:
+                        data["position"] = position
                     kind = "progress" if current.state == "running" else current.state
                     yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
                 if current.state in _FINAL or await request.is_disconnected():
@@ -456,7 +482,7 @@ def _typed_route(app: FastAPI, served: Served, auth: Any, create_job: Any, job_j
         webhook: str | None = Header(None, alias="X-Webhook-Url", pattern=r"^https?://\S+$"),
     ) -> dict[str, Any]:
         params = body.model_dump(exclude_unset=True, exclude_none=True)
-        job = await create_job(key, served.name, params, webhook, idempotency_key)
+        job = await create_job(key, served.name, params, webhook, idempotency_key, where="")
         return job_json(job, request)
 
     app.post(
@@ -466,12 +492,3 @@ def _typed_route(app: FastAPI, served: Served, auth: Any, create_job: Any, job_j
         summary=f"Run {served.name}",
         name=f"run_{served.name}",
     )(endpoint)
-
-
-def _load_workflows(settings: GatewaySettings, registry: Registry) -> None:
-    from comfyfn.workflow import Workflow
-    from comfyfn.workflows import BUILTIN, builtin
-
-    for name, source in settings.workflows:
-        wf = builtin(source) if source in BUILTIN else Workflow.load(source, name=name)
-        registry.add(name, wf, max_prompt=settings.max_prompt_chars)

@@ -1,10 +1,19 @@
-"""Prometheus metrics of one gateway process (its own registry, exposed at /metrics)."""
+"""Prometheus metrics of one gateway process (its own registry, exposed at /metrics).
+
+Request labels are bounded, so random requests cannot grow the series without bound: the
+route is the matched route's template (``/v1/jobs/{job_id}``) or ``unmatched``, the method
+one of the standard ones or ``other``, the status one the gateway itself sends.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["Metrics"]
+__all__ = ["METHODS", "Metrics", "MetricsMiddleware", "route_label"]
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
@@ -12,7 +21,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "comfyfn_requests_total",
-            "HTTP requests by route and status",
+            "HTTP requests by route template, method and status",
             ["route", "method", "status"],
             registry=self.registry,
         )
@@ -32,3 +41,37 @@ class Metrics:
         self.failures = Counter(
             "comfyfn_failures_total", "Failures by kind", ["kind"], registry=self.registry
         )
+
+
+def route_label(scope: dict[str, Any]) -> str:
+    """The matched route's path template, else ``unmatched`` (never the raw path)."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request once, after the router has matched it (plain ASGI)."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def sending(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            method = scope.get("method", "")
+            self.metrics.requests.labels(
+                route=route_label(scope),
+                method=method if method in METHODS else "other",
+                status=str(status),
+            ).inc()

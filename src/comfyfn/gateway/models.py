@@ -1,10 +1,12 @@
-"""Request bodies of the gateway's fixed routes (workflow bodies are built per workflow)."""
+"""Request bodies of the gateway's fixed routes (workflow bodies are built per workflow), and
+the check that every text in a request can be stored and sent on (:func:`text_problem`)."""
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["ImagesRequest", "JobRequest"]
+__all__ = ["ImagesRequest", "JobRequest", "text_problem"]
 
 
 class ImagesRequest(BaseModel):
@@ -26,4 +28,39 @@ class ImagesRequest(BaseModel):
 class JobRequest(BaseModel):
     workflow: str = "zimage-turbo"
     params: dict[str, Any] = Field(default_factory=dict)
-    webhook: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    webhook: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
+
+
+def _unstorable(text: str) -> bool:
+    """Lone surrogates (JSON's ``"\\ud800"``: not encodable as UTF-8) or NUL (PostgreSQL
+    text cannot hold it)."""
+    if "\x00" in text:
+        return True
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def text_problem(value: Any, where: str) -> str | None:
+    """The path (``where``, ``where.key``, ``where.0``) of the first text in ``value``, a
+    key included, that cannot be stored or sent on; None if all can."""
+    if isinstance(value, str):
+        return where if _unstorable(value) else None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str) and _unstorable(key):
+                return path
+            found = text_problem(item, path)
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = text_problem(item, f"{where}.{i}" if where else str(i))
+            if found is not None:
+                return found
+    return None

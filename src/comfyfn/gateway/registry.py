@@ -8,7 +8,7 @@ request is refused with the field named before any job is created.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,6 +52,10 @@ class Served:
         model = self.model.model_validate(dict(values))
         return model.model_dump(exclude_unset=True, exclude_none=True)
 
+    def effective(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` with the workflow's default for every parameter not given (what runs)."""
+        return {**{p.name: p.default for p in self.workflow.params}, **values}
+
 
 class Registry:
     def __init__(self) -> None:
@@ -64,6 +68,14 @@ class Registry:
         served = Served(name, workflow, model)
         self.served[name] = served
         return served
+
+    def load(self, workflows: Iterable[tuple[str, str]], *, max_prompt: int = 4000) -> None:
+        """Serve each (name, built-in name or workflow file)."""
+        from comfyfn.workflows import BUILTIN, builtin
+
+        for name, source in workflows:
+            wf = builtin(source) if source in BUILTIN else Workflow.load(source, name=name)
+            self.add(name, wf, max_prompt=max_prompt)
 
     def get(self, name: str) -> Served | None:
         return self.served.get(name)

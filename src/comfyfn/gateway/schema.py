@@ -60,6 +60,7 @@ class JobRecord:
     claimed_by: str | None
     heartbeat_at: float | None
     cancel_requested: bool
+    attempts: int = 0  #: submissions to a ComfyUI server so far (moves after server failures)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ jobs_t = sa.Table(
     sa.Column("claimed_by", sa.String(200)),
     sa.Column("heartbeat_at", sa.Double),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.UniqueConstraint("key_id", "idempotency_key", name="cfn_jobs_idempotency"),
     sa.Index("cfn_jobs_queue", "state", "created_at"),
     sa.Index("cfn_jobs_heartbeat", "state", "heartbeat_at"),
@@ -197,6 +199,7 @@ def _job(row: Any) -> JobRecord:
         claimed_by=m["claimed_by"],
         heartbeat_at=_opt_float(m["heartbeat_at"]),
         cancel_requested=bool(m["cancel_requested"]),
+        attempts=int(m["attempts"] or 0),
     )
 
 

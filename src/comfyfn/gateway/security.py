@@ -1,4 +1,10 @@
-"""Gateway security primitives (pure): rate limits, signed URLs, webhook signing and targets."""
+"""Gateway security primitives: rate limits, signed URLs, webhook signing and webhook targets.
+
+Webhook targets: a webhook URL is resolved once and every address it resolves to must be
+globally routable (:func:`address_error`); the delivery then connects to exactly those
+addresses (:mod:`comfyfn.gateway.webhooks`), so a host that answers differently the second
+time (DNS rebinding) cannot steer it to 127.0.0.1 or a cloud metadata address.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,23 @@ import ipaddress
 import re
 import socket
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+
+import httpx
+
+from comfyfn.errors import ComfyError
 
 __all__ = [
     "RateLimiter",
+    "Resolver",
+    "WebhookRefused",
+    "WebhookTarget",
+    "address_error",
+    "check_webhook",
     "parse_rate",
+    "parse_webhook",
+    "resolve_host",
     "sign_url",
     "sign_webhook",
     "verify_url",
@@ -87,30 +104,141 @@ def sign_webhook(secret: bytes, body: bytes, timestamp: int) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-def webhook_target_error(url: str, *, allow_private: bool) -> str | None:
-    """Why a webhook URL is refused (None if allowed): http(s) only; no loopback, private,
-    link-local or reserved addresses unless ``allow_private``."""
+#: ``resolve(host, port)`` → the host's IP addresses as text (``socket.getaddrinfo`` by default)
+Resolver = Callable[[str, int], Iterable[str]]
+
+
+class WebhookRefused(ComfyError):
+    """A webhook URL the gateway will not call; ``reason`` says why, ``url`` is the URL."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(reason)
+        self.url, self.reason = url, reason
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """A webhook URL taken apart, with the checked addresses its host resolved to."""
+
+    url: str
+    scheme: str
+    host: str  #: ASCII (IDNA) host name or address literal, as sent in Host and SNI
+    port: int
+    target: str  #: path and query
+    addresses: tuple[str, ...] = ()
+    userinfo: str = ""  #: ``user:password`` of the URL, kept (sent as basic auth)
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def url_for(self, address: str) -> str:
+        """The URL with the host replaced by ``address`` (what is actually connected to)."""
+        host = f"[{address}]" if ":" in address else address
+        user = f"{self.userinfo}@" if self.userinfo else ""
+        return f"{self.scheme}://{user}{host}:{self.port}{self.target}"
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """The host's addresses (literals are returned as they are), without duplicates."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_COMPAT = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible IPv6
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, 6to4, NAT64, compatible)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or (ip in _COMPAT and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def address_error(address: str) -> str | None:
+    """Why a webhook may not connect to ``address`` (None if it is globally routable).
+
+    Refused: everything :attr:`ipaddress.IPv4Address.is_global` says is not global (loopback,
+    private, shared 100.64.0.0/10, link-local, documentation, reserved...), multicast, and
+    IPv6 addresses that embed such an IPv4 address (``::ffff:127.0.0.1``, 6to4, NAT64).
+    """
     try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError as exc:
-        return f"the webhook is not a valid URL ({exc})"
-    if parts.scheme not in ("http", "https") or not host:
-        return "the webhook must be an http(s) URL with a host"
-    if allow_private:
-        return None
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return f"{address!r} is not an IP address"
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(ip)
+        if inner is not None:
+            candidates.append(inner)
+    for candidate in candidates:
+        if not candidate.is_global or candidate.is_multicast:
+            return f"{address} is not a public address"
+    return None
+
+
+def parse_webhook(url: str) -> WebhookTarget:
+    """The URL taken apart (no addresses yet); :class:`WebhookRefused` if it is unusable."""
     try:
-        infos = socket.getaddrinfo(host, port or 443, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
-        return f"the webhook host {host!r} does not resolve"
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0])
-        if (
-            ip.is_loopback
-            or ip.is_private
-            or ip.is_link_local
-            or ip.is_reserved
-            or (ip.is_multicast or ip.is_unspecified)
-        ):
-            return f"the webhook host {parts.hostname!r} is a private or loopback address"
+        parsed = httpx.URL(url)
+        host = parsed.raw_host.decode("ascii")
+    except (httpx.InvalidURL, ValueError, UnicodeError, TypeError) as exc:
+        raise WebhookRefused(url, f"the webhook is not a valid URL ({exc})") from None
+    if parsed.scheme not in ("http", "https") or not host:
+        raise WebhookRefused(url, "the webhook must be an http(s) URL with a host")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    target = parsed.raw_path.decode("ascii") or "/"
+    userinfo = parsed.userinfo.decode("ascii")
+    return WebhookTarget(url, parsed.scheme, host, port, target, userinfo=userinfo)
+
+
+def check_webhook(
+    url: str, *, allow_private: bool, resolve: Resolver = resolve_host
+) -> WebhookTarget:
+    """Resolve the webhook's host once and check every address (each must be public unless
+    ``allow_private``); the target to connect to. :class:`WebhookRefused` otherwise."""
+    target = parse_webhook(url)
+    try:
+        addresses = tuple(dict.fromkeys(str(a) for a in resolve(target.host, target.port)))
+    except (OSError, UnicodeError, ValueError):
+        raise WebhookRefused(url, f"the webhook host {target.host!r} does not resolve") from None
+    if not addresses:
+        raise WebhookRefused(url, f"the webhook host {target.host!r} does not resolve")
+    for address in addresses:
+        if not _is_ip(address):
+            raise WebhookRefused(url, f"the resolver answered {address!r}, not an IP address")
+        problem = None if allow_private else address_error(address)
+        if problem is not None:
+            raise WebhookRefused(url, f"the webhook host {target.host!r} is not public: {problem}")
+    return WebhookTarget(**{**target.__dict__, "addresses": addresses})
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def webhook_target_error(
+    url: str, *, allow_private: bool, resolve: Resolver = resolve_host
+) -> str | None:
+    """Why a webhook URL is refused when a job is posted (None if allowed): the same rules
+    as at delivery (:func:`check_webhook`). With ``allow_private`` only the URL's form is
+    checked (the host is resolved, and pinned, when the webhook is delivered)."""
+    try:
+        if allow_private:
+            parse_webhook(url)
+        else:
+            check_webhook(url, allow_private=False, resolve=resolve)
+    except WebhookRefused as exc:
+        return exc.reason
     return None

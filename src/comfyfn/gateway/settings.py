@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = ["GatewaySettings", "default_data_dir"]
 
@@ -26,6 +28,19 @@ class GatewaySettings:
     |---|---|---|
     | ``db_url`` | ``COMFYFN_DB`` | SQLite file ``gateway.db`` in the data dir |
     | ``storage`` | ``COMFYFN_GATEWAY_DIR`` (+ ``/files``) | user data dir ``/files`` |
+
+    Cost limits, checked on every route before a job is queued (:meth:`cost_error`): a
+    request over one is refused naming the parameter (422 on ``/v1/jobs`` and the typed
+    endpoints, 400 on ``/v1/images/generations`` like all its errors). Parameters not given
+    count with the workflow's defaults.
+
+    | limit | default |
+    |---|---|
+    | ``max_pixels`` — width × height of one image | 4,194,304 (2048 × 2048) |
+    | ``max_batch_size`` — images per job (``batch_size``) | 4 |
+    | ``max_steps`` — sampling steps | 100 |
+    | ``max_images`` — ``n`` of ``/v1/images/generations`` | 4 |
+    | ``max_total_pixels`` — width × height × batch_size of one request | 16,777,216 |
     """
 
     servers: tuple[str, ...]
@@ -35,15 +50,49 @@ class GatewaySettings:
     prime: int = 1
     max_body_bytes: int = 1_000_000
     max_prompt_chars: int = 4_000
-    max_images: int = 4
+    max_images: int = 4  #: n of /v1/images/generations
+    max_pixels: int = 4_194_304  #: width × height of one image (2048²)
+    max_batch_size: int = 4  #: batch_size of one job
+    max_steps: int = 100  #: sampling steps of one job
+    max_total_pixels: int = 16_777_216  #: width × height × batch_size of one request
     cors_origins: tuple[str, ...] = ()
     allow_private_webhooks: bool = False
     url_ttl: int = 3600  #: seconds a signed file URL stays valid
     sync_timeout: float = 300.0  #: how long /v1/images/generations waits for its job
     job_timeout: float | None = None
+    http_timeout: float = 10.0  #: a ComfyUI server silent this long counts as failed
+    retries: int = 3  #: times a job is moved to another server after a server failure
     stale_after: float = 30.0  #: a running job without heartbeat this long is taken over
     heartbeat: float = 5.0
     worker_id: str = field(default_factory=lambda: f"w-{os.getpid()}-{os.urandom(3).hex()}")
+
+    def cost_error(self, values: Mapping[str, Any]) -> tuple[str, str] | None:
+        """(parameter, message) for the first cost limit ``values`` break, else None.
+
+        ``values`` are a job's parameters with the workflow's defaults filled in; a workflow
+        without width/height/batch_size/steps parameters is not limited on them.
+        """
+        width, height = _count(values, "width"), _count(values, "height")
+        batch, steps = _count(values, "batch_size"), _count(values, "steps")
+        pixels = width * height if width is not None and height is not None else None
+        if pixels is not None and pixels > self.max_pixels:
+            return "width", (
+                f"width × height = {width} × {height} = {pixels:,} pixels is over this "
+                f"gateway's limit of {self.max_pixels:,} per image"
+            )
+        if batch is not None and batch > self.max_batch_size:
+            return "batch_size", (
+                f"batch_size {batch} is over this gateway's limit of {self.max_batch_size}"
+            )
+        if steps is not None and steps > self.max_steps:
+            return "steps", f"steps {steps} is over this gateway's limit of {self.max_steps}"
+        total = (pixels or 0) * (batch or 1)
+        if total > self.max_total_pixels:
+            return "batch_size", (
+                f"width × height × batch_size = {total:,} pixels is over this gateway's "
+                f"limit of {self.max_total_pixels:,} per request"
+            )
+        return None
 
     @classmethod
     def resolve(
@@ -64,3 +113,8 @@ class GatewaySettings:
             storage=Path(storage) if storage else data / "files",
             **kwargs,
         )
+
+
+def _count(values: Mapping[str, Any], name: str) -> int | None:
+    value = values.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

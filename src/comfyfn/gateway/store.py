@@ -19,7 +19,7 @@ clocks, and ``stale_after`` should be well above any skew)::
     cfn_jobs   id PK "job_…", key_id, workflow, params (JSON text), state, server, prompt_id,
                progress, error (JSON text), outputs (JSON text: file ids), webhook,
                idempotency_key, created_at, updated_at, started_at, finished_at,
-               claimed_by, heartbeat_at, cancel_requested
+               claimed_by, heartbeat_at, cancel_requested, attempts
                unique(key_id, idempotency_key)   -- NULLs never collide
                index(state, created_at), index(state, heartbeat_at), index(key_id, created_at)
     cfn_files  id PK "file_…", job_id → cfn_jobs.id, path, content_type, size, etag, created_at
@@ -92,7 +92,7 @@ from comfyfn.gateway.schema import (
 __all__ = ["STATES", "TERMINAL", "FileRecord", "JobRecord", "KeyRecord", "Store"]
 
 SCHEMA_VERSION = "1"
-_SQLITE_BUSY_MS = 30_000
+SQLITE_BUSY_TIMEOUT = 30.0  #: seconds a SQLite writer waits for the database lock by default
 _PG_INIT_LOCK = 0x63666E5F73746F72  # pg_advisory_xact_lock key for schema creation ("cfn_stor")
 
 
@@ -100,9 +100,14 @@ class Store:
     """The job store on ``url`` (a SQLAlchemy URL; see the module docstring).
 
     Thread-safe: every method runs in its own short transaction on a pooled connection.
+    ``busy_timeout`` (SQLite only): seconds a statement waits for another writer's lock
+    before it fails with ``sqlalchemy.exc.OperationalError`` ("database is locked").
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> None:
+        if busy_timeout < 0:
+            raise ValueError(f"busy_timeout {busy_timeout} is negative")
+        self.busy_timeout = busy_timeout
         parsed = make_url(url)
         if parsed.drivername in ("postgresql", "postgres"):  # plain URLs mean psycopg 3 here
             parsed = parsed.set(drivername="postgresql+psycopg")
@@ -126,7 +131,7 @@ class Store:
     def _sqlite_engine(self, url: str, database: str | None) -> Engine:
         memory = not database or database == ":memory:" or "mode=memory" in url
         kwargs: dict[str, Any] = {
-            "connect_args": {"check_same_thread": False, "timeout": _SQLITE_BUSY_MS / 1000},
+            "connect_args": {"check_same_thread": False, "timeout": self.busy_timeout},
         }
         lock = threading.RLock()
         self._write_lock = lock
@@ -145,7 +150,7 @@ class Store:
                 if not memory:
                     cur.execute("PRAGMA journal_mode=WAL")
                     cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
+                cur.execute(f"PRAGMA busy_timeout={round(self.busy_timeout * 1000)}")
                 cur.execute("PRAGMA foreign_keys=ON")
             finally:
                 cur.close()
@@ -176,6 +181,11 @@ class Store:
                 # replicas starting together must not race on CREATE TABLE
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_INIT_LOCK)))
             metadata.create_all(conn, checkfirst=True)
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("cfn_jobs")}
+            if "attempts" not in columns:  # a database made before the column existed
+                conn.exec_driver_sql(
+                    "ALTER TABLE cfn_jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"
+                )
             have = conn.execute(
                 sa.select(meta_t.c.value).where(meta_t.c.key == "schema_version")
             ).scalar()
@@ -309,6 +319,7 @@ class Store:
             "claimed_by": None,
             "heartbeat_at": None,
             "cancel_requested": False,
+            "attempts": 0,
         }
         same = sa.select(jobs_t).where(
             jobs_t.c.key_id == key_id, jobs_t.c.idempotency_key == idempotency_key
@@ -477,6 +488,31 @@ class Store:
         depth = dict.fromkeys(STATES, 0)
         depth.update({state: int(n) for state, n in rows})
         return depth
+
+    def queue_position(self, job_id: str) -> int | None:
+        """How many queued jobs will be claimed before this one (0: it is next), or None if
+        it is not queued. Claim order: oldest ``created_at`` first, then ``id``."""
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(jobs_t.c.created_at, jobs_t.c.id).where(
+                    jobs_t.c.id == job_id, jobs_t.c.state == "queued"
+                )
+            ).first()
+            if row is None:
+                return None
+            created, ident = row
+            ahead = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(jobs_t)
+                .where(
+                    jobs_t.c.state == "queued",
+                    sa.or_(
+                        jobs_t.c.created_at < created,
+                        sa.and_(jobs_t.c.created_at == created, jobs_t.c.id < ident),
+                    ),
+                )
+            ).scalar()
+        return int(ahead or 0)
 
     # -- files ---------------------------------------------------------------------------------
 

@@ -1,0 +1,153 @@
+"""Faults the gateway must end in a clear state: database outages, SIGTERM, broken answers.
+
+Real parts throughout: ComfyUI (the local engine), PostgreSQL from Debian's binaries, SQLite
+files, gateway processes started with the real CLI. Only what a real ComfyUI cannot do (a
+broken or slow answer) goes through tests/faultproxy.py.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+
+import httpx
+import pytest
+from gateway_proc import Gateway, make_key
+from graphs import sleep_graph
+from pg import Postgres
+
+import comfyfn
+
+pytestmark = pytest.mark.engine
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def wait_until(condition, *, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def job_state(gateway: Gateway, key: str, job_id: str) -> dict:
+    answer = httpx.get(f"{gateway.url}/v1/jobs/{job_id}", headers=_auth(key), timeout=10)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def final(gateway: Gateway, key: str, job_id: str, timeout: float = 90.0) -> dict:
+    return wait_until(
+        lambda: (s := job_state(gateway, key, job_id))["state"] in FINAL and s,
+        timeout=timeout,
+        what=f"job {job_id} to end",
+    )
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def post_job(gateway: Gateway, key: str, workflow: str):
+    return httpx.post(
+        f"{gateway.url}/v1/jobs",
+        headers=_auth(key),
+        json={"workflow": workflow, "params": {}},
+        timeout=30,
+    )
+
+
+def sleep_workflows(tmp_path, ms: int, colors: dict[str, int]) -> list[str]:
+    """``-w name=file`` options: one simulated job per name, told apart by its color."""
+    options = []
+    for name, color in colors.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(sleep_graph(color, milliseconds=ms, steps=4)))
+        options += ["-w", f"{name}={path}"]
+    return options
+
+
+def runs_by_color(server: str) -> Counter:
+    """Successful ComfyfnSleep runs on the server, by their EmptyImage color."""
+    with comfyfn.Client(server) as c:
+        return Counter(
+            e["prompt"][2]["1"]["inputs"]["color"]
+            for e in c.history().values()
+            if e["prompt"][2].get("2", {}).get("class_type") == "ComfyfnSleep"
+            and e["status"]["status_str"] == "success"
+        )
+
+
+def ready(gateway: Gateway) -> int:
+    try:
+        return httpx.get(f"{gateway.url}/readyz", timeout=5).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def test_postgres_outage_jobs_before_and_after_finish(server, tmp_path, unique):
+    colors = {"before": unique(), "during": unique(), "after": unique()}
+    workflows = sleep_workflows(tmp_path, 1500, colors)
+    with Postgres() as pg:
+        gw = Gateway([server], pg.url, tmp_path / "files", *workflows)
+        try:
+            key = make_key(pg.url, "outage")
+            before = post_job(gw, key, "before")
+            assert before.status_code == 202, before.text
+            wait_until(
+                lambda: job_state(gw, key, before.json()["id"])["state"] == "running",
+                timeout=30,
+                what="the first job to run",
+            )
+            pg.halt()
+            wait_until(lambda: ready(gw) == 503, timeout=20, what="/readyz to say 503")
+            during = post_job(gw, key, "during")
+            assert during.status_code == 503, during.text
+            assert during.json()["error"]["type"] == "server_error"
+            pg.resume()
+            wait_until(lambda: ready(gw) == 200, timeout=30, what="/readyz to recover")
+            after = post_job(gw, key, "after")
+            assert after.status_code == 202, after.text
+            for answer in (before, after):
+                assert final(gw, key, answer.json()["id"])["state"] == "succeeded"
+        finally:
+            gw.stop()
+        log = gw.log.read_text()
+    assert "the job store failed" in log  # logged, and the loop went on
+    runs = runs_by_color(server)
+    assert [runs[colors[n]] for n in ("before", "during", "after")] == [1, 0, 1]
+
+
+def test_sigterm_hands_running_jobs_to_another_replica_at_once(server, tmp_path, unique):
+    db = f"sqlite:///{tmp_path / 'gateway.db'}"
+    color = unique()
+    workflows = sleep_workflows(tmp_path, 3000, {"slow": color})
+    a = Gateway([server], db, tmp_path / "files", *workflows)
+    b = None
+    try:
+        key = make_key(db, "handover")
+        job = post_job(a, key, "slow").json()
+        wait_until(
+            lambda: job_state(a, key, job["id"])["state"] == "running",
+            timeout=30,
+            what="the job to start on replica A",
+        )
+        b = Gateway([server], db, tmp_path / "files", *workflows)
+        stopped = time.monotonic()
+        a.stop()  # SIGTERM; uvicorn shuts down, then re-raises the signal
+        assert a.proc.returncode == -signal.SIGTERM
+        done = final(b, key, job["id"], timeout=25)
+        # stale_after is 30 s: finishing sooner means A handed the job back on its way out
+        assert done["state"] == "succeeded", done
+        assert time.monotonic() - stopped < 20
+        assert "handed job" in a.log.read_text()
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+    assert runs_by_color(server)[color] == 1  # re-attached by prompt id, not run again
