@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import csv
 import enum
+import errno
+import os
 import signal
+import sqlite3
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from comfyfn._cli_common import err, fail, server_url
+from comfyfn._cli_common import err, esc, fail, server_url
 from comfyfn.batch import (
     Batch,
     BatchSettings,
     JobResult,
     Row,
+    RowError,
     expand,
     parse_vary,
     read_job_file,
@@ -29,6 +32,7 @@ from comfyfn.batch import (
     template_variables,
     write_report,
 )
+from comfyfn.batch.rows import count_rows, template_problem, values_problem
 from comfyfn.errors import ComfyError, ConfigError
 from comfyfn.recipes import list_recipes, load_recipe
 
@@ -66,17 +70,6 @@ OnInterrupt = Annotated[
 ]
 
 
-def _count(path: Path) -> int | None:
-    try:
-        if path.suffix.lower() in (".jsonl", ".ndjson"):
-            with path.open(encoding="utf-8") as fh:
-                return sum(1 for line in fh if line.strip())
-        with path.open(encoding="utf-8-sig", newline="") as fh:
-            return sum(1 for _ in csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None
-
-
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -90,7 +83,7 @@ def _progress() -> Progress:
 
 
 def execute(
-    rows: Iterable[Row],
+    rows: Iterable[Row | RowError],
     output: Path,
     servers: list[str],
     *,
@@ -100,12 +93,39 @@ def execute(
     as_json: bool,
     on_interrupt: OnInterruptChoice,
 ) -> None:
-    """Run a batch with progress, a summary, a contact sheet and the exit code."""
+    """Run a batch with progress, a summary, a contact sheet and the exit code: 0 all done,
+    1 some rows failed, 2 the output folder cannot be used, 130 stopped by Ctrl-C/SIGTERM."""
+    try:
+        batch = Batch(rows, output, servers=servers, workflow=workflow, settings=settings)
+        counted, stopped = _run(batch, total, on_interrupt)
+        summary, sheet = write_report(batch, counted)
+    except (OSError, sqlite3.DatabaseError, ConfigError, ExceptionGroup) as exc:
+        message = output_failure(exc, output)
+        if message is None:
+            raise
+        err.print(f"[red]error:[/red] {esc(message)}", highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(summary.to_json())
+    else:
+        _print_summary(summary, sheet)
+    if stopped:
+        err.print("stopped before the end: run the same command again to resume")
+        raise typer.Exit(130)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+def _run(
+    batch: Batch, total: int | None, on_interrupt: OnInterruptChoice
+) -> tuple[dict[str, int], bool]:
+    """Run to the end or until stopped: (results by state, whether a signal stopped it)."""
     started = time.monotonic()
     counted: dict[str, int] = {}
+    presses = 0
     with _progress() as progress:
         overall = progress.add_task("jobs", total=total, rate="")
-        lines = {url: progress.add_task(url, total=None, rate="") for url in servers}
+        lines = {url: progress.add_task(esc(url), total=None, rate="") for url in batch.servers}
 
         def on_event(kind: str, data: Any) -> None:
             if kind == "result":
@@ -116,79 +136,149 @@ def execute(
                 progress.update(overall, advance=1, rate=rate)
                 if result.state in ("failed", "invalid"):
                     progress.console.print(
-                        f"[red]{result.state}[/red] {result.error}", highlight=False
+                        f"[red]{result.state}[/red] {esc(result.error)}", highlight=False
                     )
             for url, task in lines.items():
                 s = batch.pool.states[url]
                 status = "up" if s.healthy else "[red]down[/red]"
                 progress.update(
                     task,
-                    description=f"{url} {status} busy {min(s.in_flight, 1)} "
+                    description=f"{esc(url)} {status} busy {min(s.in_flight, 1)} "
                     f"queued {s.queued} failures {s.failures}",
                     rate=f"{s.done} done",
                 )
 
-        batch = Batch(
-            rows, output, servers=servers, workflow=workflow, settings=settings, on_event=on_event
-        )
+        def interrupted() -> None:
+            nonlocal presses
+            presses += 1
+            cancel = presses > 1 or on_interrupt == OnInterruptChoice.cancel
+            err.print(
+                "stopping: "
+                + (
+                    "cancelling running jobs"
+                    if cancel
+                    else "running jobs finish (Ctrl-C again to cancel them)"
+                )
+            )
+            batch.stop(cancel_running=cancel)
 
         async def consume() -> None:
-            loop = asyncio.get_running_loop()
-            presses = 0
-
-            def interrupted() -> None:
-                nonlocal presses
-                presses += 1
-                cancel = presses > 1 or on_interrupt == OnInterruptChoice.cancel
-                err.print(
-                    "stopping: "
-                    + (
-                        "cancelling running jobs"
-                        if cancel
-                        else "running jobs finish (Ctrl-C again to cancel them)"
-                    )
-                )
-                batch.stop(cancel_running=cancel)
-
-            with _signal(loop, interrupted):
+            with _signals(asyncio.get_running_loop(), interrupted):
                 async for _ in batch.results():
                     pass
 
+        batch.on_event = on_event
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             asyncio.run(consume())
-    summary, sheet = write_report(batch, counted)
-    if as_json:
-        typer.echo(summary.to_json())
-    else:
+    return counted, presses > 0
+
+
+def _print_summary(summary: Any, sheet: Path) -> None:
+    err.print(
+        f"done {summary.done} · failed {summary.failed} · invalid {summary.invalid} · "
+        f"skipped {summary.skipped} · {summary.images_per_minute} jobs/min · "
+        f"p50 {summary.p50 or 0:.2f}s · p95 {summary.p95 or 0:.2f}s",
+        highlight=False,
+    )
+    for url, s in summary.servers.items():
         err.print(
-            f"done {summary.done} · failed {summary.failed} · invalid {summary.invalid} · "
-            f"skipped {summary.skipped} · {summary.images_per_minute} jobs/min · "
-            f"p50 {summary.p50 or 0:.2f}s · p95 {summary.p95 or 0:.2f}s"
+            f"  {esc(url)}: {s['done']} done, {s['failures']} failures, busy "
+            f"{s['busy_fraction']:.0%}",
+            highlight=False,
         )
-        for url, s in summary.servers.items():
-            err.print(
-                f"  {url}: {s['done']} done, {s['failures']} failures, busy "
-                f"{s['busy_fraction']:.0%}"
-            )
-        err.print(f"contact sheet: {sheet}")
-    if not summary.ok:
-        raise typer.Exit(1)
+    err.print(f"contact sheet: {esc(sheet)}", highlight=False)
 
 
-class _signal:
-    """SIGINT handler for the duration of the batch (restored after)."""
+class _signals:
+    """Ctrl-C (SIGINT) and SIGTERM stop the batch the same way for its duration (the
+    default handlers are restored after)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, handler) -> None:
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> None:
         self.loop, self.handler = loop, handler
 
     def __enter__(self) -> None:
         if sys.platform != "win32":
-            self.loop.add_signal_handler(signal.SIGINT, self.handler)
+            for sig in self.SIGNALS:
+                self.loop.add_signal_handler(sig, self.handler)
 
     def __exit__(self, *exc: object) -> None:
         if sys.platform != "win32":
-            self.loop.remove_signal_handler(signal.SIGINT)
+            for sig in self.SIGNALS:
+                self.loop.remove_signal_handler(sig)
+
+
+# -- the output folder cannot be used: one sentence, exit 2 -------------------------------------
+
+_DISK_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+
+def output_failure(exc: BaseException, output: Path) -> str | None:
+    """One sentence naming the folder when ``exc`` (or what caused it) means the output folder
+    or its manifest cannot be used: not SQLite, read-only, not writable, full. None for any
+    other error. Works on the raw sqlite3/OSError and on a ComfyError raised from one."""
+    for cause in _chain(exc):
+        if isinstance(cause, sqlite3.DatabaseError):
+            return _sqlite_failure(cause, output)
+        if isinstance(cause, OSError) and cause.errno in _DISK_ERRNOS:
+            name = cause.filename
+            if name is None or _inside(Path(os.fsdecode(name)), output):
+                return _disk_failure(cause.errno, _detail(cause), output)
+    return None
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        item = todo.pop(0)
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        if isinstance(item, BaseExceptionGroup):
+            todo.extend(item.exceptions)
+        todo += [item.__cause__, item.__context__]
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.absolute().is_relative_to(folder.absolute())
+    except (OSError, ValueError):
+        return False
+
+
+def _detail(exc: OSError) -> str:
+    name = f": {os.fsdecode(exc.filename)}" if exc.filename is not None else ""
+    return f"{exc.strerror or exc}{name}"
+
+
+def _sqlite_failure(exc: sqlite3.DatabaseError, output: Path) -> str:
+    code, text = getattr(exc, "sqlite_errorname", None) or "", str(exc)
+    if code == "SQLITE_FULL" or "disk is full" in text:
+        return _disk_failure(errno.ENOSPC, text, output)
+    if code.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")) or "unable to open" in text:
+        read_only = not (output.is_dir() and os.access(output, os.W_OK))
+        return _disk_failure(errno.EROFS if read_only else errno.EACCES, text, output)
+    if code.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or "not a database" in text:
+        return (
+            f"the output folder {output} holds a manifest.sqlite that is not a usable comfyfn "
+            f"manifest ({exc}); move it away or give another folder with -o"
+        )
+    return f"cannot use the manifest in the output folder {output} ({exc})"
+
+
+def _disk_failure(code: int | None, detail: str, output: Path) -> str:
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"the output folder {output} is on a full disk ({detail}); free some space, "
+            "then run the same command again to resume"
+        )
+    if code == errno.EROFS:
+        return f"the output folder {output} is read-only ({detail}); give a writable folder with -o"
+    return f"the output folder {output} is not writable ({detail}); give a writable folder with -o"
 
 
 def resolve_servers(servers: list[str] | None) -> list[str]:
@@ -227,10 +317,12 @@ def batch_command(
             workflow = workflow or job.get("workflow")
             prime = job.get("prime", prime)
             defaults = job.get("defaults")
-            total = None
+            total = job["total"]
         else:
+            total = count_rows(source)  # a file unreadable mid-way fails before anything runs
             raw, job_vary, defaults = read_rows(source), [], None
-            total = _count(source)
+        if template is not None and (problem := template_problem(template)):
+            raise ConfigError(f"--template {template!r}: {problem}")
         varies = job_vary + [parse_vary(v) for v in vary or ()]
         combos = 1
         for _, values in varies:
@@ -260,7 +352,11 @@ def batch_command(
 @recipe_app.command("list")
 def recipe_list() -> None:
     """Built-in and user recipes (``$COMFYFN_RECIPES``), with their outputs."""
-    for recipe in list_recipes():
+    try:
+        recipes = list_recipes()
+    except ComfyError as exc:
+        raise fail(exc) from None
+    for recipe in recipes:
         outs = ", ".join(
             f"{o.name} {o.deliver[0]}×{o.deliver[1]}" + (f" ×{o.count}" if o.count > 1 else "")
             for o in recipe.outputs
@@ -274,6 +370,16 @@ def _topics(path: Path) -> Iterator[str]:
             yield from fh
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from exc
+
+
+def _recipe_rows(rows: Iterable[dict[str, Any]]) -> Iterator[Row | RowError]:
+    for i, values in enumerate(rows, 1):
+        problem = values_problem(values)  # e.g. a topic line over the cell limit
+        yield Row(i, values) if problem is None else RowError(i, *problem)
 
 
 @recipe_app.command("run")
@@ -290,9 +396,7 @@ def recipe_run(
     """Make every output of a recipe for every topic, delivered at the exact pixel sizes."""
     try:
         recipe = load_recipe(name)
-        rows = (
-            Row(i, values) for i, values in enumerate(recipe.rows(_topics(topics), seed=seed), 1)
-        )
+        rows = _recipe_rows(recipe.rows(_topics(topics), seed=seed))
         n_topics = sum(1 for t in _topics(topics) if t.strip() and not t.strip().startswith("#"))
         execute(
             rows,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from comfyfn._cli_common import EngineName, err, fail, out
+from comfyfn._cli_common import EngineName, err, esc, fail, out, report
 from comfyfn.engine import Engine
 from comfyfn.errors import ComfyError
 
@@ -24,10 +24,10 @@ def engine_install() -> None:
     """Install the engine (venv, ComfyUI, tiny weights) without starting it."""
     install = Engine().install
     try:
-        seconds = install.install(report=lambda msg: err.print(msg))
+        seconds = install.install(report=report)
     except ComfyError as exc:
         raise fail(exc) from None
-    err.print(f"engine installed in {install.home} ({seconds:.1f}s)")
+    err.print(f"engine installed in {esc(install.home)} ({seconds:.1f}s)", highlight=False)
 
 
 @engine_app.command("up")
@@ -41,10 +41,13 @@ def engine_up(
     engine = Engine(name, comfyui_path=comfyui_path, models_dir=models_dir)
     started = time.monotonic()
     try:
-        state = engine.up(port=port, report=lambda msg: err.print(msg))
+        state = engine.up(port=port, report=report)
     except ComfyError as exc:
         raise fail(exc) from None
-    err.print(f"engine {name!r} up in {time.monotonic() - started:.1f}s (pid {state.pid})")
+    err.print(
+        f"engine {esc(repr(name))} up in {time.monotonic() - started:.1f}s (pid {state.pid})",
+        highlight=False,
+    )
     typer.echo(state.url)
 
 
@@ -52,7 +55,10 @@ def engine_up(
 def engine_down(name: EngineName = "default") -> None:
     """Stop the local engine (by its pid)."""
     stopped = Engine(name).down()
-    err.print(f"engine {name!r} {'stopped' if stopped else 'was not running'}")
+    err.print(
+        f"engine {esc(repr(name))} {'stopped' if stopped else 'was not running'}",
+        highlight=False,
+    )
 
 
 @engine_app.command("status")
@@ -66,7 +72,7 @@ def engine_status(
     else:
         table = Table(show_header=False, box=None)
         for key, value in status.items():
-            table.add_row(key, str(value))
+            table.add_row(esc(key), esc(value))
         out.print(table)
     if not status["running"]:
         raise typer.Exit(1)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from comfyfn._cli_common import err, fail
+from comfyfn._cli_common import err, esc, fail
 from comfyfn.errors import ComfyError, ConfigError
 
 keys_app = typer.Typer(help="API keys of the gateway (stored hashed).", no_args_is_help=True)
@@ -90,8 +90,11 @@ def serve_command(
     except ComfyError as exc:
         raise fail(exc) from None
     err.print(
-        f"gateway on http://{host}:{port} → {', '.join(settings.servers)} "
-        f"(db {settings.db_url.split('@')[-1]})"
+        esc(
+            f"gateway on http://{host}:{port} → {', '.join(settings.servers)} "
+            f"(db {settings.db_url.split('@')[-1]})"
+        ),
+        highlight=False,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
@@ -110,7 +113,10 @@ def keys_create(
         secret, key = _store(db).create_key(name, rate)
     except ValueError as exc:
         raise fail(ConfigError(str(exc))) from None
-    err.print(f"key {key.name!r} ({key.id}, {key.rate}) — store it now, it is not shown again:")
+    err.print(
+        esc(f"key {key.name!r} ({key.id}, {key.rate}) — store it now, it is not shown again:"),
+        highlight=False,
+    )
     typer.echo(secret)
 
 
@@ -128,6 +134,6 @@ def keys_list(db: DbOpt = None) -> None:
 def keys_revoke(name: str, db: DbOpt = None) -> None:
     """Revoke a key by name or id (exit 1 if there is none)."""
     if not _store(db).revoke_key(name):
-        err.print(f"no active key {name!r}")
+        err.print(esc(f"no active key {name!r}"), highlight=False)
         raise typer.Exit(1)
-    err.print(f"revoked {name!r}")
+    err.print(esc(f"revoked {name!r}"), highlight=False)

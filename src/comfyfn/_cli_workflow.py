@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from comfyfn import _config
-from comfyfn._cli_common import ServerOpt, err, fail, out
+from comfyfn._cli_common import ServerOpt, err, esc, fail, out
 from comfyfn.errors import ComfyError, ConfigError
 from comfyfn.sync import Client
 from comfyfn.workflow import Workflow
@@ -106,7 +106,7 @@ def inspect(
             )
         )
         return
-    table = Table(title=f"{wf.name or source} ({wf.source} format, {len(wf.graph)} nodes)")
+    table = Table(title=esc(f"{wf.name or source} ({wf.source} format, {len(wf.graph)} nodes)"))
     for column in ("parameter", "type", "value", "range / choices", "node.input", "class"):
         table.add_column(column, overflow="fold")
     for p in wf.params:
@@ -123,29 +123,39 @@ def inspect(
             if not isinstance(p.default, str) or len(p.default) < 60
             else (p.default[:57] + "…")
         )
-        table.add_row(p.name, p.type, str(value), limits, p.path, p.class_type)
+        cells = (p.name, p.type, value, limits, p.path, p.class_type)
+        table.add_row(*(esc(cell) for cell in cells))
     out.print(table)
     for name, candidates in wf.ambiguous.items():
         out.print(
-            f"ambiguous: {name} → "
-            + ", ".join(f"{n}.{i}" for n, i in candidates)
-            + " (bind by path)",
+            esc(
+                f"ambiguous: {name} → "
+                + ", ".join(f"{n}.{i}" for n, i in candidates)
+                + " (bind by path)"
+            ),
             highlight=False,
         )
     out.print(
-        "outputs: " + (", ".join(f"{n} {wf.graph[n]['class_type']}" for n in wf.outputs) or "none"),
+        esc(
+            "outputs: "
+            + (", ".join(f"{n} {wf.graph[n]['class_type']}" for n in wf.outputs) or "none")
+        ),
         highlight=False,
     )
     if wf.dead_nodes:
         out.print(
-            "dead nodes (output unused): "
-            + ", ".join(f"{n} {wf.graph[n]['class_type']}" for n in wf.dead_nodes),
+            esc(
+                "dead nodes (output unused): "
+                + ", ".join(f"{n} {wf.graph[n]['class_type']}" for n in wf.dead_nodes)
+            ),
             highlight=False,
         )
     if wf.unknown_nodes:
         out.print(
-            "unknown to these definitions (not runnable there): "
-            + ", ".join(f"{n} {wf.graph[n]['class_type']}" for n in wf.unknown_nodes),
+            esc(
+                "unknown to these definitions (not runnable there): "
+                + ", ".join(f"{n} {wf.graph[n]['class_type']}" for n in wf.unknown_nodes)
+            ),
             highlight=False,
         )
     if url is None:
@@ -168,7 +178,7 @@ def convert(
         typer.echo(text)
     else:
         output.write_text(text + "\n", encoding="utf-8")
-        err.print(f"wrote {output} ({len(wf.graph)} nodes)")
+        err.print(f"wrote {esc(output)} ({len(wf.graph)} nodes)", highlight=False)
 
 
 @workflow_app.command()
@@ -180,4 +190,4 @@ def validate(source: FileArg, server: ServerOpt = None) -> None:
     except ComfyError as exc:
         raise fail(exc) from None
     where = url or "the bundled ComfyUI 0.3.75 definitions (model files not checked)"
-    out.print(f"valid: {len(wf.graph)} nodes, checked against {where}", highlight=False)
+    out.print(f"valid: {len(wf.graph)} nodes, checked against {esc(where)}", highlight=False)

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from comfyfn import _config
 from comfyfn._cli_batch import batch_command, recipe_app
-from comfyfn._cli_common import ServerOpt, err, fail, server_url
+from comfyfn._cli_common import ServerOpt, err, esc, fail, server_url
 from comfyfn._cli_engine import engine_app
 from comfyfn._cli_gateway import keys_app, serve_command
 from comfyfn._cli_workflow import parse_params, workflow_app
@@ -42,12 +42,23 @@ app.command("serve")(serve_command)
 app.add_typer(keys_app, name="keys")
 
 
+class _BriefErrors(logging.Formatter):
+    """Without --verbose, a logged exception is one line (its type and message), never a
+    traceback: the command's own message says what happened; ``-v`` shows tracebacks."""
+
+    def formatException(self, ei: Any) -> str:
+        return f"  ({ei[0].__name__}: {ei[1]})" if ei and ei[0] else ""
+
+    def formatStack(self, stack_info: str) -> str:
+        return ""
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(fmt) if verbose else _BriefErrors(fmt))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
 
 
 @app.command()
@@ -96,7 +107,7 @@ def generate(
             params = {k: v for k, v in params.items() if v is not None or k == "seed"}
             result = _run_with_progress(client, wf, timeout, params, quiet=as_json)
         for w in caught:
-            err.print(f"[yellow]warning:[/yellow] {w.message}")
+            err.print(f"[yellow]warning:[/yellow] {esc(w.message)}", highlight=False)
     except ComfyError as exc:
         raise fail(exc) from None
     paths = result.save(output)
@@ -121,7 +132,8 @@ def generate(
         t = result.timings
         err.print(
             f"seed {result.seed} · {len(paths)} image(s) · queued {t.queued:.2f}s · "
-            f"ran {t.executed:.2f}s · total {t.total:.2f}s · {result.server}"
+            f"ran {t.executed:.2f}s · total {t.total:.2f}s · {esc(result.server)}",
+            highlight=False,
         )
 
 
@@ -150,7 +162,7 @@ def _run_with_progress(
             elif isinstance(ev, NodeStarted):
                 bar.update(
                     task,
-                    description=f"node {ev.node_id} {ev.class_type or ''}",
+                    description=esc(f"node {ev.node_id} {ev.class_type or ''}"),
                     total=None,
                     completed=0,
                     step="",

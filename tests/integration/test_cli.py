@@ -130,3 +130,18 @@ def test_info_models_and_engine_status(engine, server):
     assert runner.invoke(app, ["engine", "status", "--name", "never-started"]).exit_code == 1
     logs = runner.invoke(app, ["engine", "logs", "--name", engine.name, "-n", "1000000"])
     assert "To see the GUI go to" in logs.stdout or "Starting server" in logs.stdout
+
+
+def test_workflow_inspect_prints_markup_and_emoji_codes_literally(tmp_path):
+    from comfyfn.workflows import zimage_turbo
+
+    wf = zimage_turbo()
+    prompt = next(p for p in wf.params if p.name == "prompt")
+    graph = wf.to_api()
+    graph[prompt.node_id]["inputs"][prompt.input] = "[/x] [batch, 3] :smile:"
+    path = tmp_path / "[red]hostile.json"
+    path.write_text(json.dumps(graph))
+    result = runner.invoke(app, ["workflow", "inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    for part in ("[/x]", "[batch, 3]", ":smile:", "[red]hostile"):
+        assert part in result.output, part

@@ -8,9 +8,9 @@ import pytest
 
 from comfyfn.batch import Manifest, expand, parse_vary, read_job_file, read_rows
 from comfyfn.batch.jobs import Job, prepare
-from comfyfn.batch.pool import ServerState, choose
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.errors import ConfigError
+from comfyfn.fleet.pool import ServerState, choose
 from comfyfn.workflows import zimage_turbo
 
 

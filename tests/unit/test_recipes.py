@@ -326,3 +326,38 @@ def test_bad_files_name_the_file_and_field(tmp_path, text, message):
 def test_unreadable_path_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read recipe"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+# -- hostile topics and names -----------------------------------------------------------------
+
+HOSTILE_TOPICS = [
+    "../../etc/passwd",
+    "/abs/path",
+    "..",
+    ".",
+    "a\x00b",
+    "C:\\Windows\\x",
+    "a//b",
+    "\t\n",
+    "x\udcff",  # from a caller holding undecodable bytes
+    "𠀀" * 100,  # 4-byte characters: a cut by characters alone would exceed 255 bytes
+    "长" * 200,
+    "[/x] [batch, 3]",
+]
+
+
+@pytest.mark.parametrize("topic", HOSTILE_TOPICS)
+def test_recipe_names_never_leave_the_output_folder(topic):
+    from comfyfn.batch.rows import output_name_problem
+
+    for name in builtin_names():
+        for row in load_recipe(name).rows([topic]):
+            assert output_name_problem(row["_name"]) is None, row["_name"]
+    assert len(slug(topic).encode("utf-8")) <= 200
+
+
+@pytest.mark.parametrize("name", ["abc\n", "a" * 49, "..", "-a"])
+def test_output_names_are_short_plain_words(tmp_path, name):
+    path = _write(tmp_path, "bad.yaml", MINIMAL.replace("name: square", f"name: {name!r}"))
+    with pytest.raises(ConfigError, match=r"outputs\[0\].name"):
+        load_recipe(path)

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from comfyfn._files import write_atomic
 from comfyfn.batch.manifest import Manifest
-from comfyfn.batch.pool import Pool
 
 if TYPE_CHECKING:
     from comfyfn.batch.runner import Batch
+    from comfyfn.fleet import Pool
 
 __all__ = ["Summary", "summarize", "write_contact_sheet", "write_report"]
 

@@ -10,6 +10,14 @@ Nothing here holds more than one input row at a time (variations multiply one ro
   list) or ``input`` (a CSV/JSONL path relative to the job file).
 - Variations: ``seed=1..8`` (inclusive range), ``style=watercolor,ink,photo`` (a list); several
   are combined as a cartesian product, each combination a row of its own.
+
+Hostile input is a row error naming row and column, never a crash of the whole run: a value
+that is not valid Unicode (a lone surrogate such as JSON's ``"\\ud800"``), a value over
+:data:`MAX_CELL` characters, a ``_name`` that would leave the output folder
+(:func:`output_name_problem`), a template with format specs. Only what makes the whole file
+unreadable is a :class:`ConfigError`: bytes that are not UTF-8, a line over :data:`MAX_LINE`
+characters in a CSV (memory stays bounded), a YAML job file with aliases (see
+:mod:`comfyfn._yaml`).
 """
 
 from __future__ import annotations
@@ -21,12 +29,39 @@ import re
 import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
+from comfyfn._yaml import load_yaml
 from comfyfn.errors import ConfigError
 
-__all__ = ["RawRows", "Row", "RowError", "expand", "parse_vary", "read_job_file", "read_rows"]
+__all__ = [
+    "MAX_CELL",
+    "MAX_LINE",
+    "RawRows",
+    "Row",
+    "RowError",
+    "count_rows",
+    "expand",
+    "output_name_problem",
+    "parse_vary",
+    "read_job_file",
+    "read_rows",
+    "template_problem",
+    "values_problem",
+]
+
+#: The longest value (in characters) a row may hold; a longer one is a row error. Prompts are a
+#: few hundred characters; 100,000 leaves room for anything real and stays far below what
+#: would strain the manifest, the contact sheet or a server.
+MAX_CELL = 100_000
+#: The longest physical line (in characters) read from an input file, so memory stays bounded
+#: however the file is made. In a CSV a longer line is a file error (the rest of the line
+#: cannot be skipped safely inside quotes); in JSONL it is a row error and the line is skipped.
+MAX_LINE = 16 * 1024 * 1024
+#: Bytes per component of ``_name``: the usual 255-byte file-name limit, less room for the
+#: ``_12.png`` the writer appends.
+MAX_NAME_PART = 240
 
 _ALIASES = {"negative_prompt": "negative", "neg": "negative", "positive": "prompt"}
 _RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
@@ -85,48 +120,217 @@ def _clean(raw: Mapping[str, Any]) -> dict[str, Any]:
 RawRows = Iterable[tuple[int, dict[str, Any] | RowError]]
 
 
+# -- hostile values ---------------------------------------------------------------------------
+
+
+def output_name_problem(name: str) -> str | None:
+    """Why ``name`` (a ``_name``: an output path relative to the output folder, without the
+    suffix) is unsafe, or None. Only plain relative paths with ``/`` between folders pass:
+    never absolute, never a drive, no ``.``/``..`` or empty component, no NUL, backslash or
+    control character, no lone surrogate, no component over :data:`MAX_NAME_PART` bytes."""
+    if not isinstance(name, str):
+        return f"must be text, not {type(name).__name__}"
+    if not name:
+        return "is empty"
+    if "\x00" in name:
+        return "contains a NUL character"
+    if "\\" in name:
+        return "contains a backslash; separate folders with '/'"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "contains a control character"
+    if _surrogate(name) is not None:
+        return "is not valid Unicode (it contains a lone surrogate)"
+    if name.startswith("/"):
+        return "is an absolute path; it must be relative to the output folder"
+    if PureWindowsPath(name).drive:
+        return f"starts with a drive ({PureWindowsPath(name).drive!r}); it must be relative"
+    parts = name.split("/")
+    if "" in parts:
+        return "has an empty path component (a leading, trailing or doubled '/')"
+    if any(part in (".", "..") for part in parts):
+        return "has a '.' or '..' component; it must stay inside the output folder"
+    if any(len(part.encode("utf-8")) > MAX_NAME_PART for part in parts):
+        return f"has a path component longer than {MAX_NAME_PART} bytes"
+    return None
+
+
+def _surrogate(text: str) -> int | None:
+    """Index of the first lone surrogate in ``text`` (text that cannot be UTF-8), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def _shown(text: str) -> str:
+    """``text`` with lone surrogates as ``\\udXXX`` escapes, so it can be printed and stored."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _text_problem(text: str) -> str | None:
+    if len(text) > MAX_CELL:
+        return f"is {len(text):,} characters long; the limit is {MAX_CELL:,}"
+    at = _surrogate(text)
+    if at is not None:
+        return f"is not valid Unicode: a lone surrogate ({_shown(text[at])}) at character {at + 1}"
+    return None
+
+
+def values_problem(values: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first unusable value of a row as ``(column, message)``, or None: a column name or a
+    text (also inside lists and mappings) that is not valid Unicode or longer than
+    :data:`MAX_CELL` characters, or a ``_name`` that :func:`output_name_problem` refuses."""
+    for key, value in values.items():
+        column = _shown(str(key))
+        problem = _text_problem(str(key))
+        if problem is not None:
+            return column[:80], f"the column name {problem}"
+        problem = _nested_problem(value)
+        if problem is None and key == "_name":
+            problem = output_name_problem(value)
+        if problem is not None:
+            return column, problem
+    return None
+
+
+def _nested_problem(value: Any) -> str | None:
+    stack = [value]  # iterative: JSON may nest as deep as the parser allows
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            problem = _text_problem(item)
+            if problem is not None:
+                return problem
+        elif isinstance(item, Mapping):
+            stack.extend(str(k) for k in item)
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return None
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def _lines(handle: Any) -> Iterator[str | None]:
+    """Physical lines of at most :data:`MAX_LINE` characters; None for a longer line (whose
+    rest is read and dropped in bounded pieces)."""
+    while line := handle.readline(MAX_LINE + 1):
+        if len(line) <= MAX_LINE:
+            yield line
+            continue
+        while line and not line.endswith(("\n", "\r")):
+            line = handle.readline(MAX_LINE)
+        yield None
+
+
+def _open(path: Path) -> Any:
+    try:
+        return path.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _file_errors(path: Path, exc: Exception) -> ConfigError:
+    if isinstance(exc, UnicodeDecodeError):
+        return ConfigError(
+            f"{path} is not UTF-8 ({exc.reason} at byte {exc.start}); "
+            "save it as UTF-8 (Excel: 'CSV UTF-8')"
+        )
+    return ConfigError(f"{path}: not a readable CSV: {exc}")
+
+
 def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
     """(row number, values) of a CSV or JSONL file, one at a time (UTF-8; BOM accepted)."""
     path = Path(path)
-    try:
-        handle = path.open(encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    with handle:
+    with _open(path) as handle:
         try:
             yield from _parse(path, handle)
-        except UnicodeDecodeError as exc:
-            raise ConfigError(
-                f"{path} is not UTF-8 ({exc.reason} at byte {exc.start}); "
-                "save it as UTF-8 (Excel: 'CSV UTF-8')"
-            ) from exc
-        except csv.Error as exc:
-            raise ConfigError(f"{path}: not a readable CSV: {exc}") from exc
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise _file_errors(path, exc) from exc
+
+
+def count_rows(path: str | Path) -> int:
+    """How many rows :func:`read_rows` will give (a fast pass over the whole file); a file
+    :func:`read_rows` would fail on mid-way (not UTF-8...) fails here, before anything runs."""
+    path = Path(path)
+    with _open(path) as handle:
+        try:
+            if _is_jsonl(path):
+                return sum(1 for line in _lines(handle) if line is None or line.strip())
+            return sum(1 for _ in _csv_rows(path, handle))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise _file_errors(path, exc) from exc
+
+
+def _is_jsonl(path: Path) -> bool:
+    return path.suffix.lower() in (".jsonl", ".ndjson")
 
 
 def _parse(path: Path, handle: Any) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        for n, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield n, RowError(n, None, f"not JSON: {exc.msg}")
-                continue
-            if isinstance(obj, dict):
-                yield n, _clean(obj)
-            else:
-                yield n, RowError(n, None, "not a JSON object")
+    if _is_jsonl(path):
+        yield from _jsonl_rows(handle)
         return
-    reader = csv.DictReader(handle)
+    for n, row in _csv_rows(path, handle):
+        if isinstance(row, RowError):
+            yield n, row
+        elif None in row:
+            yield n, RowError(n, None, "more cells than header columns")
+        else:
+            yield n, _clean(row)
+
+
+def _jsonl_rows(handle: Any) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+    for n, line in enumerate(_lines(handle), 1):
+        if line is None:
+            yield n, RowError(n, None, f"the line is longer than {MAX_LINE:,} characters")
+            continue
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield n, RowError(n, None, f"not JSON: {exc.msg}")
+            continue
+        except RecursionError:
+            yield n, RowError(n, None, "not usable JSON: nested too deeply")
+            continue
+        if isinstance(obj, dict):
+            yield n, _clean(obj)
+        else:
+            yield n, RowError(n, None, "not a JSON object")
+
+
+def _csv_rows(path: Path, handle: Any) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+    # The csv module's own cell limit (131,072 characters by default, process-wide) fails the
+    # whole file; MAX_CELL is checked per row instead, so it is raised (never lowered) to the
+    # line limit, which bounds memory.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE))
+
+    def lines() -> Iterator[str]:
+        for k, line in enumerate(_lines(handle), 1):
+            if line is None:
+                raise ConfigError(f"{path}: line {k} is longer than {MAX_LINE:,} characters")
+            yield line
+
+    reader = csv.DictReader(lines())
     if not reader.fieldnames:
         raise ConfigError(f"{path}: no header row")
-    for n, row in enumerate(reader, 1):
-        if None in row:
-            yield n, RowError(n, None, "more cells than header columns")
+    n = 0
+    while True:
+        n += 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # this record only; the reader goes on at the next line
+            yield n, RowError(n, None, f"not readable CSV: {exc}")
             continue
-        yield n, _clean(row)
+        yield n, row
+
+
+# -- variations and templates -----------------------------------------------------------------
 
 
 def parse_vary(spec: str) -> tuple[str, list[Any]]:
@@ -143,8 +347,33 @@ def parse_vary(spec: str) -> tuple[str, list[Any]]:
     return name.strip(), [v.strip() for v in values.split(",") if v.strip()]
 
 
-def _placeholders(template: str) -> list[str]:
-    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+def _template_fields(template: str) -> list[str]:
+    """The placeholder names of ``template``. Only plain ``{name}`` fields are allowed (a
+    ValueError otherwise): a format spec such as ``{seed:>999999999}`` in a row's prompt would
+    build a string of any size. Unbalanced braces are a ValueError too."""
+    names = []
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is None or (name == "" and not spec and not conversion):
+            continue  # literal text, or '{}' (formatting then fails: a bad template)
+        if not name.isidentifier() or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "")
+            shown += (f":{spec}" if spec else "") + "}"
+            raise _NotPlain(f"use plain {{names}}, not {_shown(shown)[:80]}")
+        names.append(name)
+    return names
+
+
+class _NotPlain(ValueError):
+    pass
+
+
+def template_problem(template: str) -> str | None:
+    """Why ``template`` cannot fill prompts (unbalanced braces, a format spec...), or None."""
+    try:
+        _template_fields(template)
+    except ValueError as exc:
+        return f"bad template: {exc}"
+    return None
 
 
 def expand(
@@ -163,62 +392,96 @@ def expand(
             continue
         for variant, combo in enumerate(combos):
             values = {**(defaults or {}), **raw, **dict(zip(names, combo, strict=True))}
-            text = template if template is not None else values.get("prompt")
-            if isinstance(text, str) and _placeholders(text):
-                bad = [f for f in _placeholders(text) if not f.isidentifier()]
-                if bad:
-                    yield RowError(
-                        index,
-                        "prompt",
-                        f"bad template: use plain {{names}}, not {{{bad[0]}}}",
-                        variant,
-                    )
-                    continue
-                try:
-                    values["prompt"] = text.format_map(values)
-                except KeyError as exc:
-                    yield RowError(
-                        index,
-                        exc.args[0],
-                        "the prompt template uses this column, which the row lacks",
-                        variant,
-                    )
-                    continue
-                except (ValueError, IndexError) as exc:
-                    yield RowError(index, "prompt", f"bad template: {exc}", variant)
-                    continue
-            yield Row(index, values, variant, dict(zip(names, combo, strict=True)))
+            yield _fill(index, variant, values, template, dict(zip(names, combo, strict=True)))
+
+
+def _fill(
+    index: int, variant: int, values: dict[str, Any], template: str | None, combo: dict
+) -> Row | RowError:
+    """One combination: checked values, the template filled into ``prompt``."""
+    problem = values_problem(values)
+    if problem is not None:
+        return RowError(index, *problem, variant)
+    text = template if template is not None else values.get("prompt")
+    if not isinstance(text, str) or "{" not in text:
+        return Row(index, values, variant, combo)
+    try:
+        fields = _template_fields(text)
+    except _NotPlain as exc:
+        return RowError(index, "prompt", f"bad template: {exc}", variant)
+    except ValueError as exc:  # unbalanced braces: a template must not, a prompt may have them
+        if template is not None:
+            return RowError(index, "prompt", f"bad template: {exc}", variant)
+        fields = []
+    if fields:
+        try:
+            values["prompt"] = text.format_map(values)
+        except KeyError as exc:
+            return RowError(
+                index,
+                _shown(str(exc.args[0])),
+                "the prompt template uses this column, which the row lacks",
+                variant,
+            )
+        except (ValueError, IndexError) as exc:
+            return RowError(index, "prompt", f"bad template: {exc}", variant)
+        problem = _text_problem(values["prompt"])
+        if problem is not None:
+            return RowError(index, "prompt", f"filled from the template, {problem}", variant)
+    return Row(index, values, variant, combo)
+
+
+# -- YAML job files ---------------------------------------------------------------------------
+
+_JOB_TYPES: dict[str, tuple[type, ...]] = {
+    "workflow": (str, dict),
+    "defaults": (dict,),
+    "template": (str,),
+    "vary": (dict,),
+    "rows": (list,),
+    "input": (str,),
+    "prime": (int,),
+}
+_KINDS = {str: "text", dict: "a mapping", list: "a list", int: "a whole number"}
 
 
 def read_job_file(path: str | Path) -> dict[str, Any]:
-    """A YAML job file, checked; returns its settings with ``rows`` as an iterator."""
-    import yaml
-
+    """A YAML job file, checked; returns its settings with ``rows`` as an iterator and
+    ``total``, the number of input rows (before variations)."""
     path = Path(path)
     try:
-        job = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the job file {path}: {exc}") from exc
+    job = load_yaml(text, str(path)) or {}
     if not isinstance(job, dict):
         raise ConfigError(f"{path}: expected a mapping of settings")
-    unknown = set(job) - {"workflow", "defaults", "template", "vary", "rows", "input", "prime"}
+    unknown = set(map(str, job)) - set(_JOB_TYPES)
     if unknown:
-        raise ConfigError(f"{path}: unknown settings {', '.join(sorted(unknown))}")
+        raise ConfigError(f"{path}: unknown settings {_shown(', '.join(sorted(unknown)))}")
+    for key, types in _JOB_TYPES.items():
+        value = job.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            kinds = " or ".join(_KINDS[t] for t in types)
+            raise ConfigError(f"{path}: '{key}' must be {kinds}")
     vary = []
     for name, values in (job.get("vary") or {}).items():
         if isinstance(values, str):
             vary.append(parse_vary(f"{name}={values}"))
         elif isinstance(values, list):
-            vary.append((name, values))
+            vary.append((str(name), values))
         else:
-            raise ConfigError(f"{path}: vary.{name} must be a list or 'a..b'")
-    if "input" in job:
-        rows: RawRows = read_rows(path.parent / job["input"])
+            raise ConfigError(f"{path}: vary.{_shown(str(name))} must be a list or 'a..b'")
+    if job.get("input") is not None:
+        source = path.parent / job["input"]
+        total = count_rows(source)  # also: a file unreadable mid-way fails before anything runs
+        rows: RawRows = read_rows(source)
     elif isinstance(job.get("rows"), list):
+        total = len(job["rows"])
         rows = (
             (i, _clean(r) if isinstance(r, dict) else RowError(i, None, "not a mapping"))
             for i, r in enumerate(job["rows"], 1)
         )
     else:
         raise ConfigError(f"{path}: give either 'rows' (a list) or 'input' (a CSV/JSONL file)")
-    return {**job, "rows": rows, "vary": vary}
+    return {**job, "rows": rows, "vary": vary, "total": total}

@@ -33,8 +33,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
+from comfyfn._yaml import load_yaml
 from comfyfn.errors import ConfigError
 
 __all__ = [
@@ -64,7 +63,8 @@ _OUTPUT_FIELDS = (
     "params",
 )
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX×*]\s*(\d+)\s*$")
-_OUTPUT_NAME = re.compile(r"^\w[\w.-]*$")
+_OUTPUT_NAME = re.compile(r"\w[\w.-]{0,47}")  # fullmatch; ≤ 48 characters (≤ 192 bytes)
+_SLUG_BYTES = 200  # a topic's folder name, in UTF-8 bytes (file names allow 255)
 _SUFFIXES = (".yaml", ".yml")
 
 
@@ -136,19 +136,26 @@ def _ceil(value: int, multiple: int) -> int:
 
 def slug(text: str, max_len: int = 60) -> str:
     """A file-name-safe form of ``text``: letters (CJK included), digits, ``_``, ``.`` and
-    ``-`` are kept; runs of anything else (spaces, ``/``, ``\\``, ``:``...) become one ``-``.
-    Leading/trailing ``-`` and ``.`` are dropped; over ``max_len`` characters the text is cut
-    and a short hash of the whole text is appended so distinct long topics stay distinct."""
+    ``-`` are kept; runs of anything else (spaces, ``/``, ``\\``, ``:``, control characters,
+    lone surrogates...) become one ``-``. Leading/trailing ``-`` and ``.`` are dropped, so
+    the result is never ``.``, ``..`` or empty. Over ``max_len`` characters (or 200 UTF-8
+    bytes) the text is cut and a short hash of the whole text is appended so distinct long
+    topics stay distinct. The result always passes
+    :func:`comfyfn.batch.rows.output_name_problem`."""
     s = re.sub(r"[^\w.-]+", "-", text, flags=re.UNICODE).strip("-.")
     s = re.sub(r"-{2,}", "-", s)
-    if len(s) > max_len:
-        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=4).hexdigest()
-        s = s[:max_len].rstrip("-.") + "-" + digest
+    if len(s) > max_len or len(s.encode("utf-8")) > _SLUG_BYTES:
+        blob = text.encode("utf-8", "surrogatepass")
+        digest = hashlib.blake2b(blob, digest_size=4).hexdigest()
+        cut = s[:max_len]
+        while len(cut.encode("utf-8")) > _SLUG_BYTES - 9:
+            cut = cut[:-1]
+        s = cut.rstrip("-.") + "-" + digest
     return s or "topic"
 
 
 def _seed(base: int, topic: str, output: str, k: int) -> int:
-    key = "\x1f".join((str(base), topic, output, str(k))).encode("utf-8")
+    key = "\x1f".join((str(base), topic, output, str(k))).encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 11
 
 
@@ -315,12 +322,7 @@ def _parse(text: str, label: str, name: str, source: str) -> Recipe:
     def fail(where: str, message: str) -> ConfigError:
         return ConfigError(f"{label}: {where}: {message}" if where else f"{label}: {message}")
 
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else ""
-        raise fail(where, f"not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    data = load_yaml(text, label)  # refuses aliases: see comfyfn._yaml
     if not isinstance(data, dict):
         raise fail("", "must be a mapping with an 'outputs' list")
     _unknown(data, _TOP_FIELDS, "", fail)
@@ -391,8 +393,8 @@ def _output(data: Any, where: str, placeholders: set[str], fail) -> Output:
         if key not in data:
             raise fail(where, f"missing field '{key}'")
     name = data["name"]
-    if not isinstance(name, str) or not _OUTPUT_NAME.match(name):
-        raise fail(f"{where}.name", f"'{name}' must be letters, digits, '_', '.', '-'")
+    if not isinstance(name, str) or not _OUTPUT_NAME.fullmatch(name):
+        raise fail(f"{where}.name", f"'{name}' must be up to 48 letters, digits, '_', '.', '-'")
     prompt = _template(data["prompt"], f"{where}.prompt", placeholders, fail)
     negative = data.get("negative")
     if negative is not None:

@@ -1,0 +1,220 @@
+"""``comfyfn batch`` against hostile input and a hostile output folder, with the real engine:
+every fault ends in a clear message and the documented exit code, never a traceback."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from graphs import sleep_graph
+from typer.testing import CliRunner
+
+import comfyfn
+from comfyfn.cli import app
+
+pytestmark = pytest.mark.engine
+runner = CliRunner()
+HOSTILE = "[/x] [batch, 3]"
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``comfyfn`` in a process of its own: real exit code, real stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "comfyfn.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])},
+    )
+
+
+def states(out: Path) -> Counter:
+    try:
+        with sqlite3.connect(out / "manifest.sqlite") as db:
+            return Counter(dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")))
+    except sqlite3.OperationalError:  # not created yet
+        return Counter()
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The process failed with exit 2 and said why in one line, without a traceback."""
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text
+    assert "Traceback" not in text, text
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    return line
+
+
+# -- hostile rows ------------------------------------------------------------------------------
+
+
+def test_rich_markup_in_rows_is_printed_literally(server, tmp_path):
+    src = tmp_path / "rows.csv"
+    src.write_text(
+        f'prompt,seed,width,"{HOSTILE}"\n"{HOSTILE}",1,1000,\np,"{HOSTILE}",64,\n'
+        f'p,1,64,"{HOSTILE}"\n',
+        encoding="utf-8",
+    )
+    result = runner.invoke(app, ["batch", str(src), "-o", str(tmp_path / "out"), "-s", server])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert result.exit_code == 1, result.output
+    assert "invalid row 1, column 'width': width 1000 is not a multiple of 16" in result.output
+    assert f"invalid row 2, column 'seed': '{HOSTILE}' is not an integer" in result.output
+    assert f"invalid row 3, column '{HOSTILE}': is not a parameter" in result.output
+
+
+def test_hostile_rows_are_row_errors_and_the_rest_runs(server, unique, tmp_path):
+    base = {"width": 64, "height": 64, "steps": 2}
+    rows = [
+        {"prompt": "ok", "seed": unique(), "_name": "sub/dir/ok", **base},
+        {"prompt": "p", "_name": "../escaped", **base},
+        {"prompt": "p", "_name": str(tmp_path / "absolute"), **base},
+        {"prompt": "p", "_name": "a\\..\\..\\b", **base},
+        {"prompt": "\ud800", **base},
+        {"prompt": "p", "note": "n" * 1_000_000, **base},
+        {"prompt": "{seed:>999999999}", **base},
+    ]
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["batch", str(src), "-o", str(out), "-s", server, "--json"])
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    assert (summary["done"], summary["invalid"], summary["failed"]) == (1, 6, 0)
+    for n, column in [(2, "_name"), (3, "_name"), (4, "_name"), (5, "prompt"), (6, "note")]:
+        assert f"invalid row {n}, column '{column}': " in result.output
+    assert "row 7, column 'prompt': bad template: use plain {names}" in result.output
+    assert (out / "sub" / "dir" / "ok.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "rows.jsonl"]
+
+
+def test_billion_laughs_job_file_is_refused_quickly(tmp_path):
+    laughs = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    job = tmp_path / "job.yaml"
+    job.write_text(laughs + "rows: *i\n", encoding="utf-8")
+    started = time.monotonic()
+    proc = run_cli("batch", str(job), "-o", str(tmp_path / "out"), "-s", "http://127.0.0.1:9")
+    assert time.monotonic() - started < 30  # the interpreter's start-up is most of it
+    line = one_error_line(proc)
+    assert line == f"error: {job}: line 2: YAML aliases (*a) are not allowed; write the value out"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_template_is_refused_before_anything_runs(tmp_path):
+    src = tmp_path / "rows.csv"
+    src.write_text("prompt\np\n")
+    for template in ("{prompt", "{prompt:>999999999}"):
+        args = ["-o", str(tmp_path / "out"), "-s", "http://127.0.0.1:9"]
+        proc = run_cli("batch", str(src), "--template", template, *args)
+        assert one_error_line(proc).startswith(f"error: --template {template!r}: bad template")
+
+
+# -- the output folder -------------------------------------------------------------------------
+
+
+def seed_rows(tmp_path: Path) -> Path:
+    src = tmp_path / "rows.csv"
+    src.write_text("prompt,width,height,steps\na,64,64,2\nb,64,64,2\n", encoding="utf-8")
+    return src
+
+
+def test_corrupt_manifest_exits_2_naming_the_folder(server, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.sqlite").write_bytes(b"this is not a database, it only has the name" * 100)
+    proc = run_cli("batch", str(seed_rows(tmp_path)), "-o", str(out), "-s", server)
+    line = one_error_line(proc)
+    assert f"the output folder {out} holds a manifest.sqlite that is not a usable" in line, line
+    assert "move it away or give another folder with -o" in line
+    assert (out / "manifest.sqlite").read_bytes().startswith(b"this is not a database")
+
+
+def test_read_only_output_folder_exits_2_naming_it(server, tmpfs, tmp_path):
+    read_only = tmpfs("ro", "ro,size=64k")
+    src = seed_rows(tmp_path)
+    for out in (read_only, read_only / "new"):
+        line = one_error_line(run_cli("batch", str(src), "-o", str(out), "-s", server))
+        assert f"the output folder {out} is read-only (Read-only file system" in line, line
+
+
+def test_full_output_disk_exits_2_naming_the_folder(server, tmpfs, tmp_path):
+    disk = tmpfs("full", "size=64k")
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:  # fill it to the last block
+        with pytest.raises(OSError) as full:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        assert full.value.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    out = disk / "out"
+    line = one_error_line(run_cli("batch", str(seed_rows(tmp_path)), "-o", str(out), "-s", server))
+    assert f"the output folder {out} is on a full disk" in line, line
+    assert "run the same command again to resume" in line
+
+
+def test_disk_filling_during_the_run_exits_2_and_the_run_resumes(server, unique, tmpfs, tmp_path):
+    disk = tmpfs("small", "size=200k")
+    src = tmp_path / "rows.csv"
+    src.write_text(
+        "prompt,seed,width,height,steps\n" + "".join(f"p,{unique()},64,64,2\n" for _ in range(6))
+    )
+    out = disk / "out"
+    line = one_error_line(run_cli("batch", str(src), "-o", str(out), "-s", server))
+    assert str(out) in line and ("full disk" in line or "No space left" in line), line
+    assert states(out)["done"] < 6
+    remount = ["mount", "-o", "remount,size=16m", str(disk)]
+    subprocess.run(remount, check=True, capture_output=True)  # space freed
+    again = run_cli("batch", str(src), "-o", str(out), "-s", server)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert states(out) == Counter({"done": 6})
+    assert len(list((out / "images").iterdir())) == 6
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+
+def test_sigterm_stops_the_batch_with_exit_130_and_it_resumes(server, unique, tmp_path):
+    wf = tmp_path / "sleep.json"
+    wf.write_text(json.dumps(sleep_graph(0, milliseconds=800)))
+    src = tmp_path / "rows.csv"
+    src.write_text("1.color\n" + "".join(f"{unique()}\n" for _ in range(6)))
+    out = tmp_path / "out"
+    args = ["batch", str(src), "-o", str(out), "-w", str(wf), "-s", server]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "comfyfn.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while states(out)["done"] < 1:
+            assert proc.poll() is None and time.monotonic() < deadline, "no job finished"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, output
+    assert "stopping:" in output and "stopped before the end" in output, output
+    assert "Traceback" not in output
+    assert states(out)["done"] < 6
+    again = run_cli(*args, "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert states(out) == Counter({"done": 6})
