@@ -63,6 +63,17 @@ def serve_command(
         float,
         typer.Option(help="Seconds without heartbeat before a running job is taken over."),
     ] = 30.0,
+    max_pixels: Annotated[
+        int | None, typer.Option(help="Largest width × height of one image [4194304].")
+    ] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Most images per job [4].")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Most sampling steps per job [100].")
+    ] = None,
+    max_total_pixels: Annotated[
+        int | None,
+        typer.Option(help="Largest width × height × batch size of one request [16777216]."),
+    ] = None,
 ) -> None:
     """Run the gateway (OpenAI-compatible images API + async jobs) with uvicorn."""
     import uvicorn
@@ -70,6 +81,13 @@ def serve_command(
     from comfyfn._cli_batch import resolve_servers
     from comfyfn.gateway import GatewaySettings, create_app
 
+    given = {
+        "max_pixels": max_pixels,
+        "max_batch_size": max_batch_size,
+        "max_steps": max_steps,
+        "max_total_pixels": max_total_pixels,
+    }
+    limits = {name: value for name, value in given.items() if value is not None}
     try:
         served = []
         for item in workflow or ["zimage-turbo"]:
@@ -85,6 +103,7 @@ def serve_command(
             cors_origins=tuple(cors_origin or ()),
             stale_after=stale_after,
             heartbeat=max(0.2, stale_after / 4),
+            **limits,
         )
         app = create_app(settings)
     except ComfyError as exc:

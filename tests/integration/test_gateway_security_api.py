@@ -348,11 +348,34 @@ def live(server, tmp_path_factory):
     db = f"sqlite:///{root / 'g.db'}"
     slow = root / "slow.json"
     slow.write_text(json.dumps(sleep_graph(0, milliseconds=20000, steps=20)))
-    gateway = Gateway([server], db, root / "files", "-w", "zimage-turbo", "-w", f"slow={slow}")
+    gateway = Gateway(
+        [server],
+        db,
+        root / "files",
+        "-w",
+        "zimage-turbo",
+        "-w",
+        f"slow={slow}",
+        "--max-steps",
+        "40",
+    )
     gateway.db, gateway.server = db, server
     gateway.secret = make_key(db, "live")
     yield gateway
     gateway.stop()
+
+
+@pytest.mark.engine
+def test_serve_sets_the_limits_from_its_options(live):
+    answer = httpx.post(
+        f"{live.url}/v1/jobs",
+        headers=auth(live.secret),
+        json={"params": {"prompt": "p", "width": 64, "height": 64, "steps": 41}},
+    )
+    assert answer.status_code == 422
+    assert (
+        error_of(answer)["message"] == "params.steps: steps 41 is over this gateway's limit of 40"
+    )
 
 
 @pytest.mark.engine
