@@ -19,9 +19,8 @@ from typing import Any
 
 from httpx import Timeout
 
-from comfyfn import workflows
-from comfyfn.binding import PARAMETERS, ComfyWarning
-from comfyfn.client import AsyncClient
+from comfyfn import workflow
+from comfyfn.client import AsyncClient, Client
 from comfyfn.errors import (
     ComfyError,
     ConfigError,
@@ -50,11 +49,9 @@ from comfyfn.events import (
     Started,
     Succeeded,
 )
-from comfyfn.params import Param
 from comfyfn.provenance import read_provenance
 from comfyfn.result import Generation, Image, Timings
-from comfyfn.sync import Client
-from comfyfn.workflow import Workflow
+from comfyfn.workflow import PARAMETERS, ComfyWarning, Param, Workflow
 
 __version__ = "0.1.0"
 
@@ -96,7 +93,7 @@ __all__ = [
     "agenerate",
     "generate",
     "read_provenance",
-    "workflows",
+    "workflow",
 ]
 
 logging.getLogger("comfyfn").addHandler(logging.NullHandler())

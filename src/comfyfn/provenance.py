@@ -3,7 +3,7 @@
 A saved image carries two chunks:
 
 - ``prompt``: the API-format workflow, as ComfyUI itself writes it, so ComfyUI (and
-  :func:`comfyfn.graph.load_api_graph`) can load the graph back from the file;
+  :func:`comfyfn.workflow._graph.load_api_graph`) can load the graph back from the file;
 - ``comfyfn``: a JSON object with prompt, negative, seed, width, height, steps, cfg,
   sampler, scheduler, model file names, server and prompt id.
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import comfyfn
 from comfyfn.batch import map_rows
-from comfyfn.cli import app
+from comfyfn.cli._app import app
 from comfyfn.engine import Engine
 
 pytestmark = pytest.mark.engine

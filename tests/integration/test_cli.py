@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from comfyfn.cli import app
+from comfyfn.cli._app import app
 from comfyfn.provenance import read_provenance
 
 pytestmark = pytest.mark.engine
@@ -83,7 +83,7 @@ def test_generation_failure_exits_1(engine, server, unique, tmp_path):
     corrupt.parent.mkdir(parents=True, exist_ok=True)
     corrupt.write_bytes(b"\x00garbage")
     workflow = tmp_path / "wf.json"
-    from comfyfn.workflows import zimage_turbo
+    from comfyfn.workflow import zimage_turbo
 
     graph = zimage_turbo().to_api()
     graph["29"]["inputs"]["vae_name"] = "cli_corrupt.safetensors"
@@ -133,7 +133,7 @@ def test_info_models_and_engine_status(engine, server):
 
 
 def test_workflow_inspect_prints_markup_and_emoji_codes_literally(tmp_path):
-    from comfyfn.workflows import zimage_turbo
+    from comfyfn.workflow import zimage_turbo
 
     wf = zimage_turbo()
     prompt = next(p for p in wf.params if p.name == "prompt")

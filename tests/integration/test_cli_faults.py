@@ -19,7 +19,7 @@ from graphs import sleep_graph
 from typer.testing import CliRunner
 
 import comfyfn
-from comfyfn.cli import app
+from comfyfn.cli._app import app
 
 pytestmark = pytest.mark.engine
 runner = CliRunner()

@@ -11,7 +11,7 @@ from graphs import blur_graph, trivial_graph
 
 import comfyfn
 from comfyfn import events as ev
-from comfyfn.workflows import zimage_turbo
+from comfyfn.workflow import zimage_turbo
 
 pytestmark = pytest.mark.engine
 
@@ -177,7 +177,7 @@ def test_websocket_loss_mid_job_still_returns_images(server, unique):
 
 
 def test_without_websocket_jobs_are_polled(server, unique, monkeypatch):
-    from comfyfn import client as client_module
+    from comfyfn.client import _async as client_module
 
     monkeypatch.setattr(client_module, "_ws_url", lambda s, cid: "ws://127.0.0.1:9/ws")
     with comfyfn.Client(server) as c:

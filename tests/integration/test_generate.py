@@ -38,7 +38,7 @@ def test_generate_returns_images_with_metadata(server, unique, tmp_path):
     assert meta["text_encoder"] == "qwen_3_4b.safetensors"
     assert meta["vae"] == "ae.safetensors"
     assert (meta["server"], meta["prompt_id"]) == (server, gen.prompt_id)
-    workflow = comfyfn.graph.load_api_graph(read_text_chunks(path)["prompt"])
+    workflow = comfyfn.workflow._graph.load_api_graph(read_text_chunks(path)["prompt"])
     assert workflow["3"]["inputs"]["seed"] == seed
     # the server's own history agrees with what we report
     with comfyfn.Client(server) as c:

@@ -16,10 +16,10 @@ from faultproxy import FaultProxy
 from graphs import trivial_graph
 
 import comfyfn
-from comfyfn._http import HttpSession
-from comfyfn._job import JobSettings, run_job
-from comfyfn._socket import EventSocket
-from comfyfn.client import _ws_url
+from comfyfn.client._async import _ws_url
+from comfyfn.client._http import HttpSession
+from comfyfn.client._job import JobSettings, run_job
+from comfyfn.client._socket import EventSocket
 from comfyfn.errors import CorruptOutput, ProtocolError
 from comfyfn.events import Failed, Interrupted, Succeeded
 from comfyfn.result import image_problem

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 import comfyfn
-from comfyfn.cli import app
-from comfyfn.definitions import MODEL_FOLDERS
-from comfyfn.validation import problems
+from comfyfn.cli._app import app
+from comfyfn.workflow._definitions import MODEL_FOLDERS
+from comfyfn.workflow._validation import problems
 
 pytestmark = pytest.mark.engine
 TEMPLATES = resources.files("comfyui_workflow_templates_json") / "templates"

@@ -11,7 +11,7 @@ from comfyfn.batch.jobs import Job, prepare
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.errors import ConfigError
 from comfyfn.fleet.pool import ServerState, choose
-from comfyfn.workflows import zimage_turbo
+from comfyfn.workflow import zimage_turbo
 
 
 def write(path, text):

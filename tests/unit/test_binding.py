@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comfyfn.binding import ComfyWarning, bind, parse_size
 from comfyfn.errors import WorkflowInvalid
-from comfyfn.graph import is_link, load_api_graph
-from comfyfn.meaning import find_slots
-from comfyfn.workflows import zimage_turbo
+from comfyfn.workflow import zimage_turbo
+from comfyfn.workflow._binding import ComfyWarning, bind, parse_size
+from comfyfn.workflow._graph import is_link, load_api_graph
+from comfyfn.workflow._meaning import find_slots
 
 
 def shuffle_ids(graph, seed):

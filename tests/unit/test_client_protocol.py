@@ -23,10 +23,18 @@ import httpx
 import pytest
 from PIL import Image as PIL
 
-from comfyfn._http import HttpSession
-from comfyfn._job import JobSettings, _timings, _Watch, cancel, queue_position, run_job, submit
-from comfyfn._outputs import fetch_images
-from comfyfn._socket import EventSocket
+from comfyfn.client._http import HttpSession
+from comfyfn.client._job import (
+    JobSettings,
+    _timings,
+    _Watch,
+    cancel,
+    queue_position,
+    run_job,
+    submit,
+)
+from comfyfn.client._outputs import fetch_images
+from comfyfn.client._socket import EventSocket
 from comfyfn.errors import (
     ComfyError,
     CorruptOutput,
@@ -555,8 +563,8 @@ def test_retries_print_nothing_with_logging_unconfigured():
         """
         import asyncio, io, httpx
         from PIL import Image
-        from comfyfn._http import HttpSession
-        from comfyfn._outputs import fetch_images
+        from comfyfn.client._http import HttpSession
+        from comfyfn.client._outputs import fetch_images
 
         buf = io.BytesIO(); Image.new("RGB", (8, 8)).save(buf, format="PNG")
         good = buf.getvalue()

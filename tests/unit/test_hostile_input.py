@@ -290,7 +290,7 @@ def test_output_failures_are_one_sentence_whether_raw_or_wrapped(tmp_path):
     import errno
     import sqlite3
 
-    from comfyfn._cli_batch import output_failure
+    from comfyfn.cli._batch import output_failure
 
     out = tmp_path / "out"
     out.mkdir()

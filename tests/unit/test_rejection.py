@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from comfyfn.client._rejection import workflow_invalid_from_response
 from comfyfn.errors import WorkflowInvalid
-from comfyfn.rejection import workflow_invalid_from_response
 
 EXPECTED = {
     "unknown_class_type": ("1", None, "Cannot execute because node NoSuchNode does not exist."),

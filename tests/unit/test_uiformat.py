@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from comfyfn.definitions import bundled_object_info
 from comfyfn.errors import WorkflowInvalid
-from comfyfn.uiformat import ui_to_api
+from comfyfn.workflow._definitions import bundled_object_info
+from comfyfn.workflow._uiformat import ui_to_api
 
 INFO = bundled_object_info()
 

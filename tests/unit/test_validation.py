@@ -6,10 +6,10 @@ import copy
 
 import pytest
 
-from comfyfn.definitions import bundled_object_info
 from comfyfn.errors import WorkflowInvalid
-from comfyfn.validation import check, problems
-from comfyfn.workflows import zimage_turbo
+from comfyfn.workflow import zimage_turbo
+from comfyfn.workflow._definitions import bundled_object_info
+from comfyfn.workflow._validation import check, problems
 
 INFO = bundled_object_info()
 SERVER_INFO = copy.deepcopy(INFO)  # as a server with exactly the Z-Image files would answer

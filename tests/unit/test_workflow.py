@@ -11,8 +11,8 @@ from tests_png import tiny_png
 from comfyfn import Workflow
 from comfyfn.errors import WorkflowInvalid
 from comfyfn.provenance import add_text_chunks
-from comfyfn.signature import signature_for
-from comfyfn.workflows import builtin, zimage, zimage_turbo
+from comfyfn.workflow import builtin, zimage, zimage_turbo
+from comfyfn.workflow._signature import signature_for
 
 
 def test_builtin_params_are_typed():

@@ -79,7 +79,7 @@ async def amap(
     its images; a bad row gives an ``invalid`` result naming its column. For several
     servers, files on disk and resuming, use :class:`Batch`.
     """
-    from comfyfn import _config
+    from comfyfn.client import _config
 
     url = await _config.resolve_server(server)
     batch = Batch(

@@ -13,9 +13,9 @@ from comfyfn._files import write_atomic
 from comfyfn.batch.rows import Row, RowError, values_problem
 from comfyfn.errors import WorkflowInvalid
 from comfyfn.fleet import Ticket
-from comfyfn.meaning import MEANINGS
 from comfyfn.result import Generation
-from comfyfn.workflow import Workflow
+from comfyfn.workflow._meaning import MEANINGS
+from comfyfn.workflow._workflow import Workflow
 
 __all__ = ["Job", "JobResult", "prepare", "save_outputs"]
 
@@ -142,7 +142,7 @@ def sharded_prefixes(wf: Workflow, tail: str, *, given: Mapping[str, Any]) -> di
 def save_outputs(gen: Generation, job: Job, output: Path) -> list[dict[str, Any]]:
     """Write the job's images atomically (and durably) under names fixed by the job, never
     twice; returns what was written (path, size, sha256) for the manifest."""
-    from comfyfn.delivery import deliver
+    from comfyfn.batch._delivery import deliver
 
     base = job.name or f"images/{job.stem}"
     files = []

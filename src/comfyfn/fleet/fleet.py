@@ -29,12 +29,12 @@ from dataclasses import dataclass
 
 import httpx
 
-from comfyfn.client import AsyncClient
+from comfyfn.client._async import AsyncClient
 from comfyfn.errors import ComfyError, GenerationTimeout, TransportError
 from comfyfn.events import Event, Failed, Interrupted, Succeeded
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
 from comfyfn.fleet.pool import Pool
-from comfyfn.workflow import Workflow
+from comfyfn.workflow._workflow import Workflow
 
 __all__ = ["Fleet", "FleetSettings", "Slot", "Ticket"]
 

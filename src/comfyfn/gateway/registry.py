@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from comfyfn.params import Param
-from comfyfn.workflow import Workflow
+from comfyfn.workflow._params import Param
+from comfyfn.workflow._workflow import Workflow
 
 __all__ = ["Registry", "Served"]
 
@@ -71,7 +71,7 @@ class Registry:
 
     def load(self, workflows: Iterable[tuple[str, str]], *, max_prompt: int = 4000) -> None:
         """Serve each (name, built-in name or workflow file)."""
-        from comfyfn.workflows import BUILTIN, builtin
+        from comfyfn.workflow._builtin import BUILTIN, builtin
 
         for name, source in workflows:
             wf = builtin(source) if source in BUILTIN else Workflow.load(source, name=name)

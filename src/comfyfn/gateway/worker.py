@@ -50,7 +50,7 @@ from comfyfn.gateway.registry import Registry
 from comfyfn.gateway.settings import GatewaySettings
 from comfyfn.gateway.store import JobRecord, Store
 from comfyfn.result import Generation
-from comfyfn.workflow import Workflow
+from comfyfn.workflow._workflow import Workflow
 
 __all__ = ["Worker", "storage_path"]
 

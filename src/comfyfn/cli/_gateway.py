@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from comfyfn._cli_common import err, esc, fail
+from comfyfn.cli._common import err, esc, fail
 from comfyfn.errors import ComfyError, ConfigError
 
 keys_app = typer.Typer(help="API keys of the gateway (stored hashed).", no_args_is_help=True)
@@ -78,7 +78,7 @@ def serve_command(
     """Run the gateway (OpenAI-compatible images API + async jobs) with uvicorn."""
     import uvicorn
 
-    from comfyfn._cli_batch import resolve_servers
+    from comfyfn.cli._batch import resolve_servers
     from comfyfn.gateway import GatewaySettings, create_app
 
     given = {

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from comfyfn import _config
+from comfyfn.client import _config
 from comfyfn.engine import Engine
 from comfyfn.errors import ComfyError, ConfigError, WorkflowInvalid
 

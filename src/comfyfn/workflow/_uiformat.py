@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comfyfn.errors import NodeProblem, WorkflowInvalid
-from comfyfn.graph import ApiGraph
+from comfyfn.workflow._graph import ApiGraph
 
 __all__ = ["is_ui_workflow", "ui_to_api"]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from comfyfn.errors import NodeProblem, WorkflowInvalid
-from comfyfn.graph import ApiGraph, downstream, is_link, is_literal, linked_from
+from comfyfn.workflow._graph import ApiGraph, downstream, is_link, is_literal, linked_from
 
 __all__ = ["MEANINGS", "SAMPLER_CLASSES", "Slot", "Slots", "find_slots"]
 

@@ -12,9 +12,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from comfyfn.definitions import InputSpec, input_spec, output_types
 from comfyfn.errors import NodeProblem, WorkflowInvalid
-from comfyfn.graph import ApiGraph, is_link
+from comfyfn.workflow._definitions import InputSpec, input_spec, output_types
+from comfyfn.workflow._graph import ApiGraph, is_link
 
 __all__ = ["check", "problems"]
 

@@ -10,12 +10,12 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from comfyfn import _config
-from comfyfn._cli_common import ServerOpt, err, esc, fail, out
+from comfyfn.cli._common import ServerOpt, err, esc, fail, out
+from comfyfn.client import _config
+from comfyfn.client._sync import Client
 from comfyfn.errors import ComfyError, ConfigError
-from comfyfn.sync import Client
-from comfyfn.workflow import Workflow
-from comfyfn.workflows import BUILTIN, builtin
+from comfyfn.workflow._builtin import BUILTIN, builtin
+from comfyfn.workflow._workflow import Workflow
 
 workflow_app = typer.Typer(
     help="Inspect, convert and validate workflows (API, UI with subgraphs, or a ComfyUI PNG).",

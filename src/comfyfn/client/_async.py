@@ -15,17 +15,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from comfyfn import _config
-from comfyfn._http import DEFAULT_TIMEOUT, HttpSession
-from comfyfn._job import JobSettings, cancel, queue_position, run_job
-from comfyfn._socket import EventSocket
+from comfyfn.client import _config
+from comfyfn.client._http import DEFAULT_TIMEOUT, HttpSession
+from comfyfn.client._job import JobSettings, cancel, queue_position, run_job
+from comfyfn.client._socket import EventSocket
 from comfyfn.errors import ComfyError, NoOutputs, WorkflowInvalid
 from comfyfn.events import Event, Failed, Interrupted, Succeeded
-from comfyfn.graph import ApiGraph
 from comfyfn.result import Generation
-from comfyfn.signature import signature_for
-from comfyfn.workflow import Workflow
-from comfyfn.workflows import BUILTIN, builtin
+from comfyfn.workflow._builtin import BUILTIN, builtin
+from comfyfn.workflow._graph import ApiGraph
+from comfyfn.workflow._signature import signature_for
+from comfyfn.workflow._workflow import Workflow
 
 __all__ = ["AsyncClient"]
 

@@ -15,19 +15,19 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from comfyfn import _config
-from comfyfn._cli_batch import batch_command, recipe_app
-from comfyfn._cli_common import ServerOpt, err, esc, fail, server_url
-from comfyfn._cli_engine import engine_app
-from comfyfn._cli_gateway import keys_app, serve_command
-from comfyfn._cli_workflow import parse_params, workflow_app
-from comfyfn.binding import parse_size
+from comfyfn.cli._batch import batch_command, recipe_app
+from comfyfn.cli._common import ServerOpt, err, esc, fail, server_url
+from comfyfn.cli._engine import engine_app
+from comfyfn.cli._gateway import keys_app, serve_command
+from comfyfn.cli._workflow import parse_params, workflow_app
+from comfyfn.client import _config
+from comfyfn.client._sync import Client
 from comfyfn.errors import ComfyError
 from comfyfn.events import Failed, Interrupted, NodeCached, NodeStarted, Queued, Started, Succeeded
 from comfyfn.events import Progress as ProgressEvent
 from comfyfn.result import Generation
-from comfyfn.sync import Client
-from comfyfn.workflow import Workflow
+from comfyfn.workflow._binding import parse_size
+from comfyfn.workflow._workflow import Workflow
 
 app = typer.Typer(
     help="Run ComfyUI workflows (Z-Image-Turbo first) from the shell.",
@@ -225,7 +225,3 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from comfyfn.client import AsyncClient
+from comfyfn.client._async import AsyncClient
 from comfyfn.events import Event
 from comfyfn.result import Generation
-from comfyfn.signature import signature_for
-from comfyfn.workflow import Workflow
+from comfyfn.workflow._signature import signature_for
+from comfyfn.workflow._workflow import Workflow
 
 __all__ = ["Client"]
 

@@ -18,7 +18,6 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from comfyfn._cli_common import err, esc, fail, server_url
 from comfyfn.batch import (
     Batch,
     BatchSettings,
@@ -33,6 +32,7 @@ from comfyfn.batch import (
     write_report,
 )
 from comfyfn.batch.rows import count_rows, template_problem, values_problem
+from comfyfn.cli._common import err, esc, fail, server_url
 from comfyfn.errors import ComfyError, ConfigError
 from comfyfn.recipes import list_recipes, load_recipe
 

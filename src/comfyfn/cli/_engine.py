@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from comfyfn._cli_common import EngineName, err, esc, fail, out, report
+from comfyfn.cli._common import EngineName, err, esc, fail, out, report
 from comfyfn.engine import Engine
 from comfyfn.errors import ComfyError
 

@@ -87,5 +87,5 @@ def bundled_object_info() -> dict[str, Any]:
     say a file is missing; ask the server (``client.object_info()``) for that. Parsed once
     and shared: treat it as read-only.
     """
-    path = resources.files("comfyfn.data").joinpath("object_info_0.3.75.json.gz")
+    path = resources.files("comfyfn.workflow").joinpath("data", "object_info_0.3.75.json.gz")
     return json.loads(gzip.decompress(path.read_bytes()))

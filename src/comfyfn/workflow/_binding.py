@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from comfyfn.definitions import bundled_object_info, input_spec
 from comfyfn.errors import NodeProblem, WorkflowInvalid
-from comfyfn.graph import ApiGraph, new_node_id, set_input
-from comfyfn.meaning import MEANINGS, Slot, Slots, find_slots
+from comfyfn.workflow._definitions import bundled_object_info, input_spec
+from comfyfn.workflow._graph import ApiGraph, new_node_id, set_input
+from comfyfn.workflow._meaning import MEANINGS, Slot, Slots, find_slots
 
 __all__ = ["PARAMETERS", "BoundGraph", "ComfyWarning", "bind", "parse_size", "random_seed"]
 

@@ -11,15 +11,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from comfyfn import validation
-from comfyfn.binding import bind
-from comfyfn.definitions import bundled_object_info
 from comfyfn.errors import NodeProblem, WorkflowInvalid
-from comfyfn.graph import ApiGraph, decoded_size, load_api_graph
-from comfyfn.meaning import Slots, find_slots
-from comfyfn.params import Param, all_inputs, dead_nodes, describe
 from comfyfn.provenance import read_text_chunks
-from comfyfn.uiformat import is_ui_workflow, ui_to_api
+from comfyfn.workflow import _validation as validation
+from comfyfn.workflow._binding import bind
+from comfyfn.workflow._definitions import bundled_object_info
+from comfyfn.workflow._graph import ApiGraph, decoded_size, load_api_graph
+from comfyfn.workflow._meaning import Slots, find_slots
+from comfyfn.workflow._params import Param, all_inputs, dead_nodes, describe
+from comfyfn.workflow._uiformat import is_ui_workflow, ui_to_api
 
 __all__ = ["Workflow"]
 
@@ -155,7 +155,7 @@ class Workflow:
         """A new workflow with ``values`` bound (names, or ``"node.input"``/``"Title.input"``)."""
         size = values.pop("size", None)
         if size is not None:
-            from comfyfn.binding import parse_size
+            from comfyfn.workflow._binding import parse_size
 
             values["width"], values["height"] = parse_size(size)
         bound = bind(self.to_api(), definitions=self.definitions, **values)

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from comfyfn.definitions import input_spec
-from comfyfn.graph import ApiGraph, is_link
-from comfyfn.meaning import MEANINGS, Slots
+from comfyfn.workflow._definitions import input_spec
+from comfyfn.workflow._graph import ApiGraph, is_link
+from comfyfn.workflow._meaning import MEANINGS, Slots
 
 __all__ = ["Param", "dead_nodes", "describe"]
 

@@ -20,9 +20,10 @@ from typing import Any
 
 import httpx
 
-from comfyfn._http import HttpSession
-from comfyfn._outputs import fetch_images
-from comfyfn._socket import LOST, PROBE, EventSocket
+from comfyfn.client._http import HttpSession
+from comfyfn.client._outputs import fetch_images
+from comfyfn.client._rejection import workflow_invalid_from_response
+from comfyfn.client._socket import LOST, PROBE, EventSocket
 from comfyfn.errors import (
     GenerationTimeout,
     Interrupted,
@@ -47,9 +48,8 @@ from comfyfn.events import (
     parse_message,
 )
 from comfyfn.events import Interrupted as InterruptedEvent
-from comfyfn.graph import ApiGraph, class_types
-from comfyfn.rejection import workflow_invalid_from_response
 from comfyfn.result import Generation, Image, Timings
+from comfyfn.workflow._graph import ApiGraph, class_types
 
 __all__ = ["JobSettings", "queue_position", "run_job", "submit"]
 

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from comfyfn.workflow import Workflow
+from comfyfn.workflow._workflow import Workflow
 
 __all__ = ["signature_for"]
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from comfyfn._http import HttpSession, retrying, transient
+from comfyfn.client._http import HttpSession, retrying, transient
 from comfyfn.errors import CorruptOutput
 from comfyfn.events import BinaryFrame
 from comfyfn.result import Image, image_problem

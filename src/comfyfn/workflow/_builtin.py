@@ -17,7 +17,7 @@ import json
 from importlib import resources
 
 from comfyfn.errors import ConfigError
-from comfyfn.workflow import Workflow
+from comfyfn.workflow._workflow import Workflow
 
 __all__ = ["BUILTIN", "builtin", "zimage", "zimage_turbo"]
 
@@ -32,7 +32,8 @@ def builtin(name: str) -> Workflow:
         raise ConfigError(
             f"unknown built-in workflow {name!r}; choose from {', '.join(sorted(BUILTIN))}"
         ) from None
-    graph = json.loads(resources.files(__name__).joinpath(filename).read_text(encoding="utf-8"))
+    data = resources.files("comfyfn.workflow").joinpath("data", filename)
+    graph = json.loads(data.read_text(encoding="utf-8"))
     return Workflow.load(graph, name=name)
 
 

@@ -1,0 +1,3 @@
+from comfyfn.cli._app import main
+
+main()

@@ -1,0 +1,26 @@
+"""Workflows as values — pure, no I/O: loading (API or UI format, subgraphs, PNGs),
+parameters found by meaning, binding, validation against node definitions, and the
+built-in Z-Image graphs.
+
+::
+
+    wf = Workflow.load("anything.json")          # or zimage_turbo(), builtin("zimage")
+    wf.params                                    # (Param(name='prompt', ...), ...)
+    wf.bind(prompt="…", seed=7).to_api()         # API-format graph for POST /prompt
+"""
+
+from comfyfn.workflow._binding import PARAMETERS, ComfyWarning
+from comfyfn.workflow._builtin import BUILTIN, builtin, zimage, zimage_turbo
+from comfyfn.workflow._params import Param
+from comfyfn.workflow._workflow import Workflow
+
+__all__ = [
+    "BUILTIN",
+    "PARAMETERS",
+    "ComfyWarning",
+    "Param",
+    "Workflow",
+    "builtin",
+    "zimage",
+    "zimage_turbo",
+]
