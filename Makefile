@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= out/demo
 
-.PHONY: demo test unit lint bench engine-down clean
+.PHONY: demo test unit lint typecheck bench engine-down clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ unit: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/client_overhead.py
