@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,9 @@ __all__ = [
 ]
 
 
-def rows_from(path: str | Path, *, vary: Sequence[str] = (), template: str | None = None):
+def rows_from(
+    path: str | Path, *, vary: Sequence[str] = (), template: str | None = None
+) -> Iterator[Row | RowError]:
     """Rows of a CSV/JSONL file (streamed), with ``--vary``-style variations."""
     return expand(read_rows(path), vary=[parse_vary(v) for v in vary], template=template)
 

@@ -50,7 +50,7 @@ def deliver(
         raise ConfigError(f"delivery fit {fit!r} is not one of {', '.join(FITS)}")
     bg = _rgba(background) if fit == "contain" else (255, 255, 255, 255)
     texts = read_text_chunks(png_bytes)
-    image = Image.open(io.BytesIO(png_bytes))  # in memory: nothing to close
+    image: Image.Image = Image.open(io.BytesIO(png_bytes))  # in memory: nothing to close
     image.load()
     source = image.size
     note = {"width": width, "height": height, "fit": fit, "from": list(source)}
@@ -84,7 +84,9 @@ def _cover(image: Image.Image, width: int, height: int) -> Image.Image:
     return image.crop((left, top, left + width, top + height))
 
 
-def _contain(image: Image.Image, width: int, height: int, bg: tuple) -> Image.Image:
+def _contain(
+    image: Image.Image, width: int, height: int, bg: tuple[int, int, int, int]
+) -> Image.Image:
     image = _normal(image)
     if image.mode == "L":
         image = image.convert("RGB")
@@ -101,11 +103,11 @@ def _contain(image: Image.Image, width: int, height: int, bg: tuple) -> Image.Im
 def _rgba(colour: Sequence[int] | str) -> tuple[int, int, int, int]:
     try:
         if isinstance(colour, str):
-            rgba = ImageColor.getrgb(colour)
+            rgba: tuple[int, ...] = ImageColor.getrgb(colour)
         else:
             rgba = tuple(int(c) for c in colour)
             if len(rgba) not in (3, 4) or not all(0 <= c <= 255 for c in rgba):
                 raise ValueError
     except (ValueError, TypeError):
         raise ConfigError(f"background {colour!r} is not a colour") from None
-    return (*rgba[:3], rgba[3] if len(rgba) == 4 else 255)
+    return rgba[0], rgba[1], rgba[2], rgba[3] if len(rgba) == 4 else 255

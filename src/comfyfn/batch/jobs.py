@@ -59,9 +59,9 @@ def _stable_seed(values: Mapping[str, Any]) -> int:
 
 def prepare(wf: Workflow, row: Row, *, variables: frozenset[str] = frozenset()) -> Job | RowError:
     """Bind one row to the workflow; an unusable value gives a RowError naming its column."""
-    problem = values_problem(row.values)  # rows made in code skip expand()'s checks
-    if problem is not None:
-        return RowError(row.index, problem[0], problem[1], row.variant)
+    unusable = values_problem(row.values)  # rows made in code skip expand()'s checks
+    if unusable is not None:
+        return RowError(row.index, unusable[0], unusable[1], row.variant)
     params = {p.name: p for p in wf.params} | {p.name: p for p in wf.inputs}
     bound_values: dict[str, Any] = {}
     for column, value in row.values.items():
@@ -96,11 +96,11 @@ def prepare(wf: Workflow, row: Row, *, variables: frozenset[str] = frozenset()) 
     except WorkflowInvalid as exc:
         problem = exc.problems[0]
         slots = wf.slots.params
-        column = next(
+        where = next(
             (name for name, slot in slots.items() if slot == (problem.node_id, problem.input_name)),
             problem.input_name,
         )
-        return RowError(row.index, column, problem.message, row.variant)
+        return RowError(row.index, where, problem.message, row.variant)
     deliver = row.values.get("_deliver")
     # the row's place is part of the key: two identical rows are two jobs with two files
     blob = json.dumps(

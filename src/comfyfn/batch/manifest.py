@@ -279,7 +279,7 @@ class Manifest:
             "SELECT seconds FROM jobs WHERE state='done' ORDER BY seconds LIMIT 1 OFFSET ?",
             (offset,),
         ).fetchone()
-        return value
+        return float(value) if value is not None else None
 
 
 def _lock(path: Path) -> int:

@@ -51,17 +51,17 @@ def parse_params(wf: Workflow, items: list[str]) -> dict[str, Any]:
 def _load(source: str, server: str | None, *, strict: bool = True) -> tuple[Workflow, str | None]:
     """Load with the server's definitions when a server is known, else the bundled ones."""
     url = server or os.environ.get("COMFYFN_SERVER")
-    if source in BUILTIN:
-        wf = builtin(source)
-    else:
-        wf = Workflow.load(source, strict=strict) if not url else None
-    if url:
-        with Client(_config.resolve_server_sync(url)) as client:
-            info = client.object_info()
-            if wf is None:
-                wf = Workflow.load(source, object_info=info, strict=strict)
-            return wf.with_definitions(info), client.server
-    return wf, None
+    if not url:
+        return (
+            builtin(source) if source in BUILTIN else Workflow.load(source, strict=strict)
+        ), None
+    with Client(_config.resolve_server_sync(url)) as client:
+        info = client.object_info()
+        if source in BUILTIN:
+            wf = builtin(source)
+        else:
+            wf = Workflow.load(source, object_info=info, strict=strict)
+        return wf.with_definitions(info), client.server
 
 
 @workflow_app.command()

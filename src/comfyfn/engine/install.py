@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from comfyfn.errors import EngineError
 
@@ -86,7 +87,7 @@ def _digest(*parts: str | bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def _run(cmd: list[str], what: str, **kwargs) -> None:
+def _run(cmd: list[str], what: str, **kwargs: Any) -> None:
     log.info("%s: %s", what, " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     if proc.returncode != 0:

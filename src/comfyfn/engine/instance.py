@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,7 +44,8 @@ class EngineState:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _pid_alive(pid: int) -> bool:
@@ -147,7 +149,9 @@ class Engine:
         state = self.state()
         return state.url if state else None
 
-    def up(self, *, port: int | None = None, report=lambda _msg: None) -> EngineState:
+    def up(
+        self, *, port: int | None = None, report: Callable[[str], None] = lambda _msg: None
+    ) -> EngineState:
         """Install what is missing, start the server and wait until it answers."""
         if (state := self.state()) is not None:
             return state

@@ -35,10 +35,8 @@ class ComfyWarning(UserWarning):
 def parse_size(size: str | tuple[int, int] | list[int]) -> tuple[int, int]:
     """``(1024, 768)``, ``[1024, 768]`` or ``"1024x768"`` → ``(1024, 768)``."""
     try:
-        if isinstance(size, str):
-            w, h = size.lower().replace("×", "x").split("x")
-            return int(w), int(h)
-        w, h = size
+        parts = size.lower().replace("×", "x").split("x") if isinstance(size, str) else size
+        w, h = parts
         return int(w), int(h)
     except (ValueError, TypeError):
         raise WorkflowInvalid(

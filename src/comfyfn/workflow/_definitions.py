@@ -88,4 +88,5 @@ def bundled_object_info() -> dict[str, Any]:
     and shared: treat it as read-only.
     """
     path = resources.files("comfyfn.workflow").joinpath("data", "object_info_0.3.75.json.gz")
-    return json.loads(gzip.decompress(path.read_bytes()))
+    info: dict[str, Any] = json.loads(gzip.decompress(path.read_bytes()))
+    return info

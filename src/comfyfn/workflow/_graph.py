@@ -128,7 +128,7 @@ _IMAGE_SINKS = frozenset({"SaveImage", "PreviewImage", "SaveImageWebsocket"})
 _SAMPLERS = frozenset({"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"})
 
 
-def decoded_size(graph: ApiGraph) -> tuple[int, int] | None:
+def decoded_size(graph: Mapping[str, Mapping[str, Any]]) -> tuple[int, int] | None:
     """The size every saved image must have, when the graph says so plainly.
 
     That is when each image output is a VAEDecode of a sampler whose latent is an empty latent
@@ -151,17 +151,19 @@ def _link(node: Mapping[str, Any], name: str) -> str | None:
     return str(value[0]) if is_link(value) else None
 
 
-def _decoded_from(graph: ApiGraph, decoder: str | None) -> tuple[int, int] | None:
-    if decoder not in graph or graph[decoder].get("class_type") != "VAEDecode":
-        return None
-    sampler = _link(graph[decoder], "samples")
-    if sampler not in graph or graph[sampler].get("class_type") not in _SAMPLERS:
-        return None
-    latent = _link(graph[sampler], "latent_image")
-    inputs = graph[latent].get("inputs", {}) if latent in graph else {}
+def _decoded_from(
+    graph: Mapping[str, Mapping[str, Any]], decoder: str | None
+) -> tuple[int, int] | None:
+    def node(nid: str | None, *classes: str) -> Mapping[str, Any] | None:
+        found = graph.get(nid) if nid is not None else None
+        kind = str(found.get("class_type", "")) if found is not None else ""
+        return found if any(kind.startswith(c) for c in classes) else None
+
+    vae = node(decoder, "VAEDecode")
+    sampler = node(_link(vae, "samples"), *_SAMPLERS) if vae is not None else None
+    latent = node(_link(sampler, "latent_image"), "Empty") if sampler is not None else None
+    inputs = latent.get("inputs", {}) if latent is not None else {}
     width, height = inputs.get("width"), inputs.get("height")
-    if not str(graph.get(latent, {}).get("class_type", "")).startswith("Empty"):
-        return None
     if isinstance(width, int) and isinstance(height, int):
         return width, height
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,7 @@ class Param:
         return f"{self.node_id}.{self.input}"
 
     @property
-    def python_type(self) -> type:
+    def python_type(self) -> builtins.type:
         return _PYTHON_TYPES.get(self.type, object)
 
     def parse(self, text: str) -> Any:

@@ -295,7 +295,7 @@ class _Converter:
                 self.emit(graph.children[nid])
                 continue
             compound = graph.prefix + str(nid)
-            definition = self.info.get(kind)
+            definition = self.info.get(str(kind))
             if definition is None and not self.strict:
                 self.api[compound] = self._unknown(graph, node, compound)
                 continue

@@ -92,7 +92,7 @@ def problems(
     found: list[NodeProblem] = []
     has_output = False
     for node_id, node in graph.items():
-        cls = node.get("class_type")
+        cls = str(node.get("class_type"))
         definition = object_info.get(cls)
         if definition is None:
             found.append(
@@ -135,7 +135,7 @@ def problems(
                         )
                     )
                     continue
-                outputs = output_types(object_info, graph[source].get("class_type"))
+                outputs = output_types(object_info, str(graph[source].get("class_type")))
                 if value[1] >= len(outputs) and outputs:
                     found.append(
                         NodeProblem(
