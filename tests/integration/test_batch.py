@@ -127,6 +127,7 @@ def wait_for(condition, timeout=60.0, what="condition"):
 
 
 def test_seed_csv_over_two_servers(server, second, tmp_path):
+    """Slow (~13 s with set-up): starts a second engine, then runs 5 Z-Image jobs on the CPU."""
     src = tmp_path / "prompts.csv"
     src.write_text(SEED_CSV, encoding="utf-8")
     out = tmp_path / "out"
@@ -161,6 +162,7 @@ def test_seed_csv_over_two_servers(server, second, tmp_path):
 
 
 def test_runner_killed_mid_batch_resumes_without_running_anything_twice(server, unique, tmp_path):
+    """Slow (~7 s): 16 simulated 300 ms jobs, run partly by a runner that is killed."""
     colors = [unique() for _ in range(16)]
     args = [*sleep_batch(tmp_path, colors, 300, server), "--prime", "2"]
     out = tmp_path / "out"
@@ -184,6 +186,7 @@ def test_runner_killed_mid_batch_resumes_without_running_anything_twice(server, 
 
 
 def test_server_killed_mid_batch(engine, server, unique, tmp_path):
+    """Slow (~10 s): starts and kills an engine, then waits out the 3 s HTTP timeout."""
     victim = Engine("pytest-victim", install=engine.install)
     victim_url = victim.up().url
     try:
@@ -211,6 +214,8 @@ def test_server_killed_mid_batch(engine, server, unique, tmp_path):
 
 
 def test_hanging_server_is_taken_out_and_put_back(second, server, unique, tmp_path):
+    """Slow (~12 s): a SIGSTOPped server is noticed only after the HTTP timeout, and put back
+    only after it answers again."""
     colors = [unique() for _ in range(20)]
     out = tmp_path / "out"
     proc = cli(
@@ -249,6 +254,7 @@ def test_hanging_server_is_taken_out_and_put_back(second, server, unique, tmp_pa
 
 
 def test_all_servers_down_then_back(engine, unique, tmp_path):
+    """Slow (~11 s): stops the only engine and starts it again on the same port."""
     lone = Engine("pytest-lone", install=engine.install)
     port = lone.up().port
     try:
@@ -375,6 +381,7 @@ def test_resume_remakes_missing_or_damaged_files(server, unique, tmp_path):
 
 
 def test_jobs_cancelled_by_ctrl_c_are_done_by_the_next_run(server, unique, tmp_path):
+    """Slow (~7 s): eight simulated 700 ms jobs, cancelled mid-run and resumed."""
     colors = [unique() for _ in range(8)]
     args = [*sleep_batch(tmp_path, colors, 700, server), "--prime", "2"]
     out = tmp_path / "out"
