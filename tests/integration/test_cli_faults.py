@@ -112,6 +112,16 @@ def test_billion_laughs_job_file_is_refused_quickly(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bad_job_file_names_file_and_setting_one_line_each(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("vary: {seed: 4..1}\nprime: -1\nrows: [{prompt: p}]\n", encoding="utf-8")
+    proc = run_cli("batch", str(job), "-o", str(tmp_path / "out"), "-s", "http://127.0.0.1:9")
+    line = one_error_line(proc)
+    assert line == f"error: {job}: vary.seed: the range must go up, at most 100001 values"
+    assert f"{job}: prime: must be at least 0, not -1" in proc.stderr.splitlines()
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_bad_template_is_refused_before_anything_runs(tmp_path):
     src = tmp_path / "rows.csv"
     src.write_text("prompt\np\n")

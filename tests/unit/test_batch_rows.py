@@ -61,7 +61,7 @@ def test_parse_vary(spec, expected):
     assert parse_vary(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["seed", "=1..2", "seed=4..1", "x="])
+@pytest.mark.parametrize("spec", ["seed", "=1..2", "seed=4..1", "x=", "x=,,"])
 def test_parse_vary_errors(spec):
     with pytest.raises(ConfigError, match="--vary"):
         parse_vary(spec)
@@ -109,8 +109,14 @@ def test_job_file(tmp_path):
     )
     assert len(rows) == 8 and rows[0].values["prompt"] == "猫, ink"
     assert rows[0].values["steps"] == 4
-    with pytest.raises(ConfigError, match="unknown settings colour"):
-        read_job_file(write(tmp_path / "bad.yaml", "colour: red\nrows: []\n"))
+    assert "prime" not in settings and "workflow" in settings  # only what the file sets
+    bad = write(tmp_path / "bad.yaml", "colour: red\nrows: []\n")
+    with pytest.raises(ConfigError) as info:
+        read_job_file(bad)
+    assert str(info.value) == (
+        f"{bad}: unknown field 'colour'; known: workflow, defaults, template, vary, rows, "
+        "input, prime"
+    )
 
 
 WF = zimage_turbo()
@@ -206,3 +212,47 @@ def test_each_job_saves_into_its_own_small_folder_on_the_server():
     assert job.workflow.graph["9"]["inputs"]["filename_prefix"] == "z-image-turbo/0001/001234"
     own = prepare(WF, row({"prompt": "p", "filename_prefix": "mine"}))
     assert own.workflow.graph["9"]["inputs"]["filename_prefix"] == "mine"
+
+
+def _done_manifest(tmp_path, prompts_and_files):
+    from PIL import Image
+
+    m = Manifest(tmp_path / "manifest.sqlite")
+    for i, (prompt, files) in enumerate(prompts_and_files, 1):
+        m.add(f"k{i}", i, f"row {i}", f"{i:06d}", {"prompt": prompt, "seed": i})
+        checks = []
+        for name in files:
+            (tmp_path / name).parent.mkdir(exist_ok=True)
+            Image.new("RGB", (32, 32), (10 * i, 0, 0)).save(tmp_path / name)
+            checks.append({"path": name})
+        m.done(f"k{i}", checks, 1.0, "http://a")
+    return m
+
+
+def test_the_summary_counts_jobs_per_minute_not_images(tmp_path):
+    from comfyfn.batch.report import summarize
+    from comfyfn.fleet.pool import Pool
+
+    m = _done_manifest(tmp_path, [("p", ["images/1.png"]), ("q", ["images/2.png", "images/3.png"])])
+    summary = summarize(m, Pool(["http://a"], 1), 30.0, {"done": 2})
+    m.close()
+    assert (summary.done, summary.images, summary.jobs_per_minute) == (2, 3, 4.0)
+    saved = json.loads(summary.to_json())
+    assert saved["jobs_per_minute"] == 4.0 and "images_per_minute" not in saved
+
+
+def test_the_contact_sheet_cuts_a_prompt_before_escaping_it(tmp_path):
+    import html
+    import re
+
+    from comfyfn.batch.report import CAPTION, Summary, write_contact_sheet
+
+    prompt = "x" * (CAPTION - 2) + "&<'\"" + "tail"  # '&' and '<' straddle the cut
+    m = _done_manifest(tmp_path, [(prompt, ["images/1.png"])])
+    summary = Summary(1, 0, 0, 0, 1, 1.0, 60.0, 1.0, 1.0, {})
+    sheet = write_contact_sheet(m, tmp_path, summary).read_text(encoding="utf-8")
+    m.close()
+    (shown,) = re.findall(r"<b>(.*?)</b>", sheet)
+    assert shown == "x" * (CAPTION - 2) + "&amp;&lt;"  # whole entities, the text cut at CAPTION
+    assert html.unescape(shown) == prompt[:CAPTION]
+    assert "60.0 jobs/min" in sheet

@@ -83,6 +83,38 @@ def test_merge_keys_are_aliases_too_but_anchors_alone_are_fine(tmp_path):
     assert read_job_file(anchored)["defaults"] == {"steps": 4}
 
 
+def test_settings_problems_are_sentences_for_every_kind_of_check():
+    from typing import ClassVar
+
+    from pydantic import Field
+
+    from comfyfn._yaml import Settings, validate_settings
+
+    class Server(Settings):
+        shape: ClassVar[str] = "a mapping with a url"
+        url: str
+        timeout: float = Field(10.0, gt=0)
+        retries: int = Field(3, lt=10)
+        debug: bool = False
+
+    class File(Settings):
+        servers: dict[str, Server]
+
+    data = {"servers": {"a": {"url": 1, "timeout": 0.0, "retries": 10, "debug": "yes"}, "b": 7}}
+    with pytest.raises(ConfigError) as info:
+        validate_settings(data, "s.yaml", File)
+    assert str(info.value).splitlines() == [
+        "s.yaml: servers.a.url: must be text, not 1",
+        "s.yaml: servers.a.timeout: must be more than 0.0, not 0.0",
+        "s.yaml: servers.a.retries: must be less than 10, not 10",
+        "s.yaml: servers.a.debug: must be true or false, not 'yes'",
+        "s.yaml: servers.b: must be a mapping with a url, not 7",
+    ]
+    with pytest.raises(ConfigError, match=r"^s.yaml: servers.a: missing field 'url'$"):
+        validate_settings({"servers": {"a": {"timeout": 1.5}}}, "s.yaml", File)
+    assert validate_settings({"servers": {}}, "s.yaml", File).servers == {}
+
+
 def test_deeply_nested_yaml_is_a_config_error(tmp_path):
     deep = write(tmp_path / "deep.yaml", "rows: " + "[" * 50_000 + "]" * 50_000 + "\n")
     with pytest.raises(ConfigError, match=f"{deep}: not valid YAML"):
@@ -90,18 +122,54 @@ def test_deeply_nested_yaml_is_a_config_error(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("text", "message"),
+    ("text", "problem"),
     [
-        ("vary: [seed]\nrows: []\n", "'vary' must be a mapping"),
-        ("defaults: [steps]\nrows: []\n", "'defaults' must be a mapping"),
-        ("template: [1]\nrows: []\n", "'template' must be text"),
-        ("prime: yes\nrows: []\n", "'prime' must be a whole number"),
-        ("input: 7\n", "'input' must be text"),
+        ("vary: [seed]\nrows: []\n", "vary: must be a mapping, not a list"),
+        ("defaults: [steps]\nrows: []\n", "defaults: must be a mapping, not a list"),
+        ("template: [1]\nrows: []\n", "template: must be text, not a list"),
+        ("prime: yes\nrows: []\n", "prime: must be a whole number, not true"),
+        ("prime: -1\nrows: []\n", "prime: must be at least 0, not -1"),
+        ("input: 7\n", "input: must be text, not 7"),
+        ("rows: 5\n", "rows: must be a list, not 5"),
+        (
+            "workflow: 7\nrows: []\n",
+            "workflow: must be a built-in name, a workflow file or a workflow mapping, not 7",
+        ),
+        ("defaults: {1:30: x}\nrows: []\n", "defaults: the name 90 is not text; put it in"),
+        ("vary: {on: [1]}\nrows: []\n", "vary: the name true is not text; put it in quotes"),
+        ("colour: red\nrows: []\n", "unknown field 'colour'; known: workflow, defaults, "),
+        ("- rows\n", "must be a mapping of settings (workflow, defaults, vary, rows or input…)"),
+        ("workflow: zimage\n", "give either 'rows' (a list) or 'input' (a CSV/JSONL file)"),
+        ("rows: [{prompt: a}]\ninput: x.csv\n", "give either 'rows' or 'input', not both"),
+        ("template: '{prompt'\nrows: []\n", "template: bad template: expected '}' before end"),
+        ("template: '{p:>99}'\nrows: []\n", "template: bad template: use plain {names}, not"),
+        ("vary: {seed: 4..1}\nrows: []\n", "vary.seed: the range must go up, at most 100001"),
+        ("vary: {seed: ' , '}\nrows: []\n", "vary.seed: no values; expected a,b,c or 1..8"),
+        ("vary: {seed: {a: 1}}\nrows: []\n", "vary.seed: must be a list or 'a..b', not a mapping"),
+        ("vary: {seed: 5}\nrows: []\n", "vary.seed: must be a list or 'a..b', not 5"),
+        ("vary: {seed: []}\nrows: []\n", "vary.seed: must not be empty"),
+        ("vary: {s: [a, [b]]}\nrows: []\n", "vary.s[1]: must be text or a number, not a list"),
     ],
 )
-def test_job_file_settings_of_the_wrong_type_are_config_errors(tmp_path, text, message):
-    with pytest.raises(ConfigError, match=message):
-        read_job_file(write(tmp_path / "job.yaml", text))
+def test_job_file_problems_are_one_line_naming_file_and_setting(tmp_path, text, problem):
+    job = write(tmp_path / "job.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        read_job_file(job)
+    (line,) = str(info.value).splitlines()
+    assert line.startswith(f"{job}: {problem}")
+
+
+def test_job_file_vary_takes_lists_ranges_and_comma_text(tmp_path):
+    job = write(
+        tmp_path / "job.yaml",
+        "vary: {seed: 1..3, style: 'ink, photo', cfg: [1, 2.5], 'on': [true]}\nrows: []\n",
+    )
+    assert read_job_file(job)["vary"] == [
+        ("seed", [1, 2, 3]),
+        ("style", ["ink", "photo"]),
+        ("cfg", [1, 2.5]),
+        ("on", [True]),
+    ]
 
 
 # -- lone surrogates ---------------------------------------------------------------------------

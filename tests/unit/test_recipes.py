@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -97,6 +99,17 @@ def test_builtin_sizes():
         "美妆",
         "default",
     }
+
+
+def test_pydantic_is_imported_only_when_a_settings_file_is_read():
+    code = (
+        "import sys, comfyfn.cli._app, comfyfn.recipes, comfyfn.batch.rows\n"
+        "before = 'pydantic' in sys.modules\n"
+        "comfyfn.recipes.load_recipe('social')\n"
+        "print(before, 'pydantic' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]  # the CLI starts without its ~80 ms
 
 
 # -- rows -------------------------------------------------------------------------------------
@@ -292,26 +305,46 @@ def test_generate_override_negative_params_and_contain(tmp_path):
     [
         (
             MINIMAL.replace("deliver: 100x100", "deliver: 1080"),
-            "bad.yaml: outputs[0].deliver: '1080' is not WIDTHxHEIGHT",
+            "bad.yaml: outputs[0].deliver: 1080 is not WIDTHxHEIGHT (e.g. 1080x1920)",
         ),
         (
             MINIMAL.replace("deliver: 100x100", "deliver: 100x100\n    generate: 100x100"),
-            "bad.yaml: outputs[0].generate: '100x100' is not multiples of 16",
+            "bad.yaml: outputs[0].generate: 100x100 is not multiples of 16",
         ),
         (MINIMAL.replace("deliver:", "deliever:"), "outputs[0]: unknown field 'deliever'"),
         (MINIMAL.replace("{topic}", "{topik}"), "outputs[0].prompt: unknown placeholder {topik}"),
         (MINIMAL.replace("{topic}", "{topic"), "outputs[0].prompt: bad template"),
-        (MINIMAL + "    count: 0\n", "outputs[0].count: '0' is not a whole number"),
-        (MINIMAL + "    fit: stretch\n", "outputs[0].fit: 'stretch' is not one of cover, contain"),
+        (MINIMAL + "    count: 0\n", "outputs[0].count: must be at least 1, not 0"),
+        (MINIMAL + "    count: 1001\n", "outputs[0].count: must be at most 1000, not 1001"),
+        (MINIMAL + "    count: two\n", "outputs[0].count: must be a whole number, not 'two'"),
+        (MINIMAL + "    count: '2'\n", "outputs[0].count: must be a whole number, not '2'"),
+        (
+            MINIMAL + "    fit: stretch\n",
+            "outputs[0].fit: must be 'cover' or 'contain', not 'stretch'",
+        ),
         (MINIMAL + "    background: red\n", "outputs[0].background: 'red' is not a colour"),
         (MINIMAL + "    params: {seed: 1}\n", "outputs[0].params.seed: cannot be set here"),
         (MINIMAL.replace("steps: 4", "batch_size: 4"), "defaults.batch_size: cannot be set"),
         (MINIMAL.replace("name: square", "name: a/b"), "outputs[0].name: 'a/b' must be"),
-        (MINIMAL + MINIMAL.split("outputs:")[1], "outputs[1].name: 'square' is used twice"),
-        ("outputs: []\n", "bad.yaml: outputs: must be a non-empty list"),
-        ("- just a list\n", "bad.yaml: must be a mapping"),
+        (
+            MINIMAL + MINIMAL.split("outputs:")[1],
+            "bad.yaml: outputs: outputs[0] and outputs[1] are both named 'square'",
+        ),
+        ("outputs: []\n", "bad.yaml: outputs: must not be empty"),
+        ("description: x\n", "bad.yaml: missing field 'outputs'"),
+        ("- just a list\n", "bad.yaml: must be a mapping with an 'outputs' list, not a list"),
+        ("outputs: [just text]\n", "outputs[0]: must be a mapping with name, prompt and deliver"),
+        (MINIMAL.replace("mine", "[a]"), "bad.yaml: description: must be text, not a list"),
+        (MINIMAL + "workflow: 7\n", "bad.yaml: workflow: must be text, not 7"),
+        (MINIMAL + "    negative: 5\n", "outputs[0].negative: must be text, not 5"),
+        (MINIMAL.replace('"a photo of {topic}"', "''"), "outputs[0].prompt: must be non-empty"),
+        (MINIMAL.replace("{steps: 4}", "[steps]"), "bad.yaml: defaults: must be a mapping, not"),
+        (MINIMAL.replace("{steps: 4}", "{3: x}"), "defaults: the name 3 is not text; put it"),
         ("outputs: [\n", "bad.yaml: line"),
         (MINIMAL + "tables: {scene: {a: b}}\n", "tables.scene: needs a 'default' entry"),
+        (MINIMAL + "tables: {scene: {default: 5}}\n", "tables.scene.default: must be text, not 5"),
+        (MINIMAL + "tables: {topic: {default: x}}\n", "tables.topic: 'topic' is a built-in"),
+        (MINIMAL + "tables: {my scene: {default: x}}\n", "tables.my scene: table names must be"),
         (MINIMAL + "colour: red\n", "bad.yaml: unknown field 'colour'"),
     ],
 )
@@ -319,8 +352,57 @@ def test_bad_files_name_the_file_and_field(tmp_path, text, message):
     path = _write(tmp_path, "bad.yaml", text)
     with pytest.raises(ConfigError) as info:
         load_recipe(path)
-    assert message in str(info.value)
-    assert str(info.value).startswith(str(path))
+    (line,) = str(info.value).splitlines()  # one problem, one line
+    assert message in line
+    assert line.startswith(f"{path}: ")
+
+
+def _problems(path):
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    return [line.removeprefix(f"{path}: ") for line in str(info.value).splitlines()]
+
+
+def test_every_problem_is_one_line_naming_file_and_field(tmp_path):
+    text = MINIMAL.replace("deliver: 100x100", "deliver: big\n    fit: stretch\n    count: 0")
+    text += "  - name: second\n"
+    assert _problems(_write(tmp_path, "bad.yaml", text)) == [
+        "outputs[0].deliver: 'big' is not WIDTHxHEIGHT (e.g. 1080x1920)",
+        "outputs[0].count: must be at least 1, not 0",
+        "outputs[0].fit: must be 'cover' or 'contain', not 'stretch'",
+        "outputs[1]: missing field 'prompt'",
+        "outputs[1]: missing field 'deliver'",
+    ]
+
+
+def test_a_misspelt_field_is_reported_alone_with_the_known_ones(tmp_path):
+    path = _write(tmp_path, "bad.yaml", MINIMAL.replace("deliver:", "deliever:") + "colour: x\n")
+    assert _problems(path) == [
+        "unknown field 'colour'; known: description, workflow, defaults, tables, outputs",
+    ]
+    path = _write(tmp_path, "bad.yaml", MINIMAL.replace("deliver:", "deliever:"))
+    assert _problems(path) == [  # not also "missing field 'deliver'"
+        "outputs[0]: unknown field 'deliever'; known: name, prompt, negative, deliver, "
+        "generate, count, fit, background, params",
+    ]
+
+
+def test_many_problems_are_capped_and_never_pydantic_s_own_text(tmp_path):
+    many = "outputs:\n" + "".join(f"  - {{name: o{i}, prompt: p}}\n" for i in range(30))
+    problems = _problems(_write(tmp_path, "bad.yaml", many))
+    assert problems[:2] == [f"outputs[{i}]: missing field 'deliver'" for i in (0, 1)]
+    assert len(problems) == 21 and problems[-1] == "… and 10 more problems"
+    for text in ("outputs: 7\n", "outputs: [{name: [1]}]\n", "tables: {1: 2}\noutputs: []\n"):
+        message = "\n".join(_problems(_write(tmp_path, "bad.yaml", text)))
+        for raw in ("Input should", "pydantic", "validation error", "type="):
+            assert raw not in message, message
+
+
+def test_hostile_names_are_printed_escaped_on_one_line(tmp_path):
+    path = _write(tmp_path, "bad.yaml", MINIMAL + 'outputs2: x\n"a\\nb\\ud800": y\n')
+    (problem,) = _problems(path)
+    assert problem.startswith("unknown fields 'outputs2', 'a\\nb\\ud800'; known:")
+    problem.encode("utf-8")
 
 
 def test_unreadable_path_is_a_config_error(tmp_path):

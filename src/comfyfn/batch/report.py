@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from comfyfn._files import write_atomic
-from comfyfn.batch.manifest import Manifest
+from comfyfn.batch.manifest import Manifest, Record
+from comfyfn.errors import ConfigError
 
 if TYPE_CHECKING:
     from comfyfn.batch.runner import Batch
     from comfyfn.fleet import Pool
 
-__all__ = ["Summary", "summarize", "write_contact_sheet", "write_report"]
+__all__ = ["CAPTION", "Summary", "summarize", "write_contact_sheet", "write_report"]
+
+#: characters of a prompt shown under its thumbnail (cut before escaping: never half an entity)
+CAPTION = 160
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class Summary:
     invalid: int
     images: int
     seconds: float
-    images_per_minute: float
+    jobs_per_minute: float  #: jobs made by this run (a job may make several images)
     p50: float | None
     p95: float | None
     servers: dict[str, dict[str, Any]]
@@ -100,7 +104,7 @@ def write_contact_sheet(
         f"<!doctype html><meta charset='utf-8'><title>comfyfn batch</title>"
         f"<style>{_STYLE}</style><h1>Batch results</h1>",
         f"<p>{summary.done} made, {summary.skipped} already done, {summary.failed} failed, "
-        f"{summary.invalid} invalid rows · {summary.images_per_minute} jobs/min · "
+        f"{summary.invalid} invalid rows · {summary.jobs_per_minute} jobs/min · "
         f"p50 {summary.p50 or 0:.2f}s · p95 {summary.p95 or 0:.2f}s</p><div class='grid'>",
     ]
     shown = 0
@@ -111,17 +115,9 @@ def write_contact_sheet(
             thumb = _thumbnail(output / rel)
             if thumb is None:
                 continue
-            p = record.params
-            caption = (
-                f"<b>{esc(str(p.get('prompt', '')))[:160]}</b><br>"
-                f"<span class='meta'>seed {esc(str(p.get('seed')))} · "
-                f"{esc(str(p.get('width')))}×{esc(str(p.get('height')))} · "
-                f"{esc(record.server or '')} · {record.seconds or 0:.2f}s · "
-                f"{esc(record.label)}</span>"
-            )
             parts.append(
                 f"<figure><a href='{esc(rel)}'><img src='data:image/jpeg;base64,"
-                f"{thumb}' alt=''></a><figcaption>{caption}</figcaption></figure>"
+                f"{thumb}' alt=''></a><figcaption>{_caption(record)}</figcaption></figure>"
             )
             shown += 1
     parts.append("</div>")
@@ -139,14 +135,29 @@ def write_contact_sheet(
     return write_atomic(output / "index.html", "".join(parts))
 
 
+def _caption(record: Record) -> str:
+    """Prompt (cut to :data:`CAPTION` characters, then escaped), seed, size, server, time."""
+    esc, p = html.escape, record.params
+    return (
+        f"<b>{esc(str(p.get('prompt', ''))[:CAPTION])}</b><br>"
+        f"<span class='meta'>seed {esc(str(p.get('seed')))} · "
+        f"{esc(str(p.get('width')))}×{esc(str(p.get('height')))} · "
+        f"{esc(record.server or '')} · {record.seconds or 0:.2f}s · "
+        f"{esc(record.label)}</span>"
+    )
+
+
 def write_report(
     batch: Batch, counted: dict[str, int], *, thumbnails: int = 500
 ) -> tuple[Summary, Path]:
     """After a run: the summary (also in ``summary.json``) and the contact sheet's path."""
-    manifest = Manifest(batch.output / "manifest.sqlite")
+    output = batch.output
+    if output is None:
+        raise ConfigError("a batch without an output folder has no report")
+    manifest = Manifest(output / "manifest.sqlite")
     try:
         summary = summarize(manifest, batch.pool, time.monotonic() - batch.started, counted)
-        write_atomic(batch.output / "summary.json", summary.to_json())
-        return summary, write_contact_sheet(manifest, batch.output, summary, limit=thumbnails)
+        write_atomic(output / "summary.json", summary.to_json())
+        return summary, write_contact_sheet(manifest, output, summary, limit=thumbnails)
     finally:
         manifest.close()

@@ -30,14 +30,14 @@ import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
-from comfyfn._yaml import load_yaml
 from comfyfn.errors import ConfigError
 
 __all__ = [
     "MAX_CELL",
     "MAX_LINE",
+    "JobSettings",
     "RawRows",
     "Row",
     "RowError",
@@ -49,6 +49,7 @@ __all__ = [
     "read_rows",
     "template_problem",
     "values_problem",
+    "vary_values",
 ]
 
 #: The longest value (in characters) a row may hold; a longer one is a row error. Prompts are a
@@ -338,13 +339,25 @@ def parse_vary(spec: str) -> tuple[str, list[Any]]:
     name, sep, values = spec.partition("=")
     if not sep or not name.strip() or not values.strip():
         raise ConfigError(f"--vary {spec!r}: expected name=a,b,c or name=1..8")
-    match = _RANGE.match(values)
+    try:
+        return name.strip(), vary_values(values)
+    except ValueError as exc:
+        raise ConfigError(f"--vary {spec!r}: {exc}") from None
+
+
+def vary_values(text: str) -> list[Any]:
+    """``"1..8"`` → ``[1, …, 8]`` (inclusive); ``"ink, photo"`` → ``["ink", "photo"]``.
+    A ValueError says why ``text`` gives no values."""
+    match = _RANGE.match(text)
     if match:
         low, high = int(match.group(1)), int(match.group(2))
         if high < low or high - low > 100_000:
-            raise ConfigError(f"--vary {spec!r}: the range must go up, at most 100001 values")
-        return name.strip(), list(range(low, high + 1))
-    return name.strip(), [v.strip() for v in values.split(",") if v.strip()]
+            raise ValueError("the range must go up, at most 100001 values")
+        return list(range(low, high + 1))
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise ValueError("no values; expected a,b,c or 1..8")
+    return values
 
 
 def _template_fields(template: str) -> list[str]:
@@ -396,12 +409,16 @@ def expand(
 
 
 def _fill(
-    index: int, variant: int, values: dict[str, Any], template: str | None, combo: dict
+    index: int,
+    variant: int,
+    values: dict[str, Any],
+    template: str | None,
+    combo: dict[str, Any],
 ) -> Row | RowError:
     """One combination: checked values, the template filled into ``prompt``."""
-    problem = values_problem(values)
-    if problem is not None:
-        return RowError(index, *problem, variant)
+    bad_value = values_problem(values)
+    if bad_value is not None:
+        return RowError(index, *bad_value, variant)
     text = template if template is not None else values.get("prompt")
     if not isinstance(text, str) or "{" not in text:
         return Row(index, values, variant, combo)
@@ -433,55 +450,50 @@ def _fill(
 
 # -- YAML job files ---------------------------------------------------------------------------
 
-_JOB_TYPES: dict[str, tuple[type, ...]] = {
-    "workflow": (str, dict),
-    "defaults": (dict,),
-    "template": (str,),
-    "vary": (dict,),
-    "rows": (list,),
-    "input": (str,),
-    "prime": (int,),
-}
-_KINDS = {str: "text", dict: "a mapping", list: "a list", int: "a whole number"}
+
+class JobSettings(TypedDict):
+    """What :func:`read_job_file` gives: the rows (streamed), the variations and the number
+    of input rows; the other settings only where the file sets them."""
+
+    rows: RawRows
+    vary: list[tuple[str, list[Any]]]
+    total: int  #: input rows, before variations
+    workflow: NotRequired[str | dict[str, Any]]
+    defaults: NotRequired[dict[str, Any]]
+    template: NotRequired[str]
+    prime: NotRequired[int]
 
 
-def read_job_file(path: str | Path) -> dict[str, Any]:
-    """A YAML job file, checked; returns its settings with ``rows`` as an iterator and
-    ``total``, the number of input rows (before variations)."""
+def read_job_file(path: str | Path) -> JobSettings:
+    """A YAML job file, checked (see :class:`comfyfn.batch._schema.JobFile`); every problem
+    is a :class:`ConfigError` naming the file and the setting."""
+    from comfyfn._yaml import load_yaml, validate_settings  # pydantic: only when one is read
+    from comfyfn.batch._schema import JobFile
+
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the job file {path}: {exc}") from exc
-    job = load_yaml(text, str(path)) or {}
-    if not isinstance(job, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings")
-    unknown = set(map(str, job)) - set(_JOB_TYPES)
-    if unknown:
-        raise ConfigError(f"{path}: unknown settings {_shown(', '.join(sorted(unknown)))}")
-    for key, types in _JOB_TYPES.items():
-        value = job.get(key)
-        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
-            kinds = " or ".join(_KINDS[t] for t in types)
-            raise ConfigError(f"{path}: '{key}' must be {kinds}")
-    vary = []
-    for name, values in (job.get("vary") or {}).items():
-        if isinstance(values, str):
-            vary.append(parse_vary(f"{name}={values}"))
-        elif isinstance(values, list):
-            vary.append((str(name), values))
-        else:
-            raise ConfigError(f"{path}: vary.{_shown(str(name))} must be a list or 'a..b'")
-    if job.get("input") is not None:
-        source = path.parent / job["input"]
+    job = validate_settings(load_yaml(text, str(path)), str(path), JobFile)
+    if job.input is not None:
+        source = path.parent / job.input
         total = count_rows(source)  # also: a file unreadable mid-way fails before anything runs
         rows: RawRows = read_rows(source)
-    elif isinstance(job.get("rows"), list):
-        total = len(job["rows"])
+    else:
+        listed = job.rows or []  # JobFile has made sure there is one or the other
+        total = len(listed)
         rows = (
             (i, _clean(r) if isinstance(r, dict) else RowError(i, None, "not a mapping"))
-            for i, r in enumerate(job["rows"], 1)
+            for i, r in enumerate(listed, 1)
         )
-    else:
-        raise ConfigError(f"{path}: give either 'rows' (a list) or 'input' (a CSV/JSONL file)")
-    return {**job, "rows": rows, "vary": vary, "total": total}
+    settings = JobSettings(rows=rows, vary=list((job.vary or {}).items()), total=total)
+    if job.workflow is not None:
+        settings["workflow"] = job.workflow
+    if job.defaults is not None:
+        settings["defaults"] = job.defaults
+    if job.template is not None:
+        settings["template"] = job.template
+    if job.prime is not None:
+        settings["prime"] = job.prime
+    return settings

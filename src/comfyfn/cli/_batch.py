@@ -177,7 +177,7 @@ def _run(
 def _print_summary(summary: Any, sheet: Path) -> None:
     err.print(
         f"done {summary.done} · failed {summary.failed} · invalid {summary.invalid} · "
-        f"skipped {summary.skipped} · {summary.images_per_minute} jobs/min · "
+        f"skipped {summary.skipped} · {summary.jobs_per_minute} jobs/min · "
         f"p50 {summary.p50 or 0:.2f}s · p95 {summary.p95 or 0:.2f}s",
         highlight=False,
     )
@@ -309,12 +309,13 @@ def batch_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Run every row of a CSV/JSONL/YAML job file; re-running resumes where it stopped."""
+    chosen: str | dict[str, Any] | None = workflow
     try:
         if source.suffix.lower() in (".yaml", ".yml"):
             job = read_job_file(source)
             raw, job_vary = job["rows"], job["vary"]
             template = template or job.get("template")
-            workflow = workflow or job.get("workflow")
+            chosen = workflow or job.get("workflow")
             prime = job.get("prime", prime)
             defaults = job.get("defaults")
             total = job["total"]
@@ -339,7 +340,7 @@ def batch_command(
             rows,
             output,
             resolve_servers(server),
-            workflow=workflow or "zimage-turbo",
+            workflow=chosen or "zimage-turbo",
             settings=settings,
             total=total * combos if total else None,
             as_json=as_json,

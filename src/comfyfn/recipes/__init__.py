@@ -3,8 +3,10 @@
 A recipe names a built-in workflow, default workflow parameters and a list of *outputs*
 (one image, or ``count`` images, per topic each). An output has a prompt template, the exact
 pixel size to *deliver* and the size to *generate* at (multiples of 16 with the same aspect
-ratio, see :func:`nearest_generate_size`); :mod:`comfyfn.delivery` turns the generated image
-into the delivered one.
+ratio, see :func:`nearest_generate_size`); :mod:`comfyfn.batch._delivery` turns the generated
+image into the delivered one. The file's fields and their checks are in
+:mod:`comfyfn.recipes._schema`; a bad file is a :class:`ConfigError` with one line per problem,
+naming the file and the field.
 
 Built-in recipes (``social``, ``ecommerce``, ``design``) are the ``*.yaml`` files next to
 this module; copy one and edit it. A recipe is found by name in, in this order, the
@@ -25,19 +27,18 @@ import hashlib
 import math
 import os
 import re
-import string
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
-from comfyfn._yaml import load_yaml
 from comfyfn.errors import ConfigError
 
 __all__ = [
     "ENV_VAR",
+    "Fit",
     "Output",
     "Recipe",
     "builtin_names",
@@ -48,22 +49,8 @@ __all__ = [
 ]
 
 ENV_VAR = "COMFYFN_RECIPES"
-FITS = ("cover", "contain")
-_RESERVED = ("prompt", "negative", "seed", "width", "height", "batch_size")
-_TOP_FIELDS = ("description", "workflow", "defaults", "tables", "outputs")
-_OUTPUT_FIELDS = (
-    "name",
-    "prompt",
-    "negative",
-    "deliver",
-    "generate",
-    "count",
-    "fit",
-    "background",
-    "params",
-)
-_SIZE = re.compile(r"^\s*(\d+)\s*[xX×*]\s*(\d+)\s*$")
-_OUTPUT_NAME = re.compile(r"\w[\w.-]{0,47}")  # fullmatch; ≤ 48 characters (≤ 192 bytes)
+#: how a generated image becomes the delivered size (see :mod:`comfyfn.batch._delivery`)
+Fit = Literal["cover", "contain"]
 _SLUG_BYTES = 200  # a topic's folder name, in UTF-8 bytes (file names allow 255)
 _SUFFIXES = (".yaml", ".yml")
 
@@ -181,7 +168,7 @@ class Output:
     generate: tuple[int, int]
     negative: str | None = None
     count: int = 1
-    fit: str = "cover"
+    fit: Fit = "cover"
     background: tuple[int, int, int] = (255, 255, 255)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -219,7 +206,7 @@ class Recipe:
             if not topic or topic.startswith("#"):
                 continue
             category, product = _split_topic(topic)
-            values = {"topic": topic, "category": category, "product": product}
+            values: dict[str, str] = {"topic": topic, "category": category, "product": product}
             folded = category.casefold()
             for table, entries in self.tables.items():
                 match = next((v for k, v in entries.items() if k.casefold() == folded), None)
@@ -229,7 +216,9 @@ class Recipe:
                 for k in range(1, out.count + 1):
                     yield self._row(out, values, base, k, seed)
 
-    def _row(self, out: Output, values: dict, base: str, k: int, seed: int) -> dict[str, Any]:
+    def _row(
+        self, out: Output, values: dict[str, str], base: str, k: int, seed: int
+    ) -> dict[str, Any]:
         topic = values["topic"]
         row: dict[str, Any] = {"prompt": out.prompt_template.format_map(values)}
         if out.negative:
@@ -258,13 +247,13 @@ def builtin_names() -> list[str]:
     return sorted(p.name.rsplit(".", 1)[0] for p in root.iterdir() if p.name.endswith(_SUFFIXES))
 
 
-def _user_dirs(extra_dirs: Iterable[str | os.PathLike]) -> list[Path]:
+def _user_dirs(extra_dirs: Iterable[str | os.PathLike[str]]) -> list[Path]:
     env = [d for d in os.environ.get(ENV_VAR, "").split(os.pathsep) if d.strip()]
     return [Path(d).expanduser() for d in (*extra_dirs, *env)]
 
 
 def load_recipe(
-    name_or_path: str | os.PathLike, *, extra_dirs: Iterable[str | os.PathLike] = ()
+    name_or_path: str | os.PathLike[str], *, extra_dirs: Iterable[str | os.PathLike[str]] = ()
 ) -> Recipe:
     """A recipe by name (``extra_dirs``, then ``$COMFYFN_RECIPES``, then built-ins) or path.
 
@@ -287,7 +276,7 @@ def load_recipe(
     raise ConfigError(f"unknown recipe {text!r}; choose from {', '.join(known)} or give a path")
 
 
-def list_recipes(extra_dirs: Iterable[str | os.PathLike] = ()) -> list[Recipe]:
+def list_recipes(extra_dirs: Iterable[str | os.PathLike[str]] = ()) -> list[Recipe]:
     """Every recipe that :func:`load_recipe` can find by name, sorted by name (a user
     recipe hides a built-in one of the same name)."""
     found: dict[str, Recipe] = {}
@@ -319,132 +308,30 @@ def _load_file(path: Path) -> Recipe:
 
 
 def _parse(text: str, label: str, name: str, source: str) -> Recipe:
-    def fail(where: str, message: str) -> ConfigError:
-        return ConfigError(f"{label}: {where}: {message}" if where else f"{label}: {message}")
+    from comfyfn.recipes._schema import parse_recipe  # pydantic: only when a recipe is read
 
-    data = load_yaml(text, label)  # refuses aliases: see comfyfn._yaml
-    if not isinstance(data, dict):
-        raise fail("", "must be a mapping with an 'outputs' list")
-    _unknown(data, _TOP_FIELDS, "", fail)
-    description = data.get("description") or ""
-    workflow = data.get("workflow", "zimage-turbo")
-    for key, value in (("description", description), ("workflow", workflow)):
-        if not isinstance(value, str):
-            raise fail(key, f"'{value}' is not text")
-    defaults = _params(data.get("defaults"), "defaults", fail)
-    tables = _tables(data.get("tables"), fail)
-    outs = data.get("outputs")
-    if not isinstance(outs, list) or not outs:
-        raise fail("outputs", "must be a non-empty list")
-    placeholders = {"topic", "category", "product", *tables}
-    outputs = tuple(_output(o, f"outputs[{i}]", placeholders, fail) for i, o in enumerate(outs))
-    names = [o.name for o in outputs]
-    for i, n in enumerate(names):
-        if n in names[:i]:
-            raise fail(f"outputs[{i}].name", f"'{n}' is used twice")
-    return Recipe(name, description.strip(), workflow, defaults, outputs, tables, source)
-
-
-def _unknown(data: Mapping, known: Sequence[str], where: str, fail) -> None:
-    for key in data:
-        if key not in known:
-            raise fail(where, f"unknown field '{key}'; known: {', '.join(known)}")
-
-
-def _params(value: Any, where: str, fail) -> Mapping[str, Any]:
-    if value is None:
-        return MappingProxyType({})
-    if not isinstance(value, dict):
-        raise fail(where, "must be a mapping of workflow parameters")
-    for key in value:
-        if not isinstance(key, str):
-            raise fail(where, f"parameter name '{key}' is not text")
-        if key in _RESERVED:
-            hint = "use count" if key == "batch_size" else "the recipe sets it"
-            raise fail(f"{where}.{key}", f"cannot be set here ({hint})")
-    return MappingProxyType(dict(value))
-
-
-def _tables(value: Any, fail) -> Mapping[str, Mapping[str, str]]:
-    if value is None:
-        return MappingProxyType({})
-    if not isinstance(value, dict):
-        raise fail("tables", "must map table names to {category: text} mappings")
-    tables = {}
-    for tname, entries in value.items():
-        where = f"tables.{tname}"
-        if not isinstance(tname, str) or not tname.isidentifier():
-            raise fail(where, "table names must be identifiers (they are placeholders)")
-        if tname in ("topic", "category", "product"):
-            raise fail(where, f"'{tname}' is a built-in placeholder")
-        if not isinstance(entries, dict) or not all(isinstance(v, str) for v in entries.values()):
-            raise fail(where, "must map categories to text")
-        if "default" not in entries:
-            raise fail(where, "needs a 'default' entry")
-        tables[tname] = MappingProxyType({str(k): v for k, v in entries.items()})
-    return MappingProxyType(tables)
-
-
-def _output(data: Any, where: str, placeholders: set[str], fail) -> Output:
-    if not isinstance(data, dict):
-        raise fail(where, "must be a mapping with name, prompt and deliver")
-    _unknown(data, _OUTPUT_FIELDS, where, fail)
-    for key in ("name", "prompt", "deliver"):
-        if key not in data:
-            raise fail(where, f"missing field '{key}'")
-    name = data["name"]
-    if not isinstance(name, str) or not _OUTPUT_NAME.fullmatch(name):
-        raise fail(f"{where}.name", f"'{name}' must be up to 48 letters, digits, '_', '.', '-'")
-    prompt = _template(data["prompt"], f"{where}.prompt", placeholders, fail)
-    negative = data.get("negative")
-    if negative is not None:
-        negative = _template(negative, f"{where}.negative", placeholders, fail) or None
-    deliver = _size(data["deliver"], f"{where}.deliver", fail)
-    if data.get("generate") is None:
-        generate = nearest_generate_size(*deliver)
-    else:
-        generate = _size(data["generate"], f"{where}.generate", fail)
-        if generate[0] % 16 or generate[1] % 16:
-            raise fail(f"{where}.generate", f"'{data['generate']}' is not multiples of 16")
-    count = data.get("count", 1)
-    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1000:
-        raise fail(f"{where}.count", f"'{count}' is not a whole number from 1 to 1000")
-    fit = data.get("fit", "cover")
-    if fit not in FITS:
-        raise fail(f"{where}.fit", f"'{fit}' is not one of {', '.join(FITS)}")
-    background = _colour(data.get("background", "#ffffff"), f"{where}.background", fail)
-    extra = _params(data.get("params"), f"{where}.params", fail)
-    return Output(name, prompt, deliver, generate, negative, count, fit, background, extra)
-
-
-def _template(value: Any, where: str, placeholders: set[str], fail) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise fail(where, "must be non-empty text")
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
-    except ValueError as e:
-        raise fail(where, f"bad template ({e}); write {{{{ and }}}} for literal braces") from None
-    for f in fields:
-        if f not in placeholders:
-            known = ", ".join("{" + p + "}" for p in sorted(placeholders))
-            raise fail(where, f"unknown placeholder {{{f}}}; known: {known}")
-    return value.strip()
-
-
-def _size(value: Any, where: str, fail) -> tuple[int, int]:
-    m = _SIZE.match(value) if isinstance(value, str) else None
-    if not m or int(m[1]) <= 0 or int(m[2]) <= 0 or max(int(m[1]), int(m[2])) > 16384:
-        raise fail(where, f"'{value}' is not WIDTHxHEIGHT (e.g. 1080x1920)")
-    return int(m[1]), int(m[2])
-
-
-def _colour(value: Any, where: str, fail) -> tuple[int, int, int]:
-    if isinstance(value, str) and re.fullmatch(r"#[0-9a-fA-F]{6}", value):
-        return int(value[1:3], 16), int(value[3:5], 16), int(value[5:7], 16)
-    if (
-        isinstance(value, list)
-        and len(value) == 3
-        and all(isinstance(c, int) and 0 <= c <= 255 for c in value)
-    ):
-        return value[0], value[1], value[2]
-    raise fail(where, f"'{value}' is not a colour ('#rrggbb' or [r, g, b])")
+    spec = parse_recipe(text, label)
+    outputs = tuple(
+        Output(
+            name=out.name,
+            prompt_template=out.prompt,
+            deliver=out.deliver,
+            generate=out.generate or nearest_generate_size(*out.deliver),
+            negative=out.negative,
+            count=out.count,
+            fit=out.fit,
+            background=out.background,
+            extra=MappingProxyType(dict(out.params or {})),
+        )
+        for out in spec.outputs
+    )
+    tables = {t: MappingProxyType(dict(entries)) for t, entries in (spec.tables or {}).items()}
+    return Recipe(
+        name=name,
+        description=(spec.description or "").strip(),
+        workflow=spec.workflow,
+        defaults=MappingProxyType(dict(spec.defaults or {})),
+        outputs=outputs,
+        tables=MappingProxyType(tables),
+        source=source,
+    )
