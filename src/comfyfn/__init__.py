@@ -8,8 +8,10 @@
     gen.images[0].save("out.png")
 
     with comfyfn.Client() as c:          # server: argument > COMFYFN_SERVER > local engine
-        for event in c.stream("a red apple", seed=7):
+        job = c.submit("a red apple", seed=7)    # queued: job.prompt_id, job.server
+        for event in job.events():               # Queued … Succeeded | Failed | Stopped
             print(event)
+        gen = job.result()
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from httpx import Timeout
 
 from comfyfn import workflow
-from comfyfn.client import AsyncClient, Client
+from comfyfn.client import AsyncClient, AsyncJob, Client, Job
 from comfyfn.errors import (
     ComfyError,
     ConfigError,
@@ -47,6 +49,7 @@ from comfyfn.events import (
     Progress,
     Queued,
     Started,
+    Stopped,
     Succeeded,
 )
 from comfyfn.provenance import read_provenance
@@ -58,6 +61,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PARAMETERS",
     "AsyncClient",
+    "AsyncJob",
     "Client",
     "ComfyError",
     "ComfyWarning",
@@ -73,6 +77,7 @@ __all__ = [
     "HTTPStatusError",
     "Image",
     "Interrupted",
+    "Job",
     "NoOutputs",
     "NodeCached",
     "NodeFinished",
@@ -84,6 +89,7 @@ __all__ = [
     "Queued",
     "ServerUnreachable",
     "Started",
+    "Stopped",
     "Succeeded",
     "Timeout",
     "Timings",

@@ -177,7 +177,11 @@ class ExecutionFailed(GenerationError):
 
 
 class Interrupted(GenerationError):
-    """The job was interrupted while running, or deleted from the queue before it ran."""
+    """The job was interrupted while running, or deleted from the queue before it ran.
+
+    A job's event stream ends with :class:`comfyfn.events.Stopped` carrying this error;
+    ``lost`` is True when the server no longer knows the job (deleted, or a restart).
+    """
 
     def __init__(
         self,

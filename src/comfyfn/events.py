@@ -3,7 +3,11 @@
 A job's events arrive in this order (some may be absent)::
 
     Queued(position) → Started → NodeCached* → (NodeStarted → Progress* → NodeFinished?)*
-        → Succeeded(generation) | Failed(error) | Interrupted(error)
+        → Succeeded(generation) | Failed(error) | Stopped(error)
+
+The last event is always one of the three *final* events; what went wrong on the client's
+side of a job (the server unreachable, a deadline, a damaged image) is raised instead (see
+:meth:`comfyfn.AsyncJob.events`).
 
 Nothing here does I/O: :func:`parse_message` turns one decoded websocket message into the
 events for one prompt, :func:`parse_binary_frame` decodes SaveImageWebsocket frames, and
@@ -18,8 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
+from comfyfn import errors
 from comfyfn.errors import ExecutionFailed
-from comfyfn.errors import Interrupted as InterruptedError_
 
 if TYPE_CHECKING:
     from comfyfn.result import Generation
@@ -28,13 +32,14 @@ __all__ = [
     "BinaryFrame",
     "Event",
     "Failed",
-    "Interrupted",
+    "FinalEvent",
     "NodeCached",
     "NodeFinished",
     "NodeStarted",
     "Progress",
     "Queued",
     "Started",
+    "Stopped",
     "Succeeded",
     "events_from_history",
     "history_entry_problem",
@@ -117,15 +122,22 @@ class Failed:
 
 
 @dataclass(frozen=True)
-class Interrupted:
-    """The job was interrupted or removed from the queue; ``error`` is ready to raise."""
+class Stopped:
+    """The job stopped before it finished: interrupted while running, removed from the queue,
+    or lost by the server (a restart); ``error`` is the :class:`~comfyfn.Interrupted` to raise,
+    with ``error.lost`` True when the server no longer knows the job.
+
+    (Not "Cancelled": a lost job was not cancelled by anyone; the fleet tells the two apart as
+    its ``Cancelled`` and ``Lost`` outcomes.)
+    """
 
     prompt_id: str
-    error: InterruptedError_
+    error: errors.Interrupted
 
 
+FinalEvent = Union[Succeeded, Failed, Stopped]  # noqa: UP007 - a runtime alias for isinstance
 Event = Union[  # noqa: UP007 - a runtime alias users can isinstance-check against
-    Queued, Started, NodeCached, NodeStarted, Progress, NodeFinished, Succeeded, Failed, Interrupted
+    Queued, Started, NodeCached, NodeStarted, Progress, NodeFinished, Succeeded, Failed, Stopped
 ]
 
 
@@ -195,13 +207,13 @@ def _failed(prompt_id: str, data: Mapping[str, Any], server: str | None) -> Fail
     )
 
 
-def _interrupted(prompt_id: str, data: Mapping[str, Any], server: str | None) -> Interrupted:
+def _stopped(prompt_id: str, data: Mapping[str, Any], server: str | None) -> Stopped:
     node_id = _str_or_none(data.get("node_id"))
     cls = data.get("node_type")
     where = f" at node {node_id} {cls}" if node_id else ""
-    return Interrupted(
+    return Stopped(
         prompt_id,
-        InterruptedError_(
+        errors.Interrupted(
             f"the job was interrupted{where}",
             server=server,
             prompt_id=prompt_id,
@@ -256,7 +268,7 @@ def parse_message(
     if kind == "execution_error":
         return [_failed(prompt_id, data, server)]
     if kind == "execution_interrupted":
-        return [_interrupted(prompt_id, data, server)]
+        return [_stopped(prompt_id, data, server)]
     return []
 
 
@@ -323,7 +335,7 @@ def events_from_history(
     for kind, data in status.get("messages") or ():
         msg = {"type": kind, "data": {**data, "prompt_id": prompt_id}}
         for ev in parse_message(msg, prompt_id, class_types=class_types, server=server):
-            if isinstance(ev, Failed | Interrupted):
+            if isinstance(ev, Failed | Stopped):
                 terminal = ev
             else:
                 events.append(ev)

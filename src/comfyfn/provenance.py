@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _TEXT_TYPES = (b"tEXt", b"iTXt", b"zTXt")
 
 
-def _chunks(data: bytes):
+def _chunks(data: bytes) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """Each chunk's type, body and whole bytes (length, type, body, CRC)."""
     if not data.startswith(_PNG_MAGIC):
         raise ValueError("not a PNG file")
     pos = len(_PNG_MAGIC)

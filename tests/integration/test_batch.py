@@ -61,6 +61,14 @@ def submitted_to(out: Path, url: str) -> int:
     return n
 
 
+def history_size(*servers: str) -> int:
+    total = 0
+    for url in servers:
+        with comfyfn.Client(url) as c:
+            total += len(c.history())
+    return total
+
+
 def successes_by_color(*servers: str) -> Counter:
     """How many times each job (told apart by its EmptyImage color) succeeded on servers."""
     seen: Counter = Counter()
@@ -152,13 +160,13 @@ def test_seed_csv_over_two_servers(server, second, tmp_path):
     assert json.loads((out / "summary.json").read_text())["done"] == 5
 
     # the same command again: everything finished is skipped, nothing is submitted
-    before = sum(len(comfyfn.Client(u).history()) for u in (server, second.url))
+    before = history_size(server, second.url)
     again = runner.invoke(
         app, ["batch", str(src), "-o", str(out), "-s", server, "-s", second.url, "--json"]
     )
     summary = json.loads(again.stdout[again.stdout.index("{") :])
     assert (summary["done"], summary["skipped"], summary["invalid"]) == (0, 5, 3)
-    assert sum(len(comfyfn.Client(u).history()) for u in (server, second.url)) == before
+    assert history_size(server, second.url) == before
 
 
 def test_runner_killed_mid_batch_resumes_without_running_anything_twice(server, unique, tmp_path):

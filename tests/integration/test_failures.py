@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import shutil
 import socket
+import time
 
 import pytest
 from graphs import blur_graph, trivial_graph
@@ -87,8 +89,14 @@ def test_corrupt_model_file_raises_execution_failed(engine, server, unique):
         corrupt.unlink()
     error = info.value
     assert (error.node_id, error.class_type) == ("29", "VAELoader")
-    assert "safetensors" in error.exception_type.lower() or error.exception_message
-    assert error.traceback
+    # what safetensors says of a file whose 8-byte header length is 0xffff…: it is not
+    # "any error", but the loader refusing this very file
+    assert error.exception_type == "safetensors._safetensors_rust.SafetensorError"
+    assert error.exception_message == "Error while deserializing header: header too large"
+    assert (
+        str(error) == f"node 29 VAELoader failed: {error.exception_type}: {error.exception_message}"
+    )
+    assert any("load_torch_file" in line or "safe_open" in line for line in error.traceback)
     assert error.prompt_id and error.server == server
 
 
@@ -101,38 +109,51 @@ def test_interrupt_a_running_job(server, unique):
             if is_blur and not outcomes:
                 outcomes.append(c.cancel(event.prompt_id))
     assert outcomes == ["interrupted"]
-    assert isinstance(seen[-1], ev.Interrupted)
-    assert isinstance(seen[-1].error, comfyfn.Interrupted)
+    assert isinstance(seen[-1], ev.Stopped)
+    assert isinstance(seen[-1].error, comfyfn.Interrupted) and not seen[-1].error.lost
     assert seen[-1].error.class_type == "ImageBlur"
 
 
 def test_delete_a_queued_job(server, unique):
     with comfyfn.Client(server, check_interval=30) as c:
         running = c.stream_graph(blur_graph(unique()))
-        next(running)  # queued
+        blocker = next(running)  # queued (about 4 s of blurring)
         queued = c.stream_graph(trivial_graph(unique()))
         first = next(queued)
         assert isinstance(first, ev.Queued) and first.position >= 1
         assert c.cancel(first.prompt_id) == "dequeued"
         rest = list(queued)
-        assert isinstance(rest[-1], ev.Interrupted)
+        assert isinstance(rest[-1], ev.Stopped) and rest[-1].error.lost
         assert "removed from the queue" in str(rest[-1].error)
         assert c.history(first.prompt_id) == {}
         running.close()  # abandoning a stream cancels its job on the server
-        assert c.queue()["queue_running"] == [] or c.cancel(first.prompt_id) == "absent"
+        entry = _history_entry(c, blocker.prompt_id, deadline=30)
+        kinds = [kind for kind, _ in entry["status"]["messages"]]
+        assert "execution_interrupted" in kinds and entry["outputs"] == {}
+
+
+def _history_entry(c: comfyfn.Client, prompt_id: str, *, deadline: float) -> dict:
+    """The job's history entry, once it has one (a job stops at a node boundary)."""
+    end = time.monotonic() + deadline
+    while (entry := c.history(prompt_id).get(prompt_id)) is None:
+        if time.monotonic() > end:
+            pytest.fail(f"job {prompt_id} had no history entry after {deadline}s")
+        time.sleep(0.05)
+    return entry
 
 
 @pytest.mark.anyio
 async def test_run_raises_interrupted(server, unique):
-    import asyncio
-
     color = unique()
     async with comfyfn.AsyncClient(server) as c:
         task = asyncio.create_task(c.run(blur_graph(color)))
+        end = time.monotonic() + 60
         while True:  # wait until our job (recognised by its color) is the running one
             running = (await c.queue())["queue_running"]
             if running and running[0][2]["1"]["inputs"]["color"] == color:
                 break
+            if time.monotonic() > end:
+                pytest.fail("the job never started running")
             await asyncio.sleep(0.02)
         await c.interrupt(running[0][1])
         with pytest.raises(comfyfn.Interrupted) as info:
@@ -166,7 +187,7 @@ def test_websocket_loss_mid_job_still_returns_images(server, unique):
         for event in c.stream_graph(blur_graph(unique(), blurs=3)):
             events.append(event)
             if isinstance(event, ev.NodeStarted) and event.node_id == "10":
-                c.drop_websocket()
+                c._drop_websocket()  # a test hook, not public API
         assert isinstance(events[-1], ev.Succeeded)
         assert events[-1].generation.images[0].width == 64
         finished = [e.node_id for e in events if isinstance(e, ev.NodeFinished)]

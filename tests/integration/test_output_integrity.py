@@ -9,6 +9,7 @@ a success: it is fetched again, or the job fails with an error naming what was w
 from __future__ import annotations
 
 import time
+import uuid
 
 import httpx
 import pytest
@@ -16,12 +17,9 @@ from faultproxy import FaultProxy
 from graphs import trivial_graph
 
 import comfyfn
-from comfyfn.client._async import _ws_url
-from comfyfn.client._http import HttpSession
-from comfyfn.client._job import JobSettings, run_job
-from comfyfn.client._socket import EventSocket
+from comfyfn.client._job import JobSettings, JobSpec, follow, post_prompt
 from comfyfn.errors import CorruptOutput, ProtocolError
-from comfyfn.events import Failed, Interrupted, Succeeded
+from comfyfn.events import Succeeded
 from comfyfn.result import image_problem
 
 pytestmark = [pytest.mark.engine, pytest.mark.anyio]
@@ -32,12 +30,8 @@ SIZE = (64, 48)  # trivial_graph's EmptyImage
 async def _run(url: str, color: int, **client) -> comfyfn.Generation:
     """One model-free job; validation off, so only the job's own requests are made."""
     async with comfyfn.AsyncClient(url, **client) as c:
-        async for event in c.stream_graph(trivial_graph(color), validate=False):
-            if isinstance(event, Succeeded):
-                return event.generation
-            if isinstance(event, Failed | Interrupted):
-                raise event.error
-    raise AssertionError("the job ended without a final event")
+        job = await c.submit_graph(trivial_graph(color), validate=False)
+        return await job.result()
 
 
 def _whole(gen: comfyfn.Generation) -> None:
@@ -112,14 +106,13 @@ async def test_slow_history_is_waited_out_without_running_twice(server, unique):
 
 
 async def _run_with_size(server: str, color: int, size: tuple[int, int]):
-    session = HttpSession(server, httpx.Timeout(30.0, connect=5.0))
-    socket = EventSocket(_ws_url(server, "integrity"))
-    settings = JobSettings(client_id="integrity", expect_size=size)
-    try:
-        return [e async for e in run_job(session, socket, trivial_graph(color), {}, settings)]
-    finally:
-        await socket.close()
-        await session.aclose()
+    """A job whose images must be ``size`` (the client's own check, given a wrong size)."""
+    async with comfyfn.AsyncClient(server) as c:
+        session, socket = await c._connection()
+        settings = JobSettings(client_id=c.client_id, expect_size=size)
+        job = JobSpec(str(uuid.uuid4()), trivial_graph(color), {}, settings)
+        await post_prompt(session, job.graph, job.prompt_id, settings)
+        return [event async for event in follow(session, socket, job, None)]
 
 
 async def test_expected_size_is_checked_on_real_images(server, unique):

@@ -1,8 +1,10 @@
-"""The client against answers a real ComfyUI does not give: garbage, wrong shapes, damaged images.
+"""The client against a fake ComfyUI that answers with the recorded real responses.
 
-A fake server (httpx.MockTransport) answers with the recorded real responses in
-tests/fixtures/comfyui/ for the good cases and with hand-made garbage for the bad ones. Every
-bad answer must end in a ComfyError naming the route, never a bare KeyError/TypeError.
+:class:`FakeComfy` (an ``httpx.MockTransport`` handler, also imported by the other
+``test_client_*``/``test_job_*`` modules) keeps a queue and a history the way ComfyUI does,
+answering with the responses recorded from a real ComfyUI 0.3.75 in tests/fixtures/comfyui/;
+any route can be overridden with hand-made garbage. Every bad answer must end in a
+ComfyError naming the route, never a bare KeyError/TypeError.
 """
 
 from __future__ import annotations
@@ -11,44 +13,22 @@ import asyncio
 import copy
 import io
 import json
-import subprocess
-import sys
-import textwrap
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from PIL import Image as PIL
 
 from comfyfn.client._http import HttpSession
-from comfyfn.client._job import (
-    JobSettings,
-    _timings,
-    _Watch,
-    cancel,
-    queue_position,
-    run_job,
-    submit,
-)
-from comfyfn.client._outputs import fetch_images
+from comfyfn.client._job import JobSettings, JobSpec, _timings, _Watch, follow, post_prompt
+from comfyfn.client._lookup import cancel, find_graph, queue_position
 from comfyfn.client._socket import EventSocket
-from comfyfn.errors import (
-    ComfyError,
-    CorruptOutput,
-    HTTPStatusError,
-    ProtocolError,
-)
-from comfyfn.events import (
-    BinaryFrame,
-    Started,
-    Succeeded,
-    history_entry_problem,
-    parse_binary_frame,
-    parse_message,
-)
+from comfyfn.errors import ComfyError, HTTPStatusError, ProtocolError
+from comfyfn.events import Started, Succeeded, history_entry_problem, parse_message
 
 pytestmark = pytest.mark.anyio
 
@@ -65,7 +45,7 @@ Answer = httpx.Response | Callable[[httpx.Request], httpx.Response]
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "comfyui"
 
 
-def load_sample(name: str):
+def load_sample(name: str) -> Any:
     """A response recorded from a real ComfyUI 0.3.75."""
     return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
 
@@ -80,56 +60,190 @@ GOOD_PNG = png()
 HALF_PNG = GOOD_PNG[: len(GOOD_PNG) // 2]
 
 
-def history_for(prompt_id: str, name: str = "history_ok.json") -> dict:
-    """A recorded history answer, re-keyed to ``prompt_id``."""
+def history_for(prompt_id: str, name: str = "history_ok.json", graph: dict | None = None) -> dict:
+    """A recorded history answer, re-keyed to ``prompt_id`` (and ``graph``, if given)."""
     (entry,) = load_sample(name).values()
     entry = copy.deepcopy(entry)
     entry["prompt"][1] = prompt_id
+    if graph is not None:
+        entry["prompt"][2] = graph
+    for _kind, data in entry["status"]["messages"]:
+        data["prompt_id"] = prompt_id
     return {prompt_id: entry}
 
 
-class FakeComfy:
-    """Routes (method, path) to answers; a list is served in order, its last answer repeating."""
+def text(body: str, status: int = 200) -> httpx.Response:
+    return httpx.Response(status, text=body, headers={"content-type": "text/html"})
 
-    def __init__(self, prompt_id: str) -> None:
-        self.prompt_id = prompt_id
+
+def js(value: object) -> httpx.Response:
+    body = json.dumps(value).encode()  # json=None would send an empty body, not null
+    return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+
+
+class FakeComfy:
+    """A ComfyUI with a queue and a history, answering as the recorded server did.
+
+    ``POST /prompt`` queues a job under the client's prompt id. Each ``GET /history/<id>``
+    of a job moves it one step on — pending, then running, then (``steps`` polls after it
+    was posted) finished, its history entry the recorded ``finish_with`` — unless ``hold``
+    (``"pending"`` or ``"running"``) keeps it there. ``POST /queue {"delete"}`` and
+    ``POST /interrupt`` act as ComfyUI's do (a deleted job never reaches the history; an
+    interrupted one gets the recorded interrupted entry). A ``prompt_id`` given at
+    construction is a job that has already finished. ``set(method, path, *answers)``
+    overrides a route: answers are served in order, the last one repeating; a callable
+    answer is called with the request.
+    """
+
+    def __init__(
+        self,
+        prompt_id: str | None = None,
+        *,
+        finish_with: str = "history_ok.json",
+        steps: int = 2,
+        hold: str | None = None,
+        object_info: dict | None = None,
+    ) -> None:
+        self.finish_with, self.steps, self.hold = finish_with, steps, hold
+        self.object_info = object_info or {}
         self.calls: list[tuple[str, str]] = []
-        self.routes: dict[tuple[str, str], list[Answer]] = {
-            ("POST", "/prompt"): [
-                httpx.Response(200, json={"prompt_id": prompt_id, "number": 7, "node_errors": {}})
-            ],
-            ("GET", "/queue"): [
-                httpx.Response(200, json={"queue_running": [], "queue_pending": []})
-            ],
-            ("GET", f"/history/{prompt_id}"): [httpx.Response(200, json=history_for(prompt_id))],
-            ("GET", "/view"): [httpx.Response(200, content=GOOD_PNG)],
-            ("POST", "/queue"): [httpx.Response(200)],
-            ("POST", "/interrupt"): [httpx.Response(200)],
-        }
+        self.posts: list[tuple[str, Any]] = []  #: (path, JSON body) of every POST
+        self.graphs: dict[str, dict] = {}
+        self.progress: dict[str, int] = {}  #: polls of each job not yet finished
+        self.pending: list[str] = []
+        self.running: list[str] = []
+        self.history: dict[str, dict] = {}
+        self.number = 0
+        self.overrides: dict[tuple[str, str], list[Answer]] = {}
+        self.view = httpx.Response(200, content=GOOD_PNG)
+        if prompt_id is not None:
+            self.history.update(history_for(prompt_id, finish_with, GRAPH))
+
+    # -- what a test sets and reads --------------------------------------------------------
 
     def set(self, method: str, path: str, *answers: Answer) -> None:
-        self.routes[(method, path)] = list(answers)
+        self.overrides[(method, path)] = list(answers)
 
     def count(self, method: str, path: str) -> int:
         return self.calls.count((method, path))
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        key = (request.method, request.url.path)
-        self.calls.append(key)
-        answers = self.routes.get(key)
-        if not answers:
-            return httpx.Response(404, text="404: Not Found")
-        answer = answers.pop(0) if len(answers) > 1 else answers[0]
-        response = answer(request) if callable(answer) else answer
-        # MockTransport may hand the same Response object out twice: copy its parts.
-        return httpx.Response(
-            response.status_code, headers=response.headers, content=response.content
-        )
+    def posted(self, path: str) -> list[Any]:
+        return [body for p, body in self.posts if p == path]
 
     def session(self, retries: int = 3) -> HttpSession:
         return HttpSession(
             SERVER, httpx.Timeout(5.0), retries=retries, transport=httpx.MockTransport(self)
         )
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self)
+
+    def queue_job(self, prompt_id: str, graph: dict, *, running: bool = False) -> None:
+        """A job someone else submitted."""
+        self.graphs[prompt_id] = graph
+        self.progress[prompt_id] = 1 if running else 0
+        (self.running if running else self.pending).append(prompt_id)
+
+    def finish(self, prompt_id: str, name: str | None = None) -> None:
+        for line in (self.pending, self.running):
+            if prompt_id in line:
+                line.remove(prompt_id)
+        graph = self.graphs.get(prompt_id, GRAPH)
+        self.history.update(history_for(prompt_id, name or self.finish_with, graph))
+
+    # -- the server ------------------------------------------------------------------------
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        key = (request.method, request.url.path)
+        self.calls.append(key)
+        if request.method == "POST":
+            body = json.loads(request.content) if request.content.startswith(b"{") else None
+            self.posts.append((request.url.path, body))
+        answers = self.overrides.get(key)
+        if answers:
+            answer = answers.pop(0) if len(answers) > 1 else answers[0]
+            response = answer(request) if callable(answer) else answer
+        else:
+            response = self.answer(request)
+        # MockTransport may hand the same Response object out twice: copy its parts.
+        return httpx.Response(
+            response.status_code, headers=response.headers, content=response.content
+        )
+
+    def answer(self, request: httpx.Request) -> httpx.Response:
+        method, path = request.method, request.url.path
+        if method == "POST" and path == "/prompt":
+            return self.post_prompt(json.loads(request.content))
+        if method == "GET" and path == "/queue":
+            return js(self.queue_answer())
+        if method == "GET" and path.startswith("/history/"):
+            prompt_id = path.removeprefix("/history/")
+            self.step(prompt_id)
+            entry = self.history.get(prompt_id)
+            return js({prompt_id: entry} if entry else {})
+        if method == "GET" and path == "/history":
+            return js(self.history)
+        if method == "GET" and path == "/view":
+            return self.view
+        if method == "GET" and path == "/object_info":
+            return js(self.object_info)
+        if method == "POST" and path == "/queue":
+            return self.delete(json.loads(request.content))
+        if method == "POST" and path == "/interrupt":
+            return self.interrupt(json.loads(request.content))
+        return httpx.Response(404, text="404: Not Found")
+
+    def post_prompt(self, body: dict) -> httpx.Response:
+        prompt_id = body["prompt_id"]
+        self.queue_job(prompt_id, body["prompt"])
+        self.number += 1
+        return js({"prompt_id": prompt_id, "number": self.number, "node_errors": {}})
+
+    def queue_answer(self) -> dict:
+        def item(prompt_id: str) -> list:
+            return [self.number, prompt_id, self.graphs.get(prompt_id, {}), {}, ["2"]]
+
+        return {
+            "queue_running": [item(p) for p in self.running],
+            "queue_pending": [item(p) for p in self.pending],
+        }
+
+    def step(self, prompt_id: str) -> None:
+        """One poll of a job: it moves on unless held."""
+        if prompt_id not in self.pending + self.running:  # finished, deleted or unknown
+            return
+        if prompt_id in self.pending:
+            if self.hold == "pending":
+                return
+            self.pending.remove(prompt_id)
+            self.running.append(prompt_id)
+        if self.hold == "running":
+            return
+        self.progress[prompt_id] += 1
+        if self.progress[prompt_id] >= self.steps:
+            self.finish(prompt_id)
+
+    def delete(self, body: dict) -> httpx.Response:
+        if body.get("clear"):
+            self.pending.clear()
+        for prompt_id in body.get("delete", ()):
+            if prompt_id in self.pending:
+                self.pending.remove(prompt_id)
+        return httpx.Response(200)
+
+    def interrupt(self, body: dict) -> httpx.Response:
+        wanted = body.get("prompt_id")
+        for prompt_id in list(self.running):
+            if wanted in (None, prompt_id):
+                self.finish(prompt_id, "history_interrupted.json")
+        return httpx.Response(200)
+
+
+class NoSocket(EventSocket):
+    """The websocket cannot connect: jobs are followed by polling."""
+
+    async def ensure(self) -> bool:
+        return False
 
 
 @pytest.fixture
@@ -142,13 +256,8 @@ def fake(prompt_id) -> FakeComfy:
     return FakeComfy(prompt_id)
 
 
-def text(body: str, status: int = 200) -> httpx.Response:
-    return httpx.Response(status, text=body, headers={"content-type": "text/html"})
-
-
-def js(value: object) -> httpx.Response:
-    body = json.dumps(value).encode()  # json=None would send an empty body, not null
-    return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+def spec(prompt_id: str, **settings) -> JobSpec:
+    return JobSpec(prompt_id, GRAPH, {}, JobSettings(client_id="c", **settings))
 
 
 # -- get_json: every JSON GET ---------------------------------------------------------------
@@ -183,10 +292,8 @@ async def test_a_garbled_answer_once_is_retried_away(fake):
 async def test_wrong_json_type_is_a_protocol_error(fake, value, kind):
     fake.set("GET", "/history", js(value))
     with pytest.raises(ProtocolError, match=f"GET /history from {SERVER} answered {kind} where an"):
-        await fake.session(retries=2).get_json("/history", expect=dict)
-    assert (
-        fake.count("GET", "/history") == 1
-    )  # valid JSON of the wrong shape: asking again is futile
+        await fake.session(retries=2).get_dict("/history")
+    assert fake.count("GET", "/history") == 1  # valid JSON of the wrong shape: asking is futile
 
 
 @pytest.mark.parametrize("body", [b"\xff\xfe{]", b"[" * 100_000 + b"]" * 100_000])
@@ -196,12 +303,14 @@ async def test_undecodable_json_is_a_protocol_error(fake, body):
         await fake.session(retries=0).get_json("/queue")
 
 
-# -- the job: submit, watch, history, queue, cancel -----------------------------------------
+# -- POST /prompt ---------------------------------------------------------------------------
 
 
-async def test_submit_reads_a_good_answer(fake, prompt_id):
-    number = await submit(fake.session(), GRAPH, prompt_id, JobSettings(client_id="c"))
-    assert number == 7
+async def test_post_prompt_sends_our_prompt_id_and_reads_the_number(fake, prompt_id):
+    number = await post_prompt(fake.session(), GRAPH, prompt_id, JobSettings(client_id="c"))
+    assert number == 1
+    ((body),) = fake.posted("/prompt")
+    assert (body["prompt_id"], body["client_id"], body["prompt"]) == (prompt_id, "c", GRAPH)
 
 
 @pytest.mark.parametrize(
@@ -212,16 +321,19 @@ async def test_submit_reads_a_good_answer(fake, prompt_id):
         (js("ok"), "a string where an object was expected"),
     ],
 )
-async def test_submit_garbage_answer_is_a_protocol_error(fake, prompt_id, answer, what):
+async def test_post_prompt_garbage_answer_is_a_protocol_error(fake, prompt_id, answer, what):
     fake.set("POST", "/prompt", answer)
     with pytest.raises(ProtocolError, match=f"POST /prompt from {SERVER} answered {what}"):
-        await submit(fake.session(), GRAPH, prompt_id, JobSettings(client_id="c"))
+        await post_prompt(fake.session(), GRAPH, prompt_id, JobSettings(client_id="c"))
     assert fake.count("POST", "/prompt") == 1  # a POST is never repeated blindly
 
 
-async def test_submit_answer_with_odd_number_is_accepted(fake, prompt_id):
+async def test_post_prompt_answer_with_odd_number_is_accepted(fake, prompt_id):
     fake.set("POST", "/prompt", js({"prompt_id": prompt_id, "number": "x"}))
-    assert await submit(fake.session(), GRAPH, prompt_id, JobSettings(client_id="c")) is None
+    assert await post_prompt(fake.session(), GRAPH, prompt_id, JobSettings(client_id="c")) is None
+
+
+# -- /history entries -----------------------------------------------------------------------
 
 
 def _entry(prompt_id: str) -> dict:
@@ -261,13 +373,17 @@ BAD_ENTRIES = {
 }
 
 
+def _watch(session: HttpSession, prompt_id: str) -> _Watch:
+    return _Watch(session, NoSocket("ws://unused"), spec(prompt_id), None)
+
+
 @pytest.mark.parametrize("case", list(BAD_ENTRIES))
 async def test_malformed_history_entry_in_probe_and_wait(fake, prompt_id, case):
     change, what = BAD_ENTRIES[case]
     answer = history_for(prompt_id)
     change(answer[prompt_id])
     fake.set("GET", f"/history/{prompt_id}", js(answer))
-    watch = _Watch(fake.session(retries=0), prompt_id, GRAPH)
+    watch = _watch(fake.session(retries=0), prompt_id)
     for call in (watch.probe(), watch.history_entry(1.0)):
         with pytest.raises(ProtocolError) as info:
             await call
@@ -291,8 +407,10 @@ def test_every_recorded_history_entry_is_well_formed():
 async def test_history_answer_that_is_a_list_fails_the_probe(fake, prompt_id):
     fake.set("GET", f"/history/{prompt_id}", js([prompt_id]))
     with pytest.raises(ProtocolError, match="a list where an object was expected"):
-        await _Watch(fake.session(retries=0), prompt_id, GRAPH).probe()
+        await _watch(fake.session(retries=0), prompt_id).probe()
 
+
+# -- /queue ---------------------------------------------------------------------------------
 
 BAD_QUEUES = {
     "list": ([], "a list where an object was expected"),
@@ -312,7 +430,8 @@ async def test_malformed_queue_everywhere_it_is_read(fake, prompt_id, case):
     fake.set("GET", "/queue", js(queue))
     fake.set("GET", f"/history/{prompt_id}", js({}))  # not finished: the probe reads /queue
     session = fake.session(retries=0)
-    calls = [cancel(session, prompt_id), _Watch(session, prompt_id, GRAPH).probe()]
+    calls = [cancel(session, prompt_id), _watch(session, prompt_id).probe()]
+    calls.append(find_graph(session, prompt_id))
     for call in calls:
         with pytest.raises(ProtocolError, match=f"GET /queue from {SERVER} answered ") as info:
             await call
@@ -332,10 +451,37 @@ def test_queue_position_on_a_recorded_busy_queue():
     assert queue_position(queue, "not-there") is None
 
 
-async def test_cancel_reads_a_good_queue(fake, prompt_id):
-    fake.set("GET", "/queue", js({"queue_running": [], "queue_pending": [[3, prompt_id, {}]]}))
-    assert await cancel(fake.session(), prompt_id) == "dequeued"
-    assert fake.count("POST", "/queue") == 1
+async def test_find_graph_reads_the_recorded_queue_then_history(prompt_id):
+    busy = load_sample("get_queue_busy.json")
+    fake = FakeComfy()
+    fake.set("GET", "/queue", js(busy))
+    running_id, running_graph = busy["queue_running"][0][1], busy["queue_running"][0][2]
+    assert await find_graph(fake.session(), running_id) == running_graph
+    fake.set("GET", f"/history/{prompt_id}", js(history_for(prompt_id, "history_cached.json")))
+    (recorded,) = load_sample("history_cached.json").values()
+    assert await find_graph(fake.session(), prompt_id) == recorded["prompt"][2]
+    assert await find_graph(fake.session(), "nobody") is None
+
+
+@pytest.mark.parametrize(
+    ("where", "outcome", "route"),
+    [
+        ("pending", "dequeued", "/queue"),
+        ("running", "interrupted", "/interrupt"),
+        (None, "absent", None),
+    ],
+)
+async def test_cancel_dequeues_interrupts_or_finds_nothing(prompt_id, where, outcome, route):
+    fake = FakeComfy()
+    if where is not None:
+        fake.queue_job(prompt_id, GRAPH, running=where == "running")
+    assert await cancel(fake.session(), prompt_id) == outcome
+    if route == "/queue":
+        assert fake.posted("/queue") == [{"delete": [prompt_id]}]
+    if route == "/interrupt":
+        assert fake.posted("/interrupt") == [{"prompt_id": prompt_id}]
+    if route is None:
+        assert fake.posts == []
 
 
 @pytest.mark.parametrize(
@@ -357,7 +503,12 @@ def test_timings_fall_back_on_odd_history(change, prompt_id):
     assert odd.queued == 0.0 and odd.executed == odd.total >= 1.0
 
 
+# -- the websocket's input ------------------------------------------------------------------
+
+
 def test_websocket_garbage_gives_no_events():
+    from comfyfn.events import parse_binary_frame
+
     assert parse_message({"type": "progress", "data": {"prompt_id": "p"}}, "p") == []
     assert parse_message({"type": "progress", "data": ["p"]}, "p") == []
     assert (
@@ -381,28 +532,25 @@ def test_websocket_garbage_is_dropped_not_raised():
     assert queue.get_nowait()["data"]["node"] == "1"
 
 
-# -- a whole job through the fake server ------------------------------------------------------
+def test_unsubscribing_an_old_queue_leaves_the_new_one():
+    socket = EventSocket("ws://127.0.0.1:9/ws")
+    old = socket.subscribe("p")
+    new = socket.subscribe("p")
+    socket.unsubscribe("p", old)
+    socket.nudge("p")
+    assert not new.empty() and old.empty()
 
 
-class NoSocket:
-    """The websocket is unavailable: the job is followed by polling."""
-
-    async def ensure(self) -> bool:
-        return False
-
-    def unsubscribe(self, prompt_id: str) -> None:
-        pass
+# -- following a job at the protocol level --------------------------------------------------
 
 
-async def _run(session: HttpSession, prompt_id: str, **settings) -> list:
-    settings = JobSettings(client_id="c", **settings)
-    return [
-        ev async for ev in run_job(session, NoSocket(), GRAPH, {}, settings, prompt_id=prompt_id)
-    ]
+async def _follow(session: HttpSession, prompt_id: str, **settings) -> list:
+    socket = NoSocket("ws://unused")
+    return [ev async for ev in follow(session, socket, spec(prompt_id, **settings), None)]
 
 
-async def test_whole_job_with_recorded_answers(fake, prompt_id):
-    events = await _run(fake.session(), prompt_id)
+async def test_following_a_finished_job_with_recorded_answers(fake, prompt_id):
+    events = await _follow(fake.session(), prompt_id)
     assert isinstance(events[-1], Succeeded)
     (image,) = events[-1].generation.images
     assert image.data == GOOD_PNG and image.filename == "t_00001_.png"
@@ -412,127 +560,23 @@ async def test_whole_job_with_recorded_answers(fake, prompt_id):
 async def test_garbled_history_for_ever_fails_the_job_with_the_route(fake, prompt_id):
     fake.set("GET", f"/history/{prompt_id}", text("<html>maintenance</html>"))
     with pytest.raises(ProtocolError, match=f"GET /history/{prompt_id} from {SERVER} answered"):
-        await _run(fake.session(retries=1), prompt_id)
+        await _follow(fake.session(retries=1), prompt_id)
     assert fake.count("GET", "/queue") >= 2  # the job was looked up to be cancelled
 
 
 @pytest.mark.parametrize(("cancel_on_exit", "interrupts"), [(True, 1), (False, 0)])
 async def test_leaving_a_running_job_cancels_it_unless_told_not_to(
-    fake, prompt_id, cancel_on_exit, interrupts
+    prompt_id, cancel_on_exit, interrupts
 ):
-    fake.set("GET", "/queue", js({"queue_running": [[1, prompt_id, {}]], "queue_pending": []}))
-    fake.set("GET", f"/history/{prompt_id}", js({}))
-    settings = JobSettings(client_id="c", cancel_on_exit=cancel_on_exit)
-    job = run_job(fake.session(), NoSocket(), GRAPH, {}, settings, prompt_id=prompt_id)
+    fake = FakeComfy(hold="running")
+    fake.queue_job(prompt_id, GRAPH, running=True)
+    job_spec = spec(prompt_id, cancel_on_exit=cancel_on_exit)
+    job = follow(fake.session(), NoSocket("ws://unused"), job_spec, None)
     async for event in job:
         if isinstance(event, Started):
             break
     await job.aclose()
     assert fake.count("POST", "/interrupt") == interrupts
-
-
-# -- /view: damaged bodies are fetched again, then fail ---------------------------------------
-
-
-async def _fetch(fake: FakeComfy, prompt_id: str, *, retries: int = 3, **kw):
-    entry = _entry(prompt_id)
-    return await fetch_images(
-        fake.session(retries=retries), entry, [], TYPES, prompt_id=prompt_id, **kw
-    )
-
-
-async def test_truncated_png_is_fetched_again(fake, prompt_id):
-    fake.set(
-        "GET", "/view", httpx.Response(200, content=HALF_PNG), httpx.Response(200, content=GOOD_PNG)
-    )
-    (image,) = await _fetch(fake, prompt_id)
-    assert image.data == GOOD_PNG
-    assert fake.count("GET", "/view") == 2
-
-
-async def test_always_truncated_png_fails_with_corrupt_output(fake, prompt_id):
-    fake.set("GET", "/view", httpx.Response(200, content=HALF_PNG))
-    with pytest.raises(CorruptOutput) as info:
-        await _fetch(fake, prompt_id, retries=2)
-    err = info.value
-    assert (err.node_id, err.filename, err.prompt_id, err.server) == (
-        "2",
-        "t_00001_.png",
-        prompt_id,
-        SERVER,
-    )
-    assert "is cut short" in err.reason and "fetched 3 times" in err.reason
-    assert str(err).startswith(f"output t_00001_.png from node 2 of job {prompt_id} is unusable")
-    assert fake.count("GET", "/view") == 3
-
-
-async def test_body_shorter_than_content_length_is_fetched_again(fake, prompt_id):
-    short = httpx.Response(
-        200, content=GOOD_PNG, headers={"content-length": str(len(GOOD_PNG) + 10)}
-    )
-    fake.set("GET", "/view", short)
-    with pytest.raises(CorruptOutput, match=r"bytes arrived but Content-Length said"):
-        await _fetch(fake, prompt_id, retries=1)
-    assert fake.count("GET", "/view") == 2
-
-
-@pytest.mark.parametrize(
-    ("body", "what"),
-    [
-        (b"<html><body>Bad Gateway</body></html>", "the body is not an image"),
-        (b"", "the body is empty"),
-        (GOOD_PNG[:-20], "is cut short"),
-    ],
-)
-async def test_non_image_bodies_are_corrupt(fake, prompt_id, body, what):
-    fake.set("GET", "/view", httpx.Response(200, content=body))
-    with pytest.raises(CorruptOutput, match=what):
-        await _fetch(fake, prompt_id, retries=0)
-
-
-async def test_transient_view_error_then_good(fake, prompt_id):
-    fake.set("GET", "/view", httpx.Response(503), httpx.Response(200, content=GOOD_PNG))
-    (image,) = await _fetch(fake, prompt_id)
-    assert image.data == GOOD_PNG
-
-
-async def test_non_image_outputs_are_not_decoded(fake, prompt_id):
-    entry = _entry(prompt_id)
-    entry["outputs"]["2"]["images"][0]["filename"] = "clip_00001_.mp4"
-    fake.set("GET", "/view", httpx.Response(200, content=b"\x00\x00\x00\x18ftypmp42"))
-    (video,) = await fetch_images(fake.session(), entry, [], TYPES, prompt_id=prompt_id)
-    assert video.data.endswith(b"mp42")
-
-
-async def test_expected_size_mismatch_names_both_sizes(fake, prompt_id):
-    with pytest.raises(CorruptOutput) as info:
-        await _fetch(fake, prompt_id, expect_size=(1024, 768))
-    err = info.value
-    assert (err.expected_size, err.actual_size) == ((1024, 768), (64, 64))
-    assert "it is 64x64 but 1024x768 was expected" in str(err)
-    assert fake.count("GET", "/view") == 1  # a decoded image of the wrong size is not re-fetched
-    (image,) = await _fetch(fake, prompt_id, expect_size=(64, 64))
-    assert image.size == (64, 64)
-
-
-async def test_expected_size_through_a_whole_job(fake, prompt_id):
-    with pytest.raises(CorruptOutput, match="64x64 but 128x128"):
-        await _run(fake.session(), prompt_id, expect_size=(128, 128))
-    events = await _run(FakeComfy(prompt_id).session(), prompt_id, expect_size=(64, 64))
-    assert isinstance(events[-1], Succeeded)
-
-
-async def test_damaged_websocket_frame_is_corrupt(fake, prompt_id):
-    entry = {"outputs": {}, "status": {"messages": []}}
-    types = {"5": "SaveImageWebsocket"}
-    good = BinaryFrame(1, GOOD_PNG, "image/png", "5", prompt_id)
-    (image,) = await fetch_images(
-        fake.session(), entry, [good], types, prompt_id=prompt_id, expect_size=(64, 64)
-    )
-    assert image.type == "websocket"
-    bad = BinaryFrame(1, HALF_PNG, "image/png", "5", prompt_id)
-    with pytest.raises(CorruptOutput, match="the websocket frame is cut short"):
-        await fetch_images(fake.session(), entry, [bad], types, prompt_id=prompt_id)
 
 
 # -- retries: short waits, and nothing printed ------------------------------------------------
@@ -558,46 +602,7 @@ async def test_retries_are_logged_at_debug_on_the_comfyfn_logger(fake, caplog):
     assert "GET /queue" in record.getMessage() and "HTTP 503" in record.getMessage()
 
 
-def test_retries_print_nothing_with_logging_unconfigured():
-    script = textwrap.dedent(
-        """
-        import asyncio, io, httpx
-        from PIL import Image
-        from comfyfn.client._http import HttpSession
-        from comfyfn.client._outputs import fetch_images
-
-        buf = io.BytesIO(); Image.new("RGB", (8, 8)).save(buf, format="PNG")
-        good = buf.getvalue()
-        R = httpx.Response
-        answers = {"/queue": [R(503), R(502), R(200, json={})],
-                   "/view": [R(200, content=good[:30]), R(200, content=good)]}
-
-        def handler(request):
-            queue = answers[request.url.path]
-            r = queue.pop(0)
-            return httpx.Response(r.status_code, content=r.content)
-
-        async def main():
-            mock = httpx.MockTransport(handler)
-            s = HttpSession("http://comfy.test", httpx.Timeout(5), transport=mock)
-            print(await s.get_json("/queue"))
-            entry = {"outputs": {"2": {"images": [{"filename": "a.png"}]}}}
-            images = await fetch_images(s, entry, [], {"2": "SaveImage"}, prompt_id="p")
-            print(len(images[0].data) == len(good))
-            await s.aclose()
-
-        asyncio.run(main())
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == "{}\nTrue\n"
-    assert done.stderr == ""
-
-
-async def test_every_error_is_a_comfy_error(fake, prompt_id):
+async def test_every_error_is_a_comfy_error(prompt_id):
     """A catch-all: whatever garbage the routes give, only ComfyErrors come out."""
     garbage = [text("nope"), js([]), js({}), js({"x": 1}), js(None)]
     for answer in garbage:
@@ -605,4 +610,4 @@ async def test_every_error_is_a_comfy_error(fake, prompt_id):
         fake.set("GET", f"/history/{prompt_id}", answer)
         fake.set("GET", "/queue", answer)
         with pytest.raises(ComfyError):
-            await asyncio.wait_for(_run(fake.session(retries=0), prompt_id, timeout=2.0), 10)
+            await asyncio.wait_for(_follow(fake.session(retries=0), prompt_id, timeout=2.0), 10)

@@ -7,17 +7,16 @@ import struct
 
 import pytest
 
-from comfyfn.errors import ExecutionFailed
-from comfyfn.errors import Interrupted as InterruptedError_
+from comfyfn.errors import ExecutionFailed, Interrupted
 from comfyfn.events import (
     Done,
     Failed,
-    Interrupted,
     NodeCached,
     NodeFinished,
     NodeStarted,
     Progress,
     Started,
+    Stopped,
     events_from_history,
     parse_binary_frame,
     parse_message,
@@ -75,10 +74,11 @@ def test_execution_error_becomes_execution_failed(sample):
 
 def test_interrupt_message(sample):
     events = _events(sample("ws_interrupted.json"))
-    interrupted = [e for e in events if isinstance(e, Interrupted)]
-    assert len(interrupted) == 1
-    assert isinstance(interrupted[0].error, InterruptedError_)
-    assert interrupted[0].error.class_type == "ImageBlur"
+    stopped = [e for e in events if isinstance(e, Stopped)]
+    assert len(stopped) == 1
+    assert isinstance(stopped[0].error, Interrupted) and not stopped[0].error.lost
+    assert stopped[0].error.class_type == "ImageBlur"
+    assert str(stopped[0].error) == "the job was interrupted at node 11 ImageBlur"
 
 
 def test_cached_run_reports_cached_nodes(sample):
@@ -92,7 +92,7 @@ def test_cached_run_reports_cached_nodes(sample):
     [
         ("history_ok.json", Done),
         ("history_cached.json", Done),
-        ("history_interrupted.json", Interrupted),
+        ("history_interrupted.json", Stopped),
         ("history_execution_error.json", Failed),
     ],
 )

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from comfyfn.client._job import queue_position
+from comfyfn.client._lookup import queue_position
 
 
 def test_queue_position_counts_jobs_ahead(sample):

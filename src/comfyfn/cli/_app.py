@@ -20,10 +20,9 @@ from comfyfn.cli._common import ServerOpt, err, esc, fail, server_url
 from comfyfn.cli._engine import engine_app
 from comfyfn.cli._gateway import keys_app, serve_command
 from comfyfn.cli._workflow import parse_params, workflow_app
-from comfyfn.client import _config
-from comfyfn.client._sync import Client
+from comfyfn.client import Client, _config
 from comfyfn.errors import ComfyError
-from comfyfn.events import Failed, Interrupted, NodeCached, NodeStarted, Queued, Started, Succeeded
+from comfyfn.events import NodeCached, NodeStarted, Queued, Started
 from comfyfn.events import Progress as ProgressEvent
 from comfyfn.result import Generation
 from comfyfn.workflow._binding import parse_size
@@ -140,7 +139,7 @@ def generate(
 def _run_with_progress(
     client: Client, wf: Workflow, timeout: float | None, params: dict[str, Any], *, quiet: bool
 ) -> Generation:
-    events = client.stream(workflow=wf, timeout=timeout, **params)
+    job = client.submit(workflow=wf, timeout=timeout, **params)
     show = err.is_terminal and not quiet
     with Progress(
         TextColumn("{task.description}"),
@@ -152,7 +151,7 @@ def _run_with_progress(
         disable=not show,
     ) as bar:
         task = bar.add_task("queued", total=None, step="")
-        for ev in events:
+        for ev in job.events():
             if isinstance(ev, Queued):
                 bar.update(task, description=f"queued (position {ev.position})")
             elif isinstance(ev, Started):
@@ -169,11 +168,7 @@ def _run_with_progress(
                 )
             elif isinstance(ev, ProgressEvent):
                 bar.update(task, total=ev.max, completed=ev.value, step=f"{ev.value}/{ev.max}")
-            elif isinstance(ev, Succeeded):
-                return ev.generation
-            elif isinstance(ev, Failed | Interrupted):
-                raise ev.error
-    raise ComfyError("the job ended without a result")
+    return job.result()  # the Generation, or the error the job ended with
 
 
 @app.command()

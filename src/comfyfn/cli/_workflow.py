@@ -11,8 +11,7 @@ import typer
 from rich.table import Table
 
 from comfyfn.cli._common import ServerOpt, err, esc, fail, out
-from comfyfn.client import _config
-from comfyfn.client._sync import Client
+from comfyfn.client import Client, _config
 from comfyfn.errors import ComfyError, ConfigError
 from comfyfn.workflow._builtin import BUILTIN, builtin
 from comfyfn.workflow._workflow import Workflow

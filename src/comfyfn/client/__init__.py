@@ -1,8 +1,10 @@
 """Talking to one ComfyUI server: the async client does the I/O, the sync client drives it
-from a private event-loop thread. Everything under ``_`` is the private transport
-(HTTP, websocket, job protocol, output fetching, server resolution)."""
+from a private event-loop thread; a submitted job is a handle (:class:`AsyncJob`,
+:class:`Job`). Everything under ``_`` is the private transport (HTTP, websocket, job
+protocol, output fetching, server resolution)."""
 
-from comfyfn.client._async import AsyncClient
-from comfyfn.client._sync import Client
+from comfyfn.client._async import AsyncClient, WorkflowSource
+from comfyfn.client._async_job import AsyncJob
+from comfyfn.client._sync import Client, Job
 
-__all__ = ["AsyncClient", "Client"]
+__all__ = ["AsyncClient", "AsyncJob", "Client", "Job", "WorkflowSource"]

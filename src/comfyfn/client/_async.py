@@ -1,4 +1,4 @@
-"""The asynchronous client: every ComfyUI route, and jobs as events or results.
+"""The asynchronous client: every ComfyUI route, and jobs as handles, events or results.
 
 :class:`AsyncClient` is the only place that does I/O; :class:`comfyfn.Client` drives it from
 synchronous code. Server: argument > ``COMFYFN_SERVER`` > the local engine.
@@ -6,9 +6,11 @@ synchronous code. Server: argument > ``COMFYFN_SERVER`` > the local engine.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -16,21 +18,23 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from comfyfn.client import _config
+from comfyfn.client._async_job import AsyncJob
 from comfyfn.client._http import DEFAULT_TIMEOUT, HttpSession
-from comfyfn.client._job import JobSettings, cancel, queue_position, run_job
+from comfyfn.client._job import JobSettings, JobSpec, post_prompt
+from comfyfn.client._lookup import cancel, find_graph, queue_position
 from comfyfn.client._socket import EventSocket
-from comfyfn.errors import ComfyError, NoOutputs, WorkflowInvalid
-from comfyfn.events import Event, Failed, Interrupted, Succeeded
+from comfyfn.errors import ComfyError, WorkflowInvalid
+from comfyfn.events import Event
 from comfyfn.result import Generation
 from comfyfn.workflow._builtin import BUILTIN, builtin
-from comfyfn.workflow._graph import ApiGraph
 from comfyfn.workflow._signature import signature_for
 from comfyfn.workflow._workflow import Workflow
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "WorkflowSource"]
 
 log = logging.getLogger("comfyfn")
 
+#: A workflow by built-in name, path (JSON or PNG; API or UI format) or dict.
 WorkflowSource = str | Path | Mapping[str, Any]
 
 
@@ -44,16 +48,27 @@ def _ws_url(server: str, client_id: str) -> str:
 class AsyncClient:
     """Talks to one ComfyUI server.
 
+    Creating a client does no I/O. It opens with ``async with AsyncClient() as c:`` or
+    ``await c.open()`` — or by itself at its first request — and closes with
+    :meth:`aclose` (or the end of the ``async with``); a closed client raises
+    :class:`~comfyfn.ComfyError` and cannot be opened again.
+
     Args:
         server: base URL such as ``http://gpu-1:8188``. Default: ``COMFYFN_SERVER``, else
-            the local engine (started if it is installed but not running).
+            the local engine (started, when the client opens, if it is installed but not
+            running).
         timeout: per-request HTTP timeouts (an :class:`httpx.Timeout` or seconds).
-        job_timeout: default deadline for a whole generation, in seconds (``None`` = none);
-            on expiry the job is interrupted or dequeued, then
+        job_timeout: default deadline for a whole job, in seconds (``None`` = none); on
+            expiry the job is interrupted or dequeued, then
             :class:`~comfyfn.GenerationTimeout` is raised.
         check_interval: with a live websocket, how long silence lasts before the client
             asks the server about the job (catches jobs deleted from the queue).
+        retries: how often an idempotent request is retried after a transient failure.
+        transport: replaces httpx's network transport (e.g. an :class:`httpx.MockTransport`).
     """
+
+    #: Private seam: the websocket class (tests replace it to replay or refuse messages).
+    _socket_class: type[EventSocket] = EventSocket
 
     def __init__(
         self,
@@ -71,10 +86,12 @@ class AsyncClient:
         self.check_interval = check_interval
         self.retries = retries
         self._transport = transport
-        self.client_id = uuid.uuid4().hex
+        self._client_id = uuid.uuid4().hex
         self._session: HttpSession | None = None
         self._socket: EventSocket | None = None
         self._object_info: dict[str, Any] | None = None
+        self._opening = asyncio.Lock()
+        self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -86,35 +103,63 @@ class AsyncClient:
         await self.aclose()
 
     async def open(self) -> None:
-        """Resolve the server and prepare the connection (the websocket opens lazily)."""
-        if self._session is not None:
-            return
-        server = await _config.resolve_server(self._server_arg)
-        self._session = HttpSession(
-            server, self._timeout, retries=self.retries, transport=self._transport
-        )
-        self._socket = EventSocket(
-            _ws_url(server, self.client_id), connect_timeout=self._timeout.connect or 5.0
-        )
+        """Resolve the server and prepare the connection (the websocket opens at the first job).
+
+        With no server given and no ``COMFYFN_SERVER``, this finds the local engine and
+        starts it if needed. Opening an open client does nothing; a closed one raises.
+        """
+        async with self._opening:
+            if self._closed:
+                raise ComfyError("the client is closed; create a new one")
+            if self._session is not None:
+                return
+            server = await _config.resolve_server(self._server_arg)
+            self._session = HttpSession(
+                server, self._timeout, retries=self.retries, transport=self._transport
+            )
+            self._socket = self._socket_class(
+                _ws_url(server, self.client_id), connect_timeout=self._timeout.connect or 5.0
+            )
 
     async def aclose(self) -> None:
-        if self._socket is not None:
-            await self._socket.close()
-        if self._session is not None:
-            await self._session.aclose()
-        self._session = self._socket = None
+        """Close the websocket and the HTTP connections; the client cannot be used again."""
+        self._closed = True
+        socket, session = self._socket, self._session
+        self._socket = self._session = None
+        if socket is not None:
+            await socket.close()
+        if session is not None:
+            await session.aclose()
+
+    async def _connection(self) -> tuple[HttpSession, EventSocket]:
+        """The open connection, opening the client first if it is not open."""
+        if self._session is None or self._socket is None:
+            await self.open()
+        assert self._session is not None and self._socket is not None
+        return self._session, self._socket
+
+    async def _http(self) -> HttpSession:
+        return (await self._connection())[0]
+
+    @property
+    def client_id(self) -> str:
+        """The id this client gives ComfyUI (it sends a job's events only to its client)."""
+        return self._client_id
 
     @property
     def server(self) -> str:
-        return self._http.server
+        """The server's base URL: known before the client opens only if it was given (as an
+        argument or in ``COMFYFN_SERVER``); the local engine is looked up when it opens."""
+        if self._session is not None:
+            return self._session.server
+        if (url := _config.explicit_server(self._server_arg)) is not None:
+            return url
+        raise ComfyError(
+            "the server is not known yet: with no server= and no COMFYFN_SERVER it is the "
+            "local engine, looked up when the client opens"
+        )
 
-    @property
-    def _http(self) -> HttpSession:
-        if self._session is None:
-            raise ComfyError("the client is not open: use `async with AsyncClient() as c:`")
-        return self._session
-
-    # -- generation ------------------------------------------------------------------------
+    # -- jobs ------------------------------------------------------------------------------
 
     async def workflow(self, source: WorkflowSource | Workflow) -> Workflow:
         """Load a workflow (built-in name, path, PNG, dict; API or UI format) with this
@@ -126,51 +171,92 @@ class AsyncClient:
             return builtin(source).with_definitions(info)
         return Workflow.load(source, object_info=info)
 
-    async def stream(
+    async def submit(
         self,
         prompt: str | None = None,
         *,
         workflow: WorkflowSource | Workflow | None = None,
         timeout: float | None = None,
+        cancel_on_exit: bool = True,
         **params: Any,
-    ) -> AsyncIterator[Event]:
-        """Bind the parameters to a workflow (default: Z-Image-Turbo), run it, yield events.
+    ) -> AsyncJob:
+        """Bind the parameters to a workflow (default: Z-Image-Turbo) and submit it.
 
-        ``params`` are the workflow's parameters (``seed``, ``width``, ``height``, ``steps``,
-        ``negative``... or ``"node.input"`` paths); ``size=(w, h)`` or ``"WxH"`` sets both
-        sides; ``seed`` defaults to a random one. The last event is :class:`Succeeded`,
-        :class:`Failed` or :class:`Interrupted`.
+        Returns as soon as the server has queued the job. ``params`` are the workflow's
+        parameters (``seed``, ``width``, ``height``, ``steps``, ``negative``... or
+        ``"node.input"`` paths); ``size=(w, h)`` or ``"WxH"`` sets both sides; ``seed``
+        defaults to a random one. ``timeout`` is the job's deadline from now;
+        ``cancel_on_exit``: see :class:`AsyncJob`.
         """
         wf = await self.workflow(workflow if workflow is not None else "zimage-turbo")
         if prompt is not None:
             params["prompt"] = prompt
         params.setdefault("seed", None)
-        async for event in self.stream_graph(wf.bind(**params), timeout=timeout):
-            yield event
+        return await self.submit_graph(
+            wf.bind(**params), timeout=timeout, cancel_on_exit=cancel_on_exit
+        )
 
-    async def stream_graph(
+    async def submit_graph(
         self,
-        workflow: Workflow | ApiGraph,
+        workflow: Workflow | Mapping[str, Any],
         *,
         timeout: float | None = None,
         validate: bool = True,
         prompt_id: str | None = None,
-        attach: bool = False,
         cancel_on_exit: bool = True,
-    ) -> AsyncIterator[Event]:
-        """Run a workflow (or API-format graph) as it is, yielding its events.
+    ) -> AsyncJob:
+        """Submit a workflow (or API-format graph) as it is; returns once it is queued.
 
         With ``validate`` (the default) the graph is first checked against the server's node
         definitions, so a bad graph fails with every problem listed before anything is sent.
-        ``prompt_id`` sets the job's id (so a caller can record it before submitting);
-        with ``attach`` that job was already submitted and is only followed. Leaving the
-        stream before the job ends (closing it, cancelling the task, an error while following
-        it) cancels the job on the server, unless ``cancel_on_exit`` is False: then the job
-        is left there for the caller to re-attach or cancel (as the fleet does).
+        ``prompt_id`` sets the job's id (so a caller can record it before submitting). A
+        submission cancelled midway (or failing with its outcome unknown) is cancelled on
+        the server, unless ``cancel_on_exit`` is False.
         """
         wf = workflow if isinstance(workflow, Workflow) else Workflow.load(workflow)
-        if validate and not attach:
+        if validate:
             await self._validate(wf)
+        spec = self._spec(prompt_id or str(uuid.uuid4()), wf, timeout, cancel_on_exit)
+        session, socket = await self._connection()
+        subscription = socket.subscribe(spec.prompt_id) if await socket.ensure() else None
+        try:
+            await post_prompt(session, spec.graph, spec.prompt_id, spec.settings)
+        except BaseException:
+            if subscription is not None:
+                socket.unsubscribe(spec.prompt_id, subscription)
+            if cancel_on_exit:  # it may be queued: do not leave a GPU job behind
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(cancel(session, spec.prompt_id))
+            raise
+        return AsyncJob(self, spec, socket=socket, subscription=subscription)
+
+    async def attach(
+        self,
+        prompt_id: str,
+        *,
+        workflow: Workflow | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        cancel_on_exit: bool = True,
+    ) -> AsyncJob:
+        """A handle on a job submitted elsewhere (another process, an earlier run): nothing
+        is submitted; its events are followed and its outputs fetched.
+
+        ``workflow`` is what was submitted, for the provenance of its images and the size
+        check; without it the graph is read from the server's queue or history. A job the
+        server does not know ends with :class:`~comfyfn.Stopped` (``error.lost``).
+        ``timeout`` counts from now.
+        """
+        session = await self._http()
+        if workflow is None:
+            graph = await find_graph(session, prompt_id)
+            wf = Workflow.load(graph) if graph else Workflow({})
+        else:
+            wf = workflow if isinstance(workflow, Workflow) else Workflow.load(workflow)
+        return AsyncJob(self, self._spec(prompt_id, wf, timeout, cancel_on_exit))
+
+    def _spec(
+        self, prompt_id: str, wf: Workflow, timeout: float | None, cancel_on_exit: bool
+    ) -> JobSpec:
         settings = JobSettings(
             client_id=self.client_id,
             timeout=timeout if timeout is not None else self.job_timeout,
@@ -178,18 +264,7 @@ class AsyncClient:
             cancel_on_exit=cancel_on_exit,
             expect_size=wf.expected_size,
         )
-        session, socket = self._http, self._socket
-        assert socket is not None
-        async for event in run_job(
-            session,
-            socket,
-            wf.to_api(),
-            wf.provenance(),
-            settings,
-            prompt_id=prompt_id,
-            attach=attach,
-        ):
-            yield event
+        return JobSpec(prompt_id, wf.to_api(), wf.provenance(), settings)
 
     async def _validate(self, wf: Workflow) -> None:
         try:
@@ -198,6 +273,43 @@ class AsyncClient:
             # Files appear on servers (uploads, new models): judge by fresh definitions.
             self._object_info = None
             wf.validate(await self.object_info(), server=self.server)
+
+    async def stream(
+        self,
+        prompt: str | None = None,
+        *,
+        workflow: WorkflowSource | Workflow | None = None,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> AsyncGenerator[Event, None]:
+        """Bind the parameters to a workflow (default: Z-Image-Turbo), run it, yield events.
+
+        :meth:`submit`, then :meth:`AsyncJob.events`: the last event is
+        :class:`~comfyfn.Succeeded`, :class:`~comfyfn.Failed` or :class:`~comfyfn.Stopped`;
+        what keeps a job from ending so is raised (see :meth:`AsyncJob.events`). Leaving the
+        stream early (closing it, cancelling the task) cancels the job on the server.
+        """
+        job = await self.submit(prompt, workflow=workflow, timeout=timeout, **params)
+        async with contextlib.aclosing(job.events()) as events:
+            async for event in events:
+                yield event
+
+    async def stream_graph(
+        self,
+        workflow: Workflow | Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        validate: bool = True,
+    ) -> AsyncGenerator[Event, None]:
+        """Run a workflow (or API-format graph) as it is, yielding its events.
+
+        :meth:`submit_graph`, then :meth:`AsyncJob.events` (final events and errors as in
+        :meth:`stream`). Leaving the stream early cancels the job on the server.
+        """
+        job = await self.submit_graph(workflow, timeout=timeout, validate=validate)
+        async with contextlib.aclosing(job.events()) as events:
+            async for event in events:
+                yield event
 
     async def generate(
         self,
@@ -208,7 +320,8 @@ class AsyncClient:
         **params: Any,
     ) -> Generation:
         """Run a job and return its :class:`~comfyfn.Generation`; failures raise."""
-        return await _result(self.stream(prompt, workflow=workflow, timeout=timeout, **params))
+        job = await self.submit(prompt, workflow=workflow, timeout=timeout, **params)
+        return await job.result()
 
     async def run(
         self,
@@ -222,10 +335,11 @@ class AsyncClient:
         wf = await self.workflow(workflow)
         if params:
             wf = wf.bind(**params)
-        return await _result(self.stream_graph(wf, timeout=timeout, validate=validate))
+        job = await self.submit_graph(wf, timeout=timeout, validate=validate)
+        return await job.result()
 
     def function(self, workflow: Workflow) -> Callable[..., Awaitable[Generation]]:
-        """An async callable taking the workflow's parameters as keyword arguments."""
+        """A callable taking the workflow's parameters as keyword arguments."""
 
         async def call(**params: Any) -> Generation:
             return await self.run(workflow, **params)
@@ -237,73 +351,85 @@ class AsyncClient:
 
         Returns ``"dequeued"``, ``"interrupted"`` or ``"absent"`` (already finished).
         """
-        outcome = await cancel(self._http, prompt_id)
-        if self._socket is not None:
-            self._socket.nudge(prompt_id)
+        session, socket = await self._connection()
+        outcome = await cancel(session, prompt_id)
+        socket.nudge(prompt_id)
         return outcome
 
-    async def drop_websocket(self) -> None:
-        """Close the event socket as a network failure would (jobs fall back to polling)."""
+    async def _drop_websocket(self) -> None:
+        """Test hook: close the event socket as a network failure would (jobs then poll)."""
         if self._socket is not None:
             await self._socket.drop()
 
     # -- ComfyUI routes --------------------------------------------------------------------
 
     async def system_stats(self) -> dict[str, Any]:
-        return await self._http.get_json("/system_stats", expect=dict)
+        """The server's system, Python, PyTorch and devices (``GET /system_stats``)."""
+        return await (await self._http()).get_dict("/system_stats")
 
     async def features(self) -> dict[str, Any]:
-        return await self._http.get_json("/features", expect=dict)
+        """The server's feature flags (``GET /features``)."""
+        return await (await self._http()).get_dict("/features")
 
     async def object_info(self, node_class: str | None = None) -> dict[str, Any]:
         """Node definitions (all of them are fetched once and cached per client)."""
         if self._object_info is None:
-            self._object_info = await self._http.get_json("/object_info", expect=dict)
+            self._object_info = await (await self._http()).get_dict("/object_info")
         if node_class is None:
             return self._object_info
-        return self._object_info.get(node_class, {})
+        found: dict[str, Any] = self._object_info.get(node_class, {})
+        return found
 
     async def models(self, folder: str | None = None) -> list[str]:
         """Model folder names, or the files in one folder (``diffusion_models``, ``vae``...)."""
-        return await self._http.get_json(f"/models/{folder}" if folder else "/models", expect=list)
+        path = f"/models/{folder}" if folder else "/models"
+        return [str(name) for name in await (await self._http()).get_list(path)]
 
     async def queue(self) -> dict[str, Any]:
-        return await self._http.get_json("/queue", expect=dict)
+        """The running and pending jobs (``GET /queue``)."""
+        return await (await self._http()).get_dict("/queue")
 
     async def queue_position(self, prompt_id: str) -> int | None:
+        """Jobs ahead of ``prompt_id`` (0 = running or next); None if it is not queued."""
         return queue_position(await self.queue(), prompt_id, server=self.server)
 
     async def delete_from_queue(self, *prompt_ids: str) -> None:
-        await self._http.send("POST", "/queue", json={"delete": list(prompt_ids)})
+        """Remove pending jobs from the queue (running ones are left: see :meth:`interrupt`)."""
+        await (await self._http()).send("POST", "/queue", json={"delete": list(prompt_ids)})
 
     async def clear_queue(self) -> None:
-        await self._http.send("POST", "/queue", json={"clear": True})
+        """Remove every pending job from the queue."""
+        await (await self._http()).send("POST", "/queue", json={"clear": True})
 
     async def interrupt(self, prompt_id: str | None = None) -> None:
         """Interrupt the running job (only if it is ``prompt_id``, when given)."""
         body = {"prompt_id": prompt_id} if prompt_id else {}
-        await self._http.send("POST", "/interrupt", json=body)
+        await (await self._http()).send("POST", "/interrupt", json=body)
 
     async def history(
         self, prompt_id: str | None = None, *, max_items: int | None = None
     ) -> dict[str, Any]:
+        """Finished jobs by prompt id (``GET /history``), or one job's entry (``{}`` if none)."""
+        session = await self._http()
         if prompt_id is not None:
-            return await self._http.get_json(f"/history/{prompt_id}", expect=dict)
+            return await session.get_dict(f"/history/{prompt_id}")
         params = {"max_items": max_items} if max_items else None
-        return await self._http.get_json("/history", params=params, expect=dict)
+        return await session.get_dict("/history", params=params)
 
     async def delete_history(self, *prompt_ids: str, clear: bool = False) -> None:
+        """Delete these jobs' history entries (all of them with ``clear=True``)."""
         body = {"clear": True} if clear else {"delete": list(prompt_ids)}
-        await self._http.send("POST", "/history", json=body)
+        await (await self._http()).send("POST", "/history", json=body)
 
     async def free(self, *, unload_models: bool = True, free_memory: bool = True) -> None:
         """Unload models / free memory (needed after replacing a model file under its name)."""
         body = {"unload_models": unload_models, "free_memory": free_memory}
-        await self._http.send("POST", "/free", json=body)
+        await (await self._http()).send("POST", "/free", json=body)
 
     async def view(self, filename: str, *, subfolder: str = "", type: str = "output") -> bytes:
+        """The bytes of one file the server made or was given (``GET /view``)."""
         params = {"filename": filename, "subfolder": subfolder, "type": type}
-        return (await self._http.idempotent("GET", "/view", params=params)).content
+        return (await (await self._http()).idempotent("GET", "/view", params=params)).content
 
     async def upload_image(
         self,
@@ -321,18 +447,10 @@ class AsyncClient:
             data, filename = path.read_bytes(), name or path.name
         files = {"image": (filename, data, "application/octet-stream")}
         form = {"subfolder": subfolder, "type": "input", "overwrite": str(overwrite).lower()}
-        response = await self._http.send("POST", "/upload/image", files=files, data=form)
-        answer = self._http.decode_json("POST", "/upload/image", response, dict)
+        session = await self._http()
+        response = await session.send("POST", "/upload/image", files=files, data=form)
+        answer = session.decode_json("POST", "/upload/image", response, dict)
         name, subfolder = answer.get("name"), answer.get("subfolder")
         if not isinstance(name, str) or not name:
-            raise self._http.protocol_error("POST", "/upload/image", "an answer without a name")
+            raise session.protocol_error("POST", "/upload/image", "an answer without a name")
         return f"{subfolder}/{name}" if subfolder else name
-
-
-async def _result(events: AsyncIterator[Event]) -> Generation:
-    async for event in events:
-        if isinstance(event, Succeeded):
-            return event.generation
-        if isinstance(event, Failed | Interrupted):
-            raise event.error
-    raise NoOutputs("the job ended without a result")  # pragma: no cover - run_job ends in one

@@ -14,7 +14,7 @@ import os
 
 from comfyfn.errors import ConfigError
 
-__all__ = ["resolve_server", "resolve_server_sync"]
+__all__ = ["explicit_server", "resolve_server", "resolve_server_sync"]
 
 
 def _normalise(url: str, source: str) -> str:
@@ -26,13 +26,18 @@ def _normalise(url: str, source: str) -> str:
     return url
 
 
-def resolve_server_sync(server: str | None, *, start_engine: bool = True) -> str:
-    """The server URL to use; may start the local engine (blocking)."""
+def explicit_server(server: str | None) -> str | None:
+    """The server given as an argument or in ``COMFYFN_SERVER`` (no I/O); None if neither."""
     if server:
         return _normalise(server, "server")
     env = os.environ.get("COMFYFN_SERVER")
-    if env:
-        return _normalise(env, "COMFYFN_SERVER")
+    return _normalise(env, "COMFYFN_SERVER") if env else None
+
+
+def resolve_server_sync(server: str | None, *, start_engine: bool = True) -> str:
+    """The server URL to use; may start the local engine (blocking)."""
+    if (url := explicit_server(server)) is not None:
+        return url
     from comfyfn.engine import Engine
 
     engine = Engine(os.environ.get("COMFYFN_ENGINE", "default"))
@@ -47,6 +52,7 @@ def resolve_server_sync(server: str | None, *, start_engine: bool = True) -> str
 
 
 async def resolve_server(server: str | None) -> str:
-    if server:
-        return _normalise(server, "server")
+    """As :func:`resolve_server_sync`; the local engine is looked up in a worker thread."""
+    if (url := explicit_server(server)) is not None:
+        return url
     return await asyncio.to_thread(resolve_server_sync, server)

@@ -34,7 +34,7 @@ log = logging.getLogger("comfyfn")
 #: Per-request HTTP timeouts; the whole-job deadline is separate (``job_timeout``).
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 _RETRY_STATUS = frozenset({502, 503, 504})
-_WANTED = {dict: "an object", list: "a list", str: "a string"}
+_WANTED: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
 _RETRY_BUDGET = 30.0  #: seconds; no retry starts after this much time in one call
 
 
@@ -188,6 +188,16 @@ class HttpSession:
             with attempt:
                 data = self.decode_json("GET", path, await self.send("GET", path, **kwargs))
         return self.check_type("GET", path, data, expect)
+
+    async def get_dict(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        """GET ``path``: a JSON object (ProtocolError for anything else)."""
+        data: dict[str, Any] = await self.get_json(path, expect=dict, **kwargs)
+        return data
+
+    async def get_list(self, path: str, **kwargs: Any) -> list[Any]:
+        """GET ``path``: a JSON list (ProtocolError for anything else)."""
+        data: list[Any] = await self.get_json(path, expect=list, **kwargs)
+        return data
 
     async def download(self, path: str, **kwargs: Any) -> tuple[bytes, str | None]:
         """Stream a GET body (no retry); also says if fewer/more bytes came than announced."""

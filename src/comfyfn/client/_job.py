@@ -1,6 +1,6 @@
-"""Running one job on one server: submit idempotently, watch, fetch outputs.
+"""Running one job on one server: submit idempotently, follow it, fetch its outputs.
 
-The watch prefers the websocket and falls back to polling ``/history`` (and ``/queue``) with
+Following prefers the websocket and falls back to polling ``/history`` (and ``/queue``) with
 backoff whenever the socket is unavailable or drops; events the socket missed are replayed
 from the history entry. A job is finished only when its history entry exists: ComfyUI sends
 ``execution_success`` before writing history, so completion waits for the entry.
@@ -13,24 +13,18 @@ import contextlib
 import logging
 import random
 import time
-import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, TypeGuard
 
 import httpx
 
 from comfyfn.client._http import HttpSession
+from comfyfn.client._lookup import accepted, cancel, get_entry, get_queue, queue_position
 from comfyfn.client._outputs import fetch_images
 from comfyfn.client._rejection import workflow_invalid_from_response
 from comfyfn.client._socket import LOST, PROBE, EventSocket
-from comfyfn.errors import (
-    GenerationTimeout,
-    Interrupted,
-    NoOutputs,
-    ProtocolError,
-    TransportError,
-)
+from comfyfn.errors import GenerationTimeout, Interrupted, NoOutputs, TransportError
 from comfyfn.events import (
     BinaryFrame,
     Done,
@@ -41,19 +35,19 @@ from comfyfn.events import (
     NodeStarted,
     Queued,
     Started,
+    Stopped,
     Succeeded,
-    describe,
     events_from_history,
-    history_entry_problem,
     parse_message,
 )
-from comfyfn.events import Interrupted as InterruptedEvent
 from comfyfn.result import Generation, Image, Timings
 from comfyfn.workflow._graph import ApiGraph, class_types
 
-__all__ = ["JobSettings", "queue_position", "run_job", "submit"]
+__all__ = ["JobSettings", "JobSpec", "follow", "post_prompt"]
 
 log = logging.getLogger("comfyfn")
+
+Subscription = asyncio.Queue[Any]
 
 
 @dataclass(frozen=True)
@@ -79,85 +73,31 @@ class JobSettings:
     expect_size: tuple[int, int] | None = None  #: every saved/previewed image must be this size
 
 
-def _queue_ids(queue: Any, server: str | None) -> tuple[list[str], list[str]]:
-    """Prompt ids running, and pending in queue order, in a ``GET /queue`` answer."""
+@dataclass(frozen=True)
+class JobSpec:
+    """One job: its id, what runs, how, and since when (the deadline counts from ``since``:
+    submission, or attaching)."""
 
-    def bad(what: str) -> ProtocolError:
-        return ProtocolError(
-            f"GET /queue from {server or 'the server'} answered {what}",
-            server=server,
-            method="GET",
-            path="/queue",
-            body=repr(queue)[:2000],
-        )
+    prompt_id: str
+    graph: ApiGraph
+    params: Mapping[str, Any]
+    settings: JobSettings
+    since: float = field(default_factory=time.monotonic)
 
-    if not isinstance(queue, Mapping):
-        raise bad(f"{describe(queue)} where an object was expected")
-    found: list[list[Any]] = []
-    for key in ("queue_running", "queue_pending"):
-        items = queue.get(key)
-        if not isinstance(items, list):
-            raise bad(
-                f"an object whose {key!r} is {'missing' if key not in queue else describe(items)}"
-            )
-        for item in items:
-            if not (
-                isinstance(item, list | tuple)
-                and len(item) >= 2
-                and isinstance(item[0], int | float)
-                and isinstance(item[1], str)
-            ):
-                raise bad(f"a {key!r} item that is not [number, prompt id, …]: {item!r:.120}")
-        found.append(items)
-    running, pending = found
-    return [i[1] for i in running], [i[1] for i in sorted(pending, key=lambda i: i[0])]
+    @property
+    def deadline(self) -> float | None:
+        timeout = self.settings.timeout
+        return None if timeout is None else self.since + timeout
 
 
-def queue_position(
-    queue: Mapping[str, Any], prompt_id: str, *, server: str | None = None
-) -> int | None:
-    """Jobs ahead of ``prompt_id`` in a ``GET /queue`` answer (0 = next); None if absent.
-
-    An answer of the wrong shape raises :class:`~comfyfn.errors.ProtocolError`.
-    """
-    running, pending = _queue_ids(queue, server)
-    if prompt_id in running:
-        return 0
-    if prompt_id in pending:
-        return len(running) + pending.index(prompt_id)
-    return None
-
-
-async def _get_queue(session: HttpSession) -> tuple[list[str], list[str]]:
-    return _queue_ids(await session.get_json("/queue", expect=dict), session.server)
-
-
-async def _get_entry(session: HttpSession, prompt_id: str) -> Mapping[str, Any] | None:
-    """The job's ``/history`` entry, None if it has none yet; ProtocolError if malformed."""
-    path = f"/history/{prompt_id}"
-    entry = (await session.get_json(path, expect=dict)).get(prompt_id)
-    if entry is None or entry == {}:
-        return None
-    if problem := history_entry_problem(entry):
-        raise session.protocol_error("GET", path, problem, entry)
-    return entry
-
-
-async def _known(session: HttpSession, prompt_id: str) -> bool:
-    running, pending = await _get_queue(session)
-    if prompt_id in running or prompt_id in pending:
-        return True
-    return await _get_entry(session, prompt_id) is not None
-
-
-async def submit(
+async def post_prompt(
     session: HttpSession, graph: ApiGraph, prompt_id: str, settings: JobSettings
 ) -> int | None:
     """POST /prompt once; if the answer is lost, look the id up instead of posting blindly.
 
     ComfyUI keeps a client-given ``prompt_id``, so after a failure whose outcome is unknown
     (timeout, dropped connection) the job is found in ``/queue`` or ``/history`` if it was
-    accepted, and only re-posted if it was not.
+    accepted, and only re-posted if it was not. Returns the queue number ComfyUI gave.
     """
     payload = {
         "prompt": graph,
@@ -171,11 +111,7 @@ async def submit(
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
             raise session.error_for_exception("POST", "/prompt", exc) from exc
         except httpx.HTTPError as exc:
-            # The answer was lost: the job may be queued, or still being validated. Look
-            # twice, a moment apart, before concluding the server never got it.
-            if await _known(session, prompt_id) or (
-                await asyncio.sleep(0.25) is None and await _known(session, prompt_id)
-            ):
+            if await accepted(session, prompt_id):
                 log.info("submission %s was accepted despite %s", prompt_id, type(exc).__name__)
                 return None
             if attempt > session.retries:
@@ -198,30 +134,30 @@ async def submit(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def cancel(session: HttpSession, prompt_id: str) -> str:
-    """Dequeue a pending job or interrupt a running one: 'dequeued', 'interrupted' or 'absent'."""
-    running, pending = await _get_queue(session)
-    if prompt_id in pending:
-        await session.send("POST", "/queue", json={"delete": [prompt_id]})
-        return "dequeued"
-    if prompt_id in running:
-        await session.send("POST", "/interrupt", json={"prompt_id": prompt_id})
-        return "interrupted"
-    return "absent"
-
-
 class _Watch:
-    """State of one job while it is watched."""
+    """Following one job: socket messages or polls in, fresh events out."""
 
-    def __init__(self, session: HttpSession, prompt_id: str, graph: ApiGraph) -> None:
+    def __init__(
+        self,
+        session: HttpSession,
+        socket: EventSocket,
+        spec: JobSpec,
+        subscription: Subscription | None,
+    ) -> None:
         self.session = session
-        self.prompt_id = prompt_id
-        self.types = class_types(graph)
+        self.socket = socket
+        self.spec = spec
+        self.prompt_id = spec.prompt_id
+        self.settings = spec.settings
+        self.types = class_types(spec.graph)
+        self.subscription = subscription  #: None while polling
+        self.subscribed = subscription  #: the last queue we subscribed (to unsubscribe it)
         self.seen: set[tuple[str, str]] = set()
         self.frames: list[BinaryFrame] = []
         self.cached: tuple[str, ...] = ()
-        self.started_at: float | None = None
         self.current_node: str | None = None
+        self.delay = 0.02
+        self.ended = False  #: the job is over on the server (or was cancelled by us)
 
     def fresh(self, events: list[Event | Done]) -> list[Event | Done]:
         """Drop events already emitted (history replays what the socket may have shown)."""
@@ -232,8 +168,6 @@ class _Watch:
                 if key in self.seen:
                     continue
                 self.seen.add(key)
-            if isinstance(ev, Started) and self.started_at is None:
-                self.started_at = time.monotonic()
             if isinstance(ev, NodeCached):
                 self.cached += ev.node_ids
             if isinstance(ev, NodeStarted):
@@ -241,40 +175,106 @@ class _Watch:
             out.append(ev)
         return out
 
+    def replay(self, entry: Mapping[str, Any]) -> list[Event | Done]:
+        server = self.session.server
+        return events_from_history(entry, self.prompt_id, class_types=self.types, server=server)
+
+    async def position(self) -> int:
+        """Jobs ahead of this one now (0 when it runs, or has already left the queue)."""
+        answer = await self.session.get_dict("/queue")
+        position = queue_position(answer, self.prompt_id, server=self.session.server)
+        return position if position is not None else 0
+
     async def probe(self) -> list[Event | Done]:
         """Ask the server where the job is; replays history if it finished."""
-        server = self.session.server
-        entry = await _get_entry(self.session, self.prompt_id)
+        entry = await get_entry(self.session, self.prompt_id)
         if entry is not None:
-            return events_from_history(entry, self.prompt_id, class_types=self.types, server=server)
-        running, pending = await _get_queue(self.session)
+            return self.replay(entry)
+        running, pending = await get_queue(self.session)
         if self.prompt_id in running:
             return [Started(self.prompt_id)]
         if self.prompt_id in pending:
             return []
         # Not queued: it may have moved to history between the two calls; look once more.
-        entry = await _get_entry(self.session, self.prompt_id)
+        entry = await get_entry(self.session, self.prompt_id)
         if entry is not None:
-            return events_from_history(entry, self.prompt_id, class_types=self.types, server=server)
-        return [
-            InterruptedEvent(
-                self.prompt_id,
-                Interrupted(
-                    "the job is neither queued nor in the history: it was removed from the queue "
-                    "(or the server restarted) before it ran",
-                    server=server,
-                    prompt_id=self.prompt_id,
-                    lost=True,
-                ),
+            return self.replay(entry)
+        return [self.lost()]
+
+    def lost(self) -> Stopped:
+        return Stopped(
+            self.prompt_id,
+            Interrupted(
+                "the job is neither queued nor in the history: it was removed from the queue "
+                "(or the server restarted) before it ran",
+                server=self.session.server,
+                prompt_id=self.prompt_id,
+                lost=True,
+            ),
+        )
+
+    async def next_events(self) -> list[Event | Done]:
+        """Wait for news of the job: a socket message, or a poll (with backoff)."""
+        deadline = self.spec.deadline
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            await self.expire()
+        if self.subscription is not None:
+            return await self.from_socket(self.subscription, remaining)
+        return await self.poll(remaining)
+
+    async def expire(self) -> NoReturn:
+        with contextlib.suppress(TransportError):
+            await cancel(self.session, self.prompt_id)
+        self.ended = True
+        raise GenerationTimeout(
+            server=self.session.server, prompt_id=self.prompt_id, timeout=self.settings.timeout or 0
+        )
+
+    async def from_socket(
+        self, subscription: Subscription, remaining: float | None
+    ) -> list[Event | Done]:
+        interval = self.settings.check_interval
+        try:
+            item = await asyncio.wait_for(
+                subscription.get(), interval if remaining is None else min(remaining, interval)
             )
-        ]
+        except TimeoutError:
+            item = PROBE
+        if item is LOST:
+            self.subscription = None
+            return await self.probe()
+        if item is PROBE:
+            return await self.probe()
+        if isinstance(item, BinaryFrame):  # a legacy frame says nothing of its node: ours runs
+            self.frames.append(
+                item
+                if item.node_id
+                else BinaryFrame(
+                    item.event, item.data, item.image_type, self.current_node, self.prompt_id
+                )
+            )
+            return []
+        return parse_message(
+            item, self.prompt_id, class_types=self.types, server=self.session.server
+        )
+
+    async def poll(self, remaining: float | None) -> list[Event | Done]:
+        jittered = self.delay * random.uniform(0.5, 1.0)
+        await asyncio.sleep(jittered if remaining is None else min(self.delay, remaining))
+        self.delay = min(self.delay * 2, 1.0)
+        events = await self.probe()
+        if await self.socket.ensure():
+            self.subscription = self.subscribed = self.socket.subscribe(self.prompt_id)
+            events += await self.probe()  # anything sent before we subscribed
+        return events
 
     async def history_entry(self, wait: float) -> Mapping[str, Any]:
         """The finished job's history entry, waiting out the write race."""
         deadline = time.monotonic() + wait
         delay = 0.01
         while True:
-            if (entry := await _get_entry(self.session, self.prompt_id)) is not None:
+            if (entry := await get_entry(self.session, self.prompt_id)) is not None:
                 return entry
             if time.monotonic() > deadline:
                 raise NoOutputs(
@@ -285,158 +285,110 @@ class _Watch:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
+    async def finish(self) -> AsyncGenerator[Event, None]:
+        """The job is done: its last events from history, then Succeeded (or its failure)."""
+        entry = await self.history_entry(self.settings.history_wait)
+        replay = self.replay(entry)
+        if terminal := [e for e in replay if isinstance(e, Failed | Stopped)]:
+            yield terminal[0]
+            return
+        for late in self.fresh(replay):
+            if not isinstance(late, Done):
+                yield late
+        images = await fetch_images(
+            self.session,
+            entry,
+            self.frames,
+            self.types,
+            prompt_id=self.prompt_id,
+            expect_size=self.settings.expect_size,
+        )
+        if not images:
+            raise NoOutputs(
+                "the job finished without any image output",
+                server=self.session.server,
+                prompt_id=self.prompt_id,
+            )
+        yield Succeeded(self.prompt_id, self.generation(entry, images))
 
-def _timings(entry: Mapping[str, Any], submitted: float) -> Timings:
+    def generation(self, entry: Mapping[str, Any], images: list[Image]) -> Generation:
+        spec, server = self.spec, self.session.server
+        return Generation(
+            prompt_id=self.prompt_id,
+            server=server,
+            images=tuple(_with_provenance(i, spec, server) for i in images),
+            params=dict(spec.params),
+            workflow=spec.graph,
+            timings=_timings(entry, spec.since),
+            cached_nodes=self.cached,
+        )
+
+
+async def follow(
+    session: HttpSession,
+    socket: EventSocket,
+    spec: JobSpec,
+    subscription: Subscription | None,
+) -> AsyncGenerator[Event, None]:
+    """Yield a submitted job's events: :class:`Queued` first, :class:`Succeeded`,
+    :class:`Failed` or :class:`Stopped` last; what keeps it from ending so is raised.
+
+    ``subscription`` is the socket queue subscribed before the job was submitted (so no
+    message was missed); None follows by polling first, then subscribes. Leaving before the
+    end cancels the job unless ``spec.settings.cancel_on_exit`` is False.
+    """
+    watch = _Watch(session, socket, spec, subscription)
+    try:
+        yield Queued(spec.prompt_id, await watch.position())
+        while True:
+            for event in watch.fresh(await watch.next_events()):
+                if isinstance(event, Done):
+                    watch.ended = True  # the server is done with it: nothing left to cancel
+                    async for last in watch.finish():
+                        yield last
+                    return
+                watch.ended = isinstance(event, Failed | Stopped)
+                yield event
+                if watch.ended:
+                    return
+    finally:
+        if watch.subscribed is not None:
+            socket.unsubscribe(spec.prompt_id, watch.subscribed)
+        if not watch.ended and spec.settings.cancel_on_exit:
+            # Cancelled or abandoned by the caller: do not leave a GPU job behind.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(cancel(session, spec.prompt_id))
+
+
+def _timings(entry: Mapping[str, Any], since: float) -> Timings:
     """Queue and execution times from the history entry's server timestamps (if usable)."""
-    total = time.monotonic() - submitted
+    total = time.monotonic() - since
     stamps = {kind: data.get("timestamp") for kind, data in entry["status"].get("messages") or ()}
     prompt = entry.get("prompt")
     extra = prompt[3] if isinstance(prompt, list) and len(prompt) > 3 else None
     created = extra.get("create_time") if isinstance(extra, Mapping) else None
     start, end = stamps.get("execution_start"), stamps.get("execution_success")
-    numbers = [v for v in (created, start, end) if isinstance(v, int | float) and v]
-    if len(numbers) == 3:
+    if _stamp(created) and _stamp(start) and _stamp(end):
         return Timings(max(start - created, 0) / 1000, max(end - start, 0) / 1000, total)
     return Timings(0.0, total, total)
 
 
-async def run_job(
-    session: HttpSession,
-    socket: EventSocket,
-    graph: ApiGraph,
-    params: Mapping[str, Any],
-    settings: JobSettings,
-    *,
-    prompt_id: str | None = None,
-    attach: bool = False,
-) -> AsyncIterator[Event]:
-    """Submit ``graph`` and yield its events; the last is Succeeded, Failed or Interrupted.
-
-    With ``attach`` the job ``prompt_id`` was submitted earlier (perhaps by another
-    process): it is watched, and its outputs fetched, without submitting anything.
-    """
-    prompt_id = prompt_id or str(uuid.uuid4())
-    submitted = time.monotonic()
-    deadline = submitted + settings.timeout if settings.timeout is not None else None
-    queue = socket.subscribe(prompt_id) if await socket.ensure() else None
-    watch = _Watch(session, prompt_id, graph)
-    finished = False  # until then, leaving early cancels the job (harmless if never queued)
-    try:
-        if not attach:
-            await submit(session, graph, prompt_id, settings)
-        answer = await session.get_json("/queue", expect=dict)
-        position = queue_position(answer, prompt_id, server=session.server)
-        yield Queued(prompt_id, position if position is not None else 0)
-        delay = 0.02
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                with contextlib.suppress(TransportError):
-                    await cancel(session, prompt_id)
-                finished = True
-                raise GenerationTimeout(
-                    server=session.server, prompt_id=prompt_id, timeout=settings.timeout or 0
-                )
-            if queue is not None:
-                wait = (
-                    settings.check_interval
-                    if remaining is None
-                    else min(remaining, settings.check_interval)
-                )
-                try:
-                    item = await asyncio.wait_for(queue.get(), wait)
-                except TimeoutError:
-                    item = PROBE
-                if item is LOST:
-                    queue = None
-                    events = await watch.probe()
-                elif item is PROBE:
-                    events = await watch.probe()
-                elif isinstance(item, BinaryFrame):
-                    watch.frames.append(
-                        item
-                        if item.node_id
-                        else BinaryFrame(
-                            item.event, item.data, item.image_type, watch.current_node, prompt_id
-                        )
-                    )
-                    events = []
-                else:
-                    events = parse_message(
-                        item, prompt_id, class_types=watch.types, server=session.server
-                    )
-            else:
-                await asyncio.sleep(
-                    delay * random.uniform(0.5, 1.0) if remaining is None else min(delay, remaining)
-                )
-                delay = min(delay * 2, 1.0)
-                events = await watch.probe()
-                if await socket.ensure():
-                    queue = socket.subscribe(prompt_id)
-                    events += await watch.probe()  # anything sent before we re-subscribed
-            for ev in watch.fresh(events):
-                if isinstance(ev, Done):
-                    entry = await watch.history_entry(settings.history_wait)
-                    replay = events_from_history(
-                        entry, prompt_id, class_types=watch.types, server=session.server
-                    )
-                    terminal = [e for e in replay if isinstance(e, Failed | InterruptedEvent)]
-                    if terminal:
-                        finished = True
-                        yield terminal[0]
-                        return
-                    for late in watch.fresh(replay):
-                        if not isinstance(late, Done):
-                            yield late
-                    images = await fetch_images(
-                        session,
-                        entry,
-                        watch.frames,
-                        watch.types,
-                        prompt_id=prompt_id,
-                        expect_size=settings.expect_size,
-                    )
-                    if not images:
-                        finished = True
-                        raise NoOutputs(
-                            "the job finished without any image output",
-                            server=session.server,
-                            prompt_id=prompt_id,
-                        )
-                    generation = Generation(
-                        prompt_id=prompt_id,
-                        server=session.server,
-                        images=tuple(
-                            _with_provenance(img, params, graph, session.server, prompt_id)
-                            for img in images
-                        ),
-                        params=dict(params),
-                        workflow=graph,
-                        timings=_timings(entry, submitted),
-                        cached_nodes=watch.cached,
-                    )
-                    finished = True
-                    yield Succeeded(prompt_id, generation)
-                    return
-                yield ev
-                if isinstance(ev, Failed | InterruptedEvent):
-                    finished = True
-                    return
-    finally:
-        socket.unsubscribe(prompt_id)
-        if not finished and settings.cancel_on_exit:
-            # Cancelled or abandoned by the caller: do not leave a GPU job behind.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(cancel(session, prompt_id))
+def _stamp(value: Any) -> TypeGuard[float]:
+    """A usable millisecond timestamp (a non-zero number)."""
+    return isinstance(value, int | float) and bool(value)
 
 
-def _with_provenance(
-    image: Image, params: Mapping[str, Any], graph: ApiGraph, server: str, prompt_id: str
-) -> Image:
-    provenance = {**params, "server": server, "prompt_id": prompt_id}
+def _with_provenance(image: Image, spec: JobSpec, server: str) -> Image:
+    provenance = {**spec.params, "server": server, "prompt_id": spec.prompt_id}
     if image.width and image.height:
         provenance.setdefault("width", image.width)
         provenance.setdefault("height", image.height)
     return Image(
-        image.data, image.node_id, image.filename, image.subfolder, image.type, provenance, graph
+        image.data,
+        image.node_id,
+        image.filename,
+        image.subfolder,
+        image.type,
+        provenance,
+        spec.graph,
     )

@@ -79,8 +79,10 @@ class EventSocket:
         self._subs[prompt_id] = queue
         return queue
 
-    def unsubscribe(self, prompt_id: str) -> None:
-        self._subs.pop(prompt_id, None)
+    def unsubscribe(self, prompt_id: str, queue: asyncio.Queue[Any] | None = None) -> None:
+        """Stop routing ``prompt_id``'s messages (only if they go to ``queue``, when given)."""
+        if queue is None or self._subs.get(prompt_id) is queue:
+            self._subs.pop(prompt_id, None)
 
     def nudge(self, prompt_id: str) -> None:
         """Make the job watching ``prompt_id`` check the server now."""
@@ -115,7 +117,7 @@ class EventSocket:
         except (OSError, WebSocketException) as exc:
             log.warning("websocket dropped: %s", exc)
         finally:
-            for queue in self._subs.values():
+            for queue in list(self._subs.values()):  # a copy: jobs may unsubscribe meanwhile
                 queue.put_nowait(LOST)
 
     def _route_json(self, raw: str) -> None:

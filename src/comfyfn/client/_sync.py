@@ -1,129 +1,254 @@
-"""The synchronous client: runs :class:`AsyncClient` on a private event-loop thread.
+"""The synchronous client: :class:`AsyncClient` driven from a private event-loop thread.
 
-Nothing is reimplemented here: every method forwards to the async one on that loop, and
-:meth:`Client.stream` pulls the async event stream one event at a time. Ctrl-C while waiting
-cancels the job on the server (interrupt or dequeue) before re-raising. The loop thread is a
-daemon, so a client that is never closed does not keep the interpreter from exiting.
+Nothing is reimplemented here: each method forwards to the async one, with the same
+signature and docstring summary (tests/unit/test_client_api.py compares them), and event
+streams are pulled one event at a time. Ctrl-C while waiting cancels the job on the server
+(interrupt or dequeue) before re-raising. The loop thread starts at the first request; it is
+a daemon, so a client that is never closed does not keep the interpreter from exiting.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import threading
 import weakref
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
-from comfyfn.client._async import AsyncClient
+import httpx
+
+from comfyfn.client._async import AsyncClient, WorkflowSource
+from comfyfn.client._async_job import AsyncJob
+from comfyfn.client._http import DEFAULT_TIMEOUT
+from comfyfn.client._loop import LoopThread
+from comfyfn.errors import ComfyError
 from comfyfn.events import Event
 from comfyfn.result import Generation
 from comfyfn.workflow._signature import signature_for
 from comfyfn.workflow._workflow import Workflow
 
-__all__ = ["Client"]
+__all__ = ["Client", "Job"]
 
+P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class _LoopThread:
-    """An event loop running forever on a daemon thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="comfyfn-client", daemon=True
-        )
-        self.thread.start()
-
-    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(*args, **kwargs)`` on the loop and wait; Ctrl-C cancels it and waits
-        (up to 10 s) for its clean-up, which cancels a submitted job on the server."""
-        done = threading.Event()
-        task: list[asyncio.Task[Any]] = []
-
-        async def runner() -> Any:
-            task.append(asyncio.current_task())  # type: ignore[arg-type]
-            try:
-                return await fn(*args, **kwargs)
-            finally:
-                done.set()
-
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(runner(), self.loop)
-        try:
-            return future.result()
-        except KeyboardInterrupt:
-            if task:
-                self.loop.call_soon_threadsafe(task[0].cancel)
-                done.wait(10)
-            else:
-                future.cancel()
-            raise
-
-    def stop(self) -> None:
-        if self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        if threading.current_thread() is not self.thread:
-            self.thread.join()
-            self.loop.close()
 
 
 class Client:
     """Synchronous twin of :class:`~comfyfn.AsyncClient`; takes the same arguments.
 
-    ::
+    Creating a client does no I/O. It opens with ``with Client() as c:`` or ``c.open()`` —
+    or by itself at its first request — and closes with :meth:`close` (or the end of the
+    ``with``); a closed client raises :class:`~comfyfn.ComfyError` and cannot be opened
+    again. ::
 
         with comfyfn.Client() as c:
             gen = c.generate("a red apple", seed=42, width=1024, height=768)
     """
 
-    def __init__(self, server: str | None = None, **kwargs: Any) -> None:
-        self._loop = _LoopThread()
-        self._finalizer = weakref.finalize(self, self._loop.stop)
+    def __init__(
+        self,
+        server: str | None = None,
+        *,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        job_timeout: float | None = None,
+        check_interval: float = 5.0,
+        retries: int = 3,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._async = AsyncClient(
+            server,
+            timeout=timeout,
+            job_timeout=job_timeout,
+            check_interval=check_interval,
+            retries=retries,
+            transport=transport,
+        )
+        self._thread: LoopThread | None = None
+        self._stop_thread: Callable[[], object] = lambda: None
+        self._lock = threading.Lock()
         self._closed = False
-        self._async = AsyncClient(server, **kwargs)
-        try:
-            self._loop.call(self._async.open)
-        except BaseException:
-            self._finalizer()
-            raise
+
+    # -- lifecycle -------------------------------------------------------------------------
 
     def __enter__(self) -> Client:
+        self.open()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def open(self) -> None:
+        """Resolve the server and prepare the connection (the websocket opens at the first job)."""
+        self._run(self._async.open)
+
     def close(self) -> None:
-        if self._closed:
+        """Close the websocket and the HTTP connections; the client cannot be used again."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        if thread is None:
             return
-        self._closed = True
         try:
-            self._loop.call(self._async.aclose)
+            thread.call(self._async.aclose)
         finally:
-            self._finalizer()
+            self._stop_thread()
+
+    def _loop(self) -> LoopThread:
+        with self._lock:
+            if self._closed:
+                raise ComfyError("the client is closed; create a new one")
+            if self._thread is None:
+                self._thread = LoopThread()
+                self._stop_thread = weakref.finalize(self, self._thread.stop)
+            return self._thread
+
+    def _run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._loop().call(fn, *args, **kwargs)
+
+    def _iterate(self, events: AsyncIterator[T]) -> Generator[T, None, None]:
+        """Pull an async iterator from the loop thread; closing this closes it there."""
+        try:
+            while True:
+                try:
+                    yield self._run(events.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None and not self._closed:
+                with contextlib.suppress(RuntimeError):  # still closing after a Ctrl-C
+                    self._run(aclose)
 
     @property
     def server(self) -> str:
+        """The server's base URL (see :attr:`AsyncClient.server`)."""
         return self._async.server
 
     @property
     def client_id(self) -> str:
+        """The id this client gives ComfyUI (it sends a job's events only to its client)."""
         return self._async.client_id
 
-    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return self._loop.call(fn, *args, **kwargs)
+    # -- jobs ------------------------------------------------------------------------------
 
-    def stream(self, *args: Any, **kwargs: Any) -> Iterator[Event]:
-        """Like :meth:`AsyncClient.stream`, as a plain iterator of events."""
-        return self._iterate(self._async.stream(*args, **kwargs))
+    def workflow(self, source: WorkflowSource | Workflow) -> Workflow:
+        """Load a workflow (built-in name, path, PNG, dict; API or UI format) with this
+        server's node definitions, so UI conversion and parameter types match the server."""
+        return self._run(self._async.workflow, source)
 
-    def stream_graph(self, *args: Any, **kwargs: Any) -> Iterator[Event]:
-        """Like :meth:`AsyncClient.stream_graph`, as a plain iterator of events."""
-        return self._iterate(self._async.stream_graph(*args, **kwargs))
+    def submit(
+        self,
+        prompt: str | None = None,
+        *,
+        workflow: WorkflowSource | Workflow | None = None,
+        timeout: float | None = None,
+        cancel_on_exit: bool = True,
+        **params: Any,
+    ) -> Job:
+        """Bind the parameters to a workflow (default: Z-Image-Turbo) and submit it.
+
+        Returns as soon as the server has queued the job; see :meth:`AsyncClient.submit`.
+        """
+        job = self._run(
+            self._async.submit,
+            prompt,
+            workflow=workflow,
+            timeout=timeout,
+            cancel_on_exit=cancel_on_exit,
+            **params,
+        )
+        return Job(self, job)
+
+    def submit_graph(
+        self,
+        workflow: Workflow | Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        validate: bool = True,
+        prompt_id: str | None = None,
+        cancel_on_exit: bool = True,
+    ) -> Job:
+        """Submit a workflow (or API-format graph) as it is; returns once it is queued."""
+        job = self._run(
+            self._async.submit_graph,
+            workflow,
+            timeout=timeout,
+            validate=validate,
+            prompt_id=prompt_id,
+            cancel_on_exit=cancel_on_exit,
+        )
+        return Job(self, job)
+
+    def attach(
+        self,
+        prompt_id: str,
+        *,
+        workflow: Workflow | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        cancel_on_exit: bool = True,
+    ) -> Job:
+        """A handle on a job submitted elsewhere (another process, an earlier run): nothing
+        is submitted; its events are followed and its outputs fetched."""
+        job = self._run(
+            self._async.attach,
+            prompt_id,
+            workflow=workflow,
+            timeout=timeout,
+            cancel_on_exit=cancel_on_exit,
+        )
+        return Job(self, job)
+
+    def stream(
+        self,
+        prompt: str | None = None,
+        *,
+        workflow: WorkflowSource | Workflow | None = None,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> Generator[Event, None, None]:
+        """Bind the parameters to a workflow (default: Z-Image-Turbo), run it, yield events.
+
+        See :meth:`AsyncClient.stream`: the same events, the same final-event rule, and
+        leaving the stream early (closing it, Ctrl-C) cancels the job on the server.
+        """
+        return self._iterate(
+            self._async.stream(prompt, workflow=workflow, timeout=timeout, **params)
+        )
+
+    def stream_graph(
+        self,
+        workflow: Workflow | Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        validate: bool = True,
+    ) -> Generator[Event, None, None]:
+        """Run a workflow (or API-format graph) as it is, yielding its events."""
+        return self._iterate(self._async.stream_graph(workflow, timeout=timeout, validate=validate))
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        workflow: WorkflowSource | Workflow | None = None,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> Generation:
+        """Run a job and return its :class:`~comfyfn.Generation`; failures raise."""
+        return self._run(self._async.generate, prompt, workflow=workflow, timeout=timeout, **params)
+
+    def run(
+        self,
+        workflow: WorkflowSource | Workflow,
+        *,
+        timeout: float | None = None,
+        validate: bool = True,
+        **params: Any,
+    ) -> Generation:
+        """Run a workflow (bound with ``params``, if any) and return its Generation."""
+        return self._run(self._async.run, workflow, timeout=timeout, validate=validate, **params)
 
     def function(self, workflow: Workflow) -> Callable[..., Generation]:
         """A callable taking the workflow's parameters as keyword arguments."""
@@ -133,48 +258,146 @@ class Client:
 
         return signature_for(workflow, call)
 
-    def _iterate(self, agen: Any) -> Iterator[Any]:
-        try:
-            while True:
-                try:
-                    yield self._call(agen.__anext__)
-                except StopAsyncIteration:
-                    return
-        finally:
-            if not self._closed:
-                with contextlib.suppress(RuntimeError):  # still closing after a Ctrl-C
-                    self._loop.call(agen.aclose)
+    def cancel(self, prompt_id: str) -> str:
+        """Dequeue a pending job or interrupt a running one.
+
+        Returns ``"dequeued"``, ``"interrupted"`` or ``"absent"`` (already finished).
+        """
+        return self._run(self._async.cancel, prompt_id)
+
+    def _drop_websocket(self) -> None:
+        """Test hook: close the event socket as a network failure would (jobs then poll)."""
+        self._run(self._async._drop_websocket)
+
+    # -- ComfyUI routes --------------------------------------------------------------------
+
+    def system_stats(self) -> dict[str, Any]:
+        """The server's system, Python, PyTorch and devices (``GET /system_stats``)."""
+        return self._run(self._async.system_stats)
+
+    def features(self) -> dict[str, Any]:
+        """The server's feature flags (``GET /features``)."""
+        return self._run(self._async.features)
+
+    def object_info(self, node_class: str | None = None) -> dict[str, Any]:
+        """Node definitions (all of them are fetched once and cached per client)."""
+        return self._run(self._async.object_info, node_class)
+
+    def models(self, folder: str | None = None) -> list[str]:
+        """Model folder names, or the files in one folder (``diffusion_models``, ``vae``...)."""
+        return self._run(self._async.models, folder)
+
+    def queue(self) -> dict[str, Any]:
+        """The running and pending jobs (``GET /queue``)."""
+        return self._run(self._async.queue)
+
+    def queue_position(self, prompt_id: str) -> int | None:
+        """Jobs ahead of ``prompt_id`` (0 = running or next); None if it is not queued."""
+        return self._run(self._async.queue_position, prompt_id)
+
+    def delete_from_queue(self, *prompt_ids: str) -> None:
+        """Remove pending jobs from the queue (running ones are left: see :meth:`interrupt`)."""
+        self._run(self._async.delete_from_queue, *prompt_ids)
+
+    def clear_queue(self) -> None:
+        """Remove every pending job from the queue."""
+        self._run(self._async.clear_queue)
+
+    def interrupt(self, prompt_id: str | None = None) -> None:
+        """Interrupt the running job (only if it is ``prompt_id``, when given)."""
+        self._run(self._async.interrupt, prompt_id)
+
+    def history(
+        self, prompt_id: str | None = None, *, max_items: int | None = None
+    ) -> dict[str, Any]:
+        """Finished jobs by prompt id (``GET /history``), or one job's entry (``{}`` if none)."""
+        return self._run(self._async.history, prompt_id, max_items=max_items)
+
+    def delete_history(self, *prompt_ids: str, clear: bool = False) -> None:
+        """Delete these jobs' history entries (all of them with ``clear=True``)."""
+        self._run(self._async.delete_history, *prompt_ids, clear=clear)
+
+    def free(self, *, unload_models: bool = True, free_memory: bool = True) -> None:
+        """Unload models / free memory (needed after replacing a model file under its name)."""
+        self._run(self._async.free, unload_models=unload_models, free_memory=free_memory)
+
+    def view(self, filename: str, *, subfolder: str = "", type: str = "output") -> bytes:
+        """The bytes of one file the server made or was given (``GET /view``)."""
+        return self._run(self._async.view, filename, subfolder=subfolder, type=type)
+
+    def upload_image(
+        self,
+        image: bytes | str | Path,
+        *,
+        name: str | None = None,
+        subfolder: str = "",
+        overwrite: bool = False,
+    ) -> str:
+        """Upload an input image; returns the name to use in a LoadImage node."""
+        return self._run(
+            self._async.upload_image, image, name=name, subfolder=subfolder, overwrite=overwrite
+        )
 
 
-def _forward(name: str) -> Callable[..., Any]:
-    target = getattr(AsyncClient, name)
+class Job:
+    """Synchronous twin of :class:`~comfyfn.AsyncJob`: a job on one ComfyUI server.
 
-    @functools.wraps(target)
-    def method(self: Client, *args: Any, **kwargs: Any) -> Any:
-        return self._call(getattr(self._async, name), *args, **kwargs)
+    :meth:`Client.submit` / :meth:`~Client.submit_graph` return one once the job is queued;
+    :meth:`Job.attach` (or :meth:`Client.attach`) makes one for a job submitted elsewhere.
+    Leaving :meth:`events` early (closing it, ``break``, Ctrl-C) or Ctrl-C in :meth:`result`
+    cancels the job, unless ``cancel_on_exit=False`` was given.
+    """
 
-    return method
+    def __init__(self, client: Client, job: AsyncJob) -> None:
+        """Made by the client (:meth:`Client.submit`, :meth:`Client.attach`)."""
+        self._client = client
+        self._job = job
 
+    @classmethod
+    def attach(
+        cls,
+        client: Client,
+        prompt_id: str,
+        *,
+        workflow: Workflow | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        cancel_on_exit: bool = True,
+    ) -> Job:
+        """A handle on a job submitted elsewhere; see :meth:`AsyncClient.attach`."""
+        return client.attach(
+            prompt_id, workflow=workflow, timeout=timeout, cancel_on_exit=cancel_on_exit
+        )
 
-for _name in (
-    "generate",
-    "run",
-    "workflow",
-    "cancel",
-    "drop_websocket",
-    "system_stats",
-    "features",
-    "object_info",
-    "models",
-    "queue",
-    "queue_position",
-    "delete_from_queue",
-    "clear_queue",
-    "interrupt",
-    "history",
-    "delete_history",
-    "free",
-    "view",
-    "upload_image",
-):
-    setattr(Client, _name, _forward(_name))
+    @property
+    def prompt_id(self) -> str:
+        return self._job.prompt_id
+
+    @property
+    def server(self) -> str:
+        return self._job.server
+
+    @property
+    def cancel_on_exit(self) -> bool:
+        """Whether leaving :meth:`events` or :meth:`result` early cancels the job."""
+        return self._job.cancel_on_exit
+
+    def __repr__(self) -> str:
+        return repr(self._job).replace("<AsyncJob", "<Job", 1)
+
+    def events(self) -> Generator[Event, None, None]:
+        """Yield the job's events, :class:`~comfyfn.Queued` first.
+
+        The same events, final-event rule and errors as :meth:`AsyncJob.events`.
+        """
+        return self._client._iterate(self._job.events())
+
+    def result(self) -> Generation:
+        """Wait for the job and return its :class:`~comfyfn.Generation`; failures raise
+        (the error of a Failed or Stopped end, or what :meth:`events` raises)."""
+        return self._client._run(self._job.result)
+
+    def cancel(self) -> str:
+        """Dequeue the job if it waits, interrupt it if it runs; whoever follows it then sees
+        it end with :class:`~comfyfn.Stopped`. Returns ``"dequeued"``, ``"interrupted"`` or
+        ``"absent"`` (already over)."""
+        return self._client._run(self._job.cancel)

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from comfyfn.client._async import AsyncClient
+from comfyfn.client import AsyncClient, AsyncJob, WorkflowSource
 from comfyfn.errors import ComfyError, GenerationTimeout, TransportError
-from comfyfn.events import Event, Failed, Interrupted, Succeeded
+from comfyfn.events import Event, Failed, FinalEvent, Stopped, Succeeded
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
 from comfyfn.fleet.pool import Pool
 from comfyfn.workflow._workflow import Workflow
@@ -114,14 +114,16 @@ class Fleet:
             except ComfyError:
                 await self._down(url)
 
-    async def workflow(self, source: object, *, give_up_after: float) -> Workflow:
+    async def workflow(
+        self, source: WorkflowSource | Workflow, *, give_up_after: float
+    ) -> Workflow:
         """The workflow converted and typed with the first server that gives its definitions."""
         deadline = time.monotonic() + give_up_after
         while True:
             errors = []
             for url, client in self.clients.items():
                 try:
-                    return await client.workflow(source)  # type: ignore[arg-type]
+                    return await client.workflow(source)
                 except TransportError as exc:
                     errors.append(str(exc))
                     await self._down(url)
@@ -215,46 +217,45 @@ class Fleet:
             ticket.prompt_id, ticket.server = str(uuid.uuid4()), url
             ticket.attempts += 1
             await on_submit(url, ticket.prompt_id)
-        assert ticket.prompt_id is not None
+        prompt_id = ticket.prompt_id
+        assert prompt_id is not None
         started = time.monotonic()
         reattaches = self.settings.reattach
+        job: AsyncJob | None = None
         while True:
             try:
-                end = await self._stream(client, ticket, attach, on_event, validate)
+                if job is None:
+                    job = await self._job(client, ticket, prompt_id, attach, validate)
+                end = await _follow_events(job, on_event)
                 return _outcome(end, url, time.monotonic() - started)
             except TransportError as exc:
                 if reattaches > 0 and await self._answers(client):
-                    log.info("re-attaching %s on %s after: %s", ticket.prompt_id, url, exc)
-                    reattaches, attach = reattaches - 1, True
+                    log.info("re-attaching %s on %s after: %s", prompt_id, url, exc)
+                    reattaches, attach = reattaches - 1, True  # follow the same job again
                     continue
-                return await self._moved(url, ticket.prompt_id, exc)
+                return await self._moved(url, prompt_id, exc)
             except GenerationTimeout as exc:
-                return await self._moved(url, ticket.prompt_id, exc)
+                return await self._moved(url, prompt_id, exc)
             except ComfyError as exc:
                 return Refused(exc, url)
 
-    async def _stream(
-        self,
-        client: AsyncClient,
-        ticket: Ticket,
-        attach: bool,
-        on_event: OnEvent | None,
-        validate: bool,
-    ) -> Event | None:
-        end = None
-        async for event in client.stream_graph(
+    async def _job(
+        self, client: AsyncClient, ticket: Ticket, prompt_id: str, attach: bool, validate: bool
+    ) -> AsyncJob:
+        """Submit the ticket as ``prompt_id``, or (``attach``) follow it where it already is;
+        either way the job is left on the server if we stop following it."""
+        timeout = self.settings.job_timeout
+        if attach:
+            return await client.attach(
+                prompt_id, workflow=ticket.workflow, timeout=timeout, cancel_on_exit=False
+            )
+        return await client.submit_graph(
             ticket.workflow,
-            prompt_id=ticket.prompt_id,
-            attach=attach,
-            timeout=self.settings.job_timeout,
-            validate=validate and not attach,
+            prompt_id=prompt_id,
+            timeout=timeout,
+            validate=validate,
             cancel_on_exit=False,
-        ):
-            if isinstance(event, Succeeded | Failed | Interrupted):
-                end = event
-            elif on_event is not None:
-                await on_event(event)
-        return end
+        )
 
     async def _answers(self, client: AsyncClient) -> bool:
         try:
@@ -296,13 +297,20 @@ class Fleet:
         return True
 
 
-def _outcome(end: Event | None, url: str, seconds: float) -> Outcome:
+async def _follow_events(job: AsyncJob, on_event: OnEvent | None) -> FinalEvent:
+    """Follow ``job`` to its final event, handing the others to ``on_event``."""
+    async with contextlib.aclosing(job.events()) as events:
+        async for event in events:
+            if isinstance(event, Succeeded | Failed | Stopped):
+                return event
+            if on_event is not None:
+                await on_event(event)
+    raise AssertionError("a job's events end with Succeeded, Failed or Stopped")
+
+
+def _outcome(end: FinalEvent, url: str, seconds: float) -> Outcome:
     if isinstance(end, Succeeded):
         return Done(end.generation, url, seconds)
-    if isinstance(end, Interrupted) and end.error.lost:
-        return Lost(end.error, url)
-    if isinstance(end, Interrupted):
-        return Cancelled(end.error, url)
-    if isinstance(end, Failed):
-        return Refused(end.error, url)
-    raise AssertionError("a job stream ends in Succeeded, Failed or Interrupted")
+    if isinstance(end, Stopped):
+        return Lost(end.error, url) if end.error.lost else Cancelled(end.error, url)
+    return Refused(end.error, url)

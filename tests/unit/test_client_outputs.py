@@ -1,0 +1,190 @@
+"""Output images: a damaged ``/view`` body is fetched again, then the job fails clearly.
+
+Through :class:`test_client_protocol.FakeComfy`, which answers with the recorded responses.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import httpx
+import pytest
+from test_client_protocol import (
+    GOOD_PNG,
+    GRAPH,
+    HALF_PNG,
+    SERVER,
+    TYPES,
+    FakeComfy,
+    NoSocket,
+    history_for,
+    spec,
+)
+
+from comfyfn.client._job import follow
+from comfyfn.client._outputs import fetch_images
+from comfyfn.errors import CorruptOutput
+from comfyfn.events import BinaryFrame, Succeeded
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def prompt_id() -> str:
+    return "5d3a3c1e-0000-4000-8000-000000000001"
+
+
+@pytest.fixture
+def fake(prompt_id) -> FakeComfy:
+    return FakeComfy(prompt_id)
+
+
+def _entry(prompt_id: str) -> dict:
+    return history_for(prompt_id, graph=GRAPH)[prompt_id]
+
+
+async def _fetch(fake: FakeComfy, prompt_id: str, *, retries: int = 3, **kw):
+    entry = _entry(prompt_id)
+    return await fetch_images(
+        fake.session(retries=retries), entry, [], TYPES, prompt_id=prompt_id, **kw
+    )
+
+
+async def test_truncated_png_is_fetched_again(fake, prompt_id):
+    fake.set(
+        "GET", "/view", httpx.Response(200, content=HALF_PNG), httpx.Response(200, content=GOOD_PNG)
+    )
+    (image,) = await _fetch(fake, prompt_id)
+    assert image.data == GOOD_PNG
+    assert fake.count("GET", "/view") == 2
+
+
+async def test_always_truncated_png_fails_with_corrupt_output(fake, prompt_id):
+    fake.set("GET", "/view", httpx.Response(200, content=HALF_PNG))
+    with pytest.raises(CorruptOutput) as info:
+        await _fetch(fake, prompt_id, retries=2)
+    err = info.value
+    assert (err.node_id, err.filename, err.prompt_id, err.server) == (
+        "2",
+        "t_00001_.png",
+        prompt_id,
+        SERVER,
+    )
+    assert "is cut short" in err.reason and "fetched 3 times" in err.reason
+    assert str(err).startswith(f"output t_00001_.png from node 2 of job {prompt_id} is unusable")
+    assert fake.count("GET", "/view") == 3
+
+
+async def test_body_shorter_than_content_length_is_fetched_again(fake, prompt_id):
+    short = httpx.Response(
+        200, content=GOOD_PNG, headers={"content-length": str(len(GOOD_PNG) + 10)}
+    )
+    fake.set("GET", "/view", short)
+    with pytest.raises(CorruptOutput, match=r"bytes arrived but Content-Length said"):
+        await _fetch(fake, prompt_id, retries=1)
+    assert fake.count("GET", "/view") == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "what"),
+    [
+        (b"<html><body>Bad Gateway</body></html>", "the body is not an image"),
+        (b"", "the body is empty"),
+        (GOOD_PNG[:-20], "is cut short"),
+    ],
+)
+async def test_non_image_bodies_are_corrupt(fake, prompt_id, body, what):
+    fake.set("GET", "/view", httpx.Response(200, content=body))
+    with pytest.raises(CorruptOutput, match=what):
+        await _fetch(fake, prompt_id, retries=0)
+
+
+async def test_transient_view_error_then_good(fake, prompt_id):
+    fake.set("GET", "/view", httpx.Response(503), httpx.Response(200, content=GOOD_PNG))
+    (image,) = await _fetch(fake, prompt_id)
+    assert image.data == GOOD_PNG
+
+
+async def test_non_image_outputs_are_not_decoded(fake, prompt_id):
+    entry = _entry(prompt_id)
+    entry["outputs"]["2"]["images"][0]["filename"] = "clip_00001_.mp4"
+    fake.set("GET", "/view", httpx.Response(200, content=b"\x00\x00\x00\x18ftypmp42"))
+    (video,) = await fetch_images(fake.session(), entry, [], TYPES, prompt_id=prompt_id)
+    assert video.data.endswith(b"mp42")
+
+
+async def test_expected_size_mismatch_names_both_sizes(fake, prompt_id):
+    with pytest.raises(CorruptOutput) as info:
+        await _fetch(fake, prompt_id, expect_size=(1024, 768))
+    err = info.value
+    assert (err.expected_size, err.actual_size) == ((1024, 768), (64, 64))
+    assert "it is 64x64 but 1024x768 was expected" in str(err)
+    assert fake.count("GET", "/view") == 1  # a decoded image of the wrong size is not re-fetched
+    (image,) = await _fetch(fake, prompt_id, expect_size=(64, 64))
+    assert image.size == (64, 64)
+
+
+async def _follow(session, prompt_id: str, **settings) -> list:
+    job = follow(session, NoSocket("ws://unused"), spec(prompt_id, **settings), None)
+    return [event async for event in job]
+
+
+async def test_expected_size_through_a_whole_job(fake, prompt_id):
+    with pytest.raises(CorruptOutput, match="64x64 but 128x128"):
+        await _follow(fake.session(), prompt_id, expect_size=(128, 128))
+    events = await _follow(FakeComfy(prompt_id).session(), prompt_id, expect_size=(64, 64))
+    assert isinstance(events[-1], Succeeded)
+
+
+async def test_damaged_websocket_frame_is_corrupt(fake, prompt_id):
+    entry = {"outputs": {}, "status": {"messages": []}}
+    types = {"5": "SaveImageWebsocket"}
+    good = BinaryFrame(1, GOOD_PNG, "image/png", "5", prompt_id)
+    (image,) = await fetch_images(
+        fake.session(), entry, [good], types, prompt_id=prompt_id, expect_size=(64, 64)
+    )
+    assert image.type == "websocket"
+    bad = BinaryFrame(1, HALF_PNG, "image/png", "5", prompt_id)
+    with pytest.raises(CorruptOutput, match="the websocket frame is cut short"):
+        await fetch_images(fake.session(), entry, [bad], types, prompt_id=prompt_id)
+
+
+def test_retries_print_nothing_with_logging_unconfigured():
+    script = textwrap.dedent(
+        """
+        import asyncio, io, httpx
+        from PIL import Image
+        from comfyfn.client._http import HttpSession
+        from comfyfn.client._outputs import fetch_images
+
+        buf = io.BytesIO(); Image.new("RGB", (8, 8)).save(buf, format="PNG")
+        good = buf.getvalue()
+        R = httpx.Response
+        answers = {"/queue": [R(503), R(502), R(200, json={})],
+                   "/view": [R(200, content=good[:30]), R(200, content=good)]}
+
+        def handler(request):
+            queue = answers[request.url.path]
+            r = queue.pop(0)
+            return httpx.Response(r.status_code, content=r.content)
+
+        async def main():
+            mock = httpx.MockTransport(handler)
+            s = HttpSession("http://comfy.test", httpx.Timeout(5), transport=mock)
+            print(await s.get_json("/queue"))
+            entry = {"outputs": {"2": {"images": [{"filename": "a.png"}]}}}
+            images = await fetch_images(s, entry, [], {"2": "SaveImage"}, prompt_id="p")
+            print(len(images[0].data) == len(good))
+            await s.aclose()
+
+        asyncio.run(main())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "{}\nTrue\n"
+    assert done.stderr == ""

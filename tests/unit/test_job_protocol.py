@@ -1,0 +1,262 @@
+"""The protocol under a job: the websocket replayed from recordings, the history race, lost
+answers to POST /prompt, retries — each through the real client and a fake ComfyUI.
+
+The websocket is :class:`ReplaySocket` (the private ``AsyncClient._socket_class`` seam): it
+never connects, and says the messages a real ComfyUI 0.3.75 sent (tests/fixtures/comfyui/
+``ws_*.json``), re-keyed to the job, when the fake server accepts the job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from test_client_protocol import (
+    FIXTURES,
+    GRAPH,
+    SERVER,
+    FakeComfy,
+    NoSocket,
+    history_for,
+    js,
+    load_sample,
+    spec,
+)
+
+import comfyfn
+from comfyfn import AsyncClient
+from comfyfn.client._job import JobSettings, JobSpec, follow
+from comfyfn.client._socket import LOST, EventSocket
+from comfyfn.events import NodeFinished, NodeStarted, Started, Stopped
+
+pytestmark = pytest.mark.anyio
+
+FRAME = (FIXTURES / "ws_binary_frame_0.bin").read_bytes()  # a legacy SaveImageWebsocket frame
+
+
+class ReplaySocket(EventSocket):
+    """A websocket that is always up and says what it is told: recorded messages."""
+
+    async def ensure(self) -> bool:
+        return True
+
+    def say(self, recording: str, prompt_id: str, *, until: str | None = None) -> None:
+        """Route the recorded messages (up to the first of type ``until``) as if received."""
+        messages = load_sample(recording)
+        recorded_id = next(m["data"]["prompt_id"] for m in messages if "execution_start" in str(m))
+        for message in messages:
+            if "binary" in message:
+                self._route_frame(FRAME)
+                continue
+            if message["type"] == until:
+                return
+            raw = json.dumps({"type": message["type"], "data": message["data"]})
+            self._route_json(raw.replace(recorded_id, prompt_id))
+
+    def lose(self) -> None:
+        """The connection drops: every job falls back to polling."""
+        for queue in self._subs.values():
+            queue.put_nowait(LOST)
+
+
+@pytest.fixture(autouse=True)
+def replay_socket(monkeypatch):
+    monkeypatch.setattr(AsyncClient, "_socket_class", ReplaySocket)
+
+
+def on_post(fake: FakeComfy, client: AsyncClient, recording: str, **kw) -> None:
+    """When the fake server queues a job, the socket says the recording for it."""
+    answer = fake.post_prompt
+
+    def post_prompt(body: dict) -> httpx.Response:
+        response = answer(body)
+        client._socket.say(recording, body["prompt_id"], **kw)
+        return response
+
+    fake.post_prompt = post_prompt
+
+
+# -- the websocket, replayed ----------------------------------------------------------------
+
+
+async def test_recorded_run_over_the_socket_waits_out_the_history_race():
+    """ComfyUI says execution_success (and executing null) before it writes the history
+    entry: the job waits for the entry instead of reporting no outputs."""
+    fake = FakeComfy(steps=4)  # the entry appears at the 4th GET /history/<id>
+    async with AsyncClient(SERVER, transport=fake.transport()) as c:
+        on_post(fake, c, "ws_simple_run.json")
+        job = await c.submit_graph(GRAPH, validate=False)
+        events = [e async for e in job.events()]
+    assert [type(e).__name__ for e in events] == [
+        "Queued",
+        "Started",
+        "NodeStarted",
+        "NodeStarted",
+        "NodeFinished",
+        "Succeeded",
+    ]
+    assert events[2:4] == [
+        NodeStarted(job.prompt_id, "1", "EmptyImage"),
+        NodeStarted(job.prompt_id, "2", "SaveImage"),
+    ]
+    assert fake.count("GET", f"/history/{job.prompt_id}") == 4  # three empty answers first
+    assert fake.count("GET", "/queue") == 1  # the socket said it all: no polling of /queue
+
+
+async def test_history_that_never_appears_is_no_outputs_not_a_hang():
+    fake = FakeComfy(hold="running")
+    socket = ReplaySocket("ws://unused")
+    job = JobSpec("p-race", GRAPH, {}, JobSettings(client_id="c", history_wait=0.2))
+    subscription = socket.subscribe("p-race")
+    fake.queue_job("p-race", GRAPH, running=True)
+    socket.say("ws_simple_run.json", "p-race")
+    start = time.monotonic()
+    with pytest.raises(comfyfn.NoOutputs, match=r"did not appear within 0\.2s"):
+        async for _event in follow(fake.session(), socket, job, subscription):
+            pass
+    assert time.monotonic() - start < 2.0
+
+
+@pytest.mark.parametrize(
+    ("recording", "history", "final", "error"),
+    [
+        ("ws_execution_error.json", "history_execution_error.json", "Failed", "VAELoader"),
+        ("ws_interrupted.json", "history_interrupted.json", "Stopped", "ImageBlur"),
+    ],
+)
+async def test_recorded_failures_over_the_socket(recording, history, final, error):
+    fake = FakeComfy(finish_with=history)
+    async with AsyncClient(SERVER, transport=fake.transport()) as c:
+        on_post(fake, c, recording)
+        job = await c.submit_graph(GRAPH, validate=False)
+        events = [e async for e in job.events()]
+    assert type(events[-1]).__name__ == final and events[-1].error.class_type == error
+    assert fake.count("GET", f"/history/{job.prompt_id}") == 0  # the socket said how it ended
+
+
+async def test_a_dropped_socket_falls_back_to_polling_and_replays_the_history():
+    fake = FakeComfy()
+    async with AsyncClient(SERVER, transport=fake.transport()) as c:
+        on_post(fake, c, "ws_simple_run.json", until="executing")
+        job = await c.submit_graph(GRAPH, validate=False)
+        events = job.events()
+        seen = [await anext(events), await anext(events)]
+        c._socket.lose()
+        seen += [e async for e in events]
+    assert [type(e).__name__ for e in seen] == ["Queued", "Started", "NodeFinished", "Succeeded"]
+    assert seen[2] == NodeFinished(job.prompt_id, "2", seen[2].output, "SaveImage")
+
+
+async def test_save_image_websocket_frames_are_the_images():
+    graph = {
+        "1": GRAPH["1"],
+        "2": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}},
+    }
+    fake = FakeComfy()
+    entry = history_for("ws-frames", graph=graph)
+    entry["ws-frames"]["outputs"] = {}  # ComfyUI records no outputs for this node
+    fake.set("GET", "/history/ws-frames", js(entry))
+    async with AsyncClient(SERVER, transport=fake.transport()) as c:
+        on_post(fake, c, "ws_saveimagewebsocket.json")
+        job = await c.submit_graph(graph, validate=False, prompt_id="ws-frames")
+        generation = await job.result()
+    assert [(i.type, i.node_id, i.data) for i in generation.images] == [
+        ("websocket", "2", FRAME[8:]),
+        ("websocket", "2", FRAME[8:]),
+    ]
+    assert fake.count("GET", "/view") == 0
+
+
+async def test_a_deleted_job_is_noticed_after_the_check_interval():
+    fake = FakeComfy(hold="pending")
+    async with AsyncClient(SERVER, transport=fake.transport(), check_interval=0.1) as c:
+        job = await c.submit_graph(GRAPH, validate=False)
+        fake.pending.clear()  # deleted by someone else: the socket says nothing
+        events = [e async for e in job.events()]
+    assert isinstance(events[-1], Stopped) and events[-1].error.lost
+
+
+# -- lost answers to POST /prompt -----------------------------------------------------------
+
+
+class Lossy(httpx.AsyncBaseTransport):
+    """In front of the fake: loses the next POST /prompt requests, or their answers."""
+
+    def __init__(self, fake: FakeComfy, *, requests: int = 0, answers: int = 0) -> None:
+        self.fake, self.requests, self.answers = fake, requests, answers
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/prompt" and self.requests:
+            self.requests -= 1
+            raise httpx.ReadError("connection reset before the server read it", request=request)
+        response = self.fake(request)
+        if request.url.path == "/prompt" and self.answers:
+            self.answers -= 1
+            raise httpx.ReadError("connection reset before the answer came", request=request)
+        return response
+
+
+async def test_a_lost_answer_is_looked_up_not_posted_again(monkeypatch):
+    monkeypatch.setattr(AsyncClient, "_socket_class", NoSocket)
+    fake = FakeComfy()
+    async with AsyncClient(SERVER, transport=Lossy(fake, answers=1)) as c:
+        generation = await (await c.submit_graph(GRAPH, validate=False)).result()
+    assert fake.count("POST", "/prompt") == 1  # found in /queue after the lost answer
+    assert generation.images and len(fake.history) == 1
+
+
+async def test_a_lost_request_is_posted_again_once(monkeypatch):
+    monkeypatch.setattr(AsyncClient, "_socket_class", NoSocket)
+    fake = FakeComfy()
+    lossy = Lossy(fake, requests=1)
+    async with AsyncClient(SERVER, transport=lossy) as c:
+        generation = await (await c.submit_graph(GRAPH, validate=False)).result()
+    assert fake.count("POST", "/prompt") == 1 and lossy.requests == 0  # 2 sent, 1 arrived
+    assert generation.images and len(fake.history) == 1
+
+
+async def test_persistent_loss_is_a_clear_error_and_nothing_runs():
+    fake = FakeComfy()
+    async with AsyncClient(SERVER, transport=Lossy(fake, requests=100), retries=2) as c:
+        with pytest.raises(comfyfn.TransportError, match=r"POST /prompt to .* kept failing"):
+            await c.submit_graph(GRAPH, validate=False)
+    assert fake.count("POST", "/prompt") == 0 and fake.pending == fake.running == []
+
+
+# -- retries --------------------------------------------------------------------------------
+
+
+async def test_transient_answers_are_retried_and_the_job_runs_once(monkeypatch):
+    monkeypatch.setattr(AsyncClient, "_socket_class", NoSocket)
+    fake = FakeComfy()
+    fake.set("GET", "/queue", httpx.Response(503), js({"queue_running": [], "queue_pending": []}))
+    async with AsyncClient(SERVER, transport=fake.transport()) as c:
+        job = await c.submit_graph(GRAPH, validate=False)
+        fake.set(
+            "GET",
+            f"/history/{job.prompt_id}",
+            httpx.Response(502),
+            js(history_for(job.prompt_id, graph=GRAPH)),
+        )
+        generation = await job.result()
+    assert generation.prompt_id == job.prompt_id
+    assert fake.count("GET", "/queue") >= 2 and fake.count("POST", "/prompt") == 1
+
+
+async def test_a_started_job_over_a_silent_socket_is_probed(monkeypatch):
+    fake = FakeComfy(hold="running")
+    async with AsyncClient(SERVER, transport=fake.transport(), check_interval=0.05) as c:
+        job = await c.submit_graph(GRAPH, validate=False)
+        events = job.events()
+        assert (await anext(events)).position == 0
+        assert isinstance(await anext(events), Started)  # learnt from /queue, not the socket
+        await events.aclose()
+    assert fake.posted("/interrupt") == [{"prompt_id": job.prompt_id}]
+
+
+def test_spec_deadline_counts_from_submission():
+    job = spec("p", timeout=5.0)
+    assert job.deadline == pytest.approx(job.since + 5.0)
+    assert spec("p").deadline is None
