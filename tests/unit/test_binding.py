@@ -15,6 +15,7 @@ from comfyfn.workflow import zimage_turbo
 from comfyfn.workflow._binding import ComfyWarning, bind, parse_size
 from comfyfn.workflow._graph import is_link, load_api_graph
 from comfyfn.workflow._meaning import find_slots
+from comfyfn.workflow._sizes import decoded_size, input_value
 
 
 def shuffle_ids(graph, seed):
@@ -218,3 +219,63 @@ def test_binding_changes_only_the_bound_inputs(shuffle, prompt, seed, side, step
     for name, value in params.items():
         node, inp = bound.slots.params[name]
         assert bound.graph[node]["inputs"][inp] == value
+
+
+def selector_graph(**selector):
+    """Z-Image-Turbo whose latent size comes from a ResolutionSelector, which also sizes an
+    EmptyImage."""
+    graph = zimage_turbo().to_api()
+    graph["50"] = {
+        "class_type": "ResolutionSelector",
+        "inputs": {"aspect_ratio": "1:1 (Square)", "megapixels": 1.0, "multiple": 8, **selector},
+        "_meta": {"title": "Size picker"},
+    }
+    graph["13"]["inputs"].update(width=["50", 0], height=["50", 1])
+    graph["51"] = {
+        "class_type": "EmptyImage",
+        "inputs": {"width": ["50", 0], "height": ["50", 1], "batch_size": 1, "color": 0},
+    }
+    return graph
+
+
+@pytest.mark.parametrize(
+    ("ratio", "megapixels", "multiple", "size"),
+    [
+        ("1:1 (Square)", 1.0, 8, (1024, 1024)),
+        ("16:9 (Widescreen)", 1.0, 8, (1368, 768)),
+        ("2:3 (Portrait Photo)", 1.0, 8, (840, 1256)),
+        ("21:9 (Ultrawide)", 2.0, 64, (2240, 960)),
+        ("3:4 (Portrait Standard)", 0.5, 16, (624, 832)),
+    ],
+)
+def test_a_resolution_selector_size_is_known_without_running(ratio, megapixels, multiple, size):
+    graph = selector_graph(aspect_ratio=ratio, megapixels=megapixels, multiple=multiple)
+    slots = find_slots(graph)
+    assert (slots.params["width"], slots.params["height"]) == (("13", "width"), ("13", "height"))
+    assert decoded_size(graph) == size
+    assert (input_value(graph, "13", "width"), input_value(graph, "13", "height")) == size
+
+
+def test_an_unknowable_size_is_none():
+    graph = selector_graph(megapixels=["99", 0])  # linked: known only when it runs
+    assert input_value(graph, "13", "width") is None and decoded_size(graph) is None
+    graph = selector_graph()
+    graph["50"]["class_type"] = "SomeOtherSizer"
+    assert input_value(graph, "13", "width") is None
+    assert "width" in find_slots(graph).params  # still bindable by meaning
+
+
+def test_binding_a_computed_size_replaces_its_links_everywhere():
+    graph = selector_graph()
+    bound = bind(graph, width=320, height=192)
+    assert bound.graph["13"]["inputs"] == {"width": 320, "height": 192, "batch_size": 1}
+    assert (
+        bound.graph["51"]["inputs"]["width"] == 320 and bound.graph["51"]["inputs"]["height"] == 192
+    )
+    assert bound.graph["50"] == graph["50"]  # the selector itself is left as it was
+    assert (bound.values["width"], bound.values["height"]) == (320, 192)
+    assert decoded_size(bound.graph) == (320, 192)
+    only_width = bind(graph, width=512).graph
+    assert only_width["13"]["inputs"]["height"] == ["50", 1]
+    by_path = bind(graph, **{"Size picker.aspect_ratio": "16:9 (Widescreen)"})
+    assert (by_path.values["width"], by_path.values["height"]) == (1368, 768)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from comfyfn.errors import WorkflowInvalid
-from comfyfn.workflow._definitions import bundled_object_info
+from comfyfn.workflow import bundled_object_info
 from comfyfn.workflow._uiformat import ui_to_api
 
 INFO = bundled_object_info()
@@ -227,8 +227,8 @@ def nested():
                 20,
                 "B",
                 inputs=[
-                    {"name": "width", "type": "INT", "link": 21},
-                    {"name": "height", "type": "INT", "link": None},
+                    {"name": "width", "type": "INT", "link": 21, "widget": {"name": "width"}},
+                    {"name": "height", "type": "INT", "link": None, "widget": {"name": "height"}},
                 ],
                 outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [22]}],
             )
@@ -345,3 +345,76 @@ def test_list_widget_values_are_wrapped_not_mistaken_for_links():
         "links": [],
     }
     assert ui_to_api(ui, INFO)["1"]["inputs"]["width"] == {"__value__": ["5", 0]}
+
+
+def promoted(instance_values=None, named=None):
+    """A subgraph with inputs image (socket), width and height (feeding EmptyImage's widgets;
+    width also feeds PreviewAny.source, a socket) and seed_text (feeding a socket only);
+    its instance shows only ``height`` as an input, as real files do."""
+
+    def sub_link(lid, slot, target, target_slot, kind):
+        return {
+            "id": lid,
+            "origin_id": -10,
+            "origin_slot": slot,
+            "target_id": target,
+            "target_slot": target_slot,
+            "type": kind,
+        }
+
+    sub = {
+        "id": "S",
+        "inputs": [
+            {"name": "image", "type": "IMAGE"},
+            {"name": "width", "type": "INT"},
+            {"name": "seed_text", "type": "STRING"},
+            {"name": "height", "type": "INT"},
+        ],
+        "outputs": [],
+        "nodes": [
+            _node(
+                3,
+                "EmptyImage",
+                inputs=[
+                    {"name": "width", "type": "INT", "link": 31, "widget": {"name": "width"}},
+                    {"name": "height", "type": "INT", "link": 32, "widget": {"name": "height"}},
+                ],
+                outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [34]}],
+                widgets=[16, 24, 1, 0],
+            ),
+            _node(4, "PreviewAny", inputs=[{"name": "source", "type": "*", "link": 33}]),
+            _node(5, "PreviewImage", inputs=[{"name": "images", "type": "IMAGE", "link": 34}]),
+            _node(6, "PreviewAny", inputs=[{"name": "source", "type": "*", "link": 35}]),
+        ],
+        "links": [
+            sub_link(31, 1, 3, 0, "INT"),
+            sub_link(32, 3, 3, 1, "INT"),
+            sub_link(33, 1, 4, 0, "INT"),
+            {"id": 34, "origin_id": 3, "origin_slot": 0, "target_id": 5, "target_slot": 0},
+            sub_link(35, 2, 6, 0, "STRING"),
+        ],
+    }
+    instance = _node(
+        10,
+        "S",
+        inputs=[{"name": "height", "type": "INT", "link": None, "widget": {"name": "height"}}],
+        widgets=instance_values,
+    )
+    if named is not None:
+        instance["widgets_values_named"] = named
+    return {"nodes": [instance], "links": [], "definitions": {"subgraphs": [sub]}}
+
+
+def test_instance_values_map_onto_the_subgraph_inputs_that_feed_widgets():
+    api = ui_to_api(promoted([80, 96]), INFO)  # width, height (seed_text feeds no widget)
+    assert api["10:3"]["inputs"] == {"width": 80, "height": 96, "batch_size": 1, "color": 0}
+    assert api["10:4"]["inputs"] == {"source": 80}  # a socket gets what the widget shows
+    assert "source" not in api["10:6"]["inputs"]  # nothing shows seed_text: left unfed
+    named = ui_to_api(promoted([1, 2], named={"width": 112, "height": 64}), INFO)
+    assert named["10:3"]["inputs"]["width"] == 112 and named["10:4"]["inputs"]["source"] == 112
+
+
+def test_a_socket_fed_by_an_unfed_subgraph_input_gets_the_inner_widget_value():
+    api = ui_to_api(promoted(), INFO)  # the instance stores nothing: inner values stand
+    assert api["10:3"]["inputs"]["width"] == 16
+    assert api["10:4"]["inputs"] == {"source": 16}

@@ -7,8 +7,7 @@ import copy
 import pytest
 
 from comfyfn.errors import WorkflowInvalid
-from comfyfn.workflow import zimage_turbo
-from comfyfn.workflow._definitions import bundled_object_info
+from comfyfn.workflow import bundled_object_info, zimage_turbo
 from comfyfn.workflow._validation import check, problems
 
 INFO = bundled_object_info()
@@ -108,3 +107,42 @@ def test_check_raises_with_every_problem():
         check(g, SERVER_INFO, server="http://gpu:8188")
     assert len(info.value.problems) == 2
     assert str(info.value).startswith("the workflow is invalid for http://gpu:8188")
+
+
+def test_workflow_validate_checks_files_only_against_a_server():
+    wf = zimage_turbo().bind(model="z_image_turbo_fp8.safetensors")
+    wf.validate()  # the bundled definitions cannot know what files a server has
+    with pytest.raises(WorkflowInvalid, match="is not on the server; put it in models/"):
+        wf.validate(SERVER_INFO)
+    wf.validate(SERVER_INFO, check_files=False)
+
+
+def test_files_are_known_by_input_name_upload_flag_or_file_name():
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "cat.png"}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "3": {
+            "class_type": "LTXAVTextEncoderLoader",
+            "inputs": {
+                "text_encoder": "gemma.safetensors",
+                "ckpt_name": "ltx.safetensors",
+                "device": "default",
+            },
+        },
+        "4": {"class_type": "KlingImageGenerationNode", "inputs": {"model_name": "kling-v9"}},
+        "5": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
+    }
+    found = problems(graph, INFO, check_files=False)
+    assert [str(p) for p in found if p.node_id != "4"] == []  # files: not checked offline
+    kling = [p.message for p in found if p.input_name == "model_name"]
+    assert "model_name 'kling-v9' is not one of ['kling-v3', 'kling-v2', 'kling-v1-5']" in kling
+    online = {(p.node_id, p.input_name): p.message for p in problems(graph, INFO)}
+    assert "not among the server's input files" in online[("1", "image")]
+    assert online[("3", "text_encoder")].startswith(
+        "text_encoder 'gemma.safetensors' is not on the server; put it in models/text_encoders/"
+    )
+    assert online[("3", "ckpt_name")] == (
+        "ckpt_name 'ltx.safetensors' is not on the server; put it in models/checkpoints/ "
+        "(the server has: none)"
+    )

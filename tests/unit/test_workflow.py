@@ -11,7 +11,7 @@ from tests_png import tiny_png
 from comfyfn import Workflow
 from comfyfn.errors import WorkflowInvalid
 from comfyfn.provenance import add_text_chunks
-from comfyfn.workflow import builtin, zimage, zimage_turbo
+from comfyfn.workflow import builtin, bundled_object_info, zimage, zimage_turbo
 from comfyfn.workflow._signature import signature_for
 
 
@@ -97,3 +97,64 @@ def test_function_signature_lists_parameters():
     assert sig.parameters["width"].annotation is int
     assert "steps (INT 1..10000): sampling steps [3.steps]" in fn.__doc__
     assert fn.__name__ == "zimage_turbo"
+
+
+ZIMAGE_TEMPLATES = [
+    "image_z_image_turbo.json",
+    "image_z_image.json",
+    "image_z_image_int8.json",
+    "image_z_image_turbo_int8.json",
+]
+
+
+@pytest.mark.parametrize("name", ZIMAGE_TEMPLATES)
+def test_the_zimage_templates_convert_validate_and_have_their_parameters(templates, name):
+    wf = Workflow.load(templates(name), object_info=bundled_object_info("0.28.0"))
+    wf.validate()  # bundled definitions: model files are not checked
+    names = [p.name for p in wf.params]
+    expected = ["prompt", "seed", "width", "height", "steps", "cfg", "model", "text_encoder"]
+    assert [n for n in names if n in expected] == expected
+    assert ("negative" in names) == ("turbo" not in name)  # the turbo ones zero the negative
+    assert wf.expected_size == (1024, 1024)
+
+
+def test_zimage_base_binds_width_and_height_over_its_resolution_selector(templates):
+    wf = Workflow.load(templates("image_z_image.json"))  # the newest bundled definitions
+    params = {p.name: p for p in wf.params}
+    assert {"prompt", "negative", "seed", "steps", "cfg", "width", "height"} <= set(params)
+    width = params["width"]
+    assert (width.path, width.class_type, width.default, width.step) == (
+        "76:68.width",
+        "EmptySD3LatentImage",
+        1024,  # what ResolutionSelector computes for 1:1 at 1 MP
+        16,
+    )
+    assert wf.graph["76:68"]["inputs"]["width"] == ["94", 0]
+    bound = wf.bind(prompt="猫", seed=5, width=320, height=192)
+    api = bound.to_api()
+    assert api["76:68"]["inputs"] == {"width": 320, "height": 192, "batch_size": 1}
+    assert bound.expected_size == (320, 192)
+    assert bound.provenance()["width"] == 320 and "94" in bound.dead_nodes
+    bound.validate()
+    assert api["95"]["inputs"]["format"] == "png"  # SaveImageAdvanced keeps its options
+    by_path = {"94.aspect_ratio": "16:9 (Widescreen)", "Resolution Selector.megapixels": 1.0}
+    wide = wf.bind(**by_path)
+    assert wide.expected_size == (1368, 768)
+    assert {p.name: p.default for p in wide.params}["width"] == 1368
+    with pytest.raises(WorkflowInvalid, match="width 1000 is not a multiple of 16"):
+        wf.bind(width=1000)
+
+
+def test_offline_definitions_default_to_the_newest_bundle():
+    wf = zimage_turbo()
+    assert wf.definitions is bundled_object_info("0.28.0")
+    assert "SaveImageAdvanced" in wf.definitions
+
+
+def test_paths_may_have_dots_in_the_title_or_the_input():
+    api = zimage_turbo().to_api()
+    api["3"]["_meta"]["title"] = "Sampler v1.5"
+    wf = Workflow.load(api)
+    assert wf.bind(**{"Sampler v1.5.steps": 4}).graph["3"]["inputs"]["steps"] == 4
+    with pytest.raises(WorkflowInvalid, match=r"has no input 'step\.count'"):
+        wf.bind(**{"Sampler v1.5.step.count": 4})

@@ -1,6 +1,7 @@
 """Workflows as values — pure, no I/O: loading (API or UI format, subgraphs, PNGs),
 parameters found by meaning, binding, validation against node definitions, and the
-built-in Z-Image graphs.
+built-in Z-Image graphs; the node definitions of ComfyUI 0.3.75 and 0.28.0 are bundled for
+offline use (``bundled_object_info(server_version)``).
 
 ::
 
@@ -11,16 +12,20 @@ built-in Z-Image graphs.
 
 from comfyfn.workflow._binding import PARAMETERS, ComfyWarning
 from comfyfn.workflow._builtin import BUILTIN, builtin, zimage, zimage_turbo
+from comfyfn.workflow._bundled import BUNDLED_VERSIONS, bundled_object_info, bundled_version
 from comfyfn.workflow._params import Param
 from comfyfn.workflow._workflow import Workflow
 
 __all__ = [
     "BUILTIN",
+    "BUNDLED_VERSIONS",
     "PARAMETERS",
     "ComfyWarning",
     "Param",
     "Workflow",
     "builtin",
+    "bundled_object_info",
+    "bundled_version",
     "zimage",
     "zimage_turbo",
 ]

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from comfyfn.errors import NodeProblem, WorkflowInvalid
-from comfyfn.workflow._definitions import bundled_object_info, input_spec
-from comfyfn.workflow._graph import ApiGraph, new_node_id, set_input
+from comfyfn.workflow._bundled import bundled_object_info
+from comfyfn.workflow._definitions import input_spec
+from comfyfn.workflow._graph import ApiGraph, is_link, new_node_id, set_input
 from comfyfn.workflow._meaning import MEANINGS, Slot, Slots, find_slots
+from comfyfn.workflow._paths import choose_option, dynamic_combo, path_slot
+from comfyfn.workflow._sizes import input_value
 
 __all__ = ["PARAMETERS", "BoundGraph", "ComfyWarning", "bind", "parse_size", "random_seed"]
 
@@ -119,47 +122,6 @@ def _check(
     return problems
 
 
-def path_slot(graph: ApiGraph, path: str) -> Slot:
-    """``"node_id.input"`` or ``"Title.input"`` → the slot; unknown or ambiguous is an error."""
-    head, sep, input_name = path.rpartition(".")
-    if not sep or not head:
-        raise WorkflowInvalid(
-            [NodeProblem(None, None, path, f"unknown parameter {path!r}")],
-            summary=f"unknown parameter; named ones: {', '.join(MEANINGS)}",
-        )
-    if head in graph:
-        node_ids = [head]
-    else:
-        node_ids = [
-            n for n, node in graph.items() if (node.get("_meta") or {}).get("title") == head
-        ]
-    if len(node_ids) != 1:
-        what = (
-            "no node has that id or title"
-            if not node_ids
-            else ("several nodes have that title: " + ", ".join(node_ids))
-        )
-        raise WorkflowInvalid(
-            [NodeProblem(None, None, path, f"{path!r}: {what}")],
-            summary="cannot find the node to bind",
-        )
-    node_id = node_ids[0]
-    if input_name not in graph[node_id].get("inputs", {}):
-        known = ", ".join(graph[node_id].get("inputs", {}))
-        raise WorkflowInvalid(
-            [
-                NodeProblem(
-                    node_id,
-                    graph[node_id].get("class_type"),
-                    input_name,
-                    f"has no input {input_name!r} (inputs: {known})",
-                )
-            ],
-            summary="cannot find the input to bind",
-        )
-    return (node_id, input_name)
-
-
 def _use_real_negative(graph: ApiGraph, sampler: str, prompt_node: str, text: str) -> Slot:
     """Replace a ConditioningZeroOut negative by a text encoder sharing the prompt's CLIP."""
     node_id = new_node_id(graph)
@@ -186,16 +148,18 @@ def bind(
     or several places for, is an error naming it.
     """
     graph = copy.deepcopy(graph)
+    definitions = definitions if definitions is not None else bundled_object_info()
     slots = find_slots(graph)
     named = {k: v for k, v in params.items() if k in MEANINGS}
-    paths = {k: v for k, v in params.items() if k not in MEANINGS}
+    paths = {k: v for k, v in params.items() if k not in MEANINGS and v is not None}
     if "seed" in named and named["seed"] is None and "seed" in slots.params:
         named["seed"] = random_seed()
     given = {k: v for k, v in named.items() if v is not None}
     negative = given.pop("negative", None)
     where: dict[str, Slot] = {name: slots.resolve(name, graph) for name in given}
+    problems = _choose_options(graph, definitions, paths, where)
     for path, value in paths.items():
-        if value is not None:
+        if path not in where:
             where[path] = path_slot(graph, path)
             given[path] = value
 
@@ -223,19 +187,46 @@ def bind(
             where["negative"] = slots.resolve("negative", graph)
             given["negative"] = negative
     named = {k: v for k, v in given.items() if k in MEANINGS}
-    problems = _check(graph, where, named, definitions or bundled_object_info())
+    problems += _check(graph, where, named, definitions)
     if problems:
         raise WorkflowInvalid(problems, summary="invalid parameters")
     for name, value in given.items():
-        set_input(graph, *where[name], value)
-    values = {name: _current(graph, slots, name) for name in slots.params}
+        _write(graph, where[name], value, everywhere=name in ("width", "height"))
+    values = {name: input_value(graph, *slot) for name, slot in slots.params.items()}
     _warn_unusual_size(values)
     return BoundGraph(graph, values, slots, where)
 
 
-def _current(graph: ApiGraph, slots: Slots, name: str) -> Any:
-    node_id, input_name = slots.params[name]
-    return graph[node_id]["inputs"].get(input_name)
+def _choose_options(
+    graph: ApiGraph,
+    definitions: Mapping[str, Any],
+    paths: Mapping[str, Any],
+    where: dict[str, Slot],
+) -> list[NodeProblem]:
+    """Set the dynamic combos among ``paths`` first (their options decide which inputs the
+    other paths may name); each set one goes into ``where``."""
+    problems = []
+    for path, value in paths.items():
+        slot = path_slot(graph, path)
+        if dynamic_combo(graph, definitions, slot) is None:
+            continue
+        where[path] = slot
+        if (problem := choose_option(graph, definitions, slot, value)) is not None:
+            problems.append(problem)
+    return problems
+
+
+def _write(graph: ApiGraph, slot: Slot, value: Any, *, everywhere: bool) -> None:
+    """Set ``slot``; with ``everywhere``, a size a node computes (a resolution node's output)
+    is replaced by ``value`` in every input it feeds, so the whole graph has that size."""
+    current = graph[slot[0]].get("inputs", {}).get(slot[1])
+    if everywhere and is_link(current):
+        for node in graph.values():
+            inputs = node.get("inputs") or {}
+            for name, linked in inputs.items():
+                if is_link(linked) and [str(linked[0]), linked[1]] == [str(current[0]), current[1]]:
+                    inputs[name] = value
+    set_input(graph, *slot, value)
 
 
 def _warn_unusual_size(values: Mapping[str, Any]) -> None:

@@ -1,16 +1,41 @@
-"""Node definitions (``/object_info``): reading input specs, and the bundled 0.3.75 snapshot."""
+"""Node definitions (``/object_info``): reading input specs, ComfyUI's V3 dynamic inputs included.
+
+A node's inputs are those its definition declares (``required`` then ``optional``, in
+``input_order``), with the V3 dynamic types expanded as the server expands them:
+
+- ``COMFY_DYNAMICCOMBO_V3``: a combo whose chosen option adds its own inputs, named
+  ``<combo>.<input>`` (nested: ``a.b.c``) and following it; in API format
+  ``"format": "png", "format.bit_depth": "8-bit"``.
+- ``COMFY_AUTOGROW_V3``: a group of like sockets ``<group>.<name>``, named by a prefix
+  (``images.image0``, ``images.image1``...) or a list (``values.a``...); the first ``min``
+  are required when the template input is.
+- ``COMFY_MATCHTYPE_V3``: a socket taking any of the template's ``allowed_types``; an
+  output with the same template id has the type linked into it.
+"""
 
 from __future__ import annotations
 
-import gzip
-import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
-__all__ = ["MODEL_FOLDERS", "InputSpec", "bundled_object_info", "input_spec", "output_types"]
+__all__ = [
+    "AUTOGROW",
+    "CAPTURED_WIDGETS",
+    "DYNAMIC_COMBO",
+    "MATCH_TYPE",
+    "MODEL_FOLDERS",
+    "InputSpec",
+    "declared_inputs",
+    "expand",
+    "input_spec",
+    "node_inputs",
+    "output_types",
+]
+
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+AUTOGROW = "COMFY_AUTOGROW_V3"
+MATCH_TYPE = "COMFY_MATCHTYPE_V3"
 
 #: Input name → the models/ folder its files live in (for "put it in models/..." messages).
 MODEL_FOLDERS: Mapping[str, str] = {
@@ -21,6 +46,7 @@ MODEL_FOLDERS: Mapping[str, str] = {
     "clip_name2": "text_encoders",
     "clip_name3": "text_encoders",
     "clip_name4": "text_encoders",
+    "text_encoder": "text_encoders",
     "vae_name": "vae",
     "lora_name": "loras",
     "control_net_name": "controlnet",
@@ -28,12 +54,25 @@ MODEL_FOLDERS: Mapping[str, str] = {
     "upscale_model_name": "upscale_models",
     "model_name": "upscale_models",
     "name": "model_patches",
+    "audio_encoder_name": "audio_encoders",
+    "bg_removal_name": "background_removal",
 }
+_MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx")
+
+_VALUE_WIDGETS = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", DYNAMIC_COMBO})
+#: Widgets the ComfyUI frontend draws with editors of its own (colours, boxes, curves...).
+_FRONTEND_WIDGETS = frozenset(
+    {"COLOR", "COLORS", "BOUNDING_BOX", "BOUNDING_BOXES", "CURVE", "IMAGECOMPARE"}
+)
+#: Widgets whose value only a browser can make: a 3D viewport capture, a webcam shot, a
+#: recording. A workflow file holds no such value; ComfyUI's own "Export (API)" makes it.
+CAPTURED_WIDGETS = frozenset({"LOAD_3D", "WEBCAM", "AUDIO_RECORD"})
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One declared input: its type (``COMBO`` for a list of choices) and options."""
+    """One input: its type (``COMBO`` for a list of choices) and options. ``name`` is the
+    full input name, ``format.bit_depth`` for an input a dynamic combo adds."""
 
     name: str
     type: str
@@ -43,50 +82,159 @@ class InputSpec:
 
     @property
     def is_widget(self) -> bool:
-        return not self.options.get("forceInput") and self.type in (
-            "INT",
-            "FLOAT",
-            "STRING",
-            "BOOLEAN",
-            "COMBO",
+        """A value the node stores (and the frontend shows), not only a socket."""
+        if self.options.get("forceInput"):
+            return False
+        return (
+            self.type in _VALUE_WIDGETS
+            or self.type in _FRONTEND_WIDGETS
+            or self.type in CAPTURED_WIDGETS
+            or "widgetType" in self.options
         )
 
     @property
+    def needs_capture(self) -> bool:
+        """A value only the frontend can make, without which the node fails (a 3D node's
+        ``viewport_state`` is the exception: the server does without it)."""
+        return self.type in CAPTURED_WIDGETS and self.name.rpartition(".")[2] != "viewport_state"
+
+    @property
+    def is_combo(self) -> bool:
+        return self.type in ("COMBO", DYNAMIC_COMBO)
+
+    @property
+    def accepts(self) -> str:
+        """The types a link into this input may carry (``"*"``: any)."""
+        if self.type == MATCH_TYPE:
+            return str((self.options.get("template") or {}).get("allowed_types") or "*")
+        return self.type
+
+    @property
+    def match_group(self) -> str | None:
+        """The template id of a ``COMFY_MATCHTYPE_V3`` input."""
+        template = self.options.get("template") or {}
+        return str(template.get("template_id")) if self.type == MATCH_TYPE else None
+
+    @property
     def folder(self) -> str | None:
-        return MODEL_FOLDERS.get(self.name) if self.type == "COMBO" else None
+        """The models/ folder of a combo of model files, known by the input's name (unless
+        its choices are plainly not files, as for an API node's ``model_name``)."""
+        folder = MODEL_FOLDERS.get(self.name.rpartition(".")[2]) if self.type == "COMBO" else None
+        if folder and self.choices and not any(map(_is_model_file_name, self.choices)):
+            return None
+        return folder
+
+    def is_model_file(self, value: Any) -> bool:
+        """A combo of model files (by its name, or a choice or value that is one)."""
+        if self.type != "COMBO":
+            return False
+        return self.folder is not None or any(
+            map(_is_model_file_name, (value, *(self.choices or ())))
+        )
+
+    @property
+    def is_input_file(self) -> bool:
+        """A combo of the server's input files (images, videos, audio with an upload button)."""
+        return self.type == "COMBO" and any(
+            k.endswith("upload") and v for k, v in self.options.items()
+        )
+
+    def option_inputs(self, key: Any) -> list[InputSpec]:
+        """The inputs a dynamic combo's option ``key`` adds, named ``<combo>.<input>``."""
+        for option in self.options.get("options") or ():
+            if isinstance(option, Mapping) and option.get("key") == key:
+                return _group_specs(option.get("inputs") or {}, f"{self.name}.")
+        return []
 
 
-def input_spec(object_info: Mapping[str, Any], class_type: str, name: str) -> InputSpec | None:
-    definition = object_info.get(class_type) or {}
+def _is_model_file_name(value: Any) -> bool:
+    return isinstance(value, str) and value.lower().endswith(_MODEL_SUFFIXES)
+
+
+def parse_spec(name: str, raw: Any, required: bool) -> InputSpec:
+    kind = raw[0] if isinstance(raw, list | tuple) and raw else raw
+    opts = raw[1] if isinstance(raw, list | tuple) and len(raw) > 1 else {}
+    opts = opts if isinstance(opts, Mapping) else {}
+    if isinstance(kind, list | tuple):
+        return InputSpec(name, "COMBO", required, opts, tuple(kind))
+    if kind == "COMBO":
+        return InputSpec(name, "COMBO", required, opts, tuple(opts.get("options") or ()))
+    if kind == DYNAMIC_COMBO:
+        keys = tuple(o.get("key") for o in opts.get("options") or () if isinstance(o, Mapping))
+        return InputSpec(name, DYNAMIC_COMBO, required, opts, keys)
+    return InputSpec(name, str(kind), required, opts)
+
+
+def _group_specs(groups: Mapping[str, Any], prefix: str = "", order: Any = None) -> list[InputSpec]:
+    """The ``required`` then ``optional`` inputs of ``groups``, in ``order`` where it says."""
+    specs: list[InputSpec] = []
     for group in ("required", "optional"):
-        spec = (definition.get("input", {}).get(group) or {}).get(name)
-        if spec is None:
+        declared = groups.get(group) or {}
+        named = [n for n in ((order or {}).get(group) or ()) if n in declared]
+        for name in named + [n for n in declared if n not in named]:
+            specs.append(parse_spec(prefix + name, declared[name], group == "required"))
+    return specs
+
+
+def declared_inputs(definition: Mapping[str, Any]) -> list[InputSpec]:
+    """The inputs a definition declares at top level, in the frontend's widget order."""
+    return _group_specs(definition.get("input") or {}, "", definition.get("input_order"))
+
+
+def _autogrow(spec: InputSpec) -> Iterator[InputSpec]:
+    """Every input an autogrow group may have: ``<group>.<name>``, the first ``min`` required."""
+    template = spec.options.get("template") or {}
+    groups = template.get("input") or {}
+    group, raw = next(
+        ((g, next(iter(d.items()))) for g in ("required", "optional") if (d := groups.get(g))),
+        (None, None),
+    )
+    if group is None or raw is None:
+        return
+    if "names" in template:
+        names = [str(n) for n in template.get("names") or ()]
+    else:
+        names = [f"{template.get('prefix', '')}{i}" for i in range(int(template.get("max", 1)))]
+    least = int(template.get("min", 0))
+    for i, name in enumerate(names):
+        required = group == "required" and i < least
+        yield parse_spec(f"{spec.name}.{name}", raw[1], required)
+
+
+def expand(specs: Iterable[InputSpec], values: Mapping[str, Any]) -> Iterator[InputSpec]:
+    """``specs`` with their dynamic inputs expanded, depth first, in widget order.
+
+    An autogrow group becomes every input it may have; a dynamic combo is followed by the
+    inputs of the option ``values[combo]`` names. That value is read after the combo is
+    yielded, so a caller may fill ``values`` as it goes (as the frontend lays out widgets).
+    """
+    for spec in specs:
+        if spec.type == AUTOGROW:
+            yield from _autogrow(spec)
             continue
-        kind = spec[0] if isinstance(spec, list | tuple) and spec else spec
-        opts = spec[1] if isinstance(spec, list | tuple) and len(spec) > 1 else {}
-        opts = opts if isinstance(opts, Mapping) else {}
-        if isinstance(kind, list):
-            return InputSpec(name, "COMBO", group == "required", opts, tuple(kind))
-        if kind == "COMBO":
-            return InputSpec(
-                name, "COMBO", group == "required", opts, tuple(opts.get("options") or ())
-            )
-        return InputSpec(name, str(kind), group == "required", opts)
-    return None
+        yield spec
+        if spec.type == DYNAMIC_COMBO:
+            yield from expand(spec.option_inputs(values.get(spec.name)), values)
+
+
+def node_inputs(definition: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, InputSpec]:
+    """Input name → spec for a node with these (API-format) ``inputs``, dynamic ones expanded."""
+    return {spec.name: spec for spec in expand(declared_inputs(definition), inputs)}
+
+
+def input_spec(
+    object_info: Mapping[str, Any],
+    class_type: str,
+    name: str,
+    inputs: Mapping[str, Any] | None = None,
+) -> InputSpec | None:
+    """The spec of ``class_type``'s input ``name``; ``inputs`` (the node's) choose the options
+    of its dynamic combos."""
+    definition = object_info.get(class_type)
+    if definition is None:
+        return None
+    return node_inputs(definition, inputs or {}).get(name)
 
 
 def output_types(object_info: Mapping[str, Any], class_type: str) -> list[str]:
     return list((object_info.get(class_type) or {}).get("output") or ())
-
-
-@cache
-def bundled_object_info() -> dict[str, Any]:
-    """ComfyUI 0.3.75's core node definitions, for converting and inspecting offline.
-
-    Its model-file choices are those of the machine it was captured on: never use them to
-    say a file is missing; ask the server (``client.object_info()``) for that. Parsed once
-    and shared: treat it as read-only.
-    """
-    path = resources.files("comfyfn.workflow").joinpath("data", "object_info_0.3.75.json.gz")
-    info: dict[str, Any] = json.loads(gzip.decompress(path.read_bytes()))
-    return info

@@ -10,7 +10,7 @@ import copy
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from comfyfn.errors import NodeProblem, WorkflowInvalid
 
@@ -29,7 +29,7 @@ __all__ = [
 ApiGraph = dict[str, dict[str, Any]]
 
 
-def is_link(value: Any) -> bool:
+def is_link(value: object) -> TypeGuard[list[Any]]:
     """True for an input value that is a link ``[node_id, output_index]``."""
     return (
         isinstance(value, list)
@@ -122,48 +122,3 @@ def set_input(graph: ApiGraph, node_id: str, name: str, value: Any) -> None:
 def new_node_id(graph: ApiGraph) -> str:
     numeric = [int(k) for k in graph if k.isdigit()]
     return str(max(numeric, default=0) + 1)
-
-
-_IMAGE_SINKS = frozenset({"SaveImage", "PreviewImage", "SaveImageWebsocket"})
-_SAMPLERS = frozenset({"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"})
-
-
-def decoded_size(graph: Mapping[str, Mapping[str, Any]]) -> tuple[int, int] | None:
-    """The size every saved image must have, when the graph says so plainly.
-
-    That is when each image output is a VAEDecode of a sampler whose latent is an empty latent
-    with literal ``width``/``height`` (as in Z-Image), and all agree. Anything in between —
-    an upscaler, a crop, an image loaded from a file — and there is no such promise: None.
-    """
-    sizes = set()
-    for node in graph.values():
-        if node.get("class_type") not in _IMAGE_SINKS:
-            continue
-        size = _decoded_from(graph, _link(node, "images"))
-        if size is None:
-            return None
-        sizes.add(size)
-    return sizes.pop() if len(sizes) == 1 else None
-
-
-def _link(node: Mapping[str, Any], name: str) -> str | None:
-    value = node.get("inputs", {}).get(name)
-    return str(value[0]) if is_link(value) else None
-
-
-def _decoded_from(
-    graph: Mapping[str, Mapping[str, Any]], decoder: str | None
-) -> tuple[int, int] | None:
-    def node(nid: str | None, *classes: str) -> Mapping[str, Any] | None:
-        found = graph.get(nid) if nid is not None else None
-        kind = str(found.get("class_type", "")) if found is not None else ""
-        return found if any(kind.startswith(c) for c in classes) else None
-
-    vae = node(decoder, "VAEDecode")
-    sampler = node(_link(vae, "samples"), *_SAMPLERS) if vae is not None else None
-    latent = node(_link(sampler, "latent_image"), "Empty") if sampler is not None else None
-    inputs = latent.get("inputs", {}) if latent is not None else {}
-    width, height = inputs.get("width"), inputs.get("height")
-    if isinstance(width, int) and isinstance(height, int):
-        return width, height
-    return None

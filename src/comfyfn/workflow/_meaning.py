@@ -6,7 +6,9 @@ From every sampler (KSampler, KSamplerAdvanced, SamplerCustom, SamplerCustomAdva
   or on the nodes feeding its ``noise``, ``guider``, ``sampler`` and ``sigmas`` inputs;
 - ``positive`` / ``negative`` (directly or through a guider) → the text encoders, through
   conditioning pass-throughs → ``prompt`` / ``negative``;
-- ``latent_image`` → the node with ``width``/``height``/``batch_size``;
+- ``latent_image`` → the node with ``width``/``height``/``batch_size``; a size linked from
+  a node that computes it (``ResolutionSelector``) is that node's input itself: binding it
+  replaces the link by the value;
 - ``model`` → the diffusion model loader; the prompt encoder's ``clip`` → the text-encoder
   loader; the VAE decoder fed by the sampler → the VAE loader;
 - nodes with ``filename_prefix`` (and SaveImageWebsocket/PreviewImage) are the outputs.
@@ -189,6 +191,8 @@ def _trace(graph: ApiGraph, sampler: str) -> tuple[dict[str, Slot], str | None]:
         for name in ("width", "height", "batch_size"):
             if (slot := _value_slot(graph, latent, name)) is not None:
                 found[name] = slot
+            elif name != "batch_size" and linked_from(graph, latent, name) is not None:
+                found[name] = (latent, name)  # computed (a resolution node): bound in place
 
     def model_loader(nid: str) -> bool:
         return any(is_literal(graph, nid, k) for k in _MODEL_FILES)

@@ -10,6 +10,7 @@ from typing import Any
 from comfyfn.workflow._definitions import input_spec
 from comfyfn.workflow._graph import ApiGraph, is_link
 from comfyfn.workflow._meaning import MEANINGS, Slots
+from comfyfn.workflow._sizes import input_value
 
 __all__ = ["Param", "dead_nodes", "describe"]
 
@@ -67,8 +68,8 @@ def _param(
     node_id, input_name = slot
     node = graph[node_id]
     cls = node["class_type"]
-    spec = input_spec(object_info, cls, input_name)
-    value = node["inputs"].get(input_name)
+    spec = input_spec(object_info, cls, input_name, node["inputs"])
+    value = input_value(graph, node_id, input_name)
     if spec is None:
         kind = {bool: "BOOLEAN", int: "INT", float: "FLOAT"}.get(type(value), "STRING")
         return Param(
@@ -84,7 +85,7 @@ def _param(
     opts = spec.options
     return Param(
         name,
-        spec.type,
+        "COMBO" if spec.is_combo else spec.type,
         value,
         node_id,
         input_name,

@@ -7,9 +7,11 @@ definitions (``/object_info``) because widget values are stored by position only
 
 Rules (those of the frontend's "Export (API)"):
 
-- widget values map, in order, onto the inputs the definition declares as widgets (required
-  then optional); the frontend-only ``control_after_generate`` value after a seed is skipped
-  (trailing frontend-only values, such as LoadImage's upload button, are ignored);
+- widget values map, in order, onto the inputs the definition declares as widgets (see
+  ``_widgets``: control values skipped, a dynamic combo's option widgets after it, defaults
+  for values an older file lacks);
+- V3 dynamic sockets keep their names: ``images.image0`` (autogrow), ``resize_type.match``
+  (an input a dynamic combo adds), ``on_true`` (match type);
 - a linked input takes the link, resolved through Reroute nodes, frontend PrimitiveNodes
   (their value), bypassed nodes (mode 4: the input of the same type passes through) and
   subgraph boundaries; a link from a muted node (mode 2) is dropped;
@@ -26,15 +28,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from comfyfn.errors import NodeProblem, WorkflowInvalid
+from comfyfn.workflow._definitions import declared_inputs, expand
 from comfyfn.workflow._graph import ApiGraph
+from comfyfn.workflow._widgets import CONTROL_VALUES, api_value, widget_inputs
 
 __all__ = ["is_ui_workflow", "ui_to_api"]
 
 _NOTES = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode", "Label (rgthree)"})
 _MUTED, _BYPASSED = 2, 4
 _SUBGRAPH_INPUT, _SUBGRAPH_OUTPUT = -10, -20
-_CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
-_WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 _KEEP_OWN = object()  # an unfed subgraph input: the inner node keeps its own widget value
 _DROPPED = object()  # fed by a muted node: the input is left out, widget value or not
 
@@ -79,59 +81,27 @@ def _links(raw: Any) -> dict[int, _Link]:
     return out
 
 
-def _input_specs(definition: Mapping[str, Any]) -> list[tuple[str, Any, Mapping[str, Any]]]:
-    """(name, type, options) of every declared input, in ``input_order`` when given."""
-    specs: dict[str, tuple[str, Any, Mapping[str, Any]]] = {}
-    for group in ("required", "optional"):
-        for name, spec in (definition.get("input", {}).get(group) or {}).items():
-            kind = spec[0] if isinstance(spec, list | tuple) and spec else spec
-            opts = spec[1] if isinstance(spec, list | tuple) and len(spec) > 1 else {}
-            specs[name] = (name, kind, opts if isinstance(opts, Mapping) else {})
-    order = definition.get("input_order") or {}
-    named = [n for group in ("required", "optional") for n in order.get(group) or ()]
-    ordered = [specs[n] for n in named if n in specs]
-    return ordered + [spec for n, spec in specs.items() if n not in named]
+def _widget_inputs_of(graph: _Graph) -> list[str]:
+    """The names of a subgraph's inputs that feed a widget of an inner node, in order."""
+    return [
+        str(sub_input.get("name"))
+        for index, sub_input in enumerate((graph.definition or {}).get("inputs") or ())
+        if any(_feeds_widget(graph, link) for link in _from_input(graph, index))
+    ]
 
 
-def _is_widget(kind: Any, opts: Mapping[str, Any]) -> bool:
-    if opts.get("forceInput"):
-        return False
-    return isinstance(kind, list) or kind in _WIDGET_TYPES
+def _from_input(graph: _Graph, index: int) -> list[_Link]:
+    """The links inside a subgraph from its input ``index``."""
+    return [
+        link
+        for link in graph.links.values()
+        if link.origin == _SUBGRAPH_INPUT and link.origin_slot == index
+    ]
 
 
-def _extra_slots(name: str, kind: Any, opts: Mapping[str, Any]) -> int:
-    """Frontend-only values stored after this widget's value (never sent to the server)."""
-    control = opts.get("control_after_generate")
-    if kind == "INT" and (control if control is not None else name in ("seed", "noise_seed")):
-        return 1  # control_after_generate
-    if (isinstance(kind, list) or kind == "COMBO") and control:
-        return 2  # control_after_generate, control_filter_list
-    return 0
-
-
-def _api_value(value: Any) -> Any:
-    """List values are wrapped, as the frontend does, so they are not read as links."""
-    return {"__value__": value} if isinstance(value, list) else value
-
-
-def _widget_values(node: Mapping[str, Any], definition: Mapping[str, Any]) -> dict[str, Any]:
-    """Input name → widget value, skipping the frontend-only values between them."""
-    raw = node.get("widgets_values")
-    specs = [(n, k, o) for n, k, o in _input_specs(definition) if _is_widget(k, o)]
-    if isinstance(raw, Mapping):
-        return {name: _api_value(raw[name]) for name, _, _ in specs if name in raw}
-    values = list(raw or ())
-    out: dict[str, Any] = {}
-    i = 0
-    for name, kind, opts in specs:
-        if i >= len(values):
-            break
-        out[name] = _api_value(values[i])
-        i += 1
-        extra = _extra_slots(name, kind, opts)
-        if extra and i < len(values) and values[i] in _CONTROL_VALUES:
-            i += extra  # the control value (and, for a COMBO, its filter text)
-    return out
+def _feeds_widget(graph: _Graph, link: _Link) -> bool:
+    slots = (graph.nodes.get(link.target) or {}).get("inputs") or ()
+    return link.target_slot < len(slots) and bool(slots[link.target_slot].get("widget"))
 
 
 class _Converter:
@@ -242,12 +212,21 @@ class _Converter:
         link_id = self._link_into(graph.parent, instance, name)
         if link_id is not None:
             return self.resolve(graph.parent, link_id, depth + 1)
-        return self._promoted_value(instance, name)
+        return self._promoted_value(graph, name)
 
     @staticmethod
-    def _promoted_value(instance: Mapping[str, Any], name: str) -> Any:
+    def _promoted_value(graph: _Graph, name: str) -> Any:
         """The instance's own value for an unfed input, if it stores one; else the inner
-        node keeps its value (``proxyWidgets`` entries point at the inner widgets)."""
+        node keeps its value (``proxyWidgets`` entries point at the inner widgets).
+
+        An instance stores its values by name (``widgets_values_named``) or by position:
+        ``[-1, name]`` entries of ``proxyWidgets``, else the subgraph's inputs that feed an
+        inner widget, in order.
+        """
+        instance = graph.instance or {}
+        named = instance.get("widgets_values_named")
+        if isinstance(named, Mapping) and name in named:
+            return api_value(named[name])
         values = instance.get("widgets_values")
         if not isinstance(values, list) or not values:
             return _KEEP_OWN
@@ -255,12 +234,30 @@ class _Converter:
         if proxies:
             for index, (node_id, widget) in enumerate(proxies):
                 if str(node_id) == "-1" and widget == name and index < len(values):
-                    return _api_value(values[index])
+                    return api_value(values[index])
             return _KEEP_OWN
-        promoted = [i.get("name") for i in instance.get("inputs") or () if i.get("widget")]
+        promoted = _widget_inputs_of(graph)
         if name in promoted and promoted.index(name) < len(values):
-            return _api_value(values[promoted.index(name)])
+            return api_value(values[promoted.index(name)])
         return _KEEP_OWN
+
+    def _shown_value(self, graph: _Graph, link_id: int) -> Any:
+        """An input without a widget of its own, fed by an unfed subgraph input, gets the
+        value of the inner widget that subgraph input shows (the frontend sends it there)."""
+        link = graph.links.get(link_id)
+        if link is None or link.origin != _SUBGRAPH_INPUT:
+            return None
+        for sibling in _from_input(graph, link.origin_slot):
+            if not _feeds_widget(graph, sibling):
+                continue
+            node = graph.nodes[sibling.target]
+            definition = self.info.get(str(node.get("type")))
+            widget = node["inputs"][sibling.target_slot]["widget"]
+            if definition is not None:
+                value = widget_inputs(node, definition).get(str(widget.get("name")))
+                if value is not None:
+                    return value
+        return None
 
     def _unknown(self, graph: _Graph, node: Mapping[str, Any], compound: str) -> dict[str, Any]:
         inputs: dict[str, Any] = {}
@@ -269,7 +266,7 @@ class _Converter:
         if isinstance(raw, Mapping):
             inputs.update(raw)
         else:
-            values = [v for v in raw or () if v not in _CONTROL_VALUES]
+            values = [v for v in raw or () if v not in CONTROL_VALUES]
             for i, value in enumerate(values):
                 inputs[widget_names[i] if i < len(widget_names) else f"widget_{i}"] = value
         for inp in node.get("inputs") or ():
@@ -310,13 +307,16 @@ class _Converter:
                     )
                 )
                 continue
-            widgets = _widget_values(node, definition)
+            widgets = widget_inputs(node, definition)
             inputs: dict[str, Any] = {}
-            for name, _, _ in _input_specs(definition):
+            names = [spec.name for spec in expand(declared_inputs(definition), widgets)]
+            for name in names + [n for n in widgets if n not in names]:  # + extension widgets
                 link_id = self._link_into(graph, node, name)
                 value = self.resolve(graph, link_id) if link_id is not None else _KEEP_OWN
                 if value is _DROPPED:
                     continue
+                if value is _KEEP_OWN and name not in widgets and link_id is not None:
+                    value = self._shown_value(graph, link_id)
                 if value is _KEEP_OWN or value is None:
                     if name in widgets:
                         inputs[name] = widgets[name]
@@ -342,5 +342,10 @@ def ui_to_api(
     converter = _Converter(ui, object_info, strict)
     converter.emit(converter.root)
     if converter.problems:
-        raise WorkflowInvalid(converter.problems, summary="cannot convert the UI workflow")
+        missing = sorted({str(p.class_type) for p in converter.problems})
+        raise WorkflowInvalid(
+            converter.problems,
+            summary="cannot convert the UI workflow: the node definitions lack "
+            + ", ".join(missing),
+        )
     return converter.api

@@ -15,10 +15,11 @@ from comfyfn.errors import NodeProblem, WorkflowInvalid
 from comfyfn.provenance import read_text_chunks
 from comfyfn.workflow import _validation as validation
 from comfyfn.workflow._binding import bind
-from comfyfn.workflow._definitions import bundled_object_info
-from comfyfn.workflow._graph import ApiGraph, decoded_size, load_api_graph
+from comfyfn.workflow._bundled import bundled_object_info, is_bundled
+from comfyfn.workflow._graph import ApiGraph, load_api_graph
 from comfyfn.workflow._meaning import Slots, find_slots
 from comfyfn.workflow._params import Param, all_inputs, dead_nodes, describe
+from comfyfn.workflow._sizes import decoded_size, input_value
 from comfyfn.workflow._uiformat import is_ui_workflow, ui_to_api
 
 __all__ = ["Workflow"]
@@ -61,7 +62,8 @@ class Workflow:
     """An API-format graph plus what is known about it. Immutable: ``bind`` returns a new one.
 
     ``object_info`` holds the node definitions it was converted and typed with: the
-    server's (via ``client.workflow(...)``) or, offline, the bundled ComfyUI 0.3.75 ones.
+    server's (via ``client.workflow(...)``) or, offline, the newest bundled ones (ComfyUI
+    0.28.0; ``bundled_object_info(version)`` gives those for another server version).
     """
 
     graph: Mapping[str, Any]
@@ -173,19 +175,23 @@ class Workflow:
         return Workflow(self.graph, self.source, self.name, self.values, object_info)
 
     def validate(
-        self, object_info: Mapping[str, Any] | None = None, *, server: str | None = None
+        self,
+        object_info: Mapping[str, Any] | None = None,
+        *,
+        server: str | None = None,
+        check_files: bool | None = None,
     ) -> None:
         """Raise :class:`WorkflowInvalid` if the graph would be rejected.
 
-        Without the server's definitions, model files are not checked (the bundled
-        definitions cannot know what a server has).
+        Model and input files are checked only against a server's own definitions (by
+        default: not against the bundled ones, which cannot know what a server has).
         """
-        info = object_info if object_info is not None else self.object_info
+        info = object_info if object_info is not None else self.definitions
         validation.check(
             self.to_api(),
-            info if info is not None else bundled_object_info(),
+            info,
             server=server,
-            check_files=info is not None,
+            check_files=not is_bundled(info) if check_files is None else check_files,
         )
 
     @property
@@ -197,4 +203,4 @@ class Workflow:
     def provenance(self) -> dict[str, Any]:
         """Current values of the named parameters (recorded in saved images)."""
         graph = dict(self.graph)
-        return {name: graph[n]["inputs"].get(i) for name, (n, i) in self.slots.params.items()}
+        return {name: input_value(graph, n, i) for name, (n, i) in self.slots.params.items()}
