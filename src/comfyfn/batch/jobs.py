@@ -14,8 +14,7 @@ from comfyfn.batch.rows import Row, RowError, values_problem
 from comfyfn.errors import WorkflowInvalid
 from comfyfn.fleet import Ticket
 from comfyfn.result import Generation
-from comfyfn.workflow._meaning import MEANINGS
-from comfyfn.workflow._workflow import Workflow
+from comfyfn.workflow import MEANINGS, Workflow
 
 __all__ = ["Job", "JobResult", "prepare", "save_outputs"]
 

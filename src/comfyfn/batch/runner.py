@@ -39,7 +39,7 @@ from comfyfn.fleet import (
     advance,
     after_server_failure,
 )
-from comfyfn.workflow._workflow import Workflow
+from comfyfn.workflow import Workflow
 
 __all__ = ["Batch", "BatchSettings", "template_variables"]
 

@@ -25,8 +25,7 @@ from comfyfn.errors import ComfyError
 from comfyfn.events import NodeCached, NodeStarted, Queued, Started
 from comfyfn.events import Progress as ProgressEvent
 from comfyfn.result import Generation
-from comfyfn.workflow._binding import parse_size
-from comfyfn.workflow._workflow import Workflow
+from comfyfn.workflow import Workflow, parse_size
 
 app = typer.Typer(
     help="Run ComfyUI workflows (Z-Image-Turbo first) from the shell.",

@@ -13,8 +13,7 @@ from rich.table import Table
 from comfyfn.cli._common import ServerOpt, err, esc, fail, out
 from comfyfn.client import Client, _config
 from comfyfn.errors import ComfyError, ConfigError
-from comfyfn.workflow._builtin import BUILTIN, builtin
-from comfyfn.workflow._workflow import Workflow
+from comfyfn.workflow import BUILTIN, Workflow, builtin, bundled_version
 
 workflow_app = typer.Typer(
     help="Inspect, convert and validate workflows (API, UI with subgraphs, or a ComfyUI PNG).",
@@ -158,7 +157,9 @@ def inspect(
             highlight=False,
         )
     if url is None:
-        err.print("definitions: bundled ComfyUI 0.3.75 (pass --server to use a server's)")
+        err.print(
+            f"definitions: bundled ComfyUI {bundled_version()} (pass --server to use a server's)"
+        )
 
 
 @workflow_app.command()
@@ -188,5 +189,5 @@ def validate(source: FileArg, server: ServerOpt = None) -> None:
         wf.validate(server=url)
     except ComfyError as exc:
         raise fail(exc) from None
-    where = url or "the bundled ComfyUI 0.3.75 definitions (model files not checked)"
+    where = url or f"the bundled ComfyUI {bundled_version()} definitions (files not checked)"
     out.print(f"valid: {len(wf.graph)} nodes, checked against {esc(where)}", highlight=False)

@@ -34,7 +34,7 @@ from comfyfn.errors import ComfyError, GenerationTimeout, TransportError
 from comfyfn.events import Event, Failed, FinalEvent, Stopped, Succeeded
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
 from comfyfn.fleet.pool import Pool
-from comfyfn.workflow._workflow import Workflow
+from comfyfn.workflow import Workflow
 
 __all__ = ["Fleet", "FleetSettings", "Slot", "Ticket"]
 

@@ -10,15 +10,17 @@ offline use (``bundled_object_info(server_version)``).
     wf.bind(prompt="…", seed=7).to_api()         # API-format graph for POST /prompt
 """
 
-from comfyfn.workflow._binding import PARAMETERS, ComfyWarning
+from comfyfn.workflow._binding import PARAMETERS, ComfyWarning, parse_size
 from comfyfn.workflow._builtin import BUILTIN, builtin, zimage, zimage_turbo
 from comfyfn.workflow._bundled import BUNDLED_VERSIONS, bundled_object_info, bundled_version
+from comfyfn.workflow._meaning import MEANINGS
 from comfyfn.workflow._params import Param
 from comfyfn.workflow._workflow import Workflow
 
 __all__ = [
     "BUILTIN",
     "BUNDLED_VERSIONS",
+    "MEANINGS",
     "PARAMETERS",
     "ComfyWarning",
     "Param",
@@ -26,6 +28,7 @@ __all__ = [
     "builtin",
     "bundled_object_info",
     "bundled_version",
+    "parse_size",
     "zimage",
     "zimage_turbo",
 ]
