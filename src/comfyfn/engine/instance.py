@@ -2,7 +2,9 @@
 
 An instance keeps its state in ``<home>/instances/<name>/``: ``state.json`` (pid, port,
 url...), ``server.log``, and a ComfyUI base directory (input, output, temp, user, models,
-custom_nodes). ``up`` is idempotent and ignores a stale state file whose pid is gone.
+custom_nodes), so the ComfyUI source itself is only read. ``up`` is idempotent, ignores a
+stale state file whose pid is gone, and restarts a running instance that was started with
+other settings than those asked for (saying which).
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from pathlib import Path
 import httpx
 
 from comfyfn._files import write_atomic
-from comfyfn.engine.install import EngineInstall, assets, models_yaml
-from comfyfn.errors import EngineError
+from comfyfn.engine._device import Device, device_args, probe_accelerator
+from comfyfn.engine.install import EngineInstall, assets, models_yaml, standin_dir
+from comfyfn.errors import ConfigError, EngineError
 
 __all__ = ["Engine", "EngineState"]
 
 _READY_TIMEOUT = 180.0
+_FRONTEND = "comfyui_frontend_package"
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class EngineState:
     comfyui: str
     models_dir: str
     started_at: float
+    device: str = Device.cpu.value  # as asked: cpu, cuda or auto
+    python: str = ""
 
 
 def _free_port() -> int:
@@ -75,12 +81,17 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def _missing_modules(python: str, names: set[str]) -> set[str]:
+def _missing_modules(python: Path, names: set[str]) -> set[str]:
     """Which of ``names`` the interpreter ``python`` cannot import."""
     code = (
         "import importlib.util as u, sys; print(*[n for n in sys.argv[1:] if not u.find_spec(n)])"
     )
-    probe = subprocess.run([python, "-c", code, *sorted(names)], capture_output=True, text=True)
+    try:
+        probe = subprocess.run(
+            [str(python), "-c", code, *sorted(names)], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EngineError(f"cannot run the engine's Python {python}: {exc}") from exc
     return set(probe.stdout.split()) if probe.returncode == 0 else set(names)
 
 
@@ -93,15 +104,32 @@ def _is_ours(pid: int, port: int) -> bool:
     return b"main.py" in args and str(port).encode() in args
 
 
+def _existing_dir(path: str | Path, option: str) -> Path:
+    where = Path(path).expanduser()
+    if not where.is_dir():
+        raise ConfigError(
+            f"{option} {where}: {'not a directory' if where.exists() else 'no such directory'}"
+        )
+    return where.resolve()
+
+
 class Engine:
     """A named local ComfyUI instance.
 
     Args:
         name: instance name; several can run side by side (each on its own port).
-        comfyui_path: use an existing ComfyUI checkout instead of the managed one.
+        install: the install to run (default: the managed ComfyUI 0.3.75).
+        comfyui_path: run this ComfyUI source tree instead (checked now: a
+            :class:`ConfigError` if it is not one); its venv is built on first use.
         models_dir: a models folder with real weights (``diffusion_models/``,
-            ``text_encoders/``, ``vae/``) instead of the generated tiny ones.
-        python: interpreter for ``comfyui_path`` (default: its ``venv``/``.venv``).
+            ``text_encoders/``, ``vae/``) instead of the generated tiny ones (checked now).
+        python: an interpreter with torch for the ComfyUI (default: the tree's own
+            ``venv``/``.venv``, else the venv comfyfn builds).
+        device: ``cpu``, ``cuda`` or ``auto`` (GPU if the interpreter's torch sees one).
+            Default: ``auto`` for a source tree, ``cpu`` for the managed engine.
+
+    Settings given here are compared with a running instance's: ``up`` restarts it if
+    one differs. Settings left out accept whatever the running instance has.
     """
 
     def __init__(
@@ -112,12 +140,17 @@ class Engine:
         comfyui_path: str | Path | None = None,
         models_dir: str | Path | None = None,
         python: str | Path | None = None,
+        device: Device | str | None = None,
     ) -> None:
         self.name = name
-        self.install = install or EngineInstall.default()
-        self.comfyui_path = Path(comfyui_path).resolve() if comfyui_path else None
-        self.models_dir = Path(models_dir).resolve() if models_dir else None
-        self._python = Path(python) if python else None
+        base = install or EngineInstall.default()
+        if comfyui_path is not None or python is not None:
+            base = base.for_tree(comfyui_path, python=python)
+        self.install = base
+        self.models_dir = _existing_dir(models_dir, "--models-dir") if models_dir else None
+        self.device = Device.parse(device) if device is not None else None
+        self._asked_source = install is not None or comfyui_path is not None
+        self._asked_python = python is not None
         self.dir = self.install.home / "instances" / name
 
     @property
@@ -149,70 +182,44 @@ class Engine:
         state = self.state()
         return state.url if state else None
 
+    def differences(self, state: EngineState, port: int | None = None) -> list[str]:
+        """How the running ``state`` differs from the settings asked for, one phrase each."""
+        asked: list[tuple[str, str, str | None]] = [
+            ("ComfyUI", state.comfyui, str(self.install.comfyui) if self._asked_source else None),
+            ("--models-dir", state.models_dir, str(self.models_dir) if self.models_dir else None),
+            ("--device", state.device, self.device.value if self.device else None),
+            ("--python", state.python, str(self.install.python) if self._asked_python else None),
+            ("--port", str(state.port), str(port) if port else None),
+        ]
+        return [
+            f"{what} {running} (asked: {wanted})"
+            for what, running, wanted in asked
+            if wanted is not None and wanted != running
+        ]
+
     def up(
         self, *, port: int | None = None, report: Callable[[str], None] = lambda _msg: None
     ) -> EngineState:
-        """Install what is missing, start the server and wait until it answers."""
-        if (state := self.state()) is not None:
-            return state
-        if self.comfyui_path is None:
-            self.install.install(report)
-        comfyui = self.comfyui_path or self.install.comfyui
-        self._prepare_base()
+        """Install what is missing, start the server and wait until it answers.
+
+        A running instance is kept as it is, unless it was started with settings that
+        differ from those given: then it is stopped and started anew (``report`` says why)
+        once the new one is installed and its device decided.
+        """
+        running = self.state()
+        changed = self.differences(running, port) if running else []
+        if running is not None and not changed:
+            return running
+        self.install.install(report, weights=self.models_dir is None)
         port = port or _free_port()
-        cmd = [
-            str(self._interpreter()),
-            "main.py",
-            "--cpu",
-            "--listen",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--disable-auto-launch",
-            "--extra-model-paths-config",
-            str(self.dir / "models.yaml"),
-        ]
-        env = dict(os.environ)
-        missing = {"torchvision", "comfyui_frontend_package"}
-        if self.comfyui_path is None:
-            cmd += ["--base-directory", str(self.base)]
-            cmd += ["--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}"]
-        else:  # a user's ComfyUI: only stand in for what its interpreter lacks
-            missing = _missing_modules(cmd[0], missing)
-        if "comfyui_frontend_package" in missing:
-            cmd += ["--front-end-root", str(self.install.empty_frontend)]
-        if "torchvision" in missing:
-            env["PYTHONPATH"] = str(self.install.stubs)
-        report(f"engine: starting ComfyUI on 127.0.0.1:{port}")
-        with open(self.log_file, "ab") as log:
-            log.write(f"\n=== comfyfn engine up {time.ctime()} port {port} ===\n".encode())
-            log.flush()
-            proc = subprocess.Popen(
-                cmd,
-                cwd=comfyui,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        state = EngineState(
-            proc.pid,
-            port,
-            f"http://127.0.0.1:{port}",
-            str(self.log_file),
-            str(comfyui),
-            str(self._models()),
-            time.time(),
-        )
-        try:
-            self._wait_ready(proc, state)
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            raise
-        write_atomic(self.state_file, json.dumps(asdict(state), indent=1))
-        return state
+        cmd, env, device = self._command(port)
+        if running is not None:
+            report(f"engine {self.name!r} is running with {'; '.join(changed)}: restarting it")
+            self.down()
+        self._prepare_base()
+        on = "cpu" if "--cpu" in cmd else "GPU"
+        report(f"engine: starting ComfyUI {self.install.version} on 127.0.0.1:{port} ({on})")
+        return self._start(cmd, env, port, device)
 
     def down(self, timeout: float = 15.0) -> bool:
         """Stop the server by its pid; True if one was running."""
@@ -248,6 +255,8 @@ class Engine:
                 log=state.log,
                 comfyui=state.comfyui,
                 models_dir=state.models_dir,
+                device=state.device,
+                python=state.python,
             )
             try:
                 stats = httpx.get(f"{state.url}/system_stats", timeout=5).json()
@@ -268,27 +277,75 @@ class Engine:
     def _models(self) -> Path:
         return self.models_dir or self.install.tiny_models
 
-    def _interpreter(self) -> Path:
-        if self._python:
-            return self._python
-        if self.comfyui_path:
-            for cand in ("venv", ".venv"):
-                if (self.comfyui_path / cand / "bin" / "python").exists():
-                    return self.comfyui_path / cand / "bin" / "python"
-            self.install.install()
-        return self.install.python
+    def _command(self, port: int) -> tuple[list[str], dict[str, str], Device]:
+        """ComfyUI's command line and environment, and the device asked for."""
+        python = self.install.python
+        device = self.device or (Device.auto if self.install.tree else Device.cpu)
+        accelerator = None if device is Device.cpu else probe_accelerator(python)
+        cmd = [str(python), "main.py", *device_args(device, accelerator, python)]
+        cmd += self._server_args(port)
+        env = dict(os.environ)
+        missing = _missing_modules(python, {*self.install.standins, _FRONTEND})
+        if _FRONTEND in missing:
+            cmd += ["--front-end-root", str(self.install.empty_frontend)]
+        if standins := tuple(sorted(missing - {_FRONTEND})):
+            paths = [str(standin_dir(self.install.home, standins)), env.get("PYTHONPATH", "")]
+            env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        return cmd, env, device
+
+    def _server_args(self, port: int) -> list[str]:
+        return [
+            *("--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch"),
+            *("--base-directory", str(self.base)),
+            *("--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}"),
+            *("--extra-model-paths-config", str(self.dir / "models.yaml")),
+        ]
 
     def _prepare_base(self) -> None:
+        """The instance's folders; ``custom_nodes`` holds exactly comfyfn's plugins."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "models.yaml").write_text(models_yaml(self._models()))
-        if self.comfyui_path is not None:
-            return
-        for sub in ("input", "output", "temp", "user", "models", "custom_nodes"):
+        custom_nodes = self.install.comfyui / "custom_nodes"
+        write_atomic(self.dir / "models.yaml", models_yaml(self._models(), custom_nodes))
+        for sub in ("input", "output", "temp", "user", "models"):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
-        nodes = self.base / "custom_nodes"
-        shutil.copy2(self.install.comfyui / "custom_nodes" / "websocket_image_save.py", nodes)
+        ours = self.base / "custom_nodes"
+        shutil.rmtree(ours, ignore_errors=True)
+        ours.mkdir()
         for plugin in (assets() / "custom_nodes").glob("*.py"):
-            shutil.copy2(plugin, nodes / plugin.name)
+            shutil.copy2(plugin, ours / plugin.name)
+
+    def _start(self, cmd: list[str], env: dict[str, str], port: int, device: Device) -> EngineState:
+        with open(self.log_file, "ab") as log:
+            log.write(f"\n=== comfyfn engine up {time.ctime()} port {port} ===\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                cmd,
+                cwd=self.install.comfyui,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        state = EngineState(
+            pid=proc.pid,
+            port=port,
+            url=f"http://127.0.0.1:{port}",
+            log=str(self.log_file),
+            comfyui=str(self.install.comfyui),
+            models_dir=str(self._models()),
+            started_at=time.time(),
+            device=device.value,
+            python=cmd[0],
+        )
+        try:
+            self._wait_ready(proc, state)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        write_atomic(self.state_file, json.dumps(asdict(state), indent=1))
+        return state
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], state: EngineState) -> None:
         deadline = time.monotonic() + _READY_TIMEOUT

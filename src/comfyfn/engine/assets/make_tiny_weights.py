@@ -1,6 +1,7 @@
 """Write tiny random Z-Image-Turbo weights for tests, under the official names.
 
-Run with the engine's python (the one ComfyUI is installed for):
+Run with the engine's python (the one ComfyUI is installed for), with the stand-ins
+for modules it lacks (torchvision...) on ``PYTHONPATH``:
 
     python make_tiny_weights.py --comfyui COMFYUI_DIR --out MODELS_DIR [--seed 0]
 
@@ -46,10 +47,6 @@ TE = dict(
 def import_comfy(comfyui_dir):
     """Import ComfyUI's modules on CPU without parsing our command line."""
     sys.path.insert(0, os.path.abspath(comfyui_dir))
-    try:
-        import torchvision  # noqa: F401  (not needed here, but comfy may import it)
-    except Exception:
-        sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "stubs"))
     import comfy.options
 
     comfy.options.enable_args_parsing(False)

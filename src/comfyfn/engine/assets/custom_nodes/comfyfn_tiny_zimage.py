@@ -1,10 +1,12 @@
 """comfyfn test-only ComfyUI plugin: let *tiny* Z-Image weights load.
 
-ComfyUI 0.3.75 hard-codes the Z-Image sizes: the DiT config is only filled in
-for ``dim == 3840`` (comfy/model_detection.py), the ``ZImage`` supported model
-only matches ``dim: 3840`` and the Qwen3-4B text encoder is always built as
-hidden 2560 / 36 layers (comfy/text_encoders/llama.py ``Qwen3_4BConfig``).
-This file registers no nodes; at import it patches three things so that
+ComfyUI (0.3.75 and 0.28 alike) hard-codes the Z-Image sizes: the DiT config is
+only filled in for ``dim == 3840`` (comfy/model_detection.py), the ``ZImage``
+supported model only matches ``dim: 3840`` and the Qwen3-4B text encoder is
+always built as hidden 2560 / 36 layers (comfy/text_encoders/llama.py
+``Qwen3_4BConfig``). 0.28 also sorts Qwen3 text encoders by hidden size in
+``comfy.sd.detect_te_model``, so a tiny one falls through to ``LLAMA3_8``.
+This file registers no nodes; at import it patches four things so that
 random tiny weights written by ``make_tiny_weights.py`` run the real graph:
 
 1. ``comfy.model_detection.detect_unet_config``: for a lumina2 state dict with
@@ -16,6 +18,10 @@ random tiny weights written by ``make_tiny_weights.py`` run the real graph:
 3. ``comfy.sd.load_text_encoder_state_dicts`` + ``Qwen3_4B.__init__``: for a
    single Qwen3 file whose width is not 2560, derive hidden / layers / heads /
    kv heads / head_dim / ffn from shapes and build the model with them.
+4. ``comfy.sd.detect_te_model`` (matters on 0.28): a Qwen3 layout (q_norm, no
+   Gemma post-feed-forward norm, no Qwen2.5 k_proj bias) narrower than any real
+   Qwen3 (hidden < 1024) that ComfyUI took for ``LLAMA3_8`` is ``QWEN3_4B``.
+   On 0.3.75 ComfyUI already answers ``QWEN3_4B`` for it.
 
 For real full-size files every wrapper returns ComfyUI's own result, so the
 plugin is a no-op there.  Never ship this outside tests.
@@ -170,6 +176,32 @@ def _wrap_load_te(orig):
     return load_text_encoder_state_dicts
 
 
+_SMALLEST_REAL_QWEN3 = 1024  # Qwen3-0.6B's hidden size
+
+
+def _is_tiny_qwen3(sd):
+    p = "model.layers.0."
+    return (
+        p + "self_attn.q_norm.weight" in sd
+        and p + "post_attention_layernorm.weight" in sd
+        and p + "post_feedforward_layernorm.weight" not in sd
+        and p + "self_attn.k_proj.bias" not in sd
+        and "model.embed_tokens.weight" in sd
+        and sd["model.embed_tokens.weight"].shape[1] < _SMALLEST_REAL_QWEN3
+    )
+
+
+def _wrap_detect_te_model(orig):
+    def detect_te_model(sd):
+        found = orig(sd)
+        if found == comfy.sd.TEModel.LLAMA3_8 and _is_tiny_qwen3(sd):
+            return comfy.sd.TEModel.QWEN3_4B
+        return found
+
+    setattr(detect_te_model, _MARK, True)
+    return detect_te_model
+
+
 @contextlib.contextmanager
 def _qwen3_config_override(derived):
     """Make ``Qwen3_4BConfig(**d)`` inside llama.py return the derived sizes."""
@@ -210,6 +242,8 @@ def _install():
     models = comfy.supported_models.models
     if not any(getattr(m, "__name__", "") == "TinyZImage" for m in models):
         models.insert(models.index(comfy.supported_models.ZImage) + 1, TinyZImage)
+    if not getattr(comfy.sd.detect_te_model, _MARK, False):
+        comfy.sd.detect_te_model = _wrap_detect_te_model(comfy.sd.detect_te_model)
     if not getattr(comfy.sd.load_text_encoder_state_dicts, _MARK, False):
         comfy.sd.load_text_encoder_state_dicts = _wrap_load_te(
             comfy.sd.load_text_encoder_state_dicts
