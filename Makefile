@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= out/demo
 
-.PHONY: demo test unit lint typecheck bench engine-down clean
+.PHONY: demo test test-028 unit lint typecheck bench engine-down clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,22 @@ demo: $(BIN)/.installed
 	$(BIN)/comfyfn generate "水墨山水画，远山云雾" --size 160x256 --batch 2 -o $(OUT)
 	@echo "images are in $(OUT)/ (the local engine keeps running: make engine-down)"
 
+COMFYUI_028 ?= ../shared/comfyui/0.28.0/ComfyUI-0.28.0.tar.gz
+
 test: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
 	sh tests/pg_install.sh
 	$(BIN)/comfyfn engine install
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-028
+
+# the integration suite again, on ComfyUI 0.28.0 from ../shared (skipped, saying so, without it)
+test-028: $(BIN)/.installed
+	@if [ -f "$(COMFYUI_028)" ]; then \
+	  COMFYFN_TEST_COMFYUI="$(abspath $(COMFYUI_028))" COMFYFN_TEST_ENGINE=pytest-028 \
+	    $(BIN)/python -m pytest tests/integration -p no:cacheprovider; \
+	else echo "test-028 skipped: $(COMFYUI_028) is absent"; fi
 
 unit: $(BIN)/.installed
 	$(BIN)/python -m pytest tests/unit

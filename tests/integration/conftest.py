@@ -1,10 +1,17 @@
-"""Integration tests run against a real ComfyUI: the local engine, started once per session."""
+"""Integration tests run against a real ComfyUI: the local engine, started once per session.
+
+By default that is the managed ComfyUI 0.3.75. With ``COMFYFN_TEST_COMFYUI`` set to a ComfyUI
+source tree, or to a release tarball (``make test`` passes ../shared's 0.28.0), the same tests
+run on that ComfyUI instead; tests marked ``one_version`` (slow multi-engine fault tests, and
+those about the managed install itself) run on the managed engine only.
+"""
 
 from __future__ import annotations
 
 import itertools
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -14,9 +21,33 @@ from comfyfn.engine import Engine
 _unique = itertools.count(int.from_bytes(os.urandom(2), "big") * 64)  # < 2**24: a valid color
 
 
+def comfyui_tree(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """The ComfyUI tree ``COMFYFN_TEST_COMFYUI`` names (a tarball is unpacked), if any."""
+    given = os.environ.get("COMFYFN_TEST_COMFYUI")
+    if not given:
+        return None
+    source = Path(given)
+    if not source.name.endswith((".tar.gz", ".tgz")):
+        return source
+    where = tmp_path_factory.mktemp("comfyui")
+    with tarfile.open(source) as archive:
+        archive.extractall(where, filter="data")
+    return next(p.parent for p in where.rglob("main.py") if (p.parent / "comfy").is_dir())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("COMFYFN_TEST_COMFYUI"):
+        return
+    skip = pytest.mark.skip(reason="runs on the managed engine only (marked one_version)")
+    for item in items:
+        if "one_version" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
-def engine():
-    eng = Engine(os.environ.get("COMFYFN_TEST_ENGINE", "pytest"))
+def engine(tmp_path_factory):
+    tree = comfyui_tree(tmp_path_factory)
+    eng = Engine(os.environ.get("COMFYFN_TEST_ENGINE", "pytest"), comfyui_path=tree)
     eng.up()
     yield eng
     eng.down()

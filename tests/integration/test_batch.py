@@ -193,6 +193,7 @@ def test_runner_killed_mid_batch_resumes_without_running_anything_twice(server, 
     assert all(counts[c] == 1 for c in colors), counts  # none ran twice, none is missing
 
 
+@pytest.mark.one_version  # slow, and about the fleet, not the ComfyUI version
 def test_server_killed_mid_batch(engine, server, unique, tmp_path):
     """Slow (~10 s): starts and kills an engine, then waits out the 3 s HTTP timeout."""
     victim = Engine("pytest-victim", install=engine.install)
@@ -221,6 +222,7 @@ def test_server_killed_mid_batch(engine, server, unique, tmp_path):
         victim.down()
 
 
+@pytest.mark.one_version  # slow, and about the fleet, not the ComfyUI version
 def test_hanging_server_is_taken_out_and_put_back(second, server, unique, tmp_path):
     """Slow (~12 s): a SIGSTOPped server is noticed only after the HTTP timeout, and put back
     only after it answers again."""
@@ -261,6 +263,7 @@ def test_hanging_server_is_taken_out_and_put_back(second, server, unique, tmp_pa
     assert sum(counts[c] - 1 for c in colors) <= 1, counts
 
 
+@pytest.mark.one_version  # slow, and about the fleet, not the ComfyUI version
 def test_all_servers_down_then_back(engine, unique, tmp_path):
     """Slow (~11 s): stops the only engine and starts it again on the same port."""
     lone = Engine("pytest-lone", install=engine.install)

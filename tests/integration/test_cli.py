@@ -120,13 +120,13 @@ def test_info_models_and_engine_status(engine, server):
     info = runner.invoke(app, ["info", "--server", server, "--json"])
     assert info.exit_code == 0
     data = json.loads(info.stdout)
-    assert data["comfyui_version"] == "0.3.75" and data["devices"] == ["cpu"]
+    assert data["comfyui_version"] == engine.install.version and data["devices"] == ["cpu"]
     models = runner.invoke(app, ["models", "diffusion_models", "--server", server])
     assert "z_image_turbo_bf16.safetensors" in models.stdout.split()
     status = runner.invoke(app, ["engine", "status", "--name", engine.name, "--json"])
     assert status.exit_code == 0
     st = json.loads(status.stdout)
-    assert st["url"] == server and st["comfyui_version"] == "0.3.75" and st["pid"] > 0
+    assert st["url"] == server and st["comfyui_version"] == engine.install.version and st["pid"] > 0
     assert runner.invoke(app, ["engine", "status", "--name", "never-started"]).exit_code == 1
     logs = runner.invoke(app, ["engine", "logs", "--name", engine.name, "-n", "1000000"])
     assert "To see the GUI go to" in logs.stdout or "Starting server" in logs.stdout

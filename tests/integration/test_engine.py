@@ -14,7 +14,7 @@ import pytest
 from comfyfn.engine import Engine
 from comfyfn.engine.install import TINY_FILES, assets
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.one_version]  # the managed install itself
 
 
 def test_up_is_idempotent_survives_a_stale_pid_and_down_stops_it(engine):

@@ -83,7 +83,9 @@ def test_stream_yields_typed_events_in_order(server, unique):
     assert isinstance(events[1], ev.Started)
     assert isinstance(events[-1], ev.Succeeded)
     steps = [(e.value, e.max) for e in events if isinstance(e, ev.Progress) and e.node_id == "3"]
-    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    # ComfyUI 0.3.75 reports every step; 0.28 throttles progress to one message per 100 ms
+    values = [value for value, _ in steps]
+    assert {m for _, m in steps} == {4} and values == sorted(set(values)) and values[-1] == 4
     assert all(
         e.class_type == "KSampler"
         for e in events
