@@ -82,7 +82,8 @@ class NodeStarted:
 
 @dataclass(frozen=True)
 class Progress:
-    """Step ``value`` of ``max`` inside a node (a sampler reports one per step)."""
+    """Step ``value`` of ``max`` inside a node (a sampler reports its steps; ComfyUI 0.28
+    sends at most one every 100 ms, but always the first and the last)."""
 
     prompt_id: str
     node_id: str | None
@@ -236,8 +237,12 @@ def parse_message(
 ) -> list[Event | Done]:
     """Events for ``prompt_id`` in one decoded JSON websocket message (often none).
 
-    ``class_types`` (node id → class) enriches node events; ``progress_state`` and
-    ``status`` messages carry nothing a job needs and give no events.
+    ``class_types`` (node id → class) enriches node events. ``status`` messages carry
+    nothing a job needs, and ``progress_state`` only repeats what ``executing`` and
+    ``progress`` say (the state and step of every node so far, sent with the same throttle
+    as ``progress`` on ComfyUI 0.28): both give no events. On 0.28 ``progress`` comes at
+    most every 100 ms, always with a node's first and last step, so a node's
+    :class:`Progress` events are increasing steps ending at ``max``, not one per step.
     """
     kind = message.get("type")
     data = message.get("data") or {}

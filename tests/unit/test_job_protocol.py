@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import httpx
 import pytest
@@ -155,12 +156,13 @@ async def test_save_image_websocket_frames_are_the_images():
         "2": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}},
     }
     fake = FakeComfy()
-    entry = history_for("ws-frames", graph=graph)
-    entry["ws-frames"]["outputs"] = {}  # ComfyUI records no outputs for this node
-    fake.set("GET", "/history/ws-frames", js(entry))
+    prompt_id = str(uuid.uuid4())
+    entry = history_for(prompt_id, graph=graph)
+    entry[prompt_id]["outputs"] = {}  # ComfyUI records no outputs for this node
+    fake.set("GET", f"/history/{prompt_id}", js(entry))
     async with AsyncClient(SERVER, transport=fake.transport()) as c:
         on_post(fake, c, "ws_saveimagewebsocket.json")
-        job = await c.submit_graph(graph, validate=False, prompt_id="ws-frames")
+        job = await c.submit_graph(graph, validate=False, prompt_id=prompt_id)
         generation = await job.result()
     assert [(i.type, i.node_id, i.data) for i in generation.images] == [
         ("websocket", "2", FRAME[8:]),

@@ -1,10 +1,21 @@
 """Talking to one ComfyUI server: the async client does the I/O, the sync client drives it
 from a private event-loop thread; a submitted job is a handle (:class:`AsyncJob`,
-:class:`Job`). Everything under ``_`` is the private transport (HTTP, websocket, job
-protocol, output fetching, server resolution)."""
+:class:`Job`). A protected server's credentials are :class:`Credentials` (or part of its
+URL); :func:`public_url` is a URL as comfyfn shows it, without them. Everything under ``_``
+is the private transport (HTTP, websocket, job protocol, output fetching, server resolution).
+"""
 
 from comfyfn.client._async import AsyncClient, WorkflowSource
 from comfyfn.client._async_job import AsyncJob
+from comfyfn.client._credentials import Credentials, public_url
 from comfyfn.client._sync import Client, Job
 
-__all__ = ["AsyncClient", "AsyncJob", "Client", "Job", "WorkflowSource"]
+__all__ = [
+    "AsyncClient",
+    "AsyncJob",
+    "Client",
+    "Credentials",
+    "Job",
+    "WorkflowSource",
+    "public_url",
+]

@@ -19,8 +19,9 @@ import httpx
 
 from comfyfn.client import _config
 from comfyfn.client._async_job import AsyncJob
+from comfyfn.client._credentials import Credentials, public_url, split_url
 from comfyfn.client._http import DEFAULT_TIMEOUT, HttpSession
-from comfyfn.client._job import JobSettings, JobSpec, post_prompt
+from comfyfn.client._job import JobSettings, JobSpec, check_prompt_id, post_prompt
 from comfyfn.client._lookup import cancel, find_graph, queue_position
 from comfyfn.client._socket import EventSocket
 from comfyfn.errors import ComfyError, WorkflowInvalid
@@ -56,7 +57,9 @@ class AsyncClient:
     Args:
         server: base URL such as ``http://gpu-1:8188``. Default: ``COMFYFN_SERVER``, else
             the local engine (started, when the client opens, if it is installed but not
-            running).
+            running). The URL may carry a protected server's credentials:
+            ``https://user:password@host`` (Basic auth), ``https://host/?token=…`` (every
+            query parameter goes on every request and the websocket URL).
         timeout: per-request HTTP timeouts (an :class:`httpx.Timeout` or seconds).
         job_timeout: default deadline for a whole job, in seconds (``None`` = none); on
             expiry the job is interrupted or dequeued, then
@@ -65,6 +68,10 @@ class AsyncClient:
             asks the server about the job (catches jobs deleted from the queue).
         retries: how often an idempotent request is retried after a transient failure.
         transport: replaces httpx's network transport (e.g. an :class:`httpx.MockTransport`).
+        auth: :class:`Credentials` for a server behind a reverse proxy (Bearer or Basic auth,
+            extra headers, query parameters), sent on every HTTP request and the websocket
+            upgrade; they take precedence over those in the URL. Never shown: ``server``,
+            errors, logs and reprs give the URL without credentials.
     """
 
     #: Private seam: the websocket class (tests replace it to replay or refuse messages).
@@ -79,8 +86,10 @@ class AsyncClient:
         check_interval: float = 5.0,
         retries: int = 3,
         transport: httpx.AsyncBaseTransport | None = None,
+        auth: Credentials | None = None,
     ) -> None:
         self._server_arg = server
+        self._auth = auth
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self.job_timeout = job_timeout
         self.check_interval = check_interval
@@ -113,12 +122,19 @@ class AsyncClient:
                 raise ComfyError("the client is closed; create a new one")
             if self._session is not None:
                 return
-            server = await _config.resolve_server(self._server_arg)
+            server, from_url = split_url(await _config.resolve_server(self._server_arg))
+            credentials = from_url.merged(self._auth)
             self._session = HttpSession(
-                server, self._timeout, retries=self.retries, transport=self._transport
+                server,
+                self._timeout,
+                retries=self.retries,
+                transport=self._transport,
+                credentials=credentials,
             )
             self._socket = self._socket_class(
-                _ws_url(server, self.client_id), connect_timeout=self._timeout.connect or 5.0
+                _ws_url(server, self.client_id),
+                credentials=credentials,
+                connect_timeout=self._timeout.connect or 5.0,
             )
 
     async def aclose(self) -> None:
@@ -146,14 +162,22 @@ class AsyncClient:
         """The id this client gives ComfyUI (it sends a job's events only to its client)."""
         return self._client_id
 
+    def __repr__(self) -> str:
+        try:
+            where = self.server
+        except ComfyError:
+            where = "the local engine"
+        return f"<{type(self).__name__} {where}>"
+
     @property
     def server(self) -> str:
-        """The server's base URL: known before the client opens only if it was given (as an
-        argument or in ``COMFYFN_SERVER``); the local engine is looked up when it opens."""
+        """The server's base URL, without credentials: known before the client opens only if
+        it was given (as an argument or in ``COMFYFN_SERVER``); the local engine is looked up
+        when it opens."""
         if self._session is not None:
             return self._session.server
         if (url := _config.explicit_server(self._server_arg)) is not None:
-            return url
+            return public_url(url)
         raise ComfyError(
             "the server is not known yet: with no server= and no COMFYFN_SERVER it is the "
             "local engine, looked up when the client opens"
@@ -209,10 +233,13 @@ class AsyncClient:
 
         With ``validate`` (the default) the graph is first checked against the server's node
         definitions, so a bad graph fails with every problem listed before anything is sent.
-        ``prompt_id`` sets the job's id (so a caller can record it before submitting). A
-        submission cancelled midway (or failing with its outcome unknown) is cancelled on
-        the server, unless ``cancel_on_exit`` is False.
+        ``prompt_id`` sets the job's id (so a caller can record it before submitting): a UUID
+        in canonical form, as ``str(uuid.uuid4())`` gives (:class:`~comfyfn.ConfigError`
+        otherwise, before anything is sent). A submission cancelled midway (or failing with
+        its outcome unknown) is cancelled on the server, unless ``cancel_on_exit`` is False.
         """
+        if prompt_id is not None:
+            check_prompt_id(prompt_id)
         wf = workflow if isinstance(workflow, Workflow) else Workflow.load(workflow)
         if validate:
             await self._validate(wf)
@@ -349,7 +376,10 @@ class AsyncClient:
     async def cancel(self, prompt_id: str) -> str:
         """Dequeue a pending job or interrupt a running one.
 
-        Returns ``"dequeued"``, ``"interrupted"`` or ``"absent"`` (already finished).
+        Returns ``"dequeued"``, ``"interrupted"`` or ``"absent"`` (already finished). On a
+        server with the job routes (ComfyUI 0.28) this is one atomic, repeatable
+        ``POST /api/jobs/{id}/cancel``; on older ones a look at the queue, then a dequeue or
+        an interrupt.
         """
         session, socket = await self._connection()
         outcome = await cancel(session, prompt_id)

@@ -5,29 +5,46 @@
 | server  | ``server=``    | ``COMFYFN_SERVER``| the local engine (started if needed)  |
 | home    | —              | ``COMFYFN_HOME``  | the platform's user cache dir        |
 | engine  | —              | ``COMFYFN_ENGINE``| instance name ``default``            |
+
+A server URL may carry credentials for a reverse proxy in front of ComfyUI
+(``https://user:password@host``, ``https://host/?token=…``): they are kept in the URL these
+functions return and taken out of it by the client (see ``_credentials``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from urllib.parse import urlsplit, urlunsplit
 
+from comfyfn.client._credentials import public_url
 from comfyfn.errors import ConfigError
 
 __all__ = ["explicit_server", "resolve_server", "resolve_server_sync"]
 
 
 def _normalise(url: str, source: str) -> str:
-    url = url.strip().rstrip("/")
+    url = url.strip()
     if "://" not in url:
         url = f"http://{url}"
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{source}: {url!r} is not an http(s) URL")
-    return url
+    parts = urlsplit(url)
+    shown = public_url(url)  # never the credentials, even in an error
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"{source}: {shown!r} is not an http(s) URL")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {shown!r} has an invalid port ({exc})") from None
+    if not parts.hostname:
+        raise ConfigError(f"{source}: {shown!r} names no host")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), parts.query, ""))
 
 
 def explicit_server(server: str | None) -> str | None:
-    """The server given as an argument or in ``COMFYFN_SERVER`` (no I/O); None if neither."""
+    """The server given as an argument or in ``COMFYFN_SERVER`` (no I/O); None if neither.
+
+    The URL keeps the credentials it carries; show it only through ``public_url``.
+    """
     if server:
         return _normalise(server, "server")
     env = os.environ.get("COMFYFN_SERVER")
@@ -35,7 +52,8 @@ def explicit_server(server: str | None) -> str | None:
 
 
 def resolve_server_sync(server: str | None, *, start_engine: bool = True) -> str:
-    """The server URL to use; may start the local engine (blocking)."""
+    """The server URL to use (with the credentials it carries); may start the local engine
+    (blocking)."""
     if (url := explicit_server(server)) is not None:
         return url
     from comfyfn.engine import Engine

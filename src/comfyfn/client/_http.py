@@ -5,13 +5,19 @@ and answers that are not what ComfyUI sends (:class:`~comfyfn.errors.ProtocolErr
 the route). Idempotent requests are retried with short exponential backoff and a small
 bounded jitter (tenacity, per call: no global state, no log output of its own); each retry
 is logged at DEBUG on the ``comfyfn`` logger.
+
+Credentials for a protected server are added to each request by the transport, as it
+leaves: httpx logs the request it was given (``HTTP Request: GET …`` at INFO), so the
+``?token=`` never reaches a log; text from elsewhere that goes into an error is redacted.
 """
 
 from __future__ import annotations
 
 import logging
+import urllib.request
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from tenacity import (
@@ -24,6 +30,7 @@ from tenacity import (
     wait_random,
 )
 
+from comfyfn.client._credentials import Credentials
 from comfyfn.errors import HTTPStatusError, ProtocolError, ServerUnreachable, TransportError
 from comfyfn.events import describe
 
@@ -36,6 +43,10 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 _RETRY_STATUS = frozenset({502, 503, 504})
 _WANTED: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
 _RETRY_BUDGET = 30.0  #: seconds; no retry starts after this much time in one call
+_CREDENTIALS_HINT = (
+    " (a protected server: give its credentials in the URL, https://user:password@host or "
+    "https://host/?token=…, or as auth=Credentials(...))"
+)
 
 
 def transient(exc: BaseException) -> bool:
@@ -75,9 +86,46 @@ def retrying(
     )
 
 
+class _Authorizing(httpx.AsyncBaseTransport):
+    """Adds the credentials to each request on its way to ``inner`` (a copy: the request
+    httpx logs and keeps stays without them)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, credentials: Credentials) -> None:
+        self._inner = inner
+        self._headers = credentials.http_headers()
+        self._query = dict(credentials.query)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        headers = httpx.Headers(request.headers)
+        headers.update(self._headers)
+        sent = httpx.Request(
+            request.method,
+            request.url.copy_merge_params(self._query),
+            headers=headers,
+            stream=request.stream,
+            extensions=request.extensions,
+        )
+        return await self._inner.handle_async_request(sent)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy ``HTTP(S)_PROXY``/``ALL_PROXY`` name for ``url``, unless ``NO_PROXY`` exempts
+    it: what httpx would use had it made the transport itself."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        return proxy
+    return None
+
+
 class HttpSession:
     """Wraps :class:`httpx.AsyncClient` for one server; every failure is a ComfyError.
 
+    ``server`` is the public base URL (no credentials); ``credentials`` go on every request.
     ``transport`` replaces httpx's network transport (tests pass an
     :class:`httpx.MockTransport`; anything else an :class:`httpx.AsyncBaseTransport`).
     """
@@ -89,30 +137,39 @@ class HttpSession:
         *,
         retries: int = 3,
         transport: httpx.AsyncBaseTransport | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.server = server
         self.retries = retries
+        self.credentials = credentials or Credentials()
+        #: whether the server has ``POST /api/jobs/{id}/cancel``: None until a cancel finds out
+        self.has_job_routes: bool | None = None
+        if self.credentials:
+            inner = transport or httpx.AsyncHTTPTransport(proxy=environment_proxy(server))
+            transport = _Authorizing(inner, self.credentials)
         self.client = httpx.AsyncClient(base_url=server, timeout=timeout, transport=transport)
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
     def error_for_exception(self, method: str, path: str, exc: httpx.HTTPError) -> TransportError:
+        detail = self.credentials.redact(str(exc))
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
             return ServerUnreachable(
-                f"cannot reach ComfyUI at {self.server}: {exc or type(exc).__name__} "
+                f"cannot reach ComfyUI at {self.server}: {detail or type(exc).__name__} "
                 "(is it running? start the local one with `comfyfn engine up`)",
                 server=self.server,
             )
         return TransportError(
-            f"{method} {path} to {self.server} failed: {type(exc).__name__}: {exc}",
+            f"{method} {path} to {self.server} failed: {type(exc).__name__}: {detail}",
             server=self.server,
         )
 
     def error_for_status(self, method: str, path: str, response: httpx.Response) -> HTTPStatusError:
-        body = response.text[:2000]
+        body = self.credentials.redact(response.text[:2000])
+        hint = _CREDENTIALS_HINT if response.status_code in (401, 403, 407) else ""
         return HTTPStatusError(
-            f"{method} {path} answered HTTP {response.status_code}: {body[:300]}",
+            f"{method} {path} answered HTTP {response.status_code}: {body[:300]}{hint}",
             server=self.server,
             status_code=response.status_code,
             body=body,
@@ -122,7 +179,8 @@ class HttpSession:
 
     def protocol_error(self, method: str, path: str, what: str, body: Any = "") -> ProtocolError:
         """``what`` completes "<METHOD> <path> from <server> answered …"."""
-        shown = body if isinstance(body, str) else repr(body)
+        shown = self.credentials.redact(body if isinstance(body, str) else repr(body))
+        what = self.credentials.redact(what)
         return ProtocolError(
             f"{method} {path} from {self.server} answered {what}",
             server=self.server,

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 import time
+import uuid
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeGuard
@@ -24,7 +25,13 @@ from comfyfn.client._lookup import accepted, cancel, get_entry, get_queue, queue
 from comfyfn.client._outputs import fetch_images
 from comfyfn.client._rejection import workflow_invalid_from_response
 from comfyfn.client._socket import LOST, PROBE, EventSocket
-from comfyfn.errors import GenerationTimeout, Interrupted, NoOutputs, TransportError
+from comfyfn.errors import (
+    ConfigError,
+    GenerationTimeout,
+    Interrupted,
+    NoOutputs,
+    TransportError,
+)
 from comfyfn.events import (
     BinaryFrame,
     Done,
@@ -43,7 +50,7 @@ from comfyfn.events import (
 from comfyfn.result import Generation, Image, Timings
 from comfyfn.workflow._graph import ApiGraph, class_types
 
-__all__ = ["JobSettings", "JobSpec", "follow", "post_prompt"]
+__all__ = ["JobSettings", "JobSpec", "check_prompt_id", "follow", "post_prompt"]
 
 log = logging.getLogger("comfyfn")
 
@@ -90,6 +97,32 @@ class JobSpec:
         return None if timeout is None else self.since + timeout
 
 
+def check_prompt_id(prompt_id: object) -> str:
+    """``prompt_id`` if it is a UUID in canonical form (lowercase, hyphenated: what
+    ``str(uuid.uuid4())`` gives); else a ConfigError saying what is wrong.
+
+    ComfyUI 0.28 rejects any other id (400 ``invalid_prompt_id``) and keeps ids verbatim
+    everywhere, so the one form works on every server.
+    """
+    if not isinstance(prompt_id, str):
+        raise ConfigError(f"prompt_id must be a string, not {type(prompt_id).__name__}")
+    try:
+        canonical = str(uuid.UUID(prompt_id))
+    except ValueError:
+        raise ConfigError(
+            f"prompt_id {prompt_id!r} is not a UUID: ComfyUI takes only a UUID in canonical "
+            "form such as str(uuid.uuid4()); leave prompt_id out to get one"
+        ) from None
+    if prompt_id != canonical:
+        wrong = (
+            "has uppercase letters"
+            if prompt_id.lower() == canonical
+            else "is not in canonical form (lowercase, hyphenated, nothing around it)"
+        )
+        raise ConfigError(f"prompt_id {prompt_id!r} {wrong}: ComfyUI takes only {canonical!r}")
+    return prompt_id
+
+
 async def post_prompt(
     session: HttpSession, graph: ApiGraph, prompt_id: str, settings: JobSettings
 ) -> int | None:
@@ -114,12 +147,13 @@ async def post_prompt(
             if await accepted(session, prompt_id):
                 log.info("submission %s was accepted despite %s", prompt_id, type(exc).__name__)
                 return None
+            detail = f"{type(exc).__name__}: {session.credentials.redact(str(exc))}"
             if attempt > session.retries:
                 raise TransportError(
-                    f"POST /prompt to {session.server} kept failing: {type(exc).__name__}: {exc}",
+                    f"POST /prompt to {session.server} kept failing: {detail}",
                     server=session.server,
                 ) from exc
-            log.info("re-submitting %s after %s (the server does not have it)", prompt_id, exc)
+            log.info("re-submitting %s after %s (the server does not have it)", prompt_id, detail)
             continue
         if response.status_code == 400:
             try:

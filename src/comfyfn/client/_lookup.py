@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from comfyfn.client._http import HttpSession
-from comfyfn.errors import ProtocolError
+from comfyfn.errors import HTTPStatusError, ProtocolError
 from comfyfn.events import describe, history_entry_problem
 
 __all__ = [
@@ -128,7 +128,18 @@ async def find_graph(session: HttpSession, prompt_id: str) -> dict[str, Any] | N
 
 
 async def cancel(session: HttpSession, prompt_id: str) -> str:
-    """Dequeue a pending job or interrupt a running one: 'dequeued', 'interrupted' or 'absent'."""
+    """Dequeue a pending job or interrupt a running one: 'dequeued', 'interrupted' or 'absent'.
+
+    A server with the job routes (ComfyUI 0.28: ``POST /api/jobs/{id}/cancel``) decides
+    atomically, so a job that starts between our look and our cancel is still stopped;
+    others get the look at ``/queue``, then ``POST /queue {"delete"}`` or ``/interrupt``.
+    Which kind the server is, the first cancel learns (a 404/405 from the route) and
+    remembers for the session.
+    """
+    if session.has_job_routes is not False:
+        outcome = await _cancel_by_route(session, prompt_id)
+        if outcome is not None:
+            return outcome
     running, pending = await get_queue(session)
     if prompt_id in pending:
         await session.send("POST", "/queue", json={"delete": [prompt_id]})
@@ -137,3 +148,35 @@ async def cancel(session: HttpSession, prompt_id: str) -> str:
         await session.send("POST", "/interrupt", json={"prompt_id": prompt_id})
         return "interrupted"
     return "absent"
+
+
+async def _cancel_by_route(session: HttpSession, prompt_id: str) -> str | None:
+    """Cancel through ``POST /api/jobs/{id}/cancel``; None if the server has no such route.
+
+    The route answers only ``{"cancelled": bool}``; what it did shows afterwards: a dequeued
+    job is gone from the server (``GET /api/jobs/{id}`` is a 404), an interrupted one is
+    still known (running, then in the history).
+    """
+    path = f"/api/jobs/{prompt_id}/cancel"
+    try:
+        response = await session.idempotent("POST", path)  # safe to repeat, by design
+    except HTTPStatusError as exc:
+        if exc.status_code in (404, 405) and session.has_job_routes is None:
+            session.has_job_routes = False  # an older ComfyUI: no job routes
+            return None
+        raise
+    session.has_job_routes = True
+    answer = session.decode_json("POST", path, response, dict)
+    cancelled = answer.get("cancelled")
+    if not isinstance(cancelled, bool):
+        what = f"an object whose 'cancelled' is {describe(cancelled)}, not a boolean"
+        raise session.protocol_error("POST", path, what, answer)
+    if not cancelled:
+        return "absent"
+    try:
+        await session.get_dict(f"/api/jobs/{prompt_id}")
+    except HTTPStatusError as exc:
+        if exc.status_code == 404:
+            return "dequeued"
+        raise
+    return "interrupted"

@@ -11,6 +11,8 @@ from comfyfn.errors import NodeProblem, WorkflowInvalid
 __all__ = ["workflow_invalid_from_response"]
 
 _NODE_ID_IN_DETAILS = re.compile(r"Node ID '#?([^']+)'")
+#: ComfyUI ≤ 0.3's message for an unknown class (0.28 names it in ``extra_info`` instead)
+_UNKNOWN_CLASS = re.compile(r"Cannot execute because node (.+) does not exist\.")
 
 
 def _problem(node_id: str, class_type: str | None, err: Mapping[str, Any]) -> NodeProblem:
@@ -47,6 +49,35 @@ def _problem(node_id: str, class_type: str | None, err: Mapping[str, Any]) -> No
     return NodeProblem(node_id, class_type, name, text, kind)
 
 
+def _graph_problem(error: Mapping[str, Any]) -> NodeProblem:
+    """The one problem of a graph-level rejection (``error`` without ``node_errors``).
+
+    An unknown node class reads the same on every version, naming the class and the node:
+    0.3.75 says so in its message, 0.28 (type ``missing_node_type``) in ``extra_info``, with
+    a message that names the node's title instead.
+    """
+    kind = str(error.get("type", "invalid"))
+    message = str(error.get("message") or "the server rejected the workflow")
+    details = str(error.get("details") or "")
+    extra = error.get("extra_info")
+    extra = extra if isinstance(extra, Mapping) else {}
+    match = _NODE_ID_IN_DETAILS.search(details)
+    node_id = _text(extra.get("node_id")) or (match.group(1) if match else None)
+    unknown = _UNKNOWN_CLASS.fullmatch(message)
+    class_type = _text(extra.get("class_type")) or (unknown.group(1) if unknown else None)
+    if class_type is not None:
+        title = _text(extra.get("node_title"))
+        titled = f" (titled {title!r})" if title and title != class_type else ""
+        text = f"node class {class_type} does not exist on the server{titled}: not installed?"
+        return NodeProblem(node_id, class_type, None, text, kind)
+    shown = "" if match or not details or details == message else f" ({details})"
+    return NodeProblem(node_id, None, None, message + shown, kind)
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if isinstance(value, str | int) and str(value) else None
+
+
 def workflow_invalid_from_response(body: Any, *, server: str | None = None) -> WorkflowInvalid:
     """Build the error for a 400 answer to ``POST /prompt``.
 
@@ -65,14 +96,7 @@ def workflow_invalid_from_response(body: Any, *, server: str | None = None) -> W
         for err in info.get("errors") or ():
             problems.append(_problem(str(node_id), info.get("class_type"), err))
     if not problems:
-        message = str(error.get("message") or "the server rejected the workflow")
-        details = str(error.get("details") or "")
-        match = _NODE_ID_IN_DETAILS.search(details)
-        node_id = match.group(1) if match else None
-        extra = "" if match or not details or details == message else f" ({details})"
-        problems.append(
-            NodeProblem(node_id, None, None, message + extra, error.get("type", "invalid"))
-        )
+        problems.append(_graph_problem(error))
     summary = "the server rejected the workflow"
     if error.get("type") == "prompt_outputs_failed_validation":
         summary = "the server rejected the workflow: prompt outputs failed validation"

@@ -4,6 +4,10 @@ ComfyUI sends a job's execution messages only to the socket whose ``clientId`` s
 so every job of a client subscribes here by prompt id before it is submitted. When the
 socket drops, every subscriber gets :data:`LOST` and falls back to polling; a later
 :meth:`EventSocket.ensure` reconnects under the same client id and events flow again.
+
+A protected server's credentials go on the upgrade request (headers, and query parameters
+on the URL); the URL this module logs has none, and the ``websockets.client`` debug lines
+(request line and headers) pass through a logger that blanks them.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+from comfyfn.client._credentials import Credentials
 from comfyfn.events import BinaryFrame, parse_binary_frame
 
 __all__ = ["LOST", "PROBE", "EventSocket"]
@@ -30,11 +36,44 @@ PROBE = object()  #: something changed locally (e.g. a cancel): check the server
 _FEATURES = json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
 
 
-class EventSocket:
-    """Routes websocket messages to per-prompt queues."""
+class _Redacting(logging.LoggerAdapter[logging.Logger]):
+    """A logger that blanks the credentials in every message (formatted first)."""
 
-    def __init__(self, ws_url: str, *, connect_timeout: float = 5.0, retry_after: float = 1.0):
+    def __init__(self, logger: logging.Logger, credentials: Credentials) -> None:
+        super().__init__(logger)
+        self._credentials = credentials
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        try:
+            text = str(msg) % args if args else str(msg)
+        except (TypeError, ValueError):  # what logging itself would report as a bad call
+            text = f"{msg} {args}"
+        self.logger.log(level, self._credentials.redact(text), **kwargs)
+
+
+def _with_query(url: str, query: dict[str, str]) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{urlencode(query)}" if query else url
+
+
+class EventSocket:
+    """Routes websocket messages to per-prompt queues.
+
+    ``ws_url`` has no credentials (it is what the log shows); ``credentials`` are added to
+    the connection.
+    """
+
+    def __init__(
+        self,
+        ws_url: str,
+        *,
+        credentials: Credentials | None = None,
+        connect_timeout: float = 5.0,
+        retry_after: float = 1.0,
+    ):
         self._url = ws_url
+        self._credentials = credentials or Credentials()
         self._connect_timeout = connect_timeout
         self._retry_after = retry_after
         self._ws: ClientConnection | None = None
@@ -60,19 +99,30 @@ class EventSocket:
                 return False
             self._last_attempt = now
             try:
-                ws = await asyncio.wait_for(
-                    connect(self._url, max_size=None, open_timeout=None), self._connect_timeout
-                )
+                ws = await asyncio.wait_for(self._connect(), self._connect_timeout)
                 await ws.send(_FEATURES)
             except (OSError, WebSocketException, TimeoutError) as exc:
                 log.warning(
-                    "websocket %s unavailable (%s); polling /history instead", self._url, exc
+                    "websocket %s unavailable (%s); polling /history instead",
+                    self._url,
+                    self._credentials.redact(str(exc)) or type(exc).__name__,
                 )
                 return False
             self._ws = ws
             self._reader = asyncio.create_task(self._read(ws), name="comfyfn-ws-reader")
             log.debug("websocket connected: %s", self._url)
             return True
+
+    async def _connect(self) -> ClientConnection:
+        credentials = self._credentials
+        logger = logging.getLogger("websockets.client")
+        return await connect(
+            _with_query(self._url, dict(credentials.query)),
+            additional_headers=credentials.http_headers(),
+            max_size=None,
+            open_timeout=None,
+            logger=_Redacting(logger, credentials) if credentials else logger,
+        )
 
     def subscribe(self, prompt_id: str) -> asyncio.Queue[Any]:
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -115,7 +165,7 @@ class EventSocket:
                 else:
                     self._route_json(message)
         except (OSError, WebSocketException) as exc:
-            log.warning("websocket dropped: %s", exc)
+            log.warning("websocket dropped: %s", self._credentials.redact(str(exc)))
         finally:
             for queue in list(self._subs.values()):  # a copy: jobs may unsubscribe meanwhile
                 queue.put_nowait(LOST)

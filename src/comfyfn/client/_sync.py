@@ -20,6 +20,7 @@ import httpx
 
 from comfyfn.client._async import AsyncClient, WorkflowSource
 from comfyfn.client._async_job import AsyncJob
+from comfyfn.client._credentials import Credentials
 from comfyfn.client._http import DEFAULT_TIMEOUT
 from comfyfn.client._loop import LoopThread
 from comfyfn.errors import ComfyError
@@ -55,6 +56,7 @@ class Client:
         check_interval: float = 5.0,
         retries: int = 3,
         transport: httpx.AsyncBaseTransport | None = None,
+        auth: Credentials | None = None,
     ) -> None:
         self._async = AsyncClient(
             server,
@@ -63,6 +65,7 @@ class Client:
             check_interval=check_interval,
             retries=retries,
             transport=transport,
+            auth=auth,
         )
         self._thread: LoopThread | None = None
         self._stop_thread: Callable[[], object] = lambda: None
@@ -122,9 +125,12 @@ class Client:
                 with contextlib.suppress(RuntimeError):  # still closing after a Ctrl-C
                     self._run(aclose)
 
+    def __repr__(self) -> str:
+        return repr(self._async).replace("<AsyncClient", "<Client", 1)
+
     @property
     def server(self) -> str:
-        """The server's base URL (see :attr:`AsyncClient.server`)."""
+        """The server's base URL, without credentials (see :attr:`AsyncClient.server`)."""
         return self._async.server
 
     @property
@@ -261,7 +267,8 @@ class Client:
     def cancel(self, prompt_id: str) -> str:
         """Dequeue a pending job or interrupt a running one.
 
-        Returns ``"dequeued"``, ``"interrupted"`` or ``"absent"`` (already finished).
+        Returns ``"dequeued"``, ``"interrupted"`` or ``"absent"`` (already finished); see
+        :meth:`AsyncClient.cancel`.
         """
         return self._run(self._async.cancel, prompt_id)
 
