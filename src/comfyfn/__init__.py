@@ -22,7 +22,7 @@ from typing import Any
 from httpx import Timeout
 
 from comfyfn import workflow
-from comfyfn.client import AsyncClient, AsyncJob, Client, Job
+from comfyfn.client import AsyncClient, AsyncJob, Client, Credentials, Job
 from comfyfn.errors import (
     ComfyError,
     ConfigError,
@@ -67,6 +67,7 @@ __all__ = [
     "ComfyWarning",
     "ConfigError",
     "CorruptOutput",
+    "Credentials",
     "EngineError",
     "Event",
     "ExecutionFailed",
