@@ -14,6 +14,7 @@ SRC = Path(comfyfn.__file__).parent
 #: what each layer (a package) may not import: only layers below it
 ABOVE = ["comfyfn.cli", "comfyfn.gateway", "comfyfn.batch", "comfyfn.fleet", "comfyfn.client"]
 FORBIDDEN = {
+    "storage": tuple(ABOVE),
     "workflow": tuple(ABOVE),
     "client": tuple(ABOVE[:-1]),
     "fleet": tuple(ABOVE[:-2]),
