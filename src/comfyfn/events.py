@@ -2,7 +2,8 @@
 
 A job's events arrive in this order (some may be absent)::
 
-    Queued(position) → Started → NodeCached* → (NodeStarted → Progress* → NodeFinished?)*
+    Queued(position) → Started → NodeCached*
+        → (NodeStarted → (Progress | Preview)* → NodeFinished?)*
         → Succeeded(generation) | Failed(error) | Stopped(error)
 
 The last event is always one of the three *final* events; what went wrong on the client's
@@ -36,6 +37,7 @@ __all__ = [
     "NodeCached",
     "NodeFinished",
     "NodeStarted",
+    "Preview",
     "Progress",
     "Queued",
     "Started",
@@ -97,6 +99,21 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """A sampler's preview image (sent when the server runs with ``--preview-method``):
+    encoded bytes (JPEG/PNG/WebP, see ``media_type``) at sampling ``step`` (the last
+    :class:`Progress` value of that node, None before any). SaveImageWebsocket images are
+    outputs, never previews."""
+
+    prompt_id: str
+    node_id: str | None
+    image: bytes = field(repr=False)
+    step: int | None
+    media_type: str = "image/jpeg"
+    class_type: str | None = None
+
+
+@dataclass(frozen=True)
 class NodeFinished:
     """A node finished and reported UI outputs (e.g. SaveImage's file list)."""
 
@@ -138,7 +155,16 @@ class Stopped:
 
 FinalEvent = Union[Succeeded, Failed, Stopped]  # noqa: UP007 - a runtime alias for isinstance
 Event = Union[  # noqa: UP007 - a runtime alias users can isinstance-check against
-    Queued, Started, NodeCached, NodeStarted, Progress, NodeFinished, Succeeded, Failed, Stopped
+    Queued,
+    Started,
+    NodeCached,
+    NodeStarted,
+    Progress,
+    Preview,
+    NodeFinished,
+    Succeeded,
+    Failed,
+    Stopped,
 ]
 
 

@@ -1,4 +1,5 @@
-"""What a generation returns: images with their bytes and metadata, and how long it took."""
+"""What a generation returns: images and other outputs with their bytes and metadata, and
+how long it took."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from comfyfn.provenance import PROVENANCE_KEY, add_text_chunks, png_structure_pr
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
-__all__ = ["Generation", "Image", "Timings", "image_problem"]
+__all__ = ["OUTPUT_KINDS", "Generation", "Image", "Output", "Timings", "image_problem"]
+
+#: What an output is: a still image, an animated image, a video, audio, text, another file.
+OUTPUT_KINDS = ("image", "animated", "video", "audio", "text", "file")
 
 
 def image_problem(data: bytes) -> str | None:
@@ -125,6 +129,34 @@ class Image:
         return write_atomic(target, self.png_bytes())
 
 
+@dataclass(frozen=True, eq=False)
+class Output:
+    """One output of any kind (see :data:`OUTPUT_KINDS`) with its media type and bytes.
+
+    Only still images are decoded and size-checked (they are also in ``Generation.images``
+    as :class:`Image`); text outputs have no file name and carry UTF-8 text.
+    """
+
+    kind: str
+    media_type: str
+    data: bytes = field(repr=False)
+    node_id: str | None
+    filename: str | None = None
+    subfolder: str = ""
+    type: str = "output"
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the bytes atomically; a directory gets the server's file name."""
+        target = Path(path)
+        if target.is_dir():
+            target = target / (self.filename or f"{self.node_id or 'output'}.txt")
+        return write_atomic(target, self.data)
+
+
 @dataclass(frozen=True)
 class Generation:
     """The outcome of one job: images, what ran, where, and how long it took."""
@@ -136,22 +168,30 @@ class Generation:
     workflow: Mapping[str, Any] = field(repr=False)
     timings: Timings
     cached_nodes: tuple[str, ...] = ()
+    #: every output, images included (as kind ``image``), in the server's order
+    outputs: tuple[Output, ...] = ()
+
+    def outputs_of(self, kind: str) -> tuple[Output, ...]:
+        """The outputs of one kind (``"video"``, ``"audio"``, ``"text"``...)."""
+        return tuple(o for o in self.outputs if o.kind == kind)
 
     @property
     def seed(self) -> int | None:
         return self.params.get("seed")
 
     def save(self, directory: str | os.PathLike[str], *, prefix: str | None = None) -> list[Path]:
-        """Save every image into ``directory``; names are ``{prefix}_{seed}_{i}.png``."""
+        """Save every image into ``directory`` (names ``{prefix}_{seed}_{i}.png``), then every
+        other output (``{prefix}_{seed}_{kind}{i}.{ext}``, the server's extension; text .txt)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         stem = prefix or f"{self.prompt_id[:8]}"
-        paths = []
-        for i, image in enumerate(self.images):
-            name = (
-                f"{stem}_{self.seed}_{i}.{image.format}"
-                if self.seed is not None
-                else (f"{stem}_{i}.{image.format}")
-            )
-            paths.append(image.save(out / name))
+        if self.seed is not None:
+            stem = f"{stem}_{self.seed}"
+        paths = [
+            image.save(out / f"{stem}_{i}.{image.format}") for i, image in enumerate(self.images)
+        ]
+        others = [o for o in self.outputs if o.kind != "image"]
+        for i, output in enumerate(others):
+            ext = Path(output.filename).suffix if output.filename else ".txt"
+            paths.append(output.save(out / f"{stem}_{output.kind}{i}{ext}"))
         return paths

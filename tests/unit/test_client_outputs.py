@@ -24,7 +24,7 @@ from test_client_protocol import (
 )
 
 from comfyfn.client._job import follow
-from comfyfn.client._outputs import fetch_images
+from comfyfn.client._outputs import fetch_outputs
 from comfyfn.errors import CorruptOutput
 from comfyfn.events import BinaryFrame, Succeeded
 
@@ -47,9 +47,10 @@ def _entry(prompt_id: str) -> dict:
 
 async def _fetch(fake: FakeComfy, prompt_id: str, *, retries: int = 3, **kw):
     entry = _entry(prompt_id)
-    return await fetch_images(
+    images, _ = await fetch_outputs(
         fake.session(retries=retries), entry, [], TYPES, prompt_id=prompt_id, **kw
     )
+    return images
 
 
 async def test_truncated_png_is_fetched_again(fake, prompt_id):
@@ -111,7 +112,13 @@ async def test_non_image_outputs_are_not_decoded(fake, prompt_id):
     entry = _entry(prompt_id)
     entry["outputs"]["2"]["images"][0]["filename"] = "clip_00001_.mp4"
     fake.set("GET", "/view", httpx.Response(200, content=b"\x00\x00\x00\x18ftypmp42"))
-    (video,) = await fetch_images(fake.session(), entry, [], TYPES, prompt_id=prompt_id)
+    images, (video,) = await fetch_outputs(fake.session(), entry, [], TYPES, prompt_id=prompt_id)
+    assert not images
+    assert (video.kind, video.media_type, video.filename) == (
+        "video",
+        "video/mp4",
+        "clip_00001_.mp4",
+    )
     assert video.data.endswith(b"mp42")
 
 
@@ -142,13 +149,14 @@ async def test_damaged_websocket_frame_is_corrupt(fake, prompt_id):
     entry = {"outputs": {}, "status": {"messages": []}}
     types = {"5": "SaveImageWebsocket"}
     good = BinaryFrame(1, GOOD_PNG, "image/png", "5", prompt_id)
-    (image,) = await fetch_images(
+    (image,), (output,) = await fetch_outputs(
         fake.session(), entry, [good], types, prompt_id=prompt_id, expect_size=(64, 64)
     )
     assert image.type == "websocket"
+    assert (output.kind, output.media_type, output.data) == ("image", "image/png", GOOD_PNG)
     bad = BinaryFrame(1, HALF_PNG, "image/png", "5", prompt_id)
     with pytest.raises(CorruptOutput, match="the websocket frame is cut short"):
-        await fetch_images(fake.session(), entry, [bad], types, prompt_id=prompt_id)
+        await fetch_outputs(fake.session(), entry, [bad], types, prompt_id=prompt_id)
 
 
 def test_retries_print_nothing_with_logging_unconfigured():
@@ -157,7 +165,7 @@ def test_retries_print_nothing_with_logging_unconfigured():
         import asyncio, io, httpx
         from PIL import Image
         from comfyfn.client._http import HttpSession
-        from comfyfn.client._outputs import fetch_images
+        from comfyfn.client._outputs import fetch_outputs
 
         buf = io.BytesIO(); Image.new("RGB", (8, 8)).save(buf, format="PNG")
         good = buf.getvalue()
@@ -175,7 +183,7 @@ def test_retries_print_nothing_with_logging_unconfigured():
             s = HttpSession("http://comfy.test", httpx.Timeout(5), transport=mock)
             print(await s.get_json("/queue"))
             entry = {"outputs": {"2": {"images": [{"filename": "a.png"}]}}}
-            images = await fetch_images(s, entry, [], {"2": "SaveImage"}, prompt_id="p")
+            images, _ = await fetch_outputs(s, entry, [], {"2": "SaveImage"}, prompt_id="p")
             print(len(images[0].data) == len(good))
             await s.aclose()
 
@@ -188,3 +196,39 @@ def test_retries_print_nothing_with_logging_unconfigured():
     assert done.returncode == 0, done.stderr
     assert done.stdout == "{}\nTrue\n"
     assert done.stderr == ""
+
+
+async def test_every_output_kind_is_classified_and_only_still_images_are_decoded(fake, prompt_id):
+    entry = {
+        "outputs": {
+            "2": {"images": [{"filename": "a.png", "type": "output"}]},
+            "3": {"images": [{"filename": "anim.webp"}], "animated": [True]},
+            "4": {"audio": [{"filename": "sound.flac", "subfolder": "audio"}]},
+            "5": {"images": [{"filename": "clip.webm"}], "animated": [True]},
+            "6": {"text": ["hello", "wörld"]},
+            "7": {"3d": [{"filename": "mesh.glb"}]},
+        },
+        "status": {"messages": []},
+    }
+    bodies = {"a.png": GOOD_PNG, "anim.webp": b"RIFF....WEBPnot-decoded"}
+
+    def view(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=bodies.get(request.url.params["filename"], b"bytes"))
+
+    fake.set("GET", "/view", view)
+    types = {"2": "SaveImage", "3": "SaveAnimatedWEBP", "4": "SaveAudio", "5": "SaveWEBM"}
+    images, outputs = await fetch_outputs(fake.session(), entry, [], types, prompt_id=prompt_id)
+    assert [i.filename for i in images] == ["a.png"]
+    kinds = [(o.node_id, o.kind, o.media_type) for o in outputs]
+    assert kinds == [
+        ("2", "image", "image/png"),
+        ("3", "animated", "image/webp"),
+        ("4", "audio", "audio/flac"),
+        ("5", "video", "video/webm"),
+        ("7", "file", "model/gltf-binary"),
+        ("6", "text", "text/plain"),
+        ("6", "text", "text/plain"),
+    ]
+    assert outputs[1].data == bodies["anim.webp"]  # an animated image is kept as it came
+    assert outputs[2].subfolder == "audio"
+    assert [o.text for o in outputs[-2:]] == ["hello", "wörld"]

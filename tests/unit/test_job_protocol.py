@@ -9,6 +9,7 @@ never connects, and says the messages a real ComfyUI 0.3.75 sent (tests/fixtures
 from __future__ import annotations
 
 import json
+import struct
 import time
 import uuid
 
@@ -30,7 +31,7 @@ import comfyfn
 from comfyfn import AsyncClient
 from comfyfn.client._job import JobSettings, JobSpec, follow
 from comfyfn.client._socket import LOST, EventSocket
-from comfyfn.events import NodeFinished, NodeStarted, Started, Stopped
+from comfyfn.events import NodeFinished, NodeStarted, Preview, Started, Stopped
 
 pytestmark = pytest.mark.anyio
 
@@ -262,3 +263,54 @@ def test_spec_deadline_counts_from_submission():
     job = spec("p", timeout=5.0)
     assert job.deadline == pytest.approx(job.since + 5.0)
     assert spec("p").deadline is None
+
+
+async def test_sampler_previews_are_events_and_websocket_saves_stay_images():
+    graph = {
+        "1": GRAPH["1"],
+        "3": {"class_type": "KSampler", "inputs": {}},
+        "2": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}},
+    }
+    prompt_id = str(uuid.uuid4())
+    fake = FakeComfy()
+    entry = history_for(prompt_id, graph=graph)
+    entry[prompt_id]["outputs"] = {}
+    fake.set("GET", f"/history/{prompt_id}", js(entry))
+    preview = b"\xff\xd8\xff-a-jpeg-preview"
+    meta = json.dumps({"node_id": "3", "prompt_id": prompt_id, "image_type": "image/jpeg"})
+    with_meta = struct.pack(">II", 4, len(meta)) + meta.encode() + preview
+
+    def say(socket: ReplaySocket) -> None:
+        def send(kind: str, **data: object) -> None:
+            socket._route_json(json.dumps({"type": kind, "data": {**data, "prompt_id": prompt_id}}))
+
+        send("execution_start")
+        send("executing", node="3")
+        socket._route_frame(struct.pack(">II", 1, 1) + preview)  # legacy: before any step
+        send("progress", value=2, max=4, node="3")
+        socket._route_frame(with_meta)
+        send("executing", node="2")
+        socket._route_frame(FRAME)  # the SaveImageWebsocket image
+        send("executing", node=None)
+        send("execution_success")
+
+    async with AsyncClient(SERVER, transport=fake.transport()) as c:
+        answer = fake.post_prompt
+
+        def post_prompt(body: dict) -> httpx.Response:
+            response = answer(body)
+            say(c._socket)
+            return response
+
+        fake.post_prompt = post_prompt
+        job = await c.submit_graph(graph, validate=False, prompt_id=prompt_id)
+        events = [e async for e in job.events()]
+    previews = [e for e in events if isinstance(e, Preview)]
+    assert previews == [
+        Preview(prompt_id, "3", preview, None, "image/jpeg", "KSampler"),
+        Preview(prompt_id, "3", preview, 2, "image/jpeg", "KSampler"),
+    ]
+    generation = events[-1].generation
+    assert [(i.type, i.node_id, i.data) for i in generation.images] == [
+        ("websocket", "2", FRAME[8:])
+    ]

@@ -21,6 +21,7 @@ from comfyfn.client import _config
 from comfyfn.client._async_job import AsyncJob
 from comfyfn.client._credentials import Credentials, public_url, split_url
 from comfyfn.client._http import DEFAULT_TIMEOUT, HttpSession
+from comfyfn.client._inputs import fetch_urls, upload_inputs
 from comfyfn.client._job import JobSettings, JobSpec, check_prompt_id, post_prompt
 from comfyfn.client._lookup import cancel, find_graph, queue_position
 from comfyfn.client._socket import EventSocket
@@ -99,6 +100,7 @@ class AsyncClient:
         self._session: HttpSession | None = None
         self._socket: EventSocket | None = None
         self._object_info: dict[str, Any] | None = None
+        self._uploaded: dict[str, set[str]] = {}  #: server → input images uploaded there
         self._opening = asyncio.Lock()
         self._closed = False
 
@@ -210,15 +212,22 @@ class AsyncClient:
         parameters (``seed``, ``width``, ``height``, ``steps``, ``negative``... or
         ``"node.input"`` paths); ``size=(w, h)`` or ``"WxH"`` sets both sides; ``seed``
         defaults to a random one. ``timeout`` is the job's deadline from now;
-        ``cancel_on_exit``: see :class:`AsyncJob`.
+        ``cancel_on_exit``: see :class:`AsyncJob`. Input images (``image=``, ``mask=`` or
+        the path of a LoadImage input) are a path, bytes, a PIL image, an :class:`Image` or an
+        http(s) URL; with ``image=`` and no workflow, the workflow is ``zimage-edit``.
         """
-        wf = await self.workflow(workflow if workflow is not None else "zimage-turbo")
+        default = "zimage-edit" if params.get("image") is not None else "zimage-turbo"
+        wf = await self.workflow(workflow if workflow is not None else default)
         if prompt is not None:
             params["prompt"] = prompt
         params.setdefault("seed", None)
         return await self.submit_graph(
-            wf.bind(**params), timeout=timeout, cancel_on_exit=cancel_on_exit
+            await self._bind(wf, params), timeout=timeout, cancel_on_exit=cancel_on_exit
         )
+
+    async def _bind(self, wf: Workflow, params: Mapping[str, Any]) -> Workflow:
+        """``wf`` with ``params`` bound, input images given by URL fetched first."""
+        return wf.bind(**await fetch_urls(wf, params))
 
     async def submit_graph(
         self,
@@ -241,10 +250,12 @@ class AsyncClient:
         if prompt_id is not None:
             check_prompt_id(prompt_id)
         wf = workflow if isinstance(workflow, Workflow) else Workflow.load(workflow)
+        session, socket = await self._connection()
+        if wf.uploads:  # on this job's server, before the graph naming them is checked
+            await upload_inputs(session, wf.uploads, self._uploaded.setdefault(self.server, set()))
         if validate:
             await self._validate(wf)
         spec = self._spec(prompt_id or str(uuid.uuid4()), wf, timeout, cancel_on_exit)
-        session, socket = await self._connection()
         subscription = socket.subscribe(spec.prompt_id) if await socket.ensure() else None
         try:
             await post_prompt(session, spec.graph, spec.prompt_id, spec.settings)
@@ -361,7 +372,7 @@ class AsyncClient:
         """Run a workflow (bound with ``params``, if any) and return its Generation."""
         wf = await self.workflow(workflow)
         if params:
-            wf = wf.bind(**params)
+            wf = await self._bind(wf, params)
         job = await self.submit_graph(wf, timeout=timeout, validate=validate)
         return await job.result()
 

@@ -22,7 +22,7 @@ import httpx
 
 from comfyfn.client._http import HttpSession
 from comfyfn.client._lookup import accepted, cancel, get_entry, get_queue, queue_position
-from comfyfn.client._outputs import fetch_images
+from comfyfn.client._outputs import fetch_outputs
 from comfyfn.client._rejection import workflow_invalid_from_response
 from comfyfn.client._socket import LOST, PROBE, EventSocket
 from comfyfn.errors import (
@@ -40,6 +40,8 @@ from comfyfn.events import (
     NodeCached,
     NodeFinished,
     NodeStarted,
+    Preview,
+    Progress,
     Queued,
     Started,
     Stopped,
@@ -47,7 +49,7 @@ from comfyfn.events import (
     events_from_history,
     parse_message,
 )
-from comfyfn.result import Generation, Image, Timings
+from comfyfn.result import Generation, Image, Output, Timings
 from comfyfn.workflow._graph import ApiGraph, class_types
 
 __all__ = ["JobSettings", "JobSpec", "check_prompt_id", "follow", "post_prompt"]
@@ -190,6 +192,7 @@ class _Watch:
         self.frames: list[BinaryFrame] = []
         self.cached: tuple[str, ...] = ()
         self.current_node: str | None = None
+        self.steps: dict[str | None, int] = {}  #: each node's last Progress value
         self.delay = 0.02
         self.ended = False  #: the job is over on the server (or was cancelled by us)
 
@@ -206,6 +209,8 @@ class _Watch:
                 self.cached += ev.node_ids
             if isinstance(ev, NodeStarted):
                 self.current_node = ev.node_id
+            if isinstance(ev, Progress):
+                self.steps[ev.node_id] = ev.value
             out.append(ev)
         return out
 
@@ -280,18 +285,25 @@ class _Watch:
             return await self.probe()
         if item is PROBE:
             return await self.probe()
-        if isinstance(item, BinaryFrame):  # a legacy frame says nothing of its node: ours runs
-            self.frames.append(
-                item
-                if item.node_id
-                else BinaryFrame(
-                    item.event, item.data, item.image_type, self.current_node, self.prompt_id
-                )
-            )
-            return []
+        if isinstance(item, BinaryFrame):
+            return self.frame(item)
         return parse_message(
             item, self.prompt_id, class_types=self.types, server=self.session.server
         )
+
+    def frame(self, item: BinaryFrame) -> list[Event | Done]:
+        """A SaveImageWebsocket image (or one from a node of unknown class) is kept as an
+        output; an image from any other node is a preview. A legacy frame says nothing of its
+        node: the running one sent it."""
+        node = item.node_id or self.current_node
+        class_type = self.types.get(node or "")
+        if class_type in (None, "SaveImageWebsocket"):
+            self.frames.append(
+                BinaryFrame(item.event, item.data, item.image_type, node, self.prompt_id)
+            )
+            return []
+        step = self.steps.get(node)
+        return [Preview(self.prompt_id, node, item.data, step, item.image_type, class_type)]
 
     async def poll(self, remaining: float | None) -> list[Event | Done]:
         jittered = self.delay * random.uniform(0.5, 1.0)
@@ -329,7 +341,7 @@ class _Watch:
         for late in self.fresh(replay):
             if not isinstance(late, Done):
                 yield late
-        images = await fetch_images(
+        images, outputs = await fetch_outputs(
             self.session,
             entry,
             self.frames,
@@ -337,15 +349,17 @@ class _Watch:
             prompt_id=self.prompt_id,
             expect_size=self.settings.expect_size,
         )
-        if not images:
+        if not outputs:
             raise NoOutputs(
-                "the job finished without any image output",
+                "the job finished without any output",
                 server=self.session.server,
                 prompt_id=self.prompt_id,
             )
-        yield Succeeded(self.prompt_id, self.generation(entry, images))
+        yield Succeeded(self.prompt_id, self.generation(entry, images, outputs))
 
-    def generation(self, entry: Mapping[str, Any], images: list[Image]) -> Generation:
+    def generation(
+        self, entry: Mapping[str, Any], images: list[Image], outputs: list[Output]
+    ) -> Generation:
         spec, server = self.spec, self.session.server
         return Generation(
             prompt_id=self.prompt_id,
@@ -355,6 +369,7 @@ class _Watch:
             workflow=spec.graph,
             timings=_timings(entry, spec.since),
             cached_nodes=self.cached,
+            outputs=tuple(outputs),
         )
 
 

@@ -1,4 +1,9 @@
-"""Fetching a finished job's output images, each checked before it counts as a result.
+"""Fetching a finished job's outputs of every kind; still images are checked before they count.
+
+Each ``/history`` output is classified (:data:`~comfyfn.result.OUTPUT_KINDS`): refs under
+``images`` are still images unless the node marks them ``animated`` or their type is a video;
+``audio``, ``gifs``/``videos`` and other file refs by their media type; ``text`` strings are
+text outputs. Only still images are decoded and size-checked.
 
 An image is accepted only if it arrived whole (as many bytes as announced) and decodes
 completely (PNG, JPEG, WebP); a damaged ``/view`` body is fetched again, up to the session's
@@ -11,15 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mimetypes
 from collections.abc import Mapping
 from typing import Any
 
 from comfyfn.client._http import HttpSession, retrying, transient
 from comfyfn.errors import CorruptOutput
 from comfyfn.events import BinaryFrame
-from comfyfn.result import Image, image_problem
+from comfyfn.result import Image, Output, image_problem
 
-__all__ = ["SIZED_OUTPUTS", "fetch_images"]
+__all__ = ["SIZED_OUTPUTS", "fetch_outputs", "media_type"]
 
 log = logging.getLogger("comfyfn")
 
@@ -43,10 +49,44 @@ def _must_decode(filename: str, data: bytes) -> bool:
     )
 
 
+_MEDIA_TYPES = {
+    ".webp": "image/webp",
+    ".webm": "video/webm",
+    ".mp4": "video/mp4",
+    ".flac": "audio/flac",
+    ".opus": "audio/ogg",
+    ".mp3": "audio/mpeg",
+    ".glb": "model/gltf-binary",
+}
+
+
+def media_type(filename: str) -> str:
+    """The media type a file name says (``application/octet-stream`` if unknown)."""
+    suffix = filename[filename.rfind(".") :].lower() if "." in filename else ""
+    return (
+        _MEDIA_TYPES.get(suffix)
+        or mimetypes.guess_type(filename)[0]
+        or ("application/octet-stream")
+    )
+
+
+def _kind(key: str, output: Mapping[str, Any], media: str) -> str:
+    top = media.split("/")[0]
+    if top == "video":
+        return "video"
+    if top == "audio":
+        return "audio"
+    if top == "image":
+        animated = key in ("gifs", "animated") or any(output.get("animated") or ())
+        return "animated" if animated else "image" if key == "images" else "file"
+    return "file"
+
+
 async def _view(
-    session: HttpSession, node_id: str, ref: Mapping[str, Any], prompt_id: str
+    session: HttpSession, node_id: str, ref: Mapping[str, Any], prompt_id: str, *, decode: bool
 ) -> Image:
-    """GET one output from ``/view``; a short or undecodable body is fetched again."""
+    """GET one output from ``/view``; a short (or, with ``decode``, undecodable) body is
+    fetched again."""
     params = {
         "filename": str(ref["filename"]),
         "subfolder": str(ref.get("subfolder") or ""),
@@ -62,7 +102,7 @@ async def _view(
             with attempt:
                 attempts += 1
                 data, problem = await session.download("/view", params=params)
-                if problem is None and _must_decode(params["filename"], data):
+                if problem is None and decode and _must_decode(params["filename"], data):
                     bad = await asyncio.to_thread(image_problem, data)  # ~15 ms per 1 MP
                     problem = f"the body {bad}" if bad else None
                 if problem:
@@ -125,7 +165,28 @@ def _check_sizes(
             )
 
 
-async def fetch_images(
+def _refs(entry: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any], str]]:
+    """(node id, kind, file ref, media type) of every file output in a history entry."""
+    found = []
+    for node_id, output in (entry.get("outputs") or {}).items():
+        for key, items in output.items():
+            for ref in items if isinstance(items, list | tuple) else ():
+                if isinstance(ref, Mapping) and isinstance(ref.get("filename"), str):
+                    media = media_type(ref["filename"])
+                    found.append((str(node_id), _kind(key, output, media), ref, media))
+    return found
+
+
+def _texts(entry: Mapping[str, Any]) -> list[Output]:
+    return [
+        Output("text", "text/plain", text.encode("utf-8"), str(node_id))
+        for node_id, output in (entry.get("outputs") or {}).items()
+        for text in output.get("text") or ()
+        if isinstance(text, str)
+    ]
+
+
+async def fetch_outputs(
     session: HttpSession,
     entry: Mapping[str, Any],
     frames: list[BinaryFrame],
@@ -133,15 +194,24 @@ async def fetch_images(
     *,
     prompt_id: str,
     expect_size: tuple[int, int] | None = None,
-) -> list[Image]:
-    """Every output image, each checked to decode completely (and to have ``expect_size``)."""
-    refs = [
-        (str(node_id), ref)
-        for node_id, output in (entry.get("outputs") or {}).items()
-        for ref in output.get("images") or ()
-    ]
-    images = list(await asyncio.gather(*(_view(session, n, r, prompt_id) for n, r in refs)))
+) -> tuple[list[Image], list[Output]]:
+    """Every output: the still images, each checked to decode completely (and to have
+    ``expect_size``), and all outputs (images included) with their kinds."""
+    refs = _refs(entry)
+    files = await asyncio.gather(
+        *(_view(session, n, r, prompt_id, decode=k == "image") for n, k, r, _ in refs)
+    )
+    images = [f for f, (_, kind, _, _) in zip(files, refs, strict=True) if kind == "image"]
     images += await _frame_images(frames, types, session, prompt_id)
     if expect_size is not None:
         _check_sizes(images, types, expect_size, session, prompt_id)
-    return images
+    outputs = [
+        Output(kind, media, f.data, f.node_id, f.filename, f.subfolder, f.type)
+        for f, (_, kind, _, media) in zip(files, refs, strict=True)
+    ]
+    outputs += [
+        Output("image", media_type(f"frame.{i.format}"), i.data, i.node_id, None, "", i.type)
+        for i in images
+        if i.type == "websocket"
+    ]
+    return images, outputs + _texts(entry)

@@ -11,8 +11,9 @@ offline use (``bundled_object_info(server_version)``).
 """
 
 from comfyfn.workflow._binding import PARAMETERS, ComfyWarning, parse_size
-from comfyfn.workflow._builtin import BUILTIN, builtin, zimage, zimage_turbo
+from comfyfn.workflow._builtin import BUILTIN, builtin, zimage, zimage_edit, zimage_turbo
 from comfyfn.workflow._bundled import BUNDLED_VERSIONS, bundled_object_info, bundled_version
+from comfyfn.workflow._images import InputImage, input_image
 from comfyfn.workflow._meaning import MEANINGS
 from comfyfn.workflow._params import Param
 from comfyfn.workflow._workflow import Workflow
@@ -23,12 +24,15 @@ __all__ = [
     "MEANINGS",
     "PARAMETERS",
     "ComfyWarning",
+    "InputImage",
     "Param",
     "Workflow",
     "builtin",
     "bundled_object_info",
     "bundled_version",
+    "input_image",
     "parse_size",
     "zimage",
+    "zimage_edit",
     "zimage_turbo",
 ]

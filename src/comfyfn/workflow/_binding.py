@@ -11,18 +11,28 @@ import math
 import secrets
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from comfyfn.errors import NodeProblem, WorkflowInvalid
 from comfyfn.workflow._bundled import bundled_object_info
 from comfyfn.workflow._definitions import input_spec
-from comfyfn.workflow._graph import ApiGraph, is_link, new_node_id, set_input
-from comfyfn.workflow._meaning import MEANINGS, Slot, Slots, find_slots
+from comfyfn.workflow._graph import ApiGraph, downstream, is_link, new_node_id, set_input
+from comfyfn.workflow._images import InputImage, input_image, is_url
+from comfyfn.workflow._meaning import IMAGE_LOADERS, MEANINGS, Slot, Slots, find_slots
 from comfyfn.workflow._paths import choose_option, dynamic_combo, path_slot
 from comfyfn.workflow._sizes import input_value
 
-__all__ = ["PARAMETERS", "BoundGraph", "ComfyWarning", "bind", "parse_size", "random_seed"]
+__all__ = [
+    "PARAMETERS",
+    "BoundGraph",
+    "ComfyWarning",
+    "bind",
+    "is_image_slot",
+    "parse_size",
+    "random_seed",
+]
 
 #: Parameter name → meaning (bindable by name when the graph has exactly one candidate).
 PARAMETERS = MEANINGS
@@ -61,6 +71,7 @@ class BoundGraph:
     values: Mapping[str, Any]
     slots: Slots
     bound: Mapping[str, Slot]  #: each bound name → the slot it was written to
+    uploads: Mapping[str, InputImage] = field(default_factory=dict)  #: by server file name
 
 
 def _check(
@@ -186,6 +197,7 @@ def bind(
         elif negative is not None:
             where["negative"] = slots.resolve("negative", graph)
             given["negative"] = negative
+    uploads = _bind_images(graph, slots, where, given)
     named = {k: v for k, v in given.items() if k in MEANINGS}
     problems += _check(graph, where, named, definitions)
     if problems:
@@ -194,7 +206,67 @@ def bind(
         _write(graph, where[name], value, everywhere=name in ("width", "height"))
     values = {name: input_value(graph, *slot) for name, slot in slots.params.items()}
     _warn_unusual_size(values)
-    return BoundGraph(graph, values, slots, where)
+    return BoundGraph(graph, values, slots, where, uploads)
+
+
+def is_image_slot(graph: ApiGraph, slot: Slot) -> bool:
+    """Whether ``slot`` is the ``image`` input of a LoadImage/LoadImageMask node."""
+    return slot[1] == "image" and graph[slot[0]].get("class_type") in IMAGE_LOADERS
+
+
+def _is_server_file(value: object) -> bool:
+    """A text naming a file already on the server (not a local file, not a URL)."""
+    return isinstance(value, str) and not is_url(value) and not Path(value).is_file()
+
+
+def _bind_images(
+    graph: ApiGraph, slots: Slots, where: dict[str, Slot], given: dict[str, Any]
+) -> dict[str, InputImage]:
+    """Turn each input image in ``given`` into its content-hashed server name (in place);
+    by ``image``/``mask`` an image is always local or a URL, by path a text not naming a
+    local file stays a server file name. Without a width/height, a size scaled from the
+    image is set to the image's size rounded to multiples of 16."""
+    uploads: dict[str, InputImage] = {}
+    for name, value in list(given.items()):
+        slot = where[name]
+        if not is_image_slot(graph, slot) or (name not in MEANINGS and _is_server_file(value)):
+            continue
+        image = input_image(value, name)
+        given[name] = image.server_name
+        uploads[image.server_name] = image
+        _default_size(graph, slots, slot[0], image.size, given, where)
+    return uploads
+
+
+def _default_size(
+    graph: ApiGraph,
+    slots: Slots,
+    loader: str,
+    size: tuple[int, int],
+    given: dict[str, Any],
+    where: dict[str, Slot],
+) -> None:
+    found: dict[str, Slot] = {n: slots.params[n] for n in ("width", "height") if n in slots.params}
+    if len(found) != 2 or "width" in given or "height" in given:
+        return
+    if not all(_feeds(graph, loader, slot[0]) for slot in found.values()):
+        return
+    for name, side in zip(("width", "height"), size, strict=True):
+        given[name] = max(16, round(side / 16) * 16)
+        where[name] = found[name]
+
+
+def _feeds(graph: ApiGraph, source: str, target: str) -> bool:
+    """Whether ``target`` is reachable downstream from ``source``."""
+    seen, todo = {source}, [source]
+    while todo:
+        for nxt in downstream(graph, todo.pop()):
+            if nxt == target:
+                return True
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return False
 
 
 def _choose_options(

@@ -5,7 +5,12 @@
 - ``zimage``: Z-Image (base) text to image: 25 steps, cfg 4, ``res_multistep``/``simple``,
   shift 3, 1024², a real (empty) negative prompt.
 
-Both use ``text_encoders/qwen_3_4b.safetensors`` and ``vae/ae.safetensors``; the diffusion
+- ``zimage-edit``: Z-Image-Turbo image to image: LoadImage → ImageScale (to a ×16 size:
+  the input's own size rounded, unless width/height are given) → VAEEncode → KSampler
+  (8 steps, cfg 1, ``denoise`` 0.6) → VAEDecode → SaveImage. Parameters as zimage-turbo
+  (without batch_size), plus ``image``.
+
+All use ``text_encoders/qwen_3_4b.safetensors`` and ``vae/ae.safetensors``; the diffusion
 models are ``z_image_turbo_bf16.safetensors`` and ``z_image_bf16.safetensors``. Parameters:
 prompt, negative, seed, width, height, batch_size, steps, cfg, sampler, scheduler, denoise,
 model, text_encoder, vae, filename_prefix.
@@ -19,9 +24,13 @@ from importlib import resources
 from comfyfn.errors import ConfigError
 from comfyfn.workflow._workflow import Workflow
 
-__all__ = ["BUILTIN", "builtin", "zimage", "zimage_turbo"]
+__all__ = ["BUILTIN", "builtin", "zimage", "zimage_edit", "zimage_turbo"]
 
-BUILTIN = {"zimage-turbo": "zimage_turbo.json", "zimage": "zimage.json"}
+BUILTIN = {
+    "zimage-turbo": "zimage_turbo.json",
+    "zimage": "zimage.json",
+    "zimage-edit": "zimage_edit.json",
+}
 
 
 def builtin(name: str) -> Workflow:
@@ -47,3 +56,8 @@ def zimage_turbo() -> Workflow:
 def zimage() -> Workflow:
     """Z-Image (base): as Z-Image-Turbo with z_image_bf16, 25 steps, cfg 4, a real negative."""
     return builtin("zimage")
+
+
+def zimage_edit() -> Workflow:
+    """Z-Image-Turbo image to image: bind ``image`` (and ``denoise``, default 0.6)."""
+    return builtin("zimage-edit")

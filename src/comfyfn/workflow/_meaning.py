@@ -11,6 +11,8 @@ From every sampler (KSampler, KSamplerAdvanced, SamplerCustom, SamplerCustomAdva
   replaces the link by the value;
 - ``model`` → the diffusion model loader; the prompt encoder's ``clip`` → the text-encoder
   loader; the VAE decoder fed by the sampler → the VAE loader;
+- ``LoadImage`` / ``LoadImageMask`` nodes → ``image`` / ``mask`` (an input image, found
+  anywhere in the graph, not only upstream of a sampler);
 - nodes with ``filename_prefix`` (and SaveImageWebsocket/PreviewImage) are the outputs.
 
 A value linked from a primitive node (``PrimitiveInt``, ``PrimitiveString``...) is found on
@@ -27,7 +29,7 @@ from typing import Any
 from comfyfn.errors import NodeProblem, WorkflowInvalid
 from comfyfn.workflow._graph import ApiGraph, downstream, is_link, is_literal, linked_from
 
-__all__ = ["MEANINGS", "SAMPLER_CLASSES", "Slot", "Slots", "find_slots"]
+__all__ = ["IMAGE_LOADERS", "MEANINGS", "SAMPLER_CLASSES", "Slot", "Slots", "find_slots"]
 
 SAMPLER_CLASSES = frozenset(
     {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"}
@@ -49,7 +51,11 @@ MEANINGS: Mapping[str, str] = {
     "text_encoder": "text encoder file (text_encoders/)",
     "vae": "VAE file (vae/)",
     "filename_prefix": "output file name prefix",
+    "image": "input image (path, bytes, PIL image, Image or http(s) URL)",
+    "mask": "input mask image (path, bytes, PIL image, Image or http(s) URL)",
 }
+#: Loader class → the meaning of its ``image`` input.
+IMAGE_LOADERS: Mapping[str, str] = {"LoadImage": "image", "LoadImageMask": "mask"}
 Slot = tuple[str, str]  # (node id, input name)
 
 _CONDITIONING = ("conditioning", "conditioning_1", "conditioning_to", "positive")
@@ -186,7 +192,12 @@ def _trace(graph: ApiGraph, sampler: str) -> tuple[dict[str, Slot], str | None]:
     def sized(nid: str) -> bool:
         return "width" in graph[nid]["inputs"] and "height" in graph[nid]["inputs"]
 
-    latent = _walk(graph, linked_from(graph, sampler, "latent_image"), ("samples", "latent"), sized)
+    latent = _walk(
+        graph,
+        linked_from(graph, sampler, "latent_image"),
+        ("samples", "latent", "pixels", "image"),
+        sized,
+    )
     if latent is not None:
         for name in ("width", "height", "batch_size"):
             if (slot := _value_slot(graph, latent, name)) is not None:
@@ -234,6 +245,10 @@ def find_slots(graph: ApiGraph) -> Slots:
             if slot not in candidates.setdefault(name, []):
                 candidates[name].append(slot)
     outputs = tuple(sorted((n for n, node in graph.items() if _is_output(node)), key=_id_key))
+    for node_id in sorted(graph, key=_id_key):
+        meaning = IMAGE_LOADERS.get(graph[node_id].get("class_type", ""))
+        if meaning is not None and is_literal(graph, node_id, "image"):
+            candidates.setdefault(meaning, []).append((node_id, "image"))
     prefixes = [(n, "filename_prefix") for n in outputs if is_literal(graph, n, "filename_prefix")]
     if prefixes:
         candidates["filename_prefix"] = prefixes

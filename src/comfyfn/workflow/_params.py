@@ -9,7 +9,7 @@ from typing import Any
 
 from comfyfn.workflow._definitions import input_spec
 from comfyfn.workflow._graph import ApiGraph, is_link
-from comfyfn.workflow._meaning import MEANINGS, Slots
+from comfyfn.workflow._meaning import IMAGE_LOADERS, MEANINGS, Slots
 from comfyfn.workflow._sizes import input_value
 
 __all__ = ["Param", "dead_nodes", "describe"]
@@ -22,7 +22,7 @@ class Param:
     """One bindable parameter."""
 
     name: str
-    type: str  #: INT, FLOAT, STRING, BOOLEAN or COMBO
+    type: str  #: INT, FLOAT, STRING, BOOLEAN, COMBO or IMAGE (a LoadImage/LoadImageMask input)
     default: Any
     node_id: str
     input: str
@@ -83,9 +83,10 @@ def _param(
             description=description,
         )
     opts = spec.options
+    image = input_name == "image" and cls in IMAGE_LOADERS
     return Param(
         name,
-        "COMBO" if spec.is_combo else spec.type,
+        "IMAGE" if image else "COMBO" if spec.is_combo else spec.type,
         value,
         node_id,
         input_name,
@@ -94,7 +95,7 @@ def _param(
         opts.get("min"),
         opts.get("max"),
         opts.get("step"),
-        None if spec.folder else spec.choices,
+        None if spec.folder or image else spec.choices,
         spec.folder,
         description or opts.get("tooltip", ""),
     )

@@ -14,11 +14,13 @@ from typing import Any
 from comfyfn.errors import NodeProblem, WorkflowInvalid
 from comfyfn.provenance import read_text_chunks
 from comfyfn.workflow import _validation as validation
-from comfyfn.workflow._binding import bind
+from comfyfn.workflow._binding import bind, is_image_slot
 from comfyfn.workflow._bundled import bundled_object_info, is_bundled
 from comfyfn.workflow._graph import ApiGraph, load_api_graph
-from comfyfn.workflow._meaning import Slots, find_slots
+from comfyfn.workflow._images import InputImage
+from comfyfn.workflow._meaning import IMAGE_LOADERS, Slots, find_slots
 from comfyfn.workflow._params import Param, all_inputs, dead_nodes, describe
+from comfyfn.workflow._paths import path_slot
 from comfyfn.workflow._sizes import decoded_size, input_value
 from comfyfn.workflow._uiformat import is_ui_workflow, ui_to_api
 
@@ -71,6 +73,8 @@ class Workflow:
     name: str | None = None
     values: Mapping[str, Any] = field(default_factory=dict)  #: what was bound so far
     object_info: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    #: input images bound so far, by their server file name: uploaded when the job is submitted
+    uploads: Mapping[str, InputImage] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(
@@ -163,16 +167,34 @@ class Workflow:
         bound = bind(self.to_api(), definitions=self.definitions, **values)
         merged = {**self.values, **{k: v for k, v in values.items() if v is not None}}
         merged.update({k: bound.values[k] for k in ("seed",) if k in values and k in bound.values})
+        merged.update(
+            {
+                k: bound.graph[n]["inputs"][i]
+                for k, (n, i) in bound.bound.items()
+                if is_image_slot(bound.graph, (n, i))
+            }
+        )
         return Workflow(
             MappingProxyType(bound.graph),
             self.source,
             self.name,
             MappingProxyType(merged),
             self.object_info,
+            MappingProxyType({**self.uploads, **bound.uploads}),
         )
 
     def with_definitions(self, object_info: Mapping[str, Any]) -> Workflow:
-        return Workflow(self.graph, self.source, self.name, self.values, object_info)
+        return Workflow(self.graph, self.source, self.name, self.values, object_info, self.uploads)
+
+    def is_image_input(self, name: str) -> bool:
+        """Whether parameter ``name`` (a meaning or a ``node.input`` path) is an input image."""
+        if name in IMAGE_LOADERS.values():
+            return True
+        try:
+            slot = path_slot(dict(self.graph), name)
+        except WorkflowInvalid:
+            return False
+        return is_image_slot(dict(self.graph), slot)
 
     def validate(
         self,

@@ -1,0 +1,91 @@
+"""Input images on the wire: fetching http(s) URLs, and uploading to the job's server once.
+
+A URL is fetched with its own HTTP client (the server's credentials never go to it), bounded
+in bytes and time, and must answer with an ``image/*`` body. Uploads go to the server's input
+subfolder ``comfyfn/`` under the content-hashed name (``overwrite``: same name, same bytes);
+each client remembers, per server, which names it has uploaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from comfyfn.client._http import HttpSession
+from comfyfn.errors import ConfigError
+from comfyfn.workflow._images import (
+    INPUT_SUBFOLDER,
+    MAX_INPUT_BYTES,
+    InputImage,
+    input_image,
+    is_url,
+)
+from comfyfn.workflow._workflow import Workflow
+
+__all__ = ["URL_TIMEOUT", "fetch_url", "fetch_urls", "upload_inputs"]
+
+log = logging.getLogger("comfyfn.client")
+
+URL_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+
+async def fetch_url(url: str, param: str) -> InputImage:
+    """GET an input image; a failure, a non-image or an oversized body is a ConfigError."""
+    try:
+        async with (
+            httpx.AsyncClient(follow_redirects=True, max_redirects=5, timeout=URL_TIMEOUT) as http,
+            http.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise ConfigError(
+                    f"the image for {param}, {url}, cannot be fetched: HTTP {response.status_code}"
+                )
+            media_type = response.headers.get("content-type", "").split(";")[0].strip()
+            if not media_type.startswith("image/"):
+                raise ConfigError(
+                    f"the image for {param}, {url}, is {media_type or 'untyped'}, not image/*"
+                )
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_INPUT_BYTES:
+                    raise ConfigError(
+                        f"the image for {param}, {url}, is over {MAX_INPUT_BYTES} bytes"
+                    )
+    except httpx.HTTPError as exc:
+        raise ConfigError(
+            f"the image for {param}, {url}, cannot be fetched: {type(exc).__name__}: {exc}"
+        ) from None
+    return input_image(bytes(body), f"{param} ({url})")
+
+
+async def fetch_urls(wf: Workflow, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with each http(s) URL given for an input image replaced by its image."""
+    out = dict(params)
+    for name, value in params.items():
+        if is_url(value) and wf.is_image_input(name):
+            out[name] = await fetch_url(str(value), name)
+    return out
+
+
+async def upload_inputs(
+    session: HttpSession, uploads: Mapping[str, InputImage], uploaded: set[str]
+) -> None:
+    """Upload each image the server does not have yet (by this client's memory)."""
+    for server_name, image in uploads.items():
+        if server_name in uploaded:
+            continue
+        files = {"image": (image.filename, image.data, image.media_type)}
+        form = {"subfolder": INPUT_SUBFOLDER, "type": "input", "overwrite": "true"}
+        response = await session.send("POST", "/upload/image", files=files, data=form)
+        answer = session.decode_json("POST", "/upload/image", response, dict)
+        got = f"{answer.get('subfolder') or ''}/{answer.get('name')}".lstrip("/")
+        if got != server_name:
+            raise session.protocol_error(
+                "POST", "/upload/image", f"the upload stored as {got!r}, not {server_name!r}"
+            )
+        uploaded.add(server_name)
+        log.debug("uploaded %s (%d bytes) to %s", server_name, len(image.data), session.server)

@@ -1,0 +1,127 @@
+"""Input images bound by meaning or path: content-hashed names, checks, and the default size."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import threading
+import warnings
+from collections.abc import Iterator
+
+import pytest
+from PIL import Image as PIL
+
+from comfyfn.client._inputs import fetch_url
+from comfyfn.errors import ConfigError, WorkflowInvalid
+from comfyfn.result import Image
+from comfyfn.workflow import ComfyWarning, Workflow, builtin
+
+warnings.simplefilter("ignore", ComfyWarning)
+
+
+def png(size: tuple[int, int] = (100, 75), color: str = "red") -> bytes:
+    buffer = io.BytesIO()
+    PIL.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_zimage_edit_offers_image_and_sizes_the_output_from_it():
+    wf = builtin("zimage-edit")
+    assert {p.name: p.type for p in wf.params}["image"] == "IMAGE"
+    data = png()
+    bound = wf.bind(image=data, prompt="p", denoise=0.5)
+    name = f"comfyfn/{hashlib.sha256(data).hexdigest()[:32]}.png"
+    graph = bound.to_api()
+    assert graph["40"]["inputs"]["image"] == name
+    assert (graph["41"]["inputs"]["width"], graph["41"]["inputs"]["height"]) == (96, 80)
+    assert graph["3"]["inputs"]["denoise"] == 0.5
+    assert bound.uploads[name].data == data
+    assert bound.values["image"] == name
+    explicit = wf.bind(image=data, width=64, height=48).to_api()["41"]["inputs"]
+    assert (explicit["width"], explicit["height"]) == (64, 48)
+
+
+def test_every_kind_of_image_gets_the_same_content_name(tmp_path):
+    data = png((32, 32), "green")
+    path = tmp_path / "a b.png"
+    path.write_bytes(data)
+    wf = builtin("zimage-edit")
+    names = {
+        wf.bind(image=value).to_api()["40"]["inputs"]["image"]
+        for value in (data, path, str(path), Image(data, "9", "x.png"))
+    }
+    assert len(names) == 1 and "a b" not in names.pop()
+    from_pil = wf.bind(image=PIL.new("RGB", (20, 20), "blue")).to_api()["40"]["inputs"]["image"]
+    assert from_pil.startswith("comfyfn/") and from_pil.endswith(".png")
+
+
+def test_a_missing_path_or_non_image_or_url_in_bind_is_a_config_error(tmp_path):
+    wf = builtin("zimage-edit")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        wf.bind(image=tmp_path / "missing.png")
+    with pytest.raises(ConfigError, match="not an image"):
+        wf.bind(image=b"hello")
+    with pytest.raises(ConfigError, match="fetched by the client"):
+        wf.bind(image="https://example.invalid/a.png")
+    with pytest.raises(ConfigError, match="takes a path"):
+        wf.bind(image=3)
+
+
+def test_by_path_a_server_file_name_stays_and_a_local_file_is_uploaded(tmp_path):
+    wf = builtin("zimage-edit")
+    assert wf.is_image_input("image") and wf.is_image_input("40.image")
+    assert not wf.is_image_input("3.seed") and not wf.is_image_input("nothing.here")
+    kept = wf.bind(**{"40.image": "example.png"})
+    assert kept.to_api()["40"]["inputs"]["image"] == "example.png" and not kept.uploads
+    local = tmp_path / "in.png"
+    local.write_bytes(png())
+    bound = wf.bind(**{"Input image.image": local})
+    assert bound.to_api()["40"]["inputs"]["image"] in bound.uploads
+
+
+def test_mask_and_several_images_are_found_by_meaning():
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+        "2": {"class_type": "LoadImageMask", "inputs": {"image": "m.png", "channel": "alpha"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "b.png"}},
+    }
+    wf = Workflow.load(graph)
+    bound = wf.bind(mask=png((8, 8)))
+    assert bound.to_api()["2"]["inputs"]["image"].startswith("comfyfn/")
+    with pytest.raises(WorkflowInvalid, match="ambiguous"):
+        wf.bind(image=png())
+
+
+@pytest.fixture
+def local_http() -> Iterator[str]:
+    bodies = {"/ok.png": ("image/png", png((10, 10))), "/page": ("text/html", b"<html>")}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            kind, body = bodies.get(self.path, ("text/plain", b""))
+            self.send_response(200 if self.path in bodies else 404)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    thread.join(timeout=10)
+
+
+@pytest.mark.anyio
+async def test_a_url_is_fetched_and_checked(local_http):
+    image = await fetch_url(f"{local_http}/ok.png", "image")
+    assert image.size == (10, 10) and image.media_type == "image/png"
+    with pytest.raises(ConfigError, match="HTTP 404"):
+        await fetch_url(f"{local_http}/gone.png", "image")
+    with pytest.raises(ConfigError, match="text/html, not image"):
+        await fetch_url(f"{local_http}/page", "image")
