@@ -46,6 +46,7 @@ from comfyfn.events import (
     NodeCached,
     NodeFinished,
     NodeStarted,
+    Preview,
     Progress,
     Queued,
     Started,
@@ -53,7 +54,7 @@ from comfyfn.events import (
     Succeeded,
 )
 from comfyfn.provenance import read_provenance
-from comfyfn.result import Generation, Image, Timings
+from comfyfn.result import Generation, Image, Output, Timings
 from comfyfn.workflow import PARAMETERS, ComfyWarning, Param, Workflow
 
 __version__ = "0.1.0"
@@ -84,7 +85,9 @@ __all__ = [
     "NodeFinished",
     "NodeProblem",
     "NodeStarted",
+    "Output",
     "Param",
+    "Preview",
     "Progress",
     "ProtocolError",
     "Queued",
