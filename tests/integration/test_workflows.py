@@ -62,6 +62,27 @@ def test_official_z_image_turbo_template_runs_on_the_engine(server, unique, tmp_
     assert gen.workflow["57:3"]["inputs"]["steps"] == 3
 
 
+def test_z_image_base_template_runs_where_its_nodes_exist(engine, server, unique):
+    """The official Z-Image base template needs ResolutionSelector and SaveImageAdvanced: on a
+    ComfyUI that has them (0.28) it runs with the size bound by meaning; on 0.3.75 the error
+    names each missing class."""
+    template = str(TEMPLATES / "image_z_image.json")
+    with comfyfn.Client(server) as c:
+        if engine.install.version == "0.3.75":
+            with pytest.raises(comfyfn.WorkflowInvalid) as info:
+                c.workflow(template)
+            assert "ResolutionSelector" in str(info.value)
+            assert "SaveImageAdvanced" in str(info.value)
+            return
+        wf = c.workflow(template)
+        assert {"prompt", "negative", "seed", "steps", "cfg", "width", "height"} <= {
+            p.name for p in wf.params
+        }
+        gen = c.run(wf, prompt="外滩夜景", seed=unique(), width=320, height=192, steps=2)
+    assert (gen.images[0].width, gen.images[0].height) == (320, 192)
+    assert gen.params["model"] == "z_image_bf16.safetensors"
+
+
 def test_int8_template_runs_with_its_model_files_present(engine, server, unique):
     """Its files are absent until we provide them (tiny weights under the template's names)."""
     base = engine.base / "models"
