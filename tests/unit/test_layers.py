@@ -17,6 +17,7 @@ FORBIDDEN = {
     "storage": tuple(ABOVE),
     "workflow": tuple(ABOVE),
     "client": tuple(ABOVE[:-1]),
+    "models": tuple(ABOVE[:-1]),
     "fleet": tuple(ABOVE[:-2]),
     "batch": ("comfyfn.cli", "comfyfn.gateway"),
     "gateway": ("comfyfn.cli",),

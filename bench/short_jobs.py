@@ -1,0 +1,215 @@
+"""Short jobs on one server: how close to the server-bound limit, with default settings.
+
+Run: ``.venv/bin/python bench/short_jobs.py [--ms 20 200]``.
+
+GPU time is SIMULATED with the engine's test-only ``ComfyfnSleep`` node. For each job length,
+side by side on one local engine:
+
+- server-bound limit, measured: every job posted at once, so the server never waits for a
+  client; jobs/s from the first job's start to the last job's end (the server's own
+  timestamps). ComfyUI's own work per job (validation, history, saving the image) is in it;
+- nominal: 1000 / job ms (no per-job work at all);
+- ``comfyfn.batch`` with its default settings (today: ``--prime 1``);
+- the pool runner of ``bench/model_affinity.py`` with adaptive priming
+  (``comfyfn.models.prime_for`` on the job and turnaround times it measures), and with a
+  fixed prime of 1 for comparison.
+
+Our rates are wall time from the first submit to the last result, client side. With
+``--rtt-ms`` the clients reach the server through a TCP relay that delays every byte by half
+the round trip each way (a server across a network); the limit is the server's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import httpx
+from model_affinity import PoolRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from graphs import sleep_graph  # noqa: E402
+
+from comfyfn.batch import Batch, BatchSettings, Row  # noqa: E402
+from comfyfn.client import AsyncClient  # noqa: E402
+from comfyfn.engine import Engine  # noqa: E402
+
+_colour = iter(range(int(time.time() * 1000) % 8_000_000, 2**24))
+
+
+class Relay:
+    """A TCP relay to ``upstream`` that delays each direction by ``rtt / 2`` (HTTP and
+    websockets alike), keeping the bandwidth: bytes are written when their delay is up."""
+
+    def __init__(self, upstream: str, rtt: float) -> None:
+        host, port = upstream.removeprefix("http://").split(":")
+        self.host, self.port, self.delay = host, int(port), rtt / 2
+
+    async def __aenter__(self) -> str:
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.server = await asyncio.start_server(self._connect, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            up_writer.close()
+            self.tasks.discard(task)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def send() -> None:
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if not data:
+                    writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        sender = asyncio.create_task(send())
+        try:
+            while data := await reader.read(65536):
+                queue.put_nowait((time.monotonic() + self.delay, data))
+            queue.put_nowait((time.monotonic() + self.delay, b""))
+            await sender
+        finally:
+            sender.cancel()
+
+
+async def server_alone(url: str, n: int, ms: int) -> float:
+    """Jobs/s of the server on its own: n jobs posted at once, timed by its timestamps."""
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        ids = []
+        for _ in range(n):
+            graph = sleep_graph(next(_colour), milliseconds=ms, steps=2)
+            prompt_id = str(uuid.uuid4())
+            await http.post("/prompt", json={"prompt": graph, "prompt_id": prompt_id})
+            ids.append(prompt_id)
+        deadline = time.monotonic() + 600
+        while not (await http.get(f"/history/{ids[-1]}")).json():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not finish within 10 minutes")
+            await asyncio.sleep(0.02)
+        history = (await http.get("/history", params={"max_items": n + 10})).json()
+    stamps = [dict(history[i]["status"]["messages"]) for i in ids]
+    first = min(s["execution_start"]["timestamp"] for s in stamps)
+    last = max(s["execution_success"]["timestamp"] for s in stamps)
+    return n / (float(last - first) / 1000)
+
+
+async def batch_default(upstream: str, rtt: float, n: int, ms: int) -> float:
+    """``comfyfn.batch`` with default settings: jobs/s."""
+    wf = sleep_graph(0, milliseconds=ms, steps=2)
+    rows = (Row(i, {"1.color": next(_colour)}) for i in range(1, n + 1))
+    async with Relay(upstream, rtt) as url:
+        batch = Batch(rows, None, servers=[url], workflow=wf, settings=BatchSettings())
+        start, done = time.perf_counter(), 0
+        async for result in batch.results():
+            done += result.state == "done"
+        seconds = time.perf_counter() - start
+    if done != n:
+        raise RuntimeError(f"only {done}/{n} jobs done")
+    return n / seconds
+
+
+async def runner(
+    upstream: str, rtt: float, n: int, ms: int, prime: int | None
+) -> tuple[float, int]:
+    """The pool runner (prime None: adaptive): jobs/s, and the prime it ended with."""
+    async with Relay(upstream, rtt) as url, AsyncClient(url) as client:
+        rows = [
+            await client.workflow(sleep_graph(next(_colour), milliseconds=ms, steps=2))
+            for _ in range(n)
+        ]
+        result = await PoolRunner({url: client}, "shortest", prime).run(rows)
+    return result.rate, result.slots[url] - 1
+
+
+ADAPTIVE = "pool runner, adaptive priming"
+
+
+def measure(url: str, rtt_ms: int, ms: int, n: int, primes: list[int]) -> dict[str, float]:
+    """Jobs/s of each way to run the jobs, through a relay of ``rtt_ms``; the prime the
+    adaptive rule ended with is appended to ``primes``."""
+    rtt = rtt_ms / 1000
+    adaptive, prime = asyncio.run(runner(url, rtt, n, ms, None))
+    primes.append(prime)
+    return {
+        "comfyfn.batch, default settings (prime 1)": asyncio.run(batch_default(url, rtt, n, ms)),
+        ADAPTIVE: adaptive,
+        "pool runner, prime 1": asyncio.run(runner(url, rtt, n, ms, 1))[0],
+    }
+
+
+def main() -> None:
+    warnings.simplefilter("ignore")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ms", type=int, nargs="+", default=[20, 200])
+    parser.add_argument("--rtt-ms", type=int, nargs="+", default=[0, 20])
+    parser.add_argument("--seconds", type=float, default=5.0, help="simulated work per run")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    engine = Engine("bench-short")
+    url = engine.up().url
+    print(
+        "SIMULATED GPU time (ComfyfnSleep), one server. Each figure: mean of "
+        f"{args.rounds} rounds; the limit: the best round of the server alone."
+    )
+    print(f"{'job':>7} {'rtt':>6} {'what':46}{'jobs/s':>8}{'/ limit':>9}{'/ nominal':>11}")
+    try:
+        for ms in args.ms:
+            n = max(20, int(args.seconds * 1000 / ms))
+            limits: list[float] = []
+            rates: dict[int, dict[str, list[float]]] = {rtt: {} for rtt in args.rtt_ms}
+            primes: dict[int, list[int]] = {rtt: [] for rtt in args.rtt_ms}
+            for _ in range(args.rounds):
+                limits.append(asyncio.run(server_alone(url, n, ms)))
+                for rtt_ms in args.rtt_ms:
+                    for what, rate in measure(url, rtt_ms, ms, n, primes[rtt_ms]).items():
+                        rates[rtt_ms].setdefault(what, []).append(rate)
+            limit = max(limits)
+            what = "server alone: the server-bound limit"
+            print(f"{ms:5d}ms {'-':>6} {what:46}{limit:8.2f}{1:9.2f}{limit * ms / 1000:11.2f}")
+            for rtt_ms, by_what in rates.items():
+                for what, values in by_what.items():
+                    rate = sum(values) / len(values)
+                    if what == ADAPTIVE:
+                        what += f" → prime {'/'.join(map(str, primes[rtt_ms]))}"
+                    nominal = rate * ms / 1000
+                    print(
+                        f"{ms:5d}ms {rtt_ms:4d}ms {what:46}{rate:8.2f}{rate / limit:9.2f}"
+                        f"{nominal:11.2f}"
+                    )
+            print(f"{'':7} ({n} jobs per run)")
+    finally:
+        engine.down()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()

@@ -1,0 +1,70 @@
+"""Models where they are needed: which files a workflow needs and which servers have them,
+downloading them from manifests, warming servers up, and scheduling jobs by loaded model.
+
+::
+
+    needed = needed_models(workflow)                     # files by folder, with sources
+    result = await check_server(client, "wf.json")       # what one server lacks
+    pull(load_manifest("zimage-turbo"), "/data/models")  # resumed, verified, atomic
+    warm(client, "zimage-turbo")                         # the smallest job, once
+    assign(servers, waiting)                             # which job goes where (pure)
+    prime_for(job_seconds, turnaround_seconds)           # how many jobs to keep queued
+
+Built-in manifests (:data:`BUILTIN_MANIFESTS`): ``zimage-turbo``, ``zimage``,
+``zimage-turbo-int8`` and ``zimage-int8``, with the file names, folders and URLs the
+official ComfyUI templates publish (they publish no sha256 or sizes: those are null, and the
+sha256 and size Hugging Face publishes for each file are checked instead).
+"""
+
+from comfyfn.models._affinity import (
+    ModelSet,
+    ServerView,
+    Waiting,
+    assign,
+    model_set,
+    prime_for,
+    prompt_key,
+)
+from comfyfn.models._check import (
+    Needed,
+    ServerModels,
+    Source,
+    check_server,
+    needed_models,
+    sources_from,
+)
+from comfyfn.models._download import Progress, Pulled, pull, pull_file
+from comfyfn.models._errors import ChecksumMismatch, DownloadFailed
+from comfyfn.models._manifest import BUILTIN_MANIFESTS, Manifest, ModelFile, load_manifest
+from comfyfn.models._warm import WARMUP_PREFIX, Warmed, warm, warm_async, warm_job
+
+__all__ = [
+    "BUILTIN_MANIFESTS",
+    "WARMUP_PREFIX",
+    "ChecksumMismatch",
+    "DownloadFailed",
+    "Manifest",
+    "ModelFile",
+    "ModelSet",
+    "Needed",
+    "Progress",
+    "Pulled",
+    "ServerModels",
+    "ServerView",
+    "Source",
+    "Waiting",
+    "Warmed",
+    "assign",
+    "check_server",
+    "load_manifest",
+    "model_set",
+    "needed_models",
+    "prime_for",
+    "prompt_key",
+    "pull",
+    "pull_file",
+    "sources_from",
+    "warm",
+    "warm_async",
+    "warm_job",
+]
