@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -326,9 +328,9 @@ def test_recipe_run_delivers_exact_sizes(server, tmp_path):
     out = tmp_path / "out"
     listed = runner.invoke(app, ["recipe", "list"])
     assert "social" in listed.stdout and "1242×1660" in listed.stdout
-    result = runner.invoke(
-        app, ["recipe", "run", str(recipe), str(topics), "-o", str(out), "-s", server, "--json"]
-    )
+    batch_options = ["--retries", "1", "--job-timeout", "120", "--http-timeout", "10"]
+    args = ["recipe", "run", str(recipe), str(topics), "-o", str(out), "-s", server, "--json"]
+    result = runner.invoke(app, [*args, *batch_options, "--workflow", "zimage-turbo"])
     assert result.exit_code == 0, result.output
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
     assert files == [
@@ -350,6 +352,23 @@ def test_recipe_run_delivers_exact_sizes(server, tmp_path):
     w, h = meta["width"], meta["height"]  # generated at ×16 with the same aspect, then cut
     assert w % 16 == h % 16 == 0 and w >= 120 and h >= 68
     assert abs(w / h - 120 / 68) / (120 / 68) < 0.01
+    assert meta["delivery"] == {"width": 120, "height": 68, "fit": "cover", "from": [w, h]}
+    # results.csv: one line per file, with the delivered size
+    with (out / "results.csv").open(encoding="utf-8-sig") as fh:
+        lines = list(csv.DictReader(fh))
+    assert [(r["topic"], r["output"], r["size"], r["state"]) for r in lines[:4]] == [
+        ("中秋节", "weibo", "120×68", "done"),
+        ("中秋节", "icon", "48×48", "done"),
+        ("中秋节", "icon", "48×48", "done"),
+        ("中秋节", "icon", "48×48", "done"),
+    ]
+    assert lines[0]["file"] == "中秋节/weibo.png" and lines[0]["prompt"] == "中秋节，横幅配图"
+    assert len(lines) == 8 and int(lines[0]["seed"]) == meta["seed"]
+    # the contact sheet: a section per topic, each image labelled with output and delivered size
+    sheet = (out / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r"<h2>(.*?)</h2>", sheet) == ["中秋节", "春节 庙会"]
+    assert "<div class='output'>weibo<span class='size'>120×68</span></div>" in sheet
+    assert f"{w}×{h}" not in sheet  # the generated size is not what is shown
 
 
 def test_a_second_runner_on_the_same_folder_is_refused_at_once(server, unique, tmp_path):

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -228,3 +229,153 @@ def test_sigterm_stops_the_batch_with_exit_130_and_it_resumes(server, unique, tm
     again = run_cli(*args, "--json")
     assert again.returncode == 0, again.stdout + again.stderr
     assert states(out) == Counter({"done": 6})
+
+
+# -- a pool that never answers, and stopping (issue 11, points 1 and 5) -----------------------
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def silent_server():
+    """A URL that accepts connections and never answers (a hung server, or a firewall that
+    swallows the reply)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)  # the kernel completes the handshakes; nobody ever reads or writes
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def test_a_pool_that_never_answers_fails_within_seconds_naming_each_url(tmp_path):
+    urls = [f"http://127.0.0.1:{closed_port()}", f"http://127.0.0.1:{closed_port()}"]
+    started = time.monotonic()
+    proc = run_cli(
+        "batch", str(seed_rows(tmp_path)), "-o", str(tmp_path / "out"), "-s", urls[0], "-s", urls[1]
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr
+    assert elapsed < 30, elapsed  # 600 s before issue 11; twice the connect timeout now
+    assert "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: no ComfyUI server answered in "), line
+    for url in urls:
+        assert f"{url}: All connection attempts failed" in line, line
+
+
+def test_a_silent_server_fails_after_its_timeouts_naming_it(silent_server, tmp_path):
+    started = time.monotonic()
+    proc = run_cli(
+        "batch",
+        str(seed_rows(tmp_path)),
+        "-o",
+        str(tmp_path / "out"),
+        "-s",
+        silent_server,
+        "--http-timeout",
+        "2",
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert time.monotonic() - started < 40
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert f"{silent_server}: " in line and "ReadTimeout" in line, line
+
+
+def test_ctrl_c_while_waiting_for_a_server_stops_at_once(silent_server, tmp_path):
+    args = [
+        "batch",
+        str(seed_rows(tmp_path)),
+        "-o",
+        str(tmp_path / "out"),
+        "-s",
+        silent_server,
+        "--http-timeout",
+        "60",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "comfyfn.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])},
+    )
+    try:
+        wait_until(lambda: (tmp_path / "out" / "manifest.sqlite").exists(), "the batch to start")
+        time.sleep(0.5)  # it is now waiting for the server's first answer (60 s timeout)
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        stop(proc)
+    assert time.monotonic() - started < 10, output
+    assert proc.returncode == 130, output
+    assert "stopping:" in output and "Traceback" not in output
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_next_run_resumes(server, unique, tmp_path):
+    """Slow (~20 s): jobs of 8 s each; the second Ctrl-C does not wait for them."""
+    wf = tmp_path / "sleep.json"
+    wf.write_text(json.dumps(sleep_graph(0, milliseconds=8000, steps=40)))
+    colors = [unique() for _ in range(3)]
+    src = tmp_path / "rows.csv"
+    src.write_text("1.color\n" + "".join(f"{c}\n" for c in colors))
+    out = tmp_path / "out"
+    args = ["batch", str(src), "-o", str(out), "-w", str(wf), "-s", server, "--prime", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "comfyfn.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])},
+    )
+    try:
+        wait_until(lambda: states(out)["submitted"] >= 2, "two jobs on the server")
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        stop(proc)
+    assert time.monotonic() - started < 6, output  # not the 8 s jobs, nor the 10 s timeout
+    assert proc.returncode == 130, output
+    assert "stopping now: cancelling running jobs" in output
+    assert "stopped at once" in output and "Traceback" not in output
+    wait_until(lambda: not ours_on(server, colors), "the cancelled jobs to leave the server")
+    again = run_cli(*args, "--json", timeout=180)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert states(out) == Counter({"done": 3})
+    with comfyfn.Client(server) as c:
+        made = Counter(
+            e["prompt"][2].get("1", {}).get("inputs", {}).get("color")
+            for e in c.history().values()
+            if e["status"]["status_str"] == "success"
+        )
+    assert all(made[c] == 1 for c in colors), made  # each made once, by the second run
+
+
+def ours_on(server: str, colors: list[int]) -> list[str]:
+    """Prompt ids of our jobs still queued or running on the server."""
+    with comfyfn.Client(server) as c:
+        queue = c.queue()
+    items = queue["queue_running"] + queue["queue_pending"]
+    return [i[1] for i in items if i[2].get("1", {}).get("inputs", {}).get("color") in colors]
+
+
+def wait_until(condition, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()

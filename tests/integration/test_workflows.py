@@ -119,7 +119,7 @@ def test_png_made_by_the_engine_runs_again_with_the_same_result(server, unique, 
         assert wf.source == "png:prompt"
         assert {p.name: p.default for p in wf.params}["seed"] == seed
         c.free()  # drop ComfyUI's cache: the graph really runs again
-        again = c.run(wf)
+        again = c.submit_graph(wf).result()
     assert again.prompt_id != first.prompt_id
     assert "57:3" not in again.cached_nodes and "3" not in again.cached_nodes
     assert again.images[0].data == first.images[0].data

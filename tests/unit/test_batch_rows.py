@@ -256,3 +256,15 @@ def test_the_contact_sheet_cuts_a_prompt_before_escaping_it(tmp_path):
     assert shown == "x" * (CAPTION - 2) + "&amp;&lt;"  # whole entities, the text cut at CAPTION
     assert html.unescape(shown) == prompt[:CAPTION]
     assert "60.0 jobs/min" in sheet
+
+
+def test_a_variation_that_changes_nothing_is_a_row_error_naming_it():
+    rows = [(1, {"prompt": "猫 {style}"}), (2, {"prompt": "狗"})]
+    out = list(expand(rows, vary=[("style", ["ink"]), ("stepz", [4, 8])]))
+    assert [(e.index, e.column) for e in out if isinstance(e, RowError)] == [(1, "stepz")] * 2 + [
+        (2, "style"),
+        (2, "style"),
+    ]
+    assert "parameters: prompt, negative, seed" in str(out[0])
+    used = list(expand([(1, {"prompt": "猫 {style}"})], vary=[("style", ["ink"]), ("steps", [4])]))
+    assert [r.values["prompt"] for r in used] == ["猫 ink"]  # a placeholder and a parameter

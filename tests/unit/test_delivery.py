@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from comfyfn.batch._delivery import DELIVERY_KEY, deliver
+from comfyfn.batch._delivery import deliver
 from comfyfn.errors import ConfigError
 from comfyfn.provenance import add_text_chunks, read_provenance, read_text_chunks
 from comfyfn.recipes import nearest_generate_size
@@ -51,7 +51,7 @@ def test_exact_size_from_the_generate_size(target, fit):
 def test_full_size_platform_delivery():
     out = deliver(_png((1088, 1936)), 1080, 1920)
     assert _open(out).size == (1080, 1920)
-    assert json.loads(read_text_chunks(out)[DELIVERY_KEY]) == {
+    assert read_provenance(out)["delivery"] == {
         "width": 1080,
         "height": 1920,
         "fit": "cover",
@@ -93,31 +93,24 @@ def test_contain_upscales_small_images_to_fit():
     assert image.getpixel((50, 10))[:3] == (255, 255, 255)
 
 
-def test_text_chunks_are_kept_and_delivery_is_recorded():
-    src = add_text_chunks(
-        _png((64, 48)), {"comfyfn": json.dumps({"prompt": "旗袍", "seed": 5}), "prompt": "{}"}
-    )
+def test_text_chunks_are_kept_and_the_delivered_size_is_in_the_provenance():
+    meta = {"prompt": "旗袍", "seed": 5, "width": 64, "height": 48}
+    src = add_text_chunks(_png((64, 48)), {"comfyfn": json.dumps(meta), "prompt": "{}"})
     out = deliver(src, 32, 32, "cover")
-    texts = read_text_chunks(out)
-    assert texts["prompt"] == "{}"
-    assert read_provenance(out) == {"prompt": "旗袍", "seed": 5}
-    assert json.loads(texts[DELIVERY_KEY]) == {
-        "width": 32,
-        "height": 32,
-        "fit": "cover",
-        "from": [64, 48],
-    }
-    # delivering again replaces the record rather than duplicating it
+    assert read_text_chunks(out)["prompt"] == "{}"
+    delivered = {"width": 32, "height": 32, "fit": "cover", "from": [64, 48]}
+    assert read_provenance(out) == {**meta, "delivery": delivered}
+    # delivering again replaces the record rather than nesting or duplicating it
     again = deliver(out, 16, 16, "contain")
-    assert json.loads(read_text_chunks(again)[DELIVERY_KEY])["from"] == [32, 32]
-    assert again.count(DELIVERY_KEY.encode()) == 1
+    assert read_provenance(again)["delivery"]["from"] == [32, 32]
+    assert again.count(b"comfyfn") == 1
 
 
 def test_same_size_is_not_re_encoded():
     src = _png((40, 30))
     out = deliver(src, 40, 30)
     assert _open(out).tobytes() == _open(src).tobytes()
-    assert json.loads(read_text_chunks(out)[DELIVERY_KEY])["from"] == [40, 30]
+    assert read_provenance(out)["delivery"]["from"] == [40, 30]
 
 
 def test_rgba_and_palette_sources():

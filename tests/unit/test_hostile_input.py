@@ -195,15 +195,15 @@ def test_jsonl_lone_surrogates_are_row_errors_and_the_rest_goes_on(tmp_path):
 
 
 def test_yaml_rows_and_template_surrogates_are_row_errors(tmp_path):
-    job = write(tmp_path / "job.yaml", 'rows:\n  - {prompt: "a\\ud800"}\n  - {prompt: b}\n')
-    settings = read_job_file(job)
+    rows = 'rows:\n  - {prompt: "a\\ud800 {style}"}\n  - {prompt: "b {style}"}\n'
+    settings = read_job_file(write(tmp_path / "job.yaml", rows))
     out = list(expand(settings["rows"], vary=[("style", ["ink", "\udcff"])]))
     assert [(e.index, e.column, e.variant) for e in errors(out)] == [
         (1, "prompt", 0),
         (1, "prompt", 1),
         (2, "style", 1),  # a --vary value from undecodable command-line bytes
     ]
-    assert [r.values["prompt"] for r in out if isinstance(r, Row)] == ["b"]
+    assert [r.values["prompt"] for r in out if isinstance(r, Row)] == ["b ink"]
 
 
 def test_csv_bytes_that_are_not_utf8_fail_the_file_before_anything_runs(tmp_path):

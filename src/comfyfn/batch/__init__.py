@@ -2,9 +2,9 @@
 
 ::
 
-    from comfyfn.batch import Batch, rows_from
+    from comfyfn.batch import Batch, rows_from, run_batch
     batch = Batch(rows_from("prompts.csv"), "out/", servers=["http://gpu-1:8188"])
-    summary = batch.run()                  # or: async for result in batch.results(): ...
+    summary = run_batch(batch)             # or: async for result in batch.results(): ...
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from comfyfn.batch.jobfile import read_job_file
 from comfyfn.batch.jobs import JobResult
 from comfyfn.batch.manifest import Manifest
 from comfyfn.batch.report import Summary, write_report
-from comfyfn.batch.rows import Row, RowError, expand, parse_vary, read_job_file, read_rows
+from comfyfn.batch.rows import Row, RowError, expand, parse_vary, read_rows
 from comfyfn.batch.runner import Batch, BatchSettings, template_variables
 
 __all__ = [

@@ -10,8 +10,9 @@ Rule, for a source of ``w`` × ``h`` and a target of ``W`` × ``H``:
   ``W`` × ``H`` canvas of ``background`` (letterbox / pillarbox).
 
 A source already ``W`` × ``H`` is not re-encoded. The input's PNG text chunks (``prompt``,
-``comfyfn`` provenance...) are kept, and a ``comfyfn:delivery`` chunk records
-``{"width", "height", "fit", "from": [w, h]}``.
+``comfyfn`` provenance...) are kept, and the provenance gains ``"delivery": {"width",
+"height", "fit", "from": [w, h]}`` — the size delivered, and the size generated — so
+``comfyfn.read_provenance(path)["delivery"]`` says what the file is.
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ from collections.abc import Sequence
 from PIL import Image, ImageColor
 
 from comfyfn.errors import ConfigError
-from comfyfn.provenance import add_text_chunks, read_text_chunks
+from comfyfn.provenance import PROVENANCE_KEY, add_text_chunks, read_text_chunks
 
-__all__ = ["DELIVERY_KEY", "FITS", "deliver"]
+__all__ = ["FITS", "deliver"]
 
-DELIVERY_KEY = "comfyfn:delivery"
 FITS = ("cover", "contain")
 
 
@@ -63,7 +63,20 @@ def deliver(
         icc = image.info.get("icc_profile")
         image.save(buf, format="PNG", **({"icc_profile": icc} if icc else {}))
         png_bytes = buf.getvalue()
-    return add_text_chunks(png_bytes, {**texts, DELIVERY_KEY: json.dumps(note)})
+    return add_text_chunks(png_bytes, {**texts, PROVENANCE_KEY: _with_delivery(texts, note)})
+
+
+def _with_delivery(texts: dict[str, str], note: dict[str, object]) -> str:
+    """The provenance JSON of ``texts`` (``{}`` if it has none) with ``note`` as its
+    ``delivery``."""
+    try:
+        provenance = json.loads(texts.get(PROVENANCE_KEY) or "{}")
+    except ValueError:
+        provenance = {}
+    if not isinstance(provenance, dict):
+        provenance = {}
+    provenance["delivery"] = note
+    return json.dumps(provenance, ensure_ascii=False)
 
 
 def _normal(image: Image.Image) -> Image.Image:

@@ -1,4 +1,4 @@
-"""The YAML job file's schema (pydantic): what :func:`comfyfn.batch.rows.read_job_file`
+"""The YAML job file's schema (pydantic): what :func:`comfyfn.batch.jobfile.read_job_file`
 accepts. Every problem names the file and the setting:
 ``job.yaml: vary.seed: the range must go up, at most 100001 values``. The rows themselves
 are not checked here: a bad row is a row error naming row and column, and the rest runs.

@@ -112,12 +112,34 @@ def prepare(wf: Workflow, row: Row, *, variables: frozenset[str] = frozenset()) 
         sort_keys=True,
     )
     key = hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return Job(
+        key,
+        row.index,
+        row.label,
+        row.stem,
+        bound,
+        _shown(bound, row),
+        row.values.get("_name"),
+        deliver,
+    )
+
+
+def _shown(bound: Workflow, row: Row) -> dict[str, Any]:
+    """What the manifest, results.csv and the contact sheet show of a job: its main
+    parameters (``width``/``height`` as generated), and for a recipe's image its recipe,
+    topic, output name and ``delivered`` size."""
     shown = {
         k: v
         for k, v in bound.provenance().items()
         if k in ("prompt", "negative", "seed", "width", "height", "steps", "cfg", "model")
     }
-    return Job(key, row.index, row.label, row.stem, bound, shown, row.values.get("_name"), deliver)
+    for key in ("recipe", "topic", "output"):
+        if f"_{key}" in row.values:
+            shown[key] = row.values[f"_{key}"]
+    deliver = row.values.get("_deliver")
+    if isinstance(deliver, Mapping):
+        shown["delivered"] = [deliver["width"], deliver["height"]]
+    return shown
 
 
 def sharded_prefixes(wf: Workflow, tail: str, *, given: Mapping[str, Any]) -> dict[str, str]:

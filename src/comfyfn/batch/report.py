@@ -1,13 +1,17 @@
-"""What a batch made: the summary (counts, rate, p50/p95, server busy fractions) and a
-self-contained ``index.html`` contact sheet with thumbnails and the failed rows."""
+"""What a batch made: the summary (counts, rate, p50/p95, server busy fractions), a
+``results.csv`` with one line per file (and per failed row), and a self-contained
+``index.html`` contact sheet: thumbnails — grouped by topic, each labelled with its output
+name and delivered size, for a recipe — and the failed rows."""
 
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,10 +24,20 @@ if TYPE_CHECKING:
     from comfyfn.batch.runner import Batch
     from comfyfn.fleet import Pool
 
-__all__ = ["CAPTION", "Summary", "summarize", "write_contact_sheet", "write_report"]
+__all__ = [
+    "CAPTION",
+    "RESULT_COLUMNS",
+    "Summary",
+    "summarize",
+    "write_contact_sheet",
+    "write_report",
+    "write_results",
+]
 
 #: characters of a prompt shown under its thumbnail (cut before escaping: never half an entity)
 CAPTION = 160
+#: the columns of ``results.csv``: one line per file, or per row that made none
+RESULT_COLUMNS = ("row", "topic", "output", "file", "seed", "prompt", "size", "state", "error")
 
 
 @dataclass(frozen=True)
@@ -87,10 +101,33 @@ def _thumbnail(path: Path, size: int = 192) -> str | None:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def size_of(params: dict[str, Any]) -> str:
+    """The size of a job's files: delivered (a recipe's), else as generated."""
+    width, height = params.get("delivered") or (params.get("width"), params.get("height"))
+    return f"{width}×{height}"
+
+
+def write_results(manifest: Manifest, output: Path) -> Path:
+    """Write ``results.csv`` (UTF-8 with a BOM, so spreadsheet programs read the Chinese):
+    :data:`RESULT_COLUMNS`, one line per file made and one per row that made none."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(RESULT_COLUMNS)
+    for record in manifest.records():
+        p = record.params
+        common = (record.row, p.get("topic", ""), p.get("output", ""))
+        tail = (p.get("seed", ""), p.get("prompt", ""), size_of(p) if p else "")
+        for file in record.files or [""]:
+            writer.writerow((*common, file, *tail, record.state, record.error or ""))
+    return write_atomic(output / "results.csv", "\ufeff" + buffer.getvalue())
+
+
 _STYLE = """body{font-family:system-ui,sans-serif;margin:1.5rem;background:#fafafa}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:12px}
 figure{margin:0;background:#fff;border:1px solid #ddd;padding:8px;border-radius:6px}
 img{width:100%;height:auto;display:block}figcaption{font-size:12px;color:#333;word-break:break-word}
+.output{font-size:14px;font-weight:600}.size{float:right;color:#555;font-weight:400}
+h2{font-size:18px;margin:1.5rem 0 .5rem}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:4px 8px;
 text-align:left;vertical-align:top}.meta{color:#777}"""
 
@@ -98,50 +135,93 @@ text-align:left;vertical-align:top}.meta{color:#777}"""
 def write_contact_sheet(
     manifest: Manifest, output: Path, summary: Summary, *, limit: int = 500
 ) -> Path:
-    """Write ``index.html``: up to ``limit`` thumbnails (inline), then every failed row."""
+    """Write ``index.html``: up to ``limit`` thumbnails (inline), a section per topic for a
+    recipe's images, then every failed row."""
     esc = html.escape
+    recipes = {r.params.get("recipe") for r in manifest.records("done")}
+    recipe = next(iter(recipes)) if len(recipes) == 1 else None
+    title = f"Recipe {recipe}" if recipe else "Batch results"
     parts = [
-        f"<!doctype html><meta charset='utf-8'><title>comfyfn batch</title>"
-        f"<style>{_STYLE}</style><h1>Batch results</h1>",
+        f"<!doctype html><meta charset='utf-8'><title>comfyfn: {esc(title)}</title>"
+        f"<style>{_STYLE}</style><h1>{esc(title)}</h1>",
         f"<p>{summary.done} made, {summary.skipped} already done, {summary.failed} failed, "
         f"{summary.invalid} invalid rows · {summary.jobs_per_minute} jobs/min · "
-        f"p50 {summary.p50 or 0:.2f}s · p95 {summary.p95 or 0:.2f}s</p><div class='grid'>",
+        f"p50 {summary.p50 or 0:.2f}s · p95 {summary.p95 or 0:.2f}s</p>",
     ]
     shown = 0
-    for record in manifest.records("done"):
-        for rel in record.files:
-            if shown >= limit:
-                break
-            thumb = _thumbnail(output / rel)
-            if thumb is None:
-                continue
-            parts.append(
-                f"<figure><a href='{esc(rel)}'><img src='data:image/jpeg;base64,"
-                f"{thumb}' alt=''></a><figcaption>{_caption(record)}</figcaption></figure>"
-            )
-            shown += 1
-    parts.append("</div>")
+    for topic, figures in _sections(manifest, output, limit):
+        parts.append(f"<section><h2>{esc(topic)}</h2>" if topic is not None else "<section>")
+        parts.append(f"<div class='grid'>{''.join(figures)}</div></section>")
+        shown += len(figures)
     total = sum(len(r.files) for r in manifest.records("done"))
     if total > shown:
         parts.append(f"<p class='meta'>{total - shown} more images are in the folder.</p>")
     failed = [r for r in manifest.records() if r.state in ("failed", "invalid")]
     if failed:
-        parts.append("<h2>Failed rows</h2><table><tr><th>row</th><th>state</th><th>error</th></tr>")
+        parts.append(
+            "<h2>Failed rows</h2><table><tr><th>row</th><th>topic / output</th><th>state</th>"
+            "<th>error</th></tr>"
+        )
         parts += [
-            f"<tr><td>{esc(r.label)}</td><td>{r.state}</td><td>{esc(r.error or '')}</td></tr>"
+            f"<tr><td>{esc(r.label)}</td><td>{esc(_what(r))}</td><td>{r.state}</td>"
+            f"<td>{esc(r.error or '')}</td></tr>"
             for r in failed
         ]
         parts.append("</table>")
     return write_atomic(output / "index.html", "".join(parts))
 
 
-def _caption(record: Record) -> str:
-    """Prompt (cut to :data:`CAPTION` characters, then escaped), seed, size, server, time."""
-    esc, p = html.escape, record.params
+def _sections(
+    manifest: Manifest, output: Path, limit: int
+) -> Iterator[tuple[str | None, list[str]]]:
+    """``(topic, figures)`` in row order: one section per topic of a recipe's images (they
+    come topic by topic), one untitled section for rows without a topic."""
+    topic: str | None = None
+    figures: list[str] = []
+    shown = 0
+    for record in manifest.records("done"):
+        this = record.params.get("topic")
+        if figures and this != topic:
+            yield topic, figures
+            figures = []
+        topic = this
+        for rel in record.files:
+            if shown >= limit:
+                break
+            thumb = _thumbnail(output / rel)
+            if thumb is not None:
+                figures.append(_figure(record, rel, thumb))
+                shown += 1
+    if figures:
+        yield topic, figures
+
+
+def _figure(record: Record, rel: str, thumb: str) -> str:
+    esc = html.escape
     return (
-        f"<b>{esc(str(p.get('prompt', ''))[:CAPTION])}</b><br>"
-        f"<span class='meta'>seed {esc(str(p.get('seed')))} · "
-        f"{esc(str(p.get('width')))}×{esc(str(p.get('height')))} · "
+        f"<figure><a href='{esc(rel)}'><img src='data:image/jpeg;base64,{thumb}' alt=''></a>"
+        f"<figcaption>{_caption(record)}</figcaption></figure>"
+    )
+
+
+def _what(record: Record) -> str:
+    p = record.params
+    return " / ".join(str(p[k]) for k in ("topic", "output") if p.get(k))
+
+
+def _caption(record: Record) -> str:
+    """A recipe image: its output name and delivered size first. Then the prompt (cut to
+    :data:`CAPTION` characters, then escaped), seed, size, server, time and row."""
+    esc, p = html.escape, record.params
+    head = ""
+    if p.get("output"):
+        head = (
+            f"<div class='output'>{esc(str(p['output']))}"
+            f"<span class='size'>{esc(size_of(p))}</span></div>"
+        )
+    return (
+        f"{head}<b>{esc(str(p.get('prompt', ''))[:CAPTION])}</b><br>"
+        f"<span class='meta'>seed {esc(str(p.get('seed')))} · {esc(size_of(p))} · "
         f"{esc(record.server or '')} · {record.seconds or 0:.2f}s · "
         f"{esc(record.label)}</span>"
     )
@@ -150,7 +230,8 @@ def _caption(record: Record) -> str:
 def write_report(
     batch: Batch, counted: dict[str, int], *, thumbnails: int = 500
 ) -> tuple[Summary, Path]:
-    """After a run: the summary (also in ``summary.json``) and the contact sheet's path."""
+    """After a run: the summary (also in ``summary.json``), ``results.csv``, and the contact
+    sheet's path."""
     output = batch.output
     if output is None:
         raise ConfigError("a batch without an output folder has no report")
@@ -158,6 +239,7 @@ def write_report(
     try:
         summary = summarize(manifest, batch.pool, time.monotonic() - batch.started, counted)
         write_atomic(output / "summary.json", summary.to_json())
+        write_results(manifest, output)
         return summary, write_contact_sheet(manifest, output, summary, limit=thumbnails)
     finally:
         manifest.close()

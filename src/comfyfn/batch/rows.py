@@ -6,8 +6,8 @@ Nothing here holds more than one input row at a time (variations multiply one ro
   or any column named after a workflow parameter (``steps``, ``cfg``, ``57:3.denoise``...).
   Other columns are template variables for ``--template "{prompt}, {style}"``.
 - JSONL: one JSON object per line, same keys.
-- YAML job file: ``workflow``, ``defaults``, ``template``, ``vary`` and either ``rows`` (a
-  list) or ``input`` (a CSV/JSONL path relative to the job file).
+- YAML job file (:mod:`comfyfn.batch.jobfile`): ``workflow``, ``defaults``, ``template``,
+  ``vary`` and either ``rows`` (a list) or ``input`` (a CSV/JSONL path relative to it).
 - Variations: ``seed=1..8`` (inclusive range), ``style=watercolor,ink,photo`` (a list); several
   are combined as a cartesian product, each combination a row of its own.
 
@@ -30,25 +30,28 @@ import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
-from typing import Any, NotRequired, TypedDict
+from typing import Any
 
 from comfyfn.errors import ConfigError
+from comfyfn.workflow import MEANINGS
 
 __all__ = [
     "MAX_CELL",
     "MAX_LINE",
-    "JobSettings",
     "RawRows",
     "Row",
     "RowError",
+    "clean_values",
     "count_rows",
+    "csv_columns",
     "expand",
     "output_name_problem",
     "parse_vary",
-    "read_job_file",
     "read_rows",
+    "template_fields",
     "template_problem",
     "values_problem",
+    "variation_problem",
     "vary_values",
 ]
 
@@ -101,7 +104,9 @@ class RowError:
         return f"{where}: {self.message}"
 
 
-def _clean(raw: Mapping[str, Any]) -> dict[str, Any]:
+def clean_values(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A row's values with names trimmed (``negative_prompt`` read as ``negative``…) and
+    empty cells dropped."""
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if key is None:
@@ -265,6 +270,20 @@ def count_rows(path: str | Path) -> int:
             raise _file_errors(path, exc) from exc
 
 
+def csv_columns(path: str | Path) -> list[str] | None:
+    """The columns a CSV file's header names (``negative_prompt`` read as ``negative``…);
+    None for a JSONL file."""
+    path = Path(path)
+    if _is_jsonl(path):
+        return None
+    with _open(path) as handle:
+        try:
+            header = next(csv.reader(line for line in _lines(handle) if line is not None), [])
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise _file_errors(path, exc) from exc
+    return [_ALIASES.get(name.strip(), name.strip()) for name in header]
+
+
 def _is_jsonl(path: Path) -> bool:
     return path.suffix.lower() in (".jsonl", ".ndjson")
 
@@ -279,7 +298,7 @@ def _parse(path: Path, handle: Any) -> Iterator[tuple[int, dict[str, Any] | RowE
         elif None in row:
             yield n, RowError(n, None, "more cells than header columns")
         else:
-            yield n, _clean(row)
+            yield n, clean_values(row)
 
 
 def _jsonl_rows(handle: Any) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
@@ -298,7 +317,7 @@ def _jsonl_rows(handle: Any) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
             yield n, RowError(n, None, "not usable JSON: nested too deeply")
             continue
         if isinstance(obj, dict):
-            yield n, _clean(obj)
+            yield n, clean_values(obj)
         else:
             yield n, RowError(n, None, "not a JSON object")
 
@@ -360,7 +379,7 @@ def vary_values(text: str) -> list[Any]:
     return values
 
 
-def _template_fields(template: str) -> list[str]:
+def template_fields(template: str) -> list[str]:
     """The placeholder names of ``template``. Only plain ``{name}`` fields are allowed (a
     ValueError otherwise): a format spec such as ``{seed:>999999999}`` in a row's prompt would
     build a string of any size. Unbalanced braces are a ValueError too."""
@@ -383,10 +402,22 @@ class _NotPlain(ValueError):
 def template_problem(template: str) -> str | None:
     """Why ``template`` cannot fill prompts (unbalanced braces, a format spec...), or None."""
     try:
-        _template_fields(template)
+        template_fields(template)
     except ValueError as exc:
         return f"bad template: {exc}"
     return None
+
+
+def variation_problem(name: str, placeholders: Iterable[str]) -> str | None:
+    """Why varying ``name`` would change nothing (None if it would): a variation must be a
+    workflow parameter (``steps``, a ``node.input`` path…) or a placeholder of the prompt
+    template, else every combination is the same job (``--vary stepz=4,8``)."""
+    if name in MEANINGS or "." in name or name in placeholders:
+        return None
+    return (
+        "is neither a workflow parameter nor a placeholder of the prompt template, so every "
+        f"variation would be the same job; parameters: {', '.join(MEANINGS)} (or node.input)"
+    )
 
 
 def expand(
@@ -420,17 +451,20 @@ def _fill(
     if bad_value is not None:
         return RowError(index, *bad_value, variant)
     text = template if template is not None else values.get("prompt")
-    if not isinstance(text, str) or "{" not in text:
-        return Row(index, values, variant, combo)
-    try:
-        fields = _template_fields(text)
-    except _NotPlain as exc:
-        return RowError(index, "prompt", f"bad template: {exc}", variant)
-    except ValueError as exc:  # unbalanced braces: a template must not, a prompt may have them
-        if template is not None:
+    fields: list[str] = []
+    if isinstance(text, str) and "{" in text:
+        try:
+            fields = template_fields(text)
+        except _NotPlain as exc:
             return RowError(index, "prompt", f"bad template: {exc}", variant)
-        fields = []
+        except ValueError as exc:  # unbalanced braces: a template must not, a prompt may
+            if template is not None:
+                return RowError(index, "prompt", f"bad template: {exc}", variant)
+    for name in combo:
+        if (problem := variation_problem(name, fields)) is not None:
+            return RowError(index, name, f"(a --vary name) {problem}", variant)
     if fields:
+        assert isinstance(text, str)
         try:
             values["prompt"] = text.format_map(values)
         except KeyError as exc:
@@ -446,54 +480,3 @@ def _fill(
         if problem is not None:
             return RowError(index, "prompt", f"filled from the template, {problem}", variant)
     return Row(index, values, variant, combo)
-
-
-# -- YAML job files ---------------------------------------------------------------------------
-
-
-class JobSettings(TypedDict):
-    """What :func:`read_job_file` gives: the rows (streamed), the variations and the number
-    of input rows; the other settings only where the file sets them."""
-
-    rows: RawRows
-    vary: list[tuple[str, list[Any]]]
-    total: int  #: input rows, before variations
-    workflow: NotRequired[str | dict[str, Any]]
-    defaults: NotRequired[dict[str, Any]]
-    template: NotRequired[str]
-    prime: NotRequired[int]
-
-
-def read_job_file(path: str | Path) -> JobSettings:
-    """A YAML job file, checked (see :class:`comfyfn.batch._schema.JobFile`); every problem
-    is a :class:`ConfigError` naming the file and the setting."""
-    from comfyfn._yaml import load_yaml, validate_settings  # pydantic: only when one is read
-    from comfyfn.batch._schema import JobFile
-
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the job file {path}: {exc}") from exc
-    job = validate_settings(load_yaml(text, str(path)), str(path), JobFile)
-    if job.input is not None:
-        source = path.parent / job.input
-        total = count_rows(source)  # also: a file unreadable mid-way fails before anything runs
-        rows: RawRows = read_rows(source)
-    else:
-        listed = job.rows or []  # JobFile has made sure there is one or the other
-        total = len(listed)
-        rows = (
-            (i, _clean(r) if isinstance(r, dict) else RowError(i, None, "not a mapping"))
-            for i, r in enumerate(listed, 1)
-        )
-    settings = JobSettings(rows=rows, vary=list((job.vary or {}).items()), total=total)
-    if job.workflow is not None:
-        settings["workflow"] = job.workflow
-    if job.defaults is not None:
-        settings["defaults"] = job.defaults
-    if job.template is not None:
-        settings["template"] = job.template
-    if job.prime is not None:
-        settings["prime"] = job.prime
-    return settings

@@ -45,6 +45,8 @@ __all__ = ["Batch", "BatchSettings", "template_variables"]
 
 log = logging.getLogger("comfyfn.batch")
 _END = object()
+#: seconds :meth:`Batch.abandon` gives the servers to answer the cancellation of running jobs
+ABANDON_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class BatchSettings:
     retries: int = 3  #: times a job is moved to another server after a server failure
     http_timeout: float = 10.0
     job_timeout: float | None = None  #: a job running longer counts as a server failure
-    give_up_after: float = 600.0  #: with every server down this long, remaining rows fail
+    give_up_after: float = 600.0  #: with every server down this long (mid-run), rows fail
     health_interval: float = 0.5
     variables: frozenset[str] = field(default_factory=frozenset)
 
@@ -108,6 +110,7 @@ class Batch:
         self._cancel_running = False
         self._fatal: BaseException | None = None
         self._running: dict[asyncio.Task[None], Job] = {}
+        self._leaving: asyncio.Future[None] | None = None
 
     @property
     def pool(self) -> Pool:
@@ -117,20 +120,37 @@ class Batch:
 
     def stop(self, *, cancel_running: bool = False) -> None:
         """Stop taking rows; running jobs finish — or, with ``cancel_running``, are cancelled
-        on their servers and left pending, so the next run does them (a second call with
-        ``cancel_running`` stops following them at once). Safe before :meth:`results`."""
+        on their servers and left pending, so the next run does them. Safe before
+        :meth:`results`. :meth:`abandon` stops at once."""
         self._stop_requested = True
         stop = getattr(self, "_stop", None)
         if stop is not None:
             stop.set()
-        if not cancel_running:
-            return
-        if self._cancel_running or stop is None:
-            for task in self._running:
-                task.cancel()
-        else:
-            self._canceller = asyncio.ensure_future(self._cancel_on_servers())
+        if cancel_running and not self._cancel_running:
+            self._cancel_running = True
+            if stop is not None:
+                self._canceller = asyncio.ensure_future(self._cancel_on_servers())
+
+    def abandon(self) -> None:
+        """Stop at once (a second Ctrl-C): take no more rows, ask the servers to cancel the
+        running jobs (waiting at most :data:`ABANDON_GRACE` seconds for their answers) and
+        stop following them. Their rows stay ``submitted``: the next run re-attaches to
+        them, and runs again those that were cancelled."""
+        running = list(self._running.items())
+        self.stop()
         self._cancel_running = True
+        for task, _ in running:
+            task.cancel()
+        jobs = [job for _, job in running]
+        if jobs and self._leaving is None:
+            self._leaving = asyncio.ensure_future(self._cancel_quickly(jobs))
+
+    async def _cancel_quickly(self, jobs: list[Job]) -> None:
+        async def cancel(job: Job) -> None:
+            with contextlib.suppress(ComfyError, TimeoutError):
+                await asyncio.wait_for(self.fleet.cancel(job.ticket), ABANDON_GRACE)
+
+        await asyncio.gather(*(cancel(job) for job in jobs))
 
     async def _cancel_on_servers(self) -> None:
         """Cancel every running job on its server; stop following those that do not end
@@ -166,6 +186,8 @@ class Batch:
                         driver.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await driver
+                    if self._leaving is not None:
+                        await self._leaving  # the cancellations, while the clients are open
         finally:
             self.manifest.close()
         if self._fatal is not None:
@@ -184,8 +206,10 @@ class Batch:
         self._retry: deque[Job] = deque()
         try:
             wf = await self.fleet.workflow(
-                self.workflow_source, give_up_after=self.settings.give_up_after
+                self.workflow_source, give_up_after=self.settings.give_up_after, stop=self._stop
             )
+            if wf is None:  # stopped while waiting for a server
+                return
             for item in self.rows:
                 if self._stop.is_set():
                     break

@@ -1,4 +1,5 @@
-"""The ``comfyfn`` command. Exit codes: 0 ok, 1 the generation (or server) failed, 2 usage.
+"""The ``comfyfn`` command. Exit codes: 0 ok, 1 the generation (or server) failed, 2 usage,
+130 stopped by Ctrl-C or SIGTERM (see :mod:`comfyfn.cli._common`).
 
 Only the CLI modules print, draw progress bars or configure logging.
 """
@@ -8,26 +9,40 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import warnings
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from comfyfn.cli._batch import batch_command, recipe_app
-from comfyfn.cli._common import ServerOpt, err, esc, fail, server_url
+from comfyfn.cli._batch import batch_command
+from comfyfn.cli._common import (
+    DEBUG,
+    DEBUG_ENV,
+    Commands,
+    ServerOpt,
+    err,
+    esc,
+    server_url,
+    sigterm_as_ctrl_c,
+    warnings_once,
+    workflow_source,
+)
 from comfyfn.cli._engine import engine_app
 from comfyfn.cli._gateway import keys_app, serve_command
+from comfyfn.cli._models import models_app
+from comfyfn.cli._recipe import recipe_app
 from comfyfn.cli._workflow import parse_params, workflow_app
-from comfyfn.client import Client, _config
-from comfyfn.errors import ComfyError
+from comfyfn.client import Client, Job, _config
+from comfyfn.errors import ConfigError
 from comfyfn.events import NodeCached, NodeStarted, Queued, Started
 from comfyfn.events import Progress as ProgressEvent
 from comfyfn.result import Generation
-from comfyfn.workflow import Workflow, parse_size
+from comfyfn.workflow import BUILTIN, Workflow, builtin, parse_size
 
 app = typer.Typer(
+    cls=Commands,
     help="Run ComfyUI workflows (Z-Image-Turbo first) from the shell.",
     no_args_is_help=True,
     add_completion=False,
@@ -35,6 +50,7 @@ app = typer.Typer(
 app.add_typer(engine_app, name="engine")
 app.add_typer(workflow_app, name="workflow")
 app.add_typer(recipe_app, name="recipe")
+app.add_typer(models_app, name="models")
 app.command("batch")(batch_command)
 app.command("serve")(serve_command)
 app.add_typer(keys_app, name="keys")
@@ -51,11 +67,36 @@ class _BriefErrors(logging.Formatter):
         return ""
 
 
+def _version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"comfyfn {version('comfyfn')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _main(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar=DEBUG_ENV,
+            help="Show the traceback of an error (also COMFYFN_DEBUG=1).",
+        ),
+    ] = False,
+    _: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    ctx.meta[DEBUG] = debug  # read by the command group's error handling
     fmt = "%(levelname)s %(name)s: %(message)s"
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(fmt) if verbose else _BriefErrors(fmt))
+    full = verbose or debug
+    handler.setFormatter(logging.Formatter(fmt) if full else _BriefErrors(fmt))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
 
 
@@ -85,8 +126,11 @@ def generate(
     server: ServerOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Generate images and save them (with provenance) into the output directory."""
-    params: dict[str, Any] = {
+    """Generate images and save them (with provenance) into the output directory.
+
+    Ctrl-C or SIGTERM cancels the job on the server and exits 130.
+    """
+    given: dict[str, Any] = {
         "prompt": prompt,
         "seed": seed,
         "steps": steps,
@@ -94,20 +138,18 @@ def generate(
         "negative": negative,
         "batch_size": batch,
     }
-    try:
-        if size:
-            params["width"], params["height"] = parse_size(size)
-        url = server_url(server)
-        with warnings.catch_warnings(record=True) as caught, Client(url) as client:
-            warnings.simplefilter("always")
-            wf = client.workflow(workflow)
-            params.update(parse_params(wf, param or []))
-            params = {k: v for k, v in params.items() if v is not None or k == "seed"}
-            result = _run_with_progress(client, wf, timeout, params, quiet=as_json)
-        for w in caught:
-            err.print(f"[yellow]warning:[/yellow] {esc(w.message)}", highlight=False)
-    except ComfyError as exc:
-        raise fail(exc) from None
+    if size:
+        given["width"], given["height"] = parse_size(size)
+    source = workflow_source(workflow)
+    if source in BUILTIN:  # a usage error before any server is looked up or started
+        _require_prompt(builtin(source), given | parse_params(builtin(source), param or []))
+    url = server_url(server)
+    with sigterm_as_ctrl_c(), warnings_once(), Client(url) as client:
+        wf = client.workflow(source)
+        params = given | parse_params(wf, param or [])
+        _require_prompt(wf, params)
+        params = {k: v for k, v in params.items() if v is not None or k == "seed"}
+        result = _run_with_progress(client, wf, timeout, params, quiet=as_json)
     paths = result.save(output)
     if as_json:
         typer.echo(
@@ -135,10 +177,27 @@ def generate(
         )
 
 
+def _require_prompt(wf: Workflow, params: dict[str, Any]) -> None:
+    """A workflow with a prompt runs only with one: given, or stored in its file."""
+    slot = next((p for p in wf.params if p.name == "prompt"), None)
+    if slot is not None and not params.get("prompt") and not slot.default:
+        raise ConfigError(
+            'no prompt: give one, as in comfyfn generate "a red apple" (or --param prompt=TEXT)'
+        )
+
+
 def _run_with_progress(
     client: Client, wf: Workflow, timeout: float | None, params: dict[str, Any], *, quiet: bool
 ) -> Generation:
     job = client.submit(workflow=wf, timeout=timeout, **params)
+    try:
+        return _follow(job, quiet=quiet)
+    except KeyboardInterrupt:  # the client has cancelled the job on the server
+        err.print(f"interrupted: job {job.prompt_id} was cancelled on {esc(client.server)}")
+        raise typer.Exit(130) from None
+
+
+def _follow(job: Job, *, quiet: bool) -> Generation:
     show = err.is_terminal and not quiet
     with Progress(
         TextColumn("{task.description}"),
@@ -175,12 +234,9 @@ def info(
     server: ServerOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False
 ) -> None:
     """Server URL, ComfyUI version, devices and queue."""
-    try:
-        with Client(_config.resolve_server_sync(server)) as client:
-            stats, queue = client.system_stats(), client.queue()
-            url = client.server
-    except ComfyError as exc:
-        raise fail(exc) from None
+    with Client(_config.resolve_server_sync(server)) as client:
+        stats, queue = client.system_stats(), client.queue()
+        url = client.server
     system = stats.get("system", {})
     data = {
         "server": url,
@@ -196,21 +252,6 @@ def info(
         return
     for key, value in data.items():
         typer.echo(f"{key:16} {value}")
-
-
-@app.command()
-def models(
-    folder: Annotated[str | None, typer.Argument(help="e.g. diffusion_models, vae")] = None,
-    server: ServerOpt = None,
-) -> None:
-    """List model folders, or the files in one folder."""
-    try:
-        with Client(_config.resolve_server_sync(server)) as client:
-            names = client.models(folder)
-    except ComfyError as exc:
-        raise fail(exc) from None
-    for name in names:
-        typer.echo(name)
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,14 +30,16 @@ from comfyfn.batch import (
     template_variables,
     write_report,
 )
-from comfyfn.batch.rows import count_rows, template_problem, values_problem
-from comfyfn.cli._common import err, esc, fail, server_url
-from comfyfn.errors import ComfyError, ConfigError
-from comfyfn.recipes import list_recipes, load_recipe
-
-recipe_app = typer.Typer(
-    help="Recipes: editable YAML files of outputs per topic.", no_args_is_help=True
+from comfyfn.batch.rows import (
+    count_rows,
+    csv_columns,
+    template_fields,
+    template_problem,
+    variation_problem,
 )
+from comfyfn.cli._common import err, esc, server_url, warnings_once, workflow_source
+from comfyfn.errors import ConfigError
+from comfyfn.workflow import MEANINGS
 
 Servers = Annotated[
     list[str] | None,
@@ -64,8 +65,8 @@ class OnInterruptChoice(enum.StrEnum):
 OnInterrupt = Annotated[
     OnInterruptChoice,
     typer.Option(
-        help="What the first Ctrl-C does to running jobs: finish or cancel (a second Ctrl-C "
-        "cancels)."
+        help="What the first Ctrl-C (or SIGTERM) does to running jobs: finish or cancel; a "
+        "second one cancels them and stops at once."
     ),
 ]
 
@@ -97,7 +98,13 @@ def execute(
     1 some rows failed, 2 the output folder cannot be used, 130 stopped by Ctrl-C/SIGTERM."""
     try:
         batch = Batch(rows, output, servers=servers, workflow=workflow, settings=settings)
-        counted, stopped = _run(batch, total, on_interrupt)
+        counted, presses = _run(batch, total, on_interrupt)
+        if presses > 1:
+            err.print(
+                "stopped at once: running jobs were cancelled on their servers; run the same "
+                "command again to resume"
+            )
+            raise typer.Exit(130)
         summary, sheet = write_report(batch, counted)
     except (OSError, sqlite3.DatabaseError, ConfigError, ExceptionGroup) as exc:
         message = output_failure(exc, output)
@@ -109,7 +116,7 @@ def execute(
         typer.echo(summary.to_json())
     else:
         _print_summary(summary, sheet)
-    if stopped:
+    if presses:
         err.print("stopped before the end: run the same command again to resume")
         raise typer.Exit(130)
     if not summary.ok:
@@ -118,8 +125,8 @@ def execute(
 
 def _run(
     batch: Batch, total: int | None, on_interrupt: OnInterruptChoice
-) -> tuple[dict[str, int], bool]:
-    """Run to the end or until stopped: (results by state, whether a signal stopped it)."""
+) -> tuple[dict[str, int], int]:
+    """Run to the end or until stopped: (results by state, Ctrl-C/SIGTERM presses)."""
     started = time.monotonic()
     counted: dict[str, int] = {}
     presses = 0
@@ -151,13 +158,17 @@ def _run(
         def interrupted() -> None:
             nonlocal presses
             presses += 1
-            cancel = presses > 1 or on_interrupt == OnInterruptChoice.cancel
+            if presses > 1:
+                err.print("stopping now: cancelling running jobs")
+                batch.abandon()
+                return
+            cancel = on_interrupt == OnInterruptChoice.cancel
             err.print(
                 "stopping: "
                 + (
-                    "cancelling running jobs"
+                    "cancelling running jobs (Ctrl-C again to stop at once)"
                     if cancel
-                    else "running jobs finish (Ctrl-C again to cancel them)"
+                    else "running jobs finish (Ctrl-C again to stop at once)"
                 )
             )
             batch.stop(cancel_running=cancel)
@@ -168,10 +179,9 @@ def _run(
                     pass
 
         batch.on_event = on_event
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings_once():
             asyncio.run(consume())
-    return counted, presses > 0
+    return counted, presses
 
 
 def _print_summary(summary: Any, sheet: Path) -> None:
@@ -187,12 +197,15 @@ def _print_summary(summary: Any, sheet: Path) -> None:
             f"{s['busy_fraction']:.0%}",
             highlight=False,
         )
-    err.print(f"contact sheet: {esc(sheet)}", highlight=False)
+    err.print(
+        f"contact sheet: {esc(sheet)} · results: {esc(sheet.with_name('results.csv'))}",
+        highlight=False,
+    )
 
 
 class _signals:
-    """Ctrl-C (SIGINT) and SIGTERM stop the batch the same way for its duration (the
-    default handlers are restored after)."""
+    """Ctrl-C (SIGINT) and SIGTERM stop the batch the same way for its duration: the first
+    stops taking rows, the second stops at once (the default handlers are restored after)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -285,6 +298,16 @@ def resolve_servers(servers: list[str] | None) -> list[str]:
     return [server_url(s) for s in servers] if servers else [server_url(None)]
 
 
+# -- options shared by `batch` and `recipe run` -------------------------------------------------
+
+Retries = Annotated[int, typer.Option(help="Moves to another server on failure.")]
+JobTimeout = Annotated[float | None, typer.Option(help="Seconds per job.")]
+HttpTimeout = Annotated[
+    float, typer.Option(help="Seconds before a silent server counts as failed.")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+
+
 def batch_command(
     source: Annotated[Path, typer.Argument(help="prompts.csv, prompts.jsonl or a job.yaml.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("out"),
@@ -300,114 +323,69 @@ def batch_command(
         str | None, typer.Option(help='Prompt template, e.g. "{prompt}, {style} style".')
     ] = None,
     prime: Prime = 1,
-    retries: Annotated[int, typer.Option(help="Moves to another server on failure.")] = 3,
-    job_timeout: Annotated[float | None, typer.Option(help="Seconds per job.")] = None,
-    http_timeout: Annotated[
-        float, typer.Option(help="Seconds before a silent server counts as failed.")
-    ] = 10.0,
+    retries: Retries = 3,
+    job_timeout: JobTimeout = None,
+    http_timeout: HttpTimeout = 10.0,
     on_interrupt: OnInterrupt = OnInterruptChoice.finish,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Run every row of a CSV/JSONL/YAML job file; re-running resumes where it stopped."""
     chosen: str | dict[str, Any] | None = workflow
-    try:
-        if source.suffix.lower() in (".yaml", ".yml"):
-            job = read_job_file(source)
-            raw, job_vary = job["rows"], job["vary"]
-            template = template or job.get("template")
-            chosen = workflow or job.get("workflow")
-            prime = job.get("prime", prime)
-            defaults = job.get("defaults")
-            total = job["total"]
-        else:
-            total = count_rows(source)  # a file unreadable mid-way fails before anything runs
-            raw, job_vary, defaults = read_rows(source), [], None
-        if template is not None and (problem := template_problem(template)):
-            raise ConfigError(f"--template {template!r}: {problem}")
-        varies = job_vary + [parse_vary(v) for v in vary or ()]
-        combos = 1
-        for _, values in varies:
-            combos *= len(values)
-        rows = expand(raw, vary=varies, template=template, defaults=defaults)
-        settings = BatchSettings(
-            prime=prime,
-            retries=retries,
-            job_timeout=job_timeout,
-            http_timeout=http_timeout,
-            variables=template_variables(template, [n for n, _ in varies]),
-        )
-        execute(
-            rows,
-            output,
-            resolve_servers(server),
-            workflow=chosen or "zimage-turbo",
-            settings=settings,
-            total=total * combos if total else None,
-            as_json=as_json,
-            on_interrupt=on_interrupt,
-        )
-    except ComfyError as exc:
-        raise fail(exc) from None
+    if source.suffix.lower() in (".yaml", ".yml"):
+        job = read_job_file(source)
+        raw, job_vary = job["rows"], job["vary"]
+        template = template or job.get("template")
+        chosen = workflow or job.get("workflow")
+        prime = job.get("prime", prime)
+        defaults = job.get("defaults")
+        total = job["total"]
+    else:
+        total = count_rows(source)  # a file unreadable mid-way fails before anything runs
+        raw, job_vary, defaults = read_rows(source), [], None
+        _check_header(source, template)
+    if total == 0:
+        raise ConfigError(f"{source}: no rows to run (see examples/ for the formats)")
+    if template is not None and (problem := template_problem(template)):
+        raise ConfigError(f"--template {template!r}: {problem}")
+    varies = job_vary + [parse_vary(v) for v in vary or ()]
+    if template is not None:  # else each row's prompt is its template: checked per row
+        for name, _ in varies:
+            if (problem := variation_problem(name, template_fields(template))) is not None:
+                raise ConfigError(f"--vary {name}: {problem}")
+    if isinstance(chosen, str):
+        chosen = workflow_source(chosen)
+    combos = 1
+    for _, values in varies:
+        combos *= len(values)
+    settings = BatchSettings(
+        prime=prime,
+        retries=retries,
+        job_timeout=job_timeout,
+        http_timeout=http_timeout,
+        variables=template_variables(template, [n for n, _ in varies]),
+    )
+    execute(
+        expand(raw, vary=varies, template=template, defaults=defaults),
+        output,
+        resolve_servers(server),
+        workflow=chosen or "zimage-turbo",
+        settings=settings,
+        total=total * combos,
+        as_json=as_json,
+        on_interrupt=on_interrupt,
+    )
 
 
-@recipe_app.command("list")
-def recipe_list() -> None:
-    """Built-in and user recipes (``$COMFYFN_RECIPES``), with their outputs."""
-    try:
-        recipes = list_recipes()
-    except ComfyError as exc:
-        raise fail(exc) from None
-    for recipe in recipes:
-        outs = ", ".join(
-            f"{o.name} {o.deliver[0]}×{o.deliver[1]}" + (f" ×{o.count}" if o.count > 1 else "")
-            for o in recipe.outputs
-        )
-        typer.echo(f"{recipe.name:12} {recipe.description}\n{'':12} {outs}")
-
-
-def _topics(path: Path) -> Iterator[str]:
-    try:
-        with path.open(encoding="utf-8-sig") as fh:
-            yield from fh
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
+def _check_header(source: Path, template: str | None) -> None:
+    """A CSV's first line must name workflow parameters (or, with --template, its columns):
+    a list of topics given to ``batch`` would otherwise make rows of nothing."""
+    columns = csv_columns(source)
+    if columns is None or template is not None:
+        return
+    if not any(c in MEANINGS or "." in c for c in columns):
+        first = ",".join(columns)[:80]
         raise ConfigError(
-            f"{path} is not UTF-8 ({exc.reason} at byte {exc.start}); save it as UTF-8"
-        ) from exc
-
-
-def _recipe_rows(rows: Iterable[dict[str, Any]]) -> Iterator[Row | RowError]:
-    for i, values in enumerate(rows, 1):
-        problem = values_problem(values)  # e.g. a topic line over the cell limit
-        yield Row(i, values) if problem is None else RowError(i, *problem)
-
-
-@recipe_app.command("run")
-def recipe_run(
-    name: Annotated[str, typer.Argument(help="Recipe name or path to a recipe YAML.")],
-    topics: Annotated[Path, typer.Argument(help="A text file, one topic per line.")],
-    output: Annotated[Path, typer.Option("--output", "-o")] = Path("out"),
-    server: Servers = None,
-    seed: Annotated[int, typer.Option(help="Base seed for the recipe's stable seeds.")] = 0,
-    prime: Prime = 1,
-    on_interrupt: OnInterrupt = OnInterruptChoice.finish,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Make every output of a recipe for every topic, delivered at the exact pixel sizes."""
-    try:
-        recipe = load_recipe(name)
-        rows = _recipe_rows(recipe.rows(_topics(topics), seed=seed))
-        n_topics = sum(1 for t in _topics(topics) if t.strip() and not t.strip().startswith("#"))
-        execute(
-            rows,
-            output,
-            resolve_servers(server),
-            workflow=recipe.workflow,
-            settings=BatchSettings(prime=prime),
-            total=n_topics * recipe.images_per_topic,
-            as_json=as_json,
-            on_interrupt=on_interrupt,
+            f"{source}: its first line ({first}) names no workflow parameter; a CSV starts "
+            "with a header such as prompt,seed,width,height (see examples/prompts.csv). "
+            "For one topic per line, use comfyfn recipe run"
         )
-    except ComfyError as exc:
-        raise fail(exc) from None

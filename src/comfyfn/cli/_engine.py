@@ -14,9 +14,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from comfyfn.cli._common import EngineName, err, esc, fail, out, report
+from comfyfn.cli._common import EngineName, err, esc, out, report
 from comfyfn.engine import Device, Engine
-from comfyfn.errors import ComfyError
 
 engine_app = typer.Typer(
     help="Local ComfyUI engines: the managed one (no GPU needed) or any ComfyUI source tree.",
@@ -46,11 +45,8 @@ PythonOpt = Annotated[
 @engine_app.command("install")
 def engine_install(comfyui_path: ComfyUIPath = None, python: PythonOpt = None) -> None:
     """Install an engine (venv, ComfyUI, tiny weights) without starting it."""
-    try:
-        install = Engine(comfyui_path=comfyui_path, python=python).install
-        seconds = install.install(report=report)
-    except ComfyError as exc:
-        raise fail(exc) from None
+    install = Engine(comfyui_path=comfyui_path, python=python).install
+    seconds = install.install(report=report)
     err.print(
         f"engine for ComfyUI {esc(install.version)} installed in {esc(install.home)}"
         f" ({seconds:.1f}s)",
@@ -85,13 +81,10 @@ def engine_up(
     Paths are checked first: a missing one exits 2 at once.
     """
     started = time.monotonic()
-    try:
-        engine = Engine(
-            name, comfyui_path=comfyui_path, models_dir=models_dir, python=python, device=device
-        )
-        state = engine.up(port=port, report=report)
-    except ComfyError as exc:
-        raise fail(exc) from None
+    engine = Engine(
+        name, comfyui_path=comfyui_path, models_dir=models_dir, python=python, device=device
+    )
+    state = engine.up(port=port, report=report)
     err.print(
         f"engine {esc(repr(name))} up in {time.monotonic() - started:.1f}s (pid {state.pid})",
         highlight=False,

@@ -10,9 +10,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from comfyfn.cli._common import ServerOpt, err, esc, fail, out
+from comfyfn.cli._common import err, esc, out, workflow_source
 from comfyfn.client import Client, _config
-from comfyfn.errors import ComfyError, ConfigError
+from comfyfn.errors import ConfigError
 from comfyfn.workflow import BUILTIN, Workflow, builtin, bundled_version
 
 workflow_app = typer.Typer(
@@ -22,6 +22,16 @@ workflow_app = typer.Typer(
 
 FileArg = Annotated[
     str, typer.Argument(help="A workflow file (API/UI JSON, PNG) or built-in name.")
+]
+DefinitionsServer = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        "-s",
+        help="A ComfyUI URL whose node definitions (and, for validate, model files and "
+        "uploaded images) to use. Default: $COMFYFN_SERVER, else the definitions of "
+        f"ComfyUI {bundled_version()} bundled with comfyfn (offline; files not checked).",
+    ),
 ]
 
 
@@ -48,6 +58,7 @@ def parse_params(wf: Workflow, items: list[str]) -> dict[str, Any]:
 
 def _load(source: str, server: str | None, *, strict: bool = True) -> tuple[Workflow, str | None]:
     """Load with the server's definitions when a server is known, else the bundled ones."""
+    source = workflow_source(source)
     url = server or os.environ.get("COMFYFN_SERVER")
     if not url:
         return (
@@ -65,14 +76,11 @@ def _load(source: str, server: str | None, *, strict: bool = True) -> tuple[Work
 @workflow_app.command()
 def inspect(
     source: FileArg,
-    server: ServerOpt = None,
+    server: DefinitionsServer = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Parameters (name, type, value, range, node), outputs and dead nodes."""
-    try:
-        wf, url = _load(source, server, strict=False)
-    except ComfyError as exc:
-        raise fail(exc) from None
+    wf, url = _load(source, server, strict=False)
     if as_json:
         typer.echo(
             json.dumps(
@@ -166,13 +174,10 @@ def inspect(
 def convert(
     source: FileArg,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here.")] = None,
-    server: ServerOpt = None,
+    server: DefinitionsServer = None,
 ) -> None:
     """Convert to the API format (POST /prompt); prints it without --output."""
-    try:
-        wf, _ = _load(source, server)
-    except ComfyError as exc:
-        raise fail(exc) from None
+    wf, _ = _load(source, server)
     text = json.dumps(wf.to_api(), ensure_ascii=False, indent=2)
     if output is None:
         typer.echo(text)
@@ -182,12 +187,15 @@ def convert(
 
 
 @workflow_app.command()
-def validate(source: FileArg, server: ServerOpt = None) -> None:
-    """Check the workflow against the server's node definitions (exit 2 if invalid)."""
-    try:
-        wf, url = _load(source, server)
-        wf.validate(server=url)
-    except ComfyError as exc:
-        raise fail(exc) from None
+def validate(source: FileArg, server: DefinitionsServer = None) -> None:
+    """Check a workflow as ComfyUI would before running it; exit 2 listing every problem.
+
+    Offline (no --server, no $COMFYFN_SERVER) it is checked against the node definitions
+    bundled with comfyfn: classes, inputs, links, types, ranges and choices, but not model
+    files or input images. With --server, against that server's own definitions, model
+    files and uploaded images included.
+    """
+    wf, url = _load(source, server)
+    wf.validate(server=url)
     where = url or f"the bundled ComfyUI {bundled_version()} definitions (files not checked)"
     out.print(f"valid: {len(wf.graph)} nodes, checked against {esc(where)}", highlight=False)

@@ -369,10 +369,11 @@ class AsyncClient:
         validate: bool = True,
         **params: Any,
     ) -> Generation:
-        """Run a workflow (bound with ``params``, if any) and return its Generation."""
+        """Run a workflow bound with ``params`` and return its Generation; as with
+        generate(), a seed not given is drawn at random."""
         wf = await self.workflow(workflow)
-        if params:
-            wf = await self._bind(wf, params)
+        params.setdefault("seed", None)
+        wf = await self._bind(wf, params)
         job = await self.submit_graph(wf, timeout=timeout, validate=validate)
         return await job.result()
 

@@ -253,7 +253,8 @@ class Client:
         validate: bool = True,
         **params: Any,
     ) -> Generation:
-        """Run a workflow (bound with ``params``, if any) and return its Generation."""
+        """Run a workflow bound with ``params`` and return its Generation; as with
+        generate(), a seed not given is drawn at random."""
         return self._run(self._async.run, workflow, timeout=timeout, validate=validate, **params)
 
     def function(self, workflow: Workflow) -> Callable[..., Generation]:

@@ -14,7 +14,10 @@ report stays with the caller; how jobs meet servers is decided here:
 - a server that fails or hangs is taken out; the job moves, and its prompt id is remembered
   as an *orphan* of that server; the health loop puts the server back only after removing
   every orphan from its queue (and interrupting the one running), so a moved job does not
-  run there too.
+  run there too;
+- a pool that has *never* answered since it started (a wrong URL, nothing listening) fails
+  fast, after :attr:`FleetSettings.unreached_after` seconds, naming every URL and why; only
+  servers that went down mid-run are waited for (up to the caller's ``give_up_after``).
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
 
 from comfyfn.client import AsyncClient, AsyncJob, WorkflowSource
-from comfyfn.errors import ComfyError, GenerationTimeout, TransportError
+from comfyfn.errors import ComfyError, GenerationTimeout, ServerUnreachable, TransportError
 from comfyfn.events import Event, Failed, FinalEvent, Stopped, Succeeded
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
 from comfyfn.fleet.pool import Pool
@@ -48,9 +52,20 @@ OnEvent = Callable[[Event], Awaitable[None]]
 class FleetSettings:
     prime: int = 1  #: our jobs queued on each server beyond the running one
     http_timeout: float = 10.0  #: a server silent this long counts as failed
+    connect_timeout: float = 3.0  #: (at most http_timeout) to open a connection
     job_timeout: float | None = None  #: a job running longer counts as a server failure
     health_interval: float = 0.5
     reattach: int = 3  #: re-attaches on the same server after a failed read, per run
+
+    @property
+    def connect(self) -> float:
+        return min(self.connect_timeout, self.http_timeout)
+
+    @property
+    def unreached_after(self) -> float:
+        """Seconds after which a pool that has never answered fails (twice the connect
+        timeout: a server still starting gets a moment, a wrong URL fails in seconds)."""
+        return 2 * self.connect
 
 
 @dataclass
@@ -79,18 +94,17 @@ class Fleet:
         self.clients: dict[str, AsyncClient] = {}
         self._health: asyncio.Task[None] | None = None
         self.on_health: Callable[[str, bool], None] = lambda _url, _up: None
+        self.reached = False  #: whether any server has answered since the fleet opened
 
     async def __aenter__(self) -> Fleet:
-        timeout = httpx.Timeout(
-            self.settings.http_timeout, connect=min(3.0, self.settings.http_timeout)
-        )
+        timeout = httpx.Timeout(self.settings.http_timeout, connect=self.settings.connect)
         async with contextlib.AsyncExitStack() as stack:
             for url in self.servers:
                 client = AsyncClient(url, timeout=timeout, retries=1, check_interval=2.0)
                 await client.open()
                 stack.push_async_callback(client.aclose)
                 self.clients[url] = client
-            self._closers = stack.pop_all()
+            stack.pop_all()  # all open: __aexit__ closes them
         self._health = asyncio.create_task(self._health_loop(), name="comfyfn-fleet-health")
         return self
 
@@ -99,7 +113,15 @@ class Fleet:
             self._health.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health
-        await self._closers.aclose()
+        # Each client closes on its own, within the connect timeout: a hung server must not
+        # hold up the end (its websocket's closing handshake would wait far longer).
+        closing = [
+            asyncio.wait_for(client.aclose(), self.settings.connect)
+            for client in self.clients.values()
+        ]
+        for failure in await asyncio.gather(*closing, return_exceptions=True):
+            if isinstance(failure, Exception):
+                log.info("closing a client: %r", failure)
 
     # -- servers ---------------------------------------------------------------------------
 
@@ -111,28 +133,46 @@ class Fleet:
         for url, client in self.clients.items():
             try:
                 await client.system_stats()
+                self.reached = True
             except ComfyError:
                 await self._down(url)
 
     async def workflow(
-        self, source: WorkflowSource | Workflow, *, give_up_after: float
-    ) -> Workflow:
-        """The workflow converted and typed with the first server that gives its definitions."""
-        deadline = time.monotonic() + give_up_after
+        self,
+        source: WorkflowSource | Workflow,
+        *,
+        give_up_after: float,
+        stop: asyncio.Event | None = None,
+    ) -> Workflow | None:
+        """The workflow converted and typed with the first server that gives its definitions;
+        None once ``stop`` is set. Servers are asked again until one answers: for
+        :attr:`FleetSettings.unreached_after` seconds if none has ever answered (then
+        :class:`~comfyfn.ServerUnreachable` names each URL and its error), else for
+        ``give_up_after`` seconds."""
+        started = time.monotonic()
+        stop = stop or asyncio.Event()
         while True:
-            errors = []
+            errors: dict[str, ComfyError] = {}
             for url, client in self.clients.items():
                 try:
-                    return await client.workflow(source)
+                    wf = await _unless(stop, client.workflow(source))
                 except TransportError as exc:
-                    errors.append(str(exc))
+                    errors[url] = exc
                     await self._down(url)
-            if time.monotonic() > deadline:
+                    continue
+                if wf is not None:
+                    self.reached = True
+                return wf
+            waited = time.monotonic() - started
+            if not self.reached and waited >= self.settings.unreached_after:
+                raise ServerUnreachable(_unreachable(errors, waited))
+            if waited > give_up_after:
                 raise ComfyError(
                     f"no server gave its node definitions for {give_up_after:g}s: "
-                    + "; ".join(errors)
+                    + "; ".join(map(str, errors.values()))
                 )
-            await asyncio.sleep(self.settings.health_interval)
+            if await _unless(stop, asyncio.sleep(self.settings.health_interval, True)) is None:
+                return None
 
     async def _down(self, url: str) -> None:
         was_up = self.pool.states[url].healthy
@@ -277,6 +317,7 @@ class Fleet:
             await asyncio.sleep(self.settings.health_interval)
             for url in self.pool.down():
                 if await self._recovered(url):
+                    self.reached = True
                     await self.pool.mark_up(url)
                     self.on_health(url, True)
 
@@ -295,6 +336,39 @@ class Fleet:
             return False
         self.pool.states[url].orphans -= orphans
         return True
+
+
+T = TypeVar("T")
+
+
+async def _unless(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """``work``'s result, or None (``work`` cancelled) as soon as ``stop`` is set."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return None if task.cancelled() else task.result()
+
+
+def _unreachable(errors: dict[str, ComfyError], waited: float) -> str:
+    """One sentence naming every server of a pool that never answered, and why."""
+    reasons = "; ".join(f"{url}: {_reason(url, exc)}" for url, exc in errors.items())
+    return (
+        f"no ComfyUI server answered in {waited:.0f}s ({reasons}); check the URLs "
+        "(--server) and that ComfyUI runs there"
+    )
+
+
+def _reason(url: str, exc: ComfyError) -> str:
+    """The error without the URL it already names, and without the engine hint."""
+    text = str(exc).split(" (is it running?", 1)[0]
+    return text.replace(f"cannot reach ComfyUI at {url}: ", "")
 
 
 async def _follow_events(job: AsyncJob, on_event: OnEvent | None) -> FinalEvent:

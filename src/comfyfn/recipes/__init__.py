@@ -17,8 +17,12 @@ file's stem.
 Prompt templates use ``{topic}`` (the whole topic line), ``{category}`` and ``{product}``
 (a topic ``服装: 白色T恤`` is split on its first ``:`` or ``：``; without one the category is
 empty and the product is the whole topic) and one placeholder per table in ``tables``
-(looked up by category, falling back to the table's ``default``). Write ``{{`` and ``}}``
-for literal braces.
+(looked up by category, case-insensitively, falling back to the table's ``default``; a
+category the table lacks warns, naming the ones it has). A table key may list aliases,
+``鞋类, shoes, footwear``. Write ``{{`` and ``}}`` for literal braces.
+
+Seeds are a stable hash of (base seed, topic, output, k), unless an output fixes them
+(``seed_base: 1000`` → 1000, 1001, … for its ``count`` images; or a ``seeds`` list).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import hashlib
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,6 +40,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from comfyfn.errors import ConfigError
+from comfyfn.workflow import ComfyWarning
 
 __all__ = [
     "ENV_VAR",
@@ -45,6 +51,7 @@ __all__ = [
     "list_recipes",
     "load_recipe",
     "nearest_generate_size",
+    "recipe_text",
     "slug",
 ]
 
@@ -171,6 +178,7 @@ class Output:
     fit: Fit = "cover"
     background: tuple[int, int, int] = (255, 255, 255)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] | None = None  #: fixed seeds, one per image (else stable hashes)
 
 
 @dataclass(frozen=True)
@@ -198,23 +206,49 @@ class Recipe:
         generate size, ``seed``, the recipe defaults, the output's params) and, under
         ``_``-keys, ``_name`` (``<topic slug>/<output>[_<k>]``, k from 1 when count > 1),
         ``_deliver`` (``width``, ``height``, ``fit`` and, for contain, ``background``),
-        ``_recipe`` and ``_topic``. Seeds are a stable hash of (seed, topic, output, k),
-        below 2**53, so the same inputs always give the same seeds.
+        ``_recipe``, ``_topic`` and ``_output`` (the output's name). Seeds are the
+        output's fixed ones, else a stable hash of (seed, topic, output, k), below 2**53,
+        so the same inputs always give the same seeds.
         """
+        warned: set[tuple[str, str]] = set()
         for line in topics:
             topic = line.strip()
             if not topic or topic.startswith("#"):
                 continue
             category, product = _split_topic(topic)
             values: dict[str, str] = {"topic": topic, "category": category, "product": product}
-            folded = category.casefold()
             for table, entries in self.tables.items():
-                match = next((v for k, v in entries.items() if k.casefold() == folded), None)
-                values[table] = entries["default"] if match is None or not category else match
+                values[table] = self._look_up(table, entries, category, warned)
             base = slug(topic)
             for out in self.outputs:
                 for k in range(1, out.count + 1):
                     yield self._row(out, values, base, k, seed)
+
+    def _look_up(
+        self,
+        table: str,
+        entries: Mapping[str, str],
+        category: str,
+        warned: set[tuple[str, str]],
+    ) -> str:
+        """The table's entry for ``category`` (any case); else its default, warning once per
+        category that the table does not know it."""
+        if not category:
+            return entries["default"]
+        folded = category.casefold()
+        match = next((v for k, v in entries.items() if k.casefold() == folded), None)
+        if match is not None:
+            return match
+        if (table, folded) not in warned:
+            warned.add((table, folded))
+            known = ", ".join(k for k in entries if k != "default")
+            warnings.warn(
+                f"recipe {self.name}: category {category!r} is not in its {table!r} table, "
+                f"so its default is used; known: {known}",
+                ComfyWarning,
+                stacklevel=3,
+            )
+        return entries["default"]
 
     def _row(
         self, out: Output, values: dict[str, str], base: str, k: int, seed: int
@@ -224,7 +258,7 @@ class Recipe:
         if out.negative:
             row["negative"] = out.negative.format_map(values)
         row["width"], row["height"] = out.generate
-        row["seed"] = _seed(seed, topic, out.name, k)
+        row["seed"] = out.seeds[k - 1] if out.seeds else _seed(seed, topic, out.name, k)
         row.update(self.defaults)
         row.update(out.extra)
         deliver: dict[str, Any] = {"width": out.deliver[0], "height": out.deliver[1]}
@@ -233,7 +267,11 @@ class Recipe:
             deliver["background"] = out.background
         suffix = f"_{k}" if out.count > 1 else ""
         row.update(
-            _name=f"{base}/{out.name}{suffix}", _deliver=deliver, _recipe=self.name, _topic=topic
+            _name=f"{base}/{out.name}{suffix}",
+            _deliver=deliver,
+            _recipe=self.name,
+            _topic=topic,
+            _output=out.name,
         )
         return row
 
@@ -260,18 +298,38 @@ def load_recipe(
     Anything with a path separator or a ``.yaml``/``.yml`` suffix, or naming an existing
     file, is read as a path. Raises :class:`ConfigError` for unknown names and bad files.
     """
+    path, name = _locate(name_or_path, extra_dirs)
+    if path is None:
+        return _builtin(name)
+    return _load_file(path)
+
+
+def recipe_text(
+    name_or_path: str | os.PathLike[str], *, extra_dirs: Iterable[str | os.PathLike[str]] = ()
+) -> str:
+    """The YAML text of the recipe :func:`load_recipe` would load: to copy and edit."""
+    path, name = _locate(name_or_path, extra_dirs)
+    if path is None:
+        return resources.files(__name__).joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    return _read(path)
+
+
+def _locate(
+    name_or_path: str | os.PathLike[str], extra_dirs: Iterable[str | os.PathLike[str]]
+) -> tuple[Path | None, str]:
+    """Where a recipe is: ``(path, name)``, or ``(None, name)`` for a built-in one."""
     text = os.fspath(name_or_path)
     as_path = Path(text).expanduser()
     if isinstance(name_or_path, os.PathLike) or as_path.suffix in _SUFFIXES or as_path.is_file():
-        return _load_file(as_path)
+        return as_path, as_path.stem
     if os.sep in text or (os.altsep and os.altsep in text):
-        return _load_file(as_path)
+        return as_path, as_path.stem
     for d in _user_dirs(extra_dirs):
         for suffix in _SUFFIXES:
             if (d / f"{text}{suffix}").is_file():
-                return _load_file(d / f"{text}{suffix}")
+                return d / f"{text}{suffix}", text
     if text in builtin_names():
-        return _builtin(text)
+        return None, text
     known = sorted({r.name for r in list_recipes(extra_dirs)})
     raise ConfigError(f"unknown recipe {text!r}; choose from {', '.join(known)} or give a path")
 
@@ -298,13 +356,16 @@ def _builtin(name: str) -> Recipe:
 
 
 def _load_file(path: Path) -> Recipe:
+    return _parse(_read(path), str(path), path.stem, str(path))
+
+
+def _read(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read recipe: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
-    return _parse(text, str(path), path.stem, str(path))
 
 
 def _parse(text: str, label: str, name: str, source: str) -> Recipe:
@@ -322,6 +383,7 @@ def _parse(text: str, label: str, name: str, source: str) -> Recipe:
             fit=out.fit,
             background=out.background,
             extra=MappingProxyType(dict(out.params or {})),
+            seeds=out.fixed_seeds(),
         )
         for out in spec.outputs
     )

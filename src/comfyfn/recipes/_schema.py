@@ -12,7 +12,14 @@ import re
 import string
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from comfyfn._yaml import Settings, described, load_yaml, shown, validate_settings
 from comfyfn.recipes import Fit
@@ -26,6 +33,8 @@ RESERVED = ("prompt", "negative", "seed", "width", "height", "batch_size")
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX×*]\s*(\d+)\s*$")
 _OUTPUT_NAME = re.compile(r"\w[\w.-]{0,47}")  # fullmatch; ≤ 48 characters (≤ 192 bytes)
 _COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+_ALIASES = re.compile(r"\s*[,，]\s*")
+SEED_MAX = 2**53 - 1  #: seeds survive JSON round-trips in every language
 
 
 def _size(value: Any) -> tuple[int, int]:
@@ -74,10 +83,17 @@ def _table_name(name: str) -> str:
     return name
 
 
-def _has_default(entries: dict[str, str]) -> dict[str, str]:
-    if "default" not in entries:
+def _aliases(entries: dict[str, str]) -> dict[str, str]:
+    """``{"鞋类, shoes": text}`` → ``{"鞋类": text, "shoes": text}``; every name once."""
+    flat: dict[str, str] = {}
+    for key, text in entries.items():
+        for name in filter(None, _ALIASES.split(key.strip())):
+            if name.casefold() in (k.casefold() for k in flat):
+                raise ValueError(f"'{shown(name)}' is listed twice")
+            flat[name] = text
+    if "default" not in flat:
         raise ValueError("needs a 'default' entry")
-    return entries
+    return flat
 
 
 Size = Annotated[tuple[int, int], BeforeValidator(_size)]
@@ -87,7 +103,8 @@ Colour = Annotated[tuple[int, int, int], BeforeValidator(_colour)]
 Params = dict[Annotated[str, AfterValidator(_parameter)], Any]
 #: a category as the topic line writes it (``2024: …`` makes the number a category too)
 Category = Annotated[str, BeforeValidator(lambda key: key if isinstance(key, str) else str(key))]
-Table = Annotated[dict[Category, str], AfterValidator(_has_default)]
+Table = Annotated[dict[Category, str], AfterValidator(_aliases)]
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
 
 class OutputSpec(Settings):
@@ -104,6 +121,26 @@ class OutputSpec(Settings):
     fit: Fit = "cover"
     background: Colour = (255, 255, 255)
     params: Params | None = None
+    seed_base: Seed | None = None  #: seeds seed_base, seed_base + 1, … for the images
+    seeds: list[Seed] | None = None  #: one seed per image
+
+    def fixed_seeds(self) -> tuple[int, ...] | None:
+        """The output's own seeds, one per image; None for the recipe's stable hashes."""
+        if self.seeds is not None:
+            return tuple(self.seeds)
+        if self.seed_base is not None:
+            return tuple(self.seed_base + i for i in range(self.count))
+        return None
+
+    @model_validator(mode="after")
+    def _one_seed_rule(self) -> OutputSpec:
+        if self.seeds is not None and self.seed_base is not None:
+            raise ValueError("give seed_base or seeds, not both")
+        if self.seeds is not None and len(self.seeds) != self.count:
+            raise ValueError(f"seeds lists {len(self.seeds)} seeds for count {self.count}")
+        if self.seed_base is not None and self.seed_base + self.count - 1 > SEED_MAX:
+            raise ValueError(f"seed_base + count must stay below {SEED_MAX + 1}")
+        return self
 
     @field_validator("prompt", "negative")
     @classmethod

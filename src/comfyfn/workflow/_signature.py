@@ -22,7 +22,10 @@ def signature_for(workflow: Workflow, fn: F) -> F:
     fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [
             inspect.Parameter(
-                p.name, inspect.Parameter.KEYWORD_ONLY, default=p.default, annotation=p.python_type
+                p.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None if p.name == "seed" else p.default,
+                annotation=p.python_type,
             )
             for p in params
         ]

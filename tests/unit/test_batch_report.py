@@ -1,0 +1,124 @@
+"""What a batch leaves beside its images: results.csv and a contact sheet that groups a
+recipe's images by topic, labelled with output name and delivered size (real recipe rows,
+real delivery, a real manifest; no server)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+import pytest
+from PIL import Image
+
+from comfyfn import read_provenance
+from comfyfn.batch import Manifest, Row
+from comfyfn.batch._delivery import deliver
+from comfyfn.batch.jobs import Job, prepare
+from comfyfn.batch.report import RESULT_COLUMNS, Summary, write_contact_sheet, write_results
+from comfyfn.batch.rows import RowError
+from comfyfn.provenance import PROVENANCE_KEY, add_text_chunks
+from comfyfn.recipes import load_recipe, nearest_generate_size
+from comfyfn.workflow import zimage_turbo
+
+WF = zimage_turbo()
+SMALL = {"wechat": (108, 108), "weibo": (120, 67), "douyin": (108, 192), "xiaohongshu": (124, 166)}
+SUMMARY = Summary(6, 0, 0, 1, 6, 1.0, 60.0, 1.0, 1.0, {})
+
+
+def _made(tmp_path, job: Job) -> list[dict]:
+    """Write the job's image as the runner would: generated size, provenance, delivered."""
+    w, h = job.values["width"], job.values["height"]
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (job.row * 20 % 255, 80, 160)).save(buf, format="PNG")
+    data = add_text_chunks(buf.getvalue(), {PROVENANCE_KEY: '{"seed": 1}'})
+    assert job.deliver is not None
+    data = deliver(data, job.deliver["width"], job.deliver["height"], job.deliver["fit"])
+    rel = f"{job.name}.png"
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / rel).write_bytes(data)
+    return [{"path": rel}]
+
+
+@pytest.fixture
+def recipe_run(tmp_path):
+    """A 'social' run over two topics at a tenth of the sizes, plus one row that failed."""
+    recipe = load_recipe("social")
+    manifest = Manifest(tmp_path / "manifest.sqlite")
+    for i, values in enumerate(recipe.rows(["中秋节", "春节 庙会"]), 1):
+        small = SMALL[values["_output"]]  # a tenth of the platform size, generated as usual
+        values = {**values, "_deliver": {**values["_deliver"], "width": small[0]}}
+        values["_deliver"]["height"] = small[1]
+        values["width"], values["height"] = nearest_generate_size(*small)
+        job = prepare(WF, Row(i, values))
+        assert isinstance(job, Job)
+        manifest.add(job.key, job.row, job.label, job.stem, job.values)
+        if i == 3:
+            manifest.failed(job.key, "row 3: the server failed")
+            continue
+        manifest.done(job.key, _made(tmp_path, job), 1.0, "http://gpu-1:8188")
+    manifest.add("invalid:9:0", 9, "row 9", "000009", {}, "invalid", str(RowError(9, "x", "bad")))
+    yield manifest
+    manifest.close()
+
+
+def test_results_csv_has_one_line_per_file_and_per_failed_row(tmp_path, recipe_run):
+    path = write_results(recipe_run, tmp_path)
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("\ufeff")  # spreadsheets then read the Chinese as UTF-8
+    rows = list(csv.DictReader(io.StringIO(text.lstrip("\ufeff"))))
+    assert tuple(rows[0]) == RESULT_COLUMNS
+    assert [(r["row"], r["topic"], r["output"], r["state"]) for r in rows] == [
+        ("1", "中秋节", "wechat", "done"),
+        ("2", "中秋节", "weibo", "done"),
+        ("3", "中秋节", "douyin", "failed"),
+        ("4", "中秋节", "xiaohongshu", "done"),
+        ("5", "春节 庙会", "wechat", "done"),
+        ("6", "春节 庙会", "weibo", "done"),
+        ("7", "春节 庙会", "douyin", "done"),
+        ("8", "春节 庙会", "xiaohongshu", "done"),
+        ("9", "", "", "invalid"),
+    ]
+    weibo = rows[1]
+    assert weibo["file"] == "中秋节/weibo.png" and weibo["size"] == "120×67"  # delivered
+    assert weibo["prompt"].startswith("以「中秋节」为主题的横版配图")
+    assert int(weibo["seed"]) == list(load_recipe("social").rows(["中秋节"]))[1]["seed"]
+    assert rows[2]["file"] == "" and rows[2]["error"] == "row 3: the server failed"
+    assert rows[8]["error"] == "row 9, column 'x': bad"
+
+
+def test_contact_sheet_groups_by_topic_with_output_names_and_delivered_sizes(tmp_path, recipe_run):
+    sheet = write_contact_sheet(recipe_run, tmp_path, SUMMARY).read_text(encoding="utf-8")
+    assert "<h1>Recipe social</h1>" in sheet
+    sections = re.findall(r"<section>(.*?)</section>", sheet)
+    assert [re.search(r"<h2>(.*?)</h2>", s)[1] for s in sections] == ["中秋节", "春节 庙会"]
+    label = re.compile(r"<div class='output'>(\w+)<span class='size'>(.*?)</span>")
+    first, second = (label.findall(s) for s in sections)
+    assert first == [("wechat", "108×108"), ("weibo", "120×67"), ("xiaohongshu", "124×166")]
+    assert second == [*first[:2], ("douyin", "108×192"), first[2]]
+    assert "112×112" not in sheet  # wechat's generated size is not what the sheet shows
+    failed = sheet[sheet.index("<h2>Failed rows</h2>") :]
+    assert "中秋节 / douyin" in failed and "row 9, column &#x27;x&#x27;: bad" in failed
+
+
+def test_a_delivered_file_records_its_delivered_size(tmp_path, recipe_run):
+    meta = read_provenance(tmp_path / "中秋节" / "weibo.png")
+    generated = list(nearest_generate_size(120, 67))
+    assert meta["delivery"] == {"width": 120, "height": 67, "fit": "cover", "from": generated}
+    with Image.open(tmp_path / "中秋节" / "weibo.png") as image:
+        assert image.size == (120, 67)
+
+
+def test_a_plain_batch_keeps_one_untitled_grid(tmp_path):
+    manifest = Manifest(tmp_path / "manifest.sqlite")
+    for i in (1, 2):
+        job = prepare(WF, Row(i, {"prompt": f"p{i}", "width": 64, "height": 48}))
+        assert isinstance(job, Job)
+        manifest.add(job.key, job.row, job.label, job.stem, job.values)
+        (tmp_path / "images").mkdir(exist_ok=True)
+        Image.new("RGB", (64, 48)).save(tmp_path / "images" / f"{i}.png")
+        manifest.done(job.key, [{"path": f"images/{i}.png"}], 1.0, "http://a")
+    sheet = write_contact_sheet(manifest, tmp_path, SUMMARY).read_text(encoding="utf-8")
+    manifest.close()
+    assert "<h1>Batch results</h1>" in sheet and "<h2>" not in sheet
+    assert sheet.count("<figure>") == 2 and "64×48" in sheet
