@@ -121,7 +121,7 @@ class InProcess:
         from comfyfn.gateway import create_app
 
         self.app = create_app(settings, store=store)
-        self.store = self.app.state.store
+        self.store = self.app.state.runtime.store
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(

@@ -32,8 +32,9 @@ from pathlib import Path
 __all__ = ["INSTALL_HINT", "Postgres", "available", "find_bin"]
 
 INSTALL_HINT = (
-    "PostgreSQL server binaries (initdb, pg_ctl) were not found: the store tests run against "
-    "a real PostgreSQL. Install them with `sh tests/pg_install.sh` (apt-get install -y "
+    "PostgreSQL server binaries (initdb, pg_ctl) were not found: the PostgreSQL tests "
+    "(tests/integration: the store, replicas, outages) run against a real server. Install "
+    "them with `sh tests/pg_install.sh` (apt-get install -y "
     "postgresql), or set COMFYFN_PG_BIN to the directory holding initdb and pg_ctl."
 )
 

@@ -24,6 +24,8 @@ from comfyfn.gateway.store import Store
 
 pytestmark = pytest.mark.engine
 
+FINAL = ("succeeded", "failed", "cancelled")
+
 
 @pytest.fixture(scope="module")
 def gw(server, tmp_path_factory):
@@ -47,7 +49,8 @@ def gw(server, tmp_path_factory):
     gateway.stop()
 
 
-def sdk(gw, key=None):
+def sdk(gw, key=None) -> openai.OpenAI:
+    """The official SDK's client for the gateway (use it in ``with``: it is closed after)."""
     return openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key or gw.key, max_retries=0)
 
 
@@ -55,35 +58,55 @@ def auth(gw, key=None):
     return {"Authorization": f"Bearer {key or gw.key}"}
 
 
-def final_state(gateway, key, job_id, timeout=60.0) -> dict:
-    """Poll the job until it reaches a final state (or the timeout passes)."""
+def wait_for(check, timeout: float, what: str):
+    """``check()``'s first true value, polled; past ``timeout`` the test fails."""
     deadline = time.monotonic() + timeout
-    while True:
-        state = httpx.get(f"{gateway.url}/v1/jobs/{job_id}", headers=auth(gateway, key)).json()
-        if state["state"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
-            return state
-        time.sleep(0.1)
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:g} s")
+        time.sleep(0.05)
+    return value
+
+
+def job_state(gateway, key, job_id) -> dict:
+    answer = httpx.get(f"{gateway.url}/v1/jobs/{job_id}", headers=auth(gateway, key))
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def final_state(gateway, key, job_id, timeout=60.0) -> dict:
+    """The job once it is final; the test fails if it is not within ``timeout``."""
+    return wait_for(
+        lambda: (s := job_state(gateway, key, job_id))["state"] in FINAL and s,
+        timeout,
+        f"job {job_id} ends",
+    )
+
+
+def stored_job(db: str, job_id: str):
+    with Store(db) as store:
+        return store.get_job(job_id)
 
 
 def test_openai_sdk_b64_and_url(gw, unique):
-    client = sdk(gw)
-    assert "zimage-turbo" in [m.id for m in client.models.list()]
-    result = client.images.generate(
-        model="zimage-turbo",
-        prompt="一只戴着红围巾的猫",
-        size="64x80",
-        response_format="b64_json",
-        extra_body={"seed": unique(), "steps": 2},
-    )
-    image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
-    assert image.size == (64, 80)
-    result = client.images.generate(
-        model="zimage-turbo",
-        prompt="a red kite",
-        size="96x64",
-        n=2,
-        extra_body={"seed": unique(), "steps": 2},
-    )
+    with sdk(gw) as client:
+        assert "zimage-turbo" in [m.id for m in client.models.list()]
+        result = client.images.generate(
+            model="zimage-turbo",
+            prompt="一只戴着红围巾的猫",
+            size="64x80",
+            response_format="b64_json",
+            extra_body={"seed": unique(), "steps": 2},
+        )
+        image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+        assert image.size == (64, 80)
+        result = client.images.generate(
+            model="zimage-turbo",
+            prompt="a red kite",
+            size="96x64",
+            n=2,
+            extra_body={"seed": unique(), "steps": 2},
+        )
     assert len(result.data) == 2
     fetched = httpx.get(result.data[0].url)
     assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
@@ -98,14 +121,14 @@ def test_openai_sdk_b64_and_url(gw, unique):
 
 
 def test_errors_in_openai_shape(gw):
-    client = sdk(gw)
-    with pytest.raises(openai.BadRequestError) as bad:
-        client.images.generate(model="zimage-turbo", prompt="x", size="100x64")
-    assert bad.value.status_code == 400 and "multiple of 16" in bad.value.message
-    with pytest.raises(openai.NotFoundError):
-        client.images.generate(model="dall-e-3", prompt="x")
-    with pytest.raises(openai.AuthenticationError):
-        sdk(gw, key="cfn_wrong").models.list()
+    with sdk(gw) as client:
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.images.generate(model="zimage-turbo", prompt="x", size="100x64")
+        assert bad.value.status_code == 400 and "multiple of 16" in bad.value.message
+        with pytest.raises(openai.NotFoundError):
+            client.images.generate(model="dall-e-3", prompt="x")
+    with sdk(gw, key="cfn_wrong") as wrong, pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
     answer = httpx.get(f"{gw.url}/v1/models")
     assert answer.status_code == 401
     assert answer.json()["error"]["code"] == "invalid_api_key"
@@ -124,8 +147,8 @@ def test_rate_limit_answers_429_with_retry_after(gw):
     codes = [httpx.get(f"{gw.url}/v1/models", headers=auth(gw, key)) for _ in range(3)]
     assert [c.status_code for c in codes] == [200, 200, 429]
     assert int(codes[2].headers["retry-after"]) >= 1
-    with pytest.raises(openai.RateLimitError):
-        sdk(gw, key).models.list()
+    with sdk(gw, key) as client, pytest.raises(openai.RateLimitError):
+        client.models.list()
 
 
 def test_revoked_key_is_refused(gw):
@@ -182,12 +205,7 @@ def test_jobs_idempotency_sse_and_cancel(gw, unique):
         f"{gw.url}/v1/jobs", headers=auth(gw), json={"workflow": "sleep", "params": {}}
     ).json()
     assert slow["state"] in ("queued", "running")
-    deadline = time.monotonic() + 30
-    while (
-        httpx.get(f"{gw.url}/v1/jobs/{slow['id']}", headers=auth(gw)).json()["state"] != ("running")
-        and time.monotonic() < deadline
-    ):
-        time.sleep(0.05)
+    wait_for(lambda: job_state(gw, None, slow["id"])["state"] == "running", 30, "the slow job runs")
     cancelled = httpx.delete(f"{gw.url}/v1/jobs/{slow['id']}", headers=auth(gw)).json()
     assert cancelled["state"] == "cancelled"
 
@@ -249,13 +267,13 @@ def test_webhook_is_signed_and_delivered(gw, unique):
                 "params": {"prompt": "p", "seed": unique(), "width": 64, "height": 64, "steps": 2},
             },
         ).json()
-        deadline = time.monotonic() + 60
-        while len(received) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: len(received) >= 2, 60, "the webhook is retried and delivered")
     finally:
         receiver.shutdown()
+        receiver.server_close()
     headers, body = received[-1]
-    secret = Store(gw.db).secret()
+    with Store(gw.db) as store:
+        secret = store.secret()
     expected = hmac.new(
         secret, headers["X-Comfyfn-Timestamp"].encode() + b"." + body, hashlib.sha256
     ).hexdigest()
@@ -281,13 +299,14 @@ def test_private_webhooks_are_refused_by_default(server, tmp_path):
 
 def test_concurrent_clients(gw, unique):
     def one(i):
-        return sdk(gw).images.generate(
-            model="zimage-turbo",
-            prompt=f"并发 {i}",
-            size="64x64",
-            response_format="b64_json",
-            extra_body={"seed": unique(), "steps": 2},
-        )
+        with sdk(gw) as client:
+            return client.images.generate(
+                model="zimage-turbo",
+                prompt=f"并发 {i}",
+                size="64x64",
+                response_format="b64_json",
+                extra_body={"seed": unique(), "steps": 2},
+            )
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, range(8)))
@@ -328,18 +347,16 @@ def test_restart_mid_job_finishes_the_job(server, tmp_path, unique):
     key = make_key(db, "k")
     try:
         job = post_sleep_job(gateway, key)
-        deadline = time.monotonic() + 30
-        while Store(db).get_job(job["id"]).prompt_id is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        prompt_id = Store(db).get_job(job["id"]).prompt_id
-        with comfyfn.Client(server) as c:  # wait until ComfyUI is running it
-            while c.queue_position(prompt_id) != 0 and time.monotonic() < deadline:
-                time.sleep(0.05)
+        prompt_id = wait_for(
+            lambda: stored_job(db, job["id"]).prompt_id, 30, "the job is submitted"
+        )
+        with comfyfn.Client(server) as c:
+            wait_for(lambda: c.queue_position(prompt_id) == 0, 30, "ComfyUI runs the job")
         gateway.kill()  # mid-job: the ComfyUI job goes on without the gateway
         gateway = Gateway([server], db, tmp_path / "files", *args, port=gateway.port)
         state = final_state(gateway, key, job["id"])
         assert state["state"] == "succeeded", state
-        assert Store(db).get_job(job["id"]).prompt_id == prompt_id  # re-attached, not re-run
+        assert stored_job(db, job["id"]).prompt_id == prompt_id  # re-attached, not re-run
         with comfyfn.Client(server) as c:
             runs = [
                 e
@@ -361,18 +378,18 @@ def test_restart_reruns_a_job_the_server_lost(server, tmp_path, unique):
         key = make_key(db, "k")
         try:
             job = post_sleep_job(gateway, key)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                lost = Store(db).get_job(job["id"]).prompt_id
-                if lost and c.queue_position(lost):
-                    break
-                time.sleep(0.05)
+
+            def waiting_in_comfyui():
+                prompt_id = stored_job(db, job["id"]).prompt_id
+                return prompt_id if prompt_id and c.queue_position(prompt_id) else None
+
+            lost = wait_for(waiting_in_comfyui, 30, "the job waits in ComfyUI's queue")
             gateway.kill()
             c.delete_from_queue(lost)  # ComfyUI forgets it while no gateway is watching
             gateway = Gateway([server], db, tmp_path / "files", *args, port=gateway.port)
             state = final_state(gateway, key, job["id"])
             assert state["state"] == "succeeded", state
-            assert Store(db).get_job(job["id"]).prompt_id != lost  # a new run
+            assert stored_job(db, job["id"]).prompt_id != lost  # a new run
         finally:
             gateway.stop()
             blocker.close()

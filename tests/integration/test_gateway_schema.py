@@ -21,15 +21,16 @@ def live(server, tmp_path_factory):
     gateway.stop()
 
 
+def _few_steps(values: dict) -> None:
+    steps = values.get("steps")
+    values["steps"] = max(1, min(steps, 3)) if isinstance(steps, int) else 2
+
+
 def _small(values: dict) -> None:
-    """Keep generated jobs tiny so the CPU engine can run every one of them."""
-    for side in ("width", "height"):
-        if side in values:
-            values[side] = 64
-    if isinstance(values.get("steps"), int):
-        values["steps"] = max(1, min(values["steps"], 3))
-    if isinstance(values.get("batch_size"), int):
-        values["batch_size"] = 1
+    """Keep a generated job tiny so the CPU engine runs it in moments: 64 px, at most 3
+    steps, one image, whatever was generated or left to the workflow's defaults."""
+    values.update(width=64, height=64, batch_size=1)
+    _few_steps(values)
 
 
 def test_api_conforms_to_its_schema(live):
@@ -61,15 +62,14 @@ def test_api_conforms_to_its_schema(live):
 
 
 def shrink(case):
-    if case.method == "POST" and isinstance(case.body, dict):
-        if case.path == "/v1/images/generations":
-            case.body["size"] = "64x64"
-            case.body["n"] = 1
+    if case.method != "POST" or not isinstance(case.body, dict):
+        return
+    if case.path == "/v1/images/generations":
+        case.body.update(size="64x64", n=1)
+        _few_steps(case.body)
+    elif case.path == "/v1/jobs":
+        params = case.body.setdefault("params", {})  # none given: the workflow's defaults
+        if isinstance(params, dict):
+            _small(params)
+    elif case.path.startswith("/v1/workflows/"):
         _small(case.body)
-        if isinstance(case.body.get("params"), dict):
-            _small(case.body["params"])
-            case.body["params"].setdefault("width", 64)
-            case.body["params"].setdefault("height", 64)
-        elif case.path.startswith("/v1/workflows/"):
-            case.body.setdefault("width", 64)
-            case.body.setdefault("height", 64)

@@ -314,9 +314,11 @@ def test_postgresql_down_answers_503_json_then_recovers(postgres, tmp_path):
 @pytest.mark.engine
 def test_sqlite_lock_longer_than_the_busy_timeout_answers_503_json(server, tmp_path, unique):
     path = tmp_path / "g.db"
-    store = Store(f"sqlite:///{path}", busy_timeout=0.3)
     settings = settings_for(tmp_path, [server], db_url=f"sqlite:///{path}")
-    with InProcess(settings, store=store) as gateway:
+    with (
+        Store(f"sqlite:///{path}", busy_timeout=0.3) as store,
+        InProcess(settings, store=store) as gateway,
+    ):
         key = gateway.key()
         ready = lambda: httpx.get(f"{gateway.url}/readyz").status_code == 200  # noqa: E731
         wait_for(ready, 30, "the gateway is ready")
@@ -447,8 +449,8 @@ def final_job(gateway, key: str, job_id: str, timeout: float) -> dict:
 @pytest.mark.engine
 def test_sync_caller_who_hangs_up_cancels_the_job_on_comfyui(live):
     key = make_key(live.db, f"hangup-{time.monotonic_ns()}")
-    store = Store(live.db)
-    key_id = store.find_key(key).id
+    with Store(live.db) as store:
+        key_id = store.find_key(key).id
     body = json.dumps({"model": "slow", "prompt": "p"}).encode()
     request = (
         f"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -457,26 +459,25 @@ def test_sync_caller_who_hangs_up_cancels_the_job_on_comfyui(live):
     ).encode() + body
     engine = sa.create_engine(live.db)
 
-    def running_job():
+    def the_job():
         with engine.connect() as conn:
-            row = conn.execute(
+            return conn.execute(
                 sa.text("SELECT id, state, prompt_id FROM cfn_jobs WHERE key_id = :k"),
                 {"k": key_id},
             ).first()
+
+    def running_job():
+        row = the_job()
         return row if row is not None and row.state == "running" and row.prompt_id else None
 
     try:
         with comfyfn.Client(live.server) as comfy:
             with socket.create_connection(("127.0.0.1", live.port), timeout=30) as caller:
                 caller.sendall(request)
-                job_id, _, prompt_id = wait_for(running_job, 60, "the sync job runs")
+                _, _, prompt_id = wait_for(running_job, 60, "the sync job runs")
                 wait_for(lambda: comfy.queue_position(prompt_id) == 0, 60, "ComfyUI runs the job")
             # the caller has hung up, 20 s before the job would end
-            wait_for(
-                lambda: store.get_job(job_id).state == "cancelled",
-                15,
-                "the job ends cancelled",
-            )
+            wait_for(lambda: the_job().state == "cancelled", 15, "the job ends cancelled")
             wait_for(
                 lambda: comfy.queue_position(prompt_id) is None,
                 10,
@@ -484,4 +485,3 @@ def test_sync_caller_who_hangs_up_cancels_the_job_on_comfyui(live):
             )
     finally:
         engine.dispose()
-        store.close()

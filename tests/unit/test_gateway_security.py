@@ -199,3 +199,17 @@ def test_total_pixels_per_request():
     assert settings.cost_error({"width": 1024, "height": 1024, "batch_size": 2}) is None
     param, message = settings.cost_error({"width": 1024, "height": 1024, "batch_size": 3})
     assert param == "batch_size" and "per request" in message
+
+
+def test_image_inputs_are_not_request_parameters():
+    """Bound from request text, an image value would be read as a path on the gateway host."""
+    import pydantic
+
+    from comfyfn.gateway.registry import Registry
+    from comfyfn.workflow import builtin
+
+    served = Registry().add("zimage-edit", builtin("zimage-edit"))
+    assert "image" not in served.model.model_fields
+    with pytest.raises(pydantic.ValidationError) as info:
+        served.params({"prompt": "p", "image": "/etc/passwd"})
+    assert info.value.errors()[0]["loc"] == ("image",)

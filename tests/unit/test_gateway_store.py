@@ -1,4 +1,9 @@
-"""The gateway job store, on SQLite and on a real PostgreSQL (tests/pg.py)."""
+"""The gateway job store on SQLite files (the embedded default).
+
+The same cases run on a real PostgreSQL in tests/integration/test_gateway_store_pg.py, which
+loads this module and gives it its own ``url`` fixture: a case that holds only on SQLite has
+``sqlite`` in its name. Time is the store's ``clock``, a fake one here: nothing sleeps.
+"""
 
 from __future__ import annotations
 
@@ -8,33 +13,52 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pg
 import pytest
 import sqlalchemy as sa
 
 from comfyfn.gateway.store import STATES, Store
 
 
-@pytest.fixture(scope="session")
-def pg_server():
-    if not pg.available():
-        pytest.fail(pg.INSTALL_HINT, pytrace=False)
-    with pg.Postgres() as server:
-        yield server
+class Clock:
+    """A fake epoch clock that moves only when told."""
 
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'gateway.db'}"
-    return request.getfixturevalue("pg_server").create_database()  # a fresh database per test
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @pytest.fixture
-def store(url):
-    s = Store(url)
-    yield s
-    s.close()
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'gateway.db'}"
+
+
+@pytest.fixture
+def stores(url, clock):
+    """Open stores on ``url`` (with the fake clock); each is closed after the test."""
+    made: list[Store] = []
+
+    def open_store(**kwargs) -> Store:
+        made.append(Store(url, clock=clock, **kwargs))
+        return made[-1]
+
+    yield open_store
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def store(stores) -> Store:
+    return stores()
 
 
 def all_rows(url: str) -> str:
@@ -55,6 +79,15 @@ def new_job(store: Store, key_id: str = "key_a", **kwargs):
     )
     assert created
     return job
+
+
+def jobs_in_order(store: Store, clock, n: int) -> list:
+    """``n`` new jobs, each created a second after the one before (claimed in this order)."""
+    jobs = []
+    for _ in range(n):
+        jobs.append(new_job(store))
+        clock.advance(1)
+    return jobs
 
 
 # -- keys --------------------------------------------------------------------------------------
@@ -95,8 +128,9 @@ def test_keys_with_the_same_prefix_are_told_apart(store, monkeypatch):
         assert store.find_key(secret) == key
 
 
-def test_revoke_by_name_or_id_and_list(store):
+def test_revoke_by_name_or_id_and_list(store, clock):
     s1, k1 = store.create_key("alice")
+    clock.advance(1)
     s2, k2 = store.create_key("bob", rate="5/min")
     assert [k.name for k in store.list_keys()] == ["alice", "bob"]
     assert store.revoke_key("alice") is True
@@ -127,8 +161,8 @@ def test_create_key_refuses_a_bad_rate_or_name(store):
     assert store.list_keys() == []
 
 
-def test_concurrent_creates_of_one_name_make_one_key(url):
-    stores = [Store(url) for _ in range(2)]
+def test_concurrent_creates_of_one_name_make_one_key(stores):
+    stores = [stores() for _ in range(2)]
     results: list[object] = []
     barrier = threading.Barrier(8)
 
@@ -146,15 +180,12 @@ def test_concurrent_creates_of_one_name_make_one_key(url):
         t.join()
     assert sum(not isinstance(r, ValueError) for r in results) == 1
     assert len(stores[0].list_keys()) == 1
-    for s in stores:
-        s.close()
 
 
 # -- jobs --------------------------------------------------------------------------------------
 
 
-def test_create_and_get_job(store):
-    before = time.time()
+def test_create_and_get_job(store, clock):
     job, created = store.create_job(
         key_id="key_a",
         workflow="zimage-turbo",
@@ -166,7 +197,7 @@ def test_create_and_get_job(store):
     assert job.state == "queued" and job.params == {"prompt": "猫", "seed": 1}
     assert job.outputs == [] and job.error is None and job.progress == 0.0
     assert job.webhook == "https://example.com/hook" and job.idempotency_key is None
-    assert before <= job.created_at == job.updated_at <= time.time()
+    assert job.created_at == job.updated_at == clock.now
     assert job.started_at is job.finished_at is job.claimed_by is job.heartbeat_at is None
     assert job.server is job.prompt_id is None and job.cancel_requested is False
     assert store.get_job(job.id) == job
@@ -196,8 +227,8 @@ def test_idempotency_key_returns_the_same_job_per_key(store):
     assert new_job(store).id != new_job(store).id
 
 
-def test_idempotency_is_race_safe(url):
-    stores = [Store(url) for _ in range(2)]
+def test_idempotency_is_race_safe(stores):
+    stores = [stores() for _ in range(2)]
     barrier = threading.Barrier(8)
     results: list[tuple] = []
 
@@ -216,29 +247,28 @@ def test_idempotency_is_race_safe(url):
     assert len({job.id for job, _ in results}) == 1
     assert sum(created for _, created in results) == 1
     assert stores[0].queue_depth()["queued"] == 1
-    for s in stores:
-        s.close()
 
 
-def test_update_job_fields_and_timestamps(store):
+def test_update_job_fields_and_timestamps(store, clock):
     job = new_job(store)
-    time.sleep(0.01)
+    clock.advance(1)
     running = store.update_job(
         job.id, state="running", server="http://gpu1:8188", prompt_id="p-1", progress=0.25
     )
     assert running.state == "running" and running.server == "http://gpu1:8188"
     assert running.prompt_id == "p-1" and running.progress == 0.25
     assert running.updated_at > job.updated_at and running.created_at == job.created_at
-    assert running.started_at == running.updated_at and running.finished_at is None
-    time.sleep(0.01)
+    assert running.started_at == running.updated_at == clock.now
+    assert running.finished_at is None
+    clock.advance(1)
     done = store.update_job(job.id, state="succeeded", progress=1.0, outputs=["file_1", "file_2"])
     assert done.outputs == ["file_1", "file_2"] and done.progress == 1.0
-    assert done.finished_at == done.updated_at > running.updated_at
+    assert done.finished_at == done.updated_at == clock.now
     assert done.started_at == running.started_at  # not moved by later updates
-    time.sleep(0.01)
+    clock.advance(1)
     later = store.update_job(job.id, state="succeeded", webhook=None)
     assert later.finished_at == done.finished_at  # it ended once
-    assert later.updated_at > done.updated_at
+    assert later.updated_at == clock.now
     assert store.get_job(job.id) == later
 
     failed = store.update_job(
@@ -295,8 +325,8 @@ def test_queue_position_is_each_jobs_own_place_in_claim_order(store):
 # -- claim protocol ----------------------------------------------------------------------------
 
 
-def test_claim_takes_the_oldest_queued_job(store):
-    jobs = [new_job(store) for _ in range(3)]
+def test_claim_takes_the_oldest_queued_job(store, clock):
+    jobs = jobs_in_order(store, clock, 3)
     claimed = store.claim_job("w1")
     assert claimed.id == jobs[0].id
     assert claimed.state == "running" and claimed.claimed_by == "w1"
@@ -307,8 +337,8 @@ def test_claim_takes_the_oldest_queued_job(store):
     assert store.queue_depth()["running"] == 3
 
 
-def test_each_job_is_claimed_exactly_once_under_concurrency(url):
-    stores = [Store(url) for _ in range(2)]  # two "replicas"
+def test_each_job_is_claimed_exactly_once_under_concurrency(stores):
+    stores = [stores() for _ in range(2)]  # two "replicas"
     ids = {new_job(stores[0]).id for _ in range(50)}
     claims: list[tuple[str, str]] = []
     lock = threading.Lock()
@@ -331,6 +361,7 @@ def test_each_job_is_claimed_exactly_once_under_concurrency(url):
         t.start()
     for t in threads:
         t.join(60)
+        assert not t.is_alive(), "a claimer did not finish within 60 s"
     assert not errors, errors
     counts = Counter(job_id for job_id, _ in claims)
     assert set(counts) == ids
@@ -338,40 +369,38 @@ def test_each_job_is_claimed_exactly_once_under_concurrency(url):
     for job_id, name in claims:
         assert stores[1].get_job(job_id).claimed_by == name
     assert stores[0].queue_depth()["running"] == 50
-    for s in stores:
-        s.close()
 
 
-def test_stale_running_job_is_taken_over_only_after_stale_after(store):
+def test_stale_running_job_is_taken_over_only_after_stale_after(store, clock):
     job = new_job(store)
     first = store.claim_job("dead", stale_after=30)
     store.update_job(job.id, server="http://gpu1:8188", prompt_id="p-1")
     assert store.claim_job("alive", stale_after=30) is None  # heartbeat is fresh
-    store.update_job(job.id, heartbeat_at=time.time() - 29)
+    clock.advance(29)
     assert store.claim_job("alive", stale_after=30) is None
-    store.update_job(job.id, heartbeat_at=time.time() - 31)
+    clock.advance(2)
     taken = store.claim_job("alive", stale_after=30)
     assert taken.id == job.id and taken.claimed_by == "alive" and taken.state == "running"
     assert taken.server == "http://gpu1:8188" and taken.prompt_id == "p-1"  # re-attachable
     assert taken.started_at == first.started_at
-    assert taken.heartbeat_at > time.time() - 5
+    assert taken.heartbeat_at == clock.now
     assert store.claim_job("third", stale_after=30) is None
 
 
-def test_queued_jobs_go_before_stale_ones(store):
+def test_queued_jobs_go_before_stale_ones(store, clock):
     stale = new_job(store)
     store.claim_job("dead")
-    store.update_job(stale.id, heartbeat_at=time.time() - 100)
+    clock.advance(100)
     fresh = new_job(store)
     assert store.claim_job("w", stale_after=30).id == fresh.id
     assert store.claim_job("w", stale_after=30).id == stale.id
 
 
-def test_heartbeat_keeps_a_job_and_staleness_in_real_time(store):
-    a, b = new_job(store), new_job(store)
+def test_heartbeat_keeps_a_job_alive_and_staleness_follows_the_clock(store, clock):
+    a, b = jobs_in_order(store, clock, 2)
     store.claim_job("w1")
     store.claim_job("w2")
-    time.sleep(0.8)
+    clock.advance(0.8)
     store.heartbeat("w1")
     assert store.get_job(a.id).heartbeat_at > store.get_job(b.id).heartbeat_at
     taken = store.claim_job("w3", stale_after=0.6)
@@ -379,17 +408,16 @@ def test_heartbeat_keeps_a_job_and_staleness_in_real_time(store):
     assert store.claim_job("w4", stale_after=0.6) is None  # w1's job is alive
 
 
-def test_heartbeat_touches_only_the_workers_running_jobs(store):
-    mine, theirs, finished = new_job(store), new_job(store), new_job(store)
+def test_heartbeat_touches_only_the_workers_running_jobs(store, clock):
+    mine, theirs, finished = jobs_in_order(store, clock, 3)
     store.claim_job("me")
     store.claim_job("them")
     store.claim_job("me")
-    old = time.time() - 100
-    for j in (mine, theirs, finished):
-        store.update_job(j.id, heartbeat_at=old)
+    old = clock.now
     store.update_job(finished.id, state="succeeded")
+    clock.advance(100)
     store.heartbeat("me")
-    assert store.get_job(mine.id).heartbeat_at > old
+    assert store.get_job(mine.id).heartbeat_at == clock.now
     assert store.get_job(theirs.id).heartbeat_at == old
     assert store.get_job(finished.id).heartbeat_at == old
 
@@ -425,19 +453,17 @@ def test_files(store):
     assert store.get_file(big.id).size == 5 << 30
 
 
-def test_secret_persists_across_stores(url):
-    a = Store(url)
+def test_secret_persists_across_stores(stores):
+    a = stores()
     secret = a.secret()
     assert isinstance(secret, bytes) and len(secret) == 32
     assert a.secret() == secret
     a.close()
-    b = Store(url)
-    assert b.secret() == secret
-    b.close()
+    assert stores().secret() == secret
 
 
-def test_concurrent_first_use_of_the_secret_agrees(url):
-    stores = [Store(url) for _ in range(4)]
+def test_concurrent_first_use_of_the_secret_agrees(stores):
+    stores = [stores() for _ in range(4)]
     barrier = threading.Barrier(4)
     got: list[bytes] = []
 
@@ -451,22 +477,19 @@ def test_concurrent_first_use_of_the_secret_agrees(url):
     for t in threads:
         t.join()
     assert len(got) == 4 and len(set(got)) == 1
-    for s in stores:
-        s.close()
 
 
-def test_reopening_keeps_data(url):
-    a = Store(url)
+def test_reopening_keeps_data(stores):
+    a = stores()
     secret, key = a.create_key("alice")
     job = new_job(a)
     a.close()
-    b = Store(url)  # tables exist already
+    b = stores()  # tables exist already
     assert b.find_key(secret) == key and b.get_job(job.id) == job
-    b.close()
 
 
-def test_attempts_are_kept_and_added_to_an_older_database(url):
-    store = Store(url)
+def test_attempts_are_kept_and_added_to_an_older_database(url, stores):
+    store = stores()
     job = new_job(store)
     assert job.attempts == 0
     assert store.update_job(job.id, attempts=2).attempts == 2
@@ -475,34 +498,30 @@ def test_attempts_are_kept_and_added_to_an_older_database(url):
     with engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE cfn_jobs DROP COLUMN attempts")
     engine.dispose()
-    store = Store(url)
+    store = stores()
     assert store.get_job(job.id).attempts == 0
     assert new_job(store).attempts == 0
-    store.close()
 
 
 def test_sqlite_uses_wal(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'g.db'}")
-    with s._engine.connect() as conn:
+    with Store(f"sqlite:///{tmp_path / 'g.db'}") as s, s.database.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
-    s.close()
 
 
-def test_sqlite_busy_timeout_is_configurable(tmp_path):
+def test_sqlite_busy_timeout_is_configurable(url, stores):
     """A writer waits ``busy_timeout`` for another's lock, then fails; reads go on (WAL)."""
     import sqlite3
 
     from sqlalchemy.exc import OperationalError
 
-    path = tmp_path / "g.db"
-    assert Store(f"sqlite:///{path}").busy_timeout == 30.0  # the default
-    store = Store(f"sqlite:///{path}", busy_timeout=0.3)
+    assert stores().busy_timeout == 30.0  # the default
+    store = stores(busy_timeout=0.3)
     job = new_job(store)
-    holder = sqlite3.connect(path, isolation_level=None)
+    holder = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # the write lock, held longer than the timeout
     try:
-        started = time.monotonic()
+        started = time.monotonic()  # SQLite's own wait: real time
         with pytest.raises(OperationalError, match="locked"):
             new_job(store)
         assert 0.25 <= time.monotonic() - started < 10
@@ -511,25 +530,15 @@ def test_sqlite_busy_timeout_is_configurable(tmp_path):
         holder.execute("ROLLBACK")
         holder.close()
     assert new_job(store).state == "queued"  # the lock gone, writes work again
-    store.close()
     with pytest.raises(ValueError):
-        Store(f"sqlite:///{path}", busy_timeout=-1)
+        stores(busy_timeout=-1)
 
 
 def test_in_memory_sqlite_is_shared_between_threads():
-    s = Store("sqlite://")
-    job = new_job(s)
-    got: list[object] = []
-    t = threading.Thread(target=lambda: got.append(s.claim_job("w")))
-    t.start()
-    t.join()
-    assert got[0].id == job.id
-    s.close()
-
-
-def test_a_plain_postgresql_url_means_psycopg_3(pg_server):
-    plain = pg_server.create_database().replace("postgresql+psycopg://", "postgresql://")
-    s = Store(plain)
-    assert s.url.startswith("postgresql+psycopg://")
-    assert s.create_key("alice")[1].name == "alice"
-    s.close()
+    with Store("sqlite://") as s:
+        job = new_job(s)
+        got: list[object] = []
+        t = threading.Thread(target=lambda: got.append(s.claim_job("w")))
+        t.start()
+        t.join(30)
+        assert got[0].id == job.id

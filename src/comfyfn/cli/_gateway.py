@@ -1,14 +1,28 @@
-"""``comfyfn serve`` and ``comfyfn keys``."""
+"""``comfyfn serve`` and ``comfyfn keys``.
+
+Both need the ``gateway`` extra (FastAPI, uvicorn, SQLAlchemy, prometheus-client,
+sse-starlette), and a ``postgresql://`` database the ``postgres`` extra (psycopg): they are
+imported inside the commands, after :func:`require_extras` has said which extra to install
+if one is missing (exit 2), so the rest of the CLI works without them.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from comfyfn.cli._common import err, esc, fail
 from comfyfn.errors import ComfyError, ConfigError
+
+if TYPE_CHECKING:
+    from comfyfn.gateway.store import Store
+
+#: what ``pip install 'comfyfn[gateway]'`` brings: import names
+GATEWAY_MODULES = ("fastapi", "uvicorn", "sqlalchemy", "prometheus_client", "sse_starlette")
 
 keys_app = typer.Typer(help="API keys of the gateway (stored hashed).", no_args_is_help=True)
 
@@ -22,7 +36,29 @@ DbOpt = Annotated[
 ]
 
 
-def _store(db: str | None):
+def _missing(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def require_extras(db: str | None) -> None:
+    """Exit 2 with one sentence naming the extra to install if the gateway's libraries, or
+    the PostgreSQL driver for a ``postgresql://`` database, are missing."""
+    missing = [m for m in GATEWAY_MODULES if _missing(m)]
+    if missing:
+        raise fail(
+            ConfigError(f"the gateway needs {', '.join(missing)}: pip install 'comfyfn[gateway]'")
+        )
+    scheme = (db or os.environ.get("COMFYFN_DB") or "").partition("://")[0]
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg") and _missing("psycopg"):
+        raise fail(
+            ConfigError("a PostgreSQL database needs psycopg: pip install 'comfyfn[postgres]'")
+        )
+
+
+def _store(db: str | None) -> Store:
     from comfyfn.gateway.settings import GatewaySettings
     from comfyfn.gateway.store import Store
 
@@ -76,6 +112,7 @@ def serve_command(
     ] = None,
 ) -> None:
     """Run the gateway (OpenAI-compatible images API + async jobs) with uvicorn."""
+    require_extras(db)
     import uvicorn
 
     from comfyfn.cli._batch import resolve_servers
@@ -125,11 +162,13 @@ def keys_create(
     db: DbOpt = None,
 ) -> None:
     """Create a key; it is printed once (only its hash is stored)."""
+    require_extras(db)
     from comfyfn.gateway.security import parse_rate
 
     try:
         parse_rate(rate)
-        secret, key = _store(db).create_key(name, rate)
+        with _store(db) as store:
+            secret, key = store.create_key(name, rate)
     except ValueError as exc:
         raise fail(ConfigError(str(exc))) from None
     err.print(
@@ -142,7 +181,10 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(db: DbOpt = None) -> None:
     """Keys with their prefix, rate and state."""
-    for key in _store(db).list_keys():
+    require_extras(db)
+    with _store(db) as store:
+        keys = store.list_keys()
+    for key in keys:
         typer.echo(
             f"{key.id}  {key.name:20} {key.prefix}…  {key.rate:10} "
             f"{'revoked' if key.revoked else 'active'}"
@@ -152,7 +194,10 @@ def keys_list(db: DbOpt = None) -> None:
 @keys_app.command("revoke")
 def keys_revoke(name: str, db: DbOpt = None) -> None:
     """Revoke a key by name or id (exit 1 if there is none)."""
-    if not _store(db).revoke_key(name):
+    require_extras(db)
+    with _store(db) as store:
+        revoked = store.revoke_key(name)
+    if not revoked:
         err.print(esc(f"no active key {name!r}"), highlight=False)
         raise typer.Exit(1)
     err.print(esc(f"revoked {name!r}"), highlight=False)

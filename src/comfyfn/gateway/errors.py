@@ -173,7 +173,8 @@ class BodyLimit:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         too_large = error_response(
             413, f"request body over {self.limit} bytes", "invalid_request_error"
         )

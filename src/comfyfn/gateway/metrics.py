@@ -57,7 +57,8 @@ class MetricsMiddleware:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         status = 500
 
         async def sending(message: Any) -> None:

@@ -8,25 +8,27 @@ request is refused with the field named before any job is created.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from comfyfn.workflow._params import Param
-from comfyfn.workflow._workflow import Workflow
+from comfyfn.workflow import BUILTIN, Param, Workflow, builtin
 
 __all__ = ["Registry", "Served"]
 
 _PY = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
 _SKIP = {"filename_prefix"}
+#: image inputs are not request parameters until the gateway takes uploads itself: bound from
+#: request text, a value would be read as a path on the gateway's own machine
+_SKIP_TYPES = {"IMAGE"}
 
 
 def _field(p: Param, max_prompt: int) -> tuple[Any, Any]:
     kind: Any = _PY.get(p.type, str)
     if p.type == "COMBO" and p.choices and not p.folder:
-        kind = Literal[tuple(p.choices)]  # type: ignore[valid-type]
+        kind = Literal[tuple(p.choices)]
     limits: dict[str, Any] = {}
     if p.type in ("INT", "FLOAT"):
         if p.min is not None:
@@ -62,7 +64,11 @@ class Registry:
         self.served: dict[str, Served] = {}
 
     def add(self, name: str, workflow: Workflow, *, max_prompt: int = 4000) -> Served:
-        fields = {p.name: _field(p, max_prompt) for p in workflow.params if p.name not in _SKIP}
+        fields: dict[str, Any] = {
+            p.name: _field(p, max_prompt)
+            for p in workflow.params
+            if p.name not in _SKIP and p.type not in _SKIP_TYPES
+        }
         model_name = "".join(part.title() for part in re.split(r"[^A-Za-z0-9]+", name)) + "Params"
         model = create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)
         served = Served(name, workflow, model)
@@ -71,8 +77,6 @@ class Registry:
 
     def load(self, workflows: Iterable[tuple[str, str]], *, max_prompt: int = 4000) -> None:
         """Serve each (name, built-in name or workflow file)."""
-        from comfyfn.workflow._builtin import BUILTIN, builtin
-
         for name, source in workflows:
             wf = builtin(source) if source in BUILTIN else Workflow.load(source, name=name)
             self.add(name, wf, max_prompt=max_prompt)
@@ -80,5 +84,5 @@ class Registry:
     def get(self, name: str) -> Served | None:
         return self.served.get(name)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Served]:
         return iter(self.served.values())

@@ -22,6 +22,7 @@ __all__ = [
     "FileRecord",
     "JobRecord",
     "KeyRecord",
+    "NewFile",
 ]
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -44,12 +45,12 @@ class JobRecord:
     id: str
     key_id: str
     workflow: str
-    params: dict
+    params: dict[str, Any]
     state: str  # queued | running | succeeded | failed | cancelled
     server: str | None
     prompt_id: str | None
     progress: float
-    error: dict | None
+    error: dict[str, Any] | None
     outputs: list[str]  # file ids
     webhook: str | None
     idempotency_key: str | None
@@ -72,6 +73,16 @@ class FileRecord:
     size: int
     etag: str
     created_at: float
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """An output file written to storage, to be recorded (:meth:`Store.complete_job`)."""
+
+    path: str
+    content_type: str
+    size: int
+    etag: str
 
 
 metadata = sa.MetaData()

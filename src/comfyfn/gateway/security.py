@@ -61,7 +61,7 @@ class RateLimiter:
     Held in each gateway process (several replicas each allow the full rate).
     """
 
-    def __init__(self, clock=time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.buckets: dict[str, _Bucket] = {}
 

@@ -101,7 +101,7 @@ class GatewaySettings:
         servers: list[str],
         db_url: str | None = None,
         storage: str | Path | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> GatewaySettings:
         data = default_data_dir()
         db = db_url or os.environ.get("COMFYFN_DB") or f"sqlite:///{data / 'gateway.db'}"

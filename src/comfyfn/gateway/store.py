@@ -1,13 +1,7 @@
 """The gateway's job store: API keys, jobs, output files and one persistent secret.
 
-SQLAlchemy 2 Core (no ORM) on a synchronous engine, so one code path serves
-
-* **SQLite** (the embedded default: ``sqlite:///path/to/gateway.db``), opened in WAL mode with a
-  busy timeout, usable from any thread (``check_same_thread=False``); every write transaction is
-  ``BEGIN IMMEDIATE`` so that writers queue on the database lock up front instead of failing
-  with "database is locked" when they upgrade a read to a write; and
-* **PostgreSQL** (``postgresql+psycopg://user@host/db``, psycopg 3), which several gateway
-  replicas share.
+SQLAlchemy 2 Core (no ORM) on a synchronous engine, SQLite (embedded) or PostgreSQL (shared
+by replicas): see :mod:`comfyfn.gateway.database` for how each is opened.
 
 Schema (created on first use; ``cfn_`` prefixed so the tables can live in a shared database;
 times are float epoch seconds from the writing process's clock, so replicas need NTP-synced
@@ -31,17 +25,20 @@ fetches the rows with that prefix and compares the hashes with :func:`hmac.compa
 
 Claim protocol (how workers of one or several replicas share the queue):
 
-1. :meth:`Store.claim_job` runs one write transaction that picks the oldest ``queued`` job or,
-   failing that, the ``running`` job with the oldest ``heartbeat_at`` older than ``stale_after``
-   seconds (its replica died), and sets ``state='running'``, ``claimed_by=worker``,
-   ``heartbeat_at=now``, ``started_at`` (if unset). On PostgreSQL the pick is
-   ``SELECT … FOR UPDATE SKIP LOCKED``: concurrent claimers skip rows another transaction holds,
-   and a row changed by a claimer that committed meanwhile is re-checked against the WHERE
-   clause, so no two claimers get the same job. On SQLite ``BEGIN IMMEDIATE`` serialises the
-   whole pick-and-update against every other writer. The UPDATE repeats the state condition
-   as a last guard.
+1. :meth:`Store.claim_jobs` (:meth:`Store.claim_job` for one) runs one write transaction that
+   picks the oldest ``queued`` jobs or, failing those, the ``running`` jobs with the oldest
+   ``heartbeat_at`` older than ``stale_after`` seconds (their replica died), and sets
+   ``state='running'``, ``claimed_by=worker``, ``heartbeat_at=now``, ``started_at`` (if unset).
+   On PostgreSQL the pick is ``SELECT … FOR UPDATE SKIP LOCKED``: concurrent claimers skip rows
+   another transaction holds, and a row changed by a claimer that committed meanwhile is
+   re-checked against the WHERE clause, so no two claimers get the same job. On SQLite
+   ``BEGIN IMMEDIATE`` serialises the whole pick-and-update against every other writer. The
+   UPDATE repeats the state condition as a last guard. A look that finds nothing to claim
+   takes no write lock. :meth:`Store.create_job` with ``claim_for`` creates a job already
+   claimed, in the same state, when no job is queued ahead of it.
 2. The worker calls :meth:`Store.heartbeat` every few seconds (well under ``stale_after``) for
-   all the jobs it holds, and :meth:`Store.update_job` with progress and the final state.
+   all the jobs it holds, :meth:`Store.update_job` with progress and the final state, and
+   :meth:`Store.complete_job` for a success (its files and its state in one transaction).
 3. A taken-over job keeps ``server`` and ``prompt_id``: the new worker re-attaches to the prompt
    already queued on that ComfyUI server instead of submitting it twice. The same holds for a
    job handed back by :meth:`Store.release_job` (graceful shutdown). A worker that lost a job
@@ -53,21 +50,19 @@ Claim protocol (how workers of one or several replicas share the queue):
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import hmac
 import json
 import secrets
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.pool import StaticPool
 
+from comfyfn.gateway.database import SQLITE_BUSY_TIMEOUT, Database
 from comfyfn.gateway.schema import (
     JSON_FIELDS,
     PREFIX_LEN,
@@ -77,6 +72,7 @@ from comfyfn.gateway.schema import (
     FileRecord,
     JobRecord,
     KeyRecord,
+    NewFile,
     _file,
     _hash,
     _job,
@@ -86,14 +82,9 @@ from comfyfn.gateway.schema import (
     jobs_t,
     keys_t,
     meta_t,
-    metadata,
 )
 
-__all__ = ["STATES", "TERMINAL", "FileRecord", "JobRecord", "KeyRecord", "Store"]
-
-SCHEMA_VERSION = "1"
-SQLITE_BUSY_TIMEOUT = 30.0  #: seconds a SQLite writer waits for the database lock by default
-_PG_INIT_LOCK = 0x63666E5F73746F72  # pg_advisory_xact_lock key for schema creation ("cfn_stor")
+__all__ = ["STATES", "TERMINAL", "FileRecord", "JobRecord", "KeyRecord", "NewFile", "Store"]
 
 
 class Store:
@@ -102,98 +93,24 @@ class Store:
     Thread-safe: every method runs in its own short transaction on a pooled connection.
     ``busy_timeout`` (SQLite only): seconds a statement waits for another writer's lock
     before it fails with ``sqlalchemy.exc.OperationalError`` ("database is locked").
+    ``clock``: the epoch time every timestamp is taken from (tests pass a fake one).
     """
 
-    def __init__(self, url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> None:
-        if busy_timeout < 0:
-            raise ValueError(f"busy_timeout {busy_timeout} is negative")
-        self.busy_timeout = busy_timeout
-        parsed = make_url(url)
-        if parsed.drivername in ("postgresql", "postgres"):  # plain URLs mean psycopg 3 here
-            parsed = parsed.set(drivername="postgresql+psycopg")
-            url = parsed.render_as_string(hide_password=False)
-        self.url = url
-        self.dialect = parsed.get_backend_name()
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout: float = SQLITE_BUSY_TIMEOUT,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.database = Database(url, busy_timeout=busy_timeout)
+        self.url, self.busy_timeout = self.database.url, busy_timeout
+        self.clock = clock
+        self._write, self._read = self.database.write, self.database.read
         self._secret: bytes | None = None
-        # One writer at a time per process on SQLite (the file lock serialises writers anyway;
-        # this spares in-process threads SQLite's sleep-and-retry busy handler). For an
-        # in-memory database, which is one shared connection, it guards every statement.
-        self._write_lock: contextlib.AbstractContextManager = contextlib.nullcontext()
-        self._read_lock: contextlib.AbstractContextManager = contextlib.nullcontext()
-        if self.dialect == "sqlite":
-            self._engine = self._sqlite_engine(url, parsed.database)
-        else:
-            self._engine = sa.create_engine(url, pool_pre_ping=True)
-        self._create_schema()
-
-    # -- engine set-up -------------------------------------------------------------------------
-
-    def _sqlite_engine(self, url: str, database: str | None) -> Engine:
-        memory = not database or database == ":memory:" or "mode=memory" in url
-        kwargs: dict[str, Any] = {
-            "connect_args": {"check_same_thread": False, "timeout": self.busy_timeout},
-        }
-        lock = threading.RLock()
-        self._write_lock = lock
-        if memory:
-            kwargs["poolclass"] = StaticPool
-            self._read_lock = lock
-        engine = sa.create_engine(url, **kwargs)
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record):  # pragma: no cover - exercised by every test
-            # Hand transaction control to SQLAlchemy (the "begin" hook below) instead of the
-            # sqlite3 module's implicit BEGINs.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            try:
-                if not memory:
-                    cur.execute("PRAGMA journal_mode=WAL")
-                    cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute(f"PRAGMA busy_timeout={round(self.busy_timeout * 1000)}")
-                cur.execute("PRAGMA foreign_keys=ON")
-            finally:
-                cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn):  # pragma: no cover - exercised by every test
-            write = conn.get_execution_options().get("cfn_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-        return engine
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """One write transaction (SQLite: ``BEGIN IMMEDIATE``), committed on success."""
-        with self._write_lock, self._engine.connect() as conn:
-            conn.execution_options(cfn_write=True)
-            with conn.begin():
-                yield conn
-
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self._read_lock, self._engine.connect() as conn, conn.begin():
-            yield conn
-
-    def _create_schema(self) -> None:
-        with self._write() as conn:
-            if self.dialect == "postgresql":
-                # replicas starting together must not race on CREATE TABLE
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_INIT_LOCK)))
-            metadata.create_all(conn, checkfirst=True)
-            columns = {c["name"] for c in sa.inspect(conn).get_columns("cfn_jobs")}
-            if "attempts" not in columns:  # a database made before the column existed
-                conn.exec_driver_sql(
-                    "ALTER TABLE cfn_jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"
-                )
-            have = conn.execute(
-                sa.select(meta_t.c.value).where(meta_t.c.key == "schema_version")
-            ).scalar()
-            if have is None:
-                conn.execute(sa.insert(meta_t).values(key="schema_version", value=SCHEMA_VERSION))
 
     def close(self) -> None:
-        self._engine.dispose()
+        self.database.close()
 
     def __enter__(self) -> Store:
         return self
@@ -216,7 +133,7 @@ class Store:
             name=name,
             prefix=secret[:PREFIX_LEN],
             rate=rate,
-            created_at=time.time(),
+            created_at=self.clock(),
             revoked=False,
         )
         taken = ValueError(f"an active key named {name!r} exists already (revoke it first)")
@@ -289,38 +206,42 @@ class Store:
         *,
         key_id: str,
         workflow: str,
-        params: dict,
+        params: dict[str, Any],
         webhook: str | None = None,
         idempotency_key: str | None = None,
+        claim_for: str | None = None,
     ) -> tuple[JobRecord, bool]:
         """A new queued job, or with an idempotency key this key_id used before: (that job, False).
 
-        Race-safe: the (key_id, idempotency_key) pair is a unique constraint, and the loser of
-        a concurrent insert reads the winner's job.
+        ``claim_for``: a worker with a free slot; if no job is queued ahead, the new job is
+        created claimed by it (``running``, as :meth:`claim_job` would leave it), in the same
+        transaction. Race-safe: the (key_id, idempotency_key) pair is a unique constraint, and
+        the loser of a concurrent insert reads the winner's job.
         """
-        now = time.time()
-        values = {
-            "id": _new_id("job"),
-            "key_id": key_id,
-            "workflow": workflow,
-            "params": json.dumps(params),
-            "state": "queued",
-            "server": None,
-            "prompt_id": None,
-            "progress": 0.0,
-            "error": None,
-            "outputs": "[]",
-            "webhook": webhook,
-            "idempotency_key": idempotency_key,
-            "created_at": now,
-            "updated_at": now,
-            "started_at": None,
-            "finished_at": None,
-            "claimed_by": None,
-            "heartbeat_at": None,
-            "cancel_requested": False,
-            "attempts": 0,
-        }
+        now = self.clock()
+        encoded = json.dumps(params)
+        job = JobRecord(
+            id=_new_id("job"),
+            key_id=key_id,
+            workflow=workflow,
+            params=json.loads(encoded),  # the stored form, as get_job gives it back
+            state="queued",
+            server=None,
+            prompt_id=None,
+            progress=0.0,
+            error=None,
+            outputs=[],
+            webhook=webhook,
+            idempotency_key=idempotency_key,
+            created_at=now,
+            updated_at=now,
+            started_at=None,
+            finished_at=None,
+            claimed_by=None,
+            heartbeat_at=None,
+            cancel_requested=False,
+            attempts=0,
+        )
         same = sa.select(jobs_t).where(
             jobs_t.c.key_id == key_id, jobs_t.c.idempotency_key == idempotency_key
         )
@@ -330,9 +251,13 @@ class Store:
                     row = conn.execute(same).first()
                     if row is not None:
                         return _job(row), False
-                conn.execute(sa.insert(jobs_t).values(**values))
-                row = conn.execute(sa.select(jobs_t).where(jobs_t.c.id == values["id"])).one()
-                return _job(row), True
+                if claim_for is not None and not self._queued(conn):
+                    job = dataclasses.replace(
+                        job, state="running", claimed_by=claim_for, heartbeat_at=now, started_at=now
+                    )
+                row_values = {**job.__dict__, "params": encoded, "outputs": "[]"}
+                conn.execute(sa.insert(jobs_t).values(**row_values))
+            return job, True
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -341,6 +266,14 @@ class Store:
             if row is None:
                 raise
             return _job(row), False
+
+    @staticmethod
+    def _queued(conn: Connection) -> bool:
+        """Whether any job is queued."""
+        return (
+            conn.execute(sa.select(jobs_t.c.id).where(jobs_t.c.state == "queued").limit(1)).first()
+            is not None
+        )
 
     def get_job(self, job_id: str, key_id: str | None = None) -> JobRecord | None:
         """The job, or None; with ``key_id`` only if it is that key's job."""
@@ -352,52 +285,58 @@ class Store:
         return _job(row) if row is not None else None
 
     def claim_job(self, worker: str, *, stale_after: float = 30.0) -> JobRecord | None:
-        """Take the oldest queued job, else a running job whose heartbeat is stale; or None.
+        """Take the oldest queued job, else a running job whose heartbeat is stale; or None."""
+        claimed = self.claim_jobs(worker, limit=1, stale_after=stale_after)
+        return claimed[0] if claimed else None
+
+    def claim_jobs(self, worker: str, *, limit: int, stale_after: float = 30.0) -> list[JobRecord]:
+        """Take up to ``limit`` jobs in one transaction: the oldest queued ones first, then
+        running ones whose heartbeat is older than ``stale_after`` seconds (oldest first).
 
         See the module docstring for why two claimers never get the same job.
         """
+        now = self.clock()
+        queued = jobs_t.c.state == "queued"
+        stale = sa.and_(
+            jobs_t.c.state == "running",
+            sa.or_(jobs_t.c.heartbeat_at.is_(None), jobs_t.c.heartbeat_at < now - stale_after),
+        )
+        with self._read() as conn:  # most looks find nothing: they take no write lock
+            if conn.execute(sa.select(jobs_t.c.id).where(queued | stale).limit(1)).first() is None:
+                return []
         with self._write() as conn:
-            now = time.time()
-            queued = jobs_t.c.state == "queued"
-            job_id = conn.execute(
-                sa.select(jobs_t.c.id)
-                .where(queued)
-                .order_by(jobs_t.c.created_at, jobs_t.c.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            ).scalar()
-            condition = queued
-            if job_id is None:
-                condition = sa.and_(
-                    jobs_t.c.state == "running",
-                    sa.or_(
-                        jobs_t.c.heartbeat_at.is_(None),
-                        jobs_t.c.heartbeat_at < now - stale_after,
-                    ),
+            claimed: list[JobRecord] = []
+            for condition, order in ((queued, jobs_t.c.created_at), (stale, jobs_t.c.heartbeat_at)):
+                if len(claimed) >= limit:
+                    break
+                ids = (
+                    conn.execute(
+                        sa.select(jobs_t.c.id)
+                        .where(condition)
+                        .order_by(order, jobs_t.c.id)
+                        .limit(limit - len(claimed))
+                        .with_for_update(skip_locked=True)
+                    )
+                    .scalars()
+                    .all()
                 )
-                job_id = conn.execute(
-                    sa.select(jobs_t.c.id)
-                    .where(condition)
-                    .order_by(jobs_t.c.heartbeat_at, jobs_t.c.id)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
-                ).scalar()
-                if job_id is None:
-                    return None
-            done = conn.execute(
-                sa.update(jobs_t)
-                .where(jobs_t.c.id == job_id, condition)
-                .values(
-                    state="running",
-                    claimed_by=worker,
-                    heartbeat_at=now,
-                    updated_at=now,
-                    started_at=sa.func.coalesce(jobs_t.c.started_at, now),
-                )
-            )
-            if done.rowcount != 1:  # cannot happen while the row is locked; never hand it out
-                return None
-            return _job(conn.execute(sa.select(jobs_t).where(jobs_t.c.id == job_id)).one())
+                if not ids:
+                    continue
+                rows = conn.execute(
+                    sa.update(jobs_t)
+                    .where(jobs_t.c.id.in_(ids), condition)  # the condition again: a last guard
+                    .values(
+                        state="running",
+                        claimed_by=worker,
+                        heartbeat_at=now,
+                        updated_at=now,
+                        started_at=sa.func.coalesce(jobs_t.c.started_at, now),
+                    )
+                    .returning(*jobs_t.c)
+                ).all()
+                by_id = {row._mapping["id"]: _job(row) for row in rows}
+                claimed += [by_id[i] for i in ids if i in by_id]
+            return claimed
 
     def heartbeat(self, worker: str) -> None:
         """Mark every running job this worker holds as alive (heartbeat_at = now)."""
@@ -405,7 +344,7 @@ class Store:
             conn.execute(
                 sa.update(jobs_t)
                 .where(jobs_t.c.state == "running", jobs_t.c.claimed_by == worker)
-                .values(heartbeat_at=time.time())
+                .values(heartbeat_at=self.clock())
             )
 
     def update_job(self, job_id: str, **fields: Any) -> JobRecord:
@@ -415,12 +354,30 @@ class Store:
         terminal one (unless given); ``started_at`` becomes now when the state changes to
         ``running`` and it was unset. ``KeyError`` if there is no such job.
         """
+        values = self._job_values(fields)
+        with self._write() as conn:
+            return self._update(conn, job_id, values)
+
+    def complete_job(
+        self, job_id: str, files: Sequence[NewFile], **fields: Any
+    ) -> tuple[JobRecord, tuple[FileRecord, ...]]:
+        """Record the job's output files and set its fields (``outputs``: the files' ids) in
+        one transaction; the new job record and the files' records."""
+        records = tuple(self._file_record(job_id, f) for f in files)
+        values = self._job_values({**fields, "outputs": [r.id for r in records]})
+        with self._write() as conn:
+            for record in records:
+                conn.execute(sa.insert(files_t).values(**record.__dict__))
+            return self._update(conn, job_id, values), records
+
+    def _job_values(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """``update_job``'s fields as column values (checked, JSON encoded, timestamps set)."""
         unknown = set(fields) - UPDATABLE
         if unknown:
             raise TypeError(f"update_job cannot set {', '.join(sorted(unknown))}")
         if "state" in fields and fields["state"] not in STATES:
             raise ValueError(f"state {fields['state']!r} is not one of {', '.join(STATES)}")
-        now = time.time()
+        now = self.clock()
         values: dict[str, Any] = {}
         for name, value in fields.items():
             if name == "outputs":
@@ -437,11 +394,16 @@ class Store:
             )
         if state == "running" and "started_at" not in fields:
             values["started_at"] = sa.func.coalesce(jobs_t.c.started_at, now)
-        with self._write() as conn:
-            done = conn.execute(sa.update(jobs_t).where(jobs_t.c.id == job_id).values(**values))
-            if done.rowcount != 1:
-                raise KeyError(job_id)
-            return _job(conn.execute(sa.select(jobs_t).where(jobs_t.c.id == job_id)).one())
+        return values
+
+    @staticmethod
+    def _update(conn: Connection, job_id: str, values: dict[str, Any]) -> JobRecord:
+        row = conn.execute(
+            sa.update(jobs_t).where(jobs_t.c.id == job_id).values(**values).returning(*jobs_t.c)
+        ).first()
+        if row is None:
+            raise KeyError(job_id)
+        return _job(row)
 
     def release_job(self, job_id: str) -> None:
         """Hand a running job back to the queue (server/prompt_id kept for re-attaching)."""
@@ -449,7 +411,7 @@ class Store:
             conn.execute(
                 sa.update(jobs_t)
                 .where(jobs_t.c.id == job_id, jobs_t.c.state == "running")
-                .values(state="queued", claimed_by=None, heartbeat_at=None, updated_at=time.time())
+                .values(state="queued", claimed_by=None, heartbeat_at=None, updated_at=self.clock())
             )
 
     def request_cancel(self, job_id: str) -> None:
@@ -458,15 +420,16 @@ class Store:
             conn.execute(
                 sa.update(jobs_t)
                 .where(jobs_t.c.id == job_id, jobs_t.c.state.in_(("queued", "running")))
-                .values(cancel_requested=True, updated_at=time.time())
+                .values(cancel_requested=True, updated_at=self.clock())
             )
 
-    def cancel_if_queued(self, job_id: str) -> bool:
-        """Cancel a job that no worker has claimed yet (atomic: never one being claimed)."""
-        now = time.time()
+    def cancel_if_queued(self, job_id: str) -> JobRecord | None:
+        """Cancel a job that no worker has claimed yet (atomic: never one being claimed);
+        the cancelled job, or None if it was not queued."""
+        now = self.clock()
         error = json.dumps({"type": "cancelled", "message": "removed from the queue"})
         with self._write() as conn:
-            result = conn.execute(
+            row = conn.execute(
                 sa.update(jobs_t)
                 .where(jobs_t.c.id == job_id, jobs_t.c.state == "queued")
                 .values(
@@ -476,8 +439,22 @@ class Store:
                     updated_at=now,
                     finished_at=now,
                 )
+                .returning(*jobs_t.c)
+            ).first()
+        return _job(row) if row is not None else None
+
+    def cancel_requests(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of these jobs someone asked to cancel (one query for a worker's jobs)."""
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(jobs_t.c.id).where(
+                    jobs_t.c.id.in_(ids), jobs_t.c.cancel_requested == sa.true()
+                )
             )
-        return result.rowcount == 1
+            return {str(r[0]) for r in rows}
 
     def queue_depth(self) -> dict[str, int]:
         """Number of jobs in each state (every state present, 0 if none)."""
@@ -519,18 +496,21 @@ class Store:
     def add_file(
         self, *, job_id: str, path: str, content_type: str, size: int, etag: str
     ) -> FileRecord:
-        record = FileRecord(
-            id=_new_id("file"),
-            job_id=job_id,
-            path=path,
-            content_type=content_type,
-            size=int(size),
-            etag=etag,
-            created_at=time.time(),
-        )
+        record = self._file_record(job_id, NewFile(path, content_type, size, etag))
         with self._write() as conn:
             conn.execute(sa.insert(files_t).values(**record.__dict__))
         return record
+
+    def _file_record(self, job_id: str, new: NewFile) -> FileRecord:
+        return FileRecord(
+            id=_new_id("file"),
+            job_id=job_id,
+            path=new.path,
+            content_type=new.content_type,
+            size=int(new.size),
+            etag=new.etag,
+            created_at=self.clock(),
+        )
 
     def get_file(self, file_id: str) -> FileRecord | None:
         with self._read() as conn:
@@ -556,5 +536,5 @@ class Store:
             except IntegrityError:  # another replica made it first
                 with self._read() as conn:
                     value = conn.execute(query).scalar()
-        self._secret = bytes.fromhex(value)
+        self._secret = bytes.fromhex(str(value))
         return self._secret

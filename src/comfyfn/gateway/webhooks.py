@@ -149,6 +149,7 @@ async def deliver_webhook(
                 attempts=tried,
                 status_code=status,
             ) from None
+    assert status is not None  # the loop ran at least once, and ended in an answer
     if not 200 <= status < 300:
         raise WebhookFailed(
             url, f"webhook {url} answered {status}", attempts=tried, status_code=status

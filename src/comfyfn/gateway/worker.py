@@ -8,6 +8,14 @@ the server lost it. On a graceful stop the worker hands its jobs back at once (t
 their servers and are re-attached). Servers, slots, health and moving jobs off failed
 servers are the fleet's (:mod:`comfyfn.fleet`), shared with the batch runner.
 
+The routes of this process hand new jobs to :meth:`Worker.submit`: with a slot free and no
+job queued ahead, a job is created already claimed by this worker and starts at once (no claim
+round trip); else it is queued and the claim loop woken. The claim loop otherwise sleeps until
+a slot frees up or :data:`IDLE_POLL` passes (jobs queued by other replicas, stale ones).
+Every change the worker stores is also published on the process's :class:`JobBus`, so the
+routes following a job wake at once. Progress goes to the bus at every step and to the store
+at most every :data:`PROGRESS_WRITE_INTERVAL` seconds (what other replicas see).
+
 The store can fail (a database restart, a lock held too long): the claim loop logs and backs
 off, ``healthy()`` is False meanwhile (``/readyz`` answers 503), a job's final state is
 written as soon as the database is back, and progress updates are skipped while it is not.
@@ -17,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,20 +49,21 @@ from comfyfn.fleet import (
     Moved,
     Outcome,
     Refused,
-    Slot,
     State,
     Ticket,
     advance,
     after_server_failure,
 )
+from comfyfn.gateway.bus import JobBus, JobUpdate
 from comfyfn.gateway.metrics import Metrics
 from comfyfn.gateway.registry import Registry
+from comfyfn.gateway.schema import FileRecord, JobRecord, NewFile
 from comfyfn.gateway.settings import GatewaySettings
-from comfyfn.gateway.store import JobRecord, Store
+from comfyfn.gateway.store import Store
 from comfyfn.result import Generation
-from comfyfn.workflow._workflow import Workflow
+from comfyfn.workflow import Workflow
 
-__all__ = ["Worker", "storage_path"]
+__all__ = ["IDLE_POLL", "PROGRESS_WRITE_INTERVAL", "Worker", "storage_path"]
 
 log = logging.getLogger("comfyfn.gateway")
 T = TypeVar("T")
@@ -65,15 +76,26 @@ STORE_STATE = {
     State.FAILED: "failed",
     State.CANCELLED: "cancelled",
 }
+IDLE_POLL = 0.5  #: seconds between claims while the queue is empty (other replicas' jobs)
+PROGRESS_WRITE_INTERVAL = 1.0  #: at most one progress write per job this often
 _DB_ERRORS = (SQLAlchemyError, OSError)
+_CANCELLED = {"type": "cancelled", "message": "cancelled"}
 
 
 class Worker:
     def __init__(
-        self, store: Store, registry: Registry, settings: GatewaySettings, metrics: Metrics
+        self,
+        store: Store,
+        registry: Registry,
+        settings: GatewaySettings,
+        metrics: Metrics,
+        bus: JobBus,
+        *,
+        fleet: Fleet | None = None,
     ) -> None:
-        self.store, self.registry, self.settings, self.metrics = store, registry, settings, metrics
-        self.fleet = Fleet(
+        self.store, self.registry, self.settings = store, registry, settings
+        self.metrics, self.bus = metrics, bus
+        self.fleet = fleet or Fleet(
             settings.servers,
             FleetSettings(
                 prime=settings.prime,
@@ -84,15 +106,15 @@ class Worker:
         )
         self.running: dict[str, asyncio.Task[None]] = {}
         self.tickets: dict[str, Ticket] = {}
-        self.wakeup = asyncio.Event()
         self.db_ok = True
+        self._records: dict[str, JobRecord] = {}  #: the latest stored form of each held job
+        self._progress_written: dict[str, float] = {}
+        self._wakeup = asyncio.Event()
+        self._created = False  #: a route of this process queued a job since the last claim
+        self._reserved = 0  #: slots held for jobs being created claimed (:meth:`submit`)
+        self._starting: set[str] = set()  #: jobs started here, waiting for their slot
         self._tasks: list[asyncio.Task[None]] = []
         self._notifications: set[asyncio.Task[None]] = set()
-        self._done: dict[str, asyncio.Event] = {}
-
-    @property
-    def pool(self):  # the fleet's pool (servers and their health), for /readyz and metrics
-        return self.fleet.pool
 
     async def start(self) -> None:
         await self.fleet.__aenter__()
@@ -126,6 +148,39 @@ class Worker:
     def healthy(self) -> bool:
         """Able to work: the store answers and at least one ComfyUI server is up."""
         return self.db_ok and self.fleet.healthy()
+
+    def job_created(self) -> None:
+        """A job was queued by this process: claim now, not at the next poll."""
+        self._created = True
+        self._wakeup.set()
+
+    async def submit(self, **job: Any) -> JobRecord:
+        """Store a new job (:meth:`Store.create_job`'s arguments). With a slot free here and
+        no job queued ahead, it is created claimed by this worker and starts at once; else it
+        is queued and the claim loop woken. Once stored, the job is started or queued even if
+        the caller is cancelled meanwhile."""
+        reserved = self._free_slots() > 0 and self.healthy()
+        if reserved:
+            self._reserved += 1  # until the store answers: no claim takes this slot
+        claim_for = self.settings.worker_id if reserved else None
+        stored = asyncio.ensure_future(
+            asyncio.to_thread(self.store.create_job, claim_for=claim_for, **job)
+        )
+        stored.add_done_callback(functools.partial(self._submitted, reserved))
+        record, _ = await asyncio.shield(stored)
+        return record
+
+    def _submitted(self, reserved: bool, stored: asyncio.Future[tuple[JobRecord, bool]]) -> None:
+        if reserved:
+            self._reserved -= 1
+        if stored.cancelled() or stored.exception() is not None:
+            self._wakeup.set()  # the held slot is free again
+            return
+        job, created = stored.result()
+        if created and job.claimed_by == self.settings.worker_id:
+            self._start(job)
+        else:  # queued behind others (or an earlier job of the same idempotency key)
+            self.job_created()
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job this worker runs: interrupt or dequeue it on its server (the job then
@@ -162,17 +217,41 @@ class Worker:
         self.db_ok = False
         self.metrics.failures.labels(kind="StoreError").inc()
 
+    def _stored(
+        self,
+        job: JobRecord,
+        files: tuple[FileRecord, ...] = (),
+        contents: tuple[bytes, ...] = (),
+    ) -> None:
+        """``job`` as just stored: remembered while held, and published."""
+        if job.id in self.running:
+            self._records[job.id] = job
+        self.bus.publish(JobUpdate(job, files, contents))
+
+    async def _update(self, job_id: str, **fields: Any) -> None:
+        """Store (retrying through outages) and publish a change to a job."""
+        self._stored(await self._db(self.store.update_job, job_id, **fields))
+
     # -- loops -----------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
+        """Claim as many jobs as there are free slots, in one transaction, whenever the
+        queue may hold some: the last claim got all it asked for, a route queued one, or
+        :data:`IDLE_POLL` passed since the last look (other replicas' jobs)."""
+        more, looked = True, -IDLE_POLL
         while True:
-            if not self.fleet.has_free_slot():
-                await self._sleep(0.2)
+            self._wakeup.clear()  # before looking: a wake-up from now on is never lost
+            free = self._free_slots()
+            wait = max(0.0, looked + IDLE_POLL - time.monotonic())
+            if not free or not (more or self._created or wait == 0):
+                await self._sleep(wait if free else IDLE_POLL)
                 continue
+            self._created, looked = False, time.monotonic()
             try:
-                job = await asyncio.to_thread(
-                    self.store.claim_job,
+                jobs = await asyncio.to_thread(
+                    self.store.claim_jobs,
                     self.settings.worker_id,
+                    limit=free,
                     stale_after=self.settings.stale_after,
                 )
             except _DB_ERRORS as exc:
@@ -180,71 +259,82 @@ class Worker:
                 await self._sleep(1.0)
                 continue
             self.db_ok = True
-            if job is None:
-                await self._sleep(0.5)
-                continue
-            if job.cancel_requested and not job.prompt_id:  # cancelled before it ever ran
-                error = {"type": "cancelled", "message": "cancelled"}
-                self._spawn(job, self._finish(job, State.CANCELLED, time.monotonic(), error=error))
-                continue
-            workflow = self._bind(job)
-            if not isinstance(workflow, Workflow):
-                self._spawn(job, self._finish(job, State.FAILED, time.monotonic(), error=workflow))
-                continue
-            ticket = Ticket(workflow, job.prompt_id, job.server, job.attempts)
-            slot = await self.fleet.slot(ticket)
-            assert slot is not None  # no stop event and no give-up: it waits for a slot
-            self.tickets[job.id] = ticket
-            self._spawn(job, self._run(job, ticket, slot))
+            more = len(jobs) == free
+            for job in jobs:
+                self._start(job)
 
-    def _spawn(self, job: JobRecord, work: Any) -> None:
+    def _free_slots(self) -> int:
+        """Slots free for new jobs on healthy servers (less those reserved or being taken)."""
+        pool = self.fleet.pool
+        free = sum(max(0, pool.slots - s.in_flight) for s in pool.states.values() if s.healthy)
+        return max(0, free - self._reserved - len(self._starting))
+
+    def _start(self, job: JobRecord) -> None:
+        """Run a claimed job (or end it at once: cancelled before it ran, unbindable)."""
+        self.bus.queue_changed()
+        if job.cancel_requested and not job.prompt_id:  # cancelled before it ever ran
+            self._spawn(job, self._finish(job, State.CANCELLED, time.monotonic(), error=_CANCELLED))
+            return
+        workflow = self._bind(job)
+        if not isinstance(workflow, Workflow):
+            self._spawn(job, self._finish(job, State.FAILED, time.monotonic(), error=workflow))
+            return
+        ticket = Ticket(workflow, job.prompt_id, job.server, job.attempts)
+        self.tickets[job.id] = ticket
+        self._starting.add(job.id)  # counts as a taken slot until it has one
+        self._spawn(job, self._run(job, ticket))
+
+    def _spawn(self, job: JobRecord, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self.running[job.id] = task
+        self._stored(job)
         task.add_done_callback(lambda _: self._forget_task(job.id))
 
     def _forget_task(self, job_id: str) -> None:
+        self._starting.discard(job_id)
         self.running.pop(job_id, None)
         self.tickets.pop(job_id, None)
-        self.wakeup.set()  # a slot is free: claim the next job now
+        self._records.pop(job_id, None)
+        self._progress_written.pop(job_id, None)
+        self._wakeup.set()  # a slot is free: claim the next job now
 
     async def _sleep(self, seconds: float) -> None:
-        self.wakeup.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wakeup.wait(), seconds)
+            await asyncio.wait_for(self._wakeup.wait(), seconds)
 
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat)
             try:
                 await asyncio.to_thread(self.store.heartbeat, self.settings.worker_id)
-                for job_id in list(self.running):
-                    job = await asyncio.to_thread(self.store.get_job, job_id)
-                    if job is not None and job.cancel_requested:
-                        await self.cancel(job_id)
+                asked = await asyncio.to_thread(self.store.cancel_requests, list(self.running))
             except _DB_ERRORS as exc:
                 self._db_failed(exc)
                 continue
             self.db_ok = True
+            for job_id in asked:  # cancels asked through another replica
+                await self.cancel(job_id)
             for url, state in self.fleet.pool.states.items():
                 self.metrics.queue_depth.labels(server=url).set(state.in_flight)
 
     # -- one job ---------------------------------------------------------------------------
 
-    async def _run(self, job: JobRecord, ticket: Ticket, slot: Slot) -> None:
-        started = time.monotonic()
+    async def _run(self, job: JobRecord, ticket: Ticket) -> None:
+        started = self._progress_written[job.id] = time.monotonic()
         try:
+            slot = await self.fleet.slot(ticket)
+            self._starting.discard(job.id)
+            assert slot is not None  # no stop event and no give-up: it waits for a slot
 
             async def submitted(url: str, prompt_id: str) -> None:
-                await self._db(
-                    self.store.update_job, job.id, server=url, prompt_id=prompt_id, progress=0.0
-                )
+                await self._update(job.id, server=url, prompt_id=prompt_id, progress=0.0)
+
+            async def on_event(event: object) -> None:
+                if isinstance(event, Progress) and event.max:
+                    await self._progress(job.id, round(event.value / event.max, 3))
 
             outcome = await self.fleet.run(
-                ticket,
-                slot,
-                on_submit=submitted,
-                on_event=lambda event: self._progress(job.id, event),
-                validate=True,
+                ticket, slot, on_submit=submitted, on_event=on_event, validate=True
             )
             await self._settle(job, ticket, outcome, started)
         except asyncio.CancelledError:
@@ -269,14 +359,22 @@ class Worker:
         except ComfyError as exc:
             return _error(exc)
 
-    async def _progress(self, job_id: str, event: Any) -> None:
-        if isinstance(event, Progress) and event.max:
-            with contextlib.suppress(*_DB_ERRORS):  # progress is best effort while the db is out
-                await asyncio.to_thread(
-                    self.store.update_job, job_id, progress=round(event.value / event.max, 3)
-                )
+    async def _progress(self, job_id: str, fraction: float) -> None:
+        """Publish every step; store one now and then (best effort while the db is out)."""
+        known = self._records.get(job_id)
+        if known is None:
+            return
+        now = time.monotonic()
+        if now - self._progress_written.get(job_id, now) < PROGRESS_WRITE_INTERVAL:
+            self._stored(dataclasses.replace(known, progress=fraction))
+            return
+        self._progress_written[job_id] = now
+        with contextlib.suppress(*_DB_ERRORS):
+            self._stored(await asyncio.to_thread(self.store.update_job, job_id, progress=fraction))
 
-    async def _settle(self, job: JobRecord, ticket: Ticket, outcome: Outcome, started: float):
+    async def _settle(
+        self, job: JobRecord, ticket: Ticket, outcome: Outcome, started: float
+    ) -> None:
         event = outcome.event
         if isinstance(outcome, Moved):
             self.metrics.failures.labels(kind=type(outcome.error).__name__).inc()
@@ -291,7 +389,6 @@ class Worker:
             assert isinstance(outcome, Moved | Lost)
             await self._requeue(job, ticket, outcome)
         else:
-            assert not isinstance(outcome, Done)
             await self._finish(job, state, started, error=_error(outcome.error))
 
     async def _cancel_was_asked(self, job_id: str) -> bool:
@@ -299,19 +396,21 @@ class Worker:
         return fresh is not None and fresh.cancel_requested
 
     async def _succeeded(self, job: JobRecord, generation: Generation, started: float) -> None:
-        try:
-            files = await asyncio.to_thread(self._store_files, job.id, generation)
-        except OSError as exc:  # disk full, read-only: the job fails, the gateway goes on
-            log.error("job %s: cannot store its outputs: %s", job.id, exc)
+        contents = tuple(image.png_bytes() for image in generation.images)
+        # in hand: a caller who wants only the bytes need not wait for them to be stored
+        self._stored(self._records.get(job.id, job), contents=contents)
+        stored = await self._db(self._save_outputs, job.id, contents)
+        if stored is None:
             error = {"type": "StorageError", "message": "the outputs could not be stored"}
             await self._finish(job, State.FAILED, started, error=error)
             return
-        await self._finish(job, State.DONE, started, outputs=files)
+        done, files = stored
+        self._stored(done, files, contents)
+        self._finished(done, started)
 
     async def _requeue(self, job: JobRecord, ticket: Ticket, outcome: Moved | Lost) -> None:
         log.warning("job %s goes back to the queue: %s", job.id, outcome.error)
-        await self._db(
-            self.store.update_job,
+        await self._update(
             job.id,
             state="queued",
             server=None,
@@ -320,6 +419,7 @@ class Worker:
             progress=0.0,
             attempts=ticket.attempts,
         )
+        self.bus.queue_changed()
 
     async def _cancelled_here(self, job: JobRecord, started: float) -> None:
         """Our task was cancelled: by a cancel request (the job ends cancelled), or by a
@@ -327,65 +427,60 @@ class Worker:
         with contextlib.suppress(*_DB_ERRORS):
             fresh = await asyncio.to_thread(self.store.get_job, job.id)
             if fresh is not None and fresh.cancel_requested:
-                error = {"type": "cancelled", "message": "cancelled"}
-                await asyncio.to_thread(
-                    self.store.update_job, job.id, state="cancelled", error=error
+                done = await asyncio.to_thread(
+                    self.store.update_job, job.id, state="cancelled", error=_CANCELLED
                 )
-                self._finished(job, "cancelled", started)
+                self._stored(done)
+                self._finished(done, started)
 
-    async def _finish(self, job: JobRecord, state: State, started: float, **fields: Any) -> None:
-        name = STORE_STATE[state]
-        if state is State.FAILED and fields.get("error"):
-            self.metrics.failures.labels(kind=fields["error"]["type"]).inc()
-        progress = {"progress": 1.0} if state is State.DONE else {}
-        await self._db(self.store.update_job, job.id, state=name, **progress, **fields)
-        self._finished(job, name, started)
+    async def _finish(
+        self,
+        job: JobRecord,
+        state: State,
+        started: float,
+        *,
+        error: dict[str, Any],
+    ) -> None:
+        """End the job ``failed`` or ``cancelled`` with ``error``."""
+        if state is State.FAILED:
+            self.metrics.failures.labels(kind=error["type"]).inc()
+        done = await self._db(self.store.update_job, job.id, state=STORE_STATE[state], error=error)
+        self._stored(done)
+        self._finished(done, started)
 
-    def finished_event(self, job_id: str) -> asyncio.Event:
-        """Set when this process finishes ``job_id`` (callers still re-read the store)."""
-        return self._done.setdefault(job_id, asyncio.Event())
-
-    def forget(self, job_id: str) -> None:
-        self._done.pop(job_id, None)
-
-    def _finished(self, job: JobRecord, state: str, started: float) -> None:
-        self.metrics.job_seconds.labels(workflow=job.workflow, state=state).observe(
+    def _finished(self, job: JobRecord, started: float) -> None:
+        self.metrics.job_seconds.labels(workflow=job.workflow, state=job.state).observe(
             time.monotonic() - started
         )
-        event = self._done.pop(job.id, None)
-        if event is not None:
-            event.set()
         if job.webhook:
-            task = asyncio.create_task(self._notify(job.id))
+            task = asyncio.create_task(self._notify(job))
             self._notifications.add(task)
             task.add_done_callback(self._notifications.discard)
 
-    def _store_files(self, job_id: str, generation: Generation) -> list[str]:
+    def _save_outputs(
+        self, job_id: str, contents: tuple[bytes, ...]
+    ) -> tuple[JobRecord, tuple[FileRecord, ...]] | None:
+        """Write the images (durably) and record them with the job's success, in one
+        transaction; None if they cannot be written (disk full, read-only)."""
         from comfyfn._files import write_atomic
 
         folder = self.settings.storage / job_id
-        ids = []
-        for i, image in enumerate(generation.images):
-            data = image.png_bytes()
-            path = folder / f"{i}.png"
-            write_atomic(path, data)
-            record = self.store.add_file(
-                job_id=job_id,
-                path=str(path),
-                content_type="image/png",
-                size=len(data),
-                etag=hashlib.sha256(data).hexdigest()[:32],
-            )
-            ids.append(record.id)
-        return ids
+        files = []
+        try:
+            for i, data in enumerate(contents):
+                path = write_atomic(folder / f"{i}.png", data)
+                etag = hashlib.sha256(data).hexdigest()[:32]
+                files.append(NewFile(str(path), "image/png", len(data), etag))
+        except OSError as exc:
+            log.error("job %s: cannot store its outputs: %s", job_id, exc)
+            return None
+        return self.store.complete_job(job_id, files, state="succeeded", progress=1.0)
 
-    async def _notify(self, job_id: str) -> None:
+    async def _notify(self, job: JobRecord) -> None:
         """POST the finished job to its webhook (signed, pinned to the checked address)."""
         from comfyfn.gateway.webhooks import deliver_webhook, webhook_payload
 
-        job = await self._db(self.store.get_job, job_id)
-        if job is None or not job.webhook:
-            return
+        assert job.webhook is not None
         secret = await self._db(self.store.secret)
         try:
             await deliver_webhook(
@@ -396,7 +491,7 @@ class Worker:
             )
         except ComfyError as exc:
             self.metrics.failures.labels(kind="WebhookFailed").inc()
-            log.warning("webhook for %s failed: %s", job_id, exc)
+            log.warning("webhook for %s failed: %s", job.id, exc)
 
 
 def _error(error: BaseException) -> dict[str, Any]:

@@ -1,0 +1,35 @@
+"""``/healthz`` (alive), ``/readyz`` (able to take jobs) and Prometheus ``/metrics``."""
+# No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from comfyfn.gateway.dependencies import ApiKey, RuntimeDep
+from comfyfn.gateway.errors import error_response
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(runtime: RuntimeDep) -> Any:
+    """Ready or not, nothing more (no server addresses: no key is needed here)."""
+    if not runtime.ready():
+        return error_response(503, "not ready", "server_error", code="not_ready")
+    return {"status": "ready"}
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def metrics_route(runtime: RuntimeDep, _: ApiKey) -> Response:
+    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

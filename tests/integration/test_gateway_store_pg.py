@@ -1,0 +1,73 @@
+"""The job store's cases (tests/unit/test_gateway_store.py) on a real PostgreSQL.
+
+The unit module is loaded from its file and its cases run here with a ``url`` of a fresh
+PostgreSQL database each (tests/pg.py starts a throwaway server; CI installs the binaries
+with tests/pg_install.sh). Cases that hold only on SQLite have ``sqlite`` in their names and
+are left out; PostgreSQL's own cases follow.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pg
+import pytest
+
+from comfyfn.gateway.store import Store
+
+
+def _load_cases():
+    path = Path(__file__).parents[1] / "unit" / "test_gateway_store.py"
+    spec = importlib.util.spec_from_file_location("gateway_store_cases", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_cases = _load_cases()
+clock, stores, store, new_job = _cases.clock, _cases.stores, _cases.store, _cases.new_job
+globals().update(
+    {
+        name: case
+        for name, case in vars(_cases).items()
+        if name.startswith("test_") and "sqlite" not in name
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def pg_server():
+    if not pg.available():
+        pytest.fail(pg.INSTALL_HINT, pytrace=False)
+    with pg.Postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def url(pg_server) -> str:
+    return pg_server.create_database()  # a fresh database per case
+
+
+def test_a_plain_postgresql_url_means_psycopg_3(url):
+    with Store(url.replace("postgresql+psycopg://", "postgresql://")) as s:
+        assert s.url.startswith("postgresql+psycopg://")
+        assert s.create_key("alice")[1].name == "alice"
+
+
+def test_claims_skip_rows_another_transaction_holds(url, stores):
+    """``FOR UPDATE SKIP LOCKED``: a claimer passes over a job another one is taking."""
+    import sqlalchemy as sa
+
+    first, second = new_job(stores()), new_job(stores())
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as holder:
+            holder.execute(
+                sa.text("SELECT id FROM cfn_jobs WHERE id = :id FOR UPDATE"), {"id": first.id}
+            )
+            assert stores().claim_job("w").id == second.id
+        assert stores().claim_job("w").id == first.id  # free again once the holder is done
+    finally:
+        engine.dispose()

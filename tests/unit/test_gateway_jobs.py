@@ -1,0 +1,135 @@
+"""Following a job from a route (comfyfn.gateway.jobs) on a real SQLite store: woken by this
+process's bus at once, by the store for other replicas' jobs, cancelled for a caller who left,
+504 for one who waited too long, and the SSE view of a job moving up the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from comfyfn.gateway import jobs
+from comfyfn.gateway.bus import JobUpdate
+from comfyfn.gateway.errors import ApiError
+from comfyfn.gateway.registry import Registry
+from comfyfn.gateway.runtime import Runtime
+from comfyfn.gateway.schema import NewFile
+from comfyfn.gateway.settings import GatewaySettings
+from comfyfn.gateway.store import Store
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def runtime(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    settings = GatewaySettings(
+        servers=("http://fake",), db_url=store.url, storage=tmp_path, sync_timeout=30
+    )
+    yield Runtime(settings, store, Registry())
+    store.close()
+
+
+def new_job(runtime: Runtime):
+    return runtime.store.create_job(key_id="key_1", workflow="w", params={})[0]
+
+
+async def still_here() -> bool:
+    return False
+
+
+async def test_a_waiting_caller_is_woken_by_the_bus_at_once(runtime, monkeypatch):
+    monkeypatch.setattr(jobs, "FALLBACK_POLL", 60.0)  # the store would be read far too late
+    job = new_job(runtime)
+    waiting = asyncio.create_task(jobs.wait_final(runtime, job, still_here))
+    await asyncio.sleep(0.05)
+    done, files = runtime.store.complete_job(
+        job.id, [NewFile("x.png", "image/png", 3, "e")], state="succeeded"
+    )
+    update = JobUpdate(done, files, (b"png",))
+    runtime.bus.publish(update)
+    assert await asyncio.wait_for(waiting, 10) is update
+    assert await jobs.output_records(runtime, update) == list(files)
+    assert await jobs.output_bytes(runtime, update) == [b"png"]  # not read back from storage
+
+
+async def test_a_caller_who_wants_only_the_bytes_need_not_wait_for_storing(runtime, monkeypatch):
+    monkeypatch.setattr(jobs, "FALLBACK_POLL", 60.0)
+    job = runtime.store.update_job(new_job(runtime).id, state="running")
+    waiting = asyncio.create_task(jobs.wait_final(runtime, job, still_here, images_suffice=True))
+    wants_urls = asyncio.create_task(jobs.wait_final(runtime, job, still_here))
+    await asyncio.sleep(0.05)
+    in_hand = JobUpdate(job, (), (b"png",))  # the worker has the images, storing goes on
+    runtime.bus.publish(in_hand)
+    assert await asyncio.wait_for(waiting, 10) is in_hand
+    assert await jobs.output_bytes(runtime, in_hand) == [b"png"]
+    await asyncio.sleep(0.05)
+    assert not wants_urls.done()  # a caller who wants URLs waits for the files' records
+    done = runtime.store.update_job(job.id, state="succeeded")
+    runtime.bus.publish(JobUpdate(done))
+    assert (await asyncio.wait_for(wants_urls, 10)).job.state == "succeeded"
+
+
+async def test_a_job_another_replica_ends_is_found_in_the_store(runtime, monkeypatch):
+    monkeypatch.setattr(jobs, "FALLBACK_POLL", 0.05)
+    job = new_job(runtime)
+    waiting = asyncio.create_task(jobs.wait_final(runtime, job, still_here))
+    await asyncio.sleep(0.05)
+    done, files = runtime.store.complete_job(
+        job.id, [NewFile("x.png", "image/png", 3, "e")], state="succeeded"
+    )  # and nothing published: another process did it
+    update = await asyncio.wait_for(waiting, 10)
+    assert update.job == done and update.files == () and update.contents == ()
+    assert await jobs.output_records(runtime, update) == list(files)  # read from the store
+
+
+async def test_a_caller_who_goes_away_cancels_the_job(runtime):
+    job = new_job(runtime)
+
+    async def gone() -> bool:
+        return True
+
+    with runtime.bus.subscribe(job.id) as news, pytest.raises(ApiError) as refused:
+        await jobs.wait_final(runtime, job, gone)
+    assert refused.value.status == 499
+    assert runtime.store.get_job(job.id).state == "cancelled"
+    assert news.latest.job.state == "cancelled"  # published for other followers
+
+
+async def test_a_caller_waits_no_longer_than_the_sync_timeout(runtime):
+    runtime.settings = dataclasses.replace(runtime.settings, sync_timeout=0.2)
+    job = new_job(runtime)
+    with pytest.raises(ApiError) as late:
+        await asyncio.wait_for(jobs.wait_final(runtime, job, still_here), 10)
+    assert late.value.status == 504 and f"/v1/jobs/{job.id}" in late.value.message
+
+
+async def test_following_a_job_up_the_queue_to_its_end(runtime, monkeypatch):
+    monkeypatch.setattr(jobs, "FALLBACK_POLL", 60.0)
+    ahead, job = new_job(runtime), new_job(runtime)
+    seen: list[tuple[str, float, int | None]] = []
+
+    async def follow() -> None:
+        async for current, position in jobs.follow(runtime, job):
+            seen.append((current.state, current.progress, position))
+
+    async def after(count: int) -> None:
+        while len(seen) < count:
+            await asyncio.sleep(0.01)
+
+    following = asyncio.create_task(follow())
+    await asyncio.wait_for(after(1), 10)
+    await jobs.cancel_job(runtime, ahead.id)  # dequeued here: the queue changed
+    await asyncio.wait_for(after(2), 10)
+    running = runtime.store.update_job(job.id, state="running", progress=0.5)
+    runtime.bus.publish(JobUpdate(running))
+    await asyncio.wait_for(after(3), 10)
+    runtime.bus.publish(JobUpdate(runtime.store.update_job(job.id, state="failed")))
+    await asyncio.wait_for(following, 10)
+    assert seen == [
+        ("queued", 0.0, 1),
+        ("queued", 0.0, 0),
+        ("running", 0.5, None),
+        ("failed", 0.5, None),
+    ]

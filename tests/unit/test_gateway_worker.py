@@ -1,0 +1,274 @@
+"""The gateway worker between its store (real SQLite) and a stand-in fleet: a job submitted
+with a slot free starts without a claim, one queued in this process is claimed at once (a
+wake-up is never lost), every change is published on the bus, a success stored in one go."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import threading
+import time
+
+import pytest
+from graphs import sleep_graph
+from PIL import Image as PILImage
+
+from comfyfn.events import Progress
+from comfyfn.fleet import Done, Pool, Refused, Slot
+from comfyfn.gateway import worker as worker_module
+from comfyfn.gateway.bus import JobBus
+from comfyfn.gateway.metrics import Metrics
+from comfyfn.gateway.registry import Registry
+from comfyfn.gateway.settings import GatewaySettings
+from comfyfn.gateway.store import Store
+from comfyfn.gateway.worker import Worker
+from comfyfn.result import Generation, Image, Timings
+from comfyfn.workflow import Workflow
+
+pytestmark = pytest.mark.anyio
+SERVER = "http://fake-comfyui"
+
+
+def png() -> bytes:
+    out = io.BytesIO()
+    PILImage.new("RGB", (8, 8), "red").save(out, "PNG")
+    return out.getvalue()
+
+
+class FakeFleet:
+    """One server with ``slots`` slots. A run records its ticket, reports progress and
+    then ends as ``outcome`` says once ``finish`` is set (never, by default)."""
+
+    def __init__(self, slots: int = 2, steps: int = 0) -> None:
+        self.pool = Pool([SERVER], slots)
+        self.steps = steps
+        self.runs: list[str] = []
+        self.finish = asyncio.Event()
+        self.outcome = lambda ticket: Refused(RuntimeError("no outcome"), SERVER)
+
+    async def __aenter__(self) -> FakeFleet:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def probe(self) -> None:
+        pass
+
+    def healthy(self) -> bool:
+        return True
+
+    async def slot(self, ticket) -> Slot:
+        return Slot(await self.pool.acquire(), attach=False)
+
+    async def cancel(self, ticket) -> str:
+        return "absent"
+
+    async def run(self, ticket, slot, *, on_submit, on_event=None, validate=True):
+        try:
+            ticket.prompt_id, ticket.server = f"prompt-{len(self.runs)}", slot.url
+            await on_submit(slot.url, ticket.prompt_id)
+            self.runs.append(ticket.prompt_id)
+            for step in range(1, self.steps + 1):
+                await on_event(Progress(ticket.prompt_id, "2", step, self.steps))
+            await self.finish.wait()
+            return self.outcome(ticket)
+        finally:
+            await self.pool.release(slot.url)
+
+
+async def eventually(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:g} s")
+        await asyncio.sleep(0.01)
+    return value
+
+
+class ClaimSpy:
+    """Records how many jobs each ``claim_jobs`` call took; call number ``pause_at`` then
+    waits, after looking, until ``resume`` is set."""
+
+    def __init__(self, store: Store, monkeypatch) -> None:
+        self.calls: list[int] = []
+        self.pause_at: int | None = None
+        self.inside, self.resume = threading.Event(), threading.Event()
+        real = store.claim_jobs
+
+        def claim_jobs(*args, **kwargs):
+            claimed = real(*args, **kwargs)
+            self.calls.append(len(claimed))
+            if len(self.calls) == self.pause_at:
+                self.inside.set()
+                if not self.resume.wait(30):
+                    raise TimeoutError("the test never resumed the claim")
+            return claimed
+
+        monkeypatch.setattr(store, "claim_jobs", claim_jobs)
+
+
+@contextlib.asynccontextmanager
+async def started(tmp_path, fleet: FakeFleet, monkeypatch):
+    """A started worker on a SQLite store in ``tmp_path``, with its claims spied on, once
+    its first look at the (empty) queue is done."""
+    store = Store(f"sqlite:///{tmp_path / 'g.db'}")
+    spy = ClaimSpy(store, monkeypatch)
+    settings = GatewaySettings(
+        servers=(SERVER,), db_url=store.url, storage=tmp_path / "files", heartbeat=60
+    )
+    registry = Registry()
+    registry.add("sleep", Workflow.load(sleep_graph(1), name="sleep"))
+    worker = Worker(store, registry, settings, Metrics(), JobBus(), fleet=fleet)
+    await worker.start()
+    try:
+        await eventually(lambda: spy.calls, 10, "the first look at the queue")
+        yield worker, spy
+    finally:
+        fleet.finish.set()
+        spy.resume.set()
+        await worker.stop()
+        store.close()
+
+
+def new_job(store: Store, **kwargs):
+    return store.create_job(key_id="key_1", workflow="sleep", params={}, **kwargs)[0]
+
+
+def spy_on_publish(worker: Worker) -> list:
+    """Every update the worker publishes, in order."""
+    published = []
+    real = worker.bus.publish
+
+    def publish(update) -> None:
+        published.append(update)
+        real(update)
+
+    worker.bus.publish = publish
+    return published
+
+
+@pytest.fixture(autouse=True)
+def no_idle_poll(monkeypatch):
+    """Without a wake-up the worker would look at the queue again only after a minute."""
+    monkeypatch.setattr(worker_module, "IDLE_POLL", 60.0)
+
+
+async def test_a_job_queued_in_this_process_is_claimed_at_once(tmp_path, monkeypatch):
+    fleet = FakeFleet()
+    async with started(tmp_path, fleet, monkeypatch) as (worker, spy):
+        job = new_job(worker.store)
+        worker.job_created()
+        await eventually(lambda: fleet.runs, 10, "the job runs")
+        assert spy.calls == [0, 1]
+        assert worker.store.get_job(job.id).claimed_by == worker.settings.worker_id
+
+
+async def test_a_wake_up_during_a_claim_is_not_lost(tmp_path, monkeypatch):
+    fleet = FakeFleet()
+    async with started(tmp_path, fleet, monkeypatch) as (worker, spy):
+        spy.pause_at = 2
+        worker.job_created()  # a claim that finds nothing, and is held after looking
+        await asyncio.to_thread(spy.inside.wait, 10)
+        new_job(worker.store)
+        worker.job_created()  # while that claim is still out
+        spy.resume.set()
+        await eventually(lambda: fleet.runs, 10, "the job runs")
+        assert spy.calls == [0, 0, 1]
+
+
+async def test_a_job_submitted_with_a_slot_free_runs_without_a_claim(tmp_path, monkeypatch):
+    fleet = FakeFleet(slots=1)
+    async with started(tmp_path, fleet, monkeypatch) as (worker, spy):
+        first = await worker.submit(key_id="key_1", workflow="sleep", params={})
+        assert first.state == "running" and first.claimed_by == worker.settings.worker_id
+        await eventually(lambda: fleet.runs, 10, "the job runs")
+        assert spy.calls == [0]  # the first look only
+        assert worker.store.get_job(first.id).prompt_id == fleet.runs[0]  # stored before it ran
+        second = await worker.submit(key_id="key_1", workflow="sleep", params={})
+        assert second.state == "queued"  # the one slot is taken
+        fleet.finish.set()
+        await eventually(lambda: len(fleet.runs) == 2, 10, "the second job runs")
+        assert spy.calls[:2] == [0, 1]  # claimed as soon as the slot was free
+
+
+async def test_a_job_submitted_behind_a_queued_one_waits_its_turn(tmp_path, monkeypatch):
+    fleet = FakeFleet()
+    async with started(tmp_path, fleet, monkeypatch) as (worker, _):
+        ahead = new_job(worker.store)  # queued by another replica, say
+        behind = await worker.submit(key_id="key_1", workflow="sleep", params={})
+        assert behind.state == "queued"  # no jumping the queue
+        await eventually(lambda: len(fleet.runs) == 2, 10, "both jobs run")
+        assert worker.store.get_job(ahead.id).prompt_id == fleet.runs[0]  # in order
+
+
+async def test_a_submit_whose_caller_is_cancelled_still_starts_its_job(tmp_path, monkeypatch):
+    fleet = FakeFleet()
+    async with started(tmp_path, fleet, monkeypatch) as (worker, _):
+        inside, resume = threading.Event(), threading.Event()
+        real = worker.store.create_job
+
+        def slow_create(**kwargs):
+            inside.set()
+            if not resume.wait(30):
+                raise TimeoutError("the test never resumed the insert")
+            return real(**kwargs)
+
+        monkeypatch.setattr(worker.store, "create_job", slow_create)
+        caller = asyncio.create_task(worker.submit(key_id="key_1", workflow="sleep", params={}))
+        await asyncio.to_thread(inside.wait, 10)
+        caller.cancel()  # the caller goes away while the job is being stored
+        resume.set()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await eventually(lambda: fleet.runs, 10, "the stored job runs all the same")
+        monkeypatch.setattr(worker.store, "create_job", real)
+        again = await worker.submit(key_id="key_1", workflow="sleep", params={})
+        assert again.state == "running"  # the slot held for the first one was handed on
+
+
+async def test_progress_is_published_at_every_step_and_stored_now_and_then(tmp_path, monkeypatch):
+    fleet = FakeFleet(steps=4)
+    async with started(tmp_path, fleet, monkeypatch) as (worker, _):
+        published = spy_on_publish(worker)
+        job = new_job(worker.store)
+        worker.job_created()
+        await eventually(lambda: len(published) >= 6, 10, "the steps are published")
+        assert [(u.job.state, u.job.progress) for u in published] == [
+            ("running", 0.0),  # claimed
+            ("running", 0.0),  # submitted
+            ("running", 0.25),
+            ("running", 0.5),
+            ("running", 0.75),
+            ("running", 1.0),
+        ]
+        assert worker.store.get_job(job.id).progress == 0.0  # under a second: not stored yet
+
+
+async def test_a_success_is_published_in_hand_then_stored_in_one_go(tmp_path, monkeypatch):
+    fleet = FakeFleet()
+    image = Image(data=png(), node_id="3")
+    fleet.outcome = lambda ticket: Done(
+        Generation(ticket.prompt_id, SERVER, (image,), {}, {}, Timings(0.0, 0.1, 0.1)),
+        SERVER,
+        0.1,
+    )
+    async with started(tmp_path, fleet, monkeypatch) as (worker, _):
+        published = spy_on_publish(worker)
+        job = new_job(worker.store)
+        worker.job_created()
+        await eventually(lambda: fleet.runs, 10, "the job runs")
+        fleet.finish.set()
+        await eventually(
+            lambda: published and published[-1].job.state == "succeeded", 10, "the job ends"
+        )
+        in_hand, final = published[-2:]
+        assert in_hand.job.state == "running" and in_hand.files == ()  # not stored yet...
+        assert in_hand.contents == (image.png_bytes(),)  # ...but the bytes are there
+        assert final.job.state == "succeeded" and final.job.progress == 1.0
+        (record,) = final.files
+        assert final.job.outputs == [record.id] and final.contents == in_hand.contents
+        assert worker.store.get_job(job.id) == final.job
+        assert worker.store.get_file(record.id) == record
+        assert (tmp_path / "files" / job.id / "0.png").read_bytes() == final.contents[0]
