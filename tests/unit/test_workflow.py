@@ -93,7 +93,7 @@ def test_function_signature_lists_parameters():
 
     fn = signature_for(zimage_turbo(), call)
     sig = inspect.signature(fn)
-    assert sig.parameters["seed"].default == 0
+    assert sig.parameters["seed"].default is None  # None: a random seed, as generate() draws
     assert sig.parameters["width"].annotation is int
     assert "steps (INT 1..10000): sampling steps [3.steps]" in fn.__doc__
     assert fn.__name__ == "zimage_turbo"
