@@ -129,7 +129,7 @@ def test_info_models_and_engine_status(engine, server):
     assert info.exit_code == 0
     data = json.loads(info.stdout)
     assert data["comfyui_version"] == engine.install.version and data["devices"] == ["cpu"]
-    models = runner.invoke(app, ["models", "diffusion_models", "--server", server])
+    models = runner.invoke(app, ["models", "list", "diffusion_models", "--server", server])
     assert "z_image_turbo_bf16.safetensors" in models.stdout.split()
     status = runner.invoke(app, ["engine", "status", "--name", engine.name, "--json"])
     assert status.exit_code == 0
