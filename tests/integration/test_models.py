@@ -313,5 +313,11 @@ def test_model_aware_routing_loads_each_model_set_once_per_server(engine, second
 
     result, loads = asyncio.run(go())
     assert sum(result.per_server.values()) == 16
-    assert all(len(names) == 1 for names in loads.values()), loads  # one model set each
-    assert {names[0] for names in loads.values()} == set(files)
+    # Each server starts on its own model set and never loads a set twice; a server that
+    # runs out of its set's jobs may take over the other set's backlog once (the policy's
+    # one load to clear a queue): at most three loads, where alternating jobs would load
+    # at every job.
+    firsts = [names[0] for names in loads.values() if names]
+    assert sorted(firsts) == sorted(files), loads
+    assert all(len(names) == len(set(names)) <= len(files) for names in loads.values()), loads
+    assert sum(len(names) for names in loads.values()) <= len(files) + 1, loads

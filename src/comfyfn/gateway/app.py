@@ -26,6 +26,7 @@ from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.settings import GatewaySettings
 from comfyfn.gateway.store import Store
 from comfyfn.gateway.worker import Worker
+from comfyfn.storage import open_storage
 
 __all__ = ["ApiError", "create_app"]
 
@@ -35,7 +36,9 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
     (none given) is closed when the application stops."""
     registry = Registry()
     registry.load(settings.workflows, max_prompt=settings.max_prompt_chars)
-    runtime = Runtime(settings, store or Store(settings.db_url), registry)
+    runtime = Runtime(
+        settings, store or Store(settings.db_url), registry, open_storage(settings.storage)
+    )
     app = FastAPI(
         responses=ERROR_RESPONSES,
         title="comfyfn gateway",

@@ -1,5 +1,5 @@
-"""What one gateway application holds while it runs: settings, store, workflows, metrics,
-rate limiter, event bus and (once started) the worker. Built by
+"""What one gateway application holds while it runs: settings, store, file storage,
+workflows, metrics, rate limiter, event bus and (once started) the worker. Built by
 :func:`comfyfn.gateway.app.create_app`, kept in ``app.state.runtime`` and handed to the
 routes by :mod:`comfyfn.gateway.dependencies`."""
 
@@ -18,6 +18,7 @@ from comfyfn.gateway.security import RateLimiter
 from comfyfn.gateway.settings import GatewaySettings
 from comfyfn.gateway.store import Store
 from comfyfn.gateway.worker import Worker
+from comfyfn.storage import Storage
 
 __all__ = ["Runtime"]
 
@@ -27,6 +28,7 @@ class Runtime:
     settings: GatewaySettings
     store: Store
     registry: Registry
+    storage: Storage  #: where output files (and uploads) are kept
     metrics: Metrics = field(default_factory=Metrics)
     bus: JobBus = field(default_factory=JobBus)
     limiter: RateLimiter = field(default_factory=RateLimiter)
