@@ -8,18 +8,14 @@ rows (A, B, A, B…). GPU time and model loads are SIMULATED: the engine's test-
 last one it loaded in that server (a GPU swapping weights), and ``ComfyfnSleep`` stands in
 for sampling (``--job-ms``). Loads are counted from each server's log (``comfyfn-load:``).
 
-Three ways run the same jobs, with the same slots (``--prime`` of our jobs queued behind the
-running one):
+Both ways run the same jobs through ``comfyfn.batch`` (its fleet), with the same priming
+(``--prime``; default: adaptive):
 
-- ``comfyfn.batch`` as it is today (its fleet: the free server with the fewest of our jobs);
-- the small pool runner below (it drives ``comfyfn.client`` directly) with the same rule,
-  ``comfyfn.fleet.choose``, jobs taken in order;
-- the pool runner with ``comfyfn.models.assign`` over the waiting jobs (model-aware).
+- shortest queue: ``BatchSettings(by_model=False)`` (the emptiest server, rows in order);
+- model-aware: the default (``comfyfn.models.assign`` over the rows waiting in the pool).
 
 Before each routing every server loads a mark file, so both start from the same state; the
 mark in the log also says where a run's loads end.
-The runner exists because the policy is not wired into ``comfyfn.fleet`` yet; once it is,
-this bench runs through ``comfyfn.batch`` instead.
 """
 
 from __future__ import annotations
@@ -30,24 +26,16 @@ import itertools
 import os
 import time
 import warnings
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from comfyfn.batch import Batch, BatchSettings, Row
 from comfyfn.client import AsyncClient
 from comfyfn.engine import Engine
-from comfyfn.fleet import ServerState, choose
-from comfyfn.models import ServerView, Waiting, assign, model_set, prime_for, prompt_key
-from comfyfn.workflow import Workflow
 
-Routing = Literal["batch", "shortest", "models"]
-NAMES: dict[Routing, str] = {
-    "batch": "comfyfn.batch today",
-    "shortest": "runner: shortest queue",
-    "models": "runner: model-aware",
-}
+Routing = Literal["shortest", "models"]
+NAMES: dict[Routing, str] = {"shortest": "shortest queue", "models": "model-aware"}
 _colour = iter(range(int(time.time() * 1000) % 8_000_000, 2**24))
 
 
@@ -70,17 +58,6 @@ def loader_graph(ckpt: str, *, load_ms: int, job_ms: int, steps: int = 2) -> dic
     }
 
 
-@dataclass
-class _Server:
-    url: str
-    jobs: int = 0
-    tail: frozenset[tuple[str, str]] | None = None
-    tail_prompt: str | None = None
-    executed: deque[float] = field(default_factory=lambda: deque(maxlen=20))
-    turnaround: deque[float] = field(default_factory=lambda: deque(maxlen=20))
-    state: ServerState | None = None  # the fleet's view, for shortest-queue routing
-
-
 @dataclass(frozen=True)
 class RunResult:
     seconds: float
@@ -93,98 +70,40 @@ class RunResult:
         return self.jobs / self.seconds
 
 
-class PoolRunner:
-    """Run jobs on several servers with a routing policy and a priming rule.
-
-    ``prime``: our jobs queued behind the running one on each server; None = adaptive
-    (``comfyfn.models.prime_for`` on the job and turnaround times measured there).
-    """
-
-    def __init__(
-        self, clients: dict[str, AsyncClient], routing: Routing, prime: int | None
-    ) -> None:
-        self.clients, self.routing, self.prime = clients, routing, prime
-        self.servers = {url: _Server(url, state=ServerState(url)) for url in clients}
-
-    def slots(self, server: _Server) -> int:
-        if self.prime is not None:
-            return self.prime + 1
-        return prime_for(server.executed, server.turnaround) + 1
-
-    async def run(self, workflows: Sequence[Workflow]) -> RunResult:
-        jobs = {
-            i: (wf, Waiting(i, model_set(wf), prompt_key(wf), 0, i))
-            for i, wf in enumerate(workflows)
-        }
-        waiting = dict(jobs)
-        per_server = dict.fromkeys(self.clients, 0)
-        changed = asyncio.Event()
-        tasks: set[asyncio.Task[None]] = set()
-        start = time.perf_counter()
-        finished = 0
-        while finished < len(jobs):
-            for job, url in self._place([w for _, w in waiting.values()]):
-                wf, _ = waiting.pop(job.key)
-                per_server[url] += 1
-                task = asyncio.create_task(self._one(url, wf, changed))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            await changed.wait()
-            changed.clear()
-            finished = sum(per_server.values()) - sum(s.jobs for s in self.servers.values())
-        seconds = time.perf_counter() - start
-        slots = {url: self.slots(s) for url, s in self.servers.items()}
-        return RunResult(seconds, len(jobs), per_server, slots)
-
-    def _place(self, waiting: list[Waiting[int]]) -> list[tuple[Waiting[int], str]]:
-        """Where waiting jobs go now (each placement is taken at once)."""
-        if self.routing == "models":
-            views = [
-                ServerView(s.url, self.slots(s) - s.jobs, s.jobs, s.tail, s.tail_prompt)
-                for s in self.servers.values()
-            ]
-            placed = assign(views, waiting)
-            for job, url in placed:
-                self._take(url, job)
-            return placed
-        placed = []
-        for job in sorted(waiting, key=lambda j: j.order):
-            free = {
-                s.url: s.state
-                for s in self.servers.values()
-                if s.state is not None and s.jobs < self.slots(s)
-            }
-            chosen = choose(free, max(self.slots(s) for s in self.servers.values()))
-            if chosen is None:
-                break
-            placed.append((job, chosen))
-            self._take(chosen, job)
-        return placed
-
-    def _take(self, url: str, job: Waiting[int]) -> None:
-        server = self.servers[url]
-        server.jobs += 1
-        if server.state is not None:
-            server.state.in_flight, server.state.last_used = server.jobs, time.monotonic()
-        if job.models:
-            server.tail, server.tail_prompt = job.models, job.prompt
-
-    def _untake(self, url: str) -> None:
-        server = self.servers[url]
-        server.jobs -= 1
-        if server.state is not None:
-            server.state.in_flight = server.jobs
-
-    async def _one(self, url: str, wf: Workflow, changed: asyncio.Event) -> None:
-        server = self.servers[url]
-        try:
-            job = await self.clients[url].submit_graph(wf, validate=False, cancel_on_exit=False)
-            timings = (await job.result()).timings
-            server.executed.append(timings.executed)
-            server.turnaround.append(max(timings.total - timings.queued - timings.executed, 0))
-        finally:
-            self._untake(url)
-            changed.set()
+async def run_batch(
+    urls: list[str],
+    files: Sequence[str],
+    jobs: int,
+    job_ms: tuple[int, int],
+    load_ms: int,
+    *,
+    prime: int | None,
+    by_model: bool,
+) -> RunResult:
+    """The mix (A, B, A, B…) through ``comfyfn.batch``: rows bind the loader's file and the
+    job time; ``by_model`` turns the fleet's model-aware placement on or off."""
+    workflow = loader_graph(files[0], load_ms=load_ms, job_ms=job_ms[0])
+    rows = [
+        Row(
+            i + 1,
+            {
+                "1.color": next(_colour),
+                "2.ckpt_name": files[i % 2],
+                "3.milliseconds": job_ms[i % 2],
+            },
+        )
+        for i in range(jobs)
+    ]
+    settings = BatchSettings(prime=prime, by_model=by_model)
+    batch = Batch(rows, None, servers=urls, workflow=workflow, settings=settings)
+    per_server = dict.fromkeys(urls, 0)
+    start = time.perf_counter()
+    async for result in batch.results():
+        if result.state != "done" or result.server is None:
+            raise RuntimeError(f"row {result.row}: {result.state} {result.error}")
+        per_server[result.server] += 1
+    slots = {url: batch.pool.slots(url) for url in urls}
+    return RunResult(time.perf_counter() - start, jobs, per_server, slots)
 
 
 MARKS = ("comfyfn_mark_0.safetensors", "comfyfn_mark_1.safetensors")
@@ -244,60 +163,27 @@ async def compare(
     jobs: int,
     job_ms: tuple[int, int],
     load_ms: int,
-    prime: int,
+    prime: int | None,
     rounds: int,
 ) -> dict[Routing, list[tuple[RunResult, Loads]]]:
-    """The three ways on the same mix, one after the other, ``rounds`` times each."""
+    """Both ways on the same mix, one after the other, ``rounds`` times each."""
     files = ["comfyfn_bench_a.safetensors", "comfyfn_bench_b.safetensors"]
-    first = next(iter(clients.values()))
     results: dict[Routing, list[tuple[RunResult, Loads]]] = {r: [] for r in NAMES}
     await settle(clients, engines, [log_size(e) for e in engines])
     for _ in range(rounds):
         for routing in NAMES:
             offsets = [log_size(e) for e in engines]
-            if routing == "batch":
-                result = await batch_today(list(clients), files, jobs, job_ms, load_ms, prime)
-            else:
-                rows = [  # typed with the server's definitions, as the fleet does: they
-                    await first.workflow(  # name the loader's models/ folder
-                        loader_graph(files[i % 2], load_ms=load_ms, job_ms=job_ms[i % 2])
-                    )
-                    for i in range(jobs)
-                ]
-                result = await PoolRunner(clients, routing, prime).run(rows)
+            result = await run_batch(
+                list(clients),
+                files,
+                jobs,
+                job_ms,
+                load_ms,
+                prime=prime,
+                by_model=routing == "models",
+            )
             results[routing].append((result, await settle(clients, engines, offsets)))
     return results
-
-
-async def batch_today(
-    urls: list[str],
-    files: Sequence[str],
-    jobs: int,
-    job_ms: tuple[int, int],
-    load_ms: int,
-    prime: int,
-) -> RunResult:
-    """The mix through ``comfyfn.batch`` (rows bind the loader's file and the job time)."""
-    workflow = loader_graph(files[0], load_ms=load_ms, job_ms=job_ms[0])
-    rows = [
-        Row(
-            i + 1,
-            {
-                "1.color": next(_colour),
-                "2.ckpt_name": files[i % 2],
-                "3.milliseconds": job_ms[i % 2],
-            },
-        )
-        for i in range(jobs)
-    ]
-    batch = Batch(rows, None, servers=urls, workflow=workflow, settings=BatchSettings(prime=prime))
-    per_server = dict.fromkeys(urls, 0)
-    start = time.perf_counter()
-    async for result in batch.results():
-        if result.state != "done" or result.server is None:
-            raise RuntimeError(f"row {result.row}: {result.state} {result.error}")
-        per_server[result.server] += 1
-    return RunResult(time.perf_counter() - start, jobs, per_server, {})
 
 
 class _clients:
@@ -338,12 +224,12 @@ def report(title: str, results: dict[Routing, list[tuple[RunResult, Loads]]]) ->
         for r, runs in results.items()
     }
     worst = max(len(v) for _, per in results["models"] for v in per.values())
+    slots = "/".join(str(n) for res, _ in results["models"] for n in res.slots.values())
     print(
-        f"  model-aware: {rate['models'] / rate['batch']:.2f}x the jobs/s of comfyfn.batch "
-        f"today, {rate['models'] / rate['shortest']:.2f}x the runner's shortest queue (means "
-        f"of {len(results['models'])} runs); loads per run {loads['models']:.1f} vs "
-        f"{loads['batch']:.1f} and {loads['shortest']:.1f}; most loads on one server "
-        f"(model-aware): {worst}, distinct model sets: 2"
+        f"  model-aware: {rate['models'] / rate['shortest']:.2f}x the jobs/s of shortest-queue "
+        f"(means of {len(results['models'])} runs); loads per run {loads['models']:.1f} vs "
+        f"{loads['shortest']:.1f}; most loads on one server (model-aware): {worst}, distinct "
+        f"model sets: 2; slots per server at the end: {slots}"
     )
 
 
@@ -374,14 +260,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=40)
     parser.add_argument("--job-ms", type=int, default=200, help="simulated GPU ms per job")
     parser.add_argument("--load-ms", type=int, default=1000, help="simulated ms per load")
-    parser.add_argument("--prime", type=int, default=1)
+    parser.add_argument("--prime", type=int, default=None, help="default: adaptive")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     files = ["comfyfn_bench_a.safetensors", "comfyfn_bench_b.safetensors"]
     engines, urls = start_engines(["bench-affinity-0", "bench-affinity-1"], files)
     print(
         f"SIMULATED GPU time and model loads: {args.jobs} jobs, two model sets interleaved "
-        f"(A, B, A, B…), 2 servers, prime {args.prime}"
+        f"(A, B, A, B…), 2 servers, prime {args.prime or 'adaptive'}"
     )
     try:
         asyncio.run(run_all(urls, engines, args))

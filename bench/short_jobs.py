@@ -9,10 +9,9 @@ side by side on one local engine:
   client; jobs/s from the first job's start to the last job's end (the server's own
   timestamps). ComfyUI's own work per job (validation, history, saving the image) is in it;
 - nominal: 1000 / job ms (no per-job work at all);
-- ``comfyfn.batch`` with its default settings (today: ``--prime 1``);
-- the pool runner of ``bench/model_affinity.py`` with adaptive priming
-  (``comfyfn.models.prime_for`` on the job and turnaround times it measures), and with a
-  fixed prime of 1 for comparison.
+- ``comfyfn.batch`` with its default settings: adaptive priming (``comfyfn.models.prime_for``
+  on the job and turnaround times the fleet measures per server);
+- ``comfyfn.batch --prime 1`` (one job queued behind the running one), for comparison.
 
 Our rates are wall time from the first submit to the last result, client side. With
 ``--rtt-ms`` the clients reach the server through a TCP relay that delays every byte by half
@@ -31,7 +30,6 @@ import warnings
 from pathlib import Path
 
 import httpx
-from model_affinity import PoolRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -39,7 +37,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 from graphs import sleep_graph  # noqa: E402
 
 from comfyfn.batch import Batch, BatchSettings, Row  # noqa: E402
-from comfyfn.client import AsyncClient  # noqa: E402
 from comfyfn.engine import Engine  # noqa: E402
 
 _colour = iter(range(int(time.time() * 1000) % 8_000_000, 2**24))
@@ -122,47 +119,34 @@ async def server_alone(url: str, n: int, ms: int) -> float:
     return n / (float(last - first) / 1000)
 
 
-async def batch_default(upstream: str, rtt: float, n: int, ms: int) -> float:
-    """``comfyfn.batch`` with default settings: jobs/s."""
+async def batch(upstream: str, rtt: float, n: int, ms: int, prime: int | None) -> tuple[float, int]:
+    """``comfyfn.batch`` (prime None: its default, adaptive): jobs/s, and the prime it
+    ended with."""
     wf = sleep_graph(0, milliseconds=ms, steps=2)
     rows = (Row(i, {"1.color": next(_colour)}) for i in range(1, n + 1))
     async with Relay(upstream, rtt) as url:
-        batch = Batch(rows, None, servers=[url], workflow=wf, settings=BatchSettings())
+        run = Batch(rows, None, servers=[url], workflow=wf, settings=BatchSettings(prime=prime))
         start, done = time.perf_counter(), 0
-        async for result in batch.results():
+        async for result in run.results():
             done += result.state == "done"
         seconds = time.perf_counter() - start
     if done != n:
         raise RuntimeError(f"only {done}/{n} jobs done")
-    return n / seconds
+    return n / seconds, run.pool.slots(url) - 1
 
 
-async def runner(
-    upstream: str, rtt: float, n: int, ms: int, prime: int | None
-) -> tuple[float, int]:
-    """The pool runner (prime None: adaptive): jobs/s, and the prime it ended with."""
-    async with Relay(upstream, rtt) as url, AsyncClient(url) as client:
-        rows = [
-            await client.workflow(sleep_graph(next(_colour), milliseconds=ms, steps=2))
-            for _ in range(n)
-        ]
-        result = await PoolRunner({url: client}, "shortest", prime).run(rows)
-    return result.rate, result.slots[url] - 1
-
-
-ADAPTIVE = "pool runner, adaptive priming"
+ADAPTIVE = "comfyfn.batch, default (adaptive priming)"
 
 
 def measure(url: str, rtt_ms: int, ms: int, n: int, primes: list[int]) -> dict[str, float]:
     """Jobs/s of each way to run the jobs, through a relay of ``rtt_ms``; the prime the
     adaptive rule ended with is appended to ``primes``."""
     rtt = rtt_ms / 1000
-    adaptive, prime = asyncio.run(runner(url, rtt, n, ms, None))
+    adaptive, prime = asyncio.run(batch(url, rtt, n, ms, None))
     primes.append(prime)
     return {
-        "comfyfn.batch, default settings (prime 1)": asyncio.run(batch_default(url, rtt, n, ms)),
         ADAPTIVE: adaptive,
-        "pool runner, prime 1": asyncio.run(runner(url, rtt, n, ms, 1))[0],
+        "comfyfn.batch --prime 1": asyncio.run(batch(url, rtt, n, ms, 1))[0],
     }
 
 

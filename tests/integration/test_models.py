@@ -24,17 +24,11 @@ from comfyfn.cli._models import models_app
 from comfyfn.client import AsyncClient, Client
 from comfyfn.engine import Engine
 from comfyfn.events import NodeCached, NodeStarted
-from comfyfn.models import WARMUP_PREFIX, model_set, warm
+from comfyfn.models import WARMUP_PREFIX, warm
 from comfyfn.workflow import Workflow, zimage_turbo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from model_affinity import (
-    PoolRunner,
-    add_model_files,
-    loader_graph,
-    log_size,
-    settle,
-)
+from model_affinity import add_model_files, loader_graph, log_size, run_batch, settle
 
 pytestmark = pytest.mark.engine
 runner = CliRunner()
@@ -287,6 +281,7 @@ def second_engine(engine) -> Iterator[Engine]:
 
 
 def test_model_aware_routing_loads_each_model_set_once_per_server(engine, second_engine):
+    """Sixteen interleaved rows (A, B, A, B…) through comfyfn.batch on two engines."""
     files = ["comfyfn_it_route_a.safetensors", "comfyfn_it_route_b.safetensors"]
     engines = [engine, second_engine]
     for e in engines:
@@ -296,16 +291,9 @@ def test_model_aware_routing_loads_each_model_set_once_per_server(engine, second
     async def go():
         clients = {url: AsyncClient(url) for url in urls}
         try:
+            await settle(clients, engines, [log_size(e) for e in engines])
             offsets = [log_size(e) for e in engines]
-            await settle(clients, engines, offsets)
-            first = clients[urls[0]]
-            rows = [
-                await first.workflow(loader_graph(files[i % 2], load_ms=300, job_ms=50))
-                for i in range(16)
-            ]
-            assert {len(model_set(r)) for r in rows} == {1}
-            offsets = [log_size(e) for e in engines]
-            result = await PoolRunner(clients, "models", 1).run(rows)
+            result = await run_batch(urls, files, 16, (50, 50), 300, prime=1, by_model=True)
             return result, await settle(clients, engines, offsets)
         finally:
             for client in clients.values():

@@ -10,7 +10,6 @@ from comfyfn.batch import Manifest, expand, parse_vary, read_job_file, read_rows
 from comfyfn.batch.jobs import Job, prepare
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.errors import ConfigError
-from comfyfn.fleet.pool import ServerState, choose
 from comfyfn.workflow import zimage_turbo
 
 
@@ -177,17 +176,6 @@ def test_template_variables_are_not_parameters():
     assert isinstance(job, Job)
 
 
-def test_choose_prefers_the_emptiest_healthy_server():
-    states = {u: ServerState(u) for u in ("a", "b", "c")}
-    states["a"].in_flight, states["b"].in_flight, states["c"].in_flight = 2, 1, 1
-    states["c"].healthy = False
-    assert choose(states, slots=2) == "b"
-    states["b"].in_flight = 2
-    assert choose(states, slots=2) is None
-    states["c"].healthy = True
-    assert choose(states, slots=2) == "c"
-
-
 def test_manifest_states_and_percentiles(tmp_path):
     m = Manifest(tmp_path / "m.sqlite")
     for i in range(1, 11):
@@ -234,7 +222,7 @@ def test_the_summary_counts_jobs_per_minute_not_images(tmp_path):
     from comfyfn.fleet.pool import Pool
 
     m = _done_manifest(tmp_path, [("p", ["images/1.png"]), ("q", ["images/2.png", "images/3.png"])])
-    summary = summarize(m, Pool(["http://a"], 1), 30.0, {"done": 2})
+    summary = summarize(m, Pool(["http://a"], 0), 30.0, {"done": 2})
     m.close()
     assert (summary.done, summary.images, summary.jobs_per_minute) == (2, 3, 4.0)
     saved = json.loads(summary.to_json())
@@ -268,3 +256,12 @@ def test_a_variation_that_changes_nothing_is_a_row_error_naming_it():
     assert "parameters: prompt, negative, seed" in str(out[0])
     used = list(expand([(1, {"prompt": "猫 {style}"})], vary=[("style", ["ink"]), ("steps", [4])]))
     assert [r.values["prompt"] for r in used] == ["猫 ink"]  # a placeholder and a parameter
+
+
+def test_a_priority_column_orders_rows_and_is_never_bound(tmp_path):
+    f = write(tmp_path / "p.csv", "prompt,priority\na,5\nb,\nc,-2\nd,high\n")
+    rows = list(expand(read_rows(f)))
+    assert [r.priority for r in rows[:3]] == [5, 0, -2]
+    assert isinstance(rows[3], RowError) and rows[3].column == "priority"
+    job = prepare(zimage_turbo(), rows[0])
+    assert isinstance(job, Job) and "priority" not in job.workflow.provenance()

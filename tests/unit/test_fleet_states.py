@@ -18,7 +18,6 @@ from comfyfn.fleet import (
     advance,
     after_server_failure,
 )
-from comfyfn.fleet.pool import ServerState, choose
 
 LEGAL = {
     (State.PENDING, Event.SUBMIT): State.SUBMITTED,
@@ -74,14 +73,3 @@ def test_outcomes_name_their_event():
     assert Cancelled(error, "s").event is Event.CANCEL
     assert Refused(error, "s").event is Event.FAIL
     assert Done.event is Event.SUCCEED
-
-
-def test_choose_prefers_the_emptiest_healthy_server_then_the_least_recent():
-    states = {u: ServerState(u) for u in ("a", "b", "c")}
-    states["a"].in_flight, states["b"].in_flight, states["c"].in_flight = 1, 0, 0
-    states["b"].last_used, states["c"].last_used = 2.0, 1.0
-    assert choose(states, slots=2) == "c"
-    states["c"].healthy = False
-    assert choose(states, slots=2) == "b"
-    states["b"].in_flight = states["a"].in_flight = 2
-    assert choose(states, slots=2) is None

@@ -41,7 +41,7 @@ class FakeFleet:
     then ends as ``outcome`` says once ``finish`` is set (never, by default)."""
 
     def __init__(self, slots: int = 2, steps: int = 0) -> None:
-        self.pool = Pool([SERVER], slots)
+        self.pool = Pool([SERVER], slots - 1)
         self.steps = steps
         self.runs: list[str] = []
         self.finish = asyncio.Event()
@@ -75,7 +75,7 @@ class FakeFleet:
             await self.finish.wait()
             return self.outcome(ticket)
         finally:
-            await self.pool.release(slot.url)
+            self.pool.release(slot.url)
 
 
 async def eventually(check, timeout: float, what: str):

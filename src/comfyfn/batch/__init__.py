@@ -74,7 +74,7 @@ async def amap(
     *,
     server: str | None = None,
     workflow: Any = "zimage-turbo",
-    prime: int = 1,
+    prime: int | None = None,
 ) -> AsyncIterator[JobResult]:
     """One job per row (dicts of parameters) on one server, results as they finish.
 

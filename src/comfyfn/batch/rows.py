@@ -8,6 +8,7 @@ Nothing here holds more than one input row at a time (variations multiply one ro
 - JSONL: one JSON object per line, same keys.
 - YAML job file (:mod:`comfyfn.batch.jobfile`): ``workflow``, ``defaults``, ``template``,
   ``vary`` and either ``rows`` (a list) or ``input`` (a CSV/JSONL path relative to it).
+- ``priority`` (a whole number, default 0): rows with a higher one run first.
 - Variations: ``seed=1..8`` (inclusive range), ``style=watercolor,ink,photo`` (a list); several
   are combined as a cartesian product, each combination a row of its own.
 
@@ -67,7 +68,12 @@ MAX_LINE = 16 * 1024 * 1024
 #: ``_12.png`` the writer appends.
 MAX_NAME_PART = 240
 
-_ALIASES = {"negative_prompt": "negative", "neg": "negative", "positive": "prompt"}
+_ALIASES = {
+    "negative_prompt": "negative",
+    "neg": "negative",
+    "positive": "prompt",
+    "priority": "_priority",  # ours, not the workflow's: never bound
+}
 _RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
 
 
@@ -79,6 +85,7 @@ class Row:
     values: Mapping[str, Any]
     variant: int = 0  #: which combination of the variations (0 without variations)
     combo: Mapping[str, Any] = field(default_factory=dict)
+    priority: int = 0  #: higher runs first (the ``priority`` column)
 
     @property
     def label(self) -> str:
@@ -479,4 +486,18 @@ def _fill(
         problem = _text_problem(values["prompt"])
         if problem is not None:
             return RowError(index, "prompt", f"filled from the template, {problem}", variant)
-    return Row(index, values, variant, combo)
+    priority = _priority(values.get("_priority", 0))
+    if priority is None:
+        return RowError(index, "priority", "must be a whole number", variant)
+    return Row(index, values, variant, combo, priority)
+
+
+def _priority(value: Any) -> int | None:
+    """A row's priority from its cell (``"5"``, ``5``, ``-1``), or None if it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,9}\s*", value):
+        return int(value)
+    return None

@@ -51,17 +51,25 @@ ABANDON_GRACE = 2.0
 
 @dataclass(frozen=True)
 class BatchSettings:
-    prime: int = 1  #: our jobs queued on each server beyond the running one
+    #: our jobs queued on each server beyond the running one; None: adapt to the measured
+    #: job and turnaround times (see :class:`comfyfn.fleet.FleetSettings`)
+    prime: int | None = None
     retries: int = 3  #: times a job is moved to another server after a server failure
     http_timeout: float = 10.0
     job_timeout: float | None = None  #: a job running longer counts as a server failure
     give_up_after: float = 600.0  #: with every server down this long (mid-run), rows fail
     health_interval: float = 0.5
     variables: frozenset[str] = field(default_factory=frozenset)
+    #: rows read ahead and waiting for a slot, so the pool can choose among them (by
+    #: priority and loaded models); memory stays bounded by it
+    lookahead: int = 32
+    by_model: bool = True  #: place jobs where their models are loaded
 
     def __post_init__(self) -> None:
-        for name in ("prime", "retries"):
+        for name in ("prime", "retries", "lookahead"):
             value = getattr(self, name)
+            if value is None and name == "prime":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a whole number ≥ 0, not {value!r}")
         if self.http_timeout <= 0 or self.give_up_after < 0:
@@ -70,6 +78,7 @@ class BatchSettings:
     def fleet(self) -> FleetSettings:
         return FleetSettings(
             prime=self.prime,
+            by_model=self.by_model,
             http_timeout=self.http_timeout,
             job_timeout=self.job_timeout,
             health_interval=self.health_interval,
@@ -109,7 +118,10 @@ class Batch:
         self._stop_requested = False
         self._cancel_running = False
         self._fatal: BaseException | None = None
+        self._tasks: dict[asyncio.Task[None], Job] = {}  #: waiting for a slot, or running
         self._running: dict[asyncio.Task[None], Job] = {}
+        self._waiting = 0  #: tasks waiting for a slot
+        self._placed = asyncio.Event()  #: a waiting task got its slot (or gave up)
         self._leaving: asyncio.Future[None] | None = None
 
     @property
@@ -213,21 +225,22 @@ class Batch:
             for item in self.rows:
                 if self._stop.is_set():
                     break
-                await self._dispatch_retries()
+                self._start_retries()
                 job = self._admit(wf, item)
                 if job is not None:
-                    await self._start(job)
-            while self._running or (self._retry and not self._stop.is_set()):
-                await self._dispatch_retries()
-                if self._running:
-                    await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+                    await self._room()
+                    self._start(job)
+            while self._tasks or (self._retry and not self._stop.is_set()):
+                self._start_retries()
+                if self._tasks:
+                    await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             # Leaving early (an error, or the consumer stopped): cancel running jobs on their
             # servers while the clients are still open; they go back to pending.
-            for task in list(self._running):
+            for task in list(self._tasks):
                 task.cancel()
-            if self._running:
-                await asyncio.gather(*self._running, return_exceptions=True)
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
             with contextlib.suppress(ManifestError):
                 for job in self._retry:  # moved off a failed server, not yet started again
                     self.manifest.requeued(job.key)
@@ -260,7 +273,8 @@ class Batch:
                 return None
             log.warning("%s: %s; making it again", job.label, damaged)
             self.manifest.redo(job.key)
-        elif record is not None and record.state == "submitted":
+        job.ticket.priority = item.priority if isinstance(item, Row) else 0
+        if record is not None and record.state == "submitted":
             job.ticket.prompt_id, job.ticket.server = record.prompt_id, record.server
             return job
         self.manifest.add(job.key, job.row, job.label, job.stem, job.values)
@@ -276,10 +290,27 @@ class Batch:
         self.manifest.add(key, error.index, label, f"{error.index:06d}", {}, "invalid", str(error))
         self._emit(JobResult(key, error.index, label, "invalid", error=str(error)))
 
-    async def _start(self, job: Job) -> None:
-        slot = await self.fleet.slot(
-            job.ticket, stop=self._stop, give_up_after=self.settings.give_up_after
-        )
+    async def _room(self) -> None:
+        """Wait until fewer than ``lookahead`` jobs wait for a slot."""
+        while self._waiting >= max(1, self.settings.lookahead):
+            self._placed.clear()
+            await self._placed.wait()
+
+    def _start(self, job: Job) -> None:
+        """Wait for a slot for ``job`` and run it there, in a task of its own."""
+        task = asyncio.create_task(self._slot_and_run(job))
+        self._tasks[task] = job
+        task.add_done_callback(self._tasks.pop)
+
+    async def _slot_and_run(self, job: Job) -> None:
+        self._waiting += 1
+        try:
+            slot = await self.fleet.slot(
+                job.ticket, stop=self._stop, give_up_after=self.settings.give_up_after
+            )
+        finally:
+            self._waiting -= 1
+            self._placed.set()
         if slot is None:
             if not self._stop.is_set():
                 self._fail(
@@ -287,13 +318,17 @@ class Batch:
                     f"no healthy server for {self.settings.give_up_after:g}s; the job was not run",
                 )
             return
-        task = asyncio.create_task(self._run(job, slot))
+        task = asyncio.current_task()
+        assert task is not None
         self._running[task] = job
-        task.add_done_callback(self._running.pop)
+        try:
+            await self._run(job, slot)
+        finally:
+            self._running.pop(task, None)
 
-    async def _dispatch_retries(self) -> None:
+    def _start_retries(self) -> None:
         while self._retry and not self._stop.is_set():
-            await self._start(self._retry.popleft())
+            self._start(self._retry.popleft())
 
     def _fail(self, job: Job, error: str, url: str | None = None) -> None:
         self.manifest.failed(job.key, error)

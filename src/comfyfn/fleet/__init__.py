@@ -1,6 +1,7 @@
 """Running jobs on a pool of ComfyUI servers — the layer under both batch and gateway.
 
-- :mod:`~comfyfn.fleet.pool`: which server gets the next job (pure policy + slots);
+- :mod:`~comfyfn.fleet.pool`: slots, health, and which waiting job goes where (by the pure
+  policy :func:`comfyfn.models.assign`: priority, loaded models, shortest queue);
 - :mod:`~comfyfn.fleet.states`: the job state machine (pure);
 - :mod:`~comfyfn.fleet.outcomes`: how one run ended;
 - :mod:`~comfyfn.fleet.fleet`: clients, health, re-attach, moving jobs off failed servers.
@@ -8,7 +9,7 @@
 
 from comfyfn.fleet.fleet import Fleet, FleetSettings, Slot, Ticket
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
-from comfyfn.fleet.pool import Pool, ServerState, choose
+from comfyfn.fleet.pool import Pool, ServerState, Want
 from comfyfn.fleet.states import Event, IllegalTransition, State, advance, after_server_failure
 
 __all__ = [
@@ -27,7 +28,7 @@ __all__ = [
     "Slot",
     "State",
     "Ticket",
+    "Want",
     "advance",
     "after_server_failure",
-    "choose",
 ]

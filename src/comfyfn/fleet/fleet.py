@@ -3,7 +3,8 @@
 A :class:`Fleet` holds one client per server, the :class:`~comfyfn.fleet.pool.Pool` of slots,
 and a health loop. A caller (the batch runner, the gateway worker) asks for a
 :meth:`Fleet.slot` — the job's own server if it was submitted earlier and that server is up
-(re-attach), else a free slot on the emptiest healthy server — then :meth:`Fleet.run`s the job
+(re-attach), else a slot the pool gives it (by priority, then where its models are loaded,
+then the emptiest healthy server) — then :meth:`Fleet.run`s the job
 there and gets one :mod:`outcome <comfyfn.fleet.outcomes>` back. What to record, retry or
 report stays with the caller; how jobs meet servers is decided here:
 
@@ -24,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import httpx
@@ -37,7 +40,8 @@ from comfyfn.client import AsyncClient, AsyncJob, WorkflowSource
 from comfyfn.errors import ComfyError, GenerationTimeout, ServerUnreachable, TransportError
 from comfyfn.events import Event, Failed, FinalEvent, Stopped, Succeeded
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
-from comfyfn.fleet.pool import Pool
+from comfyfn.fleet.pool import Pool, Want
+from comfyfn.models import model_set, prompt_key
 from comfyfn.workflow import Workflow
 
 __all__ = ["Fleet", "FleetSettings", "Slot", "Ticket"]
@@ -50,7 +54,11 @@ OnEvent = Callable[[Event], Awaitable[None]]
 
 @dataclass(frozen=True)
 class FleetSettings:
-    prime: int = 1  #: our jobs queued on each server beyond the running one
+    #: our jobs queued on each server beyond the running one; None: follow the job and
+    #: turnaround times measured there (:func:`comfyfn.models.prime_for`), up to ``most``
+    prime: int | None = None
+    most: int = 8
+    by_model: bool = True  #: place jobs where their models are loaded (else shortest queue)
     http_timeout: float = 10.0  #: a server silent this long counts as failed
     connect_timeout: float = 3.0  #: (at most http_timeout) to open a connection
     job_timeout: float | None = None  #: a job running longer counts as a server failure
@@ -68,6 +76,9 @@ class FleetSettings:
         return 2 * self.connect
 
 
+_arrivals = itertools.count()
+
+
 @dataclass
 class Ticket:
     """One job as the fleet sees it: what to run, and where it was submitted (if anywhere)."""
@@ -76,6 +87,14 @@ class Ticket:
     prompt_id: str | None = None
     server: str | None = None
     attempts: int = 0  #: submissions so far
+    priority: int = 0  #: higher runs first among our waiting jobs
+    order: int = field(default_factory=lambda: next(_arrivals))  #: arrival, kept on retries
+
+    @functools.cached_property
+    def want(self) -> Want:
+        """What the pool places it by: its models, its prompt, priority and arrival."""
+        wf = self.workflow
+        return Want(model_set(wf), prompt_key(wf), self.priority, self.order)
 
 
 @dataclass(frozen=True)
@@ -90,7 +109,12 @@ class Fleet:
     def __init__(self, servers: Sequence[str], settings: FleetSettings | None = None) -> None:
         self.settings = settings or FleetSettings()
         self.servers = list(dict.fromkeys(servers))
-        self.pool = Pool(self.servers, self.settings.prime + 1)
+        self.pool = Pool(
+            self.servers,
+            self.settings.prime,
+            most=self.settings.most,
+            by_model=self.settings.by_model,
+        )
         self.clients: dict[str, AsyncClient] = {}
         self._health: asyncio.Task[None] | None = None
         self.on_health: Callable[[str, bool], None] = lambda _url, _up: None
@@ -176,7 +200,7 @@ class Fleet:
 
     async def _down(self, url: str) -> None:
         was_up = self.pool.states[url].healthy
-        await self.pool.mark_down(url)
+        self.pool.mark_down(url)
         if was_up:
             self.on_health(url, False)
 
@@ -195,21 +219,25 @@ class Fleet:
         if prompt_id and server in self.clients:
             state = self.pool.states[server]
             if state.healthy:
-                await self.pool.take(server)
+                self.pool.take(server, ticket.want)
                 return Slot(server, attach=True)
             state.orphans.add(prompt_id)  # its server is down: it must not run there too
         ticket.prompt_id = ticket.server = None
-        while stop is None or not stop.is_set():
-            if give_up_after is not None and self.pool.all_down_for() > give_up_after:
-                return None
-            try:
-                url = await asyncio.wait_for(self.pool.acquire(), self.settings.health_interval)
-            except TimeoutError:
-                continue
-            if stop is not None and stop.is_set():
-                await self.pool.release(url, ok=False)
-                return None
-            return Slot(url, attach=False)
+        placed = self.pool.request(ticket.want)
+        try:
+            while not placed.done():
+                if stop is not None and stop.is_set():
+                    break
+                if give_up_after is not None and self.pool.all_down_for() > give_up_after:
+                    break
+                await asyncio.wait({placed}, timeout=self.settings.health_interval)
+            else:
+                if stop is None or not stop.is_set():
+                    return Slot(placed.result(), attach=False)
+        except BaseException:
+            self.pool.withdraw(placed)
+            raise
+        self.pool.withdraw(placed)
         return None
 
     async def cancel(self, ticket: Ticket) -> str:
@@ -218,9 +246,6 @@ class Fleet:
         if not (ticket.prompt_id and ticket.server in self.clients):
             return "absent"
         return await self.clients[ticket.server].cancel(ticket.prompt_id)
-
-    def has_free_slot(self) -> bool:
-        return any(s.healthy and s.in_flight < self.pool.slots for s in self.pool.states.values())
 
     # -- one job ---------------------------------------------------------------------------
 
@@ -234,14 +259,17 @@ class Fleet:
         validate: bool = True,
     ) -> Outcome:
         """Run (or follow) ``ticket`` on its slot until it ends; the slot is freed after."""
-        url, busy, ok = slot.url, 0.0, False
+        url, busy, turnaround, ok = slot.url, 0.0, None, False
         try:
             outcome = await self._follow(ticket, slot, on_submit, on_event, validate)
             if isinstance(outcome, Done):
-                busy, ok = outcome.generation.timings.executed, True
+                timings = outcome.generation.timings
+                busy, ok = timings.executed, True
+                if not slot.attach:  # a re-attached job's times include our absence
+                    turnaround = max(0.0, timings.total - timings.queued - timings.executed)
             return outcome
         finally:
-            await self.pool.release(url, busy=busy, ok=ok)
+            self.pool.release(url, busy=busy, turnaround=turnaround, ok=ok)
 
     async def _follow(
         self,
@@ -318,7 +346,7 @@ class Fleet:
             for url in self.pool.down():
                 if await self._recovered(url):
                     self.reached = True
-                    await self.pool.mark_up(url)
+                    self.pool.mark_up(url)
                     self.on_health(url, True)
 
     async def _recovered(self, url: str) -> bool:

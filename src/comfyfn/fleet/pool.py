@@ -1,19 +1,42 @@
-"""A pool of ComfyUI servers: which one gets the next job, and which are healthy.
+"""A pool of ComfyUI servers: slots, health, and which waiting job goes to which server.
 
-Each server is kept *primed*: up to ``slots`` of our jobs on it at once (one running, the
-rest queued behind it), so its GPU never idles between jobs. New work goes to the healthy
-server with the fewest of our jobs; a server that fails is taken out until a health check
-passes again. :func:`choose` is the pure policy; :class:`Pool` adds waiting for a slot.
+Each server is kept *primed*: up to its number of slots of our jobs on it at once (one
+running, the rest queued behind it), so its GPU never idles between jobs. The number is fixed
+(``prime`` + 1) or, with ``prime=None`` (the default), follows the job and turnaround times
+measured on that server (:func:`comfyfn.models.prime_for`): short jobs get more queued behind
+them.
+
+Jobs ask for a slot with :meth:`Pool.request` and wait *in the pool*, so the pool sees them
+together: whenever a slot frees, a job arrives or a server comes back, the policy
+(:func:`comfyfn.models.assign`, pure) places waiting jobs — by priority, then on a server that
+already holds the job's models (and prompt), then the emptiest server, then in arrival order.
+With ``by_model=False`` it ignores models (shortest queue first, in order). A server that
+fails is taken out until a health check passes again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import Mapping
+from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["Pool", "ServerState", "choose"]
+from comfyfn.models import ModelSet, ServerView, Waiting, assign, prime_for
+
+__all__ = ["Pool", "ServerState", "Want"]
+
+_MEASURED = 20  #: recent job and turnaround times kept per server for the priming
+
+
+@dataclass(frozen=True)
+class Want:
+    """What the pool knows of a job that waits for a slot."""
+
+    models: ModelSet = frozenset()  #: model files it loads ((folder, name) pairs)
+    prompt: str | None = None  #: what its text encoders encode (variations share it)
+    priority: int = 0  #: higher first
+    order: int = 0  #: arrival (lower first among equal priorities)
 
 
 @dataclass
@@ -27,69 +50,138 @@ class ServerState:
     last_used: float = 0.0
     down_since: float | None = None
     orphans: set[str] = field(default_factory=set)  #: prompt ids moved elsewhere while down
+    tail: ModelSet | None = None  #: models it holds once our jobs on it have run
+    tail_prompt: str | None = None
+    executed: deque[float] = field(default_factory=lambda: deque(maxlen=_MEASURED))
+    turnaround: deque[float] = field(default_factory=lambda: deque(maxlen=_MEASURED))
 
     @property
     def queued(self) -> int:
         return max(self.in_flight - 1, 0)
 
 
-def choose(states: Mapping[str, ServerState], slots: int) -> str | None:
-    """The healthy server with a free slot and the fewest of our jobs (then least recent)."""
-    free = [s for s in states.values() if s.healthy and s.in_flight < slots]
-    if not free:
-        return None
-    return min(free, key=lambda s: (s.in_flight, s.last_used, s.url)).url
-
-
 class Pool:
-    """Slots on several servers; ``acquire`` waits until a healthy server has one free."""
+    """Slots on several servers; :meth:`request` a slot and await it."""
 
-    def __init__(self, urls: list[str], slots: int) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        prime: int | None = None,
+        *,
+        most: int = 8,
+        by_model: bool = True,
+    ) -> None:
         if not urls:
             raise ValueError("a pool needs at least one server")
-        self.slots = slots
+        self.prime, self.most, self.by_model = prime, most, by_model
         self.states = {url: ServerState(url) for url in urls}
-        self._changed = asyncio.Condition()
+        self._waiting: dict[int, tuple[Waiting[int], asyncio.Future[str]]] = {}
+        self._keys = itertools.count()
 
-    async def acquire(self) -> str:
-        async with self._changed:
-            while True:
-                url = choose(self.states, self.slots)
-                if url is not None:
-                    self.states[url].in_flight += 1
-                    self.states[url].last_used = time.monotonic()
-                    return url
-                await self._changed.wait()
+    # -- slots -----------------------------------------------------------------------------
 
-    async def take(self, url: str) -> None:
+    def slots(self, url: str) -> int:
+        """Our jobs ``url`` may hold at once: fixed, or from its measured times."""
+        if self.prime is not None:
+            return self.prime + 1
+        state = self.states[url]
+        return prime_for(state.executed, state.turnaround, most=self.most) + 1
+
+    def free_slots(self) -> int:
+        """Free slots on healthy servers, less the jobs already waiting for one."""
+        free = sum(
+            max(0, self.slots(s.url) - s.in_flight) for s in self.states.values() if s.healthy
+        )
+        return max(0, free - sum(not f.done() for _, f in self._waiting.values()))
+
+    def request(self, want: Want) -> asyncio.Future[str]:
+        """Wait for a slot: the future gives the server's URL once the job is placed there
+        (the slot is then taken). Give it back with :meth:`withdraw` if you stop waiting."""
+        key = next(self._keys)
+        models, prompt = (want.models, want.prompt) if self.by_model else (frozenset(), None)
+        job = Waiting(key, models, prompt, want.priority, want.order)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = (job, future)
+        future.add_done_callback(lambda _: self._waiting.pop(key, None))
+        self._dispatch()
+        return future
+
+    def withdraw(self, future: asyncio.Future[str]) -> None:
+        """Stop waiting: a slot already given to ``future`` is freed again."""
+        if future.done() and not future.cancelled():
+            self.release(future.result(), ok=False)
+        else:
+            future.cancel()
+
+    async def acquire(self, want: Want | None = None) -> str:
+        """A slot, waited for (cancelling the wait gives it back)."""
+        future = self.request(want or Want())
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self.withdraw(future)
+            raise
+
+    def take(self, url: str, want: Want | None = None) -> None:
         """Count a job that is already on ``url`` (re-attached): no free slot is waited for."""
-        async with self._changed:
-            self.states[url].in_flight += 1
+        state = self.states[url]
+        state.in_flight += 1
+        if want is not None and want.models:
+            state.tail, state.tail_prompt = want.models, want.prompt
 
-    async def release(self, url: str, *, busy: float = 0.0, ok: bool = True) -> None:
-        async with self._changed:
-            state = self.states[url]
-            state.in_flight -= 1
-            state.busy_seconds += busy
-            if ok:
-                state.done += 1
-            self._changed.notify_all()
+    def release(
+        self, url: str, *, busy: float = 0.0, turnaround: float | None = None, ok: bool = True
+    ) -> None:
+        """A job left ``url``: ``busy`` seconds of execution there; ``turnaround`` seconds
+        from its end on the server until we had its result (the priming measures both)."""
+        state = self.states[url]
+        state.in_flight -= 1
+        state.busy_seconds += busy
+        if ok:
+            state.done += 1
+            if turnaround is not None:
+                state.executed.append(busy)
+                state.turnaround.append(turnaround)
+        self._dispatch()
 
-    async def mark_down(self, url: str) -> None:
-        async with self._changed:
+    def _dispatch(self) -> None:
+        """Place what the policy places now; the rest waits for the next change."""
+        waiting = [job for job, future in self._waiting.values() if not future.done()]
+        if not waiting:
+            return
+        views = [
+            ServerView(
+                s.url,
+                max(0, self.slots(s.url) - s.in_flight) if s.healthy else 0,
+                s.in_flight,
+                s.tail,
+                s.tail_prompt,
+                s.healthy,
+            )
+            for s in self.states.values()
+        ]
+        for job, url in assign(views, waiting):
             state = self.states[url]
-            state.failures += 1
-            if state.healthy:
-                state.healthy = False
-                state.down_since = time.monotonic()
-            self._changed.notify_all()
+            state.in_flight += 1
+            state.last_used = time.monotonic()
+            if job.models:
+                state.tail, state.tail_prompt = job.models, job.prompt
+            self._waiting.pop(job.key)[1].set_result(url)
 
-    async def mark_up(self, url: str) -> None:
-        async with self._changed:
-            state = self.states[url]
-            state.healthy = True
-            state.down_since = None
-            self._changed.notify_all()
+    # -- health ----------------------------------------------------------------------------
+
+    def mark_down(self, url: str) -> None:
+        state = self.states[url]
+        state.failures += 1
+        if state.healthy:
+            state.healthy = False
+            state.down_since = time.monotonic()
+
+    def mark_up(self, url: str) -> None:
+        state = self.states[url]
+        state.healthy = True
+        state.down_since = None
+        self._dispatch()
 
     def down(self) -> list[str]:
         return [u for u, s in self.states.items() if not s.healthy]

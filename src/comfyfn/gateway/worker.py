@@ -266,7 +266,9 @@ class Worker:
     def _free_slots(self) -> int:
         """Slots free for new jobs on healthy servers (less those reserved or being taken)."""
         pool = self.fleet.pool
-        free = sum(max(0, pool.slots - s.in_flight) for s in pool.states.values() if s.healthy)
+        free = sum(
+            max(0, pool.slots(s.url) - s.in_flight) for s in pool.states.values() if s.healthy
+        )
         return max(0, free - self._reserved - len(self._starting))
 
     def _start(self, job: JobRecord) -> None:
