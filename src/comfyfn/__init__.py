@@ -16,13 +16,11 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
-from typing import Any
-
-from httpx import Timeout
+from typing import TYPE_CHECKING, Any
 
 from comfyfn import workflow
-from comfyfn.client import AsyncClient, AsyncJob, Client, Credentials, Job
 from comfyfn.errors import (
     ComfyError,
     ConfigError,
@@ -56,6 +54,22 @@ from comfyfn.events import (
 from comfyfn.provenance import read_provenance
 from comfyfn.result import Generation, Image, Output, Timings
 from comfyfn.workflow import PARAMETERS, ComfyWarning, Param, Workflow
+
+if TYPE_CHECKING:
+    from httpx import Timeout
+
+    from comfyfn.client import AsyncClient, AsyncJob, Client, Credentials, Job
+
+#: loaded on first use: the HTTP stack (httpx, websockets) costs more than the rest of
+#: ``import comfyfn`` together, and code that only builds workflows never needs it
+_LAZY = {
+    "AsyncClient": "comfyfn.client",
+    "AsyncJob": "comfyfn.client",
+    "Client": "comfyfn.client",
+    "Credentials": "comfyfn.client",
+    "Job": "comfyfn.client",
+    "Timeout": "httpx",
+}
 
 __version__ = "0.1.0"
 
@@ -109,13 +123,30 @@ __all__ = [
 logging.getLogger("comfyfn").addHandler(logging.NullHandler())
 
 
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'comfyfn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 def generate(prompt: str, *, server: str | None = None, **params: Any) -> Generation:
     """One-shot :meth:`Client.generate` (opens and closes a client around the call)."""
+    from comfyfn.client import Client
+
     with Client(server) as client:
         return client.generate(prompt, **params)
 
 
 async def agenerate(prompt: str, *, server: str | None = None, **params: Any) -> Generation:
     """One-shot :meth:`AsyncClient.generate`."""
+    from comfyfn.client import AsyncClient
+
     async with AsyncClient(server) as client:
         return await client.generate(prompt, **params)

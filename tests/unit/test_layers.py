@@ -49,11 +49,18 @@ def test_no_layer_imports_a_layer_above_it():
     assert wrong == []
 
 
-def test_import_comfyfn_loads_no_batch_gateway_or_database():
+def test_import_comfyfn_loads_no_batch_gateway_database_or_http_stack():
     code = (
         "import sys, comfyfn; print(sorted(m for m in sys.modules if m.startswith(("
         "'comfyfn.batch', 'comfyfn.fleet', 'comfyfn.gateway', 'sqlite3', 'sqlalchemy', "
-        "'fastapi', 'uvicorn'))))"
+        "'fastapi', 'uvicorn', 'httpx', 'websockets', 'comfyfn.client'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_client_names_load_on_first_use():
+    code = "import comfyfn; print(comfyfn.Client.__module__, comfyfn.Timeout.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["comfyfn.client._sync", "httpx"]
+    assert {"Client", "AsyncClient", "Job"} <= set(dir(comfyfn))
