@@ -109,11 +109,11 @@ class Batch:
     ) -> None:
         self.rows = rows
         self.output = Path(output) if output is not None else None
-        self.servers = list(dict.fromkeys(servers))
         self.workflow_source = workflow
         self.settings = settings or BatchSettings()
         self.on_event = on_event or (lambda _kind, _data: None)
-        self.fleet = Fleet(self.servers, self.settings.fleet())
+        self.fleet = Fleet(servers, self.settings.fleet())
+        self.servers = self.fleet.servers  #: as shown and recorded: no credentials
         self.started = time.monotonic()
         self._stop_requested = False
         self._cancel_running = False

@@ -36,7 +36,7 @@ from typing import TypeVar
 
 import httpx
 
-from comfyfn.client import AsyncClient, AsyncJob, WorkflowSource
+from comfyfn.client import AsyncClient, AsyncJob, WorkflowSource, public_url
 from comfyfn.errors import ComfyError, GenerationTimeout, ServerUnreachable, TransportError
 from comfyfn.events import Event, Failed, FinalEvent, Stopped, Succeeded
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
@@ -108,7 +108,10 @@ class Fleet:
 
     def __init__(self, servers: Sequence[str], settings: FleetSettings | None = None) -> None:
         self.settings = settings or FleetSettings()
-        self.servers = list(dict.fromkeys(servers))
+        #: the servers as the fleet shows them (keys everywhere: slots, outcomes, records,
+        #: logs): :func:`~comfyfn.client.public_url`, without user, password or query
+        self._given = {public_url(url): url for url in servers}
+        self.servers = list(self._given)
         self.pool = Pool(
             self.servers,
             self.settings.prime,
@@ -124,7 +127,9 @@ class Fleet:
         timeout = httpx.Timeout(self.settings.http_timeout, connect=self.settings.connect)
         async with contextlib.AsyncExitStack() as stack:
             for url in self.servers:
-                client = AsyncClient(url, timeout=timeout, retries=1, check_interval=2.0)
+                client = AsyncClient(
+                    self._given[url], timeout=timeout, retries=1, check_interval=2.0
+                )
                 await client.open()
                 stack.push_async_callback(client.aclose)
                 self.clients[url] = client
