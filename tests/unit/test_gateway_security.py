@@ -201,15 +201,28 @@ def test_total_pixels_per_request():
     assert param == "batch_size" and "per request" in message
 
 
-def test_image_inputs_are_not_request_parameters():
-    """Bound from request text, an image value would be read as a path on the gateway host."""
+def test_image_inputs_are_upload_references_never_paths():
+    """Bound from request text, an image value would be read as a path on the gateway host:
+    a job's image parameter is only ever a reference to an upload of the caller's key."""
     import pydantic
 
+    from comfyfn.gateway.models import UploadRef
     from comfyfn.gateway.registry import Registry
     from comfyfn.workflow import builtin
 
     served = Registry().add("zimage-edit", builtin("zimage-edit"))
-    assert "image" not in served.model.model_fields
+    assert served.model.model_fields["image"].annotation is UploadRef
     with pytest.raises(pydantic.ValidationError) as info:
         served.params({"prompt": "p", "image": "/etc/passwd"})
     assert info.value.errors()[0]["loc"] == ("image",)
+
+
+def test_a_job_without_a_seed_gets_a_random_one_recorded_in_its_parameters():
+    from comfyfn.gateway.registry import Registry
+    from comfyfn.workflow import zimage_turbo
+
+    served = Registry().add("zimage-turbo", zimage_turbo())
+    drawn = [served.params({"prompt": "p"})["seed"] for _ in range(3)]
+    assert all(isinstance(seed, int) for seed in drawn) and len(set(drawn)) == 3
+    assert served.params({"prompt": "p", "seed": None})["seed"] not in drawn
+    assert served.params({"prompt": "p", "seed": 7})["seed"] == 7

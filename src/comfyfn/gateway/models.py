@@ -4,9 +4,19 @@ the check that every text in a request can be stored and sent on (:func:`text_pr
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["ImagesRequest", "JobRequest", "text_problem"]
+__all__ = [
+    "UPLOAD_ID_PATTERN",
+    "EditsRequest",
+    "ImagesRequest",
+    "JobRequest",
+    "UploadRef",
+    "UploadRequest",
+    "text_problem",
+]
+
+UPLOAD_ID_PATTERN = r"^upl_[0-9a-f]{64}$"
 
 
 class ImagesRequest(BaseModel):
@@ -25,10 +35,55 @@ class ImagesRequest(BaseModel):
     steps: int | None = Field(default=None, ge=1, le=200)
 
 
+class EditsRequest(BaseModel):
+    """OpenAI's ``POST /v1/images/edits`` form fields (the images are its file parts), plus
+    seed/negative_prompt/steps/denoise."""
+
+    model: str = "zimage-edit"
+    prompt: str = Field(min_length=1)
+    n: int = Field(default=1, ge=1, le=10)
+    size: str | None = Field(
+        default=None, description="WIDTHxHEIGHT, multiples of 16 (default: the input's size)"
+    )
+    response_format: Literal["url", "b64_json"] = "url"
+    user: str | None = None
+    quality: str | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**53)
+    negative_prompt: str | None = None
+    steps: int | None = Field(default=None, ge=1, le=200)
+    denoise: float | None = Field(default=None, ge=0, le=1)
+
+
 class JobRequest(BaseModel):
     workflow: str = "zimage-turbo"
     params: dict[str, Any] = Field(default_factory=dict)
     webhook: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
+
+
+class UploadRef(BaseModel):
+    """An input image in a job's parameters: the id of an upload of the job's key."""
+
+    model_config = ConfigDict(extra="forbid")
+    upload: str = Field(pattern=UPLOAD_ID_PATTERN, description="an id from POST /v1/uploads")
+
+
+class UploadRequest(BaseModel):
+    """``POST /v1/uploads`` as JSON: the image as base64, or an http(s) URL to fetch."""
+
+    model_config = ConfigDict(extra="forbid")
+    b64_json: str | None = Field(default=None, description="the image, base64 (data: URL too)")
+    url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://\S+$",
+        description="an http(s) URL the gateway fetches (public hosts only)",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "UploadRequest":
+        if (self.b64_json is None) == (self.url is None):
+            raise ValueError("give exactly one of b64_json and url")
+        return self
 
 
 def _unstorable(text: str) -> bool:

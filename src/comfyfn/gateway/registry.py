@@ -3,26 +3,44 @@
 The models are built from :attr:`comfyfn.Workflow.params` (types, ranges, steps, choices,
 defaults), so the OpenAPI document shows every endpoint's parameters exactly, and a bad
 request is refused with the field named before any job is created.
+
+Input images (``image``, ``mask``: LoadImage/LoadImageMask inputs) are required, and a job
+holds each as a reference to an upload of its key (:class:`~comfyfn.gateway.models.UploadRef`),
+never as text: bound from text, a value would be read as a path on the gateway's machine. The
+typed endpoint takes them as a file, an upload id, an http(s) URL or base64
+(:attr:`Served.request_model`), and stores them as uploads first.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from comfyfn.workflow import BUILTIN, Param, Workflow, builtin
+from comfyfn.gateway.models import UploadRef
+from comfyfn.workflow import (
+    BUILTIN,
+    ComfyWarning,
+    InputImage,
+    Param,
+    Workflow,
+    builtin,
+    random_seed,
+)
 
 __all__ = ["Registry", "Served"]
 
 _PY = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
 _SKIP = {"filename_prefix"}
-#: image inputs are not request parameters until the gateway takes uploads itself: bound from
-#: request text, a value would be read as a path on the gateway's own machine
-_SKIP_TYPES = {"IMAGE"}
+IMAGE_TYPE = "IMAGE"  #: a Param's type for an input image
+IMAGE_REQUEST_DESCRIPTION = (
+    "input image: an upload id (upl_…), an http(s) URL, or base64 data (a data: URL too); "
+    "as multipart/form-data, the image file"
+)
 
 
 def _field(p: Param, max_prompt: int) -> tuple[Any, Any]:
@@ -43,20 +61,53 @@ def _field(p: Param, max_prompt: int) -> tuple[Any, Any]:
     return (kind | None, Field(default=default, description=p.description or p.path, **limits))
 
 
+def _image_field(p: Param, *, as_request: bool) -> tuple[Any, Any]:
+    """A required input image: in a job, an upload reference; in a typed request, text."""
+    if as_request:
+        return (str, Field(description=IMAGE_REQUEST_DESCRIPTION, min_length=1))
+    return (UploadRef, Field(description=f"input image ({p.path}): an upload of this key"))
+
+
+def _model(name: str, suffix: str, fields: dict[str, Any]) -> type[BaseModel]:
+    title = "".join(part.title() for part in re.split(r"[^A-Za-z0-9]+", name)) + suffix
+    return create_model(title, __config__=ConfigDict(extra="forbid"), **fields)
+
+
 @dataclass(frozen=True)
 class Served:
     name: str
     workflow: Workflow
-    model: type[BaseModel]
+    model: type[BaseModel]  #: a job's parameters (input images as upload references)
+    request_model: type[BaseModel]  #: the typed endpoint's body (input images as text)
+    images: tuple[str, ...] = ()  #: the input image parameters
 
     def params(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """Validated values (raises pydantic's ValidationError naming the field)."""
+        """Validated values (raises pydantic's ValidationError naming the field); a seed not
+        given (or null) is drawn here, so the job records the seed it runs with."""
         model = self.model.model_validate(dict(values))
-        return model.model_dump(exclude_unset=True, exclude_none=True)
+        params = model.model_dump(exclude_unset=True, exclude_none=True)
+        if "seed" in self.model.model_fields and "seed" not in params:
+            params["seed"] = random_seed()
+        return params
 
     def effective(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """``values`` with the workflow's default for every parameter not given (what runs)."""
         return {**{p.name: p.default for p in self.workflow.params}, **values}
+
+    def sized_by(
+        self, values: Mapping[str, Any], images: Mapping[str, InputImage]
+    ) -> dict[str, Any]:
+        """``values`` with the width and height the input ``images`` give the output (their
+        size rounded to multiples of 16, where the graph scales to width/height and none
+        is given), so cost limits count what will run. Raises ComfyError for an image the
+        workflow cannot take (a size over the node's maximum)."""
+        if "width" in values or "height" in values or not images:
+            return dict(values)
+        with warnings.catch_warnings():  # an unusual size warns when the job is bound
+            warnings.simplefilter("ignore", ComfyWarning)
+            bound = self.workflow.bind(**images).provenance()
+        size: dict[str, Any] = {k: bound[k] for k in ("width", "height") if k in bound}
+        return {**values, **size} if len(size) == 2 else dict(values)
 
 
 class Registry:
@@ -64,14 +115,28 @@ class Registry:
         self.served: dict[str, Served] = {}
 
     def add(self, name: str, workflow: Workflow, *, max_prompt: int = 4000) -> Served:
+        params = [p for p in workflow.params if p.name not in _SKIP]
+        images = tuple(p.name for p in params if p.type == IMAGE_TYPE)
         fields: dict[str, Any] = {
-            p.name: _field(p, max_prompt)
-            for p in workflow.params
-            if p.name not in _SKIP and p.type not in _SKIP_TYPES
+            p.name: _field(p, max_prompt) for p in params if p.type != IMAGE_TYPE
         }
-        model_name = "".join(part.title() for part in re.split(r"[^A-Za-z0-9]+", name)) + "Params"
-        model = create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)
-        served = Served(name, workflow, model)
+        model = _model(
+            name,
+            "Params",
+            {
+                **{p.name: _image_field(p, as_request=False) for p in params if p.name in images},
+                **fields,
+            },
+        )
+        request_model = _model(
+            name,
+            "Request",
+            {
+                **{p.name: _image_field(p, as_request=True) for p in params if p.name in images},
+                **fields,
+            },
+        )
+        served = Served(name, workflow, model, request_model, images)
         self.served[name] = served
         return served
 

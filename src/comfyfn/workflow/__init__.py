@@ -10,7 +10,7 @@ offline use (``bundled_object_info(server_version)``).
     wf.bind(prompt="…", seed=7).to_api()         # API-format graph for POST /prompt
 """
 
-from comfyfn.workflow._binding import PARAMETERS, ComfyWarning, parse_size
+from comfyfn.workflow._binding import PARAMETERS, ComfyWarning, parse_size, random_seed
 from comfyfn.workflow._builtin import BUILTIN, builtin, zimage, zimage_edit, zimage_turbo
 from comfyfn.workflow._bundled import BUNDLED_VERSIONS, bundled_object_info, bundled_version
 from comfyfn.workflow._images import InputImage, input_image
@@ -32,6 +32,7 @@ __all__ = [
     "bundled_version",
     "input_image",
     "parse_size",
+    "random_seed",
     "zimage",
     "zimage_edit",
     "zimage_turbo",

@@ -1,25 +1,54 @@
 """``POST /v1/workflows/{name}/jobs``: one route per served workflow, whose body is the
-workflow's own typed parameters (so the OpenAPI document shows each exactly)."""
+workflow's own typed parameters (so the OpenAPI document shows each exactly).
+
+A workflow with input images (``image``, ``mask``) takes its body as JSON — each image an
+upload id, an http(s) URL or base64 — or as a multipart form, each image a file part (or one
+of those texts). The images are checked and stored as uploads of the caller's key before the
+job is queued: a missing or bad image is a 422 naming its field, and nothing is queued.
+"""
 # No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 
 import inspect
 from typing import Any
 
 from fastapi import APIRouter, Header, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from comfyfn.gateway.dependencies import ApiKey, RuntimeDep
+from comfyfn.gateway.errors import ApiError
 from comfyfn.gateway.jobs import create_job, job_json
 from comfyfn.gateway.registry import Registry, Served
+from comfyfn.gateway.routes.uploads import (
+    image_params,
+    read_request,
+    request_body,
+    validation_error,
+)
 
 __all__ = ["workflow_router"]
+
+#: stands for an image given as a file while the other fields are validated
+_FILE = "(file)"
 
 
 def workflow_router(registry: Registry) -> APIRouter:
     router = APIRouter(tags=["workflows"])
     for served in registry:
-        _add_route(router, served)
+        if served.images:
+            _add_image_route(router, served)
+        else:
+            _add_route(router, served)
     return router
+
+
+def _route(router: APIRouter, served: Served, **extra: Any) -> Any:
+    return router.post(
+        f"/v1/workflows/{served.name}/jobs",
+        status_code=202,
+        summary=f"Run {served.name}",
+        name=f"run_{served.name}",
+        **extra,
+    )
 
 
 def _add_route(router: APIRouter, served: Served) -> None:
@@ -41,9 +70,44 @@ def _add_route(router: APIRouter, served: Served) -> None:
     parameters = list(signature.parameters.values())
     parameters[0] = parameters[0].replace(annotation=served.model)
     endpoint.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-    router.post(
-        f"/v1/workflows/{served.name}/jobs",
-        status_code=202,
-        summary=f"Run {served.name}",
-        name=f"run_{served.name}",
-    )(endpoint)
+    _route(router, served)(endpoint)
+
+
+def _form_schema(served: Served) -> dict[str, Any]:
+    """The request model's schema with each image a file part."""
+    schema = served.request_model.model_json_schema()
+    for name in served.images:
+        schema["properties"][name] = {
+            **schema["properties"][name],
+            "type": "string",
+            "format": "binary",
+        }
+    return schema
+
+
+def _add_image_route(router: APIRouter, served: Served) -> None:
+    async def endpoint(
+        request: Request,
+        runtime: RuntimeDep,
+        key: ApiKey,
+        idempotency_key: str | None = Header(None, max_length=200),
+        webhook: str | None = Header(None, alias="X-Webhook-Url", pattern=r"^https?://\S+$"),
+    ) -> dict[str, Any]:
+        fields, files = await read_request(request)
+        for name, parts in files.items():
+            if name not in served.images or len(parts) != 1:
+                raise ApiError(422, f"{name}: not an image parameter, or given twice", param=name)
+        try:
+            given = served.request_model.model_validate({**fields, **dict.fromkeys(files, _FILE)})
+        except ValidationError as exc:
+            raise validation_error(exc, "") from None
+        values = given.model_dump(exclude_unset=True, exclude_none=True)
+        images = {name: files[name][0] if name in files else values[name] for name in served.images}
+        params = await image_params(runtime, key, served, values, images)
+        job = await create_job(
+            runtime, key, served.name, params, webhook, idempotency_key, where=""
+        )
+        return job_json(runtime, job, str(request.base_url).rstrip("/"))
+
+    json_schema = served.request_model.model_json_schema()
+    _route(router, served, openapi_extra=request_body(json_schema, _form_schema(served)))(endpoint)

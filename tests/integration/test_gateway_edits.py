@@ -1,0 +1,170 @@
+"""Image inputs through a running gateway on the local engine: the official OpenAI SDK's
+``images.edit``, the typed endpoint with an upload made from a URL on a loopback server,
+and a job naming another key's upload."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import io
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+from gateway_proc import Gateway, make_key
+from PIL import Image
+
+pytestmark = pytest.mark.engine
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def gw(server, tmp_path_factory) -> Iterator[Gateway]:
+    root = tmp_path_factory.mktemp("edits")
+    db = f"sqlite:///{root / 'gateway.db'}"
+    gateway = Gateway(
+        [server],
+        db,
+        root / "files",
+        "-w",
+        "zimage-turbo",
+        "-w",
+        "zimage-edit",
+        "--allow-private-webhooks",  # also lets uploads fetch from the loopback server
+    )
+    gateway.key = make_key(db, "edits")
+    gateway.other = make_key(db, "other")
+    yield gateway
+    gateway.stop()
+
+
+def picture(size: tuple[int, int], color: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def sdk(gw: Gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.key, max_retries=0, timeout=300)
+
+
+def final_job(gw: Gateway, key: str, job_id: str, timeout: float = 240.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = httpx.get(f"{gw.url}/v1/jobs/{job_id}", headers=auth(key)).json()
+        if job["state"] in FINAL:
+            return job
+        if time.monotonic() > deadline:
+            pytest.fail(f"job {job_id} not final within {timeout:g} s: {job['state']}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def web() -> Iterator[tuple[str, dict[str, bytes]]]:
+    """A loopback HTTP server serving the PNGs put in the returned dict."""
+    files: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = files.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", files
+    httpd.shutdown()
+    thread.join(timeout=10)
+
+
+def test_the_openai_sdk_edits_an_image_at_the_size_asked(gw, engine, tmp_path, unique):
+    data = picture((100, 75), "orange")
+    path = tmp_path / "my holiday photo.png"
+    path.write_bytes(data)
+    with sdk(gw) as client, path.open("rb") as image:
+        result = client.images.edit(
+            image=image,
+            prompt="a cat on a sofa",
+            size="64x48",
+            response_format="b64_json",
+            extra_body={"steps": 2, "seed": unique(), "denoise": 0.5},
+        )
+    (out,) = result.data
+    assert Image.open(io.BytesIO(base64.b64decode(out.b64_json or ""))).size == (64, 48)
+    # on the ComfyUI server the image is named by its content, never by the caller's name
+    inputs = engine.base / "input"
+    stored = inputs / "comfyfn" / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+    assert stored.read_bytes() == data
+    assert not list(inputs.rglob("*holiday*"))
+
+
+def test_without_a_size_the_output_has_the_inputs_size_rounded_to_16(gw, tmp_path, unique):
+    path = tmp_path / "in.png"
+    path.write_bytes(picture((100, 75), "teal"))
+    with sdk(gw) as client, path.open("rb") as image:
+        result = client.images.edit(
+            image=image, prompt="a boat", n=2, extra_body={"steps": 2, "seed": unique()}
+        )
+    assert len(result.data) == 2
+    for item in result.data:
+        assert item.url is not None
+        answer = httpx.get(item.url, timeout=30)
+        assert answer.status_code == 200
+        assert Image.open(io.BytesIO(answer.content)).size == (96, 80)
+
+
+def test_an_upload_by_url_runs_on_the_typed_endpoint(gw, web, unique):
+    base, files = web
+    files["/product.png"] = picture((64, 64), "navy")
+    made = httpx.post(
+        f"{gw.url}/v1/uploads", json={"url": f"{base}/product.png"}, headers=auth(gw.key)
+    )
+    assert made.status_code == 201, made.text
+    upload_id = made.json()["id"]
+    answer = httpx.post(
+        f"{gw.url}/v1/workflows/zimage-edit/jobs",
+        json={"prompt": "a vase", "image": upload_id, "steps": 2, "seed": unique()},
+        headers=auth(gw.key),
+    )
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["params"]["image"] == {"upload": upload_id}  # a reference, no bytes
+    job = final_job(gw, gw.key, answer.json()["id"])
+    assert job["state"] == "succeeded", job["error"]
+    (output,) = job["outputs"]
+    png = httpx.get(output["url"], timeout=30)
+    assert Image.open(io.BytesIO(png.content)).size == (64, 64)
+
+
+def test_a_job_naming_another_keys_upload_fails_naming_the_parameter(gw):
+    mine = httpx.post(
+        f"{gw.url}/v1/uploads",
+        files={"file": ("a.png", picture((32, 32), "gold"), "image/png")},
+        headers=auth(gw.key),
+    ).json()["id"]
+    # /v1/jobs takes the reference as it is; the worker finds no such upload for this key
+    answer = httpx.post(
+        f"{gw.url}/v1/jobs",
+        json={"workflow": "zimage-edit", "params": {"prompt": "x", "image": {"upload": mine}}},
+        headers=auth(gw.other),
+    )
+    assert answer.status_code == 202, answer.text
+    job = final_job(gw, gw.other, answer.json()["id"], timeout=60)
+    assert job["state"] == "failed"
+    assert job["error"]["type"] == "UploadMissing"
+    assert "image" in job["error"]["message"] and mine in job["error"]["message"]

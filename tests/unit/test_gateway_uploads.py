@@ -1,0 +1,439 @@
+"""Input images through the gateway, served in this process (uvicorn on loopback, its only
+ComfyUI server unreachable, so no job runs): ``POST /v1/uploads`` (multipart, base64, URL),
+its limits, content addressing per key, the typed endpoint's and ``/v1/images/edits``'
+checks before anything is queued, and :func:`resolve_inputs` reading references back."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import http.server
+import io
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from gateway_proc import InProcess, settings_for
+from PIL import Image
+
+from comfyfn.gateway.uploads import (
+    MAX_UPLOAD_BYTES,
+    UploadLimits,
+    UploadMissing,
+    UploadRefused,
+    fetch_image,
+    resolve_inputs,
+    store_image,
+)
+from comfyfn.storage import LocalStorage
+from comfyfn.workflow import zimage_edit
+
+WORKFLOWS = (("zimage-turbo", "zimage-turbo"), ("zimage-edit", "zimage-edit"))
+
+
+def picture(size: tuple[int, int], color: str = "orange", fmt: str = "PNG", mode: str = "RGB"):
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory) -> Iterator[InProcess]:
+    root = tmp_path_factory.mktemp("uploads")
+    settings = settings_for(
+        root,
+        ["http://127.0.0.1:9"],
+        workflows=WORKFLOWS,
+        max_body_bytes=64 * 1024 * 1024,
+        allow_private_webhooks=True,
+    )
+    with InProcess(settings) as gateway:
+        gateway.secret = gateway.key()
+        gateway.key_id = gateway.store.find_key(gateway.secret).id
+        gateway.other = gateway.key("other")
+        gateway.root = root / "files"
+        yield gateway
+
+
+def auth(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def upload(gateway, data: bytes, secret: str | None = None, name: str = "photo.png"):
+    return httpx.post(
+        f"{gateway.url}/v1/uploads",
+        files={"file": (name, data, "image/png")},
+        headers=auth(secret or gateway.secret),
+        timeout=60,
+    )
+
+
+def error(answer: httpx.Response) -> dict:
+    return answer.json()["error"]
+
+
+@pytest.fixture
+def web() -> Iterator[tuple[str, dict[str, tuple[int, bytes, float]]]]:
+    """A loopback HTTP server: path → (status, body, seconds to wait before answering)."""
+    routes: dict[str, tuple[int, bytes, float]] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body, delay = routes.get(self.path, (404, b"", 0.0))
+            time.sleep(delay)
+            self.send_response(status)
+            if status in (301, 302):
+                self.send_header("Location", "http://127.0.0.1:9/elsewhere.png")
+            self.send_header("Content-Type", "image/png")
+            if not self.path.endswith(".stream"):  # else the body ends when the server closes
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.wfile.write(body)  # (the gateway may stop reading: over its limit)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", routes
+    httpd.shutdown()
+    thread.join(timeout=10)
+
+
+# -- POST /v1/uploads -------------------------------------------------------------------------
+
+
+def test_an_upload_is_content_addressed_per_key(offline):
+    data = picture((40, 30))
+    sha = hashlib.sha256(data).hexdigest()
+    first, again = upload(offline, data), upload(offline, data, name="other-name.png")
+    assert first.status_code == 201, first.text
+    assert first.json() == {
+        "id": f"upl_{sha}",
+        "object": "upload",
+        "bytes": len(data),
+        "width": 40,
+        "height": 30,
+        "media_type": "image/png",
+    }
+    assert again.json()["id"] == first.json()["id"]
+    stored = offline.root / "uploads" / offline.key_id / f"{sha}.png"
+    assert stored.read_bytes() == data
+    assert not list(offline.root.rglob("*photo*")) and not list(offline.root.rglob("*other-name*"))
+
+
+def test_base64_and_data_urls_give_the_same_id_as_the_file(offline):
+    data = picture((20, 20), "green", fmt="JPEG")
+    by_file = upload(offline, data).json()
+    for text in (
+        base64.b64encode(data).decode(),
+        "data:image/jpeg;base64," + base64.b64encode(data).decode(),
+    ):
+        answer = httpx.post(
+            f"{offline.url}/v1/uploads", json={"b64_json": text}, headers=auth(offline.secret)
+        )
+        assert answer.status_code == 201, answer.text
+        assert answer.json() == by_file
+    assert by_file["media_type"] == "image/jpeg"
+
+
+def test_an_upload_by_url_from_a_loopback_server(offline, web):
+    base, routes = web
+    data = picture((24, 16), "blue", fmt="WEBP")
+    routes["/in.webp"] = (200, data, 0.0)
+    answer = httpx.post(
+        f"{offline.url}/v1/uploads", json={"url": f"{base}/in.webp"}, headers=auth(offline.secret)
+    )
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["id"] == "upl_" + hashlib.sha256(data).hexdigest()
+    assert answer.json()["media_type"] == "image/webp"
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code", "words"),
+    [
+        (b"hello, not an image" * 10, 422, "not_an_image", "not a PNG, JPEG or WebP"),
+        (picture((10, 10))[:-30], 422, "not_an_image", "decodes"),  # truncated
+        (picture((10, 10), fmt="GIF", mode="P", color=1), 422, "unsupported_image", "GIF"),
+        (picture((8000, 5001), mode="1", color=0), 422, "too_many_pixels", "40,008,000 pixels"),
+        (picture((15000, 12000), mode="1", color=0), 422, "too_many_pixels", "decompression bomb"),
+        (b"\x89PNG" + bytes(MAX_UPLOAD_BYTES), 413, "too_large", "20,971,520"),
+    ],
+    ids=["text", "truncated", "gif", "pixels", "pillow-bomb", "bytes"],
+)
+def test_uploads_over_the_limits_are_refused_clearly(offline, data, status, code, words):
+    answer = upload(offline, data)
+    assert answer.status_code == status, answer.text
+    assert error(answer)["code"] == code
+    assert error(answer)["param"] == "file"
+    assert words in error(answer)["message"]
+
+
+def test_bad_upload_requests_name_what_is_wrong(offline):
+    both = httpx.post(
+        f"{offline.url}/v1/uploads",
+        json={"b64_json": "aGk=", "url": "http://127.0.0.1:9/x.png"},
+        headers=auth(offline.secret),
+    )
+    assert both.status_code == 422 and "exactly one" in error(both)["message"]
+    garbage = httpx.post(
+        f"{offline.url}/v1/uploads", json={"b64_json": "%%%"}, headers=auth(offline.secret)
+    )
+    assert garbage.status_code == 422 and error(garbage)["param"] == "b64_json"
+    anonymous = httpx.post(f"{offline.url}/v1/uploads", files={"file": ("a.png", b"x")})
+    assert anonymous.status_code == 401
+
+
+# -- fetching by URL --------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_url_to_a_private_address_is_refused_without_the_allowance(web):
+    base, routes = web
+    routes["/in.png"] = (200, picture((8, 8)), 0.0)
+    with pytest.raises(UploadRefused) as refused:
+        await fetch_image(f"{base}/in.png", "image", UploadLimits(allow_private=False))
+    assert refused.value.code == "url_refused" and "not public" in str(refused.value)
+    assert "webhook" not in str(refused.value)
+
+
+@pytest.mark.anyio
+async def test_a_url_that_resolves_to_loopback_is_refused(web):
+    base, routes = web
+    port = base.rsplit(":", 1)[1]
+    routes["/in.png"] = (200, picture((8, 8)), 0.0)
+
+    def resolver(host: str, _port: int) -> list[str]:
+        assert host == "images.example.com"
+        return ["93.184.216.34", "127.0.0.1"]  # one public, one loopback: refused
+
+    with pytest.raises(UploadRefused) as refused:
+        await fetch_image(
+            f"http://images.example.com:{port}/in.png", "image", UploadLimits(), resolve=resolver
+        )
+    assert refused.value.code == "url_refused" and "127.0.0.1" in str(refused.value)
+
+
+@pytest.mark.anyio
+async def test_a_url_is_fetched_at_the_address_checked_with_its_host_header(web):
+    base, routes = web
+    port = base.rsplit(":", 1)[1]
+    data = picture((8, 8))
+    routes["/in.png"] = (200, data, 0.0)
+    limits = UploadLimits(allow_private=True)
+    got = await fetch_image(
+        f"http://images.test:{port}/in.png", "image", limits, resolve=lambda h, p: ["127.0.0.1"]
+    )
+    assert got == data
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("route", "limits", "code", "words"),
+    [
+        ((200, bytes(5000), 0.0), UploadLimits(max_bytes=1000), "too_large", "over 1,000 bytes"),
+        ((200, bytes(5000), 0.0), UploadLimits(max_bytes=1000), "too_large", "over 1,000 bytes"),
+        ((200, b"", 3.0), UploadLimits(fetch_timeout=0.5), "url_failed", "within 0.5 s"),
+        ((302, b"", 0.0), UploadLimits(), "url_failed", "HTTP 302"),
+        ((404, b"", 0.0), UploadLimits(), "url_failed", "HTTP 404"),
+    ],
+    ids=["declared-over-the-limit", "streamed-over-the-limit", "timeout", "redirect", "missing"],
+)
+async def test_url_fetches_are_bounded(web, route, limits, code, words, request):
+    base, routes = web
+    path = "/x.stream" if "streamed" in request.node.callspec.id else "/x.png"
+    routes[path] = route
+    limits = UploadLimits(limits.max_bytes, limits.max_pixels, limits.fetch_timeout, True)
+    started = time.monotonic()
+    with pytest.raises(UploadRefused) as refused:
+        await fetch_image(f"{base}{path}", "image", limits)
+    assert refused.value.code == code and words in str(refused.value)
+    assert time.monotonic() - started < 2.5
+
+
+@pytest.mark.anyio
+async def test_the_next_address_is_tried_when_one_does_not_connect(web):
+    base, routes = web
+    port = base.rsplit(":", 1)[1]
+    data = picture((8, 8), "red")
+    routes["/in.png"] = (200, data, 0.0)
+    limits = UploadLimits(allow_private=True)
+    got = await fetch_image(  # nothing listens on ::1 at this port (the server is IPv4 only)
+        f"http://images.test:{port}/in.png",
+        "image",
+        limits,
+        resolve=lambda h, p: ["::1", "127.0.0.1"],
+    )
+    assert got == data
+
+
+# -- resolving a job's references ---------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_resolve_inputs_gives_the_bytes_of_the_keys_own_uploads(tmp_path):
+    storage = LocalStorage(tmp_path)
+    data = picture((32, 32))
+    stored = await store_image(storage, "key_a", data, "image", UploadLimits())
+    values = {"prompt": "a cat", "image": {"upload": stored.id}, "denoise": 0.5}
+    resolved = await resolve_inputs(storage, zimage_edit(), values, key_id="key_a")
+    assert resolved == {**values, "image": data}
+    bound = zimage_edit().bind(**resolved)
+    (name,) = bound.uploads  # named by its hash, as the client uploads it: never a caller's name
+    assert name == f"comfyfn/{stored.id[4:36]}.png"
+    with pytest.raises(UploadMissing) as missing:  # another key's upload is no upload of yours
+        await resolve_inputs(storage, zimage_edit(), values, key_id="key_b")
+    assert missing.value.param == "image" and stored.id in str(missing.value)
+    with pytest.raises(UploadRefused) as text:  # a text would be read as a local path
+        await resolve_inputs(storage, zimage_edit(), {"image": "/etc/passwd"}, key_id="key_a")
+    assert text.value.param == "image"
+
+
+# -- the typed endpoint and /v1/images/edits: checked before anything is queued ---------------
+
+
+def job_count(gateway) -> int:
+    with sqlite3.connect(gateway.root.parent / "g.db") as db:
+        return db.execute("SELECT count(*) FROM cfn_jobs").fetchone()[0]
+
+
+@pytest.mark.parametrize(
+    ("request_args", "param", "code"),
+    [
+        ({"json": {"prompt": "x"}}, "image", None),
+        ({"json": {"prompt": "x", "image": "not-base64-%%%"}}, "image", "invalid_image_value"),
+        ({"json": {"prompt": "x", "image": "upl_" + "0" * 64}}, "image", "upload_not_found"),
+        (
+            {"files": {"image": ("a.png", b"nope")}, "data": {"prompt": "x"}},
+            "image",
+            "not_an_image",
+        ),
+        ({"files": {"image": ("a.png", picture((8, 8)))}, "data": {"steps": "abc"}}, "steps", None),
+        ({"files": {"prompt": ("a.png", picture((8, 8)))}}, "prompt", None),
+    ],
+    ids=["missing", "garbage", "unknown-id", "not-an-image", "bad-field", "file-for-text"],
+)
+def test_the_typed_endpoint_refuses_bad_images_before_queueing(offline, request_args, param, code):
+    before = job_count(offline)
+    answer = httpx.post(
+        f"{offline.url}/v1/workflows/zimage-edit/jobs",
+        headers=auth(offline.secret),
+        timeout=30,
+        **request_args,
+    )
+    assert answer.status_code == 422, answer.text
+    assert error(answer)["param"] == param
+    if code:
+        assert error(answer)["code"] == code
+    assert job_count(offline) == before
+
+
+def test_another_key_cannot_use_my_upload_id(offline):
+    mine = upload(offline, picture((16, 16), "purple")).json()["id"]
+    theirs = httpx.post(
+        f"{offline.url}/v1/workflows/zimage-edit/jobs",
+        json={"prompt": "x", "image": mine},
+        headers=auth(offline.other),
+    )
+    assert theirs.status_code == 422 and error(theirs)["code"] == "upload_not_found"
+    # the owner gets past every image check: only the missing ComfyUI server stops the job
+    own = httpx.post(
+        f"{offline.url}/v1/workflows/zimage-edit/jobs",
+        json={"prompt": "x", "image": mine},
+        headers=auth(offline.secret),
+    )
+    assert own.status_code == 503 and error(own)["code"] == "no_server"
+
+
+def test_the_input_size_counts_against_the_cost_limits(offline):
+    big = picture((3000, 2000))  # → 3008 × 2000 output pixels, over 2048²
+    answer = httpx.post(
+        f"{offline.url}/v1/images/edits",
+        files={"image": ("big.png", big, "image/png")},
+        data={"prompt": "x"},
+        headers=auth(offline.secret),
+        timeout=60,
+    )
+    assert answer.status_code == 400, answer.text
+    assert error(answer)["code"] == "limit_exceeded" and error(answer)["param"] == "size"
+    assert "3008 × 2000" in error(answer)["message"]
+    sized = httpx.post(
+        f"{offline.url}/v1/images/edits",
+        files={"image": ("big.png", big, "image/png")},
+        data={"prompt": "x", "size": "512x512"},
+        headers=auth(offline.secret),
+        timeout=60,
+    )
+    assert sized.status_code == 503, sized.text  # within the limits: no server to run it
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "param"),
+    [
+        ({}, {"prompt": "x"}, "image"),
+        ({"image": ("a.png", picture((8, 8)))}, {}, "prompt"),
+        (
+            {"image": ("a.png", picture((8, 8))), "mask": ("m.png", picture((8, 8)))},
+            {"prompt": "x"},
+            "mask",
+        ),
+        ({"image": ("a.png", picture((8, 8)))}, {"prompt": "x", "size": "big"}, "size"),
+        ({"image": ("a.png", picture((8, 8)))}, {"prompt": "x", "model": "zimage-turbo"}, "model"),
+        ({"image": ("a.png", picture((8, 8)))}, {"prompt": "x", "denoise": "2"}, "denoise"),
+    ],
+    ids=["no-image", "no-prompt", "mask-without-a-mask-input", "size", "no-image-input", "denoise"],
+)
+def test_edits_errors_are_openai_400s_naming_the_parameter(offline, files, data, param):
+    answer = httpx.post(
+        f"{offline.url}/v1/images/edits",
+        files=files or {"x": ("", b"")},
+        data=data,
+        headers=auth(offline.secret),
+    )
+    assert answer.status_code == 400, answer.text
+    assert error(answer)["param"] == param
+    assert error(answer)["type"] == "invalid_request_error"
+
+
+def test_the_openapi_document_shows_images_as_files_and_urls(offline):
+    doc = httpx.get(f"{offline.url}/openapi.json").json()
+    run = doc["paths"]["/v1/workflows/zimage-edit/jobs"]["post"]["requestBody"]["content"]
+    assert run["multipart/form-data"]["schema"]["properties"]["image"]["format"] == "binary"
+    as_json = run["application/json"]["schema"]
+    assert "image" in as_json["required"] and "URL" in as_json["properties"]["image"]["description"]
+    uploads = doc["paths"]["/v1/uploads"]["post"]["requestBody"]["content"]
+    assert uploads["multipart/form-data"]["schema"]["properties"]["file"]["format"] == "binary"
+    assert "url" in uploads["application/json"]["schema"]["properties"]
+    edits = doc["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]
+    assert (
+        edits["multipart/form-data"]["schema"]["properties"]["image"]["items"]["format"] == "binary"
+    )
+    models = httpx.get(f"{offline.url}/v1/models", headers=auth(offline.secret)).json()
+    assert "zimage-edit" in {m["id"] for m in models["data"]}
+
+
+def test_of_several_edit_images_the_first_is_used(offline):
+    big, small = picture((3000, 2000)), picture((64, 64))
+    answer = httpx.post(  # as the OpenAI SDK sends a list of images
+        f"{offline.url}/v1/images/edits",
+        files=[("image[]", ("big.png", big, "image/png")), ("image[]", ("s.png", small))],
+        data={"prompt": "x"},
+        headers=auth(offline.secret),
+        timeout=60,
+    )
+    assert answer.status_code == 400 and "3008 × 2000" in error(answer)["message"]
+
+
+def test_a_job_cannot_carry_an_input_image_as_text(offline):
+    answer = httpx.post(
+        f"{offline.url}/v1/jobs",
+        json={"workflow": "zimage-edit", "params": {"prompt": "x", "image": "/etc/passwd"}},
+        headers=auth(offline.secret),
+    )
+    assert answer.status_code == 422 and error(answer)["param"] == "params.image"
