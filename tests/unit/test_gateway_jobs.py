@@ -17,6 +17,7 @@ from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.schema import NewFile
 from comfyfn.gateway.settings import GatewaySettings
 from comfyfn.gateway.store import Store
+from comfyfn.storage import LocalStorage
 
 pytestmark = pytest.mark.anyio
 
@@ -27,7 +28,7 @@ def runtime(tmp_path):
     settings = GatewaySettings(
         servers=("http://fake",), db_url=store.url, storage=tmp_path, sync_timeout=30
     )
-    yield Runtime(settings, store, Registry())
+    yield Runtime(settings, store, Registry(), LocalStorage(tmp_path))
     store.close()
 
 

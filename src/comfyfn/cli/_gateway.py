@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -22,7 +21,14 @@ if TYPE_CHECKING:
     from comfyfn.gateway.store import Store
 
 #: what ``pip install 'comfyfn[gateway]'`` brings: import names
-GATEWAY_MODULES = ("fastapi", "uvicorn", "sqlalchemy", "prometheus_client", "sse_starlette")
+GATEWAY_MODULES = (
+    "fastapi",
+    "uvicorn",
+    "sqlalchemy",
+    "prometheus_client",
+    "sse_starlette",
+    "python_multipart",
+)
 
 keys_app = typer.Typer(help="API keys of the gateway (stored hashed).", no_args_is_help=True)
 
@@ -79,16 +85,45 @@ def serve_command(
     host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Listen port.")] = 8000,
     db: DbOpt = None,
-    storage: Annotated[Path | None, typer.Option(help="Folder for generated files.")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Where output files go: a folder or s3://bucket/prefix (endpoint and "
+                "credentials from the AWS environment variables). Default: $COMFYFN_STORAGE, "
+                "else files/ in the data dir."
+            ),
+        ),
+    ] = None,
     workflow: Annotated[
         list[str] | None,
         typer.Option(
             "--workflow",
             "-w",
-            help="NAME=FILE or a built-in name to serve (repeatable; default zimage-turbo).",
+            help="NAME=FILE or a built-in name to serve (repeatable; default zimage-turbo "
+            "and zimage-edit).",
         ),
     ] = None,
-    prime: Annotated[int, typer.Option(help="Jobs queued per server beyond the running one.")] = 1,
+    prime: Annotated[
+        int | None,
+        typer.Option(
+            help="Jobs queued per server beyond the running one (default: adapts to the "
+            "measured job times)."
+        ),
+    ] = None,
+    url_ttl: Annotated[
+        int,
+        typer.Option(help="Seconds a file URL (signed or presigned) stays valid.", min=1),
+    ] = 3600,
+    warm: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=(
+                "A workflow (served name, built-in or file) to run once on every server at "
+                "start; /readyz answers 503 until it is done (repeatable)."
+            ),
+        ),
+    ] = None,
     allow_private_webhooks: Annotated[
         bool, typer.Option(help="Allow webhooks to loopback/private addresses.")
     ] = False,
@@ -127,7 +162,7 @@ def serve_command(
     limits = {name: value for name, value in given.items() if value is not None}
     try:
         served = []
-        for item in workflow or ["zimage-turbo"]:
+        for item in workflow or ["zimage-turbo", "zimage-edit"]:
             name, sep, source = item.partition("=")
             served.append((name, source) if sep else (item, item))
         settings = GatewaySettings.resolve(
@@ -136,6 +171,8 @@ def serve_command(
             storage=storage,
             workflows=tuple(served),
             prime=prime,
+            warm=tuple(warm or ()),
+            url_ttl=url_ttl,
             allow_private_webhooks=allow_private_webhooks,
             cors_origins=tuple(cors_origin or ()),
             stale_after=stale_after,
@@ -148,7 +185,7 @@ def serve_command(
     err.print(
         esc(
             f"gateway on http://{host}:{port} → {', '.join(settings.servers)} "
-            f"(db {settings.db_url.split('@')[-1]})"
+            f"(db {settings.db_url.split('@')[-1]}, files {settings.storage})"
         ),
         highlight=False,
     )

@@ -21,8 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from comfyfn.gateway.errors import ERROR_RESPONSES, ApiError, BodyLimit, install_handlers
 from comfyfn.gateway.metrics import MetricsMiddleware
 from comfyfn.gateway.registry import Registry
-from comfyfn.gateway.routes import files, health, jobs, openai, workflows
-from comfyfn.gateway.runtime import Runtime
+from comfyfn.gateway.routes import files, health, jobs, openai, uploads, workflows
+from comfyfn.gateway.runtime import Runtime, WarmUp
 from comfyfn.gateway.settings import GatewaySettings
 from comfyfn.gateway.store import Store
 from comfyfn.gateway.worker import Worker
@@ -37,7 +37,11 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
     registry = Registry()
     registry.load(settings.workflows, max_prompt=settings.max_prompt_chars)
     runtime = Runtime(
-        settings, store or Store(settings.db_url), registry, open_storage(settings.storage)
+        settings,
+        store or Store(settings.db_url),
+        registry,
+        open_storage(settings.storage),
+        warm_up=WarmUp(settings.warm),
     )
     app = FastAPI(
         responses=ERROR_RESPONSES,
@@ -55,7 +59,9 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
             allow_methods=["*"],
             allow_headers=["*"],
         )
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    # an image route's body: the image as base64 (4/3) plus the other fields and the form
+    image_body = settings.max_upload_bytes * 4 // 3 + 64 * 1024
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, image_limit=image_body)
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics)  # outermost: counts all
     install_handlers(app)
     app.include_router(health.router)
@@ -63,6 +69,7 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
     app.include_router(jobs.router)
     app.include_router(workflows.workflow_router(registry))
     app.include_router(files.router)
+    app.include_router(uploads.router)
     app.state.runtime = runtime
     return app
 
@@ -75,13 +82,26 @@ def _lifespan(
         with contextlib.suppress(SQLAlchemyError, OSError):  # read once, off the event loop
             await asyncio.to_thread(runtime.store.secret)
         worker = Worker(
-            runtime.store, runtime.registry, runtime.settings, runtime.metrics, runtime.bus
+            runtime.store,
+            runtime.registry,
+            runtime.settings,
+            runtime.metrics,
+            runtime.bus,
+            storage=runtime.storage,
         )
         await worker.start()
         runtime.worker = worker
+        warming = asyncio.create_task(
+            runtime.warm_up.run(
+                worker.fleet.clients, runtime.registry, runtime.settings.job_timeout
+            )
+        )
         try:
             yield
         finally:
+            warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warming
             await worker.stop()
             if runtime.background:  # cancels asked for by callers who left: a moment to end
                 await asyncio.wait(list(runtime.background), timeout=5)

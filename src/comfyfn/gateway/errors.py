@@ -166,20 +166,28 @@ class BodyTooLarge(HTTPException):
 
 class BodyLimit:
     """Refuse request bodies over the limit with 413: a declared ``Content-Length`` at once, a
-    streamed (chunked) body as soon as the bytes read pass it."""
+    streamed (chunked) body as soon as the bytes read pass it. The routes that take images
+    (``/v1/uploads``, ``/v1/images/edits``, ``/v1/workflows/*/jobs``) get ``image_limit``
+    instead (an upload's own limit plus base64 and form overhead)."""
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int, image_limit: int | None = None) -> None:
+        self.app, self.default_limit = app, limit
+        self.image_limit = max(limit, image_limit or 0)
+
+    def _limit(self, path: str) -> int:
+        takes_images = path in ("/v1/uploads", "/v1/images/edits") or (
+            path.startswith("/v1/workflows/") and path.endswith("/jobs")
+        )
+        return self.image_limit if takes_images else self.default_limit
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = error_response(
-            413, f"request body over {self.limit} bytes", "invalid_request_error"
-        )
+        limit = self._limit(scope.get("path", ""))
+        too_large = error_response(413, f"request body over {limit} bytes", "invalid_request_error")
         declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             return await too_large(scope, receive, send)
         seen = 0
         started = False
@@ -189,10 +197,10 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     # FastAPI re-raises HTTPExceptions from body reading: the app's handler
                     # answers it; anything else that reads the body ends up below
-                    raise BodyTooLarge(self.limit)
+                    raise BodyTooLarge(limit)
             return message
 
         async def sending(message: Any) -> None:

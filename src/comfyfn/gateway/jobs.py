@@ -6,18 +6,23 @@ anything is stored: texts storable, parameters valid, cost limits
 (:func:`wait_final`, :func:`follow`) wakes on this process's event bus at once and re-reads
 the store every :data:`~comfyfn.gateway.bus.FALLBACK_POLL` seconds for jobs another replica
 runs; the outputs come from the bus too (records and bytes) when this process ran the job.
-What a caller sees of a job is :func:`job_json`.
+What a caller sees of a job is :func:`job_json`; its outputs' media types come from the
+file records this process has seen (:class:`~comfyfn.gateway._outputs.KnownFiles`), which
+the functions that fetch a job for a route (:func:`own_job`, :func:`create_job`,
+:func:`follow`) load first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
 
+from comfyfn.gateway._outputs import STILL_IMAGE_TYPES, stored_key
 from comfyfn.gateway.bus import FALLBACK_POLL, JobUpdate
 from comfyfn.gateway.errors import ApiError, public_error
 from comfyfn.gateway.models import text_problem
@@ -25,8 +30,7 @@ from comfyfn.gateway.registry import Served
 from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.schema import TERMINAL, FileRecord, JobRecord, KeyRecord
 from comfyfn.gateway.security import sign_url, webhook_target_error
-from comfyfn.gateway.settings import GatewaySettings
-from comfyfn.gateway.worker import storage_path
+from comfyfn.storage import StorageError, StorageNotFound
 
 __all__ = [
     "TEXT_RULE",
@@ -35,7 +39,9 @@ __all__ = [
     "file_url",
     "follow",
     "job_json",
+    "load_files",
     "output_bytes",
+    "output_json",
     "output_records",
     "own_job",
     "read_output",
@@ -43,6 +49,8 @@ __all__ = [
     "wait_cancelled",
     "wait_final",
 ]
+
+log = logging.getLogger("comfyfn.gateway")
 
 TEXT_RULE = "text must be valid Unicode (no lone surrogates) without NUL characters"
 #: seconds between checks that a waiting caller is still connected
@@ -69,8 +77,17 @@ def file_url(runtime: Runtime, base_url: str, file_id: str) -> str:
     return f"{base_url}/v1/files/{file_id}?{query}"
 
 
+def output_json(runtime: Runtime, file_id: str, base_url: str) -> dict[str, Any]:
+    """One output of a job: id, signed URL and, when known here, media type and size."""
+    entry: dict[str, Any] = {"id": file_id, "url": file_url(runtime, base_url, file_id)}
+    record = runtime.files.get(file_id)
+    if record is not None:
+        entry.update(content_type=record.content_type, size=record.size)
+    return entry
+
+
 def job_json(runtime: Runtime, job: JobRecord, base_url: str) -> dict[str, Any]:
-    outputs = [{"id": f, "url": file_url(runtime, base_url, f)} for f in job.outputs]
+    outputs = [output_json(runtime, f, base_url) for f in job.outputs]
     return {
         "id": job.id,
         "object": "job",
@@ -78,6 +95,7 @@ def job_json(runtime: Runtime, job: JobRecord, base_url: str) -> dict[str, Any]:
         "state": job.state,
         "progress": job.progress,
         "params": job.params,
+        "priority": job.priority,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
@@ -95,6 +113,7 @@ async def create_job(
     idempotency_key: str | None,
     *,
     where: str = "params",
+    priority: int = 0,
 ) -> JobRecord:
     """Check everything, then queue: the one way every route creates a job. Refusals are
     422 naming the parameter (``where`` prefixes parameter names: ``params.width``)."""
@@ -125,20 +144,32 @@ async def create_job(
             raise ApiError(400, problem, param="webhook")
     if runtime.worker is None or not runtime.ready():
         raise runtime.not_ready()
-    return await runtime.worker.submit(
+    job = await runtime.worker.submit(
         key_id=key.id,
         workflow=name,
         params=values,
         webhook=webhook,
         idempotency_key=idempotency_key,
+        priority=priority,
     )
+    await load_files(runtime, job)  # an earlier job of the same idempotency key may be done
+    return job
 
 
 async def own_job(runtime: Runtime, job_id: str, key: KeyRecord) -> JobRecord:
     job = await asyncio.to_thread(runtime.store.get_job, job_id, key.id)
     if job is None:
         raise ApiError(404, f"no job {job_id!r}", param="id", code="job_not_found")
+    await load_files(runtime, job)
     return job
+
+
+async def load_files(runtime: Runtime, job: JobRecord) -> None:
+    """Make the records of the job's outputs known here (read from the store if not)."""
+    missing = runtime.files.missing(job.outputs)
+    if missing:
+        found = await asyncio.to_thread(lambda: [runtime.store.get_file(f) for f in missing])
+        runtime.files.remember(r for r in found if r is not None)
 
 
 async def fresh(runtime: Runtime, job: JobRecord) -> JobRecord:
@@ -212,33 +243,40 @@ async def wait_final(
 
 
 async def output_records(runtime: Runtime, update: JobUpdate) -> list[FileRecord]:
-    """A finished job's output files (as published, else from the store)."""
-    if update.files:
-        return list(update.files)
-    records = []
-    for file_id in update.job.outputs:
-        record = await asyncio.to_thread(runtime.store.get_file, file_id)
-        if record is not None:
-            records.append(record)
-    return records
+    """A finished job's still images (PNG/JPEG: what OpenAI's image routes return), as
+    published, else from the store. Other outputs (animated images, video, audio, text)
+    are left out."""
+    if not update.files:
+        await load_files(runtime, update.job)
+    known: tuple[FileRecord | None, ...] = update.files or tuple(
+        runtime.files.get(f) for f in update.job.outputs
+    )
+    return [r for r in known if r is not None and r.content_type in STILL_IMAGE_TYPES]
 
 
 async def output_bytes(runtime: Runtime, update: JobUpdate) -> list[bytes]:
-    """The bytes of a job's outputs: as this process's worker published them, else read from
-    storage (a job another replica ran)."""
+    """The bytes of a job's still images: as this process's worker published them, else
+    read from storage (a job another replica ran)."""
     if update.contents:
         return list(update.contents)
-    return [
-        await asyncio.to_thread(read_output, runtime.settings, record)
-        for record in await output_records(runtime, update)
-    ]
+    return [await read_output(runtime, record) for record in await output_records(runtime, update)]
 
 
-def read_output(settings: GatewaySettings, record: FileRecord) -> bytes:
-    safe = storage_path(settings, record.path)
-    if safe is None:
-        raise ApiError(404, "file missing")
-    return safe.read_bytes()
+async def read_output(runtime: Runtime, record: FileRecord) -> bytes:
+    """A stored output's bytes: 404 if it is gone, 503 if the store fails (the reason is
+    logged, never shown: it may name the store's internals)."""
+    key = stored_key(runtime.storage, record.path)
+    try:
+        if key is None:
+            raise StorageNotFound(f"file {record.id} is outside the storage", key=record.path)
+        return await runtime.storage.get(key)
+    except StorageNotFound:
+        raise ApiError(404, f"file {record.id!r} is missing", code="file_not_found") from None
+    except StorageError as exc:
+        log.error("cannot read file %s: %s", record.id, exc)
+        raise ApiError(
+            503, "the file store is unavailable; try again shortly", type="server_error"
+        ) from None
 
 
 async def follow(runtime: Runtime, job: JobRecord) -> AsyncIterator[tuple[JobRecord, int | None]]:
@@ -256,10 +294,13 @@ async def follow(runtime: Runtime, job: JobRecord) -> AsyncIterator[tuple[JobRec
             now = (current.state, current.progress, position)
             if now != last:
                 last = now
+                await load_files(runtime, current)
                 yield current, position
             if current.state in TERMINAL:
                 return
             if await news.wait(FALLBACK_POLL):
+                if news.latest is not None:
+                    runtime.files.remember(news.latest.files)
                 current, recount = (news.latest.job if news.latest else current), False
             else:  # nothing from this process: the store says what other replicas did
                 current, recount = await fresh(runtime, current), True

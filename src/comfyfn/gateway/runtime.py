@@ -1,15 +1,20 @@
 """What one gateway application holds while it runs: settings, store, file storage,
-workflows, metrics, rate limiter, event bus and (once started) the worker. Built by
-:func:`comfyfn.gateway.app.create_app`, kept in ``app.state.runtime`` and handed to the
-routes by :mod:`comfyfn.gateway.dependencies`."""
+workflows, metrics, rate limiter, event bus, (once started) the worker, and the servers'
+warm-up. Built by :func:`comfyfn.gateway.app.create_app`, kept in ``app.state.runtime`` and
+handed to the routes by :mod:`comfyfn.gateway.dependencies`."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
+from comfyfn.client import AsyncClient
+from comfyfn.errors import ComfyError
+from comfyfn.gateway._outputs import KnownFiles
 from comfyfn.gateway.bus import JobBus
 from comfyfn.gateway.errors import ApiError
 from comfyfn.gateway.metrics import Metrics
@@ -18,9 +23,80 @@ from comfyfn.gateway.security import RateLimiter
 from comfyfn.gateway.settings import GatewaySettings
 from comfyfn.gateway.store import Store
 from comfyfn.gateway.worker import Worker
+from comfyfn.models import warm_async
 from comfyfn.storage import Storage
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "WarmUp"]
+
+log = logging.getLogger("comfyfn.gateway")
+
+
+@dataclass
+class WarmUp:
+    """The warm-up of every server at start: each of ``workflows`` run once as its smallest
+    job (:func:`comfyfn.models.warm_async`), so the first user job does not load models.
+    ``/readyz`` is not ready until it is done, nor after it failed (``failed`` names the
+    workflows, by name and never by folder, and never the servers; the log has the
+    details). A server down at start fails its warm-up: the gateway then stays not ready
+    until it is restarted."""
+
+    workflows: tuple[str, ...]
+    done: bool = False
+    failed: list[str] = field(default_factory=list)
+
+    def problem(self) -> ApiError | None:
+        """Why the gateway is not ready on account of the warm-up, or None."""
+        if not self.workflows:
+            return None
+        if not self.done:
+            return ApiError(
+                503,
+                f"warming up the servers with {', '.join(map(_shown, self.workflows))}",
+                type="server_error",
+                code="warming_up",
+                headers={"Retry-After": "5"},
+            )
+        if self.failed:
+            return ApiError(
+                503,
+                f"the warm-up failed: {'; '.join(self.failed)} (see the gateway's log)",
+                type="server_error",
+                code="warm_up_failed",
+            )
+        return None
+
+    async def run(
+        self, clients: dict[str, AsyncClient], registry: Registry, timeout: float | None
+    ) -> None:
+        """Warm every server (all at once; one workflow after the other on each)."""
+        try:
+            await asyncio.gather(*(self._server(c, registry, timeout) for c in clients.values()))
+        finally:
+            self.done = True
+
+    async def _server(self, client: AsyncClient, registry: Registry, timeout: float | None) -> None:
+        where = client.server
+        for name in self.workflows:
+            served = registry.get(name)
+            try:
+                warmed = await warm_async(
+                    client, served.workflow if served else name, timeout=timeout
+                )
+            except Exception as exc:  # any failure must end the warm-up, not leave it pending
+                if isinstance(exc, ComfyError):
+                    log.error("warm-up of %s on %s failed: %s", name, where, exc)
+                else:
+                    log.exception("warm-up of %s on %s failed inside the gateway", name, where)
+                failure = f"{_shown(name)} ({type(exc).__name__})"
+                if failure not in self.failed:
+                    self.failed.append(failure)
+                continue
+            log.info("warm-up of %s on %s took %.2f s", name, where, warmed.seconds)
+
+
+def _shown(workflow: str) -> str:
+    """A workflow as ``/readyz`` may name it (no key is needed there): a file by its name."""
+    return PurePath(workflow).name or workflow
 
 
 @dataclass
@@ -29,6 +105,8 @@ class Runtime:
     store: Store
     registry: Registry
     storage: Storage  #: where output files (and uploads) are kept
+    files: KnownFiles = field(default_factory=KnownFiles)  #: file records seen here
+    warm_up: WarmUp = field(default_factory=lambda: WarmUp(()))
     metrics: Metrics = field(default_factory=Metrics)
     bus: JobBus = field(default_factory=JobBus)
     limiter: RateLimiter = field(default_factory=RateLimiter)

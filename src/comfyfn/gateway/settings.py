@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GatewaySettings", "default_data_dir"]
+__all__ = ["GatewaySettings", "default_data_dir", "storage_location"]
 
 
 def default_data_dir() -> Path:
@@ -20,6 +20,12 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("comfyfn")) / "gateway"
 
 
+def storage_location(value: str | os.PathLike[str]) -> str | Path:
+    """``s3://bucket/prefix`` as given; anything else a folder :class:`Path`."""
+    text = os.fspath(value)
+    return text if text.startswith("s3://") else Path(text)
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     """Everything ``comfyfn serve`` can be told.
@@ -27,7 +33,16 @@ class GatewaySettings:
     | setting | environment | default |
     |---|---|---|
     | ``db_url`` | ``COMFYFN_DB`` | SQLite file ``gateway.db`` in the data dir |
-    | ``storage`` | ``COMFYFN_GATEWAY_DIR`` (+ ``/files``) | user data dir ``/files`` |
+    | ``storage`` — a folder or ``s3://bucket/prefix`` | ``COMFYFN_STORAGE`` | data dir ``/files`` |
+    | ``warm`` — workflows run once on every server at start | — | none |
+    | ``url_ttl`` — seconds a file URL (signed, presigned) stays valid | — | 3600 |
+
+    The data dir is ``$COMFYFN_GATEWAY_DIR``, else the user data dir's ``comfyfn/gateway``.
+    An S3 store takes its endpoint, region and credentials from the usual AWS environment
+    variables (``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``; or ``AWS_PROFILE``
+    with boto3): see :class:`comfyfn.storage.S3Storage`. Its file URLs answer with a
+    redirect (307) to a presigned URL valid for ``url_ttl`` seconds at most.
 
     Cost limits, checked on every route before a job is queued (:meth:`cost_error`): a
     request over one is refused naming the parameter (422 on ``/v1/jobs`` and the typed
@@ -41,14 +56,22 @@ class GatewaySettings:
     | ``max_steps`` — sampling steps | 100 |
     | ``max_images`` — ``n`` of ``/v1/images/generations`` | 4 |
     | ``max_total_pixels`` — width × height × batch_size of one request | 16,777,216 |
+    | ``max_upload_bytes`` — one input image (upload, edit, typed endpoint) | 20 MiB |
+    | ``max_upload_pixels`` — width × height of one input image | 40,000,000 |
     """
 
     servers: tuple[str, ...]
     db_url: str
-    storage: Path
-    workflows: tuple[tuple[str, str], ...] = (("zimage-turbo", "zimage-turbo"),)
-    prime: int = 1
-    max_body_bytes: int = 1_000_000
+    storage: str | Path  #: a folder, or ``s3://bucket/prefix`` (:func:`storage_location`)
+    workflows: tuple[tuple[str, str], ...] = (
+        ("zimage-turbo", "zimage-turbo"),
+        ("zimage-edit", "zimage-edit"),
+    )
+    prime: int | None = None  #: jobs queued per server beyond the running one; None: adaptive
+    max_body_bytes: int = 1_000_000  #: of a request without images
+    max_upload_bytes: int = 20 * 1024 * 1024  #: of one input image
+    max_upload_pixels: int = 40_000_000  #: width × height of one input image
+    upload_fetch_timeout: float = 20.0  #: seconds to fetch an input image by URL
     max_prompt_chars: int = 4_000
     max_images: int = 4  #: n of /v1/images/generations
     max_pixels: int = 4_194_304  #: width × height of one image (2048²)
@@ -57,7 +80,8 @@ class GatewaySettings:
     max_total_pixels: int = 16_777_216  #: width × height × batch_size of one request
     cors_origins: tuple[str, ...] = ()
     allow_private_webhooks: bool = False
-    url_ttl: int = 3600  #: seconds a signed file URL stays valid
+    url_ttl: int = 3600  #: seconds a signed file URL (and a presigned one) stays valid
+    warm: tuple[str, ...] = ()  #: workflows (served names, built-ins or files) warmed at start
     sync_timeout: float = 300.0  #: how long /v1/images/generations waits for its job
     job_timeout: float | None = None
     http_timeout: float = 10.0  #: a ComfyUI server silent this long counts as failed
@@ -100,9 +124,10 @@ class GatewaySettings:
         *,
         servers: list[str],
         db_url: str | None = None,
-        storage: str | Path | None = None,
+        storage: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> GatewaySettings:
+        """Settings with argument > environment variable > default applied (see the table)."""
         data = default_data_dir()
         db = db_url or os.environ.get("COMFYFN_DB") or f"sqlite:///{data / 'gateway.db'}"
         if db.startswith("sqlite:///"):
@@ -110,7 +135,9 @@ class GatewaySettings:
         return cls(
             servers=tuple(servers),
             db_url=db,
-            storage=Path(storage) if storage else data / "files",
+            storage=storage_location(
+                storage or os.environ.get("COMFYFN_STORAGE") or data / "files"
+            ),
             **kwargs,
         )
 

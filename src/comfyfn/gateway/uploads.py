@@ -105,8 +105,13 @@ class UploadLimits:
 
 
 def upload_limits(settings: GatewaySettings) -> UploadLimits:
-    """The gateway's upload limits: the module defaults, private URLs as its webhooks."""
-    return UploadLimits(allow_private=settings.allow_private_webhooks)
+    """The gateway's upload limits (its settings); private URLs as its webhooks."""
+    return UploadLimits(
+        settings.max_upload_bytes,
+        settings.max_upload_pixels,
+        settings.upload_fetch_timeout,
+        settings.allow_private_webhooks,
+    )
 
 
 @dataclass(frozen=True)

@@ -27,18 +27,16 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from comfyfn.batch.jobs import sharded_prefixes
 from comfyfn.errors import ComfyError, ExecutionFailed
-from comfyfn.events import Progress
+from comfyfn.events import Preview, Progress
 from comfyfn.fleet import (
     Cancelled,
     Done,
@@ -54,16 +52,19 @@ from comfyfn.fleet import (
     advance,
     after_server_failure,
 )
+from comfyfn.gateway._outputs import output_files, store_outputs
 from comfyfn.gateway.bus import JobBus, JobUpdate
 from comfyfn.gateway.metrics import Metrics
 from comfyfn.gateway.registry import Registry
-from comfyfn.gateway.schema import FileRecord, JobRecord, NewFile
+from comfyfn.gateway.schema import FileRecord, JobRecord
 from comfyfn.gateway.settings import GatewaySettings
 from comfyfn.gateway.store import Store
+from comfyfn.gateway.uploads import resolve_inputs
 from comfyfn.result import Generation
+from comfyfn.storage import Storage, StorageError, open_storage
 from comfyfn.workflow import Workflow
 
-__all__ = ["IDLE_POLL", "PROGRESS_WRITE_INTERVAL", "Worker", "storage_path"]
+__all__ = ["IDLE_POLL", "PROGRESS_WRITE_INTERVAL", "Worker"]
 
 log = logging.getLogger("comfyfn.gateway")
 T = TypeVar("T")
@@ -91,10 +92,13 @@ class Worker:
         metrics: Metrics,
         bus: JobBus,
         *,
+        storage: Storage | None = None,
         fleet: Fleet | None = None,
     ) -> None:
         self.store, self.registry, self.settings = store, registry, settings
         self.metrics, self.bus = metrics, bus
+        #: where outputs go (the application's :attr:`Runtime.storage`)
+        self.storage = storage if storage is not None else open_storage(settings.storage)
         self.fleet = fleet or Fleet(
             settings.servers,
             FleetSettings(
@@ -277,14 +281,20 @@ class Worker:
         if job.cancel_requested and not job.prompt_id:  # cancelled before it ever ran
             self._spawn(job, self._finish(job, State.CANCELLED, time.monotonic(), error=_CANCELLED))
             return
-        workflow = self._bind(job)
-        if not isinstance(workflow, Workflow):
-            self._spawn(job, self._finish(job, State.FAILED, time.monotonic(), error=workflow))
-            return
-        ticket = Ticket(workflow, job.prompt_id, job.server, job.attempts)
-        self.tickets[job.id] = ticket
         self._starting.add(job.id)  # counts as a taken slot until it has one
-        self._spawn(job, self._run(job, ticket))
+        self._spawn(job, self._bind_and_run(job))
+
+    async def _bind_and_run(self, job: JobRecord) -> None:
+        """Bind the job (reading its input images from storage), then run it; a job that
+        cannot be bound fails at once, naming why."""
+        workflow = await self._bind(job)
+        if not isinstance(workflow, Workflow):
+            self._starting.discard(job.id)
+            await self._finish(job, State.FAILED, time.monotonic(), error=workflow)
+            return
+        ticket = Ticket(workflow, job.prompt_id, job.server, job.attempts, job.priority)
+        self.tickets[job.id] = ticket
+        await self._run(job, ticket)
 
     def _spawn(self, job: JobRecord, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -334,6 +344,8 @@ class Worker:
             async def on_event(event: object) -> None:
                 if isinstance(event, Progress) and event.max:
                     await self._progress(job.id, round(event.value / event.max, 3))
+                elif isinstance(event, Preview):  # throttled by the bus
+                    self.bus.preview(job.id, event.step, event.image, event.media_type)
 
             outcome = await self.fleet.run(
                 ticket, slot, on_submit=submitted, on_event=on_event, validate=True
@@ -347,8 +359,10 @@ class Worker:
             error = {"type": "InternalError", "message": "the gateway failed to run the job"}
             await self._finish(job, State.FAILED, started, error=error)
 
-    def _bind(self, job: JobRecord) -> Workflow | dict[str, Any]:
-        """The job's bound workflow, or the error to store if it cannot be bound."""
+    async def _bind(self, job: JobRecord) -> Workflow | dict[str, Any]:
+        """The job's bound workflow, or the error to store if it cannot be bound. Input
+        images are read back from the uploads of the job's key (never into ``job.params``:
+        those are published and shown)."""
         served = self.registry.get(job.workflow)
         if served is None:
             return {"type": "WorkflowGone", "message": f"workflow {job.workflow!r} is not served"}
@@ -357,6 +371,7 @@ class Worker:
             **sharded_prefixes(served.workflow, f"{job.id[4:6]}/{job.id}", given=job.params),
         }
         try:
+            params = await resolve_inputs(self.storage, served.workflow, params, key_id=job.key_id)
             return served.workflow.bind(**params)
         except ComfyError as exc:
             return _error(exc)
@@ -398,16 +413,23 @@ class Worker:
         return fresh is not None and fresh.cancel_requested
 
     async def _succeeded(self, job: JobRecord, generation: Generation, started: float) -> None:
-        contents = tuple(image.png_bytes() for image in generation.images)
-        # in hand: a caller who wants only the bytes need not wait for them to be stored
-        self._stored(self._records.get(job.id, job), contents=contents)
-        stored = await self._db(self._save_outputs, job.id, contents)
-        if stored is None:
+        """Store every output (still images first), then record them with the success in
+        one transaction. The still images' bytes are published at once: a caller who wants
+        only those need not wait for them to be stored."""
+        outputs = output_files(generation)
+        images = tuple(f.data for f in outputs if f.still_image)
+        self._stored(self._records.get(job.id, job), contents=images)
+        try:
+            new_files = await store_outputs(self.storage, job.id, outputs)
+        except StorageError as exc:
+            log.error("job %s: cannot store its outputs: %s", job.id, exc)
             error = {"type": "StorageError", "message": "the outputs could not be stored"}
             await self._finish(job, State.FAILED, started, error=error)
             return
-        done, files = stored
-        self._stored(done, files, contents)
+        done, files = await self._db(
+            self.store.complete_job, job.id, new_files, state="succeeded", progress=1.0
+        )
+        self._stored(done, files, images)
         self._finished(done, started)
 
     async def _requeue(self, job: JobRecord, ticket: Ticket, outcome: Moved | Lost) -> None:
@@ -459,25 +481,6 @@ class Worker:
             self._notifications.add(task)
             task.add_done_callback(self._notifications.discard)
 
-    def _save_outputs(
-        self, job_id: str, contents: tuple[bytes, ...]
-    ) -> tuple[JobRecord, tuple[FileRecord, ...]] | None:
-        """Write the images (durably) and record them with the job's success, in one
-        transaction; None if they cannot be written (disk full, read-only)."""
-        from comfyfn._files import write_atomic
-
-        folder = self.settings.storage / job_id
-        files = []
-        try:
-            for i, data in enumerate(contents):
-                path = write_atomic(folder / f"{i}.png", data)
-                etag = hashlib.sha256(data).hexdigest()[:32]
-                files.append(NewFile(str(path), "image/png", len(data), etag))
-        except OSError as exc:
-            log.error("job %s: cannot store its outputs: %s", job_id, exc)
-            return None
-        return self.store.complete_job(job_id, files, state="succeeded", progress=1.0)
-
     async def _notify(self, job: JobRecord) -> None:
         """POST the finished job to its webhook (signed, pinned to the checked address)."""
         from comfyfn.gateway.webhooks import deliver_webhook, webhook_payload
@@ -506,10 +509,3 @@ def _error(error: BaseException) -> dict[str, Any]:
             exception_type=error.exception_type,
         )
     return detail
-
-
-def storage_path(settings: GatewaySettings, path: str) -> Path | None:
-    """The stored file's path if it lies inside the storage folder (no traversal)."""
-    root = settings.storage.resolve()
-    candidate = Path(path).resolve()
-    return candidate if candidate.is_relative_to(root) else None

@@ -20,9 +20,14 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(runtime: RuntimeDep) -> Any:
-    """Ready or not, nothing more (no server addresses: no key is needed here)."""
+    """Ready or not, and why not (no server addresses: no key is needed here): 503 while
+    the servers warm up (``warming_up``) or after their warm-up failed (``warm_up_failed``,
+    naming the workflows), or while no job can be taken (``not_ready``)."""
     if not runtime.ready():
         return error_response(503, "not ready", "server_error", code="not_ready")
+    problem = runtime.warm_up.problem()
+    if problem is not None:
+        raise problem
     return {"status": "ready"}
 
 
