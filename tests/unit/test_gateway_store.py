@@ -337,6 +337,28 @@ def test_claim_takes_the_oldest_queued_job(store, clock):
     assert store.queue_depth()["running"] == 3
 
 
+def test_higher_priority_jobs_are_claimed_first_and_counted_ahead(store, clock):
+    old, normal = jobs_in_order(store, clock, 2)
+    urgent = new_job(store, priority=5)
+    assert store.get_job(urgent.id).priority == 5
+    assert [store.queue_position(j.id) for j in (urgent, old, normal)] == [0, 1, 2]
+    assert [store.claim_job("w").id for _ in range(3)] == [urgent.id, old.id, normal.id]
+
+
+def test_a_database_made_before_priorities_gets_the_column(url, clock):
+    engine = sa.create_engine(url)
+    Store(url, clock=clock).close()
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE cfn_jobs DROP COLUMN priority")
+    engine.dispose()
+    reopened = Store(url, clock=clock)
+    try:
+        assert new_job(reopened, priority=2).priority == 2
+        assert reopened.claim_job("w").priority == 2
+    finally:
+        reopened.close()
+
+
 def test_each_job_is_claimed_exactly_once_under_concurrency(stores):
     stores = [stores() for _ in range(2)]  # two "replicas"
     ids = {new_job(stores[0]).id for _ in range(50)}

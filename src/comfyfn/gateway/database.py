@@ -109,10 +109,11 @@ class Database:
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_INIT_LOCK)))
             metadata.create_all(conn, checkfirst=True)
             columns = {c["name"] for c in sa.inspect(conn).get_columns("cfn_jobs")}
-            if "attempts" not in columns:  # a database made before the column existed
-                conn.exec_driver_sql(
-                    "ALTER TABLE cfn_jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"
-                )
+            for added in ("attempts", "priority"):  # a database made before the column existed
+                if added not in columns:
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE cfn_jobs ADD COLUMN {added} INTEGER NOT NULL DEFAULT 0"
+                    )
             have = conn.execute(
                 sa.select(meta_t.c.value).where(meta_t.c.key == "schema_version")
             ).scalar()

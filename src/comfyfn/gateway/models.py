@@ -58,6 +58,9 @@ class JobRequest(BaseModel):
     workflow: str = "zimage-turbo"
     params: dict[str, Any] = Field(default_factory=dict)
     webhook: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
+    priority: int = Field(
+        default=0, ge=-100, le=100, description="higher runs first among waiting jobs"
+    )
 
 
 class UploadRef(BaseModel):

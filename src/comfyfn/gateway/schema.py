@@ -62,6 +62,7 @@ class JobRecord:
     heartbeat_at: float | None
     cancel_requested: bool
     attempts: int = 0  #: submissions to a ComfyUI server so far (moves after server failures)
+    priority: int = 0  #: higher is claimed (and placed on a server) first
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ jobs_t = sa.Table(
     sa.Column("heartbeat_at", sa.Double),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("attempts", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("priority", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.UniqueConstraint("key_id", "idempotency_key", name="cfn_jobs_idempotency"),
     sa.Index("cfn_jobs_queue", "state", "created_at"),
     sa.Index("cfn_jobs_heartbeat", "state", "heartbeat_at"),
@@ -211,6 +213,7 @@ def _job(row: Any) -> JobRecord:
         heartbeat_at=_opt_float(m["heartbeat_at"]),
         cancel_requested=bool(m["cancel_requested"]),
         attempts=int(m["attempts"] or 0),
+        priority=int(m["priority"] or 0),
     )
 
 

@@ -210,6 +210,7 @@ class Store:
         webhook: str | None = None,
         idempotency_key: str | None = None,
         claim_for: str | None = None,
+        priority: int = 0,
     ) -> tuple[JobRecord, bool]:
         """A new queued job, or with an idempotency key this key_id used before: (that job, False).
 
@@ -241,6 +242,7 @@ class Store:
             heartbeat_at=None,
             cancel_requested=False,
             attempts=0,
+            priority=priority,
         )
         same = sa.select(jobs_t).where(
             jobs_t.c.key_id == key_id, jobs_t.c.idempotency_key == idempotency_key
@@ -290,8 +292,9 @@ class Store:
         return claimed[0] if claimed else None
 
     def claim_jobs(self, worker: str, *, limit: int, stale_after: float = 30.0) -> list[JobRecord]:
-        """Take up to ``limit`` jobs in one transaction: the oldest queued ones first, then
-        running ones whose heartbeat is older than ``stale_after`` seconds (oldest first).
+        """Take up to ``limit`` jobs in one transaction: the queued ones first (highest
+        priority, then oldest), then running ones whose heartbeat is older than
+        ``stale_after`` seconds (oldest first).
 
         See the module docstring for why two claimers never get the same job.
         """
@@ -306,14 +309,17 @@ class Store:
                 return []
         with self._write() as conn:
             claimed: list[JobRecord] = []
-            for condition, order in ((queued, jobs_t.c.created_at), (stale, jobs_t.c.heartbeat_at)):
+            for condition, order in (
+                (queued, (jobs_t.c.priority.desc(), jobs_t.c.created_at)),
+                (stale, (jobs_t.c.heartbeat_at,)),
+            ):
                 if len(claimed) >= limit:
                     break
                 ids = (
                     conn.execute(
                         sa.select(jobs_t.c.id)
                         .where(condition)
-                        .order_by(order, jobs_t.c.id)
+                        .order_by(*order, jobs_t.c.id)
                         .limit(limit - len(claimed))
                         .with_for_update(skip_locked=True)
                     )
@@ -468,24 +474,27 @@ class Store:
 
     def queue_position(self, job_id: str) -> int | None:
         """How many queued jobs will be claimed before this one (0: it is next), or None if
-        it is not queued. Claim order: oldest ``created_at`` first, then ``id``."""
+        it is not queued. Claim order: highest ``priority``, then oldest ``created_at``, then
+        ``id``."""
         with self._read() as conn:
             row = conn.execute(
-                sa.select(jobs_t.c.created_at, jobs_t.c.id).where(
+                sa.select(jobs_t.c.priority, jobs_t.c.created_at, jobs_t.c.id).where(
                     jobs_t.c.id == job_id, jobs_t.c.state == "queued"
                 )
             ).first()
             if row is None:
                 return None
-            created, ident = row
+            priority, created, ident = row
+            same = jobs_t.c.priority == priority
             ahead = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(jobs_t)
                 .where(
                     jobs_t.c.state == "queued",
                     sa.or_(
-                        jobs_t.c.created_at < created,
-                        sa.and_(jobs_t.c.created_at == created, jobs_t.c.id < ident),
+                        jobs_t.c.priority > priority,
+                        sa.and_(same, jobs_t.c.created_at < created),
+                        sa.and_(same, jobs_t.c.created_at == created, jobs_t.c.id < ident),
                     ),
                 )
             ).scalar()
