@@ -227,3 +227,10 @@ def test_recipe_run_takes_the_batch_options():
     text = " ".join(runner.invoke(app, ["recipe", "run", "--help"]).output.split())
     for option in ("--workflow", "--retries", "--job-timeout", "--http-timeout", "--dry-run"):
         assert option in text, option
+
+
+def test_logs_of_an_engine_that_never_started_is_an_error_naming_it():
+    name = f"never-started-{os.getpid()}"
+    result = runner.invoke(app, ["engine", "logs", "--name", name])
+    assert result.exit_code == 1
+    assert f"engine {name} has no log yet" in result.output

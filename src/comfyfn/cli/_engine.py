@@ -6,16 +6,28 @@ source tree instead (a checkout, or an unpacked release), with a venv of its own
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from comfyfn.cli._common import EngineName, err, esc, out, report
-from comfyfn.engine import Device, Engine
+from comfyfn.cli._common import (
+    EngineName,
+    err,
+    esc,
+    exit_code,
+    out,
+    report,
+    sentence,
+    workflow_source,
+)
+from comfyfn.client import AsyncClient, public_url
+from comfyfn.engine import Device, Engine, PreviewMethod
 
 engine_app = typer.Typer(
     help="Local ComfyUI engines: the managed one (no GPU needed) or any ComfyUI source tree.",
@@ -64,6 +76,14 @@ def engine_up(
         typer.Option(help="A folder of real weights (diffusion_models/, text_encoders/, vae/)."),
     ] = None,
     python: PythonOpt = None,
+    warm: Annotated[
+        str | None,
+        typer.Option(
+            help="Then run the smallest job of this workflow (built-in name or file) once, so "
+            "the first real job does not pay for loading its models.",
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[
         Device | None,
         typer.Option(
@@ -72,24 +92,72 @@ def engine_up(
             show_default=False,
         ),
     ] = None,
+    preview_method: Annotated[
+        PreviewMethod | None,
+        typer.Option(
+            help="ComfyUI's sampler previews, sent to clients as Preview events while a job "
+            "runs. Default: none.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Install (first time) and start a local engine; prints its URL.
 
     Already running: kept as it is, unless an option given here (--comfyui-path,
-    --models-dir, --python, --device, --port) differs from what it was started with;
-    then it is restarted with the new options, and a line says what changed.
+    --models-dir, --python, --device, --port, --preview-method) differs from what it was
+    started with; then it is restarted with the new options, and a line says what changed.
     Paths are checked first: a missing one exits 2 at once.
     """
     started = time.monotonic()
     engine = Engine(
-        name, comfyui_path=comfyui_path, models_dir=models_dir, python=python, device=device
+        name,
+        comfyui_path=comfyui_path,
+        models_dir=models_dir,
+        python=python,
+        device=device,
+        preview_method=preview_method,
     )
+    chosen = workflow_source(warm) if warm is not None else None
     state = engine.up(port=port, report=report)
     err.print(
         f"engine {esc(repr(name))} up in {time.monotonic() - started:.1f}s (pid {state.pid})",
         highlight=False,
     )
+    if chosen is not None:
+        warm_servers([state.url], chosen)
     typer.echo(state.url)
+
+
+def warm_servers(
+    servers: Sequence[str], workflow: str | dict[str, Any], timeout: float | None = None
+) -> None:
+    """Run ``workflow``'s warm-up job (:func:`comfyfn.models.warm_async`) once on every
+    server, all at once; a server that fails is named, with why, and the command exits
+    non-zero (2 for a workflow problem, else 1) before anything else is sent."""
+    from comfyfn.models import warm_async
+
+    async def one(url: str) -> float:
+        async with AsyncClient(url) as client:
+            return (await warm_async(client, workflow, timeout=timeout)).seconds
+
+    async def every() -> list[float | BaseException]:
+        return await asyncio.gather(*(one(url) for url in servers), return_exceptions=True)
+
+    failed: BaseException | None = None
+    for url, outcome in zip(servers, asyncio.run(every()), strict=True):
+        if isinstance(outcome, Exception):
+            failed = failed or outcome
+            err.print(
+                f"[red]error:[/red] warm-up failed on {esc(public_url(url))}: "
+                f"{esc(sentence(outcome))}",
+                highlight=False,
+            )
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            err.print(f"warmed {esc(public_url(url))} in {outcome:.1f}s", highlight=False)
+    if failed is not None:
+        raise typer.Exit(exit_code(failed))
 
 
 @engine_app.command("down")
@@ -123,5 +191,13 @@ def engine_status(
 def engine_logs(
     name: EngineName = "default", lines: Annotated[int, typer.Option("--lines", "-n")] = 50
 ) -> None:
-    """The last lines of a local engine's server log."""
-    typer.echo(Engine(name).log_tail(lines))
+    """The last lines of a local engine's server log (exit 1 if it has none)."""
+    engine = Engine(name)
+    if not engine.log_file.exists():
+        err.print(
+            f"[red]error:[/red] engine {esc(name)} has no log yet (it never started): "
+            f"comfyfn engine up --name {esc(name)}",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    typer.echo(engine.log_tail(lines))

@@ -8,7 +8,7 @@ free port. ``Engine(name, comfyui_path=DIR)`` does the same for any ComfyUI sour
 
 from comfyfn.engine._device import Device, device_args
 from comfyfn.engine.install import COMFYUI_VERSION, EngineInstall, engine_home
-from comfyfn.engine.instance import Engine, EngineState
+from comfyfn.engine.instance import Engine, EngineState, PreviewMethod
 
 __all__ = [
     "COMFYUI_VERSION",
@@ -16,6 +16,7 @@ __all__ = [
     "Engine",
     "EngineInstall",
     "EngineState",
+    "PreviewMethod",
     "device_args",
     "engine_home",
 ]

@@ -10,6 +10,7 @@ other settings than those asked for (saying which).
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import shutil
@@ -28,7 +29,18 @@ from comfyfn.engine._device import Device, device_args, probe_accelerator
 from comfyfn.engine.install import EngineInstall, assets, models_yaml, standin_dir
 from comfyfn.errors import ConfigError, EngineError
 
-__all__ = ["Engine", "EngineState"]
+__all__ = ["Engine", "EngineState", "PreviewMethod"]
+
+
+class PreviewMethod(enum.StrEnum):
+    """ComfyUI's ``--preview-method``: how samplers make the previews sent while they run
+    (``none``: no previews, ComfyUI's default). ComfyUI 0.3.75 and 0.28 both take these."""
+
+    none = "none"
+    auto = "auto"
+    latent2rgb = "latent2rgb"
+    taesd = "taesd"
+
 
 _READY_TIMEOUT = 180.0
 _FRONTEND = "comfyui_frontend_package"
@@ -45,6 +57,7 @@ class EngineState:
     started_at: float
     device: str = Device.cpu.value  # as asked: cpu, cuda or auto
     python: str = ""
+    preview_method: str = PreviewMethod.none.value
 
 
 def _free_port() -> int:
@@ -104,6 +117,17 @@ def _is_ours(pid: int, port: int) -> bool:
     return b"main.py" in args and str(port).encode() in args
 
 
+def _preview_method(value: PreviewMethod | str | None) -> PreviewMethod | None:
+    """``value`` as a preview method, or a :class:`ConfigError` naming the choices."""
+    if value is None:
+        return None
+    try:
+        return PreviewMethod(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in PreviewMethod)
+        raise ConfigError(f"--preview-method {value!r}: choose one of {choices}") from None
+
+
 def _existing_dir(path: str | Path, option: str) -> Path:
     where = Path(path).expanduser()
     if not where.is_dir():
@@ -127,6 +151,8 @@ class Engine:
             ``venv``/``.venv``, else the venv comfyfn builds).
         device: ``cpu``, ``cuda`` or ``auto`` (GPU if the interpreter's torch sees one).
             Default: ``auto`` for a source tree, ``cpu`` for the managed engine.
+        preview_method: ComfyUI's ``--preview-method`` (default ``none``: no previews), so
+            clients get ``Preview`` events while samplers run.
 
     Settings given here are compared with a running instance's: ``up`` restarts it if
     one differs. Settings left out accept whatever the running instance has.
@@ -141,6 +167,7 @@ class Engine:
         models_dir: str | Path | None = None,
         python: str | Path | None = None,
         device: Device | str | None = None,
+        preview_method: PreviewMethod | str | None = None,
     ) -> None:
         self.name = name
         base = install or EngineInstall.default()
@@ -149,6 +176,7 @@ class Engine:
         self.install = base
         self.models_dir = _existing_dir(models_dir, "--models-dir") if models_dir else None
         self.device = Device.parse(device) if device is not None else None
+        self.preview_method = _preview_method(preview_method)
         self._asked_source = install is not None or comfyui_path is not None
         self._asked_python = python is not None
         self.dir = self.install.home / "instances" / name
@@ -190,6 +218,11 @@ class Engine:
             ("--device", state.device, self.device.value if self.device else None),
             ("--python", state.python, str(self.install.python) if self._asked_python else None),
             ("--port", str(state.port), str(port) if port else None),
+            (
+                "--preview-method",
+                state.preview_method,
+                self.preview_method.value if self.preview_method else None,
+            ),
         ]
         return [
             f"{what} {running} (asked: {wanted})"
@@ -299,6 +332,7 @@ class Engine:
             *("--base-directory", str(self.base)),
             *("--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}"),
             *("--extra-model-paths-config", str(self.dir / "models.yaml")),
+            *("--preview-method", (self.preview_method or PreviewMethod.none).value),
         ]
 
     def _prepare_base(self) -> None:
@@ -337,6 +371,7 @@ class Engine:
             started_at=time.time(),
             device=device.value,
             python=cmd[0],
+            preview_method=(self.preview_method or PreviewMethod.none).value,
         )
         try:
             self._wait_ready(proc, state)

@@ -8,33 +8,80 @@ The database stays the source of truth: a job another replica runs is never publ
 here, so followers still re-read the store now and then (:data:`FALLBACK_POLL`).
 
 A :class:`Subscription` keeps only the latest update of its job (a slow reader skips
-intermediate progress, never the current state) and, if asked for, a flag for "the queue
-changed" (a job left or re-entered the queue, so queued jobs' positions may have moved).
+intermediate progress, never the current state), the latest sampler preview, and, if asked
+for, a flag for "the queue changed" (a job left or re-entered the queue, so queued jobs'
+positions may have moved).
+
+Every update and preview gets an event id, ``<bus epoch>-<sequence>``, and the last
+:data:`HISTORY` events of the :data:`HISTORY_JOBS` most recently active jobs are kept, so a
+client that reconnects with ``Last-Event-ID`` gets what it missed (:meth:`JobBus.since`);
+an id of another process (another replica, or before a restart) or one older than the
+history is answered from the store instead. Previews are throttled per job to one per
+:data:`PREVIEW_INTERVAL` seconds, the latest winning; only a job's latest preview is kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import itertools
+import os
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from comfyfn.gateway.schema import FileRecord, JobRecord
+from comfyfn.gateway.schema import TERMINAL, FileRecord, JobRecord
 
-__all__ = ["FALLBACK_POLL", "JobBus", "JobUpdate", "Subscription"]
+__all__ = [
+    "FALLBACK_POLL",
+    "HISTORY",
+    "HISTORY_JOBS",
+    "PREVIEW_INTERVAL",
+    "BusEvent",
+    "JobBus",
+    "JobPreview",
+    "JobUpdate",
+    "Subscription",
+]
 
 #: seconds between store reads of a followed job (for jobs another replica runs)
 FALLBACK_POLL = 1.0
+#: events kept per job for reconnecting clients, and jobs kept
+HISTORY = 64
+HISTORY_JOBS = 1024
+#: seconds between two previews of one job sent to followers (at most ~4 a second)
+PREVIEW_INTERVAL = 0.25
 
 
 @dataclass(frozen=True)
 class JobUpdate:
-    """A job as this process just stored it; for a success, its outputs' ``files`` and
-    their ``contents`` (the bytes as stored, so a waiting caller need not read them back)."""
+    """A job as this process just stored it; for a success, its outputs' ``files`` (every
+    output, still images first) and ``contents``: the still images' bytes as stored, so a
+    waiting caller need not read them back."""
 
     job: JobRecord
     files: tuple[FileRecord, ...] = ()
     contents: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobPreview:
+    """A sampler preview of a running job: the image as the server sent it."""
+
+    job_id: str
+    step: int | None
+    data: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class BusEvent:
+    """An update or a preview as the bus numbered it (``id`` is the SSE event id)."""
+
+    id: str
+    seq: int
+    item: JobUpdate | JobPreview
 
 
 class Subscription:
@@ -43,12 +90,21 @@ class Subscription:
     def __init__(self, job_id: str, *, queue: bool) -> None:
         self.job_id, self.queue = job_id, queue
         self.latest: JobUpdate | None = None
+        self.preview: BusEvent | None = None  #: the latest preview not yet taken
         self.queue_changed = False
         self._news = asyncio.Event()
 
     def _deliver(self, update: JobUpdate) -> None:
         self.latest = update
         self._news.set()
+
+    def _deliver_preview(self, event: BusEvent) -> None:
+        self.preview = event
+        self._news.set()
+
+    def take_preview(self) -> BusEvent | None:
+        preview, self.preview = self.preview, None
+        return preview
 
     def _queue_changed(self) -> None:
         self.queue_changed = True
@@ -74,10 +130,94 @@ class JobBus:
 
     def __init__(self) -> None:
         self._followers: dict[str, set[Subscription]] = {}
+        self.epoch = os.urandom(4).hex()  #: this bus's part of every event id
+        self._seq = itertools.count(1)
+        self._history: OrderedDict[str, deque[BusEvent]] = OrderedDict()
+        self._trimmed: dict[str, int] = {}  #: per job, the last seq dropped from its history
+        self._preview_sent: dict[str, float] = {}  #: per job, when its last preview went out
+        self._preview_waiting: dict[str, JobPreview] = {}  #: per job, the newest held back
 
     def publish(self, update: JobUpdate) -> None:
+        self._record(update)
         for subscription in self._followers.get(update.job.id, ()):
             subscription._deliver(update)
+
+    def preview(self, job_id: str, step: int | None, data: bytes, content_type: str) -> None:
+        """A sampler preview of a running job, for its followers: one per
+        :data:`PREVIEW_INTERVAL` seconds at most; one arriving sooner is held back until
+        then, and replaced by any newer one (the latest wins)."""
+        preview = JobPreview(job_id, step, data, content_type)
+        waiting = job_id in self._preview_waiting
+        self._preview_waiting[job_id] = preview
+        if waiting:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._preview_sent.get(job_id, -PREVIEW_INTERVAL) + PREVIEW_INTERVAL - loop.time()
+        if wait <= 0:
+            self._send_preview(job_id)
+        else:
+            loop.call_later(wait, self._send_preview, job_id)
+
+    def _send_preview(self, job_id: str) -> None:
+        preview = self._preview_waiting.pop(job_id, None)
+        if preview is None:
+            return
+        self._preview_sent[job_id] = asyncio.get_running_loop().time()
+        event = self._record(preview)
+        for subscription in self._followers.get(job_id, ()):
+            subscription._deliver_preview(event)
+
+    def _record(self, item: JobUpdate | JobPreview) -> BusEvent:
+        """Number ``item`` and keep it in its job's history: an update without its output
+        bytes (a replay needs the records only); a preview replacing the one before it,
+        and none once the job is final."""
+        job_id = item.job_id if isinstance(item, JobPreview) else item.job.id
+        seq = next(self._seq)
+        event = BusEvent(f"{self.epoch}-{seq}", seq, item)
+        history = self._history.pop(job_id, None) or deque()
+        final = isinstance(item, JobUpdate) and item.job.state in TERMINAL
+        if isinstance(item, JobPreview) or final:
+            history = deque(e for e in history if not isinstance(e.item, JobPreview))
+        if final:
+            self._forget_previews(job_id)
+        kept = (
+            event
+            if isinstance(item, JobPreview)
+            else BusEvent(event.id, seq, dataclasses.replace(item, contents=()))
+        )
+        history.append(kept)
+        while len(history) > HISTORY:
+            self._trimmed[job_id] = history.popleft().seq
+        self._history[job_id] = history  # most recently active last
+        while len(self._history) > HISTORY_JOBS:
+            oldest, _ = self._history.popitem(last=False)
+            self._trimmed.pop(oldest, None)
+            self._forget_previews(oldest)
+        return event
+
+    def _forget_previews(self, job_id: str) -> None:
+        self._preview_sent.pop(job_id, None)
+        self._preview_waiting.pop(job_id, None)
+
+    def last_id(self, job_id: str) -> str:
+        """The id of the job's latest event here (``<epoch>-0`` if there is none)."""
+        history = self._history.get(job_id)
+        return history[-1].id if history else f"{self.epoch}-0"
+
+    def since(self, job_id: str, last_event_id: str) -> list[BusEvent] | None:
+        """The job's events after ``last_event_id``, oldest first; None when the history
+        cannot say (an id of another process, or older than what is kept): the caller then
+        starts from the job's state in the store."""
+        epoch, _, number = last_event_id.partition("-")
+        if epoch != self.epoch or not number.isdigit():
+            return None
+        seen = int(number)
+        history = self._history.get(job_id)
+        if history is None:
+            return [] if seen == 0 else None
+        if seen < self._trimmed.get(job_id, 0):
+            return None  # events after it were dropped (replaced previews do not count)
+        return [e for e in history if e.seq > seen]
 
     def queue_changed(self) -> None:
         """A job left the queue or re-entered it: queued jobs' positions may have moved."""

@@ -1,9 +1,20 @@
 """Async jobs: ``POST /v1/jobs`` (202), ``GET``/``DELETE /v1/jobs/{job_id}`` and the job's
 server-sent events, ``GET /v1/jobs/{job_id}/events``: one event per change — ``queued``
 (with the job's ``position`` in the queue), ``progress`` while it runs, then ``succeeded``,
-``failed`` or ``cancelled`` — each carrying the job as ``GET`` shows it."""
+``failed`` or ``cancelled`` — each carrying the job as ``GET`` shows it; while it runs on a
+server started with ``--preview-method``, ``preview`` events too (``{"job_id", "step",
+"content_type", "data"}``, the image in base64, at most ~4 a second; only through the
+replica that runs the job: previews are not stored).
+
+Every event has an ``id``. A client reconnecting with ``Last-Event-ID`` (browsers' EventSource
+does it by itself) first gets what it missed — the events after that id from this process's
+recent history, or, where the history cannot tell (another replica, a restart, too old), the
+job's current state from the store — then live events."""
 # No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 
+import asyncio
+import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,8 +22,16 @@ from typing import Any
 from fastapi import APIRouter, Header, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from comfyfn.gateway.bus import BusEvent, JobPreview, JobUpdate
 from comfyfn.gateway.dependencies import ApiKey, RuntimeDep
-from comfyfn.gateway.jobs import create_job, follow, job_json, own_job, wait_cancelled
+from comfyfn.gateway.jobs import (
+    create_job,
+    follow,
+    job_json,
+    load_files,
+    own_job,
+    wait_cancelled,
+)
 from comfyfn.gateway.models import JobRequest
 from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.schema import TERMINAL, JobRecord
@@ -32,7 +51,15 @@ async def post_job(
     key: ApiKey,
     idempotency_key: str | None = Header(None, max_length=200),
 ) -> dict[str, Any]:
-    job = await create_job(runtime, key, body.workflow, body.params, body.webhook, idempotency_key)
+    job = await create_job(
+        runtime,
+        key,
+        body.workflow,
+        body.params,
+        body.webhook,
+        idempotency_key,
+        priority=body.priority,
+    )
     return job_json(runtime, job, base_url(request))
 
 
@@ -59,18 +86,96 @@ async def delete_job(
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def job_events(
-    job_id: str, request: Request, runtime: RuntimeDep, key: ApiKey
+    job_id: str,
+    request: Request,
+    runtime: RuntimeDep,
+    key: ApiKey,
+    last_event_id: str | None = Header(None, max_length=100),
 ) -> EventSourceResponse:
     job = await own_job(runtime, job_id, key)
     return EventSourceResponse(
-        _events(runtime, job, base_url(request)), headers={"Cache-Control": "no-cache"}, sep="\n"
+        _events(runtime, job, base_url(request), last_event_id),
+        headers={"Cache-Control": "no-cache"},
+        sep="\n",
     )
 
 
-async def _events(runtime: Runtime, job: JobRecord, base: str) -> AsyncIterator[ServerSentEvent]:
-    async for current, position in follow(runtime, job):
-        data = job_json(runtime, current, base)
-        if position is not None:
-            data["position"] = position
-        kind = "progress" if current.state == "running" else current.state
-        yield ServerSentEvent(data=json.dumps(data), event=kind)
+def _state_event(
+    runtime: Runtime, job: JobRecord, position: int | None, base: str, event_id: str
+) -> ServerSentEvent:
+    data = job_json(runtime, job, base)
+    if position is not None:
+        data["position"] = position
+    kind = "progress" if job.state == "running" else job.state
+    return ServerSentEvent(data=json.dumps(data), event=kind, id=event_id)
+
+
+def _preview_event(event: BusEvent) -> ServerSentEvent:
+    preview = event.item
+    assert isinstance(preview, JobPreview)
+    data = {
+        "job_id": preview.job_id,
+        "step": preview.step,
+        "content_type": preview.content_type,
+        "data": base64.b64encode(preview.data).decode("ascii"),
+    }
+    return ServerSentEvent(data=json.dumps(data), event="preview", id=event.id)
+
+
+async def _events(
+    runtime: Runtime, job: JobRecord, base: str, last_event_id: str | None
+) -> AsyncIterator[ServerSentEvent]:
+    """What the client missed since ``last_event_id`` (if given), then live events."""
+    replayed: tuple[str, float] | None = None
+    for event in (runtime.bus.since(job.id, last_event_id) or []) if last_event_id else []:
+        if isinstance(event.item, JobUpdate):
+            runtime.files.remember(event.item.files)
+            await load_files(runtime, event.item.job)
+            yield _state_event(runtime, event.item.job, None, base, event.id)
+            replayed = (event.item.job.state, event.item.job.progress)
+        else:
+            yield _preview_event(event)
+    async for sent in _live(runtime, job, base, replayed):
+        yield sent
+
+
+async def _live(
+    runtime: Runtime, job: JobRecord, base: str, replayed: tuple[str, float] | None
+) -> AsyncIterator[ServerSentEvent]:
+    """The job's changes (from :func:`follow`) and its previews, as they come, until it is
+    final; the first state is left out if it is the one just replayed."""
+    queue: asyncio.Queue[ServerSentEvent | BaseException | None] = asyncio.Queue()
+
+    async def states() -> None:
+        try:
+            first = True
+            async for current, position in follow(runtime, job):
+                if first and replayed == (current.state, current.progress) and position is None:
+                    first = False
+                    continue
+                first = False
+                event_id = runtime.bus.last_id(job.id)
+                queue.put_nowait(_state_event(runtime, current, position, base, event_id))
+            queue.put_nowait(None)
+        except Exception as exc:  # handed to the stream, which raises it
+            queue.put_nowait(exc)
+
+    async def previews() -> None:
+        with runtime.bus.subscribe(job.id) as news:
+            while True:
+                await news.wait(3600)
+                if (preview := news.take_preview()) is not None:
+                    queue.put_nowait(_preview_event(preview))
+
+    tasks = [asyncio.create_task(states()), asyncio.create_task(previews())]
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,146 @@
+"""The gateway's job events against a running gateway and an engine of this module's own
+started with ``--preview-method latent2rgb``: every event has an id, ``preview`` events
+carry the sampler's image in base64, and a client reconnecting with ``Last-Event-ID`` gets
+what it missed (from the gateway's recent history, or the job's stored state when the id is
+not this gateway's) and then the end of the job."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from gateway_proc import Gateway, make_key
+from PIL import Image as PIL
+
+from comfyfn.engine import Engine
+
+pytestmark = pytest.mark.engine
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class Sse:
+    event: str
+    id: str | None
+    data: dict
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory) -> Iterator[Gateway]:
+    name = f"{os.environ.get('COMFYFN_TEST_ENGINE', 'pytest')}-sse"
+    engine = Engine(name, preview_method="latent2rgb")
+    root = tmp_path_factory.mktemp("sse")
+    db = f"sqlite:///{root / 'gateway.db'}"
+    try:
+        url = engine.up().url
+        gw = Gateway([url], db, root / "files", "-w", "zimage-turbo")
+        gw.key = make_key(db, "sse")
+        yield gw
+        gw.stop()
+    finally:
+        engine.down()
+
+
+def events(gw: Gateway, job_id: str, last_event_id: str | None = None) -> list[Sse]:
+    """The job's events until the stream ends (the job is final); 120 s at most."""
+    headers = {"Authorization": f"Bearer {gw.key}"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    got: list[Sse] = []
+    fields: dict[str, str] = {}
+    url = f"{gw.url}/v1/jobs/{job_id}/events"
+    with httpx.stream("GET", url, headers=headers, timeout=120) as stream:
+        assert stream.status_code == 200
+        for line in stream.iter_lines():
+            if line == "":
+                if "event" in fields:
+                    got.append(Sse(fields["event"], fields.get("id"), json.loads(fields["data"])))
+                fields = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+    return got
+
+
+def post_job(gw: Gateway, seed: int, steps: int) -> str:
+    body = {
+        "workflow": "zimage-turbo",
+        "params": {"prompt": "预览", "seed": seed, "width": 64, "height": 64, "steps": steps},
+    }
+    answer = httpx.post(
+        f"{gw.url}/v1/jobs", json=body, headers={"Authorization": f"Bearer {gw.key}"}
+    )
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["id"])
+
+
+def test_every_event_has_an_id_and_previews_come_as_base64(gateway, unique):
+    job_id = post_job(gateway, unique(), steps=8)
+    got = events(gateway, job_id)
+    assert got[-1].event == "succeeded", [e.event for e in got]
+    assert all(e.id for e in got), got
+    previews = [e for e in got if e.event == "preview"]
+    assert previews, [e.event for e in got]
+    data = previews[-1].data
+    assert data["job_id"] == job_id and data["content_type"].startswith("image/")
+    with PIL.open(io.BytesIO(base64.b64decode(data["data"]))) as image:
+        image.load()
+
+
+def test_a_reconnecting_client_gets_what_it_missed(gateway, unique):
+    job_id = post_job(gateway, unique(), steps=8)
+    first = events(gateway, job_id)
+    assert first[-1].event == "succeeded"
+    updates = [e for e in first if e.event != "preview"]
+    assert len(updates) >= 3, [e.event for e in first]
+
+    # as if the connection had dropped after the first event: the rest comes from history
+    missed = events(gateway, job_id, last_event_id=updates[0].id)
+    assert missed[-1].event == "succeeded"
+    assert missed[-1].data["outputs"] == first[-1].data["outputs"]
+    states = [(e.event, e.data["progress"]) for e in missed if e.event != "preview"]
+    later = [(e.event, e.data["progress"]) for e in updates[1:]]
+    # every state change after the one seen, in order (the history may hold more: a live
+    # follower skips an update superseded before it was sent)
+    remaining = iter(states)
+    assert all(change in remaining for change in later), (states, later)
+    seen = int(updates[0].id.rpartition("-")[2])
+    assert all(int(e.id.rpartition("-")[2]) > seen for e in missed)  # nothing seen again
+    assert all(e.id for e in missed)
+
+    # an id this gateway does not know (another replica, a restart): the stored state
+    elsewhere = events(gateway, job_id, last_event_id="0badc0de-3")
+    assert [e.event for e in elsewhere] == ["succeeded"]
+    assert elsewhere[0].data["outputs"] == first[-1].data["outputs"]
+
+
+def test_a_reconnect_while_the_job_runs_continues_live(gateway, unique):
+    job_id = post_job(gateway, unique(), steps=40)
+    seen: Sse | None = None
+    headers = {"Authorization": f"Bearer {gateway.key}"}
+    deadline = time.monotonic() + 120
+    fields: dict[str, str] = {}
+    with httpx.stream(
+        "GET", f"{gateway.url}/v1/jobs/{job_id}/events", headers=headers, timeout=120
+    ) as stream:
+        for line in stream.iter_lines():  # drop the connection at the first progress event
+            if time.monotonic() > deadline:
+                pytest.fail("no progress event within 120 s")
+            if line == "" and fields.get("event") == "progress":
+                seen = Sse("progress", fields.get("id"), json.loads(fields["data"]))
+                break
+            fields = {} if line == "" else {**fields, **dict([line.split(": ", 1)])}
+    assert seen is not None and seen.id
+    rest = events(gateway, job_id, last_event_id=seen.id)
+    assert rest[-1].event == "succeeded"
+    progress = [e.data["progress"] for e in rest if e.event == "progress"]
+    assert progress == sorted(progress) and all(p >= seen.data["progress"] for p in progress)
+    assert [e for e in rest if e.event == "queued"] == []
