@@ -1,22 +1,48 @@
-"""From an input row to a job: typed parameters, a stable seed, a key, and where it is saved."""
+"""From an input row to a job: typed parameters, a stable seed, a key, and where it is saved.
+
+A column feeding an input image (``image``, ``mask``, or a LoadImage input by path) holds a
+local path — relative to the folder named by the row's ``_folder`` (the job file's folder,
+set by ``comfyfn batch``), else to the working directory — or an http(s) URL, fetched here.
+The image is read and checked when the row is prepared, before anything is submitted: a
+missing file, a URL that fails or a file that is not an accepted image is a row error naming
+row and column, and the other rows go on.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from comfyfn._files import write_atomic
 from comfyfn.batch.rows import Row, RowError, values_problem
-from comfyfn.errors import WorkflowInvalid
+from comfyfn.errors import ConfigError, WorkflowInvalid
 from comfyfn.fleet import Ticket
 from comfyfn.result import Generation
-from comfyfn.workflow import MEANINGS, Workflow
+from comfyfn.storage import Storage
+from comfyfn.workflow import MEANINGS, InputImage, Workflow, input_image
+from comfyfn.workflow._images import is_url
 
-__all__ = ["Job", "JobResult", "prepare", "save_outputs"]
+__all__ = [
+    "FOLDER",
+    "Job",
+    "JobResult",
+    "image_path",
+    "output_files",
+    "prepare",
+    "prepare_async",
+    "save_outputs",
+    "store_outputs",
+    "stored_problem",
+]
+
+#: the row value naming the folder relative image paths are read from (the job file's)
+FOLDER = "_folder"
 
 
 @dataclass
@@ -56,33 +82,22 @@ def _stable_seed(values: Mapping[str, Any]) -> int:
     return int(hashlib.sha256(blob.encode()).hexdigest()[:13], 16) % 2**53
 
 
-def prepare(wf: Workflow, row: Row, *, variables: frozenset[str] = frozenset()) -> Job | RowError:
-    """Bind one row to the workflow; an unusable value gives a RowError naming its column."""
+def prepare(
+    wf: Workflow,
+    row: Row,
+    *,
+    variables: frozenset[str] = frozenset(),
+    fetched: Mapping[str, InputImage] | None = None,
+) -> Job | RowError:
+    """Bind one row to the workflow; an unusable value gives a RowError naming its column.
+    ``fetched``: the row's image URLs already fetched, by column (:func:`prepare_async`);
+    others are fetched here, blocking."""
     unusable = values_problem(row.values)  # rows made in code skip expand()'s checks
     if unusable is not None:
         return RowError(row.index, unusable[0], unusable[1], row.variant)
-    params = {p.name: p for p in wf.params} | {p.name: p for p in wf.inputs}
-    bound_values: dict[str, Any] = {}
-    for column, value in row.values.items():
-        is_param = column in MEANINGS or "." in column
-        if column.startswith("_") or (column in variables and not is_param):
-            continue  # recipe metadata, or a template variable
-        if not is_param:
-            named = ", ".join(p.name for p in wf.params)
-            return RowError(
-                row.index,
-                column,
-                f"is not a parameter of the workflow (it takes: {named})",
-                row.variant,
-            )
-        param = params.get(column)
-        if isinstance(value, str) and param is not None and param.type != "STRING":
-            try:
-                value = param.parse(value)
-            except ValueError:
-                kind = {"INT": "an integer", "FLOAT": "a number"}.get(param.type, param.type)
-                return RowError(row.index, column, f"{value!r} is not {kind}", row.variant)
-        bound_values[column] = value
+    bound_values = _row_params(wf, row, variables, fetched or {})
+    if isinstance(bound_values, RowError):
+        return bound_values
     if "prompt" in wf.slots.params and not bound_values.get("prompt"):
         return RowError(row.index, "prompt", "is empty", row.variant)
     if "seed" in wf.slots.params and "seed" not in bound_values:
@@ -92,6 +107,8 @@ def prepare(wf: Workflow, row: Row, *, variables: frozenset[str] = frozenset()) 
     )
     try:
         bound = wf.bind(**bound_values)
+    except ConfigError as exc:  # e.g. a server file name bound by path that is not text
+        return RowError(row.index, None, str(exc), row.variant)
     except WorkflowInvalid as exc:
         problem = exc.problems[0]
         slots = wf.slots.params
@@ -118,20 +135,109 @@ def prepare(wf: Workflow, row: Row, *, variables: frozenset[str] = frozenset()) 
         row.label,
         row.stem,
         bound,
-        _shown(bound, row),
+        _shown(bound, row, wf),
         row.values.get("_name"),
         deliver,
     )
 
 
-def _shown(bound: Workflow, row: Row) -> dict[str, Any]:
+async def prepare_async(
+    wf: Workflow, row: Row, *, variables: frozenset[str] = frozenset()
+) -> Job | RowError:
+    """:func:`prepare`, with the row's image URLs fetched without blocking the event loop
+    (a URL that fails is a RowError naming its column)."""
+    from comfyfn.client._inputs import fetch_url
+
+    fetched = {}
+    for column, value in row.values.items():
+        if is_url(value) and not column.startswith("_") and wf.is_image_input(column):
+            try:
+                fetched[column] = await fetch_url(value, column)
+            except ConfigError as exc:
+                return RowError(row.index, column, str(exc), row.variant)
+    return prepare(wf, row, variables=variables, fetched=fetched)
+
+
+def _row_params(
+    wf: Workflow, row: Row, variables: frozenset[str], fetched: Mapping[str, InputImage]
+) -> dict[str, Any] | RowError:
+    """The row's values to bind, typed (input images read and checked); a RowError for the
+    first column that is not a parameter or whose value does not fit it."""
+    params = {p.name: p for p in wf.params} | {p.name: p for p in wf.inputs}
+    values: dict[str, Any] = {}
+    for column, value in row.values.items():
+        is_param = column in MEANINGS or "." in column
+        if column.startswith("_") or (column in variables and not is_param):
+            continue  # recipe metadata, or a template variable
+        if not is_param:
+            named = ", ".join(p.name for p in wf.params)
+            return RowError(
+                row.index,
+                column,
+                f"is not a parameter of the workflow (it takes: {named})",
+                row.variant,
+            )
+        param = params.get(column)
+        if wf.is_image_input(column):
+            try:
+                value = fetched.get(column) or _row_image(value, column, row.values.get(FOLDER))
+            except ConfigError as exc:
+                return RowError(row.index, column, str(exc), row.variant)
+        elif isinstance(value, str) and param is not None and param.type != "STRING":
+            try:
+                value = param.parse(value)
+            except ValueError:
+                kind = {"INT": "an integer", "FLOAT": "a number"}.get(param.type, param.type)
+                return RowError(row.index, column, f"{value!r} is not {kind}", row.variant)
+        values[column] = value
+    return values
+
+
+def image_path(value: str, folder: str | Path | None) -> Path:
+    """A row's image path: relative paths are read from ``folder`` (the job file's), when
+    one is given; absolute paths and ``~`` as they are."""
+    path = Path(value).expanduser()
+    return path if folder is None or path.is_absolute() else Path(folder) / path
+
+
+def _row_image(value: Any, column: str, folder: Any) -> Any:
+    """An input image from a row: a path or URL read, fetched and checked (ConfigError).
+    A text bound by path that names no local file stays a file name on the server, as in
+    :meth:`Workflow.bind`."""
+    if is_url(value):
+        return _fetch(str(value), column)
+    if isinstance(value, str):
+        path = image_path(value, folder)
+        if column not in MEANINGS and not path.is_file():
+            return value
+        return input_image(path, column)
+    return value
+
+
+def _fetch(url: str, column: str) -> InputImage:
+    """The client's URL fetch (bounded in time and bytes), run to its end on a thread of its
+    own, for a caller of :func:`prepare` inside an event loop (the event loop waits: prefer
+    :func:`prepare_async` there)."""
+    from comfyfn.client._inputs import fetch_url
+
+    with ThreadPoolExecutor(1, thread_name_prefix="comfyfn-image-url") as pool:
+        return pool.submit(asyncio.run, fetch_url(url, column)).result()
+
+
+def _shown(bound: Workflow, row: Row, wf: Workflow) -> dict[str, Any]:
     """What the manifest, results.csv and the contact sheet show of a job: its main
-    parameters (``width``/``height`` as generated), and for a recipe's image its recipe,
-    topic, output name and ``delivered`` size."""
+    parameters (``width``/``height`` as generated), the input images as the row gave them
+    (path or URL), and for a recipe's image its recipe, topic, output name and ``delivered``
+    size."""
     shown = {
         k: v
         for k, v in bound.provenance().items()
         if k in ("prompt", "negative", "seed", "width", "height", "steps", "cfg", "model")
+    }
+    shown |= {
+        k: v
+        for k, v in row.values.items()
+        if not k.startswith("_") and isinstance(v, str) and wf.is_image_input(k)
     }
     for key in ("recipe", "topic", "output"):
         if f"_{key}" in row.values:
@@ -160,9 +266,9 @@ def sharded_prefixes(wf: Workflow, tail: str, *, given: Mapping[str, Any]) -> di
     return out
 
 
-def save_outputs(gen: Generation, job: Job, output: Path) -> list[dict[str, Any]]:
-    """Write the job's images atomically (and durably) under names fixed by the job, never
-    twice; returns what was written (path, size, sha256) for the manifest."""
+def output_files(gen: Generation, job: Job) -> list[tuple[str, bytes]]:
+    """The job's images as (path relative to the output folder or store, PNG bytes), under
+    names fixed by the job, delivered at the row's size if it asks for one."""
     from comfyfn.batch._delivery import deliver
 
     base = job.name or f"images/{job.stem}"
@@ -177,6 +283,38 @@ def save_outputs(gen: Generation, job: Job, output: Path) -> list[dict[str, Any]
                 int(job.deliver["height"]),
                 job.deliver.get("fit", "cover"),
             )
-        write_atomic(output / rel, data)
-        files.append({"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        files.append((rel, data))
     return files
+
+
+def _check(rel: str, data: bytes) -> dict[str, Any]:
+    return {"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def save_outputs(gen: Generation, job: Job, output: Path) -> list[dict[str, Any]]:
+    """Write the job's images atomically (and durably) under names fixed by the job, never
+    twice; returns what was written (path, size, sha256) for the manifest."""
+    files = []
+    for rel, data in output_files(gen, job):
+        write_atomic(output / rel, data)
+        files.append(_check(rel, data))
+    return files
+
+
+async def store_outputs(gen: Generation, job: Job, storage: Storage) -> list[dict[str, Any]]:
+    """As :func:`save_outputs`, into ``storage`` (an object store): each file is durable
+    there when this returns. Encoding runs on a worker thread."""
+    files = []
+    for rel, data in await asyncio.to_thread(output_files, gen, job):
+        await storage.put(rel, data, "image/png")
+        files.append(_check(rel, data))
+    return files
+
+
+async def stored_problem(storage: Storage, checks: list[dict[str, Any]]) -> str | None:
+    """Why a done job's files are no longer all in ``storage`` (None if they are). Only
+    their presence is checked (a HEAD each): reading them back would cost a download."""
+    for check in checks:
+        if not await storage.exists(check["path"]):
+            return f"{check['path']} is missing from {storage!r}"
+    return None

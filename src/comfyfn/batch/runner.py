@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from comfyfn.batch.jobs import Job, JobResult, prepare, save_outputs
+from comfyfn.batch.jobs import (
+    Job,
+    JobResult,
+    prepare_async,
+    save_outputs,
+    store_outputs,
+    stored_problem,
+)
 from comfyfn.batch.manifest import Manifest, ManifestError, file_problem
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.errors import ComfyError, ConfigError
@@ -39,6 +46,7 @@ from comfyfn.fleet import (
     advance,
     after_server_failure,
 )
+from comfyfn.storage import Storage, StorageError
 from comfyfn.workflow import Workflow
 
 __all__ = ["Batch", "BatchSettings", "template_variables"]
@@ -95,6 +103,10 @@ class Batch:
             keeps nothing on disk and puts each Generation in its result instead.
         servers: ComfyUI URLs (default: the usual server resolution, one server).
         workflow: a built-in name, a file or a Workflow (default Z-Image-Turbo).
+        storage: where the images go instead of the output folder (an object store, see
+            :func:`comfyfn.storage.open_storage`); the output folder then keeps the
+            manifest and the report only. A resumed run checks a done job's files with
+            ``exists()`` and does not store them again.
     """
 
     def __init__(
@@ -106,9 +118,11 @@ class Batch:
         workflow: str | Path | Mapping[str, Any] | Workflow = "zimage-turbo",
         settings: BatchSettings | None = None,
         on_event: Callable[[str, Any], None] | None = None,
+        storage: Storage | None = None,
     ) -> None:
         self.rows = rows
         self.output = Path(output) if output is not None else None
+        self.storage = storage
         self.workflow_source = workflow
         self.settings = settings or BatchSettings()
         self.on_event = on_event or (lambda _kind, _data: None)
@@ -226,7 +240,7 @@ class Batch:
                 if self._stop.is_set():
                     break
                 self._start_retries()
-                job = self._admit(wf, item)
+                job = await self._admit(wf, item)
                 if job is not None:
                     await self._room()
                     self._start(job)
@@ -246,10 +260,12 @@ class Batch:
                     self.manifest.requeued(job.key)
             self._results.put_nowait(_END)
 
-    def _admit(self, wf: Workflow, item: Row | RowError) -> Job | None:
+    async def _admit(self, wf: Workflow, item: Row | RowError) -> Job | None:
         """Record the row; a job to run, or None (invalid, or finished by an earlier run)."""
         prepared = (
-            prepare(wf, item, variables=self.settings.variables) if isinstance(item, Row) else item
+            await prepare_async(wf, item, variables=self.settings.variables)
+            if isinstance(item, Row)
+            else item
         )
         if isinstance(prepared, RowError):
             self._invalid(prepared)
@@ -257,7 +273,7 @@ class Batch:
         job = prepared
         record = self.manifest.get(job.key)
         if record is not None and record.state == "done":
-            damaged = self._damaged(record.checks)
+            damaged = await self._damaged(record.checks)
             if damaged is None:
                 self._emit(
                     JobResult(
@@ -280,7 +296,9 @@ class Batch:
         self.manifest.add(job.key, job.row, job.label, job.stem, job.values)
         return job
 
-    def _damaged(self, checks: list[dict[str, Any]]) -> str | None:
+    async def _damaged(self, checks: list[dict[str, Any]]) -> str | None:
+        if self.storage is not None:
+            return await stored_problem(self.storage, checks)
         if self.output is None:
             return None
         return next(filter(None, (file_problem(self.output, c) for c in checks)), None)
@@ -348,7 +366,7 @@ class Batch:
             if self._cancel_running:  # we stopped following it: the next run re-attaches
                 log.info("%s left on %s for the next run", job.label, slot.url)
             raise
-        except (ManifestError, OSError) as exc:  # the output folder refuses writes
+        except (ManifestError, OSError, StorageError) as exc:  # outputs cannot be kept
             self._abort(exc)
         except Exception as exc:  # a bug must not lose the row: record it
             log.exception("%s failed on %s", job.label, slot.url)
@@ -382,11 +400,12 @@ class Batch:
 
     async def _done(self, job: Job, outcome: Done) -> None:
         gen = outcome.generation
-        files = (
-            await asyncio.to_thread(save_outputs, gen, job, self.output)
-            if self.output is not None
-            else []
-        )
+        if self.storage is not None:
+            files = await store_outputs(gen, job, self.storage)
+        elif self.output is not None:
+            files = await asyncio.to_thread(save_outputs, gen, job, self.output)
+        else:
+            files = []
         self.manifest.done(job.key, files, outcome.seconds, outcome.server)
         self._emit(
             JobResult(
@@ -397,7 +416,7 @@ class Batch:
                 tuple(f["path"] for f in files),
                 server=outcome.server,
                 seconds=outcome.seconds,
-                generation=gen if self.output is None else None,
+                generation=gen if self.output is None and self.storage is None else None,
             )
         )
 
@@ -406,7 +425,7 @@ class Batch:
         if self._fatal is None:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             where = getattr(exc, "filename", None) or self.output
-            if isinstance(exc, ManifestError):
+            if isinstance(exc, ManifestError | StorageError):  # they name what failed
                 self._fatal = exc
             else:
                 self._fatal = ManifestError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
+import hashlib
 import os
 import signal
 import sqlite3
@@ -30,6 +31,7 @@ from comfyfn.batch import (
     template_variables,
     write_report,
 )
+from comfyfn.batch.jobs import FOLDER
 from comfyfn.batch.rows import (
     count_rows,
     csv_columns,
@@ -38,7 +40,9 @@ from comfyfn.batch.rows import (
     variation_problem,
 )
 from comfyfn.cli._common import err, esc, server_url, warnings_once, workflow_source
+from comfyfn.cli._engine import warm_servers
 from comfyfn.errors import ConfigError
+from comfyfn.storage import Storage, StorageError
 from comfyfn.workflow import MEANINGS
 
 Servers = Annotated[
@@ -50,9 +54,12 @@ Servers = Annotated[
     ),
 ]
 Prime = Annotated[
-    int,
+    int | None,
     typer.Option(
-        "--prime", "--concurrency", help="Jobs queued on each server beyond the running one."
+        "--prime",
+        "--concurrency",
+        help="Jobs queued on each server beyond the running one (default: adapts to the "
+        "job times measured on each server).",
     ),
 ]
 
@@ -93,11 +100,16 @@ def execute(
     total: int | None,
     as_json: bool,
     on_interrupt: OnInterruptChoice,
+    storage: Storage | None = None,
 ) -> None:
     """Run a batch with progress, a summary, a contact sheet and the exit code: 0 all done,
-    1 some rows failed, 2 the output folder cannot be used, 130 stopped by Ctrl-C/SIGTERM."""
+    1 some rows failed, 2 the output folder (or object store) cannot be used, 130 stopped by
+    Ctrl-C/SIGTERM.
+    With ``storage`` the images go there and ``output`` keeps the manifest and report."""
     try:
-        batch = Batch(rows, output, servers=servers, workflow=workflow, settings=settings)
+        batch = Batch(
+            rows, output, servers=servers, workflow=workflow, settings=settings, storage=storage
+        )
         counted, presses = _run(batch, total, on_interrupt)
         if presses > 1:
             err.print(
@@ -106,7 +118,7 @@ def execute(
             )
             raise typer.Exit(130)
         summary, sheet = write_report(batch, counted)
-    except (OSError, sqlite3.DatabaseError, ConfigError, ExceptionGroup) as exc:
+    except (OSError, sqlite3.DatabaseError, ConfigError, StorageError, ExceptionGroup) as exc:
         message = output_failure(exc, output)
         if message is None:
             raise
@@ -231,8 +243,11 @@ _DISK_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPE
 def output_failure(exc: BaseException, output: Path) -> str | None:
     """One sentence naming the folder when ``exc`` (or what caused it) means the output folder
     or its manifest cannot be used: not SQLite, read-only, not writable, full. None for any
-    other error. Works on the raw sqlite3/OSError and on a ComfyError raised from one."""
+    other error. Works on the raw sqlite3/OSError and on a ComfyError raised from one; an
+    object store's failure (it names the store) is one too."""
     for cause in _chain(exc):
+        if isinstance(cause, StorageError):
+            return f"the outputs cannot be stored: {cause}"
         if isinstance(cause, sqlite3.DatabaseError):
             return _sqlite_failure(cause, output)
         if isinstance(cause, OSError) and cause.errno in _DISK_ERRNOS:
@@ -308,9 +323,45 @@ HttpTimeout = Annotated[
 AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 
 
+def output_place(output: str, state: Path | None) -> tuple[Path, Storage | None]:
+    """The local folder of the manifest and report, and the object store of the images
+    (None: they go to that folder). ``-o s3://bucket/prefix`` keeps the manifest in
+    ``state``, by default a folder in the comfyfn home named after the URL, so the same
+    command resumes from anywhere on this machine."""
+    if not output.startswith("s3://"):
+        if state is not None:
+            raise ConfigError("--state is for -o s3://…; an output folder keeps its own manifest")
+        return Path(output), None
+    from comfyfn.storage import open_storage, parse_s3_url
+
+    bucket, prefix = parse_s3_url(output)
+    if state is None:
+        from comfyfn.engine.install import engine_home
+
+        name = hashlib.sha256(f"s3://{bucket}/{prefix}".encode()).hexdigest()[:16]
+        state = engine_home() / "batches" / name
+    return state, open_storage(output)
+
+
 def batch_command(
     source: Annotated[Path, typer.Argument(help="prompts.csv, prompts.jsonl or a job.yaml.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("out"),
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output folder, or s3://bucket/prefix (endpoint and credentials from the AWS "
+            "environment variables; the manifest and report stay in --state).",
+        ),
+    ] = "out",
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            help="With -o s3://…: the local folder of the manifest and report. Default: "
+            "<comfyfn home>/batches/<hash of the URL>.",
+            show_default=False,
+        ),
+    ] = None,
     server: Servers = None,
     workflow: Annotated[
         str | None, typer.Option("--workflow", "-w", help="Built-in name or workflow file.")
@@ -322,14 +373,23 @@ def batch_command(
     template: Annotated[
         str | None, typer.Option(help='Prompt template, e.g. "{prompt}, {style} style".')
     ] = None,
-    prime: Prime = 1,
+    prime: Prime = None,
     retries: Retries = 3,
     job_timeout: JobTimeout = None,
     http_timeout: HttpTimeout = 10.0,
     on_interrupt: OnInterrupt = OnInterruptChoice.finish,
     as_json: AsJson = False,
+    warm: Annotated[
+        bool,
+        typer.Option(
+            "--warm",
+            help="Before the rows, run the workflow's smallest job once on every server (so "
+            "none pays the model load on a real row); a server that fails stops the batch.",
+        ),
+    ] = False,
 ) -> None:
     """Run every row of a CSV/JSONL/YAML job file; re-running resumes where it stopped."""
+    folder, storage = output_place(output, state)
     chosen: str | dict[str, Any] | None = workflow
     if source.suffix.lower() in (".yaml", ".yml"):
         job = read_job_file(source)
@@ -339,12 +399,18 @@ def batch_command(
         prime = job.get("prime", prime)
         defaults = job.get("defaults")
         total = job["total"]
+        columns = list(defaults or ())
     else:
         total = count_rows(source)  # a file unreadable mid-way fails before anything runs
         raw, job_vary, defaults = read_rows(source), [], None
         _check_header(source, template)
+        columns = csv_columns(source) or []
     if total == 0:
         raise ConfigError(f"{source}: no rows to run (see examples/ for the formats)")
+    # input images named by relative paths are read from the job file's folder
+    defaults = {FOLDER: str(source.parent.resolve()), **(defaults or {})}
+    if chosen is None and "image" in columns:
+        chosen = "zimage-edit"  # as generate(image=...) does
     if template is not None and (problem := template_problem(template)):
         raise ConfigError(f"--template {template!r}: {problem}")
     varies = job_vary + [parse_vary(v) for v in vary or ()]
@@ -364,15 +430,21 @@ def batch_command(
         http_timeout=http_timeout,
         variables=template_variables(template, [n for n, _ in varies]),
     )
+    if storage is not None:
+        err.print(f"images to {esc(output)}; manifest and report in {esc(folder)}", highlight=False)
+    servers = resolve_servers(server)
+    if warm:
+        warm_servers(servers, chosen or "zimage-turbo", job_timeout)
     execute(
         expand(raw, vary=varies, template=template, defaults=defaults),
-        output,
-        resolve_servers(server),
+        folder,
+        servers,
         workflow=chosen or "zimage-turbo",
         settings=settings,
         total=total * combos,
         as_json=as_json,
         on_interrupt=on_interrupt,
+        storage=storage,
     )
 
 

@@ -63,7 +63,7 @@ def recipe_run(
         typer.Option("--workflow", "-w", help="Run this workflow instead of the recipe's."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Base seed for the recipe's stable seeds.")] = 0,
-    prime: Prime = 1,
+    prime: Prime = None,
     retries: Retries = 3,
     job_timeout: JobTimeout = None,
     http_timeout: HttpTimeout = 10.0,
