@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GatewaySettings", "default_data_dir", "storage_location"]
+__all__ = [
+    "MAX_UPLOAD_BYTES",
+    "MAX_UPLOAD_PIXELS",
+    "UPLOAD_FETCH_TIMEOUT",
+    "GatewaySettings",
+    "default_data_dir",
+    "storage_location",
+]
 
 
 def default_data_dir() -> Path:
@@ -24,6 +31,11 @@ def storage_location(value: str | os.PathLike[str]) -> str | Path:
     """``s3://bucket/prefix`` as given; anything else a folder :class:`Path`."""
     text = os.fspath(value)
     return text if text.startswith("s3://") else Path(text)
+
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  #: bytes of one input image
+MAX_UPLOAD_PIXELS = 40_000_000  #: width × height of one input image
+UPLOAD_FETCH_TIMEOUT = 20.0  #: seconds for fetching an image by URL, connect to last byte
 
 
 @dataclass(frozen=True)
@@ -69,9 +81,9 @@ class GatewaySettings:
     )
     prime: int | None = None  #: jobs queued per server beyond the running one; None: adaptive
     max_body_bytes: int = 1_000_000  #: of a request without images
-    max_upload_bytes: int = 20 * 1024 * 1024  #: of one input image
-    max_upload_pixels: int = 40_000_000  #: width × height of one input image
-    upload_fetch_timeout: float = 20.0  #: seconds to fetch an input image by URL
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+    max_upload_pixels: int = MAX_UPLOAD_PIXELS
+    upload_fetch_timeout: float = UPLOAD_FETCH_TIMEOUT
     max_prompt_chars: int = 4_000
     max_images: int = 4  #: n of /v1/images/generations
     max_pixels: int = 4_194_304  #: width × height of one image (2048²)

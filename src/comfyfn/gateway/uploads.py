@@ -39,7 +39,12 @@ from comfyfn.gateway.security import (
     check_webhook,
     resolve_host,
 )
-from comfyfn.gateway.settings import GatewaySettings
+from comfyfn.gateway.settings import (
+    MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_PIXELS,
+    UPLOAD_FETCH_TIMEOUT,
+    GatewaySettings,
+)
 from comfyfn.storage import Storage, StorageNotFound
 from comfyfn.workflow import InputImage, Workflow
 
@@ -64,9 +69,6 @@ __all__ = [
     "upload_ref",
 ]
 
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024  #: bytes of one input image
-MAX_UPLOAD_PIXELS = 40_000_000  #: width × height of one input image
-UPLOAD_FETCH_TIMEOUT = 20.0  #: seconds for fetching an image by URL, connect to last byte
 UPLOAD_PREFIX = "uploads"  #: storage key prefix of uploads
 #: Pillow format → (file extension, media type) of the images accepted
 UPLOAD_FORMATS: Mapping[str, tuple[str, str]] = {
