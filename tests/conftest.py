@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fileserver import FileServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
 
@@ -16,6 +17,13 @@ def load_sample(name: str):
 @pytest.fixture
 def sample():
     return load_sample
+
+
+@pytest.fixture
+def file_server():
+    """A loopback HTTP server serving what a test puts in its ``files`` (tests/fileserver.py)."""
+    with FileServer() as server:
+        yield server
 
 
 @pytest.fixture

@@ -4,27 +4,28 @@ set what the CLI cannot (small limits, a store with a short busy timeout)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from ports import free_port
 
 import comfyfn
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def auth(key: str) -> dict[str, str]:
+    """The header that presents the API key ``key``."""
+    return {"Authorization": f"Bearer {key}"}
 
 
 def make_key(db: str, name: str, rate: str = "1000/min") -> str:
@@ -48,6 +49,7 @@ class Gateway:
         port: int | None = None,
         ready: str = "/readyz",
     ) -> None:
+        self.db = db
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [
@@ -100,6 +102,21 @@ class Gateway:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@contextlib.contextmanager
+def sqlite_gateway(
+    servers: list[str], root: Path, *extra: str, **options: Any
+) -> Iterator[Gateway]:
+    """A :class:`Gateway` on a SQLite file (``gateway.db``) and a storage folder (``files``)
+    under ``root``, stopped when the ``with`` ends."""
+    gateway = Gateway(
+        servers, f"sqlite:///{root / 'gateway.db'}", root / "files", *extra, **options
+    )
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
 
 
 def settings_for(root: Path, servers: list[str], **kwargs: Any):

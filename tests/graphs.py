@@ -65,3 +65,26 @@ def sleep_graph(color: int, *, milliseconds: int = 300, steps: int = 3) -> dict:
             "inputs": {"images": ["2", 0], "filename_prefix": "sleep"},
         },
     }
+
+
+def kinds_graph(color: int, text: str) -> dict:
+    """A model-free graph with an animated WebP (two frames) and a text output."""
+    frame = {"width": 32, "height": 24, "batch_size": 1}
+    return {
+        "5": {"class_type": "EmptyImage", "inputs": {**frame, "color": color}},
+        "6": {"class_type": "EmptyImage", "inputs": {**frame, "color": 0xFF0000}},
+        "1": {"class_type": "ImageBatch", "inputs": {"image1": ["5", 0], "image2": ["6", 0]}},
+        "2": {
+            "class_type": "SaveAnimatedWEBP",
+            "inputs": {
+                "images": ["1", 0],
+                "filename_prefix": "comfyfn-kinds",
+                "fps": 6.0,
+                "lossless": True,
+                "quality": 80,
+                "method": "default",
+            },
+        },
+        "3": {"class_type": "PrimitiveString", "inputs": {"value": text}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
+    }

@@ -23,11 +23,12 @@ import pwd
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+
+from ports import free_port
 
 __all__ = ["INSTALL_HINT", "Postgres", "available", "find_bin"]
 
@@ -78,12 +79,6 @@ def _runner() -> list[str] | None:
 def available() -> bool:
     """Whether a throwaway server can be started here."""
     return find_bin() is not None and _runner() is not None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Postgres:
@@ -143,7 +138,7 @@ class Postgres:
         )  # fmt: skip
         last: Exception | None = None
         for _attempt in range(3):  # another process may take the free port meanwhile
-            self.port = _free_port()
+            self.port = free_port()
             try:
                 self._pg_start()
             except RuntimeError as e:

@@ -20,7 +20,6 @@ import hmac
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+from ports import free_ports
 
 __all__ = ["INSTALL_HINT", "S3Server", "available", "find_weed"]
 
@@ -59,20 +59,6 @@ def find_weed() -> Path | None:
 def available() -> bool:
     """Whether a throwaway S3 server can be started here."""
     return find_weed() is not None
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports (held open together so none repeats)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class S3Server:
@@ -126,7 +112,7 @@ class S3Server:
 
     def _command(self, config: Path) -> list[str]:
         assert self.weed is not None and self.root is not None
-        master, master_g, volume, volume_g, filer, filer_g, s3, s3_g = _free_ports(8)
+        master, master_g, volume, volume_g, filer, filer_g, s3, s3_g = free_ports(8)
         self.port = s3
         data = self.root / "data"
         data.mkdir(exist_ok=True)

@@ -1,4 +1,4 @@
-"""A tiny PNG for tests."""
+"""Encoded images for tests: a plain-colour image as PNG (or another format's) bytes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ import io
 from PIL import Image
 
 
-def tiny_png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format="PNG")
-    return buf.getvalue()
+def image_bytes(
+    size: tuple[int, int] = (8, 8),
+    color: str | int | tuple[int, ...] = "orange",
+    *,
+    fmt: str = "PNG",
+    mode: str = "RGB",
+) -> bytes:
+    """A ``size`` image of one ``color``, encoded as ``fmt`` (PNG unless told)."""
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format=fmt)
+    return buffer.getvalue()

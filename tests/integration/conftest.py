@@ -12,9 +12,12 @@ import itertools
 import os
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pg
 import pytest
+from s3server import INSTALL_HINT, S3Server, available
 
 from comfyfn.engine import Engine
 
@@ -56,6 +59,24 @@ def engine(tmp_path_factory):
 @pytest.fixture(scope="session")
 def server(engine) -> str:
     return engine.url
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    """A real S3-compatible store (SeaweedFS, tests/s3server.py) for the tests of a module."""
+    if not available():
+        pytest.fail(INSTALL_HINT, pytrace=False)
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[pg.Postgres]:
+    """A real PostgreSQL (tests/pg.py) for the tests of a module."""
+    if not pg.available():
+        pytest.fail(pg.INSTALL_HINT, pytrace=False)
+    with pg.Postgres() as server:
+        yield server
 
 
 @pytest.fixture

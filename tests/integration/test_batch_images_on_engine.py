@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image as PIL
-from test_image_inputs_on_engine import image_server  # noqa: F401 - a fixture
+from tests_png import image_bytes
 from typer.testing import CliRunner
 
 from comfyfn.cli._app import app
@@ -22,7 +22,7 @@ runner = CliRunner()
 
 def save_png(path: Path, size: tuple[int, int], color: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    PIL.new("RGB", size, color).save(path, format="PNG")
+    path.write_bytes(image_bytes(size, color))
     return path
 
 
@@ -91,12 +91,10 @@ def test_an_image_url_column_is_fetched_and_a_failing_url_fails_its_row(
     server,
     unique,
     tmp_path,
-    image_server,  # noqa: F811 - the fixture imported above
+    file_server,
 ):
-    base, files = image_server
-    buffer = io.BytesIO()
-    PIL.new("RGB", (80, 48), "purple").save(buffer, format="PNG")
-    files["/photo.png"] = buffer.getvalue()
+    base = file_server.url
+    file_server.files["/photo.png"] = image_bytes((80, 48), "purple")
     source = tmp_path / "rows.jsonl"
     rows = [
         {"prompt": "by url", "image": f"{base}/photo.png", "steps": 2, "seed": unique()},

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from graphs import sleep_graph
+from polling import wait_for
+from ports import free_port
 from typer.testing import CliRunner
 
 import comfyfn
@@ -234,13 +236,6 @@ def test_sigterm_stops_the_batch_with_exit_130_and_it_resumes(server, unique, tm
 # -- a pool that never answers, and stopping (issue 11, points 1 and 5) -----------------------
 
 
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def silent_server():
     """A URL that accepts connections and never answers (a hung server, or a firewall that
@@ -253,7 +248,7 @@ def silent_server():
 
 
 def test_a_pool_that_never_answers_fails_within_seconds_naming_each_url(tmp_path):
-    urls = [f"http://127.0.0.1:{closed_port()}", f"http://127.0.0.1:{closed_port()}"]
+    urls = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
     started = time.monotonic()
     proc = run_cli(
         "batch", str(seed_rows(tmp_path)), "-o", str(tmp_path / "out"), "-s", urls[0], "-s", urls[1]
@@ -305,7 +300,7 @@ def test_ctrl_c_while_waiting_for_a_server_stops_at_once(silent_server, tmp_path
         env={**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])},
     )
     try:
-        wait_until(lambda: (tmp_path / "out" / "manifest.sqlite").exists(), "the batch to start")
+        wait_for(lambda: (tmp_path / "out" / "manifest.sqlite").exists(), 60, "the batch to start")
         time.sleep(0.5)  # it is now waiting for the server's first answer (60 s timeout)
         proc.send_signal(signal.SIGINT)
         started = time.monotonic()
@@ -334,7 +329,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_next_run_resumes(server, unique, 
         env={**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])},
     )
     try:
-        wait_until(lambda: states(out)["submitted"] >= 2, "two jobs on the server")
+        wait_for(lambda: states(out)["submitted"] >= 2, 60, "two jobs on the server")
         proc.send_signal(signal.SIGINT)
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
@@ -346,7 +341,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_next_run_resumes(server, unique, 
     assert proc.returncode == 130, output
     assert "stopping now: cancelling running jobs" in output
     assert "stopped at once" in output and "Traceback" not in output
-    wait_until(lambda: not ours_on(server, colors), "the cancelled jobs to leave the server")
+    wait_for(lambda: not ours_on(server, colors), 60, "the cancelled jobs to leave the server")
     again = run_cli(*args, "--json", timeout=180)
     assert again.returncode == 0, again.stdout + again.stderr
     assert states(out) == Counter({"done": 3})
@@ -365,14 +360,6 @@ def ours_on(server: str, colors: list[int]) -> list[str]:
         queue = c.queue()
     items = queue["queue_running"] + queue["queue_pending"]
     return [i[1] for i in items if i[2].get("1", {}).get("inputs", {}).get("color") in colors]
-
-
-def wait_until(condition, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import shutil
-import socket
 import time
 
 import pytest
 from graphs import blur_graph, trivial_graph
+from ports import free_port
 
 import comfyfn
 from comfyfn import events as ev
@@ -210,10 +210,7 @@ def test_without_websocket_jobs_are_polled(server, unique, monkeypatch):
 
 
 def test_unreachable_server_fails_fast_and_clearly():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with comfyfn.Client(url) as c, pytest.raises(comfyfn.ServerUnreachable) as info:
         c.generate("p", size=(64, 64))
     assert url in str(info.value)

@@ -15,9 +15,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import httpx
 import openai
 import pytest
-from gateway_proc import Gateway, make_key
+from gateway_proc import Gateway, make_key, sqlite_gateway
 from graphs import sleep_graph
 from PIL import Image
+from polling import wait_for
 
 import comfyfn
 from comfyfn.gateway.store import Store
@@ -30,23 +31,12 @@ FINAL = ("succeeded", "failed", "cancelled")
 @pytest.fixture(scope="module")
 def gw(server, tmp_path_factory):
     root = tmp_path_factory.mktemp("gw")
-    db = f"sqlite:///{root / 'gateway.db'}"
     sleep_wf = root / "sleep.json"
     sleep_wf.write_text(json.dumps(sleep_graph(0, milliseconds=2000, steps=10)))
-    gateway = Gateway(
-        [server],
-        db,
-        root / "files",
-        "-w",
-        "zimage-turbo",
-        "-w",
-        f"sleep={sleep_wf}",
-        "--allow-private-webhooks",
-    )
-    gateway.db = db
-    gateway.key = make_key(db, "tests")
-    yield gateway
-    gateway.stop()
+    args = ("-w", "zimage-turbo", "-w", f"sleep={sleep_wf}", "--allow-private-webhooks")
+    with sqlite_gateway([server], root, *args) as gateway:
+        gateway.key = make_key(gateway.db, "tests")
+        yield gateway
 
 
 def sdk(gw, key=None) -> openai.OpenAI:
@@ -56,16 +46,6 @@ def sdk(gw, key=None) -> openai.OpenAI:
 
 def auth(gw, key=None):
     return {"Authorization": f"Bearer {key or gw.key}"}
-
-
-def wait_for(check, timeout: float, what: str):
-    """``check()``'s first true value, polled; past ``timeout`` the test fails."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:g} s")
-        time.sleep(0.05)
-    return value
 
 
 def job_state(gateway, key, job_id) -> dict:
@@ -283,18 +263,14 @@ def test_webhook_is_signed_and_delivered(gw, unique):
 
 
 def test_private_webhooks_are_refused_by_default(server, tmp_path):
-    db = f"sqlite:///{tmp_path / 'g.db'}"
-    gateway = Gateway([server], db, tmp_path / "files")
-    try:
-        key = make_key(db, "k")
+    with sqlite_gateway([server], tmp_path) as gateway:
+        key = make_key(gateway.db, "k")
         answer = httpx.post(
             f"{gateway.url}/v1/jobs",
             headers=auth(gateway, key),
             json={"params": {"prompt": "p"}, "webhook": "http://127.0.0.1:9/hook"},
         )
         assert answer.status_code == 400 and answer.json()["error"]["param"] == "webhook"
-    finally:
-        gateway.stop()
 
 
 def test_concurrent_clients(gw, unique):
@@ -396,10 +372,8 @@ def test_restart_reruns_a_job_the_server_lost(server, tmp_path, unique):
 
 
 def test_no_reachable_server_means_not_ready_and_503(tmp_path):
-    db = f"sqlite:///{tmp_path / 'g.db'}"
-    gateway = Gateway(["http://127.0.0.1:9"], db, tmp_path / "files", ready="/healthz")
-    try:
-        key = make_key(db, "k")
+    with sqlite_gateway(["http://127.0.0.1:9"], tmp_path, ready="/healthz") as gateway:
+        key = make_key(gateway.db, "k")
         assert httpx.get(f"{gateway.url}/readyz").status_code == 503
         answer = httpx.post(
             f"{gateway.url}/v1/images/generations",
@@ -408,5 +382,3 @@ def test_no_reachable_server_means_not_ready_and_503(tmp_path):
         )
         assert answer.status_code == 503
         assert answer.json()["error"]["code"] == "no_server"
-    finally:
-        gateway.stop()

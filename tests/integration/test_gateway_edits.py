@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.server
 import io
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
-from gateway_proc import Gateway, make_key
+from gateway_proc import Gateway, auth, make_key, sqlite_gateway
 from PIL import Image
+from polling import wait_for
+from tests_png import image_bytes
 
 pytestmark = pytest.mark.engine
 
@@ -26,31 +25,12 @@ FINAL = ("succeeded", "failed", "cancelled")
 @pytest.fixture(scope="module")
 def gw(server, tmp_path_factory) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("edits")
-    db = f"sqlite:///{root / 'gateway.db'}"
-    gateway = Gateway(
-        [server],
-        db,
-        root / "files",
-        "-w",
-        "zimage-turbo",
-        "-w",
-        "zimage-edit",
-        "--allow-private-webhooks",  # also lets uploads fetch from the loopback server
-    )
-    gateway.key = make_key(db, "edits")
-    gateway.other = make_key(db, "other")
-    yield gateway
-    gateway.stop()
-
-
-def picture(size: tuple[int, int], color: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+    workflows = ("-w", "zimage-turbo", "-w", "zimage-edit")
+    # --allow-private-webhooks also lets uploads fetch from the loopback server
+    with sqlite_gateway([server], root, *workflows, "--allow-private-webhooks") as gateway:
+        gateway.key = make_key(gateway.db, "edits")
+        gateway.other = make_key(gateway.db, "other")
+        yield gateway
 
 
 def sdk(gw: Gateway) -> openai.OpenAI:
@@ -58,43 +38,15 @@ def sdk(gw: Gateway) -> openai.OpenAI:
 
 
 def final_job(gw: Gateway, key: str, job_id: str, timeout: float = 240.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
+    def final() -> dict | None:
         job = httpx.get(f"{gw.url}/v1/jobs/{job_id}", headers=auth(key)).json()
-        if job["state"] in FINAL:
-            return job
-        if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id} not final within {timeout:g} s: {job['state']}")
-        time.sleep(0.1)
+        return job if job["state"] in FINAL else None
 
-
-@pytest.fixture
-def web() -> Iterator[tuple[str, dict[str, bytes]]]:
-    """A loopback HTTP server serving the PNGs put in the returned dict."""
-    files: dict[str, bytes] = {}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = files.get(self.path)
-            self.send_response(200 if body is not None else 404)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(body or b"")))
-            self.end_headers()
-            self.wfile.write(body or b"")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", files
-    httpd.shutdown()
-    thread.join(timeout=10)
+    return wait_for(final, timeout, f"job {job_id} to end")
 
 
 def test_the_openai_sdk_edits_an_image_at_the_size_asked(gw, engine, tmp_path, unique):
-    data = picture((100, 75), "orange")
+    data = image_bytes((100, 75), "orange")
     path = tmp_path / "my holiday photo.png"
     path.write_bytes(data)
     with sdk(gw) as client, path.open("rb") as image:
@@ -116,7 +68,7 @@ def test_the_openai_sdk_edits_an_image_at_the_size_asked(gw, engine, tmp_path, u
 
 def test_without_a_size_the_output_has_the_inputs_size_rounded_to_16(gw, tmp_path, unique):
     path = tmp_path / "in.png"
-    path.write_bytes(picture((100, 75), "teal"))
+    path.write_bytes(image_bytes((100, 75), "teal"))
     with sdk(gw) as client, path.open("rb") as image:
         result = client.images.edit(
             image=image, prompt="a boat", n=2, extra_body={"steps": 2, "seed": unique()}
@@ -129,9 +81,9 @@ def test_without_a_size_the_output_has_the_inputs_size_rounded_to_16(gw, tmp_pat
         assert Image.open(io.BytesIO(answer.content)).size == (96, 80)
 
 
-def test_an_upload_by_url_runs_on_the_typed_endpoint(gw, web, unique):
-    base, files = web
-    files["/product.png"] = picture((64, 64), "navy")
+def test_an_upload_by_url_runs_on_the_typed_endpoint(gw, file_server, unique):
+    base, files = file_server.url, file_server.files
+    files["/product.png"] = image_bytes((64, 64), "navy")
     made = httpx.post(
         f"{gw.url}/v1/uploads", json={"url": f"{base}/product.png"}, headers=auth(gw.key)
     )
@@ -154,7 +106,7 @@ def test_an_upload_by_url_runs_on_the_typed_endpoint(gw, web, unique):
 def test_a_job_naming_another_keys_upload_fails_naming_the_parameter(gw):
     mine = httpx.post(
         f"{gw.url}/v1/uploads",
-        files={"file": ("a.png", picture((32, 32), "gold"), "image/png")},
+        files={"file": ("a.png", image_bytes((32, 32), "gold"), "image/png")},
         headers=auth(gw.key),
     ).json()["id"]
     # /v1/jobs takes the reference as it is; the worker finds no such upload for this key

@@ -14,9 +14,10 @@ from collections import Counter
 
 import httpx
 import pytest
-from gateway_proc import Gateway, make_key
+from gateway_proc import Gateway, auth, make_key
 from graphs import sleep_graph
 from pg import Postgres
+from polling import wait_for
 
 import comfyfn
 
@@ -25,38 +26,24 @@ pytestmark = pytest.mark.engine
 FINAL = ("succeeded", "failed", "cancelled")
 
 
-def wait_until(condition, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-
-
 def job_state(gateway: Gateway, key: str, job_id: str) -> dict:
-    answer = httpx.get(f"{gateway.url}/v1/jobs/{job_id}", headers=_auth(key), timeout=10)
+    answer = httpx.get(f"{gateway.url}/v1/jobs/{job_id}", headers=auth(key), timeout=10)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
 
 def final(gateway: Gateway, key: str, job_id: str, timeout: float = 90.0) -> dict:
-    return wait_until(
+    return wait_for(
         lambda: (s := job_state(gateway, key, job_id))["state"] in FINAL and s,
         timeout=timeout,
         what=f"job {job_id} to end",
     )
 
 
-def _auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 def post_job(gateway: Gateway, key: str, workflow: str):
     return httpx.post(
         f"{gateway.url}/v1/jobs",
-        headers=_auth(key),
+        headers=auth(key),
         json={"workflow": workflow, "params": {}},
         timeout=30,
     )
@@ -99,18 +86,18 @@ def test_postgres_outage_jobs_before_and_after_finish(server, tmp_path, unique):
             key = make_key(pg.url, "outage")
             before = post_job(gw, key, "before")
             assert before.status_code == 202, before.text
-            wait_until(
+            wait_for(
                 lambda: job_state(gw, key, before.json()["id"])["state"] == "running",
                 timeout=30,
                 what="the first job to run",
             )
             pg.halt()
-            wait_until(lambda: ready(gw) == 503, timeout=20, what="/readyz to say 503")
+            wait_for(lambda: ready(gw) == 503, timeout=20, what="/readyz to say 503")
             during = post_job(gw, key, "during")
             assert during.status_code == 503, during.text
             assert during.json()["error"]["type"] == "server_error"
             pg.resume()
-            wait_until(lambda: ready(gw) == 200, timeout=30, what="/readyz to recover")
+            wait_for(lambda: ready(gw) == 200, timeout=30, what="/readyz to recover")
             after = post_job(gw, key, "after")
             assert after.status_code == 202, after.text
             for answer in (before, after):
@@ -132,7 +119,7 @@ def test_sigterm_hands_running_jobs_to_another_replica_at_once(server, tmp_path,
     try:
         key = make_key(db, "handover")
         job = post_job(a, key, "slow").json()
-        wait_until(
+        wait_for(
             lambda: job_state(a, key, job["id"])["state"] == "running",
             timeout=30,
             what="the job to start on replica A",

@@ -9,6 +9,7 @@ server, which is enough for everything that is decided before a job runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
@@ -16,11 +17,11 @@ import sqlite3
 import time
 
 import httpx
-import pg
 import pytest
 import sqlalchemy as sa
-from gateway_proc import Gateway, InProcess, make_key, settings_for
+from gateway_proc import InProcess, auth, make_key, settings_for, sqlite_gateway
 from graphs import sleep_graph
+from polling import wait_for
 
 import comfyfn
 from comfyfn.gateway.metrics import METHODS
@@ -30,10 +31,6 @@ NOWHERE = "http://127.0.0.1:9"  # nothing listens: the gateway is up but not rea
 TYPED = "/v1/workflows/zimage-turbo/jobs"
 
 
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 def job_count(db: str) -> int:
     engine = sa.create_engine(db)
     try:
@@ -41,17 +38,6 @@ def job_count(db: str) -> int:
             return conn.execute(sa.text("SELECT count(*) FROM cfn_jobs")).scalar()
     finally:
         engine.dispose()
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:g} s")
-        time.sleep(0.05)
 
 
 def error_of(answer: httpx.Response) -> dict:
@@ -197,8 +183,9 @@ def raw_exchange(gateway, request: bytes, chunks: list[bytes]) -> tuple[int, byt
         except (BrokenPipeError, ConnectionResetError):
             pass  # answered before the whole body was sent: read what came back
         answer = b""
-        while data := sock.recv(65536):
-            answer += data
+        with contextlib.suppress(ConnectionResetError):  # closed with our body unread: a reset
+            while data := sock.recv(65536):  # after the answer, which is read by then
+                answer += data
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split(b" ")[1]), body
 
@@ -277,14 +264,6 @@ def test_sse_queued_event_reports_each_jobs_own_position(offline):
 # -- database outages: 503 in the API's shape ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    if not pg.available():
-        pytest.fail(pg.INSTALL_HINT, pytrace=False)
-    with pg.Postgres() as server:
-        yield server
-
-
 def test_postgresql_down_answers_503_json_then_recovers(postgres, tmp_path):
     db = postgres.create_database()
     with InProcess(settings_for(tmp_path, [NOWHERE], db_url=db)) as gateway:
@@ -347,24 +326,13 @@ def test_sqlite_lock_longer_than_the_busy_timeout_answers_503_json(server, tmp_p
 @pytest.fixture(scope="module")
 def live(server, tmp_path_factory):
     root = tmp_path_factory.mktemp("live")
-    db = f"sqlite:///{root / 'g.db'}"
     slow = root / "slow.json"
     slow.write_text(json.dumps(sleep_graph(0, milliseconds=20000, steps=20)))
-    gateway = Gateway(
-        [server],
-        db,
-        root / "files",
-        "-w",
-        "zimage-turbo",
-        "-w",
-        f"slow={slow}",
-        "--max-steps",
-        "40",
-    )
-    gateway.db, gateway.server = db, server
-    gateway.secret = make_key(db, "live")
-    yield gateway
-    gateway.stop()
+    args = ("-w", "zimage-turbo", "-w", f"slow={slow}", "--max-steps", "40")
+    with sqlite_gateway([server], root, *args) as gateway:
+        gateway.server = server
+        gateway.secret = make_key(gateway.db, "live")
+        yield gateway
 
 
 @pytest.mark.engine

@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import io
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -21,12 +20,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import gateway_proc
 import httpx
-import pg
 import pytest
-from gateway_proc import Gateway, make_key
-from graphs import sleep_graph
+from gateway_proc import Gateway, auth, make_key
+from graphs import kinds_graph, sleep_graph
 from PIL import Image
-from s3server import INSTALL_HINT, S3Server, available
+from polling import wait_for
+from ports import free_port
 
 import comfyfn
 from comfyfn.storage import S3Storage
@@ -35,22 +34,6 @@ pytestmark = pytest.mark.engine
 
 URL_TTL = 4  #: seconds: short, so the expiry can be waited for
 EXPIRY_DEADLINE = 60.0  #: seconds past a URL's expiry by which it must be refused
-
-
-@pytest.fixture(scope="module")
-def s3() -> S3Server:
-    if not available():
-        pytest.fail(INSTALL_HINT, pytrace=False)
-    with S3Server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    if not pg.available():
-        pytest.fail(pg.INSTALL_HINT, pytrace=False)
-    with pg.Postgres() as server:
-        yield server
 
 
 @pytest.fixture
@@ -63,45 +46,9 @@ def s3_env(s3, monkeypatch):
     return s3.env()
 
 
-def kinds_graph(color: int, text: str) -> dict:
-    """A model-free graph with an animated WebP (two frames) and a text output."""
-    frame = {"width": 32, "height": 24, "batch_size": 1}
-    return {
-        "5": {"class_type": "EmptyImage", "inputs": {**frame, "color": color}},
-        "6": {"class_type": "EmptyImage", "inputs": {**frame, "color": 0xFF0000}},
-        "1": {"class_type": "ImageBatch", "inputs": {"image1": ["5", 0], "image2": ["6", 0]}},
-        "2": {
-            "class_type": "SaveAnimatedWEBP",
-            "inputs": {
-                "images": ["1", 0],
-                "filename_prefix": "comfyfn-kinds",
-                "fps": 6.0,
-                "lossless": True,
-                "quality": 80,
-                "method": "default",
-            },
-        },
-        "3": {"class_type": "PrimitiveString", "inputs": {"value": text}},
-        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
-    }
-
-
 def write_json(path: Path, graph: dict) -> Path:
     path.write_text(json.dumps(graph))
     return path
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def wait_until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:g} s")
-        time.sleep(0.1)
-    return value
 
 
 def run_job(gateway: Gateway, key: str, workflow: str) -> dict:
@@ -115,7 +62,7 @@ def run_job(gateway: Gateway, key: str, workflow: str) -> dict:
         job = httpx.get(f"{gateway.url}/v1/jobs/{job_id}", headers=auth(key)).json()
         return job if job["state"] in ("succeeded", "failed", "cancelled") else None
 
-    job = wait_until(final, 120, f"job {job_id} to end")
+    job = wait_for(final, 120, f"job {job_id} to end")
     assert job["state"] == "succeeded", job
     return job
 
@@ -271,7 +218,7 @@ def test_readyz_waits_for_the_warm_up(server, tmp_path, unique):
         assert body["error"]["code"] == "warming_up"
         message = body["error"]["message"]
         assert "warm.json" in message and str(tmp_path) not in message and server not in message
-        wait_until(lambda: readyz(gateway)[0] == 200, 60, "/readyz to say ready")
+        wait_for(lambda: readyz(gateway)[0] == 200, 60, "/readyz to say ready")
         assert readyz(gateway)[1] == {"status": "ready"}
     finally:
         gateway.stop()
@@ -307,7 +254,7 @@ def test_a_failed_warm_up_is_logged_and_named_by_readyz(server, tmp_path, unique
     db = f"sqlite:///{tmp_path / 'g.db'}"
     gateway = Gateway([server], db, tmp_path / "files", "--warm", str(warm), ready="/healthz")
     try:
-        body = wait_until(
+        body = wait_for(
             lambda: (
                 (r := readyz(gateway))[0] == 503
                 and r[1]["error"]["code"] == "warm_up_failed"
@@ -330,9 +277,7 @@ def test_a_failed_warm_up_is_logged_and_named_by_readyz(server, tmp_path, unique
 def test_an_unreachable_store_fails_the_job_and_shows_nothing_internal(
     server, tmp_path, unique, s3, monkeypatch
 ):
-    with socket.socket() as probe:  # a port nobody listens on once it is closed
-        probe.bind(("127.0.0.1", 0))
-        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nobody listens there
     for name, value in {**s3.env(), "AWS_ENDPOINT_URL": endpoint}.items():
         monkeypatch.setitem(gateway_proc.ENV, name, value)
     sleep = write_json(tmp_path / "sleep.json", sleep_graph(unique(), milliseconds=50))
@@ -345,7 +290,7 @@ def test_an_unreachable_store_fails_the_job_and_shows_nothing_internal(
             f"{gateway.url}/v1/jobs", headers=auth(key), json={"workflow": "s", "params": {}}
         )
         job_url = f"{gateway.url}/v1/jobs/{answer.json()['id']}"
-        job = wait_until(
+        job = wait_for(
             lambda: (
                 (j := httpx.get(job_url, headers=auth(key)).json())["state"] != "running"
                 and j["state"] != "queued"

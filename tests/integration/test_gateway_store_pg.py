@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import pg
 import pytest
 
 from comfyfn.gateway.store import Store
@@ -37,17 +36,9 @@ globals().update(
 )
 
 
-@pytest.fixture(scope="module")
-def pg_server():
-    if not pg.available():
-        pytest.fail(pg.INSTALL_HINT, pytrace=False)
-    with pg.Postgres() as server:
-        yield server
-
-
 @pytest.fixture
-def url(pg_server) -> str:
-    return pg_server.create_database()  # a fresh database per case
+def url(postgres) -> str:
+    return postgres.create_database()  # a fresh database per case
 
 
 def test_a_plain_postgresql_url_means_psycopg_3(url):

@@ -3,25 +3,18 @@ URL (uploaded once per server), and outputs of every kind from a model-free grap
 
 from __future__ import annotations
 
-import http.server
 import io
-import threading
-from collections.abc import Iterator
 
 import httpx
 import pytest
+from graphs import kinds_graph
 from PIL import Image as PIL
+from tests_png import image_bytes
 
 import comfyfn
 from comfyfn.errors import ConfigError
 
 pytestmark = pytest.mark.engine
-
-
-def png(size: tuple[int, int], color: str) -> bytes:
-    buffer = io.BytesIO()
-    PIL.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class CountingTransport(httpx.AsyncHTTPTransport):
@@ -35,34 +28,9 @@ class CountingTransport(httpx.AsyncHTTPTransport):
         return await super().handle_async_request(request)
 
 
-@pytest.fixture
-def image_server() -> Iterator[tuple[str, dict[str, bytes]]]:
-    """A local HTTP server serving the files put in the returned dict (PNG), else 404."""
-    files: dict[str, bytes] = {}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = files.get(self.path)
-            self.send_response(200 if body is not None else 404)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(body or b"")))
-            self.end_headers()
-            self.wfile.write(body or b"")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", files
-    httpd.shutdown()
-    thread.join(timeout=10)
-
-
 def test_an_input_image_through_zimage_edit_gives_its_size_rounded_to_16(server, unique, tmp_path):
     path = tmp_path / "photo.png"
-    path.write_bytes(png((100, 75), "orange"))
+    path.write_bytes(image_bytes((100, 75), "orange"))
     with comfyfn.Client(server) as c:
         gen = c.generate("a cat", image=path, denoise=0.6, steps=2, seed=unique())
     (image,) = gen.images
@@ -73,10 +41,10 @@ def test_an_input_image_through_zimage_edit_gives_its_size_rounded_to_16(server,
 
 @pytest.mark.anyio
 async def test_an_image_by_url_is_uploaded_once_per_server_and_width_wins(
-    server, unique, image_server
+    server, unique, file_server
 ):
-    base, files = image_server
-    files["/in.png"] = png((64, 48), "blue")
+    base, files = file_server.url, file_server.files
+    files["/in.png"] = image_bytes((64, 48), "blue")
     transport = CountingTransport()
     async with comfyfn.AsyncClient(server, transport=transport) as c:
         first = await c.generate("x", image=f"{base}/in.png", steps=1, seed=unique())
@@ -96,30 +64,7 @@ def test_a_missing_path_fails_before_anything_is_submitted(server, tmp_path):
 
 
 def test_an_animated_webp_and_a_text_output_come_back_typed(server, unique, tmp_path):
-    graph = {
-        "5": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": 32, "height": 24, "batch_size": 1, "color": unique() % 0xFFFF},
-        },
-        "6": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": 32, "height": 24, "batch_size": 1, "color": 0xFF0000},
-        },
-        "1": {"class_type": "ImageBatch", "inputs": {"image1": ["5", 0], "image2": ["6", 0]}},
-        "2": {
-            "class_type": "SaveAnimatedWEBP",
-            "inputs": {
-                "images": ["1", 0],
-                "filename_prefix": "comfyfn-kinds",
-                "fps": 6.0,
-                "lossless": True,
-                "quality": 80,
-                "method": "default",
-            },
-        },
-        "3": {"class_type": "PrimitiveString", "inputs": {"value": f"hello {unique()}"}},
-        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
-    }
+    graph = kinds_graph(unique() % 0xFFFF, f"hello {unique()}")
     with comfyfn.Client(server) as c:
         gen = c.run(graph)
     assert gen.images == ()

@@ -6,16 +6,15 @@ import asyncio
 import hashlib
 import io
 import os
-import socket
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
-from s3server import INSTALL_HINT, S3Server, available
+from ports import free_port
+from s3server import S3Server
 
 from comfyfn.storage import S3Storage, StorageError, StorageNotFound, open_storage
 
@@ -24,18 +23,10 @@ pytestmark = pytest.mark.anyio
 EXPIRY_DEADLINE = 60.0  # seconds past a URL's expiry by which the server must refuse it
 
 
-@pytest.fixture(scope="module")
-def s3server() -> Iterator[S3Server]:
-    if not available():
-        pytest.fail(INSTALL_HINT, pytrace=False)
-    with S3Server() as server:
-        yield server
-
-
 @pytest.fixture
-def storage(s3server: S3Server) -> S3Storage:
+def storage(s3: S3Server) -> S3Storage:
     prefix = f"t-{uuid.uuid4().hex[:8]}/out"
-    return S3Storage.from_url(f"s3://{s3server.bucket}/{prefix}", env=s3server.env())
+    return S3Storage.from_url(f"s3://{s3.bucket}/{prefix}", env=s3.env())
 
 
 def noisy_png(size: int = 256) -> bytes:
@@ -61,9 +52,9 @@ async def test_round_trip(storage: S3Storage) -> None:
     await storage.delete("job/0.png")  # deleting twice is not an error
 
 
-async def test_keys_live_under_the_prefix(s3server: S3Server, storage: S3Storage) -> None:
+async def test_keys_live_under_the_prefix(s3: S3Server, storage: S3Storage) -> None:
     await storage.put("a.txt", b"hi", "text/plain")
-    whole_bucket = S3Storage.from_url(f"s3://{s3server.bucket}", env=s3server.env())
+    whole_bucket = S3Storage.from_url(f"s3://{s3.bucket}", env=s3.env())
     assert await whole_bucket.get(f"{storage.prefix}/a.txt") == b"hi"
     assert not await whole_bucket.exists("a.txt")
 
@@ -88,30 +79,30 @@ async def test_escaping_keys_are_refused(storage: S3Storage, key: str) -> None:
             await call
 
 
-async def test_wrong_credentials_are_a_storage_error(s3server: S3Server) -> None:
-    env = {**s3server.env(), "AWS_SECRET_ACCESS_KEY": "wrong" * 8}
-    storage = S3Storage.from_url(f"s3://{s3server.bucket}/x", env=env)
+async def test_wrong_credentials_are_a_storage_error(s3: S3Server) -> None:
+    env = {**s3.env(), "AWS_SECRET_ACCESS_KEY": "wrong" * 8}
+    storage = S3Storage.from_url(f"s3://{s3.bucket}/x", env=env)
     with pytest.raises(StorageError) as caught:
         await storage.put("a.png", b"x", "image/png")
     assert not isinstance(caught.value, StorageNotFound)
 
 
-async def test_endpoint_url_s3_wins_over_endpoint_url(s3server: S3Server) -> None:
-    env = {**s3server.env(), "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
-    env["AWS_ENDPOINT_URL_S3"] = s3server.endpoint
-    storage = S3Storage.from_url(f"s3://{s3server.bucket}/ep", env=env)
+async def test_endpoint_url_s3_wins_over_endpoint_url(s3: S3Server) -> None:
+    env = {**s3.env(), "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    env["AWS_ENDPOINT_URL_S3"] = s3.endpoint
+    storage = S3Storage.from_url(f"s3://{s3.bucket}/ep", env=env)
     await storage.put("a.txt", b"x", "text/plain")
     assert await storage.get("a.txt") == b"x"
 
 
 async def test_open_storage_reads_the_environment(
-    s3server: S3Server, monkeypatch: pytest.MonkeyPatch
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name, value in s3server.env().items():
+    for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    storage = open_storage(f"s3://{s3server.bucket}/env")
+    storage = open_storage(f"s3://{s3.bucket}/env")
     await storage.put("b.txt", b"env", "text/plain")
     assert await storage.get("b.txt") == b"env"
 
@@ -156,30 +147,26 @@ async def test_non_positive_ttl_is_refused(storage: S3Storage) -> None:
 
 
 async def test_aws_profile_supplies_the_credentials(
-    s3server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("boto3", reason="AWS_PROFILE support needs boto3 (the dev extra has it)")
     credentials = tmp_path / "credentials"
     credentials.write_text(
-        f"[render]\naws_access_key_id = {s3server.access_key}\n"
-        f"aws_secret_access_key = {s3server.secret_key}\n"
+        f"[render]\naws_access_key_id = {s3.access_key}\naws_secret_access_key = {s3.secret_key}\n"
     )
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    env = {"AWS_PROFILE": "render", "AWS_ENDPOINT_URL": s3server.endpoint, "AWS_REGION": "x"}
-    storage = S3Storage.from_url(f"s3://{s3server.bucket}/profile", env=env)
+    env = {"AWS_PROFILE": "render", "AWS_ENDPOINT_URL": s3.endpoint, "AWS_REGION": "x"}
+    storage = S3Storage.from_url(f"s3://{s3.bucket}/profile", env=env)
     await storage.put("p.txt", b"profile", "text/plain")
     assert await storage.get("p.txt") == b"profile"
 
 
-async def test_unreachable_store_fails_within_a_deadline(s3server: S3Server) -> None:
-    with socket.socket() as probe:  # a port nobody listens on once it is closed
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**s3server.env(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    storage = S3Storage.from_url(f"s3://{s3server.bucket}/down", env=env)
+async def test_unreachable_store_fails_within_a_deadline(s3: S3Server) -> None:
+    env = {**s3.env(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}  # nobody there
+    storage = S3Storage.from_url(f"s3://{s3.bucket}/down", env=env)
     started = time.monotonic()
     try:
         async with asyncio.timeout(60):

@@ -4,14 +4,10 @@ name row and column (before anything is submitted)."""
 from __future__ import annotations
 
 import asyncio
-import http.server
-import io
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image as PIL
+from tests_png import image_bytes
 
 from comfyfn.batch.jobs import FOLDER, Job, image_path, prepare, prepare_async
 from comfyfn.batch.rows import Row, RowError
@@ -20,40 +16,9 @@ from comfyfn.workflow import builtin
 pytestmark = pytest.mark.filterwarnings("ignore::comfyfn.ComfyWarning")  # tiny test images
 
 
-def png(size: tuple[int, int] = (40, 24), color: str = "red") -> bytes:
-    buffer = io.BytesIO()
-    PIL.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture
 def edit():
     return builtin("zimage-edit")
-
-
-@pytest.fixture
-def image_server() -> Iterator[tuple[str, dict[str, bytes]]]:
-    """A local HTTP server serving the PNGs put in the returned dict, else 404."""
-    files: dict[str, bytes] = {}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = files.get(self.path)
-            self.send_response(200 if body is not None else 404)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(body or b"")))
-            self.end_headers()
-            self.wfile.write(body or b"")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", files
-    httpd.shutdown()
-    thread.join(timeout=10)
 
 
 def test_image_path_is_relative_to_the_job_folder(tmp_path: Path) -> None:
@@ -65,7 +30,7 @@ def test_image_path_is_relative_to_the_job_folder(tmp_path: Path) -> None:
 
 def test_a_relative_image_is_read_from_the_rows_folder(tmp_path: Path, edit) -> None:
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "photo.png").write_bytes(png((50, 30)))
+    (tmp_path / "in" / "photo.png").write_bytes(image_bytes((50, 30), "red"))
     job = prepare(edit, Row(1, {"prompt": "p", "image": "in/photo.png", FOLDER: str(tmp_path)}))
     assert isinstance(job, Job), job
     (name,) = job.workflow.uploads
@@ -76,7 +41,7 @@ def test_a_relative_image_is_read_from_the_rows_folder(tmp_path: Path, edit) -> 
 
 def test_an_absolute_image_path_ignores_the_folder(tmp_path: Path, edit) -> None:
     image = tmp_path / "photo.png"
-    image.write_bytes(png())
+    image.write_bytes(image_bytes((40, 24), "red"))
     row = Row(1, {"prompt": "p", "image": str(image), FOLDER: "/nonexistent"})
     assert isinstance(prepare(edit, row), Job)
 
@@ -97,9 +62,9 @@ def test_a_file_that_is_not_an_image_is_a_row_error(tmp_path: Path, edit) -> Non
 
 
 def test_the_key_follows_the_images_content(tmp_path: Path, edit) -> None:
-    (tmp_path / "a.png").write_bytes(png(color="red"))
-    (tmp_path / "b.png").write_bytes(png(color="blue"))
-    (tmp_path / "a_copy.png").write_bytes(png(color="red"))
+    (tmp_path / "a.png").write_bytes(image_bytes((40, 24), "red"))
+    (tmp_path / "b.png").write_bytes(image_bytes((40, 24), "blue"))
+    (tmp_path / "a_copy.png").write_bytes(image_bytes((40, 24), "red"))
 
     def key(name: str) -> str:
         job = prepare(edit, Row(1, {"prompt": "p", "image": name, FOLDER: str(tmp_path)}))
@@ -116,9 +81,9 @@ def test_an_image_by_path_column_naming_no_local_file_stays_a_server_file(edit) 
     assert not job.workflow.uploads
 
 
-def test_an_image_url_is_fetched_even_from_inside_the_event_loop(image_server, edit) -> None:
-    base, files = image_server
-    files["/p.png"] = png((32, 32))
+def test_an_image_url_is_fetched_even_from_inside_the_event_loop(file_server, edit) -> None:
+    base, files = file_server.url, file_server.files
+    files["/p.png"] = image_bytes((32, 32), "red")
 
     async def from_the_loop() -> Job | RowError:  # as the batch runner prepares rows
         return prepare(edit, Row(3, {"prompt": "p", "image": f"{base}/p.png"}))
@@ -129,18 +94,18 @@ def test_an_image_url_is_fetched_even_from_inside_the_event_loop(image_server, e
     assert job.values["image"] == f"{base}/p.png"
 
 
-def test_a_failing_url_is_a_row_error(image_server, edit) -> None:
-    base, _ = image_server
+def test_a_failing_url_is_a_row_error(file_server, edit) -> None:
+    base = file_server.url
     error = prepare(edit, Row(4, {"prompt": "p", "image": f"{base}/none.png"}))
     assert isinstance(error, RowError) and (error.index, error.column) == (4, "image")
     assert "HTTP 404" in error.message
 
 
-def test_prepare_async_fetches_urls_without_a_thread(image_server, edit, monkeypatch) -> None:
+def test_prepare_async_fetches_urls_without_a_thread(file_server, edit, monkeypatch) -> None:
     from comfyfn.batch import jobs
 
-    base, files = image_server
-    files["/q.png"] = png((48, 16))
+    base, files = file_server.url, file_server.files
+    files["/q.png"] = image_bytes((48, 16), "red")
     monkeypatch.setattr(jobs, "_fetch", None)  # the blocking path must not be taken
     job = asyncio.run(prepare_async(edit, Row(5, {"prompt": "p", "image": f"{base}/q.png"})))
     assert isinstance(job, Job), job

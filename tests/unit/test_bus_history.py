@@ -4,41 +4,19 @@ its throttled previews (at most ~4 a second per job, the latest wins)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import functools
 import itertools
 
 import pytest
+from job_records import job_record
 
 from comfyfn.gateway import bus as bus_module
 from comfyfn.gateway.bus import PREVIEW_INTERVAL, JobBus, JobPreview, JobUpdate
-from comfyfn.gateway.schema import JobRecord
 
 pytestmark = pytest.mark.anyio
 
 
-def record(job_id: str = "job_1", **fields) -> JobRecord:
-    base = JobRecord(
-        id=job_id,
-        key_id="key_1",
-        workflow="w",
-        params={},
-        state="running",
-        server=None,
-        prompt_id=None,
-        progress=0.0,
-        error=None,
-        outputs=[],
-        webhook=None,
-        idempotency_key=None,
-        created_at=1.0,
-        updated_at=1.0,
-        started_at=None,
-        finished_at=None,
-        claimed_by=None,
-        heartbeat_at=None,
-        cancel_requested=False,
-    )
-    return dataclasses.replace(base, **fields)
+record = functools.partial(job_record, state="running")  #: a running job's record
 
 
 async def test_events_are_numbered_and_a_reconnect_gets_what_it_missed():
@@ -91,6 +69,8 @@ async def test_only_the_most_recently_active_jobs_keep_a_history(monkeypatch):
 
 
 async def test_previews_are_throttled_and_the_latest_wins():
+    """Slow by design (~1 s): it measures the throttle in real time, as the SSE stream sees
+    it (the bus schedules on the event loop's clock, which a test cannot fake)."""
     bus = JobBus()
     loop = asyncio.get_running_loop()
     got: list[tuple[float, int | None]] = []
@@ -118,6 +98,8 @@ async def test_previews_are_throttled_and_the_latest_wins():
 
 
 async def test_the_history_keeps_only_the_latest_preview_and_previews_end_with_the_job():
+    """Slow by design (~1 s): three waits past the real-time preview interval, so that a
+    preview goes at once, one is held back, and a late one is dropped by the job's end."""
     bus = JobBus()
     bus.publish(JobUpdate(record(progress=0.1)))
     bus.preview("job_1", 1, b"first", "image/png")

@@ -147,6 +147,7 @@ def test_a_subprocess_error_has_no_traceback_and_the_documented_code(tmp_path):
 
 
 def test_piped_output_is_not_wrapped_at_80_columns():
+    """Slow by design (~0.8 s): two ``comfyfn`` processes writing to a real pipe."""
     inspect = piped("workflow", "inspect", "zimage-turbo")
     assert inspect.returncode == 0, inspect.stderr
     row = next(x for x in inspect.stdout.splitlines() if " prompt " in x)

@@ -160,6 +160,7 @@ async def test_damaged_websocket_frame_is_corrupt(fake, prompt_id):
 
 
 def test_retries_print_nothing_with_logging_unconfigured():
+    """Slow by design (~0.5 s): a fresh interpreter, where logging is unconfigured."""
     script = textwrap.dedent(
         """
         import asyncio, io, httpx

@@ -585,6 +585,7 @@ async def test_leaving_a_running_job_cancels_it_unless_told_not_to(
 
 
 async def test_three_retries_take_well_under_a_second(fake):
+    """Slow by design (~0.4 s): it times the real backoff schedule."""
     fake.set("GET", "/queue", httpx.Response(503, text="busy"))
     session = fake.session(retries=3)
     start = time.monotonic()

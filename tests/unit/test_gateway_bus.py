@@ -4,39 +4,13 @@ state (never a backlog), hears that the queue changed, and is forgotten when it 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import pytest
+from job_records import job_record
 
 from comfyfn.gateway.bus import JobBus, JobUpdate
-from comfyfn.gateway.schema import JobRecord
 
 pytestmark = pytest.mark.anyio
-
-
-def record(job_id: str = "job_1", **fields) -> JobRecord:
-    base = JobRecord(
-        id=job_id,
-        key_id="key_1",
-        workflow="w",
-        params={},
-        state="queued",
-        server=None,
-        prompt_id=None,
-        progress=0.0,
-        error=None,
-        outputs=[],
-        webhook=None,
-        idempotency_key=None,
-        created_at=1.0,
-        updated_at=1.0,
-        started_at=None,
-        finished_at=None,
-        claimed_by=None,
-        heartbeat_at=None,
-        cancel_requested=False,
-    )
-    return dataclasses.replace(base, **fields)
 
 
 async def test_a_follower_is_woken_at_once_by_its_job_only():
@@ -44,10 +18,10 @@ async def test_a_follower_is_woken_at_once_by_its_job_only():
     with bus.subscribe("job_1") as news:
         waiting = asyncio.create_task(news.wait(30))
         await asyncio.sleep(0)
-        bus.publish(JobUpdate(record("job_2", state="running")))  # someone else's job
+        bus.publish(JobUpdate(job_record("job_2", state="running")))  # someone else's job
         await asyncio.sleep(0.01)
         assert not waiting.done()
-        update = JobUpdate(record(state="running"))
+        update = JobUpdate(job_record(state="running"))
         bus.publish(update)
         assert await asyncio.wait_for(waiting, 5) is True
         assert news.latest is update
@@ -57,7 +31,7 @@ async def test_a_slow_follower_sees_the_latest_update_not_a_backlog():
     bus = JobBus()
     with bus.subscribe("job_1") as news:
         for step in (0.25, 0.5, 0.75):
-            bus.publish(JobUpdate(record(state="running", progress=step)))
+            bus.publish(JobUpdate(job_record(state="running", progress=step)))
         assert await news.wait(0) is True
         assert news.latest.job.progress == 0.75
         assert await news.wait(0.01) is False  # nothing new since
@@ -84,5 +58,5 @@ async def test_leaving_forgets_the_follower():
     with bus.subscribe("job_1"), bus.subscribe("job_1") as second:
         assert bus.followed() == 2
     assert bus.followed() == 0
-    bus.publish(JobUpdate(record(state="running")))  # nobody listens: nothing kept
+    bus.publish(JobUpdate(job_record(state="running")))  # nobody listens: nothing kept
     assert second.latest is None

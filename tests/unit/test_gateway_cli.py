@@ -2,7 +2,7 @@
 database, without the postgres extra): one sentence naming the extra to install, exit 2.
 
 The CLI runs in a subprocess whose import system refuses the hidden libraries, as on an
-install without them."""
+install without them (so each case takes ~0.4 s: a fresh interpreter importing the CLI)."""
 
 from __future__ import annotations
 

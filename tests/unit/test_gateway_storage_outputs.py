@@ -6,12 +6,11 @@ the warm-up's readiness; previews handed to the bus."""
 
 from __future__ import annotations
 
-import io
 import time
 
 import pytest
-from PIL import Image as PILImage
 from test_gateway_worker import FakeFleet, new_job, started
+from tests_png import image_bytes
 
 from comfyfn.events import Preview
 from comfyfn.gateway import jobs
@@ -28,14 +27,8 @@ from comfyfn.storage import LocalStorage
 pytestmark = pytest.mark.anyio
 
 
-def png() -> bytes:
-    out = io.BytesIO()
-    PILImage.new("RGB", (8, 8), "red").save(out, "PNG")
-    return out.getvalue()
-
-
 def generation() -> Generation:
-    still = Image(png(), "9", "a.png")
+    still = Image(image_bytes((8, 8), "red"), "9", "a.png")
     outputs = (
         Output("image", "image/png", still.data, "9", "a.png"),  # also in images: once only
         Output("animated", "image/webp", b"RIFF\0\0\0\0WEBPVP8X", "2", "anim_00001_.webp"),

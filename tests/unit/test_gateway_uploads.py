@@ -6,19 +6,16 @@ checks before anything is queued, and :func:`resolve_inputs` reading references 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
-import http.server
-import io
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from gateway_proc import InProcess, settings_for
-from PIL import Image
+from fileserver import FileServer, Reply
+from gateway_proc import InProcess, auth, settings_for
+from tests_png import image_bytes
 
 from comfyfn.gateway.uploads import (
     MAX_UPLOAD_BYTES,
@@ -32,13 +29,8 @@ from comfyfn.gateway.uploads import (
 from comfyfn.storage import LocalStorage
 from comfyfn.workflow import zimage_edit
 
+ELSEWHERE = "http://127.0.0.1:9/elsewhere.png"  #: where a redirect points
 WORKFLOWS = (("zimage-turbo", "zimage-turbo"), ("zimage-edit", "zimage-edit"))
-
-
-def picture(size: tuple[int, int], color: str = "orange", fmt: str = "PNG", mode: str = "RGB"):
-    buffer = io.BytesIO()
-    Image.new(mode, size, color).save(buffer, format=fmt)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +51,6 @@ def offline(tmp_path_factory) -> Iterator[InProcess]:
         yield gateway
 
 
-def auth(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
-
-
 def upload(gateway, data: bytes, secret: str | None = None, name: str = "photo.png"):
     return httpx.post(
         f"{gateway.url}/v1/uploads",
@@ -76,41 +64,11 @@ def error(answer: httpx.Response) -> dict:
     return answer.json()["error"]
 
 
-@pytest.fixture
-def web() -> Iterator[tuple[str, dict[str, tuple[int, bytes, float]]]]:
-    """A loopback HTTP server: path → (status, body, seconds to wait before answering)."""
-    routes: dict[str, tuple[int, bytes, float]] = {}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            status, body, delay = routes.get(self.path, (404, b"", 0.0))
-            time.sleep(delay)
-            self.send_response(status)
-            if status in (301, 302):
-                self.send_header("Location", "http://127.0.0.1:9/elsewhere.png")
-            self.send_header("Content-Type", "image/png")
-            if not self.path.endswith(".stream"):  # else the body ends when the server closes
-                self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.wfile.write(body)  # (the gateway may stop reading: over its limit)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", routes
-    httpd.shutdown()
-    thread.join(timeout=10)
-
-
 # -- POST /v1/uploads -------------------------------------------------------------------------
 
 
 def test_an_upload_is_content_addressed_per_key(offline):
-    data = picture((40, 30))
+    data = image_bytes((40, 30))
     sha = hashlib.sha256(data).hexdigest()
     first, again = upload(offline, data), upload(offline, data, name="other-name.png")
     assert first.status_code == 201, first.text
@@ -129,7 +87,7 @@ def test_an_upload_is_content_addressed_per_key(offline):
 
 
 def test_base64_and_data_urls_give_the_same_id_as_the_file(offline):
-    data = picture((20, 20), "green", fmt="JPEG")
+    data = image_bytes((20, 20), "green", fmt="JPEG")
     by_file = upload(offline, data).json()
     for text in (
         base64.b64encode(data).decode(),
@@ -143,12 +101,13 @@ def test_base64_and_data_urls_give_the_same_id_as_the_file(offline):
     assert by_file["media_type"] == "image/jpeg"
 
 
-def test_an_upload_by_url_from_a_loopback_server(offline, web):
-    base, routes = web
-    data = picture((24, 16), "blue", fmt="WEBP")
-    routes["/in.webp"] = (200, data, 0.0)
+def test_an_upload_by_url_from_a_loopback_server(offline, file_server):
+    data = image_bytes((24, 16), "blue", fmt="WEBP")
+    file_server.files["/in.webp"] = data
     answer = httpx.post(
-        f"{offline.url}/v1/uploads", json={"url": f"{base}/in.webp"}, headers=auth(offline.secret)
+        f"{offline.url}/v1/uploads",
+        json={"url": f"{file_server.url}/in.webp"},
+        headers=auth(offline.secret),
     )
     assert answer.status_code == 201, answer.text
     assert answer.json()["id"] == "upl_" + hashlib.sha256(data).hexdigest()
@@ -159,10 +118,15 @@ def test_an_upload_by_url_from_a_loopback_server(offline, web):
     ("data", "status", "code", "words"),
     [
         (b"hello, not an image" * 10, 422, "not_an_image", "not a PNG, JPEG or WebP"),
-        (picture((10, 10))[:-30], 422, "not_an_image", "decodes"),  # truncated
-        (picture((10, 10), fmt="GIF", mode="P", color=1), 422, "unsupported_image", "GIF"),
-        (picture((8000, 5001), mode="1", color=0), 422, "too_many_pixels", "40,008,000 pixels"),
-        (picture((15000, 12000), mode="1", color=0), 422, "too_many_pixels", "decompression bomb"),
+        (image_bytes((10, 10))[:-30], 422, "not_an_image", "decodes"),  # truncated
+        (image_bytes((10, 10), fmt="GIF", mode="P", color=1), 422, "unsupported_image", "GIF"),
+        (image_bytes((8000, 5001), mode="1", color=0), 422, "too_many_pixels", "40,008,000 pixels"),
+        (
+            image_bytes((15000, 12000), mode="1", color=0),
+            422,
+            "too_many_pixels",
+            "decompression bomb",
+        ),
         (b"\x89PNG" + bytes(MAX_UPLOAD_BYTES), 413, "too_large", "20,971,520"),
     ],
     ids=["text", "truncated", "gif", "pixels", "pillow-bomb", "bytes"],
@@ -194,20 +158,18 @@ def test_bad_upload_requests_name_what_is_wrong(offline):
 
 
 @pytest.mark.anyio
-async def test_a_url_to_a_private_address_is_refused_without_the_allowance(web):
-    base, routes = web
-    routes["/in.png"] = (200, picture((8, 8)), 0.0)
+async def test_a_url_to_a_private_address_is_refused_without_the_allowance(file_server):
+    file_server.files["/in.png"] = image_bytes((8, 8))
     with pytest.raises(UploadRefused) as refused:
-        await fetch_image(f"{base}/in.png", "image", UploadLimits(allow_private=False))
+        await fetch_image(f"{file_server.url}/in.png", "image", UploadLimits(allow_private=False))
     assert refused.value.code == "url_refused" and "not public" in str(refused.value)
     assert "webhook" not in str(refused.value)
 
 
 @pytest.mark.anyio
-async def test_a_url_that_resolves_to_loopback_is_refused(web):
-    base, routes = web
-    port = base.rsplit(":", 1)[1]
-    routes["/in.png"] = (200, picture((8, 8)), 0.0)
+async def test_a_url_that_resolves_to_loopback_is_refused(file_server):
+    port = file_server.url.rsplit(":", 1)[1]
+    file_server.files["/in.png"] = image_bytes((8, 8))
 
     def resolver(host: str, _port: int) -> list[str]:
         assert host == "images.example.com"
@@ -221,11 +183,10 @@ async def test_a_url_that_resolves_to_loopback_is_refused(web):
 
 
 @pytest.mark.anyio
-async def test_a_url_is_fetched_at_the_address_checked_with_its_host_header(web):
-    base, routes = web
-    port = base.rsplit(":", 1)[1]
-    data = picture((8, 8))
-    routes["/in.png"] = (200, data, 0.0)
+async def test_a_url_is_fetched_at_the_address_checked_with_its_host_header(file_server):
+    port = file_server.url.rsplit(":", 1)[1]
+    data = image_bytes((8, 8))
+    file_server.files["/in.png"] = data
     limits = UploadLimits(allow_private=True)
     got = await fetch_image(
         f"http://images.test:{port}/in.png", "image", limits, resolve=lambda h, p: ["127.0.0.1"]
@@ -235,34 +196,36 @@ async def test_a_url_is_fetched_at_the_address_checked_with_its_host_header(web)
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    ("route", "limits", "code", "words"),
+    ("reply", "limits", "code", "words"),
     [
-        ((200, bytes(5000), 0.0), UploadLimits(max_bytes=1000), "too_large", "over 1,000 bytes"),
-        ((200, bytes(5000), 0.0), UploadLimits(max_bytes=1000), "too_large", "over 1,000 bytes"),
-        ((200, b"", 3.0), UploadLimits(fetch_timeout=0.5), "url_failed", "within 0.5 s"),
-        ((302, b"", 0.0), UploadLimits(), "url_failed", "HTTP 302"),
-        ((404, b"", 0.0), UploadLimits(), "url_failed", "HTTP 404"),
+        (Reply(bytes(5000)), UploadLimits(max_bytes=1000), "too_large", "over 1,000 bytes"),
+        (
+            Reply(bytes(5000), sized=False),
+            UploadLimits(max_bytes=1000),
+            "too_large",
+            "over 1,000 bytes",
+        ),
+        (Reply(delay=3.0), UploadLimits(fetch_timeout=0.2), "url_failed", "within 0.2 s"),
+        (Reply(status=302, location=ELSEWHERE), UploadLimits(), "url_failed", "HTTP 302"),
+        (Reply(status=404), UploadLimits(), "url_failed", "HTTP 404"),
     ],
     ids=["declared-over-the-limit", "streamed-over-the-limit", "timeout", "redirect", "missing"],
 )
-async def test_url_fetches_are_bounded(web, route, limits, code, words, request):
-    base, routes = web
-    path = "/x.stream" if "streamed" in request.node.callspec.id else "/x.png"
-    routes[path] = route
+async def test_url_fetches_are_bounded(file_server: FileServer, reply, limits, code, words):
+    file_server.files["/x.png"] = reply
     limits = UploadLimits(limits.max_bytes, limits.max_pixels, limits.fetch_timeout, True)
     started = time.monotonic()
     with pytest.raises(UploadRefused) as refused:
-        await fetch_image(f"{base}{path}", "image", limits)
+        await fetch_image(f"{file_server.url}/x.png", "image", limits)
     assert refused.value.code == code and words in str(refused.value)
     assert time.monotonic() - started < 2.5
 
 
 @pytest.mark.anyio
-async def test_the_next_address_is_tried_when_one_does_not_connect(web):
-    base, routes = web
-    port = base.rsplit(":", 1)[1]
-    data = picture((8, 8), "red")
-    routes["/in.png"] = (200, data, 0.0)
+async def test_the_next_address_is_tried_when_one_does_not_connect(file_server):
+    port = file_server.url.rsplit(":", 1)[1]
+    data = image_bytes((8, 8), "red")
+    file_server.files["/in.png"] = data
     limits = UploadLimits(allow_private=True)
     got = await fetch_image(  # nothing listens on ::1 at this port (the server is IPv4 only)
         f"http://images.test:{port}/in.png",
@@ -279,7 +242,7 @@ async def test_the_next_address_is_tried_when_one_does_not_connect(web):
 @pytest.mark.anyio
 async def test_resolve_inputs_gives_the_bytes_of_the_keys_own_uploads(tmp_path):
     storage = LocalStorage(tmp_path)
-    data = picture((32, 32))
+    data = image_bytes((32, 32))
     stored = await store_image(storage, "key_a", data, "image", UploadLimits())
     values = {"prompt": "a cat", "image": {"upload": stored.id}, "denoise": 0.5}
     resolved = await resolve_inputs(storage, zimage_edit(), values, key_id="key_a")
@@ -314,8 +277,12 @@ def job_count(gateway) -> int:
             "image",
             "not_an_image",
         ),
-        ({"files": {"image": ("a.png", picture((8, 8)))}, "data": {"steps": "abc"}}, "steps", None),
-        ({"files": {"prompt": ("a.png", picture((8, 8)))}}, "prompt", None),
+        (
+            {"files": {"image": ("a.png", image_bytes((8, 8)))}, "data": {"steps": "abc"}},
+            "steps",
+            None,
+        ),
+        ({"files": {"prompt": ("a.png", image_bytes((8, 8)))}}, "prompt", None),
     ],
     ids=["missing", "garbage", "unknown-id", "not-an-image", "bad-field", "file-for-text"],
 )
@@ -335,7 +302,7 @@ def test_the_typed_endpoint_refuses_bad_images_before_queueing(offline, request_
 
 
 def test_another_key_cannot_use_my_upload_id(offline):
-    mine = upload(offline, picture((16, 16), "purple")).json()["id"]
+    mine = upload(offline, image_bytes((16, 16), "purple")).json()["id"]
     theirs = httpx.post(
         f"{offline.url}/v1/workflows/zimage-edit/jobs",
         json={"prompt": "x", "image": mine},
@@ -352,7 +319,7 @@ def test_another_key_cannot_use_my_upload_id(offline):
 
 
 def test_the_input_size_counts_against_the_cost_limits(offline):
-    big = picture((3000, 2000))  # → 3008 × 2000 output pixels, over 2048²
+    big = image_bytes((3000, 2000))  # → 3008 × 2000 output pixels, over 2048²
     answer = httpx.post(
         f"{offline.url}/v1/images/edits",
         files={"image": ("big.png", big, "image/png")},
@@ -377,15 +344,19 @@ def test_the_input_size_counts_against_the_cost_limits(offline):
     ("files", "data", "param"),
     [
         ({}, {"prompt": "x"}, "image"),
-        ({"image": ("a.png", picture((8, 8)))}, {}, "prompt"),
+        ({"image": ("a.png", image_bytes((8, 8)))}, {}, "prompt"),
         (
-            {"image": ("a.png", picture((8, 8))), "mask": ("m.png", picture((8, 8)))},
+            {"image": ("a.png", image_bytes((8, 8))), "mask": ("m.png", image_bytes((8, 8)))},
             {"prompt": "x"},
             "mask",
         ),
-        ({"image": ("a.png", picture((8, 8)))}, {"prompt": "x", "size": "big"}, "size"),
-        ({"image": ("a.png", picture((8, 8)))}, {"prompt": "x", "model": "zimage-turbo"}, "model"),
-        ({"image": ("a.png", picture((8, 8)))}, {"prompt": "x", "denoise": "2"}, "denoise"),
+        ({"image": ("a.png", image_bytes((8, 8)))}, {"prompt": "x", "size": "big"}, "size"),
+        (
+            {"image": ("a.png", image_bytes((8, 8)))},
+            {"prompt": "x", "model": "zimage-turbo"},
+            "model",
+        ),
+        ({"image": ("a.png", image_bytes((8, 8)))}, {"prompt": "x", "denoise": "2"}, "denoise"),
     ],
     ids=["no-image", "no-prompt", "mask-without-a-mask-input", "size", "no-image-input", "denoise"],
 )
@@ -419,7 +390,7 @@ def test_the_openapi_document_shows_images_as_files_and_urls(offline):
 
 
 def test_of_several_edit_images_the_first_is_used(offline):
-    big, small = picture((3000, 2000)), picture((64, 64))
+    big, small = image_bytes((3000, 2000)), image_bytes((64, 64))
     answer = httpx.post(  # as the OpenAI SDK sends a list of images
         f"{offline.url}/v1/images/edits",
         files=[("image[]", ("big.png", big, "image/png")), ("image[]", ("s.png", small))],

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import threading
 import time
 
 import pytest
 from graphs import sleep_graph
-from PIL import Image as PILImage
+from tests_png import image_bytes
 
 from comfyfn.events import Progress
 from comfyfn.fleet import Done, Pool, Refused, Slot
@@ -28,12 +27,6 @@ from comfyfn.workflow import Workflow
 
 pytestmark = pytest.mark.anyio
 SERVER = "http://fake-comfyui"
-
-
-def png() -> bytes:
-    out = io.BytesIO()
-    PILImage.new("RGB", (8, 8), "red").save(out, "PNG")
-    return out.getvalue()
 
 
 class FakeFleet:
@@ -248,7 +241,7 @@ async def test_progress_is_published_at_every_step_and_stored_now_and_then(tmp_p
 
 async def test_a_success_is_published_in_hand_then_stored_in_one_go(tmp_path, monkeypatch):
     fleet = FakeFleet()
-    image = Image(data=png(), node_id="3")
+    image = Image(data=image_bytes((8, 8), "red"), node_id="3")
     fleet.outcome = lambda ticket: Done(
         Generation(ticket.prompt_id, SERVER, (image,), {}, {}, Timings(0.0, 0.1, 0.1)),
         SERVER,

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
-import io
-import threading
 import warnings
-from collections.abc import Iterator
 
 import pytest
+from fileserver import FileServer, Reply
 from PIL import Image as PIL
+from tests_png import image_bytes
 
 from comfyfn.client._inputs import fetch_url
 from comfyfn.errors import ConfigError, WorkflowInvalid
@@ -20,16 +18,10 @@ from comfyfn.workflow import ComfyWarning, Workflow, builtin
 warnings.simplefilter("ignore", ComfyWarning)
 
 
-def png(size: tuple[int, int] = (100, 75), color: str = "red") -> bytes:
-    buffer = io.BytesIO()
-    PIL.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_zimage_edit_offers_image_and_sizes_the_output_from_it():
     wf = builtin("zimage-edit")
     assert {p.name: p.type for p in wf.params}["image"] == "IMAGE"
-    data = png()
+    data = image_bytes((100, 75), "red")
     bound = wf.bind(image=data, prompt="p", denoise=0.5)
     name = f"comfyfn/{hashlib.sha256(data).hexdigest()[:32]}.png"
     graph = bound.to_api()
@@ -43,7 +35,7 @@ def test_zimage_edit_offers_image_and_sizes_the_output_from_it():
 
 
 def test_every_kind_of_image_gets_the_same_content_name(tmp_path):
-    data = png((32, 32), "green")
+    data = image_bytes((32, 32), "green")
     path = tmp_path / "a b.png"
     path.write_bytes(data)
     wf = builtin("zimage-edit")
@@ -75,7 +67,7 @@ def test_by_path_a_server_file_name_stays_and_a_local_file_is_uploaded(tmp_path)
     kept = wf.bind(**{"40.image": "example.png"})
     assert kept.to_api()["40"]["inputs"]["image"] == "example.png" and not kept.uploads
     local = tmp_path / "in.png"
-    local.write_bytes(png())
+    local.write_bytes(image_bytes((100, 75), "red"))
     bound = wf.bind(**{"Input image.image": local})
     assert bound.to_api()["40"]["inputs"]["image"] in bound.uploads
 
@@ -87,34 +79,17 @@ def test_mask_and_several_images_are_found_by_meaning():
         "3": {"class_type": "LoadImage", "inputs": {"image": "b.png"}},
     }
     wf = Workflow.load(graph)
-    bound = wf.bind(mask=png((8, 8)))
+    bound = wf.bind(mask=image_bytes((8, 8), "red"))
     assert bound.to_api()["2"]["inputs"]["image"].startswith("comfyfn/")
     with pytest.raises(WorkflowInvalid, match="ambiguous"):
-        wf.bind(image=png())
+        wf.bind(image=image_bytes((100, 75), "red"))
 
 
 @pytest.fixture
-def local_http() -> Iterator[str]:
-    bodies = {"/ok.png": ("image/png", png((10, 10))), "/page": ("text/html", b"<html>")}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            kind, body = bodies.get(self.path, ("text/plain", b""))
-            self.send_response(200 if self.path in bodies else 404)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    thread.join(timeout=10)
+def local_http(file_server: FileServer) -> str:
+    file_server.files["/ok.png"] = image_bytes((10, 10), "red")
+    file_server.files["/page"] = Reply(b"<html>", media_type="text/html")
+    return file_server.url
 
 
 @pytest.mark.anyio

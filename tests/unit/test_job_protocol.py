@@ -8,10 +8,12 @@ never connects, and says the messages a real ComfyUI 0.3.75 sent (tests/fixtures
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import time
 import uuid
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -29,6 +31,7 @@ from test_client_protocol import (
 
 import comfyfn
 from comfyfn import AsyncClient
+from comfyfn.client import _lookup
 from comfyfn.client._job import JobSettings, JobSpec, follow
 from comfyfn.client._socket import LOST, EventSocket
 from comfyfn.events import NodeFinished, NodeStarted, Preview, Started, Stopped
@@ -201,6 +204,20 @@ class Lossy(httpx.AsyncBaseTransport):
         return response
 
 
+@pytest.fixture
+def recheck_pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The pauses before looking a lost submission up a second time, recorded instead of
+    waited for (sleep is all the lookup module takes from ``asyncio``)."""
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(_lookup, "asyncio", SimpleNamespace(sleep=pause))
+    return pauses
+
+
 async def test_a_lost_answer_is_looked_up_not_posted_again(monkeypatch):
     monkeypatch.setattr(AsyncClient, "_socket_class", NoSocket)
     fake = FakeComfy()
@@ -210,22 +227,24 @@ async def test_a_lost_answer_is_looked_up_not_posted_again(monkeypatch):
     assert generation.images and len(fake.history) == 1
 
 
-async def test_a_lost_request_is_posted_again_once(monkeypatch):
+async def test_a_lost_request_is_posted_again_once(monkeypatch, recheck_pauses):
     monkeypatch.setattr(AsyncClient, "_socket_class", NoSocket)
     fake = FakeComfy()
     lossy = Lossy(fake, requests=1)
     async with AsyncClient(SERVER, transport=lossy) as c:
         generation = await (await c.submit_graph(GRAPH, validate=False)).result()
     assert fake.count("POST", "/prompt") == 1 and lossy.requests == 0  # 2 sent, 1 arrived
+    assert recheck_pauses == [0.25]  # looked up twice, a moment apart, before posting again
     assert generation.images and len(fake.history) == 1
 
 
-async def test_persistent_loss_is_a_clear_error_and_nothing_runs():
+async def test_persistent_loss_is_a_clear_error_and_nothing_runs(recheck_pauses):
     fake = FakeComfy()
     async with AsyncClient(SERVER, transport=Lossy(fake, requests=100), retries=2) as c:
         with pytest.raises(comfyfn.TransportError, match=r"POST /prompt to .* kept failing"):
             await c.submit_graph(GRAPH, validate=False)
     assert fake.count("POST", "/prompt") == 0 and fake.pending == fake.running == []
+    assert recheck_pauses == [0.25] * 3  # each of the 3 attempts looked up twice
 
 
 # -- retries --------------------------------------------------------------------------------

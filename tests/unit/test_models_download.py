@@ -12,18 +12,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from comfyfn.errors import ConfigError
-from comfyfn.models import ChecksumMismatch, DownloadFailed, ModelFile, pull, pull_file
+from comfyfn.models import ChecksumMismatch, DownloadFailed, ModelFile, _download, pull, pull_file
 
 BODY = os.urandom(3 * 1024 * 1024 + 17)  # several chunks, not a round number
 SHA = hashlib.sha256(BODY).hexdigest()
 
 
 @dataclass
-class FileServer:
+class ModelServer:
     """A loopback server for one file at ``/model.safetensors`` (and ``/redirect`` to it)."""
 
     body: bytes = BODY
@@ -67,7 +68,7 @@ class FileServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
         self.thread.start()
 
     def serve(self, handler: BaseHTTPRequestHandler) -> None:
@@ -114,14 +115,23 @@ class FileServer:
 
 
 @pytest.fixture
-def server() -> Iterator[FileServer]:
-    srv = FileServer()
+def backoff(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits before retries, recorded instead of slept (sleep is all the transfer module
+    takes from ``time``)."""
+    waits: list[float] = []
+    monkeypatch.setattr(_download, "time", SimpleNamespace(sleep=waits.append))
+    return waits
+
+
+@pytest.fixture
+def server() -> Iterator[ModelServer]:
+    srv = ModelServer()
     srv.start()
     yield srv
     srv.stop()
 
 
-def entry(server: FileServer, **changes: object) -> ModelFile:
+def entry(server: ModelServer, **changes: object) -> ModelFile:
     fields: dict[str, object] = {
         "name": "tiny.safetensors",
         "folder": "checkpoints",
@@ -150,10 +160,10 @@ def test_a_file_is_downloaded_verified_and_renamed(server, tmp_path):
     assert server.requests[0]["accept-encoding"] == "identity"
 
 
-def test_an_interrupted_transfer_resumes_with_a_range_request(server, tmp_path):
+def test_an_interrupted_transfer_resumes_with_a_range_request(server, tmp_path, backoff):
     server.cut_after = [1_000_000]
     pulled = pull_file(entry(server), tmp_path, retries=1)
-    assert pulled.action == "resumed"
+    assert pulled.action == "resumed" and backoff == [0.5]
     assert (tmp_path / "checkpoints" / "tiny.safetensors").read_bytes() == BODY
     assert "range" not in server.requests[0]
     assert server.requests[1]["range"] == "bytes=1000000-"
@@ -173,10 +183,11 @@ def test_a_partial_file_left_by_an_earlier_pull_is_resumed(server, tmp_path):
     assert (tmp_path / "checkpoints" / "tiny.safetensors").read_bytes() == BODY
 
 
-def test_a_server_that_ignores_ranges_sends_it_whole_again(server, tmp_path):
+def test_a_server_that_ignores_ranges_sends_it_whole_again(server, tmp_path, backoff):
     server.ranges, server.cut_after = False, [500_000]
     pulled = pull_file(entry(server), tmp_path, retries=1)
     assert pulled.action == "resumed"  # it tried; the server restarted from byte 0
+    assert backoff == [0.5]
     assert (tmp_path / "checkpoints" / "tiny.safetensors").read_bytes() == BODY
 
 
@@ -252,11 +263,12 @@ def test_an_http_error_names_the_url_and_leaves_nothing(server, tmp_path):
     assert leftovers(tmp_path) == [".tiny.safetensors.lock"]
 
 
-def test_a_server_error_is_retried(server, tmp_path):
+def test_a_server_error_is_retried(server, tmp_path, backoff):
     server.status = 503
     with pytest.raises(DownloadFailed, match="HTTP 503"):
-        pull_file(entry(server), tmp_path, retries=1)
-    assert len(server.requests) == 2
+        pull_file(entry(server), tmp_path, retries=2)
+    assert len(server.requests) == 3
+    assert backoff == [0.5, 1.0]  # waits that double
 
 
 def test_headers_come_from_the_environment_and_a_missing_variable_is_named(server, tmp_path):
@@ -278,6 +290,8 @@ def test_a_file_already_there_is_left_alone(server, tmp_path):
 
 
 def test_two_pulls_of_one_file_download_it_once(server, tmp_path):
+    """Slow by design (~0.5 s): the transfer must last long enough for the second pull to
+    arrive while the first still holds the file's lock."""
     server.slow = 0.01  # ~0.5 s for the whole file: the second pull arrives meanwhile
     results: list[object] = []
 

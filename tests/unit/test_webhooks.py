@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from job_records import job_record
 
 from comfyfn.errors import ComfyError
 from comfyfn.gateway.security import address_error, check_webhook, webhook_target_error
@@ -370,16 +371,18 @@ def test_check_webhook_pins_every_checked_address():
 
 
 def test_webhook_payload_shows_only_the_public_error():
-    from comfyfn.gateway.schema import JobRecord
-
-    job = JobRecord(
-        id="job_1", key_id="k", workflow="w", params={}, state="failed", server="http://x:8188",
-        prompt_id="p", progress=0.0, outputs=[], webhook="http://h/", idempotency_key=None,
-        created_at=0.0, updated_at=0.0, started_at=None, finished_at=None, claimed_by=None,
-        heartbeat_at=None, cancel_requested=False,
-        error={"type": "ServerUnreachable", "message": "http://127.0.0.1:8188 refused",
-               "traceback": ["File x"]},
-    )  # fmt: skip
+    job = job_record(
+        key_id="k",
+        state="failed",
+        server="http://x:8188",
+        prompt_id="p",
+        webhook="http://h/",
+        error={
+            "type": "ServerUnreachable",
+            "message": "http://127.0.0.1:8188 refused",
+            "traceback": ["File x"],
+        },
+    )
     payload = json.loads(webhook_payload(job))
     assert payload["error"] == {"type": "ServerUnreachable", "message": "<server> refused"}
     assert "8188" not in json.dumps(payload)

@@ -6,7 +6,7 @@ import inspect
 import json
 
 import pytest
-from tests_png import tiny_png
+from tests_png import image_bytes
 
 from comfyfn import Workflow
 from comfyfn.errors import WorkflowInvalid
@@ -65,13 +65,16 @@ def test_load_every_format(tmp_path, templates):
     assert ui.source == "ui" and ui.name == "ui" and "57:3" in ui.graph
     assert Workflow.load(api).graph == zimage_turbo().graph
     png = tmp_path / "made.png"
-    png.write_bytes(add_text_chunks(tiny_png(), {"prompt": json.dumps(api)}))
+    png.write_bytes(add_text_chunks(image_bytes((8, 8), (1, 2, 3)), {"prompt": json.dumps(api)}))
     assert Workflow.load(png).source == "png:prompt"
     png.write_bytes(
-        add_text_chunks(tiny_png(), {"workflow": json.dumps(templates("image_z_image_turbo.json"))})
+        add_text_chunks(
+            image_bytes((8, 8), (1, 2, 3)),
+            {"workflow": json.dumps(templates("image_z_image_turbo.json"))},
+        )
     )
     assert Workflow.load(png).source == "png:workflow"
-    png.write_bytes(tiny_png())
+    png.write_bytes(image_bytes((8, 8), (1, 2, 3)))
     with pytest.raises(WorkflowInvalid, match="carries no ComfyUI workflow"):
         Workflow.load(png)
 

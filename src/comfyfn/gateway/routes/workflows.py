@@ -9,9 +9,10 @@ job is queued: a missing or bad image is a 422 naming its field, and nothing is 
 # No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 
 import inspect
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, ValidationError
 
 from comfyfn.gateway.dependencies import ApiKey, RuntimeDep
@@ -24,11 +25,45 @@ from comfyfn.gateway.routes.uploads import (
     request_body,
     validation_error,
 )
+from comfyfn.gateway.runtime import Runtime
+from comfyfn.gateway.store import KeyRecord
 
 __all__ = ["workflow_router"]
 
 #: stands for an image given as a file while the other fields are validated
 _FILE = "(file)"
+
+
+@dataclass(frozen=True)
+class _JobHeaders:
+    idempotency_key: str | None
+    webhook: str | None
+
+
+async def _job_headers(
+    idempotency_key: str | None = Header(None, max_length=200),
+    webhook: str | None = Header(None, alias="X-Webhook-Url", pattern=r"^https?://\S+$"),
+) -> _JobHeaders:
+    """The headers every workflow route takes. The routes declare this dependency before the
+    API key, so the OpenAPI document lists these headers first, as for ``POST /v1/jobs``."""
+    return _JobHeaders(idempotency_key, webhook)
+
+
+_JobHeadersDep = Annotated[_JobHeaders, Depends(_job_headers)]
+
+
+async def _queue(
+    request: Request,
+    runtime: Runtime,
+    key: KeyRecord,
+    served: Served,
+    params: dict[str, Any],
+    headers: _JobHeaders,
+) -> dict[str, Any]:
+    job = await create_job(
+        runtime, key, served.name, params, headers.webhook, headers.idempotency_key, where=""
+    )
+    return job_json(runtime, job, str(request.base_url).rstrip("/"))
 
 
 def workflow_router(registry: Registry) -> APIRouter:
@@ -56,15 +91,11 @@ def _add_route(router: APIRouter, served: Served) -> None:
         body: BaseModel,  # the workflow's model: see the signature set below
         request: Request,
         runtime: RuntimeDep,
+        headers: _JobHeadersDep,
         key: ApiKey,
-        idempotency_key: str | None = Header(None, max_length=200),
-        webhook: str | None = Header(None, alias="X-Webhook-Url", pattern=r"^https?://\S+$"),
     ) -> dict[str, Any]:
         params = body.model_dump(exclude_unset=True, exclude_none=True)
-        job = await create_job(
-            runtime, key, served.name, params, webhook, idempotency_key, where=""
-        )
-        return job_json(runtime, job, str(request.base_url).rstrip("/"))
+        return await _queue(request, runtime, key, served, params, headers)
 
     signature = inspect.signature(endpoint)
     parameters = list(signature.parameters.values())
@@ -89,9 +120,8 @@ def _add_image_route(router: APIRouter, served: Served) -> None:
     async def endpoint(
         request: Request,
         runtime: RuntimeDep,
+        headers: _JobHeadersDep,
         key: ApiKey,
-        idempotency_key: str | None = Header(None, max_length=200),
-        webhook: str | None = Header(None, alias="X-Webhook-Url", pattern=r"^https?://\S+$"),
     ) -> dict[str, Any]:
         fields, files = await read_request(request)
         for name, parts in files.items():
@@ -104,10 +134,7 @@ def _add_image_route(router: APIRouter, served: Served) -> None:
         values = given.model_dump(exclude_unset=True, exclude_none=True)
         images = {name: files[name][0] if name in files else values[name] for name in served.images}
         params = await image_params(runtime, key, served, values, images)
-        job = await create_job(
-            runtime, key, served.name, params, webhook, idempotency_key, where=""
-        )
-        return job_json(runtime, job, str(request.base_url).rstrip("/"))
+        return await _queue(request, runtime, key, served, params, headers)
 
     json_schema = served.request_model.model_json_schema()
     _route(router, served, openapi_extra=request_body(json_schema, _form_schema(served)))(endpoint)

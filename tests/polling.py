@@ -1,0 +1,23 @@
+"""Waiting in tests for something another process or thread does: poll with a deadline, and
+fail the test (never return quietly) when the deadline passes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, *, interval: float = 0.05) -> T:
+    """``check()``'s first true value, polled every ``interval`` seconds; past ``timeout``
+    seconds the test fails, naming ``what`` it waited for."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:g} s")
+        time.sleep(interval)
+    return value
