@@ -75,3 +75,29 @@ def test_the_default_state_folder_is_keyed_by_the_url(tmp_path, monkeypatch) -> 
     assert isinstance(storage, S3Storage)
     assert output_place("s3://bucket/x", Path("st"))[0] == Path("st")
     assert output_place("out", None) == (Path("out"), None)
+
+
+def test_a_store_that_fails_stops_the_batch_with_exit_2_and_keeps_the_job_recorded(
+    s3, server, unique, tmp_path, monkeypatch
+):
+    from ports import free_port
+
+    from comfyfn.batch import Manifest
+
+    for name, value in {**s3.env(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}.items():
+        monkeypatch.setenv(name, value)  # nothing listens there: every store call fails
+    source = tmp_path / "rows.csv"
+    source.write_text(f"prompt,seed,width,height,steps\nrow,{unique()},64,48,2\n", "utf-8")
+    state = tmp_path / "state"
+    url = f"s3://{s3.bucket}/b-{uuid.uuid4().hex[:8]}/out"
+    result = runner.invoke(
+        app, ["batch", str(source), "-o", url, "--state", str(state), "-s", server]
+    )
+    assert result.exit_code == 2, result.output
+    assert "the outputs cannot be stored" in result.output
+    manifest = Manifest(state / "manifest.sqlite")
+    try:  # the job ran on the server: the next run re-attaches to it by its prompt id
+        (record,) = manifest.records("submitted")
+        assert record.prompt_id
+    finally:
+        manifest.close()
