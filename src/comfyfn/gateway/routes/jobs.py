@@ -110,6 +110,14 @@ def _state_event(
     return ServerSentEvent(data=json.dumps(data), event=kind, id=event_id)
 
 
+def _not_newer(job: JobRecord, sent: tuple[str, float] | None) -> bool:
+    """Whether ``job`` adds nothing to the state last sent: the same state, and for a running
+    job no more progress."""
+    if sent is None or sent[0] != job.state:
+        return False
+    return job.state != "running" or job.progress <= sent[1]
+
+
 def _preview_event(event: BusEvent) -> ServerSentEvent:
     preview = event.item
     assert isinstance(preview, JobPreview)
@@ -143,17 +151,18 @@ async def _live(
     runtime: Runtime, job: JobRecord, base: str, replayed: tuple[str, float] | None
 ) -> AsyncIterator[ServerSentEvent]:
     """The job's changes (from :func:`follow`) and its previews, as they come, until it is
-    final; the first state is left out if it is the one just replayed."""
+    final. A running job's progress never goes back: a state no newer than the last one sent
+    (the one just replayed, or a stored record older than the replayed history, since
+    progress is stored only now and then) is left out."""
     queue: asyncio.Queue[ServerSentEvent | BaseException | None] = asyncio.Queue()
 
     async def states() -> None:
+        sent = replayed
         try:
-            first = True
             async for current, position in follow(runtime, job):
-                if first and replayed == (current.state, current.progress) and position is None:
-                    first = False
+                if position is None and _not_newer(current, sent):
                     continue
-                first = False
+                sent = (current.state, current.progress)
                 event_id = runtime.bus.last_id(job.id)
                 queue.put_nowait(_state_event(runtime, current, position, base, event_id))
             queue.put_nowait(None)
