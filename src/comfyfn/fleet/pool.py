@@ -87,12 +87,16 @@ class Pool:
         state = self.states[url]
         return prime_for(state.executed, state.turnaround, most=self.most) + 1
 
-    def free_slots(self) -> int:
-        """Free slots on healthy servers, less the jobs already waiting for one."""
-        free = sum(
+    def open_slots(self) -> int:
+        """Slots not taken on healthy servers."""
+        return sum(
             max(0, self.slots(s.url) - s.in_flight) for s in self.states.values() if s.healthy
         )
-        return max(0, free - sum(not f.done() for _, f in self._waiting.values()))
+
+    def free_slots(self) -> int:
+        """Open slots, less the jobs already waiting for one."""
+        waiting = sum(not future.done() for _, future in self._waiting.values())
+        return max(0, self.open_slots() - waiting)
 
     def request(self, want: Want) -> asyncio.Future[str]:
         """Wait for a slot: the future gives the server's URL once the job is placed there

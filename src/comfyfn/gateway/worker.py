@@ -269,11 +269,7 @@ class Worker:
 
     def _free_slots(self) -> int:
         """Slots free for new jobs on healthy servers (less those reserved or being taken)."""
-        pool = self.fleet.pool
-        free = sum(
-            max(0, pool.slots(s.url) - s.in_flight) for s in pool.states.values() if s.healthy
-        )
-        return max(0, free - self._reserved - len(self._starting))
+        return max(0, self.fleet.pool.open_slots() - self._reserved - len(self._starting))
 
     def _start(self, job: JobRecord) -> None:
         """Run a claimed job (or end it at once: cancelled before it ran, unbindable)."""
