@@ -13,20 +13,18 @@ clocks, and ``stale_after`` should be well above any skew)::
     cfn_jobs   id PK "job_…", key_id, workflow, params (JSON text), state, server, prompt_id,
                progress, error (JSON text), outputs (JSON text: file ids), webhook,
                idempotency_key, created_at, updated_at, started_at, finished_at,
-               claimed_by, heartbeat_at, cancel_requested, attempts
+               claimed_by, heartbeat_at, cancel_requested, attempts, priority
                unique(key_id, idempotency_key)   -- NULLs never collide
                index(state, created_at), index(state, heartbeat_at), index(key_id, created_at)
     cfn_files  id PK "file_…", job_id → cfn_jobs.id, path, content_type, size, etag, created_at
 
-API keys: the secret (``"cfn_" + token_urlsafe(32)``) is returned once by :meth:`Store.create_key`
-and never stored; the row holds ``sha256(secret)`` (hex) and the secret's first 8 characters
-(``prefix``, an index for lookup and something to show in listings). :meth:`Store.find_key`
-fetches the rows with that prefix and compares the hashes with :func:`hmac.compare_digest`.
+API keys: :mod:`comfyfn.gateway._keys` (the :class:`Store` has its methods).
 
 Claim protocol (how workers of one or several replicas share the queue):
 
 1. :meth:`Store.claim_jobs` (:meth:`Store.claim_job` for one) runs one write transaction that
-   picks the oldest ``queued`` jobs or, failing those, the ``running`` jobs with the oldest
+   picks the ``queued`` jobs with the highest ``priority`` (then the oldest) or, failing
+   those, the ``running`` jobs with the oldest
    ``heartbeat_at`` older than ``stale_after`` seconds (their replica died), and sets
    ``state='running'``, ``claimed_by=worker``, ``heartbeat_at=now``, ``started_at`` (if unset).
    On PostgreSQL the pick is ``SELECT … FOR UPDATE SKIP LOCKED``: concurrent claimers skip rows
@@ -51,7 +49,6 @@ Claim protocol (how workers of one or several replicas share the queue):
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import json
 import secrets
 import time
@@ -62,10 +59,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from comfyfn.gateway._keys import KeyStore
 from comfyfn.gateway.database import SQLITE_BUSY_TIMEOUT, Database
 from comfyfn.gateway.schema import (
     JSON_FIELDS,
-    PREFIX_LEN,
     STATES,
     TERMINAL,
     UPDATABLE,
@@ -74,20 +71,17 @@ from comfyfn.gateway.schema import (
     KeyRecord,
     NewFile,
     _file,
-    _hash,
     _job,
-    _key,
     _new_id,
     files_t,
     jobs_t,
-    keys_t,
     meta_t,
 )
 
 __all__ = ["STATES", "TERMINAL", "FileRecord", "JobRecord", "KeyRecord", "NewFile", "Store"]
 
 
-class Store:
+class Store(KeyStore):
     """The job store on ``url`` (a SQLAlchemy URL; see the module docstring).
 
     Thread-safe: every method runs in its own short transaction on a pooled connection.
@@ -117,87 +111,6 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- API keys ------------------------------------------------------------------------------
-
-    def create_key(self, name: str, rate: str = "60/min") -> tuple[str, KeyRecord]:
-        """A new key: (its secret, shown only now; its record). Names of live keys are unique."""
-        from comfyfn.gateway.security import parse_rate
-
-        if not name or not name.strip():
-            raise ValueError("a key needs a name")
-        parse_rate(rate)  # ValueError with a readable message
-        secret = "cfn_" + secrets.token_urlsafe(32)
-        record = KeyRecord(
-            id=_new_id("key"),
-            name=name,
-            prefix=secret[:PREFIX_LEN],
-            rate=rate,
-            created_at=self.clock(),
-            revoked=False,
-        )
-        taken = ValueError(f"an active key named {name!r} exists already (revoke it first)")
-        try:
-            with self._write() as conn:
-                exists = conn.execute(
-                    sa.select(keys_t.c.id).where(
-                        keys_t.c.name == name, keys_t.c.revoked == sa.false()
-                    )
-                ).first()
-                if exists:
-                    raise taken
-                conn.execute(
-                    sa.insert(keys_t).values(
-                        id=record.id,
-                        name=record.name,
-                        prefix=record.prefix,
-                        hash=_hash(secret),
-                        rate=record.rate,
-                        created_at=record.created_at,
-                        revoked=False,
-                    )
-                )
-        except IntegrityError as e:  # a concurrent create_key with the same name won
-            raise taken from e
-        return secret, record
-
-    def find_key(self, secret: str) -> KeyRecord | None:
-        """The live key whose secret this is, else None (hashes compared in constant time)."""
-        if not isinstance(secret, str) or not secret:
-            return None
-        digest = _hash(secret)
-        with self._read() as conn:
-            rows = conn.execute(
-                sa.select(keys_t).where(
-                    keys_t.c.prefix == secret[:PREFIX_LEN], keys_t.c.revoked == sa.false()
-                )
-            ).all()
-        found = None
-        for row in rows:
-            if hmac.compare_digest(row._mapping["hash"], digest):
-                found = row
-        if not rows:  # the same work whether or not the prefix exists
-            hmac.compare_digest(digest, _hash("cfn_" + "0" * 43))
-        return _key(found) if found is not None else None
-
-    def list_keys(self) -> list[KeyRecord]:
-        """Every key, revoked ones included, oldest first."""
-        with self._read() as conn:
-            rows = conn.execute(sa.select(keys_t).order_by(keys_t.c.created_at, keys_t.c.id))
-            return [_key(r) for r in rows]
-
-    def revoke_key(self, name_or_id: str) -> bool:
-        """Revoke the live key with this id or name; False if there is none."""
-        with self._write() as conn:
-            result = conn.execute(
-                sa.update(keys_t)
-                .where(
-                    sa.or_(keys_t.c.id == name_or_id, keys_t.c.name == name_or_id),
-                    keys_t.c.revoked == sa.false(),
-                )
-                .values(revoked=True)
-            )
-            return result.rowcount > 0
 
     # -- jobs ----------------------------------------------------------------------------------
 

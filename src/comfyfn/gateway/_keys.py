@@ -1,0 +1,110 @@
+"""API keys in the gateway's store: made, found, listed and revoked.
+
+The secret (``"cfn_" + token_urlsafe(32)``) is returned once by :meth:`KeyStore.create_key`
+and never stored; the row holds ``sha256(secret)`` (hex) and the secret's first 8 characters
+(``prefix``, an index for lookup and something to show in listings). :meth:`KeyStore.find_key`
+fetches the rows with that prefix and compares the hashes with :func:`hmac.compare_digest`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from comfyfn.gateway.schema import PREFIX_LEN, KeyRecord, _hash, _key, _new_id, keys_t
+
+__all__ = ["KeyStore"]
+
+
+class KeyStore:
+    """The API-key methods of :class:`comfyfn.gateway.store.Store` (which provides the
+    transactions and the clock)."""
+
+    clock: Callable[[], float]
+    _read: Callable[[], AbstractContextManager[Connection]]
+    _write: Callable[[], AbstractContextManager[Connection]]
+
+    def create_key(self, name: str, rate: str = "60/min") -> tuple[str, KeyRecord]:
+        """A new key: (its secret, shown only now; its record). Names of live keys are unique."""
+        from comfyfn.gateway.security import parse_rate
+
+        if not name or not name.strip():
+            raise ValueError("a key needs a name")
+        parse_rate(rate)  # ValueError with a readable message
+        secret = "cfn_" + secrets.token_urlsafe(32)
+        record = KeyRecord(
+            id=_new_id("key"),
+            name=name,
+            prefix=secret[:PREFIX_LEN],
+            rate=rate,
+            created_at=self.clock(),
+            revoked=False,
+        )
+        taken = ValueError(f"an active key named {name!r} exists already (revoke it first)")
+        try:
+            with self._write() as conn:
+                exists = conn.execute(
+                    sa.select(keys_t.c.id).where(
+                        keys_t.c.name == name, keys_t.c.revoked == sa.false()
+                    )
+                ).first()
+                if exists:
+                    raise taken
+                conn.execute(
+                    sa.insert(keys_t).values(
+                        id=record.id,
+                        name=record.name,
+                        prefix=record.prefix,
+                        hash=_hash(secret),
+                        rate=record.rate,
+                        created_at=record.created_at,
+                        revoked=False,
+                    )
+                )
+        except IntegrityError as e:  # a concurrent create_key with the same name won
+            raise taken from e
+        return secret, record
+
+    def find_key(self, secret: str) -> KeyRecord | None:
+        """The live key whose secret this is, else None (hashes compared in constant time)."""
+        if not isinstance(secret, str) or not secret:
+            return None
+        digest = _hash(secret)
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(keys_t).where(
+                    keys_t.c.prefix == secret[:PREFIX_LEN], keys_t.c.revoked == sa.false()
+                )
+            ).all()
+        found = None
+        for row in rows:
+            if hmac.compare_digest(row._mapping["hash"], digest):
+                found = row
+        if not rows:  # the same work whether or not the prefix exists
+            hmac.compare_digest(digest, _hash("cfn_" + "0" * 43))
+        return _key(found) if found is not None else None
+
+    def list_keys(self) -> list[KeyRecord]:
+        """Every key, revoked ones included, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(sa.select(keys_t).order_by(keys_t.c.created_at, keys_t.c.id))
+            return [_key(r) for r in rows]
+
+    def revoke_key(self, name_or_id: str) -> bool:
+        """Revoke the live key with this id or name; False if there is none."""
+        with self._write() as conn:
+            result = conn.execute(
+                sa.update(keys_t)
+                .where(
+                    sa.or_(keys_t.c.id == name_or_id, keys_t.c.name == name_or_id),
+                    keys_t.c.revoked == sa.false(),
+                )
+                .values(revoked=True)
+            )
+            return result.rowcount > 0
