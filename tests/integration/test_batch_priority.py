@@ -18,7 +18,8 @@ pytestmark = pytest.mark.engine
 
 def test_high_priority_rows_overtake_the_rows_waiting_ahead_of_them(server, unique):
     # One server, nothing queued behind the running job: the rows wait in the pool, and
-    # the two urgent ones (last in the file) go first once the first job is running.
+    # the two urgent ones (last in the file) go first once the first job is running
+    # (500 ms: all eight rows are read long before it ends, even on a loaded machine).
     rows = [Row(i, {"1.color": unique()}) for i in range(1, 7)]
     rows += [Row(i, {"1.color": unique()}, priority=5) for i in (7, 8)]
     settings = BatchSettings(prime=0, lookahead=32)
@@ -28,7 +29,7 @@ def test_high_priority_rows_overtake_the_rows_waiting_ahead_of_them(server, uniq
             rows,
             None,
             servers=[server],
-            workflow=sleep_graph(0, milliseconds=150),
+            workflow=sleep_graph(0, milliseconds=500),
             settings=settings,
         )
         order = []
