@@ -15,14 +15,13 @@ import contextlib
 import itertools
 import logging
 import os
-import tarfile
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
+from comfyui_trees import COMFYUI_028, session_is_028, unpack_comfyui
 from graphs import sleep_graph, trivial_graph
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -36,13 +35,6 @@ from comfyfn.events import NodeStarted, Progress, Stopped
 
 pytestmark = [pytest.mark.engine, pytest.mark.anyio, pytest.mark.timeout(600)]
 
-TARBALL = (
-    Path(__file__).resolve().parents[3]
-    / "shared"
-    / "comfyui"
-    / "0.28.0"
-    / ("ComfyUI-0.28.0.tar.gz")
-)
 NAME = f"{os.environ.get('COMFYFN_TEST_ENGINE', 'pytest')}-cur28"
 
 
@@ -52,24 +44,17 @@ def engine28(engine, tmp_path_factory):
     if engine.install.version == "0.28.0":
         yield engine
         return
-    if not TARBALL.exists():
-        pytest.skip(f"ComfyUI 0.28.0 is not here: {TARBALL} is absent")
-    where = tmp_path_factory.mktemp("cur28")
-    with tarfile.open(TARBALL) as tar:
-        tar.extractall(where, filter="data")
-    own = Engine(NAME, comfyui_path=where / "ComfyUI-0.28.0")
+    own = Engine(NAME, comfyui_path=unpack_comfyui(COMFYUI_028, tmp_path_factory.mktemp("cur28")))
     own.up()
     yield own
     own.down()
 
 
-@pytest.fixture(params=["session", "0.28.0"])
+@pytest.fixture(params=["session"] if session_is_028() else ["session", "0.28.0"])
 def version(request, engine) -> Engine:
     """Each engine under test: the session's, and 0.28.0 unless the session's is that."""
     if request.param == "session":
         return engine
-    if engine.install.version == "0.28.0":
-        pytest.skip("the session engine is ComfyUI 0.28.0: tested as 'session'")
     return request.getfixturevalue("engine28")
 
 

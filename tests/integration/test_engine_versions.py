@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tarfile
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from comfyui_trees import COMFYUI_028, unpack_comfyui
 from typer.testing import CliRunner
 
 import comfyfn
@@ -28,22 +28,12 @@ from comfyfn.errors import ConfigError
 # a clean install takes minutes; it starts its own 0.28 engine, so the main pass runs it once
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900), pytest.mark.one_version]
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "comfyui" / "0.28.0"
-TARBALL = SHARED / "ComfyUI-0.28.0.tar.gz"
 NAME = f"{os.environ.get('COMFYFN_TEST_ENGINE', 'pytest')}-c28"
-
-
-def unpack(where: Path) -> Path:
-    with tarfile.open(TARBALL) as tar:
-        tar.extractall(where, filter="data")
-    return where / "ComfyUI-0.28.0"
 
 
 @pytest.fixture(scope="module")
 def tree28(tmp_path_factory) -> Path:
-    if not TARBALL.exists():
-        pytest.skip(f"ComfyUI 0.28.0 is not here: {TARBALL} is absent")
-    return unpack(tmp_path_factory.mktemp("c28"))
+    return unpack_comfyui(COMFYUI_028, tmp_path_factory.mktemp("c28"))
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +87,7 @@ def safetensors_keys(path: Path) -> set[str]:
 
 
 def test_the_install_is_reused_from_another_unpacked_copy(engine28, tmp_path):
-    again = EngineInstall.default().for_tree(unpack(tmp_path))
+    again = EngineInstall.default().for_tree(unpack_comfyui(COMFYUI_028, tmp_path))
     assert again.venv == engine28.install.venv
     assert again.tiny_models == engine28.install.tiny_models
     assert again.is_installed()
