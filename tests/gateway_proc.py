@@ -5,7 +5,6 @@ set what the CLI cannot (small limits, a store with a short busy timeout)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -16,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cli_proc import CHILD_ENV
 from ports import free_port
 
-import comfyfn
-
-ENV = {**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])}
+ENV = dict(CHILD_ENV)  # tests may add to it (monkeypatch.setitem)
 
 
 def auth(key: str) -> dict[str, str]:

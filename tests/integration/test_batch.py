@@ -9,13 +9,14 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from cli_proc import start_cli, stop
 from graphs import sleep_graph
+from polling import wait_for
 from typer.testing import CliRunner
 
 import comfyfn
@@ -101,13 +102,7 @@ _STARTED: list[subprocess.Popen] = []
 
 
 def cli(*args: str) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "comfyfn.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])},
-    )
+    proc = start_cli(*args)
     _STARTED.append(proc)
     return proc
 
@@ -117,23 +112,11 @@ def _no_leftover_runners():
     """A failing test must not leave a batch runner behind."""
     yield
     while _STARTED:
-        proc = _STARTED.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(_STARTED.pop())
 
 
 def wait_done(out: Path, n: int) -> None:
-    wait_for(lambda: manifest_states(out)["done"] >= n, what=f"{n} jobs done")
-
-
-def wait_for(condition, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
+    wait_for(lambda: manifest_states(out)["done"] >= n, timeout=60, what=f"{n} jobs done")
 
 
 def test_seed_csv_over_two_servers(server, second, tmp_path):
@@ -179,6 +162,7 @@ def test_runner_killed_mid_batch_resumes_without_running_anything_twice(server, 
     proc = cli("batch", *args)
     wait_for(
         lambda: manifest_states(out)["done"] >= 3 and manifest_states(out)["submitted"] >= 2,
+        timeout=60,
         what="jobs done and in flight",
     )
     proc.send_signal(signal.SIGKILL)
@@ -376,7 +360,7 @@ def test_a_second_runner_on_the_same_folder_is_refused_at_once(server, unique, t
     args = sleep_batch(tmp_path, colors, 400, server)
     out = tmp_path / "out"
     first = cli("batch", *args)
-    wait_for(lambda: manifest_states(out)["submitted"] >= 1, what="the first runner to submit")
+    wait_for(lambda: manifest_states(out)["submitted"] >= 1, 60, what="the first runner to submit")
     started = time.monotonic()
     second = cli("batch", *args)
     output, _ = second.communicate(timeout=30)
@@ -418,6 +402,7 @@ def test_jobs_cancelled_by_ctrl_c_are_done_by_the_next_run(server, unique, tmp_p
     proc = cli("batch", *args, "--on-interrupt", "cancel")
     wait_for(
         lambda: manifest_states(out)["done"] >= 1 and manifest_states(out)["submitted"] >= 2,
+        timeout=60,
         what="jobs done and in flight",
     )
     proc.send_signal(signal.SIGINT)

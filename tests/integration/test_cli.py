@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from cli_proc import start_cli, stop
 from graphs import sleep_graph
 from typer.testing import CliRunner
 
@@ -165,23 +163,8 @@ def test_a_stopped_generate_cancels_its_job_on_the_server_and_says_so(
     color = unique()
     wf = tmp_path / "sleep.json"
     wf.write_text(json.dumps(sleep_graph(color, milliseconds=20000, steps=40)))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "comfyfn.cli",
-            "generate",
-            "-w",
-            str(wf),
-            "-s",
-            server,
-            "-o",
-            str(tmp_path / "out"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])},
+    proc = start_cli(
+        "generate", "-w", str(wf), "-s", server, "-o", str(tmp_path / "out"), stderr=subprocess.PIPE
     )
     try:
         prompt_id = wait_for_running(server, color)
@@ -192,9 +175,7 @@ def test_a_stopped_generate_cancels_its_job_on_the_server_and_says_so(
         proc.send_signal(sig)
         _, errors = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     assert proc.returncode == 130, errors
     assert errors.strip().splitlines()[-1] == (
         f"interrupted: job {prompt_id} was cancelled on {server}"

@@ -10,12 +10,12 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from cli_proc import run_cli, start_cli, stop
 from graphs import sleep_graph
 from polling import wait_for
 from ports import free_port
@@ -27,17 +27,6 @@ from comfyfn.cli._app import app
 pytestmark = pytest.mark.engine
 runner = CliRunner()
 HOSTILE = "[/x] [batch, 3]"
-
-
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``comfyfn`` in a process of its own: real exit code, real stderr."""
-    return subprocess.run(
-        [sys.executable, "-m", "comfyfn.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])},
-    )
 
 
 def states(out: Path) -> Counter:
@@ -206,13 +195,7 @@ def test_sigterm_stops_the_batch_with_exit_130_and_it_resumes(server, unique, tm
     src.write_text("1.color\n" + "".join(f"{unique()}\n" for _ in range(6)))
     out = tmp_path / "out"
     args = ["batch", str(src), "-o", str(out), "-w", str(wf), "-s", server]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "comfyfn.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])},
-    )
+    proc = start_cli(*args)
     try:
         deadline = time.monotonic() + 60
         while states(out)["done"] < 1:
@@ -221,9 +204,7 @@ def test_sigterm_stops_the_batch_with_exit_130_and_it_resumes(server, unique, tm
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     assert proc.returncode == 130, output
     assert "stopping:" in output and "stopped before the end" in output, output
     assert "Traceback" not in output
@@ -292,13 +273,7 @@ def test_ctrl_c_while_waiting_for_a_server_stops_at_once(silent_server, tmp_path
         "--http-timeout",
         "60",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "comfyfn.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])},
-    )
+    proc = start_cli(*args)
     try:
         wait_for(lambda: (tmp_path / "out" / "manifest.sqlite").exists(), 60, "the batch to start")
         time.sleep(0.5)  # it is now waiting for the server's first answer (60 s timeout)
@@ -321,13 +296,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_next_run_resumes(server, unique, 
     src.write_text("1.color\n" + "".join(f"{c}\n" for c in colors))
     out = tmp_path / "out"
     args = ["batch", str(src), "-o", str(out), "-w", str(wf), "-s", server, "--prime", "1"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "comfyfn.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])},
-    )
+    proc = start_cli(*args)
     try:
         wait_for(lambda: states(out)["submitted"] >= 2, 60, "two jobs on the server")
         proc.send_signal(signal.SIGINT)
@@ -360,9 +329,3 @@ def ours_on(server: str, colors: list[int]) -> list[str]:
         queue = c.queue()
     items = queue["queue_running"] + queue["queue_pending"]
     return [i[1] for i in items if i[2].get("1", {}).get("inputs", {}).get("color") in colors]
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()

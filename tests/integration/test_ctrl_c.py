@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from cli_proc import CHILD_ENV
 from graphs import blur_graph
 
 import comfyfn
@@ -37,7 +36,7 @@ def test_ctrl_c_interrupts_the_running_job(server, unique):
         [sys.executable, "-c", SCRIPT, server, json.dumps(graph)],
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(comfyfn.__file__).parents[1])},
+        env=CHILD_ENV,
     )
     with comfyfn.Client(server) as c:
         deadline = time.monotonic() + 60
