@@ -134,3 +134,31 @@ async def test_following_a_job_up_the_queue_to_its_end(runtime, monkeypatch):
         ("running", 0.5, None),
         ("failed", 0.5, None),
     ]
+
+
+async def test_a_followed_job_s_progress_never_goes_back_to_the_store_s_older_value(
+    runtime, monkeypatch
+):
+    """The store keeps progress only now and then: after 0.5 was shown (replayed, or
+    published by this process), the stored 0.2 is not sent; the end is."""
+    monkeypatch.setattr(jobs, "FALLBACK_POLL", 0.05)  # the store is read back at once
+    job = runtime.store.update_job(new_job(runtime).id, state="running", progress=0.2)
+    seen: list[tuple[str, float]] = []
+
+    async def follow() -> None:
+        async for current, _ in jobs.follow(runtime, job, known=("running", 0.5)):
+            seen.append((current.state, current.progress))
+
+    following = asyncio.create_task(follow())
+    await asyncio.sleep(0.3)  # several reads of the store's 0.2, none sent
+    assert seen == []
+    runtime.bus.publish(JobUpdate(runtime.store.update_job(job.id, progress=0.7)))
+    await asyncio.wait_for(until(lambda: seen), 10)
+    runtime.bus.publish(JobUpdate(runtime.store.update_job(job.id, state="succeeded")))
+    await asyncio.wait_for(following, 10)
+    assert seen == [("running", 0.7), ("succeeded", 0.7)]
+
+
+async def until(check) -> None:
+    while not check():
+        await asyncio.sleep(0.01)

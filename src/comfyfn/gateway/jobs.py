@@ -279,9 +279,13 @@ async def read_output(runtime: Runtime, record: FileRecord) -> bytes:
         ) from None
 
 
-async def follow(runtime: Runtime, job: JobRecord) -> AsyncIterator[tuple[JobRecord, int | None]]:
+async def follow(
+    runtime: Runtime, job: JobRecord, *, known: tuple[str, float] | None = None
+) -> AsyncIterator[tuple[JobRecord, int | None]]:
     """The job and, while queued, its place in the queue: at once, then at every change
-    until it is final."""
+    until it is final. ``known``: the (state, progress) the caller has already shown. A
+    running job's progress never goes back: the store keeps progress only now and then, so
+    its record can be older than what this process published."""
     last: tuple[Any, ...] = ()
     position: int | None = None
     with runtime.bus.subscribe(job.id, queue=True) as news:
@@ -292,8 +296,8 @@ async def follow(runtime: Runtime, job: JobRecord) -> AsyncIterator[tuple[JobRec
             elif recount or news.take_queue_changed():
                 position = await asyncio.to_thread(runtime.store.queue_position, current.id)
             now = (current.state, current.progress, position)
-            if now != last:
-                last = now
+            if now != last and not (position is None and _not_newer(current, known)):
+                last, known = now, (current.state, current.progress)
                 await load_files(runtime, current)
                 yield current, position
             if current.state in TERMINAL:
@@ -304,3 +308,11 @@ async def follow(runtime: Runtime, job: JobRecord) -> AsyncIterator[tuple[JobRec
                 current, recount = (news.latest.job if news.latest else current), False
             else:  # nothing from this process: the store says what other replicas did
                 current, recount = await fresh(runtime, current), True
+
+
+def _not_newer(job: JobRecord, known: tuple[str, float] | None) -> bool:
+    """Whether ``job`` adds nothing to the (state, progress) already shown: the same state,
+    and for a running job no more progress."""
+    if known is None or known[0] != job.state:
+        return False
+    return job.state != "running" or job.progress <= known[1]

@@ -110,14 +110,6 @@ def _state_event(
     return ServerSentEvent(data=json.dumps(data), event=kind, id=event_id)
 
 
-def _not_newer(job: JobRecord, sent: tuple[str, float] | None) -> bool:
-    """Whether ``job`` adds nothing to the state last sent: the same state, and for a running
-    job no more progress."""
-    if sent is None or sent[0] != job.state:
-        return False
-    return job.state != "running" or job.progress <= sent[1]
-
-
 def _preview_event(event: BusEvent) -> ServerSentEvent:
     preview = event.item
     assert isinstance(preview, JobPreview)
@@ -150,19 +142,13 @@ async def _events(
 async def _live(
     runtime: Runtime, job: JobRecord, base: str, replayed: tuple[str, float] | None
 ) -> AsyncIterator[ServerSentEvent]:
-    """The job's changes (from :func:`follow`) and its previews, as they come, until it is
-    final. A running job's progress never goes back: a state no newer than the last one sent
-    (the one just replayed, or a stored record older than the replayed history, since
-    progress is stored only now and then) is left out."""
+    """The job's changes (from :func:`follow`, after the state just replayed) and its
+    previews, as they come, until it is final."""
     queue: asyncio.Queue[ServerSentEvent | BaseException | None] = asyncio.Queue()
 
     async def states() -> None:
-        sent = replayed
         try:
-            async for current, position in follow(runtime, job):
-                if position is None and _not_newer(current, sent):
-                    continue
-                sent = (current.state, current.progress)
+            async for current, position in follow(runtime, job, known=replayed):
                 event_id = runtime.bus.last_id(job.id)
                 queue.put_nowait(_state_event(runtime, current, position, base, event_id))
             queue.put_nowait(None)
