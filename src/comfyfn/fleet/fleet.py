@@ -228,22 +228,21 @@ class Fleet:
                 return Slot(server, attach=True)
             state.orphans.add(prompt_id)  # its server is down: it must not run there too
         ticket.prompt_id = ticket.server = None
+        stopped = stop or asyncio.Event()
         placed = self.pool.request(ticket.want)
         try:
-            while not placed.done():
-                if stop is not None and stop.is_set():
-                    break
-                if give_up_after is not None and self.pool.all_down_for() > give_up_after:
-                    break
+            while not (placed.done() or stopped.is_set() or self._given_up(give_up_after)):
                 await asyncio.wait({placed}, timeout=self.settings.health_interval)
-            else:
-                if stop is None or not stop.is_set():
-                    return Slot(placed.result(), attach=False)
         except BaseException:
             self.pool.withdraw(placed)
             raise
-        self.pool.withdraw(placed)
+        if placed.done() and not stopped.is_set():
+            return Slot(placed.result(), attach=False)
+        self.pool.withdraw(placed)  # a slot given meanwhile goes to the next job
         return None
+
+    def _given_up(self, give_up_after: float | None) -> bool:
+        return give_up_after is not None and self.pool.all_down_for() > give_up_after
 
     async def cancel(self, ticket: Ticket) -> str:
         """Dequeue or interrupt ``ticket`` on its server; whoever follows it then sees it end
