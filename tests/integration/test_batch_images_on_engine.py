@@ -1,16 +1,21 @@
 """``comfyfn batch`` with an image column on the local engine: the built-in ``zimage-edit``
 fed by paths relative to the job file (and an absolute one); a missing or broken image fails
-its own row only, before anything is submitted, and a resumed run skips what was made."""
+its own row only, before anything is submitted, and a resumed run skips what was made. A
+device, a named pipe or a huge file fails its row at once, unread."""
 
 from __future__ import annotations
 
 import io
 import json
+import resource
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
+from cli_proc import start_cli, stop
 from PIL import Image as PIL
+from special_files import make_fifo, make_sparse
 from tests_png import image_bytes
 from typer.testing import CliRunner
 
@@ -111,3 +116,78 @@ def test_an_image_url_column_is_fetched_and_a_failing_url_fails_its_row(
     assert "HTTP 404" in got[2][1]
     with PIL.open(output / "images" / "000001.png") as made:
         assert made.size == (80, 48)
+
+
+#: the address space a ``comfyfn batch`` child may take: a regression reading /dev/zero or a
+#: 4 GiB file whole ends in its MemoryError, not in the machine's OOM killer
+CHILD_ADDRESS_SPACE = 1024**3
+
+
+def _limit_address_space() -> None:  # run in the child, before it execs Python
+    resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
+
+
+def run_limited(job: Path, output: Path, server: str) -> tuple[int, dict, str]:
+    """``comfyfn batch JOB --json`` in a child process within CHILD_ADDRESS_SPACE: its exit
+    code, JSON summary and stderr; the test fails if it still runs after 120 s."""
+    args = ["batch", str(job), "-o", str(output), "-s", server, "--json"]
+    proc = start_cli(*args, stderr=subprocess.PIPE, preexec_fn=_limit_address_space)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("comfyfn batch still runs after 120 s (waiting on a named pipe?)")
+    finally:
+        stop(proc)
+    assert stdout, stderr
+    return proc.returncode, json.loads(stdout), stderr
+
+
+def image_rows(job: Path, seed: int, *images: str) -> Path:
+    """A zimage-edit job file with one row per image (1 step)."""
+    rows = "".join(f"  - {{prompt: row {n}, image: '{image}'}}\n" for n, image in enumerate(images))
+    job.write_text(
+        f"workflow: zimage-edit\ndefaults: {{steps: 1, denoise: 0.5, seed: {seed}}}\nrows:\n{rows}",
+        encoding="utf-8",
+    )
+    return job
+
+
+def test_a_device_or_a_huge_file_fails_its_row_unread(server, unique, tmp_path):
+    save_png(tmp_path / "in.png", (64, 64), "red")
+    huge = make_sparse(tmp_path / "huge.png", 4 * 1024**3)  # no disk used
+    job = image_rows(tmp_path / "job.yaml", unique(), "/dev/zero", "huge.png", "in.png")
+    code, summary, stderr = run_limited(job, tmp_path / "out", server)
+    assert code == 1, stderr
+    assert (summary["done"], summary["invalid"], summary["failed"]) == (1, 2, 0)
+    got = states(tmp_path / "out")
+    prefix = "column 'image': the image for image,"
+    assert got[1] == (
+        "invalid",
+        f"row 1, {prefix} /dev/zero, is not a regular file (a character device)",
+    )
+    assert got[2] == (
+        "invalid",
+        f"row 2, {prefix} {huge}, has 4,294,967,296 bytes; "
+        "the limit is 52,428,800 bytes ($COMFYFN_MAX_INPUT_BYTES)",
+    )
+    assert got[3] == ("done", None)
+    with PIL.open(tmp_path / "out" / "images" / "000003.png") as made:
+        assert made.size == (64, 64)
+
+
+def test_a_named_pipe_fails_its_row_at_once(server, unique, tmp_path):
+    # nothing waits on the pipe, so nothing keeps a signal from stopping the batch either
+    save_png(tmp_path / "in.png", (64, 64), "blue")
+    pipe = make_fifo(tmp_path / "pipe.png")
+    job = image_rows(tmp_path / "job.yaml", unique(), "pipe.png", "in.png")
+    code, summary, stderr = run_limited(job, tmp_path / "out", server)
+    assert code == 1, stderr
+    assert (summary["done"], summary["invalid"]) == (1, 1)
+    assert states(tmp_path / "out") == {
+        1: (
+            "invalid",
+            f"row 1, column 'image': the image for image, {pipe}, "
+            "is not a regular file (a named pipe)",
+        ),
+        2: ("done", None),
+    }

@@ -1,5 +1,6 @@
 """Images in, files out, on the real engine: zimage-edit with an input image by path and by
-URL (uploaded once per server), and outputs of every kind from a model-free graph."""
+URL (uploaded once per server), a path naming no regular file within the byte limit refused
+before anything is submitted, and outputs of every kind from a model-free graph."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import httpx
 import pytest
 from graphs import kinds_graph
 from PIL import Image as PIL
+from special_files import make_fifo, make_sparse, without_waiting_on
 from tests_png import image_bytes
 
 import comfyfn
@@ -80,3 +82,18 @@ def test_an_animated_webp_and_a_text_output_come_back_typed(server, unique, tmp_
     saved = gen.save(tmp_path, prefix="kinds")
     assert sorted(p.name for p in saved) == ["kinds_animated0.webp", "kinds_text1.txt"]
     assert (tmp_path / "kinds_text1.txt").read_text() == text.text
+
+
+def test_a_pipe_a_device_or_a_huge_file_fails_before_anything_is_submitted(
+    server, tmp_path, monkeypatch
+):
+    pipe = make_fifo(tmp_path / "pipe.png")
+    monkeypatch.setenv("COMFYFN_MAX_INPUT_BYTES", "1000")  # so a regression reads 1 MiB only
+    huge = make_sparse(tmp_path / "huge.png", 1024**2)
+    with comfyfn.Client(server) as c:
+        with pytest.raises(ConfigError, match=r"the image for image, .*, is not a regular file"):
+            without_waiting_on(pipe, lambda: c.submit("x", image=pipe))
+        with pytest.raises(ConfigError, match=r"/dev/null, is not a regular file \(a character"):
+            c.submit("x", image="/dev/null")
+        with pytest.raises(ConfigError, match="has 1,048,576 bytes; the limit is 1,000 bytes"):
+            c.submit("x", image=huge)

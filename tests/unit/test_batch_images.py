@@ -4,14 +4,16 @@ name row and column (before anything is submitted)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
+from special_files import make_fifo, make_sparse, without_waiting_on
 from tests_png import image_bytes
 
 from comfyfn.batch.jobs import FOLDER, Job, image_path, prepare, prepare_async
 from comfyfn.batch.rows import Row, RowError
-from comfyfn.workflow import builtin
+from comfyfn.workflow import _images, builtin
 
 pytestmark = pytest.mark.filterwarnings("ignore::comfyfn.ComfyWarning")  # tiny test images
 
@@ -117,3 +119,46 @@ def test_prepare_async_fetches_urls_without_a_thread(file_server, edit, monkeypa
     missing = asyncio.run(prepare_async(edit, Row(6, {"prompt": "p", "image": f"{base}/x.png"})))
     assert isinstance(missing, RowError) and (missing.index, missing.column) == (6, "image")
     assert "HTTP 404" in missing.message
+
+
+def test_a_device_a_pipe_or_a_huge_file_is_a_row_error_and_never_read(
+    tmp_path: Path, edit, monkeypatch
+) -> None:
+    fifo = make_fifo(tmp_path / "pipe.png")
+    monkeypatch.setenv("COMFYFN_MAX_INPUT_BYTES", "1000")  # so a regression reads 1 MiB only
+    make_sparse(tmp_path / "huge.png", 1024**2)
+    rows = {
+        3: ("/dev/null", "is not a regular file (a character device)"),
+        4: ("pipe.png", "is not a regular file (a named pipe)"),
+        5: ("huge.png", "has 1,048,576 bytes; the limit is 1,000 bytes"),
+    }
+    for index, (value, problem) in rows.items():
+        row = Row(index, {"prompt": "p", "image": value, FOLDER: str(tmp_path)})
+        error = without_waiting_on(fifo, lambda row=row: asyncio.run(prepare_async(edit, row)))
+        assert isinstance(error, RowError) and (error.index, error.column) == (index, "image")
+        path = image_path(value, tmp_path)
+        assert str(error).startswith(f"row {index}, column 'image': the image for image, {path}, ")
+        assert problem in error.message
+        same = without_waiting_on(fifo, lambda row=row: prepare(edit, row))  # blocking path
+        assert isinstance(same, RowError) and same.message == error.message
+
+
+def test_prepare_async_reads_image_files_off_the_event_loop(
+    tmp_path: Path, edit, monkeypatch
+) -> None:
+    (tmp_path / "a.png").write_bytes(image_bytes((48, 16), "red"))
+    readers: list[int] = []
+    real = _images.read_image_file
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        readers.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_images, "read_image_file", spy)
+    row = Row(1, {"prompt": "p", "image": "a.png", FOLDER: str(tmp_path)})
+    job = asyncio.run(prepare_async(edit, row))  # an event loop on this thread
+    assert isinstance(job, Job), job
+    assert [image.size for image in job.workflow.uploads.values()] == [(48, 16)]
+    assert len(readers) == 1 and readers[0] != threading.get_ident()
+    same = prepare(edit, row)
+    assert isinstance(same, Job) and same.key == job.key  # the same job either way

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
 import warnings
 
 import pytest
 from fileserver import FileServer, Reply
 from PIL import Image as PIL
+from special_files import make_fifo, make_sparse, without_waiting_on
 from tests_png import image_bytes
 
-from comfyfn.client._inputs import fetch_url
+from comfyfn.client._inputs import fetch_url, fetch_urls
 from comfyfn.errors import ConfigError, WorkflowInvalid
 from comfyfn.result import Image
-from comfyfn.workflow import ComfyWarning, Workflow, builtin
+from comfyfn.workflow import ComfyWarning, InputImage, Workflow, _images, builtin
 
 warnings.simplefilter("ignore", ComfyWarning)
 
@@ -72,13 +75,15 @@ def test_by_path_a_server_file_name_stays_and_a_local_file_is_uploaded(tmp_path)
     assert bound.to_api()["40"]["inputs"]["image"] in bound.uploads
 
 
+MASK_GRAPH = {
+    "1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+    "2": {"class_type": "LoadImageMask", "inputs": {"image": "m.png", "channel": "alpha"}},
+    "3": {"class_type": "LoadImage", "inputs": {"image": "b.png"}},
+}
+
+
 def test_mask_and_several_images_are_found_by_meaning():
-    graph = {
-        "1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
-        "2": {"class_type": "LoadImageMask", "inputs": {"image": "m.png", "channel": "alpha"}},
-        "3": {"class_type": "LoadImage", "inputs": {"image": "b.png"}},
-    }
-    wf = Workflow.load(graph)
+    wf = Workflow.load(MASK_GRAPH)
     bound = wf.bind(mask=image_bytes((8, 8), "red"))
     assert bound.to_api()["2"]["inputs"]["image"].startswith("comfyfn/")
     with pytest.raises(WorkflowInvalid, match="ambiguous"):
@@ -100,3 +105,46 @@ async def test_a_url_is_fetched_and_checked(local_http):
         await fetch_url(f"{local_http}/gone.png", "image")
     with pytest.raises(ConfigError, match="text/html, not image"):
         await fetch_url(f"{local_http}/page", "image")
+
+
+def test_bind_refuses_a_pipe_a_device_or_a_huge_file_naming_the_parameter(tmp_path, monkeypatch):
+    wf = builtin("zimage-edit")
+    fifo = make_fifo(tmp_path / "pipe.png")
+    with pytest.raises(ConfigError, match=r"the image for image, .*pipe.png, is not a regular"):
+        without_waiting_on(fifo, lambda: wf.bind(image=fifo))
+    with pytest.raises(ConfigError, match=r"the image for mask, /dev/null, is not a regular"):
+        Workflow.load(MASK_GRAPH).bind(mask="/dev/null")
+    monkeypatch.setenv("COMFYFN_MAX_INPUT_BYTES", "1000")  # so a regression reads 1 MiB only
+    huge = make_sparse(tmp_path / "huge.png", 1024**2)
+    with pytest.raises(ConfigError) as caught:
+        wf.bind(image=str(huge))
+    assert str(caught.value) == (
+        f"the image for image, {huge}, has 1,048,576 bytes; "
+        "the limit is 1,000 bytes ($COMFYFN_MAX_INPUT_BYTES)"
+    )
+    monkeypatch.setenv("COMFYFN_MAX_INPUT_BYTES", "100")
+    with pytest.raises(ConfigError, match="the limit is 100 bytes"):
+        wf.bind(image=image_bytes((100, 75), "red"))  # bytes given: the same limit
+
+
+def test_an_async_caller_reads_image_files_off_the_event_loop(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    path.write_bytes(image_bytes((32, 16), "red"))
+    readers: list[int] = []
+    real = _images.read_image_file
+
+    def spy(*args, **kwargs):
+        readers.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_images, "read_image_file", spy)
+    wf = builtin("zimage-edit")
+    params = {"image": path, "40.image": "example.png", "prompt": "p"}
+    out = asyncio.run(fetch_urls(wf, params))  # an event loop on this thread
+    assert isinstance(out["image"], InputImage) and out["image"].size == (32, 16)
+    assert out["40.image"] == "example.png" and out["prompt"] == "p"  # a server file name
+    assert readers and threading.get_ident() not in readers
+    bound = wf.bind(**out)
+    assert bound.uploads == {out["image"].server_name: out["image"]}
+    long_name = {"40.image": "x" * 5000}  # no local file: a server file name, as in bind
+    assert asyncio.run(fetch_urls(wf, long_name)) == long_name

@@ -4,8 +4,10 @@ A column feeding an input image (``image``, ``mask``, or a LoadImage input by pa
 local path — relative to the folder named by the row's ``_folder`` (the job file's folder,
 set by ``comfyfn batch``), else to the working directory — or an http(s) URL, fetched here.
 The image is read and checked when the row is prepared, before anything is submitted: a
-missing file, a URL that fails or a file that is not an accepted image is a row error naming
-row and column, and the other rows go on.
+missing file, a URL that fails, a file that is not an accepted image, or a path naming no
+regular file within the byte limit (a device, a named pipe, a huge file: refused by its stat,
+never read) is a row error naming row and column, and the other rows go on.
+:func:`prepare_async` reads and fetches without blocking the event loop.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from comfyfn.fleet import Ticket
 from comfyfn.result import Generation
 from comfyfn.storage import Storage
 from comfyfn.workflow import MEANINGS, InputImage, Workflow, input_image
-from comfyfn.workflow._images import is_url
+from comfyfn.workflow._images import is_local_file, is_url
 
 __all__ = [
     "FOLDER",
@@ -87,15 +89,15 @@ def prepare(
     row: Row,
     *,
     variables: frozenset[str] = frozenset(),
-    fetched: Mapping[str, InputImage] | None = None,
+    images: Mapping[str, InputImage] | None = None,
 ) -> Job | RowError:
     """Bind one row to the workflow; an unusable value gives a RowError naming its column.
-    ``fetched``: the row's image URLs already fetched, by column (:func:`prepare_async`);
-    others are fetched here, blocking."""
+    ``images``: the row's input images already read or fetched, by column
+    (:func:`prepare_async`); others are read and fetched here, blocking."""
     unusable = values_problem(row.values)  # rows made in code skip expand()'s checks
     if unusable is not None:
         return RowError(row.index, unusable[0], unusable[1], row.variant)
-    bound_values = _row_params(wf, row, variables, fetched or {})
+    bound_values = _row_params(wf, row, variables, images or {})
     if isinstance(bound_values, RowError):
         return bound_values
     if "prompt" in wf.slots.params and not bound_values.get("prompt"):
@@ -144,22 +146,29 @@ def prepare(
 async def prepare_async(
     wf: Workflow, row: Row, *, variables: frozenset[str] = frozenset()
 ) -> Job | RowError:
-    """:func:`prepare`, with the row's image URLs fetched without blocking the event loop
-    (a URL that fails is a RowError naming its column)."""
+    """:func:`prepare`, with the row's input images fetched (URLs) and read (files, on a
+    worker thread) without blocking the event loop; one that fails is a RowError naming its
+    column."""
     from comfyfn.client._inputs import fetch_url
 
-    fetched = {}
+    images = {}
     for column, value in row.values.items():
-        if is_url(value) and not column.startswith("_") and wf.is_image_input(column):
-            try:
-                fetched[column] = await fetch_url(value, column)
-            except ConfigError as exc:
-                return RowError(row.index, column, str(exc), row.variant)
-    return prepare(wf, row, variables=variables, fetched=fetched)
+        if column.startswith("_") or not wf.is_image_input(column):
+            continue
+        try:
+            if is_url(value):
+                images[column] = await fetch_url(value, column)
+            else:
+                image = await asyncio.to_thread(_row_image, value, column, row.values.get(FOLDER))
+                if isinstance(image, InputImage):
+                    images[column] = image
+        except ConfigError as exc:
+            return RowError(row.index, column, str(exc), row.variant)
+    return prepare(wf, row, variables=variables, images=images)
 
 
 def _row_params(
-    wf: Workflow, row: Row, variables: frozenset[str], fetched: Mapping[str, InputImage]
+    wf: Workflow, row: Row, variables: frozenset[str], images: Mapping[str, InputImage]
 ) -> dict[str, Any] | RowError:
     """The row's values to bind, typed (input images read and checked); a RowError for the
     first column that is not a parameter or whose value does not fit it."""
@@ -180,7 +189,7 @@ def _row_params(
         param = params.get(column)
         if wf.is_image_input(column):
             try:
-                value = fetched.get(column) or _row_image(value, column, row.values.get(FOLDER))
+                value = images.get(column) or _row_image(value, column, row.values.get(FOLDER))
             except ConfigError as exc:
                 return RowError(row.index, column, str(exc), row.variant)
         elif isinstance(value, str) and param is not None and param.type != "STRING":
@@ -208,7 +217,7 @@ def _row_image(value: Any, column: str, folder: Any) -> Any:
         return _fetch(str(value), column)
     if isinstance(value, str):
         path = image_path(value, folder)
-        if column not in MEANINGS and not path.is_file():
+        if column not in MEANINGS and not is_local_file(path):
             return value
         return input_image(path, column)
     return value

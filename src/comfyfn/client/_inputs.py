@@ -1,5 +1,8 @@
 """Input images on the wire: fetching http(s) URLs, and uploading to the job's server once.
 
+Before a workflow is bound, an async caller's input images given by URL are fetched and those
+given as a local file are read and checked on a worker thread (by
+:func:`~comfyfn.workflow._images.read_image_file`), so binding does no I/O on the event loop.
 A URL is fetched with its own HTTP client (the server's credentials never go to it), bounded
 in bytes and time, and must answer with an ``image/*`` body. Uploads go to the server's input
 subfolder ``comfyfn/`` under the content-hashed name (``overwrite``: same name, same bytes);
@@ -8,7 +11,9 @@ each client remembers, per server, which names it has uploaded.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,10 +23,11 @@ from comfyfn.client._http import HttpSession
 from comfyfn.errors import ConfigError
 from comfyfn.workflow._images import (
     INPUT_SUBFOLDER,
-    MAX_INPUT_BYTES,
     InputImage,
     input_image,
+    is_local_file,
     is_url,
+    max_input_bytes,
 )
 from comfyfn.workflow._workflow import Workflow
 
@@ -48,13 +54,11 @@ async def fetch_url(url: str, param: str) -> InputImage:
                 raise ConfigError(
                     f"the image for {param}, {url}, is {media_type or 'untyped'}, not image/*"
                 )
-            body = bytearray()
+            body, limit = bytearray(), max_input_bytes()
             async for chunk in response.aiter_bytes():
                 body += chunk
-                if len(body) > MAX_INPUT_BYTES:
-                    raise ConfigError(
-                        f"the image for {param}, {url}, is over {MAX_INPUT_BYTES} bytes"
-                    )
+                if len(body) > limit:
+                    raise ConfigError(f"the image for {param}, {url}, is over {limit:,} bytes")
     except httpx.HTTPError as exc:
         raise ConfigError(
             f"the image for {param}, {url}, cannot be fetched: {type(exc).__name__}: {exc}"
@@ -63,12 +67,26 @@ async def fetch_url(url: str, param: str) -> InputImage:
 
 
 async def fetch_urls(wf: Workflow, params: Mapping[str, Any]) -> dict[str, Any]:
-    """``params`` with each http(s) URL given for an input image replaced by its image."""
+    """``params`` with each input image given by http(s) URL or as a local file replaced by
+    its image: URLs fetched, files read and checked on a worker thread (the event loop never
+    waits on a file). Any other value, a path naming no regular file included, is left to
+    :meth:`Workflow.bind`, which names the problem without reading anything."""
     out = dict(params)
     for name, value in params.items():
-        if is_url(value) and wf.is_image_input(name):
+        if not wf.is_image_input(name):
+            continue
+        if is_url(value):
             out[name] = await fetch_url(str(value), name)
+        elif isinstance(value, str | os.PathLike):
+            image = await asyncio.to_thread(_local_image, value, name)
+            out[name] = value if image is None else image
     return out
+
+
+def _local_image(value: str | os.PathLike[str], param: str) -> InputImage | None:
+    """The image in the regular file ``value`` names, read and checked (None if it names
+    no regular file)."""
+    return input_image(value, param) if is_local_file(value) else None
 
 
 async def upload_inputs(
