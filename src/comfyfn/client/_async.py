@@ -29,6 +29,7 @@ from comfyfn.errors import ComfyError, WorkflowInvalid
 from comfyfn.events import Event
 from comfyfn.result import Generation
 from comfyfn.workflow._builtin import BUILTIN, builtin
+from comfyfn.workflow._images import read_image_file
 from comfyfn.workflow._signature import signature_for
 from comfyfn.workflow._workflow import Workflow
 
@@ -486,7 +487,8 @@ class AsyncClient:
             data, filename = image, name or f"comfyfn-{uuid.uuid4().hex[:12]}.png"
         else:
             path = Path(image)
-            data, filename = path.read_bytes(), name or path.name
+            data = await asyncio.to_thread(read_image_file, path, "image")
+            filename = name or path.name
         files = {"image": (filename, data, "application/octet-stream")}
         form = {"subfolder": subfolder, "type": "input", "overwrite": str(overwrite).lower()}
         session = await self._http()

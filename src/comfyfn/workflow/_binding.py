@@ -12,14 +12,13 @@ import secrets
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from comfyfn.errors import NodeProblem, WorkflowInvalid
 from comfyfn.workflow._bundled import bundled_object_info
 from comfyfn.workflow._definitions import input_spec
 from comfyfn.workflow._graph import ApiGraph, downstream, is_link, new_node_id, set_input
-from comfyfn.workflow._images import InputImage, input_image, is_url
+from comfyfn.workflow._images import InputImage, input_image, is_local_file, is_url
 from comfyfn.workflow._meaning import IMAGE_LOADERS, MEANINGS, Slot, Slots, find_slots
 from comfyfn.workflow._paths import choose_option, dynamic_combo, path_slot
 from comfyfn.workflow._sizes import input_value
@@ -216,7 +215,7 @@ def is_image_slot(graph: ApiGraph, slot: Slot) -> bool:
 
 def _is_server_file(value: object) -> bool:
     """A text naming a file already on the server (not a local file, not a URL)."""
-    return isinstance(value, str) and not is_url(value) and not Path(value).is_file()
+    return isinstance(value, str) and not is_url(value) and not is_local_file(value)
 
 
 def _bind_images(
