@@ -4,122 +4,25 @@ on a wrong hash or size with nothing left under the final name, one writer per f
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from modelserver import BODY, SHA, ModelServer, entry, leftovers
 
 from comfyfn.errors import ConfigError
-from comfyfn.models import ChecksumMismatch, DownloadFailed, ModelFile, _download, pull, pull_file
-
-BODY = os.urandom(3 * 1024 * 1024 + 17)  # several chunks, not a round number
-SHA = hashlib.sha256(BODY).hexdigest()
-
-
-@dataclass
-class ModelServer:
-    """A loopback server for one file at ``/model.safetensors`` (and ``/redirect`` to it)."""
-
-    body: bytes = BODY
-    ranges: bool = True  #: honour Range requests
-    cut_after: list[int] = field(default_factory=list)  #: per request: close after N bytes
-    status: int | None = None  #: answer every request with this status instead
-    linked: dict[str, str] = field(default_factory=dict)  #: headers on the redirect
-    slow: float = 0.0  #: seconds per 64 KiB sent
-    requests: list[dict[str, str]] = field(default_factory=list)
-    sent: int = 0
-
-    def url(self, path: str = "/model.safetensors") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def start(self) -> None:
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                owner.requests.append({k.lower(): v for k, v in self.headers.items()})
-                if owner.status is not None:
-                    self.send_response(owner.status)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                if self.path == "/redirect":
-                    self.send_response(302)
-                    self.send_header("Location", "/model.safetensors")
-                    for key, value in owner.linked.items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                try:
-                    owner.serve(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    owner.sent_now = 0  # the client hung up (a test makes it)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
-        self.thread.start()
-
-    def serve(self, handler: BaseHTTPRequestHandler) -> None:
-        total, start = len(self.body), 0
-        match = re.fullmatch(r"bytes=(\d+)-", handler.headers.get("Range", ""))
-        if match and self.ranges:
-            start = int(match[1])
-            if start >= total:
-                handler.send_response(416)
-                handler.send_header("Content-Range", f"bytes */{total}")
-                handler.send_header("Content-Length", "0")
-                handler.end_headers()
-                return
-            handler.send_response(206)
-            handler.send_header("Content-Range", f"bytes {start}-{total - 1}/{total}")
-        else:
-            handler.send_response(200)
-        handler.send_header("Content-Length", str(total - start))
-        handler.end_headers()
-        limit = self.cut_after.pop(0) if self.cut_after else None
-        data = self.body[start:]
-        for i in range(0, len(data), 65536):
-            block = data[i : i + 65536]
-            if limit is not None and self.sent_now + len(block) > limit:
-                handler.wfile.write(block[: max(limit - self.sent_now, 0)])
-                handler.wfile.flush()
-                handler.close_connection = True
-                self.sent += max(limit - self.sent_now, 0)
-                self.sent_now = 0
-                return
-            handler.wfile.write(block)
-            self.sent += len(block)
-            self.sent_now += len(block)
-            if self.slow:
-                threading.Event().wait(self.slow)
-        self.sent_now = 0
-
-    sent_now: int = 0
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
+from comfyfn.models import ChecksumMismatch, DownloadFailed, _download, pull, pull_file
 
 
 @pytest.fixture
 def backoff(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The waits before retries, recorded instead of slept (sleep is all the transfer module
-    takes from ``time``)."""
+    """The waits before retries, recorded instead of slept (the clock is left alone)."""
     waits: list[float] = []
-    monkeypatch.setattr(_download, "time", SimpleNamespace(sleep=waits.append))
+    fake = SimpleNamespace(sleep=waits.append, monotonic=time.monotonic)
+    monkeypatch.setattr(_download, "time", fake)
     return waits
 
 
@@ -129,22 +32,6 @@ def server() -> Iterator[ModelServer]:
     srv.start()
     yield srv
     srv.stop()
-
-
-def entry(server: ModelServer, **changes: object) -> ModelFile:
-    fields: dict[str, object] = {
-        "name": "tiny.safetensors",
-        "folder": "checkpoints",
-        "url": server.url(),
-        "sha256": SHA,
-        "size": len(BODY),
-    }
-    fields.update(changes)
-    return ModelFile(**fields)  # type: ignore[arg-type]
-
-
-def leftovers(models: Path) -> list[str]:
-    return sorted(p.name for p in (models / "checkpoints").iterdir())
 
 
 def test_a_file_is_downloaded_verified_and_renamed(server, tmp_path):
@@ -207,7 +94,7 @@ def test_a_wrong_hash_is_refused_and_nothing_is_left(server, tmp_path):
     err = caught.value
     assert err.what == "sha256" and err.expected == wrong and err.actual == SHA
     assert "checkpoints/tiny.safetensors" in str(err) and "deleted" in str(err)
-    assert leftovers(tmp_path) == [".tiny.safetensors.lock"]  # no final file, no part
+    assert leftovers(tmp_path) == []  # no final file, no part
 
 
 def test_a_resumed_part_with_wrong_bytes_is_refused(server, tmp_path):
@@ -225,7 +112,7 @@ def test_a_wrong_size_is_refused_before_downloading(server, tmp_path):
     with pytest.raises(ChecksumMismatch) as caught:
         pull_file(entry(server, size=len(BODY) + 1), tmp_path)
     assert caught.value.what == "size"
-    assert leftovers(tmp_path) == [".tiny.safetensors.lock"]
+    assert leftovers(tmp_path) == []
     assert server.sent < len(BODY) // 4  # it hung up at once
 
 
@@ -233,7 +120,7 @@ def test_a_file_longer_than_published_stops_at_the_published_size(server, tmp_pa
     server.body = BODY + b"extra"
     with pytest.raises(ChecksumMismatch, match="size"):
         pull_file(entry(server, sha256=None), tmp_path)
-    assert leftovers(tmp_path) == [".tiny.safetensors.lock"]
+    assert leftovers(tmp_path) == []
 
 
 def test_without_a_manifest_hash_the_published_linked_etag_is_checked(server, tmp_path):
@@ -252,7 +139,7 @@ def test_a_manifest_hash_that_contradicts_the_server_fails_before_downloading(se
     server.linked, server.slow = {"X-Linked-ETag": f'"{"ab" * 32}"'}, 0.01
     with pytest.raises(ChecksumMismatch, match="published"):
         pull_file(entry(server, url=server.url("/redirect")), tmp_path)
-    assert leftovers(tmp_path) == [".tiny.safetensors.lock"]
+    assert leftovers(tmp_path) == []
     assert server.sent < len(BODY) // 4
 
 
@@ -260,7 +147,7 @@ def test_an_http_error_names_the_url_and_leaves_nothing(server, tmp_path):
     server.status = 403
     with pytest.raises(DownloadFailed, match=r"HTTP 403 \(check the manifest's headers\)"):
         pull_file(entry(server), tmp_path)
-    assert leftovers(tmp_path) == [".tiny.safetensors.lock"]
+    assert leftovers(tmp_path) == []
 
 
 def test_a_server_error_is_retried(server, tmp_path, backoff):

@@ -26,6 +26,8 @@ from comfyfn.client import AsyncClient, Client, public_url
 from comfyfn.errors import ComfyError, ConfigError, WorkflowInvalid
 from comfyfn.models import (
     BUILTIN_MANIFESTS,
+    PULL_MIN_RATE,
+    PULL_STALL_SECONDS,
     Manifest,
     ModelFile,
     Pulled,
@@ -162,17 +164,42 @@ def pull_command(
     verify: Annotated[
         bool, typer.Option("--verify", help="Re-hash files already there (slow for big ones).")
     ] = False,
+    min_rate: Annotated[
+        float,
+        typer.Option(
+            "--min-rate",
+            min=0,
+            help="A transfer averaging fewer bytes/s than this over --stall-seconds has "
+            "stalled: it is stopped and resumed (0: never).",
+        ),
+    ] = PULL_MIN_RATE,
+    stall_seconds: Annotated[
+        float, typer.Option("--stall-seconds", min=0.01, help="The window --min-rate applies to.")
+    ] = PULL_STALL_SECONDS,
+    allow_unverified: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unverified",
+            help="Download files whose sha256 and size neither the manifest nor the server "
+            "publishes (otherwise refused: nothing to verify them against).",
+        ),
+    ] = False,
 ) -> None:
-    """Download a manifest's files into their folders: resumed, sha256-verified, atomic."""
+    """Download a manifest's files into their folders: resumed, checked against the sha256
+    and size the manifest (or the server) publishes, atomic."""
     try:
         target = _models_dir(models_dir)
         chosen = load_manifest(manifest)
-        pulled = _pull_with_progress(chosen, target, verify)
+        pulled = _pull_with_progress(
+            chosen, target, verify, allow_unverified, (min_rate, stall_seconds)
+        )
     except ComfyError as exc:
         raise fail(exc) from None
     for p in pulled:
         digest = f" sha256 {p.sha256}" if p.sha256 else ""
-        typer.echo(f"{p.action:10} {p.path}{digest}")
+        unchecked = p.verified is None and p.action != "present"
+        note = " (NOT verified: nothing published to check it against)" if unchecked else ""
+        typer.echo(f"{p.action:10} {p.path}{digest}{note}")
 
 
 def _models_dir(given: Path | None) -> Path:
@@ -182,7 +209,14 @@ def _models_dir(given: Path | None) -> Path:
     return where.expanduser()
 
 
-def _pull_with_progress(manifest: Manifest, target: Path, verify: bool) -> list[Pulled]:
+def _pull_with_progress(
+    manifest: Manifest,
+    target: Path,
+    verify: bool,
+    allow_unverified: bool,
+    stall: tuple[float, float],
+) -> list[Pulled]:
+    """``pull``, with a progress bar on a terminal; ``stall`` is (min_rate, stall_seconds)."""
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -200,7 +234,15 @@ def _pull_with_progress(manifest: Manifest, target: Path, verify: bool) -> list[
                 tasks[file.relpath] = bar.add_task(esc(file.relpath), total=total)
             bar.update(tasks[file.relpath], completed=done, total=total)
 
-        return pull(manifest, target, on_progress=progress, verify_existing=verify)
+        return pull(
+            manifest,
+            target,
+            on_progress=progress,
+            verify_existing=verify,
+            allow_unverified=allow_unverified,
+            min_rate=stall[0],
+            stall_seconds=stall[1],
+        )
 
 
 @models_app.command("warm")

@@ -33,13 +33,22 @@ from comfyfn.models._check import (
     needed_models,
     sources_from,
 )
-from comfyfn.models._download import Progress, Pulled, pull, pull_file
+from comfyfn.models._download import (
+    PULL_MIN_RATE,
+    PULL_STALL_SECONDS,
+    Progress,
+    Pulled,
+    pull,
+    pull_file,
+)
 from comfyfn.models._errors import ChecksumMismatch, DownloadFailed
 from comfyfn.models._manifest import BUILTIN_MANIFESTS, Manifest, ModelFile, load_manifest
 from comfyfn.models._warm import WARMUP_PREFIX, Warmed, warm, warm_async, warm_job
 
 __all__ = [
     "BUILTIN_MANIFESTS",
+    "PULL_MIN_RATE",
+    "PULL_STALL_SECONDS",
     "WARMUP_PREFIX",
     "ChecksumMismatch",
     "DownloadFailed",

@@ -3,16 +3,27 @@
 For each file of a manifest, :func:`pull_file`:
 
 1. takes a lock on ``<folder>/.<name>.lock`` (``flock``), so two pulls of the same file — two
-   threads or two processes — never write it at once: the second waits, then finds it there;
+   threads or two processes — never write it at once: the second waits, then finds it there.
+   The lock file is removed on every way out; one left by a killed pull blocks nothing (the
+   kernel drops a dead process's ``flock``);
 2. leaves a file already under its final name alone (checking its size where it is known,
    its sha256 too with ``verify_existing``);
 3. downloads into ``<folder>/.<name>.part``, resuming what a previous attempt left there
    with an HTTP ``Range`` request (a server that ignores it sends everything again; an
-   interrupted transfer is retried ``retries`` times, each resuming);
+   interrupted transfer is retried ``retries`` times, each resuming). A transfer averaging
+   under ``min_rate`` bytes/s over ``stall_seconds`` (as curl's ``--speed-limit`` and
+   ``--speed-time``) has stalled: it is stopped, and retried as an interrupted one;
 4. checks the size and sha256 — the manifest's, else those the server publishes for the
    file (Hugging Face's ``X-Linked-Size`` and ``X-Linked-ETag``, the sha256 of the stored
    object) — then fsyncs it and renames it to its final name, so a file under that name is
-   always complete and verified.
+   always complete and verified. A file for which neither publishes anything cannot be
+   verified: it is refused before its body is read, unless ``allow_unverified`` (then it is
+   downloaded with a warning, and :attr:`Pulled.verified` is None).
+
+Redirects are followed here (``follow_redirects=False``, at most the client's
+``max_redirects`` hops), so the manifest's headers (tokens) go to the origin (scheme, host,
+port) of the entry's URL only, never to a CDN it redirects to (httpx would forward all but
+``Authorization``). A redirect loop is a :class:`DownloadFailed` naming the URL.
 
 The partial file: after an interrupted transfer it is kept as ``.<name>.part`` (hidden, not
 a model extension, so ComfyUI never lists it) for the next pull to resume; on a size or hash
@@ -40,7 +51,7 @@ from comfyfn._files import current_umask, fsync_directory
 from comfyfn.models._errors import ChecksumMismatch, DownloadFailed
 from comfyfn.models._manifest import Manifest, ModelFile
 
-__all__ = ["Progress", "Pulled", "pull", "pull_file"]
+__all__ = ["PULL_MIN_RATE", "PULL_STALL_SECONDS", "Progress", "Pulled", "pull", "pull_file"]
 
 log = logging.getLogger("comfyfn.models")
 
@@ -51,6 +62,11 @@ _CHUNK = 1 << 20
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+#: a transfer averaging fewer bytes/s over :data:`PULL_STALL_SECONDS` has stalled (10 GB at
+#: this rate would take almost four months: a working link, however slow, is far faster)
+PULL_MIN_RATE = 1024
+PULL_STALL_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,9 @@ class Pulled:
     action: Literal["present", "downloaded", "resumed"]
     received: int  #: bytes received over the network by this pull
     sha256: str | None  #: the digest computed (None for a file that was already there)
+    #: what the bytes were checked against (the manifest's or the server's published value);
+    #: None: nothing was published, so nothing was checked
+    verified: Literal["sha256", "size"] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,8 +89,43 @@ class _Published:
     size: int | None = None
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One file's download: from where, to where, and the rules it follows."""
+
+    file: ModelFile
+    target: Path  #: the final file name
+    http: httpx.Client
+    headers: Mapping[str, str]  #: the manifest's, for the origin of ``file.url`` only
+    on_progress: Progress | None
+    min_rate: float
+    stall_seconds: float
+    allow_unverified: bool
+
+
 class _Retry(Exception):
     """The transfer stopped early but can be resumed."""
+
+
+class _RateFloor:
+    """Stops a transfer that averages under ``min_rate`` bytes/s over ``seconds`` (checked as
+    bytes arrive; a server that sends nothing at all hits the read timeout instead)."""
+
+    def __init__(self, min_rate: float, seconds: float) -> None:
+        self.min_rate, self.seconds = min_rate, seconds
+        self.since, self.got = time.monotonic(), 0
+
+    def add(self, received: int) -> None:
+        self.got += received
+        elapsed = time.monotonic() - self.since
+        if elapsed < self.seconds:
+            return
+        if self.got < self.min_rate * elapsed:
+            raise _Retry(
+                f"stalled: {self.got} bytes in {elapsed:.1f} s, under the minimum of "
+                f"{self.min_rate:g} bytes/s over {self.seconds:g} s"
+            )
+        self.since, self.got = time.monotonic(), 0
 
 
 class _Part:
@@ -101,9 +155,15 @@ def pull(
     retries: int = 3,
     verify_existing: bool = False,
     environ: Mapping[str, str] | None = None,
+    min_rate: float = PULL_MIN_RATE,
+    stall_seconds: float = PULL_STALL_SECONDS,
+    allow_unverified: bool = False,
 ) -> list[Pulled]:
-    """Every file of a manifest into ``models_dir``, one after the other."""
+    """Every file of a manifest into ``models_dir``, one after the other (every entry's
+    headers are checked first: a missing variable or a bad value fails before any request)."""
     entries = files.files if isinstance(files, Manifest) else tuple(files)
+    for f in entries:
+        f.request_headers(environ)
     with _client(http) as client:
         return [
             pull_file(
@@ -114,6 +174,9 @@ def pull(
                 retries=retries,
                 verify_existing=verify_existing,
                 environ=environ,
+                min_rate=min_rate,
+                stall_seconds=stall_seconds,
+                allow_unverified=allow_unverified,
             )
             for f in entries
         ]
@@ -128,6 +191,9 @@ def pull_file(
     retries: int = 3,
     verify_existing: bool = False,
     environ: Mapping[str, str] | None = None,
+    min_rate: float = PULL_MIN_RATE,
+    stall_seconds: float = PULL_STALL_SECONDS,
+    allow_unverified: bool = False,
 ) -> Pulled:
     """One file into ``models_dir/<folder>/<name>``, verified; see the module docstring."""
     target = file.path(models_dir)
@@ -140,14 +206,13 @@ def pull_file(
             url=file.url,
             path=target,
         ) from None
-    with _locked(target, file) as lock, _client(http) as client:
+    with _locked(target, file), _client(http) as client:
         if target.exists():
-            pulled = _present(file, target, verify_existing)
-        else:
-            pulled = _download(file, target, client, headers, on_progress, retries)
-        # Once the file is there nobody writes it again, so the lock may go (while held).
-        lock.unlink(missing_ok=True)
-        return pulled
+            return _present(file, target, verify_existing)
+        job = _Job(
+            file, target, client, headers, on_progress, min_rate, stall_seconds, allow_unverified
+        )
+        return _download(job, retries)
 
 
 @contextlib.contextmanager
@@ -156,24 +221,51 @@ def _client(http: httpx.Client | None) -> Iterator[httpx.Client]:
         yield http
         return
     timeout = httpx.Timeout(30.0, connect=10.0)
-    with httpx.Client(follow_redirects=True, timeout=timeout) as client:
+    with httpx.Client(follow_redirects=False, timeout=timeout) as client:
         yield client
 
 
 @contextlib.contextmanager
-def _locked(target: Path, file: ModelFile) -> Iterator[Path]:
-    """Hold ``.<name>.lock`` beside ``target`` (other pulls of this file wait)."""
+def _locked(target: Path, file: ModelFile) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside ``target`` (other pulls of this file wait); remove it on
+    the way out, whatever happened, while still holding it."""
     lock = target.with_name(f".{target.name}.lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _take_lock(lock, file)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("%s: another pull is downloading it; waiting for it", file.relpath)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield lock
+        yield
     finally:
+        lock.unlink(missing_ok=True)
         os.close(fd)
+
+
+def _take_lock(lock: Path, file: ModelFile) -> int:
+    """A descriptor holding the ``flock`` of the file named ``lock`` now. A pull that waited
+    may get the lock of a file its holder removed meanwhile: it tries again with the file
+    under that name (so two pulls never both hold "the" lock)."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("%s: another pull is downloading it; waiting for it", file.relpath)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if _is_named(fd, lock):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _is_named(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the one named ``path``."""
+    try:
+        named = path.stat()
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _present(file: ModelFile, target: Path, verify: bool) -> Pulled:
@@ -186,6 +278,7 @@ def _present(file: ModelFile, target: Path, verify: bool) -> Pulled:
             path=target,
         )
     digest = None
+    checked: Literal["sha256", "size"] | None = "size" if file.size is not None else None
     if verify and file.sha256:
         digest = _Part(target).digest.hexdigest()
         if digest != file.sha256:
@@ -195,22 +288,17 @@ def _present(file: ModelFile, target: Path, verify: bool) -> Pulled:
                 url=file.url,
                 path=target,
             )
-    return Pulled(file, target, "present", 0, digest)
+        checked = "sha256"
+    return Pulled(file, target, "present", 0, digest, checked)
 
 
-def _download(
-    file: ModelFile,
-    target: Path,
-    http: httpx.Client,
-    headers: dict[str, str],
-    on_progress: Progress | None,
-    retries: int,
-) -> Pulled:
+def _download(job: _Job, retries: int) -> Pulled:
+    file, target = job.file, job.target
     part = _Part(target.with_name(f".{target.name}.part"))
     resumed = part.size > 0
     for attempt in range(retries + 1):
         try:
-            published = _fetch(file, target, part, http, headers, on_progress)
+            expected = _fetch(job, part)
             break
         except (_Retry, httpx.TransportError) as exc:
             if attempt == retries:
@@ -223,39 +311,101 @@ def _download(
             log.warning("%s: transfer stopped (%s); resuming at %d", file.relpath, exc, part.size)
             time.sleep(min(0.5 * 2**attempt, 8.0))
             resumed = resumed or part.size > 0
-    digest = _verify(file, target, part, published)
+    digest, checked = _verify(file, target, part, expected)
     _publish(part.path, target)
     log.info("%s: %d bytes, sha256 %s", file.relpath, part.size, digest)
-    return Pulled(file, target, "resumed" if resumed else "downloaded", part.received, digest)
+    action: Literal["downloaded", "resumed"] = "resumed" if resumed else "downloaded"
+    return Pulled(file, target, action, part.received, digest, checked)
 
 
-def _fetch(
-    file: ModelFile,
-    target: Path,
-    part: _Part,
-    http: httpx.Client,
-    headers: dict[str, str],
-    on_progress: Progress | None,
-) -> _Published:
-    """One request: append what is missing to ``part``; :class:`_Retry` if it stops early."""
-    asked = {**headers, "Accept-Encoding": "identity"}
+def _fetch(job: _Job, part: _Part) -> _Published:
+    """One request: append what is missing to ``part``; :class:`_Retry` if it stops early.
+    The sha256 and size the file must have (the manifest's, else the server's)."""
+    file, target = job.file, job.target
+    ours = {"Accept-Encoding": "identity"}
     if part.size:
-        asked["Range"] = f"bytes={part.size}-"
-    with http.stream("GET", file.url, headers=asked) as answer:
+        ours["Range"] = f"bytes={part.size}-"
+    with _get(job, ours) as answer:
         published = _published(answer)
         _check_published(file, target, part, published)
+        size = file.size if file.size is not None else published.size
+        expected = _Published(file.sha256 or published.sha256, size)
+        if expected == _Published() and not job.allow_unverified:
+            raise _unverifiable(file, target)
         total = _start(file, target, part, answer)
         if total is None and answer.status_code == 416:
-            return published  # the part already holds the whole file
-        expected = file.size if file.size is not None else published.size
-        if expected is not None and total is not None and total != expected:
+            return expected  # the part already holds the whole file
+        if size is not None and total is not None and total != size:
             part.reset()
-            raise _mismatch(file, target, "size", str(expected), str(total))
+            raise _mismatch(file, target, "size", str(size), str(total))
         _free_space(file, target, (total or 0) - part.size)
-        _receive(file, target, part, answer, expected, total, on_progress)
+        _receive(job, part, answer, size, total)
     if total is not None and part.size < total:
         raise _Retry(f"got {part.size} of {total} bytes")
-    return published
+    return expected
+
+
+@contextlib.contextmanager
+def _get(job: _Job, ours: Mapping[str, str]) -> Iterator[httpx.Response]:
+    """The streamed answer to a GET of ``job.file.url``, redirects followed: the manifest's
+    headers go to its URL's origin only, ``ours`` to every hop; the redirects are the
+    answer's ``history`` (their ``X-Linked-*`` headers are read)."""
+    file, http = job.file, job.http
+    url = httpx.URL(file.url)
+    origin, history = _origin(url), list[httpx.Response]()
+    for _ in range(http.max_redirects + 1):
+        sent = {**job.headers, **ours} if _origin(url) == origin else dict(ours)
+        request = http.build_request("GET", url, headers=sent)
+        answer = http.send(request, stream=True, follow_redirects=False)
+        if not answer.has_redirect_location:
+            answer.history = history
+            try:
+                yield answer
+            finally:
+                answer.close()
+            return
+        answer.close()
+        history.append(answer)
+        url = _redirected(file, job.target, answer)
+    raise DownloadFailed(
+        f"{file.relpath}: {file.url} redirects more than {http.max_redirects} times "
+        "(a redirect loop?); check the entry's url",
+        url=file.url,
+        path=job.target,
+    )
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme)
+
+
+def _redirected(file: ModelFile, target: Path, answer: httpx.Response) -> httpx.URL:
+    """Where ``answer`` (a redirect) sends the request next."""
+    try:
+        url = answer.url.join(answer.headers["location"])
+    except httpx.InvalidURL as exc:
+        raise DownloadFailed(
+            f"{file.relpath}: {file.url} redirects to an invalid URL ({exc})",
+            url=file.url,
+            path=target,
+        ) from None
+    if url.scheme not in _DEFAULT_PORTS:
+        raise DownloadFailed(
+            f"{file.relpath}: {file.url} redirects to a {url.scheme}: URL, not http(s)",
+            url=file.url,
+            path=target,
+        )
+    return url.copy_with(fragment=None)
+
+
+def _unverifiable(file: ModelFile, target: Path) -> DownloadFailed:
+    return DownloadFailed(
+        f"{file.relpath}: neither the manifest nor {file.url} publishes its sha256 or size, "
+        "so a download could not be verified; add its sha256 (or at least its size) to the "
+        "manifest entry, or allow unverified downloads (--allow-unverified)",
+        url=file.url,
+        path=target,
+    )
 
 
 def _start(file: ModelFile, target: Path, part: _Part, answer: httpx.Response) -> int | None:
@@ -288,14 +438,10 @@ def _start(file: ModelFile, target: Path, part: _Part, answer: httpx.Response) -
 
 
 def _receive(
-    file: ModelFile,
-    target: Path,
-    part: _Part,
-    answer: httpx.Response,
-    expected: int | None,
-    total: int | None,
-    on_progress: Progress | None,
+    job: _Job, part: _Part, answer: httpx.Response, expected: int | None, total: int | None
 ) -> None:
+    file, target, on_progress = job.file, job.target, job.on_progress
+    floor = _RateFloor(job.min_rate, job.stall_seconds)
     try:
         with part.path.open("ab") as fh:
             if on_progress is not None:
@@ -310,6 +456,7 @@ def _receive(
                     raise _mismatch(file, target, "size", str(expected), f"more than {expected}")
                 if on_progress is not None:
                     on_progress(file, part.size, total)
+                floor.add(len(block))
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as exc:
@@ -318,19 +465,30 @@ def _receive(
         ) from None
 
 
-def _verify(file: ModelFile, target: Path, part: _Part, published: _Published) -> str:
-    expected_size = file.size if file.size is not None else published.size
-    if expected_size is not None and part.size != expected_size:
+def _verify(
+    file: ModelFile, target: Path, part: _Part, expected: _Published
+) -> tuple[str, Literal["sha256", "size"] | None]:
+    """The sha256 of ``part``, and what it was checked against (a mismatch raises)."""
+    if expected.size is not None and part.size != expected.size:
         part.reset()
-        raise _mismatch(file, target, "size", str(expected_size), str(part.size))
+        raise _mismatch(file, target, "size", str(expected.size), str(part.size))
     digest = part.digest.hexdigest()
-    expected_sha = file.sha256 or published.sha256
-    if expected_sha is not None and digest != expected_sha:
+    if expected.sha256 is not None and digest != expected.sha256:
         part.reset()
-        raise _mismatch(file, target, "sha256", expected_sha, digest)
-    if expected_sha is None:
+        raise _mismatch(file, target, "sha256", expected.sha256, digest)
+    if expected.sha256 is not None:
+        return digest, "sha256"
+    if expected.size is not None:
         log.warning("%s: no sha256 is published for it; only its size was checked", file.relpath)
-    return digest
+        return digest, "size"
+    log.warning(
+        "%s: NOT verified: neither the manifest nor %s publishes its sha256 or size "
+        "(its sha256 is %s: add it to the manifest entry)",
+        file.relpath,
+        file.url,
+        digest,
+    )
+    return digest, None
 
 
 def _publish(part: Path, target: Path) -> None:
@@ -354,13 +512,11 @@ def _published(answer: httpx.Response) -> _Published:
 
 def _check_published(file: ModelFile, target: Path, part: _Part, published: _Published) -> None:
     """A manifest that contradicts the server fails before any byte is downloaded."""
-    if (file.sha256 and published.sha256 and file.sha256 != published.sha256) or (
-        file.size is not None and published.size is not None and file.size != published.size
-    ):
-        part.reset()
     if file.sha256 and published.sha256 and file.sha256 != published.sha256:
+        part.reset()
         raise _mismatch(file, target, "sha256", file.sha256, f"{published.sha256} (published)")
     if file.size is not None and published.size is not None and file.size != published.size:
+        part.reset()
         raise _mismatch(file, target, "size", str(file.size), f"{published.size} (published)")
 
 

@@ -12,7 +12,10 @@ list) and optionally ``description``, ``total_size`` and ``headers`` (for every 
         Authorization: "Bearer ${HF_TOKEN}"      # ${NAME}: read from the environment
 
 Header values name environment variables (``${NAME}``) instead of holding secrets; a
-variable that is not set when the file is downloaded is an error naming it. Built-in
+variable that is not set when the file is downloaded is an error naming it, and so is a
+value that is not one line of printable ASCII (a CR/LF could forge further headers). The
+headers go to the origin (scheme, host, port) of the entry's ``url`` only: a redirect to
+another host (a CDN) gets none of them. Built-in
 manifests (:data:`BUILTIN_MANIFESTS`) hold the official Z-Image files as the ComfyUI
 templates publish them (see ``data/*.json``).
 """
@@ -42,6 +45,16 @@ BUILTIN_MANIFESTS: Mapping[str, str] = MappingProxyType(
     }
 )
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NOT_IN_A_HEADER = re.compile(r"[^\t\x20-\x7e]")  # a header value is one line of printable ASCII
+
+
+def header_value_problem(text: str) -> str | None:
+    """Why ``text`` cannot be sent as an HTTP header value; None if it can."""
+    bad = _NOT_IN_A_HEADER.search(text)
+    if bad is None:
+        return None
+    what = "a line break (CR/LF)" if bad[0] in "\r\n" else f"the character {bad[0]!a}"
+    return f"holds {what}; a header value must be one line of printable ASCII"
 
 
 @dataclass(frozen=True)
@@ -66,7 +79,8 @@ class ModelFile:
         return Path(models_dir, self.folder, *PurePosixPath(self.name).parts)
 
     def request_headers(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The headers with every ``${NAME}`` filled from the environment."""
+        """The headers with every ``${NAME}`` filled from the environment; a
+        :class:`ConfigError` names a variable that is not set or a value that cannot be sent."""
         env = os.environ if environ is None else environ
 
         def value(match: re.Match[str]) -> str:
@@ -78,7 +92,13 @@ class ModelFile:
                 )
             return env[name]
 
-        return {key: _VARIABLE.sub(value, text) for key, text in self.headers.items()}
+        filled = {key: _VARIABLE.sub(value, text) for key, text in self.headers.items()}
+        for key, text in filled.items():
+            if problem := header_value_problem(text):
+                names = ", ".join(f"${{{m[1]}}}" for m in _VARIABLE.finditer(self.headers[key]))
+                source = f" (filled from {names})" if names else ""
+                raise ConfigError(f"{self.relpath}: header {key}{source}: its value {problem}")
+        return filled
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import AfterValidator, Field, model_validator
 
 from comfyfn._yaml import Settings, described, shown
+from comfyfn.models._manifest import header_value_problem
 
 __all__ = ["EntrySpec", "ManifestSpec"]
 
@@ -56,6 +57,8 @@ def _headers(value: dict[str, str]) -> dict[str, str]:
     for key, text in value.items():
         if not _HEADER.fullmatch(key):
             raise ValueError(f"'{shown(key)}' is not an HTTP header name")
+        if problem := header_value_problem(text):
+            raise ValueError(f"{key}: its value {problem}")
         for match in _PLACEHOLDER.finditer(text):
             if not (match[0].endswith("}") and _NAME.fullmatch(match[1])):
                 raise ValueError(
