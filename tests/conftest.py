@@ -1,12 +1,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from fileserver import FileServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
+
+# The local engines a test session starts are named after it (``pytest-<pid>``, and
+# ``pytest-<pid>-sse`` etc.), so two sessions on one machine (a developer's beside CI's, or
+# several at once) never stop or reuse each other's engine; COMFYFN_TEST_ENGINE names them.
+os.environ.setdefault("COMFYFN_TEST_ENGINE", f"pytest-{os.getpid()}")
 
 
 def load_sample(name: str):

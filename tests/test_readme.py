@@ -94,7 +94,7 @@ def test_python_block_compiles_and_names_nothing_undefined(block: Block, tmp_pat
 @pytest.fixture(scope="module")
 def engine():
     """The test engine; stopped at the end only if this module started it."""
-    eng = Engine(os.environ.get("COMFYFN_TEST_ENGINE", "pytest"))
+    eng = Engine(os.environ["COMFYFN_TEST_ENGINE"])
     was_running = bool(eng.status()["running"])
     eng.up()
     yield eng

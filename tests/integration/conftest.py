@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,10 +50,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def engine(tmp_path_factory):
     tree = comfyui_tree(tmp_path_factory)
-    eng = Engine(os.environ.get("COMFYFN_TEST_ENGINE", "pytest"), comfyui_path=tree)
+    eng = Engine(os.environ["COMFYFN_TEST_ENGINE"], comfyui_path=tree)
     eng.up()
     yield eng
     eng.down()
+    shutil.rmtree(eng.dir, ignore_errors=True)  # its input/output folders: named per session
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ from comfyfn.events import NodeStarted, Progress, Stopped
 
 pytestmark = [pytest.mark.engine, pytest.mark.anyio, pytest.mark.timeout(600)]
 
-NAME = f"{os.environ.get('COMFYFN_TEST_ENGINE', 'pytest')}-cur28"
+NAME = f"{os.environ['COMFYFN_TEST_ENGINE']}-cur28"
 
 
 @pytest.fixture(scope="module")

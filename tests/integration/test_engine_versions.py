@@ -28,7 +28,7 @@ from comfyfn.errors import ConfigError
 # a clean install takes minutes; it starts its own 0.28 engine, so the main pass runs it once
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900), pytest.mark.one_version]
 
-NAME = f"{os.environ.get('COMFYFN_TEST_ENGINE', 'pytest')}-c28"
+NAME = f"{os.environ['COMFYFN_TEST_ENGINE']}-c28"
 
 
 @pytest.fixture(scope="module")

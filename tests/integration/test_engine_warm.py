@@ -39,7 +39,7 @@ def warmups(client: comfyfn.Client) -> int:
 @pytest.fixture
 def preview_engine() -> Iterator[str]:
     """The name of an engine of this test's own (stopped at the end)."""
-    name = f"{os.environ.get('COMFYFN_TEST_ENGINE', 'pytest')}-previews"
+    name = f"{os.environ['COMFYFN_TEST_ENGINE']}-previews"
     yield name
     Engine(name).down()
 
