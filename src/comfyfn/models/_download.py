@@ -20,10 +20,9 @@ For each file of a manifest, :func:`pull_file`:
    verified: it is refused before its body is read, unless ``allow_unverified`` (then it is
    downloaded with a warning, and :attr:`Pulled.verified` is None).
 
-Redirects are followed here (``follow_redirects=False``, at most the client's
-``max_redirects`` hops), so the manifest's headers (tokens) go to the origin (scheme, host,
-port) of the entry's URL only, never to a CDN it redirects to (httpx would forward all but
-``Authorization``). A redirect loop is a :class:`DownloadFailed` naming the URL.
+Redirects are followed by hand (:mod:`comfyfn.models._http`), so the manifest's headers
+(tokens) go to the origin (scheme, host, port) of the entry's URL only, never to a CDN it
+redirects to. A redirect loop is a :class:`DownloadFailed` naming the URL.
 
 The partial file: after an interrupted transfer it is kept as ``.<name>.part`` (hidden, not
 a model extension, so ComfyUI never lists it) for the next pull to resume; on a size or hash
@@ -49,6 +48,7 @@ import httpx
 
 from comfyfn._files import current_umask, fsync_directory
 from comfyfn.models._errors import ChecksumMismatch, DownloadFailed
+from comfyfn.models._http import RateFloor, Retry, get
 from comfyfn.models._manifest import Manifest, ModelFile
 
 __all__ = ["PULL_MIN_RATE", "PULL_STALL_SECONDS", "Progress", "Pulled", "pull", "pull_file"]
@@ -62,7 +62,6 @@ _CHUNK = 1 << 20
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 #: a transfer averaging fewer bytes/s over :data:`PULL_STALL_SECONDS` has stalled (10 GB at
 #: this rate would take almost four months: a working link, however slow, is far faster)
 PULL_MIN_RATE = 1024
@@ -101,31 +100,6 @@ class _Job:
     min_rate: float
     stall_seconds: float
     allow_unverified: bool
-
-
-class _Retry(Exception):
-    """The transfer stopped early but can be resumed."""
-
-
-class _RateFloor:
-    """Stops a transfer that averages under ``min_rate`` bytes/s over ``seconds`` (checked as
-    bytes arrive; a server that sends nothing at all hits the read timeout instead)."""
-
-    def __init__(self, min_rate: float, seconds: float) -> None:
-        self.min_rate, self.seconds = min_rate, seconds
-        self.since, self.got = time.monotonic(), 0
-
-    def add(self, received: int) -> None:
-        self.got += received
-        elapsed = time.monotonic() - self.since
-        if elapsed < self.seconds:
-            return
-        if self.got < self.min_rate * elapsed:
-            raise _Retry(
-                f"stalled: {self.got} bytes in {elapsed:.1f} s, under the minimum of "
-                f"{self.min_rate:g} bytes/s over {self.seconds:g} s"
-            )
-        self.since, self.got = time.monotonic(), 0
 
 
 class _Part:
@@ -300,7 +274,7 @@ def _download(job: _Job, retries: int) -> Pulled:
         try:
             expected = _fetch(job, part)
             break
-        except (_Retry, httpx.TransportError) as exc:
+        except (Retry, httpx.TransportError) as exc:
             if attempt == retries:
                 raise DownloadFailed(
                     f"{file.relpath}: the transfer from {file.url} stopped after "
@@ -319,13 +293,13 @@ def _download(job: _Job, retries: int) -> Pulled:
 
 
 def _fetch(job: _Job, part: _Part) -> _Published:
-    """One request: append what is missing to ``part``; :class:`_Retry` if it stops early.
+    """One request: append what is missing to ``part``; :class:`Retry` if it stops early.
     The sha256 and size the file must have (the manifest's, else the server's)."""
     file, target = job.file, job.target
     ours = {"Accept-Encoding": "identity"}
     if part.size:
         ours["Range"] = f"bytes={part.size}-"
-    with _get(job, ours) as answer:
+    with get(job.http, file, target, job.headers, ours) as answer:
         published = _published(answer)
         _check_published(file, target, part, published)
         size = file.size if file.size is not None else published.size
@@ -341,61 +315,8 @@ def _fetch(job: _Job, part: _Part) -> _Published:
         _free_space(file, target, (total or 0) - part.size)
         _receive(job, part, answer, size, total)
     if total is not None and part.size < total:
-        raise _Retry(f"got {part.size} of {total} bytes")
+        raise Retry(f"got {part.size} of {total} bytes")
     return expected
-
-
-@contextlib.contextmanager
-def _get(job: _Job, ours: Mapping[str, str]) -> Iterator[httpx.Response]:
-    """The streamed answer to a GET of ``job.file.url``, redirects followed: the manifest's
-    headers go to its URL's origin only, ``ours`` to every hop; the redirects are the
-    answer's ``history`` (their ``X-Linked-*`` headers are read)."""
-    file, http = job.file, job.http
-    url = httpx.URL(file.url)
-    origin, history = _origin(url), list[httpx.Response]()
-    for _ in range(http.max_redirects + 1):
-        sent = {**job.headers, **ours} if _origin(url) == origin else dict(ours)
-        request = http.build_request("GET", url, headers=sent)
-        answer = http.send(request, stream=True, follow_redirects=False)
-        if not answer.has_redirect_location:
-            answer.history = history
-            try:
-                yield answer
-            finally:
-                answer.close()
-            return
-        answer.close()
-        history.append(answer)
-        url = _redirected(file, job.target, answer)
-    raise DownloadFailed(
-        f"{file.relpath}: {file.url} redirects more than {http.max_redirects} times "
-        "(a redirect loop?); check the entry's url",
-        url=file.url,
-        path=job.target,
-    )
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme)
-
-
-def _redirected(file: ModelFile, target: Path, answer: httpx.Response) -> httpx.URL:
-    """Where ``answer`` (a redirect) sends the request next."""
-    try:
-        url = answer.url.join(answer.headers["location"])
-    except httpx.InvalidURL as exc:
-        raise DownloadFailed(
-            f"{file.relpath}: {file.url} redirects to an invalid URL ({exc})",
-            url=file.url,
-            path=target,
-        ) from None
-    if url.scheme not in _DEFAULT_PORTS:
-        raise DownloadFailed(
-            f"{file.relpath}: {file.url} redirects to a {url.scheme}: URL, not http(s)",
-            url=file.url,
-            path=target,
-        )
-    return url.copy_with(fragment=None)
 
 
 def _unverifiable(file: ModelFile, target: Path) -> DownloadFailed:
@@ -417,11 +338,11 @@ def _start(file: ModelFile, target: Path, part: _Part, answer: httpx.Response) -
         if whole is not None and whole.isdigit() and int(whole) == offset:
             return None
         part.reset()  # the part is longer than the file now: start again
-        raise _Retry("the partial file does not fit the file on the server")
+        raise Retry("the partial file does not fit the file on the server")
     if status == 206 and offset:
         if content_range is None or content_range[1] is None or int(content_range[1]) != offset:
             part.reset()
-            raise _Retry("the server resumed at another offset")
+            raise Retry("the server resumed at another offset")
         return int(content_range[2]) if content_range[2].isdigit() else None
     if status == 200:
         if offset:
@@ -430,7 +351,7 @@ def _start(file: ModelFile, target: Path, part: _Part, answer: httpx.Response) -
         length = answer.headers.get("content-length", "")
         return int(length) if length.isdigit() else None
     if status in _RETRY_STATUS:
-        raise _Retry(f"HTTP {status}")
+        raise Retry(f"HTTP {status}")
     hint = " (check the manifest's headers)" if status in (401, 403) else ""
     raise DownloadFailed(
         f"{file.relpath}: {file.url} answered HTTP {status}{hint}", url=file.url, path=target
@@ -441,7 +362,7 @@ def _receive(
     job: _Job, part: _Part, answer: httpx.Response, expected: int | None, total: int | None
 ) -> None:
     file, target, on_progress = job.file, job.target, job.on_progress
-    floor = _RateFloor(job.min_rate, job.stall_seconds)
+    floor = RateFloor(job.min_rate, job.stall_seconds)
     try:
         with part.path.open("ab") as fh:
             if on_progress is not None:
