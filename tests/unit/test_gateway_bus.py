@@ -60,3 +60,14 @@ async def test_leaving_forgets_the_follower():
     assert bus.followed() == 0
     bus.publish(JobUpdate(job_record(state="running")))  # nobody listens: nothing kept
     assert second.latest is None
+
+
+@pytest.mark.parametrize("number", ["²", "١", "٣", "+1", " 1", "01", "1_0", "-1", ""])
+async def test_an_id_this_bus_did_not_write_is_unknown_not_an_error(number):
+    """str.isdigit() says yes to "²" (int() refuses it) and int() reads "٣" as 3: only the
+    ids the bus writes, ``<epoch>-<decimal>``, are looked up; any other is unknown (None:
+    the caller replays the stored state)."""
+    bus = JobBus()
+    bus.publish(JobUpdate(job_record(state="running")))
+    assert bus.since("job_1", f"{bus.epoch}-{number}") is None
+    assert bus.since("job_1", f"{bus.epoch}-0") is not None  # what it writes still resolves

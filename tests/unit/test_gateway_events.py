@@ -5,10 +5,12 @@ stream with the gateway's event names, woken by the process's bus when a job cha
 from __future__ import annotations
 
 import json
+import logging
 
 import httpx
 import pytest
-from gateway_proc import InProcess, settings_for
+from gateway_proc import InProcess, auth, settings_for
+from sqlalchemy.exc import OperationalError
 
 from comfyfn.gateway import jobs
 
@@ -58,3 +60,55 @@ def test_a_cancel_reaches_the_jobs_event_stream_at_once(offline):
         )
         assert "position" not in data
         assert next(received, None) is None  # the stream ends with the job
+
+
+@pytest.mark.parametrize("number", ["²", "³¹"])
+def test_a_last_event_id_the_gateway_did_not_write_replays_the_stored_state(offline, number):
+    """A header arrives as Latin-1 text: "²" passes str.isdigit() but int() refuses it. Not
+    an id of ours: the stream starts from the job's state in the store, unbroken."""
+    job = offline.store.create_job(key_id=offline.key_id, workflow="zimage-turbo", params={})[0]
+    epoch = offline.app.state.runtime.bus.epoch
+    headers = {**auth(offline.secret), "Last-Event-ID": f"{epoch}-{number}".encode("latin-1")}
+    url = f"{offline.url}/v1/jobs/{job.id}/events"
+    with httpx.stream("GET", url, headers=headers, timeout=20) as stream:
+        assert stream.status_code == 200
+        kind, data = next(events(stream.iter_lines()))
+    assert (kind, data["id"], data["state"], data["position"]) == ("queued", job.id, "queued", 0)
+
+
+def test_a_database_outage_ends_the_stream_with_an_error_event_not_a_traceback(
+    offline, monkeypatch, caplog
+):
+    """The store fails while a stream is open (its queue position is recounted when a job
+    ahead leaves): the client gets an ``error`` event shaped like the API's 503, the stream
+    ends, and the log has a warning, not an error with a traceback."""
+    ahead, job = (
+        offline.store.create_job(key_id=offline.key_id, workflow="zimage-turbo", params={})[0]
+        for _ in range(2)
+    )
+    url = f"{offline.url}/v1/jobs/{job.id}/events"
+    with httpx.stream("GET", url, headers=auth(offline.secret), timeout=20) as stream:
+        received = events(stream.iter_lines())
+        assert next(received)[1]["position"] == 1
+
+        def down(job_id):
+            raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+        monkeypatch.setattr(offline.store, "queue_position", down)
+        with caplog.at_level(logging.WARNING):
+            gone = httpx.delete(f"{offline.url}/v1/jobs/{ahead.id}", headers=auth(offline.secret))
+            assert gone.json()["state"] == "cancelled"
+            assert next(received) == (
+                "error",
+                {
+                    "error": {
+                        "message": "the job database is unavailable; try again shortly",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "database_unavailable",
+                    }
+                },
+            )
+            assert next(received, None) is None
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("database is unavailable" in r.getMessage() for r in caplog.records)

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import itertools
 import os
+import re
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ HISTORY = 64
 HISTORY_JOBS = 1024
 #: seconds between two previews of one job sent to followers (at most ~4 a second)
 PREVIEW_INTERVAL = 0.25
+#: the sequence part of an event id as this bus writes it
+_SEQUENCE = re.compile(r"0|[1-9][0-9]*")
 
 
 @dataclass(frozen=True)
@@ -209,8 +212,8 @@ class JobBus:
         cannot say (an id of another process, or older than what is kept): the caller then
         starts from the job's state in the store."""
         epoch, _, number = last_event_id.partition("-")
-        if epoch != self.epoch or not number.isdigit():
-            return None
+        if epoch != self.epoch or not _SEQUENCE.fullmatch(number):
+            return None  # not an id this bus issued ("²" and "٣" are digits to str.isdigit)
         seen = int(number)
         history = self._history.get(job_id)
         if history is None:

@@ -1,29 +1,41 @@
-"""Async jobs: ``POST /v1/jobs`` (202), ``GET``/``DELETE /v1/jobs/{job_id}`` and the job's
-server-sent events, ``GET /v1/jobs/{job_id}/events``: one event per change — ``queued``
-(with the job's ``position`` in the queue), ``progress`` while it runs, then ``succeeded``,
-``failed`` or ``cancelled`` — each carrying the job as ``GET`` shows it; while it runs on a
-server started with ``--preview-method``, ``preview`` events too (``{"job_id", "step",
-"content_type", "data"}``, the image in base64, at most ~4 a second; only through the
-replica that runs the job: previews are not stored).
+"""Async jobs: ``POST /v1/jobs`` (202; a ``priority`` above the API key's maximum, set by
+``comfyfn keys create --max-priority``, is refused with 422), ``GET``/``DELETE
+/v1/jobs/{job_id}`` and the job's server-sent events, ``GET /v1/jobs/{job_id}/events``: one
+event per change — ``queued`` (with the job's ``position``: how many jobs of the same key
+are ahead of it), ``progress`` while it runs, then ``succeeded``, ``failed`` or
+``cancelled`` — each carrying the job as ``GET`` shows it; while it runs on a server started
+with ``--preview-method``, ``preview`` events too (``{"job_id", "step", "content_type",
+"data"}``, the image in base64, at most ~4 a second; only through the replica that runs the
+job: previews are not stored).
 
 Every event has an ``id``. A client reconnecting with ``Last-Event-ID`` (browsers' EventSource
 does it by itself) first gets what it missed — the events after that id from this process's
 recent history, or, where the history cannot tell (another replica, a restart, too old), the
-job's current state from the store — then live events."""
+job's current state from the store — then live events. An id the gateway did not write
+counts as one of another process.
+
+If the database becomes unavailable while a stream is open, the stream ends with an
+``error`` event, ``{"error": {...}}`` as the API answers a database outage (code
+``database_unavailable``), with a ``retry`` of 2 s: the client reconnects with its
+``Last-Event-ID`` (and gets a 503 while the outage lasts)."""
 # No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 
 import asyncio
 import base64
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Header, Request
+from sqlalchemy.exc import SQLAlchemyError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from comfyfn.gateway.bus import BusEvent, JobPreview, JobUpdate
+from comfyfn.gateway.database import unavailable
 from comfyfn.gateway.dependencies import ApiKey, RuntimeDep
+from comfyfn.gateway.errors import ApiError
 from comfyfn.gateway.jobs import (
     create_job,
     follow,
@@ -37,6 +49,23 @@ from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.schema import TERMINAL, JobRecord
 
 router = APIRouter(tags=["jobs"])
+log = logging.getLogger("comfyfn.gateway")
+
+#: the event that ends a stream when the database is unavailable (a 503's body)
+_DATABASE_UNAVAILABLE = ServerSentEvent(
+    data=json.dumps(
+        {
+            "error": {
+                "message": "the job database is unavailable; try again shortly",
+                "type": "server_error",
+                "param": None,
+                "code": "database_unavailable",
+            }
+        }
+    ),
+    event="error",
+    retry=2000,
+)
 
 
 def base_url(request: Request) -> str:
@@ -51,6 +80,13 @@ async def post_job(
     key: ApiKey,
     idempotency_key: str | None = Header(None, max_length=200),
 ) -> dict[str, Any]:
+    if body.priority > key.max_priority:
+        raise ApiError(
+            422,
+            f"priority: {body.priority} is over this API key's maximum of {key.max_priority}",
+            param="priority",
+            code="limit_exceeded",
+        )
     job = await create_job(
         runtime,
         key,
@@ -94,7 +130,7 @@ async def job_events(
 ) -> EventSourceResponse:
     job = await own_job(runtime, job_id, key)
     return EventSourceResponse(
-        _events(runtime, job, base_url(request), last_event_id),
+        _stream(runtime, job, base_url(request), last_event_id),
         headers={"Cache-Control": "no-cache"},
         sep="\n",
     )
@@ -120,6 +156,21 @@ def _preview_event(event: BusEvent) -> ServerSentEvent:
         "data": base64.b64encode(preview.data).decode("ascii"),
     }
     return ServerSentEvent(data=json.dumps(data), event="preview", id=event.id)
+
+
+async def _stream(
+    runtime: Runtime, job: JobRecord, base: str, last_event_id: str | None
+) -> AsyncIterator[ServerSentEvent]:
+    """:func:`_events`, ended by an ``error`` event if the database becomes unavailable."""
+    try:
+        async for event in _events(runtime, job, base, last_event_id):
+            yield event
+    except SQLAlchemyError as exc:
+        if not unavailable(exc):
+            raise
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("events of job %s end: the database is unavailable: %s", job.id, first_line)
+        yield _DATABASE_UNAVAILABLE
 
 
 async def _events(
