@@ -142,6 +142,17 @@ def signed(headers, body: bytes) -> bool:
         "::127.0.0.1",  # IPv4-compatible
         "2001:db8::1",
         "not-an-ip",
+        # refused whatever the running Python's ipaddress says (its verdicts on these
+        # changed between patch releases: 3.11.7 calls all of them global)
+        "192.0.0.8",
+        "192.0.0.9",  # PCP anycast: "global" to ipaddress since 3.11.10 / 3.12.4
+        "192.0.0.10",  # TURN anycast: likewise
+        "192.0.0.255",
+        "::ffff:192.0.0.9",  # IPv4-mapped: judged as the IPv4 address
+        "64:ff9b:1::7f00:1",  # local-use NAT64 of 127.0.0.1 (a /96 prefix)
+        "64:ff9b:1::a9fe:a9fe",  # ... of 169.254.169.254
+        "64:ff9b:1:a00:1:808:808:808",  # 10.0.0.1 read with a /48 prefix
+        "64:ff9b:1::808:808",  # 8.8.8.8 with a /96 prefix, but 0.0.0.0 with a /48 one
     ],
 )
 def test_addresses_that_are_not_public_are_refused(address):
@@ -149,7 +160,15 @@ def test_addresses_that_are_not_public_are_refused(address):
 
 
 @pytest.mark.parametrize(
-    "address", [PUBLIC, "8.8.8.8", "2606:2800:220:1:248:1893:25c8:1946", "::ffff:93.184.216.34"]
+    "address",
+    [
+        PUBLIC,
+        "8.8.8.8",
+        "2606:2800:220:1:248:1893:25c8:1946",
+        "::ffff:93.184.216.34",
+        "64:ff9b::808:808",
+        "64:ff9b:1:808:8:808:808:808",  # 8.8.8.8 whatever the local NAT64 prefix's length
+    ],
 )
 def test_public_addresses_are_allowed(address):
     assert address_error(address) is None
@@ -172,6 +191,19 @@ def test_api_time_check_uses_the_same_rules_and_the_injected_resolver():
     assert "does not resolve" in problem
     assert "http(s)" in webhook_target_error("ftp://hook.test/", allow_private=False, resolve=ok)
     assert webhook_target_error("http://\ud800/", allow_private=False, resolve=ok) is not None
+
+
+def test_special_ranges_are_refused_at_the_api_and_at_delivery_from_literals():
+    """192.0.0.0/24 and IPv6 standing for a non-public IPv4 (mapped, local-use NAT64), as a
+    resolver (a stub: nothing is resolved or connected to) or the URL itself gives them."""
+    for address in ("192.0.0.9", "::ffff:192.0.0.10", "64:ff9b:1::7f00:1"):
+        resolver = Resolver([PUBLIC, address])
+        problem = webhook_target_error("https://hook.test/", allow_private=False, resolve=resolver)
+        assert problem is not None and address in problem
+        with pytest.raises(WebhookRefused):
+            check_webhook("https://hook.test/", allow_private=False, resolve=Resolver([address]))
+        literal = f"http://[{address}]/" if ":" in address else f"http://{address}/"
+        assert webhook_target_error(literal, allow_private=False) is not None
 
 
 def test_a_literal_address_is_checked_too():

@@ -148,39 +148,55 @@ def resolve_host(host: str, port: int) -> list[str]:
 
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: a translator of one network
 _COMPAT = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible IPv6
+#: IPv4 ranges refused whatever ``ipaddress`` says: its verdict on them changed between
+#: patch releases (3.11.10 and 3.12.4 call 192.0.0.9 and 192.0.0.10 global)
+_NEVER_V4 = (ipaddress.ip_network("192.0.0.0/24"),)  # IETF protocol assignments
 
 
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address stands for (mapped, 6to4, NAT64, compatible)."""
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address may stand for (mapped, 6to4, NAT64, compatible);
+    none if it is a plain IPv6 address. A local-use NAT64 prefix (64:ff9b:1::/48) may be
+    any length RFC 6052 allows, which places the IPv4 address differently: every reading."""
+    if ip.ipv4_mapped is not None:  # ::ffff:0:0/96
+        return [ip.ipv4_mapped]
     if ip.sixtofour is not None:
-        return ip.sixtofour
+        return [ip.sixtofour]
+    if ip in _NAT64_LOCAL:
+        packed = ip.packed
+        without_u = packed[:8] + packed[9:]  # bits 64-71 (the "u" octet) never hold address
+        readings = [without_u[n // 8 : n // 8 + 4] for n in (48, 56, 64)]
+        return [ipaddress.IPv4Address(b) for b in [*readings, packed[12:]]]
     if ip in _NAT64 or (ip in _COMPAT and int(ip) > 1):
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    return []
+
+
+def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv4Address) and any(ip in n for n in _NEVER_V4):
+        return False
+    return ip.is_global and not ip.is_multicast
 
 
 def address_error(address: str) -> str | None:
     """Why a webhook may not connect to ``address`` (None if it is globally routable).
 
     Refused: everything :attr:`ipaddress.IPv4Address.is_global` says is not global (loopback,
-    private, shared 100.64.0.0/10, link-local, documentation, reserved...), multicast, and
-    IPv6 addresses that embed such an IPv4 address (``::ffff:127.0.0.1``, 6to4, NAT64).
+    private, shared 100.64.0.0/10, link-local, documentation, reserved...), 192.0.0.0/24
+    whatever it says, and multicast. An IPv6 address that stands for an IPv4 address
+    (``::ffff:127.0.0.1``, 6to4, NAT64, local-use NAT64) is judged as that IPv4 address
+    (every reading of it), whatever ``ipaddress`` says of the IPv6 address itself.
     """
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return f"{address!r} is not an IP address"
-    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    judged: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
     if isinstance(ip, ipaddress.IPv6Address):
-        inner = _embedded_ipv4(ip)
-        if inner is not None:
-            candidates.append(inner)
-    for candidate in candidates:
-        if not candidate.is_global or candidate.is_multicast:
-            return f"{address} is not a public address"
+        judged = [*_embedded_ipv4(ip)] or judged
+    if not all(_public(candidate) for candidate in judged):
+        return f"{address} is not a public address"
     return None
 
 
