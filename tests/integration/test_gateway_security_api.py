@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import socket
 import sqlite3
@@ -288,6 +289,30 @@ def test_postgresql_down_answers_503_json_then_recovers(postgres, tmp_path):
             30,
             "the API answers again after PostgreSQL restarts",
         )
+
+
+def test_postgresql_down_ends_an_open_event_stream_with_an_error_event(postgres, tmp_path, caplog):
+    """A stream open when the database stops ends with an ``error`` event shaped like the
+    API's 503 (its re-read of the job fails); no traceback is logged at ERROR for it."""
+    db = postgres.create_database()
+    with InProcess(settings_for(tmp_path, [NOWHERE], db_url=db)) as gateway:
+        key = gateway.key()
+        key_id = gateway.store.find_key(key).id
+        job = gateway.store.create_job(key_id=key_id, workflow="zimage-turbo", params={})[0]
+        url = f"{gateway.url}/v1/jobs/{job.id}/events"
+        with httpx.stream("GET", url, headers=auth(key), timeout=60) as stream:
+            lines = stream.iter_lines()
+            assert next_event(lines)[0] == "queued"
+            postgres.halt()
+            try:
+                kind, data = next_event(lines)
+                assert kind == "error" and data["error"]["code"] == "database_unavailable"
+                assert set(data["error"]) == {"message", "type", "param", "code"}
+                assert not [line for line in lines if line.startswith("data: ")]  # it ended
+            finally:
+                postgres.resume()
+    errors = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors
 
 
 @pytest.mark.engine

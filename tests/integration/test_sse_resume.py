@@ -35,7 +35,7 @@ class Sse:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory) -> Iterator[Gateway]:
-    name = f"{os.environ.get('COMFYFN_TEST_ENGINE', 'pytest')}-sse"
+    name = f"{os.environ['COMFYFN_TEST_ENGINE']}-sse"
     engine = Engine(name, preview_method="latent2rgb")
     root = tmp_path_factory.mktemp("sse")
     db = f"sqlite:///{root / 'gateway.db'}"

@@ -161,6 +161,18 @@ def test_create_key_refuses_a_bad_rate_or_name(store):
     assert store.list_keys() == []
 
 
+def test_a_key_s_max_priority_is_kept_and_defaults_to_0(store):
+    secret, key = store.create_key("urgent", max_priority=50)
+    assert key.max_priority == 50 and store.find_key(secret).max_priority == 50
+    plain_secret, plain = store.create_key("plain")
+    assert plain.max_priority == 0 and store.find_key(plain_secret).max_priority == 0
+    assert {k.name: k.max_priority for k in store.list_keys()} == {"urgent": 50, "plain": 0}
+    for bad in (-1, 101, True, 1.5, "5"):
+        with pytest.raises(ValueError, match="max priority"):
+            store.create_key(f"bad-{bad}", max_priority=bad)
+    assert len(store.list_keys()) == 2
+
+
 def test_concurrent_creates_of_one_name_make_one_key(stores):
     stores = [stores() for _ in range(2)]
     results: list[object] = []
@@ -320,6 +332,19 @@ def test_queue_position_is_each_jobs_own_place_in_claim_order(store):
     assert store.cancel_if_queued(order[2].id)
     assert [store.queue_position(j.id) for j in order] == [None, 0, None, 1]
     assert store.queue_position("job_missing") is None
+
+
+def test_queue_position_counts_only_the_jobs_of_the_same_key(store, clock):
+    """What a key is told of its place never reveals other keys' traffic."""
+    mine_first = new_job(store, "key_a")
+    clock.advance(1)
+    theirs = []
+    for _ in range(3):  # claimed before mine
+        theirs.append(new_job(store, "key_b", priority=5))
+        clock.advance(1)
+    mine_next = new_job(store, "key_a")
+    assert [store.queue_position(j.id) for j in (mine_first, mine_next)] == [0, 1]
+    assert [store.queue_position(j.id) for j in theirs] == [0, 1, 2]
 
 
 # -- claim protocol ----------------------------------------------------------------------------
@@ -523,6 +548,19 @@ def test_attempts_are_kept_and_added_to_an_older_database(url, stores):
     store = stores()
     assert store.get_job(job.id).attempts == 0
     assert new_job(store).attempts == 0
+
+
+def test_a_database_made_before_key_priorities_gets_the_column(url, stores):
+    store = stores()
+    secret, _ = store.create_key("old")
+    store.close()
+    engine = sa.create_engine(url)  # as made before the column existed
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE cfn_keys DROP COLUMN max_priority")
+    engine.dispose()
+    store = stores()
+    assert store.find_key(secret).max_priority == 0  # an existing key: normal jobs only
+    assert store.create_key("new", max_priority=7)[1].max_priority == 7
 
 
 def test_sqlite_uses_wal(tmp_path):

@@ -9,6 +9,7 @@ if one is missing (exit 2), so the rest of the CLI works without them.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from typing import TYPE_CHECKING, Annotated
 
@@ -145,6 +146,13 @@ def serve_command(
         int | None,
         typer.Option(help="Largest width × height × batch size of one request [16777216]."),
     ] = None,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            help="Log every request (method, path without query, status, seconds, key id) "
+            "to stderr."
+        ),
+    ] = True,
 ) -> None:
     """Run the gateway (OpenAI-compatible images API + async jobs) with uvicorn."""
     require_extras(db)
@@ -189,13 +197,20 @@ def serve_command(
         ),
         highlight=False,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if access_log:
+        logging.getLogger("comfyfn.gateway.access").setLevel(logging.INFO)
+    # uvicorn's own access log would print query strings (a file URL's signature): ours only
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
 @keys_app.command("create")
 def keys_create(
     name: str,
     rate: Annotated[str, typer.Option(help="e.g. 60/min, 5/s")] = "60/min",
+    max_priority: Annotated[
+        int,
+        typer.Option(help="The highest job priority this key may ask for (0-100)."),
+    ] = 0,
     db: DbOpt = None,
 ) -> None:
     """Create a key; it is printed once (only its hash is stored)."""
@@ -205,11 +220,14 @@ def keys_create(
     try:
         parse_rate(rate)
         with _store(db) as store:
-            secret, key = store.create_key(name, rate)
+            secret, key = store.create_key(name, rate, max_priority=max_priority)
     except ValueError as exc:
         raise fail(ConfigError(str(exc))) from None
     err.print(
-        esc(f"key {key.name!r} ({key.id}, {key.rate}) — store it now, it is not shown again:"),
+        esc(
+            f"key {key.name!r} ({key.id}, {key.rate}, max priority {key.max_priority}) — "
+            "store it now, it is not shown again:"
+        ),
         highlight=False,
     )
     typer.echo(secret)
@@ -217,14 +235,14 @@ def keys_create(
 
 @keys_app.command("list")
 def keys_list(db: DbOpt = None) -> None:
-    """Keys with their prefix, rate and state."""
+    """Keys with their prefix, rate, maximum priority and state."""
     require_extras(db)
     with _store(db) as store:
         keys = store.list_keys()
     for key in keys:
         typer.echo(
             f"{key.id}  {key.name:20} {key.prefix}…  {key.rate:10} "
-            f"{'revoked' if key.revoked else 'active'}"
+            f"max priority {key.max_priority:<3} {'revoked' if key.revoked else 'active'}"
         )
 
 

@@ -4,6 +4,7 @@ The secret (``"cfn_" + token_urlsafe(32)``) is returned once by :meth:`KeyStore.
 and never stored; the row holds ``sha256(secret)`` (hex) and the secret's first 8 characters
 (``prefix``, an index for lookup and something to show in listings). :meth:`KeyStore.find_key`
 fetches the rows with that prefix and compares the hashes with :func:`hmac.compare_digest`.
+A key's ``max_priority`` (0 unless given) is the highest priority its jobs may ask for.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from comfyfn.gateway.schema import PREFIX_LEN, KeyRecord, _hash, _key, _new_id, keys_t
+from comfyfn.gateway.schema import (
+    MAX_PRIORITY,
+    PREFIX_LEN,
+    KeyRecord,
+    _hash,
+    _key,
+    _new_id,
+    keys_t,
+)
 
 __all__ = ["KeyStore"]
 
@@ -30,13 +39,20 @@ class KeyStore:
     _read: Callable[[], AbstractContextManager[Connection]]
     _write: Callable[[], AbstractContextManager[Connection]]
 
-    def create_key(self, name: str, rate: str = "60/min") -> tuple[str, KeyRecord]:
-        """A new key: (its secret, shown only now; its record). Names of live keys are unique."""
+    def create_key(
+        self, name: str, rate: str = "60/min", *, max_priority: int = 0
+    ) -> tuple[str, KeyRecord]:
+        """A new key: (its secret, shown only now; its record). Names of live keys are unique;
+        ``max_priority``, from 0 to :data:`MAX_PRIORITY`, caps its jobs' priority."""
         from comfyfn.gateway.security import parse_rate
 
         if not name or not name.strip():
             raise ValueError("a key needs a name")
         parse_rate(rate)  # ValueError with a readable message
+        if type(max_priority) is not int or not 0 <= max_priority <= MAX_PRIORITY:
+            raise ValueError(
+                f"max priority {max_priority!r} is not a whole number 0-{MAX_PRIORITY}"
+            )
         secret = "cfn_" + secrets.token_urlsafe(32)
         record = KeyRecord(
             id=_new_id("key"),
@@ -45,6 +61,7 @@ class KeyStore:
             rate=rate,
             created_at=self.clock(),
             revoked=False,
+            max_priority=max_priority,
         )
         taken = ValueError(f"an active key named {name!r} exists already (revoke it first)")
         try:
@@ -65,6 +82,7 @@ class KeyStore:
                         rate=record.rate,
                         created_at=record.created_at,
                         revoked=False,
+                        max_priority=max_priority,
                     )
                 )
         except IntegrityError as e:  # a concurrent create_key with the same name won

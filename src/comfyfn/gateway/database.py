@@ -21,16 +21,33 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from comfyfn.gateway.schema import meta_t, metadata
 
-__all__ = ["SCHEMA_VERSION", "SQLITE_BUSY_TIMEOUT", "Database"]
+__all__ = ["SCHEMA_VERSION", "SQLITE_BUSY_TIMEOUT", "Database", "unavailable"]
 
 SCHEMA_VERSION = "1"
 SQLITE_BUSY_TIMEOUT = 30.0  #: seconds a SQLite writer waits for the database lock by default
 _PG_INIT_LOCK = 0x63666E5F73746F72  # pg_advisory_xact_lock key for schema creation ("cfn_stor")
+#: (table, integer column defaulting to 0) added after the first schema
+_ADDED_COLUMNS = (
+    ("cfn_jobs", "attempts"),
+    ("cfn_jobs", "priority"),
+    ("cfn_keys", "max_priority"),
+)
+#: database errors that mean "not now" (down, restarting, locked, pool exhausted)
+_NOT_NOW = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is unavailable for now (an outage to report and
+    retry later, not a fault of the gateway's)."""
+    return isinstance(exc, _NOT_NOW) or (
+        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    )
 
 
 class Database:
@@ -108,17 +125,22 @@ class Database:
                 # replicas starting together must not race on CREATE TABLE
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_INIT_LOCK)))
             metadata.create_all(conn, checkfirst=True)
-            columns = {c["name"] for c in sa.inspect(conn).get_columns("cfn_jobs")}
-            for added in ("attempts", "priority"):  # a database made before the column existed
-                if added not in columns:
-                    conn.exec_driver_sql(
-                        f"ALTER TABLE cfn_jobs ADD COLUMN {added} INTEGER NOT NULL DEFAULT 0"
-                    )
+            self._add_columns(conn)
             have = conn.execute(
                 sa.select(meta_t.c.value).where(meta_t.c.key == "schema_version")
             ).scalar()
             if have is None:
                 conn.execute(sa.insert(meta_t).values(key="schema_version", value=SCHEMA_VERSION))
+
+    @staticmethod
+    def _add_columns(conn: Connection) -> None:
+        """The columns added since the first schema, to a database made before them."""
+        inspector = sa.inspect(conn)
+        for table, added in _ADDED_COLUMNS:
+            if added not in {c["name"] for c in inspector.get_columns(table)}:
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {table} ADD COLUMN {added} INTEGER NOT NULL DEFAULT 0"
+                )
 
     def close(self) -> None:
         self.engine.dispose()

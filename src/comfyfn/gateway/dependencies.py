@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from comfyfn.gateway.errors import ApiError
+from comfyfn.gateway.metrics import KEY_ID
 from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.security import RateLimiter
 from comfyfn.gateway.settings import GatewaySettings
@@ -51,14 +52,16 @@ SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
 
 
-async def authenticate(store: Store, authorization: str | None) -> KeyRecord:
-    """The live key of an ``Authorization: Bearer`` header; 401 otherwise."""
+async def authenticate(request: Request, store: Store, authorization: str | None) -> KeyRecord:
+    """The live key of an ``Authorization: Bearer`` header; 401 otherwise. Its id is left
+    in ``request.state`` for the access log (:mod:`comfyfn.gateway.metrics`)."""
     secret = (authorization or "").removeprefix("Bearer ").strip()
     key = await asyncio.to_thread(store.find_key, secret) if secret else None
     if key is None:
         raise ApiError(
             401, "missing or invalid API key", type="authentication_error", code="invalid_api_key"
         )
+    setattr(request.state, KEY_ID, key.id)
     return key
 
 
@@ -76,8 +79,10 @@ def rate_limit(limiter: RateLimiter, key: KeyRecord) -> KeyRecord:
     return key
 
 
-async def authenticated(store: StoreDep, authorization: str | None = Header(None)) -> KeyRecord:
-    return await authenticate(store, authorization)
+async def authenticated(
+    request: Request, store: StoreDep, authorization: str | None = Header(None)
+) -> KeyRecord:
+    return await authenticate(request, store, authorization)
 
 
 def rate_limited(

@@ -1,7 +1,7 @@
 """What the routes do with jobs: create (every check, one place), find, cancel, follow.
 
 Every job-creating route goes through :func:`create_job`, which runs the same checks before
-anything is stored: texts storable, parameters valid, cost limits
+anything is stored: texts storable, parameters valid, a prompt not blank, cost limits
 (:meth:`GatewaySettings.cost_error`), webhook target, a server ready. Following a job
 (:func:`wait_final`, :func:`follow`) wakes on this process's event bus at once and re-reads
 the store every :data:`~comfyfn.gateway.bus.FALLBACK_POLL` seconds for jobs another replica
@@ -133,6 +133,8 @@ async def create_job(
         first = exc.errors()[0]
         param = prefix + ".".join(str(p) for p in first["loc"])
         raise ApiError(422, f"{param}: {first['msg']}", param=param) from None
+    if isinstance(values.get("prompt"), str) and not values["prompt"].strip():
+        raise ApiError(422, f"{prefix}prompt: the prompt is blank", param=f"{prefix}prompt")
     over = runtime.settings.cost_error(served.effective(values))
     if over is not None:
         raise ApiError(422, over[1], param=prefix + over[0], code="limit_exceeded")

@@ -3,17 +3,28 @@
 Request labels are bounded, so random requests cannot grow the series without bound: the
 route is the matched route's template (``/v1/jobs/{job_id}``) or ``unmatched``, the method
 one of the standard ones or ``other``, the status one the gateway itself sends.
+
+The same middleware writes the access log: one line per request on the logger
+``comfyfn.gateway.access`` (INFO), ``METHOD PATH STATUS SECONDS KEY_ID``: the path without
+its query string (a file URL's signature), the API key's id (``-`` if none was
+authenticated), never the key itself nor anything of the body.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["METHODS", "Metrics", "MetricsMiddleware", "route_label"]
+__all__ = ["KEY_ID", "METHODS", "Metrics", "MetricsMiddleware", "route_label"]
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: where the request's authenticated key id is left (``request.state``) for the access log
+KEY_ID = "key_id"
+
+access_log = logging.getLogger("comfyfn.gateway.access")
 
 
 class Metrics:
@@ -50,7 +61,8 @@ def route_label(scope: dict[str, Any]) -> str:
 
 
 class MetricsMiddleware:
-    """Counts every HTTP request once, after the router has matched it (plain ASGI)."""
+    """Counts every HTTP request once, after the router has matched it, and logs it to the
+    access log (plain ASGI)."""
 
     def __init__(self, app: Any, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -59,7 +71,8 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
+        status, started = 500, time.monotonic()
+        state = scope.setdefault("state", {})  # request.state: where the key's id is left
 
         async def sending(message: Any) -> None:
             nonlocal status
@@ -76,3 +89,11 @@ class MetricsMiddleware:
                 method=method if method in METHODS else "other",
                 status=str(status),
             ).inc()
+            access_log.info(
+                "%s %s %d %.3f %s",
+                method if method in METHODS else "other",
+                repr(scope.get("path", ""))[1:-1],  # control characters escaped
+                status,
+                time.monotonic() - started,
+                state.get(KEY_ID, "-"),
+            )

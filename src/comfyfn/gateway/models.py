@@ -4,7 +4,9 @@ the check that every text in a request can be stored and sent on (:func:`text_pr
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+from comfyfn.gateway.schema import MAX_PRIORITY
 
 __all__ = [
     "UPLOAD_ID_PATTERN",
@@ -32,7 +34,7 @@ class ImagesRequest(BaseModel):
     style: str | None = None
     seed: int | None = Field(default=None, ge=0, le=2**53)
     negative_prompt: str | None = None
-    steps: int | None = Field(default=None, ge=1, le=200)
+    steps: int | None = Field(default=None, ge=1, description="at most the gateway's max_steps")
 
 
 class EditsRequest(BaseModel):
@@ -50,7 +52,7 @@ class EditsRequest(BaseModel):
     quality: str | None = None
     seed: int | None = Field(default=None, ge=0, le=2**53)
     negative_prompt: str | None = None
-    steps: int | None = Field(default=None, ge=1, le=200)
+    steps: int | None = Field(default=None, ge=1, description="at most the gateway's max_steps")
     denoise: float | None = Field(default=None, ge=0, le=1)
 
 
@@ -58,8 +60,11 @@ class JobRequest(BaseModel):
     workflow: str = "zimage-turbo"
     params: dict[str, Any] = Field(default_factory=dict)
     webhook: str | None = Field(default=None, max_length=2048, pattern=r"^https?://\S+$")
-    priority: int = Field(
-        default=0, ge=-100, le=100, description="higher runs first among waiting jobs"
+    priority: StrictInt = Field(
+        default=0,
+        ge=-MAX_PRIORITY,
+        le=MAX_PRIORITY,
+        description="higher runs first among waiting jobs; at most the API key's maximum",
     )
 
 

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 __all__ = [
     "JSON_FIELDS",
+    "MAX_PRIORITY",
     "PREFIX_LEN",
     "STATES",
     "TERMINAL",
@@ -28,6 +29,7 @@ __all__ = [
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 PREFIX_LEN = 8  #: characters of a key kept for lookup
+MAX_PRIORITY = 100  #: the highest priority a job can have (the lowest is its negative)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class KeyRecord:
     rate: str
     created_at: float
     revoked: bool
+    max_priority: int = 0  #: the highest priority this key's jobs may ask for
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ keys_t = sa.Table(
     sa.Column("rate", sa.String(40), nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+    sa.Column("max_priority", sa.Integer, nullable=False, default=0, server_default="0"),
 )
 sa.Index(
     "cfn_keys_active_name",
@@ -183,6 +187,7 @@ def _key(row: Any) -> KeyRecord:
         rate=m["rate"],
         created_at=float(m["created_at"]),
         revoked=bool(m["revoked"]),
+        max_priority=int(m["max_priority"] or 0),
     )
 
 

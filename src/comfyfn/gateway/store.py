@@ -8,7 +8,7 @@ times are float epoch seconds from the writing process's clock, so replicas need
 clocks, and ``stale_after`` should be well above any skew)::
 
     cfn_meta   key PK, value                      -- "secret" (hex), "schema_version"
-    cfn_keys   id PK "key_…", name, prefix, hash, rate, created_at, revoked
+    cfn_keys   id PK "key_…", name, prefix, hash, rate, created_at, revoked, max_priority
                index(prefix); unique(name) WHERE NOT revoked
     cfn_jobs   id PK "job_…", key_id, workflow, params (JSON text), state, server, prompt_id,
                progress, error (JSON text), outputs (JSON text: file ids), webhook,
@@ -386,24 +386,25 @@ class Store(KeyStore):
         return depth
 
     def queue_position(self, job_id: str) -> int | None:
-        """How many queued jobs will be claimed before this one (0: it is next), or None if
-        it is not queued. Claim order: highest ``priority``, then oldest ``created_at``, then
-        ``id``."""
+        """How many queued jobs of the same API key will be claimed before this one (0: none),
+        or None if it is not queued: what a key is told never counts other keys' jobs. Claim
+        order: highest ``priority``, then oldest ``created_at``, then ``id``."""
         with self._read() as conn:
             row = conn.execute(
-                sa.select(jobs_t.c.priority, jobs_t.c.created_at, jobs_t.c.id).where(
-                    jobs_t.c.id == job_id, jobs_t.c.state == "queued"
-                )
+                sa.select(
+                    jobs_t.c.priority, jobs_t.c.created_at, jobs_t.c.id, jobs_t.c.key_id
+                ).where(jobs_t.c.id == job_id, jobs_t.c.state == "queued")
             ).first()
             if row is None:
                 return None
-            priority, created, ident = row
+            priority, created, ident, key_id = row
             same = jobs_t.c.priority == priority
             ahead = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(jobs_t)
                 .where(
                     jobs_t.c.state == "queued",
+                    jobs_t.c.key_id == key_id,
                     sa.or_(
                         jobs_t.c.priority > priority,
                         sa.and_(same, jobs_t.c.created_at < created),

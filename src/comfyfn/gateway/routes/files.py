@@ -54,7 +54,7 @@ async def get_file(
         assert exp is not None
         ttl = min(ttl, int(exp) - time.time())
     else:
-        key = rate_limit(runtime.limiter, await authenticate(store, authorization))
+        key = rate_limit(runtime.limiter, await authenticate(request, store, authorization))
         owner = None
         if record is not None:  # the same answer for a missing file and someone else's
             owner = await asyncio.to_thread(store.get_job, record.job_id, key.id)
