@@ -13,6 +13,7 @@ import asyncio
 import copy
 import io
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -318,16 +319,31 @@ async def test_post_prompt_sends_our_prompt_id_and_reads_the_number(fake, prompt
 @pytest.mark.parametrize(
     ("answer", "what"),
     [
-        (text("<html>hi</html>"), "something that is not JSON"),
+        (text("<html><form>Log in</form></html>"), "something that is not JSON"),
+        (text("not json{"), "something that is not JSON"),
+        (js({}), "an object without 'prompt_id' (empty)"),
+        (js({"ok": True}), "an object without 'prompt_id' ('ok')"),
         (js(["prompt_id", 7]), "a list where an object was expected"),
         (js("ok"), "a string where an object was expected"),
     ],
 )
-async def test_post_prompt_garbage_answer_is_a_protocol_error(fake, prompt_id, answer, what):
+async def test_an_unreadable_answer_is_looked_up_posted_once_more_then_named(answer, what):
+    fake = FakeComfy()  # an auth proxy's login page, say: the server never sees the job
     fake.set("POST", "/prompt", answer)
-    with pytest.raises(ProtocolError, match=f"POST /prompt from {SERVER} answered {what}"):
-        await post_prompt(fake.session(), GRAPH, prompt_id, JobSettings(client_id="c"))
-    assert fake.count("POST", "/prompt") == 1  # a POST is never repeated blindly
+    new_id = str(uuid.uuid4())
+    expected = re.escape(f"POST /prompt from {SERVER} answered {what}")
+    with pytest.raises(ProtocolError, match=expected):
+        await post_prompt(fake.session(retries=3), GRAPH, new_id, JobSettings(client_id="c"))
+    assert fake.count("POST", "/prompt") == 2  # retried once, not session.retries times
+    posted, looked = fake.calls.index(("POST", "/prompt")), fake.calls.index(("GET", "/queue"))
+    assert looked > posted  # looked up before posting again, never posted blindly
+
+
+async def test_an_unreadable_answer_to_a_job_the_server_took_is_not_posted_again(prompt_id):
+    fake = FakeComfy(prompt_id)  # the server has the job, whatever its answer said
+    fake.set("POST", "/prompt", text("<html>hi</html>"))
+    assert await post_prompt(fake.session(), GRAPH, prompt_id, JobSettings(client_id="c")) is None
+    assert fake.count("POST", "/prompt") == 1
 
 
 async def test_post_prompt_answer_with_odd_number_is_accepted(fake, prompt_id):

@@ -16,7 +16,7 @@ from comfyfn.fleet import (
     Refused,
     State,
     advance,
-    after_server_failure,
+    requeue_or_fail,
 )
 
 LEGAL = {
@@ -54,16 +54,22 @@ def test_final_states_accept_nothing():
             advance(state, event)
 
 
-def test_a_job_moved_off_failed_servers_runs_until_its_retries_are_spent():
+@pytest.mark.parametrize("fault", [Event.MOVE, Event.LOSE])
+def test_a_job_sent_back_by_a_fault_runs_until_its_retries_are_spent(fault):
     state, attempts = State.PENDING, 0
     trail = []
     while not state.final:
         state = advance(state, Event.SUBMIT)
         attempts += 1
-        state = advance(state, after_server_failure(attempts, retries=2))
+        state = advance(state, requeue_or_fail(fault, attempts, retries=2))
         trail.append(state)
     assert trail == [State.PENDING, State.PENDING, State.FAILED]
     assert attempts == 3  # the first try and two retries
+
+
+@pytest.mark.parametrize("event", [Event.SUCCEED, Event.FAIL, Event.CANCEL, Event.ABANDON])
+def test_other_endings_stand_whatever_the_attempts(event):
+    assert requeue_or_fail(event, attempts=99, retries=0) is event
 
 
 def test_outcomes_name_their_event():

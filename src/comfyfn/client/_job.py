@@ -30,6 +30,7 @@ from comfyfn.errors import (
     GenerationTimeout,
     Interrupted,
     NoOutputs,
+    ProtocolError,
     TransportError,
 )
 from comfyfn.events import (
@@ -128,11 +129,14 @@ def check_prompt_id(prompt_id: object) -> str:
 async def post_prompt(
     session: HttpSession, graph: ApiGraph, prompt_id: str, settings: JobSettings
 ) -> int | None:
-    """POST /prompt once; if the answer is lost, look the id up instead of posting blindly.
+    """POST /prompt; if the answer is lost or unreadable, look the id up instead of posting
+    blindly.
 
     ComfyUI keeps a client-given ``prompt_id``, so after a failure whose outcome is unknown
-    (timeout, dropped connection) the job is found in ``/queue`` or ``/history`` if it was
-    accepted, and only re-posted if it was not. Returns the queue number ComfyUI gave.
+    (timeout, dropped connection, an answer that is not ComfyUI's) the job is found in
+    ``/queue`` or ``/history`` if it was accepted, and only re-posted if it was not: up to
+    ``session.retries`` times after a lost answer, once after an unreadable one (a proxy's
+    login page will not change), then the error is raised. Returns the queue number.
     """
     payload = {
         "prompt": graph,
@@ -140,34 +144,58 @@ async def post_prompt(
         "prompt_id": prompt_id,
         "extra_data": dict(settings.extra_data),
     }
-    for attempt in range(1, session.retries + 2):
+    lost = unreadable = 0
+    while True:
         try:
-            response = await session.client.post("/prompt", json=payload)
+            answer = await _post_once(session, payload)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
             raise session.error_for_exception("POST", "/prompt", exc) from exc
         except httpx.HTTPError as exc:
             if await accepted(session, prompt_id):
                 log.info("submission %s was accepted despite %s", prompt_id, type(exc).__name__)
                 return None
+            lost += 1
             detail = f"{type(exc).__name__}: {session.credentials.redact(str(exc))}"
-            if attempt > session.retries:
+            if lost > session.retries:
                 raise TransportError(
                     f"POST /prompt to {session.server} kept failing: {detail}",
                     server=session.server,
                 ) from exc
             log.info("re-submitting %s after %s (the server does not have it)", prompt_id, detail)
             continue
-        if response.status_code == 400:
-            try:
-                body: Any = response.json()
-            except ValueError:
-                body = response.text
-            raise workflow_invalid_from_response(body, server=session.server)
-        if response.status_code >= 400:
-            raise session.error_for_status("POST", "/prompt", response)
-        number = session.decode_json("POST", "/prompt", response, dict).get("number")
-        return number if isinstance(number, int) else None
-    raise AssertionError("unreachable")  # pragma: no cover
+        if not isinstance(answer, ProtocolError):
+            return answer
+        if await accepted(session, prompt_id):
+            log.info("submission %s was accepted despite: %s", prompt_id, answer)
+            return None
+        unreadable += 1
+        if unreadable > 1:
+            raise answer
+        log.info("re-submitting %s after: %s (the server does not have it)", prompt_id, answer)
+
+
+async def _post_once(session: HttpSession, payload: dict[str, Any]) -> int | ProtocolError | None:
+    """One POST /prompt: the queue number ComfyUI gave (None if it gave none), or the
+    ProtocolError of an answer that is not ComfyUI's (not JSON, no ``prompt_id``); a
+    rejection raises WorkflowInvalid, another error status HTTPStatusError."""
+    response = await session.client.post("/prompt", json=payload)
+    if response.status_code == 400:
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        raise workflow_invalid_from_response(body, server=session.server)
+    if response.status_code >= 400:
+        raise session.error_for_status("POST", "/prompt", response)
+    try:
+        answer = session.decode_json("POST", "/prompt", response, dict)
+    except ProtocolError as exc:
+        return exc
+    if "prompt_id" not in answer:
+        what = f"an object without 'prompt_id' ({', '.join(map(repr, answer)) or 'empty'})"
+        return session.protocol_error("POST", "/prompt", what, answer)
+    number = answer.get("number")
+    return number if isinstance(number, int) else None
 
 
 class _Watch:

@@ -10,7 +10,7 @@
 from comfyfn.fleet.fleet import Fleet, FleetSettings, Slot, Ticket
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
 from comfyfn.fleet.pool import Pool, ServerState, Want
-from comfyfn.fleet.states import Event, IllegalTransition, State, advance, after_server_failure
+from comfyfn.fleet.states import Event, IllegalTransition, State, advance, requeue_or_fail
 
 __all__ = [
     "Cancelled",
@@ -30,5 +30,5 @@ __all__ = [
     "Ticket",
     "Want",
     "advance",
-    "after_server_failure",
+    "requeue_or_fail",
 ]

@@ -10,6 +10,10 @@
 - ``move``: its server failed or hung; the job runs again elsewhere (the copy left on that
   server is removed from its queue before the server is used again).
 - ``lose``: the server no longer knows the job (deleted from its queue, or restarted).
+
+A move and a loss both count against the job's retries (:func:`requeue_or_fail`): every way
+back to pending that the job did not ask for is bounded, so no fault makes a job go round
+for ever.
 - ``abandon``: we cancelled it on its server ourselves (Ctrl-C, shutdown with cancel): it is
   not a failure, and the next run does it.
 - ``release``: we stop following it but leave it running on its server (graceful shutdown):
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["Event", "IllegalTransition", "State", "advance", "after_server_failure"]
+__all__ = ["Event", "IllegalTransition", "State", "advance", "requeue_or_fail"]
 
 
 class State(enum.StrEnum):
@@ -76,6 +80,10 @@ def advance(state: State, event: Event) -> State:
         raise IllegalTransition(f"a {state} job cannot {event}") from None
 
 
-def after_server_failure(attempts: int, retries: int) -> Event:
-    """A job whose server failed under it moves to another one, until its retries are spent."""
-    return Event.MOVE if attempts <= retries else Event.FAIL
+def requeue_or_fail(event: Event, attempts: int, retries: int) -> Event:
+    """``event``, unless it would send the job back to pending (a move off a failed server,
+    a job the server lost) after ``attempts`` submissions have spent its ``retries``: then
+    :attr:`Event.FAIL`. Every other event stands (``abandon`` is ours, not a fault)."""
+    if event in (Event.MOVE, Event.LOSE) and attempts > retries:
+        return Event.FAIL
+    return event
