@@ -9,6 +9,9 @@ POST /prompt:
 - ``drop_requests``: lose the next N POST /prompt requests before they reach the server.
 - ``drop_answers``: forward the next N POST /prompt requests, then lose the server's answer
   (the job is queued; the client never hears so).
+- ``block_prompts``: answer the next N POST /prompt requests ``200`` with ``blocked_body``
+  (an auth proxy's login page by default; ``b"not json{"`` or ``b"{}"`` for the other
+  garbled answers) without forwarding them: the server never sees the job.
 
 GET /view:
 
@@ -17,11 +20,13 @@ GET /view:
   the damage).
 - ``garble_views``: the next N answers are ``200 text/html`` with an HTML page instead of the
   image (the server is not asked).
+- ``fail_views``: the next N answers are ``500`` (the server is not asked).
 
 GET /history:
 
 - ``garble_history``: the next N ``GET /history/<id>`` answers are ``200 text/html`` with a
   non-JSON page (the server is not asked).
+- ``fail_history``: the next N ``GET /history/<id>`` answers are ``500`` (not asked either).
 - ``history_delay``: seconds every ``GET /history`` and ``GET /history/<id>`` waits before it
   is forwarded (0 = none); with ``delay_history`` set to N, only the next N are delayed.
 
@@ -40,6 +45,8 @@ from dataclasses import dataclass, field
 import httpx
 
 _HTML = b"<html><body><h1>502 Bad Gateway</h1><p>upstream hiccup</p></body></html>\n"
+_LOGIN = b"<html><body><form action='/login'>Sign in to continue</form></body></html>\n"
+_ERROR = b"500 Internal Server Error\n\nServer got itself in trouble"
 
 
 @dataclass
@@ -47,9 +54,13 @@ class FaultProxy:
     upstream: str
     drop_requests: int = 0  #: lose this many POST /prompt requests before forwarding them
     drop_answers: int = 0  #: forward this many, then lose the server's answer
+    block_prompts: int = 0  #: answer this many POST /prompt with ``blocked_body``, unsent
+    blocked_body: bytes = _LOGIN
     truncate_views: int = 0  #: cut this many GET /view bodies in half (consistent length)
     garble_views: int = 0  #: answer this many GET /view with an HTML page
+    fail_views: int = 0  #: answer this many GET /view with a 500
     garble_history: int = 0  #: answer this many GET /history/<id> with non-JSON text
+    fail_history: int = 0  #: answer this many GET /history/<id> with a 500
     history_delay: float = 0.0  #: seconds each GET /history… waits before being forwarded
     delay_history: int | None = None  #: only delay this many (None: all, while history_delay)
     seen_prompt_posts: int = 0
@@ -127,16 +138,25 @@ class FaultProxy:
             self.seen_prompt_posts += 1
             if self._take("drop_requests", path):
                 return
+            if self._take("block_prompts", path):
+                await _reply(writer, 200, "OK", "text/html", self.blocked_body)
+                return
         if method == "GET" and path.startswith("/history"):
             self.seen_history_gets += 1
             await self._history_pause(path)
             if path.startswith("/history/") and self._take("garble_history", path):
                 await _reply(writer, 200, "OK", "text/html", _HTML)
                 return
+            if path.startswith("/history/") and self._take("fail_history", path):
+                await _reply(writer, 500, "Internal Server Error", "text/plain", _ERROR)
+                return
         if is_view:
             self.seen_view_gets += 1
             if self._take("garble_views", path):
                 await _reply(writer, 200, "OK", "text/html", _HTML)
+                return
+            if self._take("fail_views", path):
+                await _reply(writer, 500, "Internal Server Error", "text/plain", _ERROR)
                 return
         keep = {k: v for k, v in headers.items() if k.lower() in ("content-type",)}
         response = await self._client.request(method, target, content=body, headers=keep)

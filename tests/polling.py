@@ -4,7 +4,7 @@ fail the test (never return quietly) when the deadline passes."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
@@ -20,4 +20,18 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, *, interval: flo
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not within {timeout:g} s")
         time.sleep(interval)
+    return value
+
+
+async def await_for(
+    check: Callable[[], Awaitable[T]], timeout: float, what: str, *, interval: float = 0.05
+) -> T:
+    """:func:`wait_for` for an async ``check``, sleeping on the running loop (anyio)."""
+    import anyio
+
+    deadline = time.monotonic() + timeout
+    while not (value := await check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:g} s")
+        await anyio.sleep(interval)
     return value

@@ -10,6 +10,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -329,3 +330,39 @@ def ours_on(server: str, colors: list[int]) -> list[str]:
         queue = c.queue()
     items = queue["queue_running"] + queue["queue_pending"]
     return [i[1] for i in items if i[2].get("1", {}).get("inputs", {}).get("color") in colors]
+
+
+def test_a_second_ctrl_c_leaves_none_of_our_jobs_to_run_on_the_server(server, unique, tmp_path):
+    """The primed job queued behind the running one is dequeued, the running one
+    interrupted: nothing of ours runs to its end after the CLI has exited."""
+    wf = tmp_path / "sleep.json"
+    wf.write_text(json.dumps(sleep_graph(0, milliseconds=3000, steps=30)))
+    colors = [unique() for _ in range(3)]
+    src = tmp_path / "rows.csv"
+    src.write_text("1.color\n" + "".join(f"{c}\n" for c in colors))
+    out = tmp_path / "out"
+    args = ["batch", str(src), "-o", str(out), "-w", str(wf), "-s", server, "--prime", "1"]
+    proc = start_cli(*args)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: len(ours_on(server, colors)) >= 2, 60, "a running and a queued job")
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: any("Ctrl-C again" in line for line in lines), 30, "the first stop")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        reader.join(timeout=30)
+    finally:
+        stop(proc)
+    output = "".join(lines)
+    assert proc.returncode == 130, output
+    wait_for(lambda: not ours_on(server, colors), 60, "the cancelled jobs to leave the server")
+    with comfyfn.Client(server) as c:
+        made = [
+            e["prompt"][2]["1"]["inputs"]["color"]
+            for e in c.history().values()
+            if e["status"]["status_str"] == "success"
+            and e["prompt"][2].get("1", {}).get("inputs", {}).get("color") in colors
+        ]
+    assert made == [], output  # none ran to its end after we left

@@ -31,20 +31,21 @@ from comfyfn.batch.jobs import (
 )
 from comfyfn.batch.manifest import Manifest, ManifestError, file_problem
 from comfyfn.batch.rows import Row, RowError
-from comfyfn.errors import ComfyError, ConfigError
+from comfyfn.errors import ConfigError
 from comfyfn.fleet import (
     Cancelled,
     Done,
     Event,
     Fleet,
     FleetSettings,
+    Lost,
     Moved,
     Outcome,
     Pool,
     Slot,
     State,
     advance,
-    after_server_failure,
+    requeue_or_fail,
 )
 from comfyfn.storage import Storage, StorageError
 from comfyfn.workflow import Workflow
@@ -172,19 +173,14 @@ class Batch:
             self._leaving = asyncio.ensure_future(self._cancel_quickly(jobs))
 
     async def _cancel_quickly(self, jobs: list[Job]) -> None:
-        async def cancel(job: Job) -> None:
-            with contextlib.suppress(ComfyError, TimeoutError):
-                await asyncio.wait_for(self.fleet.cancel(job.ticket), ABANDON_GRACE)
-
-        await asyncio.gather(*(cancel(job) for job in jobs))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.fleet.cancel_all(j.ticket for j in jobs), ABANDON_GRACE)
 
     async def _cancel_on_servers(self) -> None:
         """Cancel every running job on its server; stop following those that do not end
         within the HTTP timeout (their server is not answering)."""
         jobs = dict(self._running)
-        for job in jobs.values():
-            with contextlib.suppress(ComfyError):
-                await self.fleet.cancel(job.ticket)
+        await self.fleet.cancel_all(job.ticket for job in jobs.values())
         if jobs:
             _, late = await asyncio.wait(jobs, timeout=self.settings.http_timeout)
             for task in late:
@@ -376,10 +372,8 @@ class Batch:
                 self._abort(unrecorded)
 
     async def _settle(self, job: Job, outcome: Outcome, *, reattached: bool) -> None:
-        event = outcome.event
-        if isinstance(outcome, Moved):
-            event = after_server_failure(job.ticket.attempts, self.settings.retries)
-        elif isinstance(outcome, Cancelled) and (self._cancel_running or reattached):
+        event = requeue_or_fail(outcome.event, job.ticket.attempts, self.settings.retries)
+        if isinstance(outcome, Cancelled) and (self._cancel_running or reattached):
             # cancelled by us (now, or by the run that submitted it): not a failure
             event = Event.ABANDON
         state = advance(State.SUBMITTED, event)
@@ -389,7 +383,7 @@ class Batch:
             self.manifest.requeued(job.key)
             job.ticket.prompt_id = job.ticket.server = None
             self._retry.append(job)  # run again now, or (once stopped) by the next run
-        elif isinstance(outcome, Moved):
+        elif isinstance(outcome, Moved | Lost):
             self._fail(
                 job,
                 f"{job.label}: gave up after {job.ticket.attempts} attempts ({outcome.error})",
@@ -406,7 +400,10 @@ class Batch:
             files = await asyncio.to_thread(save_outputs, gen, job, self.output)
         else:
             files = []
-        self.manifest.done(job.key, files, outcome.seconds, outcome.server)
+        executed = gen.timings.executed
+        self.manifest.done(
+            job.key, files, outcome.server, seconds=outcome.seconds, executed=executed
+        )
         self._emit(
             JobResult(
                 job.key,
@@ -416,6 +413,7 @@ class Batch:
                 tuple(f["path"] for f in files),
                 server=outcome.server,
                 seconds=outcome.seconds,
+                executed=executed,
                 generation=gen if self.output is None and self.storage is None else None,
             )
         )

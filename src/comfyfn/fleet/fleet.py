@@ -10,12 +10,17 @@ report stays with the caller; how jobs meet servers is decided here:
 
 - the job's server and prompt id are handed to ``on_submit`` *before* it is submitted, so a
   crash at any point can be re-attached instead of run twice;
-- a read that fails while the server still answers its health check is re-attached on the
-  same server (a slow ``/history`` never makes a job run twice);
+- a prompt the server accepted is never posted again while that server still knows it: a
+  read that fails while the server still answers its health check is re-attached on the
+  same server (a slow ``/history`` never makes a job run twice), and once the re-attaches
+  are spent the job fails naming what could not be read, rather than running again;
+- a submission the server did not take (a lost request, an answer that is not ComfyUI's,
+  e.g. an auth proxy's login page) moves the job, counted against its retries;
 - a server that fails or hangs is taken out; the job moves, and its prompt id is remembered
   as an *orphan* of that server; the health loop puts the server back only after removing
   every orphan from its queue (and interrupting the one running), so a moved job does not
-  run there too;
+  run there too. The move counts against the retries of the job that ran there (or was
+  next), not of the jobs queued behind it;
 - a pool that has *never* answered since it started (a wrong URL, nothing listening) fails
   fast, after :attr:`FleetSettings.unreached_after` seconds, naming every URL and why; only
   servers that went down mid-run are waited for (up to the caller's ``give_up_after``).
@@ -30,7 +35,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -38,7 +43,7 @@ import httpx
 
 from comfyfn.client import AsyncClient, AsyncJob, WorkflowSource, public_url
 from comfyfn.errors import ComfyError, GenerationTimeout, ServerUnreachable, TransportError
-from comfyfn.events import Event, Failed, FinalEvent, Stopped, Succeeded
+from comfyfn.events import Event, Failed, FinalEvent, Queued, Stopped, Succeeded
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
 from comfyfn.fleet.pool import Pool, Want
 from comfyfn.models import model_set, prompt_key
@@ -86,7 +91,9 @@ class Ticket:
     workflow: Workflow
     prompt_id: str | None = None
     server: str | None = None
-    attempts: int = 0  #: submissions so far
+    #: submissions counted against the retries (a job moved off a failed server while
+    #: other jobs ran ahead of it there is not charged for that move)
+    attempts: int = 0
     priority: int = 0  #: higher runs first among our waiting jobs
     order: int = field(default_factory=lambda: next(_arrivals))  #: arrival, kept on retries
 
@@ -251,6 +258,27 @@ class Fleet:
             return "absent"
         return await self.clients[ticket.server].cancel(ticket.prompt_id)
 
+    async def cancel_all(self, tickets: Iterable[Ticket]) -> None:
+        """Cancel ``tickets`` on their servers, each server's at once: every one still queued
+        is dequeued first, then the running one is interrupted, so none of ours starts
+        running in between (as one cancel after another would let the next queued one do).
+        A server that fails to answer is logged; the others go on."""
+        on: dict[str, list[str]] = {}
+        for ticket in tickets:
+            if ticket.prompt_id and ticket.server in self.clients:
+                on.setdefault(ticket.server, []).append(ticket.prompt_id)
+
+        async def cancel_on(url: str, prompt_ids: list[str]) -> None:
+            client = self.clients[url]
+            await client.delete_from_queue(*prompt_ids)
+            for prompt_id in prompt_ids:
+                await client.cancel(prompt_id)
+
+        ends = await asyncio.gather(*(cancel_on(*i) for i in on.items()), return_exceptions=True)
+        for url, failure in zip(on, ends, strict=True):
+            if isinstance(failure, Exception):
+                log.warning("cancelling our jobs on %s: %s", url, failure)
+
     # -- one job ---------------------------------------------------------------------------
 
     async def run(
@@ -293,21 +321,28 @@ class Fleet:
         assert prompt_id is not None
         started = time.monotonic()
         reattaches = self.settings.reattach
+        seen = _Seen()
         job: AsyncJob | None = None
         while True:
             try:
                 if job is None:
                     job = await self._job(client, ticket, prompt_id, attach, validate)
-                end = await _follow_events(job, on_event)
+                end = await _follow_events(job, seen, on_event)
                 return _outcome(end, url, time.monotonic() - started)
+            except ServerUnreachable as exc:  # nothing reached the server
+                return await self._moved(ticket, url, exc, charged=seen.at_front)
             except TransportError as exc:
-                if reattaches > 0 and await self._answers(client):
-                    log.info("re-attaching %s on %s after: %s", prompt_id, url, exc)
-                    reattaches, attach = reattaches - 1, True  # follow the same job again
-                    continue
-                return await self._moved(url, prompt_id, exc)
+                if job is None and not attach:  # the server did not take the submission
+                    return await self._moved(ticket, url, exc, charged=True)
+                if not await self._answers(client):
+                    return await self._moved(ticket, url, exc, charged=seen.at_front)
+                if reattaches == 0:  # it knows the job: running it again would run it twice
+                    log.warning("giving up on following %s on %s: %s", prompt_id, url, exc)
+                    return Refused(exc, url)
+                log.info("re-attaching %s on %s after: %s", prompt_id, url, exc)
+                reattaches, attach = reattaches - 1, True  # follow the same job again
             except GenerationTimeout as exc:
-                return await self._moved(url, prompt_id, exc)
+                return await self._moved(ticket, url, exc, charged=seen.at_front)
             except ComfyError as exc:
                 return Refused(exc, url)
 
@@ -336,9 +371,14 @@ class Fleet:
             return False
         return True
 
-    async def _moved(self, url: str, prompt_id: str, exc: ComfyError) -> Moved:
-        log.warning("server %s failed under job %s: %s", url, prompt_id, exc)
-        self.pool.states[url].orphans.add(prompt_id)
+    async def _moved(self, ticket: Ticket, url: str, exc: ComfyError, *, charged: bool) -> Moved:
+        """``url`` failed under ``ticket``: take the server out and move the job; the move
+        counts against the job's retries only if ``charged``."""
+        log.warning("server %s failed under job %s: %s", url, ticket.prompt_id, exc)
+        if ticket.prompt_id:
+            self.pool.states[url].orphans.add(ticket.prompt_id)
+        if not charged:
+            ticket.attempts -= 1
         await self._down(url)
         return Moved(exc, url)
 
@@ -403,10 +443,24 @@ def _reason(url: str, exc: ComfyError) -> str:
     return text.replace(f"cannot reach ComfyUI at {url}: ", "")
 
 
-async def _follow_events(job: AsyncJob, on_event: OnEvent | None) -> FinalEvent:
-    """Follow ``job`` to its final event, handing the others to ``on_event``."""
+@dataclass
+class _Seen:
+    """What following a job has shown: whether it reached the front of its server's queue
+    (it ran, or was next). A server that fails under a job that never did was busy with
+    others' jobs: the move is not this job's doing."""
+
+    at_front: bool = False
+
+    def note(self, event: Event) -> None:
+        self.at_front |= not (isinstance(event, Queued) and event.position > 0)
+
+
+async def _follow_events(job: AsyncJob, seen: _Seen, on_event: OnEvent | None) -> FinalEvent:
+    """Follow ``job`` to its final event, noting each in ``seen`` and handing the others to
+    ``on_event``."""
     async with contextlib.aclosing(job.events()) as events:
         async for event in events:
+            seen.note(event)
             if isinstance(event, Succeeded | Failed | Stopped):
                 return event
             if on_event is not None:

@@ -50,7 +50,7 @@ from comfyfn.fleet import (
     State,
     Ticket,
     advance,
-    after_server_failure,
+    requeue_or_fail,
 )
 from comfyfn.gateway._outputs import output_files, store_outputs
 from comfyfn.gateway.bus import JobBus, JobUpdate
@@ -121,6 +121,8 @@ class Worker:
         self._notifications: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        for index, url in enumerate(self.fleet.servers):  # /metrics names them by index
+            log.info("ComfyUI server %d: %s", index, url)
         await self.fleet.__aenter__()
         await self.fleet.probe()  # readiness must be true from the start, not after a failure
         self._tasks = [
@@ -322,8 +324,8 @@ class Worker:
             self.db_ok = True
             for job_id in asked:  # cancels asked through another replica
                 await self.cancel(job_id)
-            for url, state in self.fleet.pool.states.items():
-                self.metrics.queue_depth.labels(server=url).set(state.in_flight)
+            for index, state in enumerate(self.fleet.pool.states.values()):
+                self.metrics.queue_depth.labels(server=str(index)).set(state.in_flight)
 
     # -- one job ---------------------------------------------------------------------------
 
@@ -388,10 +390,9 @@ class Worker:
     async def _settle(
         self, job: JobRecord, ticket: Ticket, outcome: Outcome, started: float
     ) -> None:
-        event = outcome.event
         if isinstance(outcome, Moved):
             self.metrics.failures.labels(kind=type(outcome.error).__name__).inc()
-            event = after_server_failure(ticket.attempts, self.settings.retries)
+        event = requeue_or_fail(outcome.event, ticket.attempts, self.settings.retries)
         if isinstance(outcome, Cancelled) and not await self._cancel_was_asked(job.id):
             outcome = Refused(outcome.error, outcome.server)  # interrupted by someone else
             event = Event.FAIL
@@ -402,7 +403,8 @@ class Worker:
             assert isinstance(outcome, Moved | Lost)
             await self._requeue(job, ticket, outcome)
         else:
-            await self._finish(job, state, started, error=_error(outcome.error))
+            error = _error(outcome.error)
+            await self._finish(job, state, started, error=error, attempts=ticket.attempts)
 
     async def _cancel_was_asked(self, job_id: str) -> bool:
         fresh = await self._db(self.store.get_job, job_id)
@@ -460,11 +462,14 @@ class Worker:
         started: float,
         *,
         error: dict[str, Any],
+        **fields: Any,
     ) -> None:
-        """End the job ``failed`` or ``cancelled`` with ``error``."""
+        """End the job ``failed`` or ``cancelled`` with ``error`` (and other ``fields``)."""
         if state is State.FAILED:
             self.metrics.failures.labels(kind=error["type"]).inc()
-        done = await self._db(self.store.update_job, job.id, state=STORE_STATE[state], error=error)
+        done = await self._db(
+            self.store.update_job, job.id, state=STORE_STATE[state], error=error, **fields
+        )
         self._stored(done)
         self._finished(done, started)
 

@@ -1,0 +1,53 @@
+"""Which jobs a failed server's moves are charged to: the job that ran there (or was next),
+never the jobs queued behind it — so a job that crashes its server again and again fails
+on its own retries without taking the others with it. On simulated servers (tests/simcomfy.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from graphs import sleep_graph
+from simcomfy import Settings, simulated_servers
+
+from comfyfn import Workflow
+from comfyfn.events import Started
+from comfyfn.fleet import Fleet, FleetSettings, Moved, Ticket
+
+pytestmark = pytest.mark.anyio
+
+
+async def _nothing(_url: str, _prompt_id: str) -> None:
+    return None
+
+
+async def test_a_failed_server_charges_the_move_to_its_running_job_only():
+    async with simulated_servers(1, Settings(load_ms=0)) as cluster:
+        settings = FleetSettings(prime=1, http_timeout=2.0, health_interval=0.05)
+        async with Fleet(cluster.urls, settings) as fleet:
+            running = Ticket(Workflow.load(sleep_graph(1, milliseconds=60_000, steps=60)))
+            behind = Ticket(Workflow.load(sleep_graph(2, milliseconds=60_000, steps=60)))
+            started = asyncio.Event()
+
+            async def on_event(event: object) -> None:
+                if isinstance(event, Started):
+                    started.set()
+
+            first = await fleet.slot(running)
+            run_first = asyncio.create_task(
+                fleet.run(running, first, on_submit=_nothing, on_event=on_event)
+            )
+            await asyncio.wait_for(started.wait(), 30)
+            second = await fleet.slot(behind)
+            run_second = asyncio.create_task(fleet.run(behind, second, on_submit=_nothing))
+            await asyncio.wait_for(_queued(cluster.servers[0], 2), 30)
+            await cluster.stop_server(0)  # the server dies under the running job
+            outcomes = await asyncio.wait_for(asyncio.gather(run_first, run_second), 60)
+    assert all(isinstance(outcome, Moved) for outcome in outcomes), outcomes
+    assert (running.attempts, behind.attempts) == (1, 0)
+
+
+async def _queued(server, jobs: int) -> None:
+    """Until ``server`` holds ``jobs`` (running and pending)."""
+    while server.queue_info()["exec_info"]["queue_remaining"] < jobs:
+        await asyncio.sleep(0.01)
