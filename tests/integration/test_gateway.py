@@ -289,13 +289,20 @@ def test_concurrent_clients(gw, unique):
     assert all(len(r.data) == 1 for r in results)
 
 
-def test_health_ready_metrics(gw):
+def test_health_ready_metrics(gw, server):
     assert httpx.get(f"{gw.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{gw.url}/readyz").json() == {"status": "ready"}  # no server URLs
     assert httpx.get(f"{gw.url}/metrics").status_code == 401
-    text = httpx.get(f"{gw.url}/metrics", headers=auth(gw)).text
+    assert httpx.get(f"{gw.url}/v1/models", headers=auth(gw)).status_code == 200
+
+    def gauged() -> str | None:  # the worker's heartbeat sets the per-server gauge
+        text = httpx.get(f"{gw.url}/metrics", headers=auth(gw)).text
+        return text if "comfyfn_server_jobs{" in text else None
+
+    text = wait_for(gauged, 60, "the per-server gauge")
     assert 'comfyfn_requests_total{method="GET",route="/v1/models",status="200"}' in text
-    assert "comfyfn_job_seconds_bucket" in text and "comfyfn_server_jobs" in text
+    assert "# TYPE comfyfn_job_seconds histogram" in text
+    assert 'comfyfn_server_jobs{server="0"}' in text and server not in text  # no URL
 
 
 def restartable(tmp_path, graph) -> tuple[str, tuple[str, ...]]:

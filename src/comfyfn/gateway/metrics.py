@@ -45,7 +45,8 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "comfyfn_server_jobs",
-            "Our jobs on each ComfyUI server",
+            "Our jobs on each ComfyUI server, by its place in --server (from 0; the log "
+            "names them at start): no server URL reaches a caller",
             ["server"],
             registry=self.registry,
         )
