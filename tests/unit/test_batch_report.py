@@ -56,7 +56,9 @@ def recipe_run(tmp_path):
         if i == 3:
             manifest.failed(job.key, "row 3: the server failed")
             continue
-        manifest.done(job.key, _made(tmp_path, job), 1.0, "http://gpu-1:8188")
+        manifest.done(
+            job.key, _made(tmp_path, job), "http://gpu-1:8188", seconds=1.5, executed=1.0
+        )
     manifest.add("invalid:9:0", 9, "row 9", "000009", {}, "invalid", str(RowError(9, "x", "bad")))
     yield manifest
     manifest.close()
@@ -85,6 +87,9 @@ def test_results_csv_has_one_line_per_file_and_per_failed_row(tmp_path, recipe_r
     assert int(weibo["seed"]) == list(load_recipe("social").rows(["中秋节"]))[1]["seed"]
     assert rows[2]["file"] == "" and rows[2]["error"] == "row 3: the server failed"
     assert rows[8]["error"] == "row 9, column 'x': bad"
+    # execution and turnaround apart: queued behind our own jobs is not job time
+    assert (weibo["executed_s"], weibo["turnaround_s"]) == ("1.00", "1.50")
+    assert (rows[2]["executed_s"], rows[2]["turnaround_s"]) == ("", "")
 
 
 def test_contact_sheet_groups_by_topic_with_output_names_and_delivered_sizes(tmp_path, recipe_run):
@@ -97,6 +102,7 @@ def test_contact_sheet_groups_by_topic_with_output_names_and_delivered_sizes(tmp
     assert first == [("wechat", "108×108"), ("weibo", "120×67"), ("xiaohongshu", "124×166")]
     assert second == [*first[:2], ("douyin", "108×192"), first[2]]
     assert "112×112" not in sheet  # wechat's generated size is not what the sheet shows
+    assert "ran 1.00s (turnaround 1.50s)" in sheet
     failed = sheet[sheet.index("<h2>Failed rows</h2>") :]
     assert "中秋节 / douyin" in failed and "row 9, column &#x27;x&#x27;: bad" in failed
 
@@ -117,8 +123,34 @@ def test_a_plain_batch_keeps_one_untitled_grid(tmp_path):
         manifest.add(job.key, job.row, job.label, job.stem, job.values)
         (tmp_path / "images").mkdir(exist_ok=True)
         Image.new("RGB", (64, 48)).save(tmp_path / "images" / f"{i}.png")
-        manifest.done(job.key, [{"path": f"images/{i}.png"}], 1.0, "http://a")
+        manifest.done(job.key, [{"path": f"images/{i}.png"}], "http://a", seconds=3.0, executed=1.0)
     sheet = write_contact_sheet(manifest, tmp_path, SUMMARY).read_text(encoding="utf-8")
     manifest.close()
     assert "<h1>Batch results</h1>" in sheet and "<h2>" not in sheet
     assert sheet.count("<figure>") == 2 and "64×48" in sheet
+
+
+def test_a_manifest_made_before_execution_times_gets_the_column(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "manifest.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE jobs (key TEXT PRIMARY KEY, row INTEGER NOT NULL, label TEXT NOT NULL, "
+        "stem TEXT NOT NULL, params TEXT NOT NULL, state TEXT NOT NULL, server TEXT, "
+        "prompt_id TEXT, files TEXT, error TEXT, attempts INTEGER NOT NULL DEFAULT 0, "
+        "submitted_at REAL, finished_at REAL, seconds REAL)"
+    )
+    old.execute(
+        "INSERT INTO jobs (key, row, label, stem, params, state, files, seconds) "
+        "VALUES ('k1', 1, 'row 1', '000001', '{}', 'done', '[]', 4.0)"
+    )
+    old.commit()
+    old.close()
+    manifest = Manifest(path)
+    assert manifest.get("k1").executed is None and manifest.get("k1").seconds == 4.0
+    manifest.add("k2", 2, "row 2", "000002", {})
+    manifest.done("k2", [], "http://a", seconds=3.0, executed=2.0)
+    assert manifest.percentile(0.5) == 2.0  # the old row has no execution time to count
+    assert manifest.percentile(0.5, "seconds") == 3.0
+    manifest.close()

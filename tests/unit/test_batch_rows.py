@@ -8,7 +8,7 @@ import pytest
 
 from comfyfn.batch import Manifest, expand, parse_vary, read_job_file, read_rows
 from comfyfn.batch.jobs import Job, prepare
-from comfyfn.batch.rows import Row, RowError
+from comfyfn.batch.rows import Row, RowError, prompt_placeholders, variation_problem
 from comfyfn.errors import ConfigError
 from comfyfn.workflow import zimage_turbo
 
@@ -183,12 +183,13 @@ def test_manifest_states_and_percentiles(tmp_path):
         m.submitted(f"k{i}", "http://a", f"p{i}")
     assert [r.prompt_id for r in m.records("submitted")] == [f"p{i}" for i in range(1, 11)]
     for i in range(1, 11):
-        m.done(f"k{i}", [f"images/{i}.png"], float(i), "http://a")
+        m.done(f"k{i}", [f"images/{i}.png"], "http://a", seconds=float(i) + 10, executed=float(i))
     m.add("bad", 11, "row 11", "000011", {}, "invalid", "row 11: broken")
     m.add("k1", 1, "row 1", "000001", {})  # re-adding a done job does not reset it
     assert m.get("k1").state == "done" and m.get("k1").files == ["images/1.png"]
     assert m.counts() == {"done": 10, "invalid": 1}
-    assert (m.percentile(0.5), m.percentile(0.95)) == (5.0, 10.0)
+    assert (m.percentile(0.5), m.percentile(0.95)) == (5.0, 10.0)  # execution times
+    assert (m.percentile(0.5, "seconds"), m.percentile(0.95, "seconds")) == (15.0, 20.0)
     m.close()
     assert json.loads(json.dumps(Manifest(tmp_path / "m.sqlite").get("k3").params)) == {
         "prompt": "p"
@@ -213,7 +214,7 @@ def _done_manifest(tmp_path, prompts_and_files):
             (tmp_path / name).parent.mkdir(exist_ok=True)
             Image.new("RGB", (32, 32), (10 * i, 0, 0)).save(tmp_path / name)
             checks.append({"path": name})
-        m.done(f"k{i}", checks, 1.0, "http://a")
+        m.done(f"k{i}", checks, "http://a", seconds=1.0, executed=0.5)
     return m
 
 
@@ -256,6 +257,25 @@ def test_a_variation_that_changes_nothing_is_a_row_error_naming_it():
     assert "parameters: prompt, negative, seed" in str(out[0])
     used = list(expand([(1, {"prompt": "猫 {style}"})], vary=[("style", ["ink"]), ("steps", [4])]))
     assert [r.values["prompt"] for r in used] == ["猫 ink"]  # a placeholder and a parameter
+
+
+def test_prompt_placeholders_are_every_rows_and_reading_stops_once_all_are_found():
+    def rows():
+        yield 1, {"prompt": "猫"}
+        yield 2, RowError(2, "prompt", "not valid Unicode")  # has the default prompt
+        yield 3, {"prompt": "{subject}, {style} style", "style": "ink"}
+        raise AssertionError("read past the row that uses every wanted name")
+
+    defaults = {"prompt": "{subject}"}
+    assert prompt_placeholders(rows(), ["style"], defaults) == {"subject", "style"}
+    assert prompt_placeholders([(1, {"prompt": "{a} {b:>9}"}), (2, {})], ["x"]) == set()
+
+
+def test_a_variation_problem_suggests_the_closest_name():
+    assert "did you mean 'steps'? parameters:" in (variation_problem("stepz", ()) or "")
+    assert "did you mean 'style'?" in (variation_problem("stlye", {"style"}) or "")
+    assert "did you mean" not in (variation_problem("colour_grading", ()) or "")
+    assert variation_problem("steps", ()) is variation_problem("57:3.denoise", ()) is None
 
 
 def test_a_priority_column_orders_rows_and_is_never_bound(tmp_path):

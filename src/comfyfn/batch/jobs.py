@@ -74,7 +74,8 @@ class JobResult:
     files: tuple[str, ...] = ()
     error: str | None = None
     server: str | None = None
-    seconds: float | None = None
+    seconds: float | None = None  #: turnaround: submitted → outputs in hand
+    executed: float | None = None  #: the server's execution time
     generation: Generation | None = field(default=None, repr=False)
 
 

@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     submitted_at REAL,
     finished_at REAL,
-    seconds REAL
+    seconds REAL,
+    executed REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
@@ -94,7 +95,8 @@ class Record:
     checks: list[dict[str, Any]]  #: per file: path, size and sha256 as written
     error: str | None
     attempts: int
-    seconds: float | None
+    seconds: float | None  #: turnaround: from submission to the outputs in hand
+    executed: float | None  #: the server's execution time (its own timestamps)
 
     @property
     def files(self) -> list[str]:
@@ -140,6 +142,7 @@ class Manifest:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(_SCHEMA)
+            _add_missing_columns(self.db)
         except sqlite3.DatabaseError as exc:
             self.close()
             raise ManifestError(
@@ -171,6 +174,7 @@ class Manifest:
             error,
             attempts,
             seconds,
+            executed,
         ) = row
         checks = [c if isinstance(c, dict) else {"path": c} for c in json.loads(files or "[]")]
         return Record(
@@ -186,9 +190,12 @@ class Manifest:
             error,
             attempts,
             seconds,
+            executed,
         )
 
-    _COLUMNS = "key,row,label,stem,params,state,server,prompt_id,files,error,attempts,seconds"
+    _COLUMNS = (
+        "key,row,label,stem,params,state,server,prompt_id,files,error,attempts,seconds,executed"
+    )
 
     @_guarded
     def get(self, key: str) -> Record | None:
@@ -230,12 +237,22 @@ class Manifest:
         )
 
     @_guarded
-    def done(self, key: str, files: list[dict[str, Any]], seconds: float, server: str) -> None:
-        """``files``: what :func:`comfyfn.batch.jobs.save_outputs` wrote (path, size, sha256)."""
+    def done(
+        self,
+        key: str,
+        files: list[dict[str, Any]],
+        server: str,
+        *,
+        seconds: float,
+        executed: float,
+    ) -> None:
+        """``files``: what :func:`comfyfn.batch.jobs.save_outputs` wrote (path, size, sha256);
+        ``seconds`` the turnaround (queued behind our own jobs included), ``executed`` the
+        server's execution time."""
         self.db.execute(
-            "UPDATE jobs SET state='done', files=?, seconds=?, server=?, error=NULL, "
-            "finished_at=? WHERE key=?",
-            (json.dumps(files), seconds, server, time.time(), key),
+            "UPDATE jobs SET state='done', files=?, seconds=?, executed=?, server=?, "
+            "error=NULL, finished_at=? WHERE key=?",
+            (json.dumps(files), seconds, executed, server, time.time(), key),
         )
 
     @_guarded
@@ -269,17 +286,31 @@ class Manifest:
         return dict(self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
 
     @_guarded
-    def percentile(self, q: float) -> float | None:
-        """The ``q`` quantile of job seconds over done jobs (nearest rank)."""
-        (n,) = self.db.execute("SELECT COUNT(*) FROM jobs WHERE state='done'").fetchone()
+    def percentile(self, q: float, of: str = "executed") -> float | None:
+        """The ``q`` quantile (nearest rank) over done jobs of their ``executed`` seconds
+        (the servers' execution time) or ``seconds`` (turnaround)."""
+        column = {"executed": "executed", "seconds": "seconds"}[of]
+        done = f"state='done' AND {column} IS NOT NULL"
+        (n,) = self.db.execute(f"SELECT COUNT(*) FROM jobs WHERE {done}").fetchone()
         if not n:
             return None
         offset = min(n - 1, max(0, math.ceil(q * n) - 1))
         (value,) = self.db.execute(
-            "SELECT seconds FROM jobs WHERE state='done' ORDER BY seconds LIMIT 1 OFFSET ?",
+            f"SELECT {column} FROM jobs WHERE {done} ORDER BY {column} LIMIT 1 OFFSET ?",
             (offset,),
         ).fetchone()
-        return float(value) if value is not None else None
+        return float(value)
+
+
+#: columns added since the first manifests, with their types: added to older ones on open
+_ADDED = {"executed": "REAL"}
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    for column, kind in _ADDED.items():
+        if column not in have:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
 
 def _lock(path: Path) -> int:

@@ -37,7 +37,19 @@ __all__ = [
 #: characters of a prompt shown under its thumbnail (cut before escaping: never half an entity)
 CAPTION = 160
 #: the columns of ``results.csv``: one line per file, or per row that made none
-RESULT_COLUMNS = ("row", "topic", "output", "file", "seed", "prompt", "size", "state", "error")
+RESULT_COLUMNS = (
+    "row",
+    "topic",
+    "output",
+    "file",
+    "seed",
+    "prompt",
+    "size",
+    "state",
+    "error",
+    "executed_s",
+    "turnaround_s",
+)
 
 
 @dataclass(frozen=True)
@@ -49,9 +61,11 @@ class Summary:
     images: int
     seconds: float
     jobs_per_minute: float  #: jobs made by this run (a job may make several images)
-    p50: float | None
+    p50: float | None  #: execution seconds on the server (its own timestamps)
     p95: float | None
     servers: dict[str, dict[str, Any]]
+    turnaround_p50: float | None = None  #: seconds from submission to the outputs in hand
+    turnaround_p95: float | None = None  #: (queued behind our own primed jobs included)
 
     @property
     def ok(self) -> bool:
@@ -85,6 +99,8 @@ def summarize(manifest: Manifest, pool: Pool, seconds: float, counted: dict[str,
         manifest.percentile(0.5),
         manifest.percentile(0.95),
         per_server,
+        manifest.percentile(0.5, "seconds"),
+        manifest.percentile(0.95, "seconds"),
     )
 
 
@@ -117,9 +133,14 @@ def write_results(manifest: Manifest, output: Path) -> Path:
         p = record.params
         common = (record.row, p.get("topic", ""), p.get("output", ""))
         tail = (p.get("seed", ""), p.get("prompt", ""), size_of(p) if p else "")
+        times = (_seconds(record.executed), _seconds(record.seconds))
         for file in record.files or [""]:
-            writer.writerow((*common, file, *tail, record.state, record.error or ""))
+            writer.writerow((*common, file, *tail, record.state, record.error or "", *times))
     return write_atomic(output / "results.csv", "\ufeff" + buffer.getvalue())
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:1.5rem;background:#fafafa}
@@ -146,7 +167,8 @@ def write_contact_sheet(
         f"<style>{_STYLE}</style><h1>{esc(title)}</h1>",
         f"<p>{summary.done} made, {summary.skipped} already done, {summary.failed} failed, "
         f"{summary.invalid} invalid rows · {summary.jobs_per_minute} jobs/min · "
-        f"p50 {summary.p50 or 0:.2f}s · p95 {summary.p95 or 0:.2f}s</p>",
+        f"ran p50 {summary.p50 or 0:.2f}s · p95 {summary.p95 or 0:.2f}s · turnaround p50 "
+        f"{summary.turnaround_p50 or 0:.2f}s · p95 {summary.turnaround_p95 or 0:.2f}s</p>",
     ]
     shown = 0
     for topic, figures in _sections(manifest, output, limit):
@@ -222,9 +244,16 @@ def _caption(record: Record) -> str:
     return (
         f"{head}<b>{esc(str(p.get('prompt', ''))[:CAPTION])}</b><br>"
         f"<span class='meta'>seed {esc(str(p.get('seed')))} · {esc(size_of(p))} · "
-        f"{esc(record.server or '')} · {record.seconds or 0:.2f}s · "
+        f"{esc(record.server or '')} · {_took(record)} · "
         f"{esc(record.label)}</span>"
     )
+
+
+def _took(record: Record) -> str:
+    """Execution time, and the turnaround where it differs (queued behind our own jobs)."""
+    if record.executed is None:
+        return f"{record.seconds or 0:.2f}s"
+    return f"ran {record.executed:.2f}s (turnaround {record.seconds or 0:.2f}s)"
 
 
 def write_report(
