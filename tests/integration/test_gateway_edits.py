@@ -120,3 +120,61 @@ def test_a_job_naming_another_keys_upload_fails_naming_the_parameter(gw):
     assert job["state"] == "failed"
     assert job["error"]["type"] == "UploadMissing"
     assert "image" in job["error"]["message"] and mine in job["error"]["message"]
+
+
+def edit(gw: Gateway, data: bytes, seed: int) -> httpx.Response:
+    return httpx.post(
+        f"{gw.url}/v1/images/edits",
+        files={"image": ("in", data, "application/octet-stream")},
+        data={"prompt": "x", "size": "32x32", "steps": "2", "seed": str(seed)},
+        headers=auth(gw.key),
+        timeout=300,
+    )
+
+
+def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        image_bytes((1, 1), "red", fmt="JPEG"),
+        image_bytes((1, 1), 90, fmt="JPEG", mode="L"),
+        image_bytes((1, 1), (1, 2, 3, 4), fmt="JPEG", mode="CMYK"),
+        image_bytes((1, 1), "red", fmt="WEBP"),
+        image_bytes((3, 2), 9, mode="L"),
+        encoded(Image.new("I;16", (5, 3), 40000), "PNG"),
+        encoded(Image.new("P", (7, 5), 1), "PNG", transparency=0),
+    ],
+    ids=[
+        "1x1-jpeg",
+        "1x1-grey-jpeg",
+        "1x1-cmyk-jpeg",
+        "1x1-webp",
+        "grey-png",
+        "16-bit-png",
+        "palette-png",
+    ],
+)
+def test_tiny_grey_and_16_bit_inputs_edit_on_every_comfyui(gw, data, unique):
+    # ComfyUI 0.28 reads inputs through PyAV, which fails on all but 8-bit RGB(A) here (500)
+    answer = edit(gw, data, unique())
+    assert answer.status_code == 200, answer.text
+    (image,) = answer.json()["data"]
+    assert Image.open(io.BytesIO(httpx.get(image["url"], timeout=30).content)).size == (32, 32)
+
+
+def test_an_input_the_server_cannot_read_is_a_422_naming_the_field(gw, engine, unique):
+    data = image_bytes((16, 16), unique())
+    assert edit(gw, data, 1).status_code == 200
+    # the worker's client remembers the server has the image; spoil the server's copy
+    stored = engine.base / "input" / "comfyfn" / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+    stored.write_bytes(b"not an image any more")
+    answer = edit(gw, data, 2)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == "image" and error["code"] == "unreadable_image"
+    assert error["message"].startswith("image: the ComfyUI server could not read this image")

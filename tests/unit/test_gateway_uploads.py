@@ -6,15 +6,20 @@ checks before anything is queued, and :func:`resolve_inputs` reading references 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import io
 import sqlite3
+import struct
 import time
+import zlib
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from fileserver import FileServer, Reply
 from gateway_proc import InProcess, auth, settings_for
+from PIL import Image
 from tests_png import image_bytes
 
 from comfyfn.gateway.uploads import (
@@ -22,7 +27,9 @@ from comfyfn.gateway.uploads import (
     UploadLimits,
     UploadMissing,
     UploadRefused,
+    check_image,
     fetch_image,
+    for_comfyui,
     resolve_inputs,
     store_image,
 )
@@ -118,7 +125,7 @@ def test_an_upload_by_url_from_a_loopback_server(offline, file_server):
     ("data", "status", "code", "words"),
     [
         (b"hello, not an image" * 10, 422, "not_an_image", "not a PNG, JPEG or WebP"),
-        (image_bytes((10, 10))[:-30], 422, "not_an_image", "decodes"),  # truncated
+        (image_bytes((10, 10))[:-30], 422, "not_an_image", "cut off or corrupt"),  # truncated
         (image_bytes((10, 10), fmt="GIF", mode="P", color=1), 422, "unsupported_image", "GIF"),
         (image_bytes((8000, 5001), mode="1", color=0), 422, "too_many_pixels", "40,008,000 pixels"),
         (
@@ -137,6 +144,98 @@ def test_uploads_over_the_limits_are_refused_clearly(offline, data, status, code
     assert error(answer)["code"] == code
     assert error(answer)["param"] == "file"
     assert words in error(answer)["message"]
+    assert " at 0x" not in error(answer)["message"]  # never a Python object's repr
+
+
+def jpeg_claiming(size: tuple[int, int]) -> bytes:
+    """An 8x8 JPEG (633 bytes) whose header says it is ``size``: libjpeg fills in the rest."""
+    data = image_bytes((8, 8), fmt="JPEG")
+    at = data.find(b"\xff\xc0") + 5  # SOF0: precision, then height and width
+    return data[:at] + struct.pack(">HH", size[1], size[0]) + data[at + 4 :]
+
+
+@pytest.mark.parametrize(
+    ("size", "code", "words"),
+    [
+        ((6000, 6000), "too_many_pixels", "decodes to 144,000,000 bytes"),
+        ((2000, 2000), "not_an_image", "cut off or corrupt"),
+    ],
+    ids=["6000x6000", "2000x2000"],
+)
+def test_a_jpeg_whose_header_claims_more_than_its_data_is_refused(offline, size, code, words):
+    answer = upload(offline, jpeg_claiming(size))
+    assert answer.status_code == 422, answer.text
+    assert error(answer)["param"] == "file" and error(answer)["code"] == code
+    assert words in error(answer)["message"]
+
+
+def test_a_cut_off_jpeg_is_refused_however_large_the_budget():
+    limits = UploadLimits(max_pixels=10**9, max_decoded_bytes=10**12)
+    with pytest.raises(UploadRefused) as refused:
+        check_image(jpeg_claiming((6000, 6000)), "image", limits, "k")
+    assert refused.value.code == "not_an_image" and refused.value.param == "image"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"progressive": True, "optimize": True},
+        {"subsampling": 0},
+        {"mode": "L", "color": 3},
+        {"mode": "CMYK", "color": (1, 2, 3, 4)},
+        {"restart_marker_blocks": 1},
+    ],
+    ids=["baseline", "progressive", "4:4:4", "grey", "cmyk", "restart-markers"],
+)
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (3000, 2000)], ids=["1x1", "3x5", "6Mpx"])
+def test_complete_jpegs_are_taken_even_flat_ones_at_the_lowest_quality(options, size):
+    mode, color = options.pop("mode", "RGB"), options.pop("color", "orange")
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format="JPEG", quality=1, **options)
+    upload = check_image(buffer.getvalue(), "image", UploadLimits(), "k")
+    assert (upload.width, upload.height) == size
+
+
+def png16(size: tuple[int, int]) -> bytes:
+    """A black 16-bit RGB PNG: a few hundred KB that decode to 4 bytes a pixel."""
+    row = b"\0" + bytes(6 * size[0])
+    header = struct.pack(">IIBBBBB", *size, 16, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row * size[1], 9))
+    return b"\x89PNG\r\n\x1a\n" + body + chunk(b"IEND", b"")
+
+
+def test_the_decoded_bytes_are_budgeted_from_the_header(offline):
+    answer = upload(offline, png16((6300, 6300)))  # 39.7 Mpx: under the pixel limit
+    assert answer.status_code == 422, answer.text
+    assert error(answer)["param"] == "file" and error(answer)["code"] == "too_many_pixels"
+    assert "decodes to 158,760,000 bytes, over the limit of 67,108,864" in error(answer)["message"]
+    within = upload(offline, png16((4000, 4000)))  # 64,000,000 bytes decoded
+    assert within.status_code == 201, within.text
+
+
+def deep_json(depth: int) -> bytes:
+    return b'{"prompt": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/jobs", "/v1/uploads", "/v1/images/edits", "/v1/workflows/zimage-edit/jobs"],
+)
+def test_a_json_body_nested_too_deeply_is_a_400_everywhere(offline, path):
+    answer = httpx.post(  # (deeper than Python's recursion limit however deep the stack is)
+        f"{offline.url}{path}",
+        content=deep_json(5000),
+        headers={**auth(offline.secret), "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 400, answer.text
+    assert error(answer)["type"] == "invalid_request_error"
+    assert "Traceback" not in answer.text
 
 
 def test_bad_upload_requests_name_what_is_wrong(offline):
@@ -213,7 +312,7 @@ async def test_a_url_is_fetched_at_the_address_checked_with_its_host_header(file
 )
 async def test_url_fetches_are_bounded(file_server: FileServer, reply, limits, code, words):
     file_server.files["/x.png"] = reply
-    limits = UploadLimits(limits.max_bytes, limits.max_pixels, limits.fetch_timeout, True)
+    limits = dataclasses.replace(limits, allow_private=True)
     started = time.monotonic()
     with pytest.raises(UploadRefused) as refused:
         await fetch_image(f"{file_server.url}/x.png", "image", limits)
@@ -256,6 +355,65 @@ async def test_resolve_inputs_gives_the_bytes_of_the_keys_own_uploads(tmp_path):
     with pytest.raises(UploadRefused) as text:  # a text would be read as a local path
         await resolve_inputs(storage, zimage_edit(), {"image": "/etc/passwd"}, key_id="key_a")
     assert text.value.param == "image"
+
+
+def png_header(data: bytes) -> tuple[int, int]:
+    """A PNG's bit depth and colour type (2: RGB, 6: RGBA), from its IHDR."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return data[24], data[25]
+
+
+@pytest.mark.anyio
+async def test_resolve_inputs_hands_comfyui_8_bit_rgb_pngs_within_the_pixel_limit(tmp_path):
+    storage = LocalStorage(tmp_path)
+    stored = await store_image(
+        storage, "k", image_bytes((1, 1), fmt="JPEG"), "image", UploadLimits()
+    )
+    values = {"prompt": "x", "image": {"upload": stored.id}}
+    resolved = await resolve_inputs(storage, zimage_edit(), values, key_id="k", max_pixels=1)
+    assert png_header(resolved["image"]) == (8, 2)
+    with pytest.raises(UploadRefused) as over:
+        await resolve_inputs(storage, zimage_edit(), values, key_id="k", max_pixels=0)
+    assert over.value.param == "image" and over.value.code == "limit_exceeded"
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to show
+    return encoded(Image.new("RGB", (4, 2), "red"), "JPEG", exif=exif)
+
+
+@pytest.mark.parametrize(
+    ("data", "header", "size", "pixel"),
+    [
+        (image_bytes((1, 1), "red", fmt="JPEG"), (8, 2), (1, 1), (254, 0, 0)),
+        (encoded(Image.new("I;16", (3, 2), 40000), "PNG"), (8, 2), (3, 2), (155, 155, 155)),
+        (encoded(Image.new("L", (2, 2), 7), "PNG"), (8, 2), (2, 2), (7, 7, 7)),
+        (encoded(Image.new("P", (2, 2), 0), "PNG", transparency=0), (8, 6), (2, 2), (0,) * 4),
+        (encoded(Image.new("LA", (2, 2), (9, 99)), "PNG"), (8, 6), (2, 2), (9, 9, 9, 99)),
+        (image_bytes((2, 2), (1, 2, 3, 4), fmt="WEBP", mode="RGBA"), (8, 6), (2, 2), None),
+        (rotated_jpeg(), (8, 2), (2, 4), None),
+    ],
+    ids=["1x1-jpeg", "16-bit-grey", "grey", "palette", "grey-alpha", "webp", "exif-rotated"],
+)
+def test_what_is_not_an_8_bit_rgb_png_is_re_encoded_for_comfyui(data, header, size, pixel):
+    out = for_comfyui(data, "image")
+    assert png_header(out) == header
+    with Image.open(io.BytesIO(out)) as image:
+        assert image.size == size
+        assert pixel is None or image.getpixel((0, 0)) == pixel
+
+
+def test_an_8_bit_rgb_or_rgba_png_goes_to_comfyui_as_it_is():
+    for mode in ("RGB", "RGBA"):
+        data = image_bytes((5, 3), mode=mode)
+        assert for_comfyui(data, "image") is data
 
 
 # -- the typed endpoint and /v1/images/edits: checked before anything is queued ---------------
@@ -319,20 +477,29 @@ def test_another_key_cannot_use_my_upload_id(offline):
 
 
 def test_the_input_size_counts_against_the_cost_limits(offline):
-    big = image_bytes((3000, 2000))  # → 3008 × 2000 output pixels, over 2048²
-    answer = httpx.post(
-        f"{offline.url}/v1/images/edits",
+    big = image_bytes((3000, 2000))  # 6,000,000 pixels, over 2048²
+    for size in ({}, {"size": "64x64"}):  # ComfyUI holds the input whole, whatever the output
+        answer = httpx.post(
+            f"{offline.url}/v1/images/edits",
+            files={"image": ("big.png", big, "image/png")},
+            data={"prompt": "x", **size},
+            headers=auth(offline.secret),
+            timeout=60,
+        )
+        assert answer.status_code == 400, answer.text
+        assert error(answer)["code"] == "limit_exceeded" and error(answer)["param"] == "image"
+        assert "3000 × 2000 = 6,000,000 pixels" in error(answer)["message"]
+    typed = httpx.post(
+        f"{offline.url}/v1/workflows/zimage-edit/jobs",
         files={"image": ("big.png", big, "image/png")},
-        data={"prompt": "x"},
+        data={"prompt": "x", "width": "64", "height": "64"},
         headers=auth(offline.secret),
         timeout=60,
     )
-    assert answer.status_code == 400, answer.text
-    assert error(answer)["code"] == "limit_exceeded" and error(answer)["param"] == "size"
-    assert "3008 × 2000" in error(answer)["message"]
+    assert typed.status_code == 422 and error(typed)["param"] == "image", typed.text
     sized = httpx.post(
         f"{offline.url}/v1/images/edits",
-        files={"image": ("big.png", big, "image/png")},
+        files={"image": ("in.png", image_bytes((2000, 2000)), "image/png")},
         data={"prompt": "x", "size": "512x512"},
         headers=auth(offline.secret),
         timeout=60,
@@ -398,7 +565,7 @@ def test_of_several_edit_images_the_first_is_used(offline):
         headers=auth(offline.secret),
         timeout=60,
     )
-    assert answer.status_code == 400 and "3008 × 2000" in error(answer)["message"]
+    assert answer.status_code == 400 and "3000 × 2000" in error(answer)["message"]
 
 
 def test_a_job_cannot_carry_an_input_image_as_text(offline):

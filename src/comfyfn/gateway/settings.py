@@ -10,10 +10,12 @@ from typing import Any
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
+    "MAX_UPLOAD_DECODED_BYTES",
     "MAX_UPLOAD_PIXELS",
     "UPLOAD_FETCH_TIMEOUT",
     "GatewaySettings",
     "default_data_dir",
+    "pixel_problem",
     "storage_location",
 ]
 
@@ -35,6 +37,8 @@ def storage_location(value: str | os.PathLike[str]) -> str | Path:
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  #: bytes of one input image
 MAX_UPLOAD_PIXELS = 40_000_000  #: width × height of one input image
+#: bytes one input image holds once decoded (width × height × bands × bytes per sample)
+MAX_UPLOAD_DECODED_BYTES = 64 * 1024 * 1024
 UPLOAD_FETCH_TIMEOUT = 20.0  #: seconds for fetching an image by URL, connect to last byte
 
 
@@ -70,6 +74,10 @@ class GatewaySettings:
     | ``max_total_pixels`` — width × height × batch_size of one request | 16,777,216 |
     | ``max_upload_bytes`` — one input image (upload, edit, typed endpoint) | 20 MiB |
     | ``max_upload_pixels`` — width × height of one input image | 40,000,000 |
+    | ``max_upload_decoded_bytes`` — one input image decoded, known from its header | 64 MiB |
+
+    An input image's width × height counts against ``max_pixels`` too, naming its field,
+    whatever output size is asked: ComfyUI holds the input as it is before scaling it.
     """
 
     servers: tuple[str, ...]
@@ -83,6 +91,7 @@ class GatewaySettings:
     max_body_bytes: int = 1_000_000  #: of a request without images
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     max_upload_pixels: int = MAX_UPLOAD_PIXELS
+    max_upload_decoded_bytes: int = MAX_UPLOAD_DECODED_BYTES
     upload_fetch_timeout: float = UPLOAD_FETCH_TIMEOUT
     max_prompt_chars: int = 4_000
     max_images: int = 4  #: n of /v1/images/generations
@@ -152,6 +161,18 @@ class GatewaySettings:
             ),
             **kwargs,
         )
+
+
+def pixel_problem(param: str, size: tuple[int, int], max_pixels: int) -> str | None:
+    """Why an input image of ``size`` given for ``param`` is over ``max_pixels`` (the
+    gateway's ``max_pixels``), or None."""
+    (width, height), pixels = size, size[0] * size[1]
+    if pixels <= max_pixels:
+        return None
+    return (
+        f"{param}: the input image's {width} × {height} = {pixels:,} pixels are over this "
+        f"gateway's limit of {max_pixels:,} per image"
+    )
 
 
 def _count(values: Mapping[str, Any], name: str) -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -177,12 +178,34 @@ class S3Storage:
             raise self._error("sign", key, exc) from exc
 
     def _error(self, action: str, key: str, exc: Exception) -> StorageError:
-        """The StorageError for an obstore failure (obstore raises FileNotFoundError too)."""
+        """The StorageError for an obstore failure (obstore raises FileNotFoundError too):
+        what failed in our words; obstore's own text (requests, retries, the server's XML)
+        goes to the log only."""
         import obstore
 
         where = f"s3://{self.bucket}/{self.prefix + '/' if self.prefix else ''}{key}"
         if isinstance(exc, (obstore.exceptions.NotFoundError, FileNotFoundError)):
             return StorageNotFound(f"no stored file {where}", key=key)
-        log.debug("storage %s failed for %s: %r", action, where, exc)
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]  # obstore adds a debug dump
-        return StorageError(f"could not {action} {where}: {reason}", key=key)
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]  # (then a debug dump)
+        log.warning("storage %s failed for %s: %s", action, where, detail)
+        store = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        return StorageError(f"could not {action} {key} in {store}: {_reason(exc)}", key=key)
+
+
+def _reason(exc: Exception) -> str:
+    """Why an object store request failed, in a few words."""
+    import obstore
+
+    if isinstance(exc, obstore.exceptions.PermissionDeniedError):
+        return "the object store denied access (check the credentials and the bucket)"
+    if isinstance(exc, obstore.exceptions.UnauthenticatedError):
+        return "the object store refused the credentials"
+    text = str(exc)
+    status = re.search(r"status code: (\d{3})", text)
+    if status is not None:
+        return f"the object store answered HTTP {status.group(1)}"
+    if "error sending request" in text or "connect" in text.lower():
+        return "the object store cannot be reached"
+    if "timed out" in text.lower():
+        return "the object store did not answer in time"
+    return f"the object store failed ({type(exc).__name__})"

@@ -9,7 +9,8 @@ default): a multipart form as OpenAI's (``image`` — one or more files, of whic
 used —, ``mask``, ``prompt``, ``n``, ``size``, ``response_format``) plus ``seed``,
 ``denoise``, ``steps`` and ``negative_prompt``. ``size`` sets the output size; without it
 the output has the input's size rounded to multiples of 16. ``n`` images are ``n`` jobs with
-consecutive seeds. Every error is a 400 in OpenAI's shape (413 for an image over the limit).
+consecutive seeds. Every error is a 400 in OpenAI's shape (413 for an image over the limit,
+422 naming the field for an image the ComfyUI server could not read).
 """
 # No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 
@@ -119,7 +120,8 @@ async def edits(request: Request, runtime: RuntimeDep, key: ApiKey) -> dict[str,
         await _create(runtime, key, body.model, {**params, "seed": base + i} if seeded else params)
         for i in range(body.n)
     ]
-    return await _answer(runtime, request, jobs, body.response_format, body.prompt)
+    loaders = {p.node_id: p.name for p in served.workflow.params if p.name in served.images}
+    return await _answer(runtime, request, jobs, body.response_format, body.prompt, loaders)
 
 
 def _check_edit_images(served: Served, images: Mapping[str, object]) -> None:
@@ -155,8 +157,10 @@ async def _answer(
     jobs: list[JobRecord],
     response_format: str,
     prompt: str,
+    loaders: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Wait for the jobs; their images, as base64 or signed URLs."""
+    """Wait for the jobs; their images, as base64 or signed URLs. ``loaders``: the image
+    parameter each input image node loads (a failure there is the image's fault)."""
     b64 = response_format == "b64_json"
     updates = await asyncio.gather(
         *(wait_final(runtime, job, request.is_disconnected, images_suffice=b64) for job in jobs)
@@ -167,6 +171,15 @@ async def _answer(
         job = update.job
         if job.state != "succeeded" and not update.contents:  # (contents: images in hand)
             error = public_error(job.error) or {}
+            param = (loaders or {}).get(str(error.get("node_id")))
+            if param is not None:
+                raise ApiError(
+                    422,
+                    f"{param}: the ComfyUI server could not read this image "
+                    f"({error.get('exception_type') or error['type']})",
+                    param=param,
+                    code="unreadable_image",
+                )
             raise ApiError(
                 500,
                 f"generation {job.state}: {error.get('message')}",

@@ -19,6 +19,7 @@ from comfyfn.gateway.models import UploadRequest
 from comfyfn.gateway.registry import Served
 from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.schema import KeyRecord
+from comfyfn.gateway.settings import pixel_problem
 from comfyfn.gateway.uploads import (
     Upload,
     UploadMissing,
@@ -121,6 +122,8 @@ async def read_request(request: Request) -> tuple[dict[str, Any], dict[str, list
         return fields, files
     try:
         body = await request.json()
+    except RecursionError:  # as FastAPI answers a body it cannot parse (POST /v1/jobs)
+        raise ApiError(400, "the JSON body is nested too deeply") from None
     except ValueError:
         raise ApiError(422, "the body is neither JSON nor a multipart form") from None
     if not isinstance(body, dict):
@@ -169,6 +172,10 @@ async def image_params(
             uploads[name] = await take_image(runtime.storage, key.id, value, name, limits)
         except (UploadRefused, UploadMissing, StorageError) as exc:
             raise image_error(exc, status) from None
+    for name, upload in uploads.items():  # ComfyUI holds an input whole, whatever the output
+        problem = pixel_problem(name, (upload.width, upload.height), runtime.settings.max_pixels)
+        if problem is not None:
+            raise ApiError(status, problem, param=name, code="limit_exceeded")
     given = {**params, **{name: upload_ref(u.id) for name, u in uploads.items()}}
     try:
         return served.sized_by(given, {name: u.input_image() for name, u in uploads.items()})
