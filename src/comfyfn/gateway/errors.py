@@ -13,6 +13,8 @@ from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 
+from comfyfn.gateway.database import unavailable
+
 __all__ = [
     "ERROR_RESPONSES",
     "ApiError",
@@ -70,9 +72,6 @@ def error_response(
 
 log = logging.getLogger("comfyfn.gateway")
 
-#: database errors that mean "not now" (down, restarting, locked, pool exhausted): 503
-_DB_UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
-
 
 def install_handlers(app: FastAPI) -> None:
     """Every error the gateway answers leaves in OpenAI's shape: ours, validation, HTTP,
@@ -98,10 +97,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(sa_exc.SQLAlchemyError)
     async def database_error(request: Request, exc: sa_exc.SQLAlchemyError) -> JSONResponse:
-        unavailable = isinstance(exc, _DB_UNAVAILABLE) or (
-            isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
-        )
-        if not unavailable:
+        if not unavailable(exc):  # "not now" (down, restarting, locked, pool exhausted): 503
             return await unexpected(request, exc)
         log.warning(
             "%s %s: the database is unavailable: %s",

@@ -121,7 +121,7 @@ class Worker:
         self._notifications: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        for index, url in enumerate(self.fleet.servers):  # /metrics names them by index
+        for index, url in enumerate(self.fleet.pool.states):  # /metrics names them by index
             log.info("ComfyUI server %d: %s", index, url)
         await self.fleet.__aenter__()
         await self.fleet.probe()  # readiness must be true from the start, not after a failure
@@ -369,7 +369,13 @@ class Worker:
             **sharded_prefixes(served.workflow, f"{job.id[4:6]}/{job.id}", given=job.params),
         }
         try:
-            params = await resolve_inputs(self.storage, served.workflow, params, key_id=job.key_id)
+            params = await resolve_inputs(
+                self.storage,
+                served.workflow,
+                params,
+                key_id=job.key_id,
+                max_pixels=self.settings.max_pixels,
+            )
             return served.workflow.bind(**params)
         except ComfyError as exc:
             return _error(exc)
