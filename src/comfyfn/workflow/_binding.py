@@ -16,9 +16,11 @@ from typing import Any
 
 from comfyfn.errors import NodeProblem, WorkflowInvalid
 from comfyfn.workflow._bundled import bundled_object_info
+from comfyfn.workflow._control import attach_inpaint, set_control_type
 from comfyfn.workflow._definitions import input_spec
 from comfyfn.workflow._graph import ApiGraph, downstream, is_link, new_node_id, set_input
 from comfyfn.workflow._images import InputImage, input_image, is_local_file, is_url
+from comfyfn.workflow._loras import apply_loras, parse_loras
 from comfyfn.workflow._meaning import IMAGE_LOADERS, MEANINGS, Slot, Slots, find_slots
 from comfyfn.workflow._paths import choose_option, dynamic_combo, path_slot
 from comfyfn.workflow._sizes import input_value
@@ -101,12 +103,12 @@ def _check(
     for param in ("steps", "batch_size"):
         if param in values:
             integer(param, 1, 10_000)
-    for param in ("cfg", "denoise"):
+    for param in ("cfg", "denoise", "strength"):
         if param in values:
             v = values[param]
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 bad(param, f"{param} {v!r} is not a number")
-            elif v < 0:
+            elif v < 0 and param != "strength":
                 bad(param, f"{param} {v} must not be negative")
     for param in (
         "prompt",
@@ -147,19 +149,39 @@ def _use_real_negative(graph: ApiGraph, sampler: str, prompt_node: str, text: st
     return (node_id, "text")
 
 
+def _restructure(
+    graph: ApiGraph, loras: Any, control_type: str | None, params: Mapping[str, Any]
+) -> Slots:
+    """LoRAs, the control type and inpaint loaders (nodes added or taken out) before any
+    value is bound; the slots of the graph they leave."""
+    slots = find_slots(graph)
+    apply_loras(graph, slots, parse_loras(loras))
+    if control_type is not None:
+        set_control_type(graph, control_type)
+    attach_inpaint(graph, slots, [k for k in ("image", "mask") if params.get(k) is not None])
+    return find_slots(graph)
+
+
 def bind(
-    graph: ApiGraph, *, definitions: Mapping[str, Any] | None = None, **params: Any
+    graph: ApiGraph,
+    *,
+    definitions: Mapping[str, Any] | None = None,
+    loras: Any = None,
+    control_type: str | None = None,
+    **params: Any,
 ) -> BoundGraph:
     """Return a copy of ``graph`` with ``params`` written in.
 
     Names are those of :data:`PARAMETERS` (found by tracing from the sampler), or a
     ``"node_id.input"`` / ``"Title.input"`` path. ``None`` leaves a value as the graph has
     it, except ``seed=None`` which picks a random seed. A name the graph has no place for,
-    or several places for, is an error naming it.
+    or several places for, is an error naming it. ``loras`` (``[("name.safetensors", 0.8),
+    …]`` or ``"NAME[:STRENGTH], …"``, see :func:`parse_loras`) go on the diffusion model;
+    ``control_type`` (``canny``, ``depth``...) says how a ControlNet's map is made.
     """
     graph = copy.deepcopy(graph)
     definitions = definitions if definitions is not None else bundled_object_info()
-    slots = find_slots(graph)
+    slots = _restructure(graph, loras, control_type, params)
     named = {k: v for k, v in params.items() if k in MEANINGS}
     paths = {k: v for k, v in params.items() if k not in MEANINGS and v is not None}
     if "seed" in named and named["seed"] is None and "seed" in slots.params:

@@ -10,6 +10,14 @@
   (8 steps, cfg 1, ``denoise`` 0.6) → VAEDecode → SaveImage. Parameters as zimage-turbo
   (without batch_size), plus ``image``.
 
+- ``zimage-control``: Z-Image-Turbo with the Fun ControlNet Union (2.1), wired as the
+  official template: ``ModelPatchLoader`` (``model_patches/Z-Image-Turbo-Fun-Controlnet-
+  Union.safetensors``) and ``ZImageFunControlnet`` (strength 1) on the model; LoadImage →
+  Canny (0.1/0.32) → its image; the size is the control image's (rounded to ×16) unless
+  given. Parameters as zimage-turbo plus ``control_image``, ``strength`` and
+  ``control_type`` (canny, depth, pose, hed, mlsd, tile); ``image`` + ``mask`` inpaint.
+  Needs ComfyUI ≥ 0.28 (``ZImageFunControlnet``, the Z-Image control patch loader).
+
 All use ``text_encoders/qwen_3_4b.safetensors`` and ``vae/ae.safetensors``; the diffusion
 models are ``z_image_turbo_bf16.safetensors`` and ``z_image_bf16.safetensors``. Parameters:
 prompt, negative, seed, width, height, batch_size, steps, cfg, sampler, scheduler, denoise,
@@ -24,12 +32,13 @@ from importlib import resources
 from comfyfn.errors import ConfigError
 from comfyfn.workflow._workflow import Workflow
 
-__all__ = ["BUILTIN", "builtin", "zimage", "zimage_edit", "zimage_turbo"]
+__all__ = ["BUILTIN", "builtin", "zimage", "zimage_control", "zimage_edit", "zimage_turbo"]
 
 BUILTIN = {
     "zimage-turbo": "zimage_turbo.json",
     "zimage": "zimage.json",
     "zimage-edit": "zimage_edit.json",
+    "zimage-control": "zimage_control.json",
 }
 
 
@@ -61,3 +70,9 @@ def zimage() -> Workflow:
 def zimage_edit() -> Workflow:
     """Z-Image-Turbo image to image: bind ``image`` (and ``denoise``, default 0.6)."""
     return builtin("zimage-edit")
+
+
+def zimage_control() -> Workflow:
+    """Z-Image-Turbo with the Fun ControlNet Union: bind ``control_image`` (``strength``,
+    ``control_type``; ``image`` + ``mask`` to inpaint)."""
+    return builtin("zimage-control")

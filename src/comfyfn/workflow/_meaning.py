@@ -11,8 +11,11 @@ From every sampler (KSampler, KSamplerAdvanced, SamplerCustom, SamplerCustomAdva
   replaces the link by the value;
 - ``model`` → the diffusion model loader; the prompt encoder's ``clip`` → the text-encoder
   loader; the VAE decoder fed by the sampler → the VAE loader;
+- a ControlNet patch on the model path (``ZImageFunControlnet``,
+  ``QwenImageDiffsynthControlnet``: Z-Image Fun ControlNet Union) → its ``strength``; the
+  loader feeding its ``image`` (through preprocessors such as ``Canny``) → ``control_image``;
 - ``LoadImage`` / ``LoadImageMask`` nodes → ``image`` / ``mask`` (an input image, found
-  anywhere in the graph, not only upstream of a sampler);
+  anywhere in the graph, not only upstream of a sampler), except a control image;
 - nodes with ``filename_prefix`` (and SaveImageWebsocket/PreviewImage) are the outputs.
 
 A value linked from a primitive node (``PrimitiveInt``, ``PrimitiveString``...) is found on
@@ -29,7 +32,18 @@ from typing import Any
 from comfyfn.errors import NodeProblem, WorkflowInvalid
 from comfyfn.workflow._graph import ApiGraph, downstream, is_link, is_literal, linked_from
 
-__all__ = ["IMAGE_LOADERS", "MEANINGS", "SAMPLER_CLASSES", "Slot", "Slots", "find_slots"]
+__all__ = [
+    "CONTROL_CLASSES",
+    "IMAGE_LOADERS",
+    "IMAGE_MEANINGS",
+    "MEANINGS",
+    "SAMPLER_CLASSES",
+    "Slot",
+    "Slots",
+    "control_nodes",
+    "find_slots",
+    "image_loader",
+]
 
 SAMPLER_CLASSES = frozenset(
     {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"}
@@ -53,7 +67,13 @@ MEANINGS: Mapping[str, str] = {
     "filename_prefix": "output file name prefix",
     "image": "input image (path, bytes, PIL image, Image or http(s) URL)",
     "mask": "input mask image (path, bytes, PIL image, Image or http(s) URL)",
+    "control_image": "ControlNet control image (path, bytes, PIL image, Image or http(s) URL)",
+    "strength": "ControlNet strength",
 }
+#: Meanings whose value is an input image.
+IMAGE_MEANINGS = ("image", "mask", "control_image")
+#: The Z-Image Fun ControlNet patches (ComfyUI ≥ 0.28 for ``ZImageFunControlnet``).
+CONTROL_CLASSES = frozenset({"ZImageFunControlnet", "QwenImageDiffsynthControlnet"})
 #: Loader class → the meaning of its ``image`` input.
 IMAGE_LOADERS: Mapping[str, str] = {"LoadImage": "image", "LoadImageMask": "mask"}
 Slot = tuple[str, str]  # (node id, input name)
@@ -62,6 +82,7 @@ _CONDITIONING = ("conditioning", "conditioning_1", "conditioning_to", "positive"
 _TEXT_INPUTS = ("text", "prompt")
 _MODEL_FILES = ("unet_name", "ckpt_name")
 _MAX_DEPTH = 16
+_IMAGE_LINKS = ("image", "images", "pixels")
 
 
 @dataclass(frozen=True)
@@ -159,6 +180,49 @@ def _loader(graph: ApiGraph, node_id: str, link_input: str, file_input: str) -> 
     return None if loader is None else (loader, file_input)
 
 
+def image_loader(graph: ApiGraph, node_id: str, input_name: str) -> str | None:
+    """The LoadImage/LoadImageMask node feeding ``node_id.input_name`` through image
+    pass-throughs (scalers, preprocessors such as ``Canny``)."""
+    return _walk(
+        graph,
+        linked_from(graph, node_id, input_name),
+        _IMAGE_LINKS,
+        lambda n: graph[n].get("class_type") in IMAGE_LOADERS,
+    )
+
+
+def control_nodes(graph: ApiGraph, model_user: str) -> list[str]:
+    """The ControlNet patches on the model path into ``model_user`` (nearest first)."""
+    found, node_id = [], linked_from(graph, model_user, "model")
+    for _ in range(_MAX_DEPTH):
+        if node_id is None:
+            break
+        if graph[node_id].get("class_type") in CONTROL_CLASSES:
+            found.append(node_id)
+        node_id = linked_from(graph, node_id, "model")
+    return found
+
+
+def _model_owner(graph: ApiGraph, sampler: str) -> str:
+    """The sampler, or the guider that takes the model for it."""
+    if "model" in graph[sampler]["inputs"]:
+        return sampler
+    return linked_from(graph, sampler, "guider") or sampler
+
+
+def _control(graph: ApiGraph, sampler: str) -> dict[str, list[Slot]]:
+    """``strength`` and ``control_image`` of every ControlNet patch the sampler's model has
+    (several patches: several candidates each)."""
+    found: dict[str, list[Slot]] = {}
+    for node in control_nodes(graph, _model_owner(graph, sampler)):
+        if (slot := _value_slot(graph, node, "strength")) is not None:
+            found.setdefault("strength", []).append(slot)
+        loader = image_loader(graph, node, "image")
+        if loader is not None and is_literal(graph, loader, "image"):
+            found.setdefault("control_image", []).append((loader, "image"))
+    return found
+
+
 def _trace(graph: ApiGraph, sampler: str) -> tuple[dict[str, Slot], str | None]:
     found: dict[str, Slot] = {}
     for name, via, inputs in (
@@ -208,8 +272,9 @@ def _trace(graph: ApiGraph, sampler: str) -> tuple[dict[str, Slot], str | None]:
     def model_loader(nid: str) -> bool:
         return any(is_literal(graph, nid, k) for k in _MODEL_FILES)
 
-    model_owner = sampler if "model" in graph[sampler]["inputs"] else (guider or sampler)
-    loader = _walk(graph, linked_from(graph, model_owner, "model"), ("model",), model_loader)
+    loader = _walk(
+        graph, linked_from(graph, _model_owner(graph, sampler), "model"), ("model",), model_loader
+    )
     if loader is not None:
         found["model"] = (loader, next(k for k in _MODEL_FILES if is_literal(graph, loader, k)))
     if positive is not None and (te := _loader(graph, positive[0], "clip", "clip_name")):
@@ -241,13 +306,16 @@ def find_slots(graph: ApiGraph) -> Slots:
         found, zero = _trace(graph, sampler)
         if zero is not None:
             zero_out[sampler] = zero
-        for name, slot in found.items():
-            if slot not in candidates.setdefault(name, []):
-                candidates[name].append(slot)
+        traced = {name: [slot] for name, slot in found.items()} | _control(graph, sampler)
+        for name, slots in traced.items():
+            for slot in slots:
+                if slot not in candidates.setdefault(name, []):
+                    candidates[name].append(slot)
     outputs = tuple(sorted((n for n, node in graph.items() if _is_output(node)), key=_id_key))
+    control = {slot[0] for slot in candidates.get("control_image", ())}
     for node_id in sorted(graph, key=_id_key):
         meaning = IMAGE_LOADERS.get(graph[node_id].get("class_type", ""))
-        if meaning is not None and is_literal(graph, node_id, "image"):
+        if meaning is not None and is_literal(graph, node_id, "image") and node_id not in control:
             candidates.setdefault(meaning, []).append((node_id, "image"))
     prefixes = [(n, "filename_prefix") for n in outputs if is_literal(graph, n, "filename_prefix")]
     if prefixes:

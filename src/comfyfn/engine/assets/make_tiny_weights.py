@@ -13,6 +13,10 @@ generator and writes:
     MODELS_DIR/diffusion_models/z_image_bf16.safetensors        same shape, other seed
     MODELS_DIR/text_encoders/qwen_3_4b.safetensors              tiny Qwen3 (bf16), full vocab
     MODELS_DIR/vae/ae.safetensors                               TAESD layout (fp16)
+    MODELS_DIR/loras/zimage_tiny_style.safetensors              LoRA on the tiny DiT (bf16)
+    MODELS_DIR/model_patches/Z-Image-Turbo-Fun-Controlnet-Union.safetensors
+        tiny Fun ControlNet Union (``ZImage_Control``, 3 control layers + refiner,
+        inpaint inputs; the official key layout), only where the ComfyUI has it (>= 0.28)
 
 The same seed gives byte-identical files.  Each file is written to a temporary
 name and renamed into place.  The last stdout line is a JSON summary.
@@ -22,6 +26,7 @@ teaches ComfyUI to read the tiny DiT / text-encoder sizes from the shapes.
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -58,7 +63,14 @@ def import_comfy(comfyui_dir):
     import comfy.taesd.taesd
     import comfy.text_encoders.llama
 
+    with contextlib.suppress(ImportError):  # the Fun ControlNet: ComfyUI >= 0.28
+        import comfy.ldm.lumina.controlnet
     return comfy
+
+
+def has_control(comfy):
+    """Whether this ComfyUI has the Z-Image Fun ControlNet (0.3.75 has not)."""
+    return hasattr(comfy.ldm.lumina, "controlnet")
 
 
 def seed_for(seed, name):
@@ -71,6 +83,8 @@ def fill_(module, seed):
     """Deterministically overwrite every parameter/buffer (sorted by name)."""
     gen = torch.Generator().manual_seed(seed)
     for name, t in sorted(module.state_dict(keep_vars=True).items()):
+        if name.endswith(".alpha"):
+            continue  # a LoRA's scale: its rank, as built
         if name.endswith("vae_scale"):
             t.fill_(1.0)
         elif name.endswith("vae_shift"):
@@ -123,6 +137,72 @@ def build_te(comfy, dtype):
     return te
 
 
+LORA_RANK = 4
+#: the DiT weights the tiny LoRA changes
+LORA_TARGETS = ("attention.qkv", "attention.out", "feed_forward.w2")
+CONTROL = dict(n_control_layers=3, additional_in_dim=17, refiner_control=True, ffn=256)
+
+
+class Tensors(dict):
+    """Named tensors with dotted names (a Module's buffers cannot have dots)."""
+
+    def state_dict(self, keep_vars=False):
+        return self
+
+
+def build_lora(comfy, dtype):
+    """A LoRA (``diffusion_model.<weight>.lora_up/lora_down/alpha``) on the tiny DiT's
+    attention and feed-forward weights, shaped from ComfyUI's own NextDiT."""
+    shapes = {k: t.shape for k, t in build_dit(comfy, dtype).state_dict().items()}
+    lora = Tensors()
+    for key in sorted(shapes):
+        stem = key[: -len(".weight")]
+        if key.endswith(".weight") and stem.split(".", 2)[-1] in LORA_TARGETS:
+            out_dim, in_dim = shapes[key]
+            name = "diffusion_model." + stem
+            lora[name + ".lora_down.weight"] = torch.empty(LORA_RANK, in_dim, dtype=dtype)
+            lora[name + ".lora_up.weight"] = torch.empty(out_dim, LORA_RANK, dtype=dtype)
+            lora[name + ".alpha"] = torch.tensor(float(LORA_RANK), dtype=dtype)
+    return lora
+
+
+def build_control(comfy, dtype):
+    """ComfyUI's ``ZImage_Control`` as wide as the tiny DiT (it adds into its blocks)."""
+    dim, ffn = DIT["dim"], CONTROL["ffn"]
+    return comfy.ldm.lumina.controlnet.ZImage_Control(
+        dim=dim,
+        n_heads=dim // DIT["head_dim"],
+        n_kv_heads=dim // DIT["head_dim"],
+        multiple_of=1,
+        ffn_dim_multiplier=(ffn + 0.5) / dim,
+        **{k: v for k, v in CONTROL.items() if k != "ffn"},
+        device="cpu",
+        dtype=dtype,
+        operations=comfy.ops.disable_weight_init,
+    )
+
+
+def official_control_layout(sd):
+    """ComfyUI's ZImage_Control keys → the published file's (``z_image_convert`` undone:
+    ``qkv`` split into ``to_q``/``to_k``/``to_v``, ``out`` → ``to_out.0``, ``q_norm`` →
+    ``norm_q``), so the file loads through ModelPatchLoader exactly as the real one."""
+    out = {}
+    for key, t in sd.items():
+        if key.endswith(".attention.qkv.weight"):
+            stem = key[: -len("qkv.weight")]
+            q, k, v = t.split([t.shape[0] // 3] * 3)
+            out.update({stem + "to_q.weight": q, stem + "to_k.weight": k, stem + "to_v.weight": v})
+            continue
+        for ours, theirs in (
+            (".attention.out.", ".attention.to_out.0."),
+            (".attention.q_norm.", ".attention.norm_q."),
+            (".attention.k_norm.", ".attention.norm_k."),
+        ):
+            key = key.replace(ours, theirs)
+        out[key] = t
+    return out
+
+
 def build_vae(comfy, dtype):
     return comfy.taesd.taesd.TAESD(latent_channels=16).to(dtype)  # Flux latents
 
@@ -135,11 +215,13 @@ def centre_vae(vae):
     vae.taesd_decoder[-1].bias.fill_(0.5)
 
 
-def save_atomic(module, path, meta):
+def save_atomic(module, path, meta, layout=None):
     from safetensors.torch import save_file
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     sd = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    if layout is not None:
+        sd = layout(sd)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         save_file(sd, tmp, metadata=meta)
@@ -163,14 +245,18 @@ def main(argv=None):
     t0 = time.time()
     torch.manual_seed(a.seed)  # nothing should use the global RNG; pin it anyway
     comfy = import_comfy(a.comfyui)
-    jobs = [  # (relative path, builder, dtype, fix-up after the random fill)
-        ("diffusion_models/z_image_turbo_bf16.safetensors", build_dit, torch.bfloat16, None),
-        ("diffusion_models/z_image_bf16.safetensors", build_dit, torch.bfloat16, None),
-        ("text_encoders/qwen_3_4b.safetensors", build_te, torch.bfloat16, None),
-        ("vae/ae.safetensors", build_vae, torch.float16, centre_vae),
+    jobs = [  # (relative path, builder, dtype, fix-up after the random fill, key layout)
+        ("diffusion_models/z_image_turbo_bf16.safetensors", build_dit, torch.bfloat16, None, None),
+        ("diffusion_models/z_image_bf16.safetensors", build_dit, torch.bfloat16, None, None),
+        ("text_encoders/qwen_3_4b.safetensors", build_te, torch.bfloat16, None, None),
+        ("vae/ae.safetensors", build_vae, torch.float16, centre_vae, None),
+        ("loras/zimage_tiny_style.safetensors", build_lora, torch.bfloat16, None, None),
     ]
+    if has_control(comfy):
+        patch = "model_patches/Z-Image-Turbo-Fun-Controlnet-Union.safetensors"
+        jobs.append((patch, build_control, torch.bfloat16, None, official_control_layout))
     files = {}
-    for rel, build, dtype, fixup in jobs:
+    for rel, build, dtype, fixup, layout in jobs:
         module = build(comfy, dtype)
         fill_(module, seed_for(a.seed, rel))
         if fixup is not None:
@@ -178,7 +264,7 @@ def main(argv=None):
         # ONE metadata key: safetensors keeps metadata in a Rust HashMap, so
         # several keys come out in random order and the bytes would differ.
         meta = {"comfyfn": f"tiny random test weights (seed {a.seed}), not a real model"}
-        params, size = save_atomic(module, os.path.join(a.out, rel), meta)
+        params, size = save_atomic(module, os.path.join(a.out, rel), meta, layout)
         files[rel] = {"params": params, "bytes": size, "dtype": str(dtype).replace("torch.", "")}
         del module
     print(

@@ -6,7 +6,7 @@ supported model only matches ``dim: 3840`` and the Qwen3-4B text encoder is
 always built as hidden 2560 / 36 layers (comfy/text_encoders/llama.py
 ``Qwen3_4BConfig``). 0.28 also sorts Qwen3 text encoders by hidden size in
 ``comfy.sd.detect_te_model``, so a tiny one falls through to ``LLAMA3_8``.
-This file registers no nodes; at import it patches four things so that
+This file registers no nodes; at import it patches five things so that
 random tiny weights written by ``make_tiny_weights.py`` run the real graph:
 
 1. ``comfy.model_detection.detect_unet_config``: for a lumina2 state dict with
@@ -22,12 +22,18 @@ random tiny weights written by ``make_tiny_weights.py`` run the real graph:
    Gemma post-feed-forward norm, no Qwen2.5 k_proj bias) narrower than any real
    Qwen3 (hidden < 1024) that ComfyUI took for ``LLAMA3_8`` is ``QWEN3_4B``.
    On 0.3.75 ComfyUI already answers ``QWEN3_4B`` for it.
+5. ``ModelPatchLoader`` + ``ZImage_Control.__init__`` (ComfyUI >= 0.28, where the
+   Z-Image Fun ControlNet exists): the control patch is built 3840 wide / 30 heads
+   whatever the file; for a narrower file in the official layout (``to_q``/``to_k``/
+   ``to_v``, ``control_all_x_embedder.2-1``) its width / heads / ffn come from the
+   shapes instead.
 
 For real full-size files every wrapper returns ComfyUI's own result, so the
 plugin is a no-op there.  Never ship this outside tests.
 """
 
 import contextlib
+import importlib.util
 import logging
 
 import comfy.model_detection
@@ -231,6 +237,78 @@ def _wrap_qwen3_init(orig):
     return __init__
 
 
+# --- 5. Z-Image Fun ControlNet patch sizes from shapes ---------------------------
+
+_REAL_CONTROL_DIM = 3840
+_pending_control = None  # derived sizes, only set while a model patch is loading
+
+
+def _derive_control(path):
+    """ZImage_Control sizes of a narrow Fun ControlNet file, or None (not one, or real)."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        keys = set(f.keys())
+        if "control_all_x_embedder.2-1.weight" not in keys:
+            return None
+        dim = f.get_slice("control_all_x_embedder.2-1.weight").get_shape()[0]
+        if dim == _REAL_CONTROL_DIM:
+            return None
+        p = "control_layers.0."
+        head_dim = f.get_slice(p + "attention.norm_q.weight").get_shape()[0]
+        kv_rows = f.get_slice(p + "attention.to_k.weight").get_shape()[0]
+        ffn = f.get_slice(p + "feed_forward.w1.weight").get_shape()[0]
+    return dict(
+        dim=dim,
+        n_heads=dim // head_dim,
+        n_kv_heads=kv_rows // head_dim,
+        multiple_of=1,  # as for the DiT: reproduces the stored ffn width exactly
+        ffn_dim_multiplier=(ffn + 0.5) / dim,
+    )
+
+
+def _wrap_load_model_patch(orig):
+    def load_model_patch(self, name):
+        global _pending_control
+        import folder_paths
+
+        derived = _derive_control(folder_paths.get_full_path_or_raise("model_patches", name))
+        if derived is None:
+            return orig(self, name)
+        log.info("comfyfn tiny Z-Image Fun ControlNet config: %s", derived)
+        _pending_control = derived
+        try:
+            return orig(self, name)
+        finally:
+            _pending_control = None
+
+    setattr(load_model_patch, _MARK, True)
+    return load_model_patch
+
+
+def _wrap_control_init(orig):
+    def __init__(self, *args, **kwargs):
+        return orig(self, *args, **{**kwargs, **(_pending_control or {})})
+
+    setattr(__init__, _MARK, True)
+    return __init__
+
+
+def _install_control():
+    """Where this ComfyUI has the Z-Image Fun ControlNet (not 0.3.75): teach it tiny sizes."""
+    import nodes
+
+    loader = nodes.NODE_CLASS_MAPPINGS.get("ModelPatchLoader")
+    if loader is None or importlib.util.find_spec("comfy.ldm.lumina.controlnet") is None:
+        return
+    import comfy.ldm.lumina.controlnet as controlnet
+
+    if not getattr(loader.load_model_patch, _MARK, False):
+        loader.load_model_patch = _wrap_load_model_patch(loader.load_model_patch)
+    if not getattr(controlnet.ZImage_Control.__init__, _MARK, False):
+        controlnet.ZImage_Control.__init__ = _wrap_control_init(controlnet.ZImage_Control.__init__)
+
+
 # --- install (idempotent) -------------------------------------------------------
 
 
@@ -250,6 +328,7 @@ def _install():
         )
     if not getattr(llama.Qwen3_4B.__init__, _MARK, False):
         llama.Qwen3_4B.__init__ = _wrap_qwen3_init(llama.Qwen3_4B.__init__)
+    _install_control()
 
 
 _install()
