@@ -65,6 +65,16 @@ def require_extras(db: str | None) -> None:
         )
 
 
+def served_workflows(items: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """``--workflow`` values (``NAME=FILE`` or a built-in name) as (name, source) pairs;
+    default zimage-turbo and zimage-edit."""
+    served = []
+    for item in items or ["zimage-turbo", "zimage-edit"]:
+        name, sep, source = item.partition("=")
+        served.append((name, source) if sep else (item, item))
+    return tuple(served)
+
+
 def _store(db: str | None) -> Store:
     from comfyfn.gateway.settings import GatewaySettings
     from comfyfn.gateway.store import Store
@@ -146,6 +156,13 @@ def serve_command(
         int | None,
         typer.Option(help="Largest width × height × batch size of one request [16777216]."),
     ] = None,
+    mcp: Annotated[
+        bool,
+        typer.Option(
+            help="Serve the workflows to AI agents at /mcp (MCP, streamable HTTP, the same "
+            "API keys); needs the mcp extra."
+        ),
+    ] = True,
     access_log: Annotated[
         bool,
         typer.Option(
@@ -169,15 +186,11 @@ def serve_command(
     }
     limits = {name: value for name, value in given.items() if value is not None}
     try:
-        served = []
-        for item in workflow or ["zimage-turbo", "zimage-edit"]:
-            name, sep, source = item.partition("=")
-            served.append((name, source) if sep else (item, item))
         settings = GatewaySettings.resolve(
             servers=resolve_servers(server),
             db_url=db,
             storage=storage,
-            workflows=tuple(served),
+            workflows=served_workflows(workflow),
             prime=prime,
             warm=tuple(warm or ()),
             url_ttl=url_ttl,
@@ -187,13 +200,15 @@ def serve_command(
             heartbeat=max(0.2, stale_after / 4),
             **limits,
         )
-        app = create_app(settings)
+        serves_mcp = mcp and not _missing("mcp")  # the extra: optional, unless it is asked
+        app = create_app(settings, mcp=serves_mcp)
     except ComfyError as exc:
         raise fail(exc) from None
     err.print(
         esc(
             f"gateway on http://{host}:{port} → {', '.join(settings.servers)} "
             f"(db {settings.db_url.split('@')[-1]}, files {settings.storage})"
+            + (f"; MCP at http://{host}:{port}/mcp" if serves_mcp else "")
         ),
         highlight=False,
     )

@@ -6,18 +6,21 @@ errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` (d
 503 ``database_unavailable``). What the routes share — settings, store, workflows, metrics,
 rate limiter, event bus, worker — is one :class:`~comfyfn.gateway.runtime.Runtime` in
 ``app.state.runtime``, handed to them by :mod:`comfyfn.gateway.dependencies`; the job rules
-live in :mod:`comfyfn.gateway.jobs`.
+live in :mod:`comfyfn.gateway.jobs`. With the ``mcp`` extra, ``/mcp`` serves the same
+workflows to AI agents (MCP, streamable HTTP; :mod:`comfyfn.mcp`) under the same keys.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
+from comfyfn.errors import ConfigError
 from comfyfn.gateway.errors import ERROR_RESPONSES, ApiError, BodyLimit, install_handlers
 from comfyfn.gateway.metrics import MetricsMiddleware
 from comfyfn.gateway.registry import Registry
@@ -31,9 +34,12 @@ from comfyfn.storage import open_storage
 __all__ = ["ApiError", "create_app"]
 
 
-def create_app(settings: GatewaySettings, *, store: Store | None = None) -> FastAPI:
+def create_app(
+    settings: GatewaySettings, *, store: Store | None = None, mcp: bool | None = None
+) -> FastAPI:
     """The gateway application; the worker starts and stops with it. A store made here
-    (none given) is closed when the application stops."""
+    (none given) is closed when the application stops. ``mcp``: serve the MCP endpoint
+    ``/mcp`` (:mod:`comfyfn.mcp`); None: if the ``mcp`` extra is installed."""
     registry = Registry()
     registry.load(settings.workflows, max_prompt=settings.max_prompt_chars)
     runtime = Runtime(
@@ -43,11 +49,12 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
         open_storage(settings.storage),
         warm_up=WarmUp(settings.warm),
     )
+    services: list[Callable[[], contextlib.AbstractAsyncContextManager[None]]] = []
     app = FastAPI(
         responses=ERROR_RESPONSES,
         title="comfyfn gateway",
         version="1",
-        lifespan=_lifespan(runtime, owns_store=store is None),
+        lifespan=_lifespan(runtime, services, owns_store=store is None),
         description="OpenAI-compatible images API and async jobs for ComfyUI.",
     )
     if settings.cors_origins:
@@ -70,13 +77,31 @@ def create_app(settings: GatewaySettings, *, store: Store | None = None) -> Fast
     app.include_router(workflows.workflow_router(registry))
     app.include_router(files.router)
     app.include_router(uploads.router)
+    if _serves_mcp(mcp):
+        from comfyfn.mcp import mcp_endpoint
+
+        route, sessions = mcp_endpoint(runtime)
+        app.router.routes.append(route)
+        services.append(sessions.run)
     app.state.runtime = runtime
     return app
 
 
+def _serves_mcp(asked: bool | None) -> bool:
+    installed = importlib.util.find_spec("mcp") is not None
+    if asked and not installed:
+        raise ConfigError("the MCP endpoint needs the mcp SDK: pip install 'comfyfn[mcp]'")
+    return installed if asked is None else asked
+
+
 def _lifespan(
-    runtime: Runtime, *, owns_store: bool
+    runtime: Runtime,
+    services: list[Callable[[], contextlib.AbstractAsyncContextManager[None]]],
+    *,
+    owns_store: bool,
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """Starts the worker, the warm-up and ``services`` (the MCP sessions); stops them."""
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         with contextlib.suppress(SQLAlchemyError, OSError):  # read once, off the event loop
@@ -97,7 +122,10 @@ def _lifespan(
             )
         )
         try:
-            yield
+            async with contextlib.AsyncExitStack() as running:
+                for service in services:
+                    await running.enter_async_context(service())
+                yield
         finally:
             warming.cancel()
             with contextlib.suppress(asyncio.CancelledError):
