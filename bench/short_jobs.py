@@ -11,7 +11,12 @@ side by side on one local engine:
 - nominal: 1000 / job ms (no per-job work at all);
 - ``comfyfn.batch`` with its default settings: adaptive priming (``comfyfn.models.prime_for``
   on the job and turnaround times the fleet measures per server);
-- ``comfyfn.batch --prime 1`` (one job queued behind the running one), for comparison.
+- ``comfyfn.batch --prime 1`` and ``--prime 2`` (one or two jobs queued behind the running
+  one), and a client that queues every job at once (``--prime`` = the number of jobs), for
+  comparison: the default should be at least as good as the best of them.
+
+``--jobs`` fixes the batch sizes (e.g. ``--jobs 30 1000``: a short batch the adaptive rule
+never outlives, and a long one); without it each run is ``--seconds`` of simulated work.
 
 Our rates are wall time from the first submit to the last result, client side. With
 ``--rtt-ms`` the clients reach the server through a TCP relay that delays every byte by half
@@ -147,6 +152,8 @@ def measure(url: str, rtt_ms: int, ms: int, n: int, primes: list[int]) -> dict[s
     return {
         ADAPTIVE: adaptive,
         "comfyfn.batch --prime 1": asyncio.run(batch(url, rtt, n, ms, 1))[0],
+        "comfyfn.batch --prime 2": asyncio.run(batch(url, rtt, n, ms, 2))[0],
+        "all at once (--prime = jobs)": asyncio.run(batch(url, rtt, n, ms, n))[0],
     }
 
 
@@ -157,6 +164,7 @@ def main() -> None:
     parser.add_argument("--rtt-ms", type=int, nargs="+", default=[0, 20])
     parser.add_argument("--seconds", type=float, default=5.0, help="simulated work per run")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--jobs", type=int, nargs="+", default=None, help="batch sizes")
     args = parser.parse_args()
     engine = Engine("bench-short")
     url = engine.up().url
@@ -166,8 +174,9 @@ def main() -> None:
     )
     print(f"{'job':>7} {'rtt':>6} {'what':46}{'jobs/s':>8}{'/ limit':>9}{'/ nominal':>11}")
     try:
-        for ms in args.ms:
-            n = max(20, int(args.seconds * 1000 / ms))
+        sizes = [(ms, n) for ms in args.ms for n in args.jobs or [0]]
+        for ms, jobs in sizes:
+            n = jobs or max(20, int(args.seconds * 1000 / ms))
             limits: list[float] = []
             rates: dict[int, dict[str, list[float]]] = {rtt: {} for rtt in args.rtt_ms}
             primes: dict[int, list[int]] = {rtt: [] for rtt in args.rtt_ms}

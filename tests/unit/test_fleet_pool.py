@@ -98,7 +98,7 @@ def test_a_reattached_job_counts_without_waiting_and_sets_the_tail():
 
 def test_adaptive_priming_follows_the_measured_job_and_turnaround_times():
     pool = Pool(["s1"])  # prime=None: adaptive
-    assert pool.slots("s1") == 2  # nothing measured yet: one queued behind the running one
+    assert pool.slots("s1") == 3  # nothing measured yet: two queued behind the running one
     pool.states["s1"].in_flight = 20
     for _ in range(10):  # 20 ms jobs, 70 ms from a job's end to our next job in the queue
         pool.release("s1", busy=0.020, turnaround=0.070)

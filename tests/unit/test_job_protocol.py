@@ -107,7 +107,7 @@ async def test_recorded_run_over_the_socket_waits_out_the_history_race():
         NodeStarted(job.prompt_id, "2", "SaveImage"),
     ]
     assert fake.count("GET", f"/history/{job.prompt_id}") == 4  # three empty answers first
-    assert fake.count("GET", "/queue") == 1  # the socket said it all: no polling of /queue
+    assert fake.count("GET", "/queue") == 0  # the socket said it all, its place in the queue too
 
 
 async def test_history_that_never_appears_is_no_outputs_not_a_hang():
@@ -333,3 +333,37 @@ async def test_sampler_previews_are_events_and_websocket_saves_stay_images():
     assert [(i.type, i.node_id, i.data) for i in generation.images] == [
         ("websocket", "2", FRAME[8:])
     ]
+
+
+async def test_a_job_on_a_working_websocket_costs_one_post_one_history_and_its_downloads():
+    """Followed by its events (its place in the queue from the status messages too), a job
+    asks the server only for what the socket cannot carry: the history entry, once, and
+    each output, once."""
+    fake = FakeComfy(steps=1)  # the entry is there at the first GET /history/<id>
+    async with AsyncClient(SERVER, transport=fake.transport()) as c:
+        on_post(fake, c, "ws_simple_run.json")
+        job = await c.submit_graph(GRAPH, validate=False)
+        events = [e async for e in job.events()]
+    assert type(events[0]).__name__ == "Queued" and events[0].position == 0
+    assert type(events[-1]).__name__ == "Succeeded"
+    outputs = len(events[-1].generation.images)
+    assert sorted(fake.calls) == sorted(
+        [("POST", "/prompt"), ("GET", f"/history/{job.prompt_id}")] + [("GET", "/view")] * outputs
+    )
+    assert len(fake.calls) <= 4
+
+
+async def test_servers_that_answer_the_same_definitions_share_one_parsed_copy():
+    info = json.loads(
+        (FIXTURES.parents[1] / "fixtures" / "comfyui").joinpath("history_ok.json").read_text()
+    )  # any JSON object stands for the definitions
+    first, second = FakeComfy(object_info=info), FakeComfy(object_info=info)
+    async with (
+        AsyncClient(SERVER, transport=first.transport()) as a,
+        AsyncClient(SERVER, transport=second.transport()) as b,
+    ):
+        answers = await asyncio.gather(a.object_info(), a.object_info(), b.object_info())
+        assert await a.object_info() is answers[0]
+    assert answers[0] is answers[1] is answers[2]  # one parsed copy for both servers
+    assert first.count("GET", "/object_info") == 1  # concurrent asks: one fetch per server
+    assert second.count("GET", "/object_info") == 1

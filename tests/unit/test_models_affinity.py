@@ -289,7 +289,8 @@ def test_simulated_mix_with_a_long_tail_of_one_model_set_uses_both_servers():
 
 
 def test_prime_follows_the_measured_job_time():
-    assert prime_for([], []) == 1  # nothing measured yet
+    assert prime_for([], []) == 2  # nothing measured yet: two, so short jobs never wait
+    assert prime_for([], [], most=1) == 1 and prime_for([0.2], [], start=3) == 3
     assert prime_for([0.020] * 10, [0.035] * 10) == 3  # short jobs: 1.75 + 0.5 → 3 queued
     assert prime_for([0.200] * 10, [0.035] * 10) == 1
     assert prime_for([8.0] * 10, [0.2] * 10) == 1  # a real GPU job: one behind the running one

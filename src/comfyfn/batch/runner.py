@@ -135,7 +135,9 @@ class Batch:
         self._fatal: BaseException | None = None
         self._tasks: dict[asyncio.Task[None], Job] = {}  #: waiting for a slot, or running
         self._running: dict[asyncio.Task[None], Job] = {}
-        self._waiting = 0  #: tasks waiting for a slot
+        #: tasks started and not yet placed: counted from their start, so rows are read
+        #: only ``lookahead`` ahead of the slots (a task that has not run yet still waits)
+        self._unplaced: set[asyncio.Task[None]] = set()
         self._placed = asyncio.Event()  #: a waiting task got its slot (or gave up)
         self._leaving: asyncio.Future[None] | None = None
 
@@ -305,8 +307,14 @@ class Batch:
         self._emit(JobResult(key, error.index, label, "invalid", error=str(error)))
 
     async def _room(self) -> None:
-        """Wait until fewer than ``lookahead`` jobs wait for a slot."""
-        while self._waiting >= max(1, self.settings.lookahead):
+        """Let the jobs started take their slots; then wait until fewer than ``lookahead``
+        jobs wait for one, or fewer than the pool's slots: the pool spreads a model's jobs to
+        a server without it only when more wait than its holders can take, so it must see
+        them."""
+        await asyncio.sleep(0)
+        while len(self._unplaced) >= max(1, self.settings.lookahead) and len(self._unplaced) >= sum(
+            map(self.pool.slots, self.servers)
+        ):
             self._placed.clear()
             await self._placed.wait()
 
@@ -314,17 +322,24 @@ class Batch:
         """Wait for a slot for ``job`` and run it there, in a task of its own."""
         task = asyncio.create_task(self._slot_and_run(job))
         self._tasks[task] = job
+        self._unplaced.add(task)
         task.add_done_callback(self._tasks.pop)
+        task.add_done_callback(self._was_placed)
+
+    def _was_placed(self, task: asyncio.Task[None]) -> None:
+        if task in self._unplaced:
+            self._unplaced.discard(task)
+            self._placed.set()
 
     async def _slot_and_run(self, job: Job) -> None:
-        self._waiting += 1
+        task = asyncio.current_task()
+        assert task is not None
         try:
             slot = await self.fleet.slot(
                 job.ticket, stop=self._stop, give_up_after=self.settings.give_up_after
             )
         finally:
-            self._waiting -= 1
-            self._placed.set()
+            self._was_placed(task)
         if slot is None:
             if not self._stop.is_set():
                 self._fail(
@@ -332,8 +347,6 @@ class Batch:
                     f"no healthy server for {self.settings.give_up_after:g}s; the job was not run",
                 )
             return
-        task = asyncio.current_task()
-        assert task is not None
         self._running[task] = job
         try:
             await self._run(job, slot)

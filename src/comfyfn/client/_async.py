@@ -24,6 +24,7 @@ from comfyfn.client._http import DEFAULT_TIMEOUT, HttpSession
 from comfyfn.client._inputs import fetch_urls, upload_inputs
 from comfyfn.client._job import JobSettings, JobSpec, check_prompt_id, post_prompt
 from comfyfn.client._lookup import cancel, find_graph, queue_position
+from comfyfn.client._shared import fetch_definitions
 from comfyfn.client._socket import EventSocket
 from comfyfn.errors import ComfyError, WorkflowInvalid
 from comfyfn.events import Event
@@ -36,6 +37,9 @@ from comfyfn.workflow._workflow import Workflow
 __all__ = ["AsyncClient", "WorkflowSource"]
 
 log = logging.getLogger("comfyfn")
+
+#: validation problems that fresh definitions may not have: a node installed, a file added
+_STALE = frozenset({"unknown_class", "bad_value"})
 
 #: A workflow by built-in name, path (JSON or PNG; API or UI format) or dict.
 WorkflowSource = str | Path | Mapping[str, Any]
@@ -100,7 +104,8 @@ class AsyncClient:
         self._client_id = uuid.uuid4().hex
         self._session: HttpSession | None = None
         self._socket: EventSocket | None = None
-        self._object_info: dict[str, Any] | None = None
+        self._object_info: dict[str, Any] | None = None  #: shared: never changed here
+        self._object_info_lock = asyncio.Lock()  #: one fetch at a time
         self._uploaded: dict[str, set[str]] = {}  #: server → input images uploaded there
         self._opening = asyncio.Lock()
         self._closed = False
@@ -306,11 +311,16 @@ class AsyncClient:
         return JobSpec(prompt_id, wf.to_api(), wf.provenance(), settings)
 
     async def _validate(self, wf: Workflow) -> None:
+        info = await self.object_info()
         try:
-            wf.validate(await self.object_info(), server=self.server)
-        except WorkflowInvalid:
-            # Files appear on servers (uploads, new models): judge by fresh definitions.
-            self._object_info = None
+            wf.validate(info, server=self.server)
+        except WorkflowInvalid as exc:
+            if not any(p.kind in _STALE for p in exc.problems):
+                raise
+            # Nodes and files appear on servers (installs, uploads, new models): a class or
+            # a value the definitions do not know is judged by fresh ones.
+            if self._object_info is info:
+                self._object_info = None
             wf.validate(await self.object_info(), server=self.server)
 
     async def stream(
@@ -415,12 +425,16 @@ class AsyncClient:
         return await (await self._http()).get_dict("/features")
 
     async def object_info(self, node_class: str | None = None) -> dict[str, Any]:
-        """Node definitions (all of them are fetched once and cached per client)."""
-        if self._object_info is None:
-            self._object_info = await (await self._http()).get_dict("/object_info")
+        """Node definitions: fetched once per client (again only when a graph names a class
+        or a value they do not know), and parsed once per process for servers that answer
+        the same. The answer is shared: do not change it."""
+        async with self._object_info_lock:
+            if self._object_info is None:
+                self._object_info = await fetch_definitions(await self._http())
+            info = self._object_info
         if node_class is None:
-            return self._object_info
-        found: dict[str, Any] = self._object_info.get(node_class, {})
+            return info
+        found: dict[str, Any] = info.get(node_class, {})
         return found
 
     async def models(self, folder: str | None = None) -> list[str]:

@@ -13,7 +13,9 @@ leaves: httpx logs the request it was given (``HTTP Request: GET …`` at INFO),
 
 from __future__ import annotations
 
+import functools
 import logging
+import ssl
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +36,7 @@ from comfyfn.client._credentials import Credentials
 from comfyfn.errors import HTTPStatusError, ProtocolError, ServerUnreachable, TransportError
 from comfyfn.events import describe
 
-__all__ = ["DEFAULT_TIMEOUT", "HttpSession", "retrying", "transient"]
+__all__ = ["DEFAULT_TIMEOUT", "HttpSession", "retrying", "tls_context", "transient"]
 
 log = logging.getLogger("comfyfn")
 
@@ -111,6 +113,24 @@ class _Authorizing(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+def tls_context(server: str) -> ssl.SSLContext:
+    """The process's TLS context for ``server``: one verified context (the system's CAs,
+    made at the first https client: loading them costs some 25 ms) for https, one bare
+    context for plain http (httpx wants one; without CAs it could verify nothing, and it is
+    never used for a handshake). Both are made once, lazily, and never changed."""
+    return _verified_tls() if server.lower().startswith("https:") else _bare_tls()
+
+
+@functools.cache
+def _verified_tls() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
+@functools.cache
+def _bare_tls() -> ssl.SSLContext:
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 def environment_proxy(url: str) -> str | None:
     """The proxy ``HTTP(S)_PROXY``/``ALL_PROXY`` name for ``url``, unless ``NO_PROXY`` exempts
     it: what httpx would use had it made the transport itself."""
@@ -144,10 +164,15 @@ class HttpSession:
         self.credentials = credentials or Credentials()
         #: whether the server has ``POST /api/jobs/{id}/cancel``: None until a cancel finds out
         self.has_job_routes: bool | None = None
+        verify = tls_context(server)  # the process's: a new one per client costs 25 ms
         if self.credentials:
-            inner = transport or httpx.AsyncHTTPTransport(proxy=environment_proxy(server))
+            inner = transport or httpx.AsyncHTTPTransport(
+                proxy=environment_proxy(server), verify=verify
+            )
             transport = _Authorizing(inner, self.credentials)
-        self.client = httpx.AsyncClient(base_url=server, timeout=timeout, transport=transport)
+        self.client = httpx.AsyncClient(
+            base_url=server, timeout=timeout, transport=transport, verify=verify
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()

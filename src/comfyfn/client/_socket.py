@@ -1,7 +1,8 @@
 """One websocket per client, shared by all its jobs: connects, reads, and routes messages.
 
 ComfyUI sends a job's execution messages only to the socket whose ``clientId`` submitted it,
-so every job of a client subscribes here by prompt id before it is submitted. When the
+so every job of a client subscribes here by prompt id before it is submitted; ``status``
+messages (the server's queue length, after every change) go to every subscribed job. When the
 socket drops, every subscriber gets :data:`LOST` and falls back to polling; a later
 :meth:`EventSocket.ensure` reconnects under the same client id and events flow again.
 
@@ -179,6 +180,10 @@ class EventSocket:
         data = message.get("data") if isinstance(message, dict) else None
         if not isinstance(data, dict):
             log.debug("ignoring websocket message of an unknown shape: %.80s", raw)
+            return
+        if message.get("type") == "status":  # the server's queue changed: every job's news
+            for subscriber in self._subs.values():
+                subscriber.put_nowait(message)
             return
         prompt_id = data.get("prompt_id")
         if message.get("type") == "executing":

@@ -288,7 +288,9 @@ class Client:
         return self._run(self._async.features)
 
     def object_info(self, node_class: str | None = None) -> dict[str, Any]:
-        """Node definitions (all of them are fetched once and cached per client)."""
+        """Node definitions: fetched once per client (again only when a graph names a class
+        or a value they do not know), and parsed once per process for servers that answer
+        the same. The answer is shared: do not change it."""
         return self._run(self._async.object_info, node_class)
 
     def models(self, folder: str | None = None) -> list[str]:

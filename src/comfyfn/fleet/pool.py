@@ -162,9 +162,9 @@ class Pool:
                 s.tail_prompt,
                 s.healthy,
             )
-            for s in self.states.values()
+            for s in sorted(self.states.values(), key=lambda s: s.last_used)
         ]
-        for job, url in assign(views, waiting):
+        for job, url in assign(views, waiting):  # the longest idle first, among equals
             state = self.states[url]
             state.in_flight += 1
             state.last_used = time.monotonic()
