@@ -219,12 +219,14 @@ def test_a_negative_prompt_column_at_cfg_1_warns_once(server, unique, tmp_path):
     ]
 
 
-def test_a_vary_name_no_prompt_uses_makes_invalid_rows_naming_it(server, tmp_path):
+def test_a_vary_name_one_rows_prompt_uses_runs_it_and_makes_the_others_invalid(server, tmp_path):
+    # a name no row uses is a usage error before anything runs (tests/unit/test_cli_usage.py)
     src = tmp_path / "rows.csv"
-    src.write_text("prompt,width,height\n猫,64,64\n", encoding="utf-8")
+    src.write_text("prompt,width,height,steps\n猫 {style},64,64,1\n狗,64,64,1\n", encoding="utf-8")
     result = runner.invoke(
-        app, ["batch", str(src), "-o", str(tmp_path / "out"), "-s", server, "--vary", "stepz=4,8"]
+        app,
+        ["batch", str(src), "-o", str(tmp_path / "out"), "-s", server, "--vary", "style=a,b"],
     )
-    assert result.exit_code == 1, result.output  # two identical jobs before issue 11
-    assert result.output.count("invalid row 1, column 'stepz': (a --vary name) is neither") == 2
-    assert "done 0 · failed 0 · invalid 2" in result.output
+    assert result.exit_code == 1, result.output
+    assert result.output.count("invalid row 2, column 'style': (a --vary name) is neither") == 2
+    assert "done 2 · failed 0 · invalid 2" in result.output

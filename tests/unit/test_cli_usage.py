@@ -117,6 +117,32 @@ def test_a_vary_name_that_changes_nothing_names_itself_and_the_parameters(tmp_pa
     assert "--vary stepz:" in one_sentence(runner.invoke(app, ["batch", str(job)]))
 
 
+def test_a_mistyped_vary_name_without_a_template_is_a_usage_error_before_anything_runs(
+    tmp_path, monkeypatch
+):
+    """Issue 16: each row's prompt is its own template; a name that no prompt uses and no
+    parameter has is a usage error (it used to make every row an error, exit 1)."""
+
+    def started(*_args: object, **_kwargs: object) -> None:
+        pytest.fail("the batch went on to find a server: not a usage error")
+
+    monkeypatch.setattr("comfyfn.cli._batch.resolve_servers", started)
+    source = tmp_path / "rows.csv"
+    source.write_text("prompt,seed\n猫 {style},1\n狗,2\n", encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["batch", str(source), "-o", str(out), "--vary", "style=ink,photo"]
+    line = one_sentence(runner.invoke(app, [*args, "--vary", "stepz=4,8"]))
+    assert line.startswith("error: --vary stepz: is neither a workflow parameter nor a ")
+    assert "did you mean 'steps'?" in line
+    line = one_sentence(runner.invoke(app, [*args[:-1], "stlye=ink,photo"]))
+    assert line.startswith("error: --vary stlye: ") and "did you mean 'style'?" in line
+    assert not out.exists()  # nothing ran: no manifest
+    job = tmp_path / "job.yaml"
+    job.write_text("defaults: {prompt: '{subject}'}\nvary: {subjct: [a, b]}\nrows: [{seed: 1}]\n")
+    line = one_sentence(runner.invoke(app, ["batch", str(job), "-o", str(out)]))
+    assert line.startswith("error: --vary subjct: ") and "did you mean 'subject'?" in line
+
+
 def test_errors_are_one_sentence_and_debug_shows_the_traceback(tmp_path, monkeypatch):
     target = tmp_path / "no" / "such" / "dir" / "api.json"
     args = ["workflow", "convert", "zimage-turbo", "-o", str(target)]

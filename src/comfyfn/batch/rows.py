@@ -23,7 +23,9 @@ characters in a CSV (memory stays bounded), a YAML job file with aliases (see
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import difflib
 import itertools
 import json
 import re
@@ -48,6 +50,7 @@ __all__ = [
     "expand",
     "output_name_problem",
     "parse_vary",
+    "prompt_placeholders",
     "read_rows",
     "template_fields",
     "template_problem",
@@ -418,13 +421,36 @@ def template_problem(template: str) -> str | None:
 def variation_problem(name: str, placeholders: Iterable[str]) -> str | None:
     """Why varying ``name`` would change nothing (None if it would): a variation must be a
     workflow parameter (``steps``, a ``node.input`` path…) or a placeholder of the prompt
-    template, else every combination is the same job (``--vary stepz=4,8``)."""
+    template, else every combination is the same job (``--vary stepz=4,8``). The message
+    suggests the closest parameter or placeholder name."""
+    placeholders = list(placeholders)
     if name in MEANINGS or "." in name or name in placeholders:
         return None
+    near = difflib.get_close_matches(name, [*MEANINGS, *placeholders], n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]!r}? " if near else ""
     return (
         "is neither a workflow parameter nor a placeholder of the prompt template, so every "
-        f"variation would be the same job; parameters: {', '.join(MEANINGS)} (or node.input)"
+        f"variation would be the same job; {hint}parameters: {', '.join(MEANINGS)} "
+        "(or node.input)"
     )
+
+
+def prompt_placeholders(
+    rows: RawRows, wanted: Iterable[str], defaults: Mapping[str, Any] | None = None
+) -> set[str]:
+    """The ``{placeholders}`` the rows' prompts use (without ``--template`` each row's prompt
+    is its own template; a row without a prompt has the default one). Reads ``rows`` only
+    until every ``wanted`` name is among them."""
+    targets, found = set(wanted), set[str]()
+    default = (defaults or {}).get("prompt")
+    for _, raw in rows:
+        text = default if isinstance(raw, RowError) else raw.get("prompt", default)
+        if isinstance(text, str) and "{" in text:
+            with contextlib.suppress(ValueError):  # a bad template: that row's own error
+                found.update(template_fields(text))
+            if targets <= found:
+                break
+    return found
 
 
 def expand(

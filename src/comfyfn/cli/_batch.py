@@ -10,18 +10,15 @@ import os
 import signal
 import sqlite3
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from comfyfn.batch import (
     Batch,
     BatchSettings,
-    JobResult,
     Row,
     RowError,
     expand,
@@ -33,14 +30,17 @@ from comfyfn.batch import (
 )
 from comfyfn.batch.jobs import FOLDER
 from comfyfn.batch.rows import (
+    RawRows,
     count_rows,
     csv_columns,
+    prompt_placeholders,
     template_fields,
     template_problem,
     variation_problem,
 )
 from comfyfn.cli._common import err, esc, server_url, warnings_once, workflow_source
 from comfyfn.cli._engine import warm_servers
+from comfyfn.cli._progress import BatchProgress
 from comfyfn.errors import ConfigError
 from comfyfn.storage import Storage, StorageError
 from comfyfn.workflow import MEANINGS
@@ -78,18 +78,6 @@ OnInterrupt = Annotated[
 ]
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=err,
-        disable=not err.is_terminal,
-    )
-
-
 def execute(
     rows: Iterable[Row | RowError],
     output: Path,
@@ -100,6 +88,7 @@ def execute(
     total: int | None,
     as_json: bool,
     on_interrupt: OnInterruptChoice,
+    status_every: float,
     storage: Storage | None = None,
 ) -> None:
     """Run a batch with progress, a summary, a contact sheet and the exit code: 0 all done,
@@ -110,7 +99,7 @@ def execute(
         batch = Batch(
             rows, output, servers=servers, workflow=workflow, settings=settings, storage=storage
         )
-        counted, presses = _run(batch, total, on_interrupt)
+        counted, presses = _run(batch, total, on_interrupt, status_every)
         if presses > 1:
             err.print(
                 "stopped at once: running jobs were cancelled on their servers; run the same "
@@ -136,36 +125,11 @@ def execute(
 
 
 def _run(
-    batch: Batch, total: int | None, on_interrupt: OnInterruptChoice
+    batch: Batch, total: int | None, on_interrupt: OnInterruptChoice, status_every: float
 ) -> tuple[dict[str, int], int]:
     """Run to the end or until stopped: (results by state, Ctrl-C/SIGTERM presses)."""
-    started = time.monotonic()
-    counted: dict[str, int] = {}
     presses = 0
-    with _progress() as progress:
-        overall = progress.add_task("jobs", total=total, rate="")
-        lines = {url: progress.add_task(esc(url), total=None, rate="") for url in batch.servers}
-
-        def on_event(kind: str, data: Any) -> None:
-            if kind == "result":
-                result: JobResult = data
-                counted[result.state] = counted.get(result.state, 0) + 1
-                elapsed = max(time.monotonic() - started, 1e-6)
-                rate = f"{counted.get('done', 0) / elapsed * 60:.1f}/min"
-                progress.update(overall, advance=1, rate=rate)
-                if result.state in ("failed", "invalid"):
-                    progress.console.print(
-                        f"[red]{result.state}[/red] {esc(result.error)}", highlight=False
-                    )
-            for url, task in lines.items():
-                s = batch.pool.states[url]
-                status = "up" if s.healthy else "[red]down[/red]"
-                progress.update(
-                    task,
-                    description=f"{esc(url)} {status} busy {min(s.in_flight, 1)} "
-                    f"queued {s.queued} failures {s.failures}",
-                    rate=f"{s.done} done",
-                )
+    with BatchProgress(batch, total) as progress:
 
         def interrupted() -> None:
             nonlocal presses
@@ -186,14 +150,18 @@ def _run(
             batch.stop(cancel_running=cancel)
 
         async def consume() -> None:
-            with _signals(asyncio.get_running_loop(), interrupted):
-                async for _ in batch.results():
-                    pass
+            status = asyncio.create_task(progress.keep_saying(status_every))
+            try:
+                with _signals(asyncio.get_running_loop(), interrupted):
+                    async for _ in batch.results():
+                        pass
+            finally:
+                status.cancel()
 
-        batch.on_event = on_event
+        batch.on_event = progress.on_event
         with warnings_once():
             asyncio.run(consume())
-    return counted, presses
+    return progress.counted, presses
 
 
 def _print_summary(summary: Any, sheet: Path) -> None:
@@ -321,6 +289,14 @@ HttpTimeout = Annotated[
     float, typer.Option(help="Seconds before a silent server counts as failed.")
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+StatusEvery = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        help="Off a terminal (a pipe, a log file, CI): print the counts after this many "
+        "seconds without a line (0: only a line per finished row).",
+    ),
+]
 
 
 def output_place(output: str, state: Path | None) -> tuple[Path, Storage | None]:
@@ -379,6 +355,7 @@ def batch_command(
     http_timeout: HttpTimeout = 10.0,
     on_interrupt: OnInterrupt = OnInterruptChoice.finish,
     as_json: AsJson = False,
+    status_every: StatusEvery = 30.0,
     warm: Annotated[
         bool,
         typer.Option(
@@ -414,10 +391,7 @@ def batch_command(
     if template is not None and (problem := template_problem(template)):
         raise ConfigError(f"--template {template!r}: {problem}")
     varies = job_vary + [parse_vary(v) for v in vary or ()]
-    if template is not None:  # else each row's prompt is its template: checked per row
-        for name, _ in varies:
-            if (problem := variation_problem(name, template_fields(template))) is not None:
-                raise ConfigError(f"--vary {name}: {problem}")
+    _check_variations([n for n, _ in varies], template, lambda: _reread(source), defaults)
     if isinstance(chosen, str):
         chosen = workflow_source(chosen)
     combos = 1
@@ -444,8 +418,37 @@ def batch_command(
         total=total * combos,
         as_json=as_json,
         on_interrupt=on_interrupt,
+        status_every=status_every,
         storage=storage,
     )
+
+
+def _check_variations(
+    names: list[str],
+    template: str | None,
+    rows: Callable[[], RawRows],
+    defaults: dict[str, Any],
+) -> None:
+    """A variation nothing uses (neither a workflow parameter nor a placeholder of the
+    template or, without one, of any row's prompt) is a usage error naming it, before
+    anything runs: every combination would be the same job. The rows are read again only
+    for a name that is not a parameter."""
+    if all(variation_problem(name, ()) is None for name in names):
+        return
+    if template is not None:
+        placeholders = set(template_fields(template))
+    else:
+        placeholders = prompt_placeholders(rows(), names, defaults)
+    for name in names:
+        if (problem := variation_problem(name, placeholders)) is not None:
+            raise ConfigError(f"--vary {name}: {problem}")
+
+
+def _reread(source: Path) -> RawRows:
+    """The input rows of ``source`` from the start, as :func:`batch_command` read them."""
+    if source.suffix.lower() in (".yaml", ".yml"):
+        return read_job_file(source)["rows"]
+    return read_rows(source)
 
 
 def _check_header(source: Path, template: str | None) -> None:

@@ -20,6 +20,7 @@ from comfyfn.cli._batch import (
     Prime,
     Retries,
     Servers,
+    StatusEvery,
     execute,
     resolve_servers,
 )
@@ -73,6 +74,7 @@ def recipe_run(
     ] = False,
     on_interrupt: OnInterrupt = OnInterruptChoice.finish,
     as_json: AsJson = False,
+    status_every: StatusEvery = 30.0,
 ) -> None:
     """Make every output of a recipe for every topic, delivered at the exact pixel sizes."""
     recipe = load_recipe(name)
@@ -95,6 +97,7 @@ def recipe_run(
         total=n_topics * recipe.images_per_topic,
         as_json=as_json,
         on_interrupt=on_interrupt,
+        status_every=status_every,
     )
 
 
