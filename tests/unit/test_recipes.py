@@ -117,11 +117,19 @@ def test_pydantic_is_imported_only_when_a_settings_file_is_read():
 # -- rows -------------------------------------------------------------------------------------
 
 
-def test_icon_set_has_five_distinct_seeds_and_numbered_names():
+def test_icon_set_has_seeds_1000_to_1004_and_numbered_names():
     rows = [r for r in load_recipe("design").rows(["春节"]) if r["_name"].startswith("春节/icon")]
     assert [r["_name"] for r in rows] == [f"春节/icon_{k}" for k in range(1, 6)]
-    assert len({r["seed"] for r in rows}) == 5
+    assert [r["seed"] for r in rows] == [1000, 1001, 1002, 1003, 1004]  # the article's 1000 + i
     assert all(r["_deliver"] == {"width": 512, "height": 512, "fit": "cover"} for r in rows)
+
+
+def test_icon_seeds_are_the_same_for_every_topic_and_base_seed():
+    def icon_seeds(topic: str, seed: int) -> list[int]:
+        rows = load_recipe("design").rows([topic], seed=seed)
+        return [r["seed"] for r in rows if "/icon_" in r["_name"]]
+
+    assert icon_seeds("春节", 0) == icon_seeds("中秋", 7) == list(range(1000, 1005))
 
 
 def test_seeds_are_deterministic_and_depend_on_base_seed():
