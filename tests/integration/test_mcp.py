@@ -4,7 +4,7 @@ command spawned as an agent spawns it). Tools listed with their typed schemas; a
 generated (preview, link, seed); an image edited; a bad parameter named; a wrong key
 refused; a cancelled call cancels its job; progress notifications arrive.
 
-stdio runs ``python -m comfyfn.cli._mcp`` until ``comfyfn mcp`` is registered in the CLI."""
+stdio runs ``comfyfn mcp`` (as ``python -m comfyfn.cli mcp``)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ async def over_http(gw: Gateway, key: str) -> AsyncIterator[ClientSession]:
 
 @contextlib.asynccontextmanager
 async def over_stdio(server: str, output: Path, *extra: str) -> AsyncIterator[ClientSession]:
-    command = [sys.executable, "-m", "comfyfn.cli._mcp", "--server", server, "-o", str(output)]
+    command = [sys.executable, "-m", "comfyfn.cli", "mcp", "--server", server, "-o", str(output)]
     params = StdioServerParameters(command=command[0], args=[*command[1:], *extra], env=CHILD_ENV)
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()

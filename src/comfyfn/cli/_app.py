@@ -31,6 +31,7 @@ from comfyfn.cli._common import (
 )
 from comfyfn.cli._engine import engine_app
 from comfyfn.cli._gateway import keys_app, serve_command
+from comfyfn.cli._mcp import mcp_command
 from comfyfn.cli._models import models_app
 from comfyfn.cli._recipe import recipe_app
 from comfyfn.cli._workflow import parse_params, workflow_app
@@ -53,6 +54,7 @@ app.add_typer(recipe_app, name="recipe")
 app.add_typer(models_app, name="models")
 app.command("batch")(batch_command)
 app.command("serve")(serve_command)
+app.command("mcp")(mcp_command)
 app.add_typer(keys_app, name="keys")
 
 

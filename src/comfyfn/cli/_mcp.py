@@ -18,7 +18,7 @@ import anyio
 import typer
 
 from comfyfn.cli._batch import resolve_servers
-from comfyfn.cli._common import Commands, fail, workflow_source
+from comfyfn.cli._common import fail, workflow_source
 from comfyfn.cli._gateway import GATEWAY_MODULES, _missing, served_workflows
 from comfyfn.errors import ConfigError
 
@@ -90,14 +90,3 @@ async def _serve(backend: Backend) -> None:
     server = build_server(backend)
     async with stdio_server() as (read, write):
         await server.run(read, write, server.create_initialization_options())
-
-
-def main() -> None:
-    """``python -m comfyfn.cli._mcp``: the command on its own."""
-    app = typer.Typer(cls=Commands, add_completion=False)
-    app.command()(mcp_command)
-    app()
-
-
-if __name__ == "__main__":
-    main()
