@@ -168,7 +168,8 @@ def _print_summary(summary: Any, sheet: Path) -> None:
     err.print(
         f"done {summary.done} · failed {summary.failed} · invalid {summary.invalid} · "
         f"skipped {summary.skipped} · {summary.jobs_per_minute} jobs/min · "
-        f"p50 {summary.p50 or 0:.2f}s · p95 {summary.p95 or 0:.2f}s",
+        f"ran p50 {summary.p50 or 0:.2f}s · p95 {summary.p95 or 0:.2f}s · turnaround p50 "
+        f"{summary.turnaround_p50 or 0:.2f}s · p95 {summary.turnaround_p95 or 0:.2f}s",
         highlight=False,
     )
     for url, s in summary.servers.items():

@@ -75,6 +75,8 @@ class BatchProgress:
     @staticmethod
     def _made(result: JobResult) -> str:
         took = f" in {result.seconds:.1f}s" if result.seconds is not None else ""
+        if result.executed is not None:  # the server's time apart from ours queued behind
+            took = f" (ran {result.executed:.1f}s){took}"
         return f"{result.label}{took}" + (f" on {result.server}" if result.server else "")
 
     def _counts(self) -> str:
