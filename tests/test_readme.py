@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import json
 import re
 import subprocess
 import sys
@@ -94,10 +95,16 @@ def test_the_shipped_workflow_is_comfyuis_z_image_turbo_template_unmodified():
 
 
 def test_every_block_is_python_bash_or_text_and_every_marker_is_used():
-    assert {b.lang for b in BLOCKS} <= {"python", "bash", "text", ""}, {b.lang for b in BLOCKS}
+    langs = {b.lang for b in BLOCKS}
+    assert langs <= {"python", "bash", "text", "json", ""}, langs
     markers = len(re.findall(r"^<!-- readme-test:", README.read_text(encoding="utf-8"), re.M))
     assert markers == sum(b.skip is not None for b in BLOCKS)  # none dangling or misspelt
     assert sum(b.lang in ("python", "bash") and b.skip is None for b in BLOCKS) >= 8
+
+
+@pytest.mark.parametrize("block", of("json"))
+def test_json_block_is_json(block: Block):
+    json.loads(block.code)  # a configuration to copy: it must parse as it stands
 
 
 @pytest.mark.parametrize("block", of("python"))
