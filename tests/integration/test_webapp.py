@@ -22,8 +22,6 @@ from gateway_proc import InProcess, auth, settings_for
 from polling import wait_for
 from tests_png import image_bytes
 
-from comfyfn.gateway import ui
-
 pytestmark = pytest.mark.engine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,10 +42,7 @@ PAGE_WAIT = 30.0
 @pytest.fixture(scope="module")
 def gateway(server, tmp_path_factory) -> Iterator[InProcess]:
     settings = settings_for(tmp_path_factory.mktemp("webapp"), [server], max_pixels=64 * 64)
-    gateway = InProcess(settings)
-    if not any(getattr(route, "path", None) == "/" for route in gateway.app.routes):
-        gateway.app.include_router(ui.router)  # until create_app mounts it itself
-    with gateway:
+    with InProcess(settings) as gateway:
         yield gateway
 
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from gateway_proc import InProcess, settings_for
 
-from comfyfn.gateway import ui
+from comfyfn.gateway import create_app
 from comfyfn.gateway.ui._pages import CSP, static_names
 from comfyfn.gateway.ui._recipes import _within
 from comfyfn.gateway.ui._session import COOKIE, SIGN_IN_RATE, UI_HEADER
@@ -24,17 +24,12 @@ APP = {UI_HEADER: "1"}
 _clients = itertools.count(2)
 
 
-def with_ui(gateway: InProcess) -> InProcess:
-    """``gateway`` serving the web app (mounted here until create_app mounts it itself)."""
-    if not any(getattr(route, "path", None) == "/" for route in gateway.app.routes):
-        gateway.app.include_router(ui.router)
-    return gateway
 
 
 @pytest.fixture(scope="module")
 def offline(tmp_path_factory) -> Iterator[InProcess]:
     settings = settings_for(tmp_path_factory.mktemp("webapp"), ["http://127.0.0.1:9"])
-    with with_ui(InProcess(settings)) as gateway:
+    with InProcess(settings) as gateway:
         yield gateway
 
 
@@ -220,3 +215,13 @@ def test_recipe_sizes_are_brought_within_the_gateways_max_pixels():
     assert small["width"] * small["height"] <= 4096
     assert small["width"] % 16 == 0 and small["height"] % 16 == 0
     assert small["height"] > small["width"]
+
+
+def test_no_ui_serves_no_page(tmp_path):
+    from fastapi.testclient import TestClient
+
+    settings = settings_for(tmp_path, ["http://127.0.0.1:9"])
+    without = TestClient(create_app(settings, ui=False))  # no lifespan: routing only
+    assert without.get("/").status_code == 404
+    assert without.get("/ui/static/app.js").status_code == 404
+    assert TestClient(create_app(settings)).get("/").status_code == 200

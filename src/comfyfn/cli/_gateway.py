@@ -163,6 +163,9 @@ def serve_command(
             "API keys); needs the mcp extra."
         ),
     ] = True,
+    ui: Annotated[
+        bool, typer.Option("--ui/--no-ui", help="Serve the web app at / (sign in by API key).")
+    ] = True,
     access_log: Annotated[
         bool,
         typer.Option(
@@ -201,7 +204,7 @@ def serve_command(
             **limits,
         )
         serves_mcp = mcp and not _missing("mcp")  # the extra: optional, unless it is asked
-        app = create_app(settings, mcp=serves_mcp)
+        app = create_app(settings, mcp=serves_mcp, ui=ui)
     except ComfyError as exc:
         raise fail(exc) from None
     err.print(

@@ -28,6 +28,7 @@ from comfyfn.gateway.routes import files, health, jobs, openai, uploads, workflo
 from comfyfn.gateway.runtime import Runtime, WarmUp
 from comfyfn.gateway.settings import GatewaySettings
 from comfyfn.gateway.store import Store
+from comfyfn.gateway.ui import router as _ui_router
 from comfyfn.gateway.worker import Worker
 from comfyfn.storage import open_storage
 
@@ -35,11 +36,16 @@ __all__ = ["ApiError", "create_app"]
 
 
 def create_app(
-    settings: GatewaySettings, *, store: Store | None = None, mcp: bool | None = None
+    settings: GatewaySettings,
+    *,
+    store: Store | None = None,
+    mcp: bool | None = None,
+    ui: bool = True,
 ) -> FastAPI:
     """The gateway application; the worker starts and stops with it. A store made here
     (none given) is closed when the application stops. ``mcp``: serve the MCP endpoint
-    ``/mcp`` (:mod:`comfyfn.mcp`); None: if the ``mcp`` extra is installed."""
+    ``/mcp`` (:mod:`comfyfn.mcp`); None: if the ``mcp`` extra is installed. ``ui``: serve
+    the web app at ``/`` (:mod:`comfyfn.gateway.ui`)."""
     registry = Registry()
     registry.load(settings.workflows, max_prompt=settings.max_prompt_chars)
     runtime = Runtime(
@@ -77,6 +83,8 @@ def create_app(
     app.include_router(workflows.workflow_router(registry))
     app.include_router(files.router)
     app.include_router(uploads.router)
+    if ui:
+        app.include_router(_ui_router)
     if _serves_mcp(mcp):
         from comfyfn.mcp import mcp_endpoint
 

@@ -163,7 +163,8 @@ class BodyTooLarge(HTTPException):
 class BodyLimit:
     """Refuse request bodies over the limit with 413: a declared ``Content-Length`` at once, a
     streamed (chunked) body as soon as the bytes read pass it. The routes that take images
-    (``/v1/uploads``, ``/v1/images/edits``, ``/v1/workflows/*/jobs``, ``/mcp``) get ``image_limit``
+    (``/v1/uploads``, ``/v1/images/edits``, ``/v1/workflows/*/jobs``, ``/mcp``, the web
+    app's uploads) get ``image_limit``
     instead (an upload's own limit plus base64 and form overhead)."""
 
     def __init__(self, app: Any, limit: int, image_limit: int | None = None) -> None:
@@ -171,7 +172,7 @@ class BodyLimit:
         self.image_limit = max(limit, image_limit or 0)
 
     def _limit(self, path: str) -> int:
-        takes_images = path in ("/v1/uploads", "/v1/images/edits", "/mcp") or (
+        takes_images = path in ("/v1/uploads", "/v1/images/edits", "/mcp", "/ui/api/uploads") or (
             path.startswith("/v1/workflows/") and path.endswith("/jobs")
         )
         return self.image_limit if takes_images else self.default_limit
