@@ -12,14 +12,22 @@ resumed run re-attaches each such job when it reaches its row; the jobs in fligh
 crash are the ones just before where it stopped, so they are reached at once).
 
 Durability: every commit is fsynced (``synchronous=FULL``), and a job is marked ``done`` only
-after its files were written and fsynced; each file's size and SHA-256 are recorded, so a
-resumed run regenerates a file that went missing or was damaged instead of skipping it.
+after its files were written and fsynced. Writes are *group-committed*: one writer thread takes
+every write queued so far and commits them in one transaction (one fsync), off the event loop;
+each write method returns a :class:`Commit` resolved once the transaction that holds it is on
+disk (it blocks until then unless ``block=False``: then await it, or not at all — writes are
+committed in the order they were queued, so an awaited one covers those before it). After a
+failed commit every later write fails with the same error. Each file's size and SHA-256 are
+recorded, so a resumed run regenerates a file that went missing or was damaged instead of
+skipping it.
 One runner at a time: the manifest holds an exclusive lock (``manifest.lock`` beside it) for
 as long as it is open, and a second runner on the same folder is refused at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -28,16 +36,18 @@ import hashlib
 import json
 import math
 import os
+import queue
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from comfyfn.errors import ConfigError
 
-__all__ = ["Manifest", "ManifestError", "Record", "file_problem"]
+__all__ = ["Commit", "Manifest", "ManifestError", "Record", "file_problem"]
 
 T = TypeVar("T")
 
@@ -103,6 +113,84 @@ class Record:
         return [c["path"] for c in self.checks]
 
 
+class Commit:
+    """A write queued for the manifest: :meth:`wait` for it, or ``await`` it, to know it is
+    on disk (either raises :class:`ManifestError` if its commit failed)."""
+
+    def __init__(self, future: concurrent.futures.Future[None]) -> None:
+        self._future = future
+
+    def wait(self) -> None:
+        self._future.result()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return asyncio.wrap_future(self._future).__await__()
+
+
+_Write = tuple[str, tuple[Any, ...], "concurrent.futures.Future[None]"]
+
+
+class _Writer:
+    """The one thread that writes: commits every write queued so far in one transaction."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path, *, threaded: bool) -> None:
+        self.db, self.path = db, path
+        self.broken: ManifestError | None = None  #: the error of a failed commit: final
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._loop, name="manifest-writer", daemon=True)
+            self._thread.start()
+
+    def write(self, sql: str, params: tuple[Any, ...]) -> Commit:
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        if self._thread is None:  # in memory: nothing to fsync, commit at once
+            self._commit([(sql, params, future)])
+        else:
+            self._queue.put((sql, params, future))
+        return Commit(future)
+
+    def close(self) -> None:
+        """Commit what is queued, then stop the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while (first := self._queue.get()) is not None:
+            group, last = [first], False
+            while not self._queue.empty():
+                item = self._queue.get()
+                if item is None:
+                    last = True
+                    break
+                group.append(item)
+            self._commit(group)
+            if last:
+                return
+
+    def _commit(self, group: list[_Write]) -> None:
+        # an awaiting caller cancelled: its write is still made, its future left alone
+        waiting = [future for _, _, future in group if future.set_running_or_notify_cancel()]
+        if self.broken is None:
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                for sql, params, _ in group:
+                    self.db.execute(sql, params)
+                self.db.execute("COMMIT")
+            except Exception as exc:  # whatever it is, no write may hang
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+                self.broken = ManifestError(f"cannot use the manifest {self.path}: {exc}")
+                self.broken.__cause__ = exc
+        for future in waiting:
+            if self.broken is None:
+                future.set_result(None)
+            else:
+                future.set_exception(self.broken)
+
+
 def file_problem(output: Path, check: dict[str, Any]) -> str | None:
     """Why a recorded output file is no longer what was written (None if it is)."""
     path = output / check["path"]
@@ -118,7 +206,8 @@ def file_problem(output: Path, check: dict[str, Any]) -> str | None:
 
 
 class Manifest:
-    """Thread-unsafe, single-writer access to ``manifest.sqlite`` (WAL, fsync on commit).
+    """Single-runner access to ``manifest.sqlite`` (WAL, fsync on commit, writes
+    group-committed by a thread of its own); not to be shared between threads.
 
     Errors are :class:`ManifestError` naming the file: held by another runner, not a
     manifest, or on a disk that refuses writes.
@@ -149,11 +238,36 @@ class Manifest:
                 f"{self.path} is not a usable comfyfn manifest ({exc}); "
                 "move it away to start the batch afresh"
             ) from exc
+        self._writer = _Writer(
+            self.db if memory else self._writing_connection(), self.path, threaded=not memory
+        )
+
+    def _writing_connection(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA synchronous=FULL")
+        return db
 
     def close(self) -> None:
+        """Commit the writes still queued (a failure among them is logged by no one: await
+        or wait for a write to know it is on disk), then release the manifest."""
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            writer.close()
+            if writer.db is not self.db:
+                writer.db.close()
         with contextlib.suppress(AttributeError):
             self.db.close()
         self._unlock()
+
+    def flush(self) -> Commit:
+        """Resolved once every write queued before it is on disk (or failed)."""
+        return self._writer.write("SELECT 1", ())
+
+    def _write(self, block: bool, sql: str, *params: Any) -> Commit:
+        commit = self._writer.write(sql, params)
+        if block:
+            commit.wait()
+        return commit
 
     def _unlock(self) -> None:
         if self._lock is not None:
@@ -202,7 +316,8 @@ class Manifest:
         row = self.db.execute(f"SELECT {self._COLUMNS} FROM jobs WHERE key=?", (key,)).fetchone()
         return self._record(row) if row else None
 
-    @_guarded
+    # Writes: each returns its Commit, once on disk — or at once with ``block=False``.
+
     def add(
         self,
         key: str,
@@ -212,31 +327,34 @@ class Manifest:
         params: dict[str, Any],
         state: str = "pending",
         error: str | None = None,
-    ) -> None:
-        self.db.execute(
+        *,
+        block: bool = True,
+    ) -> Commit:
+        return self._write(
+            block,
             "INSERT INTO jobs(key,row,label,stem,params,state,error) VALUES(?,?,?,?,?,?,?) "
             "ON CONFLICT(key) DO UPDATE SET state=excluded.state, error=excluded.error "
             "WHERE jobs.state IN ('pending','invalid','failed')",
-            (
-                key,
-                row,
-                label,
-                stem,
-                json.dumps(params, ensure_ascii=False, default=str),
-                state,
-                error,
-            ),
+            key,
+            row,
+            label,
+            stem,
+            json.dumps(params, ensure_ascii=False, default=str),
+            state,
+            error,
         )
 
-    @_guarded
-    def submitted(self, key: str, server: str, prompt_id: str) -> None:
-        self.db.execute(
+    def submitted(self, key: str, server: str, prompt_id: str, *, block: bool = True) -> Commit:
+        return self._write(
+            block,
             "UPDATE jobs SET state='submitted', server=?, prompt_id=?, attempts=attempts+1, "
             "submitted_at=? WHERE key=?",
-            (server, prompt_id, time.time(), key),
+            server,
+            prompt_id,
+            time.time(),
+            key,
         )
 
-    @_guarded
     def done(
         self,
         key: str,
@@ -245,32 +363,39 @@ class Manifest:
         *,
         seconds: float,
         executed: float,
-    ) -> None:
+        block: bool = True,
+    ) -> Commit:
         """``files``: what :func:`comfyfn.batch.jobs.save_outputs` wrote (path, size, sha256);
         ``seconds`` the turnaround (queued behind our own jobs included), ``executed`` the
         server's execution time."""
-        self.db.execute(
+        return self._write(
+            block,
             "UPDATE jobs SET state='done', files=?, seconds=?, executed=?, server=?, "
             "error=NULL, finished_at=? WHERE key=?",
-            (json.dumps(files), seconds, executed, server, time.time(), key),
+            json.dumps(files),
+            seconds,
+            executed,
+            server,
+            time.time(),
+            key,
         )
 
-    @_guarded
-    def failed(self, key: str, error: str) -> None:
-        self.db.execute(
+    def failed(self, key: str, error: str, *, block: bool = True) -> Commit:
+        return self._write(
+            block,
             "UPDATE jobs SET state='failed', error=?, finished_at=? WHERE key=?",
-            (error, time.time(), key),
+            error,
+            time.time(),
+            key,
         )
 
-    @_guarded
-    def requeued(self, key: str) -> None:
+    def requeued(self, key: str, *, block: bool = True) -> Commit:
         """Back to pending: moved off a failed server, lost by it, or cancelled by us."""
-        self.db.execute("UPDATE jobs SET state='pending' WHERE key=?", (key,))
+        return self._write(block, "UPDATE jobs SET state='pending' WHERE key=?", key)
 
-    @_guarded
-    def redo(self, key: str) -> None:
+    def redo(self, key: str, *, block: bool = True) -> Commit:
         """A done job whose files went missing or were damaged: make it again."""
-        self.db.execute("UPDATE jobs SET state='pending', files=NULL WHERE key=?", (key,))
+        return self._write(block, "UPDATE jobs SET state='pending', files=NULL WHERE key=?", key)
 
     def records(self, state: str | None = None) -> Iterator[Record]:
         query = f"SELECT {self._COLUMNS} FROM jobs"

@@ -253,9 +253,12 @@ class Batch:
                 task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
-            with contextlib.suppress(ManifestError):
-                for job in self._retry:  # moved off a failed server, not yet started again
-                    self.manifest.requeued(job.key)
+            for job in self._retry:  # moved off a failed server, not yet started again
+                self.manifest.requeued(job.key, block=False)
+            try:  # the writes not awaited (rows added, failed, requeued) on disk too
+                await self.manifest.flush()
+            except ManifestError as exc:
+                self._abort(exc)
             self._results.put_nowait(_END)
 
     async def _admit(self, wf: Workflow, item: Row | RowError) -> Job | None:
@@ -286,12 +289,13 @@ class Batch:
                 )
                 return None
             log.warning("%s: %s; making it again", job.label, damaged)
-            self.manifest.redo(job.key)
+            self.manifest.redo(job.key, block=False)
         job.ticket.priority = item.priority if isinstance(item, Row) else 0
         if record is not None and record.state == "submitted":
             job.ticket.prompt_id, job.ticket.server = record.prompt_id, record.server
             return job
-        self.manifest.add(job.key, job.row, job.label, job.stem, job.values)
+        # not awaited: committed before (or with) its ``submitted``, which is
+        self.manifest.add(job.key, job.row, job.label, job.stem, job.values, block=False)
         return job
 
     async def _damaged(self, checks: list[dict[str, Any]]) -> str | None:
@@ -303,7 +307,9 @@ class Batch:
 
     def _invalid(self, error: RowError) -> None:
         key, label = f"invalid:{error.index}:{error.variant}", f"row {error.index}"
-        self.manifest.add(key, error.index, label, f"{error.index:06d}", {}, "invalid", str(error))
+        self.manifest.add(
+            key, error.index, label, f"{error.index:06d}", {}, "invalid", str(error), block=False
+        )
         self._emit(JobResult(key, error.index, label, "invalid", error=str(error)))
 
     async def _room(self) -> None:
@@ -358,12 +364,13 @@ class Batch:
             self._start(self._retry.popleft())
 
     def _fail(self, job: Job, error: str, url: str | None = None) -> None:
-        self.manifest.failed(job.key, error)
+        self.manifest.failed(job.key, error, block=False)
         self._emit(JobResult(job.key, job.row, job.label, "failed", error=error, server=url))
 
     async def _run(self, job: Job, slot: Slot) -> None:
         async def submitted(url: str, prompt_id: str) -> None:
-            self.manifest.submitted(job.key, url, prompt_id)
+            # on disk before the POST: a crash then re-attaches rather than runs it again
+            await self.manifest.submitted(job.key, url, prompt_id, block=False)
 
         async def progress(event: Any) -> None:
             self.on_event("job_event", (slot.url, job, event))
@@ -379,10 +386,7 @@ class Batch:
             self._abort(exc)
         except Exception as exc:  # a bug must not lose the row: record it
             log.exception("%s failed on %s", job.label, slot.url)
-            try:
-                self._fail(job, f"{job.label}: {type(exc).__name__}: {exc}", slot.url)
-            except ManifestError as unrecorded:
-                self._abort(unrecorded)
+            self._fail(job, f"{job.label}: {type(exc).__name__}: {exc}", slot.url)
 
     async def _settle(self, job: Job, outcome: Outcome, *, reattached: bool) -> None:
         event = requeue_or_fail(outcome.event, job.ticket.attempts, self.settings.retries)
@@ -393,7 +397,7 @@ class Batch:
         if isinstance(outcome, Done):
             await self._done(job, outcome)
         elif state is State.PENDING:
-            self.manifest.requeued(job.key)
+            self.manifest.requeued(job.key, block=False)
             job.ticket.prompt_id = job.ticket.server = None
             self._retry.append(job)  # run again now, or (once stopped) by the next run
         elif isinstance(outcome, Moved | Lost):
@@ -414,8 +418,8 @@ class Batch:
         else:
             files = []
         executed = gen.timings.executed
-        self.manifest.done(
-            job.key, files, outcome.server, seconds=outcome.seconds, executed=executed
+        await self.manifest.done(
+            job.key, files, outcome.server, seconds=outcome.seconds, executed=executed, block=False
         )
         self._emit(
             JobResult(
