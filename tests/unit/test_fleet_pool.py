@@ -49,6 +49,16 @@ def test_a_job_waits_for_the_server_holding_its_models_rather_than_load_them_els
     run(go())
 
 
+def test_one_model_set_on_fresh_servers_starts_on_every_server():
+    async def go():
+        urls = [f"s{i}" for i in range(64)]
+        pool = Pool(urls, prime=2)
+        placed = [pool.request(Want(A, order=i)) for i in range(64)]
+        assert sorted(f.result() for f in placed) == sorted(urls)
+
+    run(go())
+
+
 def test_without_by_model_jobs_are_placed_in_arrival_order():
     async def go():
         pool = Pool(["s1", "s2"], prime=0, by_model=False)

@@ -83,6 +83,19 @@ def test_a_short_backlog_waits_for_its_server_rather_than_cost_a_load():
     assert keys(servers, [job("a0", A, order=0), job("a1", A, order=1)]) == []
 
 
+def test_a_server_that_has_loaded_nothing_takes_a_set_another_server_holds():
+    servers = [server("s1", free=0, jobs=2, tail=A), server("s2", free=2, jobs=0)]
+    short = [job("a0", A, order=0), job("a1", A, order=1)]  # s1 would clear them in a round
+    assert keys(servers, short) == [("a0", "s2"), ("a1", "s2")]  # no load is taken from s1
+    fresh = [server("s1", free=2, jobs=1, tail=A), server("s2"), server("s3")]
+    assert keys(fresh, short) == [("a0", "s2"), ("a1", "s3")]  # idle servers start at once
+
+
+def test_a_server_that_has_loaded_nothing_prefers_a_set_no_server_holds():
+    servers = [server("s1", free=0, jobs=2, tail=A), server("s2", free=1, jobs=0)]
+    assert keys(servers, [job("a", A, order=0), job("c", C, order=1)]) == [("c", "s2")]
+
+
 def test_an_idle_server_prefers_its_own_models_to_taking_others():
     servers = [server("s1", free=0, jobs=2, tail=A), server("s2", free=1, jobs=0, tail=B)]
     waiting = [job(f"a{i}", A, order=i) for i in range(5)] + [job("b", B, order=9)]

@@ -14,9 +14,11 @@ a time, the emptiest server first; each server takes the waiting job that ranks 
 2. fit: same models *and* same prompt as the server's tail (ComfyUI's cache then skips
    the text encoder too, so variations of a prompt run in a row on one server) → same
    models → a job without model files → a model set no server has (a first load, on the
-   emptiest server) → a model set other servers hold, but only when they are all full,
-   this server would otherwise idle (it has none of our jobs) and more jobs wait for that
-   set than those servers have slots (a backlog they will not clear in one round);
+   emptiest server) → a model set other servers hold, on a server that holds none yet
+   (its first load costs the same whichever set: it is not taken from anyone) → a model
+   set other servers hold, on a server holding another set, but only when they are all
+   full, this server would otherwise idle (it has none of our jobs) and more jobs wait for
+   that set than those servers have slots (a backlog they will not clear in one round);
 3. arrival order.
 
 Otherwise a job whose models are on a full server waits for it: that server is about to
@@ -54,7 +56,7 @@ _SLACK = 0.5  #: of a job time, kept in hand by the priming
 _START = 2
 
 # how well a job fits a server (lower is better); None: the server must not take it
-_SAME_PROMPT, _SAME_MODELS, _NO_MODELS, _FIRST_LOAD, _STOLEN = range(5)
+_SAME_PROMPT, _SAME_MODELS, _NO_MODELS, _FIRST_LOAD, _SHARED, _STOLEN = range(6)
 
 
 def model_set(workflow: Workflow) -> ModelSet:
@@ -151,6 +153,8 @@ def _fit(
     holders = [s for s in views.values() if s.tail == job.models]
     if not holders:
         return _FIRST_LOAD
+    if server.tail is None:
+        return _SHARED  # a server that has loaded nothing yet takes its first set
     if any(s.free > 0 for s in holders) or server.jobs > 0:
         return None  # a holder takes it now, or frees a slot soon: wait for it
     backlog = sum(1 for other in queue if other.models == job.models)
