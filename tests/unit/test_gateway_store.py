@@ -370,12 +370,24 @@ def test_higher_priority_jobs_are_claimed_first_and_counted_ahead(store, clock):
     assert [store.claim_job("w").id for _ in range(3)] == [urgent.id, old.id, normal.id]
 
 
-def test_a_database_made_before_priorities_gets_the_column(url, clock):
+def made_before_versions(url: str, *dropped: tuple[str, str]) -> None:
+    """Turn the store at ``url`` into one as made before schema versions (revision 0001's
+    tables, no version table), without the ``dropped`` (table, column) pairs."""
     engine = sa.create_engine(url)
-    Store(url, clock=clock).close()
     with engine.begin() as conn:
-        conn.exec_driver_sql("ALTER TABLE cfn_jobs DROP COLUMN priority")
+        conn.exec_driver_sql("DROP TABLE cfn_workers")
+        conn.exec_driver_sql("DROP TABLE cfn_alembic_version")
+        conn.exec_driver_sql("DROP INDEX cfn_jobs_queued")
+        for column in ("claims", "models", "batch", "target", "row_key"):
+            conn.exec_driver_sql(f"ALTER TABLE cfn_jobs DROP COLUMN {column}")
+        for table, column in dropped:
+            conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     engine.dispose()
+
+
+def test_a_database_made_before_priorities_gets_the_column(url, clock):
+    Store(url, clock=clock).close()
+    made_before_versions(url, ("cfn_jobs", "priority"))
     reopened = Store(url, clock=clock)
     try:
         assert new_job(reopened, priority=2).priority == 2
@@ -541,10 +553,7 @@ def test_attempts_are_kept_and_added_to_an_older_database(url, stores):
     assert job.attempts == 0
     assert store.update_job(job.id, attempts=2).attempts == 2
     store.close()
-    engine = sa.create_engine(url)  # as made before the column existed
-    with engine.begin() as conn:
-        conn.exec_driver_sql("ALTER TABLE cfn_jobs DROP COLUMN attempts")
-    engine.dispose()
+    made_before_versions(url, ("cfn_jobs", "attempts"))  # as made before the column existed
     store = stores()
     assert store.get_job(job.id).attempts == 0
     assert new_job(store).attempts == 0
@@ -554,10 +563,7 @@ def test_a_database_made_before_key_priorities_gets_the_column(url, stores):
     store = stores()
     secret, _ = store.create_key("old")
     store.close()
-    engine = sa.create_engine(url)  # as made before the column existed
-    with engine.begin() as conn:
-        conn.exec_driver_sql("ALTER TABLE cfn_keys DROP COLUMN max_priority")
-    engine.dispose()
+    made_before_versions(url, ("cfn_keys", "max_priority"))  # made before the column existed
     store = stores()
     assert store.find_key(secret).max_priority == 0  # an existing key: normal jobs only
     assert store.create_key("new", max_priority=7)[1].max_priority == 7
@@ -602,3 +608,132 @@ def test_in_memory_sqlite_is_shared_between_threads():
         t.start()
         t.join(30)
         assert got[0].id == job.id
+
+
+# -- runners on many machines: fencing, model-aware claims, the registry, schema versions ---
+
+
+def test_a_stale_claim_changes_nothing_and_the_new_holder_finishes(store, clock):
+    """A claims; A's heartbeat stops past stale_after; B takes over (the claim counter moves
+    on); every write A makes afterwards changes nothing and says so; B's writes count."""
+    from comfyfn.gateway.store import NewFile, StaleClaim
+
+    job = new_job(store)
+    a = store.claim_job("a")
+    assert a.claims == 1 and a.claim.worker == "a"
+    store.update_job(job.id, fence=a.claim, server="http://gpu1:8188", prompt_id="p-1")
+    clock.advance(31)
+    b = store.claim_job("b", stale_after=30)
+    assert b.id == job.id and b.claims == 2 and b.prompt_id == "p-1"  # re-attach, not rerun
+    assert not store.holds(job.id, a.claim) and store.holds(job.id, b.claim)
+    before = all_rows(store.url)
+    with pytest.raises(StaleClaim):
+        store.update_job(job.id, fence=a.claim, progress=0.5)
+    with pytest.raises(StaleClaim):
+        store.complete_job(job.id, [NewFile("x/0.png", "image/png", 1, "e")], fence=a.claim)
+    store.release_job(job.id, fence=a.claim)
+    assert store.heartbeat("a", {job.id: a.claims}) == {job.id}
+    assert all_rows(store.url) == before  # not one byte changed by the stale holder
+    done, files = store.complete_job(
+        job.id, [NewFile("x/0.png", "image/png", 1, "e")], fence=b.claim, state="succeeded"
+    )
+    assert done.state == "succeeded" and [f.id for f in files] == done.outputs
+    with pytest.raises(StaleClaim):  # a finished job is no longer held by anyone
+        store.update_job(job.id, fence=b.claim, state="failed")
+
+
+def test_the_same_name_restarted_does_not_inherit_its_old_claim(store, clock):
+    """Fencing is by claim, not by name: a worker restarted under its name takes over its
+    job with a new counter, and the old process's writes are stale."""
+    from comfyfn.gateway.store import StaleClaim
+
+    new_job(store)
+    old = store.claim_job("gpu1")
+    clock.advance(31)
+    again = store.claim_job("gpu1", stale_after=30)
+    assert again.claims == old.claims + 1
+    assert store.heartbeat("gpu1", {old.id: old.claims}) == {old.id}
+    with pytest.raises(StaleClaim):
+        store.update_job(old.id, fence=old.claim, state="succeeded")
+    assert store.heartbeat("gpu1", {again.id: again.claims}) == set()
+
+
+def test_claims_take_priority_then_loaded_models_then_age(store, clock):
+    def job(models, priority=0):
+        clock.advance(1)
+        return new_job(store, models=models, priority=priority)
+
+    oldest, other = job("m-flux"), job("m-zimage")
+    urgent_elsewhere = job("m-flux", priority=5)
+    newer_loaded = job("m-zimage")
+    order = [j.id for j in store.claim_jobs("w", limit=4, models={"m-zimage"})]
+    assert order == [urgent_elsewhere.id, other.id, newer_loaded.id, oldest.id]
+
+
+def test_without_loaded_models_claims_are_by_priority_then_age(store, clock):
+    first = new_job(store, models="m-a")
+    clock.advance(1)
+    second = new_job(store, models="m-b")
+    assert [j.id for j in store.claim_jobs("w", limit=2)] == [first.id, second.id]
+
+
+def test_runners_register_refresh_and_list_with_their_jobs(store, clock):
+    servers = [{"url": "http://127.0.0.1:8188", "models": ["z.safetensors"], "in_flight": 1}]
+    store.register_worker("gpu1", host="h1", pid=10, free_slots=2, servers=servers)
+    started = clock.now
+    clock.advance(5)
+    store.register_worker("gpu1", host="h1", pid=10, free_slots=1, servers=servers)
+    store.register_worker("gpu2", host="h2", pid=11, free_slots=0, servers=[])
+    new_job(store)
+    store.claim_job("gpu1")
+    gpu1, gpu2 = store.workers()
+    assert (gpu1.name, gpu1.started_at, gpu1.heartbeat_at) == ("gpu1", started, clock.now)
+    assert (gpu1.free_slots, gpu1.running, gpu1.servers) == (1, 1, servers)
+    assert (gpu2.name, gpu2.running) == ("gpu2", 0)
+    clock.advance(100)
+    store.register_worker("gpu2", host="h2", pid=11, free_slots=0, servers=[])
+    assert store.forget_workers(60) == 1
+    store.unregister_worker("gpu2")
+    assert store.workers() == []
+
+
+def test_queued_jobs_counted_by_workflow_and_priority(store):
+    for workflow, priority in [("a", 0), ("a", 0), ("a", 5), ("b", 0)]:
+        store.create_job(key_id="k", workflow=workflow, params={}, priority=priority)
+    store.claim_job("w")  # the a/5 one: running, no longer queued
+    assert sorted(store.queued_by_workflow()) == [("a", 0, 2), ("b", 0, 1)]
+
+
+def test_a_new_database_is_at_the_newest_revision(url, store):
+    from comfyfn.gateway.database import head_revision
+
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        have = conn.exec_driver_sql("SELECT version_num FROM cfn_alembic_version").scalar()
+    engine.dispose()
+    assert have == head_revision() == "0002"
+
+
+def test_a_database_made_before_versions_is_stamped_and_upgraded(url, stores):
+    store = stores()
+    job = new_job(store, priority=3)
+    store.close()
+    made_before_versions(url)
+    store = stores()
+    assert store.get_job(job.id).priority == 3
+    assert store.claim_job("w").claims == 1  # the new columns are there
+    test_a_new_database_is_at_the_newest_revision(url, store)
+
+
+def test_a_schema_newer_than_this_comfyfn_is_refused_untouched(url, stores):
+    from comfyfn.gateway.database import SchemaTooNew
+
+    stores().close()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE cfn_alembic_version SET version_num = '0099'")
+    engine.dispose()
+    before = all_rows(url)
+    with pytest.raises(SchemaTooNew, match=r"revision 0099, newer than this comfyfn"):
+        stores()
+    assert all_rows(url) == before

@@ -8,15 +8,24 @@
   sleep-and-retry busy handler); an in-memory database is one shared connection, guarded for
   every statement.
 * **PostgreSQL** (``postgresql+psycopg://user@host/db``, a plain ``postgresql://`` URL meaning
-  psycopg 3), which several gateway replicas share; the schema is created under an advisory
-  lock, so replicas starting together do not race.
+  psycopg 3), which gateway replicas and ``comfyfn worker`` runners share.
+
+Schema versions are Alembic revisions shipped in :mod:`comfyfn.gateway.migrations`: opening
+a store upgrades its database to the newest revision this comfyfn knows, in one transaction
+(PostgreSQL: under an advisory lock, so processes starting together do not race; SQLite:
+``BEGIN IMMEDIATE``). A database made before schema versions (its tables exist, no version
+table) is brought to the baseline once (the columns added before versions, if missing) and
+stamped ``0001``. A database at a revision this comfyfn does not know (a newer comfyfn
+migrated it) is refused with :class:`SchemaTooNew`: nothing is changed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,21 +34,41 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from comfyfn.gateway.schema import meta_t, metadata
+from comfyfn.errors import ConfigError
 
-__all__ = ["SCHEMA_VERSION", "SQLITE_BUSY_TIMEOUT", "Database", "unavailable"]
+__all__ = ["SQLITE_BUSY_TIMEOUT", "Database", "SchemaTooNew", "head_revision", "unavailable"]
 
-SCHEMA_VERSION = "1"
 SQLITE_BUSY_TIMEOUT = 30.0  #: seconds a SQLite writer waits for the database lock by default
-_PG_INIT_LOCK = 0x63666E5F73746F72  # pg_advisory_xact_lock key for schema creation ("cfn_stor")
-#: (table, integer column defaulting to 0) added after the first schema
-_ADDED_COLUMNS = (
+_PG_INIT_LOCK = 0x63666E5F73746F72  # pg_advisory_xact_lock key for migrations ("cfn_stor")
+MIGRATIONS = Path(__file__).with_name("migrations")
+VERSION_TABLE = "cfn_alembic_version"
+_BASELINE = "0001"
+#: columns added before schema versions: a database made before them gets them once
+_PRE_VERSION_COLUMNS = (
     ("cfn_jobs", "attempts"),
     ("cfn_jobs", "priority"),
     ("cfn_keys", "max_priority"),
 )
 #: database errors that mean "not now" (down, restarting, locked, pool exhausted)
 _NOT_NOW = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+log = logging.getLogger("comfyfn.gateway")
+
+
+class SchemaTooNew(ConfigError):
+    """The database's schema is newer than this comfyfn knows: refuse to touch it."""
+
+
+def _script() -> Any:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(MIGRATIONS), version_locations=[str(MIGRATIONS / "versions")])
+
+
+def head_revision() -> str:
+    """The newest schema revision this comfyfn knows."""
+    return str(_script().get_current_head())
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -120,27 +149,52 @@ class Database:
             yield conn
 
     def _create_schema(self) -> None:
+        """Upgrade the database to :func:`head_revision` (see the module docstring)."""
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+
         with self.write() as conn:
             if self.dialect == "postgresql":
-                # replicas starting together must not race on CREATE TABLE
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_INIT_LOCK)))
-            metadata.create_all(conn, checkfirst=True)
-            self._add_columns(conn)
-            have = conn.execute(
-                sa.select(meta_t.c.value).where(meta_t.c.key == "schema_version")
-            ).scalar()
-            if have is None:
-                conn.execute(sa.insert(meta_t).values(key="schema_version", value=SCHEMA_VERSION))
-
-    @staticmethod
-    def _add_columns(conn: Connection) -> None:
-        """The columns added since the first schema, to a database made before them."""
-        inspector = sa.inspect(conn)
-        for table, added in _ADDED_COLUMNS:
-            if added not in {c["name"] for c in inspector.get_columns(table)}:
-                conn.exec_driver_sql(
-                    f"ALTER TABLE {table} ADD COLUMN {added} INTEGER NOT NULL DEFAULT 0"
+            tables = set(sa.inspect(conn).get_table_names())
+            if VERSION_TABLE not in tables and "cfn_jobs" in tables:
+                _adopt_unversioned(conn)
+            have = MigrationContext.configure(
+                conn, opts={"version_table": VERSION_TABLE}
+            ).get_current_revision()
+            script, head = _script(), head_revision()
+            if have is not None and have not in {r.revision for r in script.walk_revisions()}:
+                raise SchemaTooNew(
+                    f"the job database's schema is at revision {have}, newer than this "
+                    f"comfyfn knows (up to {head}): upgrade comfyfn on this machine"
                 )
+            if have == head:
+                return
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+            log.info("job database schema upgraded from %s to %s", have or "nothing", head)
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _adopt_unversioned(conn: Connection) -> None:
+    """A database made before schema versions: give it the columns added before them (the
+    last time columns are looked for) and stamp it with the baseline revision."""
+    inspector = sa.inspect(conn)
+    for table, added in _PRE_VERSION_COLUMNS:
+        if added not in {c["name"] for c in inspector.get_columns(table)}:
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table} ADD COLUMN {added} INTEGER NOT NULL DEFAULT 0"
+            )
+    version = sa.Table(
+        VERSION_TABLE,
+        sa.MetaData(),
+        sa.Column("version_num", sa.String(32), primary_key=True),
+    )
+    version.create(conn)
+    conn.execute(sa.insert(version).values(version_num=_BASELINE))
+    log.info("job database made before schema versions: stamped %s", _BASELINE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -20,10 +21,13 @@ __all__ = [
     "STATES",
     "TERMINAL",
     "UPDATABLE",
+    "Claim",
     "FileRecord",
     "JobRecord",
     "KeyRecord",
     "NewFile",
+    "StaleClaim",
+    "WorkerRecord",
 ]
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -66,6 +70,46 @@ class JobRecord:
     cancel_requested: bool
     attempts: int = 0  #: submissions to a ComfyUI server so far (moves after server failures)
     priority: int = 0  #: higher is claimed (and placed on a server) first
+    claims: int = 0  #: times the job was claimed: with ``claimed_by``, the claim a worker holds
+    models: str | None = None  #: its model set's digest (:func:`models_key`), for placement
+
+    @property
+    def claim(self) -> Claim | None:
+        """The claim on the job as this record saw it (None if no worker holds it)."""
+        return Claim(self.claimed_by, self.claims) if self.claimed_by else None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on a job: its name and the job's claim counter when it claimed it.
+    A takeover increments the counter, so the stale holder's writes match no row."""
+
+    worker: str
+    number: int
+
+
+class StaleClaim(Exception):
+    """A write named a claim the job no longer has (another worker took it over): nothing
+    was changed; the writer should drop the job quietly."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} is no longer held by this claim")
+        self.job_id = job_id
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A runner as it registered itself (:meth:`Store.register_worker`)."""
+
+    name: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    free_slots: int
+    #: per server: {"url", "models": [file names], "in_flight"}
+    servers: list[dict[str, Any]]
+    running: int = 0  #: jobs it holds now (from cfn_jobs)
 
 
 @dataclass(frozen=True)
@@ -142,6 +186,12 @@ jobs_t = sa.Table(
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("attempts", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("priority", sa.Integer, nullable=False, default=0, server_default="0"),
+    # revision 0002: fencing, model-aware claims, and room for phase 2 (batch rows)
+    sa.Column("claims", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("models", sa.String(64)),
+    sa.Column("batch", sa.String(200)),  #: a named batch the job is a row of (unused yet)
+    sa.Column("target", sa.Text),  #: where its owner wants the outputs (unused yet)
+    sa.Column("row_key", sa.String(255)),  #: the row's key within its batch (unused yet)
     sa.UniqueConstraint("key_id", "idempotency_key", name="cfn_jobs_idempotency"),
     sa.Index("cfn_jobs_queue", "state", "created_at"),
     sa.Index("cfn_jobs_heartbeat", "state", "heartbeat_at"),
@@ -166,8 +216,44 @@ files_t = sa.Table(
     sa.Column("created_at", sa.Double, nullable=False),
 )
 
+#: the queue alone (finished jobs left out): what a claim reads, however long the history
+QUEUED_INDEX = sa.Index(
+    "cfn_jobs_queued",
+    jobs_t.c.priority,
+    jobs_t.c.created_at,
+    postgresql_where=jobs_t.c.state == "queued",
+    sqlite_where=jobs_t.c.state == "queued",
+)
+
+workers_t = sa.Table(
+    "cfn_workers",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Double, nullable=False),
+    sa.Column("heartbeat_at", sa.Double, nullable=False),
+    sa.Column("free_slots", sa.Integer, nullable=False),
+    sa.Column("servers", sa.Text, nullable=False),  # JSON
+)
+
 JSON_FIELDS = {"params", "error", "outputs"}
-UPDATABLE = {f.name for f in fields(JobRecord)} - {"id", "key_id", "created_at", "updated_at"}
+UPDATABLE = {f.name for f in fields(JobRecord)} - {
+    "id",
+    "key_id",
+    "created_at",
+    "updated_at",
+    "claims",
+}
+
+
+def models_key(models: Iterable[tuple[str, str]]) -> str | None:
+    """A model set ((folder, name) pairs) as a short digest, the same on every machine;
+    None for no models."""
+    ordered = sorted(models)
+    if not ordered:
+        return None
+    return hashlib.sha256(json.dumps(ordered).encode()).hexdigest()[:32]
 
 
 def _new_id(kind: str) -> str:
@@ -219,6 +305,22 @@ def _job(row: Any) -> JobRecord:
         cancel_requested=bool(m["cancel_requested"]),
         attempts=int(m["attempts"] or 0),
         priority=int(m["priority"] or 0),
+        claims=int(m["claims"] or 0),
+        models=m["models"],
+    )
+
+
+def _worker(row: Any, running: int = 0) -> WorkerRecord:
+    m = row._mapping
+    return WorkerRecord(
+        name=m["name"],
+        host=m["host"],
+        pid=int(m["pid"]),
+        started_at=float(m["started_at"]),
+        heartbeat_at=float(m["heartbeat_at"]),
+        free_slots=int(m["free_slots"]),
+        servers=json.loads(m["servers"]),
+        running=running,
     )
 
 

@@ -7,26 +7,32 @@ Schema (created on first use; ``cfn_`` prefixed so the tables can live in a shar
 times are float epoch seconds from the writing process's clock, so replicas need NTP-synced
 clocks, and ``stale_after`` should be well above any skew)::
 
-    cfn_meta   key PK, value                      -- "secret" (hex), "schema_version"
+    cfn_meta   key PK, value                      -- "secret" (hex)
     cfn_keys   id PK "key_…", name, prefix, hash, rate, created_at, revoked, max_priority
                index(prefix); unique(name) WHERE NOT revoked
     cfn_jobs   id PK "job_…", key_id, workflow, params (JSON text), state, server, prompt_id,
                progress, error (JSON text), outputs (JSON text: file ids), webhook,
                idempotency_key, created_at, updated_at, started_at, finished_at,
-               claimed_by, heartbeat_at, cancel_requested, attempts, priority
+               claimed_by, heartbeat_at, cancel_requested, attempts, priority,
+               claims (the claim counter), models (model set digest),
+               batch, target, row_key (phase 2: a batch's rows; NULL, unused yet)
                unique(key_id, idempotency_key)   -- NULLs never collide
-               index(state, created_at), index(state, heartbeat_at), index(key_id, created_at)
+               index(state, created_at), index(state, heartbeat_at), index(key_id, created_at),
+               index(priority, created_at) WHERE state = 'queued'   -- the queue alone
     cfn_files  id PK "file_…", job_id → cfn_jobs.id, path, content_type, size, etag, created_at
+    cfn_workers  name PK, host, pid, started_at, heartbeat_at, free_slots, servers (JSON)
+    cfn_alembic_version  version_num      -- the schema revision (:mod:`.database`)
 
 API keys: :mod:`comfyfn.gateway._keys` (the :class:`Store` has its methods).
 
 Claim protocol (how workers of one or several replicas share the queue):
 
 1. :meth:`Store.claim_jobs` (:meth:`Store.claim_job` for one) runs one write transaction that
-   picks the ``queued`` jobs with the highest ``priority`` (then the oldest) or, failing
-   those, the ``running`` jobs with the oldest
-   ``heartbeat_at`` older than ``stale_after`` seconds (their replica died), and sets
-   ``state='running'``, ``claimed_by=worker``, ``heartbeat_at=now``, ``started_at`` (if unset).
+   picks the ``queued`` jobs with the highest ``priority``, then those whose ``models`` are
+   loaded on one of the claimer's servers, then the oldest; or, failing those, the
+   ``running`` jobs with the oldest ``heartbeat_at`` older than ``stale_after`` seconds
+   (their worker died or paused), and sets ``state='running'``, ``claimed_by=worker``,
+   ``claims=claims+1``, ``heartbeat_at=now``, ``started_at`` (if unset).
    On PostgreSQL the pick is ``SELECT … FOR UPDATE SKIP LOCKED``: concurrent claimers skip rows
    another transaction holds, and a row changed by a claimer that committed meanwhile is
    re-checked against the WHERE clause, so no two claimers get the same job. On SQLite
@@ -37,13 +43,20 @@ Claim protocol (how workers of one or several replicas share the queue):
 2. The worker calls :meth:`Store.heartbeat` every few seconds (well under ``stale_after``) for
    all the jobs it holds, :meth:`Store.update_job` with progress and the final state, and
    :meth:`Store.complete_job` for a success (its files and its state in one transaction).
+   Fencing: each of these writes names the worker's :class:`Claim` (``claimed_by`` and the
+   ``claims`` counter it claimed at); a job taken over since has another counter, so the
+   stale write matches no row, changes nothing and raises :class:`StaleClaim` (a heartbeat
+   returns the jobs it lost): the stale worker drops the job without a word.
 3. A taken-over job keeps ``server`` and ``prompt_id``: the new worker re-attaches to the prompt
    already queued on that ComfyUI server instead of submitting it twice. The same holds for a
    job handed back by :meth:`Store.release_job` (graceful shutdown). A worker that lost a job
-   (``claimed_by`` is no longer its own) should stop writing to it.
+   (:class:`StaleClaim`) stops writing to it.
 4. :meth:`Store.request_cancel` only sets ``cancel_requested``; the worker that claims or holds
    the job sees it and finishes the job as ``cancelled`` (a cancelled queued job is still handed
    out by :meth:`Store.claim_job`, so that one place finishes it and sends its webhook).
+5. On PostgreSQL a job entering the queue (created, handed back, requeued) sends
+   ``NOTIFY cfn_jobs`` with its commit: idle workers listening (:mod:`.listen`) claim at
+   once instead of at their next poll.
 """
 
 from __future__ import annotations
@@ -60,16 +73,20 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from comfyfn.gateway._keys import KeyStore
+from comfyfn.gateway._runners import NOTIFY_CHANNEL, RunnerStore, fenced
 from comfyfn.gateway.database import SQLITE_BUSY_TIMEOUT, Database
 from comfyfn.gateway.schema import (
     JSON_FIELDS,
     STATES,
     TERMINAL,
     UPDATABLE,
+    Claim,
     FileRecord,
     JobRecord,
     KeyRecord,
     NewFile,
+    StaleClaim,
+    WorkerRecord,
     _file,
     _job,
     _new_id,
@@ -78,10 +95,22 @@ from comfyfn.gateway.schema import (
     meta_t,
 )
 
-__all__ = ["STATES", "TERMINAL", "FileRecord", "JobRecord", "KeyRecord", "NewFile", "Store"]
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "STATES",
+    "TERMINAL",
+    "Claim",
+    "FileRecord",
+    "JobRecord",
+    "KeyRecord",
+    "NewFile",
+    "StaleClaim",
+    "Store",
+    "WorkerRecord",
+]
 
 
-class Store(KeyStore):
+class Store(KeyStore, RunnerStore):
     """The job store on ``url`` (a SQLAlchemy URL; see the module docstring).
 
     Thread-safe: every method runs in its own short transaction on a pooled connection.
@@ -101,6 +130,7 @@ class Store(KeyStore):
         self.url, self.busy_timeout = self.database.url, busy_timeout
         self.clock = clock
         self._write, self._read = self.database.write, self.database.read
+        self.dialect = self.database.dialect
         self._secret: bytes | None = None
 
     def close(self) -> None:
@@ -124,6 +154,7 @@ class Store(KeyStore):
         idempotency_key: str | None = None,
         claim_for: str | None = None,
         priority: int = 0,
+        models: str | None = None,
     ) -> tuple[JobRecord, bool]:
         """A new queued job, or with an idempotency key this key_id used before: (that job, False).
 
@@ -156,6 +187,7 @@ class Store(KeyStore):
             cancel_requested=False,
             attempts=0,
             priority=priority,
+            models=models,
         )
         same = sa.select(jobs_t).where(
             jobs_t.c.key_id == key_id, jobs_t.c.idempotency_key == idempotency_key
@@ -168,10 +200,17 @@ class Store(KeyStore):
                         return _job(row), False
                 if claim_for is not None and not self._queued(conn):
                     job = dataclasses.replace(
-                        job, state="running", claimed_by=claim_for, heartbeat_at=now, started_at=now
+                        job,
+                        state="running",
+                        claimed_by=claim_for,
+                        claims=1,
+                        heartbeat_at=now,
+                        started_at=now,
                     )
                 row_values = {**job.__dict__, "params": encoded, "outputs": "[]"}
                 conn.execute(sa.insert(jobs_t).values(**row_values))
+                if job.state == "queued":
+                    self._notify(conn)
             return job, True
         except IntegrityError:
             if idempotency_key is None:
@@ -199,95 +238,34 @@ class Store(KeyStore):
             row = conn.execute(query).first()
         return _job(row) if row is not None else None
 
-    def claim_job(self, worker: str, *, stale_after: float = 30.0) -> JobRecord | None:
-        """Take the oldest queued job, else a running job whose heartbeat is stale; or None."""
-        claimed = self.claim_jobs(worker, limit=1, stale_after=stale_after)
-        return claimed[0] if claimed else None
-
-    def claim_jobs(self, worker: str, *, limit: int, stale_after: float = 30.0) -> list[JobRecord]:
-        """Take up to ``limit`` jobs in one transaction: the queued ones first (highest
-        priority, then oldest), then running ones whose heartbeat is older than
-        ``stale_after`` seconds (oldest first).
-
-        See the module docstring for why two claimers never get the same job.
-        """
-        now = self.clock()
-        queued = jobs_t.c.state == "queued"
-        stale = sa.and_(
-            jobs_t.c.state == "running",
-            sa.or_(jobs_t.c.heartbeat_at.is_(None), jobs_t.c.heartbeat_at < now - stale_after),
-        )
-        with self._read() as conn:  # most looks find nothing: they take no write lock
-            if conn.execute(sa.select(jobs_t.c.id).where(queued | stale).limit(1)).first() is None:
-                return []
-        with self._write() as conn:
-            claimed: list[JobRecord] = []
-            for condition, order in (
-                (queued, (jobs_t.c.priority.desc(), jobs_t.c.created_at)),
-                (stale, (jobs_t.c.heartbeat_at,)),
-            ):
-                if len(claimed) >= limit:
-                    break
-                ids = (
-                    conn.execute(
-                        sa.select(jobs_t.c.id)
-                        .where(condition)
-                        .order_by(*order, jobs_t.c.id)
-                        .limit(limit - len(claimed))
-                        .with_for_update(skip_locked=True)
-                    )
-                    .scalars()
-                    .all()
-                )
-                if not ids:
-                    continue
-                rows = conn.execute(
-                    sa.update(jobs_t)
-                    .where(jobs_t.c.id.in_(ids), condition)  # the condition again: a last guard
-                    .values(
-                        state="running",
-                        claimed_by=worker,
-                        heartbeat_at=now,
-                        updated_at=now,
-                        started_at=sa.func.coalesce(jobs_t.c.started_at, now),
-                    )
-                    .returning(*jobs_t.c)
-                ).all()
-                by_id = {row._mapping["id"]: _job(row) for row in rows}
-                claimed += [by_id[i] for i in ids if i in by_id]
-            return claimed
-
-    def heartbeat(self, worker: str) -> None:
-        """Mark every running job this worker holds as alive (heartbeat_at = now)."""
-        with self._write() as conn:
-            conn.execute(
-                sa.update(jobs_t)
-                .where(jobs_t.c.state == "running", jobs_t.c.claimed_by == worker)
-                .values(heartbeat_at=self.clock())
-            )
-
-    def update_job(self, job_id: str, **fields: Any) -> JobRecord:
+    def update_job(self, job_id: str, *, fence: Claim | None = None, **fields: Any) -> JobRecord:
         """Set fields of a job (any but id/key_id/created_at/updated_at); returns the new record.
 
         ``updated_at`` becomes now; ``finished_at`` becomes now when the state changes to a
         terminal one (unless given); ``started_at`` becomes now when the state changes to
-        ``running`` and it was unset. ``KeyError`` if there is no such job.
+        ``running`` and it was unset. ``KeyError`` if there is no such job; with ``fence``
+        (a worker's claim), :class:`StaleClaim` if the claim is no longer the job's.
         """
         values = self._job_values(fields)
         with self._write() as conn:
-            return self._update(conn, job_id, values)
+            job = self._update(conn, job_id, values, fence)
+            if job.state == "queued":
+                self._notify(conn)
+            return job
 
     def complete_job(
-        self, job_id: str, files: Sequence[NewFile], **fields: Any
+        self, job_id: str, files: Sequence[NewFile], *, fence: Claim | None = None, **fields: Any
     ) -> tuple[JobRecord, tuple[FileRecord, ...]]:
         """Record the job's output files and set its fields (``outputs``: the files' ids) in
-        one transaction; the new job record and the files' records."""
+        one transaction; the new job record and the files' records. With ``fence``, a stale
+        claim records nothing (:class:`StaleClaim`)."""
         records = tuple(self._file_record(job_id, f) for f in files)
         values = self._job_values({**fields, "outputs": [r.id for r in records]})
         with self._write() as conn:
+            job = self._update(conn, job_id, values, fence)
             for record in records:
                 conn.execute(sa.insert(files_t).values(**record.__dict__))
-            return self._update(conn, job_id, values), records
+            return job, records
 
     def _job_values(self, fields: dict[str, Any]) -> dict[str, Any]:
         """``update_job``'s fields as column values (checked, JSON encoded, timestamps set)."""
@@ -316,22 +294,16 @@ class Store(KeyStore):
         return values
 
     @staticmethod
-    def _update(conn: Connection, job_id: str, values: dict[str, Any]) -> JobRecord:
+    def _update(
+        conn: Connection, job_id: str, values: dict[str, Any], fence: Claim | None = None
+    ) -> JobRecord:
+        where = fenced(job_id, fence) if fence is not None else jobs_t.c.id == job_id
         row = conn.execute(
-            sa.update(jobs_t).where(jobs_t.c.id == job_id).values(**values).returning(*jobs_t.c)
+            sa.update(jobs_t).where(where).values(**values).returning(*jobs_t.c)
         ).first()
         if row is None:
-            raise KeyError(job_id)
+            raise StaleClaim(job_id) if fence is not None else KeyError(job_id)
         return _job(row)
-
-    def release_job(self, job_id: str) -> None:
-        """Hand a running job back to the queue (server/prompt_id kept for re-attaching)."""
-        with self._write() as conn:
-            conn.execute(
-                sa.update(jobs_t)
-                .where(jobs_t.c.id == job_id, jobs_t.c.state == "running")
-                .values(state="queued", claimed_by=None, heartbeat_at=None, updated_at=self.clock())
-            )
 
     def request_cancel(self, job_id: str) -> None:
         """Ask for a queued or running job to be cancelled (its worker does it)."""
@@ -384,6 +356,22 @@ class Store(KeyStore):
         depth = dict.fromkeys(STATES, 0)
         depth.update({state: int(n) for state, n in rows})
         return depth
+
+    def queued_by_workflow(self) -> list[tuple[str, int, int]]:
+        """(workflow, priority, queued jobs) for every pair with queued jobs (what an
+        autoscaler reads): one look at the queue's own index."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(jobs_t.c.workflow, jobs_t.c.priority, sa.func.count())
+                .where(jobs_t.c.state == "queued")
+                .group_by(jobs_t.c.workflow, jobs_t.c.priority)
+            ).all()
+        return [(str(w), int(p), int(n)) for w, p, n in rows]
+
+    def ping(self) -> None:
+        """One round trip to the database (raises if it does not answer)."""
+        with self._read() as conn:
+            conn.execute(sa.select(1))
 
     def queue_position(self, job_id: str) -> int | None:
         """How many queued jobs of the same API key will be claimed before this one (0: none),
