@@ -34,6 +34,7 @@ from comfyfn.cli._gateway import keys_app, serve_command
 from comfyfn.cli._mcp import mcp_command
 from comfyfn.cli._models import models_app
 from comfyfn.cli._recipe import recipe_app
+from comfyfn.cli._worker import worker_command, workers_command
 from comfyfn.cli._workflow import parse_params, workflow_app
 from comfyfn.client import Client, Job, _config
 from comfyfn.errors import ConfigError
@@ -55,6 +56,8 @@ app.add_typer(models_app, name="models")
 app.command("batch")(batch_command)
 app.command("serve")(serve_command)
 app.command("mcp")(mcp_command)
+app.command("worker")(worker_command)
+app.command("workers")(workers_command)
 app.add_typer(keys_app, name="keys")
 
 

@@ -75,7 +75,8 @@ def served_workflows(items: list[str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(served)
 
 
-def _store(db: str | None) -> Store:
+def open_store(db: str | None) -> Store:
+    """The gateway's store at ``db`` (else $COMFYFN_DB, else the embedded file)."""
     from comfyfn.gateway.settings import GatewaySettings
     from comfyfn.gateway.store import Store
 
@@ -173,9 +174,19 @@ def serve_command(
             "to stderr."
         ),
     ] = True,
+    no_worker: Annotated[
+        bool,
+        typer.Option(
+            "--no-worker",
+            help="Only serve the API: `comfyfn worker` runners on the GPU machines run the "
+            "jobs (a shared PostgreSQL --db). /readyz then needs only the database.",
+        ),
+    ] = False,
 ) -> None:
     """Run the gateway (OpenAI-compatible images API + async jobs) with uvicorn."""
     require_extras(db)
+    if no_worker and (server or warm):
+        raise fail(ConfigError("--no-worker runs no job here: drop --server and --warm"))
     import uvicorn
 
     from comfyfn.cli._batch import resolve_servers
@@ -190,7 +201,7 @@ def serve_command(
     limits = {name: value for name, value in given.items() if value is not None}
     try:
         settings = GatewaySettings.resolve(
-            servers=resolve_servers(server),
+            servers=[] if no_worker else resolve_servers(server),
             db_url=db,
             storage=storage,
             workflows=served_workflows(workflow),
@@ -204,12 +215,13 @@ def serve_command(
             **limits,
         )
         serves_mcp = mcp and not _missing("mcp")  # the extra: optional, unless it is asked
-        app = create_app(settings, mcp=serves_mcp, ui=ui)
+        app = create_app(settings, mcp=serves_mcp, ui=ui, worker=not no_worker)
     except ComfyError as exc:
         raise fail(exc) from None
     err.print(
         esc(
-            f"gateway on http://{host}:{port} → {', '.join(settings.servers)} "
+            f"gateway on http://{host}:{port} → "
+            f"{', '.join(settings.servers) or 'the workers (comfyfn worker)'} "
             f"(db {settings.db_url.split('@')[-1]}, files {settings.storage})"
             + (f"; MCP at http://{host}:{port}/mcp" if serves_mcp else "")
         ),
@@ -237,7 +249,7 @@ def keys_create(
 
     try:
         parse_rate(rate)
-        with _store(db) as store:
+        with open_store(db) as store:
             secret, key = store.create_key(name, rate, max_priority=max_priority)
     except ValueError as exc:
         raise fail(ConfigError(str(exc))) from None
@@ -255,7 +267,7 @@ def keys_create(
 def keys_list(db: DbOpt = None) -> None:
     """Keys with their prefix, rate, maximum priority and state."""
     require_extras(db)
-    with _store(db) as store:
+    with open_store(db) as store:
         keys = store.list_keys()
     for key in keys:
         typer.echo(
@@ -268,7 +280,7 @@ def keys_list(db: DbOpt = None) -> None:
 def keys_revoke(name: str, db: DbOpt = None) -> None:
     """Revoke a key by name or id (exit 1 if there is none)."""
     require_extras(db)
-    with _store(db) as store:
+    with open_store(db) as store:
         revoked = store.revoke_key(name)
     if not revoked:
         err.print(esc(f"no active key {name!r}"), highlight=False)

@@ -8,6 +8,8 @@ rate limiter, event bus, worker — is one :class:`~comfyfn.gateway.runtime.Runt
 ``app.state.runtime``, handed to them by :mod:`comfyfn.gateway.dependencies`; the job rules
 live in :mod:`comfyfn.gateway.jobs`. With the ``mcp`` extra, ``/mcp`` serves the same
 workflows to AI agents (MCP, streamable HTTP; :mod:`comfyfn.mcp`) under the same keys.
+With ``worker=False`` (``serve --no-worker``) the replica only serves the API: its jobs are
+run by ``comfyfn worker`` runners on the GPU machines (:class:`~.runtime.Submitter`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from comfyfn.gateway.errors import ERROR_RESPONSES, ApiError, BodyLimit, install
 from comfyfn.gateway.metrics import MetricsMiddleware
 from comfyfn.gateway.registry import Registry
 from comfyfn.gateway.routes import files, health, jobs, openai, uploads, workflows
-from comfyfn.gateway.runtime import Runtime, WarmUp
+from comfyfn.gateway.runtime import Runtime, Submitter, WarmUp
 from comfyfn.gateway.settings import GatewaySettings
 from comfyfn.gateway.store import Store
 from comfyfn.gateway.ui import router as _ui_router
@@ -41,8 +43,10 @@ def create_app(
     store: Store | None = None,
     mcp: bool | None = None,
     ui: bool = True,
+    worker: bool = True,
 ) -> FastAPI:
-    """The gateway application; the worker starts and stops with it. A store made here
+    """The gateway application; the worker starts and stops with it (``worker=False``: no
+    worker, jobs are only queued; no warm-up either). A store made here
     (none given) is closed when the application stops. ``mcp``: serve the MCP endpoint
     ``/mcp`` (:mod:`comfyfn.mcp`); None: if the ``mcp`` extra is installed. ``ui``: serve
     the web app at ``/`` (:mod:`comfyfn.gateway.ui`)."""
@@ -53,14 +57,15 @@ def create_app(
         store or Store(settings.db_url),
         registry,
         open_storage(settings.storage),
-        warm_up=WarmUp(settings.warm),
+        warm_up=WarmUp(settings.warm if worker else ()),
     )
+    runtime.metrics.watch(runtime.store)
     services: list[Callable[[], contextlib.AbstractAsyncContextManager[None]]] = []
     app = FastAPI(
         responses=ERROR_RESPONSES,
         title="comfyfn gateway",
         version="1",
-        lifespan=_lifespan(runtime, services, owns_store=store is None),
+        lifespan=_lifespan(runtime, services, owns_store=store is None, worker=worker),
         description="OpenAI-compatible images API and async jobs for ComfyUI.",
     )
     if settings.cors_origins:
@@ -107,27 +112,21 @@ def _lifespan(
     services: list[Callable[[], contextlib.AbstractAsyncContextManager[None]]],
     *,
     owns_store: bool,
+    worker: bool,
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
-    """Starts the worker, the warm-up and ``services`` (the MCP sessions); stops them."""
+    """Starts the worker (or the submitter), the warm-up and ``services`` (the MCP
+    sessions); stops them."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         with contextlib.suppress(SQLAlchemyError, OSError):  # read once, off the event loop
             await asyncio.to_thread(runtime.store.secret)
-        worker = Worker(
-            runtime.store,
-            runtime.registry,
-            runtime.settings,
-            runtime.metrics,
-            runtime.bus,
-            storage=runtime.storage,
-        )
-        await worker.start()
-        runtime.worker = worker
+        runner = _runner(runtime) if worker else Submitter(runtime.store, runtime.registry)
+        await runner.start()
+        runtime.worker = runner
+        clients = runner.fleet.clients if isinstance(runner, Worker) else {}
         warming = asyncio.create_task(
-            runtime.warm_up.run(
-                worker.fleet.clients, runtime.registry, runtime.settings.job_timeout
-            )
+            runtime.warm_up.run(clients, runtime.registry, runtime.settings.job_timeout)
         )
         try:
             async with contextlib.AsyncExitStack() as running:
@@ -138,10 +137,21 @@ def _lifespan(
             warming.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await warming
-            await worker.stop()
+            await runner.stop()
             if runtime.background:  # cancels asked for by callers who left: a moment to end
                 await asyncio.wait(list(runtime.background), timeout=5)
             if owns_store:
                 runtime.store.close()
 
     return lifespan
+
+
+def _runner(runtime: Runtime) -> Worker:
+    return Worker(
+        runtime.store,
+        runtime.registry,
+        runtime.settings,
+        runtime.metrics,
+        runtime.bus,
+        storage=runtime.storage,
+    )

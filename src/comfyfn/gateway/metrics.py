@@ -4,6 +4,11 @@ Request labels are bounded, so random requests cannot grow the series without bo
 route is the matched route's template (``/v1/jobs/{job_id}``) or ``unmatched``, the method
 one of the standard ones or ``other``, the status one the gateway itself sends.
 
+The queue as the store has it (every replica sees the same; read at each scrape, for
+autoscalers such as KEDA): ``comfyfn_queued_jobs{workflow, priority}``, and the runners
+alive (a heartbeat within the last minute) with their free slots: ``comfyfn_workers``,
+``comfyfn_worker_free_slots``. A scrape while the store is down leaves them out.
+
 The same middleware writes the access log: one line per request on the logger
 ``comfyfn.gateway.access`` (INFO), ``METHOD PATH STATUS SECONDS KEY_ID``: the path without
 its query string (a file URL's signature), the API key's id (``-`` if none was
@@ -14,9 +19,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
+
+if TYPE_CHECKING:
+    from comfyfn.gateway.store import Store
 
 __all__ = ["KEY_ID", "METHODS", "Metrics", "MetricsMiddleware", "route_label"]
 
@@ -25,6 +37,8 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 KEY_ID = "key_id"
 
 access_log = logging.getLogger("comfyfn.gateway.access")
+log = logging.getLogger("comfyfn.gateway")
+ALIVE_WITHIN = 60.0  #: seconds since its last heartbeat for a runner to count as alive
 
 
 class Metrics:
@@ -53,6 +67,44 @@ class Metrics:
         self.failures = Counter(
             "comfyfn_failures_total", "Failures by kind", ["kind"], registry=self.registry
         )
+
+    def watch(self, store: Store) -> None:
+        """Export the queue and the runners of ``store`` (read at each scrape)."""
+        self.registry.register(QueueCollector(store))
+
+
+class QueueCollector(Collector):
+    """The store's queue depth by workflow and priority, and the live runners."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            queued = self.store.queued_by_workflow()
+            workers = self.store.workers()
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("/metrics: the job store did not answer (%s)", exc)
+            return
+        depth = GaugeMetricFamily(
+            "comfyfn_queued_jobs",
+            "Jobs waiting for a worker, by workflow and priority (all replicas)",
+            labels=["workflow", "priority"],
+        )
+        for workflow, priority, count in queued:
+            depth.add_metric([workflow, str(priority)], count)
+        now = self.store.clock()
+        alive = [w for w in workers if now - w.heartbeat_at < ALIVE_WITHIN]
+        yield depth
+        yield GaugeMetricFamily("comfyfn_workers", "Runners alive", value=len(alive))
+        yield GaugeMetricFamily(
+            "comfyfn_worker_free_slots",
+            "Free slots of the runners alive, summed",
+            value=sum(w.free_slots for w in alive),
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())  # no look at the store when registered
 
 
 def route_label(scope: dict[str, Any]) -> str:

@@ -1,11 +1,19 @@
 """What one gateway application holds while it runs: settings, store, file storage,
-workflows, metrics, rate limiter, event bus, (once started) the worker, and the servers'
-warm-up. Built by :func:`comfyfn.gateway.app.create_app`, kept in ``app.state.runtime`` and
-handed to the routes by :mod:`comfyfn.gateway.dependencies`."""
+workflows, metrics, rate limiter, event bus, (once started) the worker — or, in a replica
+started with ``--no-worker``, a :class:`Submitter` that only queues jobs for the
+``comfyfn worker`` runners elsewhere — and the servers' warm-up. Built by
+:func:`comfyfn.gateway.app.create_app`, kept in ``app.state.runtime`` and handed to the
+routes by :mod:`comfyfn.gateway.dependencies`.
+
+Readiness (``/readyz``): with a worker, the store answers and one of its ComfyUI servers is
+up (and the warm-up is done); without one, the store answers — this replica can queue jobs,
+whether or not a runner is up at the moment (runners may be scaled from zero on the queue's
+depth, which ``/metrics`` exports)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -14,19 +22,21 @@ from typing import Any
 
 from comfyfn.client import AsyncClient
 from comfyfn.errors import ComfyError
+from comfyfn.gateway._job_life import DB_ERRORS
 from comfyfn.gateway._outputs import KnownFiles
 from comfyfn.gateway.bus import JobBus
 from comfyfn.gateway.errors import ApiError
 from comfyfn.gateway.metrics import Metrics
 from comfyfn.gateway.registry import Registry
+from comfyfn.gateway.schema import JobRecord
 from comfyfn.gateway.security import RateLimiter
 from comfyfn.gateway.settings import GatewaySettings
 from comfyfn.gateway.store import Store
-from comfyfn.gateway.worker import Worker
+from comfyfn.gateway.worker import Worker, job_models
 from comfyfn.models import warm_async
 from comfyfn.storage import Storage
 
-__all__ = ["Runtime", "WarmUp"]
+__all__ = ["Runtime", "Submitter", "WarmUp"]
 
 log = logging.getLogger("comfyfn.gateway")
 
@@ -99,6 +109,60 @@ def _shown(workflow: str) -> str:
     return PurePath(workflow).name or workflow
 
 
+class Submitter:
+    """Jobs for workers elsewhere (``serve --no-worker``): :meth:`submit` queues them (on
+    PostgreSQL the store notifies the listening workers) and nothing here runs them. The
+    store is looked at every ``interval`` seconds: :meth:`healthy` says whether it answers."""
+
+    def __init__(self, store: Store, registry: Registry, *, interval: float = 2.0) -> None:
+        self.store, self.registry, self.interval = store, registry, interval
+        self.db_ok = True
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._look()
+        self._watch = asyncio.create_task(self._watching())
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+
+    def healthy(self) -> bool:
+        return self.db_ok
+
+    async def submit(self, **job: Any) -> JobRecord:
+        """Queue a job (:meth:`Store.create_job`'s arguments)."""
+        models = job_models(self.registry, job["workflow"])
+        try:
+            record, _ = await asyncio.to_thread(self.store.create_job, models=models, **job)
+        except DB_ERRORS:
+            self.db_ok = False
+            raise
+        self.db_ok = True
+        return record
+
+    async def cancel(self, job_id: str) -> bool:
+        """No job runs here: its worker sees the request at its next heartbeat."""
+        return False
+
+    async def _look(self) -> None:
+        try:
+            await asyncio.to_thread(self.store.ping)
+        except DB_ERRORS as exc:
+            if self.db_ok:
+                log.error("the job store does not answer: %s", exc)
+            self.db_ok = False
+        else:
+            self.db_ok = True
+
+    async def _watching(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self._look()
+
+
 @dataclass
 class Runtime:
     settings: GatewaySettings
@@ -110,11 +174,12 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     bus: JobBus = field(default_factory=JobBus)
     limiter: RateLimiter = field(default_factory=RateLimiter)
-    worker: Worker | None = None  #: set while the application runs
+    worker: Worker | Submitter | None = None  #: set while the application runs
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def ready(self) -> bool:
-        """Able to take jobs: the worker runs, the store answers, a server is up."""
+        """Able to take jobs: the worker runs, the store answers, a server is up (without a
+        worker: the store answers)."""
         return self.worker is not None and self.worker.healthy()
 
     def not_ready(self) -> ApiError:

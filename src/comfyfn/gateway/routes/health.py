@@ -1,6 +1,7 @@
 """``/healthz`` (alive), ``/readyz`` (able to take jobs) and Prometheus ``/metrics``."""
 # No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -22,7 +23,9 @@ async def healthz() -> dict[str, str]:
 async def readyz(runtime: RuntimeDep) -> Any:
     """Ready or not, and why not (no server addresses: no key is needed here): 503 while
     the servers warm up (``warming_up``) or after their warm-up failed (``warm_up_failed``,
-    naming the workflows), or while no job can be taken (``not_ready``)."""
+    naming the workflows), or while no job can be taken (``not_ready``). A replica without
+    a worker (``serve --no-worker``) is ready while its store answers: it can queue jobs
+    (see :mod:`comfyfn.gateway.runtime`)."""
     if not runtime.ready():
         return error_response(503, "not ready", "server_error", code="not_ready")
     problem = runtime.warm_up.problem()
@@ -37,4 +40,6 @@ async def readyz(runtime: RuntimeDep) -> Any:
     responses={200: {"content": {"text/plain": {}}}},
 )
 async def metrics_route(runtime: RuntimeDep, _: ApiKey) -> Response:
-    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # the queue's gauges read the store: off the event loop
+    body = await asyncio.to_thread(generate_latest, runtime.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,336 @@
+"""One job's life in a worker, from its slot on a server to its final state, its files
+and its webhook; and the worker's writes to the store (through outages, fenced by its
+claim). The methods of :class:`comfyfn.gateway.worker.Worker` (see there)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from comfyfn.batch.jobs import sharded_prefixes
+from comfyfn.errors import ComfyError, ExecutionFailed
+from comfyfn.events import Preview, Progress
+from comfyfn.fleet import (
+    Cancelled,
+    Done,
+    Event,
+    Fleet,
+    Lost,
+    Moved,
+    Outcome,
+    Refused,
+    State,
+    Ticket,
+    advance,
+    requeue_or_fail,
+)
+from comfyfn.gateway._outputs import output_files, store_outputs
+from comfyfn.gateway.bus import JobBus, JobUpdate
+from comfyfn.gateway.metrics import Metrics
+from comfyfn.gateway.registry import Registry
+from comfyfn.gateway.schema import Claim, FileRecord, JobRecord, StaleClaim
+from comfyfn.gateway.settings import GatewaySettings
+from comfyfn.gateway.store import Store
+from comfyfn.gateway.uploads import resolve_inputs
+from comfyfn.result import Generation
+from comfyfn.storage import Storage, StorageError
+from comfyfn.workflow import Workflow
+
+__all__ = ["DB_ERRORS", "JobLife"]
+
+log = logging.getLogger("comfyfn.gateway")
+T = TypeVar("T")
+
+#: the store's names for the fleet's job states
+STORE_STATE = {
+    State.PENDING: "queued",
+    State.SUBMITTED: "running",
+    State.DONE: "succeeded",
+    State.FAILED: "failed",
+    State.CANCELLED: "cancelled",
+}
+PROGRESS_WRITE_INTERVAL = 1.0  #: at most one progress write per job this often
+DB_ERRORS = (SQLAlchemyError, OSError)
+CANCELLED = {"type": "cancelled", "message": "cancelled"}
+
+
+class JobLife:
+    """The job-running half of the worker (it provides these attributes)."""
+
+    store: Store
+    registry: Registry
+    settings: GatewaySettings
+    metrics: Metrics
+    bus: JobBus
+    storage: Storage
+    fleet: Fleet
+    running: dict[str, asyncio.Task[None]]
+    tickets: dict[str, Ticket]
+    held: dict[str, Claim]
+    db_ok: bool
+    _records: dict[str, JobRecord]
+    _progress_written: dict[str, float]
+    _starting: set[str]
+    _notifications: set[asyncio.Task[None]]
+
+    # -- the store, surviving its outages ----------------------------------------------------
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A store call that must happen: retried with backoff until the database answers."""
+        delay = 0.1
+        while True:
+            try:
+                result = await asyncio.to_thread(fn, *args, **kwargs)
+            except DB_ERRORS as exc:
+                self._db_failed(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.db_ok = True
+            return result
+
+    def _db_failed(self, exc: BaseException) -> None:
+        if self.db_ok:
+            log.error("the job store failed (%s); retrying", exc)
+        self.db_ok = False
+        self.metrics.failures.labels(kind="StoreError").inc()
+
+    def _stored(
+        self,
+        job: JobRecord,
+        files: tuple[FileRecord, ...] = (),
+        contents: tuple[bytes, ...] = (),
+    ) -> None:
+        """``job`` as just stored: remembered while held, and published."""
+        if job.id in self.running:
+            self._records[job.id] = job
+        self.bus.publish(JobUpdate(job, files, contents))
+
+    async def _update(self, job_id: str, **fields: Any) -> None:
+        """Store (retrying through outages) and publish a change to a job."""
+        self._stored(await self._db(self.store.update_job, job_id, **self._fence(job_id), **fields))
+
+    def _fence(self, job_id: str) -> dict[str, Claim]:
+        """The ``fence`` argument of the store's writes to a job of ours."""
+        claim = self.held.get(job_id)
+        return {"fence": claim} if claim is not None else {}
+
+    # -- one job ---------------------------------------------------------------------------
+
+    async def _run(self, job: JobRecord, ticket: Ticket) -> None:
+        started = self._progress_written[job.id] = time.monotonic()
+        try:
+            slot = await self.fleet.slot(ticket)
+            self._starting.discard(job.id)
+            assert slot is not None  # no stop event and no give-up: it waits for a slot
+
+            async def submitted(url: str, prompt_id: str) -> None:
+                await self._update(job.id, server=url, prompt_id=prompt_id, progress=0.0)
+
+            async def on_event(event: object) -> None:
+                if isinstance(event, Progress) and event.max:
+                    await self._progress(job.id, round(event.value / event.max, 3))
+                elif isinstance(event, Preview):  # throttled by the bus
+                    self.bus.preview(job.id, event.step, event.image, event.media_type)
+
+            outcome = await self.fleet.run(
+                ticket, slot, on_submit=submitted, on_event=on_event, validate=True
+            )
+            await self._settle(job, ticket, outcome, started)
+        except asyncio.CancelledError:
+            await self._cancelled_here(job, started)
+            raise
+        except StaleClaim:
+            raise
+        except Exception:  # a bug must not leave the job 'running' for ever
+            log.exception("job %s failed inside the gateway", job.id)
+            error = {"type": "InternalError", "message": "the gateway failed to run the job"}
+            await self._finish(job, State.FAILED, started, error=error)
+
+    async def _bind(self, job: JobRecord) -> Workflow | dict[str, Any]:
+        """The job's bound workflow, or the error to store if it cannot be bound. Input
+        images are read back from the uploads of the job's key (never into ``job.params``:
+        those are published and shown)."""
+        served = self.registry.get(job.workflow)
+        if served is None:
+            return {"type": "WorkflowGone", "message": f"workflow {job.workflow!r} is not served"}
+        params = {
+            **job.params,
+            **sharded_prefixes(served.workflow, f"{job.id[4:6]}/{job.id}", given=job.params),
+        }
+        try:
+            params = await resolve_inputs(
+                self.storage,
+                served.workflow,
+                params,
+                key_id=job.key_id,
+                max_pixels=self.settings.max_pixels,
+            )
+            return served.workflow.bind(**params)
+        except ComfyError as exc:
+            return _error(exc)
+
+    async def _progress(self, job_id: str, fraction: float) -> None:
+        """Publish every step; store one now and then (best effort while the db is out)."""
+        known = self._records.get(job_id)
+        if known is None:
+            return
+        now = time.monotonic()
+        if now - self._progress_written.get(job_id, now) < PROGRESS_WRITE_INTERVAL:
+            self._stored(dataclasses.replace(known, progress=fraction))
+            return
+        self._progress_written[job_id] = now
+        with contextlib.suppress(*DB_ERRORS):
+            self._stored(
+                await asyncio.to_thread(
+                    self.store.update_job, job_id, progress=fraction, **self._fence(job_id)
+                )
+            )
+
+    async def _settle(
+        self, job: JobRecord, ticket: Ticket, outcome: Outcome, started: float
+    ) -> None:
+        if isinstance(outcome, Moved):
+            self.metrics.failures.labels(kind=type(outcome.error).__name__).inc()
+        event = requeue_or_fail(outcome.event, ticket.attempts, self.settings.retries)
+        if isinstance(outcome, Cancelled) and not await self._cancel_was_asked(job.id):
+            outcome = Refused(outcome.error, outcome.server)  # interrupted by someone else
+            event = Event.FAIL
+        state = advance(State.SUBMITTED, event)
+        if isinstance(outcome, Done):
+            await self._succeeded(job, outcome.generation, started)
+        elif state is State.PENDING:
+            assert isinstance(outcome, Moved | Lost)
+            await self._requeue(job, ticket, outcome)
+        else:
+            error = _error(outcome.error)
+            await self._finish(job, state, started, error=error, attempts=ticket.attempts)
+
+    async def _cancel_was_asked(self, job_id: str) -> bool:
+        fresh = await self._db(self.store.get_job, job_id)
+        return fresh is not None and fresh.cancel_requested
+
+    async def _succeeded(self, job: JobRecord, generation: Generation, started: float) -> None:
+        """Store every output (still images first), then record them with the success in
+        one transaction. The still images' bytes are published at once: a caller who wants
+        only those need not wait for them to be stored."""
+        outputs = output_files(generation)
+        images = tuple(f.data for f in outputs if f.still_image)
+        self._stored(self._records.get(job.id, job), contents=images)
+        claim = self.held.get(job.id)
+        if claim is not None and not await self._db(self.store.holds, job.id, claim):
+            raise StaleClaim(job.id)  # another worker stores them: do not write them twice
+        try:
+            new_files = await store_outputs(self.storage, job.id, outputs)
+        except StorageError as exc:
+            log.error("job %s: cannot store its outputs: %s", job.id, exc)
+            error = {"type": "StorageError", "message": "the outputs could not be stored"}
+            await self._finish(job, State.FAILED, started, error=error)
+            return
+        done, files = await self._db(
+            self.store.complete_job,
+            job.id,
+            new_files,
+            state="succeeded",
+            progress=1.0,
+            **self._fence(job.id),
+        )
+        self._stored(done, files, images)
+        self._finished(done, started)
+
+    async def _requeue(self, job: JobRecord, ticket: Ticket, outcome: Moved | Lost) -> None:
+        log.warning("job %s goes back to the queue: %s", job.id, outcome.error)
+        await self._update(
+            job.id,
+            state="queued",
+            server=None,
+            prompt_id=None,
+            claimed_by=None,
+            progress=0.0,
+            attempts=ticket.attempts,
+        )
+        self.bus.queue_changed()
+
+    async def _cancelled_here(self, job: JobRecord, started: float) -> None:
+        """Our task was cancelled: by a cancel request (the job ends cancelled), or by a
+        shutdown (the job is handed back by :meth:`stop`)."""
+        with contextlib.suppress(*DB_ERRORS):
+            fresh = await asyncio.to_thread(self.store.get_job, job.id)
+            if fresh is not None and fresh.cancel_requested and job.id in self.held:
+                done = await asyncio.to_thread(
+                    self.store.update_job,
+                    job.id,
+                    state="cancelled",
+                    error=CANCELLED,
+                    **self._fence(job.id),
+                )
+                self._stored(done)
+                self._finished(done, started)
+
+    async def _finish(
+        self,
+        job: JobRecord,
+        state: State,
+        started: float,
+        *,
+        error: dict[str, Any],
+        **fields: Any,
+    ) -> None:
+        """End the job ``failed`` or ``cancelled`` with ``error`` (and other ``fields``)."""
+        if state is State.FAILED:
+            self.metrics.failures.labels(kind=error["type"]).inc()
+        done = await self._db(
+            self.store.update_job,
+            job.id,
+            state=STORE_STATE[state],
+            error=error,
+            **self._fence(job.id),
+            **fields,
+        )
+        self._stored(done)
+        self._finished(done, started)
+
+    def _finished(self, job: JobRecord, started: float) -> None:
+        self.metrics.job_seconds.labels(workflow=job.workflow, state=job.state).observe(
+            time.monotonic() - started
+        )
+        if job.webhook:
+            task = asyncio.create_task(self._notify(job))
+            self._notifications.add(task)
+            task.add_done_callback(self._notifications.discard)
+
+    async def _notify(self, job: JobRecord) -> None:
+        """POST the finished job to its webhook (signed, pinned to the checked address)."""
+        from comfyfn.gateway.webhooks import deliver_webhook, webhook_payload
+
+        assert job.webhook is not None
+        secret = await self._db(self.store.secret)
+        try:
+            await deliver_webhook(
+                job.webhook,
+                webhook_payload(job),
+                secret,
+                allow_private=self.settings.allow_private_webhooks,
+            )
+        except ComfyError as exc:
+            self.metrics.failures.labels(kind="WebhookFailed").inc()
+            log.warning("webhook for %s failed: %s", job.id, exc)
+
+
+def _error(error: BaseException) -> dict[str, Any]:
+    """What the store keeps of a failure (the API shows callers a sanitised form of it)."""
+    detail: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
+    if isinstance(error, ExecutionFailed):
+        detail.update(
+            node_id=error.node_id,
+            class_type=error.class_type,
+            exception_type=error.exception_type,
+        )
+    return detail
