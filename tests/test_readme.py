@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import json
+import os
 import re
 import subprocess
 import sys
