@@ -1,4 +1,6 @@
-"""ComfyUI source trees for tests: 0.28.0 from ../shared, unpacked where a test wants it."""
+"""ComfyUI source trees for tests: 0.28.0 from ../shared, unpacked where a test wants it
+(``make test`` runs the integration suite a second time on ../shared's 0.33.0, by
+``COMFYFN_TEST_COMFYUI``)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
 """Integration tests run against a real ComfyUI: the local engine, started once per session.
 
 By default that is the managed ComfyUI 0.3.75. With ``COMFYFN_TEST_COMFYUI`` set to a ComfyUI
-source tree, or to a release tarball (``make test`` passes ../shared's 0.28.0), the same tests
+source tree, or to a release tarball (``make test`` passes ../shared's 0.33.0), the same tests
 run on that ComfyUI instead; tests marked ``one_version`` (slow multi-engine fault tests, and
-those about the managed install itself) run on the managed engine only.
+those about the managed install itself) run on the managed engine only. A test that depends
+on what the server can do asks the server (a route, ``/features``, ``/object_info``), never
+its version.
 """
 
 from __future__ import annotations

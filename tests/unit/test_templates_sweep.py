@@ -1,12 +1,12 @@
-"""The official templates (PyPI comfyui-workflow-templates-json) against both bundled sets
-of node definitions: every template whose nodes all exist converts and passes validation
-offline (model and input files are not checked), except the ones listed here, each for the
-reason its problem shows. The coverage on each version is printed.
+"""The official templates (PyPI comfyui-workflow-templates-json) against every bundled set
+of node definitions (0.3.75, 0.28.0, 0.33.0): every template whose nodes all exist converts
+and passes validation offline (model and input files are not checked), except the ones
+listed here, each for the reason its problem shows. The coverage on each version is printed.
 
-The templates package is newer than ComfyUI 0.28.0 (its nodes were saved by ComfyUI up to
+The templates package is newer than ComfyUI 0.33.0 (its nodes were saved by ComfyUI up to
 0.35), so some of its templates need a newer server: a model or option the bundled node
 does not offer yet, or an input or output it does not have yet. Those are listed with the
-problem that shows it; a real 0.28 server rejects them too.
+problem that shows it; a real server of that version rejects them too.
 """
 
 from __future__ import annotations
@@ -161,7 +161,90 @@ NEEDS_NEWER_THAN_0_3_75 = {
         "ByteDanceSeedreamNode: model 'seedream-4-5-251128' is not one of"
     ),
 }
+#: Made for a ComfyUI newer than 0.33.0, failing there as on 0.28 (the same first problem).
+STILL_NEWER_THAN_0_33 = (
+    "api_anthropic_claude_fable5_1.json",
+    "api_anthropic_claude_opus_5_5.json",
+    "api_elevenlabs_v4_text_to_dialogue.json",
+    "api_elevenlabs_v4_text_to_speech.json",
+    "api_grok_imagine_video_1_5_lite_i2v.json",
+    "api_grok_imagine_video_1_5_lite_t2v.json",
+    "api_meshy7_1_image_to_model.json",
+    "api_meshy7_1_text_to_model.json",
+    "api_meshy7_image_to_model.json",
+    "api_meshy7_text_to_model.json",
+    "api_meshy_image_to_model.json",
+    "api_meshy_multi_image_to_model.json",
+    "api_meshy_text_to_model.json",
+    "api_nano_banana_2_1_image_edit.json",
+    "api_nano_banana_2_1_t2i.json",
+    "api_openai_gpt6_astra.json",
+    "api_openai_gpt_image_25_flare_image_edit.json",
+    "api_openai_gpt_image_25_flare_t2i.json",
+    "api_openai_gpt_image_25_sunburst_image_edit.json",
+    "api_openai_gpt_image_25_sunburst_t2i.json",
+    "api_recraft_v4_1_flash_t2i.json",
+    "api_seedance2_5_draft_i2v.json",
+    "api_seedance2_5_draft_t2v.json",
+    "api_tripo3_0_text_to_model.json",
+    "api_tripo_image_to_model.json",
+    "api_tripo_multiview_to_model.json",
+    "api_tripo_text_to_model.json",
+    "image_moss_image_base_t2i.json",
+    "image_moss_image_t2i.json",
+    "video_ltx2_3_ia2v.json",
+    "video_ltx2_3_ic_lora.json",
+    "video_ltx2_3_t2v.json",
+)
+#: Made for a ComfyUI newer than 0.33.0 → the first problem 0.33's definitions show (where
+#: 0.28 lacked a node class, or showed another problem first).
+NEEDS_NEWER_THAN_0_33 = {name: NEEDS_NEWER_THAN_0_28[name] for name in STILL_NEWER_THAN_0_33} | {
+    "3d_pixal3d_trellis2_image_to_model.json": "RemeshMesh: sign_mode 'solid' is not one of",
+    "api_bytedance_seedream_5_0_flash_image_edit.json": (
+        "ByteDanceSeedreamNodeV3: model 'seedream 5.0 flash' is not one of"
+    ),
+    "api_bytedance_seedream_5_0_flash_t2i.json": (
+        "ByteDanceSeedreamNodeV3: model 'seedream 5.0 flash' is not one of"
+    ),
+    "api_bytedance_seedream_5_0_lite_image_edit.json": (
+        "ByteDanceSeedreamNodeV3: model.size_preset '(1K) 1024x1024 (1:1)' is not one of"
+    ),
+    "api_bytedance_vcube_video_enhance.json": "CreateVideo: bit_depth 'auto' is not an integer",
+    "api_fishaudio_drama3_dialogue.json": "FishAudioTextToSpeech: model 'drama-3' is not one of",
+    "api_fishaudio_drama3_directed.json": "FishAudioTextToSpeech: model 'drama-3' is not one of",
+    "api_minimax_h3_max_flf2v.json": (
+        "MinimaxHailuo03FirstLastFrameNode: model 'MiniMax H3 Max' is not one of"
+    ),
+    "api_minimax_h3_max_i2v.json": (
+        "MinimaxHailuo03FirstLastFrameNode: model 'MiniMax H3 Max' is not one of"
+    ),
+    "api_minimax_h3_max_r2v.json": (
+        "MinimaxHailuo03ReferenceNode: model 'MiniMax H3 Max' is not one of"
+    ),
+    "api_minimax_h3_max_t2v.json": (
+        "MinimaxHailuo03TextToVideoNode: model 'MiniMax H3 Max' is not one of"
+    ),
+    "api_minimax_h3_max_turbo_i2v.json": (
+        "MinimaxHailuo03FirstLastFrameNode: model 'MiniMax H3 Max Turbo' is not one of"
+    ),
+    "api_minimax_h3_max_turbo_t2v.json": (
+        "MinimaxHailuo03TextToVideoNode: model 'MiniMax H3 Max Turbo' is not one of"
+    ),
+    "api_seedance2_5_draft_r2v.json": "SaveText: text links to output 1 of node 789, which has 1",
+    "video_minimax_h3_multiframe_reference.json": "CreateVideo: bit_depth 'auto' is not an integer",
+}
+#: A choice the server offers by what its machine has: the 0.33 definitions were captured on
+#: a CPU, whose only attention backend is PyTorch's (a GPU with comfy-kitchen offers it).
+NEEDS_ANOTHER_MACHINE = {
+    "image_ming_image_01_design_t2i.json": (
+        "ModelAttentionBackend: attention 'comfy kitchen attention' is not one of"
+    ),
+    "image_minimax_h3_t2i.json": (
+        "ModelAttentionBackend: attention 'comfy kitchen attention' is not one of"
+    ),
+}
 EXPECTED = {
+    "0.33.0": NEEDS_NEWER_THAN_0_33 | NEEDS_ANOTHER_MACHINE | NEEDS_THE_FRONTEND | BROKEN,
     "0.28.0": NEEDS_NEWER_THAN_0_28 | NEEDS_THE_FRONTEND | BROKEN,
     "0.3.75": NEEDS_NEWER_THAN_0_3_75,
 }
@@ -204,7 +287,7 @@ def swept(all_templates) -> dict[str, tuple[int, dict[str, list[NodeProblem]]]]:
     return {version: sweep(all_templates, version) for version in EXPECTED}
 
 
-@pytest.mark.parametrize("version", ["0.3.75", "0.28.0"])
+@pytest.mark.parametrize("version", ["0.3.75", "0.28.0", "0.33.0"])
 def test_templates_whose_nodes_exist_convert_and_validate(all_templates, swept, version, capsys):
     converted, failing = swept[version]
     valid = converted - len(failing)
@@ -221,10 +304,10 @@ def test_templates_whose_nodes_exist_convert_and_validate(all_templates, swept, 
         assert shown in f"{first.class_type}: {first.message}", name
 
 
-def test_coverage_grows_with_the_newer_bundle(swept):
-    old_converted, old_failing = swept["0.3.75"]
-    new_converted, new_failing = swept["0.28.0"]
-    assert new_converted - len(new_failing) > 3 * (old_converted - len(old_failing))
+def test_coverage_grows_with_each_newer_bundle(swept):
+    valid = {v: converted - len(failing) for v, (converted, failing) in swept.items()}
+    assert valid["0.28.0"] > 3 * valid["0.3.75"]
+    assert valid["0.33.0"] > valid["0.28.0"] + 50
 
 
 def test_a_template_needing_classes_a_server_lacks_names_each_of_them(templates):

@@ -53,9 +53,11 @@ def messages(graph, **kw):
         ("0.28.0", "0.28.0"),
         ("0.30.1", "0.28.0"),
         ("v0.28.0-rc1", "0.28.0"),
+        ("0.33.0", "0.33.0"),
+        ("0.47.2", "0.33.0"),
         ("0.3.10", "0.3.75"),  # older than every bundle: the oldest
-        (None, "0.28.0"),
-        ("nightly", "0.28.0"),  # unreadable: the newest
+        (None, "0.33.0"),
+        ("nightly", "0.33.0"),  # unreadable: the newest
     ],
 )
 def test_the_bundle_is_the_newest_not_newer_than_the_server(server, bundle):
@@ -63,11 +65,13 @@ def test_the_bundle_is_the_newest_not_newer_than_the_server(server, bundle):
 
 
 def test_each_bundle_is_parsed_once_and_differs():
-    assert BUNDLED_VERSIONS == ("0.3.75", "0.28.0")
-    assert bundled_object_info("0.28.0") is bundled_object_info("0.30") is bundled_object_info()
-    old = bundled_object_info("0.3.75")
-    assert (len(old), len(INFO)) == (510, 803)
+    assert BUNDLED_VERSIONS == ("0.3.75", "0.28.0", "0.33.0")
+    assert bundled_object_info("0.28.0") is bundled_object_info("0.30") is INFO
+    assert bundled_object_info("0.33.0") is bundled_object_info("0.40") is bundled_object_info()
+    old, new = bundled_object_info("0.3.75"), bundled_object_info("0.33.0")
+    assert (len(old), len(INFO), len(new)) == (510, 803, 886)
     assert "SaveImageAdvanced" in INFO and "SaveImageAdvanced" not in old
+    assert "ImageCompositor" in new and "ImageCompositor" not in INFO
 
 
 # -- reading the specs ---------------------------------------------------------------------
@@ -462,3 +466,58 @@ def test_dynamic_inputs_are_typed_parameters_by_path():
     assert (inputs["2.format"].type, inputs["2.format"].choices) == ("COMBO", ("png", "exr"))
     assert inputs["2.format.bit_depth"].choices == ("8-bit", "16-bit")
     assert inputs["2.format.bit_depth"].path == "2.format.bit_depth"
+
+
+# -- ComfyUI 0.33: layers, the compositor, multi-typed widgets, nested dynamic combos -------
+
+INFO33 = bundled_object_info("0.33.0")
+
+
+def test_the_compositor_is_a_stored_widget_and_layers_link_like_any_socket():
+    out = [{"name": "LAYERS", "type": "LAYERS", "links": [2]}]
+    add = node(2, "AddLayer", ["logo", 10, 20, 0.5, "multiply", 0, 0, 0], outputs=out)
+    add["inputs"] = [link_in("image", 1, "IMAGE")]
+    state = {"version": 1, "canvas": {"width": 64, "height": 48}, "layers": [{"id": 0}]}
+    compositor = node(3, "ImageCompositor", [state], inputs=[link_in("layers", 2, "LAYERS")])
+    ui = {
+        "nodes": [image_source(), add, compositor],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "LAYERS"]],
+    }
+    api = ui_to_api(ui, INFO33)
+    assert api["3"]["inputs"] == {"layers": ["2", 0], "compositor": state}
+    assert api["2"]["inputs"]["blend_mode"] == "multiply" and api["2"]["inputs"]["x"] == 10
+    api["4"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "c"}}
+    assert problems(api, INFO33, check_files=False) == []
+    api["3"]["inputs"]["layers"] = ["1", 0]
+    assert [str(p) for p in problems(api, INFO33, check_files=False)] == [
+        "node 3 ImageCompositor: layers expects LAYERS but receives IMAGE from node 1"
+    ]
+
+
+def test_a_multi_typed_widget_is_checked_as_the_type_it_is_drawn_as():
+    latent = {
+        "class_type": "LTXVEmptyLatentAudio",
+        "inputs": {"frames_number": 97, "frame_rate": "fast", "batch_size": 1, "audio_vae": 5},
+    }
+    shown = {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}
+    found = problems({"1": latent, "2": shown}, INFO33, check_files=False)
+    assert [str(p) for p in found if p.input_name == "frame_rate"] == [
+        "node 1 LTXVEmptyLatentAudio: frame_rate 'fast' is not a number"
+    ]
+
+
+def test_dynamic_combos_nested_three_deep_lay_out_in_widget_order():
+    save = node(2, "SaveVideo", ["video/x", "auto", "h264", "re-encode", 18.0, "sRGB"])
+    save["inputs"] = [link_in("video", 1, "VIDEO")]
+    source = node(1, "CreateVideo", [24, "auto"], outputs=[{"name": "VIDEO", "links": [1]}])
+    api = ui_to_api({"nodes": [source, save], "links": [[1, 1, 0, 2, 0, "VIDEO"]]}, INFO33)
+    assert api["2"]["inputs"] == {
+        "video": ["1", 0],
+        "filename_prefix": "video/x",
+        "format": "auto",
+        "format.codec": "h264",
+        "format.codec.encoding": "re-encode",
+        "format.codec.encoding.crf": 18.0,
+        "format.codec.encoding.color_space": "sRGB",
+        "codec": "auto",  # a hidden input kept for older files: its default (format's wins)
+    }

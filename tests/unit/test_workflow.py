@@ -150,8 +150,8 @@ def test_zimage_base_binds_width_and_height_over_its_resolution_selector(templat
 
 def test_offline_definitions_default_to_the_newest_bundle():
     wf = zimage_turbo()
-    assert wf.definitions is bundled_object_info("0.28.0")
-    assert "SaveImageAdvanced" in wf.definitions
+    assert wf.definitions is bundled_object_info("0.33.0")
+    assert "SaveImageAdvanced" in wf.definitions and "ImageCompositor" in wf.definitions
 
 
 def test_paths_may_have_dots_in_the_title_or_the_input():

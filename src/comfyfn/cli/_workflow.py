@@ -1,19 +1,45 @@
-"""``comfyfn workflow``: inspect, convert and validate any workflow file."""
+"""``comfyfn workflow``: list, inspect, convert and validate any workflow file, built-in
+workflow, or a blueprint or template a server serves (``blueprint:NAME``, ``template:NAME``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import httpx
 import typer
 from rich.table import Table
 
 from comfyfn.cli._common import err, esc, out, workflow_source
 from comfyfn.client import Client, _config
-from comfyfn.errors import ConfigError
-from comfyfn.workflow import BUILTIN, Workflow, builtin, bundled_version
+from comfyfn.client._credentials import split_url
+from comfyfn.errors import (
+    ConfigError,
+    HTTPStatusError,
+    ProtocolError,
+    ServerUnreachable,
+    TransportError,
+)
+from comfyfn.workflow import (
+    BUILTIN,
+    SERVED_ROUTES,
+    GetJson,
+    RouteMissing,
+    Workflow,
+    builtin,
+    bundled_version,
+    list_server_workflows,
+    served_workflow,
+    server_source,
+)
+
+T = TypeVar("T")
 
 workflow_app = typer.Typer(
     help="Inspect, convert and validate workflows (API, UI with subgraphs, or a ComfyUI PNG).",
@@ -21,7 +47,11 @@ workflow_app = typer.Typer(
 )
 
 FileArg = Annotated[
-    str, typer.Argument(help="A workflow file (API/UI JSON, PNG) or built-in name.")
+    str,
+    typer.Argument(
+        help="A workflow file (API/UI JSON, PNG), a built-in name, or blueprint:NAME / "
+        "template:NAME (served by --server)."
+    ),
 ]
 DefinitionsServer = Annotated[
     str | None,
@@ -56,10 +86,90 @@ def parse_params(wf: Workflow, items: list[str]) -> dict[str, Any]:
     return values
 
 
+@contextlib.asynccontextmanager
+async def _getter(url: str) -> AsyncIterator[tuple[str, GetJson]]:
+    """The public URL of ``url`` and a ``get_json`` for it (credentials in ``url`` go on every
+    request, never into a message)."""
+    server, credentials = split_url(url)
+    async with httpx.AsyncClient(
+        base_url=server,
+        headers=credentials.http_headers(),
+        params=dict(credentials.query),
+        timeout=httpx.Timeout(30.0, connect=10.0),
+    ) as client:
+
+        async def get_json(path: str) -> Any:
+            try:
+                response = await client.get(path)
+            except httpx.HTTPError as exc:
+                unreached = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                kind = ServerUnreachable if unreached else TransportError
+                detail = credentials.redact(str(exc)) or type(exc).__name__
+                raise kind(f"GET {path} to {server} failed: {detail}", server=server) from None
+            if response.status_code >= 400:
+                body = credentials.redact(response.text[:300])
+                raise HTTPStatusError(
+                    f"GET {path} answered HTTP {response.status_code}: {body}",
+                    server=server,
+                    status_code=response.status_code,
+                    body=body,
+                    method="GET",
+                    path=path,
+                )
+            try:
+                return response.json()
+            except ValueError:
+                what = "something that is not JSON"
+                raise ProtocolError(
+                    f"GET {path} from {server} answered {what}",
+                    server=server,
+                    method="GET",
+                    path=path,
+                ) from None
+
+        yield server, get_json
+
+
+def _ask(url: str, action: Callable[[GetJson, str], Awaitable[T]]) -> T:
+    """``await action(get_json, public_url)`` on the server at ``url``."""
+
+    async def run() -> T:
+        async with _getter(url) as (server, get_json):
+            return await action(get_json, server)
+
+    return asyncio.run(run())
+
+
+async def _served(source: str, get_json: GetJson, server: str) -> Workflow:
+    info = await get_json("/object_info")
+    if not isinstance(info, dict):
+        raise ProtocolError(
+            f"GET /object_info from {server} answered no JSON object",
+            server=server,
+            method="GET",
+            path="/object_info",
+        )
+    return await served_workflow(source, get_json, server, info)
+
+
+def _server_url(server: str | None) -> str | None:
+    return server or os.environ.get("COMFYFN_SERVER")
+
+
 def _load(source: str, server: str | None, *, strict: bool = True) -> tuple[Workflow, str | None]:
     """Load with the server's definitions when a server is known, else the bundled ones."""
+    url = _server_url(server)
+    served = server_source(source)
+    if served is not None:
+        if not url:
+            raise ConfigError(
+                f"{source}: a {served[0]} is served by ComfyUI: give its --server "
+                "(or set COMFYFN_SERVER)"
+            )
+        resolved = _config.resolve_server_sync(url)
+        wf = _ask(resolved, lambda get_json, public: _served(source, get_json, public))
+        return wf, split_url(resolved)[0]
     source = workflow_source(source)
-    url = server or os.environ.get("COMFYFN_SERVER")
     if not url:
         return (
             builtin(source) if source in BUILTIN else Workflow.load(source, strict=strict)
@@ -71,6 +181,50 @@ def _load(source: str, server: str | None, *, strict: bool = True) -> tuple[Work
         else:
             wf = Workflow.load(source, object_info=info, strict=strict)
         return wf.with_definitions(info), client.server
+
+
+async def _listings(get_json: GetJson, server: str) -> dict[str, list[str] | RouteMissing]:
+    found: dict[str, list[str] | RouteMissing] = {}
+    for kind in SERVED_ROUTES:
+        try:
+            found[kind] = sorted(await list_server_workflows(kind, get_json, server))
+        except RouteMissing as exc:
+            found[kind] = exc
+    return found
+
+
+ListServer = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        "-s",
+        help="A ComfyUI URL: list the blueprints and templates it serves too. Default: "
+        "$COMFYFN_SERVER, else the built-in workflows only.",
+    ),
+]
+
+
+@workflow_app.command("list")
+def list_workflows(
+    server: ListServer = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """The built-in workflows, and the blueprints and templates a server serves (load one
+    with blueprint:NAME or template:NAME wherever a workflow is taken)."""
+    url = _server_url(server)
+    found: dict[str, list[str] | RouteMissing] = {"builtin": sorted(BUILTIN)}
+    if url:
+        found |= _ask(_config.resolve_server_sync(url), _listings)
+    if as_json:
+        shown = {k: v if isinstance(v, list) else None for k, v in found.items()}
+        typer.echo(json.dumps(shown, ensure_ascii=False, indent=2))
+    for kind, names in found.items():
+        if isinstance(names, RouteMissing):
+            err.print(esc(str(names)), highlight=False)
+        elif not as_json:
+            prefix = "" if kind == "builtin" else f"{kind}:"
+            out.print(esc(f"{kind} ({len(names)}):"), highlight=False)
+            for name in names:
+                out.print(esc(f"  {prefix}{name}"), highlight=False)
 
 
 @workflow_app.command()

@@ -1,7 +1,9 @@
 """Workflows as values — pure, no I/O: loading (API or UI format, subgraphs, PNGs),
 parameters found by meaning, binding, validation against node definitions, and the
-built-in Z-Image graphs; the node definitions of ComfyUI 0.3.75 and 0.28.0 are bundled for
-offline use (``bundled_object_info(server_version)``).
+built-in Z-Image graphs; the node definitions of ComfyUI 0.3.75, 0.28.0 and 0.33.0 are
+bundled for offline use (``bundled_object_info(server_version)``). What a server serves
+itself (``blueprint:NAME``, ``template:NAME``: ``_library``) and partner (paid cloud) nodes
+(``_partner``) are read here; the fetching and the key are the client's.
 
 ::
 
@@ -14,25 +16,41 @@ from comfyfn.workflow._binding import PARAMETERS, ComfyWarning, parse_size, rand
 from comfyfn.workflow._builtin import BUILTIN, builtin, zimage, zimage_edit, zimage_turbo
 from comfyfn.workflow._bundled import BUNDLED_VERSIONS, bundled_object_info, bundled_version
 from comfyfn.workflow._images import InputImage, input_image
+from comfyfn.workflow._library import (
+    SERVED_ROUTES,
+    GetJson,
+    RouteMissing,
+    list_server_workflows,
+    server_source,
+)
 from comfyfn.workflow._meaning import MEANINGS
 from comfyfn.workflow._params import Param
-from comfyfn.workflow._workflow import Workflow
+from comfyfn.workflow._partner import EXTRA_DATA_KEY, KEY_ENV
+from comfyfn.workflow._workflow import Workflow, served_workflow
 
 __all__ = [
     "BUILTIN",
     "BUNDLED_VERSIONS",
+    "EXTRA_DATA_KEY",
+    "KEY_ENV",
     "MEANINGS",
     "PARAMETERS",
+    "SERVED_ROUTES",
     "ComfyWarning",
+    "GetJson",
     "InputImage",
     "Param",
+    "RouteMissing",
     "Workflow",
     "builtin",
     "bundled_object_info",
     "bundled_version",
     "input_image",
+    "list_server_workflows",
     "parse_size",
     "random_seed",
+    "served_workflow",
+    "server_source",
     "zimage",
     "zimage_edit",
     "zimage_turbo",

@@ -1,9 +1,11 @@
 """Node definitions (``/object_info``) bundled for offline use, chosen by server version.
 
-Two snapshots ship with comfyfn: ComfyUI 0.3.75 (the newest core on PyPI) and 0.28.0 (July
-2026). A server's version picks the newest bundle that is not newer than it, so a 0.30 server
-is read with the 0.28 definitions and a 0.3.80 one with 0.3.75's; without a version, or with
-one that cannot be read, the newest bundle is used. Each is parsed once per process.
+Three snapshots ship with comfyfn: ComfyUI 0.3.75 (the newest core on PyPI), 0.28.0 (July
+2026) and 0.33.0 (August 2026). A server's version picks the newest bundle that is not newer
+than it, so a 0.30 server is read with the 0.28 definitions and a 0.3.80 one with 0.3.75's;
+without a version, or with one that cannot be read, the newest bundle is used. Each is
+parsed once per process. (Choosing offline definitions is the one use of a version: what a
+server can do is asked of the server itself.)
 
 Their model-file and input-file choices are those of the machines they were captured on:
 never use them to say a file is missing; ask the server (``client.object_info()``).
@@ -24,7 +26,7 @@ __all__ = ["BUNDLED_VERSIONS", "bundled_object_info", "bundled_version", "is_bun
 log = logging.getLogger("comfyfn.workflow")
 
 #: ComfyUI versions whose definitions are bundled, oldest first.
-BUNDLED_VERSIONS: tuple[str, ...] = ("0.3.75", "0.28.0")
+BUNDLED_VERSIONS: tuple[str, ...] = ("0.3.75", "0.28.0", "0.33.0")
 
 
 def _version_key(version: str) -> tuple[int, ...] | None:

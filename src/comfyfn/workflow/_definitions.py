@@ -90,7 +90,15 @@ class InputSpec:
             or self.type in _FRONTEND_WIDGETS
             or self.type in CAPTURED_WIDGETS
             or "widgetType" in self.options
+            or self.options.get("socketless") is True  # a value only (0.33: COMPOSITOR)
         )
+
+    @property
+    def value_type(self) -> str:
+        """The type of the value the widget holds: its ``widgetType`` where the input takes
+        several types (0.33: ``FLOAT,INT`` drawn as a FLOAT), else its type."""
+        multi = "," in self.type
+        return str(self.options.get("widgetType") or self.type) if multi else self.type
 
     @property
     def needs_capture(self) -> bool:

@@ -25,6 +25,7 @@ from comfyfn.workflow._definitions import (
     output_types,
 )
 from comfyfn.workflow._graph import ApiGraph, is_link
+from comfyfn.workflow._partner import partner_problems
 
 __all__ = ["check", "problems"]
 
@@ -57,20 +58,20 @@ _SCALARS: Mapping[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def _scalar_problem(spec: InputSpec, value: Any) -> str | None:
-    name = spec.name
-    if spec.type not in _SCALARS:
+    name, kind = spec.name, spec.value_type
+    if kind not in _SCALARS:
         return None
-    is_right, what = _SCALARS[spec.type]
+    is_right, what = _SCALARS[kind]
     if not is_right(value):
         return f"{name} {value!r} is not {what}"
-    if spec.type not in ("INT", "FLOAT"):
+    if kind not in ("INT", "FLOAT"):
         return None
     low, high, step = spec.options.get("min"), spec.options.get("max"), spec.options.get("step")
     if low is not None and value < low:
         return f"{name} {value} is smaller than the minimum {low}"
     if high is not None and value > high:
         return f"{name} {value} is bigger than the maximum {high}"
-    if spec.type == "INT" and isinstance(step, int) and step > 1 and (value - (low or 0)) % step:
+    if kind == "INT" and isinstance(step, int) and step > 1 and (value - (low or 0)) % step:
         return f"{name} {value} is not a multiple of {step}"
     return None
 
@@ -249,9 +250,20 @@ def check(
     *,
     server: str | None = None,
     check_files: bool = True,
+    partner_key: bool = False,
 ) -> None:
-    """Raise :class:`WorkflowInvalid` listing every problem, if there is any."""
+    """Raise :class:`WorkflowInvalid` listing every problem, if there is any; partner nodes
+    that would run are problems too unless ``partner_key`` (a Comfy.org API key goes with
+    the job: see ``_partner``)."""
     found = problems(graph, object_info, check_files=check_files)
-    if found:
+    paid = [] if partner_key else partner_problems(graph, object_info, _needed(graph, object_info))
+    if found or paid:
         where = f" for {server}" if server else ""
-        raise WorkflowInvalid(found, server=server, summary=f"the workflow is invalid{where}")
+        summary = f"the workflow is invalid{where}"
+        if paid and not found:
+            names = ", ".join(dict.fromkeys(p.class_type or "" for p in paid))
+            summary = (
+                f"the workflow uses partner (paid cloud) nodes{where}: {names}; they run only "
+                "with a Comfy.org API key"
+            )
+        raise WorkflowInvalid([*found, *paid], server=server, summary=summary)

@@ -5,26 +5,28 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from comfyfn.errors import NodeProblem, WorkflowInvalid
+from comfyfn.errors import ConfigError, NodeProblem, WorkflowInvalid
 from comfyfn.provenance import read_text_chunks
 from comfyfn.workflow import _validation as validation
 from comfyfn.workflow._binding import bind, is_image_slot
 from comfyfn.workflow._bundled import bundled_object_info, is_bundled
 from comfyfn.workflow._graph import ApiGraph, load_api_graph
 from comfyfn.workflow._images import InputImage
+from comfyfn.workflow._library import GetJson, server_source, server_workflow
 from comfyfn.workflow._meaning import IMAGE_LOADERS, Slots, find_slots
 from comfyfn.workflow._params import Param, all_inputs, dead_nodes, describe
+from comfyfn.workflow._partner import partner_nodes
 from comfyfn.workflow._paths import path_slot
 from comfyfn.workflow._sizes import decoded_size, input_value
 from comfyfn.workflow._uiformat import is_ui_workflow, ui_to_api
 
-__all__ = ["Workflow"]
+__all__ = ["Workflow", "served_workflow"]
 
 Source = str | Path | Mapping[str, Any]
 
@@ -65,7 +67,7 @@ class Workflow:
 
     ``object_info`` holds the node definitions it was converted and typed with: the
     server's (via ``client.workflow(...)``) or, offline, the newest bundled ones (ComfyUI
-    0.28.0; ``bundled_object_info(version)`` gives those for another server version).
+    0.33.0; ``bundled_object_info(version)`` gives those for another server version).
     """
 
     graph: Mapping[str, Any]
@@ -89,9 +91,17 @@ class Workflow:
 
         ``strict=False`` keeps UI nodes the definitions do not know (see ``ui_to_api``), for
         inspecting files meant for another server; such a workflow will not validate.
+        ``"blueprint:NAME"`` and ``"template:NAME"`` are served by a ComfyUI server: load them
+        with its client (``Client(url).workflow("blueprint:NAME")``).
         """
         if isinstance(source, Workflow):
             return source
+        served = server_source(source)
+        if served is not None:
+            raise ConfigError(
+                f"{source}: a {served[0]} is served by ComfyUI: load it through its server "
+                f"(Client(url).workflow({source!r}); on the CLI --server URL)"
+            )
         data, kind = _read(source)
         if (
             name is None
@@ -202,8 +212,11 @@ class Workflow:
         *,
         server: str | None = None,
         check_files: bool | None = None,
+        partner_key: bool = False,
     ) -> None:
-        """Raise :class:`WorkflowInvalid` if the graph would be rejected.
+        """Raise :class:`WorkflowInvalid` if the graph would be rejected, or would run a
+        partner (paid cloud) node without a Comfy.org API key (``partner_key``: one goes
+        with the job).
 
         Model and input files are checked only against a server's own definitions (by
         default: not against the bundled ones, which cannot know what a server has).
@@ -214,7 +227,13 @@ class Workflow:
             info,
             server=server,
             check_files=not is_bundled(info) if check_files is None else check_files,
+            partner_key=partner_key,
         )
+
+    def partner_nodes(self, object_info: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+        """The partner (paid cloud) node classes the graph uses (see ``_partner``)."""
+        info = object_info if object_info is not None else self.definitions
+        return tuple(dict.fromkeys(cls for _, cls in partner_nodes(dict(self.graph), info)))
 
     @property
     def expected_size(self) -> tuple[int, int] | None:
@@ -226,3 +245,14 @@ class Workflow:
         """Current values of the named parameters (recorded in saved images)."""
         graph = dict(self.graph)
         return {name: input_value(graph, n, i) for name, (n, i) in self.slots.params.items()}
+
+
+async def served_workflow(
+    source: str, get_json: GetJson, server: str, object_info: Mapping[str, Any]
+) -> Workflow:
+    """The blueprint or template ``source`` names (``"blueprint:NAME"``), fetched through
+    ``get_json`` from ``server`` and read with its definitions ``object_info``."""
+    served = server_source(source)
+    ui = await server_workflow(source, get_json, server)
+    wf = Workflow.load(ui, object_info=object_info, name=served[1] if served else None)
+    return replace(wf, source=served[0] if served else wf.source)
