@@ -19,7 +19,11 @@ from comfyfn import AsyncClient, WorkflowInvalid
 from comfyfn.client._socket import EventSocket
 from comfyfn.events import Progress
 
-pytestmark = [pytest.mark.engine, pytest.mark.anyio]
+pytestmark = [  # the simulator imitates the managed engine's ComfyUI (0.3.75)
+    pytest.mark.engine,
+    pytest.mark.anyio,
+    pytest.mark.one_version,
+]
 
 
 class RecordingSocket(EventSocket):

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import comfyfn
 from comfyfn.cli._app import app
 from comfyfn.recipes import load_recipe
-from comfyfn.workflow import BUILTIN
+from comfyfn.workflow import BUILTIN, bundled_version
 
 runner = CliRunner()
 SRC = str(Path(comfyfn.__file__).parents[1])
@@ -191,7 +191,8 @@ def test_validate_says_what_it_checks_against():
     assert "With --server, against that server's own definitions" in text
     done = runner.invoke(app, ["workflow", "validate", "zimage-turbo"])
     assert done.exit_code == 0
-    assert "checked against the bundled ComfyUI 0.28.0 definitions (files not checked)" in (
+    newest = bundled_version()
+    assert f"checked against the bundled ComfyUI {newest} definitions (files not checked)" in (
         done.output
     )
 
