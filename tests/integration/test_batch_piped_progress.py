@@ -14,7 +14,7 @@ from cli_proc import start_cli, stop
 from polling import wait_for
 from tests_png import image_bytes
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.one_version]  # the CLI's output
 
 
 class GatedImage:

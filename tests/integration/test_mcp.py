@@ -34,7 +34,7 @@ from tests_png import image_bytes
 
 import comfyfn
 
-pytestmark = [pytest.mark.engine, pytest.mark.anyio]
+pytestmark = [pytest.mark.engine, pytest.mark.anyio, pytest.mark.one_version]  # about MCP
 
 SMALL = {"width": 64, "height": 64, "steps": 1}
 

@@ -22,7 +22,7 @@ from gateway_proc import InProcess, auth, settings_for
 from polling import wait_for
 from tests_png import image_bytes
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.one_version]  # the page, not the ComfyUI version
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = Path(os.environ.get("COMFYFN_SCREENSHOTS") or ROOT / "out" / "screenshots")
