@@ -17,15 +17,18 @@ from typing import Any
 from comfyfn.batch.jobfile import read_job_file
 from comfyfn.batch.jobs import JobResult
 from comfyfn.batch.manifest import Manifest
+from comfyfn.batch.queued import BatchRow, QueuedBatch
 from comfyfn.batch.report import Summary, write_report
 from comfyfn.batch.rows import Row, RowError, expand, parse_vary, read_rows
 from comfyfn.batch.runner import Batch, BatchSettings, template_variables
 
 __all__ = [
     "Batch",
+    "BatchRow",
     "BatchSettings",
     "JobResult",
     "Manifest",
+    "QueuedBatch",
     "Row",
     "RowError",
     "Summary",

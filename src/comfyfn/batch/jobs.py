@@ -35,7 +35,9 @@ __all__ = [
     "Job",
     "JobResult",
     "image_path",
+    "named_images",
     "output_files",
+    "output_name",
     "prepare",
     "prepare_async",
     "save_outputs",
@@ -279,19 +281,29 @@ def sharded_prefixes(wf: Workflow, tail: str, *, given: Mapping[str, Any]) -> di
 def output_files(gen: Generation, job: Job) -> list[tuple[str, bytes]]:
     """The job's images as (path relative to the output folder or store, PNG bytes), under
     names fixed by the job, delivered at the row's size if it asks for one."""
-    from comfyfn.batch._delivery import deliver
+    return named_images(gen, output_name(job), job.deliver)
 
-    base = job.name or f"images/{job.stem}"
+
+def output_name(job: Job) -> str:
+    """The job's output path without suffix: its row's ``_name``, else ``images/<stem>``."""
+    return job.name or f"images/{job.stem}"
+
+
+def named_images(
+    gen: Generation, base: str, deliver: Mapping[str, Any] | None = None
+) -> list[tuple[str, bytes]]:
+    """``gen``'s images as (``<base>.png``, or ``<base>_<i>.png`` for several, PNG bytes),
+    resized to ``deliver`` (width, height, fit) if given: a batch row's files, wherever
+    they are written (here or by a worker of the shared queue)."""
+    from comfyfn.batch._delivery import deliver as resize
+
     files = []
     for i, image in enumerate(gen.images):
         rel = f"{base}.png" if len(gen.images) == 1 else f"{base}_{i}.png"
         data = image.png_bytes()
-        if job.deliver:
-            data = deliver(
-                data,
-                int(job.deliver["width"]),
-                int(job.deliver["height"]),
-                job.deliver.get("fit", "cover"),
+        if deliver:
+            data = resize(
+                data, int(deliver["width"]), int(deliver["height"]), deliver.get("fit", "cover")
             )
         files.append((rel, data))
     return files

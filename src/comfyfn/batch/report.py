@@ -10,11 +10,12 @@ import csv
 import html
 import io
 import json
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from comfyfn._files import write_atomic
 from comfyfn.batch.manifest import Manifest, Record
@@ -27,10 +28,13 @@ if TYPE_CHECKING:
 __all__ = [
     "CAPTION",
     "RESULT_COLUMNS",
+    "Records",
     "Summary",
+    "nearest_rank",
     "summarize",
     "write_contact_sheet",
     "write_report",
+    "write_report_to",
     "write_results",
 ]
 
@@ -50,6 +54,23 @@ RESULT_COLUMNS = (
     "executed_s",
     "turnaround_s",
 )
+
+
+class Records(Protocol):
+    """A batch's rows as the report reads them: a run's manifest, or the shared store's
+    jobs of a queued batch (:class:`comfyfn.batch.queued.StoredRecords`)."""
+
+    def records(self, state: str | None = None) -> Iterator[Record]: ...
+
+    def percentile(self, q: float, of: str = "executed") -> float | None: ...
+
+
+def nearest_rank(values: Sequence[float], q: float) -> float | None:
+    """The ``q`` quantile of ``values`` by nearest rank (None for none)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))])
 
 
 @dataclass(frozen=True)
@@ -75,8 +96,11 @@ class Summary:
         return json.dumps(asdict(self), indent=2)
 
 
-def summarize(manifest: Manifest, pool: Pool, seconds: float, counted: dict[str, int]) -> Summary:
-    """``counted``: the states this run reported (done/failed/skipped/invalid)."""
+def summarize(
+    manifest: Records, pool: Pool | None, seconds: float, counted: dict[str, int]
+) -> Summary:
+    """``counted``: the states this run reported (done/failed/skipped/invalid); ``pool``:
+    the servers this process drove (None: the work ran elsewhere)."""
     images = sum(len(r.files) for r in manifest.records("done"))
     made = counted.get("done", 0)
     per_server = {
@@ -86,7 +110,7 @@ def summarize(manifest: Manifest, pool: Pool, seconds: float, counted: dict[str,
             "healthy": s.healthy,
             "busy_fraction": round(s.busy_seconds / seconds, 3) if seconds else 0.0,
         }
-        for url, s in pool.states.items()
+        for url, s in (pool.states.items() if pool is not None else ())
     }
     return Summary(
         made,
@@ -123,7 +147,7 @@ def size_of(params: dict[str, Any]) -> str:
     return f"{width}×{height}"
 
 
-def write_results(manifest: Manifest, output: Path) -> Path:
+def write_results(manifest: Records, output: Path) -> Path:
     """Write ``results.csv`` (UTF-8 with a BOM, so spreadsheet programs read the Chinese):
     :data:`RESULT_COLUMNS`, one line per file made and one per row that made none."""
     buffer = io.StringIO()
@@ -154,7 +178,7 @@ text-align:left;vertical-align:top}.meta{color:#777}"""
 
 
 def write_contact_sheet(
-    manifest: Manifest, output: Path, summary: Summary, *, limit: int = 500
+    manifest: Records, output: Path, summary: Summary, *, limit: int = 500
 ) -> Path:
     """Write ``index.html``: up to ``limit`` thumbnails (inline), a section per topic for a
     recipe's images, then every failed row."""
@@ -194,7 +218,7 @@ def write_contact_sheet(
 
 
 def _sections(
-    manifest: Manifest, output: Path, limit: int
+    manifest: Records, output: Path, limit: int
 ) -> Iterator[tuple[str | None, list[str]]]:
     """``(topic, figures)`` in row order: one section per topic of a recipe's images (they
     come topic by topic), one untitled section for rows without a topic."""
@@ -266,9 +290,23 @@ def write_report(
         raise ConfigError("a batch without an output folder has no report")
     manifest = Manifest(output / "manifest.sqlite")
     try:
-        summary = summarize(manifest, batch.pool, time.monotonic() - batch.started, counted)
-        write_atomic(output / "summary.json", summary.to_json())
-        write_results(manifest, output)
-        return summary, write_contact_sheet(manifest, output, summary, limit=thumbnails)
+        seconds = time.monotonic() - batch.started
+        return write_report_to(manifest, output, batch.pool, seconds, counted, thumbnails)
     finally:
         manifest.close()
+
+
+def write_report_to(
+    records: Records,
+    output: Path,
+    pool: Pool | None,
+    seconds: float,
+    counted: dict[str, int],
+    thumbnails: int = 500,
+) -> tuple[Summary, Path]:
+    """The summary (also in ``summary.json``), ``results.csv`` and the contact sheet of
+    ``records``, written into ``output``; the summary and the contact sheet's path."""
+    summary = summarize(records, pool, seconds, counted)
+    write_atomic(output / "summary.json", summary.to_json())
+    write_results(records, output)
+    return summary, write_contact_sheet(records, output, summary, limit=thumbnails)

@@ -8,21 +8,46 @@ servers with the models loaded on each, free slots) at start and at every heartb
 removes itself on a graceful stop; a runner killed stays listed with its last heartbeat
 (``comfyfn workers`` shows it stale) until one of the same name starts again or
 :meth:`RunnerStore.forget_workers` drops it.
+
+A named batch (``comfyfn batch FILE --db …``) is a set of jobs with the same ``batch``
+column, owned by no API key (``key_id`` :data:`BATCH_KEY`): one per row, keyed by the row's
+content (``row_key``), so enqueuing the same file again adds nothing
+(:meth:`BatchStore.add_batch_jobs`); ``target`` says where a worker writes the outputs.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from comfyfn.gateway.schema import Claim, JobRecord, WorkerRecord, _job, _worker, jobs_t, workers_t
+from comfyfn.batch import BatchRow
+from comfyfn.gateway.schema import (
+    MAX_PRIORITY,
+    STATES,
+    Claim,
+    JobRecord,
+    WorkerRecord,
+    _job,
+    _new_id,
+    _worker,
+    files_t,
+    jobs_t,
+    models_key,
+    workers_t,
+)
 
-__all__ = ["NOTIFY_CHANNEL", "RunnerStore", "fenced"]
+__all__ = ["BATCH_KEY", "NOTIFY_CHANNEL", "BatchStore", "RunnerStore", "fenced"]
+
+#: the ``key_id`` of a batch's jobs: no API key's (those are ``key_…``), so no caller sees them
+BATCH_KEY = "batch"
+MAX_BATCH_NAME = 200  #: the ``batch`` column's width
 
 NOTIFY_CHANNEL = "cfn_jobs"  #: PostgreSQL: notified whenever a job enters the queue
 
@@ -54,11 +79,12 @@ class RunnerStore:
         limit: int,
         stale_after: float = 30.0,
         models: Collection[str] = (),
+        batch: str | None = None,
     ) -> list[JobRecord]:
         """Take up to ``limit`` jobs in one transaction: the queued ones first (highest
         priority, then those whose model set digest is in ``models`` — loaded on one of the
         claimer's servers —, then oldest), then running ones whose heartbeat is older than
-        ``stale_after`` seconds (oldest first).
+        ``stale_after`` seconds (oldest first). ``batch``: only that batch's jobs.
 
         See the module docstring for why two claimers never get the same job.
         """
@@ -68,6 +94,8 @@ class RunnerStore:
             jobs_t.c.state == "running",
             sa.or_(jobs_t.c.heartbeat_at.is_(None), jobs_t.c.heartbeat_at < now - stale_after),
         )
+        if batch is not None:
+            queued, stale = queued & (jobs_t.c.batch == batch), stale & (jobs_t.c.batch == batch)
         with self._read() as conn:  # most looks find nothing: they take no write lock
             if conn.execute(sa.select(jobs_t.c.id).where(queued | stale).limit(1)).first() is None:
                 return []
@@ -217,3 +245,121 @@ def fenced(job_id: str, claim: Claim | None) -> sa.ColumnElement[bool]:
         jobs_t.c.claimed_by == claim.worker,
         jobs_t.c.claims == claim.number,
     )
+
+
+class BatchStore(RunnerStore):
+    """Named batches of jobs, besides the runners' side (mixed into the store)."""
+
+    def add_batch_jobs(self, batch: str, rows: Sequence[BatchRow]) -> int:
+        """Enqueue the rows of ``batch`` it does not hold yet (by ``row_key``), in one
+        transaction; how many were added. Race-safe: two submitters of the same file add
+        each row once (the idempotency constraint)."""
+        if not batch or len(batch) > MAX_BATCH_NAME:
+            raise ValueError(f"a batch name has 1 to {MAX_BATCH_NAME} characters")
+        now = self.clock()
+        values = [self._batch_values(batch, row, now) for row in rows]
+        if not values:
+            return 0
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        added = 0
+        with self._write() as conn:
+            for start in range(0, len(values), 500):
+                statement = dialect_insert(jobs_t).values(values[start : start + 500])
+                inserted = statement.on_conflict_do_nothing().returning(jobs_t.c.id)
+                added += len(conn.execute(inserted).all())  # (rowcount: -1 on PostgreSQL)
+            if added:
+                self._notify(conn)
+        return added
+
+    @staticmethod
+    def _batch_values(batch: str, row: BatchRow, now: float) -> dict[str, Any]:
+        failed = row.error is not None
+        return {
+            "id": _new_id("job"),
+            "key_id": BATCH_KEY,
+            "workflow": row.workflow,
+            "params": json.dumps(row.params),
+            "state": "failed" if failed else "queued",
+            "progress": 0.0,
+            "error": json.dumps(row.error) if failed else None,
+            "outputs": "[]",
+            "idempotency_key": f"{batch}:{row.row_key}",
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": now if failed else None,
+            "cancel_requested": False,
+            "attempts": 0,
+            "priority": max(-MAX_PRIORITY, min(MAX_PRIORITY, row.priority)),
+            "claims": 0,
+            "models": models_key(row.models),
+            "batch": batch,
+            "target": row.target,
+            "row_key": row.row_key,
+        }
+
+    def batch_states(self, batch: str, row_keys: Collection[str] | None = None) -> dict[str, str]:
+        """Job id → state, for every job of ``batch`` (empty: no such batch); with
+        ``row_keys``, for the jobs of those rows only."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(jobs_t.c.id, jobs_t.c.state, jobs_t.c.row_key).where(
+                    jobs_t.c.batch == batch
+                )
+            ).all()
+        return {str(i): str(s) for i, s, key in rows if row_keys is None or key in row_keys}
+
+    def batch_counts(self, batch: str) -> dict[str, int]:
+        """Jobs of ``batch`` in each state (every state present, 0 if none)."""
+        counts = Counter(self.batch_states(batch).values())
+        return {state: counts.get(state, 0) for state in STATES}
+
+    def batch_jobs(self, job_ids: Collection[str]) -> list[tuple[JobRecord, list[str]]]:
+        """These jobs, each with the paths of its output files (as written)."""
+        ids = sorted(job_ids)
+        out: list[tuple[JobRecord, list[str]]] = []
+        with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                jobs = [
+                    _job(r) for r in conn.execute(sa.select(jobs_t).where(jobs_t.c.id.in_(chunk)))
+                ]
+                paths: dict[str, list[str]] = {}
+                for job_id, path in conn.execute(
+                    sa.select(files_t.c.job_id, files_t.c.path)
+                    .where(files_t.c.job_id.in_(chunk))
+                    .order_by(files_t.c.path)
+                ):
+                    paths.setdefault(str(job_id), []).append(str(path))
+                out += [(job, paths.get(job.id, [])) for job in jobs]
+        return out
+
+    def job_target(self, job_id: str) -> str | None:
+        """Where the job's owner wants its outputs (a batch row's), or None (the storage's)."""
+        with self._read() as conn:
+            value = conn.execute(sa.select(jobs_t.c.target).where(jobs_t.c.id == job_id)).scalar()
+        return None if value is None else str(value)
+
+    def cancel_batch(self, batch: str) -> tuple[int, int]:
+        """Cancel a batch: its queued jobs at once, its running ones by their workers
+        (``cancel_requested``); (cancelled now, asked to cancel)."""
+        now = self.clock()
+        error = json.dumps({"type": "cancelled", "message": "the batch was cancelled"})
+        of_batch = jobs_t.c.batch == batch
+        with self._write() as conn:
+            now_cancelled = conn.execute(
+                sa.update(jobs_t)
+                .where(of_batch, jobs_t.c.state == "queued")
+                .values(
+                    state="cancelled",
+                    cancel_requested=True,
+                    error=error,
+                    updated_at=now,
+                    finished_at=now,
+                )
+            ).rowcount
+            asked = conn.execute(
+                sa.update(jobs_t)
+                .where(of_batch, jobs_t.c.state == "running")
+                .values(cancel_requested=True, updated_at=now)
+            ).rowcount
+        return int(now_cancelled or 0), int(asked or 0)

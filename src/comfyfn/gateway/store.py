@@ -15,7 +15,7 @@ clocks, and ``stale_after`` should be well above any skew)::
                idempotency_key, created_at, updated_at, started_at, finished_at,
                claimed_by, heartbeat_at, cancel_requested, attempts, priority,
                claims (the claim counter), models (model set digest),
-               batch, target, row_key (phase 2: a batch's rows; NULL, unused yet)
+               batch, target, row_key (a named batch's rows: :mod:`._runners`)
                unique(key_id, idempotency_key)   -- NULLs never collide
                index(state, created_at), index(state, heartbeat_at), index(key_id, created_at),
                index(priority, created_at) WHERE state = 'queued'   -- the queue alone
@@ -73,7 +73,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from comfyfn.gateway._keys import KeyStore
-from comfyfn.gateway._runners import NOTIFY_CHANNEL, RunnerStore, fenced
+from comfyfn.gateway._runners import BATCH_KEY, NOTIFY_CHANNEL, BatchStore, fenced
 from comfyfn.gateway.database import SQLITE_BUSY_TIMEOUT, Database
 from comfyfn.gateway.schema import (
     JSON_FIELDS,
@@ -96,6 +96,7 @@ from comfyfn.gateway.schema import (
 )
 
 __all__ = [
+    "BATCH_KEY",
     "NOTIFY_CHANNEL",
     "STATES",
     "TERMINAL",
@@ -110,7 +111,7 @@ __all__ = [
 ]
 
 
-class Store(KeyStore, RunnerStore):
+class Store(KeyStore, BatchStore):
     """The job store on ``url`` (a SQLAlchemy URL; see the module docstring).
 
     Thread-safe: every method runs in its own short transaction on a pooled connection.

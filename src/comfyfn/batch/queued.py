@@ -1,0 +1,272 @@
+"""Batches through the shared job store (``comfyfn batch FILE --db …``).
+
+The rows become one named batch of jobs in the gateway's store (:func:`enqueue`): one job
+per row, keyed by the row's content key (:attr:`~comfyfn.batch.jobs.Job.key`), so enqueuing
+the same file again adds nothing and a changed row is a new job. Each job holds its bound
+graph and its ``target`` (the ``-o`` folder or ``s3://`` URL and the row's file name,
+``images/<stem>``): any worker of the shared queue (``comfyfn worker``, a gateway replica,
+or ``--work`` in the submitting process) runs it and writes its images there, under the
+same names as a batch run here. Rows carry their ``priority`` into the queue, where API
+jobs and batch rows are claimed by priority alike.
+
+:class:`QueuedBatch` follows a batch from any shell: its results as the jobs finish (the
+same :class:`~comfyfn.batch.jobs.JobResult` a batch run here yields) and, at the end, the
+records the report is written from (:class:`StoredRecords`, what a manifest gives it).
+
+Rows with input images are refused in this phase (their bytes would have to travel through
+the store): such a row is an invalid row naming the column.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from comfyfn.batch.jobs import Job, JobResult, output_name, prepare_async
+from comfyfn.batch.manifest import Record
+from comfyfn.batch.report import Summary, nearest_rank, write_report_to
+from comfyfn.batch.rows import Row, RowError
+from comfyfn.models import model_set
+from comfyfn.workflow import BUILTIN, Workflow, builtin
+
+if TYPE_CHECKING:
+    from comfyfn.fleet import Pool
+
+__all__ = [
+    "POLL",
+    "BatchRow",
+    "QueueStore",
+    "QueuedBatch",
+    "StoredRecords",
+    "batch_name",
+    "enqueue",
+    "load_workflow",
+]
+
+POLL = 0.5  #: seconds between looks at the batch's jobs while following it
+#: the store's final states as a batch run names them (a row that could not run: ``invalid``)
+RESULT_STATE = {"succeeded": "done", "failed": "failed", "cancelled": "failed"}
+INVALID = "RowError"  #: the error type of a row stored failed because it cannot run
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """One row of a batch, as the shared store enqueues it."""
+
+    row_key: str  #: the row's content key: the same row is the same job
+    workflow: str
+    params: dict[str, Any]  #: the bound graph and what the report shows
+    target: str | None  #: where its outputs go (None for a row that cannot run)
+    priority: int = 0
+    models: frozenset[tuple[str, str]] = frozenset()  #: (folder, file) of each model it loads
+    error: dict[str, Any] | None = None  #: a row that cannot run: stored failed at once
+
+
+class QueueStore(Protocol):
+    """What a queued batch needs of the shared store (the gateway's ``Store``)."""
+
+    def add_batch_jobs(self, batch: str, rows: Sequence[BatchRow]) -> int: ...
+
+    def batch_states(
+        self, batch: str, row_keys: Collection[str] | None = None
+    ) -> dict[str, str]: ...
+
+    def batch_jobs(self, job_ids: Collection[str]) -> list[tuple[Any, list[str]]]: ...
+
+
+def batch_name(source: Path, output: str) -> str:
+    """The default name of a batch: the job file's stem and a digest of where its outputs
+    go, so the same command names the same batch on any machine."""
+    return f"{source.stem[:150]}-{hashlib.sha256(output.encode()).hexdigest()[:8]}"
+
+
+def load_workflow(source: str | Path | Mapping[str, Any] | Workflow) -> Workflow:
+    """The batch's workflow, typed with the bundled node definitions (enqueuing needs no
+    server: a worker checks the bound graph against its own server before it runs it)."""
+    if isinstance(source, str) and source in BUILTIN:
+        return builtin(source)
+    return Workflow.load(source)
+
+
+def _target(output: str, job: Job) -> str:
+    return json.dumps({"output": output, "name": output_name(job), "deliver": job.deliver})
+
+
+def _job_row(job: Job, output: str, priority: int) -> BatchRow:
+    wf = job.workflow
+    shown = {"key": job.key, "row": job.row, "label": job.label, "stem": job.stem}
+    shown["shown"] = job.values
+    if wf.uploads:  # an input image: its bytes cannot travel through the store yet
+        column = next(iter(wf.uploads))
+        message = f"row {job.row}: input images ({column}) are not supported with --db yet"
+        return _invalid_row(job.key, wf.name or "batch", shown, message)
+    return BatchRow(
+        row_key=job.key,
+        workflow=wf.name or "batch",
+        params={"graph": wf.to_api(), **shown},
+        target=_target(output, job),
+        priority=priority,
+        models=model_set(wf),
+    )
+
+
+def _invalid_row(key: str, workflow: str, shown: dict[str, Any], message: str) -> BatchRow:
+    error = {"type": INVALID, "message": message}
+    return BatchRow(row_key=key, workflow=workflow, params=shown, target=None, error=error)
+
+
+def _error_row(error: RowError, workflow: str) -> BatchRow:
+    digest = hashlib.sha256(str(error).encode()).hexdigest()[:16]
+    key = f"invalid-{error.index}-{error.variant}-{digest}"
+    shown = {"key": key, "row": error.index, "label": f"row {error.index}"}
+    shown["stem"] = f"{error.index:06d}"
+    return _invalid_row(key, workflow, {**shown, "shown": {}}, str(error))
+
+
+async def enqueue(
+    store: QueueStore,
+    name: str,
+    rows: Iterable[Row | RowError],
+    workflow: Workflow,
+    output: str,
+    *,
+    variables: frozenset[str] = frozenset(),
+    chunk: int = 500,
+) -> tuple[set[str], int]:
+    """Add the rows to batch ``name`` (those it holds already are kept as they are): the
+    content keys of all the rows, and how many jobs were added."""
+    keys: set[str] = set()
+    added = 0
+    pending: list[BatchRow] = []
+    for item in rows:
+        prepared = (
+            await prepare_async(workflow, item, variables=variables)
+            if isinstance(item, Row)
+            else item
+        )
+        if isinstance(prepared, RowError):
+            row = _error_row(prepared, workflow.name or "batch")
+        else:
+            priority = item.priority if isinstance(item, Row) else 0
+            row = _job_row(prepared, output, priority)
+        keys.add(row.row_key)
+        pending.append(row)
+        if len(pending) >= chunk:
+            added += await asyncio.to_thread(store.add_batch_jobs, name, pending)
+            pending = []
+    if pending:
+        added += await asyncio.to_thread(store.add_batch_jobs, name, pending)
+    return keys, added
+
+
+def _record(job: Any, files: list[str]) -> Record:
+    """A finished job of the store (a ``JobRecord``) as the report's record of its row."""
+    params = job.params
+    state = RESULT_STATE.get(job.state, job.state)
+    if job.error is not None and job.error.get("type") == INVALID:
+        state = "invalid"
+    seconds = None
+    if job.state == "succeeded" and job.started_at is not None and job.finished_at is not None:
+        seconds = round(job.finished_at - job.started_at, 3)
+    return Record(
+        key=str(params.get("key", job.id)),
+        row=int(params.get("row", 0)),
+        label=str(params.get("label", job.id)),
+        stem=str(params.get("stem", "")),
+        params=dict(params.get("shown") or {}),
+        state=state,
+        server=job.server,
+        prompt_id=job.prompt_id,
+        checks=[{"path": f} for f in files],
+        error=None if job.error is None else str(job.error.get("message", "")),
+        attempts=job.attempts,
+        seconds=seconds,
+        executed=None,
+    )
+
+
+def _result(record: Record, skipped: bool) -> JobResult:
+    return JobResult(
+        record.key,
+        record.row,
+        record.label,
+        "skipped" if skipped and record.state == "done" else record.state,
+        tuple(record.files),
+        error=record.error,
+        server=record.server,
+        seconds=record.seconds,
+    )
+
+
+class StoredRecords:
+    """A batch's finished rows as the report reads them (what a manifest gives it)."""
+
+    def __init__(self, records: Iterable[Record]) -> None:
+        self._records = sorted(records, key=lambda r: (r.row, r.stem))
+
+    def records(self, state: str | None = None) -> Iterator[Record]:
+        return (r for r in self._records if state is None or r.state == state)
+
+    def percentile(self, q: float, of: str = "executed") -> float | None:
+        values = [getattr(r, of) for r in self.records("done")]
+        return nearest_rank([v for v in values if v is not None], q)
+
+
+@dataclass
+class QueuedBatch:
+    """Follows batch ``name`` in ``store`` until every job of it has finished. ``keys``:
+    only the jobs of these rows (the rows of the file just enqueued), else all of them.
+    ``servers``/``pool``: the servers of a worker running in this process, for the
+    progress display (none when the work runs elsewhere)."""
+
+    store: QueueStore
+    name: str
+    keys: set[str] | None = None
+    servers: tuple[str, ...] = ()
+    pool: Pool | None = None
+    poll: float = POLL
+    on_event: Callable[[str, Any], None] = lambda kind, data: None
+
+    def __post_init__(self) -> None:
+        self.started = time.monotonic()
+        self.total: int | None = None
+        self.finished: dict[str, Record] = {}
+
+    async def results(self) -> AsyncIterator[JobResult]:
+        """Each row's result as its job finishes (rows finished before the first look
+        are ``skipped``, as in a resumed batch run)."""
+        first = True
+        while True:
+            states = await asyncio.to_thread(self.store.batch_states, self.name, self.keys)
+            self.total = len(states)
+            new = [i for i, s in states.items() if s in RESULT_STATE and i not in self.finished]
+            for job, files in await asyncio.to_thread(self.store.batch_jobs, new):
+                record = self.finished[job.id] = _record(job, files)
+                result = _result(record, first)
+                self.on_event("result", result)
+                yield result
+            if len(self.finished) == len(states):
+                return
+            first = False
+            await asyncio.sleep(self.poll)
+
+    def report(self, folder: Path, counted: dict[str, int]) -> tuple[Summary, Path]:
+        """The summary (also in ``summary.json``), ``results.csv`` and the contact sheet,
+        written into ``folder`` as a batch run writes them."""
+        records = StoredRecords(self.finished.values())
+        seconds = time.monotonic() - self.started
+        return write_report_to(records, folder, self.pool, seconds, counted)
