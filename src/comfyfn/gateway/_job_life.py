@@ -1,12 +1,19 @@
 """One job's life in a worker, from its slot on a server to its final state, its files
 and its webhook; and the worker's writes to the store (through outages, fenced by its
-claim). The methods of :class:`comfyfn.gateway.worker.Worker` (see there)."""
+claim). The methods of :class:`comfyfn.gateway.worker.Worker` (see there).
+
+A job is an API job (a workflow the gateway serves, bound here; its outputs go to the
+gateway's storage under ``<job id>/<i>.<ext>``) or a batch row (``key_id``
+:data:`~comfyfn.gateway.store.BATCH_KEY`: its graph comes bound in its params; its images go
+where its ``target`` says — the batch's folder or ``s3://`` URL, under the batch's own names,
+``images/<stem>.png``). :meth:`JobLife._placed` decides both; one writer writes them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -14,7 +21,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from comfyfn.batch.jobs import sharded_prefixes
+from comfyfn.batch.jobs import named_images, sharded_prefixes
 from comfyfn.errors import ComfyError, ExecutionFailed
 from comfyfn.events import Preview, Progress
 from comfyfn.fleet import (
@@ -31,19 +38,19 @@ from comfyfn.fleet import (
     advance,
     requeue_or_fail,
 )
-from comfyfn.gateway._outputs import output_files, store_outputs
+from comfyfn.gateway._outputs import OutputFile, output_files
 from comfyfn.gateway.bus import JobBus, JobUpdate
 from comfyfn.gateway.metrics import Metrics
 from comfyfn.gateway.registry import Registry
-from comfyfn.gateway.schema import Claim, FileRecord, JobRecord, StaleClaim
+from comfyfn.gateway.schema import Claim, FileRecord, JobRecord, NewFile, StaleClaim
 from comfyfn.gateway.settings import GatewaySettings
-from comfyfn.gateway.store import Store
+from comfyfn.gateway.store import BATCH_KEY, Store
 from comfyfn.gateway.uploads import resolve_inputs
 from comfyfn.result import Generation
-from comfyfn.storage import Storage, StorageError
+from comfyfn.storage import Storage, StorageError, open_storage
 from comfyfn.workflow import Workflow
 
-__all__ = ["DB_ERRORS", "JobLife"]
+__all__ = ["DB_ERRORS", "JobLife", "write_outputs"]
 
 log = logging.getLogger("comfyfn.gateway")
 T = TypeVar("T")
@@ -70,6 +77,7 @@ class JobLife:
     metrics: Metrics
     bus: JobBus
     storage: Storage
+    targets: dict[str, Storage]  #: the batches' output places, opened once each
     fleet: Fleet
     running: dict[str, asyncio.Task[None]]
     tickets: dict[str, Ticket]
@@ -158,6 +166,11 @@ class JobLife:
         """The job's bound workflow, or the error to store if it cannot be bound. Input
         images are read back from the uploads of the job's key (never into ``job.params``:
         those are published and shown)."""
+        if job.key_id == BATCH_KEY:  # a batch row: bound by its batch, images included
+            try:
+                return Workflow.load(job.params["graph"], name=job.workflow)
+            except ComfyError as exc:
+                return _error(exc)
         served = self.registry.get(job.workflow)
         if served is None:
             return {"type": "WorkflowGone", "message": f"workflow {job.workflow!r} is not served"}
@@ -221,14 +234,20 @@ class JobLife:
         """Store every output (still images first), then record them with the success in
         one transaction. The still images' bytes are published at once: a caller who wants
         only those need not wait for them to be stored."""
-        outputs = output_files(generation)
-        images = tuple(f.data for f in outputs if f.still_image)
+        try:
+            storage, placed = await self._placed(job, generation)
+        except (StorageError, ValueError, KeyError) as exc:
+            log.error("job %s: its batch names no usable output place: %s", job.id, exc)
+            error = {"type": "StorageError", "message": "the outputs could not be stored"}
+            await self._finish(job, State.FAILED, started, error=error)
+            return
+        images = tuple(f.data for _, f in placed if f.still_image)
         self._stored(self._records.get(job.id, job), contents=images)
         claim = self.held.get(job.id)
         if claim is not None and not await self._db(self.store.holds, job.id, claim):
             raise StaleClaim(job.id)  # another worker stores them: do not write them twice
         try:
-            new_files = await store_outputs(self.storage, job.id, outputs)
+            new_files = await write_outputs(storage, placed)
         except StorageError as exc:
             log.error("job %s: cannot store its outputs: %s", job.id, exc)
             error = {"type": "StorageError", "message": "the outputs could not be stored"}
@@ -244,6 +263,30 @@ class JobLife:
         )
         self._stored(done, files, images)
         self._finished(done, started)
+
+    async def _placed(
+        self, job: JobRecord, generation: Generation
+    ) -> tuple[Storage, list[tuple[str, OutputFile]]]:
+        """Where the job's outputs go, and each one's key there. An API job: every output,
+        to the gateway's storage under ``<job id>/<i>.<ext>``. A batch row: its images, to
+        its ``target`` (``{"output": folder or s3 URL, "name": images/<stem>, "deliver"}``)
+        under the batch's names, as ``comfyfn batch`` writes them without a shared queue."""
+        if job.key_id != BATCH_KEY:
+            files = output_files(generation)
+            return self.storage, [(f"{job.id}/{i}.{f.ext}", f) for i, f in enumerate(files)]
+        raw = await self._db(self.store.job_target, job.id)
+        target = json.loads(raw) if raw else None
+        if not isinstance(target, dict):
+            raise ValueError("the batch row has no target")
+        where = str(target["output"])
+        if where not in self.targets:
+            self.targets[where] = open_storage(where)
+        named = await asyncio.to_thread(
+            named_images, generation, str(target["name"]), target.get("deliver")
+        )
+        return self.targets[where], [
+            (rel, OutputFile(data, "image/png", "png")) for rel, data in named
+        ]
 
     async def _requeue(self, job: JobRecord, ticket: Ticket, outcome: Moved | Lost) -> None:
         log.warning("job %s goes back to the queue: %s", job.id, outcome.error)
@@ -322,6 +365,16 @@ class JobLife:
         except ComfyError as exc:
             self.metrics.failures.labels(kind="WebhookFailed").inc()
             log.warning("webhook for %s failed: %s", job.id, exc)
+
+
+async def write_outputs(storage: Storage, placed: list[tuple[str, OutputFile]]) -> list[NewFile]:
+    """Store every ``(key, file)`` in ``storage`` (all at once); what to record of them.
+    Raises :class:`~comfyfn.storage.StorageError` if one cannot be stored."""
+    stored = await asyncio.gather(*(storage.put(key, f.data, f.content_type) for key, f in placed))
+    return [
+        NewFile(s.key, f.content_type, s.size, s.etag)
+        for s, (_, f) in zip(stored, placed, strict=True)
+    ]
 
 
 def _error(error: BaseException) -> dict[str, Any]:

@@ -77,11 +77,14 @@ class Worker(JobLife):
         *,
         storage: Storage | None = None,
         fleet: Fleet | None = None,
+        only_batch: str | None = None,
     ) -> None:
         self.store, self.registry, self.settings = store, registry, settings
         self.metrics, self.bus = metrics, bus
         #: where outputs go (the application's :attr:`Runtime.storage`)
         self.storage = storage if storage is not None else open_storage(settings.storage)
+        self.targets: dict[str, Storage] = {}
+        self.only_batch = only_batch  #: claim only this batch's jobs (``comfyfn batch --work``)
         self.fleet = fleet or Fleet(
             settings.servers,
             FleetSettings(
@@ -223,6 +226,7 @@ class Worker(JobLife):
                     limit=free,
                     stale_after=self.settings.stale_after,
                     models=self._loaded_models(),
+                    batch=self.only_batch,
                 )
             except DB_ERRORS as exc:
                 self._db_failed(exc)
