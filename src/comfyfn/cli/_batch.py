@@ -38,8 +38,19 @@ from comfyfn.batch.rows import (
     template_problem,
     variation_problem,
 )
+from comfyfn.cli._batch_queue import (
+    CONTROLS,
+    QueueDb,
+    QueuedRun,
+    QueueName,
+    QueueWork,
+    check_queue_args,
+    control_batch,
+    run_queued,
+)
 from comfyfn.cli._common import err, esc, server_url, warnings_once, workflow_source
 from comfyfn.cli._engine import warm_servers
+from comfyfn.cli._gateway import require_extras
 from comfyfn.cli._progress import BatchProgress
 from comfyfn.errors import ConfigError
 from comfyfn.storage import Storage, StorageError
@@ -116,7 +127,7 @@ def execute(
     if as_json:
         typer.echo(summary.to_json())
     else:
-        _print_summary(summary, sheet)
+        print_summary(summary, sheet)
     if presses:
         err.print("stopped before the end: run the same command again to resume")
         raise typer.Exit(130)
@@ -164,7 +175,7 @@ def _run(
     return progress.counted, presses
 
 
-def _print_summary(summary: Any, sheet: Path) -> None:
+def print_summary(summary: Any, sheet: Path) -> None:
     err.print(
         f"done {summary.done} · failed {summary.failed} · invalid {summary.invalid} · "
         f"skipped {summary.skipped} · {summary.jobs_per_minute} jobs/min · "
@@ -321,7 +332,17 @@ def output_place(output: str, state: Path | None) -> tuple[Path, Storage | None]
 
 
 def batch_command(
-    source: Annotated[Path, typer.Argument(help="prompts.csv, prompts.jsonl or a job.yaml.")],
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="prompts.csv, prompts.jsonl or a job.yaml; or status / cancel (with --db) "
+            "and a batch's name (a file named so: ./status).",
+            show_default=False,
+        ),
+    ] = None,
+    batch_name: Annotated[
+        str | None, typer.Argument(help="The batch's name, after status or cancel.")
+    ] = None,
     output: Annotated[
         str,
         typer.Option(
@@ -365,12 +386,28 @@ def batch_command(
             "none pays the model load on a real row); a server that fails stops the batch.",
         ),
     ] = False,
+    db: QueueDb = None,
+    name: QueueName = None,
+    work: QueueWork = False,
 ) -> None:
-    """Run every row of a CSV/JSONL/YAML job file; re-running resumes where it stopped."""
+    """Run every row of a CSV/JSONL/YAML job file; re-running resumes where it stopped.
+    With --db the rows go to the shared queue (status NAME / cancel NAME: see the batch)."""
+    if db is not None or name is not None or work:
+        require_extras(db)
+    if source in CONTROLS:
+        control_batch(source, batch_name, db)
+        return
+    check_queue_args(source, batch_name, db, name, bool(server), work)
+    if source is None:  # follow a queued batch
+        assert db is not None and name is not None  # check_queue_args
+        following = QueuedRun(db, name, output, as_json=as_json, status_every=status_every)
+        run_queued(following, state, None, None)
+        return
+    path = Path(source)
     folder, storage = output_place(output, state)
     chosen: str | dict[str, Any] | None = workflow
-    if source.suffix.lower() in (".yaml", ".yml"):
-        job = read_job_file(source)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        job = read_job_file(path)
         raw, job_vary = job["rows"], job["vary"]
         template = template or job.get("template")
         chosen = workflow or job.get("workflow")
@@ -379,20 +416,20 @@ def batch_command(
         total = job["total"]
         columns = list(defaults or ())
     else:
-        total = count_rows(source)  # a file unreadable mid-way fails before anything runs
-        raw, job_vary, defaults = read_rows(source), [], None
-        _check_header(source, template)
-        columns = csv_columns(source) or []
+        total = count_rows(path)  # a file unreadable mid-way fails before anything runs
+        raw, job_vary, defaults = read_rows(path), [], None
+        _check_header(path, template)
+        columns = csv_columns(path) or []
     if total == 0:
-        raise ConfigError(f"{source}: no rows to run (see examples/ for the formats)")
+        raise ConfigError(f"{path}: no rows to run (see examples/ for the formats)")
     # input images named by relative paths are read from the job file's folder
-    defaults = {FOLDER: str(source.parent.resolve()), **(defaults or {})}
+    defaults = {FOLDER: str(path.parent.resolve()), **(defaults or {})}
     if chosen is None and "image" in columns:
         chosen = "zimage-edit"  # as generate(image=...) does
     if template is not None and (problem := template_problem(template)):
         raise ConfigError(f"--template {template!r}: {problem}")
     varies = job_vary + [parse_vary(v) for v in vary or ()]
-    _check_variations([n for n, _ in varies], template, lambda: _reread(source), defaults)
+    _check_variations([n for n, _ in varies], template, lambda: _reread(path), defaults)
     if isinstance(chosen, str):
         chosen = workflow_source(chosen)
     combos = 1
@@ -405,13 +442,20 @@ def batch_command(
         http_timeout=http_timeout,
         variables=template_variables(template, [n for n, _ in varies]),
     )
+    rows = expand(raw, vary=varies, template=template, defaults=defaults)
+    if db is not None:
+        queued = QueuedRun(db, name, output, rows=rows, workflow=chosen or "zimage-turbo")
+        queued.total, queued.variables = total * combos, settings.variables
+        queued.as_json, queued.status_every = as_json, status_every
+        run_queued(queued, state, path, server if work else None)
+        return
     if storage is not None:
         err.print(f"images to {esc(output)}; manifest and report in {esc(folder)}", highlight=False)
     servers = resolve_servers(server)
     if warm:
         warm_servers(servers, chosen or "zimage-turbo", job_timeout)
     execute(
-        expand(raw, vary=varies, template=template, defaults=defaults),
+        rows,
         folder,
         servers,
         workflow=chosen or "zimage-turbo",

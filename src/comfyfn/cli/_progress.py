@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from comfyfn.batch import Batch, JobResult
 from comfyfn.cli._common import err, esc
 
+if TYPE_CHECKING:
+    from comfyfn.batch.queued import QueuedBatch
+
 
 class BatchProgress:
-    """What :class:`Batch` reports (its ``on_event``), shown on stderr for the ``with``."""
+    """What :class:`Batch` reports (its ``on_event``), shown on stderr for the ``with``; or
+    a queued batch followed from the shared store (server lines only for the servers of a
+    worker in this process)."""
 
-    def __init__(self, batch: Batch, total: int | None) -> None:
+    def __init__(self, batch: Batch | QueuedBatch, total: int | None) -> None:
         self.batch, self.total = batch, total
         self.counted: dict[str, int] = {}  #: results by state
         self.started = self.said = time.monotonic()
@@ -42,7 +47,8 @@ class BatchProgress:
         if not self.live:
             self._say(
                 f"batch: {self.total if self.total is not None else '?'} jobs on "
-                f"{', '.join(self.servers)}; a line per finished row"
+                f"{', '.join(self.servers) or 'the workers of the shared queue'}; a line per "
+                "finished row"
             )
         return self
 
@@ -94,8 +100,11 @@ class BatchProgress:
         return f"{self.counted.get('done', 0) / elapsed * 60:.1f}/min"
 
     def _show_servers(self) -> None:
+        pool = self.batch.pool
+        if pool is None:
+            return
         for url, task in self.lines.items():
-            s = self.batch.pool.states[url]
+            s = pool.states[url]
             status = "up" if s.healthy else "[red]down[/red]"
             self.bar.update(
                 task,

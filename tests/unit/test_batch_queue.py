@@ -1,0 +1,146 @@
+"""A batch enqueued into the shared store (issue 20, phase 2a): one job per row keyed by
+the row's content, invalid rows stored as such, claims by priority alongside API jobs,
+cancelling, and the report written from the store's records."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+
+import pytest
+
+from comfyfn.batch import Row, RowError
+from comfyfn.batch.queued import QueuedBatch, StoredRecords, enqueue, load_workflow
+from comfyfn.gateway.store import BATCH_KEY, NewFile, Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(f"sqlite:///{tmp_path / 'q.db'}") as s:
+        yield s
+
+
+def rows(*prompts: str, priority: int = 0) -> list[Row]:
+    values = [{"prompt": p, "width": 64, "height": 64} for p in prompts]
+    return [Row(i, v, priority=priority) for i, v in enumerate(values, 1)]
+
+
+def put(store: Store, name: str, items, output: str = "/out") -> tuple[set[str], int]:
+    wf = load_workflow("zimage-turbo")
+    return asyncio.run(enqueue(store, name, items, wf, output))
+
+
+def test_the_same_rows_again_add_nothing_and_a_changed_row_is_a_new_job(store):
+    keys, added = put(store, "b", rows("a cat", "a dog"))
+    assert (len(keys), added) == (2, 2)
+    assert put(store, "b", rows("a cat", "a dog")) == (keys, 0)
+    changed, added = put(store, "b", rows("a cat", "a bird"))
+    assert added == 1 and len(changed & keys) == 1
+    assert store.batch_counts("b")["queued"] == 3
+    assert len(store.batch_states("b", changed)) == 2  # a follower of the file sees its rows
+    assert put(store, "other", rows("a cat"))[1] == 1  # another batch: its own job
+
+
+def test_a_row_s_job_holds_its_bound_graph_and_where_its_images_go(store):
+    put(store, "b", rows("a red fox"), output="s3://bucket/run")
+    (job_id,) = store.batch_states("b")
+    job = store.get_job(job_id)
+    assert job is not None and job.key_id == BATCH_KEY and job.models
+    assert "a red fox" in json.dumps(job.params["graph"])
+    assert json.loads(store.job_target(job_id) or "") == {
+        "output": "s3://bucket/run",
+        "name": "images/000001",
+        "deliver": None,
+    }
+
+
+def test_invalid_rows_are_stored_failed_naming_the_row_and_not_twice(store):
+    bad = RowError(3, "steps", "'x' is not an integer")
+    assert put(store, "b", [bad])[1] == 1
+    assert put(store, "b", [bad])[1] == 0
+    (job,) = [j for j, _ in store.batch_jobs(store.batch_states("b"))]
+    assert job.state == "failed" and job.error is not None
+    assert job.error["message"] == "row 3, column 'steps': 'x' is not an integer"
+
+
+def test_a_row_with_an_input_image_is_refused_naming_its_column(store, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "in.png")
+    wf = load_workflow("zimage-edit")
+    row = Row(1, {"prompt": "edit", "image": str(tmp_path / "in.png")})
+    asyncio.run(enqueue(store, "b", [row], wf, "/out"))
+    (job,) = [j for j, _ in store.batch_jobs(store.batch_states("b"))]
+    assert job.state == "failed" and job.error is not None
+    assert "input images" in job.error["message"] and "row 1" in job.error["message"]
+
+
+def test_batch_rows_and_api_jobs_are_claimed_by_priority_and_a_batch_worker_takes_its_own(store):
+    api, _ = store.create_job(key_id="key_1", workflow="zimage-turbo", params={}, priority=1)
+    put(store, "low", rows("low"), output="/low")
+    put(store, "high", rows("high", priority=5), output="/high")
+    assert store.claim_jobs("w", limit=1, batch="low")[0].params["shown"]["prompt"] == "low"
+    first, second = store.claim_jobs("w", limit=2)
+    assert first.params["shown"]["prompt"] == "high" and second.id == api.id
+
+
+def test_cancelling_a_batch_ends_its_queued_rows_and_asks_its_running_ones(store):
+    put(store, "b", rows("a", "b", "c"))
+    put(store, "other", rows("d"))
+    (running,) = store.claim_jobs("w", limit=1, batch="b")
+    assert store.cancel_batch("b") == (2, 1)
+    assert store.batch_counts("b")["cancelled"] == 2
+    assert store.cancel_requests([running.id]) == {running.id}
+    assert store.batch_counts("other")["queued"] == 1
+
+
+def test_the_report_of_a_queued_batch_lists_every_row_and_file(store, tmp_path):
+    put(store, "b", [*rows("one", "two"), RowError(3, "prompt", "is empty")])
+    jobs = [j for j, _ in store.batch_jobs(store.batch_states("b")) if j.state == "queued"]
+    for job in store.claim_jobs("w", limit=2):
+        name = f"images/{job.params['stem']}.png"
+        store.complete_job(
+            job.id, [NewFile(name, "image/png", 1, "e")], state="succeeded", fence=job.claim
+        )
+    assert len(jobs) == 2
+
+    batch = QueuedBatch(store, "b", poll=0.01)
+    states = asyncio.run(_consume(batch))
+    assert sorted(states) == ["invalid", "skipped", "skipped"]  # finished before the first look
+    summary, sheet = batch.report(tmp_path, {"skipped": 2, "invalid": 1})
+    with (tmp_path / "results.csv").open(encoding="utf-8-sig") as f:
+        lines = list(csv.DictReader(f))
+    assert [(r["row"], r["file"], r["state"]) for r in lines] == [
+        ("1", "images/000001.png", "done"),
+        ("2", "images/000002.png", "done"),
+        ("3", "", "invalid"),
+    ]
+    assert summary.invalid == 1 and sheet.name == "index.html"
+    assert StoredRecords(batch.finished.values()).percentile(0.5, "seconds") is not None
+
+
+async def _consume(batch: QueuedBatch) -> list[str]:
+    return [r.state async for r in batch.results()]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["rows.csv", "--work"], "--work runs a worker of a queued batch: give --db URL too"),
+        (["rows.csv", "--name", "n"], "--name names a batch in the shared store"),
+        (["--db", "sqlite://"], "give a job file"),
+        (["rows.csv", "extra"], "unexpected argument 'extra'"),
+        (["status", "--db", "sqlite://"], "comfyfn batch status NAME needs the batch's name"),
+        (["rows.csv", "--db", "sqlite://", "-s", "http://127.0.0.1:9"], "--server is for --work"),
+    ],
+)
+def test_the_queued_batch_s_usage_errors_name_what_is_missing(args, named, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from comfyfn.cli._app import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rows.csv").write_text("prompt\na cat\n")
+    result = CliRunner().invoke(app, ["batch", *args])
+    assert result.exit_code == 2 and named in " ".join(result.output.split())
