@@ -13,8 +13,16 @@ itself (``blueprint:NAME``, ``template:NAME``: ``_library``) and partner (paid c
 """
 
 from comfyfn.workflow._binding import PARAMETERS, ComfyWarning, parse_size, random_seed
-from comfyfn.workflow._builtin import BUILTIN, builtin, zimage, zimage_edit, zimage_turbo
+from comfyfn.workflow._builtin import (
+    BUILTIN,
+    builtin,
+    zimage,
+    zimage_control,
+    zimage_edit,
+    zimage_turbo,
+)
 from comfyfn.workflow._bundled import BUNDLED_VERSIONS, bundled_object_info, bundled_version
+from comfyfn.workflow._control import CONTROL_TYPES
 from comfyfn.workflow._images import InputImage, input_image
 from comfyfn.workflow._library import (
     SERVED_ROUTES,
@@ -23,6 +31,7 @@ from comfyfn.workflow._library import (
     list_server_workflows,
     server_source,
 )
+from comfyfn.workflow._loras import Lora, parse_lora, parse_loras
 from comfyfn.workflow._meaning import MEANINGS
 from comfyfn.workflow._params import Param
 from comfyfn.workflow._partner import EXTRA_DATA_KEY, KEY_ENV
@@ -31,6 +40,7 @@ from comfyfn.workflow._workflow import Workflow, served_workflow
 __all__ = [
     "BUILTIN",
     "BUNDLED_VERSIONS",
+    "CONTROL_TYPES",
     "EXTRA_DATA_KEY",
     "KEY_ENV",
     "MEANINGS",
@@ -39,6 +49,7 @@ __all__ = [
     "ComfyWarning",
     "GetJson",
     "InputImage",
+    "Lora",
     "Param",
     "RouteMissing",
     "Workflow",
@@ -47,11 +58,14 @@ __all__ = [
     "bundled_version",
     "input_image",
     "list_server_workflows",
+    "parse_lora",
+    "parse_loras",
     "parse_size",
     "random_seed",
     "served_workflow",
     "server_source",
     "zimage",
+    "zimage_control",
     "zimage_edit",
     "zimage_turbo",
 ]

@@ -19,7 +19,8 @@ from comfyfn.workflow._bundled import bundled_object_info, is_bundled
 from comfyfn.workflow._graph import ApiGraph, load_api_graph
 from comfyfn.workflow._images import InputImage
 from comfyfn.workflow._library import GetJson, server_source, server_workflow
-from comfyfn.workflow._meaning import IMAGE_LOADERS, Slots, find_slots
+from comfyfn.workflow._loras import parse_loras
+from comfyfn.workflow._meaning import CONTROL_CLASSES, IMAGE_MEANINGS, Slots, find_slots
 from comfyfn.workflow._params import Param, all_inputs, dead_nodes, describe
 from comfyfn.workflow._partner import partner_nodes
 from comfyfn.workflow._paths import path_slot
@@ -154,6 +155,17 @@ class Workflow:
         return tuple(n for n, node in self.graph.items() if node.get("class_type") not in info)
 
     @property
+    def takes_loras(self) -> bool:
+        """Whether ``bind(loras=...)`` can place LoRAs: one diffusion model loader."""
+        return len(self.slots.candidates.get("model", ())) == 1
+
+    @property
+    def takes_control_type(self) -> bool:
+        """Whether ``bind(control_type=...)`` applies: one ControlNet patch."""
+        classes = [node.get("class_type") for node in self.graph.values()]
+        return sum(cls in CONTROL_CLASSES for cls in classes) == 1
+
+    @property
     def outputs(self) -> tuple[str, ...]:
         return self.slots.outputs
 
@@ -176,6 +188,8 @@ class Workflow:
             values["width"], values["height"] = parse_size(size)
         bound = bind(self.to_api(), definitions=self.definitions, **values)
         merged = {**self.values, **{k: v for k, v in values.items() if v is not None}}
+        if values.get("loras") is not None:
+            merged["loras"] = parse_loras(values["loras"])
         merged.update({k: bound.values[k] for k in ("seed",) if k in values and k in bound.values})
         merged.update(
             {
@@ -198,7 +212,7 @@ class Workflow:
 
     def is_image_input(self, name: str) -> bool:
         """Whether parameter ``name`` (a meaning or a ``node.input`` path) is an input image."""
-        if name in IMAGE_LOADERS.values():
+        if name in IMAGE_MEANINGS:
             return True
         try:
             slot = path_slot(dict(self.graph), name)
