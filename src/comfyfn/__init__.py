@@ -136,17 +136,21 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-def generate(prompt: str, *, server: str | None = None, **params: Any) -> Generation:
+def generate(
+    prompt: str, *, server: str | None = None, comfy_org_key: str | None = None, **params: Any
+) -> Generation:
     """One-shot :meth:`Client.generate` (opens and closes a client around the call)."""
     from comfyfn.client import Client
 
-    with Client(server) as client:
+    with Client(server, comfy_org_key=comfy_org_key) as client:
         return client.generate(prompt, **params)
 
 
-async def agenerate(prompt: str, *, server: str | None = None, **params: Any) -> Generation:
+async def agenerate(
+    prompt: str, *, server: str | None = None, comfy_org_key: str | None = None, **params: Any
+) -> Generation:
     """One-shot :meth:`AsyncClient.generate`."""
     from comfyfn.client import AsyncClient
 
-    async with AsyncClient(server) as client:
+    async with AsyncClient(server, comfy_org_key=comfy_org_key) as client:
         return await client.generate(prompt, **params)

@@ -5,7 +5,7 @@ URL); :func:`public_url` is a URL as comfyfn shows it, without them. Everything 
 is the private transport (HTTP, websocket, job protocol, output fetching, server resolution).
 """
 
-from comfyfn.client._async import AsyncClient, WorkflowSource
+from comfyfn.client._async import AsyncClient, WorkflowSource, default_workflow
 from comfyfn.client._async_job import AsyncJob
 from comfyfn.client._credentials import Credentials, public_url
 from comfyfn.client._sync import Client, Job
@@ -17,5 +17,6 @@ __all__ = [
     "Credentials",
     "Job",
     "WorkflowSource",
+    "default_workflow",
     "public_url",
 ]

@@ -26,9 +26,16 @@ from comfyfn.client._job import JobSettings, JobSpec, check_prompt_id, post_prom
 from comfyfn.client._lookup import cancel, find_graph, queue_position
 from comfyfn.client._shared import fetch_definitions
 from comfyfn.client._socket import EventSocket
-from comfyfn.errors import ComfyError, WorkflowInvalid
+from comfyfn.errors import ComfyError, ConfigError, WorkflowInvalid
 from comfyfn.events import Event
 from comfyfn.result import Generation
+from comfyfn.workflow import (
+    EXTRA_DATA_KEY,
+    SERVED_ROUTES,
+    list_server_workflows,
+    served_workflow,
+    server_source,
+)
 from comfyfn.workflow._builtin import BUILTIN, builtin
 from comfyfn.workflow._images import read_image_file
 from comfyfn.workflow._signature import signature_for
@@ -41,8 +48,17 @@ log = logging.getLogger("comfyfn")
 #: validation problems that fresh definitions may not have: a node installed, a file added
 _STALE = frozenset({"unknown_class", "bad_value"})
 
-#: A workflow by built-in name, path (JSON or PNG; API or UI format) or dict.
+#: A workflow by built-in name, path (JSON or PNG; API or UI format), dict, or one the
+#: server serves (``"blueprint:NAME"``, ``"template:NAME"``).
 WorkflowSource = str | Path | Mapping[str, Any]
+
+
+def default_workflow(params: Mapping[str, Any]) -> str:
+    """The built-in workflow for ``params`` when none is given: ``zimage-control`` with a
+    ``control_image``, else ``zimage-edit`` with an ``image``, else ``zimage-turbo``."""
+    if params.get("control_image") is not None:
+        return "zimage-control"
+    return "zimage-edit" if params.get("image") is not None else "zimage-turbo"
 
 
 def _ws_url(server: str, client_id: str) -> str:
@@ -78,6 +94,9 @@ class AsyncClient:
             extra headers, query parameters), sent on every HTTP request and the websocket
             upgrade; they take precedence over those in the URL. Never shown: ``server``,
             errors, logs and reprs give the URL without credentials.
+        comfy_org_key: the Comfy.org API key partner (paid cloud) nodes run with; default
+            ``$COMFY_ORG_API_KEY``, read at use. It goes only with jobs that have partner
+            nodes, and is never shown, logged or recorded.
     """
 
     #: Private seam: the websocket class (tests replace it to replay or refuse messages).
@@ -93,9 +112,11 @@ class AsyncClient:
         retries: int = 3,
         transport: httpx.AsyncBaseTransport | None = None,
         auth: Credentials | None = None,
+        comfy_org_key: str | None = None,
     ) -> None:
         self._server_arg = server
         self._auth = auth
+        self._comfy_org_key = comfy_org_key
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self.job_timeout = job_timeout
         self.check_interval = check_interval
@@ -194,14 +215,28 @@ class AsyncClient:
     # -- jobs ------------------------------------------------------------------------------
 
     async def workflow(self, source: WorkflowSource | Workflow) -> Workflow:
-        """Load a workflow (built-in name, path, PNG, dict; API or UI format) with this
+        """Load a workflow (built-in name, path, PNG, dict; API or UI format; a blueprint or
+        template the server serves: ``"blueprint:NAME"``, ``"template:NAME"``) with this
         server's node definitions, so UI conversion and parameter types match the server."""
         info = await self.object_info()
         if isinstance(source, Workflow):
             return source.with_definitions(info)
         if isinstance(source, str) and source in BUILTIN:
             return builtin(source).with_definitions(info)
+        if server_source(source) is not None:
+            assert isinstance(source, str)
+            return await served_workflow(source, (await self._http()).get_json, self.server, info)
         return Workflow.load(source, object_info=info)
+
+    async def served_workflows(self, kind: str) -> list[str]:
+        """The names of the blueprints (``kind="blueprint"``) or templates (``"template"``)
+        the server serves, to load as ``"KIND:NAME"``.
+
+        A server without the route raises :class:`~comfyfn.workflow.RouteMissing`."""
+        if kind not in SERVED_ROUTES:
+            raise ConfigError(f"unknown kind {kind!r}; choose from {', '.join(SERVED_ROUTES)}")
+        session = await self._http()
+        return await list_server_workflows(kind, session.get_json, self.server)
 
     async def submit(
         self,
@@ -220,10 +255,10 @@ class AsyncClient:
         defaults to a random one. ``timeout`` is the job's deadline from now;
         ``cancel_on_exit``: see :class:`AsyncJob`. Input images (``image=``, ``mask=`` or
         the path of a LoadImage input) are a path, bytes, a PIL image, an :class:`Image` or an
-        http(s) URL; with ``image=`` and no workflow, the workflow is ``zimage-edit``.
+        http(s) URL. With no workflow, it is ``zimage-control`` given ``control_image=``, else
+        ``zimage-edit`` given ``image=``, else ``zimage-turbo``.
         """
-        default = "zimage-edit" if params.get("image") is not None else "zimage-turbo"
-        wf = await self.workflow(workflow if workflow is not None else default)
+        wf = await self.workflow(workflow if workflow is not None else default_workflow(params))
         if prompt is not None:
             params["prompt"] = prompt
         params.setdefault("seed", None)
@@ -261,7 +296,8 @@ class AsyncClient:
             await upload_inputs(session, wf.uploads, self._uploaded.setdefault(self.server, set()))
         if validate:
             await self._validate(wf)
-        spec = self._spec(prompt_id or str(uuid.uuid4()), wf, timeout, cancel_on_exit)
+        extra = await self._extra(wf)
+        spec = self._spec(prompt_id or str(uuid.uuid4()), wf, timeout, cancel_on_exit, extra)
         subscription = socket.subscribe(spec.prompt_id) if await socket.ensure() else None
         try:
             await post_prompt(session, spec.graph, spec.prompt_id, spec.settings)
@@ -299,21 +335,35 @@ class AsyncClient:
         return AsyncJob(self, self._spec(prompt_id, wf, timeout, cancel_on_exit))
 
     def _spec(
-        self, prompt_id: str, wf: Workflow, timeout: float | None, cancel_on_exit: bool
+        self,
+        prompt_id: str,
+        wf: Workflow,
+        timeout: float | None,
+        cancel_on_exit: bool,
+        extra_data: Mapping[str, str] | None = None,
     ) -> JobSpec:
         settings = JobSettings(
             client_id=self.client_id,
             timeout=timeout if timeout is not None else self.job_timeout,
             check_interval=self.check_interval,
+            extra_data=extra_data or {},
             cancel_on_exit=cancel_on_exit,
             expect_size=wf.expected_size,
         )
         return JobSpec(prompt_id, wf.to_api(), wf.provenance(), settings)
 
+    async def _extra(self, wf: Workflow) -> dict[str, str]:
+        """The job's ``extra_data``: the Comfy.org key, only for a graph with partner nodes."""
+        key = _config.comfy_org_key(self._comfy_org_key)
+        if key is None or not wf.partner_nodes(await self.object_info()):
+            return {}
+        return {EXTRA_DATA_KEY: key}
+
     async def _validate(self, wf: Workflow) -> None:
         info = await self.object_info()
+        key = _config.comfy_org_key(self._comfy_org_key) is not None
         try:
-            wf.validate(info, server=self.server)
+            wf.validate(info, server=self.server, partner_key=key)
         except WorkflowInvalid as exc:
             if not any(p.kind in _STALE for p in exc.problems):
                 raise
@@ -321,7 +371,7 @@ class AsyncClient:
             # a value the definitions do not know is judged by fresh ones.
             if self._object_info is info:
                 self._object_info = None
-            wf.validate(await self.object_info(), server=self.server)
+            wf.validate(await self.object_info(), server=self.server, partner_key=key)
 
     async def stream(
         self,

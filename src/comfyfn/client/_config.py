@@ -5,6 +5,7 @@
 | server  | ``server=``    | ``COMFYFN_SERVER``| the local engine (started if needed)  |
 | home    | —              | ``COMFYFN_HOME``  | the platform's user cache dir        |
 | engine  | —              | ``COMFYFN_ENGINE``| instance name ``default``            |
+| Comfy.org key | ``comfy_org_key=`` | ``COMFY_ORG_API_KEY`` | none (partner nodes refused) |
 
 A server URL may carry credentials for a reverse proxy in front of ComfyUI
 (``https://user:password@host``, ``https://host/?token=…``): they are kept in the URL these
@@ -19,8 +20,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 from comfyfn.client._credentials import public_url
 from comfyfn.errors import ConfigError
+from comfyfn.workflow import KEY_ENV
 
-__all__ = ["explicit_server", "resolve_server", "resolve_server_sync"]
+__all__ = ["comfy_org_key", "explicit_server", "resolve_server", "resolve_server_sync"]
+
+
+def comfy_org_key(given: str | None) -> str | None:
+    """The Comfy.org API key for partner nodes: ``given``, else ``$COMFY_ORG_API_KEY``;
+    None if neither is set (an empty value counts as unset)."""
+    key = given if given is not None else os.environ.get(KEY_ENV)
+    return key or None
 
 
 def _normalise(url: str, source: str) -> str:

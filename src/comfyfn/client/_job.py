@@ -78,7 +78,8 @@ class JobSettings:
     timeout: float | None = None  #: whole-job deadline in seconds (None = none)
     check_interval: float = 5.0  #: with a live socket, check the server after this much silence
     history_wait: float = 10.0  #: how long to wait for the history entry after completion
-    extra_data: Mapping[str, Any] = field(default_factory=dict)
+    #: sent with the prompt (the Comfy.org key for partner nodes): never shown
+    extra_data: Mapping[str, Any] = field(default_factory=dict, repr=False)
     #: leaving the job before it ends (closed, cancelled, an error) cancels it on the server;
     #: False leaves it there for the caller to re-attach or cancel (the deadline still cancels)
     cancel_on_exit: bool = True

@@ -57,6 +57,7 @@ class Client:
         retries: int = 3,
         transport: httpx.AsyncBaseTransport | None = None,
         auth: Credentials | None = None,
+        comfy_org_key: str | None = None,
     ) -> None:
         self._async = AsyncClient(
             server,
@@ -66,6 +67,7 @@ class Client:
             retries=retries,
             transport=transport,
             auth=auth,
+            comfy_org_key=comfy_org_key,
         )
         self._thread: LoopThread | None = None
         self._stop_thread: Callable[[], object] = lambda: None
@@ -141,9 +143,17 @@ class Client:
     # -- jobs ------------------------------------------------------------------------------
 
     def workflow(self, source: WorkflowSource | Workflow) -> Workflow:
-        """Load a workflow (built-in name, path, PNG, dict; API or UI format) with this
+        """Load a workflow (built-in name, path, PNG, dict; API or UI format; a blueprint or
+        template the server serves: ``"blueprint:NAME"``, ``"template:NAME"``) with this
         server's node definitions, so UI conversion and parameter types match the server."""
         return self._run(self._async.workflow, source)
+
+    def served_workflows(self, kind: str) -> list[str]:
+        """The names of the blueprints (``kind="blueprint"``) or templates (``"template"``)
+        the server serves, to load as ``"KIND:NAME"``.
+
+        See :meth:`AsyncClient.served_workflows`."""
+        return self._run(self._async.served_workflows, kind)
 
     def submit(
         self,

@@ -69,6 +69,8 @@ class FleetSettings:
     job_timeout: float | None = None  #: a job running longer counts as a server failure
     health_interval: float = 0.5
     reattach: int = 3  #: re-attaches on the same server after a failed read, per run
+    #: the Comfy.org API key for partner nodes (None: ``$COMFY_ORG_API_KEY``, read at use)
+    comfy_org_key: str | None = field(default=None, repr=False)
 
     @property
     def connect(self) -> float:
@@ -135,7 +137,11 @@ class Fleet:
         async with contextlib.AsyncExitStack() as stack:
             for url in self.servers:
                 client = AsyncClient(
-                    self._given[url], timeout=timeout, retries=1, check_interval=2.0
+                    self._given[url],
+                    timeout=timeout,
+                    retries=1,
+                    check_interval=2.0,
+                    comfy_org_key=self.settings.comfy_org_key,
                 )
                 await client.open()
                 stack.push_async_callback(client.aclose)
