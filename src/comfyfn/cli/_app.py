@@ -36,12 +36,20 @@ from comfyfn.cli._models import models_app
 from comfyfn.cli._recipe import recipe_app
 from comfyfn.cli._worker import worker_command, workers_command
 from comfyfn.cli._workflow import parse_params, workflow_app
-from comfyfn.client import Client, Job, _config
+from comfyfn.client import Client, Job, _config, default_workflow
 from comfyfn.errors import ConfigError
 from comfyfn.events import NodeCached, NodeStarted, Queued, Started
 from comfyfn.events import Progress as ProgressEvent
 from comfyfn.result import Generation
-from comfyfn.workflow import BUILTIN, Workflow, builtin, parse_size
+from comfyfn.workflow import (
+    BUILTIN,
+    CONTROL_TYPES,
+    KEY_ENV,
+    Workflow,
+    builtin,
+    parse_loras,
+    parse_size,
+)
 
 app = typer.Typer(
     cls=Commands,
@@ -105,6 +113,12 @@ def _main(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
 
 
+def _control_type(value: str | None) -> str | None:
+    if value is not None and value not in CONTROL_TYPES:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(CONTROL_TYPES)}")
+    return value
+
+
 @app.command()
 def generate(
     prompt: Annotated[
@@ -118,9 +132,52 @@ def generate(
     negative: Annotated[str | None, typer.Option(help="Negative prompt (needs cfg > 1).")] = None,
     batch: Annotated[int | None, typer.Option("--batch", help="Images per job.")] = None,
     workflow: Annotated[
-        str,
-        typer.Option("--workflow", "-w", help="Built-in name, or a workflow file (API/UI/PNG)."),
-    ] = "zimage-turbo",
+        str | None,
+        typer.Option(
+            "--workflow",
+            "-w",
+            help="Built-in name, a workflow file (API/UI/PNG), or blueprint:NAME / "
+            "template:NAME (served by the server). Default: zimage-control with "
+            "--control-image, else zimage-turbo.",
+        ),
+    ] = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lora",
+            metavar="NAME[:STRENGTH]",
+            help="A LoRA (a file in models/loras/) on the diffusion model, strength 1.0 by "
+            "default (repeatable, applied in order).",
+        ),
+    ] = None,
+    control_image: Annotated[
+        str | None,
+        typer.Option(
+            "--control-image",
+            metavar="PATH|URL",
+            help="The ControlNet's control image (default workflow: zimage-control).",
+        ),
+    ] = None,
+    control_type: Annotated[
+        str | None,
+        typer.Option(
+            "--control-type",
+            metavar="[" + "|".join(CONTROL_TYPES) + "]",
+            callback=_control_type,
+            help="How the control map is made: canny (edges computed from the control "
+            "image) or depth, pose, hed, mlsd, tile (the control image is that map).",
+        ),
+    ] = None,
+    comfy_org_key: Annotated[
+        str | None,
+        typer.Option(
+            "--comfy-org-key",
+            metavar="KEY",
+            show_default=False,
+            help=f"Comfy.org API key for partner (paid cloud) nodes. Default: ${KEY_ENV}. "
+            "Never shown or recorded.",
+        ),
+    ] = None,
     param: Annotated[
         list[str] | None,
         typer.Option("--param", "-p", help="name=value or node.input=value (repeatable)."),
@@ -142,14 +199,18 @@ def generate(
         "cfg": cfg,
         "negative": negative,
         "batch_size": batch,
+        "loras": parse_loras(lora) or None,
+        "control_image": control_image,
+        "control_type": control_type,
     }
     if size:
         given["width"], given["height"] = parse_size(size)
-    source = workflow_source(workflow)
+    source = workflow_source(workflow if workflow is not None else default_workflow(given))
     if source in BUILTIN:  # a usage error before any server is looked up or started
         _require_prompt(builtin(source), given | parse_params(builtin(source), param or []))
     url = server_url(server)
-    with sigterm_as_ctrl_c(), warnings_once(), Client(url) as client:
+    client = Client(url, comfy_org_key=comfy_org_key)
+    with sigterm_as_ctrl_c(), warnings_once(), client:
         wf = client.workflow(source)
         params = given | parse_params(wf, param or [])
         _require_prompt(wf, params)

@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 from comfyfn.client import _config
 from comfyfn.engine import Engine
 from comfyfn.errors import ComfyError, ConfigError, WorkflowInvalid
-from comfyfn.workflow import BUILTIN
+from comfyfn.workflow import BUILTIN, server_source
 
 DEBUG_ENV = "COMFYFN_DEBUG"
 DEBUG = "comfyfn.debug"  #: the key of ``--debug`` in the click context's meta
@@ -164,9 +164,10 @@ def report(message: object) -> None:
 
 
 def workflow_source(value: str) -> str:
-    """``value`` if it is a built-in workflow name or an existing file; a name that is
-    neither is a usage error listing the built-in names (with the nearest one first)."""
-    if value in BUILTIN or Path(value).expanduser().exists():
+    """``value`` if it is a built-in workflow name, a server's (``blueprint:NAME``,
+    ``template:NAME``: loaded through the server) or an existing file; a name that is none
+    of these is a usage error listing the built-in names (with the nearest one first)."""
+    if value in BUILTIN or server_source(value) or Path(value).expanduser().exists():
         return value
     if Path(value).suffix.lower() in (".json", ".png") or os.sep in value:
         raise ConfigError(f"workflow file {value}: no such file")

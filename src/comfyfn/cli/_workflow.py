@@ -4,42 +4,28 @@ workflow, or a blueprint or template a server serves (``blueprint:NAME``, ``temp
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.table import Table
 
 from comfyfn.cli._common import err, esc, out, workflow_source
 from comfyfn.client import Client, _config
-from comfyfn.client._credentials import split_url
 from comfyfn.errors import (
     ConfigError,
-    HTTPStatusError,
-    ProtocolError,
-    ServerUnreachable,
-    TransportError,
 )
 from comfyfn.workflow import (
     BUILTIN,
     SERVED_ROUTES,
-    GetJson,
     RouteMissing,
     Workflow,
     builtin,
     bundled_version,
-    list_server_workflows,
-    served_workflow,
     server_source,
 )
-
-T = TypeVar("T")
 
 workflow_app = typer.Typer(
     help="Inspect, convert and validate workflows (API, UI with subgraphs, or a ComfyUI PNG).",
@@ -86,72 +72,6 @@ def parse_params(wf: Workflow, items: list[str]) -> dict[str, Any]:
     return values
 
 
-@contextlib.asynccontextmanager
-async def _getter(url: str) -> AsyncIterator[tuple[str, GetJson]]:
-    """The public URL of ``url`` and a ``get_json`` for it (credentials in ``url`` go on every
-    request, never into a message)."""
-    server, credentials = split_url(url)
-    async with httpx.AsyncClient(
-        base_url=server,
-        headers=credentials.http_headers(),
-        params=dict(credentials.query),
-        timeout=httpx.Timeout(30.0, connect=10.0),
-    ) as client:
-
-        async def get_json(path: str) -> Any:
-            try:
-                response = await client.get(path)
-            except httpx.HTTPError as exc:
-                unreached = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-                kind = ServerUnreachable if unreached else TransportError
-                detail = credentials.redact(str(exc)) or type(exc).__name__
-                raise kind(f"GET {path} to {server} failed: {detail}", server=server) from None
-            if response.status_code >= 400:
-                body = credentials.redact(response.text[:300])
-                raise HTTPStatusError(
-                    f"GET {path} answered HTTP {response.status_code}: {body}",
-                    server=server,
-                    status_code=response.status_code,
-                    body=body,
-                    method="GET",
-                    path=path,
-                )
-            try:
-                return response.json()
-            except ValueError:
-                what = "something that is not JSON"
-                raise ProtocolError(
-                    f"GET {path} from {server} answered {what}",
-                    server=server,
-                    method="GET",
-                    path=path,
-                ) from None
-
-        yield server, get_json
-
-
-def _ask(url: str, action: Callable[[GetJson, str], Awaitable[T]]) -> T:
-    """``await action(get_json, public_url)`` on the server at ``url``."""
-
-    async def run() -> T:
-        async with _getter(url) as (server, get_json):
-            return await action(get_json, server)
-
-    return asyncio.run(run())
-
-
-async def _served(source: str, get_json: GetJson, server: str) -> Workflow:
-    info = await get_json("/object_info")
-    if not isinstance(info, dict):
-        raise ProtocolError(
-            f"GET /object_info from {server} answered no JSON object",
-            server=server,
-            method="GET",
-            path="/object_info",
-        )
-    return await served_workflow(source, get_json, server, info)
-
-
 def _server_url(server: str | None) -> str | None:
     return server or os.environ.get("COMFYFN_SERVER")
 
@@ -166,9 +86,8 @@ def _load(source: str, server: str | None, *, strict: bool = True) -> tuple[Work
                 f"{source}: a {served[0]} is served by ComfyUI: give its --server "
                 "(or set COMFYFN_SERVER)"
             )
-        resolved = _config.resolve_server_sync(url)
-        wf = _ask(resolved, lambda get_json, public: _served(source, get_json, public))
-        return wf, split_url(resolved)[0]
+        with Client(_config.resolve_server_sync(url)) as client:
+            return client.workflow(source), client.server
     source = workflow_source(source)
     if not url:
         return (
@@ -183,13 +102,14 @@ def _load(source: str, server: str | None, *, strict: bool = True) -> tuple[Work
         return wf.with_definitions(info), client.server
 
 
-async def _listings(get_json: GetJson, server: str) -> dict[str, list[str] | RouteMissing]:
+def _listings(url: str) -> dict[str, list[str] | RouteMissing]:
     found: dict[str, list[str] | RouteMissing] = {}
-    for kind in SERVED_ROUTES:
-        try:
-            found[kind] = sorted(await list_server_workflows(kind, get_json, server))
-        except RouteMissing as exc:
-            found[kind] = exc
+    with Client(_config.resolve_server_sync(url)) as client:
+        for kind in SERVED_ROUTES:
+            try:
+                found[kind] = sorted(client.served_workflows(kind))
+            except RouteMissing as exc:
+                found[kind] = exc
     return found
 
 
@@ -213,7 +133,7 @@ def list_workflows(
     url = _server_url(server)
     found: dict[str, list[str] | RouteMissing] = {"builtin": sorted(BUILTIN)}
     if url:
-        found |= _ask(_config.resolve_server_sync(url), _listings)
+        found |= _listings(url)
     if as_json:
         shown = {k: v if isinstance(v, list) else None for k, v in found.items()}
         typer.echo(json.dumps(shown, ensure_ascii=False, indent=2))
