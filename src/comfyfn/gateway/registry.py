@@ -9,6 +9,10 @@ holds each as a reference to an upload of its key (:class:`~comfyfn.gateway.mode
 never as text: bound from text, a value would be read as a path on the gateway's machine. The
 typed endpoint takes them as a file, an upload id, an http(s) URL or base64
 (:attr:`Served.request_model`), and stores them as uploads first.
+
+A workflow with one diffusion model loader takes ``loras`` (a list of ``{name, strength}``
+or ``"a.safetensors:0.8, b.safetensors"``; a job holds them as ``[name, strength]`` pairs);
+one with a ControlNet takes ``control_type`` (:data:`~comfyfn.workflow.CONTROL_TYPES`).
 """
 
 from __future__ import annotations
@@ -17,18 +21,28 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    create_model,
+)
 
+from comfyfn.errors import WorkflowInvalid
 from comfyfn.gateway.models import UploadRef
 from comfyfn.workflow import (
     BUILTIN,
+    CONTROL_TYPES,
     ComfyWarning,
     InputImage,
     Param,
     Workflow,
     builtin,
+    parse_loras,
     random_seed,
 )
 
@@ -61,6 +75,74 @@ def _field(p: Param, max_prompt: int) -> tuple[Any, Any]:
     return (kind | None, Field(default=default, description=p.description or p.path, **limits))
 
 
+class LoraModel(BaseModel):
+    """One LoRA: a file in the server's models/loras/ and its strength on the model."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, description="LoRA file (models/loras/)")
+    strength: float = Field(default=1.0, allow_inf_nan=False, description="strength on the model")
+
+
+def _lora_list(value: Any) -> Any:
+    """A ``loras`` text (``"a.safetensors:0.8, b"``) as the list it stands for."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return [{"name": name, "strength": strength} for name, strength in parse_loras(value)]
+    except WorkflowInvalid as exc:
+        raise ValueError("; ".join(p.message for p in exc.problems)) from None
+
+
+#: the schema of ``loras``, inline (no ``$defs``: the UI and the OpenAPI document show it as
+#: it is); text first, which the UI's form takes
+_LORAS_SCHEMA = {
+    "anyOf": [
+        {"type": "string"},
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "strength": {"type": "number", "default": 1.0},
+                },
+                "required": ["name"],
+                "additionalProperties": False,
+            },
+        },
+        {"type": "null"},
+    ]
+}
+#: LoRAs: a list of {name, strength}, or the same as text
+Loras = Annotated[
+    list[LoraModel] | None, BeforeValidator(_lora_list), WithJsonSchema(_LORAS_SCHEMA)
+]
+
+
+def _structure_fields(workflow: Workflow) -> dict[str, Any]:
+    """``loras`` and ``control_type``, where the workflow takes them."""
+    fields: dict[str, Any] = {}
+    if workflow.takes_loras:
+        fields["loras"] = (
+            Loras,
+            Field(
+                default=None,
+                description='LoRAs on the diffusion model, in order: [{"name": '
+                '"a.safetensors", "strength": 0.8}] or "a.safetensors:0.8, b.safetensors"',
+            ),
+        )
+    if workflow.takes_control_type:
+        fields["control_type"] = (
+            Literal[tuple(CONTROL_TYPES)] | None,
+            Field(
+                default=None,
+                description="how the control map is made: "
+                + "; ".join(f"{k}: {v}" for k, v in CONTROL_TYPES.items()),
+            ),
+        )
+    return fields
+
+
 def _image_field(p: Param, *, as_request: bool) -> tuple[Any, Any]:
     """A required input image: in a job, an upload reference; in a typed request, text."""
     if as_request:
@@ -86,6 +168,8 @@ class Served:
         given (or null) is drawn here, so the job records the seed it runs with."""
         model = self.model.model_validate(dict(values))
         params = model.model_dump(exclude_unset=True, exclude_none=True)
+        if params.pop("loras", None):  # bindable pairs; none given: no LoRA
+            params["loras"] = [[x.name, x.strength] for x in getattr(model, "loras")]  # noqa: B009
         if "seed" in self.model.model_fields and "seed" not in params:
             params["seed"] = random_seed()
         return params
@@ -119,7 +203,7 @@ class Registry:
         images = tuple(p.name for p in params if p.type == IMAGE_TYPE)
         fields: dict[str, Any] = {
             p.name: _field(p, max_prompt) for p in params if p.type != IMAGE_TYPE
-        }
+        } | _structure_fields(workflow)
         model = _model(
             name,
             "Params",
