@@ -285,3 +285,22 @@ def test_a_priority_column_orders_rows_and_is_never_bound(tmp_path):
     assert isinstance(rows[3], RowError) and rows[3].column == "priority"
     job = prepare(zimage_turbo(), rows[0])
     assert isinstance(job, Job) and "priority" not in job.workflow.provenance()
+
+
+def test_a_lora_column_adds_the_rows_loras_and_an_empty_cell_adds_none():
+    job = prepare(WF, row({"prompt": "p", "lora": "style.safetensors:0.5, detail.safetensors"}))
+    assert isinstance(job, Job)
+    loaders = [n for n in job.workflow.graph.values() if n["class_type"] == "LoraLoaderModelOnly"]
+    assert [(n["inputs"]["lora_name"], n["inputs"]["strength_model"]) for n in loaders] == [
+        ("style.safetensors", 0.5),
+        ("detail.safetensors", 1.0),
+    ]
+    plain = prepare(WF, row({"prompt": "p", "lora": ""}))
+    assert isinstance(plain, Job)
+    assert "LoraLoaderModelOnly" not in {n["class_type"] for n in plain.workflow.graph.values()}
+
+
+def test_a_bad_lora_cell_is_a_row_error_naming_the_column():
+    bad = prepare(WF, row({"prompt": "p", "lora": "style.safetensors:inf"}, index=7))
+    assert isinstance(bad, RowError)
+    assert (bad.index, bad.column) == (7, "lora") and "strength" in str(bad)

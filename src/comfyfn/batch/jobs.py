@@ -27,7 +27,7 @@ from comfyfn.errors import ConfigError, WorkflowInvalid
 from comfyfn.fleet import Ticket
 from comfyfn.result import Generation
 from comfyfn.storage import Storage
-from comfyfn.workflow import MEANINGS, InputImage, Workflow, input_image
+from comfyfn.workflow import MEANINGS, InputImage, Workflow, input_image, parse_loras
 from comfyfn.workflow._images import is_local_file, is_url
 
 __all__ = [
@@ -170,6 +170,10 @@ async def prepare_async(
     return prepare(wf, row, variables=variables, images=images)
 
 
+#: a batch column of LoRAs for the row: ``"style.safetensors:0.8, detail.safetensors"``
+LORA_COLUMN = "lora"
+
+
 def _row_params(
     wf: Workflow, row: Row, variables: frozenset[str], images: Mapping[str, InputImage]
 ) -> dict[str, Any] | RowError:
@@ -181,6 +185,13 @@ def _row_params(
         is_param = column in MEANINGS or "." in column
         if column.startswith("_") or (column in variables and not is_param):
             continue  # recipe metadata, or a template variable
+        if column == LORA_COLUMN:
+            try:
+                values["loras"] = parse_loras(value or None)
+            except WorkflowInvalid as exc:
+                reason = "; ".join(p.message for p in exc.problems) or str(exc)
+                return RowError(row.index, column, reason, row.variant)
+            continue
         if not is_param:
             named = ", ".join(p.name for p in wf.params)
             return RowError(
