@@ -235,3 +235,21 @@ async def test_the_client_loads_and_lists_what_the_server_serves(templates):
     assert (wf.source, wf.name) == ("template", "image_z_image_turbo")
     assert {"prompt", "seed", "model"} <= {p.name for p in wf.params}
     assert missing.value.route == "/global_subgraphs"
+
+
+def test_batch_serve_and_worker_take_the_key_and_never_show_it():
+    from typer.testing import CliRunner
+
+    from comfyfn.batch import BatchSettings
+    from comfyfn.cli._app import app
+    from comfyfn.gateway import GatewaySettings
+
+    batch = BatchSettings(comfy_org_key="sk-secret")
+    assert batch.fleet().comfy_org_key == "sk-secret" and "sk-secret" not in repr(batch)
+    gateway = GatewaySettings(
+        servers=("http://127.0.0.1:9",), db_url="sqlite://", storage="x", comfy_org_key="sk-secret"
+    )
+    assert "sk-secret" not in repr(gateway)
+    for command in ("batch", "serve", "worker"):
+        shown = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+        assert "--comfy-org-key" in shown, command

@@ -64,6 +64,8 @@ class BatchSettings:
     #: job and turnaround times (see :class:`comfyfn.fleet.FleetSettings`)
     prime: int | None = None
     retries: int = 3  #: times a job is moved to another server after a server failure
+    #: for partner (paid cloud) nodes; None: $COMFY_ORG_API_KEY, read by each client at use
+    comfy_org_key: str | None = field(default=None, repr=False)
     http_timeout: float = 10.0
     job_timeout: float | None = None  #: a job running longer counts as a server failure
     give_up_after: float = 600.0  #: with every server down this long (mid-run), rows fail
@@ -91,6 +93,7 @@ class BatchSettings:
             http_timeout=self.http_timeout,
             job_timeout=self.job_timeout,
             health_interval=self.health_interval,
+            comfy_org_key=self.comfy_org_key,
         )
 
 

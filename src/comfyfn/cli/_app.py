@@ -20,6 +20,7 @@ from comfyfn.cli._batch import batch_command
 from comfyfn.cli._common import (
     DEBUG,
     DEBUG_ENV,
+    ComfyOrgKeyOpt,
     Commands,
     ServerOpt,
     err,
@@ -44,7 +45,6 @@ from comfyfn.result import Generation
 from comfyfn.workflow import (
     BUILTIN,
     CONTROL_TYPES,
-    KEY_ENV,
     Workflow,
     builtin,
     parse_loras,
@@ -168,16 +168,7 @@ def generate(
             "image) or depth, pose, hed, mlsd, tile (the control image is that map).",
         ),
     ] = None,
-    comfy_org_key: Annotated[
-        str | None,
-        typer.Option(
-            "--comfy-org-key",
-            metavar="KEY",
-            show_default=False,
-            help=f"Comfy.org API key for partner (paid cloud) nodes. Default: ${KEY_ENV}. "
-            "Never shown or recorded.",
-        ),
-    ] = None,
+    comfy_org_key: ComfyOrgKeyOpt = None,
     param: Annotated[
         list[str] | None,
         typer.Option("--param", "-p", help="name=value or node.input=value (repeatable)."),

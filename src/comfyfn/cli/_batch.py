@@ -48,7 +48,14 @@ from comfyfn.cli._batch_queue import (
     control_batch,
     run_queued,
 )
-from comfyfn.cli._common import err, esc, server_url, warnings_once, workflow_source
+from comfyfn.cli._common import (
+    ComfyOrgKeyOpt,
+    err,
+    esc,
+    server_url,
+    warnings_once,
+    workflow_source,
+)
 from comfyfn.cli._engine import warm_servers
 from comfyfn.cli._gateway import require_extras
 from comfyfn.cli._progress import BatchProgress
@@ -389,6 +396,7 @@ def batch_command(
     db: QueueDb = None,
     name: QueueName = None,
     work: QueueWork = False,
+    comfy_org_key: ComfyOrgKeyOpt = None,
 ) -> None:
     """Run every row of a CSV/JSONL/YAML job file; re-running resumes where it stopped.
     With --db the rows go to the shared queue (status NAME / cancel NAME: see the batch)."""
@@ -441,6 +449,7 @@ def batch_command(
         job_timeout=job_timeout,
         http_timeout=http_timeout,
         variables=template_variables(template, [n for n, _ in varies]),
+        comfy_org_key=comfy_org_key,
     )
     rows = expand(raw, vary=varies, template=template, defaults=defaults)
     if db is not None:

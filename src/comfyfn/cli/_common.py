@@ -59,6 +59,16 @@ ServerOpt = Annotated[
         "--server", "-s", help="ComfyUI URL. Default: $COMFYFN_SERVER, else the local engine."
     ),
 ]
+ComfyOrgKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--comfy-org-key",
+        metavar="KEY",
+        show_default=False,
+        help="Comfy.org API key for partner (paid cloud) nodes. Default: $COMFY_ORG_API_KEY. "
+        "Never shown or recorded.",
+    ),
+]
 EngineName = Annotated[
     str, typer.Option("--name", help="Engine instance name.", envvar="COMFYFN_ENGINE")
 ]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from comfyfn.cli._common import err, esc, fail
+from comfyfn.cli._common import ComfyOrgKeyOpt, err, esc, fail
 from comfyfn.errors import ComfyError, ConfigError
 
 if TYPE_CHECKING:
@@ -182,6 +182,7 @@ def serve_command(
             "jobs (a shared PostgreSQL --db). /readyz then needs only the database.",
         ),
     ] = False,
+    comfy_org_key: ComfyOrgKeyOpt = None,
 ) -> None:
     """Run the gateway (OpenAI-compatible images API + async jobs) with uvicorn."""
     require_extras(db)
@@ -212,6 +213,7 @@ def serve_command(
             cors_origins=tuple(cors_origin or ()),
             stale_after=stale_after,
             heartbeat=max(0.2, stale_after / 4),
+            comfy_org_key=comfy_org_key,
             **limits,
         )
         serves_mcp = mcp and not _missing("mcp")  # the extra: optional, unless it is asked

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from comfyfn.cli._common import err, esc, fail
+from comfyfn.cli._common import ComfyOrgKeyOpt, err, esc, fail
 from comfyfn.cli._gateway import DbOpt, require_extras, served_workflows
 from comfyfn.errors import ComfyError
 
@@ -71,6 +71,7 @@ def worker_command(
         bool,
         typer.Option(help="Deliver webhooks to loopback/private addresses (as the gateway)."),
     ] = False,
+    comfy_org_key: ComfyOrgKeyOpt = None,
 ) -> None:
     """Run the gateway's jobs on this machine's ComfyUI servers (a runner)."""
     require_extras(db)
@@ -88,6 +89,7 @@ def worker_command(
             heartbeat=max(0.2, stale_after / 4),
             worker_id=name or f"{socket.gethostname()}-{os.getpid()}",
             allow_private_webhooks=allow_private_webhooks,
+            comfy_org_key=comfy_org_key,
         )
         asyncio.run(_run(settings))
     except ComfyError as exc:

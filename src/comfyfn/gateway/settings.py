@@ -107,6 +107,8 @@ class GatewaySettings:
     job_timeout: float | None = None
     http_timeout: float = 10.0  #: a ComfyUI server silent this long counts as failed
     retries: int = 3  #: times a job is moved to another server after a server failure
+    #: for partner (paid cloud) nodes; None: $COMFY_ORG_API_KEY, read by each client at use
+    comfy_org_key: str | None = field(default=None, repr=False)
     stale_after: float = 30.0  #: a running job without heartbeat this long is taken over
     heartbeat: float = 5.0
     worker_id: str = field(default_factory=lambda: f"w-{os.getpid()}-{os.urandom(3).hex()}")

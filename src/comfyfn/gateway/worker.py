@@ -92,6 +92,7 @@ class Worker(JobLife):
                 http_timeout=settings.http_timeout,
                 job_timeout=settings.job_timeout,
                 health_interval=1.0,
+                comfy_org_key=settings.comfy_org_key,
             ),
         )
         self.running: dict[str, asyncio.Task[None]] = {}
