@@ -44,14 +44,14 @@ test: $(BIN)/.installed
 	@$(MAKE) --no-print-directory -j2 test-main test-033
 
 test-main: $(BIN)/.installed
-	@sh tests/tier.sh $(LOGS)/main.log $(BIN)/python -m pytest
+	@sh tests/tier.sh $(LOGS)/main.log $(BIN)/python -m pytest --durations=15
 
 # the integration tests that talk to ComfyUI, again on 0.33.0 from ../shared (skipped, saying
 # so, without it; tests marked one_version ran on the managed engine already)
 test-033: $(BIN)/.installed
 	@if [ -f "$(COMFYUI_033)" ]; then \
 	  COMFYFN_TEST_COMFYUI="$(abspath $(COMFYUI_033))" COMFYFN_TEST_ENGINE=pytest-033 \
-	    sh tests/tier.sh $(LOGS)/033.log $(BIN)/python -m pytest tests/integration -m engine -p no:cacheprovider; \
+	    sh tests/tier.sh $(LOGS)/033.log $(BIN)/python -m pytest tests/integration -m engine -p no:cacheprovider --durations=15; \
 	else echo "test-033 skipped: $(COMFYUI_033) is absent"; fi
 
 # the same on ComfyUI 0.28.0 (not part of make test any more; its tree stays for the unit fixtures)

@@ -94,7 +94,7 @@ def test_a_piped_batch_prints_a_line_per_row_as_it_finishes(server, unique, gate
     try:
         assert proc.stdout is not None
         lines = Lines(proc.stdout)
-        wait_for(lambda: lines.having("done row 1 in "), 180, "the line of row 1")
+        wait_for(lambda: lines.having("done row 1 (ran "), 180, "the line of row 1")
         wait_for(lambda: lines.having(missing), 60, "the line of row 2")
         wait_for(lambda: lines.having("running · 2/3: done 1, "), 60, "a status line")
         # row 3 waits for its image: the lines came while the batch still runs
@@ -106,11 +106,11 @@ def test_a_piped_batch_prints_a_line_per_row_as_it_finishes(server, unique, gate
         stop(proc)
     (start,) = lines.having("batch: 3 jobs on ")
     assert server in start
-    (first,) = lines.having("done row 1 in ")
+    (first,) = lines.having("done row 1 (ran ")
     assert f"s on {server} · " in first
     (bad,) = lines.having(missing)
     assert bad.startswith(("invalid row 2, column 'image': ", "failed row 2"))
-    (third,) = lines.having("done row 3 in ")
+    (third,) = lines.having("done row 3 (ran ")
     assert " · 3/3: done 2, " in third and third.endswith("/min")
     assert lines.seen.index(first) < lines.seen.index(third)
     assert any(line.startswith("done 2 · ") for line in lines.seen)  # then the summary

@@ -354,11 +354,12 @@ def test_restart_mid_job_finishes_the_job(server, tmp_path, unique):
 def test_restart_reruns_a_job_the_server_lost(server, tmp_path, unique):
     """Accepted before a restart, lost by ComfyUI meanwhile: it is run again, not dropped."""
     db, args = restartable(tmp_path, sleep_graph(unique(), milliseconds=300, steps=3))
+    gateway = Gateway([server], db, tmp_path / "files", *args)  # started (and ready) first
+    key = make_key(db, "k")
     with comfyfn.Client(server) as c:
-        blocker = c.stream_graph(sleep_graph(unique(), milliseconds=4000, steps=20))
-        next(blocker)  # a long job runs first, so ours waits in ComfyUI's queue
-        gateway = Gateway([server], db, tmp_path / "files", *args)
-        key = make_key(db, "k")
+        # a long job runs first (cancelled when the test ends), so ours waits in the queue
+        blocker = c.stream_graph(sleep_graph(unique(), milliseconds=20_000, steps=100))
+        next(blocker)
         try:
             job = post_sleep_job(gateway, key)
 
