@@ -41,7 +41,7 @@ A cozy coffee shop with a chalkboard that says "OPEN",blurry,1234,64,64
 
 @pytest.fixture(scope="module")
 def second(engine):
-    eng = Engine("pytest-b", install=engine.install)
+    eng = Engine(f"{os.environ['COMFYFN_TEST_ENGINE']}-b", install=engine.install)
     eng.up()
     yield eng
     eng.down()
@@ -182,7 +182,7 @@ def test_runner_killed_mid_batch_resumes_without_running_anything_twice(server, 
 @pytest.mark.one_version  # slow, and about the fleet, not the ComfyUI version
 def test_server_killed_mid_batch(engine, server, unique, tmp_path):
     """Slow (~10 s): starts and kills an engine, then waits out the 3 s HTTP timeout."""
-    victim = Engine("pytest-victim", install=engine.install)
+    victim = Engine(f"{os.environ['COMFYFN_TEST_ENGINE']}-victim", install=engine.install)
     victim_url = victim.up().url
     try:
         colors = [unique() for _ in range(20)]
@@ -252,7 +252,7 @@ def test_hanging_server_is_taken_out_and_put_back(second, server, unique, tmp_pa
 @pytest.mark.one_version  # slow, and about the fleet, not the ComfyUI version
 def test_all_servers_down_then_back(engine, unique, tmp_path):
     """Slow (~11 s): stops the only engine and starts it again on the same port."""
-    lone = Engine("pytest-lone", install=engine.install)
+    lone = Engine(f"{os.environ['COMFYFN_TEST_ENGINE']}-lone", install=engine.install)
     port = lone.up().port
     try:
         colors = [unique() for _ in range(12)]

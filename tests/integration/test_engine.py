@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.one_version]  # the managed instal
 
 
 def test_up_is_idempotent_survives_a_stale_pid_and_down_stops_it(engine):
-    eng = Engine("pytest-lifecycle", install=engine.install)
+    eng = Engine(f"{os.environ['COMFYFN_TEST_ENGINE']}-lifecycle", install=engine.install)
     try:
         first = eng.up()
         assert httpx.get(f"{first.url}/system_stats").status_code == 200
@@ -40,7 +40,7 @@ def test_up_is_idempotent_survives_a_stale_pid_and_down_stops_it(engine):
 
 
 def test_state_file_naming_a_foreign_pid_is_ignored(engine):
-    eng = Engine("pytest-foreign", install=engine.install)
+    eng = Engine(f"{os.environ['COMFYFN_TEST_ENGINE']}-foreign", install=engine.install)
     eng.dir.mkdir(parents=True, exist_ok=True)
     # pid 1 is alive but is not a ComfyUI on that port: must not be taken as ours, or killed
     eng.state_file.write_text(
@@ -104,7 +104,7 @@ def test_existing_comfyui_and_models_dir(engine, tmp_path):
         (engine.install.tiny_models / "vae" / "ae.safetensors").read_bytes()
     )
     eng = Engine(
-        "pytest-path",
+        f"{os.environ['COMFYFN_TEST_ENGINE']}-path",
         install=engine.install,
         comfyui_path=engine.install.comfyui,
         models_dir=models,

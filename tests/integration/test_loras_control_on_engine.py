@@ -9,6 +9,7 @@ in ../shared, so they run everywhere and are skipped nowhere.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -52,7 +53,7 @@ def control_server(server, tmp_path_factory):
             yield server
             return
     tree = unpack_comfyui(COMFYUI_033, tmp_path_factory.mktemp("c33"))
-    own = Engine("test-control-033", comfyui_path=tree)
+    own = Engine(f"{os.environ['COMFYFN_TEST_ENGINE']}-control-033", comfyui_path=tree)
     own.up()
     try:
         yield own.url
