@@ -404,8 +404,9 @@ class Fleet:
         client = self.clients[url]
         orphans = set(self.pool.states[url].orphans)
         try:
-            await client.system_stats()
-            if orphans:
+            if not orphans:
+                await client.system_stats()
+            else:  # the dequeue is the probe: a server that resumes runs its queue at once
                 await client.delete_from_queue(*orphans)
                 running = {item[1] for item in (await client.queue())["queue_running"]}
                 for prompt_id in orphans & running:
