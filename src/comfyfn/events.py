@@ -47,7 +47,6 @@ __all__ = [
     "history_entry_problem",
     "parse_binary_frame",
     "parse_message",
-    "queue_remaining",
 ]
 
 
@@ -253,18 +252,6 @@ def _stopped(prompt_id: str, data: Mapping[str, Any], server: str | None) -> Sto
 
 def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def queue_remaining(message: Any) -> int | None:
-    """The jobs a ``status`` websocket message says the server holds (running and pending);
-    None for any other message, or a status of another shape."""
-    if not isinstance(message, dict) or message.get("type") != "status":
-        return None
-    data = message.get("data")
-    status = data.get("status") if isinstance(data, dict) else None
-    info = status.get("exec_info") if isinstance(status, dict) else None
-    count = info.get("queue_remaining") if isinstance(info, dict) else None
-    return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
 def parse_message(

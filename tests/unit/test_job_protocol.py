@@ -107,7 +107,7 @@ async def test_recorded_run_over_the_socket_waits_out_the_history_race():
         NodeStarted(job.prompt_id, "2", "SaveImage"),
     ]
     assert fake.count("GET", f"/history/{job.prompt_id}") == 4  # three empty answers first
-    assert fake.count("GET", "/queue") == 0  # the socket said it all, its place in the queue too
+    assert fake.count("GET", "/queue") == 1  # its place in the queue; the socket said the rest
 
 
 async def test_history_that_never_appears_is_no_outputs_not_a_hang():
@@ -336,9 +336,9 @@ async def test_sampler_previews_are_events_and_websocket_saves_stay_images():
 
 
 async def test_a_job_on_a_working_websocket_costs_one_post_one_history_and_its_downloads():
-    """Followed by its events (its place in the queue from the status messages too), a job
-    asks the server only for what the socket cannot carry: the history entry, once, and
-    each output, once."""
+    """Followed by its events, a job asks the server only for what the socket cannot carry:
+    its place in the queue (status messages count jobs but name none), the history entry,
+    once, and each output, once."""
     fake = FakeComfy(steps=1)  # the entry is there at the first GET /history/<id>
     async with AsyncClient(SERVER, transport=fake.transport()) as c:
         on_post(fake, c, "ws_simple_run.json")
@@ -348,9 +348,10 @@ async def test_a_job_on_a_working_websocket_costs_one_post_one_history_and_its_d
     assert type(events[-1]).__name__ == "Succeeded"
     outputs = len(events[-1].generation.images)
     assert sorted(fake.calls) == sorted(
-        [("POST", "/prompt"), ("GET", f"/history/{job.prompt_id}")] + [("GET", "/view")] * outputs
+        [("POST", "/prompt"), ("GET", "/queue"), ("GET", f"/history/{job.prompt_id}")]
+        + [("GET", "/view")] * outputs
     )
-    assert len(fake.calls) <= 4
+    assert len(fake.calls) == 3 + outputs
 
 
 async def test_servers_that_answer_the_same_definitions_share_one_parsed_copy():

@@ -14,7 +14,6 @@ import logging
 import random
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeGuard
@@ -50,7 +49,6 @@ from comfyfn.events import (
     Succeeded,
     events_from_history,
     parse_message,
-    queue_remaining,
 )
 from comfyfn.result import Generation, Image, Output, Timings
 from comfyfn.workflow._graph import ApiGraph, class_types
@@ -225,7 +223,6 @@ class _Watch:
         self.current_node: str | None = None
         self.steps: dict[str | None, int] = {}  #: each node's last Progress value
         self.delay = 0.02
-        self.backlog: deque[Any] = deque()  #: socket items read early (by position_from_socket)
         self.ended = False  #: the job is over on the server (or was cancelled by us)
 
     def fresh(self, events: list[Event | Done]) -> list[Event | Done]:
@@ -246,44 +243,14 @@ class _Watch:
             out.append(ev)
         return out
 
-    async def position_from_socket(self, subscription: Subscription) -> int | None:
-        """The position the ``status`` messages say: the most jobs the server held since
-        we subscribed, less this one (0 once the job has started); None (ask ``/queue``) if
-        the socket says nothing of the kind within the check interval, or drops. Messages
-        read meanwhile are kept for :meth:`from_socket`.
-
-        A status message is sent after every change to the queue, our submission's too, and
-        counts the running job and every pending one; the largest seen is therefore at least
-        the jobs up to ours (an estimate: queued jobs may have finished since)."""
-        remaining: int | None = None
-        while True:
-            try:
-                if remaining is None:
-                    item = await asyncio.wait_for(subscription.get(), self.settings.check_interval)
-                else:
-                    item = subscription.get_nowait()
-            except (TimeoutError, asyncio.QueueEmpty):
-                return None if remaining is None else max(remaining - 1, 0)
-            if (count := queue_remaining(item)) is not None:
-                remaining = max(count, remaining or 0)
-                continue
-            self.backlog.append(item)
-            if item is LOST or item is PROBE:
-                return None
-            if isinstance(item, BinaryFrame) or item.get("type") != "status":
-                return 0  # news of the job itself: it runs (or has run)
-
     def replay(self, entry: Mapping[str, Any]) -> list[Event | Done]:
         server = self.session.server
         return events_from_history(entry, self.prompt_id, class_types=self.types, server=server)
 
     async def position(self) -> int:
-        """Jobs ahead of this one now (0 when it runs, or has already left the queue): from
-        the socket's ``status`` messages when it is subscribed, else from ``GET /queue``."""
-        if self.subscription is not None:
-            found = await self.position_from_socket(self.subscription)
-            if found is not None:
-                return found
+        """Jobs ahead of this one now (0 when it runs, or has already left the queue), from
+        ``GET /queue``: the socket's ``status`` messages count jobs but name none, and one
+        sent before our submission may arrive after it, so they cannot place ours."""
         answer = await self.session.get_dict("/queue")
         position = queue_position(answer, self.prompt_id, server=self.session.server)
         return position if position is not None else 0
@@ -339,12 +306,8 @@ class _Watch:
     ) -> list[Event | Done]:
         interval = self.settings.check_interval
         try:
-            item = (
-                self.backlog.popleft()
-                if self.backlog
-                else await asyncio.wait_for(
-                    subscription.get(), interval if remaining is None else min(remaining, interval)
-                )
+            item = await asyncio.wait_for(
+                subscription.get(), interval if remaining is None else min(remaining, interval)
             )
         except TimeoutError:
             item = PROBE
