@@ -50,6 +50,7 @@ from comfyfn.cli._batch_queue import (
 )
 from comfyfn.cli._common import (
     ComfyOrgKeyOpt,
+    ServersOpt,
     err,
     esc,
     server_url,
@@ -63,14 +64,6 @@ from comfyfn.errors import ConfigError
 from comfyfn.storage import Storage, StorageError
 from comfyfn.workflow import MEANINGS
 
-Servers = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--server",
-        "-s",
-        help="A ComfyUI URL (repeat for a pool). Default: $COMFYFN_SERVER, else the local engine.",
-    ),
-]
 Prime = Annotated[
     int | None,
     typer.Option(
@@ -367,7 +360,7 @@ def batch_command(
             show_default=False,
         ),
     ] = None,
-    server: Servers = None,
+    server: ServersOpt = None,
     workflow: Annotated[
         str | None, typer.Option("--workflow", "-w", help="Built-in name or workflow file.")
     ] = None,

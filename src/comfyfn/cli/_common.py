@@ -59,6 +59,14 @@ ServerOpt = Annotated[
         "--server", "-s", help="ComfyUI URL. Default: $COMFYFN_SERVER, else the local engine."
     ),
 ]
+ServersOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--server",
+        "-s",
+        help="A ComfyUI URL (repeat for a pool). Default: $COMFYFN_SERVER, else the local engine.",
+    ),
+]
 ComfyOrgKeyOpt = Annotated[
     str | None,
     typer.Option(

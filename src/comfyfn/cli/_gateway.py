@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from comfyfn.cli._common import ComfyOrgKeyOpt, err, esc, fail
+from comfyfn.cli._common import ComfyOrgKeyOpt, ServersOpt, err, esc, fail
 from comfyfn.errors import ComfyError, ConfigError
 
 if TYPE_CHECKING:
@@ -84,16 +84,7 @@ def open_store(db: str | None) -> Store:
 
 
 def serve_command(
-    server: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--server",
-            "-s",
-            help=(
-                "ComfyUI URL (repeat for a pool). Default: $COMFYFN_SERVER, else the local engine."
-            ),
-        ),
-    ] = None,
+    server: ServersOpt = None,
     host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Listen port.")] = 8000,
     db: DbOpt = None,

@@ -18,7 +18,7 @@ import anyio
 import typer
 
 from comfyfn.cli._batch import resolve_servers
-from comfyfn.cli._common import fail, workflow_source
+from comfyfn.cli._common import ServersOpt, fail, workflow_source
 from comfyfn.cli._gateway import GATEWAY_MODULES, _missing, served_workflows
 from comfyfn.errors import ConfigError
 
@@ -35,15 +35,7 @@ def _default_output() -> Path:
 
 
 def mcp_command(
-    server: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--server",
-            "-s",
-            help="ComfyUI URL (repeat for a pool). Default: $COMFYFN_SERVER, else the local "
-            "engine.",
-        ),
-    ] = None,
+    server: ServersOpt = None,
     workflow: Annotated[
         list[str] | None,
         typer.Option(

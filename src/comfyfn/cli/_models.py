@@ -21,7 +21,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from comfyfn.cli._common import ServerOpt, err, esc, fail, server_url
+from comfyfn.cli._common import ServerOpt, ServersOpt, err, esc, fail, server_url
 from comfyfn.client import AsyncClient, Client, public_url
 from comfyfn.errors import ComfyError, ConfigError, WorkflowInvalid
 from comfyfn.models import (
@@ -50,14 +50,6 @@ MODELS_DIR_ENV = "COMFYFN_MODELS_DIR"
 
 WorkflowArg = Annotated[
     str, typer.Argument(help="A workflow file (API/UI JSON, PNG) or built-in name.")
-]
-ServersOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--server",
-        "-s",
-        help="ComfyUI URL (repeatable). Default: $COMFYFN_SERVER, else the local engine.",
-    ),
 ]
 
 

@@ -19,12 +19,11 @@ from comfyfn.cli._batch import (
     OnInterruptChoice,
     Prime,
     Retries,
-    Servers,
     StatusEvery,
     execute,
     resolve_servers,
 )
-from comfyfn.cli._common import esc, out, warnings_once, workflow_source
+from comfyfn.cli._common import ServersOpt, esc, out, warnings_once, workflow_source
 from comfyfn.errors import ConfigError
 from comfyfn.recipes import Recipe, list_recipes, load_recipe, recipe_text
 
@@ -58,7 +57,7 @@ def recipe_run(
     name: RecipeName,
     topics: Annotated[Path, typer.Argument(help="A text file, one topic per line.")],
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("out"),
-    server: Servers = None,
+    server: ServersOpt = None,
     workflow: Annotated[
         str | None,
         typer.Option("--workflow", "-w", help="Run this workflow instead of the recipe's."),

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from comfyfn.cli._common import ComfyOrgKeyOpt, err, esc, fail
+from comfyfn.cli._common import ComfyOrgKeyOpt, ServersOpt, err, esc, fail
 from comfyfn.cli._gateway import DbOpt, require_extras, served_workflows
 from comfyfn.errors import ComfyError
 
@@ -28,15 +28,7 @@ __all__ = ["worker_command", "workers_command"]
 
 
 def worker_command(
-    server: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--server",
-            "-s",
-            help="ComfyUI URL (repeat for a pool). Default: $COMFYFN_SERVER, else the local "
-            "engine.",
-        ),
-    ] = None,
+    server: ServersOpt = None,
     db: DbOpt = None,
     name: Annotated[
         str | None,
