@@ -150,3 +150,29 @@ def test_a_queued_batch_worked_here_on_the_engine(server, tmp_path, unique):
     assert [r["state"] for r in lines] == ["done"] * 3
     for line in lines:
         assert (out / line["file"]).read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.engine
+def test_rows_with_input_images_run_through_the_store_on_the_engine(server, tmp_path, unique):
+    from PIL import Image as PIL
+    from tests_png import image_bytes
+
+    (tmp_path / "photo.png").write_bytes(image_bytes((32, 48), "green"))
+    source = tmp_path / "rows.csv"
+    source.write_text(
+        "prompt,image,steps,seed\n"
+        f"recoloured,photo.png,2,{unique()}\n"
+        f"again,photo.png,2,{unique()}\n"
+        f"missing,gone.png,2,{unique()}\n"
+    )
+    db, out = f"sqlite:///{tmp_path / 'q.db'}", tmp_path / "out"
+    run = run_cli("batch", str(source), "--db", db, "-o", str(out), "--work", "-s", server)
+    assert run.returncode == 1, run.stderr  # the missing image's row is invalid
+    by_row = {r["row"]: r for r in results(out)}
+    assert by_row["3"]["state"] == "invalid"
+    assert "row 3, column 'image'" in by_row["3"]["error"]
+    for row in ("1", "2"):
+        assert by_row[row]["state"] == "done", by_row[row]
+        with PIL.open(out / by_row[row]["file"]) as made:
+            assert made.size == (32, 48)  # the input's own size: the image reached the server
+    assert len(list((out / "inputs").iterdir())) == 1  # kept once for both rows

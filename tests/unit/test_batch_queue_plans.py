@@ -64,16 +64,37 @@ def test_invalid_rows_are_stored_failed_naming_the_row_and_not_twice(store):
     assert job.error["message"] == "row 3, column 'steps': 'x' is not an integer"
 
 
-def test_a_row_with_an_input_image_is_refused_naming_its_column(store, tmp_path):
+def test_rows_with_an_input_image_keep_it_once_in_the_batch_s_output_place(store, tmp_path):
     from PIL import Image
 
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "in.png")
+    out = tmp_path / "out"
+    wf = load_workflow("zimage-edit")
+    same = [Row(i, {"prompt": f"edit {i}", "image": str(tmp_path / "in.png")}) for i in (1, 2)]
+    asyncio.run(enqueue(store, "b", same, wf, str(out)))
+    jobs = [j for j, _ in store.batch_jobs(store.batch_states("b"))]
+    assert [j.state for j in jobs] == ["queued", "queued"]
+    (kept,) = (out / "inputs").iterdir()  # one image, kept once for both rows
+    assert kept.read_bytes() == (tmp_path / "in.png").read_bytes()
+    for job in jobs:
+        ((server_name, key),) = job.params["inputs"].items()
+        assert key == f"inputs/{kept.name}" and server_name in json.dumps(job.params["graph"])
+
+
+def test_a_row_whose_input_image_cannot_be_kept_stops_the_enqueue_naming_the_place(
+    store, tmp_path
+):
+    from PIL import Image
+
+    from comfyfn.storage import StorageError
+
     Image.new("RGB", (8, 8)).save(tmp_path / "in.png")
+    (tmp_path / "out").write_text("a file, not a folder")
     wf = load_workflow("zimage-edit")
     row = Row(1, {"prompt": "edit", "image": str(tmp_path / "in.png")})
-    asyncio.run(enqueue(store, "b", [row], wf, "/out"))
-    (job,) = [j for j, _ in store.batch_jobs(store.batch_states("b"))]
-    assert job.state == "failed" and job.error is not None
-    assert "input images" in job.error["message"] and "row 1" in job.error["message"]
+    with pytest.raises(StorageError, match="inputs/"):
+        asyncio.run(enqueue(store, "b", [row], wf, str(tmp_path / "out")))
+    assert store.batch_states("b") == {}
 
 
 def test_batch_rows_and_api_jobs_are_claimed_by_priority_and_a_batch_worker_takes_its_own(store):

@@ -13,8 +13,10 @@ jobs and batch rows are claimed by priority alike.
 same :class:`~comfyfn.batch.jobs.JobResult` a batch run here yields) and, at the end, the
 records the report is written from (:class:`StoredRecords`, what a manifest gives it).
 
-Rows with input images are refused in this phase (their bytes would have to travel through
-the store): such a row is an invalid row naming the column.
+A row's input images travel through the batch's own output place, which every worker of it
+writes to already: :func:`enqueue` stores each image once, under ``inputs/<content hash>``
+(:data:`INPUTS`), and the row names them (``params["inputs"]``: the name the graph gives the
+image on a server → its key there); the worker reads them back before it submits the row.
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ from comfyfn.batch.manifest import Record
 from comfyfn.batch.report import Summary, nearest_rank, write_report_to
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.models import model_set
-from comfyfn.workflow import BUILTIN, Workflow, builtin
+from comfyfn.storage import Storage, open_storage
+from comfyfn.workflow import BUILTIN, InputImage, Workflow, builtin
 
 if TYPE_CHECKING:
     from comfyfn.fleet import Pool
 
 __all__ = [
+    "INPUTS",
     "POLL",
     "BatchRow",
     "QueueStore",
@@ -61,6 +65,7 @@ POLL = 0.5  #: seconds between looks at the batch's jobs while following it
 #: the store's final states as a batch run names them (a row that could not run: ``invalid``)
 RESULT_STATE = {"succeeded": "done", "failed": "failed", "cancelled": "failed"}
 INVALID = "RowError"  #: the error type of a row stored failed because it cannot run
+INPUTS = "inputs"  #: where in a batch's output place its rows' input images are kept
 
 
 @dataclass(frozen=True)
@@ -106,22 +111,50 @@ def _target(output: str, job: Job) -> str:
     return json.dumps({"output": output, "name": output_name(job), "deliver": job.deliver})
 
 
-def _job_row(job: Job, output: str, priority: int) -> BatchRow:
+def _job_row(job: Job, output: str, priority: int, inputs: Mapping[str, str]) -> BatchRow:
     wf = job.workflow
     shown = {"key": job.key, "row": job.row, "label": job.label, "stem": job.stem}
     shown["shown"] = job.values
-    if wf.uploads:  # an input image: its bytes cannot travel through the store yet
-        column = next(iter(wf.uploads))
-        message = f"row {job.row}: input images ({column}) are not supported with --db yet"
-        return _invalid_row(job.key, wf.name or "batch", shown, message)
+    params = {"graph": wf.to_api(), **shown}
+    if inputs:
+        params["inputs"] = dict(inputs)
     return BatchRow(
         row_key=job.key,
         workflow=wf.name or "batch",
-        params={"graph": wf.to_api(), **shown},
+        params=params,
         target=_target(output, job),
         priority=priority,
         models=model_set(wf),
     )
+
+
+def input_key(image: InputImage) -> str:
+    """Where a row's input image is kept in its batch's output place (by content)."""
+    return f"{INPUTS}/{image.filename}"
+
+
+class _InputStore:
+    """Keeps the input images of the rows being enqueued in the batch's output place, each
+    image once however many rows use it."""
+
+    def __init__(self, output: str) -> None:
+        self.output = output
+        self._storage: Storage | None = None
+        self._kept: set[str] = set()
+
+    async def keep(self, uploads: Mapping[str, InputImage]) -> dict[str, str]:
+        """The key of each image (by its name on a server), stored if it is new here."""
+        if self._storage is None and uploads:
+            self._storage = open_storage(self.output)
+        keys = {}
+        for server_name, image in uploads.items():
+            key = input_key(image)
+            if key not in self._kept:
+                assert self._storage is not None
+                await self._storage.put(key, image.data, image.media_type)
+                self._kept.add(key)
+            keys[server_name] = key
+        return keys
 
 
 def _invalid_row(key: str, workflow: str, shown: dict[str, Any], message: str) -> BatchRow:
@@ -148,7 +181,10 @@ async def enqueue(
     chunk: int = 500,
 ) -> tuple[set[str], int]:
     """Add the rows to batch ``name`` (those it holds already are kept as they are): the
-    content keys of all the rows, and how many jobs were added."""
+    content keys of all the rows, and how many jobs were added. Raises
+    :class:`~comfyfn.storage.StorageError` if a row's input image cannot be kept in
+    ``output`` (nothing of that row is enqueued)."""
+    inputs = _InputStore(output)
     keys: set[str] = set()
     added = 0
     pending: list[BatchRow] = []
@@ -162,7 +198,8 @@ async def enqueue(
             row = _error_row(prepared, workflow.name or "batch")
         else:
             priority = item.priority if isinstance(item, Row) else 0
-            row = _job_row(prepared, output, priority)
+            kept = await inputs.keep(prepared.workflow.uploads)
+            row = _job_row(prepared, output, priority, kept)
         keys.add(row.row_key)
         pending.append(row)
         if len(pending) >= chunk:

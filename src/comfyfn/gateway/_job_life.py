@@ -48,7 +48,7 @@ from comfyfn.gateway.store import BATCH_KEY, Store
 from comfyfn.gateway.uploads import resolve_inputs
 from comfyfn.result import Generation
 from comfyfn.storage import Storage, StorageError, open_storage
-from comfyfn.workflow import Workflow
+from comfyfn.workflow import Workflow, input_image
 
 __all__ = ["DB_ERRORS", "JobLife", "write_outputs"]
 
@@ -166,10 +166,11 @@ class JobLife:
         """The job's bound workflow, or the error to store if it cannot be bound. Input
         images are read back from the uploads of the job's key (never into ``job.params``:
         those are published and shown)."""
-        if job.key_id == BATCH_KEY:  # a batch row: bound by its batch, images included
+        if job.key_id == BATCH_KEY:  # a batch row: bound by its batch
             try:
-                return Workflow.load(job.params["graph"], name=job.workflow)
-            except ComfyError as exc:
+                bound = Workflow.load(job.params["graph"], name=job.workflow)
+                return await self._with_inputs(job, bound)
+            except (ComfyError, ValueError, KeyError) as exc:
                 return _error(exc)
         served = self.registry.get(job.workflow)
         if served is None:
@@ -189,6 +190,30 @@ class JobLife:
             return served.workflow.bind(**params)
         except ComfyError as exc:
             return _error(exc)
+
+    async def _with_inputs(self, job: JobRecord, bound: Workflow) -> Workflow:
+        """A batch row's graph with its input images, read back from its batch's output
+        place (where the batch keeps them: ``params["inputs"]``, server name → key)."""
+        inputs = job.params.get("inputs") or {}
+        if not inputs:
+            return bound
+        storage, _ = await self._target_storage(job)
+        uploads = {}
+        for server_name, key in inputs.items():
+            data = await storage.get(str(key))
+            uploads[str(server_name)] = input_image(data, f"{job.params.get('label')}")
+        return dataclasses.replace(bound, uploads=uploads)
+
+    async def _target_storage(self, job: JobRecord) -> tuple[Storage, dict[str, Any]]:
+        """The output place of a batch row (opened once per place), and its target."""
+        raw = await self._db(self.store.job_target, job.id)
+        target = json.loads(raw) if raw else None
+        if not isinstance(target, dict):
+            raise ValueError("the batch row has no target")
+        where = str(target["output"])
+        if where not in self.targets:
+            self.targets[where] = open_storage(where)
+        return self.targets[where], target
 
     async def _progress(self, job_id: str, fraction: float) -> None:
         """Publish every step; store one now and then (best effort while the db is out)."""
@@ -274,17 +299,11 @@ class JobLife:
         if job.key_id != BATCH_KEY:
             files = output_files(generation)
             return self.storage, [(f"{job.id}/{i}.{f.ext}", f) for i, f in enumerate(files)]
-        raw = await self._db(self.store.job_target, job.id)
-        target = json.loads(raw) if raw else None
-        if not isinstance(target, dict):
-            raise ValueError("the batch row has no target")
-        where = str(target["output"])
-        if where not in self.targets:
-            self.targets[where] = open_storage(where)
+        storage, target = await self._target_storage(job)
         named = await asyncio.to_thread(
             named_images, generation, str(target["name"]), target.get("deliver")
         )
-        return self.targets[where], [
+        return storage, [
             (rel, OutputFile(data, "image/png", "png")) for rel, data in named
         ]
 
