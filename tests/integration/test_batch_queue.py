@@ -119,6 +119,9 @@ def test_a_changed_row_is_a_new_job_status_and_cancel(place, tmp_path):
         assert len(lines) == 20 and {r["state"] for r in lines} == {"failed"}
         assert {r["error"] for r in lines} == {"the batch was cancelled"}
         second.communicate(timeout=60)
+        retry = run_cli("batch", "retry", name, "--db", db)
+        assert retry.returncode == 0 and "40 failed or cancelled jobs queued again" in retry.stdout
+        assert "40 jobs: queued 40," in retry.stdout
     finally:
         for proc in (follower, second if "second" in locals() else follower):
             if proc.poll() is None:

@@ -116,6 +116,25 @@ def test_cancelling_a_batch_ends_its_queued_rows_and_asks_its_running_ones(store
     assert store.batch_counts("other")["queued"] == 1
 
 
+def test_retrying_a_batch_queues_its_failed_and_cancelled_rows_again_but_not_invalid_ones(
+    store,
+):
+    put(store, "b", [*rows("fails", "cancelled", "done"), RowError(4, "steps", "not a number")])
+    put(store, "other", rows("fails elsewhere"))
+    failing, cancelled, done = store.claim_jobs("w", limit=3, batch="b")
+    store.update_job(failing.id, state="failed", attempts=3, error={"type": "X", "message": "m"})
+    store.update_job(cancelled.id, state="cancelled", error={"type": "cancelled", "message": "c"})
+    store.update_job(done.id, state="succeeded")
+    (elsewhere,) = store.claim_jobs("w", limit=1, batch="other")
+    store.update_job(elsewhere.id, state="failed", error={"type": "X", "message": "m"})
+    assert store.retry_batch("b") == 2
+    assert store.batch_counts("b") == {**store.batch_counts("b"), "queued": 2, "failed": 1}
+    again = store.get_job(failing.id)
+    assert again is not None and (again.attempts, again.error, again.server) == (0, None, None)
+    assert store.retry_batch("b") == 0
+    assert store.batch_counts("other")["failed"] == 1
+
+
 def test_the_report_of_a_queued_batch_lists_every_row_and_file(store, tmp_path):
     put(store, "b", [*rows("one", "two"), RowError(3, "prompt", "is empty")])
     jobs = [j for j, _ in store.batch_jobs(store.batch_states("b")) if j.state == "queued"]

@@ -335,7 +335,7 @@ def batch_command(
     source: Annotated[
         str | None,
         typer.Argument(
-            help="prompts.csv, prompts.jsonl or a job.yaml; or status / cancel (with --db) "
+            help="prompts.csv, prompts.jsonl or a job.yaml; or status / cancel / retry (with --db) "
             "and a batch's name (a file named so: ./status).",
             show_default=False,
         ),
@@ -392,7 +392,7 @@ def batch_command(
     comfy_org_key: ComfyOrgKeyOpt = None,
 ) -> None:
     """Run every row of a CSV/JSONL/YAML job file; re-running resumes where it stopped.
-    With --db the rows go to the shared queue (status NAME / cancel NAME: see the batch)."""
+    With --db the rows go to the shared queue (status NAME / cancel NAME / retry NAME: see the batch)."""
     if db is not None or name is not None or work:
         require_extras(db)
     if source in CONTROLS:

@@ -36,7 +36,8 @@ __all__ = [
     "run_queued",
 ]
 
-CONTROLS = ("status", "cancel")  #: ``comfyfn batch status NAME`` / ``cancel NAME``
+#: ``comfyfn batch status NAME`` / ``cancel NAME`` / ``retry NAME``
+CONTROLS = ("status", "cancel", "retry")
 
 QueueDb = Annotated[
     str | None,
@@ -181,8 +182,9 @@ async def _worker_here(store: Store, run: QueuedRun) -> AsyncIterator[Worker | N
 
 
 def control_batch(action: str, name: str | None, db: str | None) -> None:
-    """``comfyfn batch status NAME`` (the counts by state) or ``cancel NAME`` (queued jobs
-    cancelled at once, running ones by their workers)."""
+    """``comfyfn batch status NAME`` (the counts by state), ``cancel NAME`` (queued jobs
+    cancelled at once, running ones by their workers) or ``retry NAME`` (its failed and
+    cancelled rows queued again)."""
     if not name or not db:
         raise ConfigError(f"comfyfn batch {action} NAME needs the batch's name and --db URL")
     from comfyfn.gateway.store import Store
@@ -196,6 +198,10 @@ def control_batch(action: str, name: str | None, db: str | None) -> None:
             typer.echo(
                 f"batch {name}: {now} queued jobs cancelled, {asked} running ones asked to stop"
             )
+            counts = store.batch_counts(name)
+        elif action == "retry":
+            again = store.retry_batch(name)
+            typer.echo(f"batch {name}: {again} failed or cancelled jobs queued again")
             counts = store.batch_counts(name)
     total = sum(counts.values())
     shown = ", ".join(f"{state} {n}" for state, n in counts.items())
@@ -214,7 +220,7 @@ def check_queue_args(
     if extra is not None:
         raise ConfigError(
             f"unexpected argument {extra!r}: comfyfn batch takes one job file (or: status NAME, "
-            "cancel NAME)"
+            "cancel NAME, retry NAME)"
         )
     if source is None and not (db and name):
         raise ConfigError(

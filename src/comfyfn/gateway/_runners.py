@@ -339,6 +339,36 @@ class BatchStore(RunnerStore):
             value = conn.execute(sa.select(jobs_t.c.target).where(jobs_t.c.id == job_id)).scalar()
         return None if value is None else str(value)
 
+    def retry_batch(self, batch: str) -> int:
+        """Queue again the rows of ``batch`` that failed or were cancelled (not the rows that
+        cannot run: they have no target), as new: no attempts, no error; how many."""
+        now = self.clock()
+        with self._write() as conn:
+            again = conn.execute(
+                sa.update(jobs_t)
+                .where(
+                    jobs_t.c.batch == batch,
+                    jobs_t.c.state.in_(("failed", "cancelled")),
+                    jobs_t.c.target.is_not(None),
+                )
+                .values(
+                    state="queued",
+                    error=None,
+                    attempts=0,
+                    progress=0.0,
+                    server=None,
+                    prompt_id=None,
+                    claimed_by=None,
+                    cancel_requested=False,
+                    finished_at=None,
+                    started_at=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            if again:
+                self._notify(conn)
+        return int(again or 0)
+
     def cancel_batch(self, batch: str) -> tuple[int, int]:
         """Cancel a batch: its queued jobs at once, its running ones by their workers
         (``cancel_requested``); (cancelled now, asked to cancel)."""
