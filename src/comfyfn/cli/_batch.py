@@ -392,7 +392,7 @@ def batch_command(
     comfy_org_key: ComfyOrgKeyOpt = None,
 ) -> None:
     """Run every row of a CSV/JSONL/YAML job file; re-running resumes where it stopped.
-    With --db the rows go to the shared queue (status NAME / cancel NAME / retry NAME: see the batch)."""
+    With --db the rows go to the shared queue (status / cancel / retry NAME: see the batch)."""
     if db is not None or name is not None or work:
         require_extras(db)
     if source in CONTROLS:
