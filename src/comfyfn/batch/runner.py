@@ -33,9 +33,8 @@ from comfyfn.batch.manifest import Manifest, ManifestError, file_problem
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.errors import ConfigError
 from comfyfn.fleet import (
-    Cancelled,
+    CancelledBy,
     Done,
-    Event,
     Fleet,
     FleetSettings,
     Lost,
@@ -44,8 +43,7 @@ from comfyfn.fleet import (
     Pool,
     Slot,
     State,
-    advance,
-    requeue_or_fail,
+    settle,
 )
 from comfyfn.storage import Storage, StorageError
 from comfyfn.workflow import Workflow
@@ -392,11 +390,14 @@ class Batch:
             self._fail(job, f"{job.label}: {type(exc).__name__}: {exc}", slot.url)
 
     async def _settle(self, job: Job, outcome: Outcome, *, reattached: bool) -> None:
-        event = requeue_or_fail(outcome.event, job.ticket.attempts, self.settings.retries)
-        if isinstance(outcome, Cancelled) and (self._cancel_running or reattached):
-            # cancelled by us (now, or by the run that submitted it): not a failure
-            event = Event.ABANDON
-        state = advance(State.SUBMITTED, event)
+        # cancelled by us (now, or by the run that submitted it): not a failure
+        ours = self._cancel_running or reattached
+        state = settle(
+            outcome,
+            attempts=job.ticket.attempts,
+            retries=self.settings.retries,
+            cancelled_by=CancelledBy.US if ours else CancelledBy.SOMEONE_ELSE,
+        )
         if isinstance(outcome, Done):
             await self._done(job, outcome)
         elif state is State.PENDING:

@@ -4,16 +4,19 @@
   policy :func:`comfyfn.models.assign`: priority, loaded models, shortest queue);
 - :mod:`~comfyfn.fleet.states`: the job state machine (pure);
 - :mod:`~comfyfn.fleet.outcomes`: how one run ended;
+- :mod:`~comfyfn.fleet.settle`: what that comes to (one decision for batch and gateway);
 - :mod:`~comfyfn.fleet.fleet`: clients, health, re-attach, moving jobs off failed servers.
 """
 
 from comfyfn.fleet.fleet import Fleet, FleetSettings, Slot, Ticket
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
 from comfyfn.fleet.pool import Pool, ServerState, Want
+from comfyfn.fleet.settle import CancelledBy, settle
 from comfyfn.fleet.states import Event, IllegalTransition, State, advance, requeue_or_fail
 
 __all__ = [
     "Cancelled",
+    "CancelledBy",
     "Done",
     "Event",
     "Fleet",
@@ -31,4 +34,5 @@ __all__ = [
     "Want",
     "advance",
     "requeue_or_fail",
+    "settle",
 ]

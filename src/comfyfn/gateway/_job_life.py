@@ -26,17 +26,15 @@ from comfyfn.errors import ComfyError, ExecutionFailed
 from comfyfn.events import Preview, Progress
 from comfyfn.fleet import (
     Cancelled,
+    CancelledBy,
     Done,
-    Event,
     Fleet,
     Lost,
     Moved,
     Outcome,
-    Refused,
     State,
     Ticket,
-    advance,
-    requeue_or_fail,
+    settle,
 )
 from comfyfn.gateway._outputs import OutputFile, output_files
 from comfyfn.gateway.bus import JobBus, JobUpdate
@@ -237,11 +235,13 @@ class JobLife:
     ) -> None:
         if isinstance(outcome, Moved):
             self.metrics.failures.labels(kind=type(outcome.error).__name__).inc()
-        event = requeue_or_fail(outcome.event, ticket.attempts, self.settings.retries)
-        if isinstance(outcome, Cancelled) and not await self._cancel_was_asked(job.id):
-            outcome = Refused(outcome.error, outcome.server)  # interrupted by someone else
-            event = Event.FAIL
-        state = advance(State.SUBMITTED, event)
+        asked = isinstance(outcome, Cancelled) and await self._cancel_was_asked(job.id)
+        state = settle(
+            outcome,
+            attempts=ticket.attempts,
+            retries=self.settings.retries,
+            cancelled_by=CancelledBy.OWNER if asked else CancelledBy.SOMEONE_ELSE,
+        )
         if isinstance(outcome, Done):
             await self._succeeded(job, outcome.generation, started)
         elif state is State.PENDING:
@@ -303,9 +303,7 @@ class JobLife:
         named = await asyncio.to_thread(
             named_images, generation, str(target["name"]), target.get("deliver")
         )
-        return storage, [
-            (rel, OutputFile(data, "image/png", "png")) for rel, data in named
-        ]
+        return storage, [(rel, OutputFile(data, "image/png", "png")) for rel, data in named]
 
     async def _requeue(self, job: JobRecord, ticket: Ticket, outcome: Moved | Lost) -> None:
         log.warning("job %s goes back to the queue: %s", job.id, outcome.error)
