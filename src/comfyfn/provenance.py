@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "MAX_CHUNK_TEXT",
+    "MAX_TOTAL_TEXT",
     "PROVENANCE_KEY",
     "add_text_chunks",
     "png_structure_problem",
@@ -33,6 +35,10 @@ __all__ = [
 PROVENANCE_KEY = "comfyfn"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _TEXT_TYPES = (b"tEXt", b"iTXt", b"zTXt")
+#: The most text one chunk may hold (inflated), and all of a PNG's text chunks together;
+#: ComfyUI's workflows are far smaller (a large one is a few MB).
+MAX_CHUNK_TEXT = 16 * 2**20
+MAX_TOTAL_TEXT = 32 * 2**20
 
 
 def _chunks(data: bytes) -> Iterator[tuple[bytes, bytes, bytes]]:
@@ -94,23 +100,69 @@ def add_text_chunks(data: bytes, texts: Mapping[str, str]) -> bytes:
 
 
 def read_text_chunks(source: bytes | str | Path) -> dict[str, str]:
-    """All text chunks of a PNG (tEXt, zTXt, iTXt) as keyword → text."""
+    """All text chunks of a PNG (tEXt, zTXt, iTXt) as keyword → text.
+
+    Bounded: a chunk whose text is over :data:`MAX_CHUNK_TEXT` bytes (a zlib "bomb": a few
+    hundred KB that inflate to hundreds of MB), all of them together over
+    :data:`MAX_TOTAL_TEXT`, or a compressed text that is not whole zlib data raise
+    ValueError naming the chunk; nothing is truncated, and no more than the bound is ever
+    inflated.
+    """
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     texts: dict[str, str] = {}
+    room = MAX_TOTAL_TEXT
     for ctype, body, _ in _chunks(data):
         if ctype not in _TEXT_TYPES:
             continue
-        key, rest = body.split(b"\0", 1)
-        if ctype == b"tEXt":
-            value = rest.decode("latin-1")
-        elif ctype == b"zTXt":
-            value = zlib.decompress(rest[1:]).decode("latin-1")
-        else:
-            compressed, rest = rest[0], rest[2:]
-            _lang, _translated, text = rest.split(b"\0", 2)
-            value = (zlib.decompress(text) if compressed else text).decode("utf-8")
-        texts[key.decode("latin-1")] = value
+        head, sep, rest = body.partition(b"\0")
+        key = head.decode("latin-1")
+        shown = key[:80]  # a keyword is at most 79 bytes; a hostile one is shown cut
+        if not sep:
+            raise ValueError(f"PNG text chunk {shown!r} has no text (no NUL after its keyword)")
+        raw, encoding = _text_of(ctype, rest, shown, min(MAX_CHUNK_TEXT, room))
+        _check_size(shown, len(raw), room)
+        room -= len(raw)
+        texts[key] = raw.decode(encoding)
     return texts
+
+
+def _text_of(ctype: bytes, rest: bytes, key: str, limit: int) -> tuple[bytes, str]:
+    """A text chunk's text (after its keyword), inflated to at most ``limit + 1`` bytes,
+    and its encoding."""
+    if ctype == b"tEXt":
+        return rest, "latin-1"
+    if ctype == b"zTXt":
+        return _inflate(rest[1:], key, limit), "latin-1"
+    fields = rest[2:].split(b"\0", 2)  # after the compression flag and method
+    if len(fields) != 3:
+        raise ValueError(f"PNG iTXt chunk {key!r} is malformed")
+    text = fields[2]
+    return (_inflate(text, key, limit) if rest[0] else text), "utf-8"
+
+
+def _inflate(data: bytes, key: str, limit: int) -> bytes:
+    """``data`` inflated, stopping one byte past ``limit`` (:func:`_check_size` refuses it)."""
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise ValueError(f"PNG text chunk {key!r} is not valid zlib data ({exc})") from None
+    if len(text) <= limit and not inflater.eof:
+        raise ValueError(f"PNG text chunk {key!r} is cut short (its zlib data ends early)")
+    return text
+
+
+def _check_size(key: str, size: int, room: int) -> None:
+    if size > MAX_CHUNK_TEXT:
+        raise ValueError(
+            f"PNG text chunk {key!r} holds over {MAX_CHUNK_TEXT // 2**20} MiB of text; "
+            "refused (a zlib bomb?)"
+        )
+    if size > room:
+        raise ValueError(
+            f"PNG text chunks hold over {MAX_TOTAL_TEXT // 2**20} MiB of text together "
+            f"(at {key!r}); refused"
+        )
 
 
 def read_provenance(source: bytes | str | Path) -> dict[str, Any]:

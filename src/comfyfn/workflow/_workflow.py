@@ -51,7 +51,10 @@ def _read(source: Source) -> tuple[Any, str]:
     except OSError as exc:
         raise _cannot_load(f"cannot read {path}: {exc.strerror}") from exc
     if data.startswith(b"\x89PNG"):
-        chunks = read_text_chunks(data)
+        try:
+            chunks = read_text_chunks(data)
+        except ValueError as exc:
+            raise _cannot_load(f"{path}: {exc}") from None
         for key in ("prompt", "workflow"):  # the exact graph that ran first, else the UI one
             if key in chunks:
                 return json.loads(chunks[key]), f"png:{key}"
