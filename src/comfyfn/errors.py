@@ -113,6 +113,8 @@ class NodeProblem:
     input_name: str | None
     message: str
     kind: str = "invalid"
+    #: the parameter the value was bound as (a name or ``node.input`` path), when it was
+    param: str | None = None
 
     def __str__(self) -> str:
         where = []

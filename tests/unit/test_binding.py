@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from comfyfn.errors import WorkflowInvalid
-from comfyfn.workflow import zimage_turbo
+from comfyfn.workflow import bundled_object_info, zimage_turbo
 from comfyfn.workflow._binding import ComfyWarning, bind, parse_size
 from comfyfn.workflow._graph import is_link, load_api_graph
 from comfyfn.workflow._meaning import find_slots
@@ -106,6 +106,92 @@ def test_size_must_be_a_multiple_of_the_latent_step():
 def test_bad_values_are_named(params, text):
     with pytest.raises(WorkflowInvalid, match=text):
         bind(zimage_turbo().to_api(), prompt="p", **params)
+
+
+@pytest.mark.parametrize(
+    ("params", "text"),
+    [
+        ({"steps": 10_001}, "steps 10001 is out of range 1..10000"),
+        ({"batch_size": 4097}, "batch_size 4097 is out of range 1..4096"),
+        ({"cfg": 100.5}, "cfg 100.5 is out of range 0.0..100.0"),
+        ({"denoise": 1.5}, "denoise 1.5 is out of range 0.0..1.0"),
+        ({"cfg": -1.0}, "cfg -1.0 is out of range 0.0..100.0"),
+    ],
+)
+def test_numbers_are_refused_outside_the_range_of_the_node_definition(params, text):
+    with pytest.raises(WorkflowInvalid) as info:
+        bind(zimage_turbo().to_api(), prompt="p", **params)
+    (problem,) = info.value.problems
+    assert problem.message == text
+    assert problem.param == next(iter(params))
+
+
+def test_the_range_is_the_one_the_given_definitions_declare():
+    """Not a range of comfyfn's own: a server whose KSampler takes at most 50 steps."""
+    definitions = copy.deepcopy(bundled_object_info())
+    definitions["KSampler"]["input"]["required"]["steps"][1]["max"] = 50
+    graph = zimage_turbo().to_api()
+    with pytest.raises(WorkflowInvalid, match=r"steps 51 is out of range 1\.\.50"):
+        bind(graph, definitions=definitions, prompt="p", steps=51)
+    assert bind(graph, definitions=definitions, prompt="p", steps=50).values["steps"] == 50
+
+
+def test_a_node_without_a_definition_keeps_only_the_least_value():
+    graph = zimage_turbo().to_api()
+    assert bind(graph, definitions={}, prompt="p", steps=20_000).values["steps"] == 20_000
+    with pytest.raises(WorkflowInvalid, match=r"steps 0 is out of range 1\.\.∞"):
+        bind(graph, definitions={}, prompt="p", steps=0)
+
+
+def test_a_problem_names_the_parameter_not_the_input_it_binds_to():
+    with pytest.raises(WorkflowInvalid) as info:
+        bind(zimage_turbo().to_api(), prompt=5)
+    (problem,) = info.value.problems
+    assert (problem.input_name, problem.message) == ("text", "prompt 5 is not text")
+    assert problem.param == "prompt"
+
+
+def test_a_cfg_that_is_not_a_number_is_named_even_beside_a_negative():
+    for extra in ({}, {"negative": "blurry"}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nor a warning about a cfg of 1
+            with pytest.raises(WorkflowInvalid, match="cfg 'high' is not a number"):
+                bind(zimage_turbo().to_api(), prompt="p", cfg="high", **extra)
+
+
+def test_a_dynamic_combo_option_it_lacks_is_named_by_its_path():
+    graph = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
+        },
+        "2": {
+            "class_type": "SaveImageAdvanced",
+            "inputs": {"images": ["1", 0], "filename_prefix": "x", "format": "png"},
+        },
+    }
+    with pytest.raises(WorkflowInvalid) as info:
+        bind(graph, definitions=bundled_object_info("0.28.0"), **{"2.format": "tiff"})
+    (problem,) = info.value.problems
+    assert (problem.param, problem.node_id, problem.input_name) == ("2.format", "2", "format")
+
+
+def test_a_negative_where_the_graph_has_a_text_for_it_is_bound_as_given():
+    graph = zimage_turbo().to_api()
+    bound = bind(graph, prompt="p", negative="blurry", cfg=4.0)
+    again = bind(bound.graph, prompt="p", negative="grainy")
+    neg_id, name = again.bound["negative"]
+    assert (neg_id, name) == bound.bound["negative"]
+    assert again.graph[neg_id]["inputs"]["text"] == "grainy"
+    assert len(again.graph) == len(bound.graph)  # no second encoder
+
+
+def test_warnings_point_at_the_caller_of_bind():
+    with pytest.warns(ComfyWarning, match="no effect") as record:
+        bind(zimage_turbo().to_api(), prompt="p", negative="blurry")
+    with pytest.warns(ComfyWarning, match="outside Z-Image") as sized:
+        bind(zimage_turbo().to_api(), prompt="p", width=256, height=256)
+    assert {w.filename for w in [*record, *sized]} == {__file__}
 
 
 def test_unknown_parameter_is_an_error():

@@ -116,11 +116,7 @@ def prepare(
         return RowError(row.index, None, str(exc), row.variant)
     except WorkflowInvalid as exc:
         problem = exc.problems[0]
-        slots = wf.slots.params
-        where = next(
-            (name for name, slot in slots.items() if slot == (problem.node_id, problem.input_name)),
-            problem.input_name,
-        )
+        where = problem.param or problem.input_name
         return RowError(row.index, where, problem.message, row.variant)
     deliver = row.values.get("_deliver")
     # the row's place is part of the key: two identical rows are two jobs with two files

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import secrets
 import warnings
@@ -75,42 +76,9 @@ class BoundGraph:
     uploads: Mapping[str, InputImage] = field(default_factory=dict)  #: by server file name
 
 
-def _check(
-    graph: ApiGraph,
-    slots: Mapping[str, Slot],
-    values: Mapping[str, Any],
-    definitions: Mapping[str, Any],
-) -> list[NodeProblem]:
-    """Early checks of named values; sizes against the latent node's own definition."""
-    problems: list[NodeProblem] = []
-
-    def bad(param: str, message: str) -> None:
-        node_id, name = slots[param]
-        problems.append(NodeProblem(node_id, graph[node_id].get("class_type"), name, message))
-
-    def integer(param: str, low: int, high: int | None = None) -> bool:
-        v, name = values[param], slots[param][1]
-        if isinstance(v, bool) or not isinstance(v, int):
-            bad(param, f"{name} {v!r} is not an integer")
-            return False
-        if v < low or (high is not None and v > high):
-            bad(param, f"{name} {v} is out of range {low}..{high or '∞'}")
-            return False
-        return True
-
-    if "seed" in values:
-        integer("seed", 0, SEED_MAX)
-    for param in ("steps", "batch_size"):
-        if param in values:
-            integer(param, 1, 10_000)
-    for param in ("cfg", "denoise", "strength"):
-        if param in values:
-            v = values[param]
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                bad(param, f"{param} {v!r} is not a number")
-            elif v < 0 and param != "strength":
-                bad(param, f"{param} {v} must not be negative")
-    for param in (
+#: Named parameters whose value is text.
+_TEXTS = frozenset(
+    (
         "prompt",
         "negative",
         "sampler",
@@ -119,19 +87,69 @@ def _check(
         "text_encoder",
         "vae",
         "filename_prefix",
-    ):
-        if param in values and not isinstance(values[param], str):
-            bad(param, f"{slots[param][1]} {values[param]!r} is not text")
-    for param in ("width", "height"):
-        if param not in values:
+    )
+)
+#: Named numbers: their type, and the least and greatest value where the node they bind to
+#: has no definition (the definition's ``min``/``max`` rule where it has one).
+_NUMBERS: Mapping[str, tuple[str, float | None, float | None]] = {
+    "seed": ("INT", 0, SEED_MAX),
+    "width": ("INT", 1, None),
+    "height": ("INT", 1, None),
+    "batch_size": ("INT", 1, None),
+    "steps": ("INT", 1, None),
+    "cfg": ("FLOAT", 0, None),
+    "denoise": ("FLOAT", 0, None),
+    "strength": ("FLOAT", None, None),
+}
+
+
+def _check(
+    graph: ApiGraph,
+    where: Mapping[str, Slot],
+    given: Mapping[str, Any],
+    definitions: Mapping[str, Any],
+) -> list[NodeProblem]:
+    """Early checks of the values bound by name: text is text; a number is of its type and
+    within the min/max (and a multiple of the step) of the input it binds to, as the node's
+    definition gives them. Each problem names its parameter."""
+    problems: list[NodeProblem] = []
+    for param, value in given.items():
+        if param not in MEANINGS:
             continue
-        node_id, name = slots[param]
-        spec = input_spec(definitions, graph[node_id]["class_type"], name)
-        opts = spec.options if spec is not None else {}
-        low, high, step = opts.get("min", 1), opts.get("max"), opts.get("step") or 1
-        if integer(param, low, high) and (values[param] - low) % step:
-            bad(param, f"{name} {values[param]} is not a multiple of {step}")
+        node_id, name = where[param]
+        node = graph[node_id]
+        spec = input_spec(definitions, node["class_type"], name, node.get("inputs"))
+        message = _value_problem(param, value, spec.options if spec is not None else {})
+        if message is not None:
+            problems.append(
+                NodeProblem(node_id, node.get("class_type"), name, message, param=param)
+            )
     return problems
+
+
+def _value_problem(param: str, value: Any, options: Mapping[str, Any]) -> str | None:
+    """What is wrong with ``value`` for ``param`` given the ``options`` of its input's spec."""
+    if param in _TEXTS:
+        return None if isinstance(value, str) else f"{param} {value!r} is not text"
+    if param not in _NUMBERS:
+        return None
+    kind, low, high = _NUMBERS[param]
+    if not _is_a(kind, value):
+        return f"{param} {value!r} is not {'an integer' if kind == 'INT' else 'a number'}"
+    low, high, step = options.get("min", low), options.get("max", high), options.get("step")
+    if (low is not None and value < low) or (high is not None and value > high):
+        shown = f"{'-∞' if low is None else low}..{'∞' if high is None else high}"
+        return f"{param} {value} is out of range {shown}"
+    if kind == "INT" and isinstance(step, int) and step > 1 and (value - (low or 0)) % step:
+        return f"{param} {value} is not a multiple of {step}"
+    return None
+
+
+def _is_a(kind: str, value: Any) -> bool:
+    """Whether ``value`` is an ``INT`` (a Python int, not a bool) or a finite ``FLOAT``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) if kind == "INT" else math.isfinite(value)
 
 
 def _use_real_negative(graph: ApiGraph, sampler: str, prompt_node: str, text: str) -> Slot:
@@ -175,52 +193,21 @@ def bind(
     Names are those of :data:`PARAMETERS` (found by tracing from the sampler), or a
     ``"node_id.input"`` / ``"Title.input"`` path. ``None`` leaves a value as the graph has
     it, except ``seed=None`` which picks a random seed. A name the graph has no place for,
-    or several places for, is an error naming it. ``loras`` (``[("name.safetensors", 0.8),
-    …]`` or ``"NAME[:STRENGTH], …"``, see :func:`parse_loras`) go on the diffusion model;
-    ``control_type`` (``canny``, ``depth``...) says how a ControlNet's map is made.
+    or several places for, is an error naming it; so is a value the input it binds to does
+    not take (a number out of the node definition's range), its problem naming the parameter
+    (:attr:`~comfyfn.errors.NodeProblem.param`). ``loras``
+    (``[("name.safetensors", 0.8), …]`` or ``"NAME[:STRENGTH], …"``, see
+    :func:`parse_loras`) go on the diffusion model; ``control_type`` (``canny``,
+    ``depth``...) says how a ControlNet's map is made.
     """
     graph = copy.deepcopy(graph)
     definitions = definitions if definitions is not None else bundled_object_info()
     slots = _restructure(graph, loras, control_type, params)
-    named = {k: v for k, v in params.items() if k in MEANINGS}
-    paths = {k: v for k, v in params.items() if k not in MEANINGS and v is not None}
-    if "seed" in named and named["seed"] is None and "seed" in slots.params:
-        named["seed"] = random_seed()
-    given = {k: v for k, v in named.items() if v is not None}
-    negative = given.pop("negative", None)
-    where: dict[str, Slot] = {name: slots.resolve(name, graph) for name in given}
-    problems = _choose_options(graph, definitions, paths, where)
-    for path, value in paths.items():
-        if path not in where:
-            where[path] = path_slot(graph, path)
-            given[path] = value
-
-    cfg_slot = slots.params.get("cfg")
-    cfg = given.get("cfg", graph[cfg_slot[0]]["inputs"][cfg_slot[1]] if cfg_slot else None)
-    zero = [(s, z) for s, z in slots.zero_out.items()]
-    prompt = slots.params.get("prompt")
-    if negative is not None or (cfg is not None and not math.isclose(float(cfg), 1.0)):
-        if (
-            len(zero) == 1
-            and prompt is not None
-            and cfg is not None
-            and not math.isclose(float(cfg), 1.0)
-        ):
-            where["negative"] = _use_real_negative(graph, zero[0][0], prompt[0], negative or "")
-            slots = find_slots(graph)
-        elif negative and zero:
-            warnings.warn(
-                "at cfg 1 the negative prompt has no effect (the workflow zeroes it); "
-                "pass cfg > 1 to use it",
-                ComfyWarning,
-                stacklevel=2,
-            )
-        elif negative is not None:
-            where["negative"] = slots.resolve("negative", graph)
-            given["negative"] = negative
+    named, paths, negative = _split(params, slots)
+    given, where, problems = _locate(graph, slots, definitions, named, paths)
+    slots = _bind_negative(graph, slots, negative, given, where)
     uploads = _bind_images(graph, slots, where, given)
-    named = {k: v for k, v in given.items() if k in MEANINGS}
-    problems += _check(graph, where, named, definitions)
+    problems += _check(graph, where, given, definitions)
     if problems:
         raise WorkflowInvalid(problems, summary="invalid parameters")
     for name, value in given.items():
@@ -228,6 +215,69 @@ def bind(
     values = {name: input_value(graph, *slot) for name, slot in slots.params.items()}
     _warn_unusual_size(values)
     return BoundGraph(graph, values, slots, where, uploads)
+
+
+def _split(params: Mapping[str, Any], slots: Slots) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """The values given by name (``seed=None``: a random seed), those given by path, and the
+    negative prompt (bound apart: it may need a node of its own); ``None`` values left out."""
+    named = {k: v for k, v in params.items() if k in MEANINGS}
+    paths = {k: v for k, v in params.items() if k not in MEANINGS and v is not None}
+    if "seed" in named and named["seed"] is None and "seed" in slots.params:
+        named["seed"] = random_seed()
+    given = {k: v for k, v in named.items() if v is not None}
+    return given, paths, given.pop("negative", None)
+
+
+def _locate(
+    graph: ApiGraph,
+    slots: Slots,
+    definitions: Mapping[str, Any],
+    named: Mapping[str, Any],
+    paths: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, Slot], list[NodeProblem]]:
+    """The values to write, the slot of each (and of each dynamic combo, set here first:
+    its option decides which inputs the other paths may name) and the combos' problems."""
+    where: dict[str, Slot] = {name: slots.resolve(name, graph) for name in named}
+    problems = _choose_options(graph, definitions, paths, where)
+    given = dict(named)
+    for path, value in paths.items():
+        if path not in where:
+            where[path] = path_slot(graph, path)
+            given[path] = value
+    return given, where, problems
+
+
+def _bind_negative(
+    graph: ApiGraph, slots: Slots, negative: Any, given: dict[str, Any], where: dict[str, Slot]
+) -> Slots:
+    """Bind the negative prompt; the slots of the graph after. Above cfg 1, a workflow that
+    zeroes its negative gets a real one (empty without a text); at cfg 1 a negative text
+    there has no effect (a warning); elsewhere it is bound as any other value."""
+    if "cfg" in given and not _is_a("FLOAT", given["cfg"]):
+        return slots  # :func:`_check` refuses the cfg; what the negative needs is not known
+    prompt, zeroed = slots.params.get("prompt"), list(slots.zero_out)
+    if _guided(graph, slots, given) and len(zeroed) == 1 and prompt is not None:
+        where["negative"] = _use_real_negative(graph, zeroed[0], prompt[0], negative or "")
+        return find_slots(graph)
+    if negative and zeroed:
+        warnings.warn(
+            "at cfg 1 the negative prompt has no effect (the workflow zeroes it); "
+            "pass cfg > 1 to use it",
+            ComfyWarning,
+            stacklevel=3,
+        )
+    elif negative is not None:
+        where["negative"] = slots.resolve("negative", graph)
+        given["negative"] = negative
+    return slots
+
+
+def _guided(graph: ApiGraph, slots: Slots, given: Mapping[str, Any]) -> bool:
+    """Whether the sampler will use its negative: a cfg (given, or the graph's) other than 1.
+    A cfg that is not a number is not (:func:`_check` refuses it)."""
+    slot = slots.params.get("cfg")
+    cfg = given.get("cfg", graph[slot[0]]["inputs"][slot[1]] if slot else None)
+    return _is_a("FLOAT", cfg) and not math.isclose(float(cfg), 1.0)
 
 
 def is_image_slot(graph: ApiGraph, slot: Slot) -> bool:
@@ -298,14 +348,14 @@ def _choose_options(
 ) -> list[NodeProblem]:
     """Set the dynamic combos among ``paths`` first (their options decide which inputs the
     other paths may name); each set one goes into ``where``."""
-    problems = []
+    problems: list[NodeProblem] = []
     for path, value in paths.items():
         slot = path_slot(graph, path)
         if dynamic_combo(graph, definitions, slot) is None:
             continue
         where[path] = slot
         if (problem := choose_option(graph, definitions, slot, value)) is not None:
-            problems.append(problem)
+            problems.append(dataclasses.replace(problem, param=path))
     return problems
 
 
