@@ -1,12 +1,15 @@
 """``comfyfn models``: which model files a workflow needs and which servers have them
-(``check``), downloading them from a manifest (``pull``), warming servers up (``warm``),
-and listing a server's model folders (``list``)."""
+(``check``), downloading them from a manifest or a URL (``pull``), putting them onto a
+server through its assets API (``push``, ``pull --to-server``), warming servers up
+(``warm``), and listing a server's model folders (``list``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,9 +23,10 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
 
-from comfyfn.cli._common import ServerOpt, ServersOpt, err, esc, fail, server_url
-from comfyfn.client import AsyncClient, Client, public_url
+from comfyfn.cli._common import ServerOpt, ServersOpt, err, esc, fail, out, server_url
+from comfyfn.client import Client, public_url
 from comfyfn.errors import ComfyError, ConfigError, WorkflowInvalid
 from comfyfn.models import (
     BUILTIN_MANIFESTS,
@@ -31,18 +35,22 @@ from comfyfn.models import (
     Manifest,
     ModelFile,
     Pulled,
+    Pushed,
     ServerModels,
-    Source,
-    check_server,
+    check_servers,
     load_manifest,
     pull,
+    pull_to_server,
+    push_file,
     sources_from,
+    url_file,
     warm,
 )
 
 models_app = typer.Typer(
     help="Model files: which a workflow needs and which servers have them (check), "
-    "downloads from manifests (pull), warm-up (warm).",
+    "downloads from manifests or URLs (pull), onto a server (push, pull --to-server), "
+    "warm-up (warm).",
     no_args_is_help=True,
 )
 
@@ -66,6 +74,10 @@ def check(
         typer.Option("--manifest", "-m", help="A manifest naming download sources (repeatable)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    pool: Annotated[
+        bool,
+        typer.Option("--pool", help="One table for all --server: a row per server, its gaps."),
+    ] = False,
 ) -> None:
     """Every model file WORKFLOW needs, and whether each server has it (exit 1 if not)."""
     try:
@@ -73,9 +85,11 @@ def check(
         urls = _servers(server)
     except ComfyError as exc:
         raise fail(exc) from None
-    results = asyncio.run(_check_all(workflow, urls, sources))
+    results = asyncio.run(check_servers(urls, workflow, sources))
     if as_json:
         typer.echo(json.dumps([_as_json(url, r) for url, r in results], indent=2))
+    elif pool:
+        out.print(_pool_table(results))
     else:
         for url, result in results:
             _print_check(url, result)
@@ -85,18 +99,22 @@ def check(
         raise typer.Exit(1)
 
 
-async def _check_all(
-    workflow: str, urls: list[str], sources: dict[tuple[str, str], Source]
-) -> list[tuple[str, ServerModels | ComfyError]]:
-    async def one(url: str) -> ServerModels | ComfyError:
-        try:
-            async with AsyncClient(url) as client:
-                return await check_server(client, workflow, sources)
-        except ComfyError as exc:
-            return exc
-
-    found = await asyncio.gather(*(one(url) for url in urls))
-    return list(zip(urls, found, strict=True))
+def _pool_table(results: list[tuple[str, ServerModels | ComfyError]]) -> Table:
+    """A row per server: whether it has every file, and the ones it lacks, named."""
+    table = Table(title="model files per server")
+    for heading in ("server", "models", "missing"):
+        table.add_column(heading, overflow="fold")
+    for url, result in results:
+        if isinstance(result, ComfyError):
+            table.add_row(esc(public_url(url)), "[red]error[/red]", esc(result))
+            continue
+        have = len(result.needed) - len(result.missing)
+        status = f"{have}/{len(result.needed)}"
+        gaps = [n.relpath for n in result.missing]
+        gaps += [f"(no models/{folder}/ folder)" for folder in result.unknown_folders]
+        shown = "\n".join(esc(g) for g in gaps) or "-"
+        table.add_row(esc(public_url(url)), status if result.ok else f"[red]{status}[/red]", shown)
+    return table
 
 
 def _print_check(url: str, result: ServerModels | ComfyError) -> None:
@@ -139,10 +157,12 @@ def _as_json(url: str, result: ServerModels | ComfyError) -> dict[str, Any]:
 
 @models_app.command("pull")
 def pull_command(
-    manifest: Annotated[
+    source: Annotated[
         str,
         typer.Argument(
-            help=f"A built-in manifest ({', '.join(BUILTIN_MANIFESTS)}) or a YAML/JSON file."
+            metavar="MANIFEST",
+            help=f"A built-in manifest ({', '.join(BUILTIN_MANIFESTS)}), a YAML/JSON file, "
+            "or the http(s) URL of one file (with --folder and --sha256).",
         ),
     ],
     models_dir: Annotated[
@@ -176,12 +196,32 @@ def pull_command(
             "publishes (otherwise refused: nothing to verify them against).",
         ),
     ] = False,
+    folder: Annotated[
+        str | None,
+        typer.Option("--folder", help="For a URL: the models/ folder it goes in (e.g. loras)."),
+    ] = None,
+    sha256: Annotated[
+        str | None,
+        typer.Option("--sha256", metavar="HEX", help="For a URL: the file's sha256 (checked)."),
+    ] = None,
+    to_server: Annotated[
+        str | None,
+        typer.Option(
+            "--to-server",
+            metavar="URL",
+            help="Put the files onto this ComfyUI through its assets API: downloaded here "
+            "(into --models-dir, else a temporary folder), verified, then pushed.",
+        ),
+    ] = None,
 ) -> None:
-    """Download a manifest's files into their folders: resumed, checked against the sha256
-    and size the manifest (or the server) publishes, atomic."""
+    """Download a manifest's files (or one file by URL) into their folders: resumed,
+    checked against the sha256 and size published, atomic; or onto a server (--to-server)."""
     try:
+        chosen = _chosen(source, folder, sha256, allow_unverified)
+        if to_server is not None:
+            _pull_to_server(chosen, to_server, models_dir, allow_unverified)
+            return
         target = _models_dir(models_dir)
-        chosen = load_manifest(manifest)
         pulled = _pull_with_progress(
             chosen, target, verify, allow_unverified, (min_rate, stall_seconds)
         )
@@ -194,6 +234,26 @@ def pull_command(
         typer.echo(f"{p.action:10} {p.path}{digest}{note}")
 
 
+def _chosen(source: str, folder: str | None, sha256: str | None, unverified: bool) -> Manifest:
+    """The manifest SOURCE names, or a one-file manifest for a URL (--folder and --sha256)."""
+    if not source.lower().startswith(("http://", "https://")):
+        if folder is not None or sha256 is not None:
+            raise ConfigError(
+                "--folder and --sha256 are for one file by URL; a manifest's entries name "
+                "their own folder and sha256"
+            )
+        return load_manifest(source)
+    if folder is None:
+        raise ConfigError("a file by URL needs --folder: the models/ folder it goes in (loras…)")
+    if sha256 is None and not unverified:
+        raise ConfigError(
+            "a file by URL needs --sha256 HEX, to check what is downloaded (or "
+            "--allow-unverified, checking only what the server publishes)"
+        )
+    file = url_file(source, folder, sha256)
+    return Manifest(file.name, (file,))
+
+
 def _models_dir(given: Path | None) -> Path:
     where = given or (Path(os.environ[MODELS_DIR_ENV]) if os.environ.get(MODELS_DIR_ENV) else None)
     if where is None:
@@ -201,14 +261,9 @@ def _models_dir(given: Path | None) -> Path:
     return where.expanduser()
 
 
-def _pull_with_progress(
-    manifest: Manifest,
-    target: Path,
-    verify: bool,
-    allow_unverified: bool,
-    stall: tuple[float, float],
-) -> list[Pulled]:
-    """``pull``, with a progress bar on a terminal; ``stall`` is (min_rate, stall_seconds)."""
+@contextlib.contextmanager
+def _progress_bars() -> Iterator[Callable[[str, int, int | None], None]]:
+    """``update(label, done, total)``: one bar per label, on a terminal."""
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -221,10 +276,26 @@ def _pull_with_progress(
     ) as bar:
         tasks: dict[str, TaskID] = {}
 
+        def update(label: str, done: int, total: int | None) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(esc(label), total=total)
+            bar.update(tasks[label], completed=done, total=total)
+
+        yield update
+
+
+def _pull_with_progress(
+    manifest: Manifest,
+    target: Path,
+    verify: bool,
+    allow_unverified: bool,
+    stall: tuple[float, float],
+) -> list[Pulled]:
+    """``pull``, with a progress bar on a terminal; ``stall`` is (min_rate, stall_seconds)."""
+    with _progress_bars() as update:
+
         def progress(file: ModelFile, done: int, total: int | None) -> None:
-            if file.relpath not in tasks:
-                tasks[file.relpath] = bar.add_task(esc(file.relpath), total=total)
-            bar.update(tasks[file.relpath], completed=done, total=total)
+            update(file.relpath, done, total)
 
         return pull(
             manifest,
@@ -235,6 +306,58 @@ def _pull_with_progress(
             min_rate=stall[0],
             stall_seconds=stall[1],
         )
+
+
+def _pull_to_server(
+    manifest: Manifest, server: str, models_dir: Path | None, allow_unverified: bool
+) -> None:
+    """``pull_to_server``, saying that the files travel through here, with progress bars."""
+    err.print(
+        f"{esc(public_url(server))}: ComfyUI's assets API has no server-side download, so "
+        "the files are downloaded here, verified, then pushed to it",
+        highlight=False,
+    )
+    with _progress_bars() as update:
+        pushed = pull_to_server(
+            manifest,
+            server,
+            models_dir=models_dir.expanduser() if models_dir else None,
+            on_pull=lambda file, done, total: update(file.relpath, done, total),
+            on_push=lambda label, done, total: update(f"push {label}", done, total),
+            allow_unverified=allow_unverified,
+        )
+    for p in pushed:
+        _print_pushed(p)
+
+
+def _print_pushed(p: Pushed) -> None:
+    typer.echo(
+        f"{p.action:10} {p.folder}/{p.name} on {p.server} as {p.relpath} "
+        f"({p.blake3}, {p.size} bytes, verified)"
+    )
+
+
+@models_app.command("push")
+def push_command(
+    file: Annotated[Path, typer.Argument(help="The local model file.", show_default=False)],
+    folder: Annotated[
+        str,
+        typer.Option(
+            "--folder", help="The server's models/ folder (loras, checkpoints, diffusion_models…)."
+        ),
+    ],
+    server: ServerOpt = None,
+) -> None:
+    """Put FILE into a ComfyUI's models/FOLDER/ through its own assets API (ComfyUI started
+    with --enable-assets), verified by hash. ComfyUI stores it under its content hash: the
+    name printed is the one its loaders (and workflows) use."""
+    try:
+        url = server_url(server)
+        with _progress_bars() as update:
+            pushed = push_file(file, url, folder=folder, on_progress=update)
+    except ComfyError as exc:
+        raise fail(exc) from None
+    _print_pushed(pushed)
 
 
 @models_app.command("warm")

@@ -6,6 +6,10 @@ downloading them from manifests, warming servers up, and scheduling jobs by load
     needed = needed_models(workflow)                     # files by folder, with sources
     result = await check_server(client, "wf.json")       # what one server lacks
     pull(load_manifest("zimage-turbo"), "/data/models")  # resumed, verified, atomic
+    pull([url_file(url, "loras", sha256)], "/data/models")  # one file by URL
+    push_file("style.safetensors", url, folder="loras")  # onto a server, by its assets API
+    pull_to_server(load_manifest("zimage-turbo"), url)   # pulled here, pushed there
+    await check_servers(urls, "wf.json")                  # every server's gaps
     warm(client, "zimage-turbo")                         # the smallest job, once
     assign(servers, waiting)                             # which job goes where (pure)
     prime_for(job_seconds, turnaround_seconds)           # how many jobs to keep queued
@@ -30,6 +34,7 @@ from comfyfn.models._check import (
     ServerModels,
     Source,
     check_server,
+    check_servers,
     needed_models,
     sources_from,
 )
@@ -40,9 +45,12 @@ from comfyfn.models._download import (
     Pulled,
     pull,
     pull_file,
+    url_file,
 )
 from comfyfn.models._errors import ChecksumMismatch, DownloadFailed
+from comfyfn.models._http import PushFailed
 from comfyfn.models._manifest import BUILTIN_MANIFESTS, Manifest, ModelFile, load_manifest
+from comfyfn.models._push import Pushed, PushProgress, blake3_of, pull_to_server, push_file
 from comfyfn.models._warm import WARMUP_PREFIX, Warmed, warm, warm_async, warm_job
 
 __all__ = [
@@ -58,13 +66,18 @@ __all__ = [
     "Needed",
     "Progress",
     "Pulled",
+    "PushFailed",
+    "PushProgress",
+    "Pushed",
     "ServerModels",
     "ServerView",
     "Source",
     "Waiting",
     "Warmed",
     "assign",
+    "blake3_of",
     "check_server",
+    "check_servers",
     "load_manifest",
     "model_set",
     "needed_models",
@@ -72,7 +85,10 @@ __all__ = [
     "prompt_key",
     "pull",
     "pull_file",
+    "pull_to_server",
+    "push_file",
     "sources_from",
+    "url_file",
     "warm",
     "warm_async",
     "warm_job",

@@ -10,14 +10,15 @@ name, url, directory — on loader nodes) or from a manifest (the built-in ones 
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from comfyfn.client import AsyncClient, WorkflowSource
-from comfyfn.errors import HTTPStatusError
+from comfyfn.errors import ComfyError, HTTPStatusError
 from comfyfn.models._manifest import BUILTIN_MANIFESTS, Manifest, load_manifest
 from comfyfn.provenance import read_text_chunks
 from comfyfn.workflow import Workflow
@@ -27,6 +28,7 @@ __all__ = [
     "ServerModels",
     "Source",
     "check_server",
+    "check_servers",
     "needed_models",
     "sources_from",
 ]
@@ -168,6 +170,25 @@ async def check_server(
     )
     unknown = tuple(folder for folder, names in listed.items() if names is None)
     return ServerModels(client.server, needed, missing, unknown)
+
+
+async def check_servers(
+    servers: Sequence[str],
+    source: WorkflowSource | Workflow,
+    sources: Mapping[FileKey, Source] | None = None,
+) -> list[tuple[str, ServerModels | ComfyError]]:
+    """:func:`check_server` on every server at once: each server's gaps, or the error that
+    stopped its check (an unreachable server, a workflow it cannot load), in order."""
+
+    async def one(url: str) -> ServerModels | ComfyError:
+        try:
+            async with AsyncClient(url) as client:
+                return await check_server(client, source, sources)
+        except ComfyError as exc:
+            return exc
+
+    found = await asyncio.gather(*(one(url) for url in servers))
+    return list(zip(servers, found, strict=True))
 
 
 async def _listing(client: AsyncClient, folder: str) -> set[str] | None:

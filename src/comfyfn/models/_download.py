@@ -41,17 +41,28 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
+from urllib.parse import unquote
 
 import httpx
 
 from comfyfn._files import current_umask, fsync_directory
+from comfyfn.client import public_url
+from comfyfn.errors import ConfigError
 from comfyfn.models._errors import ChecksumMismatch, DownloadFailed
 from comfyfn.models._http import RateFloor, Retry, get
 from comfyfn.models._manifest import Manifest, ModelFile
 
-__all__ = ["PULL_MIN_RATE", "PULL_STALL_SECONDS", "Progress", "Pulled", "pull", "pull_file"]
+__all__ = [
+    "PULL_MIN_RATE",
+    "PULL_STALL_SECONDS",
+    "Progress",
+    "Pulled",
+    "pull",
+    "pull_file",
+    "url_file",
+]
 
 log = logging.getLogger("comfyfn.models")
 
@@ -118,6 +129,22 @@ class _Part:
     def reset(self) -> None:
         self.path.unlink(missing_ok=True)
         self.digest, self.size = hashlib.sha256(), 0
+
+
+def url_file(url: str, folder: str, sha256: str | None = None) -> ModelFile:
+    """The manifest entry for one file by URL (a LoRA, say), named by the URL's last path
+    segment and checked as a manifest's entries are: a bad URL, folder or sha256 is a
+    :class:`ConfigError` naming the field."""
+    from comfyfn._yaml import validate_settings
+    from comfyfn.models._schema import EntrySpec
+
+    try:
+        name = unquote(PurePosixPath(httpx.URL(url).path).name)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"{url!r} is not a URL ({exc})") from None
+    entry = {"name": name, "folder": folder, "url": url, "sha256": sha256}
+    spec = validate_settings(entry, public_url(url), EntrySpec)
+    return ModelFile(spec.name, spec.folder, spec.url, spec.sha256)
 
 
 def pull(
