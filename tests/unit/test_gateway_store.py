@@ -378,6 +378,7 @@ def made_before_versions(url: str, *dropped: tuple[str, str]) -> None:
         conn.exec_driver_sql("DROP TABLE cfn_workers")
         conn.exec_driver_sql("DROP TABLE cfn_alembic_version")
         conn.exec_driver_sql("DROP INDEX cfn_jobs_queued")
+        conn.exec_driver_sql("DROP INDEX cfn_jobs_batch")  # revision 0003
         for column in ("claims", "models", "batch", "target", "row_key"):
             conn.exec_driver_sql(f"ALTER TABLE cfn_jobs DROP COLUMN {column}")
         for table, column in dropped:
@@ -710,8 +711,10 @@ def test_a_new_database_is_at_the_newest_revision(url, store):
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         have = conn.exec_driver_sql("SELECT version_num FROM cfn_alembic_version").scalar()
+    indexes = {i["name"] for i in sa.inspect(engine).get_indexes("cfn_jobs")}
     engine.dispose()
-    assert have == head_revision() == "0002"
+    assert have == head_revision() == "0003"
+    assert {"cfn_jobs_queued", "cfn_jobs_batch"} <= indexes
 
 
 def test_a_database_made_before_versions_is_stamped_and_upgraded(url, stores):

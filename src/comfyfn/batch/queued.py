@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import (
     AsyncIterator,
@@ -61,7 +62,12 @@ __all__ = [
     "load_workflow",
 ]
 
+log = logging.getLogger("comfyfn.batch")
 POLL = 0.5  #: seconds between looks at the batch's jobs while following it
+#: seconds the clocks of the machines finishing a batch's jobs may be apart (NTP keeps them far
+#: closer); a follower reads back this far from the latest finish it saw, and reads all of
+#: them again when the count says it missed one
+CLOCK_SKEW = 5.0
 #: the store's final states as a batch run names them (a row that could not run: ``invalid``)
 RESULT_STATE = {"succeeded": "done", "failed": "failed", "cancelled": "failed"}
 INVALID = "RowError"  #: the error type of a row stored failed because it cannot run
@@ -86,9 +92,11 @@ class QueueStore(Protocol):
 
     def add_batch_jobs(self, batch: str, rows: Sequence[BatchRow]) -> int: ...
 
-    def batch_states(
-        self, batch: str, row_keys: Collection[str] | None = None
-    ) -> dict[str, str]: ...
+    def batch_progress(self, batch: str) -> tuple[int, int]: ...
+
+    def batch_finished(
+        self, batch: str, since: float | None = None
+    ) -> list[tuple[str, str | None, float]]: ...
 
     def batch_jobs(self, job_ids: Collection[str]) -> list[tuple[Any, list[str]]]: ...
 
@@ -268,7 +276,8 @@ class QueuedBatch:
     """Follows batch ``name`` in ``store`` until every job of it has finished. ``keys``:
     only the jobs of these rows (the rows of the file just enqueued), else all of them.
     ``servers``/``pool``: the servers of a worker running in this process, for the
-    progress display (none when the work runs elsewhere)."""
+    progress display (none when the work runs elsewhere). Through an outage of the store
+    (its ``transient`` errors) it keeps looking, saying so once."""
 
     store: QueueStore
     name: str
@@ -277,29 +286,79 @@ class QueuedBatch:
     pool: Pool | None = None
     poll: float = POLL
     on_event: Callable[[str, Any], None] = lambda kind, data: None
+    #: which of the store's errors mean an outage to ride through (it looks again later)
+    transient: Callable[[BaseException], bool] = lambda exc: False
 
     def __post_init__(self) -> None:
         self.started = time.monotonic()
         self.total: int | None = None
         self.finished: dict[str, Record] = {}
+        self._seen: dict[str, float] = {}  #: every finished job of the batch: its finish time
+        self._down_since: float | None = None
 
     async def results(self) -> AsyncIterator[JobResult]:
         """Each row's result as its job finishes (rows finished before the first look
-        are ``skipped``, as in a resumed batch run)."""
+        are ``skipped``, as in a resumed batch run). Each look counts the batch's finished
+        jobs and reads only those new since the last one, however long the batch."""
         first = True
         while True:
-            states = await asyncio.to_thread(self.store.batch_states, self.name, self.keys)
-            self.total = len(states)
-            new = [i for i, s in states.items() if s in RESULT_STATE and i not in self.finished]
-            for job, files in await asyncio.to_thread(self.store.batch_jobs, new):
+            try:
+                finished_now = await self._look()
+            except Exception as exc:
+                if not self.transient(exc):
+                    raise
+                self._store_down(exc)  # the store is out: follow on when it is back
+                await asyncio.sleep(self.poll)
+                continue
+            self._store_back()
+            for job, files in finished_now:
                 record = self.finished[job.id] = _record(job, files)
                 result = _result(record, first)
                 self.on_event("result", result)
                 yield result
-            if len(self.finished) == len(states):
+            if self.total is not None and len(self.finished) >= self.total:
                 return
             first = False
             await asyncio.sleep(self.poll)
+
+    async def _look(self) -> list[tuple[Any, list[str]]]:
+        """One look at the store: the jobs of ours finished since the last one."""
+        total, finished = await asyncio.to_thread(self.store.batch_progress, self.name)
+        new = await self._newly_finished(finished) if finished > len(self._seen) else []
+        jobs = await asyncio.to_thread(self.store.batch_jobs, new)
+        self.total = total if self.keys is None else len(self.keys)
+        return jobs
+
+    def _store_down(self, exc: BaseException) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+            log.warning("the job store does not answer (%s); following on when it does", reason)
+            self.on_event("store_down", reason)
+
+    def _store_back(self) -> None:
+        if self._down_since is not None:
+            log.warning("the job store answers again")
+            self.on_event("store_up", round(time.monotonic() - self._down_since, 1))
+            self._down_since = None
+
+    async def _newly_finished(self, finished: int) -> list[str]:
+        """The jobs of ours that finished since the last look. Read from a little before
+        the latest finish seen (machines' clocks differ); all of them again if that
+        misses some (a clock further off)."""
+        since = max(self._seen.values(), default=None)
+        got = await asyncio.to_thread(
+            self.store.batch_finished, self.name, None if since is None else since - CLOCK_SKEW
+        )
+        if len(self._seen.keys() | {i for i, _, _ in got}) < finished:
+            got = await asyncio.to_thread(self.store.batch_finished, self.name)
+        new = []
+        for job_id, row_key, at in got:
+            if job_id not in self._seen:
+                self._seen[job_id] = at
+                if self.keys is None or row_key in self.keys:
+                    new.append(job_id)
+        return new
 
     def report(self, folder: Path, counted: dict[str, int]) -> tuple[Summary, Path]:
         """The summary (also in ``summary.json``), ``results.csv`` and the contact sheet,

@@ -118,6 +118,7 @@ def run_queued(
 
 async def _follow(run: QueuedRun, workflow: Any) -> Any:
     from comfyfn.batch.queued import QueuedBatch, enqueue
+    from comfyfn.gateway.database import unavailable
     from comfyfn.gateway.store import Store
 
     assert run.name is not None
@@ -138,7 +139,7 @@ async def _follow(run: QueuedRun, workflow: Any) -> Any:
         elif not await asyncio.to_thread(store.batch_states, run.name):
             raise ConfigError(f"--name {run.name}: the store holds no batch of that name")
         async with _worker_here(store, run) as worker:
-            batch = QueuedBatch(store, run.name, keys)
+            batch = QueuedBatch(store, run.name, keys, transient=unavailable)
             if worker is not None:
                 batch.servers, batch.pool = tuple(worker.settings.servers), worker.fleet.pool
             total = len(keys) if keys is not None else run.total

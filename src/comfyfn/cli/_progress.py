@@ -64,6 +64,10 @@ class BatchProgress:
             self._result(data)
         elif kind in ("server_down", "server_up") and not self.live:
             self._say(f"server {data} is " + ("down" if kind == "server_down" else "up again"))
+        elif kind == "store_down":  # following a queued batch: its store is out
+            self._say(f"the job store does not answer ({data}); following on when it does")
+        elif kind == "store_up":
+            self._say(f"the job store answers again (after {data} s)")
         if self.live:
             self._show_servers()
 

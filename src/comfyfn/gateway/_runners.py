@@ -31,6 +31,7 @@ from comfyfn.batch import BatchRow
 from comfyfn.gateway.schema import (
     MAX_PRIORITY,
     STATES,
+    TERMINAL,
     Claim,
     JobRecord,
     WorkerRecord,
@@ -307,6 +308,31 @@ class BatchStore(RunnerStore):
                 )
             ).all()
         return {str(i): str(s) for i, s, key in rows if row_keys is None or key in row_keys}
+
+    def batch_progress(self, batch: str) -> tuple[int, int]:
+        """(jobs, finished jobs) of ``batch``, counted on its index alone."""
+        finished = sa.case((jobs_t.c.state.in_(sorted(TERMINAL)), 1), else_=0)
+        with self._read() as conn:
+            total, done = conn.execute(
+                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(finished), 0)).where(
+                    jobs_t.c.batch == batch
+                )
+            ).one()
+        return int(total), int(done)
+
+    def batch_finished(
+        self, batch: str, since: float | None = None
+    ) -> list[tuple[str, str | None, float]]:
+        """(job id, row key, finish time) of the finished jobs of ``batch``: those finished
+        at or after ``since`` (by the clocks of the machines that finished them), or all."""
+        query = sa.select(jobs_t.c.id, jobs_t.c.row_key, jobs_t.c.finished_at).where(
+            jobs_t.c.batch == batch, jobs_t.c.state.in_(sorted(TERMINAL))
+        )
+        if since is not None:
+            query = query.where(jobs_t.c.finished_at >= since)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [(str(i), key, float(at or 0.0)) for i, key, at in rows]
 
     def batch_counts(self, batch: str) -> dict[str, int]:
         """Jobs of ``batch`` in each state (every state present, 0 if none)."""

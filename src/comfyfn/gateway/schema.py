@@ -196,6 +196,7 @@ jobs_t = sa.Table(
     sa.Index("cfn_jobs_queue", "state", "created_at"),
     sa.Index("cfn_jobs_heartbeat", "state", "heartbeat_at"),
     sa.Index("cfn_jobs_key", "key_id", "created_at"),
+    sa.Index("cfn_jobs_batch", "batch", "state", "finished_at"),  # revision 0003
 )
 
 files_t = sa.Table(

@@ -1,0 +1,151 @@
+"""Following a queued batch: each look counts the finished jobs and reads only the new ones
+(from a little before the latest finish seen; all again when machines' clocks are further
+apart), and an outage of the store is ridden through, said once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from comfyfn.batch import Row
+from comfyfn.batch.queued import CLOCK_SKEW, QueuedBatch, enqueue, load_workflow
+from comfyfn.gateway.store import NewFile, Store
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    with Store(f"sqlite:///{tmp_path / 'q.db'}", clock=clock) as s:
+        yield s
+
+
+class Spy:
+    """The store, counting how many rows each look reads; ``down`` looks fail as an
+    outage would."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.read, self.down = store, [], 0
+
+    def batch_progress(self, batch):
+        if self.down:
+            self.down -= 1
+            raise ConnectionError("the store is down")
+        return self.store.batch_progress(batch)
+
+    def batch_finished(self, batch, since=None):
+        got = self.store.batch_finished(batch, since)
+        self.read.append(len(got))
+        return got
+
+    def batch_jobs(self, ids):
+        return self.store.batch_jobs(ids)
+
+
+def enqueue_rows(store: Store, n: int) -> set[str]:
+    items = [Row(i, {"prompt": f"cat {i}", "width": 64, "height": 64}) for i in range(1, n + 1)]
+    keys, _ = asyncio.run(enqueue(store, "b", items, load_workflow("zimage-turbo"), "/out"))
+    return keys
+
+
+def finish(store: Store, n: int) -> None:
+    for job in store.claim_jobs("w", limit=n):
+        name = f"images/{job.params['stem']}.png"
+        store.complete_job(
+            job.id, [NewFile(name, "image/png", 1, "e")], state="succeeded", fence=job.claim
+        )
+
+
+async def follow(batch: QueuedBatch, steps) -> list[str]:
+    """The results, doing ``steps`` (callables) one after each result."""
+    states, todo = [], list(steps)
+    async for result in batch.results():
+        states.append(result.state)
+        if todo:
+            todo.pop(0)()
+    return states
+
+
+def test_each_look_reads_only_what_finished_since_the_last(store, clock):
+    enqueue_rows(store, 100)
+    finish(store, 10)
+    spy = Spy(store)
+    batch = QueuedBatch(spy, "b", poll=0)
+
+    def later(n: int):
+        def step() -> None:
+            clock.now += CLOCK_SKEW * 2  # what finished before is out of the window
+            finish(store, n)
+
+        return step
+
+    # after the 10 finished before, five rounds of 18: each look reads its round and the last
+    steps = ([later(0)] * 9 + [later(18)]) + ([later(0)] * 17 + [later(18)]) * 5
+    states = asyncio.run(follow(batch, steps))
+    assert states == ["skipped"] * 10 + ["done"] * 90
+    assert spy.read == [10, 10 + 18, 36, 36, 36, 36]  # never the whole batch again
+
+
+def test_a_finish_stamped_by_a_clock_far_behind_is_still_seen(store, clock):
+    enqueue_rows(store, 3)
+    finish(store, 1)
+    batch = QueuedBatch(Spy(store), "b", poll=0)
+
+    def behind() -> None:
+        clock.now -= CLOCK_SKEW * 10  # another machine, its clock far behind
+        finish(store, 2)
+
+    assert asyncio.run(follow(batch, [behind])) == ["skipped", "done", "done"]
+
+
+def test_a_follower_of_a_file_yields_its_own_rows_only(store):
+    keys = enqueue_rows(store, 2)
+    other = [Row(9, {"prompt": "another file's row", "width": 64, "height": 64})]
+    asyncio.run(enqueue(store, "b", other, load_workflow("zimage-turbo"), "/out"))
+    finish(store, 3)
+    batch = QueuedBatch(Spy(store), "b", keys, poll=0)
+    assert asyncio.run(follow(batch, [])) == ["skipped", "skipped"]
+    assert batch.total == 2
+
+
+def test_an_outage_of_the_store_is_ridden_through_and_said_once(store):
+    enqueue_rows(store, 2)
+    finish(store, 1)
+    spy = Spy(store)
+    events: list[tuple[str, object]] = []
+    batch = QueuedBatch(
+        spy,
+        "b",
+        poll=0,
+        on_event=lambda kind, data: events.append((kind, data)),
+        transient=lambda exc: isinstance(exc, ConnectionError),
+    )
+
+    def outage() -> None:
+        spy.down = 5
+        finish(store, 1)
+
+    assert asyncio.run(follow(batch, [outage])) == ["skipped", "done"]
+    kinds = [kind for kind, _ in events if kind != "result"]
+    assert kinds == ["store_down", "store_up"]
+    assert "ConnectionError: the store is down" in str(events[1][1])
+
+
+def test_an_error_that_is_not_an_outage_is_raised(store):
+    enqueue_rows(store, 1)
+    spy = Spy(store)
+    spy.down = 1
+    with pytest.raises(ConnectionError):
+        asyncio.run(follow(QueuedBatch(spy, "b", poll=0), []))
