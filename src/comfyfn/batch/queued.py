@@ -45,7 +45,7 @@ from comfyfn.batch.report import Summary, nearest_rank, write_report_to
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.models import model_set
 from comfyfn.storage import Storage, open_storage
-from comfyfn.workflow import BUILTIN, InputImage, Workflow, builtin
+from comfyfn.workflow import InputImage, Workflow
 
 if TYPE_CHECKING:
     from comfyfn.fleet import Pool
@@ -110,8 +110,6 @@ def batch_name(source: Path, output: str) -> str:
 def load_workflow(source: str | Path | Mapping[str, Any] | Workflow) -> Workflow:
     """The batch's workflow, typed with the bundled node definitions (enqueuing needs no
     server: a worker checks the bound graph against its own server before it runs it)."""
-    if isinstance(source, str) and source in BUILTIN:
-        return builtin(source)
     return Workflow.load(source)
 
 

@@ -22,7 +22,6 @@ from comfyfn.workflow import (
     SERVED_ROUTES,
     RouteMissing,
     Workflow,
-    builtin,
     bundled_version,
     server_source,
 )
@@ -90,15 +89,10 @@ def _load(source: str, server: str | None, *, strict: bool = True) -> tuple[Work
             return client.workflow(source), client.server
     source = workflow_source(source)
     if not url:
-        return (
-            builtin(source) if source in BUILTIN else Workflow.load(source, strict=strict)
-        ), None
+        return Workflow.load(source, strict=strict), None
     with Client(_config.resolve_server_sync(url)) as client:
         info = client.object_info()
-        if source in BUILTIN:
-            wf = builtin(source)
-        else:
-            wf = Workflow.load(source, object_info=info, strict=strict)
+        wf = Workflow.load(source, object_info=info, strict=strict)
         return wf.with_definitions(info), client.server
 
 

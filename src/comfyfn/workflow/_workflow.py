@@ -95,8 +95,10 @@ class Workflow:
 
         ``strict=False`` keeps UI nodes the definitions do not know (see ``ui_to_api``), for
         inspecting files meant for another server; such a workflow will not validate.
-        ``"blueprint:NAME"`` and ``"template:NAME"`` are served by a ComfyUI server: load them
-        with its client (``Client(url).workflow("blueprint:NAME")``).
+        A built-in name (:data:`~comfyfn.workflow.BUILTIN`: ``"zimage-turbo"``, …) is the
+        built-in workflow, even where a file has that name: this is the one place that tells
+        the two apart. ``"blueprint:NAME"`` and ``"template:NAME"`` are served by a ComfyUI
+        server: load them with its client (``Client(url).workflow("blueprint:NAME")``).
         """
         if isinstance(source, Workflow):
             return source
@@ -106,6 +108,12 @@ class Workflow:
                 f"{source}: a {served[0]} is served by ComfyUI: load it through its server "
                 f"(Client(url).workflow({source!r}); on the CLI --server URL)"
             )
+        from comfyfn.workflow._builtin import BUILTIN, builtin  # (which loads through here)
+
+        if isinstance(source, str) and source in BUILTIN:
+            wf = builtin(source)
+            wf = wf if name is None else replace(wf, name=name)
+            return wf if object_info is None else wf.with_definitions(object_info)
         data, kind = _read(source)
         if (
             name is None
