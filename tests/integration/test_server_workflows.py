@@ -61,6 +61,27 @@ def test_a_core_blueprint_is_listed_bound_by_meaning_and_run(server, unique, tmp
     assert any(":" in node_id for node_id in gen.workflow)  # the subgraph, expanded
 
 
+def test_the_gateway_serves_a_blueprint_under_its_own_name(server, unique):
+    """``serve -w tti=blueprint:NAME`` (and ``comfyfn worker``, ``comfyfn mcp``): the
+    registry loads it from the first server that serves it and types its route."""
+    from comfyfn.gateway.registry import Registry
+
+    name = "Text to Image (Z-Image-Turbo)"
+    registry = Registry()
+    if name not in (listed(server)["blueprint"] or []):
+        with pytest.raises(comfyfn.ComfyError, match="serves no blueprint"):
+            registry.load([("tti", f"blueprint:{name}")], servers=[server])
+        return
+    registry.load([("tti", f"blueprint:{name}")], servers=["http://127.0.0.1:9", server])
+    served = registry.get("tti")
+    assert served is not None and served.workflow.name == "tti"
+    assert {"prompt", "seed", "width", "height"} <= set(served.model.model_fields)
+    bound = served.workflow.bind(prompt="a blueprint served", seed=unique(), width=64, height=64)
+    with comfyfn.Client(server) as c:
+        gen = c.run(bound, steps=2)
+    assert (gen.images[0].width, gen.images[0].height) == (64, 64)
+
+
 def test_inspect_reads_a_blueprint_straight_from_the_server(server):
     done = runner.invoke(
         app,

@@ -66,10 +66,11 @@ def mcp_command(
     served = served_workflows(workflow)
     for _, source in served:
         workflow_source(source)  # a usage error before any server is looked up or started
+    servers = resolve_servers(server)
     registry = Registry()
-    registry.load(served)
+    registry.load(served, servers=servers)
     folder = output or _default_output()
-    backend = LocalBackend(resolve_servers(server), registry, folder)
+    backend = LocalBackend(servers, registry, folder)
     log.info("MCP on stdio; images under %s", folder)
     anyio.run(_serve, backend)
 

@@ -97,7 +97,9 @@ async def _run(settings: GatewaySettings) -> None:
     from comfyfn.gateway.worker import Worker
 
     registry = Registry()
-    registry.load(settings.workflows, max_prompt=settings.max_prompt_chars)
+    registry.load(
+        settings.workflows, max_prompt=settings.max_prompt_chars, servers=settings.servers
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

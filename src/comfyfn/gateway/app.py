@@ -51,7 +51,9 @@ def create_app(
     ``/mcp`` (:mod:`comfyfn.mcp`); None: if the ``mcp`` extra is installed. ``ui``: serve
     the web app at ``/`` (:mod:`comfyfn.gateway.ui`)."""
     registry = Registry()
-    registry.load(settings.workflows, max_prompt=settings.max_prompt_chars)
+    registry.load(
+        settings.workflows, max_prompt=settings.max_prompt_chars, servers=settings.servers
+    )
     runtime = Runtime(
         settings,
         store or Store(settings.db_url),

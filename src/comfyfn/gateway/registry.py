@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -32,18 +32,17 @@ from pydantic import (
     create_model,
 )
 
-from comfyfn.errors import WorkflowInvalid
+from comfyfn.errors import ComfyError, ConfigError, WorkflowInvalid
 from comfyfn.gateway.models import UploadRef
 from comfyfn.workflow import (
-    BUILTIN,
     CONTROL_TYPES,
     ComfyWarning,
     InputImage,
     Param,
     Workflow,
-    builtin,
     parse_loras,
     random_seed,
+    server_source,
 )
 
 __all__ = ["Registry", "Served"]
@@ -224,10 +223,21 @@ class Registry:
         self.served[name] = served
         return served
 
-    def load(self, workflows: Iterable[tuple[str, str]], *, max_prompt: int = 4000) -> None:
-        """Serve each (name, built-in name or workflow file)."""
+    def load(
+        self,
+        workflows: Iterable[tuple[str, str]],
+        *,
+        max_prompt: int = 4000,
+        servers: Sequence[str] = (),
+    ) -> None:
+        """Serve each (name, built-in name, workflow file, or a blueprint or template a
+        ComfyUI server serves: ``blueprint:NAME``, loaded from the first of ``servers`` that
+        gives it)."""
         for name, source in workflows:
-            wf = builtin(source) if source in BUILTIN else Workflow.load(source, name=name)
+            if server_source(source) is None:
+                wf = Workflow.load(source, name=name)
+            else:
+                wf = replace(_served_by(source, servers), name=name)
             self.add(name, wf, max_prompt=max_prompt)
 
     def get(self, name: str) -> Served | None:
@@ -235,3 +245,22 @@ class Registry:
 
     def __iter__(self) -> Iterator[Served]:
         return iter(self.served.values())
+
+
+def _served_by(source: str, servers: Sequence[str]) -> Workflow:
+    """``blueprint:NAME`` / ``template:NAME`` from the first server that serves it. Raises
+    :class:`~comfyfn.ConfigError` without a server, and the last server's error (naming the
+    route or the name) if none gives it."""
+    from comfyfn.client import Client
+
+    if not servers:
+        raise ConfigError(f"{source}: a workflow a ComfyUI server serves needs a --server")
+    error: ComfyError | None = None
+    for url in servers:
+        try:
+            with Client(url) as client:
+                return client.workflow(source)
+        except ComfyError as exc:
+            error = exc
+    assert error is not None
+    raise error
