@@ -15,6 +15,7 @@
     │   ├── GenerationTimeout       the whole-job deadline passed (job cancelled first)
     │   ├── NoOutputs               the job finished but produced no images
     │   └── CorruptOutput           an output image is damaged or has the wrong size
+    ├── OutputUnusable              the output folder (or store) cannot take the outputs
     └── EngineError                 the local engine could not be installed or started
 
 Each error carries its context as attributes (``server``, ``prompt_id``, ``node_id``,
@@ -38,6 +39,7 @@ __all__ = [
     "Interrupted",
     "NoOutputs",
     "NodeProblem",
+    "OutputUnusable",
     "ProtocolError",
     "ServerUnreachable",
     "TransportError",
@@ -247,6 +249,19 @@ class CorruptOutput(GenerationError):
             server=server,
             prompt_id=prompt_id,
         )
+
+
+class OutputUnusable(ComfyError):
+    """The output folder or object store cannot take the outputs: on a full disk,
+    read-only, not writable, holding a manifest that is not one, or a store that refuses
+    writes. Nothing already made is lost; the message says what to do."""
+
+    def __init__(self, message: str, *, folder: str, reason: str) -> None:
+        super().__init__(message)
+        self.folder = folder  #: the folder (or store URL) it names
+        #: ``full``, ``read-only``, ``not-writable``, ``not-a-manifest``, ``manifest``,
+        #: or ``storage``
+        self.reason = reason
 
 
 class EngineError(ComfyError):

@@ -65,7 +65,7 @@ def test_batch_outputs_go_to_s3_and_resume_from_the_state_folder(
 
 
 def test_the_default_state_folder_is_keyed_by_the_url(tmp_path, monkeypatch) -> None:
-    from comfyfn.cli._batch import output_place
+    from comfyfn.batch import output_place
 
     monkeypatch.setenv("COMFYFN_HOME", str(tmp_path))
     folder, storage = output_place("s3://bucket/a/b/", None)

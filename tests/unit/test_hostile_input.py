@@ -358,7 +358,11 @@ def test_output_failures_are_one_sentence_whether_raw_or_wrapped(tmp_path):
     import errno
     import sqlite3
 
-    from comfyfn.cli._batch import output_failure
+    from comfyfn.batch import unusable_output
+
+    def output_failure(exc, out):
+        unusable = unusable_output(exc, out)
+        return None if unusable is None else str(unusable)
 
     out = tmp_path / "out"
     out.mkdir()
@@ -367,17 +371,20 @@ def test_output_failures_are_one_sentence_whether_raw_or_wrapped(tmp_path):
     expected_corrupt = f"the output folder {out} holds a manifest.sqlite that is not a usable"
     for exc in (corrupt, _raised_from(corrupt, ConfigError("cannot use the manifest"))):
         assert output_failure(exc, out).startswith(expected_corrupt)
+        assert unusable_output(exc, out).reason == "not-a-manifest"
     for exc in (
         full,
         OSError(errno.ENOSPC, "No space left on device"),
         ExceptionGroup("tasks", [ValueError("x"), OSError(errno.ENOSPC, "No space left")]),
     ):
         assert output_failure(exc, out).startswith(f"the output folder {out} is on a full disk")
+        assert unusable_output(exc, out).reason == "full"
     read_only = OSError(errno.EROFS, "Read-only file system", str(out / "manifest.lock"))
     assert output_failure(read_only, out) == (
         f"the output folder {out} is read-only (Read-only file system: {out}/manifest.lock); "
         "give a writable folder with -o"
     )
+    assert unusable_output(read_only, out).folder == str(out)
     elsewhere = OSError(errno.EACCES, "Permission denied", str(tmp_path / "rows.csv"))
     assert output_failure(_raised_from(elsewhere, ConfigError("cannot read")), out) is None
     assert output_failure(ConfigError("in use by another comfyfn batch"), out) is None

@@ -17,15 +17,18 @@ from typing import Any
 from comfyfn.batch.jobfile import read_job_file
 from comfyfn.batch.jobs import JobResult
 from comfyfn.batch.manifest import Manifest
+from comfyfn.batch.plan import JobPlan, output_place, plan_job_file
 from comfyfn.batch.queued import BatchRow, QueuedBatch
 from comfyfn.batch.report import Summary, write_report
 from comfyfn.batch.rows import Row, RowError, expand, parse_vary, read_rows
 from comfyfn.batch.runner import Batch, BatchSettings, template_variables
+from comfyfn.batch.unusable import unusable_output
 
 __all__ = [
     "Batch",
     "BatchRow",
     "BatchSettings",
+    "JobPlan",
     "JobResult",
     "Manifest",
     "QueuedBatch",
@@ -35,12 +38,15 @@ __all__ = [
     "amap",
     "expand",
     "map_rows",
+    "output_place",
     "parse_vary",
+    "plan_job_file",
     "read_job_file",
     "read_rows",
     "rows_from",
     "run_batch",
     "template_variables",
+    "unusable_output",
     "write_report",
 ]
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import errno
-import hashlib
-import os
 import signal
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,22 +18,10 @@ from comfyfn.batch import (
     BatchSettings,
     Row,
     RowError,
-    expand,
-    parse_vary,
-    read_job_file,
-    read_rows,
-    template_variables,
+    output_place,
+    plan_job_file,
+    unusable_output,
     write_report,
-)
-from comfyfn.batch.jobs import FOLDER
-from comfyfn.batch.rows import (
-    RawRows,
-    count_rows,
-    csv_columns,
-    prompt_placeholders,
-    template_fields,
-    template_problem,
-    variation_problem,
 )
 from comfyfn.cli._batch_queue import (
     CONTROLS,
@@ -62,7 +47,6 @@ from comfyfn.cli._gateway import require_extras
 from comfyfn.cli._progress import BatchProgress
 from comfyfn.errors import ConfigError
 from comfyfn.storage import Storage, StorageError
-from comfyfn.workflow import MEANINGS
 
 Prime = Annotated[
     int | None,
@@ -119,10 +103,10 @@ def execute(
             raise typer.Exit(130)
         summary, sheet = write_report(batch, counted)
     except (OSError, sqlite3.DatabaseError, ConfigError, StorageError, ExceptionGroup) as exc:
-        message = output_failure(exc, output)
-        if message is None:
+        unusable = unusable_output(exc, output)
+        if unusable is None:
             raise
-        err.print(f"[red]error:[/red] {esc(message)}", highlight=False)
+        err.print(f"[red]error:[/red] {esc(unusable)}", highlight=False)
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(summary.to_json())
@@ -215,80 +199,6 @@ class _signals:
                 self.loop.remove_signal_handler(sig)
 
 
-# -- the output folder cannot be used: one sentence, exit 2 -------------------------------------
-
-_DISK_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
-
-
-def output_failure(exc: BaseException, output: Path) -> str | None:
-    """One sentence naming the folder when ``exc`` (or what caused it) means the output folder
-    or its manifest cannot be used: not SQLite, read-only, not writable, full. None for any
-    other error. Works on the raw sqlite3/OSError and on a ComfyError raised from one; an
-    object store's failure (it names the store) is one too."""
-    for cause in _chain(exc):
-        if isinstance(cause, StorageError):
-            return f"the outputs cannot be stored: {cause}"
-        if isinstance(cause, sqlite3.DatabaseError):
-            return _sqlite_failure(cause, output)
-        if isinstance(cause, OSError) and cause.errno in _DISK_ERRNOS:
-            name = cause.filename
-            if name is None or _inside(Path(os.fsdecode(name)), output):
-                return _disk_failure(cause.errno, _detail(cause), output)
-    return None
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        item = todo.pop(0)
-        if item is None or id(item) in seen:
-            continue
-        seen.add(id(item))
-        yield item
-        if isinstance(item, BaseExceptionGroup):
-            todo.extend(item.exceptions)
-        todo += [item.__cause__, item.__context__]
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        return path.absolute().is_relative_to(folder.absolute())
-    except (OSError, ValueError):
-        return False
-
-
-def _detail(exc: OSError) -> str:
-    name = f": {os.fsdecode(exc.filename)}" if exc.filename is not None else ""
-    return f"{exc.strerror or exc}{name}"
-
-
-def _sqlite_failure(exc: sqlite3.DatabaseError, output: Path) -> str:
-    code, text = getattr(exc, "sqlite_errorname", None) or "", str(exc)
-    if code == "SQLITE_FULL" or "disk is full" in text:
-        return _disk_failure(errno.ENOSPC, text, output)
-    if code.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")) or "unable to open" in text:
-        read_only = not (output.is_dir() and os.access(output, os.W_OK))
-        return _disk_failure(errno.EROFS if read_only else errno.EACCES, text, output)
-    if code.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or "not a database" in text:
-        return (
-            f"the output folder {output} holds a manifest.sqlite that is not a usable comfyfn "
-            f"manifest ({exc}); move it away or give another folder with -o"
-        )
-    return f"cannot use the manifest in the output folder {output} ({exc})"
-
-
-def _disk_failure(code: int | None, detail: str, output: Path) -> str:
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return (
-            f"the output folder {output} is on a full disk ({detail}); free some space, "
-            "then run the same command again to resume"
-        )
-    if code == errno.EROFS:
-        return f"the output folder {output} is read-only ({detail}); give a writable folder with -o"
-    return f"the output folder {output} is not writable ({detail}); give a writable folder with -o"
-
-
 def resolve_servers(servers: list[str] | None) -> list[str]:
     return [server_url(s) for s in servers] if servers else [server_url(None)]
 
@@ -309,26 +219,6 @@ StatusEvery = Annotated[
         "seconds without a line (0: only a line per finished row).",
     ),
 ]
-
-
-def output_place(output: str, state: Path | None) -> tuple[Path, Storage | None]:
-    """The local folder of the manifest and report, and the object store of the images
-    (None: they go to that folder). ``-o s3://bucket/prefix`` keeps the manifest in
-    ``state``, by default a folder in the comfyfn home named after the URL, so the same
-    command resumes from anywhere on this machine."""
-    if not output.startswith("s3://"):
-        if state is not None:
-            raise ConfigError("--state is for -o s3://…; an output folder keeps its own manifest")
-        return Path(output), None
-    from comfyfn.storage import open_storage, parse_s3_url
-
-    bucket, prefix = parse_s3_url(output)
-    if state is None:
-        from comfyfn.engine.install import engine_home
-
-        name = hashlib.sha256(f"s3://{bucket}/{prefix}".encode()).hexdigest()[:16]
-        state = engine_home() / "batches" / name
-    return state, open_storage(output)
 
 
 def batch_command(
@@ -404,52 +294,25 @@ def batch_command(
         following = QueuedRun(db, name, output, as_json=as_json, status_every=status_every)
         run_queued(following, state, None, None)
         return
-    path = Path(source)
     folder, storage = output_place(output, state)
-    chosen: str | dict[str, Any] | None = workflow
-    if path.suffix.lower() in (".yaml", ".yml"):
-        job = read_job_file(path)
-        raw, job_vary = job["rows"], job["vary"]
-        template = template or job.get("template")
-        chosen = workflow or job.get("workflow")
-        prime = job.get("prime", prime)
-        defaults = job.get("defaults")
-        total = job["total"]
-        columns = list(defaults or ())
-    else:
-        total = count_rows(path)  # a file unreadable mid-way fails before anything runs
-        raw, job_vary, defaults = read_rows(path), [], None
-        _check_header(path, template)
-        columns = csv_columns(path) or []
-    if total == 0:
-        raise ConfigError(f"{path}: no rows to run (see examples/ for the formats)")
-    # input images named by relative paths are read from the job file's folder
-    defaults = {FOLDER: str(path.parent.resolve()), **(defaults or {})}
-    if chosen is None and "image" in columns:
-        chosen = "zimage-edit"  # as generate(image=...) does
-    if template is not None and (problem := template_problem(template)):
-        raise ConfigError(f"--template {template!r}: {problem}")
-    varies = job_vary + [parse_vary(v) for v in vary or ()]
-    _check_variations([n for n, _ in varies], template, lambda: _reread(path), defaults)
-    if isinstance(chosen, str):
-        chosen = workflow_source(chosen)
-    combos = 1
-    for _, values in varies:
-        combos *= len(values)
+    plan = plan_job_file(
+        source, workflow=workflow, template=template, vary=vary or (), prime=prime
+    )
+    chosen = workflow_source(plan.workflow) if isinstance(plan.workflow, str) else plan.workflow
     settings = BatchSettings(
-        prime=prime,
+        prime=plan.prime,
         retries=retries,
         job_timeout=job_timeout,
         http_timeout=http_timeout,
-        variables=template_variables(template, [n for n, _ in varies]),
+        variables=plan.variables,
         comfy_org_key=comfy_org_key,
     )
-    rows = expand(raw, vary=varies, template=template, defaults=defaults)
+    rows = plan.rows
     if db is not None:
         queued = QueuedRun(db, name, output, rows=rows, workflow=chosen or "zimage-turbo")
-        queued.total, queued.variables = total * combos, settings.variables
+        queued.total, queued.variables = plan.total, settings.variables
         queued.as_json, queued.status_every = as_json, status_every
-        run_queued(queued, state, path, server if work else None)
+        run_queued(queued, state, Path(source), server if work else None)
         return
     if storage is not None:
         err.print(f"images to {esc(output)}; manifest and report in {esc(folder)}", highlight=False)
@@ -462,52 +325,9 @@ def batch_command(
         servers,
         workflow=chosen or "zimage-turbo",
         settings=settings,
-        total=total * combos,
+        total=plan.total,
         as_json=as_json,
         on_interrupt=on_interrupt,
         status_every=status_every,
         storage=storage,
     )
-
-
-def _check_variations(
-    names: list[str],
-    template: str | None,
-    rows: Callable[[], RawRows],
-    defaults: dict[str, Any],
-) -> None:
-    """A variation nothing uses (neither a workflow parameter nor a placeholder of the
-    template or, without one, of any row's prompt) is a usage error naming it, before
-    anything runs: every combination would be the same job. The rows are read again only
-    for a name that is not a parameter."""
-    if all(variation_problem(name, ()) is None for name in names):
-        return
-    if template is not None:
-        placeholders = set(template_fields(template))
-    else:
-        placeholders = prompt_placeholders(rows(), names, defaults)
-    for name in names:
-        if (problem := variation_problem(name, placeholders)) is not None:
-            raise ConfigError(f"--vary {name}: {problem}")
-
-
-def _reread(source: Path) -> RawRows:
-    """The input rows of ``source`` from the start, as :func:`batch_command` read them."""
-    if source.suffix.lower() in (".yaml", ".yml"):
-        return read_job_file(source)["rows"]
-    return read_rows(source)
-
-
-def _check_header(source: Path, template: str | None) -> None:
-    """A CSV's first line must name workflow parameters (or, with --template, its columns):
-    a list of topics given to ``batch`` would otherwise make rows of nothing."""
-    columns = csv_columns(source)
-    if columns is None or template is not None:
-        return
-    if not any(c in MEANINGS or "." in c for c in columns):
-        first = ",".join(columns)[:80]
-        raise ConfigError(
-            f"{source}: its first line ({first}) names no workflow parameter; a CSV starts "
-            "with a header such as prompt,seed,width,height (see examples/prompts.csv). "
-            "For one topic per line, use comfyfn recipe run"
-        )

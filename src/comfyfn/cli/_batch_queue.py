@@ -91,8 +91,9 @@ def run_queued(
     outputs' place as every machine reads it (an absolute folder, or the s3 URL); the
     report's folder (-o, or --state for s3, as a batch run); with ``work_on`` (a list, maybe
     empty: the local engine) a worker here."""
+    from comfyfn.batch import output_place
     from comfyfn.batch.queued import batch_name, load_workflow
-    from comfyfn.cli._batch import output_place, resolve_servers
+    from comfyfn.cli._batch import resolve_servers
 
     run.folder, _ = output_place(run.output, state)
     if not run.output.startswith("s3://"):
