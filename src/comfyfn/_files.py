@@ -13,7 +13,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["current_umask", "fsync_directory", "write_atomic"]
+__all__ = ["current_umask", "fsync_directory", "ready_folder", "write_atomic"]
 
 _umask_lock = threading.Lock()
 
@@ -79,3 +79,29 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, durable: bo
     if durable:
         fsync_directory(target.parent)
     return target
+
+
+def ready_folder(folder: str | os.PathLike[str]) -> Path:
+    """``folder``, made if missing and checked writable (a file created and removed there),
+    before anything is made for it; :class:`~comfyfn.errors.OutputUnusable` saying why not
+    (a file in the way, read-only, not writable, full)."""
+    from comfyfn.errors import OutputUnusable
+
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except FileExistsError as exc:
+        message = f"the output folder {path} cannot be made: {exc.filename or path} is a file"
+        raise OutputUnusable(message, folder=str(path), reason="not-a-folder") from exc
+    except NotADirectoryError as exc:
+        message = f"the output folder {path} cannot be made: part of its path is a file"
+        raise OutputUnusable(message, folder=str(path), reason="not-a-folder") from exc
+    except OSError as exc:
+        reason = {errno.EROFS: "read-only", errno.ENOSPC: "full", errno.EDQUOT: "full"}
+        why = reason.get(exc.errno or 0, "not-writable")
+        detail = exc.strerror or str(exc)
+        message = f"the output folder {path} is {why.replace('-', ' ')} ({detail})"
+        raise OutputUnusable(message, folder=str(path), reason=why) from exc
+    return path

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from comfyfn._files import ready_folder
 from comfyfn.cli._batch import batch_command
 from comfyfn.cli._common import (
     DEBUG,
@@ -199,6 +200,7 @@ def generate(
     source = workflow_source(workflow if workflow is not None else default_workflow(given))
     if source in BUILTIN:  # a usage error before any server is looked up or started
         _require_prompt(builtin(source), given | parse_params(builtin(source), param or []))
+    ready_folder(output)  # before the job: an image made for a folder it cannot go to is lost
     url = server_url(server)
     client = Client(url, comfy_org_key=comfy_org_key)
     with sigterm_as_ctrl_c(), warnings_once(), client:

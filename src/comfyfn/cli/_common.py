@@ -25,7 +25,7 @@ from typer.core import TyperGroup
 
 from comfyfn.client import _config
 from comfyfn.engine import Engine
-from comfyfn.errors import ComfyError, ConfigError, WorkflowInvalid
+from comfyfn.errors import ComfyError, ConfigError, OutputUnusable, WorkflowInvalid
 from comfyfn.workflow import BUILTIN, server_source
 
 DEBUG_ENV = "COMFYFN_DEBUG"
@@ -87,7 +87,7 @@ EngineName = Annotated[
 
 def exit_code(exc: BaseException) -> int:
     """2 for what the user can fix in the command (options, files, workflows), else 1."""
-    return 2 if isinstance(exc, ConfigError | WorkflowInvalid | OSError) else 1
+    return 2 if isinstance(exc, ConfigError | WorkflowInvalid | OutputUnusable | OSError) else 1
 
 
 def sentence(exc: BaseException) -> str:
