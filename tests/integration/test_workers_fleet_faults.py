@@ -218,11 +218,6 @@ def test_a_follower_lives_through_a_postgres_partition(postgres, tmp_path):
     assert sorted(int(r["row"]) for r in results(out)) == [1, 2, 3, 4]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a store that cannot be reached when `comfyfn worker` or `comfyfn batch --db` "
-    "starts ends it with 'unexpected OperationalError … a bug in comfyfn' and SQLAlchemy's text",
-)
 @pytest.mark.parametrize("command", ["worker", "batch"])
 def test_an_unreachable_store_at_start_is_a_clear_error(command, tmp_path):
     db = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/comfyfn"  # nothing listens

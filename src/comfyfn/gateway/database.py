@@ -31,12 +31,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from comfyfn.errors import ConfigError
+from comfyfn.errors import ComfyError, ConfigError
 
-__all__ = ["SQLITE_BUSY_TIMEOUT", "Database", "SchemaTooNew", "head_revision", "unavailable"]
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT",
+    "Database",
+    "SchemaTooNew",
+    "StoreUnreachable",
+    "head_revision",
+    "unavailable",
+]
 
 SQLITE_BUSY_TIMEOUT = 30.0  #: seconds a SQLite writer waits for the database lock by default
 _PG_INIT_LOCK = 0x63666E5F73746F72  # pg_advisory_xact_lock key for migrations ("cfn_stor")
@@ -58,6 +65,14 @@ log = logging.getLogger("comfyfn.gateway")
 
 class SchemaTooNew(ConfigError):
     """The database's schema is newer than this comfyfn knows: refuse to touch it."""
+
+
+class StoreUnreachable(ComfyError):
+    """The job store could not be reached (or opened) when it was first opened."""
+
+    def __init__(self, message: str, *, where: str) -> None:
+        super().__init__(message)
+        self.where = where  #: host:port/database (never the password), or the SQLite file
 
 
 def _script() -> Any:
@@ -99,7 +114,13 @@ class Database:
             self.engine = self._sqlite_engine(url, parsed.database)
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
-        self._create_schema()
+        try:
+            self._create_schema()
+        except sa_exc.SQLAlchemyError as exc:
+            self.engine.dispose()
+            if not unavailable(exc):
+                raise
+            raise _unreachable(parsed, exc) from None
 
     def _sqlite_engine(self, url: str, database: str | None) -> Engine:
         memory = not database or database == ":memory:" or "mode=memory" in url
@@ -179,6 +200,17 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _unreachable(url: URL, exc: sa_exc.SQLAlchemyError) -> StoreUnreachable:
+    """The error that says which store could not be reached, and why, in one line."""
+    if url.get_backend_name() == "sqlite":
+        where = url.database or ":memory:"
+    else:
+        where = f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+    cause = getattr(exc, "orig", None) or exc
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+    return StoreUnreachable(f"cannot reach the job store at {where}: {reason}", where=where)
 
 
 def _adopt_unversioned(conn: Connection) -> None:
