@@ -24,7 +24,7 @@ from comfyfn.client._http import HttpSession
 from comfyfn.client._lookup import accepted, cancel, get_entry, get_queue, queue_position
 from comfyfn.client._outputs import fetch_outputs
 from comfyfn.client._rejection import workflow_invalid_from_response
-from comfyfn.client._socket import LOST, PROBE, EventSocket
+from comfyfn.client._socket import JOB_TAG, LOST, PROBE, EventSocket
 from comfyfn.errors import (
     ConfigError,
     GenerationTimeout,
@@ -143,7 +143,8 @@ async def post_prompt(
         "prompt": graph,
         "client_id": settings.client_id,
         "prompt_id": prompt_id,
-        "extra_data": dict(settings.extra_data),
+        # tagged with our job id: servers that echo it let the socket drop others' events
+        "extra_data": {**settings.extra_data, "metadata": {JOB_TAG: prompt_id}},
     }
     lost = unreadable = 0
     while True:
@@ -179,7 +180,7 @@ async def _post_once(session: HttpSession, payload: dict[str, Any]) -> int | Pro
     """One POST /prompt: the queue number ComfyUI gave (None if it gave none), or the
     ProtocolError of an answer that is not ComfyUI's (not JSON, no ``prompt_id``); a
     rejection raises WorkflowInvalid, another error status HTTPStatusError."""
-    response = await session.client.post("/prompt", json=payload)
+    response = await session.client.post(session.url("/prompt"), json=payload)
     if response.status_code == 400:
         try:
             body: Any = response.json()
@@ -305,10 +306,9 @@ class _Watch:
         self, subscription: Subscription, remaining: float | None
     ) -> list[Event | Done]:
         interval = self.settings.check_interval
-        try:
-            item = await asyncio.wait_for(
-                subscription.get(), interval if remaining is None else min(remaining, interval)
-            )
+        try:  # asyncio.timeout: wait_for would make a task per message
+            async with asyncio.timeout(interval if remaining is None else min(remaining, interval)):
+                item = await subscription.get()
         except TimeoutError:
             item = PROBE
         if item is LOST:

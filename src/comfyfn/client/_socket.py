@@ -27,12 +27,17 @@ from websockets.exceptions import WebSocketException
 from comfyfn.client._credentials import Credentials
 from comfyfn.events import BinaryFrame, parse_binary_frame
 
-__all__ = ["LOST", "PROBE", "EventSocket"]
+__all__ = ["JOB_TAG", "LOST", "PROBE", "EventSocket"]
 
 log = logging.getLogger("comfyfn")
 
 LOST = object()  #: the socket dropped; poll instead
 PROBE = object()  #: something changed locally (e.g. a cancel): check the server now
+
+#: The key of the comfyfn job id (the prompt id we chose) in a prompt's
+#: ``extra_data["metadata"]``, which newer servers echo as ``data["metadata"]`` in every
+#: event of that prompt.
+JOB_TAG = "comfyfn_job"
 
 _FEATURES = json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
 
@@ -122,6 +127,7 @@ class EventSocket:
             additional_headers=credentials.http_headers(),
             max_size=None,
             open_timeout=None,
+            compression=None,  # small JSON messages: deflating them costs both ends more CPU
             logger=_Redacting(logger, credentials) if credentials else logger,
         )
 
@@ -186,6 +192,9 @@ class EventSocket:
                 subscriber.put_nowait(message)
             return
         prompt_id = data.get("prompt_id")
+        if _names_another_job(data, prompt_id):
+            log.debug("ignoring a websocket message tagged for another job: %.80s", raw)
+            return
         if message.get("type") == "executing":
             self._running_prompt = prompt_id if data.get("node") is not None else None
         if prompt_id is not None and (queue := self._subs.get(prompt_id)) is not None:
@@ -198,3 +207,11 @@ class EventSocket:
         prompt_id = frame.prompt_id or self._running_prompt
         if prompt_id is not None and (queue := self._subs.get(prompt_id)) is not None:
             queue.put_nowait(frame)
+
+
+def _names_another_job(data: dict[str, Any], prompt_id: object) -> bool:
+    """Whether the message's echoed metadata (newer servers) names a comfyfn job other than
+    its prompt: then it is not ours. Without the echo, or without our tag in it (metadata
+    another client set), the prompt id alone decides, as on every server."""
+    metadata = data.get("metadata")
+    return isinstance(metadata, dict) and JOB_TAG in metadata and metadata[JOB_TAG] != prompt_id
