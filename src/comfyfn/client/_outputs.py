@@ -20,7 +20,7 @@ import mimetypes
 from collections.abc import Mapping
 from typing import Any
 
-from comfyfn.client._http import HttpSession, retrying, transient
+from comfyfn.client._http import HttpSession, retried, transient
 from comfyfn.errors import CorruptOutput
 from comfyfn.events import BinaryFrame
 from comfyfn.result import Image, Output, image_problem
@@ -38,6 +38,16 @@ class _Damaged(Exception):
 
 
 _DECODABLE = (".png", ".jpg", ".jpeg", ".webp")
+#: bodies up to this size are decoded on the event loop: a thread costs more than they do
+_DECODED_INLINE = 16 * 1024
+
+
+async def _image_problem(data: bytes) -> str | None:
+    """What keeps ``data`` from decoding (None: it decodes); a large image in a thread
+    (~15 ms per 1 MP), so the event loop goes on meanwhile."""
+    if len(data) <= _DECODED_INLINE:
+        return image_problem(data)
+    return await asyncio.to_thread(image_problem, data)
 
 
 def _must_decode(filename: str, data: bytes) -> bool:
@@ -93,23 +103,26 @@ async def _view(
         "type": str(ref.get("type") or "output"),
     }
     attempts = 0
+
+    async def fetch() -> bytes:
+        nonlocal attempts
+        attempts += 1
+        data, problem = await session.download("/view", params=params)
+        if problem is None and decode and _must_decode(params["filename"], data):
+            bad = await _image_problem(data)
+            problem = f"the body {bad}" if bad else None
+        if problem:
+            log.debug("output %s of %s is damaged: %s", params["filename"], prompt_id, problem)
+            raise _Damaged(problem)
+        return data
+
     try:
-        async for attempt in retrying(
+        data = await retried(
             session.retries,
             f"GET /view {params['filename']}",
+            fetch,
             on=lambda exc: transient(exc) or isinstance(exc, _Damaged),
-        ):
-            with attempt:
-                attempts += 1
-                data, problem = await session.download("/view", params=params)
-                if problem is None and decode and _must_decode(params["filename"], data):
-                    bad = await asyncio.to_thread(image_problem, data)  # ~15 ms per 1 MP
-                    problem = f"the body {bad}" if bad else None
-                if problem:
-                    log.debug(
-                        "output %s of %s is damaged: %s", params["filename"], prompt_id, problem
-                    )
-                    raise _Damaged(problem)
+        )
     except _Damaged as exc:
         times = "once" if attempts == 1 else f"{attempts} times"
         raise CorruptOutput(

@@ -14,7 +14,7 @@ import hashlib
 from collections import OrderedDict
 from typing import Any
 
-from comfyfn.client._http import HttpSession, retrying
+from comfyfn.client._http import HttpSession, retried
 
 __all__ = ["KEPT", "fetch_definitions"]
 
@@ -29,14 +29,19 @@ async def fetch_definitions(session: HttpSession) -> dict[str, Any]:
     ProtocolError naming the route.
     """
     path = "/object_info"
-    async for attempt in retrying(session.retries, f"GET {path}"):
-        with attempt:
-            response = await session.send("GET", path)
-            key = hashlib.blake2b(response.content, digest_size=16).digest()
-            if (known := _definitions.get(key)) is not None:
-                _definitions.move_to_end(key)
-                return known
-            data = session.decode_json("GET", path, response)
+
+    async def get() -> tuple[bytes, Any]:
+        """The answer's key, and the definitions parsed already for it (else its JSON)."""
+        response = await session.send("GET", path)
+        key = hashlib.blake2b(response.content, digest_size=16).digest()
+        known = _definitions.get(key)
+        return key, known if known is not None else session.decode_json("GET", path, response)
+
+    key, data = await retried(session.retries, f"GET {path}", get)
+    if key in _definitions:
+        _definitions.move_to_end(key)
+        shared: dict[str, Any] = data
+        return shared
     parsed: dict[str, Any] = session.check_type("GET", path, data, dict)
     _definitions[key] = parsed
     while len(_definitions) > KEPT:
