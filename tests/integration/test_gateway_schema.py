@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 import schemathesis
 from gateway_proc import Gateway, make_key
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import positive_data_acceptance
 
 pytestmark = pytest.mark.engine
@@ -43,7 +45,11 @@ def test_api_conforms_to_its_schema(live):
 
         @given(case=operation.as_strategy())
         @settings(
-            max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), database=None
+            max_examples=8,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+            phases=[Phase.explicit, Phase.generate],  # no shrinking: each call is a live one
         )
         def check(case):
             shrink(case)
@@ -57,8 +63,15 @@ def test_api_conforms_to_its_schema(live):
         try:
             check()
         except Exception as exc:  # collect every operation's failure, then report them all
-            failures.append(f"{operation.label}: {exc}")
+            failures.append(f"{operation.label}: {_described(exc)}")
     assert not failures, "\n\n".join(failures)
+
+
+def _described(exc: BaseException) -> str:
+    """The failure and, of a group (several failures of one operation), each of its own."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "\n".join(_described(sub) for sub in exc.exceptions)
+    return str(exc)
 
 
 def shrink(case):
@@ -73,3 +86,42 @@ def shrink(case):
             _small(params)
     elif case.path.startswith("/v1/workflows/"):
         _small(case.body)
+
+
+def test_each_typed_answer_is_checked_against_the_schema(live):
+    """One request of each kind that succeeds, its answer put through every default check
+    (the response schema's among them): each 2xx body is what the document says — a job
+    queued, streamed to its end, finished (its outputs' types and sizes), a stored file,
+    images as URLs and as base64, a workflow route's job, an upload."""
+    schema = schemathesis.openapi.from_url(f"{live.url}/openapi.json")
+    small = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 2, "batch_size": 1}
+
+    def call(label, **parts):
+        operation = schema.find_operation_by_label(label)
+        checks = schema.config.checks_config_for(operation=operation, phase=None)
+        assert checks.response_schema_conformance.enabled, label
+        response = operation.Case(**parts).call_and_validate(
+            headers={"Authorization": f"Bearer {live.key}"}
+        )
+        assert 200 <= response.status_code < 300, (label, response.status_code, response.text)
+        return response
+
+    for label in ("GET /healthz", "GET /readyz", "GET /v1/models"):
+        call(label)
+    job = call("POST /v1/jobs", body={"workflow": "zimage-turbo", "params": small}).json()
+    ids = {"job_id": job["id"]}
+    call("GET /v1/jobs/{job_id}/events", path_parameters=ids)  # ends when the job does
+    done = call("GET /v1/jobs/{job_id}", path_parameters=ids).json()
+    assert done["state"] == "succeeded" and done["outputs"], done
+    assert {"content_type", "size"} <= set(done["outputs"][0]), done
+    assert call("DELETE /v1/jobs/{job_id}", path_parameters=ids).json() == done
+    file_id, query = done["outputs"][0]["url"].split("/v1/files/")[1].split("?")
+    signed = dict(part.split("=", 1) for part in query.split("&"))
+    png = call("GET /v1/files/{file_id}", path_parameters={"file_id": file_id}, query=signed)
+    for response_format in ("url", "b64_json"):
+        body = {"prompt": "a red fox", "size": "64x64", "steps": 2}
+        call("POST /v1/images/generations", body={**body, "response_format": response_format})
+    call("POST /v1/workflows/zimage-turbo/jobs", body=small)
+    b64 = base64.b64encode(png.content).decode()
+    upload = call("POST /v1/uploads", body={"b64_json": b64}, media_type="application/json")
+    assert upload.json()["width"] == 64

@@ -27,13 +27,27 @@ router = APIRouter(tags=["files"])
 log = logging.getLogger("comfyfn.gateway")
 
 _CACHE = "private, max-age=3600"
+#: what an output can be: a still image first, else an animated image, video, audio or text
+_MEDIA_TYPES = (
+    "image/png",
+    "image/*",
+    "video/*",
+    "audio/*",
+    "text/plain",
+    "application/octet-stream",
+)
 
 
 @router.get(
     "/v1/files/{file_id}",
     response_class=Response,
     responses={
-        200: {"content": {"image/png": {}, "application/octet-stream": {}}},
+        200: {
+            "description": "The file's bytes, served as its media type",
+            "content": {
+                kind: {"schema": {"type": "string", "format": "binary"}} for kind in _MEDIA_TYPES
+            },
+        },
         304: {"description": "Unchanged"},
         307: {"description": "Redirect to a presigned URL of the object store"},
     },

@@ -26,7 +26,6 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Header, Request
 from sqlalchemy.exc import SQLAlchemyError
@@ -45,6 +44,7 @@ from comfyfn.gateway.jobs import (
     wait_cancelled,
 )
 from comfyfn.gateway.models import JobRequest
+from comfyfn.gateway.responses import JobObject, JobStreamEvent
 from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.schema import TERMINAL, JobRecord
 
@@ -72,6 +72,12 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
+def job_view(runtime: Runtime, job: JobRecord, base: str) -> JobObject:
+    """The job as a caller sees it (:func:`~comfyfn.gateway.jobs.job_json`), typed; ``base``:
+    the gateway's URL, for its outputs' signed URLs."""
+    return JobObject.model_validate(job_json(runtime, job, base))
+
+
 @router.post("/v1/jobs", status_code=202)
 async def post_job(
     body: JobRequest,
@@ -79,7 +85,7 @@ async def post_job(
     runtime: RuntimeDep,
     key: ApiKey,
     idempotency_key: str | None = Header(None, max_length=200),
-) -> dict[str, Any]:
+) -> JobObject:
     if body.priority > key.max_priority:
         raise ApiError(
             422,
@@ -96,30 +102,31 @@ async def post_job(
         idempotency_key,
         priority=body.priority,
     )
-    return job_json(runtime, job, base_url(request))
+    return job_view(runtime, job, base_url(request))
 
 
 @router.get("/v1/jobs/{job_id}")
-async def get_job(
-    job_id: str, request: Request, runtime: RuntimeDep, key: ApiKey
-) -> dict[str, Any]:
-    return job_json(runtime, await own_job(runtime, job_id, key), base_url(request))
+async def get_job(job_id: str, request: Request, runtime: RuntimeDep, key: ApiKey) -> JobObject:
+    return job_view(runtime, await own_job(runtime, job_id, key), base_url(request))
 
 
 @router.delete("/v1/jobs/{job_id}")
-async def delete_job(
-    job_id: str, request: Request, runtime: RuntimeDep, key: ApiKey
-) -> dict[str, Any]:
+async def delete_job(job_id: str, request: Request, runtime: RuntimeDep, key: ApiKey) -> JobObject:
     job = await own_job(runtime, job_id, key)
     if job.state not in TERMINAL:
         job = await wait_cancelled(runtime, job)
-    return job_json(runtime, job, base_url(request))
+    return job_view(runtime, job, base_url(request))
 
 
 @router.get(
     "/v1/jobs/{job_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {
+            "description": "The job's server-sent events, until it is final",
+            "content": {"text/event-stream": {"schema": JobStreamEvent.model_json_schema()}},
+        }
+    },
 )
 async def job_events(
     job_id: str,
@@ -139,7 +146,7 @@ async def job_events(
 def _state_event(
     runtime: Runtime, job: JobRecord, position: int | None, base: str, event_id: str
 ) -> ServerSentEvent:
-    data = job_json(runtime, job, base)
+    data = job_view(runtime, job, base).model_dump(mode="json")
     if position is not None:
         data["position"] = position
     kind = "progress" if job.state == "running" else job.state

@@ -36,6 +36,7 @@ from comfyfn.gateway.jobs import (
 )
 from comfyfn.gateway.models import EditsRequest, ImagesRequest, text_problem
 from comfyfn.gateway.registry import Served
+from comfyfn.gateway.responses import Base64Image, ImagesResponse, ModelList, ServedModel, UrlImage
 from comfyfn.gateway.routes.uploads import image_params, read_request
 from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.schema import JobRecord, KeyRecord
@@ -47,20 +48,14 @@ _OPENAI_PARAM = {"width": "size", "height": "size", "batch_size": "n"}
 
 
 @router.get("/v1/models")
-async def models(runtime: RuntimeDep, _: ApiKey) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [
-            {"id": s.name, "object": "model", "created": 0, "owned_by": "comfyfn"}
-            for s in runtime.registry
-        ],
-    }
+async def models(runtime: RuntimeDep, _: ApiKey) -> ModelList:
+    return ModelList(data=[ServedModel(id=served.name) for served in runtime.registry])
 
 
 @router.post("/v1/images/generations")
 async def images(
     body: ImagesRequest, request: Request, runtime: RuntimeDep, key: ApiKey
-) -> dict[str, Any]:
+) -> ImagesResponse:
     params = _job_params(runtime, body)
     job = await _create(runtime, key, body.model, params)
     return await _answer(runtime, request, [job], body.response_format, body.prompt)
@@ -94,7 +89,7 @@ _EDITS_FORM["properties"] = {
         }
     },
 )
-async def edits(request: Request, runtime: RuntimeDep, key: ApiKey) -> dict[str, Any]:
+async def edits(request: Request, runtime: RuntimeDep, key: ApiKey) -> ImagesResponse:
     fields, files = await read_request(request)
     images: dict[str, str | bytes] = {}
     for name in ("image", "mask"):  # a file part, or a text: an upload id, a URL, base64
@@ -158,14 +153,14 @@ async def _answer(
     response_format: str,
     prompt: str,
     loaders: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
+) -> ImagesResponse:
     """Wait for the jobs; their images, as base64 or signed URLs. ``loaders``: the image
     parameter each input image node loads (a failure there is the image's fault)."""
     b64 = response_format == "b64_json"
     updates = await asyncio.gather(
         *(wait_final(runtime, job, request.is_disconnected, images_suffice=b64) for job in jobs)
     )
-    data: list[dict[str, Any]] = []
+    data: list[UrlImage | Base64Image] = []
     base_url = str(request.base_url).rstrip("/")
     for update in updates:
         job = update.job
@@ -188,15 +183,15 @@ async def _answer(
             )
         if b64:
             data += [
-                {"b64_json": base64.b64encode(raw).decode(), "revised_prompt": prompt}
+                Base64Image(b64_json=base64.b64encode(raw).decode(), revised_prompt=prompt)
                 for raw in await output_bytes(runtime, update)
             ]
         else:
             data += [
-                {"url": file_url(runtime, base_url, record.id), "revised_prompt": prompt}
+                UrlImage(url=file_url(runtime, base_url, record.id), revised_prompt=prompt)
                 for record in await output_records(runtime, update)
             ]
-    return {"created": int(jobs[0].created_at), "data": data}
+    return ImagesResponse(created=int(jobs[0].created_at), data=data)
 
 
 def _job_params(runtime: Runtime, body: ImagesRequest | EditsRequest) -> dict[str, Any]:

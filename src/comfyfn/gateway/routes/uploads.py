@@ -17,6 +17,7 @@ from comfyfn.gateway.dependencies import ApiKey, RuntimeDep
 from comfyfn.gateway.errors import ApiError
 from comfyfn.gateway.models import UploadRequest
 from comfyfn.gateway.registry import Served
+from comfyfn.gateway.responses import UploadInfo
 from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.schema import KeyRecord
 from comfyfn.gateway.settings import pixel_problem
@@ -78,7 +79,7 @@ _UPLOAD_BODY = request_body(
 
 
 @router.post("/v1/uploads", status_code=201, openapi_extra=_UPLOAD_BODY)
-async def create_upload(request: Request, runtime: RuntimeDep, key: ApiKey) -> dict[str, Any]:
+async def create_upload(request: Request, runtime: RuntimeDep, key: ApiKey) -> UploadInfo:
     """Store an input image for this key; the same bytes always give the same id."""
     fields, files = await read_request(request)
     limits = upload_limits(runtime.settings)
@@ -103,7 +104,7 @@ async def create_upload(request: Request, runtime: RuntimeDep, key: ApiKey) -> d
         upload = await store_image(runtime.storage, key.id, data, param, limits)
     except (UploadRefused, UploadMissing, StorageError) as exc:
         raise image_error(exc, 422) from None
-    return upload.json()
+    return UploadInfo.model_validate(upload.json())
 
 
 async def read_request(request: Request) -> tuple[dict[str, Any], dict[str, list[bytes]]]:

@@ -17,8 +17,10 @@ from pydantic import BaseModel, ValidationError
 
 from comfyfn.gateway.dependencies import ApiKey, RuntimeDep
 from comfyfn.gateway.errors import ApiError
-from comfyfn.gateway.jobs import create_job, job_json
+from comfyfn.gateway.jobs import create_job
 from comfyfn.gateway.registry import Registry, Served
+from comfyfn.gateway.responses import JobObject
+from comfyfn.gateway.routes.jobs import base_url, job_view
 from comfyfn.gateway.routes.uploads import (
     image_params,
     read_request,
@@ -59,11 +61,11 @@ async def _queue(
     served: Served,
     params: dict[str, Any],
     headers: _JobHeaders,
-) -> dict[str, Any]:
+) -> JobObject:
     job = await create_job(
         runtime, key, served.name, params, headers.webhook, headers.idempotency_key, where=""
     )
-    return job_json(runtime, job, str(request.base_url).rstrip("/"))
+    return job_view(runtime, job, base_url(request))
 
 
 def workflow_router(registry: Registry) -> APIRouter:
@@ -93,7 +95,7 @@ def _add_route(router: APIRouter, served: Served) -> None:
         runtime: RuntimeDep,
         headers: _JobHeadersDep,
         key: ApiKey,
-    ) -> dict[str, Any]:
+    ) -> JobObject:
         params = body.model_dump(exclude_unset=True, exclude_none=True)
         return await _queue(request, runtime, key, served, params, headers)
 
@@ -122,7 +124,7 @@ def _add_image_route(router: APIRouter, served: Served) -> None:
         runtime: RuntimeDep,
         headers: _JobHeadersDep,
         key: ApiKey,
-    ) -> dict[str, Any]:
+    ) -> JobObject:
         fields, files = await read_request(request)
         for name, parts in files.items():
             if name not in served.images or len(parts) != 1:

@@ -15,7 +15,16 @@ from sse_starlette import EventSourceResponse
 
 from comfyfn.gateway.dependencies import RuntimeDep
 from comfyfn.gateway.errors import ApiError
-from comfyfn.gateway.jobs import create_job, job_json, served_or_404
+from comfyfn.gateway.jobs import create_job, served_or_404
+from comfyfn.gateway.responses import (
+    JobObject,
+    JobPage,
+    RecipeList,
+    RecipeRunResponse,
+    UploadInfo,
+    WorkflowInfo,
+    WorkflowList,
+)
 from comfyfn.gateway.routes import jobs as job_routes
 from comfyfn.gateway.routes import uploads as upload_routes
 from comfyfn.gateway.schema import STATES
@@ -43,14 +52,8 @@ def _upload_id(value: Any, name: str) -> str:
     return given
 
 
-def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
-
-
 @router.post("/jobs", status_code=202)
-async def post_job(
-    body: UiJob, request: Request, runtime: RuntimeDep, key: UiKey
-) -> dict[str, Any]:
+async def post_job(body: UiJob, request: Request, runtime: RuntimeDep, key: UiKey) -> JobObject:
     served = served_or_404(runtime, body.workflow)
     params = dict(body.params)
     if served.images:
@@ -59,7 +62,7 @@ async def post_job(
         }
         params = await upload_routes.image_params(runtime, key, served, params, images)
     job = await create_job(runtime, key, served.name, params, None, None)
-    return job_json(runtime, job, _base(request))
+    return job_routes.job_view(runtime, job, job_routes.base_url(request))
 
 
 @router.get("/jobs")
@@ -70,22 +73,21 @@ async def list_jobs(
     before: float | None = None,
     state: str | None = Query(None, pattern="^(" + "|".join(STATES) + ")$"),
     limit: int = Query(PAGE, ge=1, le=PAGE),
-) -> dict[str, Any]:
+) -> JobPage:
     found = await key_jobs(runtime, key, before=before, state=state, limit=limit)
-    data = [job_json(runtime, job, _base(request)) for job in found]
+    base = job_routes.base_url(request)
+    data = [job_routes.job_view(runtime, job, base) for job in found]
     more = len(found) == limit
-    return {"object": "list", "data": data, "next": found[-1].created_at if more else None}
+    return JobPage(data=data, next=found[-1].created_at if more else None)
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: str, request: Request, runtime: RuntimeDep, key: UiKey) -> dict[str, Any]:
+async def get_job(job_id: str, request: Request, runtime: RuntimeDep, key: UiKey) -> JobObject:
     return await job_routes.get_job(job_id, request, runtime, key)
 
 
 @router.delete("/jobs/{job_id}")
-async def delete_job(
-    job_id: str, request: Request, runtime: RuntimeDep, key: UiKey
-) -> dict[str, Any]:
+async def delete_job(job_id: str, request: Request, runtime: RuntimeDep, key: UiKey) -> JobObject:
     return await job_routes.delete_job(job_id, request, runtime, key)
 
 
@@ -101,32 +103,35 @@ async def job_events(
 
 
 @router.post("/uploads", status_code=201)
-async def create_upload(request: Request, runtime: RuntimeDep, key: UiKey) -> dict[str, Any]:
+async def create_upload(request: Request, runtime: RuntimeDep, key: UiKey) -> UploadInfo:
     return await upload_routes.create_upload(request, runtime, key)
 
 
 @router.get("/workflows")
-async def workflows(runtime: RuntimeDep, key: UiKey) -> dict[str, Any]:
+async def workflows(runtime: RuntimeDep, key: UiKey) -> WorkflowList:
     """Each served workflow's typed parameters: the JSON Schema of its ``/v1/workflows``
     route's body, and which parameters are input images."""
     data = [
-        {
-            "name": served.name,
-            "images": list(served.images),
-            "schema": served.request_model.model_json_schema(),
-        }
+        WorkflowInfo(
+            name=served.name,
+            images=list(served.images),
+            json_schema=served.request_model.model_json_schema(),
+        )
         for served in runtime.registry
     ]
-    return {"object": "list", "data": data}
+    return WorkflowList(data=data)
 
 
 @router.get("/recipes")
-async def recipes(runtime: RuntimeDep, key: UiKey) -> dict[str, Any]:
-    return {"object": "list", "data": recipe_list(), "max_pixels": runtime.settings.max_pixels}
+async def recipes(runtime: RuntimeDep, key: UiKey) -> RecipeList:
+    return RecipeList.model_validate(
+        {"data": recipe_list(), "max_pixels": runtime.settings.max_pixels}
+    )
 
 
 @router.post("/recipes/{name}/jobs", status_code=202)
 async def recipe_jobs(
     name: str, body: RecipeRun, request: Request, runtime: RuntimeDep, key: UiKey
-) -> dict[str, Any]:
-    return await run_recipe(runtime, key, name, body, _base(request))
+) -> RecipeRunResponse:
+    run = await run_recipe(runtime, key, name, body, job_routes.base_url(request))
+    return RecipeRunResponse.model_validate(run)
