@@ -98,7 +98,7 @@ class RunnerStore:
         if batch is not None:
             queued, stale = queued & (jobs_t.c.batch == batch), stale & (jobs_t.c.batch == batch)
         with self._read() as conn:  # most looks find nothing: they take no write lock
-            if conn.execute(sa.select(jobs_t.c.id).where(queued | stale).limit(1)).first() is None:
+            if not _any(conn, queued, stale):
                 return []
         with self._write() as conn:
             claimed: list[JobRecord] = []
@@ -246,6 +246,19 @@ def fenced(job_id: str, claim: Claim | None) -> sa.ColumnElement[bool]:
         jobs_t.c.claimed_by == claim.worker,
         jobs_t.c.claims == claim.number,
     )
+
+
+def _any(conn: Connection, queued: Any, stale: Any) -> bool:
+    """Whether a job is queued or stale: each looked up in the order of its own index (the
+    queue's, the heartbeats'), so the look costs the same with a million finished jobs. (One
+    ``queued OR stale … LIMIT 1`` is planned as a scan from the table's start, where the
+    finished jobs are: 19 ms at 100,000 of them.)"""
+    first_queued = sa.select(jobs_t.c.id).where(queued)
+    first_queued = first_queued.order_by(jobs_t.c.priority.desc(), jobs_t.c.created_at)
+    if conn.execute(first_queued.limit(1)).first() is not None:
+        return True
+    first_stale = sa.select(jobs_t.c.id).where(stale).order_by(jobs_t.c.heartbeat_at)
+    return conn.execute(first_stale.limit(1)).first() is not None
 
 
 class BatchStore(RunnerStore):
