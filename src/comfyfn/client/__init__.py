@@ -8,6 +8,7 @@ is the private transport (HTTP, websocket, job protocol, output fetching, server
 from comfyfn.client._async import AsyncClient, WorkflowSource, default_workflow
 from comfyfn.client._async_job import AsyncJob
 from comfyfn.client._credentials import Credentials, public_url
+from comfyfn.client._lookup import queue_ids
 from comfyfn.client._sync import Client, Job
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "WorkflowSource",
     "default_workflow",
     "public_url",
+    "queue_ids",
 ]

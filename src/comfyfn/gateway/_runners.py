@@ -164,15 +164,19 @@ class RunnerStore:
             row = conn.execute(sa.select(jobs_t.c.id).where(fenced(job_id, claim))).first()
         return row is not None
 
-    def release_job(self, job_id: str, fence: Claim | None = None) -> None:
-        """Hand a running job back to the queue (server/prompt_id kept for re-attaching);
-        with ``fence``, only if that claim is still the job's."""
+    def release_job(self, job_id: str, fence: Claim | None = None, *, forget: bool = False) -> None:
+        """Hand a running job back to the queue (server/prompt_id kept for re-attaching, or
+        with ``forget`` cleared: its prompt was taken off its server); with ``fence``, only
+        if that claim is still the job's."""
         where = fenced(job_id, fence) if fence is not None else jobs_t.c.id == job_id
+        values: dict[str, Any] = {"state": "queued", "claimed_by": None, "heartbeat_at": None}
+        if forget:
+            values.update(server=None, prompt_id=None)
         with self._write() as conn:
             released = conn.execute(
                 sa.update(jobs_t)
                 .where(where, jobs_t.c.state == "running")
-                .values(state="queued", claimed_by=None, heartbeat_at=None, updated_at=self.clock())
+                .values(updated_at=self.clock(), **values)
             ).rowcount
             if released:
                 self._notify(conn)

@@ -40,6 +40,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from comfyfn.client import queue_ids
 from comfyfn.errors import ComfyError
 from comfyfn.fleet import (
     Fleet,
@@ -64,6 +65,7 @@ __all__ = ["IDLE_POLL", "PROGRESS_WRITE_INTERVAL", "Worker", "job_models"]
 log = logging.getLogger("comfyfn.gateway")
 
 IDLE_POLL = 0.5  #: seconds between claims while the queue is empty (other replicas' jobs)
+WITHDRAW_SECONDS = 5.0  #: at most this long, on shutdown, to take our waiting prompts off servers
 
 
 class Worker(JobLife):
@@ -130,19 +132,26 @@ class Worker(JobLife):
         ]
 
     async def stop(self) -> None:
-        """Stop claiming; hand every held job back to the queue (it stays on its server, and
-        whoever claims it next re-attaches), then close."""
+        """Stop claiming; hand every held job back to the queue, then close. A job running
+        on its server stays there (whoever claims it next and drives that server
+        re-attaches); one still waiting in its server's queue is taken out of it and handed
+        back without its prompt, so the next claimer submits it afresh rather than this
+        host's server running it for nobody."""
         for task in self._tasks:
             task.cancel()
         held = {job_id: self.held[job_id] for job_id in self.running if job_id in self.held}
+        tickets = {job_id: self.tickets[job_id] for job_id in held if job_id in self.tickets}
         for task in list(self.running.values()):
             task.cancel()
         for task in list(self.running.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        withdrawn = await self._withdraw_waiting(list(tickets.values()))
         for job_id, claim in held.items():
+            ticket = tickets.get(job_id)
+            forget = ticket is not None and ticket.prompt_id in withdrawn
             try:
-                await asyncio.to_thread(self.store.release_job, job_id, claim)
+                await asyncio.to_thread(self.store.release_job, job_id, claim, forget=forget)
                 log.warning("shutting down: handed job %s back to the queue", job_id)
             except DB_ERRORS as exc:
                 log.warning("could not hand job %s back (%s); it is taken over later", job_id, exc)
@@ -153,6 +162,43 @@ class Worker(JobLife):
         for task in self._notifications:
             task.cancel()
         await self.fleet.__aexit__(None, None, None)
+
+    async def _withdraw_waiting(self, tickets: list[Ticket]) -> set[str]:
+        """Take our prompts that have not started out of their servers' queues (at most
+        :data:`WITHDRAW_SECONDS`); the prompt ids that are gone from them. A server that
+        does not answer keeps its prompts (they are re-attached or run again later)."""
+        on: dict[str, set[str]] = {}
+        for ticket in tickets:
+            if ticket.prompt_id and ticket.server in self.fleet.clients:
+                on.setdefault(ticket.server, set()).add(ticket.prompt_id)
+
+        async def withdraw(url: str, ours: set[str]) -> set[str]:
+            client = self.fleet.clients[url]
+            _, pending = queue_ids(await client.queue(), url)
+            waiting = ours & set(pending)
+            if not waiting:
+                return set()
+            await client.delete_from_queue(*waiting)
+            running, pending = queue_ids(await client.queue(), url)
+            return waiting - set(running) - set(pending)
+
+        if not on:
+            return set()
+        try:
+            async with asyncio.timeout(WITHDRAW_SECONDS):
+                done = await asyncio.gather(
+                    *(withdraw(url, ours) for url, ours in on.items()), return_exceptions=True
+                )
+        except TimeoutError:
+            log.warning("shutting down: the servers did not answer; our queued prompts stay")
+            return set()
+        gone: set[str] = set()
+        for url, result in zip(on, done, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("shutting down: could not dequeue our prompts on %s: %s", url, result)
+            else:
+                gone |= result
+        return gone
 
     def healthy(self) -> bool:
         """Able to work: the store answers and at least one ComfyUI server is up."""

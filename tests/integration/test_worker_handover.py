@@ -1,0 +1,61 @@
+"""A worker stopped with SIGTERM takes its prompts that have not started off its servers'
+queues and hands those jobs back without them, so nobody's GPU runs them for nothing; the
+running one stays and the next worker on that server re-attaches to it."""
+
+from __future__ import annotations
+
+import httpx
+from polling import wait_for
+from test_workers import Worker, executions, simulated
+
+from comfyfn.gateway.store import Store
+
+
+def queue_of(url: str) -> tuple[list[str], list[str]]:
+    queue = httpx.get(f"{url}/queue", timeout=10).json()
+    return [i[1] for i in queue["queue_running"]], [i[1] for i in queue["queue_pending"]]
+
+
+def test_sigterm_takes_waiting_prompts_off_the_server_and_the_next_worker_reattaches(
+    postgres, tmp_path
+):
+    db = postgres.create_database()
+    storage = tmp_path / "files"
+    storage.mkdir()
+    with Store(db) as store:
+        ids = [
+            store.create_job(
+                key_id="k",
+                workflow="zimage-turbo",
+                params={"prompt": f"p{i}", "seed": i, "width": 64, "height": 64, "steps": 2},
+            )[0].id
+            for i in range(4)
+        ]
+    with simulated(1, job_ms=1500) as urls:
+        (url,) = urls
+        first = Worker("first", db, storage, urls, 30.0, "--prime", "2")
+        try:
+            wait_for(lambda: len(queue_of(url)[1]) >= 2, 60, "two prompts waiting on the server")
+            running, waiting = queue_of(url)
+            first.proc.terminate()
+            assert first.proc.wait(timeout=60) == 0
+        finally:
+            first.stop()
+        assert queue_of(url) == (running, [])  # ours taken off; the running one left
+        with Store(db) as store:
+            handed = [store.get_job(i) for i in ids]
+        assert {j.state for j in handed} == {"queued"}
+        assert {j.prompt_id for j in handed if j.prompt_id} == set(running)  # to re-attach
+        second = Worker("second", db, storage, urls, 30.0)
+        try:
+            def finished() -> bool:
+                with Store(db) as store:
+                    return all(store.get_job(i).state == "succeeded" for i in ids)
+
+            wait_for(finished, 120, "the second worker finishing every job")
+        finally:
+            second.stop()
+        ran = executions(urls)
+    assert not set(waiting) & set(ran)  # the withdrawn prompts never ran
+    assert set(running) <= set(ran) and max(ran.values()) == 1  # re-attached, not run again
+    assert sum(ran.values()) == 4
