@@ -113,7 +113,8 @@ def test_adaptive_priming_follows_the_measured_job_and_turnaround_times():
     for _ in range(10):  # 20 ms jobs, 70 ms from a job's end to our next job in the queue
         pool.release("s1", busy=0.020, turnaround=0.070)
     assert pool.slots("s1") == 5  # ceil(70/20 + 1/2) = 4 queued, plus the running one
-    for _ in range(20):  # long jobs: one queued job covers the turnaround
+    for _ in range(20):  # long jobs: one queued job would cover the turnaround; two are kept
         pool.release("s1", busy=2.0, turnaround=0.070)
-    assert pool.slots("s1") == 2
+    assert pool.slots("s1") == 3
+    assert Pool(["s1"], most=1).slots("s1") == 2  # the cap wins over the floor
     assert Pool(["s1"], prime=3).slots("s1") == 4

@@ -303,13 +303,26 @@ def test_simulated_mix_with_a_long_tail_of_one_model_set_uses_both_servers():
 
 def test_prime_follows_the_measured_job_time():
     assert prime_for([], []) == 2  # nothing measured yet: two, so short jobs never wait
-    assert prime_for([], [], most=1) == 1 and prime_for([0.2], [], start=3) == 3
+    assert prime_for([0.2], []) == 2 and prime_for([0.2], [], least=3) == 3
     assert prime_for([0.020] * 10, [0.035] * 10) == 3  # short jobs: 1.75 + 0.5 → 3 queued
-    assert prime_for([0.200] * 10, [0.035] * 10) == 1
-    assert prime_for([8.0] * 10, [0.2] * 10) == 1  # a real GPU job: one behind the running one
+    assert prime_for([0.010] * 10, [0.035] * 10) == 4  # shorter still: 3.5 + 0.5 → 4
     assert prime_for([0.0] * 5, [0.03] * 5) == 8  # zero-length jobs: the cap
     assert prime_for([0.001] * 5, [0.03] * 5, most=4) == 4
-    assert prime_for([5.0], [0.1], least=2) == 2
+    assert prime_for([5.0], [0.1], least=1) == 1  # a caller may allow one
+
+
+def test_prime_never_drops_below_two_on_long_jobs():
+    # one queued job leaves the GPU idle whenever a turnaround outlasts a job; two cost
+    # nothing at long jobs (measured: 200 ms jobs, 0.76 of the limit with one, 0.79 with two)
+    assert prime_for([0.200] * 10, [0.035] * 10) == 2
+    assert prime_for([8.0] * 10, [0.2] * 10) == 2  # a real GPU job: two behind the running one
+    assert prime_for([0.200] * 10, [0.25] * 10) == 2  # 1.25 + 0.5: the rule's own two
+
+
+def test_prime_cap_wins_over_the_floor():
+    assert prime_for([], [], most=1) == 1  # nothing measured yet
+    assert prime_for([8.0] * 10, [0.2] * 10, most=1) == 1
+    assert prime_for([0.0] * 5, [0.03] * 5, most=1) == 1
 
 
 def test_prime_uses_the_slow_turnarounds_but_not_one_outlier():

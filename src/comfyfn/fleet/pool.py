@@ -3,8 +3,8 @@
 Each server is kept *primed*: up to its number of slots of our jobs on it at once (one
 running, the rest queued behind it), so its GPU never idles between jobs. The number is fixed
 (``prime`` + 1) or, with ``prime=None`` (the default), follows the job and turnaround times
-measured on that server (:func:`comfyfn.models.prime_for`): short jobs get more queued behind
-them.
+measured on that server (:func:`comfyfn.models.prime_for`): two queued, more behind short
+jobs.
 
 Jobs ask for a slot with :meth:`Pool.request` and wait *in the pool*, so the pool sees them
 together: whenever a slot frees, a job arrives or a server comes back, the policy
