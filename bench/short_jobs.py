@@ -141,20 +141,31 @@ async def batch(upstream: str, rtt: float, n: int, ms: int, prime: int | None) -
 
 
 ADAPTIVE = "comfyfn.batch, default (adaptive priming)"
+CONTENDERS: dict[str, int | None] = {
+    ADAPTIVE: None,
+    "comfyfn.batch --prime 1": 1,
+    "comfyfn.batch --prime 2": 2,
+    "all at once (--prime = jobs)": 0,  # 0: the number of jobs
+}
 
 
-def measure(url: str, rtt_ms: int, ms: int, n: int, primes: list[int]) -> dict[str, float]:
-    """Jobs/s of each way to run the jobs, through a relay of ``rtt_ms``; the prime the
-    adaptive rule ended with is appended to ``primes``."""
-    rtt = rtt_ms / 1000
-    adaptive, prime = asyncio.run(batch(url, rtt, n, ms, None))
-    primes.append(prime)
-    return {
-        ADAPTIVE: adaptive,
-        "comfyfn.batch --prime 1": asyncio.run(batch(url, rtt, n, ms, 1))[0],
-        "comfyfn.batch --prime 2": asyncio.run(batch(url, rtt, n, ms, 2))[0],
-        "all at once (--prime = jobs)": asyncio.run(batch(url, rtt, n, ms, n))[0],
-    }
+def measure(
+    url: str, rtt_ms: int, ms: int, n: int, turn: int, primes: list[int]
+) -> dict[str, float]:
+    """Jobs/s of each way to run the jobs, through a relay of ``rtt_ms``, starting with the
+    ``turn``-th (each round another one goes first: the machine's load drifts); the prime the
+    adaptive rule ended with is appended to ``primes``. A run that outlasts 10x the nominal
+    time (plus a minute) is a hang: it raises."""
+    rtt, deadline = rtt_ms / 1000, 60 + 10 * n * ms / 1000
+    names = list(CONTENDERS)
+    rates: dict[str, float] = {}
+    for what in names[turn % len(names) :] + names[: turn % len(names)]:
+        prime = CONTENDERS[what]
+        run = batch(url, rtt, n, ms, n if prime == 0 else prime)
+        rates[what], ended = asyncio.run(asyncio.wait_for(run, deadline))
+        if prime is None:
+            primes.append(ended)
+    return {what: rates[what] for what in names}
 
 
 def main() -> None:
@@ -172,7 +183,10 @@ def main() -> None:
         "SIMULATED GPU time (ComfyfnSleep), one server. Each figure: mean of "
         f"{args.rounds} rounds; the limit: the best round of the server alone."
     )
-    print(f"{'job':>7} {'rtt':>6} {'what':46}{'jobs/s':>8}{'/ limit':>9}{'/ nominal':>11}")
+    print(
+        f"{'job':>7} {'rtt':>6} {'what':46}{'jobs/s':>8}{'/ limit':>9}{'/ nominal':>11}"
+        "  (/ limit, each round)"
+    )
     try:
         sizes = [(ms, n) for ms in args.ms for n in args.jobs or [0]]
         for ms, jobs in sizes:
@@ -180,10 +194,11 @@ def main() -> None:
             limits: list[float] = []
             rates: dict[int, dict[str, list[float]]] = {rtt: {} for rtt in args.rtt_ms}
             primes: dict[int, list[int]] = {rtt: [] for rtt in args.rtt_ms}
-            for _ in range(args.rounds):
+            for turn in range(args.rounds):
                 limits.append(asyncio.run(server_alone(url, n, ms)))
                 for rtt_ms in args.rtt_ms:
-                    for what, rate in measure(url, rtt_ms, ms, n, primes[rtt_ms]).items():
+                    measured = measure(url, rtt_ms, ms, n, turn, primes[rtt_ms])
+                    for what, rate in measured.items():
                         rates[rtt_ms].setdefault(what, []).append(rate)
             limit = max(limits)
             what = "server alone: the server-bound limit"
@@ -194,9 +209,10 @@ def main() -> None:
                     if what == ADAPTIVE:
                         what += f" → prime {'/'.join(map(str, primes[rtt_ms]))}"
                     nominal = rate * ms / 1000
+                    rounds = "/".join(f"{value / limit:.2f}" for value in values)
                     print(
                         f"{ms:5d}ms {rtt_ms:4d}ms {what:46}{rate:8.2f}{rate / limit:9.2f}"
-                        f"{nominal:11.2f}"
+                        f"{nominal:11.2f}  ({rounds})"
                     )
             print(f"{'':7} ({n} jobs per run)")
     finally:
