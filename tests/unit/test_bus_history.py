@@ -5,18 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 
 import pytest
+from fake_clock import FakeClock
 from job_records import job_record
 
 from comfyfn.gateway import bus as bus_module
-from comfyfn.gateway.bus import PREVIEW_INTERVAL, JobBus, JobPreview, JobUpdate
+from comfyfn.gateway.bus import (
+    PREVIEW_INTERVAL,
+    BusEvent,
+    JobBus,
+    JobPreview,
+    JobUpdate,
+    Subscription,
+)
+from comfyfn.gateway.schema import JobRecord
 
 pytestmark = pytest.mark.anyio
 
 
 record = functools.partial(job_record, state="running")  #: a running job's record
+
+
+def job(event: BusEvent) -> JobRecord:
+    """The job of an update the bus numbered (failing the test if it is a preview)."""
+    assert isinstance(event.item, JobUpdate), event
+    return event.item.job
 
 
 async def test_events_are_numbered_and_a_reconnect_gets_what_it_missed():
@@ -30,10 +44,10 @@ async def test_events_are_numbered_and_a_reconnect_gets_what_it_missed():
     assert seen.startswith(f"{bus.epoch}-")
     bus.publish(JobUpdate(record(state="succeeded", progress=1.0)))
     missed = bus.since("job_1", seen)
-    assert missed is not None and [e.item.job.state for e in missed] == ["succeeded"]
+    assert missed is not None and [job(e).state for e in missed] == ["succeeded"]
     assert missed[0].id == bus.last_id("job_1") != seen
-    everything = bus.since("job_1", f"{bus.epoch}-0")
-    assert [e.item.job.progress for e in everything] == [0.25, 0.5, 0.75, 1.0]
+    everything = bus.since("job_1", f"{bus.epoch}-0") or []
+    assert [job(e).progress for e in everything] == [0.25, 0.5, 0.75, 1.0]
     ids = [e.seq for e in everything]
     assert ids == sorted(ids) and len(set(ids)) == 4
 
@@ -49,13 +63,13 @@ async def test_ids_the_history_cannot_answer_fall_back_to_the_store():
 async def test_a_long_history_keeps_the_latest_events_and_knows_what_it_dropped(monkeypatch):
     monkeypatch.setattr(bus_module, "HISTORY", 4)
     bus = JobBus()
-    first = None
-    for i in range(10):
+    bus.publish(JobUpdate(record(progress=0.0)))
+    first = bus.last_id("job_1")
+    for i in range(1, 10):
         bus.publish(JobUpdate(record(progress=i / 10)))
-        first = first or bus.last_id("job_1")
     assert bus.since("job_1", first) is None  # events after it were dropped
     recent = bus.since("job_1", f"{bus.epoch}-6")
-    assert recent is not None and [e.item.job.progress for e in recent] == [0.6, 0.7, 0.8, 0.9]
+    assert recent is not None and [job(e).progress for e in recent] == [0.6, 0.7, 0.8, 0.9]
 
 
 async def test_only_the_most_recently_active_jobs_keep_a_history(monkeypatch):
@@ -68,55 +82,70 @@ async def test_only_the_most_recently_active_jobs_keep_a_history(monkeypatch):
     assert len(bus.since("job_3", f"{bus.epoch}-0") or []) == 1
 
 
+def preview_step(event: BusEvent | None) -> int | None:
+    """The step of a preview the bus delivered (failing the test if it is something else)."""
+    assert event is not None and isinstance(event.item, JobPreview), event
+    return event.item.step
+
+
+async def next_preview(news: Subscription) -> BusEvent:
+    """The next preview delivered to ``news`` (the test fails if none comes within 5 s)."""
+    while (preview := news.take_preview()) is None:
+        assert await news.wait(5) is True, "no preview delivered"
+    return preview
+
+
 async def test_previews_are_throttled_and_the_latest_wins():
-    """Slow by design (~1 s): it measures the throttle in real time, as the SSE stream sees
-    it (the bus schedules on the event loop's clock, which a test cannot fake)."""
-    bus = JobBus()
-    loop = asyncio.get_running_loop()
+    """40 previews, one every 1/32 s of the bus's (fake) clock: one goes at once, then one
+    per interval (one arriving when the interval is over goes at once, even with one held
+    back), and the latest, held back, goes when its interval is over."""
+    clock = FakeClock()
+    bus = JobBus(clock)
     got: list[tuple[float, int | None]] = []
     with bus.subscribe("job_1") as news:
-
-        async def follower() -> None:  # woken by each delivery, as the SSE stream is
-            while not got or got[-1][1] != 39:
-                await news.wait(5)
-                if (preview := news.take_preview()) is not None:
-                    got.append((loop.time(), preview.item.step))
-
-        following = asyncio.create_task(follower())
-        for step in range(40):  # 40 previews over ~1 s: every 25 ms
+        for step in range(40):
+            clock.now = 1000.0 + step / 32
             bus.preview("job_1", step, b"img%d" % step, "image/jpeg")
-            await asyncio.sleep(0.025)
-        try:
-            await asyncio.wait_for(following, 5 * PREVIEW_INTERVAL)
-        except TimeoutError:
-            pytest.fail(f"the last preview never came: {got}")
-    assert got[0][1] == 0  # the first one at once
-    assert got[-1][1] == 39  # the latest one, held back, comes in the end
-    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(got)]
-    assert min(gaps) >= PREVIEW_INTERVAL - 0.01, gaps  # at most one per interval
-    assert 3 <= len(got) <= 6, got  # ~1 s of previews: 4 or 5 sent (load may delay some)
+            if (preview := news.take_preview()) is not None:
+                got.append((clock(), preview_step(preview)))
+        assert [step for _, step in got] == [0, 8, 16, 24, 32]  # 33…39 held back
+        clock.advance(1 / 32)  # the interval after 32 is over: the held-back one is due
+        got.append((clock(), preview_step(await next_preview(news))))  # sent by its timer
+    sent = [0, 8, 16, 24, 32, 39]
+    assert got == [(1000.0 + i * PREVIEW_INTERVAL, step) for i, step in enumerate(sent)]
 
 
 async def test_the_history_keeps_only_the_latest_preview_and_previews_end_with_the_job():
-    """Slow by design (~1 s): three waits past the real-time preview interval, so that a
-    preview goes at once, one is held back, and a late one is dropped by the job's end."""
-    bus = JobBus()
+    clock = FakeClock()
+    bus = JobBus(clock)
     bus.publish(JobUpdate(record(progress=0.1)))
-    bus.preview("job_1", 1, b"first", "image/png")
-    await asyncio.sleep(PREVIEW_INTERVAL + 0.1)
-    bus.preview("job_1", 2, b"second", "image/png")
-    bus.preview("job_1", 3, b"third", "image/png")  # held back, replaced "second"
-    await asyncio.sleep(PREVIEW_INTERVAL + 0.1)
-    kept = bus.since("job_1", f"{bus.epoch}-0")
-    assert kept is not None
-    previews = [e.item for e in kept if isinstance(e.item, JobPreview)]
-    assert [(p.step, p.data) for p in previews] == [(3, b"third")]
-    bus.preview("job_1", 4, b"late", "image/png")  # held back...
-    bus.publish(JobUpdate(record(state="succeeded", progress=1.0)))  # ...and dropped
-    await asyncio.sleep(PREVIEW_INTERVAL + 0.1)
+
+    def kept_previews() -> list[tuple[int | None, bytes]]:
+        kept = bus.since("job_1", f"{bus.epoch}-0")
+        assert kept is not None
+        return [(e.item.step, e.item.data) for e in kept if isinstance(e.item, JobPreview)]
+
+    with bus.subscribe("job_1") as news:
+        bus.preview("job_1", 1, b"first", "image/png")
+        clock.advance(PREVIEW_INTERVAL)
+        bus.preview("job_1", 2, b"second", "image/png")  # at once: replaces "first"
+        assert kept_previews() == [(2, b"second")]
+        bus.preview("job_1", 3, b"third", "image/png")  # held back
+        assert preview_step(news.take_preview()) == 2
+        clock.advance(PREVIEW_INTERVAL)
+        assert preview_step(await next_preview(news)) == 3  # sent by its timer
+        assert kept_previews() == [(3, b"third")]
+        clock.advance(PREVIEW_INTERVAL / 2)
+        bus.preview("job_1", 4, b"late", "image/png")  # held back for PREVIEW_INTERVAL / 2...
+        bus.publish(JobUpdate(record(state="succeeded", progress=1.0)))  # ...and dropped
+        clock.advance(PREVIEW_INTERVAL)
+        # not a margin: asyncio runs timers in deadline order, and this one falls due after
+        # the held-back preview's would have (PREVIEW_INTERVAL / 2 after it was scheduled)
+        await asyncio.sleep(PREVIEW_INTERVAL)
+        assert news.take_preview() is None
     after = bus.since("job_1", f"{bus.epoch}-0")
     assert after is not None and isinstance(after[-1].item, JobUpdate)
-    assert not [e for e in after if isinstance(e.item, JobPreview)]  # none once final
+    assert kept_previews() == []  # none once final
 
 
 async def test_the_history_keeps_updates_without_their_output_bytes():

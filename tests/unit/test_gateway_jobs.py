@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 
 import pytest
+from polling import await_for
 
 from comfyfn.gateway import jobs
 from comfyfn.gateway.bus import JobUpdate
@@ -40,11 +41,27 @@ async def still_here() -> bool:
     return False
 
 
+async def following(runtime: Runtime, count: int = 1) -> None:
+    """Wait until ``count`` callers follow their jobs on the bus."""
+
+    async def subscribed() -> bool:
+        return runtime.bus.followed() == count
+
+    await await_for(subscribed, 10, f"{count} follower(s) of jobs on the bus")
+
+
+async def seen_count(seen: list, count: int) -> None:
+    async def enough() -> bool:
+        return len(seen) >= count
+
+    await await_for(enough, 10, f"{count} states of the followed job")
+
+
 async def test_a_waiting_caller_is_woken_by_the_bus_at_once(runtime, monkeypatch):
     monkeypatch.setattr(jobs, "FALLBACK_POLL", 60.0)  # the store would be read far too late
     job = new_job(runtime)
     waiting = asyncio.create_task(jobs.wait_final(runtime, job, still_here))
-    await asyncio.sleep(0.05)
+    await following(runtime)
     done, files = runtime.store.complete_job(
         job.id, [NewFile("x.png", "image/png", 3, "e")], state="succeeded"
     )
@@ -60,7 +77,7 @@ async def test_a_caller_who_wants_only_the_bytes_need_not_wait_for_storing(runti
     job = runtime.store.update_job(new_job(runtime).id, state="running")
     waiting = asyncio.create_task(jobs.wait_final(runtime, job, still_here, images_suffice=True))
     wants_urls = asyncio.create_task(jobs.wait_final(runtime, job, still_here))
-    await asyncio.sleep(0.05)
+    await following(runtime, 2)
     in_hand = JobUpdate(job, (), (b"png",))  # the worker has the images, storing goes on
     runtime.bus.publish(in_hand)
     assert await asyncio.wait_for(waiting, 10) is in_hand
@@ -76,7 +93,7 @@ async def test_a_job_another_replica_ends_is_found_in_the_store(runtime, monkeyp
     monkeypatch.setattr(jobs, "FALLBACK_POLL", 0.05)
     job = new_job(runtime)
     waiting = asyncio.create_task(jobs.wait_final(runtime, job, still_here))
-    await asyncio.sleep(0.05)
+    await following(runtime)
     done, files = runtime.store.complete_job(
         job.id, [NewFile("x.png", "image/png", 3, "e")], state="succeeded"
     )  # and nothing published: another process did it
@@ -115,17 +132,13 @@ async def test_following_a_job_up_the_queue_to_its_end(runtime, monkeypatch):
         async for current, position in jobs.follow(runtime, job):
             seen.append((current.state, current.progress, position))
 
-    async def after(count: int) -> None:
-        while len(seen) < count:
-            await asyncio.sleep(0.01)
-
     following = asyncio.create_task(follow())
-    await asyncio.wait_for(after(1), 10)
+    await seen_count(seen, 1)
     await jobs.cancel_job(runtime, ahead.id)  # dequeued here: the queue changed
-    await asyncio.wait_for(after(2), 10)
+    await seen_count(seen, 2)
     running = runtime.store.update_job(job.id, state="running", progress=0.5)
     runtime.bus.publish(JobUpdate(running))
-    await asyncio.wait_for(after(3), 10)
+    await seen_count(seen, 3)
     runtime.bus.publish(JobUpdate(runtime.store.update_job(job.id, state="failed")))
     await asyncio.wait_for(following, 10)
     assert seen == [
@@ -153,12 +166,7 @@ async def test_a_followed_job_s_progress_never_goes_back_to_the_store_s_older_va
     await asyncio.sleep(0.3)  # several reads of the store's 0.2, none sent
     assert seen == []
     runtime.bus.publish(JobUpdate(runtime.store.update_job(job.id, progress=0.7)))
-    await asyncio.wait_for(until(lambda: seen), 10)
+    await seen_count(seen, 1)
     runtime.bus.publish(JobUpdate(runtime.store.update_job(job.id, state="succeeded")))
     await asyncio.wait_for(following, 10)
     assert seen == [("running", 0.7), ("succeeded", 0.7)]
-
-
-async def until(check) -> None:
-    while not check():
-        await asyncio.sleep(0.01)

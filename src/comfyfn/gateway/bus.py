@@ -17,7 +17,8 @@ Every update and preview gets an event id, ``<bus epoch>-<sequence>``, and the l
 client that reconnects with ``Last-Event-ID`` gets what it missed (:meth:`JobBus.since`);
 an id of another process (another replica, or before a restart) or one older than the
 history is answered from the store instead. Previews are throttled per job to one per
-:data:`PREVIEW_INTERVAL` seconds, the latest winning; only a job's latest preview is kept.
+:data:`PREVIEW_INTERVAL` seconds by the bus's clock, the latest winning; only a job's latest
+preview is kept.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import dataclasses
 import itertools
 import os
 import re
+import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from comfyfn.gateway.schema import TERMINAL, FileRecord, JobRecord
@@ -129,9 +131,12 @@ class Subscription:
 
 
 class JobBus:
-    """Publish/subscribe of job updates inside one process (one event loop)."""
+    """Publish/subscribe of job updates inside one process (one event loop); ``clock``
+    (seconds: ``time.monotonic``, the event loop's, unless a test gives its own) times the
+    preview throttle."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._followers: dict[str, set[Subscription]] = {}
         self.epoch = os.urandom(4).hex()  #: this bus's part of every event id
         self._seq = itertools.count(1)
@@ -139,6 +144,7 @@ class JobBus:
         self._trimmed: dict[str, int] = {}  #: per job, the last seq dropped from its history
         self._preview_sent: dict[str, float] = {}  #: per job, when its last preview went out
         self._preview_waiting: dict[str, JobPreview] = {}  #: per job, the newest held back
+        self._preview_timers: dict[str, asyncio.TimerHandle] = {}  #: per job, when it goes
 
     def publish(self, update: JobUpdate) -> None:
         self._record(update)
@@ -148,24 +154,21 @@ class JobBus:
     def preview(self, job_id: str, step: int | None, data: bytes, content_type: str) -> None:
         """A sampler preview of a running job, for its followers: one per
         :data:`PREVIEW_INTERVAL` seconds at most; one arriving sooner is held back until
-        then, and replaced by any newer one (the latest wins)."""
-        preview = JobPreview(job_id, step, data, content_type)
-        waiting = job_id in self._preview_waiting
-        self._preview_waiting[job_id] = preview
-        if waiting:
-            return
-        loop = asyncio.get_running_loop()
-        wait = self._preview_sent.get(job_id, -PREVIEW_INTERVAL) + PREVIEW_INTERVAL - loop.time()
+        then, and replaced by any newer one (the latest wins). One arriving after the
+        interval goes at once, with or without one held back (whose timer may be late)."""
+        self._preview_waiting[job_id] = JobPreview(job_id, step, data, content_type)
+        sent = self._preview_sent.get(job_id, -PREVIEW_INTERVAL)
+        wait = sent + PREVIEW_INTERVAL - self._clock()
         if wait <= 0:
             self._send_preview(job_id)
-        else:
-            loop.call_later(wait, self._send_preview, job_id)
+        elif job_id not in self._preview_timers:
+            loop = asyncio.get_running_loop()
+            self._preview_timers[job_id] = loop.call_later(wait, self._send_preview, job_id)
 
     def _send_preview(self, job_id: str) -> None:
-        preview = self._preview_waiting.pop(job_id, None)
-        if preview is None:
-            return
-        self._preview_sent[job_id] = asyncio.get_running_loop().time()
+        self._cancel_timer(job_id)
+        preview = self._preview_waiting.pop(job_id)
+        self._preview_sent[job_id] = self._clock()
         event = self._record(preview)
         for subscription in self._followers.get(job_id, ()):
             subscription._deliver_preview(event)
@@ -199,8 +202,14 @@ class JobBus:
         return event
 
     def _forget_previews(self, job_id: str) -> None:
+        self._cancel_timer(job_id)
         self._preview_sent.pop(job_id, None)
         self._preview_waiting.pop(job_id, None)
+
+    def _cancel_timer(self, job_id: str) -> None:
+        timer = self._preview_timers.pop(job_id, None)
+        if timer is not None:
+            timer.cancel()
 
     def last_id(self, job_id: str) -> str:
         """The id of the job's latest event here (``<epoch>-0`` if there is none)."""
