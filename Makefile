@@ -8,6 +8,9 @@ OUT    ?= out/demo
 # what the engine's first install takes (comfyfn.engine.install.INSTALL_SIZE, INSTALL_TIME)
 ENGINE_SIZE := 1.6 GB
 ENGINE_TIME := 1–2 minutes
+# mypy over tests/ (pyproject.toml's overrides: not strict, untyped test bodies checked), each
+# test module named as pytest imports it (tests/ on the path); `mypy` alone checks src strictly
+MYPY_TESTS := MYPYPATH=tests $(BIN)/mypy --explicit-package-bases tests
 
 .PHONY: demo test test-main test-033 test-028 unit lint typecheck bench engine-down clean
 
@@ -36,6 +39,7 @@ LOGS ?= out/test-logs
 test: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	$(MYPY_TESTS)
 	sh tests/pg_install.sh
 	sh tests/chromium_install.sh
 	@echo "make: the local engine (the first time: $(ENGINE_SIZE), $(ENGINE_TIME))"
@@ -69,6 +73,7 @@ lint: $(BIN)/.installed
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
+	$(MYPY_TESTS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/client_overhead.py

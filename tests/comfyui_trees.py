@@ -17,7 +17,7 @@ COMFYUI_028 = Path(__file__).resolve().parents[2] / "shared/comfyui/0.28.0/Comfy
 def session_is_028() -> bool:
     """Whether the session engine is ComfyUI 0.28.0 from ../shared (``make test-028``)."""
     given = os.environ.get("COMFYFN_TEST_COMFYUI")
-    return bool(given) and Path(given).resolve() == COMFYUI_028.resolve()
+    return given is not None and given != "" and Path(given).resolve() == COMFYUI_028.resolve()
 
 
 def unpack_comfyui(source: Path, where: Path) -> Path:

@@ -84,6 +84,7 @@ class FaultProxy:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None and self._client is not None, "not entered"
         self._server.close()
         for task in list(self._tasks):  # e.g. a request still sleeping in history_delay
             task.cancel()
@@ -111,6 +112,7 @@ class FaultProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None  # a server's handler runs in a task of its own
         self._tasks.add(task)
         try:
             await self._serve(reader, writer)
@@ -159,6 +161,7 @@ class FaultProxy:
                 await _reply(writer, 500, "Internal Server Error", "text/plain", _ERROR)
                 return
         keep = {k: v for k, v in headers.items() if k.lower() in ("content-type",)}
+        assert self._client is not None, "not entered"
         response = await self._client.request(method, target, content=body, headers=keep)
         if is_prompt:
             self.forwarded_prompt_posts += 1

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from cli_proc import CHILD_ENV
+from polling import wait_for
 from ports import free_port
 
 ENV = dict(CHILD_ENV)  # tests may add to it (monkeypatch.setitem)
@@ -38,6 +39,12 @@ def make_key(db: str, name: str, rate: str = "1000/min") -> str:
 
 
 class Gateway:
+    #: API keys a test module's fixture made for its tests, and the ComfyUI it serves
+    key: str
+    other: str
+    secret: str
+    server: str
+
     def __init__(
         self,
         servers: list[str],
@@ -77,17 +84,15 @@ class Gateway:
             raise
 
     def _wait_ready(self, ready: str) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        def answers() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited: {self.log.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.url}{ready}", timeout=1).status_code == 200:
-                    return
+                return httpx.get(f"{self.url}{ready}", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("gateway did not become ready")
+                return False
+
+        wait_for(answers, 60, f"the gateway to answer {ready}", interval=0.1)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -130,6 +135,12 @@ class InProcess:
     """``create_app(settings, store=store)`` served by uvicorn on a free loopback port, in a
     thread of this process; a context manager (the app's worker starts and stops with it)."""
 
+    #: what a test module's fixture made for its tests: API keys, a key's id, a storage root
+    secret: str
+    key_id: str
+    other: str
+    root: Path
+
     def __init__(self, settings: Any, store: Any = None) -> None:
         import uvicorn
 
@@ -150,12 +161,17 @@ class InProcess:
 
     def __enter__(self) -> InProcess:
         self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError("the in-process gateway did not start")
-            time.sleep(0.02)
+
+        def started() -> bool:
+            if not self.thread.is_alive():
+                raise RuntimeError("the in-process gateway's thread ended before it started")
+            return bool(self.server.started)
+
+        try:
+            wait_for(started, 60, "the in-process gateway to start", interval=0.02)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -37,7 +37,7 @@ def blur_graph(color: int, *, size: int = 1024, blurs: int = 4, radius: int = 31
 
 
 def trivial_graph(color: int, *, node: str = "SaveImage") -> dict:
-    inputs = {"images": ["1", 0]}
+    inputs: dict[str, object] = {"images": ["1", 0]}
     if node == "SaveImage":
         inputs["filename_prefix"] = "trivial"
     return {

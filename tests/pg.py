@@ -152,9 +152,7 @@ class Postgres:
 
     def halt(self) -> None:
         """Stop the server, keeping its data and port (an outage); :meth:`resume` restarts it."""
-        self._run(
-            [str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop"]
-        )
+        self._pg_ctl("-m", "fast", "-w", "stop")
         self._started = False
 
     def resume(self) -> None:
@@ -162,22 +160,19 @@ class Postgres:
         self._pg_start()
 
     def _pg_start(self) -> None:
+        assert self.root is not None, "PostgreSQL has no folder yet"
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c max_connections=200"
         )
-        self._run(
-            [
-                str(self.bin / "pg_ctl"),
-                "-D", str(self.root / "data"),
-                "-l", str(self.root / "server.log"),
-                "-o", options,
-                "-w", "-t", "60",
-                "start",
-            ]
-        )  # fmt: skip
+        self._pg_ctl("-l", str(self.root / "server.log"), "-o", options, "-w", "-t", "60", "start")
         self._started = True
+
+    def _pg_ctl(self, *args: str) -> None:
+        """``pg_ctl -D <its data> <args>``, once :meth:`start` made the server's folder."""
+        assert self.bin is not None and self.root is not None, "PostgreSQL was not started"
+        self._run([str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), *args])
 
     def stop(self) -> None:
         if self.root is None:
@@ -187,10 +182,7 @@ class Postgres:
             if self._started:
                 self._started = False
                 with contextlib.suppress(Exception):
-                    self._run(
-                        [str(self.bin / "pg_ctl"), "-D", str(root / "data"), "-m", "fast",
-                         "-w", "stop"]
-                    )  # fmt: skip
+                    self._pg_ctl("-m", "fast", "-w", "stop")
         finally:
             self.root = None
             shutil.rmtree(root, ignore_errors=True)

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import pytest
 
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T], timeout: float, what: str, *, interval: float = 0.05) -> T:
+def wait_for(
+    check: Callable[[], T | Literal[False] | None],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.05,
+) -> T:
     """``check()``'s first true value, polled every ``interval`` seconds; past ``timeout``
     seconds the test fails, naming ``what`` it waited for."""
     deadline = time.monotonic() + timeout
@@ -24,7 +30,11 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, *, interval: flo
 
 
 async def await_for(
-    check: Callable[[], Awaitable[T]], timeout: float, what: str, *, interval: float = 0.05
+    check: Callable[[], Awaitable[T | Literal[False] | None]],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.05,
 ) -> T:
     """:func:`wait_for` for an async ``check``, sleeping on the running loop (anyio)."""
     import anyio
@@ -35,3 +45,18 @@ async def await_for(
             pytest.fail(f"{what}: not within {timeout:g} s")
         await anyio.sleep(interval)
     return value
+
+
+async def await_until(
+    check: Callable[[], T | Literal[False] | None],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.05,
+) -> T:
+    """:func:`wait_for` inside a running event loop: a plain ``check``, polled on the loop."""
+
+    async def checked() -> T | Literal[False] | None:
+        return check()
+
+    return await await_for(checked, timeout, what, interval=interval)

@@ -246,7 +246,7 @@ class SimServer:
             number = -self.number if body.get("front") else self.number
             self.number += 1
         if "prompt" not in body:
-            error = {"type": "no_prompt", "message": "No prompt provided"}
+            error: dict[str, object] = {"type": "no_prompt", "message": "No prompt provided"}
             error |= {"details": "No prompt provided", "extra_info": {}}
             return web.json_response({"error": error, "node_errors": {}}, status=400)
         prompt = body["prompt"]

@@ -27,6 +27,7 @@ import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -34,6 +35,9 @@ from comfyfn import Workflow
 from comfyfn.engine import Engine
 from comfyfn.recipes import builtin_names, recipe_text
 from comfyfn.workflow import bundled_object_info
+
+if TYPE_CHECKING:
+    from _pytest.mark import ParameterSet  # what pytest.param makes
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -65,7 +69,7 @@ def read_blocks() -> list[Block]:
 BLOCKS = read_blocks()
 
 
-def of(lang: str) -> list[pytest.param]:
+def of(lang: str) -> list[ParameterSet]:
     return [pytest.param(b, id=f"line-{b.line}") for b in BLOCKS if b.lang == lang]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_credentials_in_a_server_url_are_used_but_never_recorded(server, unique,
         servers=[f"http://alice:{secret}@{host}/?token=t0k3n"],
         workflow=sleep_graph(0, milliseconds=10),
     )
-    results = []
+    results: list[Any] = []
     summary = run_batch(batch, on_result=results.append)
     assert summary.done == 2
     assert {r.server for r in results} == {server}

@@ -67,8 +67,9 @@ def test_a_job_file_with_image_paths_runs_zimage_edit(server, unique, tmp_path):
         f"row 2, column 'image': the image for image, {jobs / 'in' / 'missing.png'}, "
         "cannot be read: No such file or directory",
     )
-    assert got[4][0] == "invalid" and got[4][1].startswith("row 4, column 'image': ")
-    assert "is not an image" in got[4][1]
+    state, error = got[4]
+    assert state == "invalid" and error is not None
+    assert error.startswith("row 4, column 'image': ") and "is not an image" in error
     with PIL.open(output / "images" / "000001.png") as first:
         assert first.size == (48, 32)  # the input's size rounded to multiples of 16
     with PIL.open(output / "images" / "000003.png") as third:
@@ -112,8 +113,9 @@ def test_an_image_url_column_is_fetched_and_a_failing_url_fails_its_row(
     assert result.exit_code == 1, result.output
     got = states(output)
     assert got[1][0] == "done"
-    assert got[2][0] == "invalid" and got[2][1].startswith("row 2, column 'image': ")
-    assert "HTTP 404" in got[2][1]
+    state, error = got[2]
+    assert state == "invalid" and error is not None
+    assert error.startswith("row 2, column 'image': ") and "HTTP 404" in error
     with PIL.open(output / "images" / "000001.png") as made:
         assert made.size == (80, 48)
 

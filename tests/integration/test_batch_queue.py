@@ -102,12 +102,13 @@ def test_a_changed_row_is_a_new_job_status_and_cancel(place, tmp_path):
     follower = start_cli("batch", str(rows), "--db", db, "-o", str(out))  # no worker at all
     try:
         wait_for(lambda: follower_said(follower, "new jobs queued"), 60, "the rows queued")
-        name = named(follower.seen)
+        name = named(follower.seen)  # type: ignore[attr-defined]  # follower_said keeps it
         assert batch_counts(db, name)["queued"] == 20
         write_rows(rows, 20, start=1)  # rows 1-19 changed their place, row 20 is new
         second = start_cli("batch", str(rows), "--db", db, "-o", str(out))
         wait_for(lambda: follower_said(second, "new jobs queued"), 60, "the changed rows")
-        assert "20 rows, 20 new jobs queued" in second.seen  # every row's content changed
+        seen = second.seen  # type: ignore[attr-defined]  # follower_said keeps it
+        assert "20 rows, 20 new jobs queued" in seen  # every row's content changed
         assert sum(batch_counts(db, name).values()) == 40
         status = run_cli("batch", "status", name, "--db", db)
         assert status.returncode == 0 and "40 jobs: queued 40," in status.stdout

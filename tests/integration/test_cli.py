@@ -10,6 +10,7 @@ import time
 import pytest
 from cli_proc import start_cli, stop
 from graphs import sleep_graph
+from polling import wait_for
 from typer.testing import CliRunner
 
 import comfyfn
@@ -181,26 +182,21 @@ def test_a_stopped_generate_cancels_its_job_on_the_server_and_says_so(
         f"interrupted: job {prompt_id} was cancelled on {server}"
     )
     assert "Traceback" not in errors
-    deadline = time.monotonic() + 30
     with comfyfn.Client(server) as c:
-        while not c.history(prompt_id):
-            if time.monotonic() > deadline:
-                pytest.fail("the job was not stopped on the server")
-            time.sleep(0.1)
-        messages = [m[0] for m in c.history(prompt_id)[prompt_id]["status"]["messages"]]
+        history = wait_for(lambda: c.history(prompt_id), 30, "the job stopped on the server")
+        messages = [m[0] for m in history[prompt_id]["status"]["messages"]]
     assert "execution_interrupted" in messages
 
 
 def wait_for_running(server: str, color: int) -> str:
     """The prompt id of the job made from ``color``, once the server runs it."""
-    deadline = time.monotonic() + 60
     with comfyfn.Client(server) as c:
-        while time.monotonic() < deadline:
-            for item in c.queue()["queue_running"]:
-                if item[2]["1"]["inputs"]["color"] == color:
-                    return str(item[1])
-            time.sleep(0.05)
-    pytest.fail("the job never ran")
+
+        def running() -> str | None:
+            items = c.queue()["queue_running"]
+            return next((str(i[1]) for i in items if i[2]["1"]["inputs"]["color"] == color), None)
+
+        return wait_for(running, 60, "the job to run")
 
 
 def test_a_negative_prompt_column_at_cfg_1_warns_once(server, unique, tmp_path):

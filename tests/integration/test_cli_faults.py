@@ -198,10 +198,12 @@ def test_sigterm_stops_the_batch_with_exit_130_and_it_resumes(server, unique, tm
     args = ["batch", str(src), "-o", str(out), "-w", str(wf), "-s", server]
     proc = start_cli(*args)
     try:
-        deadline = time.monotonic() + 60
-        while states(out)["done"] < 1:
-            assert proc.poll() is None and time.monotonic() < deadline, "no job finished"
-            time.sleep(0.05)
+
+        def one_done() -> bool:
+            assert proc.poll() is None, "the batch ended before SIGTERM"
+            return states(out)["done"] >= 1
+
+        wait_for(one_done, 60, "a finished job")
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
     finally:
@@ -344,7 +346,8 @@ def test_a_second_ctrl_c_leaves_none_of_our_jobs_to_run_on_the_server(server, un
     args = ["batch", str(src), "-o", str(out), "-w", str(wf), "-s", server, "--prime", "1"]
     proc = start_cli(*args)
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True)
     reader.start()
     try:
         wait_for(lambda: len(ours_on(server, colors)) >= 2, 60, "a running and a queued job")

@@ -6,11 +6,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from cli_proc import CHILD_ENV
 from graphs import blur_graph
+from polling import wait_for
 
 import comfyfn
 
@@ -39,25 +39,20 @@ def test_ctrl_c_interrupts_the_running_job(server, unique):
         env=CHILD_ENV,
     )
     with comfyfn.Client(server) as c:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # wait until that job is the running one
+
+        def ours_running() -> str | None:  # that job, recognised by its color
             running = c.queue()["queue_running"]
-            if running and running[0][2]["1"]["inputs"]["color"] == color:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the job never started")
-        prompt_id = running[0][1]
+            ours = running and running[0][2]["1"]["inputs"]["color"] == color
+            return str(running[0][1]) if ours else None
+
+        prompt_id = wait_for(ours_running, 60, "the job to run")
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 130 and "cancelled" in out
         # the cancel reached the server before the process exited
-        entry = c.history(prompt_id).get(prompt_id)
-        deadline = time.monotonic() + 30
-        while entry is None and time.monotonic() < deadline:  # it stops at a node boundary
-            time.sleep(0.05)
-            entry = c.history(prompt_id).get(prompt_id)
-        assert entry is not None
+        entry = wait_for(  # it stops at a node boundary
+            lambda: c.history(prompt_id).get(prompt_id), 30, "the job's history entry"
+        )
         kinds = [kind for kind, _ in entry["status"]["messages"]]
         assert "execution_interrupted" in kinds
         assert len([n for n, o in entry["outputs"].items()]) == 0

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import shutil
-import time
 
 import pytest
 from graphs import blur_graph, trivial_graph
+from polling import await_for, wait_for
 from ports import free_port
 
 import comfyfn
@@ -103,7 +103,8 @@ def test_corrupt_model_file_raises_execution_failed(engine, server, unique):
 
 def test_interrupt_a_running_job(server, unique):
     with comfyfn.Client(server) as c:
-        seen, outcomes = [], []
+        seen: list[object] = []
+        outcomes: list[str] = []
         for event in c.stream_graph(blur_graph(unique())):
             seen.append(event)
             is_blur = isinstance(event, ev.NodeStarted) and event.class_type == "ImageBlur"
@@ -128,19 +129,16 @@ def test_delete_a_queued_job(server, unique):
         assert "removed from the queue" in str(rest[-1].error)
         assert c.history(first.prompt_id) == {}
         running.close()  # abandoning a stream cancels its job on the server
-        entry = _history_entry(c, blocker.prompt_id, deadline=30)
+        entry = _history_entry(c, blocker.prompt_id)
         kinds = [kind for kind, _ in entry["status"]["messages"]]
         assert "execution_interrupted" in kinds and entry["outputs"] == {}
 
 
-def _history_entry(c: comfyfn.Client, prompt_id: str, *, deadline: float) -> dict:
+def _history_entry(c: comfyfn.Client, prompt_id: str) -> dict:
     """The job's history entry, once it has one (a job stops at a node boundary)."""
-    end = time.monotonic() + deadline
-    while (entry := c.history(prompt_id).get(prompt_id)) is None:
-        if time.monotonic() > end:
-            pytest.fail(f"job {prompt_id} had no history entry after {deadline}s")
-        time.sleep(0.05)
-    return entry
+    return wait_for(
+        lambda: c.history(prompt_id).get(prompt_id), 30, f"a history entry of job {prompt_id}"
+    )
 
 
 @pytest.mark.anyio
@@ -148,18 +146,17 @@ async def test_run_raises_interrupted(server, unique):
     color = unique()
     async with comfyfn.AsyncClient(server) as c:
         task = asyncio.create_task(c.run(blur_graph(color)))
-        end = time.monotonic() + 60
-        while True:  # wait until our job (recognised by its color) is the running one
+
+        async def ours_running() -> str | None:  # our job, recognised by its color
             running = (await c.queue())["queue_running"]
-            if running and running[0][2]["1"]["inputs"]["color"] == color:
-                break
-            if time.monotonic() > end:
-                pytest.fail("the job never started running")
-            await asyncio.sleep(0.02)
-        await c.interrupt(running[0][1])
+            ours = running and running[0][2]["1"]["inputs"]["color"] == color
+            return str(running[0][1]) if ours else None
+
+        prompt_id = await await_for(ours_running, 60, "the job to run")
+        await c.interrupt(prompt_id)
         with pytest.raises(comfyfn.Interrupted) as info:
             await task
-    assert info.value.prompt_id == running[0][1]
+    assert info.value.prompt_id == prompt_id
 
 
 def test_whole_job_timeout_cancels_the_job(server, unique):
@@ -167,6 +164,7 @@ def test_whole_job_timeout_cancels_the_job(server, unique):
         with pytest.raises(comfyfn.GenerationTimeout) as info:
             c.run(blur_graph(unique(), blurs=6), timeout=0.5)
         prompt_id = info.value.prompt_id
+        assert prompt_id is not None
         # it was cancelled on the server, not left running
         events = list(c.stream_graph(trivial_graph(unique())))
         assert isinstance(events[-1], ev.Succeeded)

@@ -16,6 +16,7 @@ The server is the real engine; tests/faultproxy.py breaks only what a real one n
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import anyio
 import httpx
@@ -38,7 +39,7 @@ BLOCKED_ANSWERS = {
 }
 
 #: (proxy switches, timeout, the route the error names)
-UNREADABLE = {
+UNREADABLE: dict[str, tuple[dict[str, Any], float, str]] = {
     "garbled history": ({"garble_history": 10_000}, 10.0, "GET /history/"),
     "history 500": ({"fail_history": 10_000}, 10.0, "GET /history/"),
     "view 500": ({"fail_views": 10_000}, 10.0, "GET /view"),

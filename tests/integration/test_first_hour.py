@@ -81,7 +81,8 @@ def test_the_contact_sheet_in_a_real_browser(recipe_run, tmp_path):
     page = (recipe_run / "index.html").as_uri()
     dom = browser("--dump-dom", page, profile=tmp_path / "profile").stdout
     sections = re.findall(r"<section>(.*?)</section>", dom, re.S)
-    assert [re.search(r"<h2>(.*?)</h2>", s)[1] for s in sections] == ["中秋节团圆", "春节 庙会"]
+    titles = [re.findall(r"<h2>(.*?)</h2>", s)[:1] for s in sections]
+    assert titles == [["中秋节团圆"], ["春节 庙会"]]
     for section in sections:
         labels = re.findall(
             r"<div class=\"output\">(\w+)<span class=\"size\">(.*?)</span>", section

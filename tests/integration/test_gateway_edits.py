@@ -57,6 +57,7 @@ def test_the_openai_sdk_edits_an_image_at_the_size_asked(gw, engine, tmp_path, u
             response_format="b64_json",
             extra_body={"steps": 2, "seed": unique(), "denoise": 0.5},
         )
+    assert result.data is not None
     (out,) = result.data
     assert Image.open(io.BytesIO(base64.b64decode(out.b64_json or ""))).size == (64, 48)
     # on the ComfyUI server the image is named by its content, never by the caller's name
@@ -73,7 +74,7 @@ def test_without_a_size_the_output_has_the_inputs_size_rounded_to_16(gw, tmp_pat
         result = client.images.edit(
             image=image, prompt="a boat", n=2, extra_body={"steps": 2, "seed": unique()}
         )
-    assert len(result.data) == 2
+    assert result.data is not None and len(result.data) == 2
     for item in result.data:
         assert item.url is not None
         answer = httpx.get(item.url, timeout=30)

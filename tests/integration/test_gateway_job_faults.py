@@ -8,7 +8,6 @@ is the real engine; tests/faultproxy.py breaks only what a real server never bre
 from __future__ import annotations
 
 import json
-import time
 
 import anyio
 import httpx
@@ -17,6 +16,7 @@ from faultproxy import FaultProxy
 from gateway_proc import InProcess, settings_for
 from graphs import sleep_graph
 from PIL import Image
+from polling import await_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.anyio]
 
@@ -31,14 +31,12 @@ async def _gateway(tmp_path, proxy: FaultProxy, color: int, **settings) -> InPro
     return gateway
 
 
-async def _final(http: httpx.AsyncClient, job_id: str, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = (await http.get(f"/v1/jobs/{job_id}")).json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        await anyio.sleep(0.1)
-    pytest.fail(f"job {job_id} did not end within {timeout:g}s")
+async def _final(http: httpx.AsyncClient, job_id: str) -> dict:
+    async def ended() -> dict | None:
+        job: dict = (await http.get(f"/v1/jobs/{job_id}")).json()
+        return job if job["state"] in ("succeeded", "failed", "cancelled") else None
+
+    return await await_for(ended, 60, f"job {job_id} to end", interval=0.1)
 
 
 async def _run_one(tmp_path, proxy: FaultProxy, color: int, **settings) -> tuple[dict, bytes]:

@@ -51,6 +51,7 @@ def first_event(gateway, secret: str, job_id: str) -> tuple[str, dict]:
             if line.startswith("event: "):
                 kind = line.removeprefix("event: ")
             elif line.startswith("data: "):
+                assert kind is not None, f"data before an event line: {line}"
                 return kind, json.loads(line.removeprefix("data: "))
     pytest.fail("the event stream ended without an event")
 
@@ -64,7 +65,8 @@ def test_keys_create_records_the_highest_priority_a_key_may_ask_for(tmp_path):
     assert made.returncode == 0, made.stderr
     assert "max priority 5" in made.stderr
     with Store(db) as store:
-        assert store.find_key(made.stdout.strip()).max_priority == 5
+        record = store.find_key(made.stdout.strip())
+        assert record is not None and record.max_priority == 5
     listed = run_cli("keys", "list", "--db", db)
     assert "max priority 5" in listed.stdout
     refused = run_cli("keys", "create", "greedy", "--max-priority", "101", "--db", db)
@@ -184,7 +186,9 @@ def test_serve_logs_each_request_and_uvicorn_logs_no_query_string(tmp_path):
     try:
         secret = make_key(db, "served")
         with Store(db) as store:
-            key_id = store.find_key(secret).id
+            record = store.find_key(secret)
+            assert record is not None
+            key_id = record.id
         answer = httpx.get(f"{gateway.url}/v1/models?api_key=QUERY-SECRET", headers=auth(secret))
         assert answer.status_code == 200
         logged = "comfyfn.gateway.access: GET /v1/models 200 "

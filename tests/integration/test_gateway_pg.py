@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
 from gateway_proc import Gateway, make_key
 from graphs import sleep_graph
 from pg import Postgres
+from polling import wait_for
 
 import comfyfn
 
@@ -39,16 +39,16 @@ def test_two_replicas_share_the_queue(server, tmp_path, unique):
                 )
                 assert answer.status_code == 202, answer.text
                 ids.append(answer.json()["id"])
-            deadline = time.monotonic() + 120
-            states: dict[str, str] = {}
-            while time.monotonic() < deadline:
+
+            def ended() -> dict[str, str] | None:
                 states = {
                     i: httpx.get(f"{a.url}/v1/jobs/{i}", headers=headers).json()["state"]
                     for i in ids
                 }
-                if all(s in ("succeeded", "failed") for s in states.values()):
-                    break
-                time.sleep(0.2)
+                ended = all(s in ("succeeded", "failed") for s in states.values())
+                return states if ended else None
+
+            states = wait_for(ended, 120, "every job to end", interval=0.2)
             assert set(states.values()) == {"succeeded"}, states
             # the other replica sees the same jobs
             assert httpx.get(f"{b.url}/v1/jobs/{ids[0]}", headers=headers).json()["state"] == (

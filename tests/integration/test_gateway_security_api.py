@@ -36,7 +36,7 @@ def job_count(db: str) -> int:
     engine = sa.create_engine(db)
     try:
         with engine.connect() as conn:
-            return conn.execute(sa.text("SELECT count(*) FROM cfn_jobs")).scalar()
+            return conn.execute(sa.text("SELECT count(*) FROM cfn_jobs")).scalar_one()
     finally:
         engine.dispose()
 
@@ -232,6 +232,7 @@ def next_event(lines) -> tuple[str, dict]:
         if line.startswith("event: "):
             kind = line.removeprefix("event: ")
         elif line.startswith("data: "):
+            assert kind is not None, f"data before an event line: {line}"
             return kind, json.loads(line.removeprefix("data: "))
     pytest.fail("the event stream ended without an event")
 
@@ -443,7 +444,9 @@ def final_job(gateway, key: str, job_id: str, timeout: float) -> dict:
 def test_sync_caller_who_hangs_up_cancels_the_job_on_comfyui(live):
     key = make_key(live.db, f"hangup-{time.monotonic_ns()}")
     with Store(live.db) as store:
-        key_id = store.find_key(key).id
+        record = store.find_key(key)
+        assert record is not None
+        key_id = record.id
     body = json.dumps({"model": "slow", "prompt": "p"}).encode()
     request = (
         f"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\n"

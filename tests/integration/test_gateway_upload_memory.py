@@ -69,7 +69,8 @@ async def upload_all(gw: Gateway, images: list[bytes]) -> list[httpx.Response]:
 )
 def test_parallel_16_bit_uploads_keep_the_gateways_memory_bounded(gw, size, status):
     # (the over-budget ones are the probe's: ~230 KB each, 39.7 Mpx, 159 MB decoded)
-    images = [png16(*size, level=1000 * i + 1) for i in range(PARALLEL)]
+    width, height = size
+    images = [png16(width, height, level=1000 * i + 1) for i in range(PARALLEL)]
     answers = asyncio.run(upload_all(gw, images))
     assert [a.status_code for a in answers] == [status] * PARALLEL, answers[0].text
     if status == 422:

@@ -117,10 +117,10 @@ async def test_tools_are_listed_with_the_workflows_typed_schemas(gw):
 
 async def test_generate_gives_a_preview_a_signed_link_the_seed_and_progress(gw, unique):
     seed = unique()
-    progress: list[float] = []
+    reported: list[float] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(done)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append(progress)
 
     async with over_http(gw, gw.key) as session:
         result = await session.call_tool(
@@ -137,7 +137,7 @@ async def test_generate_gives_a_preview_a_signed_link_the_seed_and_progress(gw, 
     assert urlsplit(link.uri).path.startswith("/v1/files/") and "sig=" in link.uri
     full = httpx.get(link.uri, timeout=30)  # signed: no key needed
     assert full.status_code == 200 and Image.open(io.BytesIO(full.content)).size == (64, 64)
-    assert progress, "no progress notification"
+    assert reported, "no progress notification"
     # the same job through the HTTP API: same store, same key
     job = httpx.get(
         f"{gw.url}/v1/jobs/{result.structured_content['job_id']}", headers=auth(gw.key)
@@ -186,11 +186,11 @@ async def test_a_wrong_key_is_refused(gw):
 
 
 async def test_a_cancelled_call_cancels_its_job(gw, server):
-    progress = anyio.Event()
+    progressed = anyio.Event()
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        if message == "running" and done > 0:
-            progress.set()
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if message == "running" and progress > 0:
+            progressed.set()
 
     async with over_http(gw, gw.key) as session, anyio.create_task_group() as tg:
         outcome: list[types.CallToolResult] = []
@@ -200,7 +200,7 @@ async def test_a_cancelled_call_cancels_its_job(gw, server):
 
         tg.start_soon(call)
         with anyio.fail_after(120):
-            await progress.wait()  # the job runs on the engine
+            await progressed.wait()  # the job runs on the engine
         tg.cancel_scope.cancel()
     assert not outcome
     engine = sa.create_engine(gw.db)
@@ -227,12 +227,13 @@ async def test_a_cancelled_call_cancels_its_job(gw, server):
 
 
 async def test_stdio_generates_edits_and_names_a_bad_parameter(server, tmp_path, unique):
-    seed, progress = unique(), []
+    seed = unique()
+    reported: list[tuple[float, float | None]] = []
     photo = tmp_path / "photo.png"
     photo.write_bytes(image_bytes((48, 32), "teal"))
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append((done, total))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append((progress, total))
 
     async with over_stdio(server, tmp_path / "out") as session:
         tools = {t.name: t for t in (await session.list_tools()).tools}
@@ -250,7 +251,7 @@ async def test_stdio_generates_edits_and_names_a_bad_parameter(server, tmp_path,
     path = Path(urlsplit(link.uri).path)
     assert path.is_relative_to(tmp_path / "out") and Image.open(path).size == (64, 64)
     assert preview_of(made).size == (64, 64)
-    assert progress and progress[-1] == (1.0, 1.0)
+    assert reported and reported[-1] == (1.0, 1.0)
     assert not edited.is_error, edited.content
     assert preview_of(edited).size == (48, 32)
     assert isinstance(edited.structured_content["seed"], int)  # drawn, and reported
@@ -260,8 +261,8 @@ async def test_stdio_generates_edits_and_names_a_bad_parameter(server, tmp_path,
 async def test_stdio_cancellation_interrupts_the_job_on_the_server(server, tmp_path, slow_workflow):
     running = anyio.Event()
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        if done > 0:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if progress > 0:
             running.set()
 
     async with (

@@ -10,13 +10,14 @@ they pass, and the marker must go)."""
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import pytest
 
 import comfyfn
 
 pytestmark = pytest.mark.engine
-SMALL = {"width": 64, "height": 64, "steps": 2}
+SMALL: dict[str, Any] = {"width": 64, "height": 64, "steps": 2}
 
 
 @pytest.fixture

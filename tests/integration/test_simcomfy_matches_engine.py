@@ -45,6 +45,10 @@ class RecordingSocket(EventSocket):
 class Recorder(AsyncClient):
     _socket_class = RecordingSocket
 
+    async def __aenter__(self) -> Recorder:  # typed as a Recorder, not an AsyncClient
+        await super().__aenter__()
+        return self
+
     @property
     def messages(self) -> list[dict[str, Any]]:
         assert isinstance(self._socket, RecordingSocket)

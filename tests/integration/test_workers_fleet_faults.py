@@ -18,6 +18,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -139,7 +140,8 @@ def test_three_workers_through_kill_9_a_postgres_outage_and_sigterm_run_1000_row
             postgres.halt()
             cut_off = time.monotonic()
             for w in ("a2", "b", "c"):
-                wait_for(lambda w=w: workers[w].said("the job store failed"), 30, f"{w} sees it")
+                said = partial(workers[w].said, "the job store failed")
+                wait_for(said, 30, f"{w} sees it")
             time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - cut_off)))  # the outage itself
             postgres.resume()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -134,12 +135,12 @@ def test_a_device_a_pipe_or_a_huge_file_is_a_row_error_and_never_read(
     }
     for index, (value, problem) in rows.items():
         row = Row(index, {"prompt": "p", "image": value, FOLDER: str(tmp_path)})
-        error = without_waiting_on(fifo, lambda row=row: asyncio.run(prepare_async(edit, row)))
+        error = without_waiting_on(fifo, partial(asyncio.run, prepare_async(edit, row)))
         assert isinstance(error, RowError) and (error.index, error.column) == (index, "image")
         path = image_path(value, tmp_path)
         assert str(error).startswith(f"row {index}, column 'image': the image for image, {path}, ")
         assert problem in error.message
-        same = without_waiting_on(fifo, lambda row=row: prepare(edit, row))  # blocking path
+        same = without_waiting_on(fifo, partial(prepare, edit, row))  # blocking path
         assert isinstance(same, RowError) and same.message == error.message
 
 

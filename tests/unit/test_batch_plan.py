@@ -29,7 +29,12 @@ def test_a_job_yaml_names_its_workflow_template_and_priming_and_options_win(tmp_
     assert (plan.total, plan.workflow, plan.prime) == (2, "zimage", 3)
     assert plan.variables == frozenset({"topic"})
     assert plan_job_file(job, workflow="zimage-turbo", prime=1).workflow == "zimage-turbo"
-    assert [r.values["prompt"] for r in plan.rows] == ["tea, poster", "silk, poster"]
+    rows = list(plan.rows)
+    assert all(isinstance(r, Row) for r in rows), rows
+    assert [r.values["prompt"] for r in rows if isinstance(r, Row)] == [
+        "tea, poster",
+        "silk, poster",
+    ]
 
 
 def test_an_image_column_defaults_to_the_edit_workflow(tmp_path):

@@ -7,23 +7,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from fake_clock import FakeClock
 
 from comfyfn.batch import Row
 from comfyfn.batch.queued import CLOCK_SKEW, QueuedBatch, enqueue, load_workflow
 from comfyfn.gateway.store import NewFile, Store
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock():
-    return Clock()
+    return FakeClock(1_000_000.0)
 
 
 @pytest.fixture
@@ -37,7 +30,11 @@ class Spy:
     outage would."""
 
     def __init__(self, store: Store) -> None:
-        self.store, self.read, self.down = store, [], 0
+        self.store, self.down = store, 0
+        self.read: list[int] = []
+
+    def add_batch_jobs(self, batch, rows):
+        return self.store.add_batch_jobs(batch, rows)
 
     def batch_progress(self, batch):
         if self.down:

@@ -56,9 +56,7 @@ def recipe_run(tmp_path):
         if i == 3:
             manifest.failed(job.key, "row 3: the server failed")
             continue
-        manifest.done(
-            job.key, _made(tmp_path, job), "http://gpu-1:8188", seconds=1.5, executed=1.0
-        )
+        manifest.done(job.key, _made(tmp_path, job), "http://gpu-1:8188", seconds=1.5, executed=1.0)
     manifest.add("invalid:9:0", 9, "row 9", "000009", {}, "invalid", str(RowError(9, "x", "bad")))
     yield manifest
     manifest.close()
@@ -96,7 +94,7 @@ def test_contact_sheet_groups_by_topic_with_output_names_and_delivered_sizes(tmp
     sheet = write_contact_sheet(recipe_run, tmp_path, SUMMARY).read_text(encoding="utf-8")
     assert "<h1>Recipe social</h1>" in sheet
     sections = re.findall(r"<section>(.*?)</section>", sheet)
-    assert [re.search(r"<h2>(.*?)</h2>", s)[1] for s in sections] == ["中秋节", "春节 庙会"]
+    assert [re.findall(r"<h2>(.*?)</h2>", s)[:1] for s in sections] == [["中秋节"], ["春节 庙会"]]
     label = re.compile(r"<div class='output'>(\w+)<span class='size'>(.*?)</span>")
     first, second = (label.findall(s) for s in sections)
     assert first == [("wechat", "108×108"), ("weibo", "120×67"), ("xiaohongshu", "124×166")]
@@ -148,7 +146,8 @@ def test_a_manifest_made_before_execution_times_gets_the_column(tmp_path):
     old.commit()
     old.close()
     manifest = Manifest(path)
-    assert manifest.get("k1").executed is None and manifest.get("k1").seconds == 4.0
+    k1 = manifest.get("k1")
+    assert k1 is not None and k1.executed is None and k1.seconds == 4.0
     manifest.add("k2", 2, "row 2", "000002", {})
     manifest.done("k2", [], "http://a", seconds=3.0, executed=2.0)
     assert manifest.percentile(0.5) == 2.0  # the old row has no execution time to count

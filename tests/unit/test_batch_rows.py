@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any, TypeVar
 
 import pytest
 
@@ -11,6 +12,14 @@ from comfyfn.batch.jobs import Job, prepare
 from comfyfn.batch.rows import Row, RowError, prompt_placeholders, variation_problem
 from comfyfn.errors import ConfigError
 from comfyfn.workflow import zimage_turbo
+
+T = TypeVar("T")
+
+
+def ok(item: T | RowError) -> T:
+    """``item``, failing the test if it is a row error."""
+    assert not isinstance(item, RowError), item
+    return item
 
 
 def write(path, text):
@@ -67,7 +76,10 @@ def test_parse_vary_errors(spec):
 
 
 def test_expand_is_a_cartesian_product_with_a_template():
-    rows = [(1, {"prompt": "猫"}), (2, RowError(2, None, "bad"))]
+    rows: list[tuple[int, dict[str, Any] | RowError]] = [
+        (1, {"prompt": "猫"}),
+        (2, RowError(2, None, "bad")),
+    ]
     out = list(
         expand(
             rows,
@@ -75,9 +87,10 @@ def test_expand_is_a_cartesian_product_with_a_template():
             template="{prompt}, {style} style",
         )
     )
-    assert [r.values["prompt"] for r in out[:4]] == ["猫, ink style", "猫, photo style"] * 2
-    assert [(r.values["seed"], r.variant) for r in out[:4]] == [(1, 0), (1, 1), (2, 2), (2, 3)]
-    assert out[1].label == "row 1 [seed=1, style=photo]" and out[1].stem == "000001-001"
+    first = [ok(r) for r in out[:4]]
+    assert [r.values["prompt"] for r in first] == ["猫, ink style", "猫, photo style"] * 2
+    assert [(r.values["seed"], r.variant) for r in first] == [(1, 0), (1, 1), (2, 2), (2, 3)]
+    assert first[1].label == "row 1 [seed=1, style=photo]" and first[1].stem == "000001-001"
     assert isinstance(out[4], RowError)
 
 
@@ -106,8 +119,8 @@ def test_job_file(tmp_path):
             defaults=settings["defaults"],
         )
     )
-    assert len(rows) == 8 and rows[0].values["prompt"] == "猫, ink"
-    assert rows[0].values["steps"] == 4
+    assert len(rows) == 8 and ok(rows[0]).values["prompt"] == "猫, ink"
+    assert ok(rows[0]).values["steps"] == 4
     assert "prime" not in settings and "workflow" in settings  # only what the file sets
     bad = write(tmp_path / "bad.yaml", "colour: red\nrows: []\n")
     with pytest.raises(ConfigError) as info:
@@ -130,16 +143,16 @@ def test_prepare_types_values_and_keys_are_stable():
     assert isinstance(job, Job)
     assert job.workflow.graph["3"]["inputs"]["seed"] == 42
     assert job.workflow.graph["13"]["inputs"]["width"] == 512
-    again = prepare(WF, row({"prompt": "猫", "seed": "42", "width": "512", "height": "768"}))
+    again = ok(prepare(WF, row({"prompt": "猫", "seed": "42", "width": "512", "height": "768"})))
     assert again.key == job.key
-    other = prepare(WF, row({"prompt": "猫", "seed": "43", "width": "512", "height": "768"}))
+    other = ok(prepare(WF, row({"prompt": "猫", "seed": "43", "width": "512", "height": "768"})))
     assert other.key != job.key
 
 
 def test_missing_seed_comes_from_the_row_content():
-    a = prepare(WF, row({"prompt": "猫"}))
-    b = prepare(WF, row({"prompt": "猫"}, index=2))
-    c = prepare(WF, row({"prompt": "狗"}))
+    a = ok(prepare(WF, row({"prompt": "猫"})))
+    b = ok(prepare(WF, row({"prompt": "猫"}, index=2)))
+    c = ok(prepare(WF, row({"prompt": "狗"})))
     assert a.values["seed"] == b.values["seed"] != c.values["seed"]
     assert a.key != b.key  # two identical rows are still two jobs (two files)
 
@@ -183,23 +196,24 @@ def test_manifest_states_and_percentiles(tmp_path):
         m.submitted(f"k{i}", "http://a", f"p{i}")
     assert [r.prompt_id for r in m.records("submitted")] == [f"p{i}" for i in range(1, 11)]
     for i in range(1, 11):
-        m.done(f"k{i}", [f"images/{i}.png"], "http://a", seconds=float(i) + 10, executed=float(i))
+        files = [{"path": f"images/{i}.png"}]
+        m.done(f"k{i}", files, "http://a", seconds=float(i) + 10, executed=float(i))
     m.add("bad", 11, "row 11", "000011", {}, "invalid", "row 11: broken")
     m.add("k1", 1, "row 1", "000001", {})  # re-adding a done job does not reset it
-    assert m.get("k1").state == "done" and m.get("k1").files == ["images/1.png"]
+    k1 = m.get("k1")
+    assert k1 is not None and k1.state == "done" and k1.files == ["images/1.png"]
     assert m.counts() == {"done": 10, "invalid": 1}
     assert (m.percentile(0.5), m.percentile(0.95)) == (5.0, 10.0)  # execution times
     assert (m.percentile(0.5, "seconds"), m.percentile(0.95, "seconds")) == (15.0, 20.0)
     m.close()
-    assert json.loads(json.dumps(Manifest(tmp_path / "m.sqlite").get("k3").params)) == {
-        "prompt": "p"
-    }
+    k3 = Manifest(tmp_path / "m.sqlite").get("k3")
+    assert k3 is not None and json.loads(json.dumps(k3.params)) == {"prompt": "p"}
 
 
 def test_each_job_saves_into_its_own_small_folder_on_the_server():
-    job = prepare(WF, row({"prompt": "p"}, index=1234))
+    job = ok(prepare(WF, row({"prompt": "p"}, index=1234)))
     assert job.workflow.graph["9"]["inputs"]["filename_prefix"] == "z-image-turbo/0001/001234"
-    own = prepare(WF, row({"prompt": "p", "filename_prefix": "mine"}))
+    own = ok(prepare(WF, row({"prompt": "p", "filename_prefix": "mine"})))
     assert own.workflow.graph["9"]["inputs"]["filename_prefix"] == "mine"
 
 
@@ -256,7 +270,7 @@ def test_a_variation_that_changes_nothing_is_a_row_error_naming_it():
     ]
     assert "parameters: prompt, negative, seed" in str(out[0])
     used = list(expand([(1, {"prompt": "猫 {style}"})], vary=[("style", ["ink"]), ("steps", [4])]))
-    assert [r.values["prompt"] for r in used] == ["猫 ink"]  # a placeholder and a parameter
+    assert [ok(r).values["prompt"] for r in used] == ["猫 ink"]  # a placeholder and a parameter
 
 
 def test_prompt_placeholders_are_every_rows_and_reading_stops_once_all_are_found():
@@ -281,9 +295,9 @@ def test_a_variation_problem_suggests_the_closest_name():
 def test_a_priority_column_orders_rows_and_is_never_bound(tmp_path):
     f = write(tmp_path / "p.csv", "prompt,priority\na,5\nb,\nc,-2\nd,high\n")
     rows = list(expand(read_rows(f)))
-    assert [r.priority for r in rows[:3]] == [5, 0, -2]
+    assert [ok(r).priority for r in rows[:3]] == [5, 0, -2]
     assert isinstance(rows[3], RowError) and rows[3].column == "priority"
-    job = prepare(zimage_turbo(), rows[0])
+    job = prepare(zimage_turbo(), ok(rows[0]))
     assert isinstance(job, Job) and "priority" not in job.workflow.provenance()
 
 

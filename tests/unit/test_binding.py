@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import random
 import warnings
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -152,7 +153,8 @@ def test_a_problem_names_the_parameter_not_the_input_it_binds_to():
 
 
 def test_a_cfg_that_is_not_a_number_is_named_even_beside_a_negative():
-    for extra in ({}, {"negative": "blurry"}):
+    extras: list[dict[str, Any]] = [{}, {"negative": "blurry"}]
+    for extra in extras:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # nor a warning about a cfg of 1
             with pytest.raises(WorkflowInvalid, match="cfg 'high' is not a number"):
@@ -234,7 +236,8 @@ def test_two_samplers_are_ambiguous():
         WorkflowInvalid, match=r"'seed' is ambiguous: candidates 3.seed \(KSampler\), 99.seed"
     ):
         bind(graph, seed=1)
-    assert bind(graph, **{"99.seed": 5}).graph["99"]["inputs"]["seed"] == 5
+    by_id: dict[str, Any] = {"99.seed": 5}
+    assert bind(graph, **by_id).graph["99"]["inputs"]["seed"] == 5
 
 
 def test_graph_without_negative_encoder_rejects_negative_param():
@@ -363,5 +366,6 @@ def test_binding_a_computed_size_replaces_its_links_everywhere():
     assert decoded_size(bound.graph) == (320, 192)
     only_width = bind(graph, width=512).graph
     assert only_width["13"]["inputs"]["height"] == ["50", 1]
-    by_path = bind(graph, **{"Size picker.aspect_ratio": "16:9 (Widescreen)"})
+    title_path: dict[str, Any] = {"Size picker.aspect_ratio": "16:9 (Widescreen)"}
+    by_path = bind(graph, **title_path)
     assert (by_path.values["width"], by_path.values["height"]) == (1368, 768)

@@ -24,7 +24,7 @@ SYNC_TYPES = [
 ]
 #: async-only and sync-only names of the same method
 RENAMED = {"aclose": "close"}
-EMPTY_QUEUE = {"queue_running": [], "queue_pending": []}
+EMPTY_QUEUE: dict[str, list] = {"queue_running": [], "queue_pending": []}
 
 
 def _public(cls: type) -> dict[str, object]:
@@ -92,20 +92,30 @@ def test_one_name_per_concept():
 @pytest.fixture
 def no_engine(monkeypatch):
     """Looking up the local engine is I/O (it may even start ComfyUI): count it."""
-    lookups = []
+    lookups: list[int] = []  # one 1 per lookup
+
+    def resolve(server: str | None) -> str:
+        lookups.append(1)
+        return SERVER
+
     monkeypatch.delenv("COMFYFN_SERVER", raising=False)
-    monkeypatch.setattr(_config, "resolve_server_sync", lambda server: lookups.append(1) or SERVER)
+    monkeypatch.setattr(_config, "resolve_server_sync", resolve)
     monkeypatch.setattr(AsyncClient, "_socket_class", NoSocket)
     return lookups
 
 
 def test_constructors_do_no_io(no_engine):
     threads = threading.active_count()
-    clients = [Client(), AsyncClient(), Client(timeout=1.0, transport=FakeComfy().transport())]
+    clients: list[Client | AsyncClient] = [
+        Client(),
+        AsyncClient(),
+        Client(timeout=1.0, transport=FakeComfy().transport()),
+    ]
     assert no_engine == [] and threading.active_count() == threads
     for client in clients:
         with pytest.raises(ComfyError, match=r"not known yet.*looked up when the client opens"):
             _ = client.server
+    assert isinstance(clients[0], Client)
     clients[0].close()  # never opened: nothing to do, and no thread started to do it
     assert threading.active_count() == threads
 

@@ -14,6 +14,7 @@ import base64
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -104,7 +105,8 @@ async def test_a_job_runs_behind_the_proxy_with_each_kind_and_nothing_shows(kind
     async with AsyncClient(url, auth=auth, transport=proxy.transport()) as c:
         job = await c.submit_graph(GRAPH, validate=False)
         generation = await job.result()
-        assert await c.view(generation.images[0].filename) == generation.images[0].data
+        filename = generation.images[0].filename
+        assert filename is not None and await c.view(filename) == generation.images[0].data
         shown = (c.server, repr(c), job.server, repr(job), generation.server, repr(auth))
     assert proxy.refused == [] and proxy.passed >= 5  # /prompt, /queue, /history, /view…
     assert shown[0] == shown[2] == generation.server == SERVER
@@ -224,13 +226,14 @@ def test_a_server_url_splits_into_its_public_part_and_credentials(url, public, c
 
 
 def test_credentials_that_cannot_be_sent_are_refused():
-    for wrong, message in [
+    wrongs: list[tuple[dict[str, Any], str]] = [
         (dict(bearer="a", basic=("u", "p")), "bearer or basic, not both"),
         (dict(bearer="a", headers={"authorization": "x"}), "an Authorization header beside"),
         (dict(headers={"X-Key": "a\r\nEvil: 1"}), "has a line break"),
         (dict(headers={"X Key": "a"}), "'X Key' is not a valid header name"),
         (dict(basic=("a:b", "p")), "user name cannot contain ':'"),
-    ]:
+    ]
+    for wrong, message in wrongs:
         with pytest.raises(comfyfn.ConfigError, match=message):
             Credentials(**wrong)
 

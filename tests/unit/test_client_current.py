@@ -21,7 +21,7 @@ from test_job_protocol import ReplaySocket
 import comfyfn
 from comfyfn import AsyncClient, Client
 from comfyfn.client._lookup import cancel
-from comfyfn.events import Progress, Queued, Started, Stopped, parse_message
+from comfyfn.events import Progress, Queued, Started, Stopped, Succeeded, parse_message
 
 pytestmark = pytest.mark.anyio
 
@@ -229,7 +229,7 @@ SLEEP_IMAGE = {"filename": "sleep_00001_.png", "subfolder": "", "type": "output"
 #: recorded 2026-11-26): progress is throttled to ≥ 100 ms apart, so steps 1, 3, 5, 7, 9 and
 #: the last arrive. ``("progress_state", {node: (state, value, max)})`` stands for the full
 #: message, rebuilt by :func:`progress_state` with the keys 0.28 sends.
-THROTTLED_0_28 = [
+THROTTLED_0_28: list[tuple[str, dict]] = [
     ("execution_start", {"timestamp": 1795705836328}),
     ("execution_cached", {"nodes": [], "timestamp": 1795705836329}),
     ("progress_state", {"1": ("running", 0.0, 1.0)}),
@@ -308,6 +308,7 @@ async def test_throttled_progress_gives_right_events_and_progress_state_is_quiet
     caplog.set_level(logging.DEBUG)
     async with AsyncClient(SERVER, transport=fake.transport()) as c:
         job = await c.submit_graph(SLEEP_GRAPH, validate=False, prompt_id=prompt_id)
+        assert c._socket is not None
         for message in recorded_session(prompt_id):
             c._socket._route_json(json.dumps(message))
         events = [e async for e in job.events()]
@@ -323,6 +324,7 @@ async def test_throttled_progress_gives_right_events_and_progress_state_is_quiet
         "NodeFinished",
         "Succeeded",
     ]
+    assert isinstance(events[-1], Succeeded)
     assert events[-1].generation.images[0].filename == "sleep_00001_.png"
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert not any("progress_state" in r.getMessage() for r in caplog.records)

@@ -146,7 +146,7 @@ async def test_expected_size_through_a_whole_job(fake, prompt_id):
 
 
 async def test_damaged_websocket_frame_is_corrupt(fake, prompt_id):
-    entry = {"outputs": {}, "status": {"messages": []}}
+    entry: dict[str, dict] = {"outputs": {}, "status": {"messages": []}}
     types = {"5": "SaveImageWebsocket"}
     good = BinaryFrame(1, GOOD_PNG, "image/png", "5", prompt_id)
     (image,), (output,) = await fetch_outputs(

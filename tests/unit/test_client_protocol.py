@@ -16,7 +16,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -430,7 +430,7 @@ async def test_history_answer_that_is_a_list_fails_the_probe(fake, prompt_id):
 
 # -- /queue ---------------------------------------------------------------------------------
 
-BAD_QUEUES = {
+BAD_QUEUES: dict[str, tuple[Any, str]] = {
     "list": ([], "a list where an object was expected"),
     "no running": ({"queue_pending": []}, "'queue_running' is missing"),
     "no pending": ({"queue_running": []}, "'queue_pending' is missing"),
@@ -448,8 +448,11 @@ async def test_malformed_queue_everywhere_it_is_read(fake, prompt_id, case):
     fake.set("GET", "/queue", js(queue))
     fake.set("GET", f"/history/{prompt_id}", js({}))  # not finished: the probe reads /queue
     session = fake.session(retries=0)
-    calls = [cancel(session, prompt_id), _watch(session, prompt_id).probe()]
-    calls.append(find_graph(session, prompt_id))
+    calls: list[Awaitable[object]] = [
+        cancel(session, prompt_id),
+        _watch(session, prompt_id).probe(),
+        find_graph(session, prompt_id),
+    ]
     for call in calls:
         with pytest.raises(ProtocolError, match=f"GET /queue from {SERVER} answered ") as info:
             await call

@@ -24,7 +24,7 @@ from comfyfn.errors import ServerUnreachable, TransportError
 pytestmark = pytest.mark.anyio
 
 Answer = Callable[[int], tuple[bytes, str]]  #: request number → (bytes to send, then what)
-QUEUE = {"queue_running": [], "queue_pending": []}
+QUEUE: dict[str, list] = {"queue_running": [], "queue_pending": []}
 
 
 def reply(body: bytes, *, status: str = "200 OK", extra: str = "") -> bytes:

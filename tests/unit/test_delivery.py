@@ -36,6 +36,13 @@ def _open(data: bytes) -> Image.Image:
     return image
 
 
+def _rgb(image: Image.Image, xy: tuple[int, int]) -> tuple:
+    """The red, green and blue of the pixel at ``xy``."""
+    pixel = image.getpixel(xy)
+    assert isinstance(pixel, tuple), pixel
+    return pixel[:3]
+
+
 @pytest.mark.parametrize(
     "target", [(1080, 1080), (1200, 675), (1080, 1920), (1242, 1660), (1920, 1080), (800, 600)]
 )
@@ -64,7 +71,7 @@ def test_cover_crops_the_centre():
     image = _open(deliver(_striped(300, 100), 100, 100, "cover"))
     assert image.size == (100, 100)
     for x in (5, 50, 94):
-        r, g, b = image.getpixel((x, 50))[:3]
+        r, g, b = _rgb(image, (x, 50))
         assert r > 200 and g < 40 and b < 40
 
 
@@ -72,25 +79,21 @@ def test_contain_pads_with_background():
     # 200x100 red → 100x100 contain: red 100x50 band in the middle, background above and below
     image = _open(deliver(_png((200, 100)), 100, 100, "contain", background=(0, 0, 255)))
     assert image.size == (100, 100)
-    assert image.getpixel((50, 5))[:3] == (0, 0, 255)
-    assert image.getpixel((50, 95))[:3] == (0, 0, 255)
-    assert image.getpixel((50, 50))[:3] == (200, 30, 30)
+    assert _rgb(image, (50, 5)) == (0, 0, 255)
+    assert _rgb(image, (50, 95)) == (0, 0, 255)
+    assert _rgb(image, (50, 50)) == (200, 30, 30)
     # default background is white, colour strings are accepted
-    assert _open(deliver(_png((200, 100)), 100, 100, "contain")).getpixel((0, 0))[:3] == (
-        255,
-        255,
-        255,
-    )
-    assert _open(deliver(_png((100, 200)), 100, 100, "contain", "#00ff00")).getpixel((2, 50))[
-        :3
-    ] == (0, 255, 0)
+    white = _open(deliver(_png((200, 100)), 100, 100, "contain"))
+    assert _rgb(white, (0, 0)) == (255, 255, 255)
+    green = _open(deliver(_png((100, 200)), 100, 100, "contain", "#00ff00"))
+    assert _rgb(green, (2, 50)) == (0, 255, 0)
 
 
 def test_contain_upscales_small_images_to_fit():
     image = _open(deliver(_png((50, 50)), 100, 200, "contain"))
     assert image.size == (100, 200)
-    assert image.getpixel((50, 100))[:3] == (200, 30, 30)
-    assert image.getpixel((50, 10))[:3] == (255, 255, 255)
+    assert _rgb(image, (50, 100)) == (200, 30, 30)
+    assert _rgb(image, (50, 10)) == (255, 255, 255)
 
 
 def test_text_chunks_are_kept_and_the_delivered_size_is_in_the_provenance():

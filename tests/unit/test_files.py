@@ -167,10 +167,12 @@ def test_whole_images_pass_and_cut_ones_fail(fmt):
 
 def test_png_problems_are_described():
     data = _noise("PNG")
-    assert "cut short inside a 'IDAT' chunk" in image_problem(data[: len(data) // 2])
-    assert "no IEND chunk" in image_problem(data[:-12])
+    assert "cut short inside a 'IDAT' chunk" in (image_problem(data[: len(data) // 2]) or "")
+    assert "no IEND chunk" in (image_problem(data[:-12]) or "")
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0xFF
-    assert "does not decode" in image_problem(bytes(flipped))
+    assert "does not decode" in (image_problem(bytes(flipped)) or "")
     assert image_problem(b"") == "is empty"
-    assert image_problem(b"<html>502</html>").startswith("is not an image (16 bytes beginning")
+    assert (image_problem(b"<html>502</html>") or "").startswith(
+        "is not an image (16 bytes beginning"
+    )

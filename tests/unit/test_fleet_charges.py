@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 from graphs import sleep_graph
+from polling import await_until
 from simcomfy import Settings, simulated_servers
 
 from comfyfn import Workflow
@@ -34,13 +35,15 @@ async def test_a_failed_server_charges_the_move_to_its_running_job_only():
                     started.set()
 
             first = await fleet.slot(running)
+            assert first is not None
             run_first = asyncio.create_task(
                 fleet.run(running, first, on_submit=_nothing, on_event=on_event)
             )
             await asyncio.wait_for(started.wait(), 30)
             second = await fleet.slot(behind)
+            assert second is not None
             run_second = asyncio.create_task(fleet.run(behind, second, on_submit=_nothing))
-            await asyncio.wait_for(_queued(cluster.servers[0], 2), 30)
+            await _queued(cluster.servers[0], 2)
             await cluster.stop_server(0)  # the server dies under the running job
             outcomes = await asyncio.wait_for(asyncio.gather(run_first, run_second), 60)
     assert all(isinstance(outcome, Moved) for outcome in outcomes), outcomes
@@ -49,5 +52,8 @@ async def test_a_failed_server_charges_the_move_to_its_running_job_only():
 
 async def _queued(server, jobs: int) -> None:
     """Until ``server`` holds ``jobs`` (running and pending)."""
-    while server.queue_info()["exec_info"]["queue_remaining"] < jobs:
-        await asyncio.sleep(0.01)
+
+    def held() -> bool:
+        return server.queue_info()["exec_info"]["queue_remaining"] >= jobs
+
+    await await_until(held, 30, f"{jobs} jobs on the server")

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from comfyfn.errors import ComfyError
 from comfyfn.fleet import (
     Cancelled,
     Done,
@@ -73,7 +74,7 @@ def test_other_endings_stand_whatever_the_attempts(event):
 
 
 def test_outcomes_name_their_event():
-    error = RuntimeError("x")
+    error = ComfyError("x")
     assert Moved(error, "s").event is Event.MOVE
     assert Lost(error, "s").event is Event.LOSE
     assert Cancelled(error, "s").event is Event.CANCEL

@@ -33,7 +33,7 @@ async def test_a_slow_follower_sees_the_latest_update_not_a_backlog():
         for step in (0.25, 0.5, 0.75):
             bus.publish(JobUpdate(job_record(state="running", progress=step)))
         assert await news.wait(0) is True
-        assert news.latest.job.progress == 0.75
+        assert news.latest is not None and news.latest.job.progress == 0.75
         assert await news.wait(0.01) is False  # nothing new since
 
 

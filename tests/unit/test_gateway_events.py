@@ -68,7 +68,11 @@ def test_a_last_event_id_the_gateway_did_not_write_replays_the_stored_state(offl
     an id of ours: the stream starts from the job's state in the store, unbroken."""
     job = offline.store.create_job(key_id=offline.key_id, workflow="zimage-turbo", params={})[0]
     epoch = offline.app.state.runtime.bus.epoch
-    headers = {**auth(offline.secret), "Last-Event-ID": f"{epoch}-{number}".encode("latin-1")}
+    last_event_id = f"{epoch}-{number}".encode("latin-1")  # bytes: httpx sends them as they are
+    headers = {
+        b"Authorization": f"Bearer {offline.secret}".encode(),
+        b"Last-Event-ID": last_event_id,
+    }
     url = f"{offline.url}/v1/jobs/{job.id}/events"
     with httpx.stream("GET", url, headers=headers, timeout=20) as stream:
         assert stream.status_code == 200

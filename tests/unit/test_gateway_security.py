@@ -8,6 +8,7 @@ import hmac
 import ipaddress
 
 import pytest
+from fake_clock import FakeClock
 
 from comfyfn.gateway.errors import public_error, public_message
 from comfyfn.gateway.models import text_problem
@@ -20,14 +21,6 @@ from comfyfn.gateway.security import (
     webhook_target_error,
 )
 from comfyfn.gateway.settings import GatewaySettings
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize(
@@ -45,7 +38,7 @@ def test_bad_rates(text):
 
 
 def test_token_bucket_allows_the_rate_then_says_how_long_to_wait():
-    clock = Clock()
+    clock = FakeClock()
     limiter = RateLimiter(clock)
     assert [limiter.check("k", "3/min") for _ in range(3)] == [0.0, 0.0, 0.0]
     wait = limiter.check("k", "3/min")
@@ -208,7 +201,9 @@ def test_default_cost_limits(values, param):
 def test_total_pixels_per_request():
     settings = limits(max_total_pixels=1024 * 1024 * 2)
     assert settings.cost_error({"width": 1024, "height": 1024, "batch_size": 2}) is None
-    param, message = settings.cost_error({"width": 1024, "height": 1024, "batch_size": 3})
+    refused = settings.cost_error({"width": 1024, "height": 1024, "batch_size": 3})
+    assert refused is not None
+    param, message = refused
     assert param == "batch_size" and "per request" in message
 
 

@@ -6,9 +6,8 @@ the warm-up's readiness; previews handed to the bus."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
+from polling import await_for
 from test_gateway_worker import FakeFleet, new_job, started
 from tests_png import image_bytes
 
@@ -97,12 +96,12 @@ def test_storage_setting_argument_then_environment_then_default(monkeypatch, tmp
 def test_warm_up_holds_readiness_until_done_and_after_a_failure():
     assert WarmUp(()).problem() is None
     warm = WarmUp(("zimage-turbo",))
-    assert warm.problem().code == "warming_up"
+    assert (warming := warm.problem()) is not None and warming.code == "warming_up"
     warm.done = True
     assert warm.problem() is None
     warm.failed.append("zimage-turbo (ExecutionFailed)")
     problem = warm.problem()
-    assert (problem.status, problem.code) == (503, "warm_up_failed")
+    assert problem is not None and (problem.status, problem.code) == (503, "warm_up_failed")
     assert "zimage-turbo (ExecutionFailed)" in problem.message
 
 
@@ -119,11 +118,12 @@ async def test_a_jobs_previews_reach_the_bus(tmp_path, monkeypatch):
         job = new_job(worker.store)
         with worker.bus.subscribe(job.id) as news:
             worker.job_created()
-            deadline = time.monotonic() + 10
-            while news.preview is None:
-                if time.monotonic() > deadline:
-                    pytest.fail("no preview reached the bus within 10 s")
+
+            async def previewed() -> bool:
                 await news.wait(0.1)
+                return news.preview is not None
+
+            await await_for(previewed, 10, "a preview on the bus")
         preview = news.preview.item
         assert (preview.job_id, preview.step, preview.data, preview.content_type) == (
             job.id,

@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from graphs import sleep_graph
+from polling import await_until
 from tests_png import image_bytes
 
+from comfyfn.errors import ComfyError
 from comfyfn.events import Progress
-from comfyfn.fleet import Done, Pool, Refused, Slot
+from comfyfn.fleet import Done, Outcome, Pool, Refused, Slot
 from comfyfn.gateway import worker as worker_module
 from comfyfn.gateway.bus import JobBus
 from comfyfn.gateway.metrics import Metrics
@@ -38,7 +41,9 @@ class FakeFleet:
         self.steps = steps
         self.runs: list[str] = []
         self.finish = asyncio.Event()
-        self.outcome = lambda ticket: Refused(RuntimeError("no outcome"), SERVER)
+        self.outcome: Callable[[Any], Outcome] = lambda ticket: Refused(
+            ComfyError("no outcome"), SERVER
+        )
 
     async def __aenter__(self) -> FakeFleet:
         return self
@@ -69,15 +74,6 @@ class FakeFleet:
             return self.outcome(ticket)
         finally:
             self.pool.release(slot.url)
-
-
-async def eventually(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:g} s")
-        await asyncio.sleep(0.01)
-    return value
 
 
 class ClaimSpy:
@@ -113,10 +109,11 @@ async def started(tmp_path, fleet: FakeFleet, monkeypatch):
     )
     registry = Registry()
     registry.add("sleep", Workflow.load(sleep_graph(1), name="sleep"))
-    worker = Worker(store, registry, settings, Metrics(), JobBus(), fleet=fleet)
+    # FakeFleet has the part of Fleet the worker uses (a FleetLike protocol is issue 19's)
+    worker = Worker(store, registry, settings, Metrics(), JobBus(), fleet=fleet)  # type: ignore[arg-type]
     await worker.start()
     try:
-        await eventually(lambda: spy.calls, 10, "the first look at the queue")
+        await await_until(lambda: spy.calls, 10, "the first look at the queue")
         yield worker, spy
     finally:
         fleet.finish.set()
@@ -138,7 +135,7 @@ def spy_on_publish(worker: Worker) -> list:
         published.append(update)
         real(update)
 
-    worker.bus.publish = publish
+    worker.bus.publish = publish  # type: ignore[method-assign]  # a spy on the worker's bus
     return published
 
 
@@ -153,7 +150,7 @@ async def test_a_job_queued_in_this_process_is_claimed_at_once(tmp_path, monkeyp
     async with started(tmp_path, fleet, monkeypatch) as (worker, spy):
         job = new_job(worker.store)
         worker.job_created()
-        await eventually(lambda: fleet.runs, 10, "the job runs")
+        await await_until(lambda: fleet.runs, 10, "the job runs")
         assert spy.calls == [0, 1]
         assert worker.store.get_job(job.id).claimed_by == worker.settings.worker_id
 
@@ -167,7 +164,7 @@ async def test_a_wake_up_during_a_claim_is_not_lost(tmp_path, monkeypatch):
         new_job(worker.store)
         worker.job_created()  # while that claim is still out
         spy.resume.set()
-        await eventually(lambda: fleet.runs, 10, "the job runs")
+        await await_until(lambda: fleet.runs, 10, "the job runs")
         assert spy.calls == [0, 0, 1]
 
 
@@ -176,13 +173,13 @@ async def test_a_job_submitted_with_a_slot_free_runs_without_a_claim(tmp_path, m
     async with started(tmp_path, fleet, monkeypatch) as (worker, spy):
         first = await worker.submit(key_id="key_1", workflow="sleep", params={})
         assert first.state == "running" and first.claimed_by == worker.settings.worker_id
-        await eventually(lambda: fleet.runs, 10, "the job runs")
+        await await_until(lambda: fleet.runs, 10, "the job runs")
         assert spy.calls == [0]  # the first look only
         assert worker.store.get_job(first.id).prompt_id == fleet.runs[0]  # stored before it ran
         second = await worker.submit(key_id="key_1", workflow="sleep", params={})
         assert second.state == "queued"  # the one slot is taken
         fleet.finish.set()
-        await eventually(lambda: len(fleet.runs) == 2, 10, "the second job runs")
+        await await_until(lambda: len(fleet.runs) == 2, 10, "the second job runs")
         assert spy.calls[:2] == [0, 1]  # claimed as soon as the slot was free
 
 
@@ -192,7 +189,7 @@ async def test_a_job_submitted_behind_a_queued_one_waits_its_turn(tmp_path, monk
         ahead = new_job(worker.store)  # queued by another replica, say
         behind = await worker.submit(key_id="key_1", workflow="sleep", params={})
         assert behind.state == "queued"  # no jumping the queue
-        await eventually(lambda: len(fleet.runs) == 2, 10, "both jobs run")
+        await await_until(lambda: len(fleet.runs) == 2, 10, "both jobs run")
         assert worker.store.get_job(ahead.id).prompt_id == fleet.runs[0]  # in order
 
 
@@ -215,7 +212,7 @@ async def test_a_submit_whose_caller_is_cancelled_still_starts_its_job(tmp_path,
         resume.set()
         with pytest.raises(asyncio.CancelledError):
             await caller
-        await eventually(lambda: fleet.runs, 10, "the stored job runs all the same")
+        await await_until(lambda: fleet.runs, 10, "the stored job runs all the same")
         monkeypatch.setattr(worker.store, "create_job", real)
         again = await worker.submit(key_id="key_1", workflow="sleep", params={})
         assert again.state == "running"  # the slot held for the first one was handed on
@@ -227,7 +224,7 @@ async def test_progress_is_published_at_every_step_and_stored_now_and_then(tmp_p
         published = spy_on_publish(worker)
         job = new_job(worker.store)
         worker.job_created()
-        await eventually(lambda: len(published) >= 6, 10, "the steps are published")
+        await await_until(lambda: len(published) >= 6, 10, "the steps are published")
         assert [(u.job.state, u.job.progress) for u in published] == [
             ("running", 0.0),  # claimed
             ("running", 0.0),  # submitted
@@ -251,9 +248,9 @@ async def test_a_success_is_published_in_hand_then_stored_in_one_go(tmp_path, mo
         published = spy_on_publish(worker)
         job = new_job(worker.store)
         worker.job_created()
-        await eventually(lambda: fleet.runs, 10, "the job runs")
+        await await_until(lambda: fleet.runs, 10, "the job runs")
         fleet.finish.set()
-        await eventually(
+        await await_until(
             lambda: published and published[-1].job.state == "succeeded", 10, "the job ends"
         )
         in_hand, final = published[-2:]

@@ -13,6 +13,7 @@ import time
 
 import httpx
 import pytest
+from polling import await_until
 from test_client_protocol import GRAPH, SERVER, FakeComfy, NoSocket
 
 import comfyfn
@@ -163,7 +164,11 @@ async def test_cancelling_the_task_awaiting_result_cancels_the_job():
     async with AsyncClient(SERVER, transport=fake.transport()) as c:
         job = await c.submit_graph(GRAPH, validate=False)
         task = asyncio.create_task(job.result())
-        await wait_until(lambda: fake.count("GET", "/queue") >= 2, "the job to be seen running")
+
+        def seen_running() -> bool:
+            return fake.count("GET", "/queue") >= 2
+
+        await await_until(seen_running, 10, "the job to be seen running")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -184,20 +189,12 @@ async def test_a_submission_cancelled_midway_is_cancelled_on_the_server():
 
     async with AsyncClient(SERVER, transport=SlowAnswer()) as c:
         task = asyncio.create_task(c.submit_graph(GRAPH, validate=False))
-        await wait_until(lambda: fake.pending, "the job to be queued")
+        await await_until(lambda: fake.pending, 10, "the job to be queued")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
     ((body),) = fake.posted("/queue")
     assert fake.pending == [] and body == {"delete": [fake.posted("/prompt")[0]["prompt_id"]]}
-
-
-async def wait_until(condition, what: str, deadline: float = 10.0) -> None:
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            pytest.fail(f"waited {deadline}s for {what}")
-        await asyncio.sleep(0.005)
 
 
 # -- deadlines ------------------------------------------------------------------------------

@@ -34,7 +34,16 @@ from comfyfn import AsyncClient
 from comfyfn.client import _lookup
 from comfyfn.client._job import JobSettings, JobSpec, follow
 from comfyfn.client._socket import LOST, EventSocket
-from comfyfn.events import NodeFinished, NodeStarted, Preview, Started, Stopped
+from comfyfn.events import (
+    Failed,
+    NodeFinished,
+    NodeStarted,
+    Preview,
+    Queued,
+    Started,
+    Stopped,
+    Succeeded,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -77,6 +86,7 @@ def on_post(fake: FakeComfy, client: AsyncClient, recording: str, **kw) -> None:
 
     def post_prompt(body: dict) -> httpx.Response:
         response = answer(body)
+        assert isinstance(client._socket, ReplaySocket)
         client._socket.say(recording, body["prompt_id"], **kw)
         return response
 
@@ -137,7 +147,9 @@ async def test_recorded_failures_over_the_socket(recording, history, final, erro
         on_post(fake, c, recording)
         job = await c.submit_graph(GRAPH, validate=False)
         events = [e async for e in job.events()]
-    assert type(events[-1]).__name__ == final and events[-1].error.class_type == error
+    last = events[-1]
+    assert type(last).__name__ == final and isinstance(last, Failed | Stopped)
+    assert last.error.class_type == error
     assert fake.count("GET", f"/history/{job.prompt_id}") == 0  # the socket said how it ended
 
 
@@ -148,9 +160,11 @@ async def test_a_dropped_socket_falls_back_to_polling_and_replays_the_history():
         job = await c.submit_graph(GRAPH, validate=False)
         events = job.events()
         seen = [await anext(events), await anext(events)]
+        assert isinstance(c._socket, ReplaySocket)
         c._socket.lose()
         seen += [e async for e in events]
     assert [type(e).__name__ for e in seen] == ["Queued", "Started", "NodeFinished", "Succeeded"]
+    assert isinstance(seen[2], NodeFinished)
     assert seen[2] == NodeFinished(job.prompt_id, "2", seen[2].output, "SaveImage")
 
 
@@ -272,7 +286,8 @@ async def test_a_started_job_over_a_silent_socket_is_probed(monkeypatch):
     async with AsyncClient(SERVER, transport=fake.transport(), check_interval=0.05) as c:
         job = await c.submit_graph(GRAPH, validate=False)
         events = job.events()
-        assert (await anext(events)).position == 0
+        queued = await anext(events)
+        assert isinstance(queued, Queued) and queued.position == 0
         assert isinstance(await anext(events), Started)  # learnt from /queue, not the socket
         await events.aclose()
     assert fake.posted("/interrupt") == [{"prompt_id": job.prompt_id}]
@@ -318,6 +333,7 @@ async def test_sampler_previews_are_events_and_websocket_saves_stay_images():
 
         def post_prompt(body: dict) -> httpx.Response:
             response = answer(body)
+            assert isinstance(c._socket, ReplaySocket)
             say(c._socket)
             return response
 
@@ -329,8 +345,9 @@ async def test_sampler_previews_are_events_and_websocket_saves_stay_images():
         Preview(prompt_id, "3", preview, None, "image/jpeg", "KSampler"),
         Preview(prompt_id, "3", preview, 2, "image/jpeg", "KSampler"),
     ]
-    generation = events[-1].generation
-    assert [(i.type, i.node_id, i.data) for i in generation.images] == [
+    last = events[-1]
+    assert isinstance(last, Succeeded)
+    assert [(i.type, i.node_id, i.data) for i in last.generation.images] == [
         ("websocket", "2", FRAME[8:])
     ]
 
@@ -344,9 +361,10 @@ async def test_a_job_on_a_working_websocket_costs_one_post_one_history_and_its_d
         on_post(fake, c, "ws_simple_run.json")
         job = await c.submit_graph(GRAPH, validate=False)
         events = [e async for e in job.events()]
-    assert type(events[0]).__name__ == "Queued" and events[0].position == 0
-    assert type(events[-1]).__name__ == "Succeeded"
-    outputs = len(events[-1].generation.images)
+    first, last = events[0], events[-1]
+    assert isinstance(first, Queued) and first.position == 0
+    assert isinstance(last, Succeeded)
+    outputs = len(last.generation.images)
     assert sorted(fake.calls) == sorted(
         [("POST", "/prompt"), ("GET", "/queue"), ("GET", f"/history/{job.prompt_id}")]
         + [("GET", "/view")] * outputs

@@ -96,7 +96,7 @@ def test_run_batch_makes_a_recipes_rows_and_refuses_what_it_cannot_run():
     ((name, rows),) = backend.runs
     assert name == "zimage-turbo" and len(rows) == 8  # 4 platforms × 2 topics
     assert {r["_topic"] for r in rows} == {"咖啡", "tea"}
-    refusals = {
+    refusals: dict[str, dict[str, Any]] = {
         "recipe": {"recipe": "../etc/passwd", "topics": ["a"]},
         "topics": {"recipe": "social", "topics": []},
         "workflow": {"rows": [{"prompt": "a"}], "workflow": "zimage-edit"},

@@ -9,6 +9,7 @@ import zlib
 
 import pytest
 from PIL import Image as PIL
+from PIL.PngImagePlugin import PngImageFile
 
 from comfyfn.provenance import (
     MAX_CHUNK_TEXT,
@@ -32,7 +33,9 @@ def test_chunks_round_trip_and_pixels_are_unchanged(tmp_path):
     assert read_text_chunks(tagged) == {"comfyfn": '{"prompt": "旗袍"}', "prompt": "{}"}
     assert PIL.open(io.BytesIO(tagged)).tobytes() == PIL.open(io.BytesIO(data)).tobytes()
     # Pillow (and so ComfyUI) reads them as well
-    assert PIL.open(io.BytesIO(tagged)).text["comfyfn"] == '{"prompt": "旗袍"}'
+    read_back = PIL.open(io.BytesIO(tagged))
+    assert isinstance(read_back, PngImageFile)
+    assert read_back.text["comfyfn"] == '{"prompt": "旗袍"}'
 
 
 def test_existing_chunks_are_replaced_not_duplicated():

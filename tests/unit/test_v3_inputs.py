@@ -4,6 +4,8 @@ frontend's own widgets and the bundled definitions chosen by server version."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from comfyfn import Workflow
@@ -335,7 +337,7 @@ def test_match_types_check_allowed_types_and_give_their_outputs_the_linked_type(
         "node 2 ResizeImageMaskNode: input expects IMAGE,MASK but receives LATENT from node 1",
         "node 3 PreviewImage: images expects IMAGE but receives LATENT from node 2",
     ]
-    switched = {
+    switched: dict[str, Any] = {
         "1": graph["1"],
         "5": {
             "class_type": "EmptyImage",

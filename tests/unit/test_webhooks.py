@@ -188,8 +188,10 @@ def test_api_time_check_uses_the_same_rules_and_the_injected_resolver():
         raise socket.gaierror("no such host")
 
     problem = webhook_target_error("http://no.test/", allow_private=False, resolve=unresolvable)
-    assert "does not resolve" in problem
-    assert "http(s)" in webhook_target_error("ftp://hook.test/", allow_private=False, resolve=ok)
+    assert "does not resolve" in (problem or "")
+    assert "http(s)" in (
+        webhook_target_error("ftp://hook.test/", allow_private=False, resolve=ok) or ""
+    )
     assert webhook_target_error("http://\ud800/", allow_private=False, resolve=ok) is not None
 
 
