@@ -38,6 +38,7 @@ class FakeFleet:
 
     def __init__(self, slots: int = 2, steps: int = 0) -> None:
         self.pool = Pool([SERVER], slots - 1)
+        self.clients: dict[str, Any] = {}  #: no real server: nothing to withdraw on stop
         self.steps = steps
         self.runs: list[str] = []
         self.finish = asyncio.Event()

@@ -196,7 +196,7 @@ def test_assign_invariants(servers, raw):
         assert sum(u == url for _, u in placed) <= by_url[url].free
     # after: replay the placements, then nothing that could run is left waiting
     after = {s.url: s for s in servers if s.healthy}
-    models = {j.key: j for j in waiting}
+    models: dict[Hashable, Waiting[int]] = {j.key: j for j in waiting}
     for key, url in placed:
         s, j = after[url], models[key]
         after[url] = ServerView(
