@@ -37,6 +37,7 @@ __all__ = [
     "image_path",
     "named_images",
     "output_files",
+    "output_folders",
     "output_name",
     "prepare",
     "prepare_async",
@@ -122,7 +123,7 @@ def prepare(
     # the row's place is part of the key: two identical rows are two jobs with two files
     blob = json.dumps(
         {
-            "graph": bound.to_api(),
+            "graph": dict(bound.graph),  # read only: no copy
             "deliver": deliver,
             "name": row.values.get("_name"),
             "stem": row.stem,
@@ -321,13 +322,20 @@ def _check(rel: str, data: bytes) -> dict[str, Any]:
 
 
 def save_outputs(gen: Generation, job: Job, output: Path) -> list[dict[str, Any]]:
-    """Write the job's images atomically (and durably) under names fixed by the job, never
-    twice; returns what was written (path, size, sha256) for the manifest."""
+    """Write the job's images atomically under names fixed by the job, never twice; returns
+    what was written (path, size, sha256) for the manifest. Each file's content is fsynced;
+    its folder (:func:`output_folders`) is not: the manifest does that once for every job
+    it marks done in one commit (:meth:`Manifest.done`)."""
     files = []
     for rel, data in output_files(gen, job):
-        write_atomic(output / rel, data)
+        write_atomic(output / rel, data, sync_folder=False)
         files.append(_check(rel, data))
     return files
+
+
+def output_folders(output: Path, files: list[dict[str, Any]]) -> set[Path]:
+    """The folders :func:`save_outputs` wrote ``files`` into."""
+    return {(output / check["path"]).parent for check in files}
 
 
 async def store_outputs(gen: Generation, job: Job, storage: Storage) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import secrets
@@ -31,6 +30,7 @@ __all__ = [
     "BoundGraph",
     "ComfyWarning",
     "bind",
+    "copy_json",
     "is_image_slot",
     "parse_size",
     "random_seed",
@@ -58,6 +58,17 @@ def parse_size(size: str | tuple[int, int] | list[int]) -> tuple[int, int]:
             [NodeProblem(None, None, "size", f"size {size!r} is not WIDTHxHEIGHT")],
             summary="invalid parameters",
         ) from None
+
+
+def copy_json(value: Any) -> Any:
+    """A copy of JSON data (an API-format graph, a node) that shares nothing mutable with it:
+    its dicts and lists copied, every other value (text, numbers) kept. What
+    ``copy.deepcopy`` makes of such data, at a tenth of the cost (it is done for every job)."""
+    if isinstance(value, dict):
+        return {key: copy_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [copy_json(item) for item in value]
+    return value
 
 
 def random_seed() -> int:
@@ -157,7 +168,7 @@ def _use_real_negative(graph: ApiGraph, sampler: str, prompt_node: str, text: st
     node_id = new_node_id(graph)
     graph[node_id] = {
         "class_type": graph[prompt_node]["class_type"],
-        "inputs": {**copy.deepcopy(graph[prompt_node]["inputs"]), "text": text},
+        "inputs": {**copy_json(graph[prompt_node]["inputs"]), "text": text},
         "_meta": {"title": "Negative prompt"},
     }
     owner = (
@@ -172,11 +183,14 @@ def _restructure(
 ) -> Slots:
     """LoRAs, the control type and inpaint loaders (nodes added or taken out) before any
     value is bound; the slots of the graph they leave."""
-    slots = find_slots(graph)
-    apply_loras(graph, slots, parse_loras(loras))
+    slots, nodes = find_slots(graph), len(graph)
+    parsed = parse_loras(loras)
+    apply_loras(graph, slots, parsed)
     if control_type is not None:
         set_control_type(graph, control_type)
     attach_inpaint(graph, slots, [k for k in ("image", "mask") if params.get(k) is not None])
+    if not parsed and control_type is None and len(graph) == nodes:
+        return slots  # nothing was restructured
     return find_slots(graph)
 
 
@@ -200,7 +214,7 @@ def bind(
     :func:`parse_loras`) go on the diffusion model; ``control_type`` (``canny``,
     ``depth``...) says how a ControlNet's map is made.
     """
-    graph = copy.deepcopy(graph)
+    graph = copy_json(dict(graph))
     definitions = definitions if definitions is not None else bundled_object_info()
     slots = _restructure(graph, loras, control_type, params)
     named, paths, negative = _split(params, slots)

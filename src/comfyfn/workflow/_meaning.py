@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from comfyfn.errors import NodeProblem, WorkflowInvalid
@@ -292,8 +293,44 @@ def _is_output(node: Mapping[str, Any]) -> bool:
     ) in ("SaveImageWebsocket", "PreviewImage")
 
 
+#: slots by the shape of the graph they were found in (see :func:`_shape`): every job of a
+#: batch is one workflow with other values, and finding its slots anew was a tenth of the
+#: binding's cost
+_FOUND: dict[tuple[Any, ...], Slots] = {}
+_FOUND_KEPT = 1024
+
+
 def find_slots(graph: ApiGraph) -> Slots:
     """Every candidate slot for each meaning in :data:`MEANINGS`."""
+    shape = _shape(graph)
+    try:
+        found = _FOUND.get(shape)
+    except TypeError:  # a class that is not text (the graph is invalid): not kept
+        return _find_slots(graph)
+    if found is None:
+        if len(_FOUND) >= _FOUND_KEPT:
+            _FOUND.clear()
+        found = _FOUND[shape] = _find_slots(graph)
+    return found
+
+
+def _shape(graph: ApiGraph) -> tuple[Any, ...]:
+    """What the slots depend on: each node's id, class and input names, and for each input
+    the output it links to or (a literal) None. Not the literal values."""
+    return tuple(
+        (
+            node_id,
+            node.get("class_type"),
+            tuple(
+                (name, (str(value[0]), value[1]) if is_link(value) else None)
+                for name, value in (node.get("inputs") or {}).items()
+            ),
+        )
+        for node_id, node in graph.items()
+    )
+
+
+def _find_slots(graph: ApiGraph) -> Slots:
     samplers = tuple(
         sorted(
             (n for n, node in graph.items() if node.get("class_type") in SAMPLER_CLASSES),
@@ -321,7 +358,7 @@ def find_slots(graph: ApiGraph) -> Slots:
     if prefixes:
         candidates["filename_prefix"] = prefixes
     ordered = {name: tuple(candidates[name]) for name in MEANINGS if name in candidates}
-    return Slots(samplers, ordered, zero_out, outputs)
+    return Slots(samplers, MappingProxyType(ordered), MappingProxyType(zero_out), outputs)
 
 
 def _id_key(node_id: str) -> tuple[int, ...] | tuple[float, str]:

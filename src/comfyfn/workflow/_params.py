@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from comfyfn.workflow._definitions import input_spec
+from comfyfn.workflow._binding import copy_json
+from comfyfn.workflow._definitions import InputSpec, input_spec, node_inputs
 from comfyfn.workflow._graph import ApiGraph, is_link
 from comfyfn.workflow._meaning import IMAGE_LOADERS, MEANINGS, Slots
 from comfyfn.workflow._sizes import input_value
@@ -67,21 +68,27 @@ def _param(
 ) -> Param:
     node_id, input_name = slot
     node = graph[node_id]
-    cls = node["class_type"]
-    spec = input_spec(object_info, cls, input_name, node["inputs"])
+    spec = input_spec(object_info, node["class_type"], input_name, node["inputs"])
     value = input_value(graph, node_id, input_name)
+    return _typed(name, node_id, node, input_name, value, spec, description)
+
+
+def _typed(
+    name: str,
+    node_id: str,
+    node: Mapping[str, Any],
+    input_name: str,
+    value: Any,
+    spec: InputSpec | None,
+    description: str,
+) -> Param:
+    """The parameter ``name`` for ``node_id.input_name`` holding ``value``, typed by ``spec``
+    (by the value's own type without one)."""
+    cls = node["class_type"]
+    title = (node.get("_meta") or {}).get("title")
     if spec is None:
         kind = {bool: "BOOLEAN", int: "INT", float: "FLOAT"}.get(type(value), "STRING")
-        return Param(
-            name,
-            kind,
-            value,
-            node_id,
-            input_name,
-            cls,
-            (node.get("_meta") or {}).get("title"),
-            description=description,
-        )
+        return Param(name, kind, value, node_id, input_name, cls, title, description=description)
     opts = spec.options
     image = input_name == "image" and cls in IMAGE_LOADERS
     return Param(
@@ -91,7 +98,7 @@ def _param(
         node_id,
         input_name,
         cls,
-        (node.get("_meta") or {}).get("title"),
+        title,
         opts.get("min"),
         opts.get("max"),
         opts.get("step"),
@@ -111,14 +118,62 @@ def describe(graph: ApiGraph, slots: Slots, object_info: Mapping[str, Any]) -> t
 
 def all_inputs(graph: ApiGraph, object_info: Mapping[str, Any]) -> tuple[Param, ...]:
     """Every literal input of every node, named by its ``node.input`` path."""
-    out = []
-    for node_id, node in graph.items():
-        for input_name, value in (node.get("inputs") or {}).items():
-            if not is_link(value):
-                out.append(
-                    _param(graph, object_info, f"{node_id}.{input_name}", (node_id, input_name), "")
-                )
-    return tuple(out)
+    typed = (_node_params(node_id, node, object_info) for node_id, node in graph.items())
+    return tuple(param for params in typed for param in params)
+
+
+#: the literal inputs of the nodes last typed, by node id and class, with the definition
+#: and a copy of the node they were typed from (only the definition is held, not all the
+#: server's definitions): every job of a batch is a copy of one workflow with a few values
+#: bound, so most of its nodes are typed as they were for the job before
+_TYPED: dict[tuple[str, Any], tuple[Any, Any, tuple[Param, ...]]] = {}
+_TYPED_KEPT = 4096
+
+
+def _node_params(
+    node_id: str, node: Mapping[str, Any], object_info: Mapping[str, Any]
+) -> tuple[Param, ...]:
+    """The parameters of ``node``'s literal inputs (as they were, if it was typed before)."""
+    cls = node["class_type"]
+    definition = object_info.get(cls)
+    try:
+        known = _TYPED.get((node_id, cls))
+    except TypeError:  # a class that is not text (the graph is invalid): not kept
+        return _typed_inputs(node_id, node, definition)
+    if known is not None and known[0] is definition and _same(known[1], node):
+        return known[2]
+    params = _typed_inputs(node_id, node, definition)
+    if len(_TYPED) >= _TYPED_KEPT:
+        _TYPED.clear()
+    _TYPED[(node_id, cls)] = (definition, copy_json(dict(node)), params)
+    return params
+
+
+def _same(typed: Any, node: Any) -> bool:
+    """Whether ``node`` is the node ``typed`` was, its values of the same types (``1``,
+    ``1.0`` and ``True`` are equal, but make parameters of three types)."""
+    return bool(typed == node) and _same_types(typed.get("inputs"), node.get("inputs"))
+
+
+def _same_types(a: Any, b: Any) -> bool:
+    """For equal values ``a`` and ``b``: whether they hold values of the same types."""
+    if isinstance(a, dict):
+        return all(_same_types(value, b[key]) for key, value in a.items())
+    if isinstance(a, list):
+        return all(map(_same_types, a, b))
+    return type(a) is type(b)
+
+
+def _typed_inputs(
+    node_id: str, node: Mapping[str, Any], definition: Mapping[str, Any] | None
+) -> tuple[Param, ...]:
+    inputs = node.get("inputs") or {}
+    specs = node_inputs(definition, inputs) if definition is not None else {}
+    return tuple(
+        _typed(f"{node_id}.{name}", node_id, node, name, value, specs.get(name), "")
+        for name, value in inputs.items()
+        if not is_link(value)
+    )
 
 
 def dead_nodes(graph: ApiGraph, object_info: Mapping[str, Any]) -> tuple[str, ...]:

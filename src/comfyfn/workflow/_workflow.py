@@ -14,7 +14,7 @@ from typing import Any
 from comfyfn.errors import ConfigError, NodeProblem, WorkflowInvalid
 from comfyfn.provenance import read_text_chunks
 from comfyfn.workflow import _validation as validation
-from comfyfn.workflow._binding import bind, is_image_slot
+from comfyfn.workflow._binding import bind, copy_json, is_image_slot
 from comfyfn.workflow._bundled import bundled_object_info, is_bundled
 from comfyfn.workflow._graph import ApiGraph, load_api_graph
 from comfyfn.workflow._images import InputImage
@@ -186,7 +186,7 @@ class Workflow:
 
     def to_api(self) -> ApiGraph:
         """A fresh API-format dict, ready for ``POST /prompt``."""
-        return copy.deepcopy(dict(self.graph))
+        return copy_json(dict(self.graph))  # type: ignore[no-any-return]
 
     # -- deriving --------------------------------------------------------------------------
 
@@ -197,7 +197,7 @@ class Workflow:
             from comfyfn.workflow._binding import parse_size
 
             values["width"], values["height"] = parse_size(size)
-        bound = bind(self.to_api(), definitions=self.definitions, **values)
+        bound = bind(dict(self.graph), definitions=self.definitions, **values)  # (it copies)
         merged = {**self.values, **{k: v for k, v in values.items() if v is not None}}
         if values.get("loras") is not None:
             merged["loras"] = parse_loras(values["loras"])
@@ -248,7 +248,7 @@ class Workflow:
         """
         info = object_info if object_info is not None else self.definitions
         validation.check(
-            self.to_api(),
+            dict(self.graph),  # read, never written
             info,
             server=server,
             check_files=not is_bundled(info) if check_files is None else check_files,
