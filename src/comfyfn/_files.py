@@ -1,7 +1,7 @@
 """Writing files so that a reader never sees half of one (the one place comfyfn does it).
 
-:func:`write_atomic` writes a temporary file beside the target, flushes and fsyncs it, gives
-it the permissions a normal ``open(path, "w")`` would (``0o666`` minus the umask), renames
+:func:`write_atomic` writes a temporary file beside the target, made with the permissions a
+normal ``open(path, "w")`` gives (``0o666`` minus the umask), flushes and fsyncs it, renames
 it over the target, then fsyncs the directory so the rename itself survives a power cut.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import tempfile
 import threading
 from pathlib import Path
@@ -53,32 +54,52 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, durable: bool = True) -> Path:
+def write_atomic(
+    path: str | os.PathLike[str],
+    data: bytes | str,
+    *,
+    durable: bool = True,
+    sync_folder: bool = True,
+) -> Path:
     """Write ``data`` (text as UTF-8) to ``path`` atomically, with normal permissions.
 
     With ``durable`` (the default) the file and its directory are fsynced, so when this
-    returns the new content survives a crash or power cut. On any failure the target is
-    untouched and no temporary file is left behind.
+    returns the new content survives a crash or power cut; ``sync_folder=False`` leaves the
+    directory to the caller, who makes many files' entries in one folder durable with one
+    :func:`fsync_directory` before relying on them. On any failure the target is untouched
+    and no temporary file is left behind.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+    fd, tmp = _temporary_beside(target)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             fh.flush()
-            if hasattr(os, "fchmod"):
-                os.fchmod(fh.fileno(), 0o666 & ~current_umask())
             if durable:
                 os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    if durable:
+    if durable and sync_folder:
         fsync_directory(target.parent)
     return target
+
+
+def _temporary_beside(target: Path) -> tuple[int, str]:
+    """A new temporary file in ``target``'s folder, open for writing, made as ``open(path,
+    "w")`` makes a file (``0o666`` minus the umask, applied by the OS: nothing to read)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    flags |= getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = str(target.parent / f".tmp-{secrets.token_hex(8)}{target.suffix}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(target.parent))
 
 
 def ready_folder(folder: str | os.PathLike[str]) -> Path:

@@ -12,14 +12,15 @@ resumed run re-attaches each such job when it reaches its row; the jobs in fligh
 crash are the ones just before where it stopped, so they are reached at once).
 
 Durability: every commit is fsynced (``synchronous=FULL``), and a job is marked ``done`` only
-after its files were written and fsynced. Writes are *group-committed*: one writer thread takes
-every write queued so far and commits them in one transaction (one fsync), off the event loop;
-each write method returns a :class:`Commit` resolved once the transaction that holds it is on
-disk (it blocks until then unless ``block=False``: then await it, or not at all — writes are
-committed in the order they were queued, so an awaited one covers those before it). After a
-failed commit every later write fails with the same error. Each file's size and SHA-256 are
-recorded, so a resumed run regenerates a file that went missing or was damaged instead of
-skipping it.
+after its files were written and fsynced (their folder once per commit, before it, for all
+the jobs it marks done: see :meth:`Manifest.done`). Writes are *group-committed*: one writer
+thread takes every write queued so far and commits them in one transaction (one fsync), off
+the event loop; each write method returns a :class:`Commit` resolved once the transaction
+that holds it is on disk (it blocks until then unless ``block=False``: then await it, or not
+at all — writes are committed in the order they were queued, so an awaited one covers those
+before it). After a failed commit every later write fails with the same error. Each file's
+size and SHA-256 are recorded, so a resumed run regenerates a file that went missing or was
+damaged instead of skipping it.
 One runner at a time: the manifest holds an exclusive lock (``manifest.lock`` beside it) for
 as long as it is open, and a second runner on the same folder is refused at once.
 """
@@ -40,11 +41,12 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from comfyfn._files import fsync_directory
 from comfyfn.errors import ConfigError
 
 __all__ = ["Commit", "Manifest", "ManifestError", "Record", "file_problem"]
@@ -127,7 +129,8 @@ class Commit:
         return asyncio.wrap_future(self._future).__await__()
 
 
-_Write = tuple[str, tuple[Any, ...], "concurrent.futures.Future[None]"]
+#: a statement, its parameters, the folders to fsync before its commit, its future
+_Write = tuple[str, tuple[Any, ...], frozenset[Path], "concurrent.futures.Future[None]"]
 
 
 class _Writer:
@@ -142,12 +145,14 @@ class _Writer:
             self._thread = threading.Thread(target=self._loop, name="manifest-writer", daemon=True)
             self._thread.start()
 
-    def write(self, sql: str, params: tuple[Any, ...]) -> Commit:
+    def write(
+        self, sql: str, params: tuple[Any, ...], folders: frozenset[Path] = frozenset()
+    ) -> Commit:
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         if self._thread is None:  # in memory: nothing to fsync, commit at once
-            self._commit([(sql, params, future)])
+            self._commit([(sql, params, folders, future)])
         else:
-            self._queue.put((sql, params, future))
+            self._queue.put((sql, params, folders, future))
         return Commit(future)
 
     def close(self) -> None:
@@ -172,11 +177,13 @@ class _Writer:
 
     def _commit(self, group: list[_Write]) -> None:
         # an awaiting caller cancelled: its write is still made, its future left alone
-        waiting = [future for _, _, future in group if future.set_running_or_notify_cancel()]
+        waiting = [w[-1] for w in group if w[-1].set_running_or_notify_cancel()]
+        if self.broken is None:
+            self._sync_folders(group)
         if self.broken is None:
             try:
                 self.db.execute("BEGIN IMMEDIATE")
-                for sql, params, _ in group:
+                for sql, params, _, _ in group:
                     self.db.execute(sql, params)
                 self.db.execute("COMMIT")
             except Exception as exc:  # whatever it is, no write may hang
@@ -189,6 +196,20 @@ class _Writer:
                 future.set_result(None)
             else:
                 future.set_exception(self.broken)
+
+    def _sync_folders(self, group: list[_Write]) -> None:
+        """Make the files the group's rows name durable in their folders: one fsync per
+        folder, before the commit that relies on them."""
+        for folder in sorted(frozenset[Path]().union(*(w[2] for w in group))):
+            try:
+                fsync_directory(folder)
+            except Exception as exc:  # whatever it is, no write may hang
+                reason = getattr(exc, "strerror", None) or str(exc)
+                self.broken = ManifestError(
+                    f"cannot write to the output folder ({folder}): {reason}"
+                )
+                self.broken.__cause__ = exc
+                return
 
 
 def file_problem(output: Path, check: dict[str, Any]) -> str | None:
@@ -264,7 +285,12 @@ class Manifest:
         return self._writer.write("SELECT 1", ())
 
     def _write(self, block: bool, sql: str, *params: Any) -> Commit:
-        commit = self._writer.write(sql, params)
+        return self._write_synced(block, frozenset(), sql, *params)
+
+    def _write_synced(
+        self, block: bool, folders: frozenset[Path], sql: str, *params: Any
+    ) -> Commit:
+        commit = self._writer.write(sql, params, folders)
         if block:
             commit.wait()
         return commit
@@ -363,13 +389,17 @@ class Manifest:
         *,
         seconds: float,
         executed: float,
+        folders: Iterable[Path] = (),
         block: bool = True,
     ) -> Commit:
         """``files``: what :func:`comfyfn.batch.jobs.save_outputs` wrote (path, size, sha256);
         ``seconds`` the turnaround (queued behind our own jobs included), ``executed`` the
-        server's execution time."""
-        return self._write(
+        server's execution time; ``folders``: where files were written whose folder entries
+        are not durable yet: fsynced before the commit that marks the job done (once for all
+        the jobs of that commit)."""
+        return self._write_synced(
             block,
+            frozenset(folders),
             "UPDATE jobs SET state='done', files=?, seconds=?, executed=?, server=?, "
             "error=NULL, finished_at=? WHERE key=?",
             json.dumps(files),

@@ -24,6 +24,7 @@ from typing import Any
 from comfyfn.batch.jobs import (
     Job,
     JobResult,
+    output_folders,
     prepare_async,
     save_outputs,
     store_outputs,
@@ -415,15 +416,23 @@ class Batch:
 
     async def _done(self, job: Job, outcome: Done) -> None:
         gen = outcome.generation
+        folders: set[Path] = set()
         if self.storage is not None:
             files = await store_outputs(gen, job, self.storage)
         elif self.output is not None:
             files = await asyncio.to_thread(save_outputs, gen, job, self.output)
+            folders = output_folders(self.output, files)
         else:
             files = []
         executed = gen.timings.executed
         await self.manifest.done(
-            job.key, files, outcome.server, seconds=outcome.seconds, executed=executed, block=False
+            job.key,
+            files,
+            outcome.server,
+            seconds=outcome.seconds,
+            executed=executed,
+            folders=folders,
+            block=False,
         )
         self._emit(
             JobResult(
@@ -461,3 +470,4 @@ def template_variables(template: str | None, vary_names: Iterable[str]) -> froze
     if template:
         names |= {f for _, f, _, _ in string.Formatter().parse(template) if f}
     return frozenset(names)
+
