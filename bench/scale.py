@@ -12,8 +12,9 @@ number of servers M, ``--jobs-per-server`` jobs per server (default 20):
   combined limit (M × 1000 / ms jobs/s);
 - HTTP requests per job, counted by the servers (every route, ``/object_info`` included),
   and the websocket connections opened;
-- runner CPU seconds per job (the process's, over the whole run) and its peak RSS (with
-  the RSS per server over that of one server: what each added server costs).
+- runner CPU seconds per job (the process's, over the whole run; the share of it spent in
+  the kernel, and in the garbage collector) and its peak RSS (with the RSS per server over
+  that of one server: what each added server costs).
 
 Goals (issue 21): ≥ 0.9 at 64 servers, ≤ 4 requests per job, ≤ 2 ms CPU per job, ≤ 2 MB
 per server.
@@ -23,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,15 +55,34 @@ async def _drive(urls: list[str], jobs: int, output: str) -> dict[str, float]:
     from comfyfn.batch import Batch
 
     batch = Batch(_rows(jobs), output, servers=urls)
+    collecting = _GcClock()
+    before = resource.getrusage(resource.RUSAGE_SELF)
     cpu, start, done = time.process_time(), time.perf_counter(), 0
     async for result in batch.results():
         done += result.state == "done"
+    after = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "seconds": time.perf_counter() - start,
         "cpu": time.process_time() - cpu,
+        "sys": after.ru_stime - before.ru_stime,
+        "gc": collecting.seconds,
         "done": done,
-        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_mb": after.ru_maxrss / 1024,
     }
+
+
+class _GcClock:
+    """The time the garbage collector takes, from its start and stop callbacks."""
+
+    def __init__(self) -> None:
+        self.seconds, self.started = 0.0, 0.0
+        gc.callbacks.append(self)
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.process_time()
+        else:
+            self.seconds += time.process_time() - self.started
 
 
 def runner(urls: list[str], jobs: int) -> None:
@@ -113,18 +135,31 @@ class Servers:
         self.process.wait(10)
 
 
+def _profiler(count: int, ms: int) -> list[str]:
+    """With ``--profile DIR``: py-spy records the runner (its CPU samples, collapsed stacks,
+    one file per run: ``DIR/runner-M-MSms.txt``); else nothing."""
+    folder = os.environ.get("COMFYFN_SCALE_PROFILE")
+    if not folder:
+        return []
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out = Path(folder) / f"runner-{count}-{ms}ms.txt"
+    return [spy, "record", "--format", "raw", "--threads", "--gil", "-o", str(out), "--"]
+
+
 def measure(count: int, ms: int, per_server: int) -> dict[str, Any]:
     servers = Servers(count, ms)
     try:
         jobs = count * per_server
         _, cpu_before = servers.counters()
         done = subprocess.run(
-            [sys.executable, __file__, "--runner", str(jobs), *servers.urls],
+            [*_profiler(count, ms), sys.executable, __file__, "--runner", str(jobs), *servers.urls],
             capture_output=True,
             text=True,
             check=True,
         )
-        figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        figures: dict[str, Any] = json.loads(
+            [line for line in done.stdout.splitlines() if line.startswith("{")][-1]
+        )
         requests, cpu_after = servers.counters()
     finally:
         servers.close()
@@ -153,7 +188,13 @@ def main() -> None:
     parser.add_argument(
         "--output-in", help="where the runner's output folder goes (e.g. /dev/shm: no fsync cost)"
     )
+    parser.add_argument(
+        "--profile", help="a folder: py-spy records each runner there (its CPU time grows)"
+    )
     args = parser.parse_args()
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        os.environ["COMFYFN_SCALE_PROFILE"] = args.profile
     if args.output_in:
         os.environ["COMFYFN_SCALE_OUTPUT"] = args.output_in
     print(
@@ -162,7 +203,8 @@ def main() -> None:
     )
     print(
         f"{'job':>6} {'M':>3} {'jobs':>5} {'efficiency':>10} {'req/job':>8} {'ws':>4}"
-        f" {'CPU ms/job':>10} {'RSS MB':>7} {'MB/server':>9} {'sim CPU s':>9}"
+        f" {'CPU ms/job':>10} {'sys %':>5} {'GC %':>4} {'RSS MB':>7} {'MB/server':>9}"
+        f" {'sim CPU s':>9}"
     )
     for ms in args.ms:
         base: float | None = None
@@ -173,7 +215,8 @@ def main() -> None:
             print(
                 f"{ms:4d}ms {count:3d} {f['jobs']:5d} {f['efficiency']:10.2f}"
                 f" {f['requests']:8.2f} {f['sockets']:4d} {f['cpu'] / f['jobs'] * 1000:10.2f}"
-                f" {f['rss_mb']:7.0f} {per_server:9.2f} {f['server_cpu']:9.1f}",
+                f" {f['sys'] / f['cpu']:5.0%} {f['gc'] / f['cpu']:4.0%} {f['rss_mb']:7.0f}"
+                f" {per_server:9.2f} {f['server_cpu']:9.1f}",
                 flush=True,
             )
             if args.routes:
