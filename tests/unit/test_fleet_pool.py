@@ -118,3 +118,24 @@ def test_adaptive_priming_follows_the_measured_job_and_turnaround_times():
     assert pool.slots("s1") == 3
     assert Pool(["s1"], most=1).slots("s1") == 2  # the cap wins over the floor
     assert Pool(["s1"], prime=3).slots("s1") == 4
+
+
+def test_the_adaptive_priming_is_computed_again_only_when_a_server_s_times_change(monkeypatch):
+    import comfyfn.fleet.pool as pool_module
+
+    calls: list[str] = []
+    real = pool_module.prime_for
+
+    def counted(*args, **kwargs):
+        calls.append("x")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pool_module, "prime_for", counted)
+    pool = Pool(["http://a", "http://b"])
+    for _ in range(50):
+        pool.open_slots()
+    assert len(calls) == 2  # once per server
+    pool.states["http://a"].in_flight += 1
+    pool.release("http://a", busy=0.2, turnaround=0.05)
+    pool.open_slots()
+    assert len(calls) == 3  # only the server whose times changed
