@@ -122,9 +122,9 @@ def test_adaptive_priming_follows_the_measured_job_and_turnaround_times():
 
 def test_the_adaptive_priming_is_computed_again_only_when_a_server_s_times_change(monkeypatch):
     import comfyfn.fleet.pool as pool_module
+    from comfyfn.models import prime_for as real
 
     calls: list[str] = []
-    real = pool_module.prime_for
 
     def counted(*args, **kwargs):
         calls.append("x")
