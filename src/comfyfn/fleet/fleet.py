@@ -17,10 +17,11 @@ report stays with the caller; how jobs meet servers is decided here:
 - a submission the server did not take (a lost request, an answer that is not ComfyUI's,
   e.g. an auth proxy's login page) moves the job, counted against its retries;
 - a server that fails or hangs is taken out; the job moves, and its prompt id is remembered
-  as an *orphan* of that server; the health loop puts the server back only after removing
-  every orphan from its queue (and interrupting the one running), so a moved job does not
-  run there too. The move counts against the retries of the job that ran there (or was
-  next), not of the jobs queued behind it;
+  as an *orphan* of that server, whose removal is asked for at once (with no read timeout:
+  a hung server reads it first when it resumes); the server is put back only once a removal
+  of every orphan is answered (the one running interrupted), so a moved job does not run
+  there too. The move counts against the retries of the job that ran there (or was next),
+  not of the jobs queued behind it;
 - a pool that has *never* answered since it started (a wrong URL, nothing listening) fails
   fast, after :attr:`FleetSettings.unreached_after` seconds, naming every URL and why; only
   servers that went down mid-run are waited for (up to the caller's ``give_up_after``).
@@ -128,21 +129,18 @@ class Fleet:
             by_model=self.settings.by_model,
         )
         self.clients: dict[str, AsyncClient] = {}
+        #: for removing orphans, made at the first: no read timeout (a hung server reads
+        #: the removal when it resumes)
+        self._patient: dict[str, AsyncClient] = {}
+        self._removals: set[asyncio.Task[None]] = set()
         self._health: asyncio.Task[None] | None = None
         self.on_health: Callable[[str, bool], None] = lambda _url, _up: None
         self.reached = False  #: whether any server has answered since the fleet opened
 
     async def __aenter__(self) -> Fleet:
-        timeout = httpx.Timeout(self.settings.http_timeout, connect=self.settings.connect)
         async with contextlib.AsyncExitStack() as stack:
             for url in self.servers:
-                client = AsyncClient(
-                    self._given[url],
-                    timeout=timeout,
-                    retries=1,
-                    check_interval=2.0,
-                    comfy_org_key=self.settings.comfy_org_key,
-                )
+                client = self._client(url, self.settings.http_timeout)
                 await client.open()
                 stack.push_async_callback(client.aclose)
                 self.clients[url] = client
@@ -150,16 +148,25 @@ class Fleet:
         self._health = asyncio.create_task(self._health_loop(), name="comfyfn-fleet-health")
         return self
 
+    def _client(self, url: str, read_timeout: float | None) -> AsyncClient:
+        return AsyncClient(
+            self._given[url],
+            timeout=httpx.Timeout(read_timeout, connect=self.settings.connect),
+            retries=1,
+            check_interval=2.0,
+            comfy_org_key=self.settings.comfy_org_key,
+        )
+
     async def __aexit__(self, *exc: object) -> None:
-        if self._health is not None:
-            self._health.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health
+        tasks = [*self._removals, *([self._health] if self._health else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         # Each client closes on its own, within the connect timeout: a hung server must not
         # hold up the end (its websocket's closing handshake would wait far longer).
         closing = [
             asyncio.wait_for(client.aclose(), self.settings.connect)
-            for client in self.clients.values()
+            for client in [*self.clients.values(), *self._patient.values()]
         ]
         for failure in await asyncio.gather(*closing, return_exceptions=True):
             if isinstance(failure, Exception):
@@ -239,7 +246,7 @@ class Fleet:
             if state.healthy:
                 self.pool.take(server, ticket.want)
                 return Slot(server, attach=True)
-            state.orphans.add(prompt_id)  # its server is down: it must not run there too
+            self._orphan(server, prompt_id)  # its server is down: it must not run there too
         ticket.prompt_id = ticket.server = None
         stopped = stop or asyncio.Event()
         placed = self.pool.request(ticket.want)
@@ -382,7 +389,7 @@ class Fleet:
         counts against the job's retries only if ``charged``."""
         log.warning("server %s failed under job %s: %s", url, ticket.prompt_id, exc)
         if ticket.prompt_id:
-            self.pool.states[url].orphans.add(ticket.prompt_id)
+            self._orphan(url, ticket.prompt_id)
         if not charged:
             ticket.attempts -= 1
         await self._down(url)
@@ -401,20 +408,43 @@ class Fleet:
 
     async def _recovered(self, url: str) -> bool:
         """True once ``url`` answers and none of the jobs moved off it can still run there."""
-        client = self.clients[url]
-        orphans = set(self.pool.states[url].orphans)
+        client, state = self.clients[url], self.pool.states[url]
+        orphans = set(state.orphans)
         try:
             if not orphans:
                 await client.system_stats()
             else:  # the dequeue is the probe: a server that resumes runs its queue at once
-                await client.delete_from_queue(*orphans)
-                running = {item[1] for item in (await client.queue())["queue_running"]}
-                for prompt_id in orphans & running:
-                    await client.interrupt(prompt_id)
+                await _take_back(client, orphans)
         except ComfyError:
             return False
-        self.pool.states[url].orphans -= orphans
-        return True
+        state.orphans -= orphans
+        return not state.orphans  # those moved off meanwhile are taken back first
+
+    def _orphan(self, url: str, prompt_id: str) -> None:
+        """Remember ``prompt_id`` as moved off ``url``, and ask ``url`` at once to drop it."""
+        self.pool.states[url].orphans.add(prompt_id)
+        removal = asyncio.create_task(self._remove(url, prompt_id), name="comfyfn-fleet-orphan")
+        self._removals.add(removal)
+        removal.add_done_callback(self._removals.discard)
+
+    async def _remove(self, url: str, prompt_id: str) -> None:
+        """Dequeue (or interrupt) ``prompt_id`` on ``url`` whenever it answers (or fails: the
+        health loop removes every orphan again before it puts ``url`` back)."""
+        if url not in self._patient:
+            self._patient[url] = self._client(url, None)
+        client = self._patient[url]
+        try:
+            await _take_back(client, {prompt_id})
+        except ComfyError as exc:
+            log.info("removing %s from %s (the health loop tries again): %s", prompt_id, url, exc)
+
+
+async def _take_back(client: AsyncClient, prompt_ids: set[str]) -> None:
+    """Remove ``prompt_ids`` from the server's queue, and interrupt the one running."""
+    await client.delete_from_queue(*prompt_ids)
+    running = {item[1] for item in (await client.queue())["queue_running"]}
+    for prompt_id in prompt_ids & running:
+        await client.interrupt(prompt_id)
 
 
 T = TypeVar("T")
