@@ -78,6 +78,7 @@ def test_openai_sdk_b64_and_url(gw, unique):
             response_format="b64_json",
             extra_body={"seed": unique(), "steps": 2},
         )
+        assert result.data is not None and result.data[0].b64_json is not None
         image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
         assert image.size == (64, 80)
         result = client.images.generate(
@@ -87,16 +88,18 @@ def test_openai_sdk_b64_and_url(gw, unique):
             n=2,
             extra_body={"seed": unique(), "steps": 2},
         )
-    assert len(result.data) == 2
-    fetched = httpx.get(result.data[0].url)
+    assert result.data is not None and len(result.data) == 2
+    url = result.data[0].url
+    assert url is not None
+    fetched = httpx.get(url)
     assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(fetched.content)).size == (96, 64)
     etag = fetched.headers["etag"]
-    assert httpx.get(result.data[0].url, headers={"If-None-Match": etag}).status_code == 304
-    unsigned = result.data[0].url.split("?")[0]
+    assert httpx.get(url, headers={"If-None-Match": etag}).status_code == 304
+    unsigned = url.split("?")[0]
     assert httpx.get(unsigned).status_code == 401
     assert httpx.get(unsigned, headers=auth(gw)).status_code == 200
-    tampered = result.data[0].url.replace("sig=", "sig=0")
+    tampered = url.replace("sig=", "sig=0")
     assert httpx.get(tampered).status_code == 401
 
 
@@ -357,8 +360,9 @@ def test_restart_reruns_a_job_the_server_lost(server, tmp_path, unique):
     gateway = Gateway([server], db, tmp_path / "files", *args)  # started (and ready) first
     key = make_key(db, "k")
     with comfyfn.Client(server) as c:
-        # a long job runs first (cancelled when the test ends), so ours waits in the queue
-        blocker = c.stream_graph(sleep_graph(unique(), milliseconds=20_000, steps=100))
+        # a job runs first and holds the server until ours is lost (cancelled then, not left
+        # to end on its own), so ours waits in the queue however slow the machine is
+        blocker = c.stream_graph(sleep_graph(unique(), milliseconds=600_000, steps=6000))
         next(blocker)
         try:
             job = post_sleep_job(gateway, key)
@@ -370,6 +374,8 @@ def test_restart_reruns_a_job_the_server_lost(server, tmp_path, unique):
             lost = wait_for(waiting_in_comfyui, 30, "the job waits in ComfyUI's queue")
             gateway.kill()
             c.delete_from_queue(lost)  # ComfyUI forgets it while no gateway is watching
+            assert c.queue_position(lost) is None
+            blocker.close()  # the server is free: the re-run waits for nothing
             gateway = Gateway([server], db, tmp_path / "files", *args, port=gateway.port)
             state = final_state(gateway, key, job["id"])
             assert state["state"] == "succeeded", state
