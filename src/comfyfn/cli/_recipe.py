@@ -24,8 +24,7 @@ from comfyfn.cli._batch import (
     resolve_servers,
 )
 from comfyfn.cli._common import ServersOpt, esc, out, warnings_once, workflow_source
-from comfyfn.errors import ConfigError
-from comfyfn.recipes import Recipe, list_recipes, load_recipe, recipe_text
+from comfyfn.recipes import Recipe, list_recipes, load_recipe, plan_topics, recipe_text
 
 recipe_app = typer.Typer(
     help="Recipes: editable YAML files of outputs per topic.", no_args_is_help=True
@@ -77,23 +76,21 @@ def recipe_run(
 ) -> None:
     """Make every output of a recipe for every topic, delivered at the exact pixel sizes."""
     recipe = load_recipe(name)
-    n_topics = sum(1 for t in _topics(topics) if t.strip() and not t.strip().startswith("#"))
-    if n_topics == 0:
-        raise ConfigError(f"{topics}: no topics (one per line; '#' starts a comment)")
-    chosen = workflow_source(workflow or recipe.workflow)
+    plan = plan_topics(recipe, topics, seed=seed, workflow=workflow)
+    chosen = workflow_source(plan.workflow)
     if dry_run:
         with warnings_once():
-            _print_plan(recipe, recipe.rows(_topics(topics), seed=seed))
+            _print_plan(recipe, plan.rows)
         return
     execute(
-        _recipe_rows(recipe.rows(_topics(topics), seed=seed)),
+        _recipe_rows(plan.rows),
         output,
         resolve_servers(server),
         workflow=chosen,
         settings=BatchSettings(
             prime=prime, retries=retries, job_timeout=job_timeout, http_timeout=http_timeout
         ),
-        total=n_topics * recipe.images_per_topic,
+        total=plan.total,
         as_json=as_json,
         on_interrupt=on_interrupt,
         status_every=status_every,
@@ -113,18 +110,6 @@ def _print_plan(recipe: Recipe, rows: Iterable[dict[str, Any]]) -> None:
             esc(row["prompt"]),
         )
     out.print(table)
-
-
-def _topics(path: Path) -> Iterator[str]:
-    try:
-        with path.open(encoding="utf-8-sig") as fh:
-            yield from fh
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not UTF-8 ({exc.reason} at byte {exc.start}); save it as UTF-8"
-        ) from exc
 
 
 def _recipe_rows(rows: Iterable[dict[str, Any]]) -> Iterator[Row | RowError]:

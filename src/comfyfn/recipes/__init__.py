@@ -3,7 +3,7 @@
 A recipe names a built-in workflow, default workflow parameters and a list of *outputs*
 (one image, or ``count`` images, per topic each). An output has a prompt template, the exact
 pixel size to *deliver* and the size to *generate* at (multiples of 16 with the same aspect
-ratio, see :func:`nearest_generate_size`); :mod:`comfyfn.batch._delivery` turns the generated
+ratio, see :func:`nearest_generate_size`); :mod:`comfyfn.delivery` turns the generated
 image into the delivered one. The file's fields and their checks are in
 :mod:`comfyfn.recipes._schema`; a bad file is a :class:`ConfigError` with one line per problem,
 naming the file and the field.
@@ -40,6 +40,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from comfyfn.errors import ConfigError
+from comfyfn.recipes._plan import TopicPlan, plan_topics, read_topics
 from comfyfn.workflow import ComfyWarning
 
 __all__ = [
@@ -47,16 +48,19 @@ __all__ = [
     "Fit",
     "Output",
     "Recipe",
+    "TopicPlan",
     "builtin_names",
     "list_recipes",
     "load_recipe",
     "nearest_generate_size",
+    "plan_topics",
+    "read_topics",
     "recipe_text",
     "slug",
 ]
 
 ENV_VAR = "COMFYFN_RECIPES"
-#: how a generated image becomes the delivered size (see :mod:`comfyfn.batch._delivery`)
+#: how a generated image becomes the delivered size (see :mod:`comfyfn.delivery`)
 Fit = Literal["cover", "contain"]
 _SLUG_BYTES = 200  # a topic's folder name, in UTF-8 bytes (file names allow 255)
 _SUFFIXES = (".yaml", ".yml")
