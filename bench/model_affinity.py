@@ -12,7 +12,7 @@ Both ways run the same jobs through ``comfyfn.batch`` (its fleet), with the same
 (``--prime``; default: adaptive):
 
 - shortest queue: ``BatchSettings(by_model=False)`` (the emptiest server, rows in order);
-- model-aware: the default (``comfyfn.models.assign`` over the rows waiting in the pool).
+- model-aware: the default (``comfyfn.fleet.assign`` over the rows waiting in the pool).
 
 Before each routing every server loads a mark file, so both start from the same state; the
 mark in the log also says where a run's loads end.

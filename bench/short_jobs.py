@@ -9,7 +9,7 @@ side by side on one local engine:
   client; jobs/s from the first job's start to the last job's end (the server's own
   timestamps). ComfyUI's own work per job (validation, history, saving the image) is in it;
 - nominal: 1000 / job ms (no per-job work at all);
-- ``comfyfn.batch`` with its default settings: adaptive priming (``comfyfn.models.prime_for``
+- ``comfyfn.batch`` with its default settings: adaptive priming (``comfyfn.fleet.prime_for``
   on the job and turnaround times the fleet measures per server);
 - ``comfyfn.batch --prime 1`` and ``--prime 2`` (one or two jobs queued behind the running
   one), and a client that queues every job at once (``--prime`` = the number of jobs), for

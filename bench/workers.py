@@ -44,7 +44,8 @@ from claims import FILL, claim_latency, percentile
 from pg import Postgres
 
 from comfyfn.batch import Row
-from comfyfn.batch.queued import BatchRow, enqueue, load_workflow
+from comfyfn.batch.queued import enqueue, load_workflow
+from comfyfn.fleet import QueuedRow
 from comfyfn.gateway.store import Store
 
 SIMCOMFY = Path(__file__).parents[1] / "tests" / "simcomfy.py"
@@ -56,9 +57,9 @@ class Collected:
     """A stand-in store that keeps the bound rows, so the real insert can be timed alone."""
 
     def __init__(self) -> None:
-        self.rows: list[BatchRow] = []
+        self.rows: list[QueuedRow] = []
 
-    def add_batch_jobs(self, batch: str, rows: Sequence[BatchRow]) -> int:
+    def add_batch_jobs(self, batch: str, rows: Sequence[QueuedRow]) -> int:
         self.rows += rows
         return len(rows)
 
@@ -69,7 +70,7 @@ class Collected:
         return []
 
 
-def bound_rows(count: int, output: Path, two_models: bool) -> list[BatchRow]:
+def bound_rows(count: int, output: Path, two_models: bool) -> list[QueuedRow]:
     rows = [
         Row(
             i,

@@ -1,4 +1,5 @@
-"""Deliver a generated PNG at an exact pixel size (pure; Pillow, LANCZOS).
+"""A generation's images as files at an exact pixel size (pure; Pillow, LANCZOS): what
+batch rows deliver, whether ``comfyfn batch`` or a worker of the shared queue writes them.
 
 Rule, for a source of ``w`` × ``h`` and a target of ``W`` × ``H``:
 
@@ -19,14 +20,18 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageColor
 
 from comfyfn.errors import ConfigError
 from comfyfn.provenance import PROVENANCE_KEY, add_text_chunks, read_text_chunks
 
-__all__ = ["FITS", "deliver"]
+if TYPE_CHECKING:
+    from comfyfn.result import Generation
+
+__all__ = ["FITS", "deliver", "delivered_files"]
 
 FITS = ("cover", "contain")
 
@@ -64,6 +69,21 @@ def deliver(
         image.save(buf, format="PNG", **({"icc_profile": icc} if icc else {}))
         png_bytes = buf.getvalue()
     return add_text_chunks(png_bytes, {**texts, PROVENANCE_KEY: _with_delivery(texts, note)})
+
+
+def delivered_files(
+    gen: Generation, base: str, size: Mapping[str, Any] | None = None
+) -> list[tuple[str, bytes]]:
+    """``gen``'s images as (``<base>.png``, or ``<base>_<i>.png`` for several, PNG bytes),
+    each :func:`deliver`-ed at ``size`` (``width``, ``height``, ``fit``) if given."""
+    files = []
+    for i, image in enumerate(gen.images):
+        rel = f"{base}.png" if len(gen.images) == 1 else f"{base}_{i}.png"
+        data = image.png_bytes()
+        if size:
+            data = deliver(data, int(size["width"]), int(size["height"]), size.get("fit", "cover"))
+        files.append((rel, data))
+    return files
 
 
 def _with_delivery(texts: dict[str, str], note: dict[str, object]) -> str:

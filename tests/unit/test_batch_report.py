@@ -13,10 +13,10 @@ from PIL import Image
 
 from comfyfn import read_provenance
 from comfyfn.batch import Manifest, Row
-from comfyfn.batch._delivery import deliver
 from comfyfn.batch.jobs import Job, prepare
 from comfyfn.batch.report import RESULT_COLUMNS, Summary, write_contact_sheet, write_results
 from comfyfn.batch.rows import RowError
+from comfyfn.delivery import deliver
 from comfyfn.provenance import PROVENANCE_KEY, add_text_chunks
 from comfyfn.recipes import load_recipe, nearest_generate_size
 from comfyfn.workflow import zimage_turbo

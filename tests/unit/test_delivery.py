@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from comfyfn.batch._delivery import deliver
+from comfyfn.delivery import deliver
 from comfyfn.errors import ConfigError
 from comfyfn.provenance import add_text_chunks, read_provenance, read_text_chunks
 from comfyfn.recipes import nearest_generate_size

@@ -1,5 +1,6 @@
-"""The model-aware scheduling policy (pure): model sets, prompt keys, :func:`assign` and
-:func:`prime_for` — rules one by one, invariants on random pools, and a simulated pool."""
+"""The fleet's placement policy (pure) and what it reads of a workflow: model sets, prompt
+keys (:mod:`comfyfn.models`), :func:`assign` and :func:`prime_for` (:mod:`comfyfn.fleet`) —
+rules one by one, invariants on random pools, and a simulated pool."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from collections.abc import Callable, Hashable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comfyfn.models import ServerView, Waiting, assign, model_set, prime_for, prompt_key
+from comfyfn.fleet import ServerView, Waiting, assign, prime_for
+from comfyfn.models import model_set, prompt_key
 from comfyfn.workflow import zimage, zimage_turbo
 
 A = frozenset({("diffusion_models", "a.safetensors"), ("vae", "ae.safetensors")})

@@ -122,7 +122,7 @@ def test_adaptive_priming_follows_the_measured_job_and_turnaround_times():
 
 def test_the_adaptive_priming_is_computed_again_only_when_a_server_s_times_change(monkeypatch):
     import comfyfn.fleet.pool as pool_module
-    from comfyfn.models import prime_for as real
+    from comfyfn.fleet import prime_for as real
 
     calls: list[str] = []
 

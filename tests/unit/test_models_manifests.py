@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from comfyfn.errors import ConfigError
-from comfyfn.models import BUILTIN_MANIFESTS, Manifest, ModelFile, load_manifest
+from comfyfn.models import BUILTIN_MANIFESTS, ModelFile, ModelManifest, load_manifest
 from comfyfn.models._manifest import manifest_json
 
 TEMPLATES = "comfyui-workflow-templates-json"
@@ -48,7 +48,7 @@ def _nodes_with_models(data: Any) -> list[dict[str, Any]]:
     return found
 
 
-def manifest_from_template(name: str) -> Manifest:
+def manifest_from_template(name: str) -> ModelManifest:
     """The manifest for built-in ``name``, read from the installed templates package."""
     template = FROM_TEMPLATE[name]
     version = metadata.version(TEMPLATES)
@@ -81,7 +81,7 @@ def manifest_from_template(name: str) -> Manifest:
         "here): the sha256 and size Hugging Face publishes for each file are checked "
         "instead. total_size is the template index's total for all files."
     )
-    return Manifest(name, tuple(ordered), description, entry.get("size"))
+    return ModelManifest(name, tuple(ordered), description, entry.get("size"))
 
 
 def _shipped(name: str) -> str:

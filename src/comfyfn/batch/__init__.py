@@ -18,7 +18,7 @@ from comfyfn.batch.jobfile import read_job_file
 from comfyfn.batch.jobs import JobResult
 from comfyfn.batch.manifest import Manifest
 from comfyfn.batch.plan import JobPlan, output_place, plan_job_file
-from comfyfn.batch.queued import BatchRow, QueuedBatch
+from comfyfn.batch.queued import QueuedBatch
 from comfyfn.batch.report import Summary, write_report
 from comfyfn.batch.rows import Row, RowError, expand, parse_vary, read_rows
 from comfyfn.batch.runner import Batch, BatchSettings, template_variables
@@ -26,7 +26,6 @@ from comfyfn.batch.unusable import unusable_output
 
 __all__ = [
     "Batch",
-    "BatchRow",
     "BatchSettings",
     "JobPlan",
     "JobResult",
@@ -91,9 +90,9 @@ async def amap(
     its images; a bad row gives an ``invalid`` result naming its column. For several
     servers, files on disk and resuming, use :class:`Batch`.
     """
-    from comfyfn.client import _config
+    from comfyfn.client import resolve_server
 
-    url = await _config.resolve_server(server)
+    url = await resolve_server(server)
     batch = Batch(
         (Row(i, dict(r)) for i, r in enumerate(rows, 1)),
         None,

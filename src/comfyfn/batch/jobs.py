@@ -27,15 +27,21 @@ from comfyfn.errors import ConfigError, WorkflowInvalid
 from comfyfn.fleet import Ticket
 from comfyfn.result import Generation
 from comfyfn.storage import Storage
-from comfyfn.workflow import MEANINGS, InputImage, Workflow, input_image, parse_loras
-from comfyfn.workflow._images import is_local_file, is_url
+from comfyfn.workflow import (
+    MEANINGS,
+    InputImage,
+    Workflow,
+    input_image,
+    is_local_file,
+    is_url,
+    parse_loras,
+)
 
 __all__ = [
     "FOLDER",
     "Job",
     "JobResult",
     "image_path",
-    "named_images",
     "output_files",
     "output_folders",
     "output_name",
@@ -109,7 +115,7 @@ def prepare(
     if "seed" in wf.slots.params and "seed" not in bound_values:
         bound_values["seed"] = _stable_seed(bound_values)
     bound_values.update(
-        sharded_prefixes(wf, f"{row.index // 1000:04d}/{row.stem}", given=bound_values)
+        wf.per_job_prefixes(f"{row.index // 1000:04d}/{row.stem}", given=bound_values)
     )
     try:
         bound = wf.bind(**bound_values)
@@ -149,7 +155,7 @@ async def prepare_async(
     """:func:`prepare`, with the row's input images fetched (URLs) and read (files, on a
     worker thread) without blocking the event loop; one that fails is a RowError naming its
     column."""
-    from comfyfn.client._inputs import fetch_url
+    from comfyfn.client import fetch_url
 
     images = {}
     for column, value in row.values.items():
@@ -238,7 +244,7 @@ def _fetch(url: str, column: str) -> InputImage:
     """The client's URL fetch (bounded in time and bytes), run to its end on a thread of its
     own, for a caller of :func:`prepare` inside an event loop (the event loop waits: prefer
     :func:`prepare_async` there)."""
-    from comfyfn.client._inputs import fetch_url
+    from comfyfn.client import fetch_url
 
     with ThreadPoolExecutor(1, thread_name_prefix="comfyfn-image-url") as pool:
         return pool.submit(asyncio.run, fetch_url(url, column)).result()
@@ -268,53 +274,17 @@ def _shown(bound: Workflow, row: Row, wf: Workflow) -> dict[str, Any]:
     return shown
 
 
-def sharded_prefixes(wf: Workflow, tail: str, *, given: Mapping[str, Any]) -> dict[str, str]:
-    """Output prefixes with a per-job tail, ``<prefix>/<tail>``, for every output node.
-
-    ComfyUI's SaveImage lists its whole output folder on every save to find the next file
-    number, so a folder with 100,000 images costs tens of milliseconds per save (measured:
-    3.6 → 66 ms per trivial job after 45,000 images). Giving each job its own small folder
-    keeps every save cheap, however long the batch.
-    """
-    if "filename_prefix" in given:
-        return {}
-    out = {}
-    for node_id, input_name in wf.slots.candidates.get("filename_prefix", ()):
-        path = f"{node_id}.{input_name}"
-        if path not in given:
-            out[path] = f"{wf.graph[node_id]['inputs'][input_name]}/{tail}"
-    return out
-
-
 def output_files(gen: Generation, job: Job) -> list[tuple[str, bytes]]:
     """The job's images as (path relative to the output folder or store, PNG bytes), under
     names fixed by the job, delivered at the row's size if it asks for one."""
-    return named_images(gen, output_name(job), job.deliver)
+    from comfyfn.delivery import delivered_files  # Pillow: only when images are written
+
+    return delivered_files(gen, output_name(job), job.deliver)
 
 
 def output_name(job: Job) -> str:
     """The job's output path without suffix: its row's ``_name``, else ``images/<stem>``."""
     return job.name or f"images/{job.stem}"
-
-
-def named_images(
-    gen: Generation, base: str, deliver: Mapping[str, Any] | None = None
-) -> list[tuple[str, bytes]]:
-    """``gen``'s images as (``<base>.png``, or ``<base>_<i>.png`` for several, PNG bytes),
-    resized to ``deliver`` (width, height, fit) if given: a batch row's files, wherever
-    they are written (here or by a worker of the shared queue)."""
-    from comfyfn.batch._delivery import deliver as resize
-
-    files = []
-    for i, image in enumerate(gen.images):
-        rel = f"{base}.png" if len(gen.images) == 1 else f"{base}_{i}.png"
-        data = image.png_bytes()
-        if deliver:
-            data = resize(
-                data, int(deliver["width"]), int(deliver["height"]), deliver.get("fit", "cover")
-            )
-        files.append((rel, data))
-    return files
 
 
 def _check(rel: str, data: bytes) -> dict[str, Any]:

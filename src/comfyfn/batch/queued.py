@@ -43,6 +43,7 @@ from comfyfn.batch.jobs import Job, JobResult, output_name, prepare_async
 from comfyfn.batch.manifest import Record
 from comfyfn.batch.report import Summary, nearest_rank, write_report_to
 from comfyfn.batch.rows import Row, RowError
+from comfyfn.fleet import QueuedRow
 from comfyfn.models import model_set
 from comfyfn.storage import Storage, open_storage
 from comfyfn.workflow import InputImage, Workflow
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 __all__ = [
     "INPUTS",
     "POLL",
-    "BatchRow",
     "QueueStore",
     "QueuedBatch",
     "StoredRecords",
@@ -74,23 +74,10 @@ INVALID = "RowError"  #: the error type of a row stored failed because it cannot
 INPUTS = "inputs"  #: where in a batch's output place its rows' input images are kept
 
 
-@dataclass(frozen=True)
-class BatchRow:
-    """One row of a batch, as the shared store enqueues it."""
-
-    row_key: str  #: the row's content key: the same row is the same job
-    workflow: str
-    params: dict[str, Any]  #: the bound graph and what the report shows
-    target: str | None  #: where its outputs go (None for a row that cannot run)
-    priority: int = 0
-    models: frozenset[tuple[str, str]] = frozenset()  #: (folder, file) of each model it loads
-    error: dict[str, Any] | None = None  #: a row that cannot run: stored failed at once
-
-
 class QueueStore(Protocol):
     """What a queued batch needs of the shared store (the gateway's ``Store``)."""
 
-    def add_batch_jobs(self, batch: str, rows: Sequence[BatchRow]) -> int: ...
+    def add_batch_jobs(self, batch: str, rows: Sequence[QueuedRow]) -> int: ...
 
     def batch_progress(self, batch: str) -> tuple[int, int]: ...
 
@@ -117,14 +104,14 @@ def _target(output: str, job: Job) -> str:
     return json.dumps({"output": output, "name": output_name(job), "deliver": job.deliver})
 
 
-def _job_row(job: Job, output: str, priority: int, inputs: Mapping[str, str]) -> BatchRow:
+def _job_row(job: Job, output: str, priority: int, inputs: Mapping[str, str]) -> QueuedRow:
     wf = job.workflow
     shown = {"key": job.key, "row": job.row, "label": job.label, "stem": job.stem}
     shown["shown"] = job.values
     params = {"graph": wf.to_api(), **shown}
     if inputs:
         params["inputs"] = dict(inputs)
-    return BatchRow(
+    return QueuedRow(
         row_key=job.key,
         workflow=wf.name or "batch",
         params=params,
@@ -163,12 +150,12 @@ class _InputStore:
         return keys
 
 
-def _invalid_row(key: str, workflow: str, shown: dict[str, Any], message: str) -> BatchRow:
+def _invalid_row(key: str, workflow: str, shown: dict[str, Any], message: str) -> QueuedRow:
     error = {"type": INVALID, "message": message}
-    return BatchRow(row_key=key, workflow=workflow, params=shown, target=None, error=error)
+    return QueuedRow(row_key=key, workflow=workflow, params=shown, target=None, error=error)
 
 
-def _error_row(error: RowError, workflow: str) -> BatchRow:
+def _error_row(error: RowError, workflow: str) -> QueuedRow:
     digest = hashlib.sha256(str(error).encode()).hexdigest()[:16]
     key = f"invalid-{error.index}-{error.variant}-{digest}"
     shown = {"key": key, "row": error.index, "label": f"row {error.index}"}
@@ -193,7 +180,7 @@ async def enqueue(
     inputs = _InputStore(output)
     keys: set[str] = set()
     added = 0
-    pending: list[BatchRow] = []
+    pending: list[QueuedRow] = []
     for item in rows:
         prepared = (
             await prepare_async(workflow, item, variables=variables)

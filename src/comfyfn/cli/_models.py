@@ -32,8 +32,8 @@ from comfyfn.models import (
     BUILTIN_MANIFESTS,
     PULL_MIN_RATE,
     PULL_STALL_SECONDS,
-    Manifest,
     ModelFile,
+    ModelManifest,
     Pulled,
     Pushed,
     ServerModels,
@@ -234,7 +234,7 @@ def pull_command(
         typer.echo(f"{p.action:10} {p.path}{digest}{note}")
 
 
-def _chosen(source: str, folder: str | None, sha256: str | None, unverified: bool) -> Manifest:
+def _chosen(source: str, folder: str | None, sha256: str | None, unverified: bool) -> ModelManifest:
     """The manifest SOURCE names, or a one-file manifest for a URL (--folder and --sha256)."""
     if not source.lower().startswith(("http://", "https://")):
         if folder is not None or sha256 is not None:
@@ -251,7 +251,7 @@ def _chosen(source: str, folder: str | None, sha256: str | None, unverified: boo
             "--allow-unverified, checking only what the server publishes)"
         )
     file = url_file(source, folder, sha256)
-    return Manifest(file.name, (file,))
+    return ModelManifest(file.name, (file,))
 
 
 def _models_dir(given: Path | None) -> Path:
@@ -285,7 +285,7 @@ def _progress_bars() -> Iterator[Callable[[str, int, int | None], None]]:
 
 
 def _pull_with_progress(
-    manifest: Manifest,
+    manifest: ModelManifest,
     target: Path,
     verify: bool,
     allow_unverified: bool,
@@ -309,7 +309,7 @@ def _pull_with_progress(
 
 
 def _pull_to_server(
-    manifest: Manifest, server: str, models_dir: Path | None, allow_unverified: bool
+    manifest: ModelManifest, server: str, models_dir: Path | None, allow_unverified: bool
 ) -> None:
     """``pull_to_server``, saying that the files travel through here, with progress bars."""
     err.print(

@@ -2,12 +2,15 @@
 from a private event-loop thread; a submitted job is a handle (:class:`AsyncJob`,
 :class:`Job`). A protected server's credentials are :class:`Credentials` (or part of its
 URL); :func:`public_url` is a URL as comfyfn shows it, without them. Everything under ``_``
-is the private transport (HTTP, websocket, job protocol, output fetching, server resolution).
+is the private transport (HTTP, websocket, job protocol, output fetching); what other
+packages use of it is exported here (:func:`resolve_server`, :func:`fetch_url`).
 """
 
 from comfyfn.client._async import AsyncClient, WorkflowSource, default_workflow
 from comfyfn.client._async_job import AsyncJob
+from comfyfn.client._config import resolve_server, resolve_server_sync
 from comfyfn.client._credentials import Credentials, public_url
+from comfyfn.client._inputs import fetch_url
 from comfyfn.client._lookup import queue_ids
 from comfyfn.client._sync import Client, Job
 
@@ -19,6 +22,9 @@ __all__ = [
     "Job",
     "WorkflowSource",
     "default_workflow",
+    "fetch_url",
     "public_url",
     "queue_ids",
+    "resolve_server",
+    "resolve_server_sync",
 ]

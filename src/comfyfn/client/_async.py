@@ -30,16 +30,17 @@ from comfyfn.errors import ComfyError, ConfigError, WorkflowInvalid
 from comfyfn.events import Event
 from comfyfn.result import Generation
 from comfyfn.workflow import (
+    BUILTIN,
     EXTRA_DATA_KEY,
     SERVED_ROUTES,
+    Workflow,
+    builtin,
     list_server_workflows,
+    read_image_file,
     served_workflow,
     server_source,
+    signature_for,
 )
-from comfyfn.workflow._builtin import BUILTIN, builtin
-from comfyfn.workflow._images import read_image_file
-from comfyfn.workflow._signature import signature_for
-from comfyfn.workflow._workflow import Workflow
 
 __all__ = ["AsyncClient", "WorkflowSource"]
 

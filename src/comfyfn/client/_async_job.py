@@ -12,7 +12,7 @@ from comfyfn.client._socket import EventSocket
 from comfyfn.errors import ComfyError, GenerationError
 from comfyfn.events import Event, Failed, FinalEvent, Stopped, Succeeded
 from comfyfn.result import Generation
-from comfyfn.workflow._workflow import Workflow
+from comfyfn.workflow import Workflow
 
 if TYPE_CHECKING:
     from comfyfn.client._async import AsyncClient

@@ -21,15 +21,15 @@ import httpx
 
 from comfyfn.client._http import HttpSession
 from comfyfn.errors import ConfigError
-from comfyfn.workflow._images import (
+from comfyfn.workflow import (
     INPUT_SUBFOLDER,
     InputImage,
+    Workflow,
     input_image,
     is_local_file,
     is_url,
     max_input_bytes,
 )
-from comfyfn.workflow._workflow import Workflow
 
 __all__ = ["URL_TIMEOUT", "fetch_url", "fetch_urls", "upload_inputs"]
 

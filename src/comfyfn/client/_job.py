@@ -51,7 +51,7 @@ from comfyfn.events import (
     parse_message,
 )
 from comfyfn.result import Generation, Image, Output, Timings
-from comfyfn.workflow._graph import ApiGraph, class_types
+from comfyfn.workflow import ApiGraph, class_types
 
 __all__ = ["JobSettings", "JobSpec", "check_prompt_id", "follow", "post_prompt"]
 

@@ -26,8 +26,7 @@ from comfyfn.client._loop import LoopThread
 from comfyfn.errors import ComfyError
 from comfyfn.events import Event
 from comfyfn.result import Generation
-from comfyfn.workflow._signature import signature_for
-from comfyfn.workflow._workflow import Workflow
+from comfyfn.workflow import Workflow, signature_for
 
 __all__ = ["Client", "Job"]
 

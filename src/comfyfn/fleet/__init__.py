@@ -1,7 +1,11 @@
 """Running jobs on a pool of ComfyUI servers — the layer under both batch and gateway.
 
 - :mod:`~comfyfn.fleet.pool`: slots, health, and which waiting job goes where (by the pure
-  policy :func:`comfyfn.models.assign`: priority, loaded models, shortest queue);
+  policy of :mod:`~comfyfn.fleet.placement`: priority, loaded models, shortest queue);
+- :mod:`~comfyfn.fleet.placement`: that policy (:func:`assign`) and the priming
+  (:func:`prime_for`: how many jobs to keep queued on a server);
+- :mod:`~comfyfn.fleet.queue`: what the shared job queue holds for a batch row
+  (:class:`QueuedRow`: batch enqueues it, the gateway's store keeps it);
 - :mod:`~comfyfn.fleet.states`: the job state machine (pure);
 - :mod:`~comfyfn.fleet.outcomes`: how one run ended;
 - :mod:`~comfyfn.fleet.settle`: what that comes to (one decision for batch and gateway);
@@ -10,7 +14,9 @@
 
 from comfyfn.fleet.fleet import Fleet, FleetSettings, Slot, Ticket
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
+from comfyfn.fleet.placement import ServerView, Waiting, assign, prime_for
 from comfyfn.fleet.pool import Pool, ServerState, Want
+from comfyfn.fleet.queue import QueuedRow
 from comfyfn.fleet.settle import CancelledBy, settle
 from comfyfn.fleet.states import Event, IllegalTransition, State, advance, requeue_or_fail
 
@@ -26,13 +32,18 @@ __all__ = [
     "Moved",
     "Outcome",
     "Pool",
+    "QueuedRow",
     "Refused",
     "ServerState",
+    "ServerView",
     "Slot",
     "State",
     "Ticket",
+    "Waiting",
     "Want",
     "advance",
+    "assign",
+    "prime_for",
     "requeue_or_fail",
     "settle",
 ]

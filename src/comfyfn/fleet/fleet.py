@@ -61,7 +61,7 @@ OnEvent = Callable[[Event], Awaitable[None]]
 @dataclass(frozen=True)
 class FleetSettings:
     #: our jobs queued on each server beyond the running one; None: follow the job and
-    #: turnaround times measured there (:func:`comfyfn.models.prime_for`), up to ``most``
+    #: turnaround times measured there (:func:`~comfyfn.fleet.placement.prime_for`), up to ``most``
     prime: int | None = None
     most: int = 8
     by_model: bool = True  #: place jobs where their models are loaded (else shortest queue)

@@ -1,11 +1,12 @@
-"""Model-aware scheduling (pure: no I/O, no clock): which waiting job goes to which server,
-and how many of our jobs to keep on each server.
+"""Placement policy (pure: no I/O, no clock): which waiting job goes to which server of the
+fleet, and how many of our jobs to keep on each server.
 
-A job's *model set* is the set of model files its bound graph loads (``(folder, name)`` of
-every loader input: ``unet_name``, ``clip_name``, ``vae_name``, ``ckpt_name``,
-``lora_name``…). A server's *tail* is the model set it will hold once our jobs on it have
-run: that of the last job we gave it. Loading another model set costs a GPU server seconds
-(swapping weights), so :func:`assign` sends each job where its models already are.
+A job's *model set* is the set of model files its bound graph loads
+(:func:`comfyfn.models.model_set`: ``(folder, name)`` of every loader input: ``unet_name``,
+``clip_name``, ``vae_name``, ``ckpt_name``, ``lora_name``…). A server's *tail* is the model
+set it will hold once our jobs on it have run: that of the last job we gave it. Loading
+another model set costs a GPU server seconds (swapping weights), so :func:`assign` sends
+each job where its models already are.
 
 :func:`assign` is called whenever a slot frees or a job arrives. It fills free slots one at
 a time, the emptiest server first; each server takes the waiting job that ranks first by
@@ -34,19 +35,16 @@ fewer than two (also before anything is measured).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 from statistics import median
 from typing import Generic, TypeVar
 
-from comfyfn.models._check import needed_models
-from comfyfn.workflow import Workflow
+from comfyfn.models import ModelSet
 
-__all__ = ["ModelSet", "ServerView", "Waiting", "assign", "model_set", "prime_for", "prompt_key"]
+__all__ = ["ServerView", "Waiting", "assign", "prime_for"]
 
-ModelSet = frozenset[tuple[str, str]]  #: (folder, file name) of each model a job loads
 K = TypeVar("K", bound=Hashable)
 
 _SLACK = 0.5  #: of a job time, kept in hand by the priming
@@ -58,18 +56,6 @@ _LEAST = 2
 
 # how well a job fits a server (lower is better); None: the server must not take it
 _SAME_PROMPT, _SAME_MODELS, _NO_MODELS, _FIRST_LOAD, _SHARED, _STOLEN = range(6)
-
-
-def model_set(workflow: Workflow) -> ModelSet:
-    """The model files ``workflow`` loads, as a set (see :func:`comfyfn.models.needed_models`)."""
-    return frozenset((n.folder, n.name) for n in needed_models(workflow))
-
-
-def prompt_key(workflow: Workflow) -> str | None:
-    """What the text encoders of ``workflow`` encode (prompt and negative), or None."""
-    values = workflow.provenance()
-    texts = [values.get("prompt"), values.get("negative")]
-    return None if texts == [None, None] else json.dumps(texts, ensure_ascii=False)
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,15 @@
 Each server is kept *primed*: up to its number of slots of our jobs on it at once (one
 running, the rest queued behind it), so its GPU never idles between jobs. The number is fixed
 (``prime`` + 1) or, with ``prime=None`` (the default), follows the job and turnaround times
-measured on that server (:func:`comfyfn.models.prime_for`): two queued, more behind short
-jobs.
+measured on that server (:func:`~comfyfn.fleet.placement.prime_for`): two queued, more
+behind short jobs.
 
 Jobs ask for a slot with :meth:`Pool.request` and wait *in the pool*, so the pool sees them
 together: whenever a slot frees, a job arrives or a server comes back, the policy
-(:func:`comfyfn.models.assign`, pure) places waiting jobs — by priority, then on a server that
-already holds the job's models (and prompt), then the emptiest server, then in arrival order.
-With ``by_model=False`` it ignores models (shortest queue first, in order). A server that
-fails is taken out until a health check passes again.
+(:func:`~comfyfn.fleet.placement.assign`, pure) places waiting jobs — by priority, then on a
+server that already holds the job's models (and prompt), then the emptiest server, then in
+arrival order. With ``by_model=False`` it ignores models (shortest queue first, in order).
+A server that fails is taken out until a health check passes again.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from comfyfn.models import ModelSet, ServerView, Waiting, assign, prime_for
+from comfyfn.fleet.placement import ServerView, Waiting, assign, prime_for
+from comfyfn.models import ModelSet
 
 __all__ = ["Pool", "ServerState", "Want"]
 

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from comfyfn.batch.jobs import named_images, sharded_prefixes
 from comfyfn.errors import ComfyError, ExecutionFailed
 from comfyfn.events import Preview, Progress
 from comfyfn.fleet import (
@@ -175,7 +174,7 @@ class JobLife:
             return {"type": "WorkflowGone", "message": f"workflow {job.workflow!r} is not served"}
         params = {
             **job.params,
-            **sharded_prefixes(served.workflow, f"{job.id[4:6]}/{job.id}", given=job.params),
+            **served.workflow.per_job_prefixes(f"{job.id[4:6]}/{job.id}", given=job.params),
         }
         try:
             params = await resolve_inputs(
@@ -299,9 +298,11 @@ class JobLife:
         if job.key_id != BATCH_KEY:
             files = output_files(generation)
             return self.storage, [(f"{job.id}/{i}.{f.ext}", f) for i, f in enumerate(files)]
+        from comfyfn.delivery import delivered_files  # Pillow: only for batch rows
+
         storage, target = await self._target_storage(job)
         named = await asyncio.to_thread(
-            named_images, generation, str(target["name"]), target.get("deliver")
+            delivered_files, generation, str(target["name"]), target.get("deliver")
         )
         return storage, [(rel, OutputFile(data, "image/png", "png")) for rel, data in named]
 

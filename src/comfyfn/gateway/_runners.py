@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from comfyfn.batch import BatchRow
+from comfyfn.fleet import QueuedRow
 from comfyfn.gateway.schema import (
     MAX_PRIORITY,
     STATES,
@@ -268,7 +268,7 @@ def _any(conn: Connection, queued: Any, stale: Any) -> bool:
 class BatchStore(RunnerStore):
     """Named batches of jobs, besides the runners' side (mixed into the store)."""
 
-    def add_batch_jobs(self, batch: str, rows: Sequence[BatchRow]) -> int:
+    def add_batch_jobs(self, batch: str, rows: Sequence[QueuedRow]) -> int:
         """Enqueue the rows of ``batch`` it does not hold yet (by ``row_key``), in one
         transaction; how many were added. Race-safe: two submitters of the same file add
         each row once (the idempotency constraint)."""
@@ -290,7 +290,7 @@ class BatchStore(RunnerStore):
         return added
 
     @staticmethod
-    def _batch_values(batch: str, row: BatchRow, now: float) -> dict[str, Any]:
+    def _batch_values(batch: str, row: QueuedRow, now: float) -> dict[str, Any]:
         failed = row.error is not None
         return {
             "id": _new_id("job"),

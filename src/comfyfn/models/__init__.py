@@ -1,5 +1,6 @@
 """Models where they are needed: which files a workflow needs and which servers have them,
-downloading them from manifests, warming servers up, and scheduling jobs by loaded model.
+downloading them from manifests, warming servers up, and what a workflow loads (its model
+set and prompt key, by which :mod:`comfyfn.fleet` places jobs).
 
 ::
 
@@ -11,8 +12,7 @@ downloading them from manifests, warming servers up, and scheduling jobs by load
     pull_to_server(load_manifest("zimage-turbo"), url)   # pulled here, pushed there
     await check_servers(urls, "wf.json")                  # every server's gaps
     warm(client, "zimage-turbo")                         # the smallest job, once
-    assign(servers, waiting)                             # which job goes where (pure)
-    prime_for(job_seconds, turnaround_seconds)           # how many jobs to keep queued
+    model_set(workflow), prompt_key(workflow)            # what its jobs load and encode
 
 Built-in manifests (:data:`BUILTIN_MANIFESTS`): ``zimage-turbo``, ``zimage``,
 ``zimage-turbo-int8`` and ``zimage-int8``, with the file names, folders and URLs the
@@ -20,28 +20,22 @@ official ComfyUI templates publish (they publish no sha256 or sizes: those are n
 sha256 and size Hugging Face publishes for each file are checked instead).
 """
 
-from comfyfn.models._affinity import (
-    ModelSet,
-    ServerView,
-    Waiting,
-    assign,
-    model_set,
-    prime_for,
-    prompt_key,
-)
 from comfyfn.models._check import (
+    ModelSet,
     Needed,
     ServerModels,
     Source,
     check_server,
     check_servers,
+    model_set,
     needed_models,
+    prompt_key,
     sources_from,
 )
 from comfyfn.models._download import (
     PULL_MIN_RATE,
     PULL_STALL_SECONDS,
-    Progress,
+    DownloadProgress,
     Pulled,
     pull,
     pull_file,
@@ -49,7 +43,7 @@ from comfyfn.models._download import (
 )
 from comfyfn.models._errors import ChecksumMismatch, DownloadFailed
 from comfyfn.models._http import PushFailed
-from comfyfn.models._manifest import BUILTIN_MANIFESTS, Manifest, ModelFile, load_manifest
+from comfyfn.models._manifest import BUILTIN_MANIFESTS, ModelFile, ModelManifest, load_manifest
 from comfyfn.models._push import Pushed, PushProgress, blake3_of, pull_to_server, push_file
 from comfyfn.models._warm import WARMUP_PREFIX, Warmed, warm, warm_async, warm_job
 
@@ -60,28 +54,24 @@ __all__ = [
     "WARMUP_PREFIX",
     "ChecksumMismatch",
     "DownloadFailed",
-    "Manifest",
+    "DownloadProgress",
     "ModelFile",
+    "ModelManifest",
     "ModelSet",
     "Needed",
-    "Progress",
     "Pulled",
     "PushFailed",
     "PushProgress",
     "Pushed",
     "ServerModels",
-    "ServerView",
     "Source",
-    "Waiting",
     "Warmed",
-    "assign",
     "blake3_of",
     "check_server",
     "check_servers",
     "load_manifest",
     "model_set",
     "needed_models",
-    "prime_for",
     "prompt_key",
     "pull",
     "pull_file",

@@ -1,4 +1,5 @@
-"""Which model files a workflow needs, and which servers have them.
+"""Which model files a workflow needs (and loads: its model set and prompt key, by which the
+fleet places its jobs), and which servers have them.
 
 The files are the literal inputs of the workflow's loader nodes whose definitions name a
 ``models/`` folder (``unet_name`` → ``diffusion_models``, ``clip_name`` → ``text_encoders``,
@@ -19,21 +20,25 @@ from typing import Any
 
 from comfyfn.client import AsyncClient, WorkflowSource
 from comfyfn.errors import ComfyError, HTTPStatusError
-from comfyfn.models._manifest import BUILTIN_MANIFESTS, Manifest, load_manifest
+from comfyfn.models._manifest import BUILTIN_MANIFESTS, ModelManifest, load_manifest
 from comfyfn.provenance import read_text_chunks
 from comfyfn.workflow import Workflow
 
 __all__ = [
+    "ModelSet",
     "Needed",
     "ServerModels",
     "Source",
     "check_server",
     "check_servers",
+    "model_set",
     "needed_models",
+    "prompt_key",
     "sources_from",
 ]
 
 FileKey = tuple[str, str]  #: (folder, file name)
+ModelSet = frozenset[FileKey]  #: (folder, file name) of each model a job loads
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ def needed_models(
 
 def sources_from(
     workflow_source: WorkflowSource | Workflow | None = None,
-    manifests: Iterable[Manifest] = (),
+    manifests: Iterable[ModelManifest] = (),
 ) -> dict[FileKey, Source]:
     """Download sources: ``manifests``, then the built-in manifests (both also say which
     manifest to pull), then the workflow file's own ``properties.models``; the first that
@@ -200,3 +205,15 @@ async def _listing(client: AsyncClient, folder: str) -> set[str] | None:
             return None
         raise
     return {name.replace("\\", "/") for name in names}
+
+
+def model_set(workflow: Workflow) -> ModelSet:
+    """The model files ``workflow`` loads, as a set (see :func:`needed_models`)."""
+    return frozenset((n.folder, n.name) for n in needed_models(workflow))
+
+
+def prompt_key(workflow: Workflow) -> str | None:
+    """What the text encoders of ``workflow`` encode (prompt and negative), or None."""
+    values = workflow.provenance()
+    texts = [values.get("prompt"), values.get("negative")]
+    return None if texts == [None, None] else json.dumps(texts, ensure_ascii=False)

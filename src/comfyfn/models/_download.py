@@ -52,12 +52,12 @@ from comfyfn.client import public_url
 from comfyfn.errors import ConfigError
 from comfyfn.models._errors import ChecksumMismatch, DownloadFailed
 from comfyfn.models._http import RateFloor, Retry, get
-from comfyfn.models._manifest import Manifest, ModelFile
+from comfyfn.models._manifest import ModelFile, ModelManifest
 
 __all__ = [
     "PULL_MIN_RATE",
     "PULL_STALL_SECONDS",
-    "Progress",
+    "DownloadProgress",
     "Pulled",
     "pull",
     "pull_file",
@@ -67,7 +67,7 @@ __all__ = [
 log = logging.getLogger("comfyfn.models")
 
 #: ``on_progress(file, bytes_done, bytes_total_or_None)``, called as bytes arrive
-Progress = Callable[[ModelFile, int, int | None], None]
+DownloadProgress = Callable[[ModelFile, int, int | None], None]
 
 _CHUNK = 1 << 20
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -107,7 +107,7 @@ class _Job:
     target: Path  #: the final file name
     http: httpx.Client
     headers: Mapping[str, str]  #: the manifest's, for the origin of ``file.url`` only
-    on_progress: Progress | None
+    on_progress: DownloadProgress | None
     min_rate: float
     stall_seconds: float
     allow_unverified: bool
@@ -148,11 +148,11 @@ def url_file(url: str, folder: str, sha256: str | None = None) -> ModelFile:
 
 
 def pull(
-    files: Manifest | Iterable[ModelFile],
+    files: ModelManifest | Iterable[ModelFile],
     models_dir: str | os.PathLike[str],
     *,
     http: httpx.Client | None = None,
-    on_progress: Progress | None = None,
+    on_progress: DownloadProgress | None = None,
     retries: int = 3,
     verify_existing: bool = False,
     environ: Mapping[str, str] | None = None,
@@ -162,7 +162,7 @@ def pull(
 ) -> list[Pulled]:
     """Every file of a manifest into ``models_dir``, one after the other (every entry's
     headers are checked first: a missing variable or a bad value fails before any request)."""
-    entries = files.files if isinstance(files, Manifest) else tuple(files)
+    entries = files.files if isinstance(files, ModelManifest) else tuple(files)
     for f in entries:
         f.request_headers(environ)
     with _client(http) as client:
@@ -188,7 +188,7 @@ def pull_file(
     models_dir: str | os.PathLike[str],
     *,
     http: httpx.Client | None = None,
-    on_progress: Progress | None = None,
+    on_progress: DownloadProgress | None = None,
     retries: int = 3,
     verify_existing: bool = False,
     environ: Mapping[str, str] | None = None,

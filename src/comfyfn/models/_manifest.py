@@ -33,7 +33,7 @@ from types import MappingProxyType
 
 from comfyfn.errors import ConfigError
 
-__all__ = ["BUILTIN_MANIFESTS", "Manifest", "ModelFile", "load_manifest"]
+__all__ = ["BUILTIN_MANIFESTS", "ModelFile", "ModelManifest", "load_manifest"]
 
 #: built-in manifest name → its data file (next to this module, in ``data/``)
 BUILTIN_MANIFESTS: Mapping[str, str] = MappingProxyType(
@@ -102,7 +102,7 @@ class ModelFile:
 
 
 @dataclass(frozen=True)
-class Manifest:
+class ModelManifest:
     name: str
     files: tuple[ModelFile, ...]
     description: str = ""
@@ -112,7 +112,7 @@ class Manifest:
         return next((f for f in self.files if (f.folder, f.name) == (folder, name)), None)
 
 
-def load_manifest(source: str | os.PathLike[str]) -> Manifest:
+def load_manifest(source: str | os.PathLike[str]) -> ModelManifest:
     """A built-in manifest by name (``"zimage-turbo"``...) or a YAML/JSON file; every
     problem is a :class:`ConfigError` naming the file and the field
     (``my.yaml: models[1].sha256: must be 64 hexadecimal digits, not 'abc'``)."""
@@ -131,7 +131,7 @@ def load_manifest(source: str | os.PathLike[str]) -> Manifest:
     return parse_manifest(content, path.name, name=path.stem)
 
 
-def parse_manifest(text: str, label: str, *, name: str) -> Manifest:
+def parse_manifest(text: str, label: str, *, name: str) -> ModelManifest:
     """A manifest from YAML or JSON ``text`` (JSON is YAML); ``label`` names it in errors."""
     from comfyfn._yaml import load_yaml, validate_settings
     from comfyfn.models._schema import ManifestSpec
@@ -152,10 +152,10 @@ def parse_manifest(text: str, label: str, *, name: str) -> Manifest:
         )
         for e in spec.models
     )
-    return Manifest(name, files, spec.description, spec.total_size)
+    return ModelManifest(name, files, spec.description, spec.total_size)
 
 
-def manifest_json(manifest: Manifest) -> str:
+def manifest_json(manifest: ModelManifest) -> str:
     """The manifest as the JSON a file holds (what the built-in data files are)."""
     data = {
         "description": manifest.description,

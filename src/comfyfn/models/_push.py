@@ -37,9 +37,9 @@ import blake3
 
 from comfyfn.client import Credentials, public_url
 from comfyfn.errors import ConfigError
-from comfyfn.models._download import Progress, pull
+from comfyfn.models._download import DownloadProgress, pull
 from comfyfn.models._http import AssetsApi, PushFailed
-from comfyfn.models._manifest import Manifest, ModelFile
+from comfyfn.models._manifest import ModelFile, ModelManifest
 
 __all__ = ["PushProgress", "Pushed", "blake3_of", "pull_to_server", "push_file"]
 
@@ -192,12 +192,12 @@ def _listed(
 
 
 def pull_to_server(
-    files: Manifest | Iterable[ModelFile],
+    files: ModelManifest | Iterable[ModelFile],
     server: str,
     *,
     models_dir: str | os.PathLike[str] | None = None,
     credentials: Credentials | None = None,
-    on_pull: Progress | None = None,
+    on_pull: DownloadProgress | None = None,
     on_push: PushProgress | None = None,
     allow_unverified: bool = False,
     environ: Mapping[str, str] | None = None,

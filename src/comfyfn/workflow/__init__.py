@@ -23,7 +23,16 @@ from comfyfn.workflow._builtin import (
 )
 from comfyfn.workflow._bundled import BUNDLED_VERSIONS, bundled_object_info, bundled_version
 from comfyfn.workflow._control import CONTROL_TYPES
-from comfyfn.workflow._images import InputImage, input_image
+from comfyfn.workflow._graph import ApiGraph, class_types
+from comfyfn.workflow._images import (
+    INPUT_SUBFOLDER,
+    InputImage,
+    input_image,
+    is_local_file,
+    is_url,
+    max_input_bytes,
+    read_image_file,
+)
 from comfyfn.workflow._library import (
     SERVED_ROUTES,
     GetJson,
@@ -35,6 +44,7 @@ from comfyfn.workflow._loras import Lora, parse_lora, parse_loras
 from comfyfn.workflow._meaning import MEANINGS
 from comfyfn.workflow._params import Param
 from comfyfn.workflow._partner import EXTRA_DATA_KEY, KEY_ENV
+from comfyfn.workflow._signature import signature_for
 from comfyfn.workflow._workflow import Workflow, served_workflow
 
 __all__ = [
@@ -42,10 +52,12 @@ __all__ = [
     "BUNDLED_VERSIONS",
     "CONTROL_TYPES",
     "EXTRA_DATA_KEY",
+    "INPUT_SUBFOLDER",
     "KEY_ENV",
     "MEANINGS",
     "PARAMETERS",
     "SERVED_ROUTES",
+    "ApiGraph",
     "ComfyWarning",
     "GetJson",
     "InputImage",
@@ -56,14 +68,20 @@ __all__ = [
     "builtin",
     "bundled_object_info",
     "bundled_version",
+    "class_types",
     "input_image",
+    "is_local_file",
+    "is_url",
     "list_server_workflows",
+    "max_input_bytes",
     "parse_lora",
     "parse_loras",
     "parse_size",
     "random_seed",
+    "read_image_file",
     "served_workflow",
     "server_source",
+    "signature_for",
     "zimage",
     "zimage_control",
     "zimage_edit",

@@ -188,6 +188,24 @@ class Workflow:
         """A fresh API-format dict, ready for ``POST /prompt``."""
         return copy_json(dict(self.graph))  # type: ignore[no-any-return]
 
+    def per_job_prefixes(self, tail: str, *, given: Mapping[str, Any]) -> dict[str, str]:
+        """Output prefixes with a per-job tail, ``<prefix>/<tail>``, for every output node
+        whose prefix ``given`` (the job's values) does not set, by input path.
+
+        ComfyUI's SaveImage lists its whole output folder on every save to find the next file
+        number, so a folder with 100,000 images costs tens of milliseconds per save (measured:
+        3.6 → 66 ms per trivial job after 45,000 images). Giving each job its own small folder
+        keeps every save cheap, however many jobs run.
+        """
+        if "filename_prefix" in given:
+            return {}
+        out = {}
+        for node_id, input_name in self.slots.candidates.get("filename_prefix", ()):
+            path = f"{node_id}.{input_name}"
+            if path not in given:
+                out[path] = f"{self.graph[node_id]['inputs'][input_name]}/{tail}"
+        return out
+
     # -- deriving --------------------------------------------------------------------------
 
     def bind(self, **values: Any) -> Workflow:
