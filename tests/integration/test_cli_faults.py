@@ -244,7 +244,7 @@ def test_a_pool_that_never_answers_fails_within_seconds_naming_each_url(tmp_path
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
     assert line.startswith("error: no ComfyUI server answered in "), line
     for url in urls:
-        assert f"{url}: All connection attempts failed" in line, line
+        assert f"{url}: connection refused" in line, line
 
 
 def test_a_silent_server_fails_after_its_timeouts_naming_it(silent_server, tmp_path):

@@ -207,9 +207,10 @@ async def test_nothing_listening_is_unreachable():
     with socket_on_loopback() as port:
         pass  # closed: nothing listens there now
     s = session(f"http://127.0.0.1:{port}")
-    with pytest.raises(ServerUnreachable, match="cannot reach ComfyUI"):
+    with pytest.raises(ServerUnreachable, match="cannot reach ComfyUI") as caught:
         await s.send("GET", "/queue")
     await s.aclose()
+    assert "connection refused" in str(caught.value) and "ssl:default" not in str(caught.value)
 
 
 async def test_an_answer_that_is_not_http_is_named(scripted):

@@ -37,7 +37,7 @@ def _as_httpx(request: httpx.Request) -> Iterator[None]:
     except aiohttp.ConnectionTimeoutError as exc:  # sock_connect: nothing was sent
         raise httpx.ConnectTimeout("timed out connecting", request=request) from exc
     except aiohttp.ClientConnectorError as exc:  # refused, DNS, TLS: nothing was sent
-        raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+        raise httpx.ConnectError(_unconnected(exc), request=request) from exc
     except aiohttp.SocketTimeoutError as exc:  # sock_read: sent, no answer in time
         raise httpx.ReadTimeout("timed out waiting for the answer", request=request) from exc
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError) as exc:
@@ -46,6 +46,19 @@ def _as_httpx(request: httpx.Request) -> Iterator[None]:
         raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
     except TimeoutError as exc:
         raise httpx.ReadTimeout("timed out waiting for the answer", request=request) from exc
+
+
+def _unconnected(exc: aiohttp.ClientConnectorError) -> str:
+    """Why connecting failed, in a few words (aiohttp's own text names the host, the port
+    and its TLS setting, which the caller's message already says or does not need)."""
+    cause = exc.os_error
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"the name does not resolve ({cause.strerror or cause})"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return f"TLS failed ({cause})"
+    return cause.strerror or str(cause) or type(exc).__name__
 
 
 class _Body(httpx.AsyncByteStream):
