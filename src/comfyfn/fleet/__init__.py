@@ -18,13 +18,12 @@ from comfyfn.fleet.placement import ServerView, Waiting, assign, prime_for
 from comfyfn.fleet.pool import Pool, ServerState, Want
 from comfyfn.fleet.queue import QueuedRow
 from comfyfn.fleet.settle import CancelledBy, settle
-from comfyfn.fleet.states import Event, IllegalTransition, State, advance, requeue_or_fail
+from comfyfn.fleet.states import IllegalTransition, State, Transition, advance, requeue_or_fail
 
 __all__ = [
     "Cancelled",
     "CancelledBy",
     "Done",
-    "Event",
     "Fleet",
     "FleetSettings",
     "IllegalTransition",
@@ -39,6 +38,7 @@ __all__ = [
     "Slot",
     "State",
     "Ticket",
+    "Transition",
     "Waiting",
     "Want",
     "advance",

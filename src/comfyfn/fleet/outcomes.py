@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from comfyfn.errors import ComfyError
-from comfyfn.fleet.states import Event
+from comfyfn.fleet.states import Transition
 from comfyfn.result import Generation
 
 __all__ = ["Cancelled", "Done", "Lost", "Moved", "Outcome", "Refused"]
@@ -19,7 +19,7 @@ class Done:
     generation: Generation = field(repr=False)
     server: str
     seconds: float
-    event = Event.SUCCEED
+    transition = Transition.SUCCEED
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Refused:
 
     error: ComfyError
     server: str
-    event = Event.FAIL
+    transition = Transition.FAIL
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Cancelled:
 
     error: ComfyError
     server: str
-    event = Event.CANCEL
+    transition = Transition.CANCEL
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Moved:
 
     error: ComfyError
     server: str
-    event = Event.MOVE
+    transition = Transition.MOVE
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Lost:
 
     error: ComfyError
     server: str
-    event = Event.LOSE
+    transition = Transition.LOSE
 
 
 Outcome = Done | Refused | Cancelled | Moved | Lost

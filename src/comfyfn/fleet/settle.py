@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 
 from comfyfn.fleet.outcomes import Cancelled, Outcome
-from comfyfn.fleet.states import Event, State, advance, requeue_or_fail
+from comfyfn.fleet.states import State, Transition, advance, requeue_or_fail
 
 __all__ = ["CancelledBy", "settle"]
 
@@ -31,10 +31,10 @@ class CancelledBy(enum.StrEnum):
     SOMEONE_ELSE = "someone else"  #: nobody here asked: a failure
 
 
-_CANCEL_EVENT = {
-    CancelledBy.OWNER: Event.CANCEL,
-    CancelledBy.US: Event.ABANDON,
-    CancelledBy.SOMEONE_ELSE: Event.FAIL,
+_CANCEL_TRANSITION = {
+    CancelledBy.OWNER: Transition.CANCEL,
+    CancelledBy.US: Transition.ABANDON,
+    CancelledBy.SOMEONE_ELSE: Transition.FAIL,
 }
 
 
@@ -42,7 +42,7 @@ def settle(outcome: Outcome, *, attempts: int, retries: int, cancelled_by: Cance
     """The job's state after ``outcome``, its run number ``attempts`` with ``retries``
     allowed (``cancelled_by`` matters only if it was interrupted)."""
     if isinstance(outcome, Cancelled):
-        event = _CANCEL_EVENT[cancelled_by]
+        transition = _CANCEL_TRANSITION[cancelled_by]
     else:
-        event = requeue_or_fail(outcome.event, attempts, retries)
-    return advance(State.SUBMITTED, event)
+        transition = requeue_or_fail(outcome.transition, attempts, retries)
+    return advance(State.SUBMITTED, transition)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["Event", "IllegalTransition", "State", "advance", "requeue_or_fail"]
+__all__ = ["IllegalTransition", "State", "Transition", "advance", "requeue_or_fail"]
 
 
 class State(enum.StrEnum):
@@ -43,7 +43,10 @@ class State(enum.StrEnum):
         return self in (State.DONE, State.FAILED, State.CANCELLED)
 
 
-class Event(enum.StrEnum):
+class Transition(enum.StrEnum):
+    """What can happen to a job: each takes it from one :class:`State` to another
+    (:func:`advance`)."""
+
     SUBMIT = "submit"
     SUCCEED = "succeed"
     FAIL = "fail"
@@ -55,35 +58,36 @@ class Event(enum.StrEnum):
 
 
 class IllegalTransition(ValueError):
-    """An event that cannot happen in a state (a bug in the caller, never user input)."""
+    """A transition that cannot happen in a state (a bug in the caller, never user input)."""
 
 
-_TRANSITIONS: dict[tuple[State, Event], State] = {
-    (State.PENDING, Event.SUBMIT): State.SUBMITTED,
-    (State.PENDING, Event.CANCEL): State.CANCELLED,
-    (State.PENDING, Event.FAIL): State.FAILED,
-    (State.SUBMITTED, Event.SUCCEED): State.DONE,
-    (State.SUBMITTED, Event.FAIL): State.FAILED,
-    (State.SUBMITTED, Event.CANCEL): State.CANCELLED,
-    (State.SUBMITTED, Event.MOVE): State.PENDING,
-    (State.SUBMITTED, Event.LOSE): State.PENDING,
-    (State.SUBMITTED, Event.ABANDON): State.PENDING,
-    (State.SUBMITTED, Event.RELEASE): State.SUBMITTED,
+_TRANSITIONS: dict[tuple[State, Transition], State] = {
+    (State.PENDING, Transition.SUBMIT): State.SUBMITTED,
+    (State.PENDING, Transition.CANCEL): State.CANCELLED,
+    (State.PENDING, Transition.FAIL): State.FAILED,
+    (State.SUBMITTED, Transition.SUCCEED): State.DONE,
+    (State.SUBMITTED, Transition.FAIL): State.FAILED,
+    (State.SUBMITTED, Transition.CANCEL): State.CANCELLED,
+    (State.SUBMITTED, Transition.MOVE): State.PENDING,
+    (State.SUBMITTED, Transition.LOSE): State.PENDING,
+    (State.SUBMITTED, Transition.ABANDON): State.PENDING,
+    (State.SUBMITTED, Transition.RELEASE): State.SUBMITTED,
 }
 
 
-def advance(state: State, event: Event) -> State:
-    """The state after ``event``; :class:`IllegalTransition` if it cannot happen."""
+def advance(state: State, transition: Transition) -> State:
+    """The state after ``transition``; :class:`IllegalTransition` if it cannot happen."""
     try:
-        return _TRANSITIONS[(state, event)]
+        return _TRANSITIONS[(state, transition)]
     except KeyError:
-        raise IllegalTransition(f"a {state} job cannot {event}") from None
+        raise IllegalTransition(f"a {state} job cannot {transition}") from None
 
 
-def requeue_or_fail(event: Event, attempts: int, retries: int) -> Event:
-    """``event``, unless it would send the job back to pending (a move off a failed server,
-    a job the server lost) after ``attempts`` submissions have spent its ``retries``: then
-    :attr:`Event.FAIL`. Every other event stands (``abandon`` is ours, not a fault)."""
-    if event in (Event.MOVE, Event.LOSE) and attempts > retries:
-        return Event.FAIL
-    return event
+def requeue_or_fail(transition: Transition, attempts: int, retries: int) -> Transition:
+    """``transition``, unless it would send the job back to pending (a move off a failed
+    server, a job the server lost) after ``attempts`` submissions have spent its ``retries``:
+    then :attr:`Transition.FAIL`. Every other transition stands (``abandon`` is ours, not a
+    fault)."""
+    if transition in (Transition.MOVE, Transition.LOSE) and attempts > retries:
+        return Transition.FAIL
+    return transition
