@@ -12,13 +12,13 @@ import pytest
 from gateway_proc import InProcess, auth, settings_for
 from sqlalchemy.exc import OperationalError
 
-from comfyfn.gateway import jobs
+from comfyfn.gateway import service
 
 
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
     # Only the event bus can wake a stream in time: the store is re-read once a minute.
-    monkeypatch.setattr(jobs, "FALLBACK_POLL", 60.0)
+    monkeypatch.setattr(service, "FALLBACK_POLL", 60.0)
     with InProcess(settings_for(tmp_path, ["http://127.0.0.1:9"])) as gateway:
         gateway.secret = gateway.key()
         gateway.key_id = gateway.store.find_key(gateway.secret).id

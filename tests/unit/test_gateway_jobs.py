@@ -1,4 +1,4 @@
-"""Following a job from a route (comfyfn.gateway.jobs) on a real SQLite store: woken by this
+"""Following a job from a route (comfyfn.gateway.service) on a real SQLite store: woken by this
 process's bus at once, by the store for other replicas' jobs, cancelled for a caller who left,
 504 for one who waited too long, and the SSE view of a job moving up the queue."""
 
@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 from polling import await_for
 
-from comfyfn.gateway import jobs
+from comfyfn.gateway import service
 from comfyfn.gateway.bus import JobUpdate
 from comfyfn.gateway.errors import ApiError
 from comfyfn.gateway.registry import Registry
@@ -58,9 +58,9 @@ async def seen_count(seen: list, count: int) -> None:
 
 
 async def test_a_waiting_caller_is_woken_by_the_bus_at_once(runtime, monkeypatch):
-    monkeypatch.setattr(jobs, "FALLBACK_POLL", 60.0)  # the store would be read far too late
+    monkeypatch.setattr(service, "FALLBACK_POLL", 60.0)  # the store would be read far too late
     job = new_job(runtime)
-    waiting = asyncio.create_task(jobs.wait_final(runtime, job, still_here))
+    waiting = asyncio.create_task(service.wait_final(runtime, job, still_here))
     await following(runtime)
     done, files = runtime.store.complete_job(
         job.id, [NewFile("x.png", "image/png", 3, "e")], state="succeeded"
@@ -68,20 +68,20 @@ async def test_a_waiting_caller_is_woken_by_the_bus_at_once(runtime, monkeypatch
     update = JobUpdate(done, files, (b"png",))
     runtime.bus.publish(update)
     assert await asyncio.wait_for(waiting, 10) is update
-    assert await jobs.output_records(runtime, update) == list(files)
-    assert await jobs.output_bytes(runtime, update) == [b"png"]  # not read back from storage
+    assert await service.output_records(runtime, update) == list(files)
+    assert await service.output_bytes(runtime, update) == [b"png"]  # not read back from storage
 
 
 async def test_a_caller_who_wants_only_the_bytes_need_not_wait_for_storing(runtime, monkeypatch):
-    monkeypatch.setattr(jobs, "FALLBACK_POLL", 60.0)
+    monkeypatch.setattr(service, "FALLBACK_POLL", 60.0)
     job = runtime.store.update_job(new_job(runtime).id, state="running")
-    waiting = asyncio.create_task(jobs.wait_final(runtime, job, still_here, images_suffice=True))
-    wants_urls = asyncio.create_task(jobs.wait_final(runtime, job, still_here))
+    waiting = asyncio.create_task(service.wait_final(runtime, job, still_here, images_suffice=True))
+    wants_urls = asyncio.create_task(service.wait_final(runtime, job, still_here))
     await following(runtime, 2)
     in_hand = JobUpdate(job, (), (b"png",))  # the worker has the images, storing goes on
     runtime.bus.publish(in_hand)
     assert await asyncio.wait_for(waiting, 10) is in_hand
-    assert await jobs.output_bytes(runtime, in_hand) == [b"png"]
+    assert await service.output_bytes(runtime, in_hand) == [b"png"]
     await asyncio.sleep(0.05)
     assert not wants_urls.done()  # a caller who wants URLs waits for the files' records
     done = runtime.store.update_job(job.id, state="succeeded")
@@ -90,16 +90,16 @@ async def test_a_caller_who_wants_only_the_bytes_need_not_wait_for_storing(runti
 
 
 async def test_a_job_another_replica_ends_is_found_in_the_store(runtime, monkeypatch):
-    monkeypatch.setattr(jobs, "FALLBACK_POLL", 0.05)
+    monkeypatch.setattr(service, "FALLBACK_POLL", 0.05)
     job = new_job(runtime)
-    waiting = asyncio.create_task(jobs.wait_final(runtime, job, still_here))
+    waiting = asyncio.create_task(service.wait_final(runtime, job, still_here))
     await following(runtime)
     done, files = runtime.store.complete_job(
         job.id, [NewFile("x.png", "image/png", 3, "e")], state="succeeded"
     )  # and nothing published: another process did it
     update = await asyncio.wait_for(waiting, 10)
     assert update.job == done and update.files == () and update.contents == ()
-    assert await jobs.output_records(runtime, update) == list(files)  # read from the store
+    assert await service.output_records(runtime, update) == list(files)  # read from the store
 
 
 async def test_a_caller_who_goes_away_cancels_the_job(runtime):
@@ -109,7 +109,7 @@ async def test_a_caller_who_goes_away_cancels_the_job(runtime):
         return True
 
     with runtime.bus.subscribe(job.id) as news, pytest.raises(ApiError) as refused:
-        await jobs.wait_final(runtime, job, gone)
+        await service.wait_final(runtime, job, gone)
     assert refused.value.status == 499
     assert runtime.store.get_job(job.id).state == "cancelled"
     assert news.latest.job.state == "cancelled"  # published for other followers
@@ -119,22 +119,22 @@ async def test_a_caller_waits_no_longer_than_the_sync_timeout(runtime):
     runtime.settings = dataclasses.replace(runtime.settings, sync_timeout=0.2)
     job = new_job(runtime)
     with pytest.raises(ApiError) as late:
-        await asyncio.wait_for(jobs.wait_final(runtime, job, still_here), 10)
+        await asyncio.wait_for(service.wait_final(runtime, job, still_here), 10)
     assert late.value.status == 504 and f"/v1/jobs/{job.id}" in late.value.message
 
 
 async def test_following_a_job_up_the_queue_to_its_end(runtime, monkeypatch):
-    monkeypatch.setattr(jobs, "FALLBACK_POLL", 60.0)
+    monkeypatch.setattr(service, "FALLBACK_POLL", 60.0)
     ahead, job = new_job(runtime), new_job(runtime)
     seen: list[tuple[str, float, int | None]] = []
 
     async def follow() -> None:
-        async for current, position in jobs.follow(runtime, job):
+        async for current, position in service.follow(runtime, job):
             seen.append((current.state, current.progress, position))
 
     following = asyncio.create_task(follow())
     await seen_count(seen, 1)
-    await jobs.cancel_job(runtime, ahead.id)  # dequeued here: the queue changed
+    await service.cancel_job(runtime, ahead.id)  # dequeued here: the queue changed
     await seen_count(seen, 2)
     running = runtime.store.update_job(job.id, state="running", progress=0.5)
     runtime.bus.publish(JobUpdate(running))
@@ -154,12 +154,12 @@ async def test_a_followed_job_s_progress_never_goes_back_to_the_store_s_older_va
 ):
     """The store keeps progress only now and then: after 0.5 was shown (replayed, or
     published by this process), the stored 0.2 is not sent; the end is."""
-    monkeypatch.setattr(jobs, "FALLBACK_POLL", 0.05)  # the store is read back at once
+    monkeypatch.setattr(service, "FALLBACK_POLL", 0.05)  # the store is read back at once
     job = runtime.store.update_job(new_job(runtime).id, state="running", progress=0.2)
     seen: list[tuple[str, float]] = []
 
     async def follow() -> None:
-        async for current, _ in jobs.follow(runtime, job, known=("running", 0.5)):
+        async for current, _ in service.follow(runtime, job, known=("running", 0.5)):
             seen.append((current.state, current.progress))
 
     following = asyncio.create_task(follow())

@@ -11,7 +11,7 @@ import pytest
 from fake_clock import FakeClock
 
 from comfyfn.gateway.errors import public_error, public_message
-from comfyfn.gateway.models import text_problem
+from comfyfn.gateway.requests import text_problem
 from comfyfn.gateway.security import (
     RateLimiter,
     parse_rate,
@@ -212,8 +212,8 @@ def test_image_inputs_are_upload_references_never_paths():
     a job's image parameter is only ever a reference to an upload of the caller's key."""
     import pydantic
 
-    from comfyfn.gateway.models import UploadRef
     from comfyfn.gateway.registry import Registry
+    from comfyfn.gateway.requests import UploadRef
     from comfyfn.workflow import builtin
 
     served = Registry().add("zimage-edit", builtin("zimage-edit"))

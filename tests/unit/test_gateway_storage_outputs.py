@@ -12,7 +12,7 @@ from test_gateway_worker import FakeFleet, new_job, started
 from tests_png import image_bytes
 
 from comfyfn.events import Preview
-from comfyfn.gateway import jobs
+from comfyfn.gateway import service
 from comfyfn.gateway._outputs import KnownFiles, output_files, store_outputs, stored_key
 from comfyfn.gateway.bus import JobUpdate
 from comfyfn.gateway.registry import Registry
@@ -143,14 +143,14 @@ async def test_openai_routes_get_the_still_images_only(tmp_path):
         done, files = store.complete_job(job.id, stored, state="succeeded")
         (png,) = [f for f in files if f.content_type == "image/png"]
         in_hand = JobUpdate(done, files, (b"png-bytes",))
-        assert await jobs.output_records(runtime, in_hand) == [png]
-        assert await jobs.output_bytes(runtime, in_hand) == [b"png-bytes"]
+        assert await service.output_records(runtime, in_hand) == [png]
+        assert await service.output_bytes(runtime, in_hand) == [b"png-bytes"]
         other_replica = JobUpdate(done)  # nothing published here: read from store and storage
-        assert await jobs.output_records(runtime, other_replica) == [png]
-        assert await jobs.output_bytes(runtime, other_replica) == [
+        assert await service.output_records(runtime, other_replica) == [png]
+        assert await service.output_bytes(runtime, other_replica) == [
             (tmp_path / png.path).read_bytes()
         ]
-        shown = jobs.job_json(runtime, done, "http://gw")["outputs"]
+        shown = service.job_json(runtime, done, "http://gw")["outputs"]
         assert [(o["content_type"], o["size"]) for o in shown] == [
             (f.content_type, f.size) for f in files
         ]

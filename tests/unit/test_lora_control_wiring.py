@@ -16,7 +16,7 @@ from comfyfn import AsyncClient
 from comfyfn.cli._app import app
 from comfyfn.client import default_workflow
 from comfyfn.errors import ConfigError, WorkflowInvalid
-from comfyfn.gateway import jobs
+from comfyfn.gateway import service
 from comfyfn.gateway.errors import ApiError
 from comfyfn.gateway.registry import Registry
 from comfyfn.gateway.runtime import Runtime
@@ -196,7 +196,7 @@ def test_loras_as_objects_or_text_are_stored_as_pairs_that_bind(runtime):
 async def test_a_bad_lora_is_a_422_naming_it(runtime, loras, param, says):
     key = KeyRecord("key_1", "k", "cf_", "", 0.0, False)
     with pytest.raises(ApiError) as caught:
-        await jobs.create_job(
+        await service.create_job(
             runtime, key, "zimage-turbo", {"prompt": "p", "loras": loras}, None, None
         )
     assert caught.value.status == 422
@@ -209,7 +209,7 @@ async def test_an_unknown_control_type_is_a_422_naming_it(runtime):
     key = KeyRecord("key_1", "k", "cf_", "", 0.0, False)
     params = {"prompt": "p", "control_image": {"upload": "upl_" + "0" * 64}, "control_type": "x"}
     with pytest.raises(ApiError) as caught:
-        await jobs.create_job(runtime, key, "zimage-control", params, None, None)
+        await service.create_job(runtime, key, "zimage-control", params, None, None)
     assert (caught.value.status, caught.value.param) == (422, "params.control_type")
     assert "'canny'" in caught.value.message  # the choices, not "extra inputs not permitted"
 

@@ -6,7 +6,7 @@ errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` (d
 503 ``database_unavailable``). What the routes share — settings, store, workflows, metrics,
 rate limiter, event bus, worker — is one :class:`~comfyfn.gateway.runtime.Runtime` in
 ``app.state.runtime``, handed to them by :mod:`comfyfn.gateway.dependencies`; the job rules
-live in :mod:`comfyfn.gateway.jobs`. With the ``mcp`` extra, ``/mcp`` serves the same
+live in :mod:`comfyfn.gateway.service`. With the ``mcp`` extra, ``/mcp`` serves the same
 workflows to AI agents (MCP, streamable HTTP; :mod:`comfyfn.mcp`) under the same keys.
 With ``worker=False`` (``serve --no-worker``) the replica only serves the API: its jobs are
 run by ``comfyfn worker`` runners on the GPU machines (:class:`~.runtime.Submitter`).

@@ -5,7 +5,7 @@ defaults), so the OpenAPI document shows every endpoint's parameters exactly, an
 request is refused with the field named before any job is created.
 
 Input images (``image``, ``mask``: LoadImage/LoadImageMask inputs) are required, and a job
-holds each as a reference to an upload of its key (:class:`~comfyfn.gateway.models.UploadRef`),
+holds each as a reference to an upload of its key (:class:`~comfyfn.gateway.requests.UploadRef`),
 never as text: bound from text, a value would be read as a path on the gateway's machine. The
 typed endpoint takes them as a file, an upload id, an http(s) URL or base64
 (:attr:`Served.request_model`), and stores them as uploads first.
@@ -33,7 +33,7 @@ from pydantic import (
 )
 
 from comfyfn.errors import ComfyError, ConfigError, WorkflowInvalid
-from comfyfn.gateway.models import UploadRef
+from comfyfn.gateway.requests import UploadRef
 from comfyfn.workflow import (
     CONTROL_TYPES,
     ComfyWarning,

@@ -1,5 +1,5 @@
 """Response bodies of the gateway's JSON routes, as the OpenAPI document shows them (the
-request bodies are in :mod:`comfyfn.gateway.models`, the error shape in
+request bodies are in :mod:`comfyfn.gateway.requests`, the error shape in
 :mod:`comfyfn.gateway.errors`).
 
 A field that a body leaves out when it has no value (rather than sending ``null``) is

@@ -25,8 +25,8 @@ from pydantic import ValidationError
 from comfyfn.gateway._outputs import STILL_IMAGE_TYPES, stored_key
 from comfyfn.gateway.bus import FALLBACK_POLL, JobUpdate
 from comfyfn.gateway.errors import ApiError, public_error
-from comfyfn.gateway.models import text_problem
 from comfyfn.gateway.registry import Served
+from comfyfn.gateway.requests import text_problem
 from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.schema import TERMINAL, FileRecord, JobRecord, KeyRecord
 from comfyfn.gateway.security import sign_url, webhook_target_error

@@ -1,6 +1,6 @@
 """The gateway's MCP endpoint (``/mcp``, streamable HTTP, stateless: any replica answers
 any request): the tools run as gateway jobs through its job API
-(:mod:`comfyfn.gateway.jobs`), so keys, cost limits, rate limits, the job store, the
+(:mod:`comfyfn.gateway.service`), so keys, cost limits, rate limits, the job store, the
 outputs' signed URLs and the input images' checks (uploads, the URL fetcher's SSRF guard)
 are the HTTP API's own.
 
@@ -23,7 +23,12 @@ from starlette.routing import Route
 from comfyfn.gateway.bus import JobUpdate
 from comfyfn.gateway.dependencies import rate_limit
 from comfyfn.gateway.errors import ApiError, error_response, public_error
-from comfyfn.gateway.jobs import (
+from comfyfn.gateway.metrics import KEY_ID
+from comfyfn.gateway.registry import Served
+from comfyfn.gateway.routes.uploads import image_params
+from comfyfn.gateway.runtime import Runtime
+from comfyfn.gateway.schema import TERMINAL, JobRecord, KeyRecord
+from comfyfn.gateway.service import (
     cancel_job,
     create_job,
     file_url,
@@ -33,11 +38,6 @@ from comfyfn.gateway.jobs import (
     read_output,
     wait_cancelled,
 )
-from comfyfn.gateway.metrics import KEY_ID
-from comfyfn.gateway.registry import Served
-from comfyfn.gateway.routes.uploads import image_params
-from comfyfn.gateway.runtime import Runtime
-from comfyfn.gateway.schema import TERMINAL, JobRecord, KeyRecord
 from comfyfn.mcp._backend import JobOutcome, OutputFile, Progress, ToolError
 from comfyfn.mcp._server import build_server
 

@@ -35,7 +35,11 @@ from comfyfn.gateway.bus import BusEvent, JobPreview, JobUpdate
 from comfyfn.gateway.database import unavailable
 from comfyfn.gateway.dependencies import ApiKey, RuntimeDep
 from comfyfn.gateway.errors import ApiError
-from comfyfn.gateway.jobs import (
+from comfyfn.gateway.requests import JobRequest
+from comfyfn.gateway.responses import JobObject, JobStreamEvent
+from comfyfn.gateway.runtime import Runtime
+from comfyfn.gateway.schema import TERMINAL, JobRecord
+from comfyfn.gateway.service import (
     create_job,
     follow,
     job_json,
@@ -43,10 +47,6 @@ from comfyfn.gateway.jobs import (
     own_job,
     wait_cancelled,
 )
-from comfyfn.gateway.models import JobRequest
-from comfyfn.gateway.responses import JobObject, JobStreamEvent
-from comfyfn.gateway.runtime import Runtime
-from comfyfn.gateway.schema import TERMINAL, JobRecord
 
 router = APIRouter(tags=["jobs"])
 log = logging.getLogger("comfyfn.gateway")
@@ -73,7 +73,7 @@ def base_url(request: Request) -> str:
 
 
 def job_view(runtime: Runtime, job: JobRecord, base: str) -> JobObject:
-    """The job as a caller sees it (:func:`~comfyfn.gateway.jobs.job_json`), typed; ``base``:
+    """The job as a caller sees it (:func:`~comfyfn.gateway.service.job_json`), typed; ``base``:
     the gateway's URL, for its outputs' signed URLs."""
     return JobObject.model_validate(job_json(runtime, job, base))
 

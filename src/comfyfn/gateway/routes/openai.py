@@ -25,7 +25,13 @@ from pydantic import ValidationError
 
 from comfyfn.gateway.dependencies import ApiKey, RuntimeDep
 from comfyfn.gateway.errors import ApiError, public_error
-from comfyfn.gateway.jobs import (
+from comfyfn.gateway.registry import Served
+from comfyfn.gateway.requests import EditsRequest, ImagesRequest, text_problem
+from comfyfn.gateway.responses import Base64Image, ImagesResponse, ModelList, ServedModel, UrlImage
+from comfyfn.gateway.routes.uploads import image_params, read_request
+from comfyfn.gateway.runtime import Runtime
+from comfyfn.gateway.schema import JobRecord, KeyRecord
+from comfyfn.gateway.service import (
     TEXT_RULE,
     create_job,
     file_url,
@@ -34,12 +40,6 @@ from comfyfn.gateway.jobs import (
     served_or_404,
     wait_final,
 )
-from comfyfn.gateway.models import EditsRequest, ImagesRequest, text_problem
-from comfyfn.gateway.registry import Served
-from comfyfn.gateway.responses import Base64Image, ImagesResponse, ModelList, ServedModel, UrlImage
-from comfyfn.gateway.routes.uploads import image_params, read_request
-from comfyfn.gateway.runtime import Runtime
-from comfyfn.gateway.schema import JobRecord, KeyRecord
 
 router = APIRouter(tags=["openai"])
 

@@ -15,8 +15,8 @@ from starlette.datastructures import UploadFile
 from comfyfn.errors import ComfyError
 from comfyfn.gateway.dependencies import ApiKey, RuntimeDep
 from comfyfn.gateway.errors import ApiError
-from comfyfn.gateway.models import UploadRequest
 from comfyfn.gateway.registry import Served
+from comfyfn.gateway.requests import UploadRequest
 from comfyfn.gateway.responses import UploadInfo
 from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.schema import KeyRecord

@@ -15,7 +15,6 @@ from sse_starlette import EventSourceResponse
 
 from comfyfn.gateway.dependencies import RuntimeDep
 from comfyfn.gateway.errors import ApiError
-from comfyfn.gateway.jobs import create_job, served_or_404
 from comfyfn.gateway.responses import (
     JobObject,
     JobPage,
@@ -28,6 +27,7 @@ from comfyfn.gateway.responses import (
 from comfyfn.gateway.routes import jobs as job_routes
 from comfyfn.gateway.routes import uploads as upload_routes
 from comfyfn.gateway.schema import STATES
+from comfyfn.gateway.service import create_job, served_or_404
 from comfyfn.gateway.ui._history import PAGE, key_jobs
 from comfyfn.gateway.ui._recipes import RecipeRun, recipe_list, run_recipe
 from comfyfn.gateway.ui._session import UiKey

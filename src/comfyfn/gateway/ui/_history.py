@@ -9,9 +9,9 @@ import asyncio
 
 import sqlalchemy as sa
 
-from comfyfn.gateway.jobs import load_files
 from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.schema import JobRecord, KeyRecord, _job, jobs_t
+from comfyfn.gateway.service import load_files
 from comfyfn.gateway.store import Store
 
 __all__ = ["PAGE", "key_jobs"]

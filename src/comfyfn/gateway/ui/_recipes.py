@@ -14,9 +14,9 @@ from pydantic import BaseModel, Field
 
 from comfyfn.errors import ConfigError
 from comfyfn.gateway.errors import ApiError
-from comfyfn.gateway.jobs import create_job, job_json, served_or_404
 from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.schema import KeyRecord
+from comfyfn.gateway.service import create_job, job_json, served_or_404
 from comfyfn.recipes import Recipe, list_recipes, load_recipe, nearest_generate_size
 from comfyfn.workflow import ComfyWarning
 
