@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import AsyncGenerator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from comfyfn.client._job import JobSpec, Subscription, follow
 from comfyfn.client._socket import EventSocket
@@ -17,7 +17,11 @@ from comfyfn.workflow import Workflow
 if TYPE_CHECKING:
     from comfyfn.client._async import AsyncClient
 
-__all__ = ["AsyncJob"]
+__all__ = ["AsyncJob", "CancelOutcome"]
+
+CancelOutcome = Literal["dequeued", "interrupted", "absent"]
+"""What a cancel did: took the waiting job off the server's queue (``"dequeued"``), stopped
+it running (``"interrupted"``), or found it no longer there, already over (``"absent"``)."""
 
 
 class AsyncJob:
@@ -140,8 +144,8 @@ class AsyncJob:
             raise self._end.error
         raise ComfyError(f"job {self.prompt_id} ended without a final event")  # pragma: no cover
 
-    async def cancel(self) -> str:
+    async def cancel(self) -> CancelOutcome:
         """Dequeue the job if it waits, interrupt it if it runs; whoever follows it then sees
         it end with :class:`~comfyfn.Stopped`. Returns ``"dequeued"``, ``"interrupted"`` or
-        ``"absent"`` (already over)."""
-        return await self._client.cancel(self.prompt_id)
+        ``"absent"`` (already over): a :data:`CancelOutcome`."""
+        return cast(CancelOutcome, await self._client.cancel(self.prompt_id))

@@ -18,11 +18,12 @@ from typing import Any, ParamSpec, TypeVar
 
 import httpx
 
-from comfyfn.client._async import AsyncClient, WorkflowSource
-from comfyfn.client._async_job import AsyncJob
+from comfyfn.client._async import AsyncClient
+from comfyfn.client._async_job import AsyncJob, CancelOutcome
 from comfyfn.client._credentials import Credentials
 from comfyfn.client._http import DEFAULT_TIMEOUT
 from comfyfn.client._loop import LoopThread
+from comfyfn.client._workflows import WorkflowSource
 from comfyfn.errors import ComfyError
 from comfyfn.events import Event
 from comfyfn.result import Generation
@@ -415,8 +416,8 @@ class Job:
         (the error of a Failed or Stopped end, or what :meth:`events` raises)."""
         return self._client._run(self._job.result)
 
-    def cancel(self) -> str:
+    def cancel(self) -> CancelOutcome:
         """Dequeue the job if it waits, interrupt it if it runs; whoever follows it then sees
         it end with :class:`~comfyfn.Stopped`. Returns ``"dequeued"``, ``"interrupted"`` or
-        ``"absent"`` (already over)."""
+        ``"absent"`` (already over): a :data:`CancelOutcome`."""
         return self._client._run(self._job.cancel)
