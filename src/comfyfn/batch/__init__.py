@@ -20,9 +20,10 @@ from comfyfn.batch.manifest import Manifest
 from comfyfn.batch.plan import JobPlan, output_place, plan_job_file
 from comfyfn.batch.queued import QueuedBatch
 from comfyfn.batch.report import Summary, write_report
-from comfyfn.batch.rows import Row, RowError, expand, parse_vary, read_rows
+from comfyfn.batch.rows import Row, RowError, read_rows
 from comfyfn.batch.runner import Batch, BatchSettings, template_variables
 from comfyfn.batch.unusable import unusable_output
+from comfyfn.batch.variations import expand, parse_vary
 
 __all__ = [
     "Batch",

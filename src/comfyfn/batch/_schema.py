@@ -11,7 +11,8 @@ from typing import Annotated, Any, ClassVar
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from comfyfn._yaml import Settings, described
-from comfyfn.batch.rows import template_problem, vary_values
+from comfyfn.batch.rows import template_problem
+from comfyfn.batch.variations import vary_values
 
 __all__ = ["JobFile"]
 

@@ -27,8 +27,6 @@ from comfyfn.batch.rows import (
     RowError,
     count_rows,
     csv_columns,
-    expand,
-    parse_vary,
     prompt_placeholders,
     read_rows,
     template_fields,
@@ -36,6 +34,7 @@ from comfyfn.batch.rows import (
     variation_problem,
 )
 from comfyfn.batch.runner import template_variables
+from comfyfn.batch.variations import expand, parse_vary
 from comfyfn.errors import ConfigError
 from comfyfn.storage import Storage
 from comfyfn.workflow import MEANINGS
