@@ -45,6 +45,7 @@ import httpx
 from comfyfn.client import AsyncClient, AsyncJob, WorkflowSource, public_url
 from comfyfn.errors import ComfyError, GenerationTimeout, ServerUnreachable, TransportError
 from comfyfn.events import Event, Failed, FinalEvent, Queued, Stopped, Succeeded
+from comfyfn.fleet._orphans import Orphans
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
 from comfyfn.fleet.pool import Pool, Want
 from comfyfn.models import model_set, prompt_key
@@ -129,10 +130,7 @@ class Fleet:
             by_model=self.settings.by_model,
         )
         self.clients: dict[str, AsyncClient] = {}
-        #: for removing orphans, made at the first: no read timeout (a hung server reads
-        #: the removal when it resumes)
-        self._patient: dict[str, AsyncClient] = {}
-        self._removals: set[asyncio.Task[None]] = set()
+        self._orphans = Orphans(self.pool, lambda url: self._client(url, None))
         self._health: asyncio.Task[None] | None = None
         self.on_health: Callable[[str, bool], None] = lambda _url, _up: None
         self.reached = False  #: whether any server has answered since the fleet opened
@@ -158,7 +156,7 @@ class Fleet:
         )
 
     async def __aexit__(self, *exc: object) -> None:
-        tasks = [*self._removals, *([self._health] if self._health else [])]
+        tasks = [*self._orphans.removals, *([self._health] if self._health else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -166,7 +164,7 @@ class Fleet:
         # hold up the end (its websocket's closing handshake would wait far longer).
         closing = [
             asyncio.wait_for(client.aclose(), self.settings.connect)
-            for client in [*self.clients.values(), *self._patient.values()]
+            for client in [*self.clients.values(), *self._orphans.clients.values()]
         ]
         for failure in await asyncio.gather(*closing, return_exceptions=True):
             if isinstance(failure, Exception):
@@ -246,7 +244,7 @@ class Fleet:
             if state.healthy:
                 self.pool.take(server, ticket.want)
                 return Slot(server, attach=True)
-            self._orphan(server, prompt_id)  # its server is down: it must not run there too
+            self._orphans.add(server, prompt_id)  # its server is down: it must not run there too
         ticket.prompt_id = ticket.server = None
         stopped = stop or asyncio.Event()
         placed = self.pool.request(ticket.want)
@@ -389,7 +387,7 @@ class Fleet:
         counts against the job's retries only if ``charged``."""
         log.warning("server %s failed under job %s: %s", url, ticket.prompt_id, exc)
         if ticket.prompt_id:
-            self._orphan(url, ticket.prompt_id)
+            self._orphans.add(url, ticket.prompt_id)
         if not charged:
             ticket.attempts -= 1
         await self._down(url)
@@ -401,50 +399,10 @@ class Fleet:
         while True:
             await asyncio.sleep(self.settings.health_interval)
             for url in self.pool.down():
-                if await self._recovered(url):
+                if await self._orphans.recovered(url, self.clients[url]):
                     self.reached = True
                     self.pool.mark_up(url)
                     self.on_health(url, True)
-
-    async def _recovered(self, url: str) -> bool:
-        """True once ``url`` answers and none of the jobs moved off it can still run there."""
-        client, state = self.clients[url], self.pool.states[url]
-        orphans = set(state.orphans)
-        try:
-            if not orphans:
-                await client.system_stats()
-            else:  # the dequeue is the probe: a server that resumes runs its queue at once
-                await _take_back(client, orphans)
-        except ComfyError:
-            return False
-        state.orphans -= orphans
-        return not state.orphans  # those moved off meanwhile are taken back first
-
-    def _orphan(self, url: str, prompt_id: str) -> None:
-        """Remember ``prompt_id`` as moved off ``url``, and ask ``url`` at once to drop it."""
-        self.pool.states[url].orphans.add(prompt_id)
-        removal = asyncio.create_task(self._remove(url, prompt_id), name="comfyfn-fleet-orphan")
-        self._removals.add(removal)
-        removal.add_done_callback(self._removals.discard)
-
-    async def _remove(self, url: str, prompt_id: str) -> None:
-        """Dequeue (or interrupt) ``prompt_id`` on ``url`` whenever it answers (or fails: the
-        health loop removes every orphan again before it puts ``url`` back)."""
-        if url not in self._patient:
-            self._patient[url] = self._client(url, None)
-        client = self._patient[url]
-        try:
-            await _take_back(client, {prompt_id})
-        except ComfyError as exc:
-            log.info("removing %s from %s (the health loop tries again): %s", prompt_id, url, exc)
-
-
-async def _take_back(client: AsyncClient, prompt_ids: set[str]) -> None:
-    """Remove ``prompt_ids`` from the server's queue, and interrupt the one running."""
-    await client.delete_from_queue(*prompt_ids)
-    running = {item[1] for item in (await client.queue())["queue_running"]}
-    for prompt_id in prompt_ids & running:
-        await client.interrupt(prompt_id)
 
 
 T = TypeVar("T")
