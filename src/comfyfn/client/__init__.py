@@ -6,13 +6,14 @@ is the private transport (HTTP, websocket, job protocol, output fetching); what 
 packages use of it is exported here (:func:`resolve_server`, :func:`fetch_url`).
 """
 
-from comfyfn.client._async import AsyncClient, WorkflowSource, default_workflow
+from comfyfn.client._async import AsyncClient
 from comfyfn.client._async_job import AsyncJob
 from comfyfn.client._config import resolve_server, resolve_server_sync
 from comfyfn.client._credentials import Credentials, public_url
 from comfyfn.client._inputs import fetch_url
 from comfyfn.client._lookup import queue_ids
 from comfyfn.client._sync import Client, Job
+from comfyfn.client._workflows import WorkflowSource, default_workflow
 
 __all__ = [
     "AsyncClient",

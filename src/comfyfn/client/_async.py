@@ -20,46 +20,22 @@ import httpx
 from comfyfn.client import _config
 from comfyfn.client._async_job import AsyncJob
 from comfyfn.client._credentials import Credentials, public_url, split_url
+from comfyfn.client._definitions import Definitions
 from comfyfn.client._http import DEFAULT_TIMEOUT, HttpSession
 from comfyfn.client._inputs import fetch_urls, upload_inputs
 from comfyfn.client._job import JobSettings, JobSpec, check_prompt_id, post_prompt
 from comfyfn.client._lookup import cancel, find_graph, queue_position
-from comfyfn.client._shared import fetch_definitions
 from comfyfn.client._socket import EventSocket
-from comfyfn.errors import ComfyError, ConfigError, WorkflowInvalid
+from comfyfn.client._upload import upload_image
+from comfyfn.client._workflows import WorkflowSource, default_workflow, load_workflow, served_names
+from comfyfn.errors import ComfyError
 from comfyfn.events import Event
 from comfyfn.result import Generation
-from comfyfn.workflow import (
-    BUILTIN,
-    EXTRA_DATA_KEY,
-    SERVED_ROUTES,
-    Workflow,
-    builtin,
-    list_server_workflows,
-    read_image_file,
-    served_workflow,
-    server_source,
-    signature_for,
-)
+from comfyfn.workflow import Workflow, signature_for
 
-__all__ = ["AsyncClient", "WorkflowSource"]
+__all__ = ["AsyncClient"]
 
 log = logging.getLogger("comfyfn")
-
-#: validation problems that fresh definitions may not have: a node installed, a file added
-_STALE = frozenset({"unknown_class", "bad_value"})
-
-#: A workflow by built-in name, path (JSON or PNG; API or UI format), dict, or one the
-#: server serves (``"blueprint:NAME"``, ``"template:NAME"``).
-WorkflowSource = str | Path | Mapping[str, Any]
-
-
-def default_workflow(params: Mapping[str, Any]) -> str:
-    """The built-in workflow for ``params`` when none is given: ``zimage-control`` with a
-    ``control_image``, else ``zimage-edit`` with an ``image``, else ``zimage-turbo``."""
-    if params.get("control_image") is not None:
-        return "zimage-control"
-    return "zimage-edit" if params.get("image") is not None else "zimage-turbo"
 
 
 def _ws_url(server: str, client_id: str) -> str:
@@ -126,8 +102,7 @@ class AsyncClient:
         self._client_id = uuid.uuid4().hex
         self._session: HttpSession | None = None
         self._socket: EventSocket | None = None
-        self._object_info: dict[str, Any] | None = None  #: shared: never changed here
-        self._object_info_lock = asyncio.Lock()  #: one fetch at a time
+        self._definitions = Definitions(self._http)
         self._uploaded: dict[str, set[str]] = {}  #: server → input images uploaded there
         self._opening = asyncio.Lock()
         self._closed = False
@@ -219,25 +194,14 @@ class AsyncClient:
         """Load a workflow (built-in name, path, PNG, dict; API or UI format; a blueprint or
         template the server serves: ``"blueprint:NAME"``, ``"template:NAME"``) with this
         server's node definitions, so UI conversion and parameter types match the server."""
-        info = await self.object_info()
-        if isinstance(source, Workflow):
-            return source.with_definitions(info)
-        if isinstance(source, str) and source in BUILTIN:
-            return builtin(source).with_definitions(info)
-        if server_source(source) is not None:
-            assert isinstance(source, str)
-            return await served_workflow(source, (await self._http()).get_json, self.server, info)
-        return Workflow.load(source, object_info=info)
+        return await load_workflow(source, await self.object_info(), self._http)
 
     async def served_workflows(self, kind: str) -> list[str]:
         """The names of the blueprints (``kind="blueprint"``) or templates (``"template"``)
         the server serves, to load as ``"KIND:NAME"``.
 
         A server without the route raises :class:`~comfyfn.workflow.RouteMissing`."""
-        if kind not in SERVED_ROUTES:
-            raise ConfigError(f"unknown kind {kind!r}; choose from {', '.join(SERVED_ROUTES)}")
-        session = await self._http()
-        return await list_server_workflows(kind, session.get_json, self.server)
+        return await served_names(kind, self._http)
 
     async def submit(
         self,
@@ -295,9 +259,10 @@ class AsyncClient:
         session, socket = await self._connection()
         if wf.uploads:  # on this job's server, before the graph naming them is checked
             await upload_inputs(session, wf.uploads, self._uploaded.setdefault(self.server, set()))
+        key = _config.comfy_org_key(self._comfy_org_key)
         if validate:
-            await self._validate(wf)
-        extra = await self._extra(wf)
+            await self._definitions.validate(wf, server=self.server, partner_key=key is not None)
+        extra = await self._definitions.extra_data(wf, key)
         spec = self._spec(prompt_id or str(uuid.uuid4()), wf, timeout, cancel_on_exit, extra)
         subscription = socket.subscribe(spec.prompt_id) if await socket.ensure() else None
         try:
@@ -352,27 +317,6 @@ class AsyncClient:
             expect_size=wf.expected_size,
         )
         return JobSpec(prompt_id, wf.to_api(), wf.provenance(), settings)
-
-    async def _extra(self, wf: Workflow) -> dict[str, str]:
-        """The job's ``extra_data``: the Comfy.org key, only for a graph with partner nodes."""
-        key = _config.comfy_org_key(self._comfy_org_key)
-        if key is None or not wf.partner_nodes(await self.object_info()):
-            return {}
-        return {EXTRA_DATA_KEY: key}
-
-    async def _validate(self, wf: Workflow) -> None:
-        info = await self.object_info()
-        key = _config.comfy_org_key(self._comfy_org_key) is not None
-        try:
-            wf.validate(info, server=self.server, partner_key=key)
-        except WorkflowInvalid as exc:
-            if not any(p.kind in _STALE for p in exc.problems):
-                raise
-            # Nodes and files appear on servers (installs, uploads, new models): a class or
-            # a value the definitions do not know is judged by fresh ones.
-            if self._object_info is info:
-                self._object_info = None
-            wf.validate(await self.object_info(), server=self.server, partner_key=key)
 
     async def stream(
         self,
@@ -479,10 +423,7 @@ class AsyncClient:
         """Node definitions: fetched once per client (again only when a graph names a class
         or a value they do not know), and parsed once per process for servers that answer
         the same. The answer is shared: do not change it."""
-        async with self._object_info_lock:
-            if self._object_info is None:
-                self._object_info = await fetch_definitions(await self._http())
-            info = self._object_info
+        info = await self._definitions.get()
         if node_class is None:
             return info
         found: dict[str, Any] = info.get(node_class, {})
@@ -548,18 +489,4 @@ class AsyncClient:
         overwrite: bool = False,
     ) -> str:
         """Upload an input image; returns the name to use in a LoadImage node."""
-        if isinstance(image, bytes):
-            data, filename = image, name or f"comfyfn-{uuid.uuid4().hex[:12]}.png"
-        else:
-            path = Path(image)
-            data = await asyncio.to_thread(read_image_file, path, "image")
-            filename = name or path.name
-        files = {"image": (filename, data, "application/octet-stream")}
-        form = {"subfolder": subfolder, "type": "input", "overwrite": str(overwrite).lower()}
-        session = await self._http()
-        response = await session.send("POST", "/upload/image", files=files, data=form)
-        answer = session.decode_json("POST", "/upload/image", response, dict)
-        name, subfolder = answer.get("name"), answer.get("subfolder")
-        if not isinstance(name, str) or not name:
-            raise session.protocol_error("POST", "/upload/image", "an answer without a name")
-        return f"{subfolder}/{name}" if subfolder else name
+        return await upload_image(self._http, image, name, subfolder, overwrite)
