@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -15,9 +15,11 @@ from graphs import sleep_graph
 from polling import await_until
 from tests_png import image_bytes
 
+from comfyfn.client import AsyncClient
 from comfyfn.errors import ComfyError
 from comfyfn.events import Progress
-from comfyfn.fleet import Done, Outcome, Pool, Refused, Slot
+from comfyfn.fleet import Done, Outcome, Pool, Refused, Slot, Ticket
+from comfyfn.fleet.fleet import OnEvent, OnSubmit
 from comfyfn.gateway import worker as worker_module
 from comfyfn.gateway.bus import JobBus
 from comfyfn.gateway.metrics import Metrics
@@ -38,7 +40,7 @@ class FakeFleet:
 
     def __init__(self, slots: int = 2, steps: int = 0) -> None:
         self.pool = Pool([SERVER], slots - 1)
-        self.clients: dict[str, Any] = {}  #: no real server: nothing to withdraw on stop
+        self.clients: dict[str, AsyncClient] = {}  #: no real server (nothing to warm up)
         self.steps = steps
         self.runs: list[str] = []
         self.finish = asyncio.Event()
@@ -58,18 +60,36 @@ class FakeFleet:
     def healthy(self) -> bool:
         return True
 
-    async def slot(self, ticket) -> Slot:
+    async def slot(
+        self,
+        ticket: Ticket,
+        *,
+        stop: asyncio.Event | None = None,
+        give_up_after: float | None = None,
+    ) -> Slot | None:
         return Slot(await self.pool.acquire(), attach=False)
 
-    async def cancel(self, ticket) -> str:
+    async def cancel(self, ticket: Ticket) -> str:
         return "absent"
 
-    async def run(self, ticket, slot, *, on_submit, on_event=None, validate=True):
+    async def withdraw_waiting(self, tickets: Iterable[Ticket], timeout: float) -> set[str]:
+        return set()  # nothing queued on a server: every run is the running one
+
+    async def run(
+        self,
+        ticket: Ticket,
+        slot: Slot,
+        *,
+        on_submit: OnSubmit,
+        on_event: OnEvent | None = None,
+        validate: bool = True,
+    ) -> Outcome:
         try:
             ticket.prompt_id, ticket.server = f"prompt-{len(self.runs)}", slot.url
             await on_submit(slot.url, ticket.prompt_id)
             self.runs.append(ticket.prompt_id)
             for step in range(1, self.steps + 1):
+                assert on_event is not None
                 await on_event(Progress(ticket.prompt_id, "2", step, self.steps))
             await self.finish.wait()
             return self.outcome(ticket)
@@ -110,8 +130,7 @@ async def started(tmp_path, fleet: FakeFleet, monkeypatch):
     )
     registry = Registry()
     registry.add("sleep", Workflow.load(sleep_graph(1), name="sleep"))
-    # FakeFleet has the part of Fleet the worker uses (a FleetLike protocol is issue 19's)
-    worker = Worker(store, registry, settings, Metrics(), JobBus(), fleet=fleet)  # type: ignore[arg-type]
+    worker = Worker(store, registry, settings, Metrics(), JobBus(), fleet=fleet)  # a FleetLike
     await worker.start()
     try:
         await await_until(lambda: spy.calls, 10, "the first look at the queue")

@@ -13,6 +13,7 @@
 """
 
 from comfyfn.fleet.fleet import Fleet, FleetSettings, Slot, Ticket
+from comfyfn.fleet.like import FleetLike
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
 from comfyfn.fleet.placement import ServerView, Waiting, assign, prime_for
 from comfyfn.fleet.pool import Pool, ServerState, Want
@@ -25,6 +26,7 @@ __all__ = [
     "CancelledBy",
     "Done",
     "Fleet",
+    "FleetLike",
     "FleetSettings",
     "IllegalTransition",
     "Lost",

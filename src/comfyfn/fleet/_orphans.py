@@ -12,11 +12,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from comfyfn.client import AsyncClient
+from comfyfn.client import AsyncClient, queue_ids
 from comfyfn.errors import ComfyError
 from comfyfn.fleet.pool import Pool
 
-__all__ = ["Orphans"]
+__all__ = ["Orphans", "withdraw_waiting"]
 
 log = logging.getLogger("comfyfn.fleet")
 
@@ -73,3 +73,28 @@ async def _take_back(client: AsyncClient, prompt_ids: set[str]) -> None:
     running = {item[1] for item in (await client.queue())["queue_running"]}
     for prompt_id in prompt_ids & running:
         await client.interrupt(prompt_id)
+
+
+async def withdraw_waiting(clients: dict[str, AsyncClient], on: dict[str, set[str]]) -> set[str]:
+    """Take the prompts ``on`` each server (url → prompt ids) that have not started out of
+    its queue; the prompt ids that are gone from it (those left running stay). A server that
+    fails to answer is logged and keeps its prompts."""
+
+    async def withdraw(url: str, ours: set[str]) -> set[str]:
+        client = clients[url]
+        _, pending = queue_ids(await client.queue(), url)
+        waiting = ours & set(pending)
+        if not waiting:
+            return set()
+        await client.delete_from_queue(*waiting)
+        running, pending = queue_ids(await client.queue(), url)
+        return waiting - set(running) - set(pending)
+
+    done = await asyncio.gather(*(withdraw(*item) for item in on.items()), return_exceptions=True)
+    gone: set[str] = set()
+    for url, result in zip(on, done, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("could not take our waiting prompts off %s: %s", url, result)
+        else:
+            gone |= result
+    return gone

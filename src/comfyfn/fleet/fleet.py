@@ -45,7 +45,7 @@ import httpx
 from comfyfn.client import AsyncClient, AsyncJob, WorkflowSource, public_url
 from comfyfn.errors import ComfyError, GenerationTimeout, ServerUnreachable, TransportError
 from comfyfn.events import Event, Failed, FinalEvent, Queued, Stopped, Succeeded
-from comfyfn.fleet._orphans import Orphans
+from comfyfn.fleet._orphans import Orphans, withdraw_waiting
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
 from comfyfn.fleet.pool import Pool, Want
 from comfyfn.models import model_set, prompt_key
@@ -289,6 +289,23 @@ class Fleet:
         for url, failure in zip(on, ends, strict=True):
             if isinstance(failure, Exception):
                 log.warning("cancelling our jobs on %s: %s", url, failure)
+
+    async def withdraw_waiting(self, tickets: Iterable[Ticket], timeout: float) -> set[str]:
+        """Take ``tickets`` that have not started out of their servers' queues (within
+        ``timeout`` seconds: then what was taken so far is unknown and none counts); the
+        prompt ids gone from them. Those running are left, to be re-attached to."""
+        on: dict[str, set[str]] = {}
+        for ticket in tickets:
+            if ticket.prompt_id and ticket.server in self.clients:
+                on.setdefault(ticket.server, set()).add(ticket.prompt_id)
+        if not on:
+            return set()
+        try:
+            async with asyncio.timeout(timeout):
+                return await withdraw_waiting(self.clients, on)
+        except TimeoutError:
+            log.warning("the servers did not answer in %gs: our waiting prompts stay", timeout)
+            return set()
 
     # -- one job ---------------------------------------------------------------------------
 

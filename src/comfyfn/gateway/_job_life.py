@@ -27,7 +27,7 @@ from comfyfn.fleet import (
     Cancelled,
     CancelledBy,
     Done,
-    Fleet,
+    FleetLike,
     Lost,
     Moved,
     Outcome,
@@ -75,7 +75,7 @@ class JobLife:
     bus: JobBus
     storage: Storage
     targets: dict[str, Storage]  #: the batches' output places, opened once each
-    fleet: Fleet
+    fleet: FleetLike
     running: dict[str, asyncio.Task[None]]
     tickets: dict[str, Ticket]
     held: dict[str, Claim]

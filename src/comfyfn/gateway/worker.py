@@ -40,10 +40,10 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from comfyfn.client import queue_ids
 from comfyfn.errors import ComfyError
 from comfyfn.fleet import (
     Fleet,
+    FleetLike,
     FleetSettings,
     State,
     Ticket,
@@ -78,7 +78,7 @@ class Worker(JobLife):
         bus: JobBus,
         *,
         storage: Storage | None = None,
-        fleet: Fleet | None = None,
+        fleet: FleetLike | None = None,
         only_batch: str | None = None,
     ) -> None:
         self.store, self.registry, self.settings = store, registry, settings
@@ -87,7 +87,7 @@ class Worker(JobLife):
         self.storage = storage if storage is not None else open_storage(settings.storage)
         self.targets: dict[str, Storage] = {}
         self.only_batch = only_batch  #: claim only this batch's jobs (``comfyfn batch --work``)
-        self.fleet = fleet or Fleet(
+        self.fleet: FleetLike = fleet or Fleet(
             settings.servers,
             FleetSettings(
                 prime=settings.prime,
@@ -146,7 +146,7 @@ class Worker(JobLife):
         for task in list(self.running.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        withdrawn = await self._withdraw_waiting(list(tickets.values()))
+        withdrawn = await self.fleet.withdraw_waiting(tickets.values(), WITHDRAW_SECONDS)
         for job_id, claim in held.items():
             ticket = tickets.get(job_id)
             forget = ticket is not None and ticket.prompt_id in withdrawn
@@ -162,43 +162,6 @@ class Worker(JobLife):
         for task in self._notifications:
             task.cancel()
         await self.fleet.__aexit__(None, None, None)
-
-    async def _withdraw_waiting(self, tickets: list[Ticket]) -> set[str]:
-        """Take our prompts that have not started out of their servers' queues (at most
-        :data:`WITHDRAW_SECONDS`); the prompt ids that are gone from them. A server that
-        does not answer keeps its prompts (they are re-attached or run again later)."""
-        on: dict[str, set[str]] = {}
-        for ticket in tickets:
-            if ticket.prompt_id and ticket.server in self.fleet.clients:
-                on.setdefault(ticket.server, set()).add(ticket.prompt_id)
-
-        async def withdraw(url: str, ours: set[str]) -> set[str]:
-            client = self.fleet.clients[url]
-            _, pending = queue_ids(await client.queue(), url)
-            waiting = ours & set(pending)
-            if not waiting:
-                return set()
-            await client.delete_from_queue(*waiting)
-            running, pending = queue_ids(await client.queue(), url)
-            return waiting - set(running) - set(pending)
-
-        if not on:
-            return set()
-        try:
-            async with asyncio.timeout(WITHDRAW_SECONDS):
-                done = await asyncio.gather(
-                    *(withdraw(url, ours) for url, ours in on.items()), return_exceptions=True
-                )
-        except TimeoutError:
-            log.warning("shutting down: the servers did not answer; our queued prompts stay")
-            return set()
-        gone: set[str] = set()
-        for url, result in zip(on, done, strict=True):
-            if isinstance(result, BaseException):
-                log.warning("shutting down: could not dequeue our prompts on %s: %s", url, result)
-            else:
-                gone |= result
-        return gone
 
     def healthy(self) -> bool:
         """Able to work: the store answers and at least one ComfyUI server is up."""
