@@ -47,16 +47,21 @@ test: $(BIN)/.installed
 	@mkdir -p $(LOGS)
 	@$(MAKE) --no-print-directory -j2 test-main test-033
 
+# the unit tests, the README's blocks and the integration tests that talk to ComfyUI, on the
+# managed ComfyUI 0.3.75 (and those marked one_version, which run on it only)
 test-main: $(BIN)/.installed
-	@sh tests/tier.sh $(LOGS)/main.log $(BIN)/python -m pytest --durations=15
+	@sh tests/tier.sh $(LOGS)/main.log $(BIN)/python -m pytest -m "not no_engine or one_version" --durations=15
 
-# the integration tests that talk to ComfyUI, again on 0.33.0 from ../shared (skipped, saying
-# so, without it; tests marked one_version ran on the managed engine already)
+# the integration tests that talk to ComfyUI, again on 0.33.0 from ../shared (tests marked
+# one_version ran on the managed engine already), and those that do not talk to ComfyUI
+# (workers on simulated servers, PostgreSQL, S3, the browser), once: the two tiers take
+# about as long. Without the 0.33.0 tree, these run on the managed engine, saying so.
 test-033: $(BIN)/.installed
 	@if [ -f "$(COMFYUI_033)" ]; then \
 	  COMFYFN_TEST_COMFYUI="$(abspath $(COMFYUI_033))" COMFYFN_TEST_ENGINE=pytest-033 \
-	    sh tests/tier.sh $(LOGS)/033.log $(BIN)/python -m pytest tests/integration -m engine -p no:cacheprovider --durations=15; \
-	else echo "test-033 skipped: $(COMFYUI_033) is absent"; fi
+	    sh tests/tier.sh $(LOGS)/033.log $(BIN)/python -m pytest tests/integration -m "engine or no_engine" -p no:cacheprovider --durations=15; \
+	else echo "test-033: $(COMFYUI_033) is absent: the tests that do not talk to ComfyUI run here"; \
+	  COMFYFN_TEST_ENGINE=pytest-033 sh tests/tier.sh $(LOGS)/033.log $(BIN)/python -m pytest tests/integration -m "no_engine and not one_version" -p no:cacheprovider --durations=15; fi
 
 # the same on ComfyUI 0.28.0 (not part of make test any more; its tree stays for the unit fixtures)
 test-028: $(BIN)/.installed

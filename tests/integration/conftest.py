@@ -38,9 +38,17 @@ def comfyui_tree(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
     return unpack_comfyui(source, tmp_path_factory.mktemp("comfyui"))
 
 
+@pytest.hookimpl(tryfirst=True)  # the markers are in place before ``-m`` selects by them
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On another ComfyUI (``COMFYFN_TEST_COMFYUI``), tests marked ``one_version`` are not
-    collected (deselected, and counted so): they ran on the managed engine already."""
+    """An integration test that does not talk to ComfyUI (no ``engine`` marker) is marked
+    ``no_engine``: ``make test`` runs those once, in the tier beside the whole suite, to
+    balance the two. On another ComfyUI (``COMFYFN_TEST_COMFYUI``), tests marked
+    ``one_version`` are not collected (deselected, and counted so): they ran on the managed
+    engine already."""
+    here = Path(__file__).parent
+    for item in items:  # (a conftest's hook sees every test of the session)
+        if item.path.is_relative_to(here) and "engine" not in item.keywords:
+            item.add_marker(pytest.mark.no_engine)
     if not os.environ.get("COMFYFN_TEST_COMFYUI"):
         return
     once = [item for item in items if "one_version" in item.keywords]
