@@ -9,23 +9,18 @@ in ../shared, so they run everywhere and are skipped nowhere.
 from __future__ import annotations
 
 import io
-import os
-import shutil
 from importlib import resources
-from pathlib import Path
 
 import pytest
-from comfyui_trees import unpack_comfyui
+from comfyui_trees import COMFYUI_033, engine_on_tree
 from PIL import Image as PIL
 from PIL import ImageDraw
 
 import comfyfn
-from comfyfn.engine import Engine
 
 pytestmark = pytest.mark.engine
 
 TEMPLATES = resources.files("comfyui_workflow_templates_json") / "templates"
-COMFYUI_033 = Path(__file__).resolve().parents[3] / "shared/comfyui/0.33.0/ComfyUI-0.33.0.tar.gz"
 CONTROL_CLASSES = {"ModelPatchLoader", "ZImageFunControlnet", "Canny", "GetImageSize"}
 LORA = "zimage_tiny_style.safetensors"
 PATCH = "Z-Image-Turbo-Fun-Controlnet-Union.safetensors"
@@ -52,14 +47,8 @@ def control_server(server, tmp_path_factory):
         if set(c.object_info()) >= CONTROL_CLASSES:
             yield server
             return
-    tree = unpack_comfyui(COMFYUI_033, tmp_path_factory.mktemp("c33"))
-    own = Engine(f"{os.environ['COMFYFN_TEST_ENGINE']}-control-033", comfyui_path=tree)
-    own.up()
-    try:
-        yield own.url
-    finally:
-        own.down()
-        shutil.rmtree(own.dir, ignore_errors=True)
+    with engine_on_tree("control-033", COMFYUI_033, tmp_path_factory.mktemp("c33")) as url:
+        yield url
 
 
 def test_the_tiny_lora_is_listed_in_loras(server):

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from pathlib import Path
 
 import httpx
 import pytest
-from comfyui_trees import unpack_comfyui
+from comfyui_trees import COMFYUI_033, engine_on_tree
 from modelserver import BODY, ModelServer, entry
 from typer.testing import CliRunner
 
@@ -25,7 +23,6 @@ from comfyfn.workflow import RouteMissing, zimage_turbo
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
 
-COMFYUI_033 = Path(__file__).resolve().parents[3] / "shared/comfyui/0.33.0/ComfyUI-0.33.0.tar.gz"
 runner = CliRunner()
 
 
@@ -39,14 +36,10 @@ class AssetsEngine(Engine):
 @pytest.fixture(scope="module")
 def assets_server(tmp_path_factory):
     """ComfyUI 0.33 (../shared) with its assets API on (a missing tree fails, naming it)."""
-    tree = unpack_comfyui(COMFYUI_033, tmp_path_factory.mktemp("a33"))
-    own = AssetsEngine(f"{os.environ['COMFYFN_TEST_ENGINE']}-assets-033", comfyui_path=tree)
-    own.up()
-    try:
-        yield own.url
-    finally:
-        own.down()
-        shutil.rmtree(own.dir, ignore_errors=True)
+    with engine_on_tree(
+        "assets-033", COMFYUI_033, tmp_path_factory.mktemp("a33"), AssetsEngine
+    ) as url:
+        yield url
 
 
 @pytest.fixture
