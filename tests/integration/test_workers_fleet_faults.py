@@ -109,6 +109,22 @@ class Follower:
     def said(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def finished(self, timeout: float) -> int | None:
+        """Its exit code, or None if it is still following after ``timeout`` seconds."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def where_things_are(db: str, name: str, follower: Follower, workers: dict[str, Worker]) -> str:
+    """What a failure shows: the store's counts by state and the end of every log."""
+    tails = [f"follower:\n{follower.said()[-2000:]}"]
+    tails += [
+        f"worker {n}:\n{w.log.read_text(errors='replace')[-2000:]}" for n, w in workers.items()
+    ]
+    return f"{batch_counts(db, name)}\n" + "\n".join(tails)
+
 
 def test_three_workers_through_kill_9_a_postgres_outage_and_sigterm_run_1000_rows_once(
     postgres, tmp_path
@@ -150,7 +166,7 @@ def test_three_workers_through_kill_9_a_postgres_outage_and_sigterm_run_1000_row
             assert workers["c"].proc.wait(timeout=60) == 0
             assert workers["c"].said("its jobs are back in the queue")
 
-            assert follower.proc.wait(timeout=240) == 0, follower.said()[-3000:]
+            assert follower.finished(240) == 0, where_things_are(db, name, follower, workers)
             seconds = time.monotonic() - started
         finally:
             for w in workers.values():

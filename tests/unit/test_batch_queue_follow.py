@@ -27,16 +27,19 @@ def store(tmp_path, clock):
 
 class Spy:
     """The store, counting how many rows each look reads; ``down`` looks fail as an
-    outage would."""
+    outage would (``jobs_down`` reads of the finished jobs, after their ids were read); a
+    follower that looks more than ``looks`` times is going round in circles."""
 
-    def __init__(self, store: Store) -> None:
-        self.store, self.down = store, 0
+    def __init__(self, store: Store, looks: int = 1000) -> None:
+        self.store, self.down, self.jobs_down, self.looks = store, 0, 0, looks
         self.read: list[int] = []
 
     def add_batch_jobs(self, batch, rows):
         return self.store.add_batch_jobs(batch, rows)
 
     def batch_progress(self, batch):
+        self.looks -= 1
+        assert self.looks > 0, "the follower looks again and again and never ends"
         if self.down:
             self.down -= 1
             raise ConnectionError("the store is down")
@@ -48,6 +51,9 @@ class Spy:
         return got
 
     def batch_jobs(self, ids):
+        if self.jobs_down:
+            self.jobs_down -= 1
+            raise ConnectionError("the store went down between two reads")
         return self.store.batch_jobs(ids)
 
 
@@ -138,6 +144,19 @@ def test_an_outage_of_the_store_is_ridden_through_and_said_once(store):
     kinds = [kind for kind, _ in events if kind != "result"]
     assert kinds == ["store_down", "store_up"]
     assert "ConnectionError: the store is down" in str(events[1][1])
+
+
+def test_an_outage_between_reading_the_finished_ids_and_their_jobs_loses_no_row(store):
+    enqueue_rows(store, 3)
+    spy = Spy(store)
+    batch = QueuedBatch(spy, "b", poll=0, transient=lambda exc: isinstance(exc, ConnectionError))
+
+    def outage_mid_look() -> None:
+        spy.jobs_down = 2
+        finish(store, 2)
+
+    finish(store, 1)
+    assert asyncio.run(follow(batch, [outage_mid_look])) == ["skipped", "done", "done"]
 
 
 def test_an_error_that_is_not_an_outage_is_raised(store):

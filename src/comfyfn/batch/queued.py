@@ -309,8 +309,11 @@ class QueuedBatch:
     async def _look(self) -> list[tuple[Any, list[str]]]:
         """One look at the store: the jobs of ours finished since the last one."""
         total, finished = await asyncio.to_thread(self.store.batch_progress, self.name)
-        new = await self._newly_finished(finished) if finished > len(self._seen) else []
-        jobs = await asyncio.to_thread(self.store.batch_jobs, new)
+        unseen = await self._newly_finished(finished) if finished > len(self._seen) else {}
+        ours = [i for i, (key, _) in unseen.items() if self.keys is None or key in self.keys]
+        jobs = await asyncio.to_thread(self.store.batch_jobs, ours)
+        # seen only once read: an outage between the two reads loses no job
+        self._seen.update((i, at) for i, (_, at) in unseen.items())
         self.total = total if self.keys is None else len(self.keys)
         return jobs
 
@@ -327,23 +330,17 @@ class QueuedBatch:
             self.on_event("store_up", round(time.monotonic() - self._down_since, 1))
             self._down_since = None
 
-    async def _newly_finished(self, finished: int) -> list[str]:
-        """The jobs of ours that finished since the last look. Read from a little before
-        the latest finish seen (machines' clocks differ); all of them again if that
-        misses some (a clock further off)."""
+    async def _newly_finished(self, finished: int) -> dict[str, tuple[str | None, float]]:
+        """The batch's jobs finished since the last look (job id → row key, finish time).
+        Read from a little before the latest finish seen (machines' clocks differ); all of
+        them again if that misses some (a clock further off)."""
         since = max(self._seen.values(), default=None)
         got = await asyncio.to_thread(
             self.store.batch_finished, self.name, None if since is None else since - CLOCK_SKEW
         )
         if len(self._seen.keys() | {i for i, _, _ in got}) < finished:
             got = await asyncio.to_thread(self.store.batch_finished, self.name)
-        new = []
-        for job_id, row_key, at in got:
-            if job_id not in self._seen:
-                self._seen[job_id] = at
-                if self.keys is None or row_key in self.keys:
-                    new.append(job_id)
-        return new
+        return {i: (key, at) for i, key, at in got if i not in self._seen}
 
     def report(self, folder: Path, counted: dict[str, int]) -> tuple[Summary, Path]:
         """The summary (also in ``summary.json``), ``results.csv`` and the contact sheet,
