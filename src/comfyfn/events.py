@@ -21,13 +21,11 @@ import json
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 from comfyfn import errors
 from comfyfn.errors import ExecutionFailed
-
-if TYPE_CHECKING:
-    from comfyfn.result import Generation
+from comfyfn.result import Generation
 
 __all__ = [
     "BinaryFrame",

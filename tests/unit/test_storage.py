@@ -136,7 +136,8 @@ def test_parse_s3_url() -> None:
 
 
 def test_storage_imports_no_layer_and_loads_obstore_only_for_s3() -> None:
-    """comfyfn.storage is a leaf (errors and _files only); obstore loads for s3:// alone."""
+    """comfyfn.storage is a leaf (errors, _files and _public only); obstore loads for s3://
+    alone."""
     package = Path(comfyfn.storage.__file__).parent
     imported = {
         node.module
@@ -144,7 +145,11 @@ def test_storage_imports_no_layer_and_loads_obstore_only_for_s3() -> None:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
     }
-    assert {m for m in imported if m.startswith("comfyfn")} == {"comfyfn.errors", "comfyfn._files"}
+    assert {m for m in imported if m.startswith("comfyfn")} == {
+        "comfyfn.errors",
+        "comfyfn._files",
+        "comfyfn._public",
+    }
     code = (
         "import sys, tempfile, comfyfn.storage as s; s.open_storage(tempfile.gettempdir()); "
         "print(any(m.startswith('obstore') for m in sys.modules))"

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from comfyfn._public import present as _present
 from comfyfn.batch.jobfile import read_job_file
 from comfyfn.batch.jobs import JobResult
 from comfyfn.batch.manifest import Manifest
@@ -112,3 +113,6 @@ def map_rows(rows: Iterable[Mapping[str, Any]], **options: Any) -> list[JobResul
         return [result async for result in amap(rows, **options)]
 
     return sorted(asyncio.run(collect()), key=lambda r: r.row)
+
+
+_present(__name__, globals(), __all__)

@@ -37,19 +37,16 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from comfyfn.batch.jobs import Job, JobResult, output_name, prepare_async
 from comfyfn.batch.manifest import Record
 from comfyfn.batch.report import Summary, nearest_rank, write_report_to
 from comfyfn.batch.rows import Row, RowError
-from comfyfn.fleet import QueuedRow
+from comfyfn.fleet import Pool, QueuedRow
 from comfyfn.models import model_set
 from comfyfn.storage import Storage, open_storage
 from comfyfn.workflow import InputImage, Workflow
-
-if TYPE_CHECKING:
-    from comfyfn.fleet import Pool
 
 __all__ = [
     "INPUTS",

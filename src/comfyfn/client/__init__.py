@@ -6,6 +6,7 @@ is the private transport (HTTP, websocket, job protocol, output fetching); what 
 packages use of it is exported here (:func:`resolve_server`, :func:`fetch_url`).
 """
 
+from comfyfn._public import present as _present
 from comfyfn.client._async import AsyncClient
 from comfyfn.client._async_job import AsyncJob
 from comfyfn.client._config import resolve_server, resolve_server_sync
@@ -29,3 +30,5 @@ __all__ = [
     "resolve_server",
     "resolve_server_sync",
 ]
+
+_present(__name__, globals(), __all__)

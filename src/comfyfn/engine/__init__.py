@@ -6,6 +6,7 @@ free port. ``Engine(name, comfyui_path=DIR)`` does the same for any ComfyUI sour
 (its own venv, built from its requirements; tiny weights made with its own classes).
 """
 
+from comfyfn._public import present as _present
 from comfyfn.engine._device import Device, device_args
 from comfyfn.engine.install import COMFYUI_VERSION, EngineInstall, engine_home
 from comfyfn.engine.instance import Engine, EngineState, PreviewMethod
@@ -20,3 +21,5 @@ __all__ = [
     "device_args",
     "engine_home",
 ]
+
+_present(__name__, globals(), __all__)

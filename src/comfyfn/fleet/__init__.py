@@ -12,6 +12,7 @@
 - :mod:`~comfyfn.fleet.fleet`: clients, health, re-attach, moving jobs off failed servers.
 """
 
+from comfyfn._public import present as _present
 from comfyfn.fleet.fleet import Fleet, FleetSettings, Slot, Ticket
 from comfyfn.fleet.like import FleetLike
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
@@ -49,3 +50,5 @@ __all__ = [
     "requeue_or_fail",
     "settle",
 ]
+
+_present(__name__, globals(), __all__)

@@ -6,7 +6,10 @@ workflow, signed file URLs, ``/healthz``, ``/readyz`` and Prometheus ``/metrics`
 lives in SQLAlchemy (SQLite embedded, PostgreSQL for several replicas).
 """
 
+from comfyfn._public import present as _present
 from comfyfn.gateway.app import create_app
 from comfyfn.gateway.settings import GatewaySettings
 
 __all__ = ["GatewaySettings", "create_app"]
+
+_present(__name__, globals(), __all__)

@@ -6,6 +6,7 @@ workflow (``generate_image``, ``edit_image``, …) with its typed parameters, pl
 ``list_workflows``, ``get_job``, ``cancel_job`` and ``run_batch``. Needs the ``mcp`` extra.
 """
 
+from comfyfn._public import present as _present
 from comfyfn.mcp._backend import Backend, JobOutcome, OutputFile, ToolError
 from comfyfn.mcp._gateway import MCP_PATH, GatewayBackend, mcp_endpoint
 from comfyfn.mcp._local import LocalBackend
@@ -25,3 +26,5 @@ __all__ = [
     "build_server",
     "mcp_endpoint",
 ]
+
+_present(__name__, globals(), __all__)

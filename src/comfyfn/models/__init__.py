@@ -20,6 +20,7 @@ official ComfyUI templates publish (they publish no sha256 or sizes: those are n
 sha256 and size Hugging Face publishes for each file are checked instead).
 """
 
+from comfyfn._public import present as _present
 from comfyfn.models._check import (
     ModelSet,
     Needed,
@@ -83,3 +84,5 @@ __all__ = [
     "warm_async",
     "warm_job",
 ]
+
+_present(__name__, globals(), __all__)

@@ -39,6 +39,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from comfyfn._public import present as _present
 from comfyfn.errors import ConfigError
 from comfyfn.recipes._plan import TopicPlan, plan_topics, read_topics
 from comfyfn.workflow import ComfyWarning
@@ -401,3 +402,6 @@ def _parse(text: str, label: str, name: str, source: str) -> Recipe:
         tables=MappingProxyType(tables),
         source=source,
     )
+
+
+_present(__name__, globals(), __all__)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from comfyfn._public import present as _present
+
 from .base import Storage, StorageError, StorageNotFound, StoredFile, validate_key
 from .local import LocalStorage
 from .s3 import S3Storage, parse_s3_url
@@ -34,3 +36,6 @@ def open_storage(where: str | os.PathLike[str]) -> Storage:
     if text.startswith("s3://"):
         return S3Storage.from_url(text)
     return LocalStorage(text)
+
+
+_present(__name__, globals(), __all__)

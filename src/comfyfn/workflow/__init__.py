@@ -12,6 +12,7 @@ itself (``blueprint:NAME``, ``template:NAME``: ``_library``) and partner (paid c
     wf.bind(prompt="…", seed=7).to_api()         # API-format graph for POST /prompt
 """
 
+from comfyfn._public import present as _present
 from comfyfn.workflow._binding import PARAMETERS, ComfyWarning, parse_size, random_seed
 from comfyfn.workflow._builtin import (
     BUILTIN,
@@ -87,3 +88,5 @@ __all__ = [
     "zimage_edit",
     "zimage_turbo",
 ]
+
+_present(__name__, globals(), __all__)

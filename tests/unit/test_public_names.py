@@ -1,0 +1,78 @@
+"""Public classes and functions show the package that exports them (as httpx and openai do):
+in reprs, tracebacks and pickles ``comfyfn.models.ChecksumMismatch``, not
+``comfyfn.models._errors.ChecksumMismatch``; and their fields still resolve for
+``typing.get_type_hints`` and pydantic."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pickle
+import traceback
+import typing
+from collections.abc import Iterator
+
+import pydantic
+import pytest
+
+import comfyfn
+
+PACKAGES = [
+    "comfyfn",
+    *(f"comfyfn.{name}" for name in ("batch", "client", "engine", "fleet", "gateway", "mcp")),
+    *(f"comfyfn.{name}" for name in ("models", "recipes", "storage", "workflow")),
+]
+
+
+def exported() -> Iterator[tuple[str, str, object]]:
+    """(package, name, object) for every class and function a package exports that comfyfn
+    defines."""
+    for package in PACKAGES:
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            obj = getattr(module, name)
+            ours = getattr(obj, "__module__", "").startswith("comfyfn")
+            if ours and (isinstance(obj, type) or inspect.isfunction(obj)):
+                yield package, name, obj
+
+
+EXPORTED = list(exported())
+
+
+def test_the_public_face_is_large_enough_to_mean_something():
+    assert len(EXPORTED) > 150
+
+
+@pytest.mark.parametrize(("package", "name", "obj"), EXPORTED, ids=lambda v: str(v)[:40])
+def test_each_shows_a_public_module_that_has_it(package, name, obj):
+    assert not any(part.startswith("_") for part in obj.__module__.split(".")), obj.__module__
+    assert getattr(importlib.import_module(obj.__module__), obj.__name__) is obj
+
+
+@pytest.mark.parametrize(
+    ("package", "name", "obj"),
+    [e for e in EXPORTED if isinstance(e[2], type)],
+    ids=lambda v: str(v)[:40],
+)
+def test_each_class_s_fields_still_resolve(package, name, obj):
+    typing.get_type_hints(obj)
+
+
+def test_reprs_tracebacks_and_pickles_name_the_public_module():
+    from comfyfn.models import ChecksumMismatch, Pulled
+
+    assert repr(comfyfn.Workflow) == "<class 'comfyfn.workflow.Workflow'>"
+    assert repr(comfyfn.Client) == "<class 'comfyfn.client.Client'>"
+    error = ChecksumMismatch.__new__(ChecksumMismatch)
+    (line,) = traceback.format_exception_only(ChecksumMismatch, error)
+    assert line.startswith("comfyfn.models.ChecksumMismatch")
+    assert b"comfyfn.models" in pickle.dumps(ChecksumMismatch)
+    assert pickle.loads(pickle.dumps(Pulled)) is Pulled
+
+
+def test_pydantic_reads_a_presented_dataclass_s_fields():
+    from comfyfn.workflow import InputImage
+
+    fields = {f.name for f in __import__("dataclasses").fields(InputImage)}
+    schema = pydantic.TypeAdapter(InputImage).json_schema()
+    assert set(schema["properties"]) == fields
