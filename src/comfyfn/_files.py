@@ -8,13 +8,30 @@ it over the target, then fsyncs the directory so the rename itself survives a po
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import re
 import secrets
 import tempfile
 import threading
+import time
 from pathlib import Path
 
-__all__ = ["current_umask", "fsync_directory", "ready_folder", "write_atomic"]
+__all__ = [
+    "ABANDONED_AFTER",
+    "current_umask",
+    "fsync_directory",
+    "ready_folder",
+    "sweep_temporaries",
+    "write_atomic",
+]
+
+log = logging.getLogger("comfyfn")
+
+#: seconds after which a temporary file of :func:`write_atomic` was left by a writer that died
+#: (``kill -9``, a power cut): a live writer renames its file moments after making it
+ABANDONED_AFTER = 60.0
+_TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{16}(\.[A-Za-z0-9]+)?")
 
 _umask_lock = threading.Lock()
 
@@ -100,6 +117,27 @@ def _temporary_beside(target: Path) -> tuple[int, str]:
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(target.parent))
+
+
+def sweep_temporaries(
+    folder: str | os.PathLike[str], *, older_than: float = ABANDONED_AFTER
+) -> int:
+    """Remove the temporary files that :func:`write_atomic` left anywhere under ``folder``
+    when its writer died before the rename, those last changed over ``older_than`` seconds
+    ago; the number removed. Nothing else is touched, and a file that goes while this looks
+    (its writer renamed it) is no error."""
+    cutoff = time.time() - older_than
+    removed = 0
+    for path in Path(folder).rglob(".tmp-*"):
+        try:
+            if _TEMPORARY.fullmatch(path.name) and path.lstat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    if removed:
+        log.info("removed %d temporary file(s) that writers left under %s", removed, folder)
+    return removed
 
 
 def ready_folder(folder: str | os.PathLike[str]) -> Path:

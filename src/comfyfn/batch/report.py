@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from comfyfn._files import write_atomic
+from comfyfn._files import sweep_temporaries, write_atomic
 from comfyfn.batch.manifest import Manifest, Record
 from comfyfn.errors import ConfigError
 
@@ -305,7 +305,9 @@ def write_report_to(
     thumbnails: int = 500,
 ) -> tuple[Summary, Path]:
     """The summary (also in ``summary.json``), ``results.csv`` and the contact sheet of
-    ``records``, written into ``output``; the summary and the contact sheet's path."""
+    ``records``, written into ``output``; the summary and the contact sheet's path. The
+    temporary files of writers that died mid-write (a worker killed) are swept first."""
+    sweep_temporaries(output)
     summary = summarize(records, pool, seconds, counted)
     write_atomic(output / "summary.json", summary.to_json())
     write_results(records, output)
