@@ -8,9 +8,10 @@ OUT    ?= out/demo
 # what the engine's first install takes (comfyfn.engine.install.INSTALL_SIZE, INSTALL_TIME)
 ENGINE_SIZE := 1.6 GB
 ENGINE_TIME := 1–2 minutes
-# mypy over tests/ (pyproject.toml's overrides: not strict, untyped test bodies checked), each
-# test module named as pytest imports it (tests/ on the path); `mypy` alone checks src strictly
-MYPY_TESTS := MYPYPATH=tests $(BIN)/mypy --explicit-package-bases tests
+# mypy over the packages tests/ and bench/ (pyproject.toml's overrides: not strict, untyped
+# test bodies checked), each module named as pytest and `python -m` import it (tests.unit.x,
+# tests.support.pg, bench.scale); `mypy` alone checks src strictly
+MYPY_TESTS := $(BIN)/mypy tests bench
 
 .PHONY: demo test test-main test-033 test-028 unit lint typecheck bench engine-down clean
 
@@ -81,9 +82,9 @@ typecheck: $(BIN)/.installed
 	$(MYPY_TESTS)
 
 bench: $(BIN)/.installed
-	$(BIN)/python bench/client_overhead.py
-	$(BIN)/python bench/batch_throughput.py --rss-rows 100000
-	$(BIN)/python bench/gateway_latency.py
+	$(BIN)/python -m bench.client_overhead
+	$(BIN)/python -m bench.batch_throughput --rss-rows 100000
+	$(BIN)/python -m bench.gateway_latency
 
 engine-down: $(BIN)/.installed
 	$(BIN)/comfyfn engine down

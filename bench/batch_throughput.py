@@ -1,6 +1,6 @@
 """Batch benchmarks against local engines, every figure a ratio measured in this run.
 
-Run: ``.venv/bin/python bench/batch_throughput.py [--servers 1 2 4] [--rss-rows 100000]``.
+Run: ``.venv/bin/python -m bench.batch_throughput [--servers 1 2 4] [--rss-rows 100000]``.
 
 GPU time is SIMULATED: jobs run the engine's test-only ``ComfyfnSleep`` node, which sleeps a
 given number of milliseconds in steps (so two CPU cores can stand in for several GPUs).
@@ -29,13 +29,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from graphs import sleep_graph  # noqa: E402
-
-from comfyfn.batch import Batch, BatchSettings, Row  # noqa: E402
-from comfyfn.engine import Engine  # noqa: E402
+from comfyfn.batch import Batch, BatchSettings, Row
+from comfyfn.engine import Engine
+from tests.support.graphs import sleep_graph
 
 _colour = iter(range(int(time.time() * 1000) % 8_000_000, 2**24))
 

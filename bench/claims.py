@@ -1,9 +1,9 @@
 """Claims that scale: claim latency on PostgreSQL with a long history, and how soon an idle
 worker hears of a new job.
 
-Run: ``.venv/bin/python bench/claims.py [--finished 1000000] [--queued 1000] [--claims 500]``.
+Run: ``.venv/bin/python -m bench.claims [--finished 1000000] [--queued 1000] [--claims 500]``.
 
-A throwaway PostgreSQL (tests/pg.py) gets ``--finished`` succeeded jobs (one
+A throwaway PostgreSQL (tests/support/pg.py) gets ``--finished`` succeeded jobs (one
 ``INSERT … SELECT generate_series``) and ``--queued`` queued ones over two model sets and
 three priorities, then ``ANALYZE``. Measured, through :class:`comfyfn.gateway.store.Store`:
 
@@ -18,17 +18,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import threading
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-
-from pg import Postgres
 
 from comfyfn.gateway.listen import QueueListener
 from comfyfn.gateway.store import Store
+from tests.support.pg import Postgres
 
 FILL = """
 INSERT INTO cfn_jobs (id, key_id, workflow, params, state, progress, outputs, created_at,

@@ -1,6 +1,6 @@
 """Client overhead per job, engine start-up, and Z-Image time per image — measured in one run.
 
-Run: ``make bench`` (or ``.venv/bin/python bench/client_overhead.py [--jobs N]``).
+Run: ``make bench`` (or ``.venv/bin/python -m bench.client_overhead [--jobs N]``).
 
 Three ways to run the same trivial job (EmptyImage 64×48 → SaveImage, a new colour each time
 so ComfyUI never serves it from cache) side by side against one local engine:
@@ -20,21 +20,16 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 import uuid
 import warnings
-from pathlib import Path
 
 import httpx
 from websockets.asyncio.client import connect
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from graphs import trivial_graph
-
 import comfyfn
 from comfyfn.engine import Engine
+from tests.support.graphs import trivial_graph
 
 _colour = iter(range(int(time.time()) % 10_000_000, 2**24))
 

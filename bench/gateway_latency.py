@@ -1,6 +1,6 @@
 """Gateway overhead: jobs/s and added latency (p50/p99) over direct client calls, same run.
 
-Run: ``.venv/bin/python bench/gateway_latency.py [--levels 1 8 32] [--sleep-ms 300]``.
+Run: ``.venv/bin/python -m bench.gateway_latency [--levels 1 8 32] [--sleep-ms 300]``.
 
 At 1, 8 and 32 concurrent callers, side by side (four rounds per level, direct-gateway-
 gateway-direct, of max(30, 2n) jobs each):
@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import sys
 import tempfile
 import time
 import warnings
@@ -35,15 +34,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from openai import AsyncOpenAI
 
-from gateway_proc import Gateway, make_key  # noqa: E402
-from openai import AsyncOpenAI  # noqa: E402
-
-import comfyfn  # noqa: E402
-from comfyfn.engine import Engine  # noqa: E402
-from comfyfn.workflow import Workflow, zimage_turbo  # noqa: E402
+import comfyfn
+from comfyfn.engine import Engine
+from comfyfn.workflow import Workflow, zimage_turbo
+from tests.support.gateway_proc import Gateway, make_key
 
 _seed = itertools.count(int(time.time() * 1000) % 8_000_000)  # < 2**24: also a valid color
 

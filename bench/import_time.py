@@ -1,6 +1,6 @@
 """How long ``import comfyfn`` takes, and what the HTTP client adds on first use.
 
-Run: ``.venv/bin/python bench/import_time.py [--runs 15]``. Each figure is the median of
+Run: ``.venv/bin/python -m bench.import_time [--runs 15]``. Each figure is the median of
 fresh interpreters (``python -X importtime``: every top-level import, the interpreter's own
 start-up imports included, shown alone in the first line), measured in one run side by side;
 the goal for ``import comfyfn`` is under 150 ms warm.

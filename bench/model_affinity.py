@@ -1,6 +1,6 @@
 """Model-aware routing vs shortest-queue routing: jobs/s and model loads, side by side.
 
-Run: ``.venv/bin/python bench/model_affinity.py [--jobs 40] [--job-ms 200] [--load-ms 1000]``.
+Run: ``.venv/bin/python -m bench.model_affinity [--jobs 40] [--job-ms 200] [--load-ms 1000]``.
 
 Two local engines; two workflows that load different (tiny) model files, in interleaved
 rows (A, B, A, B…). GPU time and model loads are SIMULATED: the engine's test-only
@@ -214,8 +214,8 @@ def report(title: str, results: dict[Routing, list[tuple[RunResult, Loads]]]) ->
     print(title)
     print(f"  {'':24}{'jobs/s':>8}{'seconds':>9}   loads per server   jobs per server")
     for routing, runs in results.items():
-        for result, loads in runs:
-            per = "  ".join(f"{len(v):3d}" for v in loads.values())
+        for result, loaded in runs:
+            per = "  ".join(f"{len(v):3d}" for v in loaded.values())
             jobs = "  ".join(f"{n:3d}" for n in result.per_server.values())
             print(f"  {NAMES[routing]:24}{result.rate:8.2f}{result.seconds:9.2f}   {per:18} {jobs}")
     rate = {r: sum(res.rate for res, _ in runs) / len(runs) for r, runs in results.items()}

@@ -1,8 +1,8 @@
 """One runner driving many servers: how close to their combined limit, at what cost per job.
 
-Run: ``.venv/bin/python bench/scale.py [--servers 1 4 16 32 64] [--ms 200 50]``.
+Run: ``.venv/bin/python -m bench.scale [--servers 1 4 16 32 64] [--ms 200 50]``.
 
-The servers are SIMULATED (tests/simcomfy.py, in a process of their own): each runs one job
+The servers are SIMULATED (tests/support/simcomfy.py, in a process of their own): each runs one job
 at a time, sleeping ``--ms`` per job. The runner is ``comfyfn.batch.Batch`` with its default
 settings, in another process, so its CPU time and resident memory are its own; it writes
 the images and the manifest to a temporary folder, as ``comfyfn batch`` does. For each
@@ -40,8 +40,7 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-SIMCOMFY = ROOT / "tests" / "simcomfy.py"
+from tests.support.checkout import module_env
 
 
 def _rows(n: int) -> Any:
@@ -98,10 +97,11 @@ class Servers:
     """``count`` simulated servers in a process of their own."""
 
     def __init__(self, count: int, ms: int) -> None:
+        from tests.support.simulated import SIMCOMFY  # the runner process does without it
+
         self.process = subprocess.Popen(
             [
-                sys.executable,
-                str(SIMCOMFY),
+                *SIMCOMFY,
                 "--ports",
                 str(count),
                 "--job-ms",
@@ -111,6 +111,7 @@ class Servers:
             ],
             stdout=subprocess.PIPE,
             text=True,
+            env=module_env(),
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
@@ -152,10 +153,12 @@ def measure(count: int, ms: int, per_server: int) -> dict[str, Any]:
         jobs = count * per_server
         _, cpu_before = servers.counters()
         done = subprocess.run(
-            [*_profiler(count, ms), sys.executable, __file__, "--runner", str(jobs), *servers.urls],
+            [*_profiler(count, ms), sys.executable, "-m", "bench.scale", "--runner", str(jobs),
+             *servers.urls],
             capture_output=True,
             text=True,
             check=True,
+            env=module_env(),
         )
         figures: dict[str, Any] = json.loads(
             [line for line in done.stdout.splitlines() if line.startswith("{")][-1]
@@ -198,8 +201,9 @@ def main() -> None:
     if args.output_in:
         os.environ["COMFYFN_SCALE_OUTPUT"] = args.output_in
     print(
-        "SIMULATED servers (tests/simcomfy.py, one process); the runner: comfyfn.batch.Batch, "
-        f"default settings, its own process; {args.jobs_per_server} jobs per server"
+        "SIMULATED servers (tests/support/simcomfy.py, one process); the runner: "
+        "comfyfn.batch.Batch, default settings, its own process; "
+        f"{args.jobs_per_server} jobs per server"
     )
     print(
         f"{'job':>6} {'M':>3} {'jobs':>5} {'efficiency':>10} {'req/job':>8} {'ws':>4}"

@@ -1,6 +1,6 @@
 """Short jobs on one server: how close to the server-bound limit, with default settings.
 
-Run: ``.venv/bin/python bench/short_jobs.py [--ms 20 200]``.
+Run: ``.venv/bin/python -m bench.short_jobs [--ms 20 200]``.
 
 GPU time is SIMULATED with the engine's test-only ``ComfyfnSleep`` node. For each job length,
 side by side on one local engine:
@@ -28,21 +28,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import time
 import uuid
 import warnings
-from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from graphs import sleep_graph  # noqa: E402
-
-from comfyfn.batch import Batch, BatchSettings, Row  # noqa: E402
-from comfyfn.engine import Engine  # noqa: E402
+from comfyfn.batch import Batch, BatchSettings, Row
+from comfyfn.engine import Engine
+from tests.support.graphs import sleep_graph
 
 _colour = iter(range(int(time.time() * 1000) % 8_000_000, 2**24))
 

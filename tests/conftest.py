@@ -5,7 +5,8 @@ import os
 from pathlib import Path
 
 import pytest
-from fileserver import FileServer
+
+from tests.support.fileserver import FileServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
 
@@ -27,7 +28,8 @@ def sample():
 
 @pytest.fixture
 def file_server():
-    """A loopback HTTP server serving what a test puts in its ``files`` (tests/fileserver.py)."""
+    """A loopback HTTP server serving what a test puts in its ``files``
+    (tests/support/fileserver.py)."""
     with FileServer() as server:
         yield server
 

@@ -17,12 +17,12 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pg
 import pytest
-from comfyui_trees import unpack_comfyui
-from s3server import INSTALL_HINT, S3Server, available
 
 from comfyfn.engine import Engine
+from tests.support import pg
+from tests.support.comfyui_trees import unpack_comfyui
+from tests.support.s3server import INSTALL_HINT, S3Server, available
 
 _unique = itertools.count(int.from_bytes(os.urandom(2), "big") * 64)  # < 2**24: a valid color
 
@@ -74,7 +74,8 @@ def server(engine) -> str:
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
-    """A real S3-compatible store (SeaweedFS, tests/s3server.py) for the tests of a module."""
+    """A real S3-compatible store (SeaweedFS, tests/support/s3server.py) for the tests of a
+    module."""
     if not available():
         pytest.fail(INSTALL_HINT, pytrace=False)
     with S3Server() as server:
@@ -83,7 +84,7 @@ def s3() -> Iterator[S3Server]:
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[pg.Postgres]:
-    """A real PostgreSQL (tests/pg.py) for the tests of a module."""
+    """A real PostgreSQL (tests/support/pg.py) for the tests of a module."""
     if not pg.available():
         pytest.fail(pg.INSTALL_HINT, pytrace=False)
     with pg.Postgres() as server:

@@ -14,15 +14,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from cli_proc import start_cli, stop
-from graphs import sleep_graph
-from polling import wait_for
 from typer.testing import CliRunner
 
 import comfyfn
 from comfyfn.batch import map_rows
 from comfyfn.cli._app import app
 from comfyfn.engine import Engine
+from tests.support.cli_proc import start_cli, stop
+from tests.support.graphs import sleep_graph
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.engine
 runner = CliRunner()

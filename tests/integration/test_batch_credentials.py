@@ -3,16 +3,12 @@ the manifest, the summary, the contact sheet or a result."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from comfyfn.batch import Batch, Row, run_batch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from graphs import sleep_graph
+from tests.support.graphs import sleep_graph
 
 pytestmark = pytest.mark.engine
 

@@ -13,13 +13,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli_proc import start_cli, stop
 from PIL import Image as PIL
-from special_files import make_fifo, make_sparse
-from tests_png import image_bytes
 from typer.testing import CliRunner
 
 from comfyfn.cli._app import app
+from tests.support.cli_proc import start_cli, stop
+from tests.support.special_files import make_fifo, make_sparse
+from tests.support.tests_png import image_bytes
 
 pytestmark = pytest.mark.engine
 runner = CliRunner()

@@ -10,9 +10,10 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from cli_proc import start_cli, stop
-from polling import wait_for
-from tests_png import image_bytes
+
+from tests.support.cli_proc import start_cli, stop
+from tests.support.polling import wait_for
+from tests.support.tests_png import image_bytes
 
 pytestmark = [pytest.mark.engine, pytest.mark.one_version]  # the CLI's output
 

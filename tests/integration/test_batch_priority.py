@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 import pytest
 
 from comfyfn.batch import Batch, BatchSettings, Row
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from graphs import sleep_graph
+from tests.support.graphs import sleep_graph
 
 pytestmark = pytest.mark.engine
 

@@ -1,38 +1,23 @@
 """Batches through the shared store (issue 20, phase 2a), with real parts: PostgreSQL
-(tests/pg.py), simulated ComfyUI servers in a process of their own (tests/simcomfy.py),
-``comfyfn worker`` processes killed with ``kill -9``, ``comfyfn batch … --db`` following;
-and one batch on the real engine with a worker in the submitting process (``--work``)."""
+(tests/support/pg.py), simulated ComfyUI servers in a process of their own
+(tests/support/simcomfy.py), ``comfyfn worker`` processes killed with ``kill -9``,
+``comfyfn batch … --db`` following; and one batch on the real engine with a worker in the
+submitting process (``--work``)."""
 
 from __future__ import annotations
 
-import csv
 import json
 import signal
-from pathlib import Path
 
 import pytest
-from cli_proc import run_cli, start_cli
-from graphs import sleep_graph
-from polling import wait_for
-from test_workers import Worker, simulated
 
 from comfyfn.gateway.store import Store
-
-
-def write_rows(path: Path, n: int, start: int = 0) -> Path:
-    rows = [f"queued cat {i},64,64,2\n" for i in range(start, start + n)]
-    path.write_text("prompt,width,height,steps\n" + "".join(rows))
-    return path
-
-
-def results(out: Path) -> list[dict[str, str]]:
-    with (out / "results.csv").open(encoding="utf-8-sig") as f:
-        return list(csv.DictReader(f))
-
-
-def batch_counts(db: str, name: str) -> dict[str, int]:
-    with Store(db) as store:
-        return store.batch_counts(name)
+from tests.support.batches import batch_counts, results, write_rows
+from tests.support.cli_proc import run_cli, start_cli
+from tests.support.graphs import sleep_graph
+from tests.support.polling import wait_for
+from tests.support.simulated import simulated
+from tests.support.workers import Worker
 
 
 def named(output: str) -> str:
@@ -159,7 +144,8 @@ def test_a_queued_batch_worked_here_on_the_engine(server, tmp_path, unique):
 @pytest.mark.engine
 def test_rows_with_input_images_run_through_the_store_on_the_engine(server, tmp_path, unique):
     from PIL import Image as PIL
-    from tests_png import image_bytes
+
+    from tests.support.tests_png import image_bytes
 
     (tmp_path / "photo.png").write_bytes(image_bytes((32, 48), "green"))
     source = tmp_path / "rows.csv"

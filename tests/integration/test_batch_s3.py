@@ -80,9 +80,8 @@ def test_the_default_state_folder_is_keyed_by_the_url(tmp_path, monkeypatch) -> 
 def test_a_store_that_fails_stops_the_batch_with_exit_2_and_keeps_the_job_recorded(
     s3, server, unique, tmp_path, monkeypatch
 ):
-    from ports import free_port
-
     from comfyfn.batch import Manifest
+    from tests.support.ports import free_port
 
     for name, value in {**s3.env(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}.items():
         monkeypatch.setenv(name, value)  # nothing listens there: every store call fails

@@ -8,14 +8,14 @@ import subprocess
 import time
 
 import pytest
-from cli_proc import start_cli, stop
-from graphs import sleep_graph
-from polling import wait_for
 from typer.testing import CliRunner
 
 import comfyfn
 from comfyfn.cli._app import app
 from comfyfn.provenance import read_provenance
+from tests.support.cli_proc import start_cli, stop
+from tests.support.graphs import sleep_graph
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.engine
 runner = CliRunner()

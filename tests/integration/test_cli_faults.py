@@ -16,14 +16,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from cli_proc import run_cli, start_cli, stop
-from graphs import sleep_graph
-from polling import wait_for
-from ports import free_port
 from typer.testing import CliRunner
 
 import comfyfn
 from comfyfn.cli._app import app
+from tests.support.cli_proc import run_cli, start_cli, stop
+from tests.support.graphs import sleep_graph
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.engine
 runner = CliRunner()

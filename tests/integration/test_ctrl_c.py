@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from cli_proc import CHILD_ENV
-from graphs import blur_graph
-from polling import wait_for
 
 import comfyfn
+from tests.support.cli_proc import CHILD_ENV
+from tests.support.graphs import blur_graph
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.engine
 

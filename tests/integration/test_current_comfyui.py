@@ -22,8 +22,6 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
-from comfyui_trees import COMFYUI_028, session_is_028, unpack_comfyui
-from graphs import sleep_graph, trivial_graph
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -33,6 +31,8 @@ from comfyfn.client import Credentials
 from comfyfn.client._job import check_prompt_id
 from comfyfn.engine import Engine
 from comfyfn.events import NodeStarted, Progress, Stopped
+from tests.support.comfyui_trees import COMFYUI_028, session_is_028, unpack_comfyui
+from tests.support.graphs import sleep_graph, trivial_graph
 
 pytestmark = [pytest.mark.engine, pytest.mark.anyio, pytest.mark.timeout(600)]
 

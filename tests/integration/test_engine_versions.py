@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from comfyui_trees import COMFYUI_028, unpack_comfyui
 from typer.testing import CliRunner
 
 import comfyfn
@@ -24,6 +23,7 @@ from comfyfn.engine import Device, Engine, EngineInstall
 from comfyfn.engine._device import probe_accelerator
 from comfyfn.engine.install import TINY_FILES, assets
 from comfyfn.errors import ConfigError
+from tests.support.comfyui_trees import COMFYUI_028, unpack_comfyui
 
 # a clean install takes minutes; it starts its own 0.28 engine, so the main pass runs it once
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900), pytest.mark.one_version]

@@ -7,13 +7,13 @@ import copy
 import shutil
 
 import pytest
-from graphs import blur_graph, trivial_graph
-from polling import await_for, wait_for
-from ports import free_port
 
 import comfyfn
 from comfyfn import events as ev
 from comfyfn.workflow import zimage_turbo
+from tests.support.graphs import blur_graph, trivial_graph
+from tests.support.polling import await_for, wait_for
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.engine
 

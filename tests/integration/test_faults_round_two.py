@@ -9,7 +9,7 @@ state, in batch and gateway alike, with at most one execution per job.
   knows it, so it is re-attached by its prompt id, never posted again, and fails naming
   what could not be read.
 
-The server is the real engine; tests/faultproxy.py breaks only what a real one never does.
+The server is the real engine; tests/support/faultproxy.py breaks only what a real one never does.
 ``proxy.forwarded_prompt_posts`` counts the prompts that reached it: its executions.
 """
 
@@ -21,12 +21,12 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from faultproxy import FaultProxy
-from gateway_proc import InProcess, settings_for
-from graphs import sleep_graph
-from polling import await_for
 
 from comfyfn.batch import Batch, BatchSettings, Row
+from tests.support.faultproxy import FaultProxy
+from tests.support.gateway_proc import InProcess, settings_for
+from tests.support.graphs import sleep_graph
+from tests.support.polling import await_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.anyio]
 

@@ -15,13 +15,13 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import httpx
 import openai
 import pytest
-from gateway_proc import Gateway, make_key, sqlite_gateway
-from graphs import sleep_graph
 from PIL import Image
-from polling import wait_for
 
 import comfyfn
 from comfyfn.gateway.store import Store
+from tests.support.gateway_proc import Gateway, make_key, sqlite_gateway
+from tests.support.graphs import sleep_graph
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -138,7 +138,7 @@ def test_revoked_key_is_refused(gw):
     import subprocess
     import sys
 
-    from gateway_proc import ENV
+    from tests.support.gateway_proc import ENV
 
     key = make_key(gw.db, "to-revoke")
     assert httpx.get(f"{gw.url}/v1/models", headers=auth(gw, key)).status_code == 200

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from gateway_proc import Gateway, auth, make_key, sqlite_gateway
 from PIL import Image
-from polling import wait_for
-from tests_png import image_bytes
+
+from tests.support.gateway_proc import Gateway, auth, make_key, sqlite_gateway
+from tests.support.polling import wait_for
+from tests.support.tests_png import image_bytes
 
 pytestmark = pytest.mark.engine
 

@@ -2,7 +2,7 @@
 
 Real parts throughout: ComfyUI (the local engine), PostgreSQL from Debian's binaries, SQLite
 files, gateway processes started with the real CLI. Only what a real ComfyUI cannot do (a
-broken or slow answer) goes through tests/faultproxy.py.
+broken or slow answer) goes through tests/support/faultproxy.py.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from collections import Counter
 
 import httpx
 import pytest
-from gateway_proc import Gateway, auth, make_key
-from graphs import sleep_graph
-from pg import Postgres
-from polling import wait_for
 
 import comfyfn
+from tests.support.gateway_proc import Gateway, auth, make_key
+from tests.support.graphs import sleep_graph
+from tests.support.pg import Postgres
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.engine
 

@@ -2,7 +2,7 @@
 
 Each ends the job in a clear state — succeeded after a re-fetch or a re-attach, or failed
 with an error saying what happened — never ``running`` for ever, never run twice. ComfyUI
-is the real engine; tests/faultproxy.py breaks only what a real server never breaks.
+is the real engine; tests/support/faultproxy.py breaks only what a real server never breaks.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import json
 import anyio
 import httpx
 import pytest
-from faultproxy import FaultProxy
-from gateway_proc import InProcess, settings_for
-from graphs import sleep_graph
 from PIL import Image
-from polling import await_for
+
+from tests.support.faultproxy import FaultProxy
+from tests.support.gateway_proc import InProcess, settings_for
+from tests.support.graphs import sleep_graph
+from tests.support.polling import await_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.anyio]
 

@@ -16,11 +16,11 @@ import logging
 
 import httpx
 import pytest
-from cli_proc import run_cli
-from gateway_proc import Gateway, InProcess, auth, make_key, settings_for
-from polling import wait_for
 
 from comfyfn.gateway.store import Store
+from tests.support.cli_proc import run_cli
+from tests.support.gateway_proc import Gateway, InProcess, auth, make_key, settings_for
+from tests.support.polling import wait_for
 
 NOWHERE = "http://127.0.0.1:9"  # nothing listens: the gateway is up but not ready
 TYPED = "/v1/workflows/zimage-turbo/jobs"

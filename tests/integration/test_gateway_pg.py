@@ -6,12 +6,12 @@ import json
 
 import httpx
 import pytest
-from gateway_proc import Gateway, make_key
-from graphs import sleep_graph
-from pg import Postgres
-from polling import wait_for
 
 import comfyfn
+from tests.support.gateway_proc import Gateway, make_key
+from tests.support.graphs import sleep_graph
+from tests.support.pg import Postgres
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.engine
 

@@ -6,9 +6,10 @@ import base64
 
 import pytest
 import schemathesis
-from gateway_proc import Gateway, make_key
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import positive_data_acceptance
+
+from tests.support.gateway_proc import Gateway, make_key
 
 pytestmark = pytest.mark.engine
 

@@ -3,7 +3,7 @@ bounded metrics, chunked bodies, database outages, what errors and /readyz revea
 queue position, and a sync caller who hangs up.
 
 Tests marked ``engine`` run against a real gateway process on the local engine; the others
-serve ``create_app`` in this process (tests/gateway_proc.py) with an unreachable ComfyUI
+serve ``create_app`` in this process (tests/support/gateway_proc.py) with an unreachable ComfyUI
 server, which is enough for everything that is decided before a job runs.
 """
 
@@ -20,13 +20,13 @@ import time
 import httpx
 import pytest
 import sqlalchemy as sa
-from gateway_proc import InProcess, auth, make_key, settings_for, sqlite_gateway
-from graphs import sleep_graph
-from polling import wait_for
 
 import comfyfn
 from comfyfn.gateway.metrics import METHODS
 from comfyfn.gateway.store import Store
+from tests.support.gateway_proc import InProcess, auth, make_key, settings_for, sqlite_gateway
+from tests.support.graphs import sleep_graph
+from tests.support.polling import wait_for
 
 NOWHERE = "http://127.0.0.1:9"  # nothing listens: the gateway is up but not ready
 TYPED = "/v1/workflows/zimage-turbo/jobs"

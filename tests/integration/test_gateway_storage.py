@@ -18,17 +18,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import gateway_proc
 import httpx
 import pytest
-from gateway_proc import Gateway, auth, make_key
-from graphs import kinds_graph, sleep_graph
 from PIL import Image
-from polling import wait_for
-from ports import free_port
 
 import comfyfn
 from comfyfn.storage import S3Storage
+from tests.support import gateway_proc
+from tests.support.gateway_proc import Gateway, auth, make_key
+from tests.support.graphs import kinds_graph, sleep_graph
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.engine
 

@@ -1,7 +1,7 @@
 """The job store's cases (tests/unit/test_gateway_store.py) on a real PostgreSQL.
 
 The unit module is loaded from its file and its cases run here with a ``url`` of a fresh
-PostgreSQL database each (tests/pg.py starts a throwaway server; CI installs the binaries
+PostgreSQL database each (tests/support/pg.py starts a throwaway server; CI installs the binaries
 with tests/pg_install.sh). Cases that hold only on SQLite have ``sqlite`` in their names and
 are left out; PostgreSQL's own cases follow.
 """

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_proc import Gateway, auth, make_key, sqlite_gateway
+
+from tests.support.gateway_proc import Gateway, auth, make_key, sqlite_gateway
 
 PARALLEL = 12
 #: the gateway's peak resident memory must stay under this. Measured: ~85 MiB at start,

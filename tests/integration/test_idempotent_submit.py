@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from faultproxy import FaultProxy
 
 import comfyfn
+from tests.support.faultproxy import FaultProxy
 
 pytestmark = [pytest.mark.engine, pytest.mark.anyio]
 

@@ -8,13 +8,13 @@ import io
 
 import httpx
 import pytest
-from graphs import kinds_graph
 from PIL import Image as PIL
-from special_files import make_fifo, make_sparse, without_waiting_on
-from tests_png import image_bytes
 
 import comfyfn
 from comfyfn.errors import ConfigError
+from tests.support.graphs import kinds_graph
+from tests.support.special_files import make_fifo, make_sparse, without_waiting_on
+from tests.support.tests_png import image_bytes
 
 pytestmark = pytest.mark.engine
 

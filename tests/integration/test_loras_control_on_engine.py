@@ -12,11 +12,11 @@ import io
 from importlib import resources
 
 import pytest
-from comfyui_trees import COMFYUI_033, engine_on_tree
 from PIL import Image as PIL
 from PIL import ImageDraw
 
 import comfyfn
+from tests.support.comfyui_trees import COMFYUI_033, engine_on_tree
 
 pytestmark = pytest.mark.engine
 

@@ -22,17 +22,17 @@ import httpx
 import mcp_types as types
 import pytest
 import sqlalchemy as sa
-from cli_proc import CHILD_ENV
-from gateway_proc import Gateway, auth, make_key, sqlite_gateway
-from graphs import sleep_graph
 from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from PIL import Image
-from polling import await_for
-from tests_png import image_bytes
 
 import comfyfn
+from tests.support.cli_proc import CHILD_ENV
+from tests.support.gateway_proc import Gateway, auth, make_key, sqlite_gateway
+from tests.support.graphs import sleep_graph
+from tests.support.polling import await_for
+from tests.support.tests_png import image_bytes
 
 pytestmark = [pytest.mark.engine, pytest.mark.anyio, pytest.mark.one_version]  # about MCP
 

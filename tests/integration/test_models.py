@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -21,15 +20,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from bench.model_affinity import add_model_files, loader_graph, log_size, run_batch, settle
 from comfyfn.cli._models import models_app
 from comfyfn.client import AsyncClient, Client
 from comfyfn.engine import Engine
 from comfyfn.events import NodeCached, NodeStarted
 from comfyfn.models import WARMUP_PREFIX, warm
 from comfyfn.workflow import Workflow, zimage_turbo
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from model_affinity import add_model_files, loader_graph, log_size, run_batch, settle
 
 pytestmark = pytest.mark.engine
 runner = CliRunner()

@@ -11,8 +11,6 @@ import os
 
 import httpx
 import pytest
-from comfyui_trees import COMFYUI_033, engine_on_tree
-from modelserver import BODY, ModelServer, entry
 from typer.testing import CliRunner
 
 from comfyfn.cli._models import models_app
@@ -20,6 +18,8 @@ from comfyfn.client import Client
 from comfyfn.engine import Engine
 from comfyfn.models import PushFailed, blake3_of, pull_to_server, push_file
 from comfyfn.workflow import RouteMissing, zimage_turbo
+from tests.support.comfyui_trees import COMFYUI_033, engine_on_tree
+from tests.support.modelserver import BODY, ModelServer, entry
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
 

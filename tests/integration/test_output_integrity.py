@@ -1,6 +1,6 @@
 """Damaged, garbled and slow answers between the client and a real ComfyUI.
 
-The real engine makes the images; tests/faultproxy.py breaks what a real server never
+The real engine makes the images; tests/support/faultproxy.py breaks what a real server never
 breaks: it truncates /view bodies, swaps them for HTML, answers /history with non-JSON
 text, or holds /history past the client's HTTP timeout. A broken image is never returned as
 a success: it is fetched again, or the job fails with an error naming what was wrong.
@@ -13,14 +13,14 @@ import uuid
 
 import httpx
 import pytest
-from faultproxy import FaultProxy
-from graphs import trivial_graph
 
 import comfyfn
 from comfyfn.client._job import JobSettings, JobSpec, follow, post_prompt
 from comfyfn.errors import CorruptOutput, ProtocolError
 from comfyfn.events import Succeeded
 from comfyfn.result import image_problem
+from tests.support.faultproxy import FaultProxy
+from tests.support.graphs import trivial_graph
 
 pytestmark = [pytest.mark.engine, pytest.mark.anyio]
 

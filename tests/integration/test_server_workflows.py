@@ -16,11 +16,11 @@ from importlib import resources
 
 import httpx
 import pytest
-from fileserver import Reply
 from typer.testing import CliRunner
 
 import comfyfn
 from comfyfn.cli._app import app
+from tests.support.fileserver import Reply
 
 pytestmark = pytest.mark.engine
 runner = CliRunner()

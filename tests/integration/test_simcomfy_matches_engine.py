@@ -1,4 +1,4 @@
-"""The simulated ComfyUI (tests/simcomfy.py) against the real engine: the same jobs through
+"""The simulated ComfyUI (tests/support/simcomfy.py) against the real engine: the same jobs through
 comfyfn's own AsyncClient on both, compared after ids and timings are normalised away —
 comfyfn's events, the raw websocket messages in order, and the shape of every answer.
 Any difference fails with a readable diff."""
@@ -12,12 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
-from graphs import sleep_graph
-from simcomfy import Settings, simulated_servers
 
 from comfyfn import AsyncClient, WorkflowInvalid
 from comfyfn.client._socket import EventSocket
 from comfyfn.events import Progress
+from tests.support.graphs import sleep_graph
+from tests.support.simcomfy import Settings, simulated_servers
 
 pytestmark = [  # the simulator imitates the managed engine's ComfyUI (0.3.75)
     pytest.mark.engine,

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from gateway_proc import Gateway, make_key
 from PIL import Image as PIL
 
 from comfyfn.engine import Engine
+from tests.support.gateway_proc import Gateway, make_key
 
 pytestmark = pytest.mark.engine
 

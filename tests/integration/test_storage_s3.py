@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from polling import await_for
-from ports import free_port
-from s3server import S3Server
 
 from comfyfn.storage import S3Storage, StorageError, StorageNotFound, open_storage
+from tests.support.polling import await_for
+from tests.support.ports import free_port
+from tests.support.s3server import S3Server
 
 pytestmark = pytest.mark.anyio
 

@@ -6,10 +6,10 @@ where no store listens."""
 from __future__ import annotations
 
 import pytest
-from ports import free_port
-from s3server import S3Server
 
 from comfyfn.storage import S3Storage, StorageError
+from tests.support.ports import free_port
+from tests.support.s3server import S3Server
 
 pytestmark = pytest.mark.anyio
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_proc import InProcess, auth, settings_for
-from polling import wait_for
-from tests_png import image_bytes
+
+from tests.support.gateway_proc import InProcess, auth, settings_for
+from tests.support.polling import wait_for
+from tests.support.tests_png import image_bytes
 
 pytestmark = [pytest.mark.engine, pytest.mark.one_version]  # the page, not the ComfyUI version
 

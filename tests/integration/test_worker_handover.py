@@ -5,10 +5,11 @@ running one stays and the next worker on that server re-attaches to it."""
 from __future__ import annotations
 
 import httpx
-from polling import wait_for
-from test_workers import Worker, executions, simulated
 
 from comfyfn.gateway.store import Store
+from tests.support.polling import wait_for
+from tests.support.simulated import executions, simulated
+from tests.support.workers import Worker
 
 
 def queue_of(url: str) -> tuple[list[str], list[str]]:

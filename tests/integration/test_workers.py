@@ -1,11 +1,10 @@
-"""Runners on many machines (issue 20, phase 1), with real parts: PostgreSQL (tests/pg.py),
-simulated ComfyUI servers in a process of their own (tests/simcomfy.py), a gateway started
+"""Runners on many machines (issue 20, phase 1), with real parts: PostgreSQL (tests/support/pg.py),
+simulated ComfyUI servers in a process of their own (tests/support/simcomfy.py), a gateway started
 with ``--no-worker`` and ``comfyfn worker`` processes. Faults are real: ``kill -9`` and
 ``SIGSTOP``/``SIGCONT`` of a worker."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -14,89 +13,16 @@ import sys
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
-from cli_proc import CHILD_ENV
-from gateway_proc import Gateway, auth, make_key
-from polling import wait_for
 
 from comfyfn.gateway.store import Store
-
-SIMCOMFY = Path(__file__).parents[1] / "simcomfy.py"
-#: ``comfyfn …`` in a child process (this checkout's)
-CLI = ("-m", "comfyfn.cli")
-
-
-@contextlib.contextmanager
-def simulated(ports: int, job_ms: int):
-    """``ports`` simulated ComfyUI servers in a process; their URLs."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(SIMCOMFY),
-            "--ports",
-            str(ports),
-            "--job-ms",
-            str(job_ms),
-            "--load-ms",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=CHILD_ENV,
-    )
-    try:
-        assert proc.stdout is not None
-        yield json.loads(proc.stdout.readline())["urls"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def executions(urls: list[str]) -> Counter[str]:
-    """prompt id → times it ran, over every server."""
-    total: Counter[str] = Counter()
-    for url in urls:
-        total.update(httpx.get(f"{url}/simcomfy/counters").json()["executions"])
-    return total
-
-
-class Worker:
-    def __init__(
-        self, name: str, db: str, storage: Path, urls: list[str], stale_after: float, *extra: str
-    ):
-        self.name = name
-        self.log = storage.parent / f"worker-{name}.log"
-        args = [
-            sys.executable,
-            *CLI,
-            "worker",
-            "--db",
-            db,
-            "--name",
-            name,
-            "--storage",
-            str(storage),
-            "--stale-after",
-            str(stale_after),
-            *extra,
-        ]
-        for url in urls:
-            args += ["--server", url]
-        self.proc = subprocess.Popen(
-            args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=CHILD_ENV
-        )
-
-    def said(self, text: str) -> bool:
-        return text in self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.terminate()
-            self.proc.wait(timeout=60)
+from tests.support.cli_proc import CHILD_ENV
+from tests.support.gateway_proc import Gateway, auth, make_key
+from tests.support.polling import wait_for
+from tests.support.simulated import executions, simulated
+from tests.support.workers import CLI, Worker
 
 
 @pytest.fixture

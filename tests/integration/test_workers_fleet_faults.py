@@ -1,7 +1,7 @@
 """Many workers through faults (issue 20): 3 ``comfyfn worker`` processes × 8 simulated
-ComfyUI servers each (tests/simcomfy.py, one process of servers per "host"), one batch of
+ComfyUI servers each (tests/support/simcomfy.py, one process of servers per "host"), one batch of
 1,000 rows enqueued and followed by ``comfyfn batch FILE --db … -o DIR --name N``, real
-PostgreSQL (tests/pg.py). Mid-run, each after a number of rows is done: ``kill -9`` of one
+PostgreSQL (tests/support/pg.py). Mid-run, each after a number of rows is done: ``kill -9`` of one
 worker (a replacement starts on its servers, as a restarted host would), PostgreSQL stopped
 for 10 s, SIGTERM of another (the survivors finish). Afterwards every row has exactly one
 output file and one file record, no prompt ran twice on any server, every row's final
@@ -24,15 +24,16 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from cli_proc import CHILD_ENV, run_cli
-from polling import wait_for
-from ports import free_port
-from tcp_cut import TcpCut
-from test_batch_queue import batch_counts, results, write_rows
-from test_workers import Worker, simulated
 
 from comfyfn.gateway.schema import files_t, jobs_t
 from comfyfn.gateway.store import Store
+from tests.support.batches import batch_counts, results, write_rows
+from tests.support.cli_proc import CHILD_ENV, run_cli
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
+from tests.support.simulated import simulated
+from tests.support.tcp_cut import TcpCut
+from tests.support.workers import Worker
 
 ROWS = 1000
 JOB_MS = 80
@@ -169,8 +170,8 @@ def test_three_workers_through_kill_9_a_postgres_outage_and_sigterm_run_1000_row
             assert follower.finished(240) == 0, where_things_are(db, name, follower, workers)
             seconds = time.monotonic() - started
         finally:
-            for w in workers.values():
-                w.stop()
+            for worker in workers.values():
+                worker.stop()
             if follower.proc.poll() is None:
                 follower.proc.kill()
         wait_for(lambda: all(map(idle, every_url)), 60, "every server done with its queue")

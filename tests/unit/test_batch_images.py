@@ -9,12 +9,12 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from special_files import make_fifo, make_sparse, without_waiting_on
-from tests_png import image_bytes
 
 from comfyfn.batch.jobs import FOLDER, Job, image_path, prepare, prepare_async
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.workflow import _images, builtin
+from tests.support.special_files import make_fifo, make_sparse, without_waiting_on
+from tests.support.tests_png import image_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore::comfyfn.ComfyWarning")  # tiny test images
 

@@ -1,16 +1,16 @@
 """Rows are read as the servers take jobs, never all at once: the first job is submitted
 after a handful of rows, and the rows read never run ahead of the results by more than the
 slots and the lookahead (so memory stays flat however long the input). On a simulated
-ComfyUI (tests/simcomfy.py)."""
+ComfyUI (tests/support/simcomfy.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-from simcomfy import Settings, SimServer, simulated_servers
 
 from comfyfn.batch import Batch, BatchSettings, Row
+from tests.support.simcomfy import Settings, SimServer, simulated_servers
 
 pytestmark = pytest.mark.anyio
 

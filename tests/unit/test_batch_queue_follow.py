@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fake_clock import FakeClock
 
 from comfyfn.batch import Row
 from comfyfn.batch.queued import CLOCK_SKEW, QueuedBatch, enqueue, load_workflow
 from comfyfn.gateway.store import NewFile, Store
+from tests.support.fake_clock import FakeClock
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ import asyncio
 import functools
 
 import pytest
-from fake_clock import FakeClock
-from job_records import job_record
 
 from comfyfn.gateway import bus as bus_module
 from comfyfn.gateway.bus import (
@@ -20,6 +18,8 @@ from comfyfn.gateway.bus import (
     Subscription,
 )
 from comfyfn.gateway.schema import JobRecord
+from tests.support.fake_clock import FakeClock
+from tests.support.job_records import job_record
 
 pytestmark = pytest.mark.anyio
 

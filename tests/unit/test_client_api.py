@@ -9,11 +9,12 @@ import threading
 
 import httpx
 import pytest
-from test_client_protocol import GRAPH, SERVER, FakeComfy, NoSocket
 
 import comfyfn
 from comfyfn import AsyncClient, AsyncJob, Client, ComfyError, Job
 from comfyfn.client import _config
+from tests.support.fake_comfy import GRAPH, SERVER, FakeComfy
+from tests.support.sockets import NoSocket
 
 #: how an async return type reads in the sync twin
 SYNC_TYPES = [

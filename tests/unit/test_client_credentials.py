@@ -1,7 +1,7 @@
 """Protected servers: credentials from :class:`Credentials` or the server URL go on every
 HTTP request and the websocket upgrade, and never into a log, an error, a repr or a result.
 
-HTTP runs against :class:`test_client_protocol.FakeComfy` behind :class:`Guarded`, a reverse
+HTTP runs against :class:`tests.support.fake_comfy.FakeComfy` behind :class:`Guarded`, a reverse
 proxy that answers 401 to anything without the credential; the websocket against a real
 ``websockets`` server on 127.0.0.1 that refuses the upgrade likewise. Every test reads the
 whole log (DEBUG, every logger: httpx writes each URL at INFO, websockets each request line
@@ -19,7 +19,6 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from test_client_protocol import GRAPH, SERVER, FakeComfy, NoSocket
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -29,6 +28,8 @@ from comfyfn.client import Credentials, public_url
 from comfyfn.client._credentials import split_url
 from comfyfn.client._http import environment_proxy
 from comfyfn.client._socket import EventSocket
+from tests.support.fake_comfy import GRAPH, SERVER, FakeComfy
+from tests.support.sockets import NoSocket
 
 pytestmark = pytest.mark.anyio
 

@@ -1,7 +1,7 @@
 """The client on current ComfyUI (0.28) as well as 0.3.75: cancel through the job routes,
 canonical prompt ids, throttled progress and ``progress_state``.
 
-:class:`FakeComfy28` is :class:`test_client_protocol.FakeComfy` with 0.28's job routes,
+:class:`FakeComfy28` is :class:`tests.support.fake_comfy.FakeComfy` with 0.28's job routes,
 answering as its source does (``server.py``, ``comfy_execution/jobs.py``); the plain
 FakeComfy answers those routes as 0.3.75 does (a 405: its front end is served at ``/``).
 """
@@ -15,13 +15,13 @@ import uuid
 
 import httpx
 import pytest
-from test_client_protocol import GRAPH, SERVER, FakeComfy, NoSocket, history_for, js
-from test_job_protocol import ReplaySocket
 
 import comfyfn
 from comfyfn import AsyncClient, Client
 from comfyfn.client._lookup import cancel
 from comfyfn.events import Progress, Queued, Started, Stopped, Succeeded, parse_message
+from tests.support.fake_comfy import GRAPH, SERVER, FakeComfy, history_for, js
+from tests.support.sockets import NoSocket, ReplaySocket
 
 pytestmark = pytest.mark.anyio
 
@@ -225,7 +225,7 @@ async def test_the_ids_comfyfn_makes_are_canonical_and_0_28_takes_them():
 # -- throttled progress and progress_state ----------------------------------------------------
 
 SLEEP_IMAGE = {"filename": "sleep_00001_.png", "subfolder": "", "type": "output"}
-#: A real ComfyUI 0.28.0 session, compacted (tests/graphs.py sleep_graph: 10 steps of 50 ms;
+#: A real ComfyUI 0.28.0 session, compacted (tests/support/graphs.py sleep_graph: 10 steps of 50 ms;
 #: recorded 2026-11-26): progress is throttled to ≥ 100 ms apart, so steps 1, 3, 5, 7, 9 and
 #: the last arrive. ``("progress_state", {node: (state, value, max)})`` stands for the full
 #: message, rebuilt by :func:`progress_state` with the keys 0.28 sends.

@@ -16,11 +16,11 @@ import uuid
 from typing import Any
 
 import pytest
-from test_client_protocol import GOOD_PNG, GRAPH, FakeComfy, load_sample
 
 from comfyfn.client._job import JobSettings, post_prompt
 from comfyfn.client._socket import JOB_TAG, EventSocket
 from comfyfn.events import parse_message
+from tests.support.fake_comfy import GOOD_PNG, GRAPH, FakeComfy, load_sample
 
 RECORDED = "ws_simple_run.json"
 

@@ -1,6 +1,6 @@
 """Output images: a damaged ``/view`` body is fetched again, then the job fails clearly.
 
-Through :class:`test_client_protocol.FakeComfy`, which answers with the recorded responses.
+Through :class:`tests.support.fake_comfy.FakeComfy`, which answers with the recorded responses.
 """
 
 from __future__ import annotations
@@ -11,22 +11,22 @@ import textwrap
 
 import httpx
 import pytest
-from test_client_protocol import (
+
+from comfyfn.client._job import follow
+from comfyfn.client._outputs import fetch_outputs
+from comfyfn.errors import CorruptOutput
+from comfyfn.events import BinaryFrame, Succeeded
+from tests.support.fake_comfy import (
     GOOD_PNG,
     GRAPH,
     HALF_PNG,
     SERVER,
     TYPES,
     FakeComfy,
-    NoSocket,
     history_for,
     spec,
 )
-
-from comfyfn.client._job import follow
-from comfyfn.client._outputs import fetch_outputs
-from comfyfn.errors import CorruptOutput
-from comfyfn.events import BinaryFrame, Succeeded
+from tests.support.sockets import NoSocket
 
 pytestmark = pytest.mark.anyio
 

@@ -1,19 +1,20 @@
 """Which jobs a failed server's moves are charged to: the job that ran there (or was next),
 never the jobs queued behind it — so a job that crashes its server again and again fails
-on its own retries without taking the others with it. On simulated servers (tests/simcomfy.py)."""
+on its own retries without taking the others with it. On simulated servers
+(tests/support/simcomfy.py)."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from graphs import sleep_graph
-from polling import await_until
-from simcomfy import Settings, simulated_servers
 
 from comfyfn import Workflow
 from comfyfn.events import Started
 from comfyfn.fleet import Fleet, FleetSettings, Moved, Ticket
+from tests.support.graphs import sleep_graph
+from tests.support.polling import await_until
+from tests.support.simcomfy import Settings, simulated_servers
 
 pytestmark = pytest.mark.anyio
 

@@ -1,6 +1,6 @@
 """A server that hangs (SIGSTOP) and resumes right after its jobs were moved off it: it runs
 its queue at once, so the fleet's removal of those jobs must already be waiting for it.
-On a simulated ComfyUI in a process of its own (tests/simcomfy.py), frozen for real."""
+On a simulated ComfyUI in a process of its own (tests/support/simcomfy.py), frozen for real."""
 
 from __future__ import annotations
 
@@ -9,30 +9,29 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from graphs import sleep_graph
-from polling import await_for
-from simcomfy import Settings, simulated_servers
 
 from comfyfn import Workflow
 from comfyfn.events import Started
 from comfyfn.fleet import Fleet, FleetSettings, Moved, Ticket
+from tests.support.checkout import module_env
+from tests.support.graphs import sleep_graph
+from tests.support.polling import await_for
+from tests.support.simcomfy import Settings, simulated_servers
+from tests.support.simulated import SIMCOMFY
 
 pytestmark = pytest.mark.anyio
 
-SIMCOMFY = Path(__file__).parents[1] / "simcomfy.py"
 
 
 @pytest.fixture
 def frozen_server() -> Iterator[tuple[str, int]]:
     """One simulated server's URL and the pid of its process (resumed and ended after)."""
-    args = [sys.executable, str(SIMCOMFY), "--ports", "1", "--load-ms", "0"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    args = [*SIMCOMFY, "--ports", "1", "--load-ms", "0"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=module_env())
     try:
         assert proc.stdout is not None
         started = json.loads(proc.stdout.readline())  # written once it listens

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from job_records import job_record
 
 from comfyfn.gateway.bus import JobBus, JobUpdate
+from tests.support.job_records import job_record
 
 pytestmark = pytest.mark.anyio
 

@@ -9,10 +9,10 @@ import logging
 
 import httpx
 import pytest
-from gateway_proc import InProcess, auth, settings_for
 from sqlalchemy.exc import OperationalError
 
 from comfyfn.gateway import service
+from tests.support.gateway_proc import InProcess, auth, settings_for
 
 
 @pytest.fixture

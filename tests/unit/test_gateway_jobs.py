@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 
 import pytest
-from polling import await_for
 
 from comfyfn.gateway import service
 from comfyfn.gateway.bus import JobUpdate
@@ -19,6 +18,7 @@ from comfyfn.gateway.schema import NewFile
 from comfyfn.gateway.settings import GatewaySettings
 from comfyfn.gateway.store import Store
 from comfyfn.storage import LocalStorage
+from tests.support.polling import await_for
 
 pytestmark = pytest.mark.anyio
 

@@ -11,13 +11,13 @@ from typing import Any, get_args
 
 import pytest
 from fastapi import FastAPI
-from gateway_proc import settings_for
 
 from comfyfn.gateway import create_app
 from comfyfn.gateway.responses import ImagesResponse, JobState
 from comfyfn.gateway.routes.jobs import job_view
 from comfyfn.gateway.schema import STATES, FileRecord, JobRecord
 from comfyfn.gateway.service import job_json
+from tests.support.gateway_proc import settings_for
 
 #: what a route may answer that is neither JSON nor an event stream: files and metrics,
 #: documented as text or bytes

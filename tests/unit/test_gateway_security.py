@@ -8,7 +8,6 @@ import hmac
 import ipaddress
 
 import pytest
-from fake_clock import FakeClock
 
 from comfyfn.gateway.errors import public_error, public_message
 from comfyfn.gateway.requests import text_problem
@@ -21,6 +20,7 @@ from comfyfn.gateway.security import (
     webhook_target_error,
 )
 from comfyfn.gateway.settings import GatewaySettings
+from tests.support.fake_clock import FakeClock
 
 
 @pytest.mark.parametrize(

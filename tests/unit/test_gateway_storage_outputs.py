@@ -7,9 +7,6 @@ the warm-up's readiness; previews handed to the bus."""
 from __future__ import annotations
 
 import pytest
-from polling import await_for
-from test_gateway_worker import FakeFleet, new_job, started
-from tests_png import image_bytes
 
 from comfyfn.events import Preview
 from comfyfn.gateway import service
@@ -22,6 +19,9 @@ from comfyfn.gateway.settings import GatewaySettings, default_data_dir
 from comfyfn.gateway.store import Store
 from comfyfn.result import Generation, Image, Output, Timings
 from comfyfn.storage import LocalStorage
+from tests.support.fake_fleet import FakeFleet, new_job, started
+from tests.support.polling import await_for
+from tests.support.tests_png import image_bytes
 
 pytestmark = pytest.mark.anyio
 

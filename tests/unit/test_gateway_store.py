@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from fake_clock import FakeClock
 
 from comfyfn.gateway.schema import JobRecord
 from comfyfn.gateway.store import STATES, Store
+from tests.support.fake_clock import FakeClock
 
 
 @pytest.fixture

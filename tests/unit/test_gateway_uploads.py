@@ -17,10 +17,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from fileserver import FileServer, Reply
-from gateway_proc import InProcess, auth, settings_for
 from PIL import Image
-from tests_png import image_bytes
 
 from comfyfn.gateway.uploads import (
     MAX_UPLOAD_BYTES,
@@ -35,6 +32,9 @@ from comfyfn.gateway.uploads import (
 )
 from comfyfn.storage import LocalStorage
 from comfyfn.workflow import zimage_edit
+from tests.support.fileserver import FileServer, Reply
+from tests.support.gateway_proc import InProcess, auth, settings_for
+from tests.support.tests_png import image_bytes
 
 ELSEWHERE = "http://127.0.0.1:9/elsewhere.png"  #: where a redirect points
 WORKFLOWS = (("zimage-turbo", "zimage-turbo"), ("zimage-edit", "zimage-edit"))

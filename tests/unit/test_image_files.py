@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from special_files import make_fifo, make_sparse, without_waiting_on
-from tests_png import image_bytes
 
 from comfyfn.errors import ConfigError
 from comfyfn.workflow._images import MAX_INPUT_BYTES, is_local_file, read_image_file
+from tests.support.special_files import make_fifo, make_sparse, without_waiting_on
+from tests.support.tests_png import image_bytes
 
 
 def test_a_regular_file_is_read_whole(tmp_path: Path) -> None:

@@ -8,15 +8,15 @@ import threading
 import warnings
 
 import pytest
-from fileserver import FileServer, Reply
 from PIL import Image as PIL
-from special_files import make_fifo, make_sparse, without_waiting_on
-from tests_png import image_bytes
 
 from comfyfn.client._inputs import fetch_url, fetch_urls
 from comfyfn.errors import ConfigError, WorkflowInvalid
 from comfyfn.result import Image
 from comfyfn.workflow import ComfyWarning, InputImage, Workflow, _images, builtin
+from tests.support.fileserver import FileServer, Reply
+from tests.support.special_files import make_fifo, make_sparse, without_waiting_on
+from tests.support.tests_png import image_bytes
 
 warnings.simplefilter("ignore", ComfyWarning)
 

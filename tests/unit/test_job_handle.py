@@ -1,8 +1,8 @@
 """The job handle: submit → AsyncJob / Job with events(), result(), cancel(), attach().
 
-Every test runs the real client against :class:`test_client_protocol.FakeComfy` (recorded
+Every test runs the real client against :class:`tests.support.fake_comfy.FakeComfy` (recorded
 ComfyUI answers, a queue and a history) through ``transport=``; the websocket cannot
-connect, so jobs are followed by polling (tests/unit/test_job_protocol.py replays the socket).
+connect, so jobs are followed by polling (tests/support/sockets.py replays the socket).
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import time
 
 import httpx
 import pytest
-from polling import await_until
-from test_client_protocol import GRAPH, SERVER, FakeComfy, NoSocket
 
 import comfyfn
 from comfyfn import AsyncClient, AsyncJob, Client, Job
 from comfyfn.events import Failed, NodeFinished, Queued, Started, Stopped, Succeeded
+from tests.support.fake_comfy import GRAPH, SERVER, FakeComfy
+from tests.support.polling import await_until
+from tests.support.sockets import NoSocket
 
 pytestmark = pytest.mark.anyio
 

@@ -1,9 +1,10 @@
 """The protocol under a job: the websocket replayed from recordings, the history race, lost
 answers to POST /prompt, retries — each through the real client and a fake ComfyUI.
 
-The websocket is :class:`ReplaySocket` (the private ``AsyncClient._socket_class`` seam): it
-never connects, and says the messages a real ComfyUI 0.3.75 sent (tests/fixtures/comfyui/
-``ws_*.json``), re-keyed to the job, when the fake server accepts the job.
+The websocket is :class:`ReplaySocket` (tests/support/sockets.py; the private
+``AsyncClient._socket_class`` seam): it never connects, and says the messages a real ComfyUI
+0.3.75 sent (tests/fixtures/comfyui/``ws_*.json``), re-keyed to the job, when the fake
+server accepts the job.
 """
 
 from __future__ import annotations
@@ -17,23 +18,11 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from test_client_protocol import (
-    FIXTURES,
-    GRAPH,
-    SERVER,
-    FakeComfy,
-    NoSocket,
-    history_for,
-    js,
-    load_sample,
-    spec,
-)
 
 import comfyfn
 from comfyfn import AsyncClient
 from comfyfn.client import _lookup
 from comfyfn.client._job import JobSettings, JobSpec, follow
-from comfyfn.client._socket import LOST, EventSocket
 from comfyfn.events import (
     Failed,
     NodeFinished,
@@ -44,35 +33,18 @@ from comfyfn.events import (
     Stopped,
     Succeeded,
 )
+from tests.support.fake_comfy import (
+    FIXTURES,
+    GRAPH,
+    SERVER,
+    FakeComfy,
+    history_for,
+    js,
+    spec,
+)
+from tests.support.sockets import FRAME, NoSocket, ReplaySocket
 
 pytestmark = pytest.mark.anyio
-
-FRAME = (FIXTURES / "ws_binary_frame_0.bin").read_bytes()  # a legacy SaveImageWebsocket frame
-
-
-class ReplaySocket(EventSocket):
-    """A websocket that is always up and says what it is told: recorded messages."""
-
-    async def ensure(self) -> bool:
-        return True
-
-    def say(self, recording: str, prompt_id: str, *, until: str | None = None) -> None:
-        """Route the recorded messages (up to the first of type ``until``) as if received."""
-        messages = load_sample(recording)
-        recorded_id = next(m["data"]["prompt_id"] for m in messages if "execution_start" in str(m))
-        for message in messages:
-            if "binary" in message:
-                self._route_frame(FRAME)
-                continue
-            if message["type"] == until:
-                return
-            raw = json.dumps({"type": message["type"], "data": message["data"]})
-            self._route_json(raw.replace(recorded_id, prompt_id))
-
-    def lose(self) -> None:
-        """The connection drops: every job falls back to polling."""
-        for queue in self._subs.values():
-            queue.put_nowait(LOST)
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +62,7 @@ def on_post(fake: FakeComfy, client: AsyncClient, recording: str, **kw) -> None:
         client._socket.say(recording, body["prompt_id"], **kw)
         return response
 
-    fake.post_prompt = post_prompt
+    fake.post_prompt = post_prompt  # type: ignore[method-assign]  # says the recording too
 
 
 # -- the websocket, replayed ----------------------------------------------------------------
@@ -337,7 +309,7 @@ async def test_sampler_previews_are_events_and_websocket_saves_stay_images():
             say(c._socket)
             return response
 
-        fake.post_prompt = post_prompt
+        fake.post_prompt = post_prompt  # type: ignore[method-assign]  # says it too
         job = await c.submit_graph(graph, validate=False, prompt_id=prompt_id)
         events = [e async for e in job.events()]
     previews = [e for e in events if isinstance(e, Preview)]

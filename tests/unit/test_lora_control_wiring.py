@@ -9,7 +9,6 @@ import copy
 import logging
 
 import pytest
-from test_client_protocol import GRAPH, SERVER, FakeComfy, NoSocket, js
 from typer.testing import CliRunner
 
 from comfyfn import AsyncClient
@@ -33,6 +32,8 @@ from comfyfn.workflow import (
     zimage_control,
     zimage_turbo,
 )
+from tests.support.fake_comfy import GRAPH, SERVER, FakeComfy, js
+from tests.support.sockets import NoSocket
 
 KEY = "sk-comfy-org-7f3a9c"  # a Comfy.org API key as a caller would give it
 INFO = bundled_object_info("0.33.0")

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
-from modelserver import BODY, SHA, ModelServer, entry, leftovers
 
 from comfyfn.errors import ConfigError
 from comfyfn.models import ChecksumMismatch, DownloadFailed, _download, pull, pull_file
+from tests.support.modelserver import BODY, SHA, ModelServer, entry, leftovers
 
 
 @pytest.fixture

@@ -17,13 +17,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from modelserver import BODY, SHA, ModelServer, entry, leftovers
-from polling import wait_for
 from typer.testing import CliRunner
 
 from comfyfn.cli._app import app
 from comfyfn.errors import ConfigError
 from comfyfn.models import DownloadFailed, _download, load_manifest, pull, pull_file
+from tests.support.modelserver import BODY, SHA, ModelServer, entry, leftovers
+from tests.support.polling import wait_for
 
 runner = CliRunner()
 SECRET = {"TOKEN": "s3cret"}

@@ -1,5 +1,5 @@
 """``comfyfn models pull URL --folder F --sha256 HEX``: one file (a LoRA, say) by URL,
-verified by the sha256 given, from a loopback hub (tests/modelserver.py); a missing or bad
+verified by the sha256 given, from a loopback hub (tests/support/modelserver.py); a missing or bad
 hash is a clear error before anything is downloaded."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import hashlib
 from collections.abc import Iterator
 
 import pytest
-from modelserver import SHA, ModelServer
 from typer.testing import CliRunner
 
 from comfyfn.cli._models import models_app
 from comfyfn.errors import ConfigError
 from comfyfn.models import url_file
+from tests.support.modelserver import SHA, ModelServer
 
 runner = CliRunner()
 

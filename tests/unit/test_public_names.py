@@ -43,17 +43,20 @@ def test_the_public_face_is_large_enough_to_mean_something():
     assert len(EXPORTED) > 150
 
 
-@pytest.mark.parametrize(("package", "name", "obj"), EXPORTED, ids=lambda v: str(v)[:40])
+def ids(items: list[tuple[str, str, object]]) -> list[str]:
+    return [f"{package}.{name}" for package, name, _ in items]
+
+
+@pytest.mark.parametrize(("package", "name", "obj"), EXPORTED, ids=ids(EXPORTED))
 def test_each_shows_a_public_module_that_has_it(package, name, obj):
     assert not any(part.startswith("_") for part in obj.__module__.split(".")), obj.__module__
     assert getattr(importlib.import_module(obj.__module__), obj.__name__) is obj
 
 
-@pytest.mark.parametrize(
-    ("package", "name", "obj"),
-    [e for e in EXPORTED if isinstance(e[2], type)],
-    ids=lambda v: str(v)[:40],
-)
+CLASSES = [e for e in EXPORTED if isinstance(e[2], type)]
+
+
+@pytest.mark.parametrize(("package", "name", "obj"), CLASSES, ids=ids(CLASSES))
 def test_each_class_s_fields_still_resolve(package, name, obj):
     typing.get_type_hints(obj)
 

@@ -12,7 +12,6 @@ import json
 from typing import Any
 
 import pytest
-from fileserver import Reply
 from typer.testing import CliRunner
 
 from comfyfn import Workflow
@@ -27,6 +26,7 @@ from comfyfn.workflow import (
     served_workflow,
     server_source,
 )
+from tests.support.fileserver import Reply
 
 INFO = bundled_object_info("0.33.0")
 runner = CliRunner()

@@ -1,4 +1,4 @@
-"""The simulated ComfyUI (tests/simcomfy.py) at scale: 64 servers in this process serve a
+"""The simulated ComfyUI (tests/support/simcomfy.py) at scale: 64 servers in this process serve a
 batch through comfyfn's own client, each prompt running once; model loads and the process
 form are checked too."""
 
@@ -6,21 +6,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest
-from graphs import sleep_graph
-from simcomfy import Settings, simulated_servers
 
 import comfyfn
 from comfyfn.batch import Batch, BatchSettings, Row
+from tests.support.checkout import module_env
+from tests.support.graphs import sleep_graph
+from tests.support.simcomfy import Settings, simulated_servers
+from tests.support.simulated import SIMCOMFY
 
 pytestmark = pytest.mark.anyio
 
-SIMCOMFY = Path(__file__).parents[1] / "simcomfy.py"
 
 
 async def test_a_batch_over_64_servers_runs_every_row_once():
@@ -77,9 +76,10 @@ async def test_an_identical_prompt_is_served_from_the_cache_as_comfyui_does():
 
 def test_the_process_serves_n_ports_and_says_where():
     proc = subprocess.Popen(
-        [sys.executable, str(SIMCOMFY), "--ports", "3", "--job-ms", "5"],
+        [*SIMCOMFY, "--ports", "3", "--job-ms", "5"],
         stdout=subprocess.PIPE,
         text=True,
+        env=module_env(),
     )
     try:
         assert proc.stdout is not None

@@ -13,12 +13,12 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from gateway_proc import InProcess, settings_for
 
 from comfyfn.gateway import create_app
 from comfyfn.gateway.ui._pages import CSP, static_names
 from comfyfn.gateway.ui._recipes import _within
 from comfyfn.gateway.ui._session import COOKIE, SIGN_IN_RATE, UI_HEADER
+from tests.support.gateway_proc import InProcess, settings_for
 
 APP = {UI_HEADER: "1"}
 _clients = itertools.count(2)

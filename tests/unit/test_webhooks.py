@@ -19,7 +19,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from job_records import job_record
 
 from comfyfn.errors import ComfyError
 from comfyfn.gateway.security import address_error, check_webhook, webhook_target_error
@@ -29,6 +28,7 @@ from comfyfn.gateway.webhooks import (
     deliver_webhook,
     webhook_payload,
 )
+from tests.support.job_records import job_record
 
 PUBLIC = "93.184.216.34"
 SECRET = b"s" * 32

@@ -6,13 +6,13 @@ import inspect
 import json
 
 import pytest
-from tests_png import image_bytes
 
 from comfyfn import Workflow
 from comfyfn.errors import WorkflowInvalid
 from comfyfn.provenance import add_text_chunks
 from comfyfn.workflow import builtin, bundled_object_info, zimage, zimage_turbo
 from comfyfn.workflow._signature import signature_for
+from tests.support.tests_png import image_bytes
 
 
 def test_builtin_params_are_typed():

@@ -1,4 +1,4 @@
-"""The HTTP and websocket routes of simulated ComfyUI servers (tests/simcomfy.py): what
+"""The HTTP and websocket routes of simulated ComfyUI servers (tests/support/simcomfy.py): what
 ComfyUI 0.3.75's ``server.py`` answers, for the routes comfyfn uses."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 if TYPE_CHECKING:
-    from simcomfy import SimServer
+    from tests.support.simcomfy import SimServer
 
 __all__ = ["FEATURES", "Routes"]
 

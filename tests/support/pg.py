@@ -28,7 +28,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from ports import free_port
+from tests.support.ports import free_port
 
 __all__ = ["INSTALL_HINT", "Postgres", "available", "find_bin"]
 

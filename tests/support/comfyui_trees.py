@@ -16,9 +16,9 @@ import pytest
 from comfyfn.engine import Engine
 
 #: ComfyUI 0.28.0 as ../shared holds it (no package registry has a ComfyUI newer than 0.3.75)
-COMFYUI_028 = Path(__file__).resolve().parents[2] / "shared/comfyui/0.28.0/ComfyUI-0.28.0.tar.gz"
+COMFYUI_028 = Path(__file__).resolve().parents[3] / "shared/comfyui/0.28.0/ComfyUI-0.28.0.tar.gz"
 #: ComfyUI 0.33.0 as ../shared holds it (upstream master of 2026-08-22, with its blueprints)
-COMFYUI_033 = Path(__file__).resolve().parents[2] / "shared/comfyui/0.33.0/ComfyUI-0.33.0.tar.gz"
+COMFYUI_033 = Path(__file__).resolve().parents[3] / "shared/comfyui/0.33.0/ComfyUI-0.33.0.tar.gz"
 
 
 def session_is_028() -> bool:

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from cli_proc import CHILD_ENV
-from polling import wait_for
-from ports import free_port
+
+from tests.support.cli_proc import CHILD_ENV
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
 
 ENV = dict(CHILD_ENV)  # tests may add to it (monkeypatch.setitem)
 

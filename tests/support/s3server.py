@@ -28,7 +28,8 @@ import uuid
 from pathlib import Path
 
 import httpx
-from ports import free_ports
+
+from tests.support.ports import free_ports
 
 __all__ = ["INSTALL_HINT", "S3Server", "available", "find_weed"]
 

@@ -17,7 +17,7 @@ In-process (tests)::
         cluster.urls                      # ["http://127.0.0.1:40123", ...]
         cluster.servers[0].counters       # requests per route, executions per prompt, loads
 
-As a process (benches): ``python tests/simcomfy.py --ports 64 --base-port 0 --job-ms 200``
+As a process (benches): ``python tests/support/simcomfy.py --ports 64 --base-port 0 --job-ms 200``
 prints one JSON line ``{"urls": [...], "pid": ...}`` once every server listens, and serves
 until SIGTERM/SIGINT. ``GET /simcomfy/counters`` (not a ComfyUI route) answers a server's
 counters and the process's CPU seconds.
@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from simcomfy_graph import (
+
+from tests.support.simcomfy_graph import (
     DEFAULT_MODELS,
     DEFAULT_OBJECT_INFO,
     invalid_prompt,
@@ -52,8 +53,8 @@ from simcomfy_graph import (
     outputs_of,
     png,
 )
-from simcomfy_job import Job
-from simcomfy_routes import Routes
+from tests.support.simcomfy_job import Job
+from tests.support.simcomfy_routes import Routes
 
 __all__ = ["Counters", "Settings", "SimCluster", "SimServer", "simulated_servers"]
 

@@ -1,4 +1,4 @@
-"""One job on a simulated ComfyUI (tests/simcomfy.py): the messages ComfyUI 0.3.75's
+"""One job on a simulated ComfyUI (tests/support/simcomfy.py): the messages ComfyUI 0.3.75's
 PromptExecutor sends, in its order and shape, with sleeps where it would compute."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import string
 import time
 from typing import TYPE_CHECKING, Any
 
-from simcomfy_graph import model_inputs, output_size, plan, png, signatures
+from tests.support.simcomfy_graph import model_inputs, output_size, plan, png, signatures
 
 if TYPE_CHECKING:
-    from simcomfy import SimServer
+    from tests.support.simcomfy import SimServer
 
 __all__ = ["Job"]
 

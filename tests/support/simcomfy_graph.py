@@ -1,4 +1,4 @@
-"""What a simulated ComfyUI (tests/simcomfy.py) knows of graphs: node definitions, the order
+"""What a simulated ComfyUI (tests/support/simcomfy.py) knows of graphs: node definitions, the order
 ComfyUI 0.3.75 runs nodes in, its output cache, the models a job needs, and its images.
 
 Pure functions and small data: no I/O but reading the object_info file once.
@@ -26,7 +26,7 @@ __all__ = [
     "png",
 ]
 
-DATA = Path(__file__).parents[1] / "src" / "comfyfn" / "workflow" / "data"
+DATA = Path(__file__).parents[2] / "src" / "comfyfn" / "workflow" / "data"
 DEFAULT_OBJECT_INFO = DATA / "object_info_0.3.75.json.gz"
 
 #: Model files each folder offers (the local engine's tiny models, and a checkpoint for

@@ -1,0 +1,1 @@
+"""Integration tests: the local engine, PostgreSQL, S3, simulated servers, a browser."""

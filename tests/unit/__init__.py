@@ -1,0 +1,1 @@
+"""Unit tests: no engine, no network beyond loopback."""
