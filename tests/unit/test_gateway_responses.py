@@ -14,9 +14,8 @@ from fastapi import FastAPI
 
 from comfyfn.gateway import create_app
 from comfyfn.gateway.responses import ImagesResponse, JobState
-from comfyfn.gateway.routes.jobs import job_view
 from comfyfn.gateway.schema import STATES, FileRecord, JobRecord
-from comfyfn.gateway.service import job_json
+from comfyfn.gateway.service import job_view
 from tests.support.gateway_proc import settings_for
 
 #: what a route may answer that is neither JSON nor an event stream: files and metrics,
@@ -176,16 +175,40 @@ def _job(**changes: Any) -> JobRecord:
         },
     ],
 )
-def test_a_job_answers_exactly_the_json_of_the_service(app: FastAPI, changes: dict) -> None:
-    """The model changes nothing: a field the service leaves out (an unknown output's type
-    and size, a failure's node) stays out, a null stays null, no field is added."""
+def test_a_job_answers_exactly_what_a_caller_may_see(app: FastAPI, changes: dict) -> None:
+    """A field the gateway does not know stays out (an unknown output's type and size, a
+    failure's node), a null stays null, nothing internal (a traceback) is added."""
     runtime = app.state.runtime
     runtime.files.remember(
         [FileRecord("fil_known", "job_1", "job_1/0.png", "image/png", 1234, "e1", 1.0)]
     )
     job = _job(**changes)
-    served = job_json(runtime, job, "http://gw")
-    assert job_view(runtime, job, "http://gw").model_dump(mode="json") == served
+    shown = job_view(runtime, job, "http://gw").model_dump(mode="json")
+    urls = [output.pop("url") for output in shown["outputs"]]
+    assert all(
+        u.startswith(f"http://gw/v1/files/{f}?") for u, f in zip(urls, job.outputs, strict=True)
+    )
+    known = {"fil_known": {"content_type": "image/png", "size": 1234}}
+    error = None
+    if job.error is not None:
+        message = job.error["message"].replace("/srv/comfy/x.png", "<path>")  # no server path
+        error = {"type": job.error["type"], "message": message}
+        error |= {k: str(v) for k, v in job.error.items() if k in ("node_id", "class_type")}
+        error |= {k: v for k, v in job.error.items() if k == "exception_type"}
+    assert shown == {
+        "id": job.id,
+        "object": "job",
+        "workflow": job.workflow,
+        "state": job.state,
+        "progress": job.progress,
+        "params": job.params,
+        "priority": job.priority,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "outputs": [{"id": f, **known.get(f, {})} for f in job.outputs],
+        "error": error,
+    }
 
 
 def test_an_images_answer_keeps_each_images_one_form() -> None:

@@ -150,8 +150,8 @@ async def test_openai_routes_get_the_still_images_only(tmp_path):
         assert await service.output_bytes(runtime, other_replica) == [
             (tmp_path / png.path).read_bytes()
         ]
-        shown = service.job_json(runtime, done, "http://gw")["outputs"]
-        assert [(o["content_type"], o["size"]) for o in shown] == [
+        shown = service.job_view(runtime, done, "http://gw").outputs
+        assert [(o.content_type, o.size) for o in shown] == [
             (f.content_type, f.size) for f in files
         ]
     finally:

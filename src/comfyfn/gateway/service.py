@@ -6,10 +6,10 @@ anything is stored: texts storable, parameters valid, a prompt not blank, cost l
 (:func:`wait_final`, :func:`follow`) wakes on this process's event bus at once and re-reads
 the store every :data:`~comfyfn.gateway.bus.FALLBACK_POLL` seconds for jobs another replica
 runs; the outputs come from the bus too (records and bytes) when this process ran the job.
-What a caller sees of a job is :func:`job_json`; its outputs' media types come from the
-file records this process has seen (:class:`~comfyfn.gateway._outputs.KnownFiles`), which
-the functions that fetch a job for a route (:func:`own_job`, :func:`create_job`,
-:func:`follow`) load first.
+What a caller sees of a job is :func:`job_view` (a typed :class:`JobObject`); its outputs'
+media types come from the file records this process has seen
+(:class:`~comfyfn.gateway._outputs.KnownFiles`), which the functions that fetch a job for a
+route (:func:`own_job`, :func:`create_job`, :func:`follow`) load first.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from comfyfn.gateway.bus import FALLBACK_POLL, JobUpdate
 from comfyfn.gateway.errors import ApiError, public_error
 from comfyfn.gateway.registry import Served
 from comfyfn.gateway.requests import text_problem
+from comfyfn.gateway.responses import JobError, JobObject, JobOutput
 from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.schema import TERMINAL, FileRecord, JobRecord, KeyRecord
 from comfyfn.gateway.security import sign_url, webhook_target_error
@@ -38,11 +39,11 @@ __all__ = [
     "create_job",
     "file_url",
     "follow",
-    "job_json",
+    "job_view",
     "load_files",
     "output_bytes",
-    "output_json",
     "output_records",
+    "output_view",
     "own_job",
     "read_output",
     "served_or_404",
@@ -77,31 +78,34 @@ def file_url(runtime: Runtime, base_url: str, file_id: str) -> str:
     return f"{base_url}/v1/files/{file_id}?{query}"
 
 
-def output_json(runtime: Runtime, file_id: str, base_url: str) -> dict[str, Any]:
+def output_view(runtime: Runtime, file_id: str, base_url: str) -> JobOutput:
     """One output of a job: id, signed URL and, when known here, media type and size."""
-    entry: dict[str, Any] = {"id": file_id, "url": file_url(runtime, base_url, file_id)}
     record = runtime.files.get(file_id)
-    if record is not None:
-        entry.update(content_type=record.content_type, size=record.size)
-    return entry
+    return JobOutput(
+        id=file_id,
+        url=file_url(runtime, base_url, file_id),
+        content_type=None if record is None else record.content_type,
+        size=None if record is None else record.size,
+    )
 
 
-def job_json(runtime: Runtime, job: JobRecord, base_url: str) -> dict[str, Any]:
-    outputs = [output_json(runtime, f, base_url) for f in job.outputs]
-    return {
-        "id": job.id,
-        "object": "job",
-        "workflow": job.workflow,
-        "state": job.state,
-        "progress": job.progress,
-        "params": job.params,
-        "priority": job.priority,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "outputs": outputs,
-        "error": public_error(job.error),
-    }
+def job_view(runtime: Runtime, job: JobRecord, base_url: str) -> JobObject:
+    """The job as a caller sees it; ``base_url``: the gateway's, for its outputs' signed
+    URLs."""
+    error = public_error(job.error)
+    return JobObject(
+        id=job.id,
+        workflow=job.workflow,
+        state=job.state,
+        progress=job.progress,
+        params=job.params,
+        priority=job.priority,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        outputs=[output_view(runtime, f, base_url) for f in job.outputs],
+        error=None if error is None else JobError.model_validate(error),
+    )
 
 
 async def create_job(

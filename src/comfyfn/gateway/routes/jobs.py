@@ -42,7 +42,7 @@ from comfyfn.gateway.schema import TERMINAL, JobRecord
 from comfyfn.gateway.service import (
     create_job,
     follow,
-    job_json,
+    job_view,
     load_files,
     own_job,
     wait_cancelled,
@@ -70,12 +70,6 @@ _DATABASE_UNAVAILABLE = ServerSentEvent(
 
 def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
-
-
-def job_view(runtime: Runtime, job: JobRecord, base: str) -> JobObject:
-    """The job as a caller sees it (:func:`~comfyfn.gateway.service.job_json`), typed; ``base``:
-    the gateway's URL, for its outputs' signed URLs."""
-    return JobObject.model_validate(job_json(runtime, job, base))
 
 
 @router.post("/v1/jobs", status_code=202)

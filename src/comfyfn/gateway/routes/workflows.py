@@ -19,7 +19,7 @@ from comfyfn.gateway.dependencies import ApiKey, RuntimeDep
 from comfyfn.gateway.errors import ApiError
 from comfyfn.gateway.registry import Registry, Served
 from comfyfn.gateway.responses import JobObject
-from comfyfn.gateway.routes.jobs import base_url, job_view
+from comfyfn.gateway.routes.jobs import base_url
 from comfyfn.gateway.routes.uploads import (
     image_params,
     read_request,
@@ -27,7 +27,7 @@ from comfyfn.gateway.routes.uploads import (
     validation_error,
 )
 from comfyfn.gateway.runtime import Runtime
-from comfyfn.gateway.service import create_job
+from comfyfn.gateway.service import create_job, job_view
 from comfyfn.gateway.store import KeyRecord
 
 __all__ = ["workflow_router"]

@@ -27,7 +27,7 @@ from comfyfn.gateway.responses import (
 from comfyfn.gateway.routes import jobs as job_routes
 from comfyfn.gateway.routes import uploads as upload_routes
 from comfyfn.gateway.schema import STATES
-from comfyfn.gateway.service import create_job, served_or_404
+from comfyfn.gateway.service import create_job, job_view, served_or_404
 from comfyfn.gateway.ui._history import PAGE, key_jobs
 from comfyfn.gateway.ui._recipes import RecipeRun, recipe_list, run_recipe
 from comfyfn.gateway.ui._session import UiKey
@@ -62,7 +62,7 @@ async def post_job(body: UiJob, request: Request, runtime: RuntimeDep, key: UiKe
         }
         params = await upload_routes.image_params(runtime, key, served, params, images)
     job = await create_job(runtime, key, served.name, params, None, None)
-    return job_routes.job_view(runtime, job, job_routes.base_url(request))
+    return job_view(runtime, job, job_routes.base_url(request))
 
 
 @router.get("/jobs")
@@ -76,7 +76,7 @@ async def list_jobs(
 ) -> JobPage:
     found = await key_jobs(runtime, key, before=before, state=state, limit=limit)
     base = job_routes.base_url(request)
-    data = [job_routes.job_view(runtime, job, base) for job in found]
+    data = [job_view(runtime, job, base) for job in found]
     more = len(found) == limit
     return JobPage(data=data, next=found[-1].created_at if more else None)
 

@@ -16,7 +16,7 @@ from comfyfn.errors import ConfigError
 from comfyfn.gateway.errors import ApiError
 from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.schema import KeyRecord
-from comfyfn.gateway.service import create_job, job_json, served_or_404
+from comfyfn.gateway.service import create_job, job_view, served_or_404
 from comfyfn.recipes import Recipe, list_recipes, load_recipe, nearest_generate_size
 from comfyfn.workflow import ComfyWarning
 
@@ -110,7 +110,7 @@ async def run_recipe(
                 "output": row["_output"],
                 "name": row["_name"],
                 "deliver": row["_deliver"],
-                "job": job_json(runtime, job, base_url),
+                "job": job_view(runtime, job, base_url),
             }
         )
     return {
