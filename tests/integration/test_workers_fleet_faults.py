@@ -185,7 +185,8 @@ def test_three_workers_through_kill_9_a_postgres_outage_and_sigterm_run_1000_row
     lines = results(out)
     assert sorted(int(r["row"]) for r in lines) == list(range(1, ROWS + 1))
     assert {r["state"] for r in lines} == {"done"}
-    # (a worker killed or stopped while writing may leave its temporary file: reported bug)
+    # (a temporary file of the killed worker stays until it is a minute old: the report sweeps
+    # older ones, tests/unit/test_files_sweep.py)
     made = sorted(p.relative_to(out).as_posix() for p in (out / "images").glob("[!.]*"))
     assert made == sorted(r["file"] for r in lines)
     assert len(set(made)) == ROWS

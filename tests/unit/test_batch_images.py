@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from comfyfn.batch.jobs import FOLDER, Job, image_path, prepare, prepare_async
+from comfyfn.batch.jobs import FOLDER, Job, aprepare, image_path, prepare
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.workflow import _images, builtin
 from tests.support.special_files import make_fifo, make_sparse, without_waiting_on
@@ -110,14 +110,14 @@ def test_prepare_async_fetches_urls_without_a_thread(file_server, edit, monkeypa
     base, files = file_server.url, file_server.files
     files["/q.png"] = image_bytes((48, 16), "red")
     monkeypatch.setattr(jobs, "_fetch", None)  # the blocking path must not be taken
-    job = asyncio.run(prepare_async(edit, Row(5, {"prompt": "p", "image": f"{base}/q.png"})))
+    job = asyncio.run(aprepare(edit, Row(5, {"prompt": "p", "image": f"{base}/q.png"})))
     assert isinstance(job, Job), job
     assert [image.size for image in job.workflow.uploads.values()] == [(48, 16)]
     assert job.values["image"] == f"{base}/q.png"
     monkeypatch.undo()
     same = prepare(edit, Row(5, {"prompt": "p", "image": f"{base}/q.png"}))
     assert isinstance(same, Job) and same.key == job.key  # the same job either way
-    missing = asyncio.run(prepare_async(edit, Row(6, {"prompt": "p", "image": f"{base}/x.png"})))
+    missing = asyncio.run(aprepare(edit, Row(6, {"prompt": "p", "image": f"{base}/x.png"})))
     assert isinstance(missing, RowError) and (missing.index, missing.column) == (6, "image")
     assert "HTTP 404" in missing.message
 
@@ -135,7 +135,7 @@ def test_a_device_a_pipe_or_a_huge_file_is_a_row_error_and_never_read(
     }
     for index, (value, problem) in rows.items():
         row = Row(index, {"prompt": "p", "image": value, FOLDER: str(tmp_path)})
-        error = without_waiting_on(fifo, partial(asyncio.run, prepare_async(edit, row)))
+        error = without_waiting_on(fifo, partial(asyncio.run, aprepare(edit, row)))
         assert isinstance(error, RowError) and (error.index, error.column) == (index, "image")
         path = image_path(value, tmp_path)
         assert str(error).startswith(f"row {index}, column 'image': the image for image, {path}, ")
@@ -157,7 +157,7 @@ def test_prepare_async_reads_image_files_off_the_event_loop(
 
     monkeypatch.setattr(_images, "read_image_file", spy)
     row = Row(1, {"prompt": "p", "image": "a.png", FOLDER: str(tmp_path)})
-    job = asyncio.run(prepare_async(edit, row))  # an event loop on this thread
+    job = asyncio.run(aprepare(edit, row))  # an event loop on this thread
     assert isinstance(job, Job), job
     assert [image.size for image in job.workflow.uploads.values()] == [(48, 16)]
     assert len(readers) == 1 and readers[0] != threading.get_ident()

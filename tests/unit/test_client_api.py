@@ -100,7 +100,7 @@ def no_engine(monkeypatch):
         return SERVER
 
     monkeypatch.delenv("COMFYFN_SERVER", raising=False)
-    monkeypatch.setattr(_config, "resolve_server_sync", resolve)
+    monkeypatch.setattr(_config, "resolve_server", resolve)
     monkeypatch.setattr(AsyncClient, "_socket_class", NoSocket)
     return lookups
 

@@ -16,12 +16,7 @@ import pydantic
 import pytest
 
 import comfyfn
-
-PACKAGES = [
-    "comfyfn",
-    *(f"comfyfn.{name}" for name in ("batch", "client", "engine", "fleet", "gateway", "mcp")),
-    *(f"comfyfn.{name}" for name in ("models", "recipes", "storage", "workflow")),
-]
+from tests.support.packages import PACKAGES
 
 
 def exported() -> Iterator[tuple[str, str, object]]:

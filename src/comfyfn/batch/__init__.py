@@ -36,7 +36,7 @@ __all__ = [
     "Row",
     "RowError",
     "Summary",
-    "amap",
+    "amap_rows",
     "expand",
     "map_rows",
     "output_place",
@@ -79,7 +79,7 @@ def run_batch(batch: Batch, *, on_result: Any = None, thumbnails: int = 500) -> 
     return summary
 
 
-async def amap(
+async def amap_rows(
     rows: Iterable[Mapping[str, Any]],
     *,
     server: str | None = None,
@@ -92,9 +92,9 @@ async def amap(
     its images; a bad row gives an ``invalid`` result naming its column. For several
     servers, files on disk and resuming, use :class:`Batch`.
     """
-    from comfyfn.client import resolve_server
+    from comfyfn.client import aresolve_server
 
-    url = await resolve_server(server)
+    url = await aresolve_server(server)
     batch = Batch(
         (Row(i, dict(r)) for i, r in enumerate(rows, 1)),
         None,
@@ -107,10 +107,10 @@ async def amap(
 
 
 def map_rows(rows: Iterable[Mapping[str, Any]], **options: Any) -> list[JobResult]:
-    """Blocking :func:`amap`: every row's result, in the order of ``rows``."""
+    """Blocking :func:`amap_rows`: every row's result, in the order of ``rows``."""
 
     async def collect() -> list[JobResult]:
-        return [result async for result in amap(rows, **options)]
+        return [result async for result in amap_rows(rows, **options)]
 
     return sorted(asyncio.run(collect()), key=lambda r: r.row)
 

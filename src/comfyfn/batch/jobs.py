@@ -7,7 +7,7 @@ The image is read and checked when the row is prepared, before anything is submi
 missing file, a URL that fails, a file that is not an accepted image, or a path naming no
 regular file within the byte limit (a device, a named pipe, a huge file: refused by its stat,
 never read) is a row error naming row and column, and the other rows go on.
-:func:`prepare_async` reads and fetches without blocking the event loop.
+:func:`aprepare` reads and fetches without blocking the event loop.
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ __all__ = [
     "FOLDER",
     "Job",
     "JobResult",
+    "aprepare",
     "image_path",
     "output_files",
     "output_folders",
     "output_name",
     "prepare",
-    "prepare_async",
     "save_outputs",
     "store_outputs",
     "stored_problem",
@@ -103,7 +103,7 @@ def prepare(
 ) -> Job | RowError:
     """Bind one row to the workflow; an unusable value gives a RowError naming its column.
     ``images``: the row's input images already read or fetched, by column
-    (:func:`prepare_async`); others are read and fetched here, blocking."""
+    (:func:`aprepare`); others are read and fetched here, blocking."""
     unusable = values_problem(row.values)  # rows made in code skip expand()'s checks
     if unusable is not None:
         return RowError(row.index, unusable[0], unusable[1], row.variant)
@@ -149,7 +149,7 @@ def prepare(
     )
 
 
-async def prepare_async(
+async def aprepare(
     wf: Workflow, row: Row, *, variables: frozenset[str] = frozenset()
 ) -> Job | RowError:
     """:func:`prepare`, with the row's input images fetched (URLs) and read (files, on a
@@ -243,7 +243,7 @@ def _row_image(value: Any, column: str, folder: Any) -> Any:
 def _fetch(url: str, column: str) -> InputImage:
     """The client's URL fetch (bounded in time and bytes), run to its end on a thread of its
     own, for a caller of :func:`prepare` inside an event loop (the event loop waits: prefer
-    :func:`prepare_async` there)."""
+    :func:`aprepare` there)."""
     from comfyfn.client import fetch_url
 
     with ThreadPoolExecutor(1, thread_name_prefix="comfyfn-image-url") as pool:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from comfyfn.batch.jobs import Job, JobResult, output_name, prepare_async
+from comfyfn.batch.jobs import Job, JobResult, aprepare, output_name
 from comfyfn.batch.manifest import Record
 from comfyfn.batch.report import Summary, nearest_rank, write_report_to
 from comfyfn.batch.rows import Row, RowError
@@ -180,9 +180,7 @@ async def enqueue(
     pending: list[QueuedRow] = []
     for item in rows:
         prepared = (
-            await prepare_async(workflow, item, variables=variables)
-            if isinstance(item, Row)
-            else item
+            await aprepare(workflow, item, variables=variables) if isinstance(item, Row) else item
         )
         if isinstance(prepared, RowError):
             row = _error_row(prepared, workflow.name or "batch")

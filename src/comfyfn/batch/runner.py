@@ -24,8 +24,8 @@ from typing import Any
 from comfyfn.batch.jobs import (
     Job,
     JobResult,
+    aprepare,
     output_folders,
-    prepare_async,
     save_outputs,
     store_outputs,
     stored_problem,
@@ -266,7 +266,7 @@ class Batch:
     async def _admit(self, wf: Workflow, item: Row | RowError) -> Job | None:
         """Record the row; a job to run, or None (invalid, or finished by an earlier run)."""
         prepared = (
-            await prepare_async(wf, item, variables=self.settings.variables)
+            await aprepare(wf, item, variables=self.settings.variables)
             if isinstance(item, Row)
             else item
         )
@@ -470,4 +470,3 @@ def template_variables(template: str | None, vary_names: Iterable[str]) -> froze
     if template:
         names |= {f for _, f, _, _ in string.Formatter().parse(template) if f}
     return frozenset(names)
-

@@ -38,7 +38,7 @@ from comfyfn.cli._models import models_app
 from comfyfn.cli._recipe import recipe_app
 from comfyfn.cli._worker import worker_command, workers_command
 from comfyfn.cli._workflow import parse_params, workflow_app
-from comfyfn.client import Client, Job, default_workflow, resolve_server_sync
+from comfyfn.client import Client, Job, default_workflow, resolve_server
 from comfyfn.errors import ConfigError
 from comfyfn.events import NodeCached, NodeStarted, Queued, Started
 from comfyfn.events import Progress as ProgressEvent
@@ -293,7 +293,7 @@ def info(
     server: ServerOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False
 ) -> None:
     """Server URL, ComfyUI version, devices and queue."""
-    with Client(resolve_server_sync(server)) as client:
+    with Client(resolve_server(server)) as client:
         stats, queue = client.system_stats(), client.queue()
         url = client.server
     system = stats.get("system", {})

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from comfyfn.client import resolve_server_sync
+from comfyfn.client import resolve_server
 from comfyfn.engine import Engine
 from comfyfn.errors import ComfyError, ConfigError, OutputUnusable, WorkflowInvalid
 from comfyfn.workflow import BUILTIN, server_source
@@ -167,7 +167,7 @@ def warnings_once() -> Iterator[None]:
 def server_url(server: str | None) -> str:
     """Resolve the server; with none given, install and start the local engine if needed."""
     try:
-        return resolve_server_sync(server)
+        return resolve_server(server)
     except ConfigError:
         if server or os.environ.get("COMFYFN_SERVER"):
             raise

@@ -131,14 +131,14 @@ def engine_up(
 def warm_servers(
     servers: Sequence[str], workflow: str | dict[str, Any], timeout: float | None = None
 ) -> None:
-    """Run ``workflow``'s warm-up job (:func:`comfyfn.models.warm_async`) once on every
+    """Run ``workflow``'s warm-up job (:func:`comfyfn.models.awarm`) once on every
     server, all at once; a server that fails is named, with why, and the command exits
     non-zero (2 for a workflow problem, else 1) before anything else is sent."""
-    from comfyfn.models import warm_async
+    from comfyfn.models import awarm
 
     async def one(url: str) -> float:
         async with AsyncClient(url) as client:
-            return (await warm_async(client, workflow, timeout=timeout)).seconds
+            return (await awarm(client, workflow, timeout=timeout)).seconds
 
     async def every() -> list[float | BaseException]:
         return await asyncio.gather(*(one(url) for url in servers), return_exceptions=True)

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from comfyfn.cli._common import err, esc, out, workflow_source
-from comfyfn.client import Client, resolve_server_sync
+from comfyfn.client import Client, resolve_server
 from comfyfn.errors import (
     ConfigError,
 )
@@ -85,12 +85,12 @@ def _load(source: str, server: str | None, *, strict: bool = True) -> tuple[Work
                 f"{source}: a {served[0]} is served by ComfyUI: give its --server "
                 "(or set COMFYFN_SERVER)"
             )
-        with Client(resolve_server_sync(url)) as client:
+        with Client(resolve_server(url)) as client:
             return client.workflow(source), client.server
     source = workflow_source(source)
     if not url:
         return Workflow.load(source, strict=strict), None
-    with Client(resolve_server_sync(url)) as client:
+    with Client(resolve_server(url)) as client:
         info = client.object_info()
         wf = Workflow.load(source, object_info=info, strict=strict)
         return wf.with_definitions(info), client.server
@@ -98,7 +98,7 @@ def _load(source: str, server: str | None, *, strict: bool = True) -> tuple[Work
 
 def _listings(url: str) -> dict[str, list[str] | RouteMissing]:
     found: dict[str, list[str] | RouteMissing] = {}
-    with Client(resolve_server_sync(url)) as client:
+    with Client(resolve_server(url)) as client:
         for kind in SERVED_ROUTES:
             try:
                 found[kind] = sorted(client.served_workflows(kind))

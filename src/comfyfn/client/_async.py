@@ -127,7 +127,7 @@ class AsyncClient:
                 raise ComfyError("the client is closed; create a new one")
             if self._session is not None:
                 return
-            server, from_url = split_url(await _config.resolve_server(self._server_arg))
+            server, from_url = split_url(await _config.aresolve_server(self._server_arg))
             credentials = from_url.merged(self._auth)
             self._session = HttpSession(
                 server,

@@ -22,7 +22,7 @@ from comfyfn.client._credentials import public_url
 from comfyfn.errors import ConfigError
 from comfyfn.workflow import KEY_ENV
 
-__all__ = ["comfy_org_key", "explicit_server", "resolve_server", "resolve_server_sync"]
+__all__ = ["aresolve_server", "comfy_org_key", "explicit_server", "resolve_server"]
 
 
 def comfy_org_key(given: str | None) -> str | None:
@@ -60,7 +60,7 @@ def explicit_server(server: str | None) -> str | None:
     return _normalise(env, "COMFYFN_SERVER") if env else None
 
 
-def resolve_server_sync(server: str | None, *, start_engine: bool = True) -> str:
+def resolve_server(server: str | None, *, start_engine: bool = True) -> str:
     """The server URL to use (with the credentials it carries); may start the local engine
     (blocking)."""
     if (url := explicit_server(server)) is not None:
@@ -78,8 +78,8 @@ def resolve_server_sync(server: str | None, *, start_engine: bool = True) -> str
     )
 
 
-async def resolve_server(server: str | None) -> str:
-    """As :func:`resolve_server_sync`; the local engine is looked up in a worker thread."""
+async def aresolve_server(server: str | None) -> str:
+    """As :func:`resolve_server`; the local engine is looked up in a worker thread."""
     if (url := explicit_server(server)) is not None:
         return url
-    return await asyncio.to_thread(resolve_server_sync, server)
+    return await asyncio.to_thread(resolve_server, server)

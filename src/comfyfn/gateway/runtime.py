@@ -33,7 +33,7 @@ from comfyfn.gateway.security import RateLimiter
 from comfyfn.gateway.settings import GatewaySettings
 from comfyfn.gateway.store import Store
 from comfyfn.gateway.worker import Worker, job_models
-from comfyfn.models import warm_async
+from comfyfn.models import awarm
 from comfyfn.storage import Storage
 
 __all__ = ["Runtime", "Submitter", "WarmUp"]
@@ -44,7 +44,7 @@ log = logging.getLogger("comfyfn.gateway")
 @dataclass
 class WarmUp:
     """The warm-up of every server at start: each of ``workflows`` run once as its smallest
-    job (:func:`comfyfn.models.warm_async`), so the first user job does not load models.
+    job (:func:`comfyfn.models.awarm`), so the first user job does not load models.
     ``/readyz`` is not ready until it is done, nor after it failed (``failed`` names the
     workflows, by name and never by folder, and never the servers; the log has the
     details). A server down at start fails its warm-up: the gateway then stays not ready
@@ -89,9 +89,7 @@ class WarmUp:
         for name in self.workflows:
             served = registry.get(name)
             try:
-                warmed = await warm_async(
-                    client, served.workflow if served else name, timeout=timeout
-                )
+                warmed = await awarm(client, served.workflow if served else name, timeout=timeout)
             except Exception as exc:  # any failure must end the warm-up, not leave it pending
                 if isinstance(exc, ComfyError):
                     log.error("warm-up of %s on %s failed: %s", name, where, exc)

@@ -46,7 +46,7 @@ from comfyfn.models._errors import ChecksumMismatch, DownloadFailed
 from comfyfn.models._http import PushFailed
 from comfyfn.models._manifest import BUILTIN_MANIFESTS, ModelFile, ModelManifest, load_manifest
 from comfyfn.models._push import Pushed, PushProgress, blake3_of, pull_to_server, push_file
-from comfyfn.models._warm import WARMUP_PREFIX, Warmed, warm, warm_async, warm_job
+from comfyfn.models._warm import WARMUP_PREFIX, Warmed, awarm, warm, warm_job
 
 __all__ = [
     "BUILTIN_MANIFESTS",
@@ -67,6 +67,7 @@ __all__ = [
     "ServerModels",
     "Source",
     "Warmed",
+    "awarm",
     "blake3_of",
     "check_server",
     "check_servers",
@@ -81,7 +82,6 @@ __all__ = [
     "sources_from",
     "url_file",
     "warm",
-    "warm_async",
     "warm_job",
 ]
 

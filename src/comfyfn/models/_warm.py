@@ -20,7 +20,7 @@ from typing import Any
 from comfyfn.client import AsyncClient, Client, WorkflowSource
 from comfyfn.workflow import ComfyWarning, Param, Workflow
 
-__all__ = ["WARMUP_PREFIX", "Warmed", "warm", "warm_async", "warm_job"]
+__all__ = ["WARMUP_PREFIX", "Warmed", "awarm", "warm", "warm_job"]
 
 WARMUP_PREFIX = "comfyfn_warmup"
 _SEED = 0
@@ -65,7 +65,7 @@ def _grey_png() -> bytes:
     return out.getvalue()
 
 
-async def warm_async(
+async def awarm(
     client: AsyncClient, workflow: WorkflowSource | Workflow, *, timeout: float | None = None
 ) -> Warmed:
     """Run the warm-up job of ``workflow`` on ``client``'s server and wait for it."""
@@ -78,7 +78,7 @@ async def warm_async(
 def warm(
     client: Client, workflow: WorkflowSource | Workflow, *, timeout: float | None = None
 ) -> Warmed:
-    """:func:`warm_async` for the synchronous :class:`~comfyfn.client.Client`."""
+    """:func:`awarm` for the synchronous :class:`~comfyfn.client.Client`."""
     job = warm_job(client.workflow(workflow))
     started = time.monotonic()
     generation = client.submit_graph(job, timeout=timeout).result()
