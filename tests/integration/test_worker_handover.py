@@ -32,7 +32,7 @@ def test_sigterm_takes_waiting_prompts_off_the_server_and_the_next_worker_reatta
             )[0].id
             for i in range(4)
         ]
-    with simulated(1, job_ms=1500) as urls:
+    with simulated(1, job_ms=4000) as urls:
         (url,) = urls
         first = Worker("first", db, storage, urls, 30.0, "--prime", "2")
         try:
@@ -42,7 +42,11 @@ def test_sigterm_takes_waiting_prompts_off_the_server_and_the_next_worker_reatta
             assert first.proc.wait(timeout=60) == 0
         finally:
             first.stop()
-        assert queue_of(url) == (running, [])  # ours taken off; the running one left
+        now_running, now_waiting = queue_of(url)
+        assert now_waiting == []  # ours taken off
+        # the running one left there (or, on a slow machine, finished meanwhile: then no
+        # other of ours took its place)
+        assert now_running in (running, [])
         with Store(db) as store:
             found = [store.get_job(i) for i in ids]
         handed = [j for j in found if j is not None]

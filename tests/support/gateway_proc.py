@@ -103,7 +103,7 @@ class Gateway:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(15)
+                self.proc.wait(60)  # slow on a loaded machine, not hung
             except subprocess.TimeoutExpired:
                 self.kill()
 
