@@ -103,7 +103,8 @@ def test_each_typed_answer_is_checked_against_the_schema(live):
         checks = schema.config.checks_config_for(operation=operation, phase=None)
         assert checks.response_schema_conformance.enabled, label
         response = operation.Case(**parts).call_and_validate(
-            headers={"Authorization": f"Bearer {live.key}"}
+            headers={"Authorization": f"Bearer {live.key}"},
+            timeout=300,  # schemathesis stops reading an event stream after 10 s by default
         )
         assert 200 <= response.status_code < 300, (label, response.status_code, response.text)
         return response
