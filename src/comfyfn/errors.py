@@ -4,6 +4,7 @@
 
     ComfyError
     ├── ConfigError                 bad argument or environment value (names it)
+    │   └── SchemaTooNew            a database a newer comfyfn migrated (left untouched)
     ├── TransportError              talking to a server failed
     │   ├── ServerUnreachable       connect refused / DNS / connect timeout
     │   ├── HTTPStatusError         a non-2xx answer (status and body kept)
@@ -41,6 +42,7 @@ __all__ = [
     "NodeProblem",
     "OutputUnusable",
     "ProtocolError",
+    "SchemaTooNew",
     "ServerUnreachable",
     "TransportError",
     "WorkflowInvalid",
@@ -61,6 +63,11 @@ class ComfyError(Exception):
 
 class ConfigError(ComfyError, ValueError):
     """An argument or environment variable has a value comfyfn cannot use."""
+
+
+class SchemaTooNew(ConfigError):
+    """A database (the gateway's job store, a batch manifest) is at a schema revision this
+    comfyfn does not know: a newer comfyfn migrated it, so it is refused, nothing changed."""
 
 
 class TransportError(ComfyError):

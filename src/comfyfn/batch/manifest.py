@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from comfyfn._files import fsync_directory
+from comfyfn.batch import migrations
 from comfyfn.errors import ConfigError
 
 __all__ = ["Commit", "Manifest", "ManifestError", "Record", "file_problem"]
@@ -70,28 +71,6 @@ def _guarded(method: Callable[..., T]) -> Callable[..., T]:
             raise ManifestError(f"cannot use the manifest {self.path}: {exc}") from exc
 
     return call
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    key TEXT PRIMARY KEY,
-    row INTEGER NOT NULL,
-    label TEXT NOT NULL,
-    stem TEXT NOT NULL,
-    params TEXT NOT NULL,
-    state TEXT NOT NULL,
-    server TEXT,
-    prompt_id TEXT,
-    files TEXT,
-    error TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    submitted_at REAL,
-    finished_at REAL,
-    seconds REAL,
-    executed REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
-"""
 
 
 @dataclass(frozen=True)
@@ -230,8 +209,10 @@ class Manifest:
     """Single-runner access to ``manifest.sqlite`` (WAL, fsync on commit, writes
     group-committed by a thread of its own); not to be shared between threads.
 
-    Errors are :class:`ManifestError` naming the file: held by another runner, not a
-    manifest, or on a disk that refuses writes.
+    Opening brings the manifest to the newest schema revision this comfyfn knows (see
+    :mod:`comfyfn.batch.migrations`). Errors are :class:`ManifestError` naming the file: held
+    by another runner, not a manifest, or on a disk that refuses writes; a manifest a newer
+    comfyfn made is refused with :class:`~comfyfn.errors.SchemaTooNew`, untouched.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -251,14 +232,22 @@ class Manifest:
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(_SCHEMA)
-            _add_missing_columns(self.db)
+            migrations.upgrade(self.db, self.path)
         except sqlite3.DatabaseError as exc:
             self.close()
             raise ManifestError(
                 f"{self.path} is not a usable comfyfn manifest ({exc}); "
                 "move it away to start the batch afresh"
             ) from exc
+        except ImportError as exc:  # only a manifest to create or upgrade needs them
+            self.close()
+            raise ManifestError(
+                f"cannot create or upgrade the manifest {self.path}: {exc} "
+                "(SQLAlchemy and Alembic are needed)"
+            ) from exc
+        except BaseException:  # SchemaTooNew (names the file), or interrupted
+            self.close()
+            raise
         self._writer = _Writer(
             self.db if memory else self._writing_connection(), self.path, threaded=not memory
         )
@@ -455,17 +444,6 @@ class Manifest:
             (offset,),
         ).fetchone()
         return float(value)
-
-
-#: columns added since the first manifests, with their types: added to older ones on open
-_ADDED = {"executed": "REAL"}
-
-
-def _add_missing_columns(db: sqlite3.Connection) -> None:
-    have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-    for column, kind in _ADDED.items():
-        if column not in have:
-            db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
 
 def _lock(path: Path) -> int:

@@ -13,10 +13,11 @@
 Schema versions are Alembic revisions shipped in :mod:`comfyfn.gateway.migrations`: opening
 a store upgrades its database to the newest revision this comfyfn knows, in one transaction
 (PostgreSQL: under an advisory lock, so processes starting together do not race; SQLite:
-``BEGIN IMMEDIATE``). A database made before schema versions (its tables exist, no version
-table) is brought to the baseline once (the columns added before versions, if missing) and
-stamped ``0001``. A database at a revision this comfyfn does not know (a newer comfyfn
-migrated it) is refused with :class:`SchemaTooNew`: nothing is changed.
+``BEGIN IMMEDIATE``), the way :mod:`comfyfn._schema_versions` does it for every comfyfn
+database. A database made before schema versions (its tables exist, no version table) is
+brought to the baseline once (the columns added before versions, if missing) and stamped
+``0001``. A database at a revision this comfyfn does not know (a newer comfyfn migrated it)
+is refused with :class:`SchemaTooNew`: nothing is changed.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from comfyfn.errors import ComfyError, ConfigError
+from comfyfn import _schema_versions
+from comfyfn.errors import ComfyError, SchemaTooNew
 
 __all__ = [
     "SQLITE_BUSY_TIMEOUT",
@@ -49,22 +51,25 @@ SQLITE_BUSY_TIMEOUT = 30.0  #: seconds a SQLite writer waits for the database lo
 _PG_INIT_LOCK = 0x63666E5F73746F72  # pg_advisory_xact_lock key for migrations ("cfn_stor")
 MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "cfn_alembic_version"
-_BASELINE = "0001"
-#: columns added before schema versions: a database made before them gets them once
-_PRE_VERSION_COLUMNS = (
-    ("cfn_jobs", "attempts"),
-    ("cfn_jobs", "priority"),
-    ("cfn_keys", "max_priority"),
-)
 #: database errors that mean "not now" (down, restarting, locked, pool exhausted)
 _NOT_NOW = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
 
 
 log = logging.getLogger("comfyfn.gateway")
 
-
-class SchemaTooNew(ConfigError):
-    """The database's schema is newer than this comfyfn knows: refuse to touch it."""
+_VERSIONS = _schema_versions.Versions(
+    name="job database",
+    migrations=MIGRATIONS,
+    version_table=VERSION_TABLE,
+    baseline="0001",
+    marker="cfn_jobs",
+    added_before=(  # a database made before schema versions gets them once
+        ("cfn_jobs", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+        ("cfn_jobs", "priority", "INTEGER NOT NULL DEFAULT 0"),
+        ("cfn_keys", "max_priority", "INTEGER NOT NULL DEFAULT 0"),
+    ),
+    log=log,
+)
 
 
 class StoreUnreachable(ComfyError):
@@ -75,15 +80,9 @@ class StoreUnreachable(ComfyError):
         self.where = where  #: host:port/database (never the password), or the SQLite file
 
 
-def _script() -> Any:
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory(str(MIGRATIONS), version_locations=[str(MIGRATIONS / "versions")])
-
-
 def head_revision() -> str:
     """The newest schema revision this comfyfn knows."""
-    return str(_script().get_current_head())
+    return _schema_versions.head(_VERSIONS)
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -171,62 +170,25 @@ class Database:
 
     def _create_schema(self) -> None:
         """Upgrade the database to :func:`head_revision` (see the module docstring)."""
-        from alembic import command
-        from alembic.config import Config
-        from alembic.runtime.migration import MigrationContext
-
         with self.write() as conn:
             if self.dialect == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_INIT_LOCK)))
-            tables = set(sa.inspect(conn).get_table_names())
-            if VERSION_TABLE not in tables and "cfn_jobs" in tables:
-                _adopt_unversioned(conn)
-            have = MigrationContext.configure(
-                conn, opts={"version_table": VERSION_TABLE}
-            ).get_current_revision()
-            script, head = _script(), head_revision()
-            if have is not None and have not in {r.revision for r in script.walk_revisions()}:
-                raise SchemaTooNew(
-                    f"the job database's schema is at revision {have}, newer than this "
-                    f"comfyfn knows (up to {head}): upgrade comfyfn on this machine"
-                )
-            if have == head:
-                return
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS))
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
-            log.info("job database schema upgraded from %s to %s", have or "nothing", head)
+            _schema_versions.upgrade(conn, _VERSIONS, where=_where(make_url(self.url)))
 
     def close(self) -> None:
         self.engine.dispose()
 
 
+def _where(url: URL) -> str:
+    """Which store: the SQLite file, or host:port/database (never the password)."""
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+
+
 def _unreachable(url: URL, exc: sa_exc.SQLAlchemyError) -> StoreUnreachable:
     """The error that says which store could not be reached, and why, in one line."""
-    if url.get_backend_name() == "sqlite":
-        where = url.database or ":memory:"
-    else:
-        where = f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+    where = _where(url)
     cause = getattr(exc, "orig", None) or exc
     reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
     return StoreUnreachable(f"cannot reach the job store at {where}: {reason}", where=where)
-
-
-def _adopt_unversioned(conn: Connection) -> None:
-    """A database made before schema versions: give it the columns added before them (the
-    last time columns are looked for) and stamp it with the baseline revision."""
-    inspector = sa.inspect(conn)
-    for table, added in _PRE_VERSION_COLUMNS:
-        if added not in {c["name"] for c in inspector.get_columns(table)}:
-            conn.exec_driver_sql(
-                f"ALTER TABLE {table} ADD COLUMN {added} INTEGER NOT NULL DEFAULT 0"
-            )
-    version = sa.Table(
-        VERSION_TABLE,
-        sa.MetaData(),
-        sa.Column("version_num", sa.String(32), primary_key=True),
-    )
-    version.create(conn)
-    conn.execute(sa.insert(version).values(version_num=_BASELINE))
-    log.info("job database made before schema versions: stamped %s", _BASELINE)
