@@ -28,7 +28,7 @@ from comfyfn.errors import SchemaTooNew
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
-__all__ = ["Versions", "head", "upgrade"]
+__all__ = ["Versions", "head", "run_environment", "upgrade"]
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,26 @@ def upgrade(conn: Connection, versions: Versions, *, where: str) -> str | None:
     config = Config()
     config.set_main_option("script_location", str(versions.migrations))
     config.attributes["connection"] = conn
+    config.attributes["version_table"] = versions.version_table
     command.upgrade(config, "head")
     versions.log.info(
         "%s %s: schema upgraded from %s to %s", versions.name, where, have or "nothing", newest
     )
     return have
+
+
+def run_environment() -> None:
+    """What every migrations folder's ``env.py`` does: run the migrations on the connection
+    (and inside the transaction) that :func:`upgrade` hands over, never on one of their own,
+    with the database's own version table."""
+    from alembic import context
+
+    attributes = context.config.attributes
+    context.configure(
+        connection=attributes["connection"], version_table=attributes["version_table"]
+    )
+    with context.begin_transaction():
+        context.run_migrations()
 
 
 def _unversioned(conn: Connection, versions: Versions) -> bool:

@@ -27,7 +27,7 @@ from comfyfn._schema_versions import Versions
 __all__ = ["HEAD", "VERSIONS", "VERSION_TABLE", "current", "upgrade"]
 
 HEAD = "0001"  #: the newest revision in versions/: manifests at it open without Alembic
-VERSION_TABLE = "batch_alembic_version"  #: named in env.py too
+VERSION_TABLE = "batch_alembic_version"
 
 log = logging.getLogger("comfyfn.batch")
 

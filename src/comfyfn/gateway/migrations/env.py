@@ -1,12 +1,6 @@
-"""Alembic's environment for the job store: migrations run on the connection (and inside
-the transaction) that :mod:`comfyfn.gateway.database` hands over in
-``config.attributes["connection"]``, never on a connection of their own."""
+"""Alembic's environment for the job store: :func:`comfyfn._schema_versions.run_environment`
+(the migrations run on the connection and inside the transaction it is handed)."""
 
-from __future__ import annotations
+from comfyfn._schema_versions import run_environment
 
-from alembic import context
-
-connection = context.config.attributes["connection"]
-context.configure(connection=connection, version_table="cfn_alembic_version")
-with context.begin_transaction():
-    context.run_migrations()
+run_environment()
