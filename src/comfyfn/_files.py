@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import tempfile
 import threading
 import time
@@ -124,17 +125,23 @@ def sweep_temporaries(
 ) -> int:
     """Remove the temporary files that :func:`write_atomic` left anywhere under ``folder``
     when its writer died before the rename, those last changed over ``older_than`` seconds
-    ago; the number removed. Nothing else is touched, and a file that goes while this looks
-    (its writer renamed it) is no error."""
+    ago; the number removed. Nothing else is touched (folders and links of that name
+    neither), and a file that goes while this looks or cannot be removed is no error: a
+    sweep never fails the report that runs it."""
     cutoff = time.time() - older_than
     removed = 0
     for path in Path(folder).rglob(".tmp-*"):
+        if not _TEMPORARY.fullmatch(path.name):
+            continue
         try:
-            if _TEMPORARY.fullmatch(path.name) and path.lstat().st_mtime < cutoff:
+            status = path.lstat()
+            if stat.S_ISREG(status.st_mode) and status.st_mtime < cutoff:
                 path.unlink()
                 removed += 1
         except FileNotFoundError:
-            continue
+            continue  # its writer renamed it meanwhile
+        except OSError as exc:  # not ours to remove (another user's): leave it, say so
+            log.warning("could not remove the temporary file %s: %s", path, exc)
     if removed:
         log.info("removed %d temporary file(s) that writers left under %s", removed, folder)
     return removed

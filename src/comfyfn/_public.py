@@ -1,6 +1,8 @@
 """Public names shown under the package that exports them, as httpx and openai do: a
 traceback says ``comfyfn.models.ChecksumMismatch`` and ``repr(comfyfn.Workflow)`` says
-``comfyfn.workflow.Workflow``, not the private module that defines them."""
+``comfyfn.workflow.Workflow``, not the private module that defines them. The price, as in
+httpx: ``inspect.getsource`` of such a class looks in the package's ``__init__`` and finds
+nothing (read the defining module's file instead)."""
 
 from __future__ import annotations
 
@@ -39,4 +41,6 @@ def _annotations_resolved(cls: type) -> bool:
     except NameError:
         return False
     cls.__annotations__ = {field: hints[field] for field in own}
+    for field in getattr(cls, "__dataclass_fields__", {}).values():
+        field.type = hints.get(field.name, field.type)  # what pydantic reads of a dataclass
     return True

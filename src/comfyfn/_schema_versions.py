@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from comfyfn.errors import SchemaTooNew
+from comfyfn.errors import ConfigError, SchemaTooNew
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -66,6 +66,7 @@ def upgrade(conn: Connection, versions: Versions, *, where: str) -> str | None:
     from alembic import command
     from alembic.config import Config
     from alembic.runtime.migration import MigrationContext
+    from alembic.util import CommandError
 
     if _unversioned(conn, versions):
         _adopt(conn, versions, where)
@@ -82,10 +83,14 @@ def upgrade(conn: Connection, versions: Versions, *, where: str) -> str | None:
     if have == newest:
         return have
     config = Config()
-    config.set_main_option("script_location", str(versions.migrations))
+    # (ConfigParser interpolates %: an install path may hold one)
+    config.set_main_option("script_location", str(versions.migrations).replace("%", "%%"))
     config.attributes["connection"] = conn
     config.attributes["version_table"] = versions.version_table
-    command.upgrade(config, "head")
+    try:
+        command.upgrade(config, "head")
+    except CommandError as exc:  # e.g. a version table with two rows
+        raise ConfigError(f"the {versions.name} {where}: cannot upgrade its schema: {exc}") from exc
     versions.log.info(
         "%s %s: schema upgraded from %s to %s", versions.name, where, have or "nothing", newest
     )

@@ -32,6 +32,7 @@ class Spy:
 
     def __init__(self, store: Store, looks: int = 1000) -> None:
         self.store, self.down, self.jobs_down, self.looks = store, 0, 0, looks
+        self.withheld = 0  #: reads of the finished jobs that leave one record out
         self.read: list[int] = []
 
     def add_batch_jobs(self, batch, rows):
@@ -54,7 +55,11 @@ class Spy:
         if self.jobs_down:
             self.jobs_down -= 1
             raise ConnectionError("the store went down between two reads")
-        return self.store.batch_jobs(ids)
+        got = self.store.batch_jobs(ids)
+        if self.withheld and got:
+            self.withheld -= 1
+            return got[1:]
+        return got
 
 
 def enqueue_rows(store: Store, n: int) -> set[str]:
@@ -157,6 +162,15 @@ def test_an_outage_between_reading_the_finished_ids_and_their_jobs_loses_no_row(
 
     finish(store, 1)
     assert asyncio.run(follow(batch, [outage_mid_look])) == ["skipped", "done", "done"]
+
+
+def test_a_record_not_returned_is_read_again_at_the_next_look(store):
+    enqueue_rows(store, 3)
+    finish(store, 3)
+    spy = Spy(store)
+    spy.withheld = 1
+    # the withheld one comes with the next look (not the first: so not "skipped")
+    assert asyncio.run(follow(QueuedBatch(spy, "b", poll=0), [])) == ["skipped", "skipped", "done"]
 
 
 def test_an_error_that_is_not_an_outage_is_raised(store):

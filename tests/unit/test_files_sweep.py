@@ -41,6 +41,26 @@ def test_only_old_temporaries_of_ours_go(tmp_path):
     assert sweep_temporaries(tmp_path) == 0
 
 
+def test_folders_and_links_of_that_name_stay_and_nothing_fails(tmp_path, monkeypatch):
+    old = ABANDONED_AFTER * 2
+    folder = tmp_path / "images" / ".tmp-0123456789abcdef.png"
+    folder.mkdir(parents=True)
+    outside = left_behind(tmp_path.parent / f"{tmp_path.name}-outside", "keep.png", old)
+    link = tmp_path / "images" / ".tmp-fedcba9876543210.png"
+    link.symlink_to(outside)
+    stuck = left_behind(tmp_path, "images/.tmp-00000000000000aa.png", old)
+    real_unlink = Path.unlink
+
+    def refused(path, missing_ok=False):
+        if path == stuck:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    assert sweep_temporaries(tmp_path) == 0
+    assert folder.is_dir() and link.is_symlink() and outside.exists() and stuck.exists()
+
+
 def test_a_file_of_write_atomic_is_what_the_sweep_recognises(tmp_path, monkeypatch):
     made: list[str] = []
     real_replace = os.replace

@@ -5,6 +5,7 @@ in reprs, tracebacks and pickles ``comfyfn.models.ChecksumMismatch``, not
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import pickle
@@ -68,9 +69,24 @@ def test_reprs_tracebacks_and_pickles_name_the_public_module():
     assert pickle.loads(pickle.dumps(Pulled)) is Pulled
 
 
-def test_pydantic_reads_a_presented_dataclass_s_fields():
-    from comfyfn.workflow import InputImage
-
-    fields = {f.name for f in __import__("dataclasses").fields(InputImage)}
-    schema = pydantic.TypeAdapter(InputImage).json_schema()
-    assert set(schema["properties"]) == fields
+@pytest.mark.parametrize(
+    "name",
+    [
+        "workflow.InputImage",
+        "workflow.Param",
+        "workflow.Workflow",
+        "models.ModelFile",
+        "models.ModelManifest",
+        "models.Pulled",
+        "models.Pushed",
+        "client.Credentials",
+        "mcp.JobOutcome",
+    ],
+)
+def test_pydantic_reads_a_presented_dataclass_s_fields(name):
+    package, _, attr = name.rpartition(".")
+    cls = getattr(importlib.import_module(f"comfyfn.{package}"), attr)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    schema = pydantic.TypeAdapter(cls).core_schema
+    assert schema and fields
+    assert all(not isinstance(f.type, str) for f in dataclasses.fields(cls)), name

@@ -239,12 +239,6 @@ class Manifest:
                 f"{self.path} is not a usable comfyfn manifest ({exc}); "
                 "move it away to start the batch afresh"
             ) from exc
-        except ImportError as exc:  # only a manifest to create or upgrade needs them
-            self.close()
-            raise ManifestError(
-                f"cannot create or upgrade the manifest {self.path}: {exc} "
-                "(SQLAlchemy and Alembic are needed)"
-            ) from exc
         except BaseException:  # SchemaTooNew (names the file), or interrupted
             self.close()
             raise

@@ -307,8 +307,10 @@ class QueuedBatch:
         unseen = await self._newly_finished(finished) if finished > len(self._seen) else {}
         ours = [i for i, (key, _) in unseen.items() if self.keys is None or key in self.keys]
         jobs = await asyncio.to_thread(self.store.batch_jobs, ours)
-        # seen only once read: an outage between the two reads loses no job
-        self._seen.update((i, at) for i, (_, at) in unseen.items())
+        # seen only once read (an outage between the two reads, a record not returned: the
+        # next look reads it again), or not ours to read
+        read = {job.id for job, _ in jobs} | (unseen.keys() - set(ours))
+        self._seen.update((i, at) for i, (_, at) in unseen.items() if i in read)
         self.total = total if self.keys is None else len(self.keys)
         return jobs
 

@@ -45,8 +45,8 @@ VERSIONS = Versions(
 def upgrade(db: sqlite3.Connection, path: str | Path) -> None:
     """Bring the manifest ``path`` open on ``db`` (autocommit: ``isolation_level=None``, no
     transaction open) to :data:`HEAD`. Raises :class:`~comfyfn.errors.SchemaTooNew` for a
-    manifest a newer comfyfn made, :class:`sqlite3.Error` for one SQLite cannot use, and
-    :class:`ImportError` when the manifest needs migrating and Alembic is not installed."""
+    manifest a newer comfyfn made, :class:`~comfyfn.errors.ConfigError` naming it when
+    Alembic cannot upgrade it, :class:`sqlite3.Error` for one SQLite cannot use."""
     if current(db) != HEAD:
         _migrate(db, str(path))
 
