@@ -199,9 +199,11 @@ def test_tiny_weights_plugin_is_a_no_op_for_real_sizes(version, engine, engine28
     assert verdict["tiny_dit"]["n_heads"] == 6 and verdict["tiny_dit"]["z_image_modulation"]
 
 
-def test_device_cuda_without_a_gpu_is_refused_and_the_engine_keeps_running(engine28, tree28):
-    if probe_accelerator(engine28.install.python) == "cuda":
-        pytest.skip("this machine has a CUDA GPU")
+def test_device_cuda_without_a_gpu_is_refused_and_the_engine_keeps_running(
+    engine28, tree28, monkeypatch
+):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU for torch, on any machine
+    assert probe_accelerator(engine28.install.python) != "cuda"
     before = engine28.state()
     with pytest.raises(ConfigError, match=r"--device cuda: the engine's torch \(.*\) sees no CUDA"):
         Engine(NAME, comfyui_path=tree28, device="cuda").up()
