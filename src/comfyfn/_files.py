@@ -32,7 +32,10 @@ log = logging.getLogger("comfyfn")
 #: seconds after which a temporary file of :func:`write_atomic` was left by a writer that died
 #: (``kill -9``, a power cut): a live writer renames its file moments after making it
 ABANDONED_AFTER = 60.0
-_TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{16}(\.[A-Za-z0-9]+)?")
+_TEMPORARY_PREFIX, _TOKEN_BYTES = ".tmp-", 8  #: a temporary file's name: prefix, token, suffix
+_TEMPORARY = re.compile(
+    rf"{re.escape(_TEMPORARY_PREFIX)}[0-9a-f]{{{2 * _TOKEN_BYTES}}}(\.[A-Za-z0-9]+)?"
+)
 
 _umask_lock = threading.Lock()
 
@@ -112,7 +115,8 @@ def _temporary_beside(target: Path) -> tuple[int, str]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     flags |= getattr(os, "O_CLOEXEC", 0)
     for _ in range(100):
-        tmp = str(target.parent / f".tmp-{secrets.token_hex(8)}{target.suffix}")
+        name = f"{_TEMPORARY_PREFIX}{secrets.token_hex(_TOKEN_BYTES)}{target.suffix}"
+        tmp = str(target.parent / name)
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
@@ -130,7 +134,7 @@ def sweep_temporaries(
     sweep never fails the report that runs it."""
     cutoff = time.time() - older_than
     removed = 0
-    for path in Path(folder).rglob(".tmp-*"):
+    for path in Path(folder).rglob(f"{_TEMPORARY_PREFIX}*"):
         if not _TEMPORARY.fullmatch(path.name):
             continue
         try:
