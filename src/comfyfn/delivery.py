@@ -29,9 +29,9 @@ from comfyfn.errors import ConfigError
 from comfyfn.provenance import PROVENANCE_KEY, add_text_chunks, read_text_chunks
 
 if TYPE_CHECKING:
-    from comfyfn.result import Generation
+    from comfyfn.result import Image as GeneratedImage
 
-__all__ = ["FITS", "deliver", "delivered_files"]
+__all__ = ["FITS", "deliver", "delivered_images"]
 
 FITS = ("cover", "contain")
 
@@ -71,14 +71,14 @@ def deliver(
     return add_text_chunks(png_bytes, {**texts, PROVENANCE_KEY: _with_delivery(texts, note)})
 
 
-def delivered_files(
-    gen: Generation, base: str, size: Mapping[str, Any] | None = None
+def delivered_images(
+    images: Sequence[GeneratedImage], base: str, size: Mapping[str, Any] | None = None
 ) -> list[tuple[str, bytes]]:
-    """``gen``'s images as (``<base>.png``, or ``<base>_<i>.png`` for several, PNG bytes),
-    each :func:`deliver`-ed at ``size`` (``width``, ``height``, ``fit``) if given."""
+    """``images`` as (``<base>.png``, or ``<base>_<i>.png`` for several, PNG bytes), each
+    :func:`deliver`-ed at ``size`` (``width``, ``height``, ``fit``) if given."""
     files = []
-    for i, image in enumerate(gen.images):
-        rel = f"{base}.png" if len(gen.images) == 1 else f"{base}_{i}.png"
+    for i, image in enumerate(images):
+        rel = f"{base}.png" if len(images) == 1 else f"{base}_{i}.png"
         data = image.png_bytes()
         if size:
             data = deliver(data, int(size["width"]), int(size["height"]), size.get("fit", "cover"))

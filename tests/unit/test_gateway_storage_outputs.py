@@ -1,5 +1,6 @@
-"""The gateway's output files (comfyfn.gateway._outputs): every kind of a Generation with
-its media type, stored under <job_id>/<i>.<ext> in a real local folder; old absolute paths
+"""The gateway's output files (named by comfyfn.outputs, written by comfyfn.storage.put_files,
+mapped back by comfyfn.gateway._outputs): every kind of a Generation with its media type,
+stored under <job_id>/<i>.<ext> in a real local folder; old absolute paths
 mapped to keys; OpenAI's routes given the still images only while a job's view lists every
 output with its media type; the storage setting resolved argument > environment > default;
 the warm-up's readiness; previews handed to the bus."""
@@ -10,13 +11,15 @@ import pytest
 
 from comfyfn.events import Preview
 from comfyfn.gateway import service
-from comfyfn.gateway._outputs import KnownFiles, output_files, store_outputs, stored_key
+from comfyfn.gateway._job_life import write_outputs
+from comfyfn.gateway._outputs import KnownFiles, stored_key
 from comfyfn.gateway.bus import JobUpdate
 from comfyfn.gateway.registry import Registry
 from comfyfn.gateway.runtime import Runtime, WarmUp
 from comfyfn.gateway.schema import FileRecord
 from comfyfn.gateway.settings import GatewaySettings, default_data_dir
 from comfyfn.gateway.store import Store
+from comfyfn.outputs import indexed_files, output_files
 from comfyfn.result import Generation, Image, Output, Timings
 from comfyfn.storage import LocalStorage
 from tests.support.fake_fleet import FakeFleet, new_job, started
@@ -53,7 +56,7 @@ def test_every_output_is_kept_with_its_media_type_still_images_first():
 
 async def test_outputs_are_stored_under_the_job_id(tmp_path):
     storage = LocalStorage(tmp_path)
-    new = await store_outputs(storage, "job_1", output_files(generation()))
+    new = await write_outputs(storage, indexed_files(generation(), "job_1"))
     assert [n.path for n in new] == [
         "job_1/0.png",
         "job_1/1.webp",
@@ -139,7 +142,7 @@ async def test_openai_routes_get_the_still_images_only(tmp_path):
     runtime = Runtime(settings, store, Registry(), LocalStorage(tmp_path))
     try:
         job = store.create_job(key_id="key_1", workflow="w", params={})[0]
-        stored = await store_outputs(runtime.storage, job.id, output_files(generation()))
+        stored = await write_outputs(runtime.storage, indexed_files(generation(), job.id))
         done, files = store.complete_job(job.id, stored, state="succeeded")
         (png,) = [f for f in files if f.content_type == "image/png"]
         in_hand = JobUpdate(done, files, (b"png-bytes",))

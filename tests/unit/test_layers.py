@@ -4,8 +4,8 @@ one way only, and no package reaching into another's private (``_``) modules or 
 Lowest first (a package imports only the packages of the rows below its own, and the
 top-level modules, which import no package):
 
-- ``errors``, ``events``, ``result``, ``provenance``, ``delivery`` (and the shared private
-  ``_files``, ``_yaml``): public values, importing no package;
+- ``errors``, ``events``, ``result``, ``provenance``, ``delivery``, ``outputs`` (and the
+  shared private ``_files``, ``_yaml``): public values, importing no package;
 - ``workflow`` (pure), ``storage`` (where outputs go), ``engine`` (the local ComfyUI);
 - ``client`` (one server; it starts the engine when no server is given), ``recipes``;
 - ``models`` (what a workflow needs and loads, downloads, warm-up);

@@ -25,8 +25,9 @@ from comfyfn._files import write_atomic
 from comfyfn.batch.rows import Row, RowError, values_problem
 from comfyfn.errors import ConfigError, WorkflowInvalid
 from comfyfn.fleet import Ticket
+from comfyfn.outputs import OutputFile, named_files
 from comfyfn.result import Generation
-from comfyfn.storage import Storage
+from comfyfn.storage import Storage, put_files
 from comfyfn.workflow import (
     MEANINGS,
     InputImage,
@@ -274,12 +275,11 @@ def _shown(bound: Workflow, row: Row, wf: Workflow) -> dict[str, Any]:
     return shown
 
 
-def output_files(gen: Generation, job: Job) -> list[tuple[str, bytes]]:
-    """The job's images as (path relative to the output folder or store, PNG bytes), under
-    names fixed by the job, delivered at the row's size if it asks for one."""
-    from comfyfn.delivery import delivered_files  # Pillow: only when images are written
-
-    return delivered_files(gen, output_name(job), job.deliver)
+def output_files(gen: Generation, job: Job) -> list[tuple[str, OutputFile]]:
+    """Every output of the job as (path relative to the output folder or store, file), under
+    names fixed by the job (:func:`comfyfn.outputs.named_files`: its images delivered at the
+    row's size if it asks for one, then its videos, audio, text...)."""
+    return named_files(gen, output_name(job), job.deliver)
 
 
 def output_name(job: Job) -> str:
@@ -292,14 +292,14 @@ def _check(rel: str, data: bytes) -> dict[str, Any]:
 
 
 def save_outputs(gen: Generation, job: Job, output: Path) -> list[dict[str, Any]]:
-    """Write the job's images atomically under names fixed by the job, never twice; returns
+    """Write the job's outputs atomically under names fixed by the job, never twice; returns
     what was written (path, size, sha256) for the manifest. Each file's content is fsynced;
     its folder (:func:`output_folders`) is not: the manifest does that once for every job
     it marks done in one commit (:meth:`Manifest.done`)."""
     files = []
-    for rel, data in output_files(gen, job):
-        write_atomic(output / rel, data, sync_folder=False)
-        files.append(_check(rel, data))
+    for rel, file in output_files(gen, job):
+        write_atomic(output / rel, file.data, sync_folder=False)
+        files.append(_check(rel, file.data))
     return files
 
 
@@ -311,11 +311,9 @@ def output_folders(output: Path, files: list[dict[str, Any]]) -> set[Path]:
 async def store_outputs(gen: Generation, job: Job, storage: Storage) -> list[dict[str, Any]]:
     """As :func:`save_outputs`, into ``storage`` (an object store): each file is durable
     there when this returns. Encoding runs on a worker thread."""
-    files = []
-    for rel, data in await asyncio.to_thread(output_files, gen, job):
-        await storage.put(rel, data, "image/png")
-        files.append(_check(rel, data))
-    return files
+    named = await asyncio.to_thread(output_files, gen, job)
+    await put_files(storage, named)
+    return [_check(rel, file.data) for rel, file in named]
 
 
 async def stored_problem(storage: Storage, checks: list[dict[str, Any]]) -> str | None:

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from comfyfn._files import sweep_temporaries, write_atomic
 from comfyfn.batch.manifest import Manifest, Record
 from comfyfn.errors import ConfigError
+from comfyfn.outputs import named_kind
 
 if TYPE_CHECKING:
     from comfyfn.batch.runner import Batch
@@ -87,6 +89,9 @@ class Summary:
     servers: dict[str, dict[str, Any]]
     turnaround_p50: float | None = None  #: seconds from submission to the outputs in hand
     turnaround_p95: float | None = None  #: (queued behind our own primed jobs included)
+    #: the done rows' other outputs (animated images, videos, audio, text...); ``images``
+    #: counts their still images
+    other_files: int = 0
 
     @property
     def ok(self) -> bool:
@@ -101,7 +106,7 @@ def summarize(
 ) -> Summary:
     """``counted``: the states this run reported (done/failed/skipped/invalid); ``pool``:
     the servers this process drove (None: the work ran elsewhere)."""
-    images = sum(len(r.files) for r in manifest.records("done"))
+    kinds = Counter(named_kind(f) for r in manifest.records("done") for f in r.files)
     made = counted.get("done", 0)
     per_server = {
         url: {
@@ -117,7 +122,7 @@ def summarize(
         counted.get("failed", 0),
         counted.get("skipped", 0),
         counted.get("invalid", 0),
-        images,
+        kinds.pop("image", 0),
         round(seconds, 3),
         round(made / seconds * 60, 1) if seconds else 0.0,
         manifest.percentile(0.5),
@@ -125,6 +130,7 @@ def summarize(
         per_server,
         manifest.percentile(0.5, "seconds"),
         manifest.percentile(0.95, "seconds"),
+        sum(kinds.values()),
     )
 
 
@@ -199,9 +205,8 @@ def write_contact_sheet(
         parts.append(f"<section><h2>{esc(topic)}</h2>" if topic is not None else "<section>")
         parts.append(f"<div class='grid'>{''.join(figures)}</div></section>")
         shown += len(figures)
-    total = sum(len(r.files) for r in manifest.records("done"))
-    if total > shown:
-        parts.append(f"<p class='meta'>{total - shown} more images are in the folder.</p>")
+    if summary.images > shown:
+        parts.append(f"<p class='meta'>{summary.images - shown} more images are in the folder.</p>")
     failed = [r for r in manifest.records() if r.state in ("failed", "invalid")]
     if failed:
         parts.append(

@@ -35,7 +35,6 @@ from comfyfn.fleet import (
     Ticket,
     settle,
 )
-from comfyfn.gateway._outputs import OutputFile, output_files
 from comfyfn.gateway.bus import JobBus, JobUpdate
 from comfyfn.gateway.metrics import Metrics
 from comfyfn.gateway.registry import Registry
@@ -43,8 +42,9 @@ from comfyfn.gateway.schema import Claim, FileRecord, JobRecord, NewFile, StaleC
 from comfyfn.gateway.settings import GatewaySettings
 from comfyfn.gateway.store import BATCH_KEY, Store
 from comfyfn.gateway.uploads import resolve_inputs
+from comfyfn.outputs import OutputFile, indexed_files, named_files
 from comfyfn.result import Generation
-from comfyfn.storage import Storage, StorageError, open_storage
+from comfyfn.storage import Storage, StorageError, open_storage, put_files
 from comfyfn.workflow import Workflow, input_image
 
 __all__ = ["DB_ERRORS", "JobLife", "write_outputs"]
@@ -292,19 +292,17 @@ class JobLife:
         self, job: JobRecord, generation: Generation
     ) -> tuple[Storage, list[tuple[str, OutputFile]]]:
         """Where the job's outputs go, and each one's key there. An API job: every output,
-        to the gateway's storage under ``<job id>/<i>.<ext>``. A batch row: its images, to
+        to the gateway's storage under ``<job id>/<i>.<ext>``. A batch row: every output, to
         its ``target`` (``{"output": folder or s3 URL, "name": images/<stem>, "deliver"}``)
-        under the batch's names, as ``comfyfn batch`` writes them without a shared queue."""
+        under the batch's names (:func:`comfyfn.outputs.named_files`, as ``comfyfn batch``
+        names them without a shared queue)."""
         if job.key_id != BATCH_KEY:
-            files = output_files(generation)
-            return self.storage, [(f"{job.id}/{i}.{f.ext}", f) for i, f in enumerate(files)]
-        from comfyfn.delivery import delivered_files  # Pillow: only for batch rows
-
+            return self.storage, indexed_files(generation, job.id)
         storage, target = await self._target_storage(job)
         named = await asyncio.to_thread(
-            delivered_files, generation, str(target["name"]), target.get("deliver")
+            named_files, generation, str(target["name"]), target.get("deliver")
         )
-        return storage, [(rel, OutputFile(data, "image/png", "png")) for rel, data in named]
+        return storage, named
 
     async def _requeue(self, job: JobRecord, ticket: Ticket, outcome: Moved | Lost) -> None:
         log.warning("job %s goes back to the queue: %s", job.id, outcome.error)
@@ -386,9 +384,9 @@ class JobLife:
 
 
 async def write_outputs(storage: Storage, placed: list[tuple[str, OutputFile]]) -> list[NewFile]:
-    """Store every ``(key, file)`` in ``storage`` (all at once); what to record of them.
-    Raises :class:`~comfyfn.storage.StorageError` if one cannot be stored."""
-    stored = await asyncio.gather(*(storage.put(key, f.data, f.content_type) for key, f in placed))
+    """Store every ``(key, file)`` in ``storage`` (:func:`comfyfn.storage.put_files`); what
+    to record of them. Raises :class:`~comfyfn.storage.StorageError` if one cannot be stored."""
+    stored = await put_files(storage, placed)
     return [
         NewFile(s.key, f.content_type, s.size, s.etag)
         for s, (_, f) in zip(stored, placed, strict=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from comfyfn.gateway._outputs import STILL_IMAGE_TYPES, stored_key
+from comfyfn.gateway._outputs import stored_key
 from comfyfn.gateway.bus import FALLBACK_POLL, JobUpdate
 from comfyfn.gateway.errors import ApiError, public_error
 from comfyfn.gateway.registry import Served
@@ -31,6 +31,7 @@ from comfyfn.gateway.responses import JobError, JobObject, JobOutput
 from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.schema import TERMINAL, FileRecord, JobRecord, KeyRecord
 from comfyfn.gateway.security import sign_url, webhook_target_error
+from comfyfn.outputs import STILL_IMAGE_TYPES
 from comfyfn.storage import StorageError, StorageNotFound
 
 __all__ = [

@@ -13,7 +13,7 @@ import os
 
 from comfyfn._public import present as _present
 
-from .base import Storage, StorageError, StorageNotFound, StoredFile, validate_key
+from .base import Storage, StorageError, StorageNotFound, StoredFile, put_files, validate_key
 from .local import LocalStorage
 from .s3 import S3Storage, parse_s3_url
 
@@ -26,6 +26,7 @@ __all__ = [
     "StoredFile",
     "open_storage",
     "parse_s3_url",
+    "put_files",
     "validate_key",
 ]
 

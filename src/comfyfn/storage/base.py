@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from comfyfn.errors import ComfyError
 
-__all__ = ["Storage", "StorageError", "StorageNotFound", "StoredFile", "validate_key"]
+__all__ = [
+    "Storage",
+    "StorageError",
+    "StorageNotFound",
+    "StoredFile",
+    "put_files",
+    "validate_key",
+]
 
 _MAX_KEY_BYTES = 1024  # S3's limit on an object key
 
@@ -84,3 +93,23 @@ class Storage(Protocol):
     async def url(self, key: str, ttl: float) -> str | None:
         """A URL that fetches the file for ``ttl`` seconds, or None if the caller serves it."""
         ...
+
+
+class Content(Protocol):
+    """A file's bytes and media type, as :func:`put_files` stores them (e.g. a
+    :class:`comfyfn.outputs.OutputFile`)."""
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+
+async def put_files(storage: Storage, files: Sequence[tuple[str, Content]]) -> list[StoredFile]:
+    """Store every ``(key, file)`` of a job (:mod:`comfyfn.outputs` names them) in
+    ``storage``, all at once, each with its media type; what the store keeps of them, in
+    order. Raises :class:`StorageError` if one cannot be stored."""
+    return list(
+        await asyncio.gather(*(storage.put(key, f.data, f.content_type) for key, f in files))
+    )

@@ -1,0 +1,119 @@
+"""A generation's outputs as files: every kind (still images first, with comfyfn's
+provenance, then animated images, videos, audio, text and other files), each with its media
+type and file extension, under the names of the place it goes to.
+
+The one decision of what a finished job writes, for the gateway's API jobs and for batch
+rows on every path (``comfyfn batch`` here, or a worker of the shared queue):
+
+- an API job: :func:`indexed_files` — ``<job id>/<i>.<ext>`` in the server's order;
+- a batch row: :func:`named_files` — its still images as ``<base>.png`` (``<base>_<i>.png``
+  for several), delivered at the row's size if it asks for one (:mod:`comfyfn.delivery`),
+  then every other output as ``<base>_<kind><i>.<ext>`` (``i`` counting the outputs of that
+  kind: ``<base>_video0.mp4``, ``<base>_text0.txt``).
+
+Pure: the bytes are written by :func:`comfyfn.storage.put_files` (or, into a batch's own
+folder, by its writer whose folders the manifest syncs once per commit).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from comfyfn.result import OUTPUT_KINDS, Generation, Image, Output
+
+__all__ = [
+    "STILL_IMAGE_TYPES",
+    "OutputFile",
+    "indexed_files",
+    "named_files",
+    "named_kind",
+    "output_files",
+]
+
+#: the media types of still images (what OpenAI's image routes return)
+STILL_IMAGE_TYPES = frozenset({"image/png", "image/jpeg"})
+TEXT_TYPE = "text/plain; charset=utf-8"
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+_MAX_EXTENSION = 8  #: longer (or non-alphanumeric) server extensions are stored as ``bin``
+_OTHER_NAME = re.compile(rf"_({'|'.join(k for k in OUTPUT_KINDS if k != 'image')})\d+$")
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One output as it is written: its bytes, media type and the extension of its name."""
+
+    data: bytes
+    content_type: str
+    ext: str  #: without the dot
+
+    @property
+    def still_image(self) -> bool:
+        return self.content_type in STILL_IMAGE_TYPES
+
+
+def output_files(generation: Generation) -> list[OutputFile]:
+    """Every output of ``generation``: its still images (PNG with provenance), then every
+    other output with its media type (text as UTF-8 ``text/plain``)."""
+    return [_image_file(image) for image in generation.images] + _other_files(generation)
+
+
+def indexed_files(generation: Generation, folder: str) -> list[tuple[str, OutputFile]]:
+    """Every output under ``<folder>/<i>.<ext>`` (an API job's files, ``folder`` its id)."""
+    return [(f"{folder}/{i}.{f.ext}", f) for i, f in enumerate(output_files(generation))]
+
+
+def named_files(
+    generation: Generation, base: str, deliver: Mapping[str, Any] | None = None
+) -> list[tuple[str, OutputFile]]:
+    """Every output under names fixed by ``base`` (a batch row's ``images/<stem>``): still
+    images ``<base>.png`` / ``<base>_<i>.png``, each delivered at ``deliver`` (``width``,
+    ``height``, ``fit``) if given; then ``<base>_<kind><i>.<ext>`` for the other outputs."""
+    named: list[tuple[str, OutputFile]] = []
+    if generation.images:
+        from comfyfn.delivery import delivered_images  # Pillow: only when images are written
+
+        for rel, data in delivered_images(generation.images, base, deliver):
+            named.append((rel, OutputFile(data, "image/png", "png")))
+    counted: Counter[str] = Counter()
+    others = [o for o in generation.outputs if o.kind != "image"]
+    for output, file in zip(others, _other_files(generation), strict=True):
+        named.append((f"{base}_{output.kind}{counted[output.kind]}.{file.ext}", file))
+        counted[output.kind] += 1
+    return named
+
+
+def named_kind(path: str) -> str:
+    """The kind of output a path :func:`named_files` made holds (``image`` for a still
+    image; ``animated``, ``video``, ``audio``, ``text`` or ``file`` for the others)."""
+    match = _OTHER_NAME.search(PurePosixPath(path).stem)
+    return match.group(1) if match else "image"
+
+
+def _other_files(generation: Generation) -> list[OutputFile]:
+    return [_other_file(output) for output in generation.outputs if output.kind != "image"]
+
+
+def _image_file(image: Image) -> OutputFile:
+    data = image.png_bytes()
+    if data.startswith(b"\x89PNG"):
+        media = "image/png"
+    elif data.startswith(b"\xff\xd8\xff"):
+        media = "image/jpeg"
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        media = "image/webp"
+    else:
+        media = "application/octet-stream"
+    return OutputFile(data, media, _EXTENSIONS.get(media, "bin"))
+
+
+def _other_file(output: Output) -> OutputFile:
+    if output.kind == "text":
+        return OutputFile(output.data, TEXT_TYPE, "txt")
+    suffix = PurePosixPath(output.filename or "").suffix.lower().removeprefix(".")
+    usable = suffix.isascii() and suffix.isalnum() and len(suffix) <= _MAX_EXTENSION
+    return OutputFile(output.data, output.media_type, suffix if usable else "bin")

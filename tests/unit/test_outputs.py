@@ -1,0 +1,83 @@
+"""What a finished job writes (comfyfn.outputs): every kind of output, named for an API job
+(``<id>/<i>.<ext>``) and for a batch row (``<base>.png`` for its still images, delivered at
+the row's size; ``<base>_<kind><i>.<ext>`` for the rest), the kind read back from a batch
+name; and comfyfn.storage.put_files writing them with their media types."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image as PIL
+
+from comfyfn import read_provenance
+from comfyfn.outputs import indexed_files, named_files, named_kind
+from comfyfn.result import Generation, Image, Output, Timings
+from comfyfn.storage import LocalStorage, put_files
+from tests.support.tests_png import image_bytes
+
+
+def generation(stills: int = 1) -> Generation:
+    images = tuple(Image(image_bytes((8, 6), "red"), "9", f"a{i}.png") for i in range(stills))
+    outputs = (
+        *(Output("image", "image/png", im.data, "9", im.filename) for im in images),
+        Output("animated", "image/webp", b"RIFF\0\0\0\0WEBPVP8X", "2", "anim_00001_.webp"),
+        Output("text", "text/plain", "第一".encode(), "5"),
+        Output("video", "video/mp4", b"\0\0\0\x18ftypmp42", "7", "clip_00001_.mp4"),
+        Output("text", "text/plain", b"second", "6"),
+        Output("audio", "audio/flac", b"fLaC", "3", "sound_00001_.FLAC"),
+    )
+    return Generation("p", "s", images, {"seed": 1}, {}, Timings(0, 0, 0), (), outputs)
+
+
+def test_a_batch_row_names_every_output_after_its_base():
+    named = named_files(generation(), "images/row-7")
+    assert [(rel, f.content_type) for rel, f in named] == [
+        ("images/row-7.png", "image/png"),
+        ("images/row-7_animated0.webp", "image/webp"),
+        ("images/row-7_text0.txt", "text/plain; charset=utf-8"),
+        ("images/row-7_video0.mp4", "video/mp4"),
+        ("images/row-7_text1.txt", "text/plain; charset=utf-8"),
+        ("images/row-7_audio0.flac", "audio/flac"),
+    ]
+    assert named[2][1].data.decode() == "第一"
+    assert [named_kind(rel) for rel, _ in named] == [
+        "image",
+        "animated",
+        "text",
+        "video",
+        "text",
+        "audio",
+    ]
+
+
+def test_several_still_images_are_numbered_and_delivered_at_the_rows_size(tmp_path):
+    named = named_files(generation(stills=2), "out/x", {"width": 16, "height": 16, "fit": "cover"})
+    stills = [(rel, f) for rel, f in named if f.still_image]
+    assert [rel for rel, _ in stills] == ["out/x_0.png", "out/x_1.png"]
+    for _, file in stills:
+        (tmp_path / "d.png").write_bytes(file.data)
+        with PIL.open(tmp_path / "d.png") as made:
+            assert made.size == (16, 16)
+        assert read_provenance(tmp_path / "d.png")["delivery"]["from"] == [8, 6]
+    assert named_kind("out/x_1.png") == "image"
+
+
+def test_an_api_job_keeps_the_servers_order_under_its_id():
+    keys = [key for key, _ in indexed_files(generation(), "job_1")]
+    assert keys == [
+        "job_1/0.png",
+        "job_1/1.webp",
+        "job_1/2.txt",
+        "job_1/3.mp4",
+        "job_1/4.txt",
+        "job_1/5.flac",
+    ]
+
+
+@pytest.mark.anyio
+async def test_put_files_stores_each_with_its_media_type_in_order(tmp_path):
+    named = named_files(generation(), "images/r")
+    stored = await put_files(LocalStorage(tmp_path), named)
+    assert [s.key for s in stored] == [rel for rel, _ in named]
+    for (rel, file), kept in zip(named, stored, strict=True):
+        assert (tmp_path / rel).read_bytes() == file.data
+        assert kept.size == len(file.data)
