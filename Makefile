@@ -39,6 +39,7 @@ LOGS ?= out/test-logs
 # output goes to $(LOGS)/ and is printed whole when it ends; make fails if either does.
 test: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(MYPY_TESTS)
 	sh tests/pg_install.sh
@@ -76,6 +77,7 @@ unit: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy

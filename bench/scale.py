@@ -153,8 +153,15 @@ def measure(count: int, ms: int, per_server: int) -> dict[str, Any]:
         jobs = count * per_server
         _, cpu_before = servers.counters()
         done = subprocess.run(
-            [*_profiler(count, ms), sys.executable, "-m", "bench.scale", "--runner", str(jobs),
-             *servers.urls],
+            [
+                *_profiler(count, ms),
+                sys.executable,
+                "-m",
+                "bench.scale",
+                "--runner",
+                str(jobs),
+                *servers.urls,
+            ],
             capture_output=True,
             text=True,
             check=True,

@@ -54,6 +54,7 @@ def test_sigterm_takes_waiting_prompts_off_the_server_and_the_next_worker_reatta
         assert {j.prompt_id for j in handed if j.prompt_id} == set(running)  # to re-attach
         second = Worker("second", db, storage, urls, 30.0)
         try:
+
             def finished() -> bool:
                 with Store(db) as store:
                     jobs = [store.get_job(i) for i in ids]

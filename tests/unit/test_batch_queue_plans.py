@@ -81,9 +81,7 @@ def test_rows_with_an_input_image_keep_it_once_in_the_batch_s_output_place(store
         assert key == f"inputs/{kept.name}" and server_name in json.dumps(job.params["graph"])
 
 
-def test_a_row_whose_input_image_cannot_be_kept_stops_the_enqueue_naming_the_place(
-    store, tmp_path
-):
+def test_a_row_whose_input_image_cannot_be_kept_stops_the_enqueue_naming_the_place(store, tmp_path):
     from PIL import Image
 
     from comfyfn.storage import StorageError

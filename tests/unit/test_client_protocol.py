@@ -6,6 +6,7 @@ ComfyUI does, answering with the responses recorded from a real ComfyUI 0.3.75 i
 tests/fixtures/comfyui/; any route can be overridden with hand-made garbage. Every bad answer
 must end in a ComfyError naming the route, never a bare KeyError/TypeError.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -26,7 +26,6 @@ from tests.support.simulated import SIMCOMFY
 pytestmark = pytest.mark.anyio
 
 
-
 @pytest.fixture
 def frozen_server() -> Iterator[tuple[str, int]]:
     """One simulated server's URL and the pid of its process (resumed and ended after)."""

@@ -21,7 +21,6 @@ from tests.support.simulated import SIMCOMFY
 pytestmark = pytest.mark.anyio
 
 
-
 async def test_a_batch_over_64_servers_runs_every_row_once():
     rows = [
         Row(i, {"prompt": f"a cat number {i}", "width": 64, "height": 64, "steps": 2})

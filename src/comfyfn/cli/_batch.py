@@ -295,9 +295,7 @@ def batch_command(
         run_queued(following, state, None, None)
         return
     folder, storage = output_place(output, state)
-    plan = plan_job_file(
-        source, workflow=workflow, template=template, vary=vary or (), prime=prime
-    )
+    plan = plan_job_file(source, workflow=workflow, template=template, vary=vary or (), prime=prime)
     chosen = workflow_source(plan.workflow) if isinstance(plan.workflow, str) else plan.workflow
     settings = BatchSettings(
         prime=plan.prime,

@@ -58,4 +58,3 @@ def read_topics(path: Path) -> Iterator[str]:
         raise ConfigError(
             f"{path} is not UTF-8 ({exc.reason} at byte {exc.start}); save it as UTF-8"
         ) from exc
-
