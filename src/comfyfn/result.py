@@ -181,7 +181,8 @@ class Generation:
 
     def save(self, directory: str | os.PathLike[str], *, prefix: str | None = None) -> list[Path]:
         """Save every image into ``directory`` (names ``{prefix}_{seed}_{i}.png``), then every
-        other output (``{prefix}_{seed}_{kind}{i}.{ext}``, the server's extension; text .txt)."""
+        other output (``{prefix}_{seed}_{kind}{i}.{ext}``, numbered within its kind as a batch
+        row's files are; the server's extension, text .txt)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         stem = prefix or f"{self.prompt_id[:8]}"
@@ -190,8 +191,9 @@ class Generation:
         paths = [
             image.save(out / f"{stem}_{i}.{image.format}") for i, image in enumerate(self.images)
         ]
-        others = [o for o in self.outputs if o.kind != "image"]
-        for i, output in enumerate(others):
+        counted: dict[str, int] = {}
+        for output in (o for o in self.outputs if o.kind != "image"):
+            i = counted[output.kind] = counted.get(output.kind, -1) + 1
             ext = Path(output.filename).suffix if output.filename else ".txt"
             paths.append(output.save(out / f"{stem}_{output.kind}{i}{ext}"))
         return paths

@@ -2,8 +2,8 @@
 engine: a graph with a still image, an animated WebP and two texts, run by ``comfyfn batch``
 here and through the shared store (``--db … --work``). The files are named after the row
 (``<stem>.png``, ``<stem>_animated0.webp``, ``<stem>_text0.txt``…), hold what the server
-made, are listed in results.csv and counted in summary.json; a second run makes nothing
-again and finds every file intact."""
+made, are listed in results.csv, counted in summary.json and linked from the contact sheet; a
+second run makes nothing again and finds every file intact."""
 
 from __future__ import annotations
 
@@ -67,6 +67,8 @@ def test_every_kind_is_written_under_the_rows_name(server, tmp_path, unique, pat
             assert still.size == (32, 24)
         made = {(out / f).read_text("utf-8") for f in files if f.endswith(".txt")}
         assert made == {text, "second"}  # the row's own text reached the server and back
+        sheet = (out / "index.html").read_text("utf-8")
+        assert f"href='{stem}.png'" in sheet and f"href='{stem}_text1.txt'" in sheet
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["images"], summary["other_files"]) == (ROWS, 3 * ROWS)
 

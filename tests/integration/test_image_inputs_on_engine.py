@@ -80,8 +80,8 @@ def test_an_animated_webp_and_a_text_output_come_back_typed(server, unique, tmp_
     assert (text.node_id, text.media_type) == ("4", "text/plain")
     assert text.text == graph["3"]["inputs"]["value"]
     saved = gen.save(tmp_path, prefix="kinds")
-    assert sorted(p.name for p in saved) == ["kinds_animated0.webp", "kinds_text1.txt"]
-    assert (tmp_path / "kinds_text1.txt").read_text() == text.text
+    assert sorted(p.name for p in saved) == ["kinds_animated0.webp", "kinds_text0.txt"]
+    assert (tmp_path / "kinds_text0.txt").read_text() == text.text
 
 
 def test_a_pipe_a_device_or_a_huge_file_fails_before_anything_is_submitted(

@@ -14,7 +14,13 @@ from PIL import Image
 from comfyfn import read_provenance
 from comfyfn.batch import Manifest, Row
 from comfyfn.batch.jobs import Job, prepare
-from comfyfn.batch.report import RESULT_COLUMNS, Summary, write_contact_sheet, write_results
+from comfyfn.batch.report import (
+    RESULT_COLUMNS,
+    Summary,
+    summarize,
+    write_contact_sheet,
+    write_results,
+)
 from comfyfn.batch.rows import RowError
 from comfyfn.delivery import deliver
 from comfyfn.provenance import PROVENANCE_KEY, add_text_chunks
@@ -126,6 +132,36 @@ def test_a_plain_batch_keeps_one_untitled_grid(tmp_path):
     manifest.close()
     assert "<h1>Batch results</h1>" in sheet and "<h2>" not in sheet
     assert sheet.count("<figure>") == 2 and "64×48" in sheet
+
+
+def test_other_kinds_are_counted_apart_and_linked_from_their_rows_figure(tmp_path):
+    manifest = Manifest(tmp_path / "manifest.sqlite")
+    made = {
+        1: ["images/1.png", "images/1_video0.mp4", "images/1_text0.txt"],
+        2: ["images/2_audio0.flac"],  # a row that made no image
+    }
+    (tmp_path / "images").mkdir()
+    for i, files in made.items():
+        job = prepare(WF, Row(i, {"prompt": f"p{i}", "width": 64, "height": 48}))
+        assert isinstance(job, Job)
+        manifest.add(job.key, job.row, job.label, job.stem, job.values)
+        for rel in files:
+            if rel.endswith(".png"):
+                Image.new("RGB", (64, 48)).save(tmp_path / rel)
+            else:
+                (tmp_path / rel).write_bytes(b"not a picture")
+        manifest.done(job.key, [{"path": f} for f in files], "http://a", seconds=1.0, executed=1.0)
+    summary = summarize(manifest, None, 1.0, {"done": 2})
+    assert (summary.images, summary.other_files) == (1, 3)
+    sheet = write_contact_sheet(manifest, tmp_path, summary).read_text(encoding="utf-8")
+    manifest.close()
+    figures = re.findall(r"<figure>.*?</figure>", sheet)
+    assert len(figures) == 2
+    assert "<img " in figures[0] and "<img " not in figures[1]
+    assert "href='images/1_video0.mp4'>video: 1_video0.mp4" in figures[0]
+    assert "href='images/1_text0.txt'>text: 1_text0.txt" in figures[0]
+    assert "href='images/2_audio0.flac'>audio: 2_audio0.flac" in figures[1]
+    assert "more images" not in sheet
 
 
 def test_a_manifest_made_before_execution_times_gets_the_column(tmp_path):

@@ -81,3 +81,19 @@ async def test_put_files_stores_each_with_its_media_type_in_order(tmp_path):
     for (rel, file), kept in zip(named, stored, strict=True):
         assert (tmp_path / rel).read_bytes() == file.data
         assert kept.size == len(file.data)
+
+
+def test_generation_save_numbers_other_outputs_within_their_kind_as_a_batch_row(tmp_path):
+    saved = generation().save(tmp_path, prefix="g")
+    names = [p.name for p in saved]
+    assert names == [
+        "g_1_0.png",
+        "g_1_animated0.webp",
+        "g_1_text0.txt",
+        "g_1_video0.mp4",
+        "g_1_text1.txt",
+        "g_1_audio0.FLAC",
+    ]
+    kinds = [rel.rsplit("_", 1)[1].split(".")[0] for rel, _ in named_files(generation(), "g_1")]
+    assert kinds[1:] == [n.rsplit("_", 1)[1].split(".")[0] for n in names[1:]]
+    assert (tmp_path / "g_1_text0.txt").read_text("utf-8") == "第一"

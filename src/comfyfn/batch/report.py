@@ -173,12 +173,14 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+#: the kinds shown as thumbnails on the contact sheet (the rest are links)
+_PICTURES = ("image", "animated")
 _STYLE = """body{font-family:system-ui,sans-serif;margin:1.5rem;background:#fafafa}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:12px}
 figure{margin:0;background:#fff;border:1px solid #ddd;padding:8px;border-radius:6px}
 img{width:100%;height:auto;display:block}figcaption{font-size:12px;color:#333;word-break:break-word}
 .output{font-size:14px;font-weight:600}.size{float:right;color:#555;font-weight:400}
-h2{font-size:18px;margin:1.5rem 0 .5rem}
+h2{font-size:18px;margin:1.5rem 0 .5rem}.files{font-size:12px;margin:4px 0 0;padding-left:1.2em}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:4px 8px;
 text-align:left;vertical-align:top}.meta{color:#777}"""
 
@@ -226,7 +228,9 @@ def _sections(
     manifest: Records, output: Path, limit: int
 ) -> Iterator[tuple[str | None, list[str]]]:
     """``(topic, figures)`` in row order: one section per topic of a recipe's images (they
-    come topic by topic), one untitled section for rows without a topic."""
+    come topic by topic), one untitled section for rows without a topic. A row's videos,
+    audio and texts are links under its first figure (a row without an image gets a figure
+    of links)."""
     topic: str | None = None
     figures: list[str] = []
     shown = 0
@@ -236,23 +240,37 @@ def _sections(
             yield topic, figures
             figures = []
         topic = this
+        links = [rel for rel in record.files if named_kind(rel) not in _PICTURES]
         for rel in record.files:
             if shown >= limit:
                 break
-            thumb = _thumbnail(output / rel)
+            thumb = _thumbnail(output / rel) if rel not in links else None
             if thumb is not None:
-                figures.append(_figure(record, rel, thumb))
+                figures.append(_figure(record, rel, thumb, links))
                 shown += 1
+                links = []
+        if links and shown < limit:
+            figures.append(_figure(record, None, None, links))
+            shown += 1
     if figures:
         yield topic, figures
 
 
-def _figure(record: Record, rel: str, thumb: str) -> str:
+def _figure(record: Record, rel: str | None, thumb: str | None, links: list[str]) -> str:
+    """A row's figure: its thumbnail linking to ``rel`` (if it has one) and links to
+    ``links``, its files of other kinds."""
     esc = html.escape
-    return (
-        f"<figure><a href='{esc(rel)}'><img src='data:image/jpeg;base64,{thumb}' alt=''></a>"
-        f"<figcaption>{_caption(record)}</figcaption></figure>"
+    picture = (
+        f"<a href='{esc(rel)}'><img src='data:image/jpeg;base64,{thumb}' alt=''></a>"
+        if rel is not None and thumb is not None
+        else ""
     )
+    files = "".join(
+        f"<li><a href='{esc(link)}'>{esc(named_kind(link))}: {esc(Path(link).name)}</a></li>"
+        for link in links
+    )
+    listed = f"<ul class='files'>{files}</ul>" if files else ""
+    return f"<figure>{picture}<figcaption>{_caption(record)}</figcaption>{listed}</figure>"
 
 
 def _what(record: Record) -> str:
