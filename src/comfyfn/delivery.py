@@ -20,30 +20,28 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
 from PIL import Image, ImageColor
 
 from comfyfn.errors import ConfigError
 from comfyfn.provenance import PROVENANCE_KEY, add_text_chunks, read_text_chunks
 
-if TYPE_CHECKING:
-    from comfyfn.result import Image as GeneratedImage
-
-__all__ = ["FITS", "deliver", "delivered_images"]
+__all__ = ["FITS", "deliver"]
 
 FITS = ("cover", "contain")
+_PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def deliver(
-    png_bytes: bytes,
+    data: bytes,
     width: int,
     height: int,
     fit: str = "cover",
     background: Sequence[int] | str = (255, 255, 255),
 ) -> bytes:
-    """``png_bytes`` as a PNG of exactly ``width`` × ``height`` (see the module docstring).
+    """``data`` (a PNG; or a JPEG, WebP… that Pillow reads, made a PNG) as a PNG of exactly
+    ``width`` × ``height`` (see the module docstring).
 
     ``background`` (for ``contain``) is ``(r, g, b)``, ``(r, g, b, a)`` or a colour string
     Pillow understands (``"#ffffff"``, ``"white"``).
@@ -54,36 +52,24 @@ def deliver(
     if fit not in FITS:
         raise ConfigError(f"delivery fit {fit!r} is not one of {', '.join(FITS)}")
     bg = _rgba(background) if fit == "contain" else (255, 255, 255, 255)
-    texts = read_text_chunks(png_bytes)
-    image: Image.Image = Image.open(io.BytesIO(png_bytes))  # in memory: nothing to close
+    is_png = data.startswith(_PNG)
+    texts = read_text_chunks(data) if is_png else {}
+    image: Image.Image = Image.open(io.BytesIO(data))  # in memory: nothing to close
     image.load()
     source = image.size
     note = {"width": width, "height": height, "fit": fit, "from": list(source)}
-    if source != (width, height):
-        if fit == "cover":
-            image = _cover(image, width, height)
-        else:
-            image = _contain(image, width, height, bg)
+    if source != (width, height) or not is_png:
+        if source != (width, height):
+            image = (
+                _cover(image, width, height)
+                if fit == "cover"
+                else _contain(image, width, height, bg)
+            )
         buf = io.BytesIO()
         icc = image.info.get("icc_profile")
         image.save(buf, format="PNG", **({"icc_profile": icc} if icc else {}))
-        png_bytes = buf.getvalue()
-    return add_text_chunks(png_bytes, {**texts, PROVENANCE_KEY: _with_delivery(texts, note)})
-
-
-def delivered_images(
-    images: Sequence[GeneratedImage], base: str, size: Mapping[str, Any] | None = None
-) -> list[tuple[str, bytes]]:
-    """``images`` as (``<base>.png``, or ``<base>_<i>.png`` for several, PNG bytes), each
-    :func:`deliver`-ed at ``size`` (``width``, ``height``, ``fit``) if given."""
-    files = []
-    for i, image in enumerate(images):
-        rel = f"{base}.png" if len(images) == 1 else f"{base}_{i}.png"
-        data = image.png_bytes()
-        if size:
-            data = deliver(data, int(size["width"]), int(size["height"]), size.get("fit", "cover"))
-        files.append((rel, data))
-    return files
+        data = buf.getvalue()
+    return add_text_chunks(data, {**texts, PROVENANCE_KEY: _with_delivery(texts, note)})
 
 
 def _with_delivery(texts: dict[str, str], note: dict[str, object]) -> str:

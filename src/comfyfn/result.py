@@ -181,8 +181,8 @@ class Generation:
 
     def save(self, directory: str | os.PathLike[str], *, prefix: str | None = None) -> list[Path]:
         """Save every image into ``directory`` (names ``{prefix}_{seed}_{i}.png``), then every
-        other output (``{prefix}_{seed}_{kind}{i}.{ext}``, numbered within its kind as a batch
-        row's files are; the server's extension, text .txt)."""
+        other output (``{prefix}_{seed}_{kind}{i}.{ext}``, named as a batch row's are:
+        :func:`comfyfn.outputs.named_other_files`)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         stem = prefix or f"{self.prompt_id[:8]}"
@@ -191,9 +191,8 @@ class Generation:
         paths = [
             image.save(out / f"{stem}_{i}.{image.format}") for i, image in enumerate(self.images)
         ]
-        counted: dict[str, int] = {}
-        for output in (o for o in self.outputs if o.kind != "image"):
-            i = counted[output.kind] = counted.get(output.kind, -1) + 1
-            ext = Path(output.filename).suffix if output.filename else ".txt"
-            paths.append(output.save(out / f"{stem}_{output.kind}{i}{ext}"))
+        from comfyfn.outputs import named_other_files  # (it imports this module)
+
+        for rel, file in named_other_files(self, str(out / stem)):
+            paths.append(write_atomic(Path(rel), file.data))
         return paths

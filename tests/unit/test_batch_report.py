@@ -164,6 +164,20 @@ def test_other_kinds_are_counted_apart_and_linked_from_their_rows_figure(tmp_pat
     assert "more images" not in sheet
 
 
+def test_a_file_name_is_a_link_beside_the_sheet_never_a_scheme(tmp_path):
+    manifest = Manifest(tmp_path / "manifest.sqlite")
+    job = prepare(WF, Row(1, {"prompt": "p", "width": 64, "height": 48}))
+    assert isinstance(job, Job)
+    manifest.add(job.key, job.row, job.label, job.stem, job.values)
+    rel = "javascript:alert('x')#?.png"
+    Image.new("RGB", (64, 48)).save(tmp_path / rel, format="PNG")
+    manifest.done(job.key, [{"path": rel}], "http://a", seconds=1.0, executed=1.0)
+    sheet = write_contact_sheet(manifest, tmp_path, SUMMARY).read_text(encoding="utf-8")
+    manifest.close()
+    assert "href='javascript%3Aalert%28%27x%27%29%23%3F.png'" in sheet
+    assert "javascript:" not in sheet
+
+
 def test_a_manifest_made_before_execution_times_gets_the_column(tmp_path):
     import sqlite3
 

@@ -315,13 +315,29 @@ def test_a_prompt_with_a_lone_brace_is_text_but_a_template_must_parse():
         ("x" * (MAX_NAME_PART + 1), f"longer than {MAX_NAME_PART} bytes"),
         ("长" * 81, f"longer than {MAX_NAME_PART} bytes"),  # 243 bytes
         (7, "must be text"),
+        ("shots/hero_video1", "ends like the name of a row's other output ('_video1'"),
+        ("a_animated0", "('_animated0'"),  # row a's animated image would be its namesake
     ],
 )
 def test_output_names_that_could_leave_the_folder(name, problem):
     assert problem in (output_name_problem(name) or "")
 
 
-@pytest.mark.parametrize("name", ["a", "秋天/wechat", "a/b/c_1", "..a", "a..", " x ", "长" * 80])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a",
+        "秋天/wechat",
+        "a/b/c_1",
+        "..a",
+        "a..",
+        " x ",
+        "长" * 80,
+        "a_video/b",
+        "my_text",
+        "x_file_1",
+    ],
+)
 def test_plain_relative_output_names_pass(name):
     assert output_name_problem(name) is None
 

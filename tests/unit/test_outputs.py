@@ -1,9 +1,12 @@
 """What a finished job writes (comfyfn.outputs): every kind of output, named for an API job
 (``<id>/<i>.<ext>``) and for a batch row (``<base>.png`` for its still images, delivered at
-the row's size; ``<base>_<kind><i>.<ext>`` for the rest), the kind read back from a batch
-name; and comfyfn.storage.put_files writing them with their media types."""
+the row's size; ``<base>_<kind><i>.<ext>`` for the rest; a JPEG kept a JPEG unless
+delivered), the kind read back from a batch name, Generation.save naming them alike; and
+comfyfn.storage.put_files writing them with their media types."""
 
 from __future__ import annotations
+
+import io
 
 import pytest
 from PIL import Image as PIL
@@ -11,7 +14,7 @@ from PIL import Image as PIL
 from comfyfn import read_provenance
 from comfyfn.outputs import indexed_files, named_files, named_kind
 from comfyfn.result import Generation, Image, Output, Timings
-from comfyfn.storage import LocalStorage, put_files
+from comfyfn.storage import LocalStorage, StoredFile, put_files
 from tests.support.tests_png import image_bytes
 
 
@@ -74,7 +77,7 @@ def test_an_api_job_keeps_the_servers_order_under_its_id():
 
 
 @pytest.mark.anyio
-async def test_put_files_stores_each_with_its_media_type_in_order(tmp_path):
+async def test_put_files_writes_every_file_in_order(tmp_path):
     named = named_files(generation(), "images/r")
     stored = await put_files(LocalStorage(tmp_path), named)
     assert [s.key for s in stored] == [rel for rel, _ in named]
@@ -92,8 +95,55 @@ def test_generation_save_numbers_other_outputs_within_their_kind_as_a_batch_row(
         "g_1_text0.txt",
         "g_1_video0.mp4",
         "g_1_text1.txt",
-        "g_1_audio0.FLAC",
+        "g_1_audio0.flac",
     ]
     kinds = [rel.rsplit("_", 1)[1].split(".")[0] for rel, _ in named_files(generation(), "g_1")]
     assert kinds[1:] == [n.rsplit("_", 1)[1].split(".")[0] for n in names[1:]]
     assert (tmp_path / "g_1_text0.txt").read_text("utf-8") == "第一"
+
+
+def jpeg_generation() -> Generation:
+    buf = io.BytesIO()
+    PIL.new("RGB", (8, 6), "blue").save(buf, format="JPEG")
+    still = Image(buf.getvalue(), "9", "a.jpg")
+    apng = Output("animated", "image/png", image_bytes((8, 6), "red"), "2", "anim_00001_.png")
+    return Generation("p", "s", (still,), {}, {}, Timings(0, 0, 0), (), (apng,))
+
+
+def test_a_jpeg_keeps_its_type_and_is_a_png_once_delivered(tmp_path):
+    named = named_files(jpeg_generation(), "images/j")
+    assert [(rel, f.content_type, f.still_image) for rel, f in named] == [
+        ("images/j.jpg", "image/jpeg", True),
+        ("images/j_animated0.png", "image/png", False),  # an animated PNG is no still image
+    ]
+    ((rel, file), _) = named_files(jpeg_generation(), "j", {"width": 4, "height": 4})
+    assert (rel, file.content_type) == ("j.png", "image/png")
+    (tmp_path / rel).write_bytes(file.data)
+    with PIL.open(tmp_path / rel) as made:
+        assert (made.format, made.size) == ("PNG", (4, 4))
+    assert read_provenance(tmp_path / rel)["delivery"]["from"] == [8, 6]
+
+
+class Recorded:
+    """A storage that keeps what it was given (LocalStorage keeps no media type)."""
+
+    def __init__(self) -> None:
+        self.put_args: list[tuple[str, str]] = []
+
+    async def put(self, key: str, data: bytes, content_type: str) -> StoredFile:
+        self.put_args.append((key, content_type))
+        return StoredFile(key, len(data), "etag")
+
+
+@pytest.mark.anyio
+async def test_put_files_passes_each_files_media_type():
+    storage = Recorded()
+    await put_files(storage, named_files(generation(), "r"))  # type: ignore[arg-type]
+    assert storage.put_args == [
+        ("r.png", "image/png"),
+        ("r_animated0.webp", "image/webp"),
+        ("r_text0.txt", "text/plain; charset=utf-8"),
+        ("r_video0.mp4", "video/mp4"),
+        ("r_text1.txt", "text/plain; charset=utf-8"),
+        ("r_audio0.flac", "audio/flac"),
+    ]

@@ -1,4 +1,5 @@
-"""Batches: many rows of parameters → images on disk, over one or several servers.
+"""Batches: many rows of parameters → images (and videos, audio, texts) on disk or in object
+storage, over one or several servers.
 
 ::
 

@@ -44,10 +44,10 @@ __all__ = [
     "JobResult",
     "aprepare",
     "image_path",
-    "output_files",
     "output_folders",
     "output_name",
     "prepare",
+    "row_files",
     "save_outputs",
     "store_outputs",
     "stored_problem",
@@ -275,7 +275,7 @@ def _shown(bound: Workflow, row: Row, wf: Workflow) -> dict[str, Any]:
     return shown
 
 
-def output_files(gen: Generation, job: Job) -> list[tuple[str, OutputFile]]:
+def row_files(gen: Generation, job: Job) -> list[tuple[str, OutputFile]]:
     """Every output of the job as (path relative to the output folder or store, file), under
     names fixed by the job (:func:`comfyfn.outputs.named_files`: its images delivered at the
     row's size if it asks for one, then its videos, audio, text...)."""
@@ -297,7 +297,7 @@ def save_outputs(gen: Generation, job: Job, output: Path) -> list[dict[str, Any]
     its folder (:func:`output_folders`) is not: the manifest does that once for every job
     it marks done in one commit (:meth:`Manifest.done`)."""
     files = []
-    for rel, file in output_files(gen, job):
+    for rel, file in row_files(gen, job):
         write_atomic(output / rel, file.data, sync_folder=False)
         files.append(_check(rel, file.data))
     return files
@@ -311,7 +311,7 @@ def output_folders(output: Path, files: list[dict[str, Any]]) -> set[Path]:
 async def store_outputs(gen: Generation, job: Job, storage: Storage) -> list[dict[str, Any]]:
     """As :func:`save_outputs`, into ``storage`` (an object store): each file is durable
     there when this returns. Encoding runs on a worker thread."""
-    named = await asyncio.to_thread(output_files, gen, job)
+    named = await asyncio.to_thread(row_files, gen, job)
     await put_files(storage, named)
     return [_check(rel, file.data) for rel, file in named]
 

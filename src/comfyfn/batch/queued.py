@@ -5,8 +5,8 @@ per row, keyed by the row's content key (:attr:`~comfyfn.batch.jobs.Job.key`), s
 the same file again adds nothing and a changed row is a new job. Each job holds its bound
 graph and its ``target`` (the ``-o`` folder or ``s3://`` URL and the row's file name,
 ``images/<stem>``): any worker of the shared queue (``comfyfn worker``, a gateway replica,
-or ``--work`` in the submitting process) runs it and writes its images there, under the
-same names as a batch run here. Rows carry their ``priority`` into the queue, where API
+or ``--work`` in the submitting process) runs it and writes its outputs there (every kind),
+under the same names as a batch run here. Rows carry their ``priority`` into the queue, where API
 jobs and batch rows are claimed by priority alike.
 
 :class:`QueuedBatch` follows a batch from any shell: its results as the jobs finish (the

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
 
 from comfyfn._files import sweep_temporaries, write_atomic
 from comfyfn.batch.manifest import Manifest, Record
@@ -202,13 +203,15 @@ def write_contact_sheet(
         f"ran p50 {summary.p50 or 0:.2f}s · p95 {summary.p95 or 0:.2f}s · turnaround p50 "
         f"{summary.turnaround_p50 or 0:.2f}s · p95 {summary.turnaround_p95 or 0:.2f}s</p>",
     ]
-    shown = 0
-    for topic, figures in _sections(manifest, output, limit):
+    stills = 0
+    for topic, figures, shown in _sections(manifest, output, limit):
         parts.append(f"<section><h2>{esc(topic)}</h2>" if topic is not None else "<section>")
         parts.append(f"<div class='grid'>{''.join(figures)}</div></section>")
-        shown += len(figures)
-    if summary.images > shown:
-        parts.append(f"<p class='meta'>{summary.images - shown} more images are in the folder.</p>")
+        stills += shown
+    if summary.images > stills:
+        parts.append(
+            f"<p class='meta'>{summary.images - stills} more images are in the folder.</p>"
+        )
     failed = [r for r in manifest.records() if r.state in ("failed", "invalid")]
     if failed:
         parts.append(
@@ -226,19 +229,19 @@ def write_contact_sheet(
 
 def _sections(
     manifest: Records, output: Path, limit: int
-) -> Iterator[tuple[str | None, list[str]]]:
-    """``(topic, figures)`` in row order: one section per topic of a recipe's images (they
-    come topic by topic), one untitled section for rows without a topic. A row's videos,
-    audio and texts are links under its first figure (a row without an image gets a figure
-    of links)."""
+) -> Iterator[tuple[str | None, list[str], int]]:
+    """``(topic, figures, still images among them)`` in row order: one section per topic of
+    a recipe's images (they come topic by topic), one untitled section for rows without a
+    topic; at most ``limit`` figures in all. A row's videos, audio and texts are links under
+    its first figure (a row without an image gets a figure of links)."""
     topic: str | None = None
     figures: list[str] = []
-    shown = 0
+    shown = stills = 0
     for record in manifest.records("done"):
         this = record.params.get("topic")
         if figures and this != topic:
-            yield topic, figures
-            figures = []
+            yield topic, figures, stills
+            figures, stills = [], 0
         topic = this
         links = [rel for rel in record.files if named_kind(rel) not in _PICTURES]
         for rel in record.files:
@@ -247,13 +250,13 @@ def _sections(
             thumb = _thumbnail(output / rel) if rel not in links else None
             if thumb is not None:
                 figures.append(_figure(record, rel, thumb, links))
-                shown += 1
-                links = []
+                shown, links = shown + 1, []
+                stills += named_kind(rel) == "image"
         if links and shown < limit:
             figures.append(_figure(record, None, None, links))
             shown += 1
     if figures:
-        yield topic, figures
+        yield topic, figures, stills
 
 
 def _figure(record: Record, rel: str | None, thumb: str | None, links: list[str]) -> str:
@@ -261,16 +264,23 @@ def _figure(record: Record, rel: str | None, thumb: str | None, links: list[str]
     ``links``, its files of other kinds."""
     esc = html.escape
     picture = (
-        f"<a href='{esc(rel)}'><img src='data:image/jpeg;base64,{thumb}' alt=''></a>"
+        f"<a href='{_href(rel)}'><img src='data:image/jpeg;base64,{thumb}' alt=''></a>"
         if rel is not None and thumb is not None
         else ""
     )
     files = "".join(
-        f"<li><a href='{esc(link)}'>{esc(named_kind(link))}: {esc(Path(link).name)}</a></li>"
+        f"<li><a href='{_href(link)}'>{esc(named_kind(link))}: {esc(Path(link).name)}</a></li>"
         for link in links
     )
     listed = f"<ul class='files'>{files}</ul>" if files else ""
     return f"<figure>{picture}<figcaption>{_caption(record)}</figcaption>{listed}</figure>"
+
+
+def _href(rel: str) -> str:
+    """A file's relative link: every character outside a path's percent-encoded (so a name
+    holding ``:``, ``#`` or ``?`` is a file beside the sheet, never a scheme or a fragment),
+    then escaped for the attribute."""
+    return html.escape(quote(rel))
 
 
 def _what(record: Record) -> str:

@@ -35,6 +35,7 @@ from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from comfyfn.errors import ConfigError
+from comfyfn.outputs import OTHER_NAME
 from comfyfn.workflow import MEANINGS
 
 __all__ = [
@@ -162,6 +163,12 @@ def output_name_problem(name: str) -> str | None:
         return "has a '.' or '..' component; it must stay inside the output folder"
     if any(len(part.encode("utf-8")) > MAX_NAME_PART for part in parts):
         return f"has a path component longer than {MAX_NAME_PART} bytes"
+    ending = OTHER_NAME.search(parts[-1])
+    if ending is not None:
+        return (
+            f"ends like the name of a row's other output ({ending.group(0)!r}, as in "
+            "'<name>_video0.mp4'); choose a name that does not"
+        )
     return None
 
 
