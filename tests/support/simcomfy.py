@@ -20,7 +20,9 @@ In-process (tests)::
 As a process (benches): ``python tests/support/simcomfy.py --ports 64 --base-port 0 --job-ms 200``
 prints one JSON line ``{"urls": [...], "pid": ...}`` once every server listens, and serves
 until SIGTERM/SIGINT. ``GET /simcomfy/counters`` (not a ComfyUI route) answers a server's
-counters and the process's CPU seconds.
+counters and the process's CPU seconds; ``POST /simcomfy/hold`` stops it starting queued jobs
+(the running one finishes; with ``{"after": n}``, once it has started ``n`` more) and ``POST
+/simcomfy/release`` lets it go on: a test's way to keep jobs in flight for as long as it needs.
 """
 
 from __future__ import annotations
@@ -134,6 +136,11 @@ class SimServer:
         self.prefix_counters: Counter[str] = Counter()
         self._outbox: asyncio.Queue[tuple[str | int, Any, str | None]] = asyncio.Queue()
         self._wake = asyncio.Event()
+        #: cleared by ``POST /simcomfy/hold``: no queued job starts until it is set again
+        #: (``/simcomfy/release``); the one running finishes
+        self.starting = asyncio.Event()
+        self.starting.set()
+        self.start_budget: int | None = None  #: jobs it starts before it holds (None: any)
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -214,10 +221,16 @@ class SimServer:
 
     async def _work(self) -> None:
         while True:
+            await self.starting.wait()
             if not self.queue:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if self.start_budget is not None:
+                if self.start_budget == 0:
+                    self.starting.clear()
+                    continue
+                self.start_budget -= 1
             self.running = heapq.heappop(self.queue)
             self.queue_updated()
             await self._run(self.running)

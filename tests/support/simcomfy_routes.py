@@ -79,6 +79,8 @@ class Routes:
             self.app.router.add_route(method, path, handler)
             self.app.router.add_route(method, "/api" + path, handler)
         self.app.router.add_get("/simcomfy/counters", self.get_counters)
+        self.app.router.add_post("/simcomfy/hold", self.hold)
+        self.app.router.add_post("/simcomfy/release", self.release)
 
     def server(self, request: web.Request) -> SimServer:
         """The server this request is for (its route counted); a stopped server's
@@ -213,3 +215,20 @@ class Routes:
     async def get_counters(self, request: web.Request) -> web.Response:
         server = self.server(request)
         return web.json_response({**server.counters.as_json(), "cpu_s": time.process_time()})
+
+    async def hold(self, request: web.Request) -> web.Response:
+        """Start no queued job from now on (the running one, if any, finishes); with a body
+        ``{"after": n}``, once ``n`` more have started."""
+        server = self.server(request)
+        after = (await request.json()).get("after") if request.can_read_body else None
+        if after:
+            server.start_budget = int(after)
+        else:
+            server.starting.clear()
+        return web.json_response({"queued": len(server.queue)})
+
+    async def release(self, request: web.Request) -> web.Response:
+        server = self.server(request)
+        server.start_budget = None
+        server.starting.set()
+        return web.json_response({"queued": len(server.queue)})

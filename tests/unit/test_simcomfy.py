@@ -73,6 +73,24 @@ async def test_an_identical_prompt_is_served_from_the_cache_as_comfyui_does():
     assert again.images[0].filename == first.images[0].filename
 
 
+async def test_a_held_server_starts_no_more_jobs_until_released():
+    async with (
+        simulated_servers(1, Settings(job_ms=5)) as cluster,
+        comfyfn.AsyncClient(cluster.urls[0]) as client,
+        httpx.AsyncClient(base_url=cluster.urls[0]) as http,
+    ):
+        (await http.post("/simcomfy/hold", json={"after": 1})).raise_for_status()
+        jobs = [await client.submit_graph(sleep_graph(c, milliseconds=5)) for c in (1, 2, 3)]
+        await jobs[0].result()  # the one it may start
+        queue = await client.queue()
+        assert len(queue["queue_pending"]) == 2 and not queue["queue_running"]
+        assert sum(cluster.servers[0].counters.executions.values()) == 1
+        (await http.post("/simcomfy/release")).raise_for_status()
+        for job in jobs[1:]:
+            await job.result()
+        assert sum(cluster.servers[0].counters.executions.values()) == 3
+
+
 def test_the_process_serves_n_ports_and_says_where():
     proc = subprocess.Popen(
         [*SIMCOMFY, "--ports", "3", "--job-ms", "5"],
