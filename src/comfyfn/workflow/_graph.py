@@ -16,6 +16,7 @@ from comfyfn.errors import NodeProblem, WorkflowInvalid
 
 __all__ = [
     "ApiGraph",
+    "checked_api_graph",
     "class_types",
     "downstream",
     "is_link",
@@ -60,6 +61,12 @@ def load_api_graph(source: str | Path | Mapping[str, Any]) -> ApiGraph:
                 [NodeProblem(None, None, None, f"not JSON: {exc}")],
                 summary="cannot load the workflow",
             ) from exc
+    return checked_api_graph(data)
+
+
+def checked_api_graph(data: Any) -> ApiGraph:
+    """``data`` (parsed JSON, not copied: the caller's own) as an API-format graph, or
+    :class:`WorkflowInvalid` saying why it is not one."""
     if isinstance(data, dict) and "nodes" in data and "links" in data:
         raise WorkflowInvalid(
             [

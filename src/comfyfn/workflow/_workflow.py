@@ -16,7 +16,7 @@ from comfyfn.provenance import read_text_chunks
 from comfyfn.workflow import _validation as validation
 from comfyfn.workflow._binding import bind, copy_json, is_image_slot
 from comfyfn.workflow._bundled import bundled_object_info, is_bundled
-from comfyfn.workflow._graph import ApiGraph, load_api_graph
+from comfyfn.workflow._graph import ApiGraph, checked_api_graph
 from comfyfn.workflow._images import InputImage
 from comfyfn.workflow._library import GetJson, server_source, server_workflow
 from comfyfn.workflow._loras import parse_loras
@@ -130,7 +130,7 @@ class Workflow:
             )
             kind = "png:workflow" if kind == "png:workflow" else "ui"
         else:
-            graph = load_api_graph(data)
+            graph = checked_api_graph(data)  # (data is _read's own copy)
             kind = kind if kind.startswith("png") else "api"
         return cls(MappingProxyType(graph), kind, name, MappingProxyType({}), info)
 
