@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 
+import httpx
 import pytest
 
 from comfyfn.gateway.store import Store
@@ -28,6 +29,19 @@ def named(output: str) -> str:
     return line.split()[1].rstrip(":")
 
 
+def running_by(db: str, worker: str) -> int:
+    """How many rows ``worker`` holds submitted to a server."""
+    import sqlalchemy as sa
+
+    from comfyfn.gateway.schema import jobs_t
+
+    with Store(db) as store, store._read() as conn:
+        query = sa.select(sa.func.count()).where(
+            jobs_t.c.claimed_by == worker, jobs_t.c.state == "running"
+        )
+        return int(conn.execute(query).scalar() or 0)
+
+
 @pytest.fixture
 def place(postgres, tmp_path):
     db = postgres.create_database()
@@ -40,11 +54,16 @@ def test_60_rows_on_two_workers_through_a_kill_9_each_row_once_in_results(place,
     db, storage = place
     rows, out = write_rows(tmp_path / "rows.csv", 60), tmp_path / "out"
     with simulated(4, job_ms=150) as urls:
+        for url in urls:  # each server runs 4 rows, then keeps the rest queued until released
+            httpx.post(f"{url}/simcomfy/hold", json={"after": 4}).raise_for_status()
         follower = start_cli("batch", str(rows), "--db", db, "-o", str(out), "--name", "cats")
         workers = [Worker(n, db, storage, urls, 2.0) for n in ("a", "b")]
         try:
             wait_for(lambda: batch_counts(db, "cats")["succeeded"] >= 15, 120, "15 rows done")
+            wait_for(lambda: running_by(db, "a"), 120, "worker a holding rows on a server")
             workers[0].proc.send_signal(signal.SIGKILL)  # kill -9 mid-run
+            for url in urls:
+                httpx.post(f"{url}/simcomfy/release").raise_for_status()
             said, _ = follower.communicate(timeout=240)
             assert follower.returncode == 0, said
         finally:

@@ -300,15 +300,21 @@ def test_a_second_ctrl_c_stops_at_once_and_the_next_run_resumes(server, unique, 
     out = tmp_path / "out"
     args = ["batch", str(src), "-o", str(out), "-w", str(wf), "-s", server, "--prime", "1"]
     proc = start_cli(*args)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True)
+    reader.start()
     try:
         wait_for(lambda: states(out)["submitted"] >= 2, 60, "two jobs on the server")
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
+        wait_for(lambda: any("Ctrl-C again" in line for line in lines), 30, "the first stop")
         proc.send_signal(signal.SIGINT)
         started = time.monotonic()
-        output, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        reader.join(timeout=30)
     finally:
         stop(proc)
+    output = "".join(lines)
     assert time.monotonic() - started < 6, output  # not the 8 s jobs, nor the 10 s timeout
     assert proc.returncode == 130, output
     assert "stopping now: cancelling running jobs" in output
@@ -338,7 +344,9 @@ def test_a_second_ctrl_c_leaves_none_of_our_jobs_to_run_on_the_server(server, un
     """The primed job queued behind the running one is dequeued, the running one
     interrupted: nothing of ours runs to its end after the CLI has exited."""
     wf = tmp_path / "sleep.json"
-    wf.write_text(json.dumps(sleep_graph(0, milliseconds=3000, steps=30)))
+    # (jobs far longer than the two Ctrl-Cs take, however slow the machine: the first lets
+    # the running one go on)
+    wf.write_text(json.dumps(sleep_graph(0, milliseconds=60_000, steps=600)))
     colors = [unique() for _ in range(3)]
     src = tmp_path / "rows.csv"
     src.write_text("1.color\n" + "".join(f"{c}\n" for c in colors))

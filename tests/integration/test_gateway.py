@@ -32,7 +32,8 @@ FINAL = ("succeeded", "failed", "cancelled")
 def gw(server, tmp_path_factory):
     root = tmp_path_factory.mktemp("gw")
     sleep_wf = root / "sleep.json"
-    sleep_wf.write_text(json.dumps(sleep_graph(0, milliseconds=2000, steps=10)))
+    # (a job that runs until it is cancelled: a shorter one could end before the cancel)
+    sleep_wf.write_text(json.dumps(sleep_graph(0, milliseconds=600_000, steps=6000)))
     args = ("-w", "zimage-turbo", "-w", f"sleep={sleep_wf}", "--allow-private-webhooks")
     with sqlite_gateway([server], root, *args) as gateway:
         gateway.key = make_key(gateway.db, "tests")

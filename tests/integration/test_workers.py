@@ -44,6 +44,12 @@ def jobs_of(db: str):
     return jobs, files
 
 
+def queued(url: str) -> set[str]:
+    """The prompt ids waiting or running on a (simulated) server."""
+    queue = httpx.get(f"{url}/queue", timeout=30).json()
+    return {item[1] for item in queue["queue_running"] + queue["queue_pending"]}
+
+
 def submit(gw: Gateway, key: str, n: int, **extra) -> list[str]:
     ids = []
     with httpx.Client(timeout=30) as http:
@@ -121,9 +127,9 @@ def test_an_api_only_gateway_and_two_workers_run_100_jobs_once_through_a_kill_9(
 
 
 def test_a_paused_worker_s_job_is_taken_over_and_its_late_writes_change_nothing(place):
-    """A claims and submits; SIGSTOP past stale_after; B takes the job over, re-attaches to
-    the prompt and finishes; SIGCONT: A drops the job. One final state, one webhook, one
-    set of files, the prompt run once."""
+    """A claims and submits (the server holds the prompt until A is stopped); SIGSTOP past
+    stale_after; B takes the job over, re-attaches to the prompt and finishes; SIGCONT: A
+    drops the job. One final state, one webhook, one set of files, the prompt run once."""
     db, storage = place
     received: list[bytes] = []
 
@@ -145,10 +151,13 @@ def test_a_paused_worker_s_job_is_taken_over_and_its_late_writes_change_nothing(
         b = None
         try:
             key = make_key(db, "k")
+            # the server keeps the prompt queued until A is stopped: the job cannot end first
+            httpx.post(f"{urls[0]}/simcomfy/hold").raise_for_status()
             (job_id,) = submit(gw, key, 1, webhook=hook)
             prompt = wait_for(lambda: jobs_of(db)[0][job_id].prompt_id, 60, "A's prompt id")
-            wait_for(lambda: executions(urls)[prompt], 60, "A's prompt running on the server")
+            wait_for(lambda: prompt in queued(urls[0]), 60, "A's prompt queued on the server")
             os.kill(a.proc.pid, signal.SIGSTOP)
+            httpx.post(f"{urls[0]}/simcomfy/release").raise_for_status()
             b = Worker("b", db, storage, urls, 1.0, "--allow-private-webhooks")
             wait_for(lambda: jobs_of(db)[0][job_id].state == "succeeded", 120, "B finishes")
             wait_for(lambda: received, 60, "B's webhook")

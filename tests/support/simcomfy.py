@@ -21,7 +21,8 @@ As a process (benches): ``python tests/support/simcomfy.py --ports 64 --base-por
 prints one JSON line ``{"urls": [...], "pid": ...}`` once every server listens, and serves
 until SIGTERM/SIGINT. ``GET /simcomfy/counters`` (not a ComfyUI route) answers a server's
 counters and the process's CPU seconds; ``POST /simcomfy/hold`` stops it starting queued jobs
-(the running one finishes; with ``{"after": n}``, once it has started ``n`` more) and ``POST
+(the running one finishes; with ``{"after": n}``, once it has started ``n`` more; with
+``{"running": true}`` the running one stops too, between two nodes) and ``POST
 /simcomfy/release`` lets it go on: a test's way to keep jobs in flight for as long as it needs.
 """
 
@@ -141,6 +142,10 @@ class SimServer:
         self.starting = asyncio.Event()
         self.starting.set()
         self.start_budget: int | None = None  #: jobs it starts before it holds (None: any)
+        #: cleared by ``POST /simcomfy/hold {"running": true}``: the running job stops
+        #: between two nodes until ``/simcomfy/release``
+        self.advancing = asyncio.Event()
+        self.advancing.set()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:

@@ -111,6 +111,7 @@ class Job:
         cache_before = sorted(server.cache)
         try:
             for node_id in plan(self.prompt, self.outputs, server.info, set(cached)):
+                await server.advancing.wait()  # (a test's hold of the running job)
                 await self.node(node_id, node_id in cached)
         except _Stop as stop:
             self.stopped(stop, cache_before)

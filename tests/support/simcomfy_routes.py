@@ -218,17 +218,21 @@ class Routes:
 
     async def hold(self, request: web.Request) -> web.Response:
         """Start no queued job from now on (the running one, if any, finishes); with a body
-        ``{"after": n}``, once ``n`` more have started."""
+        ``{"after": n}``, once ``n`` more have started; with ``{"running": true}``, and stop
+        the running one between two nodes."""
         server = self.server(request)
-        after = (await request.json()).get("after") if request.can_read_body else None
-        if after:
-            server.start_budget = int(after)
+        body = (await request.json()) if request.can_read_body else {}
+        if body.get("after"):
+            server.start_budget = int(body["after"])
         else:
             server.starting.clear()
+        if body.get("running"):
+            server.advancing.clear()
         return web.json_response({"queued": len(server.queue)})
 
     async def release(self, request: web.Request) -> web.Response:
         server = self.server(request)
         server.start_budget = None
         server.starting.set()
+        server.advancing.set()
         return web.json_response({"queued": len(server.queue)})
