@@ -191,7 +191,9 @@ def test_disk_filling_during_the_run_exits_2_and_the_run_resumes(server, unique,
 
 def test_sigterm_stops_the_batch_with_exit_130_and_it_resumes(server, unique, tmp_path):
     wf = tmp_path / "sleep.json"
-    wf.write_text(json.dumps(sleep_graph(0, milliseconds=800)))
+    # (2 s jobs: after the first, 10 s of work are left for the SIGTERM to interrupt, more
+    # than a starved test process waits between two looks)
+    wf.write_text(json.dumps(sleep_graph(0, milliseconds=2000)))
     src = tmp_path / "rows.csv"
     src.write_text("1.color\n" + "".join(f"{unique()}\n" for _ in range(6)))
     out = tmp_path / "out"

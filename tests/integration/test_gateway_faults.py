@@ -83,18 +83,25 @@ def test_postgres_outage_jobs_before_and_after_finish(server, tmp_path, unique):
         gw = Gateway([server], pg.url, tmp_path / "files", *workflows)
         try:
             key = make_key(pg.url, "outage")
+            # a job of the server's own holds it, so the first job waits there (submitted, its
+            # state "running") until the outage has begun, however slow this machine is
+            blocker = {"prompt": sleep_graph(unique(), milliseconds=600_000, steps=6000)}
+            httpx.post(f"{server}/prompt", json=blocker, timeout=30).raise_for_status()
             before = post_job(gw, key, "before")
             assert before.status_code == 202, before.text
             wait_for(
                 lambda: job_state(gw, key, before.json()["id"])["state"] == "running",
                 timeout=30,
-                what="the first job to run",
+                what="the first job submitted",
             )
             pg.halt()
             wait_for(lambda: ready(gw) == 503, timeout=20, what="/readyz to say 503")
             during = post_job(gw, key, "during")
             assert during.status_code == 503, during.text
             assert during.json()["error"]["type"] == "server_error"
+            httpx.post(f"{server}/interrupt", json={}, timeout=30).raise_for_status()
+            # the first job ends while the store is away: its final write waits for it
+            wait_for(lambda: runs_by_color(server)[colors["before"]], 60, "the first job run")
             pg.resume()
             wait_for(lambda: ready(gw) == 200, timeout=30, what="/readyz to recover")
             after = post_job(gw, key, "after")
