@@ -95,8 +95,9 @@ async def test_garbled_history_is_retried_and_the_job_runs_once(server, unique, 
 async def test_history_slower_than_the_http_timeout_does_not_run_the_job_twice(
     server, unique, tmp_path
 ):
-    async with FaultProxy(server, history_delay=2.0, delay_history=3) as proxy:
-        job, data = await _run_one(tmp_path, proxy, unique(), http_timeout=1.0)
+    # (a timeout the other requests meet with room on a loaded machine; a delay well past it)
+    async with FaultProxy(server, history_delay=6.0, delay_history=3) as proxy:
+        job, data = await _run_one(tmp_path, proxy, unique(), http_timeout=2.5)
     assert job["state"] == "succeeded", job
     assert _decodes(data) == (64, 48)
     assert proxy.forwarded_prompt_posts == 1  # re-attached by prompt id, never re-posted

@@ -90,11 +90,12 @@ async def test_non_json_history_is_retried_then_named(server, unique):
 
 async def test_slow_history_is_waited_out_without_running_twice(server, unique):
     before = await _jobs_in_history(server)
-    timeout = httpx.Timeout(1.0, connect=5.0)
-    async with FaultProxy(server, history_delay=2.5, delay_history=2) as proxy:
+    # (a timeout the other requests meet with room on a loaded machine; a delay well past it)
+    timeout = httpx.Timeout(2.5, connect=5.0)
+    async with FaultProxy(server, history_delay=6.0, delay_history=2) as proxy:
         start = time.monotonic()
         _whole(await _run(proxy.url, unique(), timeout=timeout))
-        assert time.monotonic() - start >= 2.0  # two attempts timed out first
+        assert time.monotonic() - start >= 5.0  # two attempts timed out first
         assert [f for f, _ in proxy.faults] == ["delay_history", "delay_history"]
         assert proxy.seen_prompt_posts == 1
 
