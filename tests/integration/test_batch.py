@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -11,6 +12,7 @@ import sqlite3
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -126,18 +128,20 @@ def _no_leftover_runners():
         stop(_STARTED.pop())
 
 
-def block(url: str, color: int) -> str:
-    """Occupy ``url`` with a job that runs until it is interrupted (or the server dies), so
-    the batch's prompts wait in its queue for as long as a test needs; its prompt id."""
+@contextlib.contextmanager
+def blocked(url: str, color: int) -> Iterator[str]:
+    """``url`` occupied by a job that runs until it is interrupted (or the server dies), so
+    the batch's prompts wait in its queue for as long as the ``with`` lasts; then the job
+    is interrupted (by its prompt id: nothing else is). Yields its prompt id."""
     graph = sleep_graph(color, milliseconds=600_000, steps=6000)
     answer = httpx.post(f"{url}/prompt", json={"prompt": graph}, timeout=30)
     answer.raise_for_status()
-    return str(answer.json()["prompt_id"])
-
-
-def unblock(url: str) -> None:
-    """Interrupt the running job of ``url`` (the blocker)."""
-    httpx.post(f"{url}/interrupt", json={}, timeout=30).raise_for_status()
+    prompt_id = str(answer.json()["prompt_id"])
+    try:
+        yield prompt_id
+    finally:
+        with contextlib.suppress(httpx.HTTPError):  # (a server the test killed is gone)
+            httpx.post(f"{url}/interrupt", json={"prompt_id": prompt_id}, timeout=30)
 
 
 def wait_done(out: Path, n: int) -> None:
@@ -180,20 +184,18 @@ def test_seed_csv_over_two_servers(server, second, tmp_path):
 
 
 def test_runner_killed_mid_batch_resumes_without_running_anything_twice(server, unique, tmp_path):
-    """Slow (~7 s): 16 simulated 300 ms jobs, run partly by a runner that is killed."""
+    """Slow (~7 s): 16 simulated 300 ms jobs; the runner is killed while its rows wait on the
+    server (behind a job of the server's own), and the next run re-attaches to them."""
     colors = [unique() for _ in range(16)]
     args = [*sleep_batch(tmp_path, colors, 300, server), "--prime", "2"]
     out = tmp_path / "out"
-    proc = cli("batch", *args)
-    wait_for(
-        lambda: manifest_states(out)["done"] >= 3 and manifest_states(out)["submitted"] >= 2,
-        timeout=60,
-        what="jobs done and in flight",
-    )
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    with blocked(server, unique()):
+        proc = cli("batch", *args)
+        wait_for(lambda: manifest_states(out)["submitted"] >= 2, 60, "rows queued on the server")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     in_flight = manifest_states(out)["submitted"]
-    assert in_flight >= 1
+    assert in_flight >= 2
     resumed = cli("batch", *args, "--json")
     output, _ = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, output
@@ -214,19 +216,19 @@ def test_server_killed_mid_batch(engine, server, unique, tmp_path):
     try:
         colors = [unique() for _ in range(20)]
         out = tmp_path / "out"
-        block(victim_url, unique())  # the victim's share waits there until it is killed
-        proc = cli(
-            "batch",
-            *sleep_batch(tmp_path, colors, 250, victim_url, server),
-            "--json",
-            "--http-timeout",
-            "3",
-        )
-        wait_done(out, 4)
-        wait_for(lambda: submitted_to(out, victim_url) >= 1, 60, "rows queued on the victim")
-        state = victim.state()
-        assert state is not None
-        os.kill(state.pid, signal.SIGKILL)
+        with blocked(victim_url, unique()):  # the victim's share waits there until killed
+            proc = cli(
+                "batch",
+                *sleep_batch(tmp_path, colors, 250, victim_url, server),
+                "--json",
+                "--http-timeout",
+                "3",
+            )
+            wait_done(out, 4)
+            wait_for(lambda: submitted_to(out, victim_url) >= 1, 60, "rows queued on the victim")
+            state = victim.state()
+            assert state is not None
+            os.kill(state.pid, signal.SIGKILL)
         output, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, output
         assert manifest_states(out) == Counter({"done": 20})
@@ -245,30 +247,31 @@ def test_hanging_server_is_taken_out_and_put_back(second, server, unique, tmp_pa
     only after the HTTP timeout, and put back only after it answers again."""
     colors = [unique() for _ in range(20)]
     out = tmp_path / "out"
-    block(second.url, unique())  # rows placed on it wait there, however slow this machine is
-    proc = cli(
-        "batch",
-        *sleep_batch(tmp_path, colors, 250, second.url, server),
-        "--json",
-        "--http-timeout",
-        "2",
-    )
-    wait_done(out, 3)
-    wait_for(lambda: submitted_to(out, second.url) >= 1, 60, "rows queued on the second server")
-    pid = second.state().pid
-    hung_at = time.time()
-    os.kill(pid, signal.SIGSTOP)  # the process hangs: connections open, nothing answers
-    try:
-        done_then = manifest_states(out)["done"]
-        # its jobs are taken back and finished elsewhere while it hangs
-        wait_for(
-            lambda: submitted_to(out, second.url) == 0 and manifest_states(out)["done"] > done_then,
-            timeout=60,
-            what="the hanging server's jobs moved and finished elsewhere",
+    with blocked(second.url, unique()):  # rows placed on it wait there, however slow we are
+        proc = cli(
+            "batch",
+            *sleep_batch(tmp_path, colors, 250, second.url, server),
+            "--json",
+            "--http-timeout",
+            "2",
         )
-    finally:
-        os.kill(pid, signal.SIGCONT)  # at once: it resumes the moment its jobs have moved
-    unblock(second.url)
+        wait_done(out, 3)
+        wait_for(lambda: submitted_to(out, second.url) >= 1, 60, "rows queued on the second")
+        pid = second.state().pid
+        hung_at = time.time()
+        os.kill(pid, signal.SIGSTOP)  # the process hangs: connections open, nothing answers
+        try:
+            done_then = manifest_states(out)["done"]
+            # its jobs are taken back and finished elsewhere while it hangs
+            wait_for(
+                lambda: (
+                    submitted_to(out, second.url) == 0 and manifest_states(out)["done"] > done_then
+                ),
+                timeout=60,
+                what="the hanging server's jobs moved and finished elsewhere",
+            )
+        finally:
+            os.kill(pid, signal.SIGCONT)  # at once: it resumes the moment its jobs have moved
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output
     assert manifest_states(out) == Counter({"done": 20})
@@ -297,16 +300,16 @@ def test_all_servers_down_then_back(engine, unique, tmp_path):
     try:
         colors = [unique() for _ in range(12)]
         out = tmp_path / "out"
-        block(lone_url, unique())  # no row can finish before the server goes down
-        proc = cli(
-            "batch",
-            *sleep_batch(tmp_path, colors, 200, lone_url),
-            "--json",
-            "--http-timeout",
-            "2",
-        )
-        wait_for(lambda: manifest_states(out)["submitted"] >= 1, 60, "rows queued on it")
-        lone.down()
+        with blocked(lone_url, unique()):  # no row can finish before the server goes down
+            proc = cli(
+                "batch",
+                *sleep_batch(tmp_path, colors, 200, lone_url),
+                "--json",
+                "--http-timeout",
+                "2",
+            )
+            wait_for(lambda: manifest_states(out)["submitted"] >= 1, 60, "rows queued on it")
+            lone.down()
         assert proc.poll() is None  # the batch waits for a server
         lone.up(port=port)
         output, _ = proc.communicate(timeout=120)
@@ -448,18 +451,16 @@ def test_resume_remakes_missing_or_damaged_files(server, unique, tmp_path):
 
 
 def test_jobs_cancelled_by_ctrl_c_are_done_by_the_next_run(server, unique, tmp_path):
-    """Slow (~7 s): eight simulated 700 ms jobs, cancelled mid-run and resumed."""
+    """Slow (~7 s): eight simulated 700 ms jobs, cancelled while waiting on the server (behind
+    a job of the server's own) and resumed."""
     colors = [unique() for _ in range(8)]
     args = [*sleep_batch(tmp_path, colors, 700, server), "--prime", "2"]
     out = tmp_path / "out"
-    proc = cli("batch", *args, "--on-interrupt", "cancel")
-    wait_for(
-        lambda: manifest_states(out)["done"] >= 1 and manifest_states(out)["submitted"] >= 2,
-        timeout=60,
-        what="jobs done and in flight",
-    )
-    proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=60)
+    with blocked(server, unique()):
+        proc = cli("batch", *args, "--on-interrupt", "cancel")
+        wait_for(lambda: manifest_states(out)["submitted"] >= 2, 60, "rows queued on the server")
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
     states = manifest_states(out)
     assert states["failed"] == 0 and states["submitted"] == 0, (states, output)
     assert states["pending"] >= 1, states
