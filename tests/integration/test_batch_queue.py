@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from comfyfn.gateway.store import Store
-from tests.support.batches import batch_counts, results, write_rows
+from tests.support.batches import batch_counts, results, running_by, write_rows
 from tests.support.cli_proc import run_cli, start_cli
 from tests.support.graphs import sleep_graph
 from tests.support.polling import wait_for
@@ -27,19 +27,6 @@ def named(output: str) -> str:
         line for line in output.splitlines() if line.startswith("batch ") and "rows," in line
     )
     return line.split()[1].rstrip(":")
-
-
-def running_by(db: str, worker: str) -> int:
-    """How many rows ``worker`` holds submitted to a server."""
-    import sqlalchemy as sa
-
-    from comfyfn.gateway.schema import jobs_t
-
-    with Store(db) as store, store._read() as conn:
-        query = sa.select(sa.func.count()).where(
-            jobs_t.c.claimed_by == worker, jobs_t.c.state == "running"
-        )
-        return int(conn.execute(query).scalar() or 0)
 
 
 @pytest.fixture

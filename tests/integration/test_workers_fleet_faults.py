@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from comfyfn.gateway.schema import files_t, jobs_t
 from comfyfn.gateway.store import Store
-from tests.support.batches import batch_counts, results, write_rows
+from tests.support.batches import batch_counts, results, running_by, write_rows
 from tests.support.cli_proc import CHILD_ENV, run_cli
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
@@ -163,9 +163,14 @@ def test_three_workers_through_kill_9_a_postgres_outage_and_sigterm_run_1000_row
             postgres.resume()
 
             wait_for(lambda: succeeded(db, name) >= 650, 120, "650 rows done")
+            for url in urls_c:  # c's rows stay on its servers until it is stopped
+                httpx.post(f"{url}/simcomfy/hold", timeout=30).raise_for_status()
+            wait_for(lambda: running_by(db, "c"), 120, "c holding rows on its servers")
             workers["c"].proc.send_signal(signal.SIGTERM)
             assert workers["c"].proc.wait(timeout=60) == 0
             assert workers["c"].said("its jobs are back in the queue")
+            for url in urls_c:
+                httpx.post(f"{url}/simcomfy/release", timeout=30).raise_for_status()
 
             assert follower.finished(240) == 0, where_things_are(db, name, follower, workers)
             seconds = time.monotonic() - started
