@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -12,10 +11,8 @@ import sqlite3
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -23,6 +20,7 @@ import comfyfn
 from comfyfn.batch import map_rows
 from comfyfn.cli._app import app
 from comfyfn.engine import Engine
+from tests.support.blocking import blocked
 from tests.support.cli_proc import start_cli, stop
 from tests.support.graphs import sleep_graph
 from tests.support.polling import wait_for
@@ -126,22 +124,6 @@ def _no_leftover_runners():
     yield
     while _STARTED:
         stop(_STARTED.pop())
-
-
-@contextlib.contextmanager
-def blocked(url: str, color: int) -> Iterator[str]:
-    """``url`` occupied by a job that runs until it is interrupted (or the server dies), so
-    the batch's prompts wait in its queue for as long as the ``with`` lasts; then the job
-    is interrupted (by its prompt id: nothing else is). Yields its prompt id."""
-    graph = sleep_graph(color, milliseconds=600_000, steps=6000)
-    answer = httpx.post(f"{url}/prompt", json={"prompt": graph}, timeout=30)
-    answer.raise_for_status()
-    prompt_id = str(answer.json()["prompt_id"])
-    try:
-        yield prompt_id
-    finally:
-        with contextlib.suppress(httpx.HTTPError):  # (a server the test killed is gone)
-            httpx.post(f"{url}/interrupt", json={"prompt_id": prompt_id}, timeout=30)
 
 
 def wait_done(out: Path, n: int) -> None:

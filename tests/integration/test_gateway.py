@@ -19,6 +19,7 @@ from PIL import Image
 
 import comfyfn
 from comfyfn.gateway.store import Store
+from tests.support.blocking import blocked
 from tests.support.gateway_proc import Gateway, make_key, sqlite_gateway
 from tests.support.graphs import sleep_graph
 from tests.support.polling import wait_for
@@ -333,13 +334,14 @@ def test_restart_mid_job_finishes_the_job(server, tmp_path, unique):
     gateway = Gateway([server], db, tmp_path / "files", *args)
     key = make_key(db, "k")
     try:
-        job = post_sleep_job(gateway, key)
-        prompt_id = wait_for(
-            lambda: stored_job(db, job["id"]).prompt_id, 30, "the job is submitted"
-        )
-        with comfyfn.Client(server) as c:
-            wait_for(lambda: c.queue_position(prompt_id) == 0, 30, "ComfyUI runs the job")
-        gateway.kill()  # mid-job: the ComfyUI job goes on without the gateway
+        with blocked(server, unique()):  # the job waits on ComfyUI until the gateway is gone
+            job = post_sleep_job(gateway, key)
+            prompt_id = wait_for(
+                lambda: stored_job(db, job["id"]).prompt_id, 30, "the job is submitted"
+            )
+            with comfyfn.Client(server) as c:
+                wait_for(lambda: c.queue_position(prompt_id) == 1, 30, "the job queued on ComfyUI")
+            gateway.kill()  # mid-job: the ComfyUI job goes on without the gateway
         gateway = Gateway([server], db, tmp_path / "files", *args, port=gateway.port)
         state = final_state(gateway, key, job["id"])
         assert state["state"] == "succeeded", state

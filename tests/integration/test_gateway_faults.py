@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 import comfyfn
+from tests.support.blocking import blocked
 from tests.support.gateway_proc import Gateway, auth, make_key
 from tests.support.graphs import sleep_graph
 from tests.support.pg import Postgres
@@ -85,21 +86,19 @@ def test_postgres_outage_jobs_before_and_after_finish(server, tmp_path, unique):
             key = make_key(pg.url, "outage")
             # a job of the server's own holds it, so the first job waits there (submitted, its
             # state "running") until the outage has begun, however slow this machine is
-            blocker = {"prompt": sleep_graph(unique(), milliseconds=600_000, steps=6000)}
-            httpx.post(f"{server}/prompt", json=blocker, timeout=30).raise_for_status()
-            before = post_job(gw, key, "before")
-            assert before.status_code == 202, before.text
-            wait_for(
-                lambda: job_state(gw, key, before.json()["id"])["state"] == "running",
-                timeout=30,
-                what="the first job submitted",
-            )
-            pg.halt()
-            wait_for(lambda: ready(gw) == 503, timeout=20, what="/readyz to say 503")
-            during = post_job(gw, key, "during")
-            assert during.status_code == 503, during.text
-            assert during.json()["error"]["type"] == "server_error"
-            httpx.post(f"{server}/interrupt", json={}, timeout=30).raise_for_status()
+            with blocked(server, unique()):
+                before = post_job(gw, key, "before")
+                assert before.status_code == 202, before.text
+                wait_for(
+                    lambda: job_state(gw, key, before.json()["id"])["state"] == "running",
+                    timeout=30,
+                    what="the first job submitted",
+                )
+                pg.halt()
+                wait_for(lambda: ready(gw) == 503, timeout=20, what="/readyz to say 503")
+                during = post_job(gw, key, "during")
+                assert during.status_code == 503, during.text
+                assert during.json()["error"]["type"] == "server_error"
             # the first job ends while the store is away: its final write waits for it
             wait_for(lambda: runs_by_color(server)[colors["before"]], 60, "the first job run")
             pg.resume()
