@@ -142,4 +142,7 @@ def _other_file(output: Output) -> OutputFile:
         return OutputFile(output.data, TEXT_TYPE, "txt", "text")
     suffix = PurePosixPath(output.filename or "").suffix.lower().removeprefix(".")
     usable = suffix.isascii() and suffix.isalnum() and len(suffix) <= _MAX_EXTENSION
-    return OutputFile(output.data, output.media_type, suffix if usable else "bin", output.kind)
+    media = output.media_type
+    if output.kind == "animated" and media == "image/png":
+        media = "image/apng"  # (so no one takes it for a still image by its media type)
+    return OutputFile(output.data, media, suffix if usable else "bin", output.kind)

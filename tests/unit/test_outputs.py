@@ -114,7 +114,7 @@ def test_a_jpeg_keeps_its_type_and_is_a_png_once_delivered(tmp_path):
     named = named_files(jpeg_generation(), "images/j")
     assert [(rel, f.content_type, f.still_image) for rel, f in named] == [
         ("images/j.jpg", "image/jpeg", True),
-        ("images/j_animated0.png", "image/png", False),  # an animated PNG is no still image
+        ("images/j_animated0.png", "image/apng", False),  # an animated PNG: no still image
     ]
     ((rel, file), _) = named_files(jpeg_generation(), "j", {"width": 4, "height": 4})
     assert (rel, file.content_type) == ("j.png", "image/png")

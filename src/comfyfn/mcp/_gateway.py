@@ -45,7 +45,12 @@ __all__ = ["MCP_PATH", "GatewayBackend", "mcp_endpoint"]
 
 MCP_PATH = "/mcp"
 _KEY = "comfyfn_mcp_key"  #: where the request's authenticated key is kept (request.state)
-_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
+_EXTENSIONS = {
+    "image/png": ".png",
+    "image/apng": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+}
 
 
 @dataclass(frozen=True)
