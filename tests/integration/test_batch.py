@@ -259,17 +259,13 @@ def test_hanging_server_is_taken_out_and_put_back(second, server, unique, tmp_pa
     assert manifest_states(out) == Counter({"done": 20})
     summary = json.loads(output[output.index("{") :])
     assert summary["servers"][second.url]["failures"] >= 1
-    # Our outputs exist once (above). On the servers, only the job that was *running* on the
-    # hung one can also finish there when it resumes (its interrupt may land after the last
-    # step); a copy that was queued there is removed by the request sent when it moved,
-    # which the server reads as soon as it resumes, before its queue reaches that copy.
+    # Our outputs exist once (above), and every row ran once on the servers: the hung one
+    # was running its own job (the blocker), and the copies queued there behind it were
+    # removed by the requests sent when they moved, which it reads as soon as it resumes,
+    # before the blocker is interrupted.
     elsewhere, there = successes(server), successes(second.url)
     runs = {c: len(elsewhere.get(c, [])) + len(there.get(c, [])) for c in colors}
-    assert set(runs.values()) <= {1, 2}, runs
-    twice = {c: (elsewhere.get(c, []), there.get(c, [])) for c in colors if runs[c] == 2}
-    assert all(len(here) == len(hung) == 1 for here, hung in twice.values()), twice
-    assert all(hung[0] < hung_at for _, hung in twice.values()), (hung_at, twice)
-    assert len(twice) <= 1, twice
+    assert set(runs.values()) == {1}, (hung_at, runs)
 
 
 @pytest.mark.one_version  # slow, and about the fleet, not the ComfyUI version
@@ -440,7 +436,9 @@ def test_jobs_cancelled_by_ctrl_c_are_done_by_the_next_run(server, unique, tmp_p
     out = tmp_path / "out"
     with blocked(server, unique()):
         proc = cli("batch", *args, "--on-interrupt", "cancel")
-        wait_for(lambda: manifest_states(out)["submitted"] >= 2, 60, "rows queued on the server")
+        # every slot taken (one running and two primed: --prime 2), so no submission is under
+        # way when the Ctrl-C comes (one would escape the cancel and wait behind the blocker)
+        wait_for(lambda: manifest_states(out)["submitted"] == 3, 60, "three rows on the server")
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=60)
     states = manifest_states(out)

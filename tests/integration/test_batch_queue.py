@@ -42,7 +42,7 @@ def test_60_rows_on_two_workers_through_a_kill_9_each_row_once_in_results(place,
     rows, out = write_rows(tmp_path / "rows.csv", 60), tmp_path / "out"
     with simulated(4, job_ms=150) as urls:
         for url in urls:  # each server runs 4 rows, then keeps the rest queued until released
-            httpx.post(f"{url}/simcomfy/hold", json={"after": 4}).raise_for_status()
+            httpx.post(f"{url}/simcomfy/hold", json={"after": 4}, timeout=30).raise_for_status()
         follower = start_cli("batch", str(rows), "--db", db, "-o", str(out), "--name", "cats")
         workers = [Worker(n, db, storage, urls, 2.0) for n in ("a", "b")]
         try:
@@ -50,7 +50,7 @@ def test_60_rows_on_two_workers_through_a_kill_9_each_row_once_in_results(place,
             wait_for(lambda: running_by(db, "a"), 120, "worker a holding rows on a server")
             workers[0].proc.send_signal(signal.SIGKILL)  # kill -9 mid-run
             for url in urls:
-                httpx.post(f"{url}/simcomfy/release").raise_for_status()
+                httpx.post(f"{url}/simcomfy/release", timeout=30).raise_for_status()
             said, _ = follower.communicate(timeout=240)
             assert follower.returncode == 0, said
         finally:

@@ -77,7 +77,7 @@ def test_an_api_only_gateway_and_two_workers_run_100_jobs_once_through_a_kill_9(
             key = make_key(db, "k")
             assert httpx.get(f"{gw.url}/readyz").status_code == 200  # no ComfyUI needed
             for url in urls:  # each server runs 7 jobs, then holds the rest in its queue
-                httpx.post(f"{url}/simcomfy/hold", json={"after": 7}).raise_for_status()
+                httpx.post(f"{url}/simcomfy/hold", json={"after": 7}, timeout=30).raise_for_status()
             ids = submit(gw, key, 100)
 
             def done() -> int:
@@ -95,7 +95,7 @@ def test_an_api_only_gateway_and_two_workers_run_100_jobs_once_through_a_kill_9(
             victim = wait_for(busy_worker, 120, "a worker holding jobs")
             victim.proc.kill()  # kill -9 mid-run
             for url in urls:
-                httpx.post(f"{url}/simcomfy/release").raise_for_status()
+                httpx.post(f"{url}/simcomfy/release", timeout=30).raise_for_status()
             wait_for(lambda: done() == 100, 240, "every job done after the kill")
             jobs, files = jobs_of(db)
             assert {j.state for j in jobs.values()} == {"succeeded"} and set(jobs) == set(ids)
@@ -152,12 +152,12 @@ def test_a_paused_worker_s_job_is_taken_over_and_its_late_writes_change_nothing(
         try:
             key = make_key(db, "k")
             # the server keeps the prompt queued until A is stopped: the job cannot end first
-            httpx.post(f"{urls[0]}/simcomfy/hold").raise_for_status()
+            httpx.post(f"{urls[0]}/simcomfy/hold", timeout=30).raise_for_status()
             (job_id,) = submit(gw, key, 1, webhook=hook)
             prompt = wait_for(lambda: jobs_of(db)[0][job_id].prompt_id, 60, "A's prompt id")
             wait_for(lambda: prompt in queued(urls[0]), 60, "A's prompt queued on the server")
             os.kill(a.proc.pid, signal.SIGSTOP)
-            httpx.post(f"{urls[0]}/simcomfy/release").raise_for_status()
+            httpx.post(f"{urls[0]}/simcomfy/release", timeout=30).raise_for_status()
             b = Worker("b", db, storage, urls, 1.0, "--allow-private-webhooks")
             wait_for(lambda: jobs_of(db)[0][job_id].state == "succeeded", 120, "B finishes")
             wait_for(lambda: received, 60, "B's webhook")

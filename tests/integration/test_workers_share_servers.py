@@ -61,14 +61,16 @@ def test_two_workers_on_the_same_servers_run_every_row_once(postgres, tmp_path):
         try:  # both ready before the rows come, so that both take part
             wait_for(lambda: registered(db) == {"left", "right"}, 120, "both workers registered")
             for url in urls:  # each runs 15 rows, then keeps the rest queued until released
-                httpx.post(f"{url}/simcomfy/hold", json={"after": 15}).raise_for_status()
+                httpx.post(
+                    f"{url}/simcomfy/hold", json={"after": 15}, timeout=30
+                ).raise_for_status()
             follower = start_cli("batch", str(rows), "--db", db, "-o", str(out), "--name", "shared")
             wait_for(lambda: both_running(db), 120, "both workers running rows")
             right.proc.send_signal(signal.SIGTERM)
             assert right.proc.wait(timeout=60) == 0
             assert right.said("its jobs are back in the queue")
             for url in urls:
-                httpx.post(f"{url}/simcomfy/release").raise_for_status()
+                httpx.post(f"{url}/simcomfy/release", timeout=30).raise_for_status()
             said, _ = follower.communicate(timeout=240)
             assert follower.returncode == 0, said
             wait_for(lambda: all(map(idle, urls)), 60, "both servers done with their queues")

@@ -226,7 +226,8 @@ class SimServer:
 
     async def _work(self) -> None:
         while True:
-            await self.starting.wait()
+            while not self.starting.is_set():  # (a hold sent after a release counts)
+                await self.starting.wait()
             if not self.queue:
                 self._wake.clear()
                 await self._wake.wait()

@@ -224,6 +224,7 @@ class Routes:
         body = (await request.json()) if request.can_read_body else {}
         if body.get("after"):
             server.start_budget = int(body["after"])
+            server.starting.set()  # (a held server starts those n)
         else:
             server.starting.clear()
         if body.get("running"):
