@@ -199,10 +199,7 @@ def test_sigterm_stops_the_batch_with_exit_130_and_it_resumes(server, unique, tm
     out = tmp_path / "out"
     args = ["batch", str(src), "-o", str(out), "-w", str(wf), "-s", server]
     proc = start_cli(*args)
-    lines: list[str] = []
-    assert proc.stdout is not None
-    reader = threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True)
-    reader.start()
+    lines, reader = reading(proc)
     try:
         # rows wait on the server behind a job of its own until the stop is under way, so
         # the SIGTERM always meets a batch with work left, however slow this machine is
@@ -307,10 +304,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_next_run_resumes(server, unique, 
     out = tmp_path / "out"
     args = ["batch", str(src), "-o", str(out), "-w", str(wf), "-s", server, "--prime", "1"]
     proc = start_cli(*args)
-    lines: list[str] = []
-    assert proc.stdout is not None
-    reader = threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True)
-    reader.start()
+    lines, reader = reading(proc)
     try:
         wait_for(lambda: states(out)["submitted"] >= 2, 60, "two jobs on the server")
         proc.send_signal(signal.SIGINT)
@@ -337,6 +331,15 @@ def test_a_second_ctrl_c_stops_at_once_and_the_next_run_resumes(server, unique, 
             if e["status"]["status_str"] == "success"
         )
     assert all(made[c] == 1 for c in colors), made  # each made once, by the second run
+
+
+def reading(proc: subprocess.Popen[str]) -> tuple[list[str], threading.Thread]:
+    """``proc``'s output lines as they come (read by a thread), for a test to wait on one."""
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True)
+    reader.start()
+    return lines, reader
 
 
 def _take_off(server: str, prompt_ids: list[str]) -> None:
@@ -369,10 +372,7 @@ def test_a_second_ctrl_c_leaves_none_of_our_jobs_to_run_on_the_server(server, un
     out = tmp_path / "out"
     args = ["batch", str(src), "-o", str(out), "-w", str(wf), "-s", server, "--prime", "1"]
     proc = start_cli(*args)
-    lines: list[str] = []
-    assert proc.stdout is not None
-    reader = threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True)
-    reader.start()
+    lines, reader = reading(proc)
     try:
         try:
             wait_for(lambda: len(ours_on(server, colors)) >= 2, 60, "a running and a queued job")
