@@ -66,6 +66,7 @@ def test_webhook_signature_is_hmac_of_timestamp_and_body():
 
 @pytest.mark.parametrize(
     ("url", "allowed"),
+    # (addresses as data for the guard; the resolver stub below connects to none of them)
     [
         ("http://127.0.0.1:8000/hook", False),
         ("http://localhost/hook", False),
