@@ -30,7 +30,6 @@ from comfyfn.provenance import PROVENANCE_KEY, add_text_chunks, read_text_chunks
 __all__ = ["FITS", "deliver"]
 
 FITS = ("cover", "contain")
-_PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def deliver(
@@ -52,19 +51,18 @@ def deliver(
     if fit not in FITS:
         raise ConfigError(f"delivery fit {fit!r} is not one of {', '.join(FITS)}")
     bg = _rgba(background) if fit == "contain" else (255, 255, 255, 255)
-    is_png = data.startswith(_PNG)
-    texts = read_text_chunks(data) if is_png else {}
     image: Image.Image = Image.open(io.BytesIO(data))  # in memory: nothing to close
     image.load()
+    is_png = image.format == "PNG"
+    texts = read_text_chunks(data) if is_png else {}
     source = image.size
     note = {"width": width, "height": height, "fit": fit, "from": list(source)}
-    if source != (width, height) or not is_png:
-        if source != (width, height):
-            image = (
-                _cover(image, width, height)
-                if fit == "cover"
-                else _contain(image, width, height, bg)
-            )
+    resized = source != (width, height)
+    if resized:
+        image = (
+            _cover(image, width, height) if fit == "cover" else _contain(image, width, height, bg)
+        )
+    if resized or not is_png:
         buf = io.BytesIO()
         icc = image.info.get("icc_profile")
         image.save(buf, format="PNG", **({"icc_profile": icc} if icc else {}))

@@ -125,16 +125,8 @@ def _delivered(file: OutputFile, size: Mapping[str, Any]) -> OutputFile:
 
 
 def _image_file(image: Image) -> OutputFile:
-    data = image.png_bytes()
-    if data.startswith(b"\x89PNG"):
-        media = "image/png"
-    elif data.startswith(b"\xff\xd8\xff"):
-        media = "image/jpeg"
-    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        media = "image/webp"
-    else:
-        media = "application/octet-stream"
-    return OutputFile(data, media, _EXTENSIONS.get(media, "bin"))
+    media = image.media_type
+    return OutputFile(image.png_bytes(), media, _EXTENSIONS.get(media, "bin"))
 
 
 def _other_file(output: Output) -> OutputFile:

@@ -96,13 +96,19 @@ class Image:
 
     @property
     def format(self) -> str:
-        return (
-            "png"
-            if self.data[:4] == b"\x89PNG"
-            else "jpeg"
-            if self.data[:2] == b"\xff\xd8"
-            else "bin"
-        )
+        """``png``, ``jpeg`` or ``webp`` (by the data's signature), else ``bin``."""
+        if self.data[:4] == b"\x89PNG":
+            return "png"
+        if self.data[:2] == b"\xff\xd8":
+            return "jpeg"
+        if self.data[:4] == b"RIFF" and self.data[8:12] == b"WEBP":
+            return "webp"
+        return "bin"
+
+    @property
+    def media_type(self) -> str:
+        """``image/png``, ``image/jpeg``, ``image/webp``, else ``application/octet-stream``."""
+        return "application/octet-stream" if self.format == "bin" else f"image/{self.format}"
 
     def to_pil(self) -> PILImage:
         """Decode into a Pillow image."""

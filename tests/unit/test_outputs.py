@@ -147,3 +147,13 @@ async def test_put_files_passes_each_files_media_type():
         ("r_text1.txt", "text/plain; charset=utf-8"),
         ("r_audio0.flac", "audio/flac"),
     ]
+
+
+def test_a_webp_still_keeps_its_type_and_name():
+    buf = io.BytesIO()
+    PIL.new("RGB", (8, 6), "green").save(buf, format="WEBP")
+    still = Image(buf.getvalue(), "9", "a.webp")
+    assert (still.format, still.media_type) == ("webp", "image/webp")
+    gen = Generation("p", "s", (still,), {}, {}, Timings(0, 0, 0), (), ())
+    ((rel, file),) = named_files(gen, "images/w")
+    assert (rel, file.content_type, file.data) == ("images/w.webp", "image/webp", still.data)
