@@ -25,6 +25,7 @@ from tests.support.cli_proc import run_cli, start_cli, stop
 from tests.support.graphs import sleep_graph
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
+from tests.support.queues import take_off
 
 pytestmark = pytest.mark.engine
 runner = CliRunner()
@@ -342,15 +343,6 @@ def reading(proc: subprocess.Popen[str]) -> tuple[list[str], threading.Thread]:
     return lines, reader
 
 
-def _take_off(server: str, prompt_ids: list[str]) -> None:
-    """Remove ``prompt_ids`` from the server's queue and interrupt the one running."""
-    if prompt_ids:
-        with comfyfn.Client(server) as c:
-            c.delete_from_queue(*prompt_ids)
-            for prompt_id in prompt_ids:
-                c.interrupt(prompt_id)
-
-
 def ours_on(server: str, colors: list[int]) -> list[str]:
     """Prompt ids of our jobs still queued or running on the server."""
     with comfyfn.Client(server) as c:
@@ -387,7 +379,7 @@ def test_a_second_ctrl_c_leaves_none_of_our_jobs_to_run_on_the_server(server, un
         assert proc.returncode == 130, output
         wait_for(lambda: not ours_on(server, colors), 60, "the cancelled jobs to leave the server")
     finally:  # (a failed cancel must not keep the shared engine busy for minutes)
-        _take_off(server, ours_on(server, colors))
+        take_off(server, ours_on(server, colors))
     with comfyfn.Client(server) as c:
         made = [
             e["prompt"][2]["1"]["inputs"]["color"]

@@ -23,6 +23,7 @@ from tests.support.blocking import blocked
 from tests.support.gateway_proc import Gateway, make_key, sqlite_gateway
 from tests.support.graphs import sleep_graph
 from tests.support.polling import wait_for
+from tests.support.queues import take_off
 
 pytestmark = pytest.mark.engine
 
@@ -44,13 +45,16 @@ def gw(server, tmp_path_factory):
 
 
 def take_off_sleeps(server: str, milliseconds: int) -> None:
-    """Remove from the server every ComfyfnSleep job of ``milliseconds`` (and interrupt it)."""
+    """Take every ComfyfnSleep job of ``milliseconds`` off the server."""
     with comfyfn.Client(server) as c:
         queue = c.queue()
-        for item in queue["queue_running"] + queue["queue_pending"]:
-            if item[2].get("2", {}).get("inputs", {}).get("milliseconds") == milliseconds:
-                c.delete_from_queue(item[1])
-                c.interrupt(item[1])
+    items = queue["queue_running"] + queue["queue_pending"]
+    slow = [
+        i[1]
+        for i in items
+        if i[2].get("2", {}).get("inputs", {}).get("milliseconds") == milliseconds
+    ]
+    take_off(server, slow)
 
 
 def sdk(gw, key=None) -> openai.OpenAI:

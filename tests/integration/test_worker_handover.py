@@ -8,13 +8,9 @@ import httpx
 
 from comfyfn.gateway.store import Store
 from tests.support.polling import wait_for
+from tests.support.queues import queue_of
 from tests.support.simulated import executions, simulated
 from tests.support.workers import Worker
-
-
-def queue_of(url: str) -> tuple[list[str], list[str]]:
-    queue = httpx.get(f"{url}/queue", timeout=10).json()
-    return [i[1] for i in queue["queue_running"]], [i[1] for i in queue["queue_pending"]]
 
 
 def test_sigterm_takes_waiting_prompts_off_the_server_and_the_next_worker_reattaches(

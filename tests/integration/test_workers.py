@@ -21,6 +21,7 @@ from comfyfn.gateway.store import Store
 from tests.support.cli_proc import CHILD_ENV
 from tests.support.gateway_proc import Gateway, auth, make_key
 from tests.support.polling import wait_for
+from tests.support.queues import queue_of
 from tests.support.simulated import executions, simulated
 from tests.support.workers import CLI, Worker
 
@@ -42,12 +43,6 @@ def jobs_of(db: str):
         jobs = {r.id: r for r in conn.execute(sa.select(jobs_t))}
         files = Counter(r.job_id for r in conn.execute(sa.select(files_t)))
     return jobs, files
-
-
-def queued(url: str) -> set[str]:
-    """The prompt ids waiting or running on a (simulated) server."""
-    queue = httpx.get(f"{url}/queue", timeout=30).json()
-    return {item[1] for item in queue["queue_running"] + queue["queue_pending"]}
 
 
 def submit(gw: Gateway, key: str, n: int, **extra) -> list[str]:
@@ -155,7 +150,7 @@ def test_a_paused_worker_s_job_is_taken_over_and_its_late_writes_change_nothing(
             httpx.post(f"{urls[0]}/simcomfy/hold", timeout=30).raise_for_status()
             (job_id,) = submit(gw, key, 1, webhook=hook)
             prompt = wait_for(lambda: jobs_of(db)[0][job_id].prompt_id, 60, "A's prompt id")
-            wait_for(lambda: prompt in queued(urls[0]), 60, "A's prompt queued on the server")
+            wait_for(lambda: prompt in queue_of(urls[0])[1], 60, "A's prompt queued on the server")
             os.kill(a.proc.pid, signal.SIGSTOP)
             httpx.post(f"{urls[0]}/simcomfy/release", timeout=30).raise_for_status()
             b = Worker("b", db, storage, urls, 1.0, "--allow-private-webhooks")

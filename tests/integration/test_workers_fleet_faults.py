@@ -31,6 +31,7 @@ from tests.support.batches import batch_counts, results, running_by, write_rows
 from tests.support.cli_proc import CHILD_ENV, run_cli
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
+from tests.support.queues import idle
 from tests.support.simulated import simulated
 from tests.support.tcp_cut import TcpCut
 from tests.support.workers import Worker
@@ -50,11 +51,6 @@ def runs_by_server(urls: list[str]) -> dict[str, Counter[str]]:
         url: Counter(httpx.get(f"{url}/simcomfy/counters", timeout=30).json()["executions"])
         for url in urls
     }
-
-
-def idle(url: str) -> bool:
-    queue = httpx.get(f"{url}/queue", timeout=30).json()
-    return not (queue["queue_running"] or queue["queue_pending"])
 
 
 def row_text(url: str, prompt_id: str) -> str:

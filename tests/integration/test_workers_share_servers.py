@@ -20,16 +20,12 @@ from comfyfn.gateway.store import Store
 from tests.support.batches import results, write_rows
 from tests.support.cli_proc import start_cli, stop
 from tests.support.polling import wait_for
+from tests.support.queues import idle
 from tests.support.simulated import executions, simulated
 from tests.support.workers import Worker
 
 ROWS = 120
 JOB_MS = 100
-
-
-def idle(url: str) -> bool:
-    queue = httpx.get(f"{url}/queue", timeout=30).json()
-    return not (queue["queue_running"] or queue["queue_pending"])
 
 
 def registered(db: str) -> set[str]:

@@ -11,14 +11,10 @@ import httpx
 
 from tests.support.graphs import sleep_graph
 from tests.support.polling import wait_for
+from tests.support.queues import queue_of, take_off
 
 #: seconds a blocker may take to start (the engine idle) or to leave once the ``with`` ends
 SETTLE = 60.0
-
-
-def _queue(url: str) -> tuple[list[str], list[str]]:
-    answer = httpx.get(f"{url}/queue", timeout=30).json()
-    return [i[1] for i in answer["queue_running"]], [i[1] for i in answer["queue_pending"]]
 
 
 @contextlib.contextmanager
@@ -34,7 +30,7 @@ def blocked(url: str, color: int) -> Iterator[str]:
     answer.raise_for_status()
     prompt_id = str(answer.json()["prompt_id"])
     try:
-        wait_for(lambda: prompt_id in _queue(url)[0], SETTLE, f"the blocker running on {url}")
+        wait_for(lambda: prompt_id in queue_of(url)[0], SETTLE, f"the blocker running on {url}")
         yield prompt_id
     finally:
         with contextlib.suppress(httpx.TransportError):  # (a server the test killed is gone)
@@ -43,7 +39,6 @@ def blocked(url: str, color: int) -> Iterator[str]:
 
 def _gone(url: str, prompt_id: str) -> bool:
     """Ask ``url`` to drop and interrupt ``prompt_id``; whether it is off its queue now."""
-    httpx.post(f"{url}/queue", json={"delete": [prompt_id]}, timeout=30)
-    httpx.post(f"{url}/interrupt", json={"prompt_id": prompt_id}, timeout=30)
-    running, pending = _queue(url)
+    take_off(url, [prompt_id])
+    running, pending = queue_of(url)
     return prompt_id not in running and prompt_id not in pending
