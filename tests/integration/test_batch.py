@@ -383,25 +383,18 @@ def test_a_second_runner_on_the_same_folder_is_refused_at_once(server, unique, t
     colors = [unique() for _ in range(6)]
     args = sleep_batch(tmp_path, colors, 400, server)
     out = tmp_path / "out"
-    with comfyfn.Client(server) as c:
-        # a job holds the server, so the first runner is still running when the second
-        # starts, however slow the machine; it is cancelled once the second is refused
-        blocker = c.stream_graph(sleep_graph(unique(), milliseconds=600_000, steps=6000))
-        next(blocker)
-        try:
-            first = cli("batch", *args)
-            wait_for(
-                lambda: manifest_states(out)["submitted"] >= 1, 60, "the first runner to submit"
-            )
-            started = time.monotonic()
-            second = cli("batch", *args)
-            output, _ = second.communicate(timeout=30)
-            assert second.returncode == 2, output
-            assert time.monotonic() - started < 10
-            assert f"{out} is in use by another comfyfn batch (pid {first.pid})" in output
-            assert "Traceback" not in output
-        finally:
-            blocker.close()
+    # a job holds the server, so the first runner is still running when the second starts,
+    # however slow the machine; it is cancelled once the second is refused
+    with blocked(server, unique()):
+        first = cli("batch", *args)
+        wait_for(lambda: manifest_states(out)["submitted"] >= 1, 60, "the first runner to submit")
+        started = time.monotonic()
+        second = cli("batch", *args)
+        output, _ = second.communicate(timeout=30)
+        assert second.returncode == 2, output
+        assert time.monotonic() - started < 10
+        assert f"{out} is in use by another comfyfn batch (pid {first.pid})" in output
+        assert "Traceback" not in output
     first_output, _ = first.communicate(timeout=120)
     assert first.returncode == 0, first_output
     assert manifest_states(out) == Counter({"done": 6})
