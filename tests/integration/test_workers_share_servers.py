@@ -4,7 +4,7 @@ their own, a batch enqueued and followed by ``comfyfn batch --db``, and one work
 (SIGTERM) mid-batch while both have prompts queued on the servers. Each worker sees the
 other's prompts in the servers' queues; neither takes them for its own or removes them — the
 stopped one takes only its own waiting prompts off — so every row runs exactly once, on one
-server, with one file, no job of the worker that stayed goes back to the queue, and the
+server, with one file, and the
 follower's results.csv lists every row."""
 
 from __future__ import annotations
@@ -88,8 +88,6 @@ def test_two_workers_on_the_same_servers_run_every_row_once(postgres, tmp_path):
     # was re-attached to)
     assert sorted(ran.values()) == [1] * ROWS, logs
     assert set(ran) == {j.prompt_id for j in jobs}
-    # the worker that stayed lost none of its prompts to the other's stop
-    assert "goes back to the queue" not in left.log.read_text(errors="replace")
     assert any(j.claims >= 2 for j in jobs)  # the stopped worker's rows, handed over
     lines = results(out)
     assert sorted(int(r["row"]) for r in lines) == list(range(1, ROWS + 1))
