@@ -156,3 +156,20 @@ async def test_a_success_is_published_in_hand_then_stored_in_one_go(tmp_path, mo
         assert worker.store.get_job(job.id) == final.job
         assert worker.store.get_file(record.id) == record
         assert (tmp_path / "files" / job.id / "0.png").read_bytes() == final.contents[0]
+
+
+async def test_a_stop_as_a_wake_up_arrives_leaves_nothing_claimed(tmp_path, monkeypatch):
+    """The claim loop ends with stop() even when woken in the same breath (on Python 3.11
+    asyncio.wait_for swallowed that cancellation: the loop ran on, claimed jobs just handed
+    back and ran them with nobody to stop them)."""
+    fleet = FakeFleet()
+    async with started(tmp_path, fleet, monkeypatch) as (worker, spy):
+        job = new_job(worker.store)
+        looks = len(spy.calls)
+        worker.job_created()  # the wake-up, then the stop before the loop has run again
+        await worker.stop()
+        assert all(task.done() for task in worker._tasks)  # nothing runs on past stop()
+        assert len(spy.calls) == looks  # no look at the queue after the stop
+        stored = worker.store.get_job(job.id)
+        assert (stored.state, stored.claimed_by) == ("queued", None)
+        assert not fleet.runs

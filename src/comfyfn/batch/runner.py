@@ -177,8 +177,9 @@ class Batch:
             self._leaving = asyncio.ensure_future(self._cancel_quickly(jobs))
 
     async def _cancel_quickly(self, jobs: list[Job]) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.fleet.cancel_all(j.ticket for j in jobs), ABANDON_GRACE)
+        with contextlib.suppress(TimeoutError):  # (asyncio.timeout: wait_for on 3.11 can
+            async with asyncio.timeout(ABANDON_GRACE):  # swallow a cancellation)
+                await self.fleet.cancel_all(j.ticket for j in jobs)
 
     async def _cancel_on_servers(self) -> None:
         """Cancel every running job on its server; stop following those that do not end

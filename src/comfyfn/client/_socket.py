@@ -105,7 +105,8 @@ class EventSocket:
                 return False
             self._last_attempt = now
             try:
-                ws = await asyncio.wait_for(self._connect(), self._connect_timeout)
+                async with asyncio.timeout(self._connect_timeout):  # not wait_for: on 3.11
+                    ws = await self._connect()  # it can swallow a cancellation
                 await ws.send(_FEATURES)
             except (OSError, WebSocketException, TimeoutError) as exc:
                 log.warning(

@@ -163,7 +163,7 @@ class Fleet:
         # Each client closes on its own, within the connect timeout: a hung server must not
         # hold up the end (its websocket's closing handshake would wait far longer).
         closing = [
-            asyncio.wait_for(client.aclose(), self.settings.connect)
+            _close_within(client, self.settings.connect)
             for client in [*self.clients.values(), *self._orphans.clients.values()]
         ]
         for failure in await asyncio.gather(*closing, return_exceptions=True):
@@ -423,6 +423,12 @@ class Fleet:
 
 
 T = TypeVar("T")
+
+
+async def _close_within(client: AsyncClient, seconds: float) -> None:
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+    async with asyncio.timeout(seconds):
+        await client.aclose()
 
 
 async def _unless(stop: asyncio.Event, work: Awaitable[T]) -> T | None:

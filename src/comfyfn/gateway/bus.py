@@ -119,8 +119,9 @@ class Subscription:
         """Wait until something new was delivered (True) or ``timeout`` passes (False).
         Read :attr:`latest` and :attr:`queue_changed`; the news flag is cleared here."""
         if not self._news.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._news.wait(), timeout)
+            with contextlib.suppress(TimeoutError):  # (not wait_for: see worker._sleep)
+                async with asyncio.timeout(timeout):
+                    await self._news.wait()
         news = self._news.is_set()
         self._news.clear()
         return news

@@ -108,6 +108,7 @@ class Worker(JobLife):
         self._reserved = 0  #: slots held for jobs being created claimed (:meth:`submit`)
         self._starting: set[str] = set()  #: jobs started here, waiting for their slot
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False  #: set by :meth:`stop`: the claim loop ends at its next look
         self._notifications: set[asyncio.Task[None]] = set()
         self.listener: QueueListener | None = None
 
@@ -136,9 +137,10 @@ class Worker(JobLife):
         on its server stays there (whoever claims it next and drives that server
         re-attaches); one still waiting in its server's queue is taken out of it and handed
         back without its prompt, so the next claimer submits it afresh rather than this
-        host's server running it for nobody."""
-        for task in self._tasks:
-            task.cancel()
+        host's server running it for nobody. Stopping twice stops once."""
+        if self._stopping:
+            return
+        await self._stop_loops()
         held = {job_id: self.held[job_id] for job_id in self.running if job_id in self.held}
         tickets = {job_id: self.tickets[job_id] for job_id in held if job_id in self.tickets}
         for task in list(self.running.values()):
@@ -162,6 +164,25 @@ class Worker(JobLife):
         for task in self._notifications:
             task.cancel()
         await self.fleet.__aexit__(None, None, None)
+
+    async def _stop_loops(self) -> None:
+        """End the claim and heartbeat loops. The claim loop is asked, not cancelled: a
+        claim under way is committed by its thread whatever happens here, so its jobs are
+        started (and handed back by :meth:`stop`) rather than left claimed by nobody until
+        they go stale. It is cancelled only if the store holds it past
+        :data:`WITHDRAW_SECONDS`."""
+        self._stopping = True
+        self._wakeup.set()
+        if not self._tasks:
+            return
+        claim_loop, *others = self._tasks
+        for task in others:
+            task.cancel()
+        _, late = await asyncio.wait([claim_loop], timeout=WITHDRAW_SECONDS)
+        for task in late:
+            log.warning("shutting down: the store holds a claim; its jobs are taken over later")
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def healthy(self) -> bool:
         """Able to work: the store answers and at least one ComfyUI server is up."""
@@ -221,7 +242,7 @@ class Worker(JobLife):
         queue may hold some: the last claim got all it asked for, a route queued one, or
         :data:`IDLE_POLL` passed since the last look (other replicas' jobs)."""
         more, looked = True, -IDLE_POLL
-        while True:
+        while not self._stopping:
             self._wakeup.clear()  # before looking: a wake-up from now on is never lost
             free = self._free_slots()
             wait = max(0.0, looked + IDLE_POLL - time.monotonic())
@@ -303,8 +324,11 @@ class Worker(JobLife):
         self._wakeup.set()  # a slot is free: claim the next job now
 
     async def _sleep(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+        # that arrives as the event is set, and the loop would run on past stop()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wakeup.wait()
 
     async def _heartbeat_loop(self) -> None:
         while True:
