@@ -161,7 +161,13 @@ def test_three_workers_through_kill_9_a_postgres_outage_and_sigterm_run_1000_row
             wait_for(lambda: succeeded(db, name) >= 650, 120, "650 rows done")
             for url in urls_c:  # c's rows stay on its servers until it is stopped
                 httpx.post(f"{url}/simcomfy/hold", timeout=30).raise_for_status()
-            wait_for(lambda: running_by(db, "c"), 120, "c holding rows on its servers")
+            wait_for(
+                lambda: running_by(db, "c"),
+                120,
+                lambda: (
+                    "c holding rows on its servers " + where_things_are(db, name, follower, workers)
+                ),
+            )
             workers["c"].proc.send_signal(signal.SIGTERM)
             assert workers["c"].proc.wait(timeout=60) == 0
             assert workers["c"].said("its jobs are back in the queue")

@@ -15,16 +15,18 @@ T = TypeVar("T")
 def wait_for(
     check: Callable[[], T | Literal[False] | None],
     timeout: float,
-    what: str,
+    what: str | Callable[[], str],
     *,
     interval: float = 0.05,
 ) -> T:
     """``check()``'s first true value, polled every ``interval`` seconds; past ``timeout``
-    seconds the test fails, naming ``what`` it waited for."""
+    seconds the test fails, naming ``what`` it waited for (a callable: asked only then, for
+    what the failure should show)."""
     deadline = time.monotonic() + timeout
     while not (value := check()):
         if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:g} s")
+            said = what() if callable(what) else what
+            pytest.fail(f"{said}: not within {timeout:g} s")
         time.sleep(interval)
     return value
 
