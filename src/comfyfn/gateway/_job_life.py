@@ -123,9 +123,12 @@ class JobLife:
         self._stored(await self._db(self.store.update_job, job_id, **self._fence(job_id), **fields))
 
     def _fence(self, job_id: str) -> dict[str, Claim]:
-        """The ``fence`` argument of the store's writes to a job of ours."""
+        """The ``fence`` argument of the store's writes to a job of ours. A job we no longer
+        hold (taken over, or its task outliving its claim) is not written at all."""
         claim = self.held.get(job_id)
-        return {"fence": claim} if claim is not None else {}
+        if claim is None:
+            raise StaleClaim(job_id)
+        return {"fence": claim}
 
     # -- one job ---------------------------------------------------------------------------
 
