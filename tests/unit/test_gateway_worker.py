@@ -173,3 +173,23 @@ async def test_a_stop_as_a_wake_up_arrives_leaves_nothing_claimed(tmp_path, monk
         stored = worker.store.get_job(job.id)
         assert (stored.state, stored.claimed_by) == ("queued", None)
         assert not fleet.runs
+
+
+async def test_a_claim_loop_that_fails_is_logged_and_started_again(tmp_path, monkeypatch, caplog):
+    fleet = FakeFleet()
+    async with started(tmp_path, fleet, monkeypatch) as (worker, _):
+        claim_jobs, failed = worker.store.claim_jobs, []
+
+        def fails_once(*args, **kwargs):
+            if not failed:
+                failed.append(True)
+                raise RuntimeError("a bug in the claim")
+            return claim_jobs(*args, **kwargs)
+
+        monkeypatch.setattr(worker.store, "claim_jobs", fails_once)
+        new_job(worker.store)
+        worker.job_created()
+        await await_until(lambda: fleet.runs, 10, "the job runs once the loop is back")
+        assert failed
+        assert "the worker's claim loop failed; starting it again" in caplog.text
+        assert "a bug in the claim" in caplog.text  # the traceback names the error

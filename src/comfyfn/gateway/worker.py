@@ -37,7 +37,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from comfyfn.errors import ComfyError
@@ -128,8 +128,8 @@ class Worker(JobLife):
         with contextlib.suppress(*DB_ERRORS):  # else at the first heartbeat
             await asyncio.to_thread(self._register)
         self._tasks = [
-            asyncio.create_task(self._claim_loop()),
-            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._kept_running(self._claim_loop, "claim")),
+            asyncio.create_task(self._kept_running(self._heartbeat_loop, "heartbeat")),
         ]
 
     async def stop(self) -> None:
@@ -236,6 +236,19 @@ class Worker(JobLife):
         return True
 
     # -- loops -----------------------------------------------------------------------------
+
+    async def _kept_running(self, loop: Callable[[], Awaitable[None]], name: str) -> None:
+        """Run ``loop`` until it returns (the claim loop, on stop); a bug that ends it is
+        logged and the loop started again a second later, never left to end quietly (a
+        worker whose claim loop died would look alive and claim nothing)."""
+        while True:
+            try:
+                await loop()
+                return
+            except Exception:
+                log.exception("the worker's %s loop failed; starting it again", name)
+                self.metrics.failures.labels(kind="InternalError").inc()
+                await asyncio.sleep(1.0)
 
     async def _claim_loop(self) -> None:
         """Claim as many jobs as there are free slots, in one transaction, whenever the
