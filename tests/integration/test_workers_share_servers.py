@@ -4,11 +4,12 @@ their own, a batch enqueued and followed by ``comfyfn batch --db``, and one work
 (SIGTERM) mid-batch while both have prompts queued on the servers. Each worker sees the
 other's prompts in the servers' queues; neither takes them for its own or removes them — the
 stopped one takes only its own waiting prompts off — so every row runs exactly once, on one
-server, with one file, and the
-follower's results.csv lists every row."""
+server, with one file, no job the staying worker submitted itself goes back to the queue,
+and the follower's results.csv lists every row."""
 
 from __future__ import annotations
 
+import re
 import signal
 from collections import Counter
 
@@ -26,6 +27,8 @@ from tests.support.workers import Worker
 
 ROWS = 120
 JOB_MS = 100
+REQUEUED = re.compile(r"job (job_\w+) goes back to the queue")
+HANDED_BACK = re.compile(r"handed job (job_\w+) back to the queue")
 
 
 def registered(db: str) -> set[str]:
@@ -88,6 +91,12 @@ def test_two_workers_on_the_same_servers_run_every_row_once(postgres, tmp_path):
     # was re-attached to)
     assert sorted(ran.values()) == [1] * ROWS, logs
     assert set(ran) == {j.prompt_id for j in jobs}
+    # the worker that stayed lost none of its own prompts to the other's stop: a job of its
+    # that went back to the queue can only be one the stopped worker handed over (with a
+    # prompt id whose removal was not confirmed in time: re-attached, found gone, run afresh)
+    requeued = set(REQUEUED.findall(left.log.read_text(errors="replace")))
+    handed_back = set(HANDED_BACK.findall(right.log.read_text(errors="replace")))
+    assert requeued <= handed_back, (requeued - handed_back, logs)
     assert any(j.claims >= 2 for j in jobs)  # the stopped worker's rows, handed over
     lines = results(out)
     assert sorted(int(r["row"]) for r in lines) == list(range(1, ROWS + 1))
