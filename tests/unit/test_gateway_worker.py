@@ -8,9 +8,11 @@ import asyncio
 import threading
 
 import pytest
+import sqlalchemy as sa
 
 from comfyfn.fleet import Done
 from comfyfn.gateway import worker as worker_module
+from comfyfn.gateway.schema import jobs_t
 from comfyfn.gateway.worker import Worker
 from comfyfn.result import Generation, Image, Timings
 from tests.support.fake_fleet import SERVER, FakeFleet, new_job, started
@@ -178,11 +180,11 @@ async def test_a_stop_as_a_wake_up_arrives_leaves_nothing_claimed(tmp_path, monk
 async def test_a_claim_loop_that_fails_is_logged_and_started_again(tmp_path, monkeypatch, caplog):
     fleet = FakeFleet()
     async with started(tmp_path, fleet, monkeypatch) as (worker, _):
-        claim_jobs, failed = worker.store.claim_jobs, []
+        claim_jobs, failed = worker.store.claim_jobs, list[str]()
 
         def fails_once(*args, **kwargs):
             if not failed:
-                failed.append(True)
+                failed.append("once")
                 raise RuntimeError("a bug in the claim")
             return claim_jobs(*args, **kwargs)
 
@@ -193,3 +195,31 @@ async def test_a_claim_loop_that_fails_is_logged_and_started_again(tmp_path, mon
         assert failed
         assert "the worker's claim loop failed; starting it again" in caplog.text
         assert "a bug in the claim" in caplog.text  # the traceback names the error
+
+
+async def test_our_own_job_claimed_again_goes_on_in_its_task_under_the_new_claim(
+    tmp_path, monkeypatch
+):
+    """After the worker's heartbeats failed past stale_after (a long store outage), its next
+    claim can take its own running job: the job runs once, and ends under the new claim."""
+    fleet = FakeFleet()
+    image = Image(data=image_bytes((8, 8), "red"), node_id="3")
+    fleet.outcome = lambda ticket: Done(
+        Generation(ticket.prompt_id, SERVER, (image,), {}, {}, Timings(0.0, 0.1, 0.1)),
+        SERVER,
+        0.1,
+    )
+    async with started(tmp_path, fleet, monkeypatch) as (worker, _):
+        job = new_job(worker.store)
+        worker.job_created()
+        await await_until(lambda: fleet.runs, 10, "the job runs")
+        with worker.store._write() as conn:  # no heartbeat for ever: the job looks abandoned
+            conn.execute(sa.update(jobs_t).where(jobs_t.c.id == job.id).values(heartbeat_at=0))
+        worker.job_created()
+        await await_until(lambda: worker.store.get_job(job.id).claims == 2, 10, "claimed again")
+        fleet.finish.set()
+        await await_until(
+            lambda: worker.store.get_job(job.id).state == "succeeded", 10, "the job ends"
+        )
+        assert len(fleet.runs) == 1  # one task ran it
+        assert (tmp_path / "files" / job.id / "0.png").exists()

@@ -87,12 +87,17 @@ class JobLife:
 
     # -- the store, surviving its outages ----------------------------------------------------
 
-    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A store call that must happen: retried with backoff until the database answers."""
+    async def _db(
+        self, fn: Callable[..., T], *args: Any, fence_for: str | None = None, **kwargs: Any
+    ) -> T:
+        """A store call that must happen: retried with backoff until the database answers.
+        With ``fence_for`` (a job id), each try names the claim held on that job *then* (it
+        can change meanwhile: our own job re-claimed after our heartbeats failed)."""
         delay = 0.1
         while True:
+            fence = self._fence(fence_for) if fence_for is not None else {}
             try:
-                result = await asyncio.to_thread(fn, *args, **kwargs)
+                result = await asyncio.to_thread(fn, *args, **fence, **kwargs)
             except DB_ERRORS as exc:
                 self._db_failed(exc)
                 await asyncio.sleep(delay)
@@ -120,7 +125,7 @@ class JobLife:
 
     async def _update(self, job_id: str, **fields: Any) -> None:
         """Store (retrying through outages) and publish a change to a job."""
-        self._stored(await self._db(self.store.update_job, job_id, **self._fence(job_id), **fields))
+        self._stored(await self._db(self.store.update_job, job_id, fence_for=job_id, **fields))
 
     def _fence(self, job_id: str) -> dict[str, Claim]:
         """The ``fence`` argument of the store's writes to a job of ours. A job we no longer
@@ -271,7 +276,7 @@ class JobLife:
         images = tuple(f.data for _, f in placed if f.still_image)
         self._stored(self._records.get(job.id, job), contents=images)
         claim = self.held.get(job.id)
-        if claim is not None and not await self._db(self.store.holds, job.id, claim):
+        if claim is None or not await self._db(self.store.holds, job.id, claim):
             raise StaleClaim(job.id)  # another worker stores them: do not write them twice
         try:
             new_files = await write_outputs(storage, placed)
@@ -286,7 +291,7 @@ class JobLife:
             new_files,
             state="succeeded",
             progress=1.0,
-            **self._fence(job.id),
+            fence_for=job.id,
         )
         self._stored(done, files, images)
         self._finished(done, started)
@@ -353,7 +358,7 @@ class JobLife:
             job.id,
             state=STORE_STATE[state],
             error=error,
-            **self._fence(job.id),
+            fence_for=job.id,
             **fields,
         )
         self._stored(done)

@@ -198,7 +198,7 @@ class Worker(JobLife):
         no job queued ahead, it is created claimed by this worker and starts at once; else it
         is queued and the claim loop woken. Once stored, the job is started or queued even if
         the caller is cancelled meanwhile."""
-        reserved = self._free_slots() > 0 and self.healthy()
+        reserved = not self._stopping and self._free_slots() > 0 and self.healthy()
         if reserved:
             self._reserved += 1  # until the store answers: no claim takes this slot
         claim_for = self.settings.worker_id if reserved else None
@@ -239,16 +239,22 @@ class Worker(JobLife):
 
     async def _kept_running(self, loop: Callable[[], Awaitable[None]], name: str) -> None:
         """Run ``loop`` until it returns (the claim loop, on stop); a bug that ends it is
-        logged and the loop started again a second later, never left to end quietly (a
-        worker whose claim loop died would look alive and claim nothing)."""
+        logged and the loop started again after a pause (1 s, doubling to at most 30 s while
+        it keeps failing within a minute), never left to end quietly: a worker whose claim
+        loop died would look alive and claim nothing."""
+        pause = 1.0
         while True:
+            began = time.monotonic()
             try:
                 await loop()
                 return
             except Exception:
                 log.exception("the worker's %s loop failed; starting it again", name)
                 self.metrics.failures.labels(kind="InternalError").inc()
-                await asyncio.sleep(1.0)
+                if time.monotonic() - began > 60.0:
+                    pause = 1.0
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 30.0)
 
     async def _claim_loop(self) -> None:
         """Claim as many jobs as there are free slots, in one transaction, whenever the
@@ -293,6 +299,12 @@ class Worker(JobLife):
     def _start(self, job: JobRecord) -> None:
         """Run a claimed job (or end it at once: cancelled before it ran, unbindable)."""
         self.bus.queue_changed()
+        if job.id in self.running and job.claim is not None:
+            # ours, re-claimed after our heartbeats failed past stale_after: the task that
+            # runs it goes on under the new claim (a second task would run it twice)
+            self.held[job.id] = job.claim
+            self._stored(job)
+            return
         if job.cancel_requested and not job.prompt_id:  # cancelled before it ever ran
             self._spawn(job, self._finish(job, State.CANCELLED, time.monotonic(), error=CANCELLED))
             return
