@@ -12,27 +12,45 @@ import comfyfn
 SRC = Path(comfyfn.__file__).parent
 
 
-def wait_for_calls(source: str) -> list[int]:
-    """The lines of ``source`` that use ``asyncio.wait_for``."""
-    return [
+def wait_for_uses(source: str) -> list[int]:
+    """The lines of ``source`` that use asyncio's ``wait_for`` (``asyncio.wait_for``,
+    ``asyncio.tasks.wait_for``, or imported from either)."""
+    modules = ("asyncio", "asyncio.tasks")
+    return sorted(
         node.lineno
         for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.Attribute)
-        and node.attr == "wait_for"
-        and isinstance(node.value, ast.Name)
-        and node.value.id == "asyncio"
-    ]
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr == "wait_for"
+            and ast.unparse(node.value) in modules
+        )
+        or (
+            isinstance(node, ast.ImportFrom)
+            and node.module in modules
+            and any(alias.name == "wait_for" for alias in node.names)
+        )
+    )
 
 
-def test_the_check_finds_a_call_and_nothing_else():
-    source = "import asyncio\nx = asyncio.wait_for(f(), 1)\nwait_for(f)\npoll.wait_for(f)\n"
-    assert wait_for_calls(source) == [2]
+def test_the_check_finds_every_spelling_and_nothing_else():
+    source = (
+        "import asyncio\n"
+        "x = asyncio.wait_for(f(), 1)\n"
+        "from asyncio import wait_for as w\n"
+        "y = asyncio.tasks.wait_for(f(), 1)\n"
+        "wait_for(f)\n"
+        "poll.wait_for(f)\n"
+        "from tests.support.polling import wait_for\n"
+    )
+    assert wait_for_uses(source) == [2, 3, 4]
 
 
-def test_the_library_never_calls_asyncio_wait_for():
+def test_the_library_never_uses_asyncio_wait_for():
+    sources = sorted(SRC.rglob("*.py"))
+    assert len(sources) > 100  # the whole library was looked at
     found = {
         str(path.relative_to(SRC)): lines
-        for path in sorted(SRC.rglob("*.py"))
-        if (lines := wait_for_calls(path.read_text(encoding="utf-8")))
+        for path in sources
+        if (lines := wait_for_uses(path.read_text(encoding="utf-8")))
     }
     assert found == {}, f"use `async with asyncio.timeout(...)` instead: {found}"
