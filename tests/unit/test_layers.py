@@ -5,7 +5,7 @@ Lowest first (a package imports only the packages of the rows below its own, and
 top-level modules, which import no package):
 
 - ``errors``, ``events``, ``result``, ``provenance``, ``delivery``, ``outputs`` (and the
-  shared private ``_files``, ``_yaml``): public values, importing no package;
+  shared private ``_files``, ``_yaml``, ``_tasks``): public values, importing no package;
 - ``workflow`` (pure), ``storage`` (where outputs go), ``engine`` (the local ComfyUI);
 - ``client`` (one server; it starts the engine when no server is given), ``recipes``;
 - ``models`` (what a workflow needs and loads, downloads, warm-up);

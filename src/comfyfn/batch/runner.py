@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from comfyfn._tasks import cancel_and_wait
 from comfyfn.batch.jobs import (
     Job,
     JobResult,
@@ -210,9 +211,7 @@ class Batch:
                     await driver
                 finally:
                     if not driver.done():
-                        driver.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await driver
+                        await cancel_and_wait(driver)
                     if self._leaving is not None:
                         await self._leaving  # the cancellations, while the clients are open
         finally:

@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+from comfyfn._tasks import cancel_and_wait
 from comfyfn.client._credentials import Credentials
 from comfyfn.events import BinaryFrame, parse_binary_frame
 
@@ -152,14 +153,12 @@ class EventSocket:
         if self._ws is not None:
             await self._ws.close()
         if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await asyncio.wait([self._reader])  # it ends with the connection
 
     async def close(self) -> None:
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+            with contextlib.suppress(Exception):
+                await cancel_and_wait(self._reader)
         if self._ws is not None:
             with contextlib.suppress(Exception):
                 await self._ws.close()

@@ -42,6 +42,7 @@ from typing import TypeVar
 
 import httpx
 
+from comfyfn._tasks import cancel_and_wait
 from comfyfn.client import AsyncClient, AsyncJob, WorkflowSource, public_url
 from comfyfn.errors import ComfyError, GenerationTimeout, ServerUnreachable, TransportError
 from comfyfn.events import Event, Failed, FinalEvent, Queued, Stopped, Succeeded
@@ -440,9 +441,7 @@ async def _unless(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
     finally:
         stopped.cancel()
         if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
     return None if task.cancelled() else task.result()
 
 

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
+from comfyfn._tasks import cancel_and_wait
 from comfyfn.errors import ConfigError
 from comfyfn.gateway.errors import ERROR_RESPONSES, ApiError, BodyLimit, install_handlers
 from comfyfn.gateway.metrics import MetricsMiddleware
@@ -136,9 +137,7 @@ def _lifespan(
                     await running.enter_async_context(service())
                 yield
         finally:
-            warming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await warming
+            await cancel_and_wait(warming)
             await runner.stop()
             if runtime.background:  # cancels asked for by callers who left: a moment to end
                 await asyncio.wait(list(runtime.background), timeout=5)

@@ -13,13 +13,13 @@ depth, which ``/metrics`` exports)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
+from comfyfn._tasks import cancel_and_wait
 from comfyfn.client import AsyncClient
 from comfyfn.errors import ComfyError
 from comfyfn.gateway._job_life import DB_ERRORS
@@ -123,9 +123,7 @@ class Submitter:
 
     async def stop(self) -> None:
         if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            await cancel_and_wait(self._watch)
 
     def healthy(self) -> bool:
         return self.db_ok

@@ -40,6 +40,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from comfyfn._tasks import cancel_and_wait
 from comfyfn.errors import ComfyError
 from comfyfn.fleet import (
     Fleet,
@@ -143,11 +144,8 @@ class Worker(JobLife):
         await self._stop_loops()
         held = {job_id: self.held[job_id] for job_id in self.running if job_id in self.held}
         tickets = {job_id: self.tickets[job_id] for job_id in held if job_id in self.tickets}
-        for task in list(self.running.values()):
-            task.cancel()
-        for task in list(self.running.values()):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        with contextlib.suppress(Exception):  # (a job's own error is its own, not the stop's)
+            await cancel_and_wait(*self.running.values())
         withdrawn = await self.fleet.withdraw_waiting(tickets.values(), WITHDRAW_SECONDS)
         for job_id, claim in held.items():
             ticket = tickets.get(job_id)

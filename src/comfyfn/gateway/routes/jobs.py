@@ -22,7 +22,6 @@ If the database becomes unavailable while a stream is open, the stream ends with
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -31,6 +30,7 @@ from fastapi import APIRouter, Header, Request
 from sqlalchemy.exc import SQLAlchemyError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from comfyfn._tasks import cancel_and_wait
 from comfyfn.gateway.bus import BusEvent, JobPreview, JobUpdate
 from comfyfn.gateway.database import unavailable
 from comfyfn.gateway.dependencies import ApiKey, RuntimeDep
@@ -221,8 +221,4 @@ async def _live(
                 raise item
             yield item
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
