@@ -35,6 +35,18 @@ def spy_on_publish(worker: Worker) -> list:
     return published
 
 
+def succeeding_fleet() -> tuple[FakeFleet, Image]:
+    """A fake fleet whose runs succeed (once let finish) with one small image."""
+    fleet = FakeFleet()
+    image = Image(data=image_bytes((8, 8), "red"), node_id="3")
+    fleet.outcome = lambda ticket: Done(
+        Generation(ticket.prompt_id, SERVER, (image,), {}, {}, Timings(0.0, 0.1, 0.1)),
+        SERVER,
+        0.1,
+    )
+    return fleet, image
+
+
 @pytest.fixture(autouse=True)
 def no_idle_poll(monkeypatch):
     """Without a wake-up the worker would look at the queue again only after a minute."""
@@ -133,13 +145,7 @@ async def test_progress_is_published_at_every_step_and_stored_now_and_then(tmp_p
 
 
 async def test_a_success_is_published_in_hand_then_stored_in_one_go(tmp_path, monkeypatch):
-    fleet = FakeFleet()
-    image = Image(data=image_bytes((8, 8), "red"), node_id="3")
-    fleet.outcome = lambda ticket: Done(
-        Generation(ticket.prompt_id, SERVER, (image,), {}, {}, Timings(0.0, 0.1, 0.1)),
-        SERVER,
-        0.1,
-    )
+    fleet, image = succeeding_fleet()
     async with started(tmp_path, fleet, monkeypatch) as (worker, _):
         published = spy_on_publish(worker)
         job = new_job(worker.store)
@@ -202,13 +208,7 @@ async def test_our_own_job_claimed_again_goes_on_in_its_task_under_the_new_claim
 ):
     """After the worker's heartbeats failed past stale_after (a long store outage), its next
     claim can take its own running job: the job runs once, and ends under the new claim."""
-    fleet = FakeFleet()
-    image = Image(data=image_bytes((8, 8), "red"), node_id="3")
-    fleet.outcome = lambda ticket: Done(
-        Generation(ticket.prompt_id, SERVER, (image,), {}, {}, Timings(0.0, 0.1, 0.1)),
-        SERVER,
-        0.1,
-    )
+    fleet, image = succeeding_fleet()
     async with started(tmp_path, fleet, monkeypatch) as (worker, _):
         job = new_job(worker.store)
         worker.job_created()
@@ -222,4 +222,4 @@ async def test_our_own_job_claimed_again_goes_on_in_its_task_under_the_new_claim
             lambda: worker.store.get_job(job.id).state == "succeeded", 10, "the job ends"
         )
         assert len(fleet.runs) == 1  # one task ran it
-        assert (tmp_path / "files" / job.id / "0.png").exists()
+        assert (tmp_path / "files" / job.id / "0.png").read_bytes() == image.png_bytes()
