@@ -101,6 +101,9 @@ class Ticket:
     attempts: int = 0
     priority: int = 0  #: higher runs first among our waiting jobs
     order: int = field(default_factory=lambda: next(_arrivals))  #: arrival, kept on retries
+    #: a cancel was asked (:meth:`Fleet.cancel`, :meth:`Fleet.cancel_all`): a submission
+    #: under way then reaches the server after the cancel did, and is cancelled once it has
+    cancel_asked: bool = False
 
     @functools.cached_property
     def want(self) -> Want:
@@ -266,6 +269,7 @@ class Fleet:
     async def cancel(self, ticket: Ticket) -> str:
         """Dequeue or interrupt ``ticket`` on its server; whoever follows it then sees it end
         as :class:`~comfyfn.fleet.outcomes.Cancelled`. ``"absent"`` if it is not there."""
+        ticket.cancel_asked = True
         if not (ticket.prompt_id and ticket.server in self.clients):
             return "absent"
         return await self.clients[ticket.server].cancel(ticket.prompt_id)
@@ -277,6 +281,7 @@ class Fleet:
         A server that fails to answer is logged; the others go on."""
         on: dict[str, list[str]] = {}
         for ticket in tickets:
+            ticket.cancel_asked = True
             if ticket.prompt_id and ticket.server in self.clients:
                 on.setdefault(ticket.server, []).append(ticket.prompt_id)
 
@@ -356,6 +361,8 @@ class Fleet:
             try:
                 if job is None:
                     job = await self._job(client, ticket, prompt_id, attach, validate)
+                    if ticket.cancel_asked:  # asked while the submission was under way
+                        await _cancel_quietly(client, prompt_id)
                 end = await _follow_events(job, seen, on_event)
                 return _outcome(end, url, time.monotonic() - started)
             except ServerUnreachable as exc:  # nothing reached the server
@@ -424,6 +431,15 @@ class Fleet:
 
 
 T = TypeVar("T")
+
+
+async def _cancel_quietly(client: AsyncClient, prompt_id: str) -> None:
+    """Cancel ``prompt_id`` on ``client``'s server; a failure is logged (the job's following
+    sees how it ends either way)."""
+    try:
+        await client.cancel(prompt_id)
+    except ComfyError as exc:
+        log.warning("cancelling %s on %s: %s", prompt_id, client.server, exc)
 
 
 async def _close_within(client: AsyncClient, seconds: float) -> None:

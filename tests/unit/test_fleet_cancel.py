@@ -1,0 +1,60 @@
+"""A cancel asked while a job's submission is under way (its prompt id known, the POST not yet
+answered) reaches the prompt once the server has it: the delete sent at the cancel found
+nothing to remove, so without this the prompt would wait in the queue and run for nobody.
+On a simulated ComfyUI (tests/support/simcomfy.py) busy with a long job of its own."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from comfyfn import Workflow
+from comfyfn.events import Started
+from comfyfn.fleet import Fleet, FleetSettings, Lost, Ticket
+from tests.support.graphs import sleep_graph
+from tests.support.simcomfy import Settings, simulated_servers
+
+pytestmark = pytest.mark.anyio
+
+
+async def _nothing(_url: str, _prompt_id: str) -> None:
+    return None
+
+
+async def test_a_cancel_asked_while_the_submission_is_under_way_reaches_the_prompt():
+    async with simulated_servers(1, Settings(load_ms=0)) as cluster:
+        server = cluster.servers[0]
+        settings = FleetSettings(prime=1, http_timeout=5.0, health_interval=0.05)
+        async with Fleet(cluster.urls, settings) as fleet:
+            ahead = Ticket(Workflow.load(sleep_graph(1, milliseconds=120_000, steps=120)))
+            ours = Ticket(Workflow.load(sleep_graph(2, milliseconds=100)))
+            started = asyncio.Event()
+
+            async def on_event(event: object) -> None:
+                if isinstance(event, Started):
+                    started.set()
+
+            first = await fleet.slot(ahead)
+            assert first is not None
+            run_ahead = asyncio.create_task(
+                fleet.run(ahead, first, on_submit=_nothing, on_event=on_event)
+            )
+            async with asyncio.timeout(30):
+                await started.wait()  # the server is busy: ours would wait behind it
+
+            async def cancel_now(_url: str, _prompt_id: str) -> None:
+                await fleet.cancel_all([ours])  # before the POST: nothing there to remove
+
+            second = await fleet.slot(ours)
+            assert second is not None
+            async with asyncio.timeout(30):  # not the 120 s the job ahead holds the server
+                outcome = await fleet.run(ours, second, on_submit=cancel_now)
+            assert isinstance(outcome, Lost)  # taken out of the queue: the next run does it
+            queue = server.queue_info()
+            assert queue["exec_info"]["queue_remaining"] == 1  # only the job ahead is left
+            assert ours.prompt_id is not None  # it was submitted...
+            assert server.counters.executions[ours.prompt_id] == 0  # ...and never ran
+            await fleet.cancel(ahead)
+            async with asyncio.timeout(30):
+                await run_ahead
