@@ -422,27 +422,27 @@ def test_resume_remakes_missing_or_damaged_files(server, unique, tmp_path):
 
 
 def test_jobs_cancelled_by_ctrl_c_are_done_by_the_next_run(server, unique, tmp_path):
-    """Slow (~7 s): eight simulated 700 ms jobs, cancelled mid-run and resumed."""
+    """Slow (~7 s): eight simulated 700 ms jobs, cancelled while waiting on the server (behind
+    a job of the server's own) and resumed. A row is recorded ``submitted`` before its POST,
+    so the Ctrl-C can come while the third submission is under way: the cancel must reach
+    that prompt too once the server has it (it would wait behind the blocker otherwise)."""
     colors = [unique() for _ in range(8)]
     args = [*sleep_batch(tmp_path, colors, 700, server), "--prime", "2"]
     out = tmp_path / "out"
-    proc = cli("batch", *args, "--on-interrupt", "cancel")
-    wait_for(
-        lambda: manifest_states(out)["done"] >= 1 and manifest_states(out)["submitted"] >= 2,
-        timeout=60,
-        what="jobs done and in flight",
-    )
-    proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=60)
-    states = manifest_states(out)
-    assert states["failed"] == 0 and states["submitted"] == 0, (states, output)
-    assert states["pending"] >= 1, states
-    with comfyfn.Client(server) as c:
-        ours = {str(c_) for c_ in colors}
-        queued = [
-            i for i in c.queue()["queue_pending"] if str(i[2]["1"]["inputs"]["color"]) in ours
-        ]
-    assert queued == []  # cancelled on the server, not left behind
+    with blocked(server, unique()):
+        proc = cli("batch", *args, "--on-interrupt", "cancel")
+        wait_for(lambda: manifest_states(out)["submitted"] == 3, 60, "three rows on the server")
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+        states = manifest_states(out)
+        assert states["failed"] == 0 and states["submitted"] == 0, (states, output)
+        assert states["pending"] == 8, states  # none ran: all wait for the next run
+        with comfyfn.Client(server) as c:  # while the blocker still holds the server
+            ours = {str(c_) for c_ in colors}
+            queued = [
+                i for i in c.queue()["queue_pending"] if str(i[2]["1"]["inputs"]["color"]) in ours
+            ]
+        assert queued == []  # cancelled on the server, not left behind
     resumed = cli("batch", *args, "--json")
     output, _ = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, output
