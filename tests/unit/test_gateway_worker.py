@@ -10,7 +10,8 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from comfyfn.fleet import Done
+from comfyfn.errors import ComfyError
+from comfyfn.fleet import Cancelled, Done
 from comfyfn.gateway import worker as worker_module
 from comfyfn.gateway.schema import jobs_t
 from comfyfn.gateway.worker import Worker
@@ -223,3 +224,24 @@ async def test_our_own_job_claimed_again_goes_on_in_its_task_under_the_new_claim
         )
         assert len(fleet.runs) == 1  # one task ran it
         assert (tmp_path / "files" / job.id / "0.png").read_bytes() == image.png_bytes()
+
+
+async def test_a_cancel_the_server_answers_absent_is_left_to_the_job_s_follower(
+    tmp_path, monkeypatch
+):
+    """The job's prompt id is known but its server answers "absent": its POST may be under
+    way (the follower cancels the prompt once it lands) or it just ended there. The task is
+    not cut off: the follower sees how the job ends, here cancelled by its owner."""
+    fleet = FakeFleet()  # its cancel answers "absent"
+    fleet.outcome = lambda ticket: Cancelled(ComfyError("dequeued"), SERVER)
+    async with started(tmp_path, fleet, monkeypatch) as (worker, _):
+        job = new_job(worker.store)
+        worker.job_created()
+        await await_until(lambda: fleet.runs, 10, "the job runs")
+        worker.store.request_cancel(job.id)  # as the cancel route does first
+        assert await worker.cancel(job.id)
+        assert worker.running[job.id].cancelling() == 0  # the follower decides
+        fleet.finish.set()
+        await await_until(
+            lambda: worker.store.get_job(job.id).state == "cancelled", 10, "the job ends"
+        )

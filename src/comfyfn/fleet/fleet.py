@@ -102,7 +102,9 @@ class Ticket:
     priority: int = 0  #: higher runs first among our waiting jobs
     order: int = field(default_factory=lambda: next(_arrivals))  #: arrival, kept on retries
     #: a cancel was asked (:meth:`Fleet.cancel`, :meth:`Fleet.cancel_all`): a submission
-    #: under way then reaches the server after the cancel did, and is cancelled once it has
+    #: under way then reaches the server after the cancel did, and is cancelled once it has;
+    #: a prompt the cancel took out of the queue ends Cancelled, not Lost. A cancelled
+    #: ticket is not run again: a job that is to run later gets a new one
     cancel_asked: bool = False
 
     @functools.cached_property
@@ -364,7 +366,10 @@ class Fleet:
                     if ticket.cancel_asked:  # asked while the submission was under way
                         await _cancel_quietly(client, prompt_id)
                 end = await _follow_events(job, seen, on_event)
-                return _outcome(end, url, time.monotonic() - started)
+                outcome = _outcome(end, url, time.monotonic() - started)
+                if isinstance(outcome, Lost) and ticket.cancel_asked:
+                    return Cancelled(outcome.error, url)  # taken out of the queue by the cancel
+                return outcome
             except ServerUnreachable as exc:  # nothing reached the server
                 return await self._moved(ticket, url, exc, charged=seen.at_front)
             except TransportError as exc:
@@ -454,10 +459,14 @@ async def _unless(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
     stopped = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
+    except BaseException:  # the caller's own cancellation: it goes on, not the task's error
         stopped.cancel()
-        if not task.done():
+        with contextlib.suppress(Exception):
             await cancel_and_wait(task)
+        raise
+    stopped.cancel()
+    if not task.done():
+        await cancel_and_wait(task)
     return None if task.cancelled() else task.result()
 
 

@@ -226,10 +226,13 @@ class Worker(JobLife):
         task, ticket = self.running.get(job_id), self.tickets.get(job_id)
         if task is None:
             return False
-        if ticket is not None:
+        if ticket is not None and ticket.prompt_id:
+            # on its server, or on its way there (the POST under way: the server answers
+            # "absent", and the job's follower cancels it once it lands), or just done there:
+            # its follower sees how it ends
             with contextlib.suppress(ComfyError):
-                if await self.fleet.cancel(ticket) != "absent":
-                    return True
+                await self.fleet.cancel(ticket)
+                return True
         task.cancel()
         return True
 
