@@ -154,6 +154,8 @@ class EventSocket:
             await self._ws.close()
         if self._reader is not None:
             await asyncio.wait([self._reader])  # it ends with the connection
+            if not self._reader.cancelled() and (error := self._reader.exception()) is not None:
+                raise error
 
     async def close(self) -> None:
         if self._reader is not None:
