@@ -10,16 +10,12 @@ import asyncio
 import pytest
 
 from comfyfn import Workflow
-from comfyfn.events import Started
 from comfyfn.fleet import Cancelled, Fleet, FleetSettings, Ticket
+from tests.support.fleet_runs import run_started
 from tests.support.graphs import sleep_graph
 from tests.support.simcomfy import Settings, simulated_servers
 
 pytestmark = pytest.mark.anyio
-
-
-async def _nothing(_url: str, _prompt_id: str) -> None:
-    return None
 
 
 async def test_a_cancel_asked_while_the_submission_is_under_way_reaches_the_prompt():
@@ -29,19 +25,7 @@ async def test_a_cancel_asked_while_the_submission_is_under_way_reaches_the_prom
         async with Fleet(cluster.urls, settings) as fleet:
             ahead = Ticket(Workflow.load(sleep_graph(1, milliseconds=120_000, steps=120)))
             ours = Ticket(Workflow.load(sleep_graph(2, milliseconds=100)))
-            started = asyncio.Event()
-
-            async def on_event(event: object) -> None:
-                if isinstance(event, Started):
-                    started.set()
-
-            first = await fleet.slot(ahead)
-            assert first is not None
-            run_ahead = asyncio.create_task(
-                fleet.run(ahead, first, on_submit=_nothing, on_event=on_event)
-            )
-            async with asyncio.timeout(30):
-                await started.wait()  # the server is busy: ours would wait behind it
+            run_ahead = await run_started(fleet, ahead)  # busy: ours would wait behind it
 
             async def cancel_now(_url: str, _prompt_id: str) -> None:
                 await fleet.cancel_all([ours])  # before the POST: nothing there to remove

@@ -10,17 +10,13 @@ import asyncio
 import pytest
 
 from comfyfn import Workflow
-from comfyfn.events import Started
 from comfyfn.fleet import Fleet, FleetSettings, Moved, Ticket
+from tests.support.fleet_runs import run_in_task, run_started
 from tests.support.graphs import sleep_graph
 from tests.support.polling import await_until
 from tests.support.simcomfy import Settings, simulated_servers
 
 pytestmark = pytest.mark.anyio
-
-
-async def _nothing(_url: str, _prompt_id: str) -> None:
-    return None
 
 
 async def test_a_failed_server_charges_the_move_to_its_running_job_only():
@@ -29,21 +25,8 @@ async def test_a_failed_server_charges_the_move_to_its_running_job_only():
         async with Fleet(cluster.urls, settings) as fleet:
             running = Ticket(Workflow.load(sleep_graph(1, milliseconds=60_000, steps=60)))
             behind = Ticket(Workflow.load(sleep_graph(2, milliseconds=60_000, steps=60)))
-            started = asyncio.Event()
-
-            async def on_event(event: object) -> None:
-                if isinstance(event, Started):
-                    started.set()
-
-            first = await fleet.slot(running)
-            assert first is not None
-            run_first = asyncio.create_task(
-                fleet.run(running, first, on_submit=_nothing, on_event=on_event)
-            )
-            await asyncio.wait_for(started.wait(), 30)
-            second = await fleet.slot(behind)
-            assert second is not None
-            run_second = asyncio.create_task(fleet.run(behind, second, on_submit=_nothing))
+            run_first = await run_started(fleet, running)
+            run_second = await run_in_task(fleet, behind)
             await _queued(cluster.servers[0], 2)
             await cluster.stop_server(0)  # the server dies under the running job
             outcomes = await asyncio.wait_for(asyncio.gather(run_first, run_second), 60)

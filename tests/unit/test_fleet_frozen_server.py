@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from comfyfn import Workflow
-from comfyfn.events import Started
 from comfyfn.fleet import Fleet, FleetSettings, Moved, Ticket
 from tests.support.checkout import module_env
+from tests.support.fleet_runs import run_in_task, run_started
 from tests.support.graphs import sleep_graph
 from tests.support.polling import await_for
 from tests.support.simcomfy import Settings, simulated_servers
@@ -41,10 +41,6 @@ def frozen_server() -> Iterator[tuple[str, int]]:
         proc.wait(timeout=30)
 
 
-async def _nothing(_url: str, _prompt_id: str) -> None:
-    return None
-
-
 async def test_jobs_moved_off_a_hung_server_do_not_run_there_when_it_resumes(frozen_server):
     url, pid = frozen_server
     # the health loop does not come round in this test: only the removal asked for when
@@ -53,22 +49,9 @@ async def test_jobs_moved_off_a_hung_server_do_not_run_there_when_it_resumes(fro
     running = Ticket(Workflow.load(sleep_graph(1, milliseconds=4000, steps=40)))
     queued = [Ticket(Workflow.load(sleep_graph(c, milliseconds=100, steps=1))) for c in (2, 3)]
     async with Fleet([url], settings) as fleet, httpx.AsyncClient(base_url=url) as http:
-        started = asyncio.Event()
-
-        async def on_event(event: object) -> None:
-            if isinstance(event, Started):
-                started.set()
-
-        first = await fleet.slot(running)
-        assert first is not None
-        runs = [
-            asyncio.create_task(fleet.run(running, first, on_submit=_nothing, on_event=on_event))
-        ]
-        await asyncio.wait_for(started.wait(), 30)
+        runs = [await run_started(fleet, running)]
         for ticket in queued:
-            slot = await fleet.slot(ticket)
-            assert slot is not None
-            runs.append(asyncio.create_task(fleet.run(ticket, slot, on_submit=_nothing)))
+            runs.append(await run_in_task(fleet, ticket))
 
         async def held(jobs: int) -> bool:
             return (await http.get("/prompt")).json()["exec_info"]["queue_remaining"] == jobs
