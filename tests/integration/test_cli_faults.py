@@ -206,8 +206,7 @@ def test_sigterm_stops_the_batch_with_exit_130_and_it_resumes(server, unique, tm
         # the SIGTERM always meets a batch with work left, however slow this machine is
         with blocked(server, unique()):
             wait_for(lambda: states(out)["submitted"] >= 1, 60, "a row on the server")
-            proc.send_signal(signal.SIGTERM)
-            wait_for(lambda: any("stopping:" in line for line in lines), 60, "the stop begun")
+            signal_until_said(proc, lines, signal.SIGTERM, "stopping:")
         proc.wait(timeout=60)
         reader.join(timeout=30)
     finally:
@@ -308,8 +307,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_next_run_resumes(server, unique, 
     lines, reader = reading(proc)
     try:
         wait_for(lambda: states(out)["submitted"] >= 2, 60, "two jobs on the server")
-        proc.send_signal(signal.SIGINT)
-        wait_for(lambda: any("Ctrl-C again" in line for line in lines), 30, "the first stop")
+        signal_until_said(proc, lines, signal.SIGINT, "Ctrl-C again")
         proc.send_signal(signal.SIGINT)
         started = time.monotonic()
         proc.wait(timeout=30)
@@ -343,6 +341,15 @@ def reading(proc: subprocess.Popen[str]) -> tuple[list[str], threading.Thread]:
     return lines, reader
 
 
+def signal_until_said(
+    proc: subprocess.Popen[str], lines: list[str], signum: int, text: str
+) -> None:
+    """Send ``proc`` the signal, then wait (60 s at most) until a line of its output (as
+    :func:`reading` collects it) contains ``text``: its answer to the signal."""
+    proc.send_signal(signum)
+    wait_for(lambda: any(text in line for line in lines), 60, f"{text!r} after the signal")
+
+
 def ours_on(server: str, colors: list[int]) -> list[str]:
     """Prompt ids of our jobs still queued or running on the server."""
     with comfyfn.Client(server) as c:
@@ -368,8 +375,7 @@ def test_a_second_ctrl_c_leaves_none_of_our_jobs_to_run_on_the_server(server, un
     try:
         try:
             wait_for(lambda: len(ours_on(server, colors)) >= 2, 60, "a running and a queued job")
-            proc.send_signal(signal.SIGINT)
-            wait_for(lambda: any("Ctrl-C again" in line for line in lines), 30, "the first stop")
+            signal_until_said(proc, lines, signal.SIGINT, "Ctrl-C again")
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=30)
             reader.join(timeout=30)
