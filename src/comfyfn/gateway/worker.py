@@ -174,13 +174,10 @@ class Worker(JobLife):
         if not self._tasks:
             return
         claim_loop, *others = self._tasks
-        for task in others:
-            task.cancel()
         _, late = await asyncio.wait([claim_loop], timeout=WITHDRAW_SECONDS)
-        for task in late:
+        if late:
             log.warning("shutting down: the store holds a claim; its jobs are taken over later")
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*others, *late)
 
     def healthy(self) -> bool:
         """Able to work: the store answers and at least one ComfyUI server is up."""
