@@ -10,7 +10,7 @@ import base64
 import io
 import json
 import os
-import time
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image as PIL
 
-from comfyfn.engine import Engine
+from comfyfn.engine import Engine, EngineState
 from tests.support.gateway_proc import Gateway, make_key
 
 pytestmark = pytest.mark.engine
@@ -34,19 +34,23 @@ class Sse:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory) -> Iterator[Gateway]:
-    name = f"{os.environ['COMFYFN_TEST_ENGINE']}-sse"
-    engine = Engine(name, preview_method="latent2rgb")
+def engine() -> Iterator[EngineState]:
+    """The module's own engine (previews on), its pid for the test that freezes it."""
+    instance = Engine(f"{os.environ['COMFYFN_TEST_ENGINE']}-sse", preview_method="latent2rgb")
+    try:
+        yield instance.up()
+    finally:
+        instance.down()
+
+
+@pytest.fixture(scope="module")
+def gateway(engine: EngineState, tmp_path_factory) -> Iterator[Gateway]:
     root = tmp_path_factory.mktemp("sse")
     db = f"sqlite:///{root / 'gateway.db'}"
-    try:
-        url = engine.up().url
-        gw = Gateway([url], db, root / "files", "-w", "zimage-turbo")
-        gw.key = make_key(db, "sse")
-        yield gw
-        gw.stop()
-    finally:
-        engine.down()
+    gw = Gateway([engine.url], db, root / "files", "-w", "zimage-turbo")
+    gw.key = make_key(db, "sse")
+    yield gw
+    gw.stop()
 
 
 def events(gw: Gateway, job_id: str, last_event_id: str | None = None) -> list[Sse]:
@@ -54,20 +58,29 @@ def events(gw: Gateway, job_id: str, last_event_id: str | None = None) -> list[S
     headers = {"Authorization": f"Bearer {gw.key}"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
-    got: list[Sse] = []
-    fields: dict[str, str] = {}
-    url = f"{gw.url}/v1/jobs/{job_id}/events"
-    with httpx.stream("GET", url, headers=headers, timeout=120) as stream:
+    with httpx.stream(
+        "GET", f"{gw.url}/v1/jobs/{job_id}/events", headers=headers, timeout=120
+    ) as stream:
         assert stream.status_code == 200
-        for line in stream.iter_lines():
-            if line == "":
-                if "event" in fields:
-                    got.append(Sse(fields["event"], fields.get("id"), json.loads(fields["data"])))
-                fields = {}
-            elif not line.startswith(":"):
-                name, _, value = line.partition(": ")
-                fields[name] = value
-    return got
+        return read_events(stream)
+
+
+def read_events(stream: httpx.Response) -> list[Sse]:
+    """Every event of an open stream until it ends."""
+    return list(events_of(stream))
+
+
+def events_of(stream: httpx.Response) -> Iterator[Sse]:
+    """The events of an open stream as they come."""
+    fields: dict[str, str] = {}
+    for line in stream.iter_lines():
+        if line == "":
+            if "event" in fields:
+                yield Sse(fields["event"], fields.get("id"), json.loads(fields["data"]))
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            fields[name] = value
 
 
 def post_job(gw: Gateway, seed: int, steps: int) -> str:
@@ -128,25 +141,34 @@ def unsigned(outputs: list[dict]) -> list[dict]:
     return [{**o, "url": o["url"].split("?", 1)[0]} for o in outputs]
 
 
-def test_a_reconnect_while_the_job_runs_continues_live(gateway, unique):
+def test_a_reconnect_while_the_job_runs_continues_live(engine, gateway, unique):
+    """The connection drops at the first progress event; the engine is frozen (SIGSTOP) while
+    the client reconnects, so the job is certainly still running when the new stream opens,
+    and what comes after the engine resumes (at least the job's end) comes live."""
     job_id = post_job(gateway, unique(), steps=40)
-    seen: Sse | None = None
     headers = {"Authorization": f"Bearer {gateway.key}"}
-    deadline = time.monotonic() + 120
-    fields: dict[str, str] = {}
-    with httpx.stream(
-        "GET", f"{gateway.url}/v1/jobs/{job_id}/events", headers=headers, timeout=120
-    ) as stream:
-        for line in stream.iter_lines():  # drop the connection at the first progress event
-            if time.monotonic() > deadline:
-                pytest.fail("no progress event within 120 s")
-            if line == "" and fields.get("event") == "progress":
-                seen = Sse("progress", fields.get("id"), json.loads(fields["data"]))
-                break
-            fields = {} if line == "" else {**fields, **dict([line.split(": ", 1)])}
-    assert seen is not None and seen.id
-    rest = events(gateway, job_id, last_event_id=seen.id)
-    assert rest[-1].event == "succeeded"
+    url = f"{gateway.url}/v1/jobs/{job_id}/events"
+    with httpx.stream("GET", url, headers=headers, timeout=120) as stream:
+        seen = next(e for e in events_of(stream) if e.event == "progress")  # then drop it
+    assert seen.id
+    os.kill(engine.pid, signal.SIGSTOP)  # the job cannot end until SIGCONT
+    resumed = False
+    try:
+        state = httpx.get(f"{gateway.url}/v1/jobs/{job_id}", headers=headers).json()
+        assert state["state"] == "running", state
+        with httpx.stream(
+            "GET", url, headers={**headers, "Last-Event-ID": seen.id}, timeout=120
+        ) as stream:
+            assert stream.status_code == 200
+            os.kill(engine.pid, signal.SIGCONT)
+            resumed = True
+            rest = read_events(stream)
+    finally:
+        if not resumed:
+            os.kill(engine.pid, signal.SIGCONT)
+    assert rest[-1].event == "succeeded", [e.event for e in rest]
     progress = [e.data["progress"] for e in rest if e.event == "progress"]
     assert progress == sorted(progress) and all(p >= seen.data["progress"] for p in progress)
     assert [e for e in rest if e.event == "queued"] == []
+    done = int(seen.id.rpartition("-")[2])
+    assert all(int((e.id or "").rpartition("-")[2]) > done for e in rest), (seen, rest)

@@ -157,3 +157,17 @@ async def test_the_history_keeps_updates_without_their_output_bytes():
     (kept,) = bus.since("job_1", f"{bus.epoch}-0") or []
     assert isinstance(kept.item, JobUpdate) and kept.item.contents == ()
     assert kept.item.job == update.job
+
+
+async def test_the_state_a_client_has_shown_is_the_latest_update_up_to_its_id():
+    bus = JobBus()
+    bus.publish(JobUpdate(record(progress=0.25)))
+    bus.publish(JobUpdate(record(progress=0.5)))
+    at_half = bus.last_id("job_1")
+    bus.preview("job_1", 3, b"png", "image/png")  # a preview after it changes nothing shown
+    bus.publish(JobUpdate(record(progress=0.75)))
+    assert bus.shown("job_1", at_half) == ("running", 0.5)
+    assert bus.shown("job_1", bus.last_id("job_1")) == ("running", 0.75)
+    assert bus.shown("job_1", f"{bus.epoch}-0") is None  # nothing seen yet
+    assert bus.shown("job_1", "0badc0de-2") is None  # an id of another process
+    assert bus.shown("job_9", at_half) is None  # a job this bus knows nothing of

@@ -221,16 +221,33 @@ class JobBus:
         """The job's events after ``last_event_id``, oldest first; None when the history
         cannot say (an id of another process, or older than what is kept): the caller then
         starts from the job's state in the store."""
-        epoch, _, number = last_event_id.partition("-")
-        if epoch != self.epoch or not _SEQUENCE.fullmatch(number):
-            return None  # not an id this bus issued ("²" and "٣" are digits to str.isdigit)
-        seen = int(number)
+        seen = self._sequence(last_event_id)
+        if seen is None:
+            return None
         history = self._history.get(job_id)
         if history is None:
             return [] if seen == 0 else None
         if seen < self._trimmed.get(job_id, 0):
             return None  # events after it were dropped (replaced previews do not count)
         return [e for e in history if e.seq > seen]
+
+    def shown(self, job_id: str, last_event_id: str) -> tuple[str, float] | None:
+        """The (state, progress) of the job's latest update up to ``last_event_id``: what a
+        client that saw that event has shown (None when the history does not hold it)."""
+        seen = self._sequence(last_event_id)
+        updates = [
+            e.item.job
+            for e in self._history.get(job_id, ())
+            if seen is not None and e.seq <= seen and isinstance(e.item, JobUpdate)
+        ]
+        return (updates[-1].state, updates[-1].progress) if updates else None
+
+    def _sequence(self, event_id: str) -> int | None:
+        """The sequence number of an event id this bus issued (None for any other)."""
+        epoch, _, number = event_id.partition("-")
+        if epoch != self.epoch or not _SEQUENCE.fullmatch(number):
+            return None  # not an id this bus issued ("²" and "٣" are digits to str.isdigit)
+        return int(number)
 
     def queue_changed(self) -> None:
         """A job left the queue or re-entered it: queued jobs' positions may have moved."""

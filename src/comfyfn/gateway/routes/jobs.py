@@ -177,8 +177,9 @@ async def _stream(
 async def _events(
     runtime: Runtime, job: JobRecord, base: str, last_event_id: str | None
 ) -> AsyncIterator[ServerSentEvent]:
-    """What the client missed since ``last_event_id`` (if given), then live events."""
-    replayed: tuple[str, float] | None = None
+    """What the client missed since ``last_event_id`` (if given), then live events; the
+    state the client already has is not sent again."""
+    replayed = runtime.bus.shown(job.id, last_event_id) if last_event_id else None
     for event in (runtime.bus.since(job.id, last_event_id) or []) if last_event_id else []:
         if isinstance(event.item, JobUpdate):
             runtime.files.remember(event.item.files)
