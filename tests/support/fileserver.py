@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import threading
-import time
 from dataclasses import dataclass
 
 
@@ -18,7 +17,7 @@ class Reply:
     body: bytes = b""
     status: int = 200
     media_type: str = "image/png"
-    delay: float = 0.0  #: seconds to wait before answering
+    held: bool = False  #: answer only once the server is closed (a server that hangs)
     location: str | None = None  #: a ``Location`` header (a redirect's target)
     sized: bool = True  #: send ``Content-Length``; False: the body ends when the server closes
 
@@ -32,6 +31,7 @@ class FileServer:
 
     def __init__(self) -> None:
         self.files: dict[str, bytes | Reply] = {}
+        self._released = threading.Event()  #: set on close: held replies go out then
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(
@@ -48,16 +48,18 @@ class FileServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 reply = server.reply_for(self.path)
-                time.sleep(reply.delay)
-                self.send_response(reply.status)
-                self.send_header("Content-Type", reply.media_type)
-                if reply.location is not None:
-                    self.send_header("Location", reply.location)
-                if reply.sized:
-                    self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
+                if reply.held:
+                    server._released.wait()
+                # a client may have gone: stopped reading over its limit, or timed out
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(reply.body)  # (a client may stop reading: over its limit)
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", reply.media_type)
+                    if reply.location is not None:
+                        self.send_header("Location", reply.location)
+                    if reply.sized:
+                        self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -69,6 +71,7 @@ class FileServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._released.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=10)
