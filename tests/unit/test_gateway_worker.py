@@ -202,6 +202,10 @@ async def test_a_claim_loop_that_fails_is_logged_and_started_again(tmp_path, mon
         assert failed
         assert "the worker's claim loop failed; starting it again" in caplog.text
         assert "a bug in the claim" in caplog.text  # the traceback names the error
+        # not healthy (/readyz 503) for a while after the failure, though the loop runs again
+        assert worker.loops_failing() == ["claim"] and not worker.healthy()
+        monkeypatch.setattr(worker_module, "LOOP_FAILURE_WINDOW", 0.0)
+        assert worker.loops_failing() == [] and worker.healthy()
 
 
 async def test_our_own_job_claimed_again_goes_on_in_its_task_under_the_new_claim(

@@ -188,6 +188,10 @@ class Runtime:
                 code="database_unavailable",
                 headers={"Retry-After": "2"},
             )
+        if isinstance(self.worker, Worker) and self.worker.loops_failing():
+            return ApiError(
+                503, "the gateway's worker is failing", type="server_error", code="worker_failing"
+            )
         return ApiError(
             503, "no ComfyUI server is available", type="server_error", code="no_server"
         )

@@ -67,6 +67,9 @@ log = logging.getLogger("comfyfn.gateway")
 
 IDLE_POLL = 0.5  #: seconds between claims while the queue is empty (other replicas' jobs)
 WITHDRAW_SECONDS = 5.0  #: at most this long, on shutdown, to take our waiting prompts off servers
+#: a loop that failed this recently keeps the worker unhealthy (``/readyz`` 503) and, if it fails
+#: again within it, waits longer before its next start
+LOOP_FAILURE_WINDOW = 60.0
 
 
 class Worker(JobLife):
@@ -111,6 +114,7 @@ class Worker(JobLife):
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False  #: set by :meth:`stop`: the claim loop ends at its next look
         self._notifications: set[asyncio.Task[None]] = set()
+        self._loop_failed_at: dict[str, float] = {}  #: when each of the loops last failed
         self.listener: QueueListener | None = None
 
     async def start(self) -> None:
@@ -180,8 +184,14 @@ class Worker(JobLife):
         await cancel_and_wait(*others, *late)
 
     def healthy(self) -> bool:
-        """Able to work: the store answers and at least one ComfyUI server is up."""
-        return self.db_ok and self.fleet.healthy()
+        """Able to work: the store answers, at least one ComfyUI server is up, and neither the
+        claim nor the heartbeat loop failed within :data:`LOOP_FAILURE_WINDOW`."""
+        return self.db_ok and self.fleet.healthy() and not self.loops_failing()
+
+    def loops_failing(self) -> list[str]:
+        """The loops (``claim``, ``heartbeat``) that failed within :data:`LOOP_FAILURE_WINDOW`."""
+        now = time.monotonic()
+        return [n for n, at in self._loop_failed_at.items() if now - at < LOOP_FAILURE_WINDOW]
 
     def job_created(self) -> None:
         """A job was queued by this process: claim now, not at the next poll."""
@@ -239,7 +249,7 @@ class Worker(JobLife):
         """Run ``loop`` until it returns (the claim loop, on stop); a bug that ends it is
         logged and the loop started again after a pause (1 s, doubling to at most 30 s while
         it keeps failing within a minute), never left to end quietly: a worker whose claim
-        loop died would look alive and claim nothing."""
+        loop died would look alive and claim nothing. Meanwhile the worker is not healthy."""
         pause = 1.0
         while True:
             began = time.monotonic()
@@ -249,7 +259,8 @@ class Worker(JobLife):
             except Exception:
                 log.exception("the worker's %s loop failed; starting it again", name)
                 self.metrics.failures.labels(kind="InternalError").inc()
-                if time.monotonic() - began > 60.0:
+                self._loop_failed_at[name] = time.monotonic()
+                if self._loop_failed_at[name] - began > LOOP_FAILURE_WINDOW:
                     pause = 1.0
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 30.0)
