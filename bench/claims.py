@@ -5,11 +5,11 @@ Run: ``.venv/bin/python -m bench.claims [--finished 1000000] [--queued 1000] [--
 
 A throwaway PostgreSQL (tests/support/pg.py) gets ``--finished`` succeeded jobs (one
 ``INSERT … SELECT generate_series``) and ``--queued`` queued ones over two model sets and
-three priorities, then ``ANALYZE``. Measured, through :class:`comfyfn.gateway.store.Store`:
+three priorities, then ``ANALYZE``. Measured, through :class:`comfyfn.jobs.store.Store`:
 
 - claim latency: ``claim_jobs(limit=1)`` with one model set loaded, ``--claims`` times (p50,
   p99; goal < 5 ms with 1 M finished jobs) and ``limit=8`` batches;
-- wake latency: a :class:`comfyfn.gateway.listen.QueueListener` (``LISTEN cfn_jobs``) from
+- wake latency: a :class:`comfyfn.jobs.listen.QueueListener` (``LISTEN cfn_jobs``) from
   calling ``create_job`` (its commit is inside) to the wake call, ``--wakes`` times (goal:
   a new job reaches an idle worker within 50 ms).
 """
@@ -21,8 +21,8 @@ import statistics
 import threading
 import time
 
-from comfyfn.gateway.listen import QueueListener
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.listen import QueueListener
+from comfyfn.jobs.store import Store
 from tests.support.pg import Postgres
 
 FILL = """

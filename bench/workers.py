@@ -43,7 +43,7 @@ from bench.claims import FILL, claim_latency, percentile
 from comfyfn.batch import Row
 from comfyfn.batch.queued import enqueue, load_workflow
 from comfyfn.fleet import QueuedRow
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.store import Store
 from tests.support.checkout import module_env
 from tests.support.pg import Postgres
 from tests.support.simulated import SIMCOMFY
@@ -203,11 +203,11 @@ def fifo_runner(argv: Sequence[str]) -> None:
 
 async def _fifo_runner(args: argparse.Namespace) -> None:
     from comfyfn.fleet import Fleet, FleetSettings
-    from comfyfn.gateway.bus import JobBus
     from comfyfn.gateway.metrics import Metrics
     from comfyfn.gateway.registry import Registry
     from comfyfn.gateway.settings import GatewaySettings
     from comfyfn.gateway.worker import Worker
+    from comfyfn.jobs.bus import JobBus
 
     class FifoWorker(Worker):
         def _loaded_models(self) -> set[str]:

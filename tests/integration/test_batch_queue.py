@@ -12,7 +12,7 @@ import signal
 import httpx
 import pytest
 
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.store import Store
 from tests.support.batches import batch_counts, results, running_by, write_rows
 from tests.support.cli_proc import run_cli, start_cli
 from tests.support.graphs import sleep_graph
@@ -69,7 +69,7 @@ def test_60_rows_on_two_workers_through_a_kill_9_each_row_once_in_results(place,
     with Store(db) as store, store._read() as conn:
         import sqlalchemy as sa
 
-        from comfyfn.gateway.schema import files_t, jobs_t
+        from comfyfn.jobs.schema import files_t, jobs_t
 
         claims = [c for (c,) in conn.execute(sa.select(jobs_t.c.claims))]
         files = conn.execute(sa.select(sa.func.count()).select_from(files_t)).scalar()

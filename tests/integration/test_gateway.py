@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import comfyfn
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.store import Store
 from tests.support.blocking import blocked
 from tests.support.gateway_proc import Gateway, make_key, sqlite_gateway
 from tests.support.graphs import sleep_graph

@@ -17,7 +17,7 @@ import logging
 import httpx
 import pytest
 
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.store import Store
 from tests.support.cli_proc import run_cli
 from tests.support.gateway_proc import Gateway, InProcess, auth, make_key, settings_for
 from tests.support.polling import wait_for

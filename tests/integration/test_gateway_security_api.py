@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 import comfyfn
 from comfyfn.gateway.metrics import METHODS
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.store import Store
 from tests.support.gateway_proc import InProcess, auth, make_key, settings_for, sqlite_gateway
 from tests.support.graphs import sleep_graph
 from tests.support.polling import wait_for

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 import comfyfn
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.store import Store
 from comfyfn.storage import S3Storage
 from tests.support import gateway_proc
 from tests.support.gateway_proc import Gateway, auth, make_key

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.store import Store
 
 
 def _load_cases():

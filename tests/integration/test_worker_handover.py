@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.store import Store
 from tests.support.polling import wait_for
 from tests.support.queues import queue_of
 from tests.support.simulated import executions, simulated

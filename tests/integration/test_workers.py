@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import httpx
 import pytest
 
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.store import Store
 from tests.support.cli_proc import CHILD_ENV
 from tests.support.gateway_proc import Gateway, auth, make_key
 from tests.support.polling import wait_for
@@ -38,7 +38,7 @@ def jobs_of(db: str):
     with Store(db) as store, store._read() as conn:
         import sqlalchemy as sa
 
-        from comfyfn.gateway.schema import files_t, jobs_t
+        from comfyfn.jobs.schema import files_t, jobs_t
 
         jobs = {r.id: r for r in conn.execute(sa.select(jobs_t))}
         files = Counter(r.job_id for r in conn.execute(sa.select(files_t)))

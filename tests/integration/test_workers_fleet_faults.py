@@ -25,8 +25,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from comfyfn.gateway.schema import files_t, jobs_t
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.schema import files_t, jobs_t
+from comfyfn.jobs.store import Store
 from tests.support.batches import batch_counts, results, running_by, write_rows
 from tests.support.cli_proc import CHILD_ENV, run_cli
 from tests.support.polling import wait_for

@@ -16,8 +16,8 @@ from collections import Counter
 import httpx
 import sqlalchemy as sa
 
-from comfyfn.gateway.schema import files_t, jobs_t
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.schema import files_t, jobs_t
+from comfyfn.jobs.store import Store
 from tests.support.batches import results, write_rows
 from tests.support.cli_proc import start_cli, stop
 from tests.support.polling import wait_for

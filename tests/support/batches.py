@@ -9,8 +9,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from comfyfn.gateway.schema import jobs_t
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.schema import jobs_t
+from comfyfn.jobs.store import Store
 
 
 def write_rows(path: Path, n: int, start: int = 0) -> Path:

@@ -15,12 +15,12 @@ from comfyfn.errors import ComfyError
 from comfyfn.events import Progress
 from comfyfn.fleet import Outcome, Pool, Refused, Slot, Ticket
 from comfyfn.fleet.fleet import OnEvent, OnSubmit
-from comfyfn.gateway.bus import JobBus
 from comfyfn.gateway.metrics import Metrics
 from comfyfn.gateway.registry import Registry
 from comfyfn.gateway.settings import GatewaySettings
-from comfyfn.gateway.store import Store
 from comfyfn.gateway.worker import Worker
+from comfyfn.jobs.bus import JobBus
+from comfyfn.jobs.store import Store
 from comfyfn.workflow import Workflow
 from tests.support.graphs import sleep_graph
 from tests.support.polling import await_until

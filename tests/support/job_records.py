@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from comfyfn.gateway.schema import JobRecord
+from comfyfn.jobs.schema import JobRecord
 
 QUEUED = JobRecord(
     id="job_1",

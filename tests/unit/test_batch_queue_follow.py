@@ -10,7 +10,7 @@ import pytest
 
 from comfyfn.batch import Row
 from comfyfn.batch.queued import CLOCK_SKEW, QueuedBatch, enqueue, load_workflow
-from comfyfn.gateway.store import NewFile, Store
+from comfyfn.jobs.store import NewFile, Store
 from tests.support.fake_clock import FakeClock
 
 

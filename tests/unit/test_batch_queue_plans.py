@@ -12,7 +12,7 @@ import pytest
 
 from comfyfn.batch import Row, RowError
 from comfyfn.batch.queued import QueuedBatch, StoredRecords, enqueue, load_workflow
-from comfyfn.gateway.store import BATCH_KEY, NewFile, Store
+from comfyfn.jobs.store import BATCH_KEY, NewFile, Store
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import functools
 
 import pytest
 
-from comfyfn.gateway import bus as bus_module
-from comfyfn.gateway.bus import (
+from comfyfn.jobs import bus as bus_module
+from comfyfn.jobs.bus import (
     PREVIEW_INTERVAL,
     BusEvent,
     JobBus,
@@ -17,7 +17,7 @@ from comfyfn.gateway.bus import (
     JobUpdate,
     Subscription,
 )
-from comfyfn.gateway.schema import JobRecord
+from comfyfn.jobs.schema import JobRecord
 from tests.support.fake_clock import FakeClock
 from tests.support.job_records import job_record
 

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from comfyfn.gateway.bus import JobBus, JobUpdate
+from comfyfn.jobs.bus import JobBus, JobUpdate
 from tests.support.job_records import job_record
 
 pytestmark = pytest.mark.anyio

@@ -10,13 +10,13 @@ import dataclasses
 import pytest
 
 from comfyfn.gateway import service
-from comfyfn.gateway.bus import JobUpdate
 from comfyfn.gateway.errors import ApiError
 from comfyfn.gateway.registry import Registry
 from comfyfn.gateway.runtime import Runtime
-from comfyfn.gateway.schema import NewFile
 from comfyfn.gateway.settings import GatewaySettings
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.bus import JobUpdate
+from comfyfn.jobs.schema import NewFile
+from comfyfn.jobs.store import Store
 from comfyfn.storage import LocalStorage
 from tests.support.polling import await_for
 

@@ -14,8 +14,8 @@ from fastapi import FastAPI
 
 from comfyfn.gateway import create_app
 from comfyfn.gateway.responses import ImagesResponse, JobState
-from comfyfn.gateway.schema import STATES, FileRecord, JobRecord
 from comfyfn.gateway.service import job_view
+from comfyfn.jobs.schema import STATES, FileRecord, JobRecord
 from tests.support.gateway_proc import settings_for
 
 #: what a route may answer that is neither JSON nor an event stream: files and metrics,

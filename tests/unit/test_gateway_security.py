@@ -13,13 +13,13 @@ from comfyfn.gateway.errors import public_error, public_message
 from comfyfn.gateway.requests import text_problem
 from comfyfn.gateway.security import (
     RateLimiter,
-    parse_rate,
     sign_url,
     sign_webhook,
     verify_url,
     webhook_target_error,
 )
 from comfyfn.gateway.settings import GatewaySettings
+from comfyfn.jobs import parse_rate
 from tests.support.fake_clock import FakeClock
 
 

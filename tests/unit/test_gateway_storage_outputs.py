@@ -13,12 +13,12 @@ from comfyfn.events import Preview
 from comfyfn.gateway import service
 from comfyfn.gateway._job_life import write_outputs
 from comfyfn.gateway._outputs import KnownFiles, stored_key
-from comfyfn.gateway.bus import JobUpdate
 from comfyfn.gateway.registry import Registry
 from comfyfn.gateway.runtime import Runtime, WarmUp
-from comfyfn.gateway.schema import FileRecord
 from comfyfn.gateway.settings import GatewaySettings, default_data_dir
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.bus import JobUpdate
+from comfyfn.jobs.schema import FileRecord
+from comfyfn.jobs.store import Store
 from comfyfn.outputs import indexed_files, output_files
 from comfyfn.result import Generation, Image, Output, Timings
 from comfyfn.storage import LocalStorage

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from comfyfn.gateway.schema import JobRecord
-from comfyfn.gateway.store import STATES, Store
+from comfyfn.jobs.schema import JobRecord
+from comfyfn.jobs.store import STATES, Store
 from tests.support.fake_clock import FakeClock
 
 
@@ -607,7 +607,7 @@ def test_in_memory_sqlite_is_shared_between_threads():
 def test_a_stale_claim_changes_nothing_and_the_new_holder_finishes(store, clock):
     """A claims; A's heartbeat stops past stale_after; B takes over (the claim counter moves
     on); every write A makes afterwards changes nothing and says so; B's writes count."""
-    from comfyfn.gateway.store import NewFile, StaleClaim
+    from comfyfn.jobs.store import NewFile, StaleClaim
 
     job = new_job(store)
     a = store.claim_job("a")
@@ -636,7 +636,7 @@ def test_a_stale_claim_changes_nothing_and_the_new_holder_finishes(store, clock)
 def test_the_same_name_restarted_does_not_inherit_its_old_claim(store, clock):
     """Fencing is by claim, not by name: a worker restarted under its name takes over its
     job with a new counter, and the old process's writes are stale."""
-    from comfyfn.gateway.store import StaleClaim
+    from comfyfn.jobs.store import StaleClaim
 
     new_job(store)
     old = store.claim_job("gpu1")
@@ -696,7 +696,7 @@ def test_queued_jobs_counted_by_workflow_and_priority(store):
 
 
 def test_a_new_database_is_at_the_newest_revision(url, store):
-    from comfyfn.gateway.database import head_revision
+    from comfyfn.jobs.database import head_revision
 
     engine = sa.create_engine(url)
     with engine.connect() as conn:
@@ -719,7 +719,7 @@ def test_a_database_made_before_versions_is_stamped_and_upgraded(url, stores):
 
 
 def test_a_schema_newer_than_this_comfyfn_is_refused_untouched(url, stores):
-    from comfyfn.gateway.database import SchemaTooNew
+    from comfyfn.jobs.database import SchemaTooNew
 
     stores().close()
     engine = sa.create_engine(url)

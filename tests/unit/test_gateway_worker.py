@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from comfyfn.errors import ComfyError
 from comfyfn.fleet import Cancelled, Done
 from comfyfn.gateway import worker as worker_module
-from comfyfn.gateway.schema import jobs_t
 from comfyfn.gateway.worker import Worker
+from comfyfn.jobs.schema import jobs_t
 from comfyfn.result import Generation, Image, Timings
 from tests.support.fake_fleet import SERVER, FakeFleet, new_job, started
 from tests.support.polling import await_until

@@ -11,6 +11,7 @@ top-level modules, which import no package):
 - ``models`` (what a workflow needs and loads, downloads, warm-up);
 - ``fleet`` (a pool of servers: placement, priming, the job state machine, the row the
   shared queue holds);
+- ``jobs`` (the durable job store: the one queue of API jobs and named batches);
 - ``batch`` and ``gateway``: peers, neither imports the other;
 - ``mcp``: over the gateway's service layer (its public modules) and the batch API;
 - ``cli``.
@@ -35,6 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("client", "recipes"),
     ("models",),
     ("fleet",),
+    ("jobs",),
     ("batch", "gateway"),
     ("mcp",),
     ("cli",),

@@ -19,9 +19,9 @@ from comfyfn.gateway import service
 from comfyfn.gateway.errors import ApiError
 from comfyfn.gateway.registry import Registry
 from comfyfn.gateway.runtime import Runtime
-from comfyfn.gateway.schema import KeyRecord
 from comfyfn.gateway.settings import GatewaySettings
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.schema import KeyRecord
+from comfyfn.jobs.store import Store
 from comfyfn.storage import LocalStorage
 from comfyfn.workflow import (
     CONTROL_TYPES,

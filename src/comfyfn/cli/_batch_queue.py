@@ -22,8 +22,8 @@ from comfyfn.cli._progress import BatchProgress
 from comfyfn.errors import ConfigError
 
 if TYPE_CHECKING:
-    from comfyfn.gateway.store import Store
     from comfyfn.gateway.worker import Worker
+    from comfyfn.jobs.store import Store
 
 __all__ = [
     "CONTROLS",
@@ -119,8 +119,8 @@ def run_queued(
 
 async def _follow(run: QueuedRun, workflow: Any) -> Any:
     from comfyfn.batch.queued import QueuedBatch, enqueue
-    from comfyfn.gateway.database import unavailable
-    from comfyfn.gateway.store import Store
+    from comfyfn.jobs.database import unavailable
+    from comfyfn.jobs.store import Store
 
     assert run.name is not None
     with Store(run.db) as store:
@@ -162,11 +162,11 @@ async def _worker_here(store: Store, run: QueuedRun) -> AsyncIterator[Worker | N
     if not run.work_on or run.name is None:
         yield None
         return
-    from comfyfn.gateway.bus import JobBus
     from comfyfn.gateway.metrics import Metrics
     from comfyfn.gateway.registry import Registry
     from comfyfn.gateway.settings import GatewaySettings
     from comfyfn.gateway.worker import Worker
+    from comfyfn.jobs.bus import JobBus
 
     settings = GatewaySettings.resolve(
         servers=list(run.work_on),
@@ -189,7 +189,7 @@ def control_batch(action: str, name: str | None, db: str | None) -> None:
     cancelled rows queued again)."""
     if not name or not db:
         raise ConfigError(f"comfyfn batch {action} NAME needs the batch's name and --db URL")
-    from comfyfn.gateway.store import Store
+    from comfyfn.jobs.store import Store
 
     with Store(db) as store:
         counts = store.batch_counts(name)

@@ -19,7 +19,7 @@ from comfyfn.cli._common import ComfyOrgKeyOpt, ServersOpt, err, esc, fail
 from comfyfn.errors import ComfyError, ConfigError
 
 if TYPE_CHECKING:
-    from comfyfn.gateway.store import Store
+    from comfyfn.jobs.store import Store
 
 #: what ``pip install 'comfyfn[gateway]'`` brings: import names
 GATEWAY_MODULES = (
@@ -78,7 +78,7 @@ def served_workflows(items: list[str] | None) -> tuple[tuple[str, str], ...]:
 def open_store(db: str | None) -> Store:
     """The gateway's store at ``db`` (else $COMFYFN_DB, else the embedded file)."""
     from comfyfn.gateway.settings import GatewaySettings
-    from comfyfn.gateway.store import Store
+    from comfyfn.jobs.store import Store
 
     return Store(GatewaySettings.resolve(servers=[], db_url=db).db_url)
 
@@ -238,7 +238,7 @@ def keys_create(
 ) -> None:
     """Create a key; it is printed once (only its hash is stored)."""
     require_extras(db)
-    from comfyfn.gateway.security import parse_rate
+    from comfyfn.jobs import parse_rate
 
     try:
         parse_rate(rate)

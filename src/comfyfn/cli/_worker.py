@@ -90,11 +90,11 @@ def worker_command(
 
 async def _run(settings: GatewaySettings) -> None:
     """Work until SIGTERM or SIGINT, then hand the jobs back."""
-    from comfyfn.gateway.bus import JobBus
     from comfyfn.gateway.metrics import Metrics
     from comfyfn.gateway.registry import Registry
-    from comfyfn.gateway.store import Store
     from comfyfn.gateway.worker import Worker
+    from comfyfn.jobs.bus import JobBus
+    from comfyfn.jobs.store import Store
 
     registry = Registry()
     registry.load(

@@ -4,7 +4,7 @@ claim). The methods of :class:`comfyfn.gateway.worker.Worker` (see there).
 
 A job is an API job (a workflow the gateway serves, bound here; its outputs go to the
 gateway's storage under ``<job id>/<i>.<ext>``) or a batch row (``key_id``
-:data:`~comfyfn.gateway.store.BATCH_KEY`: its graph comes bound in its params; its images go
+:data:`~comfyfn.jobs.store.BATCH_KEY`: its graph comes bound in its params; its images go
 where its ``target`` says — the batch's folder or ``s3://`` URL, under the batch's own names,
 ``images/<stem>.png``). :meth:`JobLife._placed` decides both; one writer writes them."""
 
@@ -35,13 +35,13 @@ from comfyfn.fleet import (
     Ticket,
     settle,
 )
-from comfyfn.gateway.bus import JobBus, JobUpdate
 from comfyfn.gateway.metrics import Metrics
 from comfyfn.gateway.registry import Registry
-from comfyfn.gateway.schema import Claim, FileRecord, JobRecord, NewFile, StaleClaim
 from comfyfn.gateway.settings import GatewaySettings
-from comfyfn.gateway.store import BATCH_KEY, Store
 from comfyfn.gateway.uploads import resolve_inputs
+from comfyfn.jobs.bus import JobBus, JobUpdate
+from comfyfn.jobs.schema import Claim, FileRecord, JobRecord, NewFile, StaleClaim
+from comfyfn.jobs.store import BATCH_KEY, Store
 from comfyfn.outputs import OutputFile, indexed_files, named_files
 from comfyfn.result import Generation
 from comfyfn.storage import Storage, StorageError, open_storage, put_files

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
-from comfyfn.gateway.schema import FileRecord
+from comfyfn.jobs.schema import FileRecord
 from comfyfn.storage import LocalStorage, Storage
 
 __all__ = ["KnownFiles", "stored_key"]

@@ -30,9 +30,9 @@ from comfyfn.gateway.registry import Registry
 from comfyfn.gateway.routes import files, health, jobs, openai, uploads, workflows
 from comfyfn.gateway.runtime import Runtime, Submitter, WarmUp
 from comfyfn.gateway.settings import GatewaySettings
-from comfyfn.gateway.store import Store
 from comfyfn.gateway.ui import router as _ui_router
 from comfyfn.gateway.worker import Worker
+from comfyfn.jobs.store import Store
 from comfyfn.storage import open_storage
 
 __all__ = ["ApiError", "create_app"]

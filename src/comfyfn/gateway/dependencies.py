@@ -12,7 +12,7 @@ from comfyfn.gateway.metrics import KEY_ID
 from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.security import RateLimiter
 from comfyfn.gateway.settings import GatewaySettings
-from comfyfn.gateway.store import KeyRecord, Store
+from comfyfn.jobs.store import KeyRecord, Store
 
 __all__ = [
     "ApiKey",

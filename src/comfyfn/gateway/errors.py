@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 
-from comfyfn.gateway.database import unavailable
+from comfyfn.jobs.database import unavailable
 
 __all__ = [
     "ERROR_RESPONSES",

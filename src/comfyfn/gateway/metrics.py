@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
-    from comfyfn.gateway.store import Store
+    from comfyfn.jobs.store import Store
 
 __all__ = ["KEY_ID", "METHODS", "Metrics", "MetricsMiddleware", "route_label"]
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-from comfyfn.gateway.schema import MAX_PRIORITY
+from comfyfn.jobs.schema import MAX_PRIORITY
 
 __all__ = [
     "UPLOAD_ID_PATTERN",

@@ -36,7 +36,7 @@ __all__ = [
     "WorkflowList",
 ]
 
-#: a job's states (:data:`comfyfn.gateway.schema.STATES`)
+#: a job's states (:data:`comfyfn.jobs.schema.STATES`)
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 

@@ -24,15 +24,15 @@ from comfyfn.client import AsyncClient
 from comfyfn.errors import ComfyError
 from comfyfn.gateway._job_life import DB_ERRORS
 from comfyfn.gateway._outputs import KnownFiles
-from comfyfn.gateway.bus import JobBus
 from comfyfn.gateway.errors import ApiError
 from comfyfn.gateway.metrics import Metrics
 from comfyfn.gateway.registry import Registry
-from comfyfn.gateway.schema import JobRecord
 from comfyfn.gateway.security import RateLimiter
 from comfyfn.gateway.settings import GatewaySettings
-from comfyfn.gateway.store import Store
 from comfyfn.gateway.worker import Worker, job_models
+from comfyfn.jobs.bus import JobBus
+from comfyfn.jobs.schema import JobRecord
+from comfyfn.jobs.store import Store
 from comfyfn.models import awarm
 from comfyfn.storage import Storage
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import re
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 import httpx
 
 from comfyfn.errors import ComfyError
+from comfyfn.jobs import parse_rate
 
 __all__ = [
     "RateLimiter",
@@ -28,7 +28,6 @@ __all__ = [
     "WebhookTarget",
     "address_error",
     "check_webhook",
-    "parse_rate",
     "parse_webhook",
     "resolve_host",
     "sign_url",
@@ -36,17 +35,6 @@ __all__ = [
     "verify_url",
     "webhook_target_error",
 ]
-
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
-_PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
-
-
-def parse_rate(text: str) -> tuple[int, float]:
-    """``"60/min"`` → (60 requests, per 60 seconds)."""
-    match = _RATE.match(text)
-    if not match or int(match.group(1)) < 1:
-        raise ValueError(f"rate {text!r} is not like 60/min, 10/s or 1000/hour")
-    return int(match.group(1)), float(_PER[match.group(2)])
 
 
 @dataclass

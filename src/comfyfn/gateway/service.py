@@ -4,7 +4,7 @@ Every job-creating route goes through :func:`create_job`, which runs the same ch
 anything is stored: texts storable, parameters valid, a prompt not blank, cost limits
 (:meth:`GatewaySettings.cost_error`), webhook target, a server ready. Following a job
 (:func:`wait_final`, :func:`follow`) wakes on this process's event bus at once and re-reads
-the store every :data:`~comfyfn.gateway.bus.FALLBACK_POLL` seconds for jobs another replica
+the store every :data:`~comfyfn.jobs.bus.FALLBACK_POLL` seconds for jobs another replica
 runs; the outputs come from the bus too (records and bytes) when this process ran the job.
 What a caller sees of a job is :func:`job_view` (a typed :class:`JobObject`); its outputs'
 media types come from the file records this process has seen
@@ -23,14 +23,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from comfyfn.gateway._outputs import stored_key
-from comfyfn.gateway.bus import FALLBACK_POLL, JobUpdate
 from comfyfn.gateway.errors import ApiError, public_error
 from comfyfn.gateway.registry import Served
 from comfyfn.gateway.requests import text_problem
 from comfyfn.gateway.responses import JobError, JobObject, JobOutput
 from comfyfn.gateway.runtime import Runtime
-from comfyfn.gateway.schema import TERMINAL, FileRecord, JobRecord, KeyRecord
 from comfyfn.gateway.security import sign_url, webhook_target_error
+from comfyfn.jobs.bus import FALLBACK_POLL, JobUpdate
+from comfyfn.jobs.schema import TERMINAL, FileRecord, JobRecord, KeyRecord
 from comfyfn.outputs import STILL_IMAGE_TYPES
 from comfyfn.storage import StorageError, StorageNotFound
 

@@ -44,7 +44,7 @@ from comfyfn.gateway.security import (
 )
 
 if TYPE_CHECKING:
-    from comfyfn.gateway.schema import JobRecord
+    from comfyfn.jobs.schema import JobRecord
 
 __all__ = [
     "Delivery",

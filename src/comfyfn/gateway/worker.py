@@ -24,7 +24,7 @@ Many machines: the same worker runs without the HTTP app as ``comfyfn worker``. 
 registers itself in the store at every heartbeat (its servers, the models loaded on each,
 free slots), claims queued jobs whose models one of its servers holds ahead of others of the
 same priority, and on PostgreSQL wakes on ``NOTIFY`` (:mod:`.listen`). Every write names
-the claim it holds (fencing, :mod:`comfyfn.gateway.store`): a job taken over by another
+the claim it holds (fencing, :mod:`comfyfn.jobs.store`): a job taken over by another
 worker (this one paused past ``stale_after``) is dropped quietly — no write, no webhook.
 """
 
@@ -50,13 +50,13 @@ from comfyfn.fleet import (
     Ticket,
 )
 from comfyfn.gateway._job_life import CANCELLED, DB_ERRORS, PROGRESS_WRITE_INTERVAL, JobLife
-from comfyfn.gateway.bus import JobBus
-from comfyfn.gateway.listen import QueueListener
 from comfyfn.gateway.metrics import Metrics
 from comfyfn.gateway.registry import Registry
-from comfyfn.gateway.schema import Claim, JobRecord, StaleClaim, models_key
 from comfyfn.gateway.settings import GatewaySettings
-from comfyfn.gateway.store import Store
+from comfyfn.jobs.bus import JobBus
+from comfyfn.jobs.listen import QueueListener
+from comfyfn.jobs.schema import Claim, JobRecord, StaleClaim, models_key
+from comfyfn.jobs.store import Store
 from comfyfn.models import model_set
 from comfyfn.storage import Storage, open_storage
 from comfyfn.workflow import Workflow

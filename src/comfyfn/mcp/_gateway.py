@@ -20,14 +20,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.routing import Route
 
-from comfyfn.gateway.bus import JobUpdate
 from comfyfn.gateway.dependencies import rate_limit
 from comfyfn.gateway.errors import ApiError, error_response, public_error
 from comfyfn.gateway.metrics import KEY_ID
 from comfyfn.gateway.registry import Served
 from comfyfn.gateway.routes.uploads import image_params
 from comfyfn.gateway.runtime import Runtime
-from comfyfn.gateway.schema import TERMINAL, JobRecord, KeyRecord
 from comfyfn.gateway.service import (
     cancel_job,
     create_job,
@@ -38,6 +36,8 @@ from comfyfn.gateway.service import (
     read_output,
     wait_cancelled,
 )
+from comfyfn.jobs.bus import JobUpdate
+from comfyfn.jobs.schema import TERMINAL, JobRecord, KeyRecord
 from comfyfn.mcp._backend import JobOutcome, OutputFile, Progress, ToolError
 from comfyfn.mcp._server import build_server
 

@@ -19,8 +19,8 @@ from comfyfn.gateway._outputs import stored_key
 from comfyfn.gateway.dependencies import RuntimeDep, authenticate, rate_limit
 from comfyfn.gateway.errors import ApiError
 from comfyfn.gateway.runtime import Runtime
-from comfyfn.gateway.schema import FileRecord
 from comfyfn.gateway.security import verify_url
+from comfyfn.jobs.schema import FileRecord
 from comfyfn.storage import LocalStorage, StorageError, StorageNotFound
 
 router = APIRouter(tags=["files"])

@@ -31,14 +31,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from comfyfn._tasks import cancel_and_wait
-from comfyfn.gateway.bus import BusEvent, JobPreview, JobUpdate
-from comfyfn.gateway.database import unavailable
 from comfyfn.gateway.dependencies import ApiKey, RuntimeDep
 from comfyfn.gateway.errors import ApiError
 from comfyfn.gateway.requests import JobRequest
 from comfyfn.gateway.responses import JobObject, JobStreamEvent
 from comfyfn.gateway.runtime import Runtime
-from comfyfn.gateway.schema import TERMINAL, JobRecord
 from comfyfn.gateway.service import (
     create_job,
     follow,
@@ -47,6 +44,9 @@ from comfyfn.gateway.service import (
     own_job,
     wait_cancelled,
 )
+from comfyfn.jobs.bus import BusEvent, JobPreview, JobUpdate
+from comfyfn.jobs.database import unavailable
+from comfyfn.jobs.schema import TERMINAL, JobRecord
 
 router = APIRouter(tags=["jobs"])
 log = logging.getLogger("comfyfn.gateway")

@@ -30,7 +30,6 @@ from comfyfn.gateway.requests import EditsRequest, ImagesRequest, text_problem
 from comfyfn.gateway.responses import Base64Image, ImagesResponse, ModelList, ServedModel, UrlImage
 from comfyfn.gateway.routes.uploads import image_params, read_request
 from comfyfn.gateway.runtime import Runtime
-from comfyfn.gateway.schema import JobRecord, KeyRecord
 from comfyfn.gateway.service import (
     TEXT_RULE,
     create_job,
@@ -40,6 +39,7 @@ from comfyfn.gateway.service import (
     served_or_404,
     wait_final,
 )
+from comfyfn.jobs.schema import JobRecord, KeyRecord
 
 router = APIRouter(tags=["openai"])
 

@@ -19,7 +19,6 @@ from comfyfn.gateway.registry import Served
 from comfyfn.gateway.requests import UploadRequest
 from comfyfn.gateway.responses import UploadInfo
 from comfyfn.gateway.runtime import Runtime
-from comfyfn.gateway.schema import KeyRecord
 from comfyfn.gateway.settings import pixel_problem
 from comfyfn.gateway.uploads import (
     Upload,
@@ -32,6 +31,7 @@ from comfyfn.gateway.uploads import (
     upload_limits,
     upload_ref,
 )
+from comfyfn.jobs.schema import KeyRecord
 from comfyfn.storage import StorageError
 
 __all__ = [

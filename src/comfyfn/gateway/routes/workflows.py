@@ -28,7 +28,7 @@ from comfyfn.gateway.routes.uploads import (
 )
 from comfyfn.gateway.runtime import Runtime
 from comfyfn.gateway.service import create_job, job_view
-from comfyfn.gateway.store import KeyRecord
+from comfyfn.jobs.store import KeyRecord
 
 __all__ = ["workflow_router"]
 

@@ -26,11 +26,11 @@ from comfyfn.gateway.responses import (
 )
 from comfyfn.gateway.routes import jobs as job_routes
 from comfyfn.gateway.routes import uploads as upload_routes
-from comfyfn.gateway.schema import STATES
 from comfyfn.gateway.service import create_job, job_view, served_or_404
 from comfyfn.gateway.ui._history import PAGE, key_jobs
 from comfyfn.gateway.ui._recipes import RecipeRun, recipe_list, run_recipe
 from comfyfn.gateway.ui._session import UiKey
+from comfyfn.jobs.schema import STATES
 
 __all__ = ["router"]
 

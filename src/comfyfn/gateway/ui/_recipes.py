@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field
 from comfyfn.errors import ConfigError
 from comfyfn.gateway.errors import ApiError
 from comfyfn.gateway.runtime import Runtime
-from comfyfn.gateway.schema import KeyRecord
 from comfyfn.gateway.service import create_job, job_view, served_or_404
+from comfyfn.jobs.schema import KeyRecord
 from comfyfn.recipes import Recipe, list_recipes, load_recipe, nearest_generate_size
 from comfyfn.workflow import ComfyWarning
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from comfyfn.gateway.dependencies import RuntimeDep, authenticate, rate_limit
 from comfyfn.gateway.errors import ApiError
-from comfyfn.gateway.schema import KeyRecord
+from comfyfn.jobs.schema import KeyRecord
 
 __all__ = ["COOKIE", "SIGN_IN_RATE", "UI_HEADER", "UiKey", "router"]
 

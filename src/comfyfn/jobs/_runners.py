@@ -1,7 +1,7 @@
 """The runners' side of the job store: claiming jobs, heartbeats, handing jobs back, and
 the registry of runners (``cfn_workers``), as the methods of
-:class:`comfyfn.gateway.store.Store` (which provides the transactions and the clock). The
-claim protocol and fencing are described in :mod:`comfyfn.gateway.store`.
+:class:`comfyfn.jobs.store.Store` (which provides the transactions and the clock). The
+claim protocol and fencing are described in :mod:`comfyfn.jobs.store`.
 
 A runner registers itself (:meth:`RunnerStore.register_worker`: name, host, pid, its
 servers with the models loaded on each, free slots) at start and at every heartbeat, and
@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from comfyfn.fleet import QueuedRow
-from comfyfn.gateway.schema import (
+from comfyfn.jobs.schema import (
     MAX_PRIORITY,
     STATES,
     TERMINAL,

@@ -16,11 +16,11 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
-from comfyfn.gateway._runners import NOTIFY_CHANNEL
+from comfyfn.jobs._runners import NOTIFY_CHANNEL
 
 __all__ = ["QueueListener"]
 
-log = logging.getLogger("comfyfn.gateway")
+log = logging.getLogger("comfyfn.jobs")
 _CHECK_STOP = 0.5  #: seconds between looks at the stop flag while no notification comes
 
 

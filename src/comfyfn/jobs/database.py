@@ -10,7 +10,7 @@
 * **PostgreSQL** (``postgresql+psycopg://user@host/db``, a plain ``postgresql://`` URL meaning
   psycopg 3), which gateway replicas and ``comfyfn worker`` runners share.
 
-Schema versions are Alembic revisions shipped in :mod:`comfyfn.gateway.migrations`: opening
+Schema versions are Alembic revisions shipped in :mod:`comfyfn.jobs.migrations`: opening
 a store upgrades its database to the newest revision this comfyfn knows, in one transaction
 (PostgreSQL: under an advisory lock, so processes starting together do not race; SQLite:
 ``BEGIN IMMEDIATE``), the way :mod:`comfyfn._schema_versions` does it for every comfyfn
@@ -55,7 +55,7 @@ VERSION_TABLE = "cfn_alembic_version"
 _NOT_NOW = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
 
 
-log = logging.getLogger("comfyfn.gateway")
+log = logging.getLogger("comfyfn.jobs")
 
 _VERSIONS = _schema_versions.Versions(
     name="job database",

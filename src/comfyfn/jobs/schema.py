@@ -1,6 +1,6 @@
-"""The gateway store's tables, record types and row conversions (SQLAlchemy Core).
+"""The job store's tables, record types and row conversions (SQLAlchemy Core).
 
-See :mod:`comfyfn.gateway.store` for the schema's meaning and the claim protocol.
+See :mod:`comfyfn.jobs.store` for the schema's meaning and the claim protocol.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The gateway's job store: API keys, jobs, output files and one persistent secret.
+"""The job store: API keys, jobs, output files and one persistent secret.
 
 SQLAlchemy 2 Core (no ORM) on a synchronous engine, SQLite (embedded) or PostgreSQL (shared
-by replicas): see :mod:`comfyfn.gateway.database` for how each is opened.
+by replicas): see :mod:`comfyfn.jobs.database` for how each is opened.
 
 Schema (created on first use; ``cfn_`` prefixed so the tables can live in a shared database;
 times are float epoch seconds from the writing process's clock, so replicas need NTP-synced
@@ -23,7 +23,7 @@ clocks, and ``stale_after`` should be well above any skew)::
     cfn_workers  name PK, host, pid, started_at, heartbeat_at, free_slots, servers (JSON)
     cfn_alembic_version  version_num      -- the schema revision (:mod:`.database`)
 
-API keys: :mod:`comfyfn.gateway._keys` (the :class:`Store` has its methods).
+API keys: :mod:`comfyfn.jobs._keys` (the :class:`Store` has its methods).
 
 Claim protocol (how workers of one or several replicas share the queue):
 
@@ -72,10 +72,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from comfyfn.gateway._keys import KeyStore
-from comfyfn.gateway._runners import BATCH_KEY, NOTIFY_CHANNEL, BatchStore, fenced
-from comfyfn.gateway.database import SQLITE_BUSY_TIMEOUT, Database
-from comfyfn.gateway.schema import (
+from comfyfn.jobs._keys import KeyStore
+from comfyfn.jobs._runners import BATCH_KEY, NOTIFY_CHANNEL, BatchStore, fenced
+from comfyfn.jobs.database import SQLITE_BUSY_TIMEOUT, Database
+from comfyfn.jobs.schema import (
     JSON_FIELDS,
     STATES,
     TERMINAL,
@@ -238,6 +238,20 @@ class Store(KeyStore, BatchStore):
         with self._read() as conn:
             row = conn.execute(query).first()
         return _job(row) if row is not None else None
+
+    def list_jobs(
+        self, key_id: str, *, before: float | None = None, state: str | None = None, limit: int
+    ) -> list[JobRecord]:
+        """Up to ``limit`` of the key's jobs created before ``before`` (epoch seconds; None:
+        any), in ``state`` if given, newest first (index ``cfn_jobs_key``)."""
+        query = sa.select(jobs_t).where(jobs_t.c.key_id == key_id)
+        if before is not None:
+            query = query.where(jobs_t.c.created_at < before)
+        if state is not None:
+            query = query.where(jobs_t.c.state == state)
+        query = query.order_by(jobs_t.c.created_at.desc(), jobs_t.c.id.desc()).limit(limit)
+        with self._read() as conn:
+            return [_job(row) for row in conn.execute(query)]
 
     def update_job(self, job_id: str, *, fence: Claim | None = None, **fields: Any) -> JobRecord:
         """Set fields of a job (any but id/key_id/created_at/updated_at); returns the new record.

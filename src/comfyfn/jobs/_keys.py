@@ -1,4 +1,4 @@
-"""API keys in the gateway's store: made, found, listed and revoked.
+"""API keys in the job store: made, found, listed and revoked.
 
 The secret (``"cfn_" + token_urlsafe(32)``) is returned once by :meth:`KeyStore.create_key`
 and never stored; the row holds ``sha256(secret)`` (hex) and the secret's first 8 characters
@@ -10,6 +10,7 @@ A key's ``max_priority`` (0 unless given) is the highest priority its jobs may a
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from comfyfn.gateway.schema import (
+from comfyfn.jobs.schema import (
     MAX_PRIORITY,
     PREFIX_LEN,
     KeyRecord,
@@ -28,11 +29,22 @@ from comfyfn.gateway.schema import (
     keys_t,
 )
 
-__all__ = ["KeyStore"]
+__all__ = ["KeyStore", "parse_rate"]
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """``"60/min"`` → (60 requests, per 60 seconds)."""
+    match = _RATE.match(text)
+    if not match or int(match.group(1)) < 1:
+        raise ValueError(f"rate {text!r} is not like 60/min, 10/s or 1000/hour")
+    return int(match.group(1)), float(_PER[match.group(2)])
 
 
 class KeyStore:
-    """The API-key methods of :class:`comfyfn.gateway.store.Store` (which provides the
+    """The API-key methods of :class:`comfyfn.jobs.store.Store` (which provides the
     transactions and the clock)."""
 
     clock: Callable[[], float]
@@ -44,8 +56,6 @@ class KeyStore:
     ) -> tuple[str, KeyRecord]:
         """A new key: (its secret, shown only now; its record). Names of live keys are unique;
         ``max_priority``, from 0 to :data:`MAX_PRIORITY`, caps its jobs' priority."""
-        from comfyfn.gateway.security import parse_rate
-
         if not name or not name.strip():
             raise ValueError("a key needs a name")
         parse_rate(rate)  # ValueError with a readable message

@@ -1,4 +1,4 @@
-"""The in-process event bus: job changes made by this gateway process, delivered at once.
+"""The in-process event bus: job changes made by this process, delivered at once.
 
 The worker publishes every change it makes to a job (claimed, submitted, progress, requeued,
 final — the record as stored, with the output files of a success); the routes of the same
@@ -34,7 +34,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from comfyfn.gateway.schema import TERMINAL, FileRecord, JobRecord
+from comfyfn.jobs.schema import TERMINAL, FileRecord, JobRecord
 
 __all__ = [
     "FALLBACK_POLL",
