@@ -184,6 +184,37 @@ async def test_a_stop_as_a_wake_up_arrives_leaves_nothing_claimed(tmp_path, monk
         assert not fleet.runs
 
 
+async def test_a_stop_whose_caller_is_cancelled_still_hands_back_and_a_second_waits(
+    tmp_path, monkeypatch
+):
+    """The stop's caller gives up (a second Ctrl-C, a shutdown timeout): the hand-back goes
+    on; another stop() meanwhile returns only once it is done, not at once."""
+    fleet = FakeFleet()  # its runs hold until told to finish: the job stays running here
+    async with started(tmp_path, fleet, monkeypatch) as (worker, _):
+        job = new_job(worker.store)
+        worker.job_created()
+        await await_until(lambda: fleet.runs, 10, "the job runs")
+        inside, resume = threading.Event(), threading.Event()
+        release = worker.store.release_job
+
+        def held_release(*args, **kwargs):
+            inside.set()
+            resume.wait(10)
+            return release(*args, **kwargs)
+
+        monkeypatch.setattr(worker.store, "release_job", held_release)
+        first = asyncio.create_task(worker.stop())
+        assert await asyncio.to_thread(inside.wait, 10), "the hand-back did not begin"
+        first.cancel()
+        second = asyncio.create_task(worker.stop())
+        await asyncio.wait([first])
+        assert first.cancelled() and not second.done()  # it waits for the hand-back
+        resume.set()
+        await second
+        stored = worker.store.get_job(job.id)
+        assert (stored.state, stored.claimed_by) == ("queued", None)  # handed back
+
+
 async def test_a_claim_loop_that_fails_is_logged_and_started_again(tmp_path, monkeypatch, caplog):
     fleet = FakeFleet()
     async with started(tmp_path, fleet, monkeypatch) as (worker, _):

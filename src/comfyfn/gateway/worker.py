@@ -113,6 +113,7 @@ class Worker(JobLife):
         self._starting: set[str] = set()  #: jobs started here, waiting for their slot
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False  #: set by :meth:`stop`: the claim loop ends at its next look
+        self._stopped: asyncio.Task[None] | None = None  #: :meth:`stop`'s work, done once
         self._notifications: set[asyncio.Task[None]] = set()
         self._loop_failed_at: dict[str, float] = {}  #: when each of the loops last failed
         self.listener: QueueListener | None = None
@@ -142,9 +143,15 @@ class Worker(JobLife):
         on its server stays there (whoever claims it next and drives that server
         re-attaches); one still waiting in its server's queue is taken out of it and handed
         back without its prompt, so the next claimer submits it afresh rather than this
-        host's server running it for nobody. Stopping twice stops once."""
-        if self._stopping:
-            return
+        host's server running it for nobody. Stopping twice stops once: every caller returns
+        when the hand-back is done; a caller that is cancelled meanwhile does not cut it short."""
+        if self._stopped is None:
+            self._stopping = True  # before anything else runs: no claim after this call
+            self._wakeup.set()
+            self._stopped = asyncio.create_task(self._stop())
+        await asyncio.shield(self._stopped)
+
+    async def _stop(self) -> None:
         await self._stop_loops()
         held = {job_id: self.held[job_id] for job_id in self.running if job_id in self.held}
         tickets = {job_id: self.tickets[job_id] for job_id in held if job_id in self.tickets}
@@ -173,8 +180,6 @@ class Worker(JobLife):
         started (and handed back by :meth:`stop`) rather than left claimed by nobody until
         they go stale. It is cancelled only if the store holds it past
         :data:`WITHDRAW_SECONDS`."""
-        self._stopping = True
-        self._wakeup.set()
         if not self._tasks:
             return
         claim_loop, *others = self._tasks
