@@ -1,5 +1,5 @@
 """Schema versions as Alembic revisions, done one way for each comfyfn database: the
-gateway's job store (:mod:`comfyfn.jobs.database`) and the batch manifest
+job store (:mod:`comfyfn.jobs.database`) and the batch manifest
 (:mod:`comfyfn.batch.migrations`).
 
 :func:`upgrade` runs inside the caller's write transaction, on its connection, so a database

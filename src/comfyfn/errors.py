@@ -66,7 +66,7 @@ class ConfigError(ComfyError, ValueError):
 
 
 class SchemaTooNew(ConfigError):
-    """A database (the gateway's job store, a batch manifest) is at a schema revision this
+    """A database (the job store, a batch manifest) is at a schema revision this
     comfyfn does not know: a newer comfyfn migrated it, so it is refused, nothing changed."""
 
 

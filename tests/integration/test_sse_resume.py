@@ -143,8 +143,8 @@ def unsigned(outputs: list[dict]) -> list[dict]:
 
 def test_a_reconnect_while_the_job_runs_continues_live(engine, gateway, unique):
     """The connection drops at the first progress event; the engine is frozen (SIGSTOP) while
-    the client reconnects, so the job is certainly still running when the new stream opens,
-    and what comes after the engine resumes (at least the job's end) comes live."""
+    the client reconnects, so the job is certainly still running when the new stream opens;
+    that stream carries it to its end, sending nothing the client had already seen."""
     job_id = post_job(gateway, unique(), steps=40)
     headers = {"Authorization": f"Bearer {gateway.key}"}
     url = f"{gateway.url}/v1/jobs/{job_id}/events"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import httpx
 import pytest
@@ -116,3 +117,30 @@ def test_a_database_outage_ends_the_stream_with_an_error_event_not_a_traceback(
             assert next(received, None) is None
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("database is unavailable" in r.getMessage() for r in caplog.records)
+
+
+def test_a_client_that_has_seen_the_end_is_told_204_and_one_that_has_not_gets_it(offline):
+    """204 is how a server stops an EventSource from reconnecting for ever."""
+    job = offline.store.create_job(key_id=offline.key_id, workflow="zimage-turbo", params={})[0]
+    auth = {"Authorization": f"Bearer {offline.secret}"}
+    url = f"{offline.url}/v1/jobs/{job.id}/events"
+    with httpx.stream("GET", url, headers=auth, timeout=20) as stream:
+        lines = stream.iter_lines()
+        queued_id = next(line for line in lines if line.startswith("id: "))[4:]
+        httpx.delete(f"{offline.url}/v1/jobs/{job.id}", headers=auth, timeout=20)
+        end_id = next(line for line in lines if line.startswith("id: "))[4:]
+    seen_the_end = httpx.get(url, headers={**auth, "Last-Event-ID": end_id}, timeout=20)
+    assert seen_the_end.status_code == 204 and seen_the_end.content == b""
+    with httpx.stream("GET", url, headers={**auth, "Last-Event-ID": queued_id}) as stream:
+        assert [kind for kind, _ in events(stream.iter_lines())] == ["cancelled"]
+
+
+def test_a_worker_whose_loops_keep_failing_is_not_ready_and_says_so(offline):
+    worker = offline.app.state.runtime.worker
+    worker._loop_failures["claim"] = [time.monotonic()] * 2  # twice within the minute
+    auth = {"Authorization": f"Bearer {offline.secret}"}
+    body = {"workflow": "zimage-turbo", "params": {"prompt": "x"}}
+    posted = httpx.post(f"{offline.url}/v1/jobs", json=body, headers=auth, timeout=20)
+    assert posted.status_code == 503 and posted.headers["retry-after"] == "10"
+    assert posted.json()["error"]["code"] == "worker_failing"
+    assert httpx.get(f"{offline.url}/readyz", timeout=20).status_code == 503

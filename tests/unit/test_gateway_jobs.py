@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 
 import pytest
 
@@ -129,7 +130,7 @@ async def test_following_a_job_up_the_queue_to_its_end(runtime, monkeypatch):
     seen: list[tuple[str, float, int | None]] = []
 
     async def follow() -> None:
-        async for current, position in service.follow(runtime, job):
+        async for current, position, _ in service.follow(runtime, job):
             seen.append((current.state, current.progress, position))
 
     following = asyncio.create_task(follow())
@@ -159,7 +160,7 @@ async def test_a_followed_job_s_progress_never_goes_back_to_the_store_s_older_va
     seen: list[tuple[str, float]] = []
 
     async def follow() -> None:
-        async for current, _ in service.follow(runtime, job, known=("running", 0.5)):
+        async for current, _, _ in service.follow(runtime, job, known=("running", 0.5)):
             seen.append((current.state, current.progress))
 
     following = asyncio.create_task(follow())
@@ -170,3 +171,39 @@ async def test_a_followed_job_s_progress_never_goes_back_to_the_store_s_older_va
     runtime.bus.publish(JobUpdate(runtime.store.update_job(job.id, state="succeeded")))
     await asyncio.wait_for(following, 10)
     assert seen == [("running", 0.7), ("succeeded", 0.7)]
+
+
+async def test_each_state_followed_goes_with_the_id_of_the_event_it_is_as_new_as(
+    runtime, monkeypatch
+):
+    """An update published while the follower reads the queue position is not claimed for
+    the state read before it: a stream that sent the older state under the newer id would
+    leave a client reconnecting with that id without the newer state."""
+    monkeypatch.setattr(service, "FALLBACK_POLL", 60.0)
+    job = new_job(runtime)
+    inside, resume = threading.Event(), threading.Event()
+    position = runtime.store.queue_position
+
+    def held_position(job_id: str) -> int:
+        inside.set()
+        resume.wait(10)
+        return position(job_id)
+
+    monkeypatch.setattr(runtime.store, "queue_position", held_position)
+    before = runtime.bus.last_id(job.id)
+    seen: list[tuple[str, str]] = []
+
+    async def follow() -> None:
+        async for current, _, event_id in service.follow(runtime, job):
+            seen.append((current.state, event_id))
+
+    following = asyncio.create_task(follow())
+    assert await asyncio.to_thread(inside.wait, 10)
+    runtime.bus.publish(JobUpdate(runtime.store.update_job(job.id, state="running")))
+    running_id = runtime.bus.last_id(job.id)
+    resume.set()
+    await seen_count(seen, 2)
+    runtime.bus.publish(JobUpdate(runtime.store.update_job(job.id, state="failed")))
+    await asyncio.wait_for(following, 10)
+    assert seen == [("queued", before), ("running", running_id), ("failed", seen[2][1])]
+    assert seen[2][1] == runtime.bus.last_id(job.id) != running_id

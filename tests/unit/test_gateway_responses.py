@@ -64,7 +64,7 @@ def _untyped_2xx(doc: dict[str, Any], operation: dict[str, Any]) -> list[str]:
     problems = []
     for status, response in found.items():
         content = response.get("content") or {}
-        if not content:
+        if not content and status != "204":  # (204 is "No Content" by definition)
             problems.append(f"{status}: no content")
         for kind, media in content.items():
             schema = media.get("schema") or {}

@@ -216,24 +216,32 @@ async def test_a_stop_whose_caller_is_cancelled_still_hands_back_and_a_second_wa
 
 
 async def test_a_claim_loop_that_fails_is_logged_and_started_again(tmp_path, monkeypatch, caplog):
+    """Once: logged and started again, the worker still healthy; twice within a minute: not
+    healthy (/readyz 503) until the older failure is a minute old."""
+    monkeypatch.setattr(worker_module, "_RESTART_PAUSE", 0.01)
     fleet = FakeFleet()
     async with started(tmp_path, fleet, monkeypatch) as (worker, _):
-        claim_jobs, failed = worker.store.claim_jobs, list[str]()
+        claim_jobs, failures = worker.store.claim_jobs, 2
 
-        def fails_once(*args, **kwargs):
-            if not failed:
-                failed.append("once")
+        def fails(*args, **kwargs):
+            nonlocal failures
+            if failures:
+                failures -= 1
                 raise RuntimeError("a bug in the claim")
             return claim_jobs(*args, **kwargs)
 
-        monkeypatch.setattr(worker.store, "claim_jobs", fails_once)
+        monkeypatch.setattr(worker.store, "claim_jobs", fails)
+        failures = 1
+        worker.job_created()
+        await await_until(lambda: failures == 0, 10, "the claim to fail")
+        await await_until(lambda: len(worker._loop_failures.get("claim", [])) == 1, 10, "noted")
+        assert worker.loops_failing() == [] and worker.healthy()  # once is not "failing"
+        failures = 2
         new_job(worker.store)
         worker.job_created()
         await await_until(lambda: fleet.runs, 10, "the job runs once the loop is back")
-        assert failed
         assert "the worker's claim loop failed; starting it again" in caplog.text
         assert "a bug in the claim" in caplog.text  # the traceback names the error
-        # not healthy (/readyz 503) for a while after the failure, though the loop runs again
         assert worker.loops_failing() == ["claim"] and not worker.healthy()
         monkeypatch.setattr(worker_module, "LOOP_FAILURE_WINDOW", 0.0)
         assert worker.loops_failing() == [] and worker.healthy()

@@ -123,11 +123,23 @@ def test_the_check_finds_each_kind_of_wrong_import():
 def test_import_comfyfn_loads_no_batch_gateway_database_or_http_stack():
     code = (
         "import sys, comfyfn; print(sorted(m for m in sys.modules if m.startswith(("
-        "'comfyfn.batch', 'comfyfn.fleet', 'comfyfn.gateway', 'sqlite3', 'sqlalchemy', "
+        "'comfyfn.batch', 'comfyfn.fleet', 'comfyfn.gateway', 'comfyfn.jobs', 'sqlite3', "
+        "'sqlalchemy', "
         "'fastapi', 'uvicorn', 'httpx', 'websockets', 'comfyfn.client', 'PIL'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_job_store_loads_without_the_gateway_s_service_stack():
+    """``comfyfn batch --db`` and a worker's store need SQLAlchemy, not the HTTP service."""
+    code = (
+        "import sys, comfyfn.jobs; print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'fastapi', 'starlette', 'uvicorn', 'prometheus_client', 'sse_starlette'}), "
+        "sorted(m for m in sys.modules if m.startswith(('comfyfn.gateway', 'comfyfn.batch'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] []"
 
 
 def test_the_client_names_load_on_first_use():

@@ -1,13 +1,14 @@
 """Batches through the shared job store (``comfyfn batch FILE --db …``).
 
-The rows become one named batch of jobs in the gateway's store (:func:`enqueue`): one job
-per row, keyed by the row's content key (:attr:`~comfyfn.batch.jobs.Job.key`), so enqueuing
-the same file again adds nothing and a changed row is a new job. Each job holds its bound
-graph and its ``target`` (the ``-o`` folder or ``s3://`` URL and the row's file name,
-``images/<stem>``): any worker of the shared queue (``comfyfn worker``, a gateway replica,
-or ``--work`` in the submitting process) runs it and writes its outputs there (every kind),
-under the same names as a batch run here. Rows carry their ``priority`` into the queue, where API
-jobs and batch rows are claimed by priority alike.
+The rows become one named batch of jobs in the job store, :mod:`comfyfn.jobs`
+(:func:`enqueue`): one job per row, keyed by the row's content key
+(:attr:`~comfyfn.batch.jobs.Job.key`), so enqueuing the same file again adds nothing and a
+changed row is a new job. Each job holds its bound graph and its ``target`` (the ``-o``
+folder or ``s3://`` URL and the row's file name, ``images/<stem>``): any worker of the
+shared queue (``comfyfn worker``, a gateway replica, or ``--work`` in the submitting
+process) runs it and writes its outputs there (every kind), under the same names as a batch
+run here. Rows carry their ``priority`` into the queue, where API jobs and batch rows are
+claimed by priority alike.
 
 :class:`QueuedBatch` follows a batch from any shell: its results as the jobs finish (the
 same :class:`~comfyfn.batch.jobs.JobResult` a batch run here yields) and, at the end, the
@@ -72,7 +73,7 @@ INPUTS = "inputs"  #: where in a batch's output place its rows' input images are
 
 
 class QueueStore(Protocol):
-    """What a queued batch needs of the shared store (the gateway's ``Store``)."""
+    """What a queued batch needs of the shared store (:class:`comfyfn.jobs.Store`)."""
 
     def add_batch_jobs(self, batch: str, rows: Sequence[QueuedRow]) -> int: ...
 

@@ -76,7 +76,7 @@ def served_workflows(items: list[str] | None) -> tuple[tuple[str, str], ...]:
 
 
 def open_store(db: str | None) -> Store:
-    """The gateway's store at ``db`` (else $COMFYFN_DB, else the embedded file)."""
+    """The job store at ``db`` (else $COMFYFN_DB, else the embedded file)."""
     from comfyfn.gateway.settings import GatewaySettings
     from comfyfn.jobs.store import Store
 

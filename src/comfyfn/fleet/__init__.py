@@ -5,7 +5,7 @@
 - :mod:`~comfyfn.fleet.placement`: that policy (:func:`assign`) and the priming
   (:func:`prime_for`: how many jobs to keep queued on a server);
 - :mod:`~comfyfn.fleet.queue`: what the shared job queue holds for a batch row
-  (:class:`QueuedRow`: batch enqueues it, the gateway's store keeps it);
+  (:class:`QueuedRow`: batch enqueues it, the job store (:mod:`comfyfn.jobs`) keeps it);
 - :mod:`~comfyfn.fleet.states`: the job state machine (pure);
 - :mod:`~comfyfn.fleet.outcomes`: how one run ended;
 - :mod:`~comfyfn.fleet.settle`: what that comes to (one decision for batch and gateway);

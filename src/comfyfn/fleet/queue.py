@@ -1,6 +1,7 @@
 """What the shared job queue holds for a row of a batch: the contract between the batch
-that enqueues it (:func:`comfyfn.batch.queued.enqueue`) and the gateway's store that keeps
-it until a worker runs it. Neither imports the other; both import this."""
+that enqueues it (:func:`comfyfn.batch.queued.enqueue`) and the job store
+(:mod:`comfyfn.jobs`) that keeps it until a worker runs it. Neither imports the other;
+both import this."""
 
 from __future__ import annotations
 

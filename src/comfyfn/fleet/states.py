@@ -20,8 +20,8 @@ for ever.
   its server and prompt id are kept, so whoever picks it up next re-attaches instead of
   submitting it twice.
 
-Batch (``manifest.sqlite``) and gateway (its job store) record these states under their own
-names; both drive them through :func:`advance`, so the rules are written once.
+Batch (``manifest.sqlite``) and the job store (:mod:`comfyfn.jobs`) record these states
+under their own names; both drive them through :func:`advance`, so the rules are written once.
 """
 
 from __future__ import annotations

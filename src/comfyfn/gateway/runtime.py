@@ -179,7 +179,8 @@ class Runtime:
         return self.worker is not None and self.worker.healthy()
 
     def not_ready(self) -> ApiError:
-        """Why a job cannot be taken now (503: the database, or no ComfyUI server)."""
+        """Why a job cannot be taken now (503: the database, the worker's own loops failing,
+        or no ComfyUI server)."""
         if self.worker is not None and not self.worker.db_ok:
             return ApiError(
                 503,
@@ -190,7 +191,11 @@ class Runtime:
             )
         if isinstance(self.worker, Worker) and self.worker.loops_failing():
             return ApiError(
-                503, "the gateway's worker is failing", type="server_error", code="worker_failing"
+                503,
+                "the gateway's worker is failing; try again shortly",
+                type="server_error",
+                code="worker_failing",
+                headers={"Retry-After": "10"},
             )
         return ApiError(
             503, "no ComfyUI server is available", type="server_error", code="no_server"

@@ -288,14 +288,17 @@ async def read_output(runtime: Runtime, record: FileRecord) -> bytes:
 
 async def follow(
     runtime: Runtime, job: JobRecord, *, known: tuple[str, float] | None = None
-) -> AsyncIterator[tuple[JobRecord, int | None]]:
-    """The job and, while queued, its place in the queue: at once, then at every change
+) -> AsyncIterator[tuple[JobRecord, int | None, str]]:
+    """The job, while queued its place in the queue, and the id of the latest bus event it
+    is as new as (what an event stream may say it has sent): at once, then at every change
     until it is final. ``known``: the (state, progress) the caller has already shown. A
     running job's progress never goes back: the store keeps progress only now and then, so
     its record can be older than what this process published."""
     last: tuple[Any, ...] = ()
     position: int | None = None
     with runtime.bus.subscribe(job.id, queue=True) as news:
+        # an id read before the store is: the record read after is at least that new
+        event_id = runtime.bus.last_id(job.id)
         current, recount = await fresh(runtime, job), True
         while True:
             if current.state != "queued":
@@ -306,14 +309,16 @@ async def follow(
             if now != last and not (position is None and _not_newer(current, known)):
                 last, known = now, (current.state, current.progress)
                 await load_files(runtime, current)
-                yield current, position
+                yield current, position, event_id
             if current.state in TERMINAL:
                 return
             if await news.wait(FALLBACK_POLL):
-                if news.latest is not None:
+                if news.latest is not None and news.latest_id is not None:
                     runtime.files.remember(news.latest.files)
-                current, recount = (news.latest.job if news.latest else current), False
+                    current, event_id = news.latest.job, news.latest_id
+                recount = False
             else:  # nothing from this process: the store says what other replicas did
+                event_id = runtime.bus.last_id(job.id)
                 current, recount = await fresh(runtime, current), True
 
 

@@ -23,7 +23,7 @@ written as soon as the database is back, and progress updates are skipped while 
 Many machines: the same worker runs without the HTTP app as ``comfyfn worker``. It
 registers itself in the store at every heartbeat (its servers, the models loaded on each,
 free slots), claims queued jobs whose models one of its servers holds ahead of others of the
-same priority, and on PostgreSQL wakes on ``NOTIFY`` (:mod:`.listen`). Every write names
+same priority, and on PostgreSQL wakes on ``NOTIFY`` (:mod:`comfyfn.jobs.listen`). Every write names
 the claim it holds (fencing, :mod:`comfyfn.jobs.store`): a job taken over by another
 worker (this one paused past ``stale_after``) is dropped quietly — no write, no webhook.
 """
@@ -67,9 +67,11 @@ log = logging.getLogger("comfyfn.gateway")
 
 IDLE_POLL = 0.5  #: seconds between claims while the queue is empty (other replicas' jobs)
 WITHDRAW_SECONDS = 5.0  #: at most this long, on shutdown, to take our waiting prompts off servers
-#: a loop that failed this recently keeps the worker unhealthy (``/readyz`` 503) and, if it fails
-#: again within it, waits longer before its next start
+#: a loop that failed twice within this many seconds makes the worker unhealthy (``/readyz``
+#: 503) until the older failure is this old; a loop that ran this long before failing starts
+#: again after the shortest pause
 LOOP_FAILURE_WINDOW = 60.0
+_RESTART_PAUSE = 1.0  #: seconds before a failed loop starts again (doubling while it fails)
 
 
 class Worker(JobLife):
@@ -115,7 +117,7 @@ class Worker(JobLife):
         self._stopping = False  #: set by :meth:`stop`: the claim loop ends at its next look
         self._stopped: asyncio.Task[None] | None = None  #: :meth:`stop`'s work, done once
         self._notifications: set[asyncio.Task[None]] = set()
-        self._loop_failed_at: dict[str, float] = {}  #: when each of the loops last failed
+        self._loop_failures: dict[str, list[float]] = {}  #: each loop's last two failures
         self.listener: QueueListener | None = None
 
     async def start(self) -> None:
@@ -190,13 +192,19 @@ class Worker(JobLife):
 
     def healthy(self) -> bool:
         """Able to work: the store answers, at least one ComfyUI server is up, and neither the
-        claim nor the heartbeat loop failed within :data:`LOOP_FAILURE_WINDOW`."""
+        claim nor the heartbeat loop keeps failing (:meth:`loops_failing`)."""
         return self.db_ok and self.fleet.healthy() and not self.loops_failing()
 
     def loops_failing(self) -> list[str]:
-        """The loops (``claim``, ``heartbeat``) that failed within :data:`LOOP_FAILURE_WINDOW`."""
+        """The loops (``claim``, ``heartbeat``) that failed twice within the last
+        :data:`LOOP_FAILURE_WINDOW` seconds (one failure is logged and counted, and the loop
+        runs again a second later: no reason to turn traffic away)."""
         now = time.monotonic()
-        return [n for n, at in self._loop_failed_at.items() if now - at < LOOP_FAILURE_WINDOW]
+        return [
+            name
+            for name, failures in self._loop_failures.items()
+            if len(failures) == 2 and now - failures[0] < LOOP_FAILURE_WINDOW
+        ]
 
     def job_created(self) -> None:
         """A job was queued by this process: claim now, not at the next poll."""
@@ -254,8 +262,9 @@ class Worker(JobLife):
         """Run ``loop`` until it returns (the claim loop, on stop); a bug that ends it is
         logged and the loop started again after a pause (1 s, doubling to at most 30 s while
         it keeps failing within a minute), never left to end quietly: a worker whose claim
-        loop died would look alive and claim nothing. Meanwhile the worker is not healthy."""
-        pause = 1.0
+        loop died would look alive and claim nothing. One that keeps failing makes the worker
+        unhealthy (:meth:`loops_failing`)."""
+        pause = _RESTART_PAUSE
         while True:
             began = time.monotonic()
             try:
@@ -264,9 +273,10 @@ class Worker(JobLife):
             except Exception:
                 log.exception("the worker's %s loop failed; starting it again", name)
                 self.metrics.failures.labels(kind="InternalError").inc()
-                self._loop_failed_at[name] = time.monotonic()
-                if self._loop_failed_at[name] - began > LOOP_FAILURE_WINDOW:
-                    pause = 1.0
+                failed = time.monotonic()
+                self._loop_failures[name] = [*self._loop_failures.get(name, [])[-1:], failed]
+                if failed - began > LOOP_FAILURE_WINDOW:
+                    pause = _RESTART_PAUSE
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 30.0)
 

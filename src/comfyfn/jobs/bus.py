@@ -95,12 +95,13 @@ class Subscription:
     def __init__(self, job_id: str, *, queue: bool) -> None:
         self.job_id, self.queue = job_id, queue
         self.latest: JobUpdate | None = None
+        self.latest_id: str | None = None  #: the id the bus gave :attr:`latest`
         self.preview: BusEvent | None = None  #: the latest preview not yet taken
         self.queue_changed = False
         self._news = asyncio.Event()
 
-    def _deliver(self, update: JobUpdate) -> None:
-        self.latest = update
+    def _deliver(self, update: JobUpdate, event_id: str) -> None:
+        self.latest, self.latest_id = update, event_id
         self._news.set()
 
     def _deliver_preview(self, event: BusEvent) -> None:
@@ -148,9 +149,9 @@ class JobBus:
         self._preview_timers: dict[str, asyncio.TimerHandle] = {}  #: per job, when it goes
 
     def publish(self, update: JobUpdate) -> None:
-        self._record(update)
+        event = self._record(update)
         for subscription in self._followers.get(update.job.id, ()):
-            subscription._deliver(update)
+            subscription._deliver(update, event.id)
 
     def preview(self, job_id: str, step: int | None, data: bytes, content_type: str) -> None:
         """A sampler preview of a running job, for its followers: one per

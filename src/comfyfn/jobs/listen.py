@@ -5,7 +5,7 @@ back, requeued), so it arrives once that commits. A :class:`QueueListener` holds
 autocommit connection of its own in a thread, ``LISTEN``\\ s, and calls ``wake`` for each
 notification; if the connection fails it reconnects with backoff (the worker's polling goes
 on meanwhile, so nothing waits longer than one poll). SQLite has no notifications: workers
-poll (:data:`comfyfn.gateway.worker.IDLE_POLL`).
+poll (the worker's ``IDLE_POLL``).
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ class GatewayBackend:
         """Follow the job to its end, reporting its progress; cancelled (the agent cancelled
         the request, or left), the job is cancelled."""
         try:
-            async for current, position in follow(self.runtime, job):
+            async for current, position, _ in follow(self.runtime, job):
                 job = current
                 if current.state == "queued":
                     await progress(0.0, 1.0, f"queued (position {position})")

@@ -6,7 +6,7 @@ The common case costs one query: a manifest already at :data:`HEAD` is seen with
 :mod:`sqlite3` and left alone, without importing SQLAlchemy and Alembic (100–200 ms at every
 ``comfyfn batch`` start). Any other manifest (a new one, one made before versions, one at an
 older revision, one a newer comfyfn made) goes through :mod:`comfyfn._schema_versions`, as the
-gateway's job store does, in one ``BEGIN IMMEDIATE`` transaction on the manifest's own
+job store does, in one ``BEGIN IMMEDIATE`` transaction on the manifest's own
 connection: a manifest made before versions gets the ``executed`` column if it lacks it and
 is stamped ``0001``; one at a revision this comfyfn does not know is refused, unchanged.
 

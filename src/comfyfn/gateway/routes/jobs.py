@@ -26,7 +26,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Request, Response
 from sqlalchemy.exc import SQLAlchemyError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -119,7 +119,8 @@ async def delete_job(job_id: str, request: Request, runtime: RuntimeDep, key: Ap
         200: {
             "description": "The job's server-sent events, until it is final",
             "content": {"text/event-stream": {"schema": JobStreamEvent.model_json_schema()}},
-        }
+        },
+        204: {"description": "The job is final and the client (Last-Event-ID) has its end"},
     },
 )
 async def job_events(
@@ -128,13 +129,21 @@ async def job_events(
     runtime: RuntimeDep,
     key: ApiKey,
     last_event_id: str | None = Header(None, max_length=100),
-) -> EventSourceResponse:
+) -> Response:
     job = await own_job(runtime, job_id, key)
+    if last_event_id and _has_the_end(runtime, job, last_event_id):
+        return Response(status_code=204)  # nothing more: an EventSource stops reconnecting
     return EventSourceResponse(
         _stream(runtime, job, base_url(request), last_event_id),
         headers={"Cache-Control": "no-cache"},
         sep="\n",
     )
+
+
+def _has_the_end(runtime: Runtime, job: JobRecord, last_event_id: str) -> bool:
+    """Whether a client whose last event was ``last_event_id`` has seen the job end."""
+    shown = runtime.bus.shown(job.id, last_event_id)
+    return job.state in TERMINAL and shown is not None and shown[0] in TERMINAL
 
 
 def _state_event(
@@ -201,8 +210,7 @@ async def _live(
 
     async def states() -> None:
         try:
-            async for current, position in follow(runtime, job, known=replayed):
-                event_id = runtime.bus.last_id(job.id)
+            async for current, position, event_id in follow(runtime, job, known=replayed):
                 queue.put_nowait(_state_event(runtime, current, position, base, event_id))
             queue.put_nowait(None)
         except Exception as exc:  # handed to the stream, which raises it

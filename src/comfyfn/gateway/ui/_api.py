@@ -9,7 +9,7 @@ OpenAPI document shows) and recipes run as gateway jobs (:mod:`._recipes`)."""
 import re
 from typing import Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 
@@ -98,7 +98,7 @@ async def job_events(
     runtime: RuntimeDep,
     key: UiKey,
     last_event_id: str | None = Header(None, max_length=100),
-) -> EventSourceResponse:
+) -> Response:
     return await job_routes.job_events(job_id, request, runtime, key, last_event_id)
 
 
