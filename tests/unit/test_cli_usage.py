@@ -262,3 +262,21 @@ def test_logs_of_an_engine_that_never_started_is_an_error_naming_it():
     result = runner.invoke(app, ["engine", "logs", "--name", name])
     assert result.exit_code == 1
     assert f"engine {name} has no log yet" in result.output
+
+
+def test_a_queued_batch_needs_the_gateway_extra_only_to_run_a_worker(monkeypatch, tmp_path):
+    """Enqueuing, following and controlling a batch use the job store alone (SQLAlchemy);
+    ``--work`` runs the gateway's worker, which needs the extra."""
+    from comfyfn.cli import _gateway
+
+    monkeypatch.setattr(_gateway, "_missing", lambda module: module in {"fastapi", "uvicorn"})
+    db = f"sqlite:///{tmp_path / 'queue.db'}"
+    status = runner.invoke(app, ["batch", "status", "nightly", "--db", db])
+    assert one_sentence(status) == "error: batch 'nightly': the store holds no batch of that name"
+    rows = tmp_path / "rows.csv"
+    rows.write_text("prompt\na lantern\n", encoding="utf-8")
+    out = str(tmp_path / "out")
+    working = runner.invoke(app, ["batch", str(rows), "--db", db, "-o", out, "--work"])
+    assert one_sentence(working) == (
+        "error: the gateway needs fastapi, uvicorn: pip install 'comfyfn[gateway]'"
+    )

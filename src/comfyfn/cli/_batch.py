@@ -284,7 +284,7 @@ def batch_command(
     """Run every row of a CSV/JSONL/YAML job file; re-running resumes where it stopped.
     With --db the rows go to the shared queue (status / cancel / retry NAME: see the batch)."""
     if db is not None or name is not None or work:
-        require_extras(db)
+        require_extras(db, service=work)  # enqueuing and following need the store alone
     if source in CONTROLS:
         control_batch(source, batch_name, db)
         return

@@ -50,10 +50,11 @@ def _missing(module: str) -> bool:
         return True
 
 
-def require_extras(db: str | None) -> None:
-    """Exit 2 with one sentence naming the extra to install if the gateway's libraries, or
-    the PostgreSQL driver for a ``postgresql://`` database, are missing."""
-    missing = [m for m in GATEWAY_MODULES if _missing(m)]
+def require_extras(db: str | None, *, service: bool = True) -> None:
+    """Exit 2 with one sentence naming the extra to install if the gateway's libraries (the
+    service or a worker: not ``service`` for the job store alone), or the PostgreSQL driver
+    for a ``postgresql://`` database, are missing."""
+    missing = [m for m in GATEWAY_MODULES if _missing(m)] if service else []
     if missing:
         raise fail(
             ConfigError(f"the gateway needs {', '.join(missing)}: pip install 'comfyfn[gateway]'")
