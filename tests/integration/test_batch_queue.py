@@ -145,6 +145,20 @@ def test_a_queued_batch_worked_here_on_the_engine(server, tmp_path, unique):
     assert [r["state"] for r in lines] == ["done"] * 3
     for line in lines:
         assert (out / line["file"]).read_bytes().startswith(b"\x89PNG")
+    # a file lost since: the same command again makes that row again, and only that row
+    kept = {line["file"]: (out / line["file"]).stat().st_mtime_ns for line in lines}
+    lost = out / lines[1]["file"]
+    lost.unlink()
+    again = run_cli(
+        "batch", str(rows), "-w", str(wf), "--db", db, "-o", str(out), "--work", "-s", server
+    )
+    assert again.returncode == 0, again.stderr
+    assert "0 new jobs queued, 1 done rows queued again" in again.stderr
+    assert f"{lines[1]['file']} is missing; queued again" in again.stderr
+    assert lost.read_bytes().startswith(b"\x89PNG")
+    assert [r["state"] for r in results(out)] == ["done"] * 3
+    others = {f: t for f, t in kept.items() if f != lines[1]["file"]}
+    assert others == {f: (out / f).stat().st_mtime_ns for f in others}  # not made again
 
 
 @pytest.mark.engine

@@ -11,8 +11,15 @@ import json
 import pytest
 
 from comfyfn.batch import Row, RowError
-from comfyfn.batch.queued import QueuedBatch, StoredRecords, enqueue, load_workflow
+from comfyfn.batch.queued import (
+    QueuedBatch,
+    StoredRecords,
+    enqueue,
+    load_workflow,
+    requeue_damaged,
+)
 from comfyfn.jobs.store import BATCH_KEY, NewFile, Store
+from comfyfn.storage import LocalStorage
 
 
 @pytest.fixture
@@ -156,6 +163,52 @@ def test_the_report_of_a_queued_batch_lists_every_row_and_file(store, tmp_path):
     ]
     assert summary.invalid == 1 and sheet.name == "index.html"
     assert StoredRecords(batch.finished.values()).percentile(0.5, "seconds") is not None
+
+
+def _run_all(store: Store, output) -> dict[str, str]:
+    """Claim every queued row and finish it as a worker would: its image written to
+    ``output`` (a folder) and recorded with its size and etag; {path: job id}."""
+    storage, written = LocalStorage(output), {}
+    for job in store.claim_jobs("w", limit=100):
+        name = f"images/{job.params['stem']}.png"
+        kept = asyncio.run(storage.put(name, f"image of {job.id}".encode(), "image/png"))
+        new = NewFile(name, "image/png", kept.size, kept.etag)
+        store.complete_job(job.id, [new], state="succeeded", fence=job.claim)
+        written[name] = job.id
+    return written
+
+
+def test_done_rows_whose_files_went_missing_or_were_damaged_are_queued_again(store, tmp_path):
+    """As a batch run here remakes them on resume: submitting the file again queues them."""
+    out = tmp_path / "out"
+    put(store, "b", rows("one", "two", "three"), output=str(out))
+    written = _run_all(store, out)
+    (out / "images/000001.png").unlink()
+    damaged = out / "images/000002.png"
+    damaged.write_bytes(bytes(len(damaged.read_bytes())))  # the same size, other bytes
+    again = asyncio.run(requeue_damaged(store, "b", str(out)))
+    assert sorted(again) == [
+        "images/000001.png is missing",
+        "images/000002.png does not match its recorded MD5",
+    ]
+    states = store.batch_states("b")
+    assert sorted(states.values()) == ["queued", "queued", "succeeded"]
+    assert states[written["images/000003.png"]] == "succeeded"
+    assert [job_id for job_id, _ in store.batch_outputs("b")] == [written["images/000003.png"]]
+    queued = store.get_job(written["images/000001.png"])
+    assert queued is not None and (queued.outputs, queued.attempts, queued.error) == ([], 0, None)
+    assert asyncio.run(requeue_damaged(store, "b", str(out))) == []  # queued: not checked
+
+
+def test_a_place_holding_none_of_the_done_files_queues_nothing_again(store, tmp_path, caplog):
+    """Another host's folder (the workers write elsewhere): every file "missing" is not
+    taken as every row to redo."""
+    put(store, "b", rows("one", "two"), output=str(tmp_path / "out"))
+    _run_all(store, tmp_path / "out")
+    elsewhere = tmp_path / "not-the-workers-folder"
+    assert asyncio.run(requeue_damaged(store, "b", str(elsewhere))) == []
+    assert sorted(store.batch_states("b").values()) == ["succeeded", "succeeded"]
+    assert "none of the 2 done rows of batch b has its files in" in caplog.text
 
 
 async def _consume(batch: QueuedBatch) -> list[str]:

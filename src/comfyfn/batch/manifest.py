@@ -202,6 +202,8 @@ def file_problem(output: Path, check: dict[str, Any]) -> str | None:
         return f"{check['path']} has {size} bytes, not {check['size']}"
     if "sha256" in check and hashlib.sha256(path.read_bytes()).hexdigest() != check["sha256"]:
         return f"{check['path']} does not match its recorded SHA-256"
+    if "md5" in check and hashlib.md5(path.read_bytes()).hexdigest() != check["md5"]:
+        return f"{check['path']} does not match its recorded MD5"  # (a job store's etag)
     return None
 
 

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from comfyfn.batch.jobs import Job, JobResult, aprepare, output_name
-from comfyfn.batch.manifest import Record
+from comfyfn.batch.jobs import Job, JobResult, aprepare, output_name, stored_problem
+from comfyfn.batch.manifest import Record, file_problem
 from comfyfn.batch.report import Summary, nearest_rank, write_report_to
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.fleet import Pool, QueuedRow
@@ -84,6 +84,10 @@ class QueueStore(Protocol):
     ) -> list[tuple[str, str | None, float]]: ...
 
     def batch_jobs(self, job_ids: Collection[str]) -> list[tuple[Any, list[str]]]: ...
+
+    def batch_outputs(self, batch: str) -> Sequence[tuple[str, Sequence[Any]]]: ...
+
+    def redo_batch_jobs(self, batch: str, job_ids: Collection[str]) -> int: ...
 
 
 def batch_name(source: Path, output: str) -> str:
@@ -197,6 +201,49 @@ async def enqueue(
     if pending:
         added += await asyncio.to_thread(store.add_batch_jobs, name, pending)
     return keys, added
+
+
+async def requeue_damaged(store: QueueStore, name: str, output: str) -> list[str]:
+    """Queue again the done rows of batch ``name`` whose files went missing from ``output``
+    (the batch's folder or ``s3://`` URL) or, in a folder, no longer match their recorded
+    size and MD5 — as a batch run without the store remakes them when it resumes; why, for
+    each row queued again (``images/000007.png is missing``). When not one done row's files
+    are there, ``output`` is taken for a place this machine does not see as the workers do
+    (another host's folder): nothing is queued again, and a warning says so."""
+    outputs = await asyncio.to_thread(store.batch_outputs, name)
+    checks = {
+        job_id: [{"path": f.path, "size": f.size, "md5": f.etag} for f in files]
+        for job_id, files in outputs
+    }
+    if output.startswith("s3://"):
+        storage = open_storage(output)
+        found = {job_id: await stored_problem(storage, c) for job_id, c in checks.items()}
+    else:
+        found = await asyncio.to_thread(_folder_problems, Path(output), checks)
+    problems = {job_id: problem for job_id, problem in found.items() if problem is not None}
+    if len(problems) > 1 and len(problems) == len(found):
+        log.warning(
+            "none of the %d done rows of batch %s has its files in %s: not the place its "
+            "workers write to, as seen from here? Nothing is queued again",
+            len(found),
+            name,
+            output,
+        )
+        return []
+    if problems:
+        await asyncio.to_thread(store.redo_batch_jobs, name, problems)
+    for problem in problems.values():
+        log.warning("%s; queued again", problem)
+    return list(problems.values())
+
+
+def _folder_problems(
+    folder: Path, checks: Mapping[str, list[dict[str, Any]]]
+) -> dict[str, str | None]:
+    return {
+        job_id: next(filter(None, (file_problem(folder, c) for c in files)), None)
+        for job_id, files in checks.items()
+    }
 
 
 def _record(job: Any, files: list[str]) -> Record:

@@ -118,7 +118,7 @@ def run_queued(
 
 
 async def _follow(run: QueuedRun, workflow: Any) -> Any:
-    from comfyfn.batch.queued import QueuedBatch, enqueue
+    from comfyfn.batch.queued import QueuedBatch, enqueue, requeue_damaged
     from comfyfn.jobs.database import unavailable
     from comfyfn.jobs.store import Store
 
@@ -129,10 +129,13 @@ async def _follow(run: QueuedRun, workflow: Any) -> Any:
             keys, added = await enqueue(
                 store, run.name, run.rows, workflow, run.output, variables=run.variables
             )
+            redone = await requeue_damaged(store, run.name, run.output)
+            again = f", {len(redone)} done rows queued again (files missing or damaged)"
             err.print(
                 esc(
-                    f"batch {run.name}: {len(keys)} rows, {added} new jobs queued; follow it "
-                    f"from anywhere with: comfyfn batch --db URL --name {run.name}"
+                    f"batch {run.name}: {len(keys)} rows, {added} new jobs queued"
+                    f"{again if redone else ''}; follow it from anywhere with: "
+                    f"comfyfn batch --db URL --name {run.name}"
                 ),
                 highlight=False,
                 soft_wrap=True,

@@ -33,8 +33,10 @@ from comfyfn.jobs.schema import (
     STATES,
     TERMINAL,
     Claim,
+    FileRecord,
     JobRecord,
     WorkerRecord,
+    _file,
     _job,
     _new_id,
     _worker,
@@ -265,6 +267,21 @@ def _any(conn: Connection, queued: Any, stale: Any) -> bool:
     return conn.execute(first_stale.limit(1)).first() is not None
 
 
+#: a job queued again as new (:meth:`BatchStore.retry_batch`, :meth:`BatchStore.redo_batch_jobs`)
+_AS_NEW: dict[str, Any] = {
+    "state": "queued",
+    "error": None,
+    "attempts": 0,
+    "progress": 0.0,
+    "server": None,
+    "prompt_id": None,
+    "claimed_by": None,
+    "cancel_requested": False,
+    "finished_at": None,
+    "started_at": None,
+}
+
+
 class BatchStore(RunnerStore):
     """Named batches of jobs, besides the runners' side (mixed into the store)."""
 
@@ -376,6 +393,50 @@ class BatchStore(RunnerStore):
                 out += [(job, paths.get(job.id, [])) for job in jobs]
         return out
 
+    def batch_outputs(self, batch: str) -> list[tuple[str, list[FileRecord]]]:
+        """The succeeded rows of ``batch``: each job's id with its output files' records."""
+        succeeded = sa.select(jobs_t.c.id).where(
+            jobs_t.c.batch == batch, jobs_t.c.state == "succeeded"
+        )
+        found: dict[str, list[FileRecord]] = {}
+        with self._read() as conn:
+            for job_id in conn.execute(succeeded).scalars():
+                found[str(job_id)] = []
+            query = sa.select(files_t).where(files_t.c.job_id.in_(succeeded))
+            for row in conn.execute(query.order_by(files_t.c.path)):
+                found[str(row._mapping["job_id"])].append(_file(row))
+        return list(found.items())
+
+    def redo_batch_jobs(self, batch: str, job_ids: Collection[str]) -> int:
+        """Queue again, as new, the succeeded rows of ``batch`` among ``job_ids`` (their files
+        went missing or were damaged), forgetting their files' records; how many."""
+        ids = sorted(job_ids)
+        again = 0
+        with self._write() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = [
+                    str(i)
+                    for i in conn.execute(
+                        sa.select(jobs_t.c.id).where(
+                            jobs_t.c.id.in_(ids[start : start + 500]),
+                            jobs_t.c.batch == batch,
+                            jobs_t.c.state == "succeeded",
+                        )
+                    ).scalars()
+                ]
+                if not chunk:
+                    continue
+                conn.execute(sa.delete(files_t).where(files_t.c.job_id.in_(chunk)))
+                conn.execute(
+                    sa.update(jobs_t)
+                    .where(jobs_t.c.id.in_(chunk))
+                    .values({**_AS_NEW, "outputs": "[]", "updated_at": self.clock()})
+                )
+                again += len(chunk)
+            if again:
+                self._notify(conn)
+        return again
+
     def job_target(self, job_id: str) -> str | None:
         """Where the job's owner wants its outputs (a batch row's), or None (the storage's)."""
         with self._read() as conn:
@@ -394,19 +455,7 @@ class BatchStore(RunnerStore):
                     jobs_t.c.state.in_(("failed", "cancelled")),
                     jobs_t.c.target.is_not(None),
                 )
-                .values(
-                    state="queued",
-                    error=None,
-                    attempts=0,
-                    progress=0.0,
-                    server=None,
-                    prompt_id=None,
-                    claimed_by=None,
-                    cancel_requested=False,
-                    finished_at=None,
-                    started_at=None,
-                    updated_at=now,
-                )
+                .values({**_AS_NEW, "updated_at": now})
             ).rowcount
             if again:
                 self._notify(conn)
