@@ -85,6 +85,10 @@ class QueueStore(Protocol):
 
     def batch_jobs(self, job_ids: Collection[str]) -> list[tuple[Any, list[str]]]: ...
 
+
+class DoneRowsStore(Protocol):
+    """What :func:`requeue_damaged` needs of the shared store (:class:`comfyfn.jobs.Store`)."""
+
     def batch_outputs(self, batch: str) -> Sequence[tuple[str, Sequence[Any]]]: ...
 
     def redo_batch_jobs(self, batch: str, job_ids: Collection[str]) -> int: ...
@@ -203,7 +207,7 @@ async def enqueue(
     return keys, added
 
 
-async def requeue_damaged(store: QueueStore, name: str, output: str) -> list[str]:
+async def requeue_damaged(store: DoneRowsStore, name: str, output: str) -> list[str]:
     """Queue again the done rows of batch ``name`` whose files went missing from ``output``
     (the batch's folder or ``s3://`` URL) or, in a folder, no longer match their recorded
     size and MD5 — as a batch run without the store remakes them when it resumes; why, for
