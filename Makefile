@@ -36,7 +36,8 @@ LOGS ?= out/test-logs
 
 # Two tiers at once (CI stays under 20 minutes on two cores): the whole suite on the managed
 # ComfyUI 0.3.75, and the integration tests that talk to ComfyUI again on 0.33.0. Each tier's
-# output goes to $(LOGS)/ and is printed whole when it ends; make fails if either does.
+# output goes to $(LOGS)/ and is printed whole when it ends; make fails if either does. Each
+# tier's JUnit XML ($(LOGS)/*.xml) keeps every test's duration, for balancing the tiers.
 test: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -52,7 +53,7 @@ test: $(BIN)/.installed
 # the unit tests, the README's blocks and the integration tests that talk to ComfyUI, on the
 # managed ComfyUI 0.3.75 (and those marked one_version, which run on it only)
 test-main: $(BIN)/.installed
-	@sh tests/tier.sh $(LOGS)/main.log $(BIN)/python -m pytest -m "not no_engine or one_version" --durations=15
+	@sh tests/tier.sh $(LOGS)/main.log $(BIN)/python -m pytest -m "not no_engine or one_version" --durations=15 --junitxml=$(LOGS)/main.xml
 
 # the integration tests that talk to ComfyUI, again on 0.33.0 from ../shared (tests marked
 # one_version ran on the managed engine already), and those that do not talk to ComfyUI
@@ -61,9 +62,9 @@ test-main: $(BIN)/.installed
 test-033: $(BIN)/.installed
 	@if [ -f "$(COMFYUI_033)" ]; then \
 	  COMFYFN_TEST_COMFYUI="$(abspath $(COMFYUI_033))" COMFYFN_TEST_ENGINE=pytest-033 \
-	    sh tests/tier.sh $(LOGS)/033.log $(BIN)/python -m pytest tests/integration -m "engine or no_engine" -p no:cacheprovider --durations=15; \
+	    sh tests/tier.sh $(LOGS)/033.log $(BIN)/python -m pytest tests/integration -m "engine or no_engine" -p no:cacheprovider --durations=15 --junitxml=$(LOGS)/033.xml; \
 	else echo "test-033: $(COMFYUI_033) is absent: the tests that do not talk to ComfyUI run here"; \
-	  COMFYFN_TEST_ENGINE=pytest-033 sh tests/tier.sh $(LOGS)/033.log $(BIN)/python -m pytest tests/integration -m "no_engine and not one_version" -p no:cacheprovider --durations=15; fi
+	  COMFYFN_TEST_ENGINE=pytest-033 sh tests/tier.sh $(LOGS)/033.log $(BIN)/python -m pytest tests/integration -m "no_engine and not one_version" -p no:cacheprovider --durations=15 --junitxml=$(LOGS)/033.xml; fi
 
 # the same on ComfyUI 0.28.0 (not part of make test any more; its tree stays for the unit fixtures)
 test-028: $(BIN)/.installed
