@@ -14,6 +14,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from comfyfn.batch import Row
+from comfyfn.batch.queued import enqueue, load_workflow, requeue_damaged
+from comfyfn.jobs import NewFile, Store
 from comfyfn.storage import S3Storage, StorageError, StorageNotFound, open_storage
 from tests.support.polling import await_for
 from tests.support.ports import free_port
@@ -175,3 +178,31 @@ async def test_unreachable_store_fails_within_a_deadline(s3: S3Server) -> None:
     except TimeoutError:
         pytest.fail("a put to an unreachable store did not fail within 60 s")
     assert time.monotonic() - started < 40
+
+
+async def test_a_queued_batch_s_done_rows_missing_from_s3_are_queued_again(
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Submitting a ``--db`` batch again checks its done rows' files in its s3:// place (a
+    HEAD each, several at once): one deleted there is queued again, the others are kept."""
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    output = f"s3://{s3.bucket}/q-{uuid.uuid4().hex[:8]}"
+    rows = [Row(i, {"prompt": f"p{i}", "width": 64, "height": 64}) for i in range(1, 21)]
+    with Store(f"sqlite:///{tmp_path / 'q.db'}") as store:
+        await enqueue(store, "b", rows, load_workflow("zimage-turbo"), output)
+        place, by_name = open_storage(output), {}
+        for job in store.claim_jobs("w", limit=100):
+            name = f"images/{job.params['stem']}.png"
+            kept = await place.put(name, job.id.encode(), "image/png")
+            new = NewFile(name, "image/png", kept.size, kept.etag)
+            store.complete_job(job.id, [new], state="succeeded", fence=job.claim)
+            by_name[name] = job.id
+        await place.delete("images/000007.png")
+        again = await requeue_damaged(store, "b", output)
+        assert again == [f"images/000007.png is missing from {place!r}"]
+        states = store.batch_states("b")
+        assert [j for j, state in states.items() if state == "queued"] == [
+            by_name["images/000007.png"]
+        ]
+        assert len(states) == 20
