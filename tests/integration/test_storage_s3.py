@@ -190,7 +190,7 @@ async def test_a_queued_batch_s_done_rows_missing_from_s3_are_queued_again(
     output = f"s3://{s3.bucket}/q-{uuid.uuid4().hex[:8]}"
     rows = [Row(i, {"prompt": f"p{i}", "width": 64, "height": 64}) for i in range(1, 21)]
     with Store(f"sqlite:///{tmp_path / 'q.db'}") as store:
-        await enqueue(store, "b", rows, load_workflow("zimage-turbo"), output)
+        keys, _ = await enqueue(store, "b", rows, load_workflow("zimage-turbo"), output)
         place, by_name = open_storage(output), {}
         for job in store.claim_jobs("w", limit=100):
             name = f"images/{job.params['stem']}.png"
@@ -199,7 +199,7 @@ async def test_a_queued_batch_s_done_rows_missing_from_s3_are_queued_again(
             store.complete_job(job.id, [new], state="succeeded", fence=job.claim)
             by_name[name] = job.id
         await place.delete("images/000007.png")
-        again = await requeue_damaged(store, "b", output)
+        again = await requeue_damaged(store, "b", output, keys)
         assert again == [f"images/000007.png is missing from {place!r}"]
         states = store.batch_states("b")
         assert [j for j, state in states.items() if state == "queued"] == [

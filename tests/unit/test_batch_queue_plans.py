@@ -181,12 +181,12 @@ def _run_all(store: Store, output) -> dict[str, str]:
 def test_done_rows_whose_files_went_missing_or_were_damaged_are_queued_again(store, tmp_path):
     """As a batch run here remakes them on resume: submitting the file again queues them."""
     out = tmp_path / "out"
-    put(store, "b", rows("one", "two", "three"), output=str(out))
+    keys, _ = put(store, "b", rows("one", "two", "three"), output=str(out))
     written = _run_all(store, out)
     (out / "images/000001.png").unlink()
     damaged = out / "images/000002.png"
     damaged.write_bytes(bytes(len(damaged.read_bytes())))  # the same size, other bytes
-    again = asyncio.run(requeue_damaged(store, "b", str(out)))
+    again = asyncio.run(requeue_damaged(store, "b", str(out), keys))
     assert sorted(again) == [
         "images/000001.png is missing",
         "images/000002.png does not match its recorded MD5",
@@ -194,19 +194,37 @@ def test_done_rows_whose_files_went_missing_or_were_damaged_are_queued_again(sto
     states = store.batch_states("b")
     assert sorted(states.values()) == ["queued", "queued", "succeeded"]
     assert states[written["images/000003.png"]] == "succeeded"
-    assert [job_id for job_id, _ in store.batch_outputs("b")] == [written["images/000003.png"]]
+    outputs = store.batch_outputs("b", keys, str(out))
+    assert [job_id for job_id, _ in outputs] == [written["images/000003.png"]]
     queued = store.get_job(written["images/000001.png"])
     assert queued is not None and (queued.outputs, queued.attempts, queued.error) == ([], 0, None)
-    assert asyncio.run(requeue_damaged(store, "b", str(out))) == []  # queued: not checked
+    assert asyncio.run(requeue_damaged(store, "b", str(out), keys)) == []  # queued: not checked
+
+
+def test_a_changed_row_s_old_job_is_not_queued_again_for_the_new_one_s_file(store, tmp_path):
+    """A changed row is a new job writing the same name: the old job's record no longer
+    matches that file, and must not be taken for a damaged row (the two would take turns)."""
+    out = tmp_path / "out"
+    put(store, "b", rows("one", "a dog"), output=str(out))
+    _run_all(store, out)
+    keys, added = put(store, "b", rows("one", "a bird"), output=str(out))
+    assert added == 1
+    _run_all(store, out)  # the bird's image replaces the dog's under images/000002.png
+    assert asyncio.run(requeue_damaged(store, "b", str(out), keys)) == []
+    assert sorted(store.batch_states("b").values()) == ["succeeded"] * 3
+    elsewhere = str(tmp_path / "other-run")  # rows of this file that went to another place
+    assert store.batch_outputs("b", keys, elsewhere) == []
 
 
 def test_a_place_holding_none_of_the_done_files_queues_nothing_again(store, tmp_path, caplog):
     """Another host's folder (the workers write elsewhere): every file "missing" is not
     taken as every row to redo."""
-    put(store, "b", rows("one", "two"), output=str(tmp_path / "out"))
+    keys, _ = put(store, "b", rows("one", "two"), output=str(tmp_path / "out"))
     _run_all(store, tmp_path / "out")
-    elsewhere = tmp_path / "not-the-workers-folder"
-    assert asyncio.run(requeue_damaged(store, "b", str(elsewhere))) == []
+    # the same path as the workers wrote, but not their files (another host's folder)
+    for image in (tmp_path / "out" / "images").iterdir():
+        image.unlink()
+    assert asyncio.run(requeue_damaged(store, "b", str(tmp_path / "out"), keys)) == []
     assert sorted(store.batch_states("b").values()) == ["succeeded", "succeeded"]
     assert "none of the 2 done rows of batch b has its files in" in caplog.text
 

@@ -44,6 +44,7 @@ from comfyfn.batch.jobs import Job, JobResult, aprepare, output_name, stored_pro
 from comfyfn.batch.manifest import Record, file_problem
 from comfyfn.batch.report import Summary, nearest_rank, write_report_to
 from comfyfn.batch.rows import Row, RowError
+from comfyfn.errors import ComfyError
 from comfyfn.fleet import Pool, QueuedRow
 from comfyfn.models import model_set
 from comfyfn.storage import Storage, open_storage
@@ -90,9 +91,11 @@ class QueueStore(Protocol):
 class DoneRowsStore(Protocol):
     """What :func:`requeue_damaged` needs of the shared store (:class:`comfyfn.jobs.Store`)."""
 
-    def batch_outputs(self, batch: str) -> Sequence[tuple[str, Sequence[Any]]]: ...
+    def batch_outputs(
+        self, batch: str, row_keys: Collection[str], output: str
+    ) -> Sequence[tuple[str, Sequence[Any]]]: ...
 
-    def redo_batch_jobs(self, batch: str, job_ids: Collection[str]) -> int: ...
+    def redo_batch_jobs(self, batch: str, job_ids: Collection[str]) -> set[str]: ...
 
 
 def batch_name(source: Path, output: str) -> str:
@@ -208,22 +211,33 @@ async def enqueue(
     return keys, added
 
 
-async def requeue_damaged(store: DoneRowsStore, name: str, output: str) -> list[str]:
-    """Queue again the done rows of batch ``name`` whose files went missing from ``output``
-    (the batch's folder or ``s3://`` URL) or, in a folder, no longer match their recorded
-    size and MD5 — as a batch run without the store remakes them when it resumes; why, for
-    each row queued again (``images/000007.png is missing``). When not one done row's files
-    are there, ``output`` is taken for a place this machine does not see as the workers do
-    (another host's folder): nothing is queued again, and a warning says so."""
-    outputs = await asyncio.to_thread(store.batch_outputs, name)
+async def requeue_damaged(
+    store: DoneRowsStore, name: str, output: str, keys: Collection[str]
+) -> list[str]:
+    """Queue again the done rows (of the rows ``keys``: the file just enqueued) of batch
+    ``name`` whose files went missing from ``output`` (the batch's folder or ``s3://`` URL)
+    or, in a folder, no longer match their recorded size and MD5 — as a batch run without
+    the store remakes them when it resumes; why, for each row queued again
+    (``images/000007.png is missing``). When not one done row's files are there, ``output``
+    is taken for a place this machine does not see as the workers do (another host's
+    folder): nothing is queued again, and a warning says so; as when the place cannot be
+    looked at (an object store that refuses)."""
+    outputs = await asyncio.to_thread(store.batch_outputs, name, keys, output)
     checks = {
         job_id: [{"path": f.path, "size": f.size, "md5": f.etag} for f in files]
         for job_id, files in outputs
+        if files
     }
-    if output.startswith("s3://"):
-        found = await _stored_problems(open_storage(output), checks)
-    else:
-        found = await asyncio.to_thread(_folder_problems, Path(output), checks)
+    if not checks:
+        return []
+    try:
+        if output.startswith("s3://"):
+            found = await _stored_problems(open_storage(output), checks)
+        else:
+            found = await asyncio.to_thread(_folder_problems, Path(output), checks)
+    except ComfyError as exc:
+        log.warning("the done rows' files in %s could not be checked: %s", output, exc)
+        return []
     problems = {job_id: problem for job_id, problem in found.items() if problem is not None}
     if len(problems) > 1 and len(problems) == len(found):
         log.warning(
@@ -234,26 +248,34 @@ async def requeue_damaged(store: DoneRowsStore, name: str, output: str) -> list[
             output,
         )
         return []
-    if problems:
-        await asyncio.to_thread(store.redo_batch_jobs, name, problems)
-    for problem in problems.values():
-        log.warning("%s; queued again", problem)
-    return list(problems.values())
+    redone = await asyncio.to_thread(store.redo_batch_jobs, name, problems) if problems else ()
+    for job_id in sorted(redone):
+        log.warning("%s; queued again", problems[job_id])
+    return [problems[job_id] for job_id in sorted(redone)]
 
 
 async def _stored_problems(
     storage: Storage, checks: Mapping[str, list[dict[str, Any]]]
 ) -> dict[str, str | None]:
-    """:func:`stored_problem` of each job, :data:`_LOOKS_AT_ONCE` jobs at a time (a HEAD
-    per file: one after another, 50,000 rows would take minutes)."""
-    room = asyncio.Semaphore(_LOOKS_AT_ONCE)
+    """:func:`stored_problem` of each job, by :data:`_LOOKS_AT_ONCE` lookers (a HEAD per
+    file: one after another, 50,000 rows would take minutes)."""
+    found: dict[str, str | None] = {}
+    failed: list[ComfyError] = []
+    waiting = iter(checks.items())
 
-    async def look(files: list[dict[str, Any]]) -> str | None:
-        async with room:
-            return await stored_problem(storage, files)
+    async def looker() -> None:
+        for job_id, files in waiting:
+            if failed:
+                return
+            try:
+                found[job_id] = await stored_problem(storage, files)
+            except ComfyError as exc:  # the store refuses: no point in asking on
+                failed.append(exc)
 
-    problems = await asyncio.gather(*(look(files) for files in checks.values()))
-    return dict(zip(checks, problems, strict=True))
+    await asyncio.gather(*(looker() for _ in range(_LOOKS_AT_ONCE)))
+    if failed:
+        raise failed[0]
+    return found
 
 
 def _folder_problems(
@@ -404,7 +426,8 @@ class QueuedBatch:
         )
         if len(self._seen.keys() | {i for i, _, _ in got}) < finished:
             got = await asyncio.to_thread(self.store.batch_finished, self.name)
-        return {i: (key, at) for i, key, at in got if i not in self._seen}
+        # (a job finished again since it was seen, queued again meanwhile, is new again)
+        return {i: (key, at) for i, key, at in got if self._seen.get(i) != at}
 
     def report(self, folder: Path, counted: dict[str, int]) -> tuple[Summary, Path]:
         """The summary (also in ``summary.json``), ``results.csv`` and the contact sheet,

@@ -129,7 +129,7 @@ async def _follow(run: QueuedRun, workflow: Any) -> Any:
             keys, added = await enqueue(
                 store, run.name, run.rows, workflow, run.output, variables=run.variables
             )
-            redone = await requeue_damaged(store, run.name, run.output)
+            redone = await requeue_damaged(store, run.name, run.output, keys)
             again = f", {len(redone)} done rows queued again (files missing or damaged)"
             err.print(
                 esc(

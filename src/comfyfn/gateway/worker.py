@@ -151,7 +151,13 @@ class Worker(JobLife):
             self._stopping = True  # before anything else runs: no claim after this call
             self._wakeup.set()
             self._stopped = asyncio.create_task(self._stop())
-        await asyncio.shield(self._stopped)
+        try:
+            await asyncio.shield(self._stopped)
+        except asyncio.CancelledError:
+            # the caller's cancellation waits for the hand-back: left running, it would be
+            # cancelled with every other task as asyncio.run ends (a second Ctrl-C)
+            await asyncio.wait([self._stopped])
+            raise
 
     async def _stop(self) -> None:
         await self._stop_loops()

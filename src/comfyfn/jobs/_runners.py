@@ -267,6 +267,15 @@ def _any(conn: Connection, queued: Any, stale: Any) -> bool:
     return conn.execute(first_stale.limit(1)).first() is not None
 
 
+def _output_of(target: str | None) -> str | None:
+    """The output place a batch row's target names (None if it has none)."""
+    try:
+        place = json.loads(target)["output"] if target else None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return str(place) if place is not None else None
+
+
 #: a job queued again as new (:meth:`BatchStore.retry_batch`, :meth:`BatchStore.redo_batch_jobs`)
 _AS_NEW: dict[str, Any] = {
     "state": "queued",
@@ -393,46 +402,50 @@ class BatchStore(RunnerStore):
                 out += [(job, paths.get(job.id, [])) for job in jobs]
         return out
 
-    def batch_outputs(self, batch: str) -> list[tuple[str, list[FileRecord]]]:
-        """The succeeded rows of ``batch``: each job's id with its output files' records."""
-        succeeded = sa.select(jobs_t.c.id).where(
+    def batch_outputs(
+        self, batch: str, row_keys: Collection[str], output: str
+    ) -> list[tuple[str, list[FileRecord]]]:
+        """The succeeded rows of ``batch`` among ``row_keys`` whose outputs went to
+        ``output`` (their target's place): each job's id with its files' records (a row
+        changed since is another job, writing the same names: it is not among them)."""
+        keys = set(row_keys)
+        query = sa.select(jobs_t.c.id, jobs_t.c.row_key, jobs_t.c.target).where(
             jobs_t.c.batch == batch, jobs_t.c.state == "succeeded"
         )
         found: dict[str, list[FileRecord]] = {}
         with self._read() as conn:
-            for job_id in conn.execute(succeeded).scalars():
-                found[str(job_id)] = []
-            query = sa.select(files_t).where(files_t.c.job_id.in_(succeeded))
-            for row in conn.execute(query.order_by(files_t.c.path)):
-                found[str(row._mapping["job_id"])].append(_file(row))
+            for job_id, row_key, target in conn.execute(query):
+                if row_key in keys and _output_of(target) == output:
+                    found[str(job_id)] = []
+            ids = sorted(found)
+            for start in range(0, len(ids), 500):
+                files = sa.select(files_t).where(files_t.c.job_id.in_(ids[start : start + 500]))
+                for row in conn.execute(files.order_by(files_t.c.path)):
+                    found[str(row._mapping["job_id"])].append(_file(row))
         return list(found.items())
 
-    def redo_batch_jobs(self, batch: str, job_ids: Collection[str]) -> int:
-        """Queue again, as new, the succeeded rows of ``batch`` among ``job_ids`` (their files
-        went missing or were damaged), forgetting their files' records; how many."""
+    def redo_batch_jobs(self, batch: str, job_ids: Collection[str]) -> set[str]:
+        """Queue again, as new, the rows of ``batch`` among ``job_ids`` that are still
+        succeeded (their files went missing or were damaged; a row claimed meanwhile is
+        left alone), forgetting their files' records; their ids."""
         ids = sorted(job_ids)
-        again = 0
+        again: set[str] = set()
         with self._write() as conn:
             for start in range(0, len(ids), 500):
-                chunk = [
-                    str(i)
-                    for i in conn.execute(
-                        sa.select(jobs_t.c.id).where(
-                            jobs_t.c.id.in_(ids[start : start + 500]),
-                            jobs_t.c.batch == batch,
-                            jobs_t.c.state == "succeeded",
-                        )
-                    ).scalars()
-                ]
-                if not chunk:
-                    continue
-                conn.execute(sa.delete(files_t).where(files_t.c.job_id.in_(chunk)))
-                conn.execute(
+                redone = conn.execute(
                     sa.update(jobs_t)
-                    .where(jobs_t.c.id.in_(chunk))
+                    .where(
+                        jobs_t.c.id.in_(ids[start : start + 500]),
+                        jobs_t.c.batch == batch,
+                        jobs_t.c.state == "succeeded",
+                    )
                     .values({**_AS_NEW, "outputs": "[]", "updated_at": self.clock()})
-                )
-                again += len(chunk)
+                    .returning(jobs_t.c.id)
+                ).scalars()
+                chunk = [str(i) for i in redone]
+                if chunk:
+                    conn.execute(sa.delete(files_t).where(files_t.c.job_id.in_(chunk)))
+                    again.update(chunk)
             if again:
                 self._notify(conn)
         return again
