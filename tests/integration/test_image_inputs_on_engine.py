@@ -97,3 +97,28 @@ def test_a_pipe_a_device_or_a_huge_file_fails_before_anything_is_submitted(
             c.submit("x", image="/dev/null")
         with pytest.raises(ConfigError, match="has 1,048,576 bytes; the limit is 1,000 bytes"):
             c.submit("x", image=huge)
+
+
+def test_an_image_the_server_holds_is_not_rewritten_and_a_damaged_one_is_replaced(
+    engine, server, unique, tmp_path
+):
+    """Two jobs of one image (an edit with n=2, two clients) each upload it: the second
+    upload must leave the server's file alone, which a running prompt may be reading (an
+    overwrite cut it short under the reader: "could not read this image"). A different
+    file under the image's content-hashed name (cut short by a crash) is replaced."""
+    path = tmp_path / "photo.png"
+    path.write_bytes(image_bytes((40, 30), "olive"))
+    held = engine.base / "input" / comfyfn.workflow.input_image(path, "image").server_name
+
+    def edit() -> None:  # a client of its own: no memory of the others' uploads
+        with comfyfn.Client(server) as c:
+            (image,) = c.generate("x", image=path, steps=1, seed=unique()).images
+        assert image.size == (32, 32)  # its size rounded to 16
+
+    edit()
+    written = held.stat().st_mtime_ns
+    edit()
+    assert held.stat().st_mtime_ns == written  # the same image: not written again
+    held.write_bytes(path.read_bytes()[:100])  # cut short
+    edit()
+    assert held.read_bytes() == path.read_bytes()

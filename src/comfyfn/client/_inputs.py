@@ -92,18 +92,30 @@ def _local_image(value: str | os.PathLike[str], param: str) -> InputImage | None
 async def upload_inputs(
     session: HttpSession, uploads: Mapping[str, InputImage], uploaded: set[str]
 ) -> None:
-    """Upload each image the server does not have yet (by this client's memory)."""
+    """Upload each image the server does not have yet (by this client's memory). Without
+    ``overwrite``: a file the server already holds under the image's content-hashed name is
+    the same image, and ComfyUI keeps it as it is; an overwrite would rewrite it while a
+    running prompt may be reading it (two jobs of one image, or two clients: the reader got
+    a file cut short). Only a different file under that name (one cut short by a crash) is
+    replaced."""
     for server_name, image in uploads.items():
         if server_name in uploaded:
             continue
-        files = {"image": (image.filename, image.data, image.media_type)}
-        form = {"subfolder": INPUT_SUBFOLDER, "type": "input", "overwrite": "true"}
-        response = await session.send("POST", "/upload/image", files=files, data=form)
-        answer = session.decode_json("POST", "/upload/image", response, dict)
-        got = f"{answer.get('subfolder') or ''}/{answer.get('name')}".lstrip("/")
-        if got != server_name:
-            raise session.protocol_error(
-                "POST", "/upload/image", f"the upload stored as {got!r}, not {server_name!r}"
-            )
+        if await _upload(session, image, overwrite=False) != server_name:
+            log.warning("%s on %s is damaged; replacing it", server_name, session.server)
+            got = await _upload(session, image, overwrite=True)
+            if got != server_name:
+                raise session.protocol_error(
+                    "POST", "/upload/image", f"the upload stored as {got!r}, not {server_name!r}"
+                )
         uploaded.add(server_name)
         log.debug("uploaded %s (%d bytes) to %s", server_name, len(image.data), session.server)
+
+
+async def _upload(session: HttpSession, image: InputImage, *, overwrite: bool) -> str:
+    """POST /upload/image; the name the server stored it under (``subfolder/name``)."""
+    files = {"image": (image.filename, image.data, image.media_type)}
+    form = {"subfolder": INPUT_SUBFOLDER, "type": "input", "overwrite": str(overwrite).lower()}
+    response = await session.send("POST", "/upload/image", files=files, data=form)
+    answer = session.decode_json("POST", "/upload/image", response, dict)
+    return f"{answer.get('subfolder') or ''}/{answer.get('name')}".lstrip("/")
