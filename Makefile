@@ -51,20 +51,22 @@ test: $(BIN)/.installed
 	@$(MAKE) --no-print-directory -j2 test-main test-033
 
 # the unit tests, the README's blocks and the integration tests that talk to ComfyUI, on the
-# managed ComfyUI 0.3.75 (and those marked one_version, which run on it only)
+# managed ComfyUI 0.3.75 (and those marked one_version, which run on it only; those marked
+# any_version, not about the ComfyUI version, run in the other tier only, to balance the two)
 test-main: $(BIN)/.installed
-	@sh tests/tier.sh $(LOGS)/main.log $(BIN)/python -m pytest -m "not no_engine or one_version" --durations=15 --junitxml=$(LOGS)/main.xml
+	@sh tests/tier.sh $(LOGS)/main.log $(BIN)/python -m pytest -m "(not no_engine or one_version) and not any_version" --durations=15 --junitxml=$(LOGS)/main.xml
 
 # the integration tests that talk to ComfyUI, again on 0.33.0 from ../shared (tests marked
 # one_version ran on the managed engine already), and those that do not talk to ComfyUI
-# (workers on simulated servers, PostgreSQL, S3, the browser), once: the two tiers take
-# about as long. Without the 0.33.0 tree, these run on the managed engine, saying so.
+# (workers on simulated servers, PostgreSQL, S3, the browser) or are not about its version
+# (any_version: MCP, the web app), once: the two tiers take about as long. Without the
+# 0.33.0 tree, these run on the managed engine, saying so.
 test-033: $(BIN)/.installed
 	@if [ -f "$(COMFYUI_033)" ]; then \
 	  COMFYFN_TEST_COMFYUI="$(abspath $(COMFYUI_033))" COMFYFN_TEST_ENGINE=pytest-033 \
 	    sh tests/tier.sh $(LOGS)/033.log $(BIN)/python -m pytest tests/integration -m "engine or no_engine" -p no:cacheprovider --durations=15 --junitxml=$(LOGS)/033.xml; \
 	else echo "test-033: $(COMFYUI_033) is absent: the tests that do not talk to ComfyUI run here"; \
-	  COMFYFN_TEST_ENGINE=pytest-033 sh tests/tier.sh $(LOGS)/033.log $(BIN)/python -m pytest tests/integration -m "no_engine and not one_version" -p no:cacheprovider --durations=15 --junitxml=$(LOGS)/033.xml; fi
+	  COMFYFN_TEST_ENGINE=pytest-033 sh tests/tier.sh $(LOGS)/033.log $(BIN)/python -m pytest tests/integration -m "(no_engine and not one_version) or any_version" -p no:cacheprovider --durations=15 --junitxml=$(LOGS)/033.xml; fi
 
 # the same on ComfyUI 0.28.0 (not part of make test any more; its tree stays for the unit fixtures)
 test-028: $(BIN)/.installed

@@ -34,7 +34,7 @@ from tests.support.graphs import sleep_graph
 from tests.support.polling import await_for
 from tests.support.tests_png import image_bytes
 
-pytestmark = [pytest.mark.engine, pytest.mark.anyio, pytest.mark.one_version]  # about MCP
+pytestmark = [pytest.mark.engine, pytest.mark.anyio, pytest.mark.any_version]  # about MCP
 
 SMALL = {"width": 64, "height": 64, "steps": 1}
 
