@@ -44,7 +44,13 @@ import httpx
 
 from comfyfn._tasks import cancel_and_wait
 from comfyfn.client import AsyncClient, AsyncJob, WorkflowSource, public_url
-from comfyfn.errors import ComfyError, GenerationTimeout, ServerUnreachable, TransportError
+from comfyfn.errors import (
+    ComfyError,
+    GenerationTimeout,
+    Interrupted,
+    ServerUnreachable,
+    TransportError,
+)
 from comfyfn.events import Event, Failed, FinalEvent, Queued, Stopped, Succeeded
 from comfyfn.fleet._orphans import Orphans, withdraw_waiting
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
@@ -363,8 +369,11 @@ class Fleet:
             try:
                 if job is None:
                     job = await self._job(client, ticket, prompt_id, attach, validate)
-                    if ticket.cancel_asked:  # asked while the submission was under way
-                        await _cancel_quietly(client, prompt_id)
+                    # a cancel asked while the submission was under way: once it is there
+                    if ticket.cancel_asked and await _cancel_quietly(client, prompt_id) == (
+                        "dequeued"
+                    ):
+                        return _taken_off(prompt_id, url)  # it never ran: nothing to follow
                 end = await _follow_events(job, seen, on_event)
                 outcome = _outcome(end, url, time.monotonic() - started)
                 if isinstance(outcome, Lost) and ticket.cancel_asked:
@@ -438,13 +447,24 @@ class Fleet:
 T = TypeVar("T")
 
 
-async def _cancel_quietly(client: AsyncClient, prompt_id: str) -> None:
-    """Cancel ``prompt_id`` on ``client``'s server; a failure is logged (the job's following
-    sees how it ends either way)."""
+async def _cancel_quietly(client: AsyncClient, prompt_id: str) -> str | None:
+    """Cancel ``prompt_id`` on ``client``'s server: what the cancel did (``"dequeued"``...),
+    or None if it failed, which is logged (the job's following sees how it ends)."""
     try:
-        await client.cancel(prompt_id)
+        return await client.cancel(prompt_id)
     except ComfyError as exc:
         log.warning("cancelling %s on %s: %s", prompt_id, client.server, exc)
+        return None
+
+
+def _taken_off(prompt_id: str, url: str) -> Cancelled:
+    """A prompt our cancel took off the queue before it ran: cancelled, at once. Following
+    it would wait to learn it is gone from a queue that said so already (past the batch's
+    wait for its cancelled jobs on a busy machine: the row was left submitted)."""
+    error = Interrupted(
+        "cancelled: taken off the queue before it ran", server=url, prompt_id=prompt_id
+    )
+    return Cancelled(error, url)
 
 
 async def _close_within(client: AsyncClient, seconds: float) -> None:
