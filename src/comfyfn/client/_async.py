@@ -471,7 +471,12 @@ class AsyncClient:
         await (await self._http()).send("POST", "/history", json=body)
 
     async def free(self, *, unload_models: bool = True, free_memory: bool = True) -> None:
-        """Unload models / free memory (needed after replacing a model file under its name)."""
+        """Ask the server to unload models and drop its cache (``POST /free``).
+
+        Needed after replacing a model file under its name. ComfyUI applies it in its prompt
+        thread, after this call returns and between prompts: a prompt submitted at once may
+        still run with the cache (the flag can wait until that prompt ends).
+        """
         body = {"unload_models": unload_models, "free_memory": free_memory}
         await (await self._http()).send("POST", "/free", json=body)
 

@@ -338,7 +338,7 @@ class Client:
         self._run(self._async.delete_history, *prompt_ids, clear=clear)
 
     def free(self, *, unload_models: bool = True, free_memory: bool = True) -> None:
-        """Unload models / free memory (needed after replacing a model file under its name)."""
+        """Ask the server to unload models and drop its cache; see :meth:`AsyncClient.free`."""
         self._run(self._async.free, unload_models=unload_models, free_memory=free_memory)
 
     def view(self, filename: str, *, subfolder: str = "", type: str = "output") -> bytes:
