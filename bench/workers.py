@@ -116,7 +116,7 @@ def start_runner(db: str, urls: list[str], name: str, storage: Path, fifo: bool)
         args = ["-m", "bench.workers", "--fifo-runner", "--db", db, "--name", name]
     else:
         args = ["-m", "comfyfn.cli", "worker", "--db", db, "--name", name]
-    args += ["--storage", str(storage)]
+        args += ["--storage", str(storage)]  # API jobs' files (a batch names its own place)
     for url in urls:
         args += ["--server", url]
     log = (storage / f"{name}.log").open("ab")
@@ -195,7 +195,6 @@ def fifo_runner(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--db", required=True)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--storage", required=True)
     parser.add_argument("--server", action="append", required=True)
     args = parser.parse_args(argv)
     asyncio.run(_fifo_runner(args))
@@ -203,19 +202,13 @@ def fifo_runner(argv: Sequence[str]) -> None:
 
 async def _fifo_runner(args: argparse.Namespace) -> None:
     from comfyfn.fleet import Fleet, FleetSettings
-    from comfyfn.gateway.metrics import Metrics
-    from comfyfn.gateway.registry import Registry
-    from comfyfn.gateway.settings import GatewaySettings
-    from comfyfn.gateway.worker import Worker
-    from comfyfn.jobs.bus import JobBus
+    from comfyfn.jobs import Worker, WorkerSettings
 
     class FifoWorker(Worker):
         def _loaded_models(self) -> set[str]:
             return set()  # claims by priority, then age only
 
-    settings = GatewaySettings.resolve(
-        servers=args.server, db_url=args.db, storage=args.storage, worker_id=args.name
-    )
+    settings = WorkerSettings(servers=tuple(args.server), worker_id=args.name)
     fleet = Fleet(
         settings.servers,
         FleetSettings(http_timeout=settings.http_timeout, job_timeout=settings.job_timeout,
@@ -224,8 +217,8 @@ async def _fifo_runner(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    with Store(settings.db_url) as store:
-        worker = FifoWorker(store, Registry(), settings, Metrics(), JobBus(), fleet=fleet)
+    with Store(args.db) as store:
+        worker = FifoWorker(store, settings, fleet=fleet)
         await worker.start()
         try:
             await stop.wait()

@@ -17,10 +17,10 @@ from comfyfn.fleet import Outcome, Pool, Refused, Slot, Ticket
 from comfyfn.fleet.fleet import OnEvent, OnSubmit
 from comfyfn.gateway.metrics import Metrics
 from comfyfn.gateway.registry import Registry
+from comfyfn.gateway.served_jobs import gateway_worker
 from comfyfn.gateway.settings import GatewaySettings
-from comfyfn.gateway.worker import Worker
-from comfyfn.jobs.bus import JobBus
-from comfyfn.jobs.store import Store
+from comfyfn.jobs import Store
+from comfyfn.storage import open_storage
 from comfyfn.workflow import Workflow
 from tests.support.graphs import sleep_graph
 from tests.support.polling import await_until
@@ -124,7 +124,8 @@ async def started(tmp_path, fleet: FakeFleet, monkeypatch):
     )
     registry = Registry()
     registry.add("sleep", Workflow.load(sleep_graph(1), name="sleep"))
-    worker = Worker(store, registry, settings, Metrics(), JobBus(), fleet=fleet)  # a FleetLike
+    storage = open_storage(settings.storage)
+    worker = gateway_worker(store, registry, settings, Metrics(), storage, fleet=fleet)
     await worker.start()
     try:
         await await_until(lambda: spy.calls, 10, "the first look at the queue")

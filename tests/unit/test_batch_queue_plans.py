@@ -111,6 +111,17 @@ def test_batch_rows_and_api_jobs_are_claimed_by_priority_and_a_batch_worker_take
     assert first.params["shown"]["prompt"] == "high" and second.id == api.id
 
 
+def test_a_worker_without_api_jobs_claims_batch_rows_only(store):
+    """A worker that cannot bind API jobs (``batch --work``, no gateway) leaves them queued
+    for one that can, even when they come first."""
+    api, _ = store.create_job(key_id="key_1", workflow="zimage-turbo", params={}, priority=9)
+    put(store, "b", rows("one", "two"))
+    claimed = store.claim_jobs("w", limit=3, batch_rows_only=True)
+    assert [job.key_id for job in claimed] == [BATCH_KEY, BATCH_KEY]
+    assert store.get_job(api.id).state == "queued"
+    assert [job.id for job in store.claim_jobs("w", limit=3)] == [api.id]
+
+
 def test_cancelling_a_batch_ends_its_queued_rows_and_asks_its_running_ones(store):
     put(store, "b", rows("a", "b", "c"))
     put(store, "other", rows("d"))

@@ -264,19 +264,28 @@ def test_logs_of_an_engine_that_never_started_is_an_error_naming_it():
     assert f"engine {name} has no log yet" in result.output
 
 
-def test_a_queued_batch_needs_the_gateway_extra_only_to_run_a_worker(monkeypatch, tmp_path):
-    """Enqueuing, following and controlling a batch use the job store alone (SQLAlchemy);
-    ``--work`` runs the gateway's worker, which needs the extra."""
-    from comfyfn.cli import _gateway
+def test_a_queued_batch_and_its_worker_need_no_gateway_extra(monkeypatch, tmp_path):
+    """Enqueuing, following, controlling and working a batch use the job store and its
+    worker (:mod:`comfyfn.jobs`), not the HTTP service; the worker here places and retries
+    the rows as the command line says."""
+    from comfyfn.cli import _batch, _gateway
 
-    monkeypatch.setattr(_gateway, "_missing", lambda module: module in {"fastapi", "uvicorn"})
+    monkeypatch.setattr(_gateway, "_missing", lambda module: module in _gateway.GATEWAY_MODULES)
     db = f"sqlite:///{tmp_path / 'queue.db'}"
     status = runner.invoke(app, ["batch", "status", "nightly", "--db", db])
     assert one_sentence(status) == "error: batch 'nightly': the store holds no batch of that name"
+    queued = []
+    monkeypatch.setattr(_batch, "run_queued", lambda run, *args: queued.append((run, args)))
     rows = tmp_path / "rows.csv"
     rows.write_text("prompt\na lantern\n", encoding="utf-8")
-    out = str(tmp_path / "out")
-    working = runner.invoke(app, ["batch", str(rows), "--db", db, "-o", out, "--work"])
-    assert one_sentence(working) == (
-        "error: the gateway needs fastapi, uvicorn: pip install 'comfyfn[gateway]'"
-    )
+    server = "http://127.0.0.1:9"
+    args = ["--db", db, "-o", str(tmp_path / "out"), "--work", "--server", server]
+    limits = ["--retries", "5", "--http-timeout", "30", "--job-timeout", "600", "--prime", "2"]
+    working = runner.invoke(app, ["batch", str(rows), *args, *limits])
+    assert working.exit_code == 0, working.output
+    [(run, (_, _, work_on))] = queued
+    assert work_on == [server]
+    settings = run.settings.worker(work_on, "here")
+    assert (settings.servers, settings.worker_id) == ((server,), "here")
+    assert (settings.retries, settings.http_timeout, settings.job_timeout) == (5, 30.0, 600.0)
+    assert settings.prime == 2

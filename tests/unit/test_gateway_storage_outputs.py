@@ -11,11 +11,11 @@ import pytest
 
 from comfyfn.events import Preview
 from comfyfn.gateway import service
-from comfyfn.gateway._job_life import write_outputs
 from comfyfn.gateway._outputs import KnownFiles, stored_key
 from comfyfn.gateway.registry import Registry
 from comfyfn.gateway.runtime import Runtime, WarmUp
 from comfyfn.gateway.settings import GatewaySettings, default_data_dir
+from comfyfn.jobs import write_outputs
 from comfyfn.jobs.bus import JobUpdate
 from comfyfn.jobs.schema import FileRecord
 from comfyfn.jobs.store import Store

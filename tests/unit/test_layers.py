@@ -11,7 +11,8 @@ top-level modules, which import no package):
 - ``models`` (what a workflow needs and loads, downloads, warm-up);
 - ``fleet`` (a pool of servers: placement, priming, the job state machine, the row the
   shared queue holds);
-- ``jobs`` (the durable job store: the one queue of API jobs and named batches);
+- ``jobs`` (the durable job store: the one queue of API jobs and named batches, and the
+  worker that runs a job's life for both);
 - ``batch`` and ``gateway``: peers, neither imports the other;
 - ``mcp``: over the gateway's service layer (its public modules) and the batch API;
 - ``cli``.
@@ -132,7 +133,8 @@ def test_import_comfyfn_loads_no_batch_gateway_database_or_http_stack():
 
 
 def test_the_job_store_loads_without_the_gateway_s_service_stack():
-    """``comfyfn batch --db`` and a worker's store need SQLAlchemy, not the HTTP service."""
+    """``comfyfn batch --db`` (``--work`` too: the worker is here) needs SQLAlchemy and the
+    fleet, not the HTTP service."""
     code = (
         "import sys, comfyfn.jobs; print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'fastapi', 'starlette', 'uvicorn', 'prometheus_client', 'sse_starlette'}), "

@@ -34,6 +34,7 @@ from comfyfn.batch.jobs import (
 from comfyfn.batch.manifest import Manifest, ManifestError, file_problem
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.errors import ConfigError
+from comfyfn.jobs import WorkerSettings
 from comfyfn.fleet import (
     CancelledBy,
     Done,
@@ -93,6 +94,19 @@ class BatchSettings:
             http_timeout=self.http_timeout,
             job_timeout=self.job_timeout,
             health_interval=self.health_interval,
+            comfy_org_key=self.comfy_org_key,
+        )
+
+    def worker(self, servers: Sequence[str], worker_id: str) -> WorkerSettings:
+        """A worker of the batch's rows on ``servers`` (``comfyfn batch --db --work``),
+        placing and retrying them as these settings say."""
+        return WorkerSettings(
+            servers=tuple(servers),
+            worker_id=worker_id,
+            prime=self.prime,
+            job_timeout=self.job_timeout,
+            http_timeout=self.http_timeout,
+            retries=self.retries,
             comfy_org_key=self.comfy_org_key,
         )
 

@@ -284,7 +284,7 @@ def batch_command(
     """Run every row of a CSV/JSONL/YAML job file; re-running resumes where it stopped.
     With --db the rows go to the shared queue (status / cancel / retry NAME: see the batch)."""
     if db is not None or name is not None or work:
-        require_extras(db, service=work)  # enqueuing and following need the store alone
+        require_extras(db, service=False)  # the store and its worker: no HTTP service
     if source in CONTROLS:
         control_batch(source, batch_name, db)
         return
@@ -308,7 +308,7 @@ def batch_command(
     rows = plan.rows
     if db is not None:
         queued = QueuedRun(db, name, output, rows=rows, workflow=chosen or "zimage-turbo")
-        queued.total, queued.variables = plan.total, settings.variables
+        queued.total, queued.settings = plan.total, settings
         queued.as_json, queued.status_every = as_json, status_every
         run_queued(queued, state, Path(source), server if work else None)
         return

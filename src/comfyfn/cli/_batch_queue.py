@@ -10,20 +10,19 @@ import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from comfyfn.batch import Row, RowError
+from comfyfn.batch import BatchSettings, Row, RowError
 from comfyfn.cli._common import err, esc
 from comfyfn.cli._progress import BatchProgress
 from comfyfn.errors import ConfigError
 
 if TYPE_CHECKING:
-    from comfyfn.gateway.worker import Worker
-    from comfyfn.jobs.store import Store
+    from comfyfn.jobs import Store, Worker
 
 __all__ = [
     "CONTROLS",
@@ -69,7 +68,8 @@ class QueuedRun:
     """What ``comfyfn batch --db`` does: enqueue ``rows`` (None: only follow) as batch
     ``name`` (None: named after the job file and ``output``) with outputs to ``output`` (-o:
     a folder or ``s3://`` URL), follow it and write the report into ``folder``;
-    ``work_on``: servers for a worker in this process (empty: none)."""
+    ``work_on``: servers for a worker in this process (empty: none), which runs the jobs
+    with the batch's ``settings`` (prime, retries, timeouts)."""
 
     db: str
     name: str | None
@@ -77,9 +77,9 @@ class QueuedRun:
     folder: Path = Path()
     rows: Iterable[Row | RowError] | None = None
     workflow: Any = "zimage-turbo"
-    variables: frozenset[str] = frozenset()
     total: int | None = None
     work_on: tuple[str, ...] = ()
+    settings: BatchSettings = field(default_factory=BatchSettings)
     as_json: bool = False
     status_every: float = 30.0
 
@@ -127,7 +127,7 @@ async def _follow(run: QueuedRun, workflow: Any) -> Any:
         keys = None
         if run.rows is not None:
             keys, added = await enqueue(
-                store, run.name, run.rows, workflow, run.output, variables=run.variables
+                store, run.name, run.rows, workflow, run.output, variables=run.settings.variables
             )
             redone = await requeue_damaged(store, run.name, run.output, keys)
             again = f", {len(redone)} done rows queued again (files missing or damaged)"
@@ -165,20 +165,10 @@ async def _worker_here(store: Store, run: QueuedRun) -> AsyncIterator[Worker | N
     if not run.work_on or run.name is None:
         yield None
         return
-    from comfyfn.gateway.metrics import Metrics
-    from comfyfn.gateway.registry import Registry
-    from comfyfn.gateway.settings import GatewaySettings
-    from comfyfn.gateway.worker import Worker
-    from comfyfn.jobs.bus import JobBus
+    from comfyfn.jobs import Worker
 
-    settings = GatewaySettings.resolve(
-        servers=list(run.work_on),
-        db_url=run.db,
-        worker_id=f"{socket.gethostname()}-{os.getpid()}-batch",
-        stale_after=30.0,
-        heartbeat=5.0,
-    )
-    worker = Worker(store, Registry(), settings, Metrics(), JobBus(), only_batch=run.name)
+    settings = run.settings.worker(run.work_on, f"{socket.gethostname()}-{os.getpid()}-batch")
+    worker = Worker(store, settings, only_batch=run.name)
     await worker.start()
     try:
         yield worker

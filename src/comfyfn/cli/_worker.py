@@ -92,9 +92,9 @@ async def _run(settings: GatewaySettings) -> None:
     """Work until SIGTERM or SIGINT, then hand the jobs back."""
     from comfyfn.gateway.metrics import Metrics
     from comfyfn.gateway.registry import Registry
-    from comfyfn.gateway.worker import Worker
-    from comfyfn.jobs.bus import JobBus
-    from comfyfn.jobs.store import Store
+    from comfyfn.gateway.served_jobs import gateway_worker
+    from comfyfn.jobs import Store
+    from comfyfn.storage import open_storage
 
     registry = Registry()
     registry.load(
@@ -105,7 +105,8 @@ async def _run(settings: GatewaySettings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     with Store(settings.db_url) as store:
-        worker = Worker(store, registry, settings, Metrics(), JobBus())
+        storage = open_storage(settings.storage)
+        worker = gateway_worker(store, registry, settings, Metrics(), storage)
         await worker.start()
         err.print(
             esc(

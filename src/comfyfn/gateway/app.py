@@ -29,10 +29,10 @@ from comfyfn.gateway.metrics import MetricsMiddleware
 from comfyfn.gateway.registry import Registry
 from comfyfn.gateway.routes import files, health, jobs, openai, uploads, workflows
 from comfyfn.gateway.runtime import Runtime, Submitter, WarmUp
+from comfyfn.gateway.served_jobs import gateway_worker
 from comfyfn.gateway.settings import GatewaySettings
 from comfyfn.gateway.ui import router as _ui_router
-from comfyfn.gateway.worker import Worker
-from comfyfn.jobs.store import Store
+from comfyfn.jobs import Store, Worker
 from comfyfn.storage import open_storage
 
 __all__ = ["ApiError", "create_app"]
@@ -148,11 +148,11 @@ def _lifespan(
 
 
 def _runner(runtime: Runtime) -> Worker:
-    return Worker(
+    return gateway_worker(
         runtime.store,
         runtime.registry,
         runtime.settings,
         runtime.metrics,
-        runtime.bus,
-        storage=runtime.storage,
+        runtime.storage,
+        bus=runtime.bus,
     )

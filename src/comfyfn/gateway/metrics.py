@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
+    from comfyfn.jobs.schema import JobRecord
     from comfyfn.jobs.store import Store
 
 __all__ = ["KEY_ID", "METHODS", "Metrics", "MetricsMiddleware", "route_label"]
@@ -67,6 +68,17 @@ class Metrics:
         self.failures = Counter(
             "comfyfn_failures_total", "Failures by kind", ["kind"], registry=self.registry
         )
+
+    # the worker's counts (:class:`comfyfn.jobs.WorkerMetrics`)
+
+    def failed(self, kind: str) -> None:
+        self.failures.labels(kind=kind).inc()
+
+    def job_ended(self, job: JobRecord, seconds: float) -> None:
+        self.job_seconds.labels(workflow=job.workflow, state=job.state).observe(seconds)
+
+    def in_flight(self, server: int, jobs: int) -> None:
+        self.queue_depth.labels(server=str(server)).set(jobs)
 
     def watch(self, store: Store) -> None:
         """Export the queue and the runners of ``store`` (read at each scrape)."""

@@ -22,17 +22,14 @@ from typing import Any
 from comfyfn._tasks import cancel_and_wait
 from comfyfn.client import AsyncClient
 from comfyfn.errors import ComfyError
-from comfyfn.gateway._job_life import DB_ERRORS
 from comfyfn.gateway._outputs import KnownFiles
 from comfyfn.gateway.errors import ApiError
 from comfyfn.gateway.metrics import Metrics
 from comfyfn.gateway.registry import Registry
 from comfyfn.gateway.security import RateLimiter
+from comfyfn.gateway.served_jobs import served_models
 from comfyfn.gateway.settings import GatewaySettings
-from comfyfn.gateway.worker import Worker, job_models
-from comfyfn.jobs.bus import JobBus
-from comfyfn.jobs.schema import JobRecord
-from comfyfn.jobs.store import Store
+from comfyfn.jobs import DB_ERRORS, JobBus, JobRecord, Store, Worker
 from comfyfn.models import awarm
 from comfyfn.storage import Storage
 
@@ -130,7 +127,7 @@ class Submitter:
 
     async def submit(self, **job: Any) -> JobRecord:
         """Queue a job (:meth:`Store.create_job`'s arguments)."""
-        models = job_models(self.registry, job["workflow"])
+        models = served_models(self.registry, job["workflow"])
         try:
             record, _ = await asyncio.to_thread(self.store.create_job, models=models, **job)
         except DB_ERRORS:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from comfyfn.jobs import WorkerSettings
+
 __all__ = [
     "MAX_UPLOAD_BYTES",
     "MAX_UPLOAD_DECODED_BYTES",
@@ -104,14 +106,28 @@ class GatewaySettings:
     url_ttl: int = 3600  #: seconds a signed file URL (and a presigned one) stays valid
     warm: tuple[str, ...] = ()  #: workflows (served names, built-ins or files) warmed at start
     sync_timeout: float = 300.0  #: how long /v1/images/generations waits for its job
-    job_timeout: float | None = None
-    http_timeout: float = 10.0  #: a ComfyUI server silent this long counts as failed
-    retries: int = 3  #: times a job is moved to another server after a server failure
-    #: for partner (paid cloud) nodes; None: $COMFY_ORG_API_KEY, read by each client at use
+    # the worker's (:class:`comfyfn.jobs.WorkerSettings`, which documents them)
+    job_timeout: float | None = WorkerSettings.job_timeout
+    http_timeout: float = WorkerSettings.http_timeout
+    retries: int = WorkerSettings.retries
     comfy_org_key: str | None = field(default=None, repr=False)
-    stale_after: float = 30.0  #: a running job without heartbeat this long is taken over
-    heartbeat: float = 5.0
-    worker_id: str = field(default_factory=lambda: f"w-{os.getpid()}-{os.urandom(3).hex()}")
+    stale_after: float = WorkerSettings.stale_after
+    heartbeat: float = WorkerSettings.heartbeat
+    worker_id: str = field(default_factory=lambda: WorkerSettings(()).worker_id)
+
+    def worker_settings(self) -> WorkerSettings:
+        """What this gateway's worker is told (its servers, timeouts, claims)."""
+        return WorkerSettings(
+            servers=self.servers,
+            worker_id=self.worker_id,
+            prime=self.prime,
+            job_timeout=self.job_timeout,
+            http_timeout=self.http_timeout,
+            retries=self.retries,
+            comfy_org_key=self.comfy_org_key,
+            stale_after=self.stale_after,
+            heartbeat=self.heartbeat,
+        )
 
     def cost_error(self, values: Mapping[str, Any]) -> tuple[str, str] | None:
         """(parameter, message) for the first cost limit ``values`` break, else None.

@@ -21,6 +21,7 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,7 +45,7 @@ from comfyfn.gateway.security import (
 )
 
 if TYPE_CHECKING:
-    from comfyfn.jobs.schema import JobRecord
+    from comfyfn.jobs import JobRecord, WorkerMetrics
 
 __all__ = [
     "Delivery",
@@ -52,6 +53,7 @@ __all__ = [
     "WebhookRefused",
     "deliver_webhook",
     "webhook_payload",
+    "webhook_sender",
 ]
 
 log = logging.getLogger("comfyfn.gateway.webhooks")
@@ -98,6 +100,26 @@ def webhook_payload(job: JobRecord) -> bytes:
             "error": public_error(job.error),
         }
     ).encode()
+
+
+def webhook_sender(
+    metrics: WorkerMetrics, *, allow_private: bool
+) -> Callable[[JobRecord, bytes], Awaitable[None]]:
+    """What a worker calls for a finished job with a webhook (:data:`comfyfn.jobs.Notify`):
+    POST it there, signed, pinned to the checked address; a delivery that fails is logged and
+    counted (``WebhookFailed``), never raised."""
+
+    async def send(job: JobRecord, secret: bytes) -> None:
+        assert job.webhook is not None
+        try:
+            await deliver_webhook(
+                job.webhook, webhook_payload(job), secret, allow_private=allow_private
+            )
+        except ComfyError as exc:
+            metrics.failed("WebhookFailed")
+            log.warning("webhook for %s failed: %s", job.id, exc)
+
+    return send
 
 
 async def deliver_webhook(

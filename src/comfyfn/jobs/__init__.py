@@ -8,17 +8,24 @@ and that workers on any number of machines claim from (SQLite embedded, PostgreS
   an advisory lock on PostgreSQL; the revisions are in ``comfyfn/jobs/migrations``);
 - :mod:`~comfyfn.jobs.listen`: PostgreSQL's LISTEN/NOTIFY, waking idle workers at once;
 - :mod:`~comfyfn.jobs.bus`: one process's job updates and previews, numbered for event
-  streams that reconnect.
+  streams that reconnect;
+- :mod:`~comfyfn.jobs.worker`: :class:`Worker`, which claims jobs and runs each one's life
+  on its servers: placement, re-attach, settling, its files, its webhook (one job life for
+  API jobs and batch rows);
+- :mod:`~comfyfn.jobs.hooks`: what the application a worker runs in gives it
+  (:class:`WorkerSettings`; the gateway's :class:`ApiJobs`, metrics and webhooks).
 
-The worker that runs the jobs and the HTTP service in front of them are in
-:mod:`comfyfn.gateway`; ``comfyfn batch --db`` enqueues and follows a batch here.
+The HTTP service in front of the store is :mod:`comfyfn.gateway`; ``comfyfn batch --db``
+enqueues and follows a batch here, and ``comfyfn worker`` runs a :class:`Worker`.
 """
 
 from comfyfn._public import present as _present
+from comfyfn.jobs._job_life import DB_ERRORS, error_record, write_outputs
 from comfyfn.jobs._keys import parse_rate
 from comfyfn.jobs._runners import BATCH_KEY, NOTIFY_CHANNEL
 from comfyfn.jobs.bus import BusEvent, JobBus, JobPreview, JobUpdate, Subscription
 from comfyfn.jobs.database import SchemaTooNew, StoreUnreachable, unavailable
+from comfyfn.jobs.hooks import ApiJobs, NoMetrics, Notify, WorkerMetrics, WorkerSettings
 from comfyfn.jobs.listen import QueueListener
 from comfyfn.jobs.schema import (
     MAX_PRIORITY,
@@ -31,15 +38,19 @@ from comfyfn.jobs.schema import (
     NewFile,
     StaleClaim,
     WorkerRecord,
+    models_key,
 )
 from comfyfn.jobs.store import Store
+from comfyfn.jobs.worker import Worker
 
 __all__ = [
     "BATCH_KEY",
+    "DB_ERRORS",
     "MAX_PRIORITY",
     "NOTIFY_CHANNEL",
     "STATES",
     "TERMINAL",
+    "ApiJobs",
     "BusEvent",
     "Claim",
     "FileRecord",
@@ -49,15 +60,23 @@ __all__ = [
     "JobUpdate",
     "KeyRecord",
     "NewFile",
+    "NoMetrics",
+    "Notify",
     "QueueListener",
     "SchemaTooNew",
     "StaleClaim",
     "Store",
     "StoreUnreachable",
     "Subscription",
+    "Worker",
+    "WorkerMetrics",
     "WorkerRecord",
+    "WorkerSettings",
+    "error_record",
+    "models_key",
     "parse_rate",
     "unavailable",
+    "write_outputs",
 ]
 
 _present(__name__, globals(), __all__)

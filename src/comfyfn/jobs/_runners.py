@@ -83,11 +83,13 @@ class RunnerStore:
         stale_after: float = 30.0,
         models: Collection[str] = (),
         batch: str | None = None,
+        batch_rows_only: bool = False,
     ) -> list[JobRecord]:
         """Take up to ``limit`` jobs in one transaction: the queued ones first (highest
         priority, then those whose model set digest is in ``models`` — loaded on one of the
         claimer's servers —, then oldest), then running ones whose heartbeat is older than
-        ``stale_after`` seconds (oldest first). ``batch``: only that batch's jobs.
+        ``stale_after`` seconds (oldest first). ``batch``: only that batch's jobs;
+        ``batch_rows_only``: no API job (a worker that cannot bind them).
 
         See the module docstring for why two claimers never get the same job.
         """
@@ -99,6 +101,9 @@ class RunnerStore:
         )
         if batch is not None:
             queued, stale = queued & (jobs_t.c.batch == batch), stale & (jobs_t.c.batch == batch)
+        if batch_rows_only:
+            rows_only = jobs_t.c.key_id == BATCH_KEY
+            queued, stale = queued & rows_only, stale & rows_only
         with self._read() as conn:  # most looks find nothing: they take no write lock
             if not _any(conn, queued, stale):
                 return []

@@ -1,9 +1,10 @@
 """One job's life in a worker, from its slot on a server to its final state, its files
 and its webhook; and the worker's writes to the store (through outages, fenced by its
-claim). The methods of :class:`comfyfn.gateway.worker.Worker` (see there).
+claim). The methods of :class:`comfyfn.jobs.worker.Worker` (see there).
 
-A job is an API job (a workflow the gateway serves, bound here; its outputs go to the
-gateway's storage under ``<job id>/<i>.<ext>``) or a batch row (``key_id``
+A job is an API job (a workflow the gateway serves, bound by the worker's
+:class:`~comfyfn.jobs.hooks.ApiJobs`; its outputs go to their storage under
+``<job id>/<i>.<ext>``) or a batch row (``key_id``
 :data:`~comfyfn.jobs.store.BATCH_KEY`: its graph comes bound in its params; its images go
 where its ``target`` says — the batch's folder or ``s3://`` URL, under the batch's own names,
 ``images/<stem>.png``). :meth:`JobLife._placed` decides both; one writer writes them."""
@@ -35,11 +36,8 @@ from comfyfn.fleet import (
     Ticket,
     settle,
 )
-from comfyfn.gateway.metrics import Metrics
-from comfyfn.gateway.registry import Registry
-from comfyfn.gateway.settings import GatewaySettings
-from comfyfn.gateway.uploads import resolve_inputs
 from comfyfn.jobs.bus import JobBus, JobUpdate
+from comfyfn.jobs.hooks import ApiJobs, Notify, WorkerMetrics, WorkerSettings
 from comfyfn.jobs.schema import Claim, FileRecord, JobRecord, NewFile, StaleClaim
 from comfyfn.jobs.store import BATCH_KEY, Store
 from comfyfn.outputs import OutputFile, indexed_files, named_files
@@ -47,9 +45,9 @@ from comfyfn.result import Generation
 from comfyfn.storage import Storage, StorageError, open_storage, put_files
 from comfyfn.workflow import Workflow, input_image
 
-__all__ = ["DB_ERRORS", "JobLife", "write_outputs"]
+__all__ = ["DB_ERRORS", "JobLife", "error_record", "write_outputs"]
 
-log = logging.getLogger("comfyfn.gateway")
+log = logging.getLogger("comfyfn.jobs")
 T = TypeVar("T")
 
 #: the store's names for the fleet's job states
@@ -69,11 +67,11 @@ class JobLife:
     """The job-running half of the worker (it provides these attributes)."""
 
     store: Store
-    registry: Registry
-    settings: GatewaySettings
-    metrics: Metrics
+    settings: WorkerSettings
+    api: ApiJobs | None  #: the API jobs this worker can run (None: batch rows only)
+    metrics: WorkerMetrics
+    notify: Notify | None  #: delivers webhooks
     bus: JobBus
-    storage: Storage
     targets: dict[str, Storage]  #: the batches' output places, opened once each
     fleet: FleetLike
     running: dict[str, asyncio.Task[None]]
@@ -110,7 +108,7 @@ class JobLife:
         if self.db_ok:
             log.error("the job store failed (%s); retrying", exc)
         self.db_ok = False
-        self.metrics.failures.labels(kind="StoreError").inc()
+        self.metrics.failed("StoreError")
 
     def _stored(
         self,
@@ -163,8 +161,8 @@ class JobLife:
         except StaleClaim:
             raise
         except Exception:  # a bug must not leave the job 'running' for ever
-            log.exception("job %s failed inside the gateway", job.id)
-            error = {"type": "InternalError", "message": "the gateway failed to run the job"}
+            log.exception("job %s failed inside the worker", job.id)
+            error = {"type": "InternalError", "message": "the worker failed to run the job"}
             await self._finish(job, State.FAILED, started, error=error)
 
     async def _bind(self, job: JobRecord) -> Workflow | dict[str, Any]:
@@ -176,25 +174,10 @@ class JobLife:
                 bound = Workflow.load(job.params["graph"], name=job.workflow)
                 return await self._with_inputs(job, bound)
             except (ComfyError, ValueError, KeyError) as exc:
-                return _error(exc)
-        served = self.registry.get(job.workflow)
-        if served is None:
+                return error_record(exc)
+        if self.api is None:
             return {"type": "WorkflowGone", "message": f"workflow {job.workflow!r} is not served"}
-        params = {
-            **job.params,
-            **served.workflow.per_job_prefixes(f"{job.id[4:6]}/{job.id}", given=job.params),
-        }
-        try:
-            params = await resolve_inputs(
-                self.storage,
-                served.workflow,
-                params,
-                key_id=job.key_id,
-                max_pixels=self.settings.max_pixels,
-            )
-            return served.workflow.bind(**params)
-        except ComfyError as exc:
-            return _error(exc)
+        return await self.api.bind(job)
 
     async def _with_inputs(self, job: JobRecord, bound: Workflow) -> Workflow:
         """A batch row's graph with its input images, read back from its batch's output
@@ -241,7 +224,7 @@ class JobLife:
         self, job: JobRecord, ticket: Ticket, outcome: Outcome, started: float
     ) -> None:
         if isinstance(outcome, Moved):
-            self.metrics.failures.labels(kind=type(outcome.error).__name__).inc()
+            self.metrics.failed(type(outcome.error).__name__)
         asked = isinstance(outcome, Cancelled) and await self._cancel_was_asked(job.id)
         state = settle(
             outcome,
@@ -255,7 +238,7 @@ class JobLife:
             assert isinstance(outcome, Moved | Lost)
             await self._requeue(job, ticket, outcome)
         else:
-            error = _error(outcome.error)
+            error = error_record(outcome.error)
             await self._finish(job, state, started, error=error, attempts=ticket.attempts)
 
     async def _cancel_was_asked(self, job_id: str) -> bool:
@@ -305,7 +288,9 @@ class JobLife:
         under the batch's names (:func:`comfyfn.outputs.named_files`, as ``comfyfn batch``
         names them without a shared queue)."""
         if job.key_id != BATCH_KEY:
-            return self.storage, indexed_files(generation, job.id)
+            if self.api is None:
+                raise ValueError("this worker stores no API job's outputs")
+            return self.api.storage, indexed_files(generation, job.id)
         storage, target = await self._target_storage(job)
         named = await asyncio.to_thread(
             named_files, generation, str(target["name"]), target.get("deliver")
@@ -352,7 +337,7 @@ class JobLife:
     ) -> None:
         """End the job ``failed`` or ``cancelled`` with ``error`` (and other ``fields``)."""
         if state is State.FAILED:
-            self.metrics.failures.labels(kind=error["type"]).inc()
+            self.metrics.failed(error["type"])
         done = await self._db(
             self.store.update_job,
             job.id,
@@ -365,30 +350,16 @@ class JobLife:
         self._finished(done, started)
 
     def _finished(self, job: JobRecord, started: float) -> None:
-        self.metrics.job_seconds.labels(workflow=job.workflow, state=job.state).observe(
-            time.monotonic() - started
-        )
-        if job.webhook:
+        self.metrics.job_ended(job, time.monotonic() - started)
+        if job.webhook and self.notify is not None:
             task = asyncio.create_task(self._notify(job))
             self._notifications.add(task)
             task.add_done_callback(self._notifications.discard)
 
     async def _notify(self, job: JobRecord) -> None:
-        """POST the finished job to its webhook (signed, pinned to the checked address)."""
-        from comfyfn.gateway.webhooks import deliver_webhook, webhook_payload
-
-        assert job.webhook is not None
-        secret = await self._db(self.store.secret)
-        try:
-            await deliver_webhook(
-                job.webhook,
-                webhook_payload(job),
-                secret,
-                allow_private=self.settings.allow_private_webhooks,
-            )
-        except ComfyError as exc:
-            self.metrics.failures.labels(kind="WebhookFailed").inc()
-            log.warning("webhook for %s failed: %s", job.id, exc)
+        """Deliver the finished job's webhook, signed with the store's secret."""
+        assert self.notify is not None
+        await self.notify(job, await self._db(self.store.secret))
 
 
 async def write_outputs(storage: Storage, placed: list[tuple[str, OutputFile]]) -> list[NewFile]:
@@ -401,7 +372,7 @@ async def write_outputs(storage: Storage, placed: list[tuple[str, OutputFile]]) 
     ]
 
 
-def _error(error: BaseException) -> dict[str, Any]:
+def error_record(error: BaseException) -> dict[str, Any]:
     """What the store keeps of a failure (the API shows callers a sanitised form of it)."""
     detail: dict[str, Any] = {"type": type(error).__name__, "message": str(error)}
     if isinstance(error, ExecutionFailed):

@@ -1,4 +1,4 @@
-"""Running the gateway's jobs on the fleet: claim, run or re-attach, store, notify.
+"""Running the store's jobs on the fleet: claim, run or re-attach, store, notify.
 
 Jobs live in the store, not in memory: a worker claims one (atomically, so two gateway
 replicas never run the same job), records the server and its prompt id *before* submitting,
@@ -6,9 +6,11 @@ and heartbeats while it runs. A job whose worker died (no heartbeat) is claimed 
 worker or by the restarted one and re-attached by prompt id on its server — or run again if
 the server lost it. On a graceful stop the worker hands its jobs back at once (they stay on
 their servers and are re-attached). Servers, slots, health and moving jobs off failed
-servers are the fleet's (:mod:`comfyfn.fleet`), shared with the batch runner.
+servers are the fleet's (:mod:`comfyfn.fleet`), shared with the batch runner. The jobs are
+API jobs, which the gateway gives the worker the means to bind and store
+(:class:`~comfyfn.jobs.hooks.ApiJobs`), and batch rows, which carry both with them.
 
-The routes of this process hand new jobs to :meth:`Worker.submit`: with a slot free and no
+The gateway's routes hand new jobs to :meth:`Worker.submit`: with a slot free and no
 job queued ahead, a job is created already claimed by this worker and starts at once (no claim
 round trip); else it is queued and the claim loop woken. The claim loop otherwise sleeps until
 a slot frees up or :data:`IDLE_POLL` passes (jobs queued by other replicas, stale ones).
@@ -20,7 +22,8 @@ The store can fail (a database restart, a lock held too long): the claim loop lo
 off, ``healthy()`` is False meanwhile (``/readyz`` answers 503), a job's final state is
 written as soon as the database is back, and progress updates are skipped while it is not.
 
-Many machines: the same worker runs without the HTTP app as ``comfyfn worker``. It
+Many machines: the same worker runs without the HTTP app as ``comfyfn worker`` (and as
+``comfyfn batch --work``, for one batch's rows). It
 registers itself in the store at every heartbeat (its servers, the models loaded on each,
 free slots), claims queued jobs whose models one of its servers holds ahead of others of the
 same priority, and on PostgreSQL wakes on ``NOTIFY`` (:mod:`comfyfn.jobs.listen`). Every write names
@@ -49,21 +52,18 @@ from comfyfn.fleet import (
     State,
     Ticket,
 )
-from comfyfn.gateway._job_life import CANCELLED, DB_ERRORS, PROGRESS_WRITE_INTERVAL, JobLife
-from comfyfn.gateway.metrics import Metrics
-from comfyfn.gateway.registry import Registry
-from comfyfn.gateway.settings import GatewaySettings
+from comfyfn.jobs._job_life import CANCELLED, DB_ERRORS, PROGRESS_WRITE_INTERVAL, JobLife
 from comfyfn.jobs.bus import JobBus
+from comfyfn.jobs.hooks import ApiJobs, NoMetrics, Notify, WorkerMetrics, WorkerSettings
 from comfyfn.jobs.listen import QueueListener
 from comfyfn.jobs.schema import Claim, JobRecord, StaleClaim, models_key
 from comfyfn.jobs.store import Store
-from comfyfn.models import model_set
-from comfyfn.storage import Storage, open_storage
+from comfyfn.storage import Storage
 from comfyfn.workflow import Workflow
 
-__all__ = ["IDLE_POLL", "PROGRESS_WRITE_INTERVAL", "Worker", "job_models"]
+__all__ = ["IDLE_POLL", "PROGRESS_WRITE_INTERVAL", "Worker"]
 
-log = logging.getLogger("comfyfn.gateway")
+log = logging.getLogger("comfyfn.jobs")
 
 IDLE_POLL = 0.5  #: seconds between claims while the queue is empty (other replicas' jobs)
 WITHDRAW_SECONDS = 5.0  #: at most this long, on shutdown, to take our waiting prompts off servers
@@ -75,22 +75,26 @@ _RESTART_PAUSE = 1.0  #: seconds before a failed loop starts again (doubling whi
 
 
 class Worker(JobLife):
+    """Claims the store's jobs and runs them on its servers (``fleet``: by default one made
+    of ``settings.servers``). ``api`` lets it run API jobs, ``metrics`` counts, ``notify``
+    delivers webhooks; ``only_batch`` limits its claims to that batch's rows."""
+
     def __init__(
         self,
         store: Store,
-        registry: Registry,
-        settings: GatewaySettings,
-        metrics: Metrics,
-        bus: JobBus,
+        settings: WorkerSettings,
+        bus: JobBus | None = None,
         *,
-        storage: Storage | None = None,
+        api: ApiJobs | None = None,
+        metrics: WorkerMetrics | None = None,
+        notify: Notify | None = None,
         fleet: FleetLike | None = None,
         only_batch: str | None = None,
     ) -> None:
-        self.store, self.registry, self.settings = store, registry, settings
-        self.metrics, self.bus = metrics, bus
-        #: where outputs go (the application's :attr:`Runtime.storage`)
-        self.storage = storage if storage is not None else open_storage(settings.storage)
+        self.store, self.settings, self.api = store, settings, api
+        self.bus = bus if bus is not None else JobBus()
+        self.metrics: WorkerMetrics = metrics if metrics is not None else NoMetrics()
+        self.notify = notify
         self.targets: dict[str, Storage] = {}
         self.only_batch = only_batch  #: claim only this batch's jobs (``comfyfn batch --work``)
         self.fleet: FleetLike = fleet or Fleet(
@@ -226,7 +230,7 @@ class Worker(JobLife):
         if reserved:
             self._reserved += 1  # until the store answers: no claim takes this slot
         claim_for = self.settings.worker_id if reserved else None
-        models = job_models(self.registry, job["workflow"])
+        models = self.api.models(job["workflow"]) if self.api is not None else None
         stored = asyncio.ensure_future(
             asyncio.to_thread(self.store.create_job, claim_for=claim_for, models=models, **job)
         )
@@ -278,7 +282,7 @@ class Worker(JobLife):
                 return
             except Exception:
                 log.exception("the worker's %s loop failed; starting it again", name)
-                self.metrics.failures.labels(kind="InternalError").inc()
+                self.metrics.failed("InternalError")
                 failed = time.monotonic()
                 self._loop_failures[name] = [*self._loop_failures.get(name, [])[-1:], failed]
                 if failed - began > LOOP_FAILURE_WINDOW:
@@ -307,6 +311,7 @@ class Worker(JobLife):
                     stale_after=self.settings.stale_after,
                     models=self._loaded_models(),
                     batch=self.only_batch,
+                    batch_rows_only=self.api is None,
                 )
             except DB_ERRORS as exc:
                 self._db_failed(exc)
@@ -404,7 +409,7 @@ class Worker(JobLife):
             for job_id in asked - lost:  # cancels asked through another replica
                 await self.cancel(job_id)
             for index, state in enumerate(self.fleet.pool.states.values()):
-                self.metrics.queue_depth.labels(server=str(index)).set(state.in_flight)
+                self.metrics.in_flight(index, state.in_flight)
 
     def _register(self) -> None:
         """This worker's row in the runners' registry (``comfyfn workers``)."""
@@ -424,10 +429,3 @@ class Worker(JobLife):
             free_slots=self._free_slots(),
             servers=servers,
         )
-
-
-def job_models(registry: Registry, workflow: str) -> str | None:
-    """The digest of the models a job of ``workflow`` loads (as served here), for claims
-    that prefer the jobs whose models a worker's server holds; None if unknown."""
-    served = registry.get(workflow)
-    return models_key(model_set(served.workflow)) if served is not None else None

@@ -1,4 +1,4 @@
-"""The gateway worker between its store (real SQLite) and a stand-in fleet: a job submitted
+"""The worker between its store (real SQLite) and a stand-in fleet: a job submitted
 with a slot free starts without a claim, one queued in this process is claimed at once (a
 wake-up is never lost), every change is published on the bus, a success stored in one go."""
 
@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 from comfyfn.errors import ComfyError
 from comfyfn.fleet import Cancelled, Done
-from comfyfn.gateway import worker as worker_module
-from comfyfn.gateway.worker import Worker
+from comfyfn.jobs import Worker
+from comfyfn.jobs import worker as worker_module
 from comfyfn.jobs.schema import jobs_t
 from comfyfn.result import Generation, Image, Timings
 from tests.support.fake_fleet import SERVER, FakeFleet, new_job, started
