@@ -34,7 +34,6 @@ from comfyfn.batch.jobs import (
 from comfyfn.batch.manifest import Manifest, ManifestError, file_problem
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.errors import ConfigError
-from comfyfn.jobs import WorkerSettings
 from comfyfn.fleet import (
     CancelledBy,
     Done,
@@ -48,6 +47,7 @@ from comfyfn.fleet import (
     State,
     settle,
 )
+from comfyfn.jobs import WorkerSettings
 from comfyfn.storage import Storage, StorageError
 from comfyfn.workflow import Workflow
 
