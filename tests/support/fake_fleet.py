@@ -13,8 +13,7 @@ from typing import Any
 from comfyfn.client import AsyncClient
 from comfyfn.errors import ComfyError
 from comfyfn.events import Progress
-from comfyfn.fleet import Outcome, Pool, Refused, Slot, Ticket
-from comfyfn.fleet.fleet import OnEvent, OnSubmit
+from comfyfn.fleet import OnEvent, OnSubmit, Outcome, Pool, Refused, Slot, Ticket
 from comfyfn.gateway.metrics import Metrics
 from comfyfn.gateway.registry import Registry
 from comfyfn.gateway.served_jobs import gateway_worker

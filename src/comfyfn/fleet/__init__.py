@@ -9,11 +9,13 @@
 - :mod:`~comfyfn.fleet.states`: the job state machine (pure);
 - :mod:`~comfyfn.fleet.outcomes`: how one run ended;
 - :mod:`~comfyfn.fleet.settle`: what that comes to (one decision for batch and gateway);
+- :mod:`~comfyfn.fleet.tickets`: a job as the fleet sees it (:class:`Ticket`), its
+  :class:`Slot`, the callbacks and :class:`FleetSettings`;
 - :mod:`~comfyfn.fleet.fleet`: clients, health, re-attach, moving jobs off failed servers.
 """
 
 from comfyfn._public import present as _present
-from comfyfn.fleet.fleet import Fleet, FleetSettings, Slot, Ticket
+from comfyfn.fleet.fleet import Fleet
 from comfyfn.fleet.like import FleetLike
 from comfyfn.fleet.outcomes import Cancelled, Done, Lost, Moved, Outcome, Refused
 from comfyfn.fleet.placement import ServerView, Waiting, assign, prime_for
@@ -21,6 +23,7 @@ from comfyfn.fleet.pool import Pool, ServerState, Want
 from comfyfn.fleet.queue import QueuedRow
 from comfyfn.fleet.settle import CancelledBy, settle
 from comfyfn.fleet.states import IllegalTransition, State, Transition, advance, requeue_or_fail
+from comfyfn.fleet.tickets import FleetSettings, OnEvent, OnSubmit, Slot, Ticket
 
 __all__ = [
     "Cancelled",
@@ -32,6 +35,8 @@ __all__ = [
     "IllegalTransition",
     "Lost",
     "Moved",
+    "OnEvent",
+    "OnSubmit",
     "Outcome",
     "Pool",
     "QueuedRow",

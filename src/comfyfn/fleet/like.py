@@ -9,9 +9,9 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from comfyfn.client import AsyncClient
-from comfyfn.fleet.fleet import OnEvent, OnSubmit, Slot, Ticket
 from comfyfn.fleet.outcomes import Outcome
 from comfyfn.fleet.pool import Pool
+from comfyfn.fleet.tickets import OnEvent, OnSubmit, Slot, Ticket
 
 __all__ = ["FleetLike"]
 
