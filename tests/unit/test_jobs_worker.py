@@ -290,3 +290,41 @@ async def test_a_cancel_the_server_answers_absent_is_left_to_the_job_s_follower(
         await await_until(
             lambda: worker.store.get_job(job.id).state == "cancelled", 10, "the job ends"
         )
+
+
+class UnansweredCancelFleet(FakeFleet):
+    """Its server does not answer the first cancel; the second one ends the run cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancels = 0
+        self.outcome = lambda ticket: Cancelled(ComfyError("interrupted"), SERVER)
+
+    async def cancel(self, ticket) -> str:
+        self.cancels += 1
+        if self.cancels == 1:
+            raise ComfyError("the server did not answer in time")
+        self.finish.set()
+        return "interrupted"
+
+
+async def test_a_cancel_the_server_does_not_answer_is_asked_again_not_cut_off(
+    tmp_path, monkeypatch
+):
+    """Cutting the job's task off would leave its prompt to run on the server for nobody:
+    the job is followed on, and the next ask (the heartbeat's, for a job whose cancel the
+    store holds) ends it cancelled, by its owner."""
+    fleet = UnansweredCancelFleet()
+    async with started(tmp_path, fleet, monkeypatch) as (worker, _):
+        job = new_job(worker.store)
+        worker.job_created()
+        await await_until(lambda: fleet.runs, 10, "the job runs")
+        worker.store.request_cancel(job.id)
+        assert await worker.cancel(job.id)
+        assert worker.running[job.id].cancelling() == 0  # still followed
+        assert worker.store.get_job(job.id).state == "running"
+        assert await worker.cancel(job.id)  # as the heartbeat asks again
+        await await_until(
+            lambda: worker.store.get_job(job.id).state == "cancelled", 10, "the job ends"
+        )
+        assert fleet.cancels == 2

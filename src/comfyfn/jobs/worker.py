@@ -252,18 +252,25 @@ class Worker(JobLife):
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job this worker runs: interrupt or dequeue it on its server (the job then
-        ends ``cancelled``); before it reaches a server, stop it here. False if not ours."""
+        ends ``cancelled``); before it reaches a server, stop it here. False if not ours.
+
+        A job with a prompt id is on its server, or on its way there (the POST under way:
+        the server answers "absent", and the job's follower cancels it once it lands), or
+        just done there: its follower sees how it ends. If the server does not answer the
+        cancel, the job is followed on and the cancel asked again at the next heartbeat
+        (the store keeps the request): cut off here, its prompt would run for nobody."""
         task, ticket = self.running.get(job_id), self.tickets.get(job_id)
         if task is None:
             return False
-        if ticket is not None and ticket.prompt_id:
-            # on its server, or on its way there (the POST under way: the server answers
-            # "absent", and the job's follower cancels it once it lands), or just done there:
-            # its follower sees how it ends
-            with contextlib.suppress(ComfyError):
-                await self.fleet.cancel(ticket)
-                return True
-        task.cancel()
+        if ticket is None or not ticket.prompt_id:
+            task.cancel()
+            return True
+        try:
+            await self.fleet.cancel(ticket)
+        except ComfyError as exc:
+            log.warning(
+                "job %s: its server did not take the cancel (%s); asking again", job_id, exc
+            )
         return True
 
     # -- loops -----------------------------------------------------------------------------
