@@ -144,6 +144,17 @@ def test_the_job_store_loads_without_the_gateway_s_service_stack():
     assert out.stdout.strip() == "[] []"
 
 
+def test_a_batch_run_here_loads_no_job_store():
+    """``comfyfn batch FILE`` without ``--db`` keeps its manifest (sqlite3): neither the job
+    store nor SQLAlchemy is loaded for it."""
+    code = (
+        "import sys, comfyfn.batch; print(sorted(m for m in sys.modules if m.startswith(("
+        "'comfyfn.jobs', 'comfyfn.gateway', 'sqlalchemy'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_the_client_names_load_on_first_use():
     code = "import comfyfn; print(comfyfn.Client.__module__, comfyfn.Timeout.__module__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

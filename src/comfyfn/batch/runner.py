@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from comfyfn._tasks import cancel_and_wait
 from comfyfn.batch.jobs import (
@@ -47,9 +47,11 @@ from comfyfn.fleet import (
     State,
     settle,
 )
-from comfyfn.jobs import WorkerSettings
 from comfyfn.storage import Storage, StorageError
 from comfyfn.workflow import Workflow
+
+if TYPE_CHECKING:
+    from comfyfn.jobs import WorkerSettings
 
 __all__ = ["Batch", "BatchSettings", "template_variables"]
 
@@ -100,6 +102,8 @@ class BatchSettings:
     def worker(self, servers: Sequence[str], worker_id: str) -> WorkerSettings:
         """A worker of the batch's rows on ``servers`` (``comfyfn batch --db --work``),
         placing and retrying them as these settings say."""
+        from comfyfn.jobs import WorkerSettings  # (the job store: not for a batch run here)
+
         return WorkerSettings(
             servers=tuple(servers),
             worker_id=worker_id,
