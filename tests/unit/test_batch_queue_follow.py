@@ -103,7 +103,8 @@ def test_each_look_reads_only_what_finished_since_the_last(store, clock):
     steps = ([later(0)] * 9 + [later(18)]) + ([later(0)] * 17 + [later(18)]) * 5
     states = asyncio.run(follow(batch, steps))
     assert states == ["skipped"] * 10 + ["done"] * 90
-    assert spy.read == [10, 10 + 18, 36, 36, 36, 36]  # never the whole batch again
+    # never the whole batch again, but for its finish times once at the end
+    assert spy.read == [10, 10 + 18, 36, 36, 36, 36, 100]
 
 
 def test_a_finish_stamped_by_a_clock_far_behind_is_still_seen(store, clock):
@@ -179,3 +180,54 @@ def test_an_error_that_is_not_an_outage_is_raised(store):
     spy.down = 1
     with pytest.raises(ConnectionError):
         asyncio.run(follow(QueuedBatch(spy, "b", poll=0), []))
+
+
+def test_a_row_queued_again_while_followed_is_reported_as_it_ends_again(store, clock):
+    """``batch retry`` (or a submission remaking lost files) from another shell puts a
+    failed row back in the queue after this follower read it: the follower must not end on
+    its old failure while it runs again, but report how it ends the second time."""
+    enqueue_rows(store, 4)
+    first, failing, *others = store.claim_jobs("w", limit=4)
+    store.complete_job(first.id, [], state="succeeded", fence=first.claim)
+    store.update_job(failing.id, state="failed", error={"message": "x"}, fence=failing.claim)
+    events = []
+    batch = QueuedBatch(Spy(store), "b", poll=0, on_event=lambda *e: events.append(e))
+
+    def retried_while_the_others_end() -> None:
+        clock.now += 1
+        assert store.retry_batch("b") == 1
+        for job in others:
+            store.complete_job(job.id, [], state="succeeded", fence=job.claim)
+
+    def the_retried_row_ends() -> None:
+        clock.now += 1
+        (again,) = store.claim_jobs("w2", limit=1)
+        assert again.id == failing.id
+        store.complete_job(again.id, [], state="succeeded", fence=again.claim)
+
+    steps = [lambda: None, retried_while_the_others_end, lambda: None, the_retried_row_ends]
+    states = asyncio.run(follow(batch, steps))
+    assert states == ["skipped", "failed", "done", "done", "done"]
+    assert batch.finished[failing.id].state == "done"
+    assert {r.state for r in batch.finished.values()} == {"done"}
+    [(_, withdrawn)] = [e for e in events if e[0] == "queued_again"]
+    assert withdrawn.state == "failed" and withdrawn.key == batch.finished[failing.id].key
+
+
+def test_the_progress_of_a_followed_batch_takes_back_a_row_queued_again(capsys):
+    """The summary's counts come from the progress: a failure later retried must not be
+    counted as well as the row's new end (the command would exit 1 on a batch all done)."""
+    from comfyfn.batch import JobResult
+    from comfyfn.cli._progress import BatchProgress
+
+    class Followed:
+        servers = ()
+
+    failed = JobResult("k1", 1, "row 1", "failed", (), error="x")
+    with BatchProgress(Followed(), 2) as progress:  # type: ignore[arg-type]
+        progress.on_event("result", JobResult("k0", 0, "row 0", "done", ()))
+        progress.on_event("result", failed)
+        progress.on_event("queued_again", failed)
+        progress.on_event("result", JobResult("k1", 1, "row 1", "done", ()))
+    assert progress.counted == {"done": 2, "failed": 0}
+    assert "row 1 was queued again" in capsys.readouterr().err

@@ -346,7 +346,10 @@ class QueuedBatch:
     only the jobs of these rows (the rows of the file just enqueued), else all of them.
     ``servers``/``pool``: the servers of a worker running in this process, for the
     progress display (none when the work runs elsewhere). Through an outage of the store
-    (its ``transient`` errors) it keeps looking, saying so once."""
+    (its ``transient`` errors) it keeps looking, saying so once. A finished row queued
+    again meanwhile (``batch retry`` from another shell) is followed again: ``on_event``
+    gets ``queued_again`` with the result said of it, and :meth:`results` yields it again
+    when it ends."""
 
     store: QueueStore
     name: str
@@ -362,6 +365,7 @@ class QueuedBatch:
         self.started = time.monotonic()
         self.total: int | None = None
         self.finished: dict[str, Record] = {}
+        self._yielded: dict[str, JobResult] = {}  #: what was said of each finished job
         self._seen: dict[str, float] = {}  #: every finished job of the batch: its finish time
         self._down_since: float | None = None
 
@@ -382,10 +386,10 @@ class QueuedBatch:
             self._store_back()
             for job, files in finished_now:
                 record = self.finished[job.id] = _record(job, files)
-                result = _result(record, first)
+                result = self._yielded[job.id] = _result(record, first)
                 self.on_event("result", result)
                 yield result
-            if self.total is not None and len(self.finished) >= self.total:
+            if await self._all_finished():
                 return
             first = False
             await asyncio.sleep(self.poll)
@@ -402,6 +406,28 @@ class QueuedBatch:
         self._seen.update((i, at) for i, (_, at) in unseen.items() if i in read)
         self.total = total if self.keys is None else len(self.keys)
         return jobs
+
+    async def _all_finished(self) -> bool:
+        """Every job of ours read as finished, and finished still, at the time read: one
+        queued again since (``batch retry``, or a submission remaking its lost files, while
+        this follower ran) is forgotten, to be read again when it finishes again, so the
+        report does not show its old end. One read of the batch's finished jobs, at the end."""
+        if self.total is None or len(self.finished) < self.total:
+            return False
+        try:
+            got = await asyncio.to_thread(self.store.batch_finished, self.name)
+        except Exception as exc:
+            if not self.transient(exc):
+                raise
+            self._store_down(exc)
+            return False
+        ended = {job_id: at for job_id, _, at in got}
+        again = [i for i in self.finished if ended.get(i) != self._seen.get(i)]
+        for job_id in again:
+            del self.finished[job_id]
+            self._seen.pop(job_id, None)
+            self.on_event("queued_again", self._yielded.pop(job_id))
+        return not again
 
     def _store_down(self, exc: BaseException) -> None:
         if self._down_since is None:

@@ -62,6 +62,14 @@ class BatchProgress:
     def on_event(self, kind: str, data: Any) -> None:
         if kind == "result":
             self._result(data)
+        elif kind == "queued_again":  # a finished row of a followed batch runs again
+            self.counted[data.state] -= 1
+            self.bar.update(self.jobs, advance=-1)
+            line = f"{data.label} was queued again (batch retry, or its files remade)"
+            if self.live:
+                self.bar.console.print(esc(line), highlight=False)
+            else:
+                self._say(line)
         elif kind in ("server_down", "server_up") and not self.live:
             self._say(f"server {data} is " + ("down" if kind == "server_down" else "up again"))
         elif kind == "store_down":  # following a queued batch: its store is out
