@@ -214,6 +214,30 @@ def test_a_row_queued_again_while_followed_is_reported_as_it_ends_again(store, c
     assert withdrawn.state == "failed" and withdrawn.key == batch.finished[failing.id].key
 
 
+def test_a_row_queued_again_and_ended_between_two_looks_takes_back_its_old_result(
+    store, clock
+):
+    enqueue_rows(store, 3)
+    first, failing, last = store.claim_jobs("w", limit=3)
+    store.complete_job(first.id, [], state="succeeded", fence=first.claim)
+    store.update_job(failing.id, state="failed", error={"message": "x"}, fence=failing.claim)
+    events = []
+    batch = QueuedBatch(Spy(store), "b", poll=0, on_event=lambda *e: events.append(e))
+
+    def retried_and_ended_again() -> None:
+        clock.now += 1
+        assert store.retry_batch("b") == 1
+        (again,) = store.claim_jobs("w2", limit=1)
+        store.complete_job(again.id, [], state="succeeded", fence=again.claim)
+        store.complete_job(last.id, [], state="succeeded", fence=last.claim)
+
+    states = asyncio.run(follow(batch, [lambda: None, retried_and_ended_again]))
+    assert sorted(states) == sorted(["skipped", "failed", "done", "done"])
+    said = [(kind, result.state) for kind, result in events if kind != "store_down"]
+    assert said.count(("queued_again", "failed")) == 1
+    assert said.index(("queued_again", "failed")) < len(said) - 1  # before its new result
+
+
 def test_the_progress_of_a_followed_batch_takes_back_a_row_queued_again(capsys):
     """The summary's counts come from the progress: a failure later retried must not be
     counted as well as the row's new end (the command would exit 1 on a batch all done)."""

@@ -385,6 +385,8 @@ class QueuedBatch:
                 continue
             self._store_back()
             for job, files in finished_now:
+                if job.id in self._yielded:  # queued again and ended again between two looks
+                    self.on_event("queued_again", self._yielded[job.id])
                 record = self.finished[job.id] = _record(job, files)
                 result = self._yielded[job.id] = _result(record, first)
                 self.on_event("result", result)
