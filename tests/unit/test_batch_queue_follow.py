@@ -214,9 +214,7 @@ def test_a_row_queued_again_while_followed_is_reported_as_it_ends_again(store, c
     assert withdrawn.state == "failed" and withdrawn.key == batch.finished[failing.id].key
 
 
-def test_a_row_queued_again_and_ended_between_two_looks_takes_back_its_old_result(
-    store, clock
-):
+def test_a_row_queued_again_and_ended_between_two_looks_takes_back_its_old_result(store, clock):
     enqueue_rows(store, 3)
     first, failing, last = store.claim_jobs("w", limit=3)
     store.complete_job(first.id, [], state="succeeded", fence=first.claim)
