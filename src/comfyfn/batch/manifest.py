@@ -50,7 +50,7 @@ from comfyfn._files import fsync_directory
 from comfyfn.batch import migrations
 from comfyfn.errors import ConfigError
 
-__all__ = ["Commit", "Manifest", "ManifestError", "Record", "file_problem"]
+__all__ = ["Commit", "Manifest", "ManifestError", "Record", "file_problem", "folder_problem"]
 
 T = TypeVar("T")
 
@@ -205,6 +205,12 @@ def file_problem(output: Path, check: dict[str, Any]) -> str | None:
     if "md5" in check and hashlib.md5(path.read_bytes()).hexdigest() != check["md5"]:
         return f"{check['path']} does not match its recorded MD5"  # (a job store's etag)
     return None
+
+
+def folder_problem(output: Path, checks: Iterable[dict[str, Any]]) -> str | None:
+    """The first problem of a job's recorded files in the folder ``output`` (None if every
+    one is what was written); :func:`comfyfn.batch.jobs.stored_problem` in object storage."""
+    return next(filter(None, (file_problem(output, check) for check in checks)), None)
 
 
 class Manifest:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from comfyfn.batch.jobs import Job, JobResult, aprepare, output_name, stored_problem
-from comfyfn.batch.manifest import Record, file_problem
+from comfyfn.batch.manifest import Record, folder_problem
 from comfyfn.batch.report import Summary, nearest_rank, write_report_to
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.errors import ComfyError
@@ -281,10 +281,7 @@ async def _stored_problems(
 def _folder_problems(
     folder: Path, checks: Mapping[str, list[dict[str, Any]]]
 ) -> dict[str, str | None]:
-    return {
-        job_id: next(filter(None, (file_problem(folder, c) for c in files)), None)
-        for job_id, files in checks.items()
-    }
+    return {job_id: folder_problem(folder, files) for job_id, files in checks.items()}
 
 
 def _record(job: Any, files: list[str]) -> Record:

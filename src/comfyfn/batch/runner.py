@@ -31,7 +31,7 @@ from comfyfn.batch.jobs import (
     store_outputs,
     stored_problem,
 )
-from comfyfn.batch.manifest import Manifest, ManifestError, file_problem
+from comfyfn.batch.manifest import Manifest, ManifestError, folder_problem
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.errors import ConfigError
 from comfyfn.fleet import (
@@ -323,7 +323,7 @@ class Batch:
             return await stored_problem(self.storage, checks)
         if self.output is None:
             return None
-        return next(filter(None, (file_problem(self.output, c) for c in checks)), None)
+        return folder_problem(self.output, checks)
 
     def _invalid(self, error: RowError) -> None:
         key, label = f"invalid:{error.index}:{error.variant}", f"row {error.index}"
