@@ -338,7 +338,11 @@ class Client:
         self._run(self._async.delete_history, *prompt_ids, clear=clear)
 
     def free(self, *, unload_models: bool = True, free_memory: bool = True) -> None:
-        """Ask the server to unload models and drop its cache; see :meth:`AsyncClient.free`."""
+        """Ask the server to unload models and drop its cache (``POST /free``).
+
+        ComfyUI applies it between prompts, after this call returns: see
+        :meth:`AsyncClient.free`.
+        """
         self._run(self._async.free, unload_models=unload_models, free_memory=free_memory)
 
     def view(self, filename: str, *, subfolder: str = "", type: str = "output") -> bytes:
