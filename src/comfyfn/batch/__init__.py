@@ -6,6 +6,9 @@ storage, over one or several servers.
     from comfyfn.batch import Batch, rows_from, run_batch
     batch = Batch(rows_from("prompts.csv"), "out/", servers=["http://gpu-1:8188"])
     summary = run_batch(batch)             # or: async for result in batch.results(): ...
+
+A batch through the shared job store, worked by the workers of many machines:
+:mod:`comfyfn.batch.shared` (it loads the store, so ``import comfyfn.batch`` does not).
 """
 
 from __future__ import annotations

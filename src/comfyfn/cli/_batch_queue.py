@@ -6,13 +6,10 @@ status NAME`` and ``comfyfn batch cancel NAME``. See :mod:`comfyfn.batch.queued`
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
@@ -20,9 +17,6 @@ from comfyfn.batch import BatchSettings, Row, RowError
 from comfyfn.cli._common import err, esc
 from comfyfn.cli._progress import BatchProgress
 from comfyfn.errors import ConfigError
-
-if TYPE_CHECKING:
-    from comfyfn.jobs import Store, Worker
 
 __all__ = [
     "CONTROLS",
@@ -118,62 +112,40 @@ def run_queued(
 
 
 async def _follow(run: QueuedRun, workflow: Any) -> Any:
-    from comfyfn.batch.queued import QueuedBatch, enqueue, requeue_damaged
-    from comfyfn.jobs.database import unavailable
-    from comfyfn.jobs.store import Store
+    from comfyfn.batch.shared import open_shared_batch
 
     assert run.name is not None
-    with Store(run.db) as store:
-        keys = None
-        if run.rows is not None:
-            keys, added = await enqueue(
-                store, run.name, run.rows, workflow, run.output, variables=run.settings.variables
-            )
-            redone = await requeue_damaged(store, run.name, run.output, keys)
-            again = f", {len(redone)} done rows queued again (files missing or damaged)"
+    async with open_shared_batch(
+        run.db,
+        run.name,
+        run.output,
+        rows=run.rows,
+        workflow=workflow,
+        settings=run.settings,
+        work_on=run.work_on,
+    ) as shared:
+        if shared.keys is not None:
+            again = f", {len(shared.redone)} done rows queued again (files missing or damaged)"
             err.print(
                 esc(
-                    f"batch {run.name}: {len(keys)} rows, {added} new jobs queued"
-                    f"{again if redone else ''}; follow it from anywhere with: "
+                    f"batch {run.name}: {len(shared.keys)} rows, {shared.added} new jobs queued"
+                    f"{again if shared.redone else ''}; follow it from anywhere with: "
                     f"comfyfn batch --db URL --name {run.name}"
                 ),
                 highlight=False,
                 soft_wrap=True,
             )
-        elif not await asyncio.to_thread(store.batch_states, run.name):
-            raise ConfigError(f"--name {run.name}: the store holds no batch of that name")
-        async with _worker_here(store, run) as worker:
-            batch = QueuedBatch(store, run.name, keys, transient=unavailable)
-            if worker is not None:
-                batch.servers, batch.pool = tuple(worker.settings.servers), worker.fleet.pool
-            total = len(keys) if keys is not None else run.total
-            with BatchProgress(batch, total) as progress:
-                batch.on_event = progress.on_event
-                status = asyncio.create_task(progress.keep_saying(run.status_every))
-                try:
-                    async for _ in batch.results():
-                        pass
-                finally:
-                    status.cancel()
-        return batch.report(run.folder, progress.counted)
-
-
-@contextlib.asynccontextmanager
-async def _worker_here(store: Store, run: QueuedRun) -> AsyncIterator[Worker | None]:
-    """With ``work_on``: a worker of this batch's jobs only, on those servers, for the
-    ``async with`` (it hands its jobs back when it ends early)."""
-    if not run.work_on or run.name is None:
-        yield None
-        return
-    from comfyfn.jobs import Worker
-
-    settings = run.settings.worker(run.work_on, f"{socket.gethostname()}-{os.getpid()}-batch")
-    worker = Worker(store, settings, only_batch=run.name)
-    await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.stop()
+        batch = shared.batch
+        total = len(shared.keys) if shared.keys is not None else run.total
+        with BatchProgress(batch, total) as progress:
+            batch.on_event = progress.on_event
+            status = asyncio.create_task(progress.keep_saying(run.status_every))
+            try:
+                async for _ in batch.results():
+                    pass
+            finally:
+                status.cancel()
+    return batch.report(run.folder, progress.counted)
 
 
 def control_batch(action: str, name: str | None, db: str | None) -> None:

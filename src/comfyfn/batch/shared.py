@@ -1,0 +1,98 @@
+"""A batch through the shared job store, start to end, as ``comfyfn batch … --db`` runs it
+and a Python caller can: open the store, enqueue the rows as one named batch (remaking done
+rows whose files went missing), run a worker here if asked, and follow the batch::
+
+    from comfyfn.batch.shared import open_shared_batch
+    async with open_shared_batch(db, "nightly", "s3://bucket/out", rows=rows,
+                                 workflow=wf, work_on=["http://127.0.0.1:8188"]) as shared:
+        async for result in shared.batch.results():
+            ...
+        summary, sheet = shared.batch.report(Path("report/"), counted)
+
+The pieces are :mod:`comfyfn.batch.queued` (enqueue, follow) and :class:`comfyfn.jobs.Worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from comfyfn.batch.queued import QueuedBatch, enqueue, requeue_damaged
+from comfyfn.batch.rows import Row, RowError
+from comfyfn.batch.runner import BatchSettings
+from comfyfn.errors import ConfigError
+from comfyfn.jobs import Store, Worker, unavailable
+from comfyfn.workflow import Workflow
+
+__all__ = ["SharedBatch", "open_shared_batch"]
+
+
+@dataclass
+class SharedBatch:
+    """A batch open in the job store: ``batch`` follows it; ``worker`` runs it here (None:
+    the workers of other machines do). After an enqueue: the rows' keys, how many jobs were
+    new, and why each done row was queued again (its files missing or damaged)."""
+
+    name: str
+    batch: QueuedBatch
+    worker: Worker | None = None
+    keys: set[str] | None = None  #: None: following a batch enqueued before
+    added: int = 0
+    redone: list[str] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def open_shared_batch(
+    db: str,
+    name: str,
+    output: str,
+    *,
+    rows: Iterable[Row | RowError] | None = None,
+    workflow: Workflow | None = None,
+    settings: BatchSettings | None = None,
+    work_on: Sequence[str] = (),
+) -> AsyncIterator[SharedBatch]:
+    """Batch ``name`` in the store at ``db``, for the ``async with``. With ``rows`` (and
+    their ``workflow``): enqueued first, their outputs to ``output`` (a folder every worker
+    sees at that path, or an ``s3://`` URL); without: a batch the store already holds
+    (:class:`~comfyfn.errors.ConfigError` if none by that name). With ``work_on``: a worker
+    of this batch only, on those servers, with ``settings``' placement and retries; it hands
+    its jobs back to the queue when the block ends early."""
+    settings = settings or BatchSettings()
+    with Store(db) as store:
+        shared = SharedBatch(name, QueuedBatch(store, name, transient=unavailable))
+        if rows is not None:
+            if workflow is None:
+                raise ConfigError("rows to enqueue need their workflow")
+            shared.keys, shared.added = await enqueue(
+                store, name, rows, workflow, output, variables=settings.variables
+            )
+            shared.redone = await requeue_damaged(store, name, output, shared.keys)
+            shared.batch.keys = shared.keys
+        elif not await asyncio.to_thread(store.batch_states, name):
+            raise ConfigError(f"batch {name!r}: the store holds no batch of that name")
+        async with _worker(store, name, settings, work_on) as shared.worker:
+            if shared.worker is not None:
+                shared.batch.servers = tuple(shared.worker.settings.servers)
+                shared.batch.pool = shared.worker.fleet.pool
+            yield shared
+
+
+@contextlib.asynccontextmanager
+async def _worker(
+    store: Store, name: str, settings: BatchSettings, servers: Sequence[str]
+) -> AsyncIterator[Worker | None]:
+    if not servers:
+        yield None
+        return
+    worker_id = f"{socket.gethostname()}-{os.getpid()}-batch"
+    worker = Worker(store, settings.worker(servers, worker_id), only_batch=name)
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
