@@ -1,6 +1,6 @@
-"""A stand-in fleet for the gateway worker (a ``FleetLike``, checked by mypy): one fake
-server whose runs end as a test says, and a worker started on it over a real SQLite store,
-its claims spied on."""
+"""A stand-in fleet for the job store's worker (a ``FleetLike``, checked by mypy): one fake
+server whose runs end as a test says, and a gateway's worker started on it over a real
+SQLite store, its claims spied on."""
 
 from __future__ import annotations
 

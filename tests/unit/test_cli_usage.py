@@ -289,3 +289,10 @@ def test_a_queued_batch_and_its_worker_need_no_gateway_extra(monkeypatch, tmp_pa
     assert (settings.servers, settings.worker_id) == ((server,), "here")
     assert (settings.retries, settings.http_timeout, settings.job_timeout) == (5, 30.0, 600.0)
     assert settings.prime == 2
+    # following a batch enqueued before, from another machine, working it there too
+    follow = ["batch", "--db", db, "--name", "nightly", "-o", str(tmp_path / "report")]
+    assert (
+        runner.invoke(app, [*follow, "--work", "--server", server, "--retries", "1"]).exit_code == 0
+    )
+    (run, (_, source, work_on)) = queued[-1]
+    assert (source, work_on, run.settings.retries) == (None, [server], 1)

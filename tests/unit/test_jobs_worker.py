@@ -328,3 +328,63 @@ async def test_a_cancel_the_server_does_not_answer_is_asked_again_not_cut_off(
             lambda: worker.store.get_job(job.id).state == "cancelled", 10, "the job ends"
         )
         assert fleet.cancels == 2
+
+
+async def test_a_worker_given_nothing_runs_batch_rows_and_leaves_api_jobs_queued(tmp_path):
+    """``comfyfn batch --work``: a plain worker (no API jobs, metrics or webhooks) runs a
+    batch row to its files in the batch's folder; an API job ahead of it stays queued for a
+    worker that can bind it, and handing one to it is refused."""
+    from comfyfn.batch import BatchSettings, Row
+    from comfyfn.batch.queued import enqueue, load_workflow
+    from comfyfn.jobs import Store
+
+    fleet, image = succeeding_fleet()
+    fleet.finish.set()
+    out = tmp_path / "out"
+    with Store(f"sqlite:///{tmp_path / 'q.db'}") as store:
+        api = new_job(store, priority=9)
+        row = Row(1, {"prompt": "a lantern", "width": 64, "height": 64})
+        await enqueue(store, "b", [row], load_workflow("zimage-turbo"), str(out))
+        worker = Worker(store, BatchSettings().worker([SERVER], "here"), fleet=fleet)
+        await worker.start()
+        try:
+            worker.job_created()
+            await await_until(
+                lambda: store.batch_counts("b").get("succeeded") == 1, 10, "the row is done"
+            )
+            with pytest.raises(ComfyError, match="batch rows only"):
+                await worker.submit(key_id="key_1", workflow="sleep", params={})
+        finally:
+            await worker.stop()
+        waiting = store.get_job(api.id)
+        assert waiting is not None and waiting.state == "queued"
+    assert (out / "images" / "000001.png").read_bytes() == image.png_bytes()
+
+
+async def test_the_gateway_s_worker_sends_webhooks_and_counts_in_its_metrics(tmp_path, monkeypatch):
+    from comfyfn.gateway import webhooks
+
+    sent = []
+
+    async def deliver(url, body, secret, *, allow_private):
+        sent.append((url, len(secret), allow_private))
+        raise ComfyError("the receiver is down")
+
+    monkeypatch.setattr(webhooks, "deliver_webhook", deliver)
+    fleet, _ = succeeding_fleet()
+    async with started(tmp_path, fleet, monkeypatch) as (worker, _):
+        hooked = new_job(worker.store, webhook="http://127.0.0.1:9/hook")
+        plain = new_job(worker.store)
+        worker.job_created()
+        fleet.finish.set()
+        registry = worker.metrics.registry  # the gateway's prometheus metrics
+
+        def counted() -> bool:
+            failed = registry.get_sample_value("comfyfn_failures_total", {"kind": "WebhookFailed"})
+            return failed == 1.0
+
+        await await_until(counted, 10, "the failed webhook is counted")
+        ended = {"workflow": "sleep", "state": "succeeded"}
+        assert registry.get_sample_value("comfyfn_job_seconds_count", ended) == 2.0
+        assert {worker.store.get_job(j.id).state for j in (hooked, plain)} == {"succeeded"}
+    assert sent == [("http://127.0.0.1:9/hook", 32, False)]  # the job without one sends none

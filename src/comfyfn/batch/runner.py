@@ -101,7 +101,9 @@ class BatchSettings:
 
     def worker(self, servers: Sequence[str], worker_id: str) -> WorkerSettings:
         """A worker of the batch's rows on ``servers`` (``comfyfn batch --db --work``),
-        placing and retrying them as these settings say."""
+        placing and retrying them as these settings say. Not carried over: ``lookahead``
+        and ``by_model`` (the store's claim orders the jobs), ``health_interval`` (a
+        worker's own) and ``give_up_after`` (a worker waits for its servers)."""
         from comfyfn.jobs import WorkerSettings  # (the job store: not for a batch run here)
 
         return WorkerSettings(

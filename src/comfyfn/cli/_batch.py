@@ -292,7 +292,14 @@ def batch_command(
     if source is None:  # follow a queued batch
         assert db is not None and name is not None  # check_queue_args
         following = QueuedRun(db, name, output, as_json=as_json, status_every=status_every)
-        run_queued(following, state, None, None)
+        following.settings = BatchSettings(  # for --work: a worker here, placing as told
+            prime=prime,
+            retries=retries,
+            job_timeout=job_timeout,
+            http_timeout=http_timeout,
+            comfy_org_key=comfy_org_key,
+        )
+        run_queued(following, state, None, server if work else None)
         return
     folder, storage = output_place(output, state)
     plan = plan_job_file(source, workflow=workflow, template=template, vary=vary or (), prime=prime)

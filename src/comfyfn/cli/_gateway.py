@@ -52,8 +52,9 @@ def _missing(module: str) -> bool:
 
 def require_extras(db: str | None, *, service: bool = True) -> None:
     """Exit 2 with one sentence naming the extra to install if the gateway's libraries (the
-    service or a worker: not ``service`` for the job store alone), or the PostgreSQL driver
-    for a ``postgresql://`` database, are missing."""
+    service, or ``comfyfn worker``, which runs its API jobs; not ``service`` for the job
+    store and a batch's own worker), or the PostgreSQL driver for a ``postgresql://``
+    database, are missing."""
     missing = [m for m in GATEWAY_MODULES if _missing(m)] if service else []
     if missing:
         raise fail(

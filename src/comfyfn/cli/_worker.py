@@ -1,9 +1,10 @@
 """``comfyfn worker`` (a runner on a GPU machine) and ``comfyfn workers`` (the runners).
 
-A runner is the gateway's worker without the HTTP app: it registers itself in the shared
-store, claims the jobs every gateway replica queued, drives its ComfyUI servers through the
-fleet layer, writes the outputs to the storage and hands its jobs back at once on SIGTERM
-or Ctrl-C. It needs the same workflows as the gateway (``--workflow``) and the same storage.
+A runner is the gateway's worker (:class:`comfyfn.jobs.Worker`, given the gateway's API
+jobs) without the HTTP app: it registers itself in the shared store, claims the jobs every
+gateway replica queued, drives its ComfyUI servers through the fleet layer, writes the
+outputs to the storage and hands its jobs back at once on SIGTERM or Ctrl-C. It needs the
+same workflows as the gateway (``--workflow``) and the same storage.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Running jobs on a pool of ComfyUI servers: the one implementation batch and gateway share.
 
 A :class:`Fleet` holds one client per server, the :class:`~comfyfn.fleet.pool.Pool` of slots,
-and a health loop. A caller (the batch runner, the gateway worker) asks for a
+and a health loop. A caller (the batch runner, the job store's worker) asks for a
 :meth:`Fleet.slot` — the job's own server if it was submitted earlier and that server is up
 (re-attach), else a slot the pool gives it (by priority, then where its models are loaded,
 then the emptiest healthy server) — then :meth:`Fleet.run`s the job

@@ -1,6 +1,6 @@
-"""What a runner of jobs needs of a fleet (:class:`FleetLike`): the gateway's worker depends
-on this, not on :class:`~comfyfn.fleet.Fleet`, so tests give it a fake fleet that mypy checks
-against the same shape."""
+"""What a runner of jobs needs of a fleet (:class:`FleetLike`): the job store's worker
+(:class:`comfyfn.jobs.Worker`) depends on this, not on :class:`~comfyfn.fleet.Fleet`, so
+tests give it a fake fleet that mypy checks against the same shape."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from comfyfn.jobs import WorkerSettings
+from comfyfn.jobs import WorkerSettings, new_worker_id
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
@@ -113,7 +113,7 @@ class GatewaySettings:
     comfy_org_key: str | None = field(default=None, repr=False)
     stale_after: float = WorkerSettings.stale_after
     heartbeat: float = WorkerSettings.heartbeat
-    worker_id: str = field(default_factory=lambda: WorkerSettings(()).worker_id)
+    worker_id: str = field(default_factory=new_worker_id)
 
     def worker_settings(self) -> WorkerSettings:
         """What this gateway's worker is told (its servers, timeouts, claims)."""

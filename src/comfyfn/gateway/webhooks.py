@@ -21,7 +21,6 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,7 +44,7 @@ from comfyfn.gateway.security import (
 )
 
 if TYPE_CHECKING:
-    from comfyfn.jobs import JobRecord, WorkerMetrics
+    from comfyfn.jobs import JobRecord, Notify, WorkerMetrics
 
 __all__ = [
     "Delivery",
@@ -102,9 +101,7 @@ def webhook_payload(job: JobRecord) -> bytes:
     ).encode()
 
 
-def webhook_sender(
-    metrics: WorkerMetrics, *, allow_private: bool
-) -> Callable[[JobRecord, bytes], Awaitable[None]]:
+def webhook_sender(metrics: WorkerMetrics, *, allow_private: bool) -> Notify:
     """What a worker calls for a finished job with a webhook (:data:`comfyfn.jobs.Notify`):
     POST it there, signed, pinned to the checked address; a delivery that fails is logged and
     counted (``WebhookFailed``), never raised."""

@@ -25,7 +25,14 @@ from comfyfn.jobs._keys import parse_rate
 from comfyfn.jobs._runners import BATCH_KEY, NOTIFY_CHANNEL
 from comfyfn.jobs.bus import BusEvent, JobBus, JobPreview, JobUpdate, Subscription
 from comfyfn.jobs.database import SchemaTooNew, StoreUnreachable, unavailable
-from comfyfn.jobs.hooks import ApiJobs, NoMetrics, Notify, WorkerMetrics, WorkerSettings
+from comfyfn.jobs.hooks import (
+    ApiJobs,
+    NoMetrics,
+    Notify,
+    WorkerMetrics,
+    WorkerSettings,
+    new_worker_id,
+)
 from comfyfn.jobs.listen import QueueListener
 from comfyfn.jobs.schema import (
     MAX_PRIORITY,
@@ -74,6 +81,7 @@ __all__ = [
     "WorkerSettings",
     "error_record",
     "models_key",
+    "new_worker_id",
     "parse_rate",
     "unavailable",
     "write_outputs",

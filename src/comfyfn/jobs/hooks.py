@@ -19,7 +19,12 @@ from comfyfn.jobs.schema import JobRecord
 from comfyfn.storage import Storage
 from comfyfn.workflow import Workflow
 
-__all__ = ["ApiJobs", "NoMetrics", "Notify", "WorkerMetrics", "WorkerSettings"]
+__all__ = ["ApiJobs", "NoMetrics", "Notify", "WorkerMetrics", "WorkerSettings", "new_worker_id"]
+
+
+def new_worker_id() -> str:
+    """A worker name unique to this process and call (``w-<pid>-<6 hex digits>``)."""
+    return f"w-{os.getpid()}-{os.urandom(3).hex()}"
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,7 @@ class WorkerSettings:
 
     servers: tuple[str, ...]
     #: the worker's name in the store: its claims, heartbeats and ``comfyfn workers``
-    worker_id: str = field(default_factory=lambda: f"w-{os.getpid()}-{os.urandom(3).hex()}")
+    worker_id: str = field(default_factory=lambda: new_worker_id())
     prime: int | None = None  #: jobs queued per server beyond the running one; None: adaptive
     job_timeout: float | None = None
     http_timeout: float = 10.0  #: a ComfyUI server silent this long counts as failed

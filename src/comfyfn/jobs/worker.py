@@ -225,7 +225,9 @@ class Worker(JobLife):
         """Store a new job (:meth:`Store.create_job`'s arguments). With a slot free here and
         no job queued ahead, it is created claimed by this worker and starts at once; else it
         is queued and the claim loop woken. Once stored, the job is started or queued even if
-        the caller is cancelled meanwhile."""
+        the caller is cancelled meanwhile. Only a worker given :class:`ApiJobs` takes them."""
+        if self.api is None:
+            raise ComfyError("this worker runs batch rows only: it was given no API jobs")
         reserved = not self._stopping and self._free_slots() > 0 and self.healthy()
         if reserved:
             self._reserved += 1  # until the store answers: no claim takes this slot
