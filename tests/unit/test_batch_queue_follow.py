@@ -182,16 +182,23 @@ def test_an_error_that_is_not_an_outage_is_raised(store):
         asyncio.run(follow(QueuedBatch(spy, "b", poll=0), []))
 
 
+def one_done_one_failed(store: Store, rows: int):
+    """A batch of ``rows``, all claimed: the first done, the second failed, the others
+    running; its follower, and the events it says."""
+    enqueue_rows(store, rows)
+    first, failing, *running = store.claim_jobs("w", limit=rows)
+    store.complete_job(first.id, [], state="succeeded", fence=first.claim)
+    store.update_job(failing.id, state="failed", error={"message": "x"}, fence=failing.claim)
+    events: list = []
+    batch = QueuedBatch(Spy(store), "b", poll=0, on_event=lambda *e: events.append(e))
+    return failing, running, batch, events
+
+
 def test_a_row_queued_again_while_followed_is_reported_as_it_ends_again(store, clock):
     """``batch retry`` (or a submission remaking lost files) from another shell puts a
     failed row back in the queue after this follower read it: the follower must not end on
     its old failure while it runs again, but report how it ends the second time."""
-    enqueue_rows(store, 4)
-    first, failing, *others = store.claim_jobs("w", limit=4)
-    store.complete_job(first.id, [], state="succeeded", fence=first.claim)
-    store.update_job(failing.id, state="failed", error={"message": "x"}, fence=failing.claim)
-    events = []
-    batch = QueuedBatch(Spy(store), "b", poll=0, on_event=lambda *e: events.append(e))
+    failing, others, batch, events = one_done_one_failed(store, 4)
 
     def retried_while_the_others_end() -> None:
         clock.now += 1
@@ -215,17 +222,13 @@ def test_a_row_queued_again_while_followed_is_reported_as_it_ends_again(store, c
 
 
 def test_a_row_queued_again_and_ended_between_two_looks_takes_back_its_old_result(store, clock):
-    enqueue_rows(store, 3)
-    first, failing, last = store.claim_jobs("w", limit=3)
-    store.complete_job(first.id, [], state="succeeded", fence=first.claim)
-    store.update_job(failing.id, state="failed", error={"message": "x"}, fence=failing.claim)
-    events = []
-    batch = QueuedBatch(Spy(store), "b", poll=0, on_event=lambda *e: events.append(e))
+    failing, (last,), batch, events = one_done_one_failed(store, 3)
 
     def retried_and_ended_again() -> None:
         clock.now += 1
         assert store.retry_batch("b") == 1
         (again,) = store.claim_jobs("w2", limit=1)
+        assert again.id == failing.id
         store.complete_job(again.id, [], state="succeeded", fence=again.claim)
         store.complete_job(last.id, [], state="succeeded", fence=last.claim)
 
