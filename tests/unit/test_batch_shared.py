@@ -70,3 +70,29 @@ def test_rows_without_their_workflow_are_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="workflow"):
         asyncio.run(submit())
+
+
+def test_rows_a_worker_ends_before_the_first_look_are_done_not_skipped(tmp_path):
+    """Skipped means done by an earlier run: a row of this run that a fast worker (here, or
+    on another machine) ends before the follower first looks was made by this run."""
+    db, out = f"sqlite:///{tmp_path / 'q.db'}", str(tmp_path / "out")
+    wf = load_workflow("zimage-turbo")
+
+    async def run(n: int) -> list[str]:
+        async with open_shared_batch(db, "b", out, rows=rows(n), workflow=wf) as shared:
+            finish_all(db)  # before the follower's first look
+            shared.batch.poll = 0
+            return [r.state async for r in shared.batch.results()]
+
+    assert asyncio.run(run(2)) == ["done", "done"]
+    assert sorted(asyncio.run(run(3))) == ["done", "skipped", "skipped"]  # one row more
+
+
+def test_an_empty_file_is_an_empty_batch(tmp_path):
+    async def run() -> list[str]:
+        db, wf = f"sqlite:///{tmp_path / 'q.db'}", load_workflow("zimage-turbo")
+        async with open_shared_batch(db, "b", "/out", rows=[], workflow=wf) as shared:
+            shared.batch.poll = 0
+            return [r.state async for r in shared.batch.results()]
+
+    assert asyncio.run(run()) == []

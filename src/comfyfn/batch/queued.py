@@ -357,6 +357,9 @@ class QueuedBatch:
     on_event: Callable[[str, Any], None] = lambda kind, data: None
     #: which of the store's errors mean an outage to ride through (it looks again later)
     transient: Callable[[BaseException], bool] = lambda exc: False
+    #: the jobs finished before this run started (their rows are ``skipped``); None: those
+    #: finished before the first look (a worker started meanwhile can blur the two)
+    done_before: set[str] | None = None
 
     def __post_init__(self) -> None:
         self.started = time.monotonic()
@@ -367,9 +370,10 @@ class QueuedBatch:
         self._down_since: float | None = None
 
     async def results(self) -> AsyncIterator[JobResult]:
-        """Each row's result as its job finishes (rows finished before the first look
-        are ``skipped``, as in a resumed batch run). Each look counts the batch's finished
-        jobs and reads only those new since the last one, however long the batch."""
+        """Each row's result as its job finishes (rows finished before this run are
+        ``skipped``, as in a resumed batch run: see ``done_before``). Each look counts the
+        batch's finished jobs and reads only those new since the last one, however long the
+        batch."""
         first = True
         while True:
             try:
@@ -383,9 +387,10 @@ class QueuedBatch:
             self._store_back()
             for job, files in finished_now:
                 if job.id in self._yielded:  # queued again and ended again between two looks
-                    self.on_event("queued_again", self._yielded[job.id])
+                    self._queued_again(job.id)
+                before = first if self.done_before is None else job.id in self.done_before
                 record = self.finished[job.id] = _record(job, files)
-                result = self._yielded[job.id] = _result(record, first)
+                result = self._yielded[job.id] = _result(record, before)
                 self.on_event("result", result)
                 yield result
             if await self._all_finished():
@@ -425,8 +430,14 @@ class QueuedBatch:
         for job_id in again:
             del self.finished[job_id]
             self._seen.pop(job_id, None)
-            self.on_event("queued_again", self._yielded.pop(job_id))
+            self._queued_again(job_id)
         return not again
+
+    def _queued_again(self, job_id: str) -> None:
+        """Take back what was said of a job now run again (its next end is not skipped)."""
+        self.on_event("queued_again", self._yielded.pop(job_id))
+        if self.done_before is not None:
+            self.done_before.discard(job_id)
 
     def _store_down(self, exc: BaseException) -> None:
         if self._down_since is None:

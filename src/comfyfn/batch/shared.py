@@ -21,7 +21,7 @@ import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from comfyfn.batch.queued import QueuedBatch, enqueue, requeue_damaged
+from comfyfn.batch.queued import RESULT_STATE, QueuedBatch, enqueue, requeue_damaged
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.batch.runner import BatchSettings
 from comfyfn.errors import ConfigError
@@ -73,8 +73,11 @@ async def open_shared_batch(
             )
             shared.redone = await requeue_damaged(store, name, output, shared.keys)
             shared.batch.keys = shared.keys
-        elif not await asyncio.to_thread(store.batch_states, name):
+        states = await asyncio.to_thread(store.batch_states, name, shared.keys)
+        if not states and rows is None:
             raise ConfigError(f"batch {name!r}: the store holds no batch of that name")
+        # before any worker here starts: the rows done by an earlier run are the skipped ones
+        shared.batch.done_before = {i for i, state in states.items() if state in RESULT_STATE}
         async with _worker(store, name, settings, work_on) as shared.worker:
             if shared.worker is not None:
                 shared.batch.servers = tuple(shared.worker.settings.servers)
