@@ -368,7 +368,9 @@ def made_before_versions(url: str, *dropped: tuple[str, str]) -> None:
         conn.exec_driver_sql("DROP TABLE cfn_alembic_version")
         conn.exec_driver_sql("DROP INDEX cfn_jobs_queued")
         conn.exec_driver_sql("DROP INDEX cfn_jobs_batch")  # revision 0003
-        for column in ("claims", "models", "batch", "target", "row_key"):
+        for column in ("claims", "models", "batch", "target", "row_key"):  # revision 0002
+            conn.exec_driver_sql(f"ALTER TABLE cfn_jobs DROP COLUMN {column}")
+        for column in ("executed", "turnaround"):  # revision 0004
             conn.exec_driver_sql(f"ALTER TABLE cfn_jobs DROP COLUMN {column}")
         for table, column in dropped:
             conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
@@ -703,7 +705,7 @@ def test_a_new_database_is_at_the_newest_revision(url, store):
         have = conn.exec_driver_sql("SELECT version_num FROM cfn_alembic_version").scalar()
     indexes = {i["name"] for i in sa.inspect(engine).get_indexes("cfn_jobs")}
     engine.dispose()
-    assert have == head_revision() == "0003"
+    assert have == head_revision() == "0004"
     assert {"cfn_jobs_queued", "cfn_jobs_batch"} <= indexes
 
 
@@ -730,3 +732,16 @@ def test_a_schema_newer_than_this_comfyfn_is_refused_untouched(url, stores):
     with pytest.raises(SchemaTooNew, match=r"revision 0099, newer than this comfyfn"):
         stores()
     assert all_rows(url) == before
+
+
+def test_a_job_s_run_times_are_kept(store):
+    """The report of a queued batch shows each row's execution time and turnaround
+    (revision 0004)."""
+    job = new_job(store)
+    claimed = store.claim_job("w")
+    assert claimed is not None and (claimed.executed, claimed.turnaround) == (None, None)
+    done, _ = store.complete_job(
+        job.id, [], state="succeeded", executed=1.25, turnaround=3.5, fence=claimed.claim
+    )
+    assert (done.executed, done.turnaround) == (1.25, 3.5)
+    assert store.get_job(job.id) == done

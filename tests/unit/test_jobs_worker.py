@@ -41,9 +41,9 @@ def succeeding_fleet() -> tuple[FakeFleet, Image]:
     fleet = FakeFleet()
     image = Image(data=image_bytes((8, 8), "red"), node_id="3")
     fleet.outcome = lambda ticket: Done(
-        Generation(ticket.prompt_id, SERVER, (image,), {}, {}, Timings(0.0, 0.1, 0.1)),
+        Generation(ticket.prompt_id, SERVER, (image,), {}, {}, Timings(0.1, 0.1, 0.2)),
         SERVER,
-        0.1,
+        0.2,
     )
     return fleet, image
 
@@ -160,6 +160,8 @@ async def test_a_success_is_published_in_hand_then_stored_in_one_go(tmp_path, mo
         assert in_hand.job.state == "running" and in_hand.files == ()  # not stored yet...
         assert in_hand.contents == (image.png_bytes(),)  # ...but the bytes are there
         assert final.job.state == "succeeded" and final.job.progress == 1.0
+        # the run's times, as the fleet measured them (Timings.executed; Done.seconds)
+        assert (final.job.executed, final.job.turnaround) == (0.1, 0.2)
         (record,) = final.files
         assert final.job.outputs == [record.id] and final.contents == in_hand.contents
         assert worker.store.get_job(job.id) == final.job

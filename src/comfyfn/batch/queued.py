@@ -290,8 +290,8 @@ def _record(job: Any, files: list[str]) -> Record:
     state = RESULT_STATE.get(job.state, job.state)
     if job.error is not None and job.error.get("type") == INVALID:
         state = "invalid"
-    seconds = None
-    if job.state == "succeeded" and job.started_at is not None and job.finished_at is not None:
+    seconds = job.turnaround  # None for a job that ended before schema revision 0004
+    if seconds is None and job.state == "succeeded" and job.started_at and job.finished_at:
         seconds = round(job.finished_at - job.started_at, 3)
     return Record(
         key=str(params.get("key", job.id)),
@@ -306,7 +306,7 @@ def _record(job: Any, files: list[str]) -> Record:
         error=None if job.error is None else str(job.error.get("message", "")),
         attempts=job.attempts,
         seconds=seconds,
-        executed=None,
+        executed=job.executed,
     )
 
 

@@ -233,7 +233,7 @@ class JobLife:
             cancelled_by=CancelledBy.OWNER if asked else CancelledBy.SOMEONE_ELSE,
         )
         if isinstance(outcome, Done):
-            await self._succeeded(job, outcome.generation, started)
+            await self._succeeded(job, outcome, started)
         elif state is State.PENDING:
             assert isinstance(outcome, Moved | Lost)
             await self._requeue(job, ticket, outcome)
@@ -245,10 +245,11 @@ class JobLife:
         fresh = await self._db(self.store.get_job, job_id)
         return fresh is not None and fresh.cancel_requested
 
-    async def _succeeded(self, job: JobRecord, generation: Generation, started: float) -> None:
-        """Store every output (still images first), then record them with the success in
-        one transaction. The still images' bytes are published at once: a caller who wants
-        only those need not wait for them to be stored."""
+    async def _succeeded(self, job: JobRecord, outcome: Done, started: float) -> None:
+        """Store every output (still images first), then record them with the success (and
+        the run's times) in one transaction. The still images' bytes are published at once: a
+        caller who wants only those need not wait for them to be stored."""
+        generation = outcome.generation
         try:
             storage, placed = await self._placed(job, generation)
         except (StorageError, ValueError, KeyError) as exc:
@@ -274,6 +275,8 @@ class JobLife:
             new_files,
             state="succeeded",
             progress=1.0,
+            executed=round(generation.timings.executed, 3),
+            turnaround=round(outcome.seconds, 3),
             fence_for=job.id,
         )
         self._stored(done, files, images)

@@ -293,6 +293,8 @@ _AS_NEW: dict[str, Any] = {
     "cancel_requested": False,
     "finished_at": None,
     "started_at": None,
+    "executed": None,
+    "turnaround": None,
 }
 
 

@@ -72,6 +72,10 @@ class JobRecord:
     priority: int = 0  #: higher is claimed (and placed on a server) first
     claims: int = 0  #: times the job was claimed: with ``claimed_by``, the claim a worker holds
     models: str | None = None  #: its model set's digest (:func:`models_key`), for placement
+    #: seconds its server spent executing it (not queued there), once it succeeded
+    executed: float | None = None
+    #: seconds from its last submission to its outputs stored, once it succeeded
+    turnaround: float | None = None
 
     @property
     def claim(self) -> Claim | None:
@@ -189,9 +193,12 @@ jobs_t = sa.Table(
     # revision 0002: fencing, model-aware claims, and room for phase 2 (batch rows)
     sa.Column("claims", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("models", sa.String(64)),
-    sa.Column("batch", sa.String(200)),  #: a named batch the job is a row of (unused yet)
-    sa.Column("target", sa.Text),  #: where its owner wants the outputs (unused yet)
-    sa.Column("row_key", sa.String(255)),  #: the row's key within its batch (unused yet)
+    sa.Column("batch", sa.String(200)),  #: a named batch the job is a row of
+    sa.Column("target", sa.Text),  #: where its owner wants the outputs (a batch row's)
+    sa.Column("row_key", sa.String(255)),  #: the row's key within its batch
+    # revision 0004: run times, for a batch's report
+    sa.Column("executed", sa.Double),
+    sa.Column("turnaround", sa.Double),
     sa.UniqueConstraint("key_id", "idempotency_key", name="cfn_jobs_idempotency"),
     sa.Index("cfn_jobs_queue", "state", "created_at"),
     sa.Index("cfn_jobs_heartbeat", "state", "heartbeat_at"),
@@ -308,6 +315,8 @@ def _job(row: Any) -> JobRecord:
         priority=int(m["priority"] or 0),
         claims=int(m["claims"] or 0),
         models=m["models"],
+        executed=_opt_float(m["executed"]),
+        turnaround=_opt_float(m["turnaround"]),
     )
 
 
