@@ -34,6 +34,7 @@ class FakeFleet:
     def __init__(self, slots: int = 2, steps: int = 0) -> None:
         self.pool = Pool([SERVER], slots - 1)
         self.clients: dict[str, AsyncClient] = {}  #: no real server (nothing to warm up)
+        self.on_health: Callable[[str, bool], None] = lambda _url, _up: None
         self.steps = steps
         self.runs: list[str] = []
         self.finish = asyncio.Event()

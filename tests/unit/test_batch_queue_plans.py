@@ -255,6 +255,8 @@ async def _consume(batch: QueuedBatch) -> list[str]:
         (["rows.csv", "extra"], "unexpected argument 'extra'"),
         (["status", "--db", "sqlite://"], "comfyfn batch status NAME needs the batch's name"),
         (["rows.csv", "--db", "sqlite://", "-s", "http://127.0.0.1:9"], "--server is for --work"),
+        (["rows.csv", "--db", "sqlite://", "--warm"], "--warm warms the servers of --work"),
+        (["--db", "sqlite://", "--name", "n", "--work", "--warm"], "give the file and --work"),
     ],
 )
 def test_the_queued_batch_s_usage_errors_name_what_is_missing(args, named, tmp_path, monkeypatch):

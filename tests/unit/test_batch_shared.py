@@ -96,3 +96,30 @@ def test_an_empty_file_is_an_empty_batch(tmp_path):
             return [r.state async for r in shared.batch.results()]
 
     assert asyncio.run(run()) == []
+
+
+def test_a_worker_here_runs_this_batch_and_its_servers_health_is_said(tmp_path):
+    """With ``work_on`` a worker of this batch runs in the block, on those servers with the
+    batch's settings, and hands its rows back when the block ends; its servers going down
+    and coming back reach the follower's ``on_event`` as a batch run's do."""
+    from comfyfn.batch import BatchSettings
+
+    db, url = f"sqlite:///{tmp_path / 'q.db'}", "http://127.0.0.1:9"  # nothing listens
+
+    async def run() -> list[tuple[str, str]]:
+        wf, settings = load_workflow("zimage-turbo"), BatchSettings(retries=7)
+        opened = open_shared_batch(
+            db, "b", "/out", rows=rows(1), workflow=wf, settings=settings, work_on=[url]
+        )
+        async with opened as shared:
+            assert shared.worker is not None and shared.worker.only_batch == "b"
+            assert shared.worker.settings.retries == 7 and shared.batch.servers == (url,)
+            said: list[tuple[str, str]] = []
+            shared.batch.on_event = lambda kind, data: said.append((kind, data))
+            shared.worker.fleet.on_health(url, False)
+            shared.worker.fleet.on_health(url, True)
+            return said
+
+    assert asyncio.run(run()) == [("server_down", url), ("server_up", url)]
+    with Store(db) as store:
+        assert store.batch_counts("b")["queued"] == 1  # nothing claimed it: no server answered

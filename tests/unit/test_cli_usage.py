@@ -276,13 +276,16 @@ def test_a_queued_batch_and_its_worker_need_no_gateway_extra(monkeypatch, tmp_pa
     assert one_sentence(status) == "error: batch 'nightly': the store holds no batch of that name"
     queued = []
     monkeypatch.setattr(_batch, "run_queued", lambda run, *args: queued.append((run, args)))
+    warmed = []
+    monkeypatch.setattr(_batch, "warm_servers", lambda *args: warmed.append(args))
     rows = tmp_path / "rows.csv"
     rows.write_text("prompt\na lantern\n", encoding="utf-8")
     server = "http://127.0.0.1:9"
     args = ["--db", db, "-o", str(tmp_path / "out"), "--work", "--server", server]
     limits = ["--retries", "5", "--http-timeout", "30", "--job-timeout", "600", "--prime", "2"]
-    working = runner.invoke(app, ["batch", str(rows), *args, *limits])
+    working = runner.invoke(app, ["batch", str(rows), *args, *limits, "--warm"])
     assert working.exit_code == 0, working.output
+    assert warmed == [([server], "zimage-turbo", 600.0)]  # the worker's servers, first
     [(run, (_, _, work_on))] = queued
     assert work_on == [server]
     settings = run.settings.worker(work_on, "here")

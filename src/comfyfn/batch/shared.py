@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -82,7 +83,13 @@ async def open_shared_batch(
             if shared.worker is not None:
                 shared.batch.servers = tuple(shared.worker.settings.servers)
                 shared.batch.pool = shared.worker.fleet.pool
+                shared.worker.fleet.on_health = functools.partial(_health, shared.batch)
             yield shared
+
+
+def _health(batch: QueuedBatch, url: str, up: bool) -> None:
+    """A server of the worker here went down or came back: said as a batch run says it."""
+    batch.on_event("server_up" if up else "server_down", url)
 
 
 @contextlib.asynccontextmanager

@@ -288,7 +288,7 @@ def batch_command(
     if source in CONTROLS:
         control_batch(source, batch_name, db)
         return
-    check_queue_args(source, batch_name, db, name, bool(server), work)
+    check_queue_args(source, batch_name, db, name, bool(server), work, warm)
     if source is None:  # follow a queued batch
         assert db is not None and name is not None  # check_queue_args
         following = QueuedRun(db, name, output, as_json=as_json, status_every=status_every)
@@ -317,6 +317,8 @@ def batch_command(
         queued = QueuedRun(db, name, output, rows=rows, workflow=chosen or "zimage-turbo")
         queued.total, queued.settings = plan.total, settings
         queued.as_json, queued.status_every = as_json, status_every
+        if warm:  # (check_queue_args: with --work)
+            warm_servers(resolve_servers(server), chosen or "zimage-turbo", job_timeout)
         run_queued(queued, state, Path(source), server if work else None)
         return
     if storage is not None:

@@ -182,6 +182,7 @@ def check_queue_args(
     name: str | None,
     server: bool,
     work: bool,
+    warm: bool = False,
 ) -> None:
     """The usage errors of ``comfyfn batch`` around ``--db`` (before anything runs)."""
     if extra is not None:
@@ -200,3 +201,8 @@ def check_queue_args(
         raise ConfigError("--work runs a worker of a queued batch: give --db URL too")
     if db is not None and server and not work:
         raise ConfigError("with --db, --server is for --work (the workers run the rows)")
+    if db is not None and warm and (not work or source is None):
+        raise ConfigError(
+            "with --db, --warm warms the servers of --work with the job file's workflow: "
+            "give the file and --work"
+        )

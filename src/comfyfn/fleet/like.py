@@ -5,7 +5,7 @@ tests give it a fake fleet that mypy checks against the same shape."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from comfyfn.client import AsyncClient
@@ -21,6 +21,8 @@ class FleetLike(Protocol):
 
     pool: Pool
     clients: dict[str, AsyncClient]  #: each server's client (the warm-up runs through them)
+    #: told each server that goes down (False) or comes back (True): its URL
+    on_health: Callable[[str, bool], None]
 
     async def __aenter__(self) -> FleetLike: ...
 
