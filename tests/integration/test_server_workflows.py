@@ -178,3 +178,33 @@ def test_a_partner_node_is_refused_before_anything_is_sent(server):
         "only with a Comfy.org API key"
     )
     assert "GET /object_info" in network.seen and "POST /prompt" not in network.seen
+
+
+def test_a_queued_batch_worked_here_loads_a_blueprint_from_its_servers(server, unique, tmp_path):
+    """``batch FILE --db … --work --server …`` with ``--workflow blueprint:NAME``: the rows'
+    workflow is loaded from the first server of the worker here that answers (it was loaded
+    with the bundled definitions, which refuse a blueprint), then run there."""
+    import asyncio
+
+    from comfyfn.batch import Row
+    from comfyfn.batch.shared import open_shared_batch
+
+    name = "Text to Image (Z-Image-Turbo)"
+    row = Row(1, {"prompt": "外滩夜景", "seed": unique(), "width": 64, "height": 64, "steps": 2})
+    db, out = f"sqlite:///{tmp_path / 'q.db'}", tmp_path / "out"
+    servers = ["http://127.0.0.1:9", server]  # the first does not answer
+
+    async def run() -> list[str]:
+        opened = open_shared_batch(
+            db, "b", str(out), rows=[row], workflow=f"blueprint:{name}", work_on=servers
+        )
+        async with opened as shared:
+            shared.batch.poll = 0.1
+            return [result.state async for result in shared.batch.results()]
+
+    if name not in (listed(server)["blueprint"] or []):  # 0.3.75 ships no blueprints
+        with pytest.raises(comfyfn.ComfyError, match="serves no blueprint"):
+            asyncio.run(run())
+        return
+    assert asyncio.run(run()) == ["done"]
+    assert (out / "images" / "000001.png").stat().st_size > 0

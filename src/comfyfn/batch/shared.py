@@ -22,10 +22,17 @@ import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from comfyfn.batch.queued import RESULT_STATE, QueuedBatch, enqueue, requeue_damaged
+from comfyfn.batch.queued import (
+    RESULT_STATE,
+    QueuedBatch,
+    enqueue,
+    load_workflow,
+    requeue_damaged,
+)
 from comfyfn.batch.rows import Row, RowError
 from comfyfn.batch.runner import BatchSettings
-from comfyfn.errors import ConfigError
+from comfyfn.client import AsyncClient, WorkflowSource, public_url
+from comfyfn.errors import ConfigError, ServerUnreachable, TransportError
 from comfyfn.jobs import Store, Worker, unavailable
 from comfyfn.workflow import Workflow
 
@@ -53,7 +60,7 @@ async def open_shared_batch(
     output: str,
     *,
     rows: Iterable[Row | RowError] | None = None,
-    workflow: Workflow | None = None,
+    workflow: WorkflowSource | Workflow | None = None,
     settings: BatchSettings | None = None,
     work_on: Sequence[str] = (),
 ) -> AsyncIterator[SharedBatch]:
@@ -62,15 +69,18 @@ async def open_shared_batch(
     sees at that path, or an ``s3://`` URL); without: a batch the store already holds
     (:class:`~comfyfn.errors.ConfigError` if none by that name). With ``work_on``: a worker
     of this batch only, on those servers, with ``settings``' placement and retries; it hands
-    its jobs back to the queue when the block ends early."""
+    its jobs back to the queue when the block ends early. The workflow is loaded with the
+    node definitions of the first of those servers that answers (blueprints, templates and
+    custom nodes as it serves them), else with the bundled ones."""
     settings = settings or BatchSettings()
     with Store(db) as store:
         shared = SharedBatch(name, QueuedBatch(store, name, transient=unavailable))
         if rows is not None:
             if workflow is None:
                 raise ConfigError("rows to enqueue need their workflow")
+            loaded = await _load(workflow, work_on)
             shared.keys, shared.added = await enqueue(
-                store, name, rows, workflow, output, variables=settings.variables
+                store, name, rows, loaded, output, variables=settings.variables
             )
             shared.redone = await requeue_damaged(store, name, output, shared.keys)
             shared.batch.keys = shared.keys
@@ -85,6 +95,23 @@ async def open_shared_batch(
                 shared.batch.pool = shared.worker.fleet.pool
                 shared.worker.fleet.on_health = functools.partial(_health, shared.batch)
             yield shared
+
+
+async def _load(source: WorkflowSource | Workflow, servers: Sequence[str]) -> Workflow:
+    """``source`` typed by the first of ``servers`` that answers; with none given, by the
+    bundled definitions (a worker checks the bound graph against its own server)."""
+    if isinstance(source, Workflow) or not servers:
+        return load_workflow(source)
+    failures = []
+    for url in servers:
+        try:
+            async with AsyncClient(url) as client:
+                return await client.workflow(source)
+        except TransportError as exc:
+            failures.append(f"{public_url(url)}: {exc}")
+    raise ServerUnreachable(
+        "none of the servers to work on gave its node definitions: " + "; ".join(failures)
+    )
 
 
 def _health(batch: QueuedBatch, url: str, up: bool) -> None:

@@ -86,7 +86,7 @@ def run_queued(
     report's folder (-o, or --state for s3, as a batch run); with ``work_on`` (a list, maybe
     empty: the local engine) a worker here."""
     from comfyfn.batch import output_place
-    from comfyfn.batch.queued import batch_name, load_workflow
+    from comfyfn.batch.queued import batch_name
     from comfyfn.cli._batch import resolve_servers
 
     run.folder, _ = output_place(run.output, state)
@@ -98,9 +98,8 @@ def run_queued(
     if work_on is not None:
         run.work_on = tuple(resolve_servers(work_on or None))
 
-    workflow = load_workflow(run.workflow) if run.rows is not None else None
     run.folder.mkdir(parents=True, exist_ok=True)
-    summary, sheet = asyncio.run(_follow(run, workflow))
+    summary, sheet = asyncio.run(_follow(run))
     if run.as_json:
         typer.echo(summary.to_json())
     else:
@@ -111,7 +110,7 @@ def run_queued(
         raise typer.Exit(1)
 
 
-async def _follow(run: QueuedRun, workflow: Any) -> Any:
+async def _follow(run: QueuedRun) -> Any:
     from comfyfn.batch.shared import open_shared_batch
 
     assert run.name is not None
@@ -120,7 +119,7 @@ async def _follow(run: QueuedRun, workflow: Any) -> Any:
         run.name,
         run.output,
         rows=run.rows,
-        workflow=workflow,
+        workflow=run.workflow if run.rows is not None else None,
         settings=run.settings,
         work_on=run.work_on,
     ) as shared:
