@@ -72,8 +72,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from comfyfn.jobs._batches import BatchStore
 from comfyfn.jobs._keys import KeyStore
-from comfyfn.jobs._runners import BATCH_KEY, NOTIFY_CHANNEL, BatchStore, fenced
+from comfyfn.jobs._runners import BATCH_KEY, NOTIFY_CHANNEL, fenced
 from comfyfn.jobs.database import SQLITE_BUSY_TIMEOUT, Database
 from comfyfn.jobs.schema import (
     JSON_FIELDS,
