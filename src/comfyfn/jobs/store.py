@@ -15,10 +15,12 @@ clocks, and ``stale_after`` should be well above any skew)::
                idempotency_key, created_at, updated_at, started_at, finished_at,
                claimed_by, heartbeat_at, cancel_requested, attempts, priority,
                claims (the claim counter), models (model set digest),
-               batch, target, row_key (a named batch's rows: :mod:`._runners`)
+               batch, target, row_key (a named batch's rows: :mod:`._batches`),
+               executed, turnaround (a success's run times)
                unique(key_id, idempotency_key)   -- NULLs never collide
                index(state, created_at), index(state, heartbeat_at), index(key_id, created_at),
                index(priority, created_at) WHERE state = 'queued'   -- the queue alone
+               index(batch, state, finished_at)   -- following a batch
     cfn_files  id PK "file_…", job_id → cfn_jobs.id, path, content_type, size, etag, created_at
     cfn_workers  name PK, host, pid, started_at, heartbeat_at, free_slots, servers (JSON)
     cfn_alembic_version  version_num      -- the schema revision (:mod:`.database`)
