@@ -33,6 +33,7 @@ class Spy:
     def __init__(self, store: Store, looks: int = 1000) -> None:
         self.store, self.down, self.jobs_down, self.looks = store, 0, 0, looks
         self.withheld = 0  #: reads of the finished jobs that leave one record out
+        self.between = lambda: None  #: done between counting the finished jobs and reading them
         self.read: list[int] = []
 
     def add_batch_jobs(self, batch, rows):
@@ -52,6 +53,7 @@ class Spy:
         return got
 
     def batch_jobs(self, ids):
+        self.between()
         if self.jobs_down:
             self.jobs_down -= 1
             raise ConnectionError("the store went down between two reads")
@@ -256,3 +258,28 @@ def test_the_progress_of_a_followed_batch_takes_back_a_row_queued_again(capsys):
         progress.on_event("result", JobResult("k1", 1, "row 1", "done", ()))
     assert progress.counted == {"done": 2, "failed": 0}
     assert "row 1 was queued again" in capsys.readouterr().err
+
+
+def test_a_job_queued_again_between_the_count_and_the_read_is_not_said_until_it_ends(store, clock):
+    """Counted finished, then queued again (``batch retry``) before its record is read: the
+    record read is not an end, so nothing is said of it until it ends again."""
+    failing, (last,), _, _ = one_done_one_failed(store, 3)
+    spy = Spy(store)
+    batch = QueuedBatch(spy, "b", poll=0)
+
+    def retried_once() -> None:
+        spy.between = lambda: None
+        clock.now += 1
+        assert store.retry_batch("b") == 1
+
+    spy.between = retried_once
+
+    def the_others_end() -> None:
+        clock.now += 1
+        (again,) = store.claim_jobs("w2", limit=1)
+        store.complete_job(again.id, [], state="succeeded", fence=again.claim)
+        store.complete_job(last.id, [], state="succeeded", fence=last.claim)
+
+    states = asyncio.run(follow(batch, [the_others_end]))
+    assert sorted(states) == ["done", "done", "skipped"]  # never 'running'
+    assert batch.finished[failing.id].state == "done"

@@ -257,6 +257,11 @@ async def _consume(batch: QueuedBatch) -> list[str]:
         (["rows.csv", "--db", "sqlite://", "-s", "http://127.0.0.1:9"], "--server is for --work"),
         (["rows.csv", "--db", "sqlite://", "--warm"], "--warm warms the servers of --work"),
         (["--db", "sqlite://", "--name", "n", "--work", "--warm"], "give the file and --work"),
+        (
+            ["rows.csv", "--db", "sqlite://", "--workflow", "blueprint:X"],
+            "--workflow blueprint:X: a blueprint is served by ComfyUI; with --db it is loaded "
+            "from the servers of --work: give --work --server URL",
+        ),
     ],
 )
 def test_the_queued_batch_s_usage_errors_name_what_is_missing(args, named, tmp_path, monkeypatch):

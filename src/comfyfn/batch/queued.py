@@ -320,6 +320,7 @@ def _result(record: Record, skipped: bool) -> JobResult:
         error=record.error,
         server=record.server,
         seconds=record.seconds,
+        executed=record.executed,
     )
 
 
@@ -357,9 +358,9 @@ class QueuedBatch:
     on_event: Callable[[str, Any], None] = lambda kind, data: None
     #: which of the store's errors mean an outage to ride through (it looks again later)
     transient: Callable[[BaseException], bool] = lambda exc: False
-    #: the jobs finished before this run started (their rows are ``skipped``); None: those
-    #: finished before the first look (a worker started meanwhile can blur the two)
-    done_before: set[str] | None = None
+    #: the jobs finished before this run changed anything, and when (a row still ended then
+    #: is ``skipped``); None: those finished before the first look
+    done_before: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         self.started = time.monotonic()
@@ -385,10 +386,16 @@ class QueuedBatch:
                 await asyncio.sleep(self.poll)
                 continue
             self._store_back()
+            if first:  # servers of a worker here down before anyone followed: said now
+                for url, state in self.pool.states.items() if self.pool else ():
+                    if not state.healthy:
+                        self.server_health(url, False)
             for job, files in finished_now:
                 if job.id in self._yielded:  # queued again and ended again between two looks
                     self._queued_again(job.id)
-                before = first if self.done_before is None else job.id in self.done_before
+                before = first
+                if self.done_before is not None:
+                    before = self.done_before.get(job.id) == job.finished_at
                 record = self.finished[job.id] = _record(job, files)
                 result = self._yielded[job.id] = _result(record, before)
                 self.on_event("result", result)
@@ -403,7 +410,9 @@ class QueuedBatch:
         total, finished = await asyncio.to_thread(self.store.batch_progress, self.name)
         unseen = await self._newly_finished(finished) if finished > len(self._seen) else {}
         ours = [i for i, (key, _) in unseen.items() if self.keys is None or key in self.keys]
-        jobs = await asyncio.to_thread(self.store.batch_jobs, ours)
+        got = await asyncio.to_thread(self.store.batch_jobs, ours)
+        # as finished as when counted (not queued again in between: read when it ends again)
+        jobs = [(job, f) for job, f in got if job.finished_at == unseen[job.id][1]]
         # seen only once read (an outage between the two reads, a record not returned: the
         # next look reads it again), or not ours to read
         read = {job.id for job, _ in jobs} | (unseen.keys() - set(ours))
@@ -434,10 +443,14 @@ class QueuedBatch:
         return not again
 
     def _queued_again(self, job_id: str) -> None:
-        """Take back what was said of a job now run again (its next end is not skipped)."""
+        """Take back what was said of a job now run again."""
         self.on_event("queued_again", self._yielded.pop(job_id))
-        if self.done_before is not None:
-            self.done_before.discard(job_id)
+
+    def server_health(self, url: str, up: bool) -> None:
+        """A server of the worker here went down or came back: said as a batch run says it
+        (``server_down``/``server_up``); one down before the follow began is said at its
+        first look."""
+        self.on_event("server_up" if up else "server_down", url)
 
     def _store_down(self, exc: BaseException) -> None:
         if self._down_since is None:

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from comfyfn.batch.queued import (
-    RESULT_STATE,
     QueuedBatch,
     enqueue,
     load_workflow,
@@ -34,9 +33,11 @@ from comfyfn.batch.runner import BatchSettings
 from comfyfn.client import AsyncClient, WorkflowSource, public_url
 from comfyfn.errors import ConfigError, ServerUnreachable, TransportError
 from comfyfn.jobs import Store, Worker, unavailable
-from comfyfn.workflow import Workflow
+from comfyfn.workflow import Workflow, server_source
 
 __all__ = ["SharedBatch", "open_shared_batch"]
+
+log = logging.getLogger("comfyfn.batch")
 
 
 @dataclass
@@ -71,63 +72,74 @@ async def open_shared_batch(
     of this batch only, on those servers, with ``settings``' placement and retries; it hands
     its jobs back to the queue when the block ends early. The workflow is loaded with the
     node definitions of the first of those servers that answers (blueprints, templates and
-    custom nodes as it serves them), else with the bundled ones."""
+    custom nodes as it serves them), else with the bundled ones (see :func:`_load`)."""
     settings = settings or BatchSettings()
+    loaded = None
+    if rows is not None:  # (before the store is opened: a bad workflow leaves nothing made)
+        if workflow is None:
+            raise ConfigError("rows to enqueue need their workflow")
+        loaded = await _load(workflow, work_on, settings.http_timeout)
     with Store(db) as store:
         shared = SharedBatch(name, QueuedBatch(store, name, transient=unavailable))
-        if rows is not None:
-            if workflow is None:
-                raise ConfigError("rows to enqueue need their workflow")
-            loaded = await _load(workflow, work_on)
+        # before this run changes anything: the rows finished then (and still, when read)
+        # are the skipped ones, whatever a worker here or elsewhere finishes from now on
+        finished = await asyncio.to_thread(store.batch_finished, name)
+        shared.batch.done_before = {job_id: at for job_id, _, at in finished}
+        if loaded is not None:
             shared.keys, shared.added = await enqueue(
-                store, name, rows, loaded, output, variables=settings.variables
+                store, name, rows or (), loaded, output, variables=settings.variables
             )
             shared.redone = await requeue_damaged(store, name, output, shared.keys)
             shared.batch.keys = shared.keys
-        states = await asyncio.to_thread(store.batch_states, name, shared.keys)
-        if not states and rows is None:
+        elif not await asyncio.to_thread(store.batch_states, name):
             raise ConfigError(f"batch {name!r}: the store holds no batch of that name")
-        # before any worker here starts: the rows done by an earlier run are the skipped ones
-        shared.batch.done_before = {i for i, state in states.items() if state in RESULT_STATE}
-        async with _worker(store, name, settings, work_on) as shared.worker:
-            if shared.worker is not None:
-                shared.batch.servers = tuple(shared.worker.settings.servers)
-                shared.batch.pool = shared.worker.fleet.pool
-                shared.worker.fleet.on_health = functools.partial(_health, shared.batch)
+        async with _worker(store, name, settings, work_on, shared.batch) as shared.worker:
             yield shared
 
 
-async def _load(source: WorkflowSource | Workflow, servers: Sequence[str]) -> Workflow:
-    """``source`` typed by the first of ``servers`` that answers; with none given, by the
-    bundled definitions (a worker checks the bound graph against its own server)."""
+async def _load(
+    source: WorkflowSource | Workflow, servers: Sequence[str], timeout: float
+) -> Workflow:
+    """``source`` typed by the first of ``servers`` (asked at once, each within ``timeout``)
+    that answers; with none given, or none answering, by the bundled definitions (a worker
+    checks the bound graph against its own server), but for a blueprint or template, which
+    only a server has."""
     if isinstance(source, Workflow) or not servers:
         return load_workflow(source)
-    failures = []
-    for url in servers:
-        try:
-            async with AsyncClient(url) as client:
-                return await client.workflow(source)
-        except TransportError as exc:
-            failures.append(f"{public_url(url)}: {exc}")
-    raise ServerUnreachable(
-        "none of the servers to work on gave its node definitions: " + "; ".join(failures)
+
+    async def ask(url: str) -> Workflow:
+        async with AsyncClient(url, timeout=timeout) as client:
+            return await client.workflow(source)
+
+    answers = await asyncio.gather(*map(ask, servers), return_exceptions=True)
+    for answer in answers:
+        if isinstance(answer, Workflow):
+            return answer
+    for answer in answers:  # a server answered, refusing (no such blueprint, a bad graph)
+        if isinstance(answer, BaseException) and not isinstance(answer, TransportError):
+            raise answer
+    unreached = ", ".join(public_url(url) for url in servers)
+    if server_source(source) is not None:
+        raise ServerUnreachable(f"{source}: none of the servers to work on answered ({unreached})")
+    log.warning(
+        "none of %s answered: the workflow is typed with the bundled definitions", unreached
     )
-
-
-def _health(batch: QueuedBatch, url: str, up: bool) -> None:
-    """A server of the worker here went down or came back: said as a batch run says it."""
-    batch.on_event("server_up" if up else "server_down", url)
+    return load_workflow(source)
 
 
 @contextlib.asynccontextmanager
 async def _worker(
-    store: Store, name: str, settings: BatchSettings, servers: Sequence[str]
+    store: Store, name: str, settings: BatchSettings, servers: Sequence[str], batch: QueuedBatch
 ) -> AsyncIterator[Worker | None]:
+    """A worker of batch ``name`` on ``servers`` (none without), whose servers' health
+    ``batch`` says (those down from the start too: :meth:`QueuedBatch.server_health`)."""
     if not servers:
         yield None
         return
     worker_id = f"{socket.gethostname()}-{os.getpid()}-batch"
     worker = Worker(store, settings.worker(servers, worker_id), only_batch=name)
+    worker.fleet.on_health = batch.server_health
+    batch.servers, batch.pool = tuple(servers), worker.fleet.pool
     await worker.start()
     try:
         yield worker

@@ -47,6 +47,7 @@ from comfyfn.cli._gateway import require_extras
 from comfyfn.cli._progress import BatchProgress
 from comfyfn.errors import ConfigError
 from comfyfn.storage import Storage, StorageError
+from comfyfn.workflow import server_source
 
 Prime = Annotated[
     int | None,
@@ -314,12 +315,20 @@ def batch_command(
     )
     rows = plan.rows
     if db is not None:
-        queued = QueuedRun(db, name, output, rows=rows, workflow=chosen or "zimage-turbo")
+        chosen = chosen or "zimage-turbo"
+        served = None if work else server_source(chosen)
+        if served is not None:
+            raise ConfigError(
+                f"--workflow {chosen}: a {served[0]} is served by ComfyUI; with --db it is "
+                "loaded from the servers of --work: give --work --server URL"
+            )
+        queued = QueuedRun(db, name, output, rows=rows, workflow=chosen)
         queued.total, queued.settings = plan.total, settings
         queued.as_json, queued.status_every = as_json, status_every
-        if warm:  # (check_queue_args: with --work)
-            warm_servers(resolve_servers(server), chosen or "zimage-turbo", job_timeout)
-        run_queued(queued, state, Path(source), server if work else None)
+        servers = resolve_servers(server) if work else None  # (once: it may start the engine)
+        if warm and servers:  # (check_queue_args: with --work)
+            warm_servers(servers, chosen, job_timeout)
+        run_queued(queued, state, Path(source), servers)
         return
     if storage is not None:
         err.print(f"images to {esc(output)}; manifest and report in {esc(folder)}", highlight=False)

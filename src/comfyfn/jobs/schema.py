@@ -74,7 +74,8 @@ class JobRecord:
     models: str | None = None  #: its model set's digest (:func:`models_key`), for placement
     #: seconds its server spent executing it (not queued there), once it succeeded
     executed: float | None = None
-    #: seconds from its last submission to its outputs stored, once it succeeded
+    #: seconds from its last submission (or re-attach) to its outputs in hand, once it
+    #: succeeded (their storing not included)
     turnaround: float | None = None
 
     @property

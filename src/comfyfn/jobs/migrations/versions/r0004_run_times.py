@@ -1,6 +1,6 @@
 """A job's run times as the report of a batch shows them: ``executed``, the seconds its
 server spent executing it (not waiting in its queue), and ``turnaround``, from its last
-submission to its outputs stored. Nullable: older jobs have neither.
+submission (or re-attach) to its outputs in hand. Nullable: older jobs have neither.
 
 Revision ID: 0004
 Revises: 0003
