@@ -59,7 +59,9 @@ test-main: $(BIN)/.installed
 # the integration tests that talk to ComfyUI, again on 0.33.0 from ../shared (tests marked
 # one_version ran on the managed engine already), and those that do not talk to ComfyUI
 # (workers on simulated servers, PostgreSQL, S3, the browser) or are not about its version
-# (any_version: MCP, the web app), once: the two tiers take about as long. Without the
+# (any_version: MCP, the web app, the gateway's API, storage, events and replicas), once;
+# the fault files about our own handling are one_version: the two tiers take about as long
+# (each test whose subject is ComfyUI's behaviour still runs on both). Without the
 # 0.33.0 tree, these run on the managed engine, saying so.
 test-033: $(BIN)/.installed
 	@if [ -f "$(COMFYUI_033)" ]; then \

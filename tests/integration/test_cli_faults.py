@@ -27,7 +27,9 @@ from tests.support.polling import wait_for
 from tests.support.ports import free_port
 from tests.support.queues import take_off
 
-pytestmark = pytest.mark.engine
+# about the CLI's faults, not the ComfyUI version (each version's cancel route is
+# test_current_comfyui's): run once, on the managed engine
+pytestmark = [pytest.mark.engine, pytest.mark.one_version]
 runner = CliRunner()
 HOSTILE = "[/x] [batch, 3]"
 

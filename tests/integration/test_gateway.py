@@ -25,7 +25,8 @@ from tests.support.graphs import sleep_graph
 from tests.support.polling import wait_for
 from tests.support.queues import take_off
 
-pytestmark = pytest.mark.engine
+# about the gateway's API, not the ComfyUI version: run once, in the 0.33.0 tier
+pytestmark = [pytest.mark.engine, pytest.mark.any_version]
 
 SLOW_MS = 600_000  #: the "sleep" workflow's job: it runs until cancelled
 

@@ -13,7 +13,8 @@ from tests.support.graphs import sleep_graph
 from tests.support.pg import Postgres
 from tests.support.polling import wait_for
 
-pytestmark = pytest.mark.engine
+# about replicas sharing PostgreSQL, not the ComfyUI version: run once, in the 0.33.0 tier
+pytestmark = [pytest.mark.engine, pytest.mark.any_version]
 
 
 def test_two_replicas_share_the_queue(server, tmp_path, unique):

@@ -28,6 +28,8 @@ from tests.support.gateway_proc import InProcess, auth, make_key, settings_for, 
 from tests.support.graphs import sleep_graph
 from tests.support.polling import wait_for
 
+# about the gateway's API surface, not the ComfyUI version: run once, in the 0.33.0 tier
+pytestmark = pytest.mark.any_version
 NOWHERE = "http://127.0.0.1:9"  # nothing listens: the gateway is up but not ready
 TYPED = "/v1/workflows/zimage-turbo/jobs"
 

@@ -29,7 +29,8 @@ from tests.support.graphs import kinds_graph, sleep_graph
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
 
-pytestmark = pytest.mark.engine
+# about the gateway's storage, not the ComfyUI version: run once, in the 0.33.0 tier
+pytestmark = [pytest.mark.engine, pytest.mark.any_version]
 
 URL_TTL = 4  #: seconds: short, so the expiry can be waited for
 EXPIRY_DEADLINE = 60.0  #: seconds past a URL's expiry by which it must be refused

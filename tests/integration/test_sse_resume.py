@@ -21,7 +21,8 @@ from PIL import Image as PIL
 from comfyfn.engine import Engine, EngineState
 from tests.support.gateway_proc import Gateway, make_key
 
-pytestmark = pytest.mark.engine
+# about the gateway's event streams, not the ComfyUI version: run once, in the 0.33.0 tier
+pytestmark = [pytest.mark.engine, pytest.mark.any_version]
 
 FINAL = ("succeeded", "failed", "cancelled")
 
