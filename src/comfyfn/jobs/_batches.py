@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from comfyfn.fleet import QueuedRow
-from comfyfn.jobs._runners import BATCH_KEY, RunnerStore
+from comfyfn.jobs._runners import BATCH_KEY, RunnerStore, cancel_queued
 from comfyfn.jobs.schema import (
     MAX_PRIORITY,
     STATES,
@@ -252,19 +252,10 @@ class BatchStore(RunnerStore):
         """Cancel a batch: its queued jobs at once, its running ones by their workers
         (``cancel_requested``); (cancelled now, asked to cancel)."""
         now = self.clock()
-        error = json.dumps({"type": "cancelled", "message": "the batch was cancelled"})
         of_batch = jobs_t.c.batch == batch
         with self._write() as conn:
             now_cancelled = conn.execute(
-                sa.update(jobs_t)
-                .where(of_batch, jobs_t.c.state == "queued")
-                .values(
-                    state="cancelled",
-                    cancel_requested=True,
-                    error=error,
-                    updated_at=now,
-                    finished_at=now,
-                )
+                cancel_queued(of_batch, "the batch was cancelled", now)
             ).rowcount
             asked = conn.execute(
                 sa.update(jobs_t)

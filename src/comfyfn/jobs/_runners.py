@@ -33,7 +33,7 @@ from comfyfn.jobs.schema import (
     workers_t,
 )
 
-__all__ = ["BATCH_KEY", "NOTIFY_CHANNEL", "RunnerStore", "fenced"]
+__all__ = ["BATCH_KEY", "NOTIFY_CHANNEL", "RunnerStore", "cancel_queued", "fenced"]
 
 #: the ``key_id`` of a batch's jobs: no API key's (those are ``key_…``), so no caller sees them
 BATCH_KEY = "batch"
@@ -242,6 +242,22 @@ def fenced(job_id: str, claim: Claim | None) -> sa.ColumnElement[bool]:
         jobs_t.c.state == "running",
         jobs_t.c.claimed_by == claim.worker,
         jobs_t.c.claims == claim.number,
+    )
+
+
+def cancel_queued(which: sa.ColumnElement[bool], message: str, now: float) -> sa.Update:
+    """The UPDATE that ends the queued jobs ``which`` selects as ``cancelled`` (``message``
+    its error): no worker holds them, so none is running them."""
+    return (
+        sa.update(jobs_t)
+        .where(which, jobs_t.c.state == "queued")
+        .values(
+            state="cancelled",
+            cancel_requested=True,
+            error=json.dumps({"type": "cancelled", "message": message}),
+            updated_at=now,
+            finished_at=now,
+        )
     )
 
 

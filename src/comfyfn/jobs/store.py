@@ -76,7 +76,7 @@ from sqlalchemy.exc import IntegrityError
 
 from comfyfn.jobs._batches import BatchStore
 from comfyfn.jobs._keys import KeyStore
-from comfyfn.jobs._runners import BATCH_KEY, NOTIFY_CHANNEL, fenced
+from comfyfn.jobs._runners import BATCH_KEY, NOTIFY_CHANNEL, cancel_queued, fenced
 from comfyfn.jobs.database import SQLITE_BUSY_TIMEOUT, Database
 from comfyfn.jobs.schema import (
     JSON_FIELDS,
@@ -335,21 +335,9 @@ class Store(KeyStore, BatchStore):
     def cancel_if_queued(self, job_id: str) -> JobRecord | None:
         """Cancel a job that no worker has claimed yet (atomic: never one being claimed);
         the cancelled job, or None if it was not queued."""
-        now = self.clock()
-        error = json.dumps({"type": "cancelled", "message": "removed from the queue"})
+        update = cancel_queued(jobs_t.c.id == job_id, "removed from the queue", self.clock())
         with self._write() as conn:
-            row = conn.execute(
-                sa.update(jobs_t)
-                .where(jobs_t.c.id == job_id, jobs_t.c.state == "queued")
-                .values(
-                    state="cancelled",
-                    cancel_requested=True,
-                    error=error,
-                    updated_at=now,
-                    finished_at=now,
-                )
-                .returning(*jobs_t.c)
-            ).first()
+            row = conn.execute(update.returning(*jobs_t.c)).first()
         return _job(row) if row is not None else None
 
     def cancel_requests(self, job_ids: Iterable[str]) -> set[str]:
